@@ -1,0 +1,148 @@
+//! Extractors whose rejections are [`ApiError`]s, so bad input gets the contract's error
+//! shape: JSON bodies (415 without a JSON content type, 413 over the limit, 400 for
+//! malformed JSON, 422 naming the field for a value of the wrong type or range) and
+//! query strings (400).
+
+use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use serde::de::DeserializeOwned;
+use serde_json::error::Category;
+
+use super::ApiError;
+
+/// A JSON body, deserialized with the path of any bad field kept.
+#[derive(Debug, Clone)]
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        if !is_json(req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok())) {
+            return Err(ApiError::UnsupportedMediaType("expected Content-Type: application/json"));
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge
+            } else {
+                ApiError::BadRequest { code: "invalid_body", message: rejection.body_text(), field: None }
+            }
+        })?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+fn is_json(content_type: Option<&str>) -> bool {
+    let Some(essence) = content_type.and_then(|ct| ct.split(';').next()) else { return false };
+    let essence = essence.trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// Parses `bytes` as a `T`, naming the offending field on failure.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        match inner.classify() {
+            Category::Data => {
+                let message = strip_position(&inner.to_string());
+                ApiError::Invalid { field: field_path(&path, &message), message }
+            }
+            Category::Syntax | Category::Eof | Category::Io => {
+                ApiError::BadRequest { code: "invalid_json", message: format!("malformed JSON: {inner}"), field: None }
+            }
+        }
+    })?;
+    de.end().map_err(|err| ApiError::BadRequest {
+        code: "invalid_json",
+        message: format!("malformed JSON: {err}"),
+        field: None,
+    })?;
+    Ok(value)
+}
+
+/// serde names a missing field in its message and places the error at the enclosing
+/// object; clients want the field itself. Tagged enums report an unknown tag at
+/// the enum, which clients know as its `kind`.
+fn field_path(path: &str, message: &str) -> String {
+    let join = |name: &str| if path == "." { name.to_owned() } else { format!("{path}.{name}") };
+    let quoted = || message.split('`').nth(1);
+    if (message.starts_with("missing field") || message.starts_with("unknown field"))
+        && let Some(name) = quoted()
+    {
+        // An unknown field is already in the path; a missing one is not.
+        let last = path.rsplit('.').next().unwrap_or(path);
+        return if last == name { path.to_owned() } else { join(name) };
+    }
+    if message.starts_with("unknown variant") && !path.ends_with("kind") {
+        return join("kind");
+    }
+    path.to_owned()
+}
+
+fn strip_position(message: &str) -> String {
+    message.find(" at line ").map_or(message, |at| &message[..at]).to_owned()
+}
+
+/// A query string; a malformed one is a 400 in the contract's shape.
+#[derive(Debug, Clone, FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct ApiQuery<T>(pub T);
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::BadRequest { code: "invalid_query", message: rejection.body_text(), field: None }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::JobSpec;
+
+    fn field_of(json: &str) -> Option<String> {
+        match parse_json::<JobSpec>(json.as_bytes()) {
+            Err(ApiError::Invalid { field, .. }) => Some(field),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let ok = r#"{"task":{"kind":"char_lm"},"model":{"kind":"lstm"}}"#;
+        assert!(parse_json::<JobSpec>(ok.as_bytes()).is_ok());
+        assert_eq!(field_of(r#"{"model":{"kind":"lstm"}}"#).as_deref(), Some("task"));
+        assert_eq!(
+            field_of(r#"{"task":{"kind":"char_lm"},"model":{"kind":"lstm"},"bogus":1}"#).as_deref(),
+            Some("bogus")
+        );
+        assert_eq!(
+            field_of(r#"{"task":{"kind":"char_lm"},"model":{"kind":"lstm","hidden":"wide"}}"#).as_deref(),
+            Some("model.hidden")
+        );
+        assert_eq!(
+            field_of(r#"{"task":{"kind":"char_lm","oops":1},"model":{"kind":"lstm"}}"#).as_deref(),
+            Some("task.oops")
+        );
+        assert_eq!(field_of(r#"{"task":{"kind":"poetry"},"model":{"kind":"lstm"}}"#).as_deref(), Some("task.kind"));
+        assert_eq!(field_of(r#"{"task":{"kind":"char_lm"},"model":{"kind":"cnn"}}"#).as_deref(), Some("model.kind"));
+        assert_eq!(
+            field_of(r#"{"task":{"kind":"char_lm"},"model":{"kind":"lstm"},"policy":{"grad":[{"kind":"clip_norm"}]}}"#)
+                .as_deref(),
+            Some("policy.grad[0].max_norm")
+        );
+    }
+
+    #[test]
+    fn content_types() {
+        assert!(is_json(Some("application/json")));
+        assert!(is_json(Some("Application/JSON; charset=utf-8")));
+        assert!(is_json(Some("application/merge-patch+json")));
+        assert!(!is_json(Some("text/plain")));
+        assert!(!is_json(None));
+    }
+}

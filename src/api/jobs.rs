@@ -1,0 +1,229 @@
+//! `/api/v1/jobs`: submit, list, inspect, cancel and delete training jobs, and read what
+//! they recorded.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::extract::{ApiJson, ApiQuery};
+use super::{ApiError, AppState};
+use crate::jobs::CancelOutcome;
+use crate::store::downsample::MIN_POINTS;
+use crate::store::{DEFAULT_MAX_POINTS, Job, JobStatus, MAX_MAX_POINTS, StepColumns};
+use crate::train::JobSpec;
+use crate::train::data::builtin_corpus;
+use crate::train::spec::TaskSpec;
+
+pub const DEFAULT_LIST_LIMIT: i64 = 50;
+pub const MAX_LIST_LIMIT: i64 = 500;
+
+/// Ids that are not UUIDs name no job.
+fn job_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| ApiError::NotFound("job"))
+}
+
+async fn find_job(state: &AppState, raw: &str) -> Result<Job, ApiError> {
+    state.store.job(job_id(raw)?).await?.ok_or(ApiError::NotFound("job"))
+}
+
+/// Submit a job. It is queued and starts when a slot is free.
+#[utoipa::path(post, path = "/api/v1/jobs", tag = "jobs", request_body = JobSpec,
+    responses(
+        (status = 201, description = "Queued", body = Job),
+        (status = 400, description = "Malformed JSON", body = super::ErrorBody),
+        (status = 413, description = "Body too large", body = super::ErrorBody),
+        (status = 415, description = "Not JSON", body = super::ErrorBody),
+        (status = 422, description = "Invalid spec; `field` names the offending field", body = super::ErrorBody),
+    ))]
+pub async fn create(
+    State(state): State<AppState>,
+    ApiJson(spec): ApiJson<JobSpec>,
+) -> Result<(StatusCode, Json<Job>), ApiError> {
+    spec.validate()?;
+    let TaskSpec::CharLm { corpus, .. } = &spec.task;
+    if builtin_corpus(corpus).is_none() && state.store.corpus(corpus).await?.is_none() {
+        return Err(ApiError::invalid(
+            "task.corpus",
+            format!("no corpus {corpus:?}: use builtin:tiny or an id from POST /api/v1/corpora"),
+        ));
+    }
+    let job = state.store.insert_job(&spec).await?;
+    state.scheduler.notify_queued();
+    tracing::info!(job = %job.id, name = %job.name, "job queued");
+    Ok((StatusCode::CREATED, Json(job)))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Only jobs with this status.
+    status: Option<String>,
+    /// How many (default 50, at most 500).
+    limit: Option<i64>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct JobList {
+    pub jobs: Vec<Job>,
+}
+
+/// List jobs, newest first.
+#[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", params(ListQuery),
+    responses((status = 200, body = JobList), (status = 422, body = super::ErrorBody)))]
+pub async fn list(State(state): State<AppState>, ApiQuery(q): ApiQuery<ListQuery>) -> Result<Json<JobList>, ApiError> {
+    let status = q
+        .status
+        .as_deref()
+        .map(|s| {
+            JobStatus::parse(s).ok_or_else(|| {
+                let known: Vec<&str> = JobStatus::ALL.iter().map(|s| s.as_str()).collect();
+                ApiError::invalid("status", format!("must be one of {}", known.join(", ")))
+            })
+        })
+        .transpose()?;
+    let limit = q.limit.unwrap_or(DEFAULT_LIST_LIMIT);
+    if !(1..=MAX_LIST_LIMIT).contains(&limit) {
+        return Err(ApiError::invalid("limit", format!("must be 1 to {MAX_LIST_LIMIT}")));
+    }
+    Ok(Json(JobList { jobs: state.store.list_jobs(status, limit).await? }))
+}
+
+/// One job.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs", params(("id" = Uuid, Path)),
+    responses((status = 200, body = Job), (status = 404, body = super::ErrorBody)))]
+pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Job>, ApiError> {
+    Ok(Json(find_job(&state, &id).await?))
+}
+
+/// Cancel a queued or running job. A running job stops before its next step.
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/cancel", tag = "jobs", params(("id" = Uuid, Path)),
+    responses(
+        (status = 202, description = "Cancelled or cancelling", body = Job),
+        (status = 404, body = super::ErrorBody),
+        (status = 409, description = "Already finished", body = super::ErrorBody),
+    ))]
+pub async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Job>), ApiError> {
+    let id = job_id(&id)?;
+    match state.scheduler.cancel(id).await? {
+        CancelOutcome::Accepted => {}
+        CancelOutcome::NotFound => return Err(ApiError::NotFound("job")),
+        CancelOutcome::AlreadyFinished(status) => {
+            return Err(ApiError::Conflict(format!("the job already ended {}", status.as_str())));
+        }
+    }
+    let job = state.store.job(id).await?.ok_or(ApiError::NotFound("job"))?;
+    Ok((StatusCode::ACCEPTED, Json(job)))
+}
+
+/// Delete a finished job with everything it recorded.
+#[utoipa::path(delete, path = "/api/v1/jobs/{id}", tag = "jobs", params(("id" = Uuid, Path)),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, body = super::ErrorBody),
+        (status = 409, description = "Queued or running: cancel it first", body = super::ErrorBody),
+    ))]
+pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    let job = find_job(&state, &id).await?;
+    if !job.status.is_finished() {
+        return Err(ApiError::Conflict(format!("the job is {}: cancel it first", job.status.as_str())));
+    }
+    if !state.store.delete_finished_job(job.id).await? {
+        return Err(ApiError::NotFound("job"));
+    }
+    let checkpoint = state.scheduler.checkpoint_path(job.id);
+    if let Err(err) = tokio::fs::remove_file(&checkpoint).await
+        && err.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(job = %job.id, "failed to remove {}: {err}", checkpoint.display());
+    }
+    tracing::info!(job = %job.id, "job deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Layer {
+    pub index: usize,
+    /// The parameter's name, as in the checkpoint (`lstm.weight_hh_l0`).
+    pub name: String,
+    pub shape: Vec<i64>,
+    pub numel: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct LayerList {
+    pub layers: Vec<Layer>,
+}
+
+/// The job's layers (one per named parameter tensor), in their stable order. Empty until
+/// the job has started.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/layers", tag = "jobs", params(("id" = Uuid, Path)),
+    responses((status = 200, body = LayerList), (status = 404, body = super::ErrorBody)))]
+pub async fn layers(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<LayerList>, ApiError> {
+    let job = find_job(&state, &id).await?;
+    let layers = state.store.layers(job.id).await?;
+    Ok(Json(LayerList {
+        layers: layers
+            .into_iter()
+            .map(|l| Layer { index: l.index, name: l.name, shape: l.shape, numel: l.numel })
+            .collect(),
+    }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct RangeQuery {
+    /// First step (inclusive; default the first).
+    from: Option<i64>,
+    /// Last step (inclusive; default the last).
+    to: Option<i64>,
+    /// At most this many points (default 5000, 10 to 100000); longer ranges are downsampled
+    /// keeping each bucket's minimum and maximum, so spikes survive.
+    max_points: Option<usize>,
+}
+
+/// Per-step scalars, as columns.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/steps", tag = "jobs", params(("id" = Uuid, Path), RangeQuery),
+    responses((status = 200, body = StepColumns), (status = 404, body = super::ErrorBody),
+        (status = 422, body = super::ErrorBody)))]
+pub async fn steps(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<RangeQuery>,
+) -> Result<Json<StepColumns>, ApiError> {
+    let job = find_job(&state, &id).await?;
+    let (from, to) = (q.from.unwrap_or(0), q.to.unwrap_or(i64::MAX));
+    if from > to {
+        return Err(ApiError::invalid("from", "must not exceed to"));
+    }
+    let max_points = q.max_points.unwrap_or(DEFAULT_MAX_POINTS);
+    if !(MIN_POINTS..=MAX_MAX_POINTS).contains(&max_points) {
+        return Err(ApiError::invalid("max_points", format!("must be {MIN_POINTS} to {MAX_MAX_POINTS}")));
+    }
+    Ok(Json(state.store.steps(job.id, from, to, max_points).await?))
+}
+
+/// The latest weights as safetensors, with the tensor names of `/layers`.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/checkpoint", tag = "jobs", params(("id" = Uuid, Path)),
+    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 404, description = "Unknown job, or no checkpoint yet", body = super::ErrorBody)))]
+pub async fn checkpoint(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let job = find_job(&state, &id).await?;
+    let bytes = match tokio::fs::read(state.scheduler.checkpoint_path(job.id)).await {
+        Ok(bytes) => bytes,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Err(ApiError::NotFound("checkpoint")),
+        Err(err) => return Err(anyhow::Error::from(err).context("failed to read checkpoint").into()),
+    };
+    let disposition = format!("attachment; filename=\"{}.safetensors\"", job.id);
+    Ok((
+        [(header::CONTENT_TYPE, "application/octet-stream".to_owned()), (header::CONTENT_DISPOSITION, disposition)],
+        bytes,
+    )
+        .into_response())
+}

@@ -1,0 +1,90 @@
+//! The HTTP surface: axum routers, one module per resource, handlers named by verb.
+//!
+//! - [`jobs`] — `/api/v1/jobs` and everything under a job.
+//! - [`corpora`] — `/api/v1/corpora`.
+//! - [`health`] — `/healthz`, `/readyz`.
+//! - [`openapi`] — the generated OpenAPI document.
+//! - [`extract`] — extractors that reject bad input with [`ApiError`].
+
+pub mod corpora;
+mod error;
+pub mod extract;
+pub mod health;
+pub mod jobs;
+pub mod openapi;
+
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::routing::{get, post};
+use axum::{Router, middleware};
+use tower_http::compression::CompressionLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::services::ServeDir;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+pub use error::{ApiError, ErrorBody, ErrorDetail};
+
+use crate::config::ServeConfig;
+use crate::jobs::Scheduler;
+use crate::store::Store;
+
+/// What every handler can reach.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub scheduler: Scheduler,
+}
+
+/// The whole application router: API, probes, and the dashboard's static files at `/`.
+pub fn router(state: AppState, config: &ServeConfig) -> Router {
+    let api = Router::new()
+        .route("/jobs", post(jobs::create).get(jobs::list))
+        .route("/jobs/{id}", get(jobs::get).delete(jobs::delete))
+        .route("/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/jobs/{id}/layers", get(jobs::layers))
+        .route("/jobs/{id}/steps", get(jobs::steps))
+        .route("/jobs/{id}/checkpoint", get(jobs::checkpoint))
+        .route("/corpora", post(corpora::create).layer(DefaultBodyLimit::max(config.corpus_limit)))
+        .route("/openapi.json", get(openapi::document))
+        .fallback(|| async { ApiError::NotFound("route") })
+        .layer(DefaultBodyLimit::max(config.body_limit))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(config.request_timeout_secs),
+        ));
+    Router::new()
+        .route("/healthz", get(health::live))
+        .route("/readyz", get(health::ready))
+        .nest("/api/v1", api)
+        .fallback_service(ServeDir::new(&config.static_dir))
+        .layer(middleware::from_fn(no_store_for_api))
+        .layer(CompressionLayer::new())
+        .layer(cors(&config.cors_origins))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// API answers change from one moment to the next; browsers must not cache them.
+async fn no_store_for_api(req: axum::extract::Request, next: middleware::Next) -> axum::response::Response {
+    let is_api = req.uri().path().starts_with("/api/");
+    let mut response = next.run(req).await;
+    if is_api {
+        response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    response
+}
+
+fn cors(origins: &[String]) -> CorsLayer {
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([Method::GET, Method::POST, Method::DELETE])
+        .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION])
+}

@@ -1,0 +1,28 @@
+//! The OpenAPI document, generated from the handlers and types, at `/api/v1/openapi.json`.
+
+use axum::Json;
+use utoipa::OpenApi;
+
+use super::{corpora, health, jobs};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "gradscope", description = "Training jobs with per-layer gradient statistics."),
+    paths(
+        jobs::create, jobs::list, jobs::get, jobs::cancel, jobs::delete, jobs::layers, jobs::steps,
+        jobs::checkpoint, corpora::create, health::live, health::ready, document,
+    ),
+    tags(
+        (name = "jobs", description = "Submit, watch and manage training jobs"),
+        (name = "corpora", description = "Text corpora for char_lm jobs"),
+        (name = "health", description = "Probes"),
+    )
+)]
+pub struct ApiDoc;
+
+/// This document.
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "health",
+    responses((status = 200, description = "OpenAPI 3.1 document", content_type = "application/json")))]
+pub async fn document() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}

@@ -1,0 +1,99 @@
+//! The command line. Every setting is a flag or a `GRADSCOPE_*` environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Default size limit of a JSON request body.
+pub const DEFAULT_BODY_LIMIT: usize = 256 * 1024;
+/// Default size limit of an uploaded corpus.
+pub const DEFAULT_CORPUS_LIMIT: usize = 32 * 1024 * 1024;
+
+#[derive(Debug, Parser)]
+#[command(name = "gradscope", version, about = "Training monitor: per-layer gradient statistics for LibTorch jobs")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log filter, e.g. `info` or `gradscope=debug,tower_http=debug`.
+    #[arg(long, global = true, env = "GRADSCOPE_LOG", default_value = "info")]
+    pub log: String,
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true, env = "GRADSCOPE_LOG_JSON")]
+    pub log_json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP service and the job scheduler.
+    Serve(ServeConfig),
+    /// Apply the database migrations and exit (serve also applies them at start-up).
+    Migrate(DatabaseArgs),
+    /// Ask a running service whether it is ready; exit 0 if it is.
+    Healthcheck(HealthcheckArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// Database URL. SQLite files are created when missing.
+    #[arg(long, env = "GRADSCOPE_DATABASE_URL", default_value = "sqlite://./data/gradscope.db")]
+    pub database_url: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Address to listen on. Port 0 picks a free port.
+    #[arg(long, env = "GRADSCOPE_ADDR", default_value = "127.0.0.1:8080")]
+    pub addr: SocketAddr,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Folder for checkpoints and uploaded corpora.
+    #[arg(long, env = "GRADSCOPE_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// How many jobs may train at the same time.
+    #[arg(long, env = "GRADSCOPE_MAX_JOBS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_jobs: u16,
+    /// Threads LibTorch uses for CPU work (default: LibTorch's own choice, one per core).
+    #[arg(long, env = "GRADSCOPE_TORCH_THREADS", value_parser = clap::value_parser!(i32).range(1..))]
+    pub torch_threads: Option<i32>,
+    /// Folder of the dashboard's static files, served at `/`.
+    #[arg(long, env = "GRADSCOPE_STATIC_DIR", default_value = "static")]
+    pub static_dir: PathBuf,
+    /// Origins allowed to call the API from a browser (comma-separated; `*` for any).
+    /// None by default: the dashboard is served from the same origin.
+    #[arg(long, env = "GRADSCOPE_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+    /// Largest JSON request body, in bytes.
+    #[arg(long, env = "GRADSCOPE_BODY_LIMIT", default_value_t = DEFAULT_BODY_LIMIT)]
+    pub body_limit: usize,
+    /// Largest uploaded corpus, in bytes.
+    #[arg(long, env = "GRADSCOPE_CORPUS_LIMIT", default_value_t = DEFAULT_CORPUS_LIMIT)]
+    pub corpus_limit: usize,
+    /// Seconds before a request (other than a stream) is answered 408.
+    #[arg(long, env = "GRADSCOPE_REQUEST_TIMEOUT", default_value_t = 30)]
+    pub request_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct HealthcheckArgs {
+    /// Base URL of the service.
+    #[arg(long, env = "GRADSCOPE_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+}
+
+impl ServeConfig {
+    /// Settings for a service on `addr` with its database at `database_url` and everything
+    /// else as the command line would default it (tests and embedders start here).
+    pub fn new(addr: SocketAddr, database_url: &str, data_dir: PathBuf) -> Self {
+        #[derive(Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            config: ServeConfig,
+        }
+        let mut config = Defaults::try_parse_from(["serve"]).expect("the defaults parse").config;
+        config.addr = addr;
+        config.database.database_url = database_url.to_owned();
+        config.data_dir = data_dir;
+        config
+    }
+}

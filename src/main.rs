@@ -1,0 +1,34 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use gradscope::config::{Cli, Command};
+use gradscope::{Application, healthcheck, store, telemetry};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(&cli.log, cli.log_json);
+    match run(cli.command).await {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("gradscope: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve(config) => {
+            let app = Application::build(config).await?;
+            app.run_until(telemetry::shutdown_signal()).await?;
+        }
+        Command::Migrate(db) => {
+            let store = store::Store::connect(&db.database_url).await?;
+            store.migrate().await?;
+            println!("migrations applied to {}", db.database_url);
+        }
+        Command::Healthcheck(args) => return healthcheck::check(&args).await,
+    }
+    Ok(ExitCode::SUCCESS)
+}

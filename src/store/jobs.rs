@@ -1,0 +1,266 @@
+//! Jobs: insert, claim, progress, finish, list, delete.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::Row;
+use sqlx::sqlite::SqliteRow;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::Store;
+use crate::train::{JobSpec, LayerInfo};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    Diverged,
+    /// The service stopped (shutdown or crash) while the job was running.
+    Interrupted,
+}
+
+impl JobStatus {
+    pub const ALL: [Self; 7] = [
+        Self::Queued,
+        Self::Running,
+        Self::Succeeded,
+        Self::Failed,
+        Self::Cancelled,
+        Self::Diverged,
+        Self::Interrupted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+            Self::Diverged => "diverged",
+            Self::Interrupted => "interrupted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|status| status.as_str() == s)
+    }
+
+    /// Finished jobs never run again.
+    pub fn is_finished(self) -> bool {
+        !matches!(self, Self::Queued | Self::Running)
+    }
+}
+
+/// A job as clients see it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, ToSchema)]
+pub struct Job {
+    pub id: Uuid,
+    pub name: String,
+    pub status: JobStatus,
+    pub spec: JobSpec,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Steps done so far.
+    pub step: i64,
+    pub total_steps: i64,
+    /// Where it trains (`cpu`, `cuda:0`), once started.
+    pub device: Option<String>,
+    /// The latest recorded loss.
+    pub loss: Option<f64>,
+    /// Why it failed or diverged.
+    pub error: Option<String>,
+}
+
+const JOB_COLUMNS: &str =
+    "id, name, status, spec, created_at, started_at, finished_at, step, total_steps, device, loss, error";
+
+fn job_from_row(row: &SqliteRow) -> anyhow::Result<Job> {
+    let status: String = row.try_get("status")?;
+    let spec: String = row.try_get("spec")?;
+    let id: String = row.try_get("id")?;
+    Ok(Job {
+        id: Uuid::parse_str(&id)?,
+        name: row.try_get("name")?,
+        status: JobStatus::parse(&status).ok_or_else(|| anyhow::anyhow!("unknown job status {status:?}"))?,
+        spec: serde_json::from_str(&spec)?,
+        created_at: row.try_get("created_at")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+        step: row.try_get("step")?,
+        total_steps: row.try_get("total_steps")?,
+        device: row.try_get("device")?,
+        loss: row.try_get("loss")?,
+        error: row.try_get("error")?,
+    })
+}
+
+/// Non-finite floats are stored as NULL: JSON and SQL have no NaN.
+pub(super) fn finite(x: f64) -> Option<f64> {
+    x.is_finite().then_some(x)
+}
+
+impl Store {
+    /// Stores a new queued job.
+    pub async fn insert_job(&self, spec: &JobSpec) -> anyhow::Result<Job> {
+        let job = Job {
+            id: Uuid::now_v7(),
+            name: spec.display_name(),
+            status: JobStatus::Queued,
+            spec: spec.clone(),
+            created_at: Utc::now(),
+            started_at: None,
+            finished_at: None,
+            step: 0,
+            total_steps: i64::try_from(spec.steps)?,
+            device: None,
+            loss: None,
+            error: None,
+        };
+        sqlx::query(
+            "INSERT INTO jobs (id, name, status, spec, created_at, step, total_steps) VALUES (?, ?, ?, ?, ?, 0, ?)",
+        )
+        .bind(job.id.to_string())
+        .bind(&job.name)
+        .bind(job.status.as_str())
+        .bind(serde_json::to_string(spec)?)
+        .bind(job.created_at)
+        .bind(job.total_steps)
+        .execute(&self.pool)
+        .await?;
+        Ok(job)
+    }
+
+    pub async fn job(&self, id: Uuid) -> anyhow::Result<Option<Job>> {
+        let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"))
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    /// Jobs newest first, optionally only those with `status`.
+    pub async fn list_jobs(&self, status: Option<JobStatus>, limit: i64) -> anyhow::Result<Vec<Job>> {
+        let rows = match status {
+            Some(status) => {
+                sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE status = ? ORDER BY id DESC LIMIT ?"))
+                    .bind(status.as_str())
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            None => {
+                sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs ORDER BY id DESC LIMIT ?"))
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        rows.iter().map(job_from_row).collect()
+    }
+
+    /// Marks the oldest queued job running and returns it.
+    pub async fn claim_next_job(&self) -> anyhow::Result<Option<Job>> {
+        let row = sqlx::query(&format!(
+            "UPDATE jobs SET status = 'running', started_at = ?
+             WHERE id = (SELECT id FROM jobs WHERE status = 'queued' ORDER BY id LIMIT 1)
+             RETURNING {JOB_COLUMNS}"
+        ))
+        .bind(Utc::now())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    /// Records where a started job trains and what its layers are.
+    pub async fn set_job_started(&self, id: Uuid, device: &str, layers: &[LayerInfo]) -> anyhow::Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE jobs SET device = ? WHERE id = ?")
+            .bind(device)
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        for layer in layers {
+            sqlx::query("INSERT INTO layers (job_id, idx, name, shape, numel) VALUES (?, ?, ?, ?, ?)")
+                .bind(id.to_string())
+                .bind(layer.index as i64)
+                .bind(&layer.name)
+                .bind(serde_json::to_string(&layer.shape)?)
+                .bind(layer.numel)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn layers(&self, id: Uuid) -> anyhow::Result<Vec<LayerInfo>> {
+        let rows = sqlx::query("SELECT idx, name, shape, numel FROM layers WHERE job_id = ? ORDER BY idx")
+            .bind(id.to_string())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let shape: String = row.try_get("shape")?;
+                Ok(LayerInfo {
+                    index: usize::try_from(row.try_get::<i64, _>("idx")?)?,
+                    name: row.try_get("name")?,
+                    shape: serde_json::from_str(&shape)?,
+                    numel: row.try_get("numel")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Ends a job with `status`. Only a job not already finished changes.
+    pub async fn finish_job(&self, id: Uuid, status: JobStatus, error: Option<&str>) -> anyhow::Result<bool> {
+        let done = sqlx::query(
+            "UPDATE jobs SET status = ?, error = ?, finished_at = ? WHERE id = ? AND status IN ('queued', 'running')",
+        )
+        .bind(status.as_str())
+        .bind(error)
+        .bind(Utc::now())
+        .bind(id.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Cancels a job that has not started. False if it is not queued.
+    pub async fn cancel_queued_job(&self, id: Uuid) -> anyhow::Result<bool> {
+        let done =
+            sqlx::query("UPDATE jobs SET status = 'cancelled', finished_at = ? WHERE id = ? AND status = 'queued'")
+                .bind(Utc::now())
+                .bind(id.to_string())
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Deletes a finished job with its layers and steps. False if there was none to delete.
+    pub async fn delete_finished_job(&self, id: Uuid) -> anyhow::Result<bool> {
+        let done = sqlx::query("DELETE FROM jobs WHERE id = ? AND status NOT IN ('queued', 'running')")
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// At start-up: jobs a crash left `running` become `interrupted`. Returns how many.
+    pub async fn interrupt_running_jobs(&self) -> anyhow::Result<u64> {
+        let done = sqlx::query(
+            "UPDATE jobs SET status = 'interrupted', finished_at = ?,
+                 error = 'the service stopped while the job was running'
+             WHERE status = 'running'",
+        )
+        .bind(Utc::now())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+}

@@ -1,0 +1,66 @@
+//! The only place with SQL. One narrow [`Store`] over a sqlx pool: jobs, their layers,
+//! per-step records and corpora. SQLite by default (WAL mode); the SQL stays portable so a
+//! PostgreSQL backend can sit behind the same interface.
+
+mod corpora;
+pub mod downsample;
+mod jobs;
+mod steps;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{SqlitePool, migrate::Migrator};
+
+pub use corpora::Corpus;
+pub use jobs::{Job, JobStatus};
+pub use steps::{DEFAULT_MAX_POINTS, MAX_MAX_POINTS, StepColumns};
+
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+impl Store {
+    /// Opens (creating when missing) the database at `url`, e.g. `sqlite://./data/gradscope.db`.
+    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        let options = SqliteConnectOptions::from_str(url)
+            .with_context(|| format!("invalid database URL {url}"))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        if let Some(dir) = options.get_filename().parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await
+            .with_context(|| format!("failed to open database {url}"))?;
+        Ok(Self { pool })
+    }
+
+    /// Applies the migrations in `migrations/` that this database lacks.
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        MIGRATOR.run(&self.pool).await.context("failed to apply database migrations")
+    }
+
+    /// Whether the database answers and every migration this binary knows is applied.
+    pub async fn is_ready(&self) -> bool {
+        let applied: Result<i64, _> =
+            sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success").fetch_one(&self.pool).await;
+        matches!(applied, Ok(n) if n as usize >= MIGRATOR.iter().count())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}

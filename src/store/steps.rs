@@ -1,0 +1,100 @@
+//! Per-step records: written in batches, read back as columns.
+
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::Store;
+use super::downsample::keep_extremes;
+use super::jobs::finite;
+use crate::train::StepReport;
+
+/// Per-step scalars as columns: the i-th entry of every array belongs to `step[i]`.
+/// Non-finite values are `null`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct StepColumns {
+    pub step: Vec<i64>,
+    pub loss: Vec<Option<f64>>,
+    pub grad_norm: Vec<Option<f64>>,
+    pub grad_norm_clipped: Vec<Option<f64>>,
+    pub clip_coef: Vec<Option<f64>>,
+    pub lr: Vec<f64>,
+    pub skipped: Vec<bool>,
+}
+
+/// Points a step query answers with when it does not say.
+pub const DEFAULT_MAX_POINTS: usize = 5_000;
+/// The most points a step query may ask for.
+pub const MAX_MAX_POINTS: usize = 100_000;
+
+impl Store {
+    /// Appends `steps` of job `id` and moves the job's progress to the last of them,
+    /// in one transaction.
+    pub async fn insert_steps(&self, id: Uuid, steps: &[StepReport]) -> anyhow::Result<()> {
+        let Some(last) = steps.last() else { return Ok(()) };
+        let job_id = id.to_string();
+        let mut tx = self.pool.begin().await?;
+        for s in steps {
+            sqlx::query(
+                "INSERT INTO steps (job_id, step, loss, grad_norm, grad_norm_clipped, clip_coef, lr, skipped)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&job_id)
+            .bind(i64::try_from(s.step)?)
+            .bind(finite(s.loss))
+            .bind(finite(s.grad_norm))
+            .bind(finite(s.grad_norm_clipped))
+            .bind(finite(s.clip_coef))
+            .bind(s.lr)
+            .bind(s.skipped)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let last_loss = steps.iter().rev().find_map(|s| finite(s.loss));
+        sqlx::query("UPDATE jobs SET step = ?, loss = COALESCE(?, loss) WHERE id = ?")
+            .bind(i64::try_from(last.step)?)
+            .bind(last_loss)
+            .bind(&job_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The steps of job `id` from `from` to `to` (inclusive), downsampled to at most `max_points`.
+    pub async fn steps(&self, id: Uuid, from: i64, to: i64, max_points: usize) -> anyhow::Result<StepColumns> {
+        let rows = sqlx::query(
+            "SELECT step, loss, grad_norm, grad_norm_clipped, clip_coef, lr, skipped
+             FROM steps WHERE job_id = ? AND step BETWEEN ? AND ? ORDER BY step",
+        )
+        .bind(id.to_string())
+        .bind(from)
+        .bind(to)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut all = StepColumns::default();
+        for row in &rows {
+            all.step.push(row.try_get("step")?);
+            all.loss.push(row.try_get("loss")?);
+            all.grad_norm.push(row.try_get("grad_norm")?);
+            all.grad_norm_clipped.push(row.try_get("grad_norm_clipped")?);
+            all.clip_coef.push(row.try_get("clip_coef")?);
+            all.lr.push(row.try_get("lr")?);
+            all.skipped.push(row.try_get("skipped")?);
+        }
+        let keep = keep_extremes(all.step.len(), max_points, &[&|i| all.loss[i], &|i| all.grad_norm[i]]);
+        if keep.len() == all.step.len() {
+            return Ok(all);
+        }
+        Ok(StepColumns {
+            step: keep.iter().map(|&i| all.step[i]).collect(),
+            loss: keep.iter().map(|&i| all.loss[i]).collect(),
+            grad_norm: keep.iter().map(|&i| all.grad_norm[i]).collect(),
+            grad_norm_clipped: keep.iter().map(|&i| all.grad_norm_clipped[i]).collect(),
+            clip_coef: keep.iter().map(|&i| all.clip_coef[i]).collect(),
+            lr: keep.iter().map(|&i| all.lr[i]).collect(),
+            skipped: keep.iter().map(|&i| all.skipped[i]).collect(),
+        })
+    }
+}

@@ -1,0 +1,100 @@
+//! Synchronous `tch` code only: no async, no HTTP. It receives a validated [`JobSpec`], a
+//! stop flag and a channel, trains, and emits plain-float reports. Tensors never leave
+//! this module (`tch::Tensor` is `Send` but not `Sync`).
+//!
+//! - [`spec`] — the job specification and its validation.
+//! - [`data`] — corpora and batch sampling.
+//! - [`model`] — the networks, with named parameters in a stable order.
+//! - [`optim`] — optimizers and learning-rate schedules.
+//! - [`policy`] — gradient and weight policies.
+//! - [`run`] — the training loop.
+
+pub mod data;
+pub mod model;
+pub mod optim;
+pub mod policy;
+pub mod run;
+pub mod spec;
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+pub use run::{RunContext, train};
+pub use spec::JobSpec;
+
+/// One layer = one named parameter tensor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerInfo {
+    pub index: usize,
+    pub name: String,
+    pub shape: Vec<i64>,
+    pub numel: i64,
+}
+
+/// What one optimizer step measured, as plain floats. Non-finite values stay non-finite.
+#[derive(Debug, Clone)]
+pub struct StepReport {
+    /// 1-based: after step `n`, `n` updates have been attempted.
+    pub step: u64,
+    pub loss: f64,
+    /// Global L2 norm of the gradients before any grad policy.
+    pub grad_norm: f64,
+    /// Global L2 norm after the grad policies.
+    pub grad_norm_clipped: f64,
+    /// `grad_norm_clipped / grad_norm` (1 when nothing was clipped).
+    pub clip_coef: f64,
+    pub lr: f64,
+    /// The update was dropped (non-finite loss or gradient).
+    pub skipped: bool,
+    /// Per-layer L2 norm of the gradient before any grad policy, by layer index.
+    pub layer_grad_norm: Vec<f64>,
+}
+
+/// Messages from a training thread, in order.
+#[derive(Debug, Clone)]
+pub enum TrainEvent {
+    /// The model is built: where it trains and what its layers are.
+    Started {
+        device: String,
+        layers: Vec<LayerInfo>,
+    },
+    Step(StepReport),
+}
+
+/// How a training run ended without an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Succeeded,
+    Cancelled,
+    Interrupted,
+    /// A non-finite loss or gradient under `on_nonfinite: stop`.
+    Diverged(String),
+}
+
+/// Why a run was asked to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum StopReason {
+    /// A user cancelled the job.
+    Cancel = 1,
+    /// The service is shutting down.
+    Shutdown = 2,
+}
+
+/// Checked by the training loop before every step; set from any thread.
+#[derive(Debug, Default)]
+pub struct StopFlag(AtomicU8);
+
+impl StopFlag {
+    /// Asks the run to stop. The first reason given wins.
+    pub fn request(&self, reason: StopReason) {
+        let _ = self.0.compare_exchange(0, reason as u8, Ordering::SeqCst, Ordering::SeqCst);
+    }
+
+    pub fn requested(&self) -> Option<StopReason> {
+        match self.0.load(Ordering::SeqCst) {
+            1 => Some(StopReason::Cancel),
+            2 => Some(StopReason::Shutdown),
+            _ => None,
+        }
+    }
+}

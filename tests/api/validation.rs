@@ -1,0 +1,87 @@
+//! Bad input gets the contract's error shape, with the status and the field.
+
+use serde_json::{Value, json};
+
+use crate::helpers::{spawn_app, tiny_lstm_spec};
+
+async fn error_of(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.expect("error body is JSON");
+    (status, body["error"].clone())
+}
+
+#[tokio::test]
+async fn invalid_specs_are_refused_naming_the_field() {
+    let app = spawn_app().await;
+    let with = |pointer: &str, value: Value| {
+        let mut spec = tiny_lstm_spec(10, 1.0);
+        let (parent, key) = pointer.rsplit_once('/').expect("a /path");
+        let target = if parent.is_empty() { &mut spec } else { spec.pointer_mut(parent).expect("parent") };
+        target[key] = value;
+        spec
+    };
+    let mut missing_task = tiny_lstm_spec(10, 1.0);
+    missing_task.as_object_mut().expect("object").remove("task");
+    let mut unknown = tiny_lstm_spec(10, 1.0);
+    unknown["colour"] = json!("blue");
+    let mut unknown_nested = tiny_lstm_spec(10, 1.0);
+    unknown_nested["model"]["widht"] = json!(3);
+    let cases = [
+        ("wrong type", with("/steps", json!("many")), "steps"),
+        ("negative count", with("/batch_size", json!(-4)), "batch_size"),
+        ("unknown field", unknown, "colour"),
+        ("unknown nested field", unknown_nested, "model.widht"),
+        ("out of range", with("/model/hidden", json!(0)), "model.hidden"),
+        ("too many steps", with("/steps", json!(10_000_000_000_u64)), "steps"),
+        ("missing task", missing_task, "task"),
+        ("unknown model", with("/model/kind", json!("cnn")), "model.kind"),
+        ("unknown task", with("/task/kind", json!("poetry")), "task.kind"),
+        ("bad device", with("/device", json!("tpu")), "device"),
+        ("negative clip", with("/policy/grad/0/max_norm", json!(-1.0)), "policy.grad[0].max_norm"),
+        ("unknown corpus", with("/task/corpus", json!("builtin:shakespeare")), "task.corpus"),
+        ("bad lr", with("/optimizer/lr", json!(0)), "optimizer.lr"),
+        ("dropout of 1", with("/model/dropout", json!(1.0)), "model.dropout"),
+    ];
+    for (what, spec, field) in cases {
+        let (status, error) = error_of(app.post_json("/api/v1/jobs", &spec).await).await;
+        assert_eq!(status, 422, "{what}: {error}");
+        assert_eq!(error["field"], field, "{what}: {error}");
+        assert_eq!(error["code"], "invalid_field");
+        assert!(!error["message"].as_str().expect("message").is_empty());
+    }
+    let list: Value = app.get("/api/v1/jobs").await.json().await.expect("json");
+    assert_eq!(list["jobs"].as_array().expect("jobs").len(), 0, "no invalid job was queued");
+}
+
+#[tokio::test]
+async fn malformed_bodies_get_400_413_and_415() {
+    let app = spawn_app().await;
+    let post = |body: Vec<u8>, content_type: &'static str| {
+        app.client.post(app.url("/api/v1/jobs")).header("content-type", content_type).body(body).send()
+    };
+    let (status, error) = error_of(post(b"{\"task\": ".to_vec(), "application/json").await.expect("post")).await;
+    assert_eq!((status, error["code"].as_str()), (400, Some("invalid_json")));
+
+    let spec = serde_json::to_vec(&tiny_lstm_spec(10, 1.0)).expect("json");
+    let (status, error) = error_of(post(spec.clone(), "text/plain").await.expect("post")).await;
+    assert_eq!((status, error["code"].as_str()), (415, Some("unsupported_media_type")));
+
+    let mut huge = tiny_lstm_spec(10, 1.0);
+    huge["name"] = json!("x".repeat(400 * 1024));
+    let huge = serde_json::to_vec(&huge).expect("json");
+    let (status, error) = error_of(post(huge, "application/json").await.expect("post")).await;
+    assert_eq!((status, error["code"].as_str()), (413, Some("payload_too_large")));
+
+    // With a charset the same spec is fine.
+    let ok = post(spec, "application/json; charset=utf-8").await.expect("post");
+    assert_eq!(ok.status(), 201);
+}
+
+#[tokio::test]
+async fn unknown_things_are_404_in_the_error_shape() {
+    let app = spawn_app().await;
+    for path in ["/api/v1/jobs/not-a-uuid", "/api/v1/jobs/0190a000-0000-7000-8000-000000000000", "/api/v1/nothing"] {
+        let (status, error) = error_of(app.get(path).await).await;
+        assert_eq!((status, error["code"].as_str()), (404, Some("not_found")), "{path}");
+    }
+}
