@@ -26,7 +26,7 @@ fn job_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::NotFound("job"))
 }
 
-async fn find_job(state: &AppState, raw: &str) -> Result<Job, ApiError> {
+pub(super) async fn find_job(state: &AppState, raw: &str) -> Result<Job, ApiError> {
     state.store.job(job_id(raw)?).await?.ok_or(ApiError::NotFound("job"))
 }
 
@@ -198,15 +198,25 @@ pub async fn steps(
     ApiQuery(q): ApiQuery<RangeQuery>,
 ) -> Result<Json<StepColumns>, ApiError> {
     let job = find_job(&state, &id).await?;
-    let (from, to) = (q.from.unwrap_or(0), q.to.unwrap_or(i64::MAX));
+    let (from, to, max_points) = range(q.from, q.to, q.max_points)?;
+    Ok(Json(state.store.steps(job.id, from, to, max_points).await?))
+}
+
+/// Checks a step range query and fills in its defaults.
+pub(super) fn range(
+    from: Option<i64>,
+    to: Option<i64>,
+    max_points: Option<usize>,
+) -> Result<(i64, i64, usize), ApiError> {
+    let (from, to) = (from.unwrap_or(0), to.unwrap_or(i64::MAX));
     if from > to {
         return Err(ApiError::invalid("from", "must not exceed to"));
     }
-    let max_points = q.max_points.unwrap_or(DEFAULT_MAX_POINTS);
+    let max_points = max_points.unwrap_or(DEFAULT_MAX_POINTS);
     if !(MIN_POINTS..=MAX_MAX_POINTS).contains(&max_points) {
         return Err(ApiError::invalid("max_points", format!("must be {MIN_POINTS} to {MAX_MAX_POINTS}")));
     }
-    Ok(Json(state.store.steps(job.id, from, to, max_points).await?))
+    Ok((from, to, max_points))
 }
 
 /// The latest weights as safetensors, with the tensor names of `/layers`.

@@ -1,6 +1,7 @@
 //! The HTTP surface: axum routers, one module per resource, handlers named by verb.
 //!
 //! - [`jobs`] — `/api/v1/jobs` and everything under a job.
+//! - [`stats`] — per-layer statistics and events of a job.
 //! - [`corpora`] — `/api/v1/corpora`.
 //! - [`health`] — `/healthz`, `/readyz`.
 //! - [`openapi`] — the generated OpenAPI document.
@@ -12,6 +13,7 @@ pub mod extract;
 pub mod health;
 pub mod jobs;
 pub mod openapi;
+pub mod stats;
 
 use std::time::Duration;
 
@@ -46,6 +48,8 @@ pub fn router(state: AppState, config: &ServeConfig) -> Router {
         .route("/jobs/{id}/cancel", post(jobs::cancel))
         .route("/jobs/{id}/layers", get(jobs::layers))
         .route("/jobs/{id}/steps", get(jobs::steps))
+        .route("/jobs/{id}/layer-stats", get(stats::layers))
+        .route("/jobs/{id}/events", get(stats::events))
         .route("/jobs/{id}/checkpoint", get(jobs::checkpoint))
         .route("/corpora", post(corpora::create).layer(DefaultBodyLimit::max(config.corpus_limit)))
         .route("/openapi.json", get(openapi::document))

@@ -8,6 +8,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::Store;
+use crate::train::diagnose::Diagnosis;
 use crate::train::{JobSpec, LayerInfo};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, ToSchema)]
@@ -75,10 +76,15 @@ pub struct Job {
     pub loss: Option<f64>,
     /// Why it failed or diverged.
     pub error: Option<String>,
+    /// The latest diagnosis: healthy, or the vanishing/exploding/dead/non-finite issues in
+    /// force, by layer.
+    pub diagnosis: Option<Diagnosis>,
+    /// Step reports dropped because the store could not keep up (0 in a healthy service).
+    pub dropped_reports: i64,
 }
 
-const JOB_COLUMNS: &str =
-    "id, name, status, spec, created_at, started_at, finished_at, step, total_steps, device, loss, error";
+const JOB_COLUMNS: &str = "id, name, status, spec, created_at, started_at, finished_at, step, total_steps, device, \
+    loss, error, diagnosis, dropped_reports";
 
 fn job_from_row(row: &SqliteRow) -> anyhow::Result<Job> {
     let status: String = row.try_get("status")?;
@@ -97,6 +103,8 @@ fn job_from_row(row: &SqliteRow) -> anyhow::Result<Job> {
         device: row.try_get("device")?,
         loss: row.try_get("loss")?,
         error: row.try_get("error")?,
+        diagnosis: row.try_get::<Option<String>, _>("diagnosis")?.map(|d| serde_json::from_str(&d)).transpose()?,
+        dropped_reports: row.try_get("dropped_reports")?,
     })
 }
 
@@ -121,6 +129,8 @@ impl Store {
             device: None,
             loss: None,
             error: None,
+            diagnosis: None,
+            dropped_reports: 0,
         };
         sqlx::query(
             "INSERT INTO jobs (id, name, status, spec, created_at, step, total_steps) VALUES (?, ?, ?, ?, ?, 0, ?)",

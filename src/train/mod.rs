@@ -7,19 +7,24 @@
 //! - [`model`] — the networks, with named parameters in a stable order.
 //! - [`optim`] — optimizers and learning-rate schedules.
 //! - [`policy`] — gradient and weight policies.
+//! - [`stats`] — per-layer statistics from one flat gradient buffer.
+//! - [`diagnose`] — vanishing/exploding/dead/non-finite diagnosis from the reports.
 //! - [`run`] — the training loop.
 
 pub mod data;
+pub mod diagnose;
 pub mod model;
 pub mod optim;
 pub mod policy;
 pub mod run;
 pub mod spec;
+pub mod stats;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
 pub use run::{RunContext, train};
 pub use spec::JobSpec;
+pub use stats::LayerStats;
 
 /// One layer = one named parameter tensor.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,8 +50,8 @@ pub struct StepReport {
     pub lr: f64,
     /// The update was dropped (non-finite loss or gradient).
     pub skipped: bool,
-    /// Per-layer L2 norm of the gradient before any grad policy, by layer index.
-    pub layer_grad_norm: Vec<f64>,
+    /// Every per-layer statistic, on the steps `monitor.every` records.
+    pub layers: Option<LayerStats>,
 }
 
 /// Messages from a training thread, in order.
@@ -58,6 +63,21 @@ pub enum TrainEvent {
         layers: Vec<LayerInfo>,
     },
     Step(StepReport),
+    /// A diagnosis or a policy action.
+    Event(Event),
+    /// The run's diagnosis changed.
+    Diagnosis(diagnose::Diagnosis),
+}
+
+/// Something worth telling a person about a run, at a step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub step: u64,
+    /// `nonfinite`, `exploding`, `vanishing`, `dead`, `clipped`, `skipped`.
+    pub kind: &'static str,
+    pub layer: Option<usize>,
+    pub value: Option<f64>,
+    pub message: String,
 }
 
 /// How a training run ended without an error.

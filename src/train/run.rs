@@ -1,4 +1,10 @@
 //! The training loop: one job, start to finish, on the calling thread.
+//!
+//! Per step: forward, backward into the flat gradient buffer, per-layer statistics (on
+//! recorded steps), the grad policies, then one device→host copy of everything the step
+//! reports. A step's weight statistics exist only after its update, so they travel in
+//! the next step's copy and each report is emitted one step late (the last one after a
+//! final copy).
 
 use std::path::PathBuf;
 
@@ -8,7 +14,9 @@ use rand::rngs::StdRng;
 use tch::{Device, Kind, Reduction, Tensor, nn};
 
 use super::data::CharCorpus;
+use super::diagnose::{Diagnoser, Diagnosis};
 use super::spec::{JobSpec, OnNonfinite, TaskSpec, parse_device};
+use super::stats::{FlatParams, GRAD_STATS, HIST_BINS, LayerStats, WEIGHT_STATS};
 use super::{Outcome, StepReport, StopFlag, StopReason, TrainEvent, model, optim, policy};
 
 /// What a run needs besides its spec, resolved by the caller.
@@ -34,13 +42,17 @@ pub fn train(
     let vocab = corpus.vocab_size();
     let vs = nn::VarStore::new(device);
     let (model, params) = model::build(&spec.model, &vs, vocab, spec.seed)?;
+    let tensors: Vec<Tensor> = params.tensors().map(Tensor::shallow_clone).collect();
+    let mut flat = FlatParams::new(&tensors, device)?;
     let mut opt = optim::build(&spec.optimizer, &vs, spec.steps)?;
-    emit(TrainEvent::Started { device: model::device_name(device), layers: params.layers() });
+    let layers = params.layers();
+    let mut reporter = Reporter::new(spec, layers.iter().map(|l| l.name.clone()).collect());
+    emit(TrainEvent::Started { device: model::device_name(device), layers });
 
-    let weights: Vec<Tensor> = params.tensors().map(Tensor::shallow_clone).collect();
     let mut rng = StdRng::seed_from_u64(spec.seed);
     for step in 1..=spec.steps {
         if let Some(reason) = stop.requested() {
+            reporter.finish(emit)?;
             save_checkpoint(&vs, ctx)?;
             return Ok(match reason {
                 StopReason::Cancel => Outcome::Cancelled,
@@ -58,68 +70,156 @@ pub fn train(
             -100,
             0.0,
         )?;
-        opt.zero_grad();
+        flat.zero_grads()?;
         loss.f_backward().context("backward failed")?;
+        flat.adopt_grads()?;
 
-        let mut report = tch::no_grad(|| measure_and_clip(spec, &weights, &loss, step, lr))?;
+        let record = spec.monitor.records(step);
+        let report = tch::no_grad(|| reporter.measure(&mut flat, &loss, step, lr, record, emit))?;
         let finite = report.loss.is_finite() && report.grad_norm.is_finite();
-        if finite {
-            opt.step();
-            tch::no_grad(|| policy::apply_weight_policies(&spec.policy.weight, &weights, step))?;
-        } else {
-            report.skipped = true;
-        }
-        emit(TrainEvent::Step(report));
+        tch::no_grad(|| -> anyhow::Result<()> {
+            if record {
+                flat.snapshot_weights()?;
+            }
+            if finite {
+                opt.step();
+                policy::apply_weight_policies(&spec.policy.weight, flat.params(), step)?;
+            }
+            Ok(())
+        })?;
+        let weight_stats = if record { Some(tch::no_grad(|| flat.weight_stats())?) } else { None };
+        reporter.hold(StepReport { skipped: !finite, ..report }, weight_stats);
         if !finite && spec.policy.on_nonfinite == OnNonfinite::Stop {
+            reporter.finish(emit)?;
             save_checkpoint(&vs, ctx)?;
             return Ok(Outcome::Diverged(format!("non-finite loss or gradient at step {step}")));
         }
     }
+    reporter.finish(emit)?;
     save_checkpoint(&vs, ctx)?;
     Ok(Outcome::Succeeded)
 }
 
-/// Measures the gradients, applies the grad policies, and copies every number the step
-/// reports to the host in one transfer.
-fn measure_and_clip(
-    spec: &JobSpec,
-    weights: &[Tensor],
-    loss: &Tensor,
-    step: u64,
-    lr: f64,
-) -> anyhow::Result<StepReport> {
-    let grads: Vec<Tensor> = weights
-        .iter()
-        .map(|w| {
-            let g = w.grad();
-            if g.defined() { Ok(g) } else { w.f_zeros_like() }
+/// Turns device tensors into reports: one host copy per step, weight statistics carried
+/// over to the next copy, diagnosis on the way out.
+struct Reporter<'a> {
+    spec: &'a JobSpec,
+    layers: usize,
+    /// The previous step's report, waiting for its weight statistics.
+    held: Option<(StepReport, Option<Tensor>)>,
+    diagnoser: Diagnoser,
+    diagnosis: Diagnosis,
+}
+
+impl<'a> Reporter<'a> {
+    fn new(spec: &'a JobSpec, layer_names: Vec<String>) -> Self {
+        Self {
+            spec,
+            layers: layer_names.len(),
+            held: None,
+            diagnoser: Diagnoser::new(&spec.monitor, layer_names),
+            diagnosis: Diagnosis { status: "healthy".to_owned(), issues: Vec::new() },
+        }
+    }
+
+    /// Measures the gradients, applies the grad policies, and copies this step's numbers
+    /// (and the held step's weight statistics) to the host in one transfer. Emits the held
+    /// report.
+    fn measure(
+        &mut self,
+        flat: &mut FlatParams,
+        loss: &Tensor,
+        step: u64,
+        lr: f64,
+        record: bool,
+        emit: &mut dyn FnMut(TrainEvent),
+    ) -> anyhow::Result<StepReport> {
+        let (grad_stats, total) = if record {
+            let (stats, total) = flat.grad_stats()?;
+            (Some(stats), total)
+        } else {
+            (None, flat.grad_norm()?)
+        };
+        let hist = if record && self.spec.monitor.histogram { Some(flat.grad_histogram()?) } else { None };
+        let clipped = policy::apply_grad_policies(&self.spec.policy.grad, &flat.layer_grads(), &total)?;
+
+        let held_weights = self.held.as_ref().and_then(|(_, w)| w.as_ref().map(Tensor::shallow_clone));
+        let mut parts = vec![loss.f_detach()?.f_reshape([1])?, total.f_reshape([1])?, clipped.f_reshape([1])?];
+        parts.extend(grad_stats.iter().map(|s| s.f_flatten(0, -1)).collect::<Result<Vec<_>, _>>()?);
+        parts.extend(held_weights.iter().map(|w| w.f_flatten(0, -1)).collect::<Result<Vec<_>, _>>()?);
+        parts.extend(hist.iter().map(|h| h.f_to_kind(Kind::Float)).collect::<Result<Vec<_>, _>>()?);
+        let parts: Vec<Tensor> = parts.iter().map(|p| p.f_to_kind(Kind::Double)).collect::<Result<_, _>>()?;
+        let host: Vec<f64> = Vec::try_from(&Tensor::f_cat(&parts, 0)?.f_to_device(Device::Cpu)?)?;
+
+        let (scalars, mut rest) = host.split_at(3);
+        let mut layers = grad_stats.as_ref().map(|_| {
+            let n = GRAD_STATS.len() * self.layers;
+            let stats = LayerStats::from_grad_rows(&rest[..n], self.layers);
+            rest = &rest[n..];
+            stats
+        });
+        if held_weights.is_some() {
+            let n = WEIGHT_STATS.len() * self.layers;
+            self.release(Some(&rest[..n]), emit);
+            rest = &rest[n..];
+        } else {
+            self.release(None, emit);
+        }
+        if let Some(layers) = layers.as_mut()
+            && hist.is_some()
+        {
+            layers.hist = Some(rest[..HIST_BINS * self.layers].iter().map(|&c| c as u64).collect());
+        }
+        let (grad_norm, grad_norm_clipped) = (scalars[1], scalars[2]);
+        Ok(StepReport {
+            step,
+            loss: scalars[0],
+            grad_norm,
+            grad_norm_clipped,
+            clip_coef: if grad_norm > 0.0 { grad_norm_clipped / grad_norm } else { 1.0 },
+            lr,
+            skipped: false,
+            layers,
         })
-        .collect::<Result<_, _>>()?;
-    let norms = policy::layer_norms(&grads)?;
-    let total = norms.f_norm()?;
-    let clipped = policy::apply_grad_policies(&spec.policy.grad, &grads, &total)?;
-    let packed = Tensor::f_cat(
-        &[
-            loss.f_detach()?.f_to_kind(Kind::Float)?.f_reshape([1])?,
-            total.f_reshape([1])?,
-            clipped.f_reshape([1])?,
-            norms,
-        ],
-        0,
-    )?
-    .f_to_device(Device::Cpu)?;
-    let values: Vec<f32> = Vec::try_from(&packed)?;
-    let (grad_norm, grad_norm_clipped) = (f64::from(values[1]), f64::from(values[2]));
-    Ok(StepReport {
-        step,
-        loss: f64::from(values[0]),
-        grad_norm,
-        grad_norm_clipped,
-        clip_coef: if grad_norm > 0.0 { grad_norm_clipped / grad_norm } else { 1.0 },
-        lr,
-        skipped: false,
-        layer_grad_norm: values[3..].iter().map(|&v| f64::from(v)).collect(),
-    })
+    }
+
+    /// Holds a finished step until its weight statistics reach the host.
+    fn hold(&mut self, report: StepReport, weight_stats: Option<Tensor>) {
+        self.held = Some((report, weight_stats));
+    }
+
+    /// Emits the held report with its weight rows, its events and, when the diagnosis
+    /// changed, the new diagnosis.
+    fn release(&mut self, weight_rows: Option<&[f64]>, emit: &mut dyn FnMut(TrainEvent)) {
+        let Some((mut report, _)) = self.held.take() else { return };
+        if let (Some(layers), Some(rows)) = (report.layers.as_mut(), weight_rows) {
+            layers.set_weight_rows(rows, self.layers);
+        }
+        let events = self.diagnoser.observe(&report);
+        emit(TrainEvent::Step(report));
+        for event in events {
+            emit(TrainEvent::Event(event));
+        }
+        let diagnosis = self.diagnoser.diagnosis();
+        if diagnosis != self.diagnosis {
+            self.diagnosis = diagnosis.clone();
+            emit(TrainEvent::Diagnosis(diagnosis));
+        }
+    }
+
+    /// Emits the last held report, with one more host copy for its weight statistics.
+    fn finish(&mut self, emit: &mut dyn FnMut(TrainEvent)) -> anyhow::Result<()> {
+        let weights = self.held.as_ref().and_then(|(_, w)| w.as_ref().map(Tensor::shallow_clone));
+        match weights {
+            Some(w) => {
+                let rows: Vec<f64> =
+                    Vec::try_from(&w.f_flatten(0, -1)?.f_to_kind(Kind::Double)?.f_to_device(Device::Cpu)?)?;
+                self.release(Some(&rows), emit);
+            }
+            None => self.release(None, emit),
+        }
+        Ok(())
+    }
 }
 
 fn save_checkpoint(vs: &nn::VarStore, ctx: &RunContext) -> anyhow::Result<()> {

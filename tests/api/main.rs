@@ -5,4 +5,5 @@ mod helpers;
 mod jobs;
 mod lifecycle;
 mod service;
+mod stats;
 mod validation;

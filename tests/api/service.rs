@@ -26,6 +26,8 @@ async fn the_openapi_document_covers_every_route() {
         ("/api/v1/jobs/{id}/cancel", &["post"]),
         ("/api/v1/jobs/{id}/layers", &["get"]),
         ("/api/v1/jobs/{id}/steps", &["get"]),
+        ("/api/v1/jobs/{id}/layer-stats", &["get"]),
+        ("/api/v1/jobs/{id}/events", &["get"]),
         ("/api/v1/jobs/{id}/checkpoint", &["get"]),
         ("/api/v1/corpora", &["post"]),
         ("/api/v1/openapi.json", &["get"]),
@@ -39,7 +41,8 @@ async fn the_openapi_document_covers_every_route() {
     }
     assert_eq!(paths.len(), expected.len(), "a documented path is not served or vice versa");
     let schemas = doc["components"]["schemas"].as_object().expect("schemas");
-    for name in ["JobSpec", "Job", "StepColumns", "ErrorBody", "GradPolicy"] {
+    for name in ["JobSpec", "Job", "StepColumns", "ErrorBody", "GradPolicy", "LayerSeries", "Diagnosis", "StoredEvent"]
+    {
         assert!(schemas.contains_key(name), "schema {name} missing");
     }
 }
