@@ -31,6 +31,8 @@ pub enum Command {
     Migrate(DatabaseArgs),
     /// Ask a running service whether it is ready; exit 0 if it is.
     Healthcheck(HealthcheckArgs),
+    /// Time a training step bare, with full per-layer statistics, and with clipping.
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -69,6 +71,18 @@ pub struct ServeConfig {
     /// Largest uploaded corpus, in bytes.
     #[arg(long, env = "GRADSCOPE_CORPUS_LIMIT", default_value_t = DEFAULT_CORPUS_LIMIT)]
     pub corpus_limit: usize,
+    /// Recent steps a client joining a running job's stream receives first.
+    #[arg(long, env = "GRADSCOPE_STREAM_BACKLOG", default_value_t = crate::jobs::live::DEFAULT_RING)]
+    pub stream_backlog: usize,
+    /// Most WebSocket clients per job.
+    #[arg(long, env = "GRADSCOPE_WS_MAX_PER_JOB", default_value_t = 1000)]
+    pub ws_max_per_job: usize,
+    /// Most WebSocket clients in total.
+    #[arg(long, env = "GRADSCOPE_WS_MAX_TOTAL", default_value_t = 4000)]
+    pub ws_max_total: usize,
+    /// Seconds a WebSocket may stay silent (no pong, no message) before it is closed.
+    #[arg(long, env = "GRADSCOPE_WS_IDLE_TIMEOUT", default_value_t = 60)]
+    pub ws_idle_timeout_secs: u64,
     /// Seconds before a request (other than a stream) is answered 408.
     #[arg(long, env = "GRADSCOPE_REQUEST_TIMEOUT", default_value_t = 30)]
     pub request_timeout_secs: u64,

@@ -15,8 +15,10 @@
 //! - [`train`] — synchronous `tch` code only: the job spec, data, models, optimizers,
 //!   policies and the training loop. Tensors never leave it.
 //! - [`healthcheck`] — the `gradscope healthcheck` client.
+//! - [`bench`] — `gradscope bench`, the cost of monitoring per training step.
 
 pub mod api;
+pub mod bench;
 pub mod config;
 pub mod healthcheck;
 pub mod jobs;

@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use gradscope::config::{Cli, Command};
-use gradscope::{Application, healthcheck, store, telemetry};
+use gradscope::{Application, bench, healthcheck, store, telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -29,6 +29,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             println!("migrations applied to {}", db.database_url);
         }
         Command::Healthcheck(args) => return healthcheck::check(&args).await,
+        Command::Bench(args) => tokio::task::spawn_blocking(move || bench::run(&args)).await??,
     }
     Ok(ExitCode::SUCCESS)
 }

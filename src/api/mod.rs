@@ -2,6 +2,7 @@
 //!
 //! - [`jobs`] — `/api/v1/jobs` and everything under a job.
 //! - [`stats`] — per-layer statistics and events of a job.
+//! - [`stream`] — the WebSocket feed of a job.
 //! - [`corpora`] — `/api/v1/corpora`.
 //! - [`health`] — `/healthz`, `/readyz`.
 //! - [`openapi`] — the generated OpenAPI document.
@@ -14,7 +15,9 @@ pub mod health;
 pub mod jobs;
 pub mod openapi;
 pub mod stats;
+pub mod stream;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
@@ -29,6 +32,7 @@ use tower_http::trace::TraceLayer;
 
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 
+use self::stream::WsLimits;
 use crate::config::ServeConfig;
 use crate::jobs::Scheduler;
 use crate::store::Store;
@@ -38,6 +42,8 @@ use crate::store::Store;
 pub struct AppState {
     pub store: Store,
     pub scheduler: Scheduler,
+    /// WebSocket limits and client count.
+    pub ws: Arc<WsLimits>,
 }
 
 /// The whole application router: API, probes, and the dashboard's static files at `/`.
@@ -50,6 +56,7 @@ pub fn router(state: AppState, config: &ServeConfig) -> Router {
         .route("/jobs/{id}/steps", get(jobs::steps))
         .route("/jobs/{id}/layer-stats", get(stats::layers))
         .route("/jobs/{id}/events", get(stats::events))
+        .route("/jobs/{id}/stream", get(stream::subscribe))
         .route("/jobs/{id}/checkpoint", get(jobs::checkpoint))
         .route("/corpora", post(corpora::create).layer(DefaultBodyLimit::max(config.corpus_limit)))
         .route("/openapi.json", get(openapi::document))

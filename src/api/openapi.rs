@@ -3,14 +3,14 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::{corpora, health, jobs, stats};
+use super::{corpora, health, jobs, stats, stream};
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "gradscope", description = "Training jobs with per-layer gradient statistics."),
     paths(
         jobs::create, jobs::list, jobs::get, jobs::cancel, jobs::delete, jobs::layers, jobs::steps,
-        jobs::checkpoint, stats::layers, stats::events, corpora::create, health::live, health::ready, document,
+        jobs::checkpoint, stats::layers, stats::events, stream::subscribe, corpora::create, health::live, health::ready, document,
     ),
     tags(
         (name = "jobs", description = "Submit, watch and manage training jobs"),

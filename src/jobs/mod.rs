@@ -3,7 +3,9 @@
 //!
 //! - [`Scheduler`] — the handle the API holds (notify, cancel, shut down).
 //! - [`runner`] — one job from claim to final status.
+//! - [`live`] — the live feed of each running job.
 
+pub mod live;
 mod runner;
 
 use std::collections::HashMap;
@@ -15,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
+use self::live::{LiveHub, LiveJob};
 use crate::store::{JobStatus, Store};
 use crate::train::{StopFlag, StopReason};
 
@@ -47,11 +50,13 @@ struct Inner {
     shutdown: CancellationToken,
     /// Every job task, so shutdown can wait for them to record their final status.
     tracker: TaskTracker,
+    /// Live feeds of the running jobs.
+    live: LiveHub,
 }
 
 impl Scheduler {
     /// Starts the dispatcher. Jobs stop when `shutdown` is cancelled; [`Self::wait`] waits.
-    pub fn start(store: Store, data_dir: PathBuf, max_jobs: usize, shutdown: CancellationToken) -> Self {
+    pub fn start(store: Store, data_dir: PathBuf, max_jobs: usize, ring: usize, shutdown: CancellationToken) -> Self {
         let inner = Arc::new(Inner {
             store,
             data_dir,
@@ -60,6 +65,7 @@ impl Scheduler {
             wake: Notify::new(),
             shutdown,
             tracker: TaskTracker::new(),
+            live: LiveHub::new(ring),
         });
         inner.tracker.spawn(dispatch(inner.clone()));
         Self { inner }
@@ -87,6 +93,16 @@ impl Scheduler {
             Some(job) if !job.status.is_finished() => CancelOutcome::Accepted,
             Some(job) => CancelOutcome::AlreadyFinished(job.status),
         })
+    }
+
+    /// The live feed of job `id`, while it runs.
+    pub fn live(&self, id: Uuid) -> Option<Arc<LiveJob>> {
+        self.inner.live.job(id)
+    }
+
+    /// Whether the service is shutting down.
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.inner.shutdown
     }
 
     /// The checkpoint file of job `id`.
@@ -136,6 +152,7 @@ async fn fill_slots(inner: &Arc<Inner>) -> anyhow::Result<()> {
         let Some(job) = inner.store.claim_next_job().await? else { break };
         let flag = Arc::new(StopFlag::default());
         running.insert(job.id, flag.clone());
+        inner.live.open(job.id);
         let inner = inner.clone();
         inner.clone().tracker.spawn(async move {
             let id = job.id;

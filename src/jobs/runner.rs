@@ -10,6 +10,7 @@ use anyhow::{Context, anyhow};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 
+use super::live::LiveMessage;
 use super::{Inner, checkpoint_path, corpus_path};
 use crate::store::{Job, JobStatus, Progress};
 use crate::train::data::builtin_corpus;
@@ -38,6 +39,9 @@ pub(super) async fn run(inner: &Inner, job: Job, flag: Arc<StopFlag>) {
     if let Err(err) = inner.store.finish_job(id, status, error.as_deref()).await {
         tracing::error!(job = %id, "failed to record the end of the job: {err:#}");
     }
+    // After the store: a subscriber told the job ended finds it ended.
+    inner.live.open(id).publish(LiveMessage::Status { status, error });
+    inner.live.close(id);
 }
 
 async fn train_and_record(inner: &Inner, job: &Job, flag: Arc<StopFlag>) -> anyhow::Result<Outcome> {
@@ -96,6 +100,7 @@ async fn record(
     let mut messages = Vec::with_capacity(WRITE_BATCH);
     let mut steps: Vec<StepReport> = Vec::with_capacity(WRITE_BATCH);
     let mut events: Vec<Event> = Vec::new();
+    let live = inner.live.open(job.id);
     while rx.recv_many(&mut messages, WRITE_BATCH).await > 0 {
         let mut diagnosis = None;
         for message in messages.drain(..) {
@@ -103,8 +108,14 @@ async fn record(
                 TrainEvent::Started { device, layers } => {
                     inner.store.set_job_started(job.id, &device, &layers).await.context("failed to record layers")?;
                 }
-                TrainEvent::Step(report) => steps.push(report),
-                TrainEvent::Event(event) => events.push(event),
+                TrainEvent::Step(report) => {
+                    live.publish(LiveMessage::Step(report.clone()));
+                    steps.push(report);
+                }
+                TrainEvent::Event(event) => {
+                    live.publish(LiveMessage::Event(event.clone()));
+                    events.push(event);
+                }
                 TrainEvent::Diagnosis(d) => diagnosis = Some(d),
             }
         }

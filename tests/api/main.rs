@@ -6,4 +6,5 @@ mod jobs;
 mod lifecycle;
 mod service;
 mod stats;
+mod stream;
 mod validation;
