@@ -15,9 +15,10 @@ pub const DEFAULT_CORPUS_LIMIT: usize = 32 * 1024 * 1024;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
-    /// Log filter, e.g. `info` or `gradscope=debug,tower_http=debug`.
-    #[arg(long, global = true, env = "GRADSCOPE_LOG", default_value = "info")]
-    pub log: String,
+    /// Log filter, e.g. `info` or `gradscope=debug,tower_http=debug` (default: `info` for
+    /// serve, `warn` for the other commands).
+    #[arg(long, global = true, env = "GRADSCOPE_LOG")]
+    pub log: Option<String>,
     /// Log as JSON lines instead of text.
     #[arg(long, global = true, env = "GRADSCOPE_LOG_JSON")]
     pub log_json: bool,
@@ -31,6 +32,8 @@ pub enum Command {
     Migrate(DatabaseArgs),
     /// Ask a running service whether it is ready; exit 0 if it is.
     Healthcheck(HealthcheckArgs),
+    /// Train one job from a spec file, here, with a progress bar and a per-layer report.
+    Run(crate::local::RunArgs),
     /// Time a training step bare, with full per-layer statistics, and with clipping.
     Bench(crate::bench::BenchArgs),
 }

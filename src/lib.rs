@@ -15,6 +15,7 @@
 //! - [`train`] — synchronous `tch` code only: the job spec, data, models, optimizers,
 //!   policies and the training loop. Tensors never leave it.
 //! - [`healthcheck`] — the `gradscope healthcheck` client.
+//! - [`local`] — `gradscope run SPEC.json`, one job from the shell.
 //! - [`bench`] — `gradscope bench`, the cost of monitoring per training step.
 
 pub mod api;
@@ -22,6 +23,7 @@ pub mod bench;
 pub mod config;
 pub mod healthcheck;
 pub mod jobs;
+pub mod local;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -187,6 +187,18 @@ impl Store {
         row.as_ref().map(job_from_row).transpose()
     }
 
+    /// Marks queued job `id` running and returns it; `None` if it is not queued.
+    pub async fn claim_job(&self, id: Uuid) -> anyhow::Result<Option<Job>> {
+        let row = sqlx::query(&format!(
+            "UPDATE jobs SET status = 'running', started_at = ? WHERE id = ? AND status = 'queued' RETURNING {JOB_COLUMNS}"
+        ))
+        .bind(Utc::now())
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
     /// Records where a started job trains and what its layers are.
     pub async fn set_job_started(&self, id: Uuid, device: &str, layers: &[LayerInfo]) -> anyhow::Result<()> {
         let mut tx = self.pool.begin().await?;
