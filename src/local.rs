@@ -130,7 +130,7 @@ async fn follow(scheduler: &Scheduler, id: uuid::Uuid, bar: &ProgressBar) -> Opt
             Ok(shared) => match &shared.message {
                 LiveMessage::Step(report) => show(bar, report, &mut last),
                 LiveMessage::Event(event) => {
-                    bar.println(format!("step {:>6}  {:<9} {}", event.step, event.kind, event.message))
+                    bar.println(format!("step {:>6}  {:<9} {}", event.step, event.kind, event.message));
                 }
                 LiveMessage::Status { .. } => return last,
             },
