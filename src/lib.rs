@@ -6,6 +6,7 @@
 //!
 //! - [`config`] — the command line and `GRADSCOPE_*` settings.
 //! - [`telemetry`] — logging set-up and the shutdown signal.
+//! - [`metrics`] — the Prometheus registry and the HTTP metrics middleware.
 //! - [`startup`] — [`Application`], which wires the store, the scheduler and the router,
 //!   binds the listener and runs until a shutdown future resolves.
 //! - [`api`] — axum routers, one module per resource, one [`api::ApiError`] type.
@@ -24,6 +25,7 @@ pub mod config;
 pub mod healthcheck;
 pub mod jobs;
 pub mod local;
+pub mod metrics;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -137,6 +137,7 @@ pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Re
     if !state.store.delete_finished_job(job.id).await? {
         return Err(ApiError::NotFound("job"));
     }
+    state.metrics.remove_job(job.id, job.spec.model.kind.as_str(), job.spec.task.kind());
     let checkpoint = state.scheduler.checkpoint_path(job.id);
     if let Err(err) = tokio::fs::remove_file(&checkpoint).await
         && err.kind() != std::io::ErrorKind::NotFound

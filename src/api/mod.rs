@@ -4,7 +4,7 @@
 //! - [`stats`] — per-layer statistics and events of a job.
 //! - [`stream`] — the WebSocket feed of a job.
 //! - [`corpora`] — `/api/v1/corpora`.
-//! - [`health`] — `/healthz`, `/readyz`.
+//! - [`health`] — `/healthz`, `/readyz`, `/metrics`.
 //! - [`openapi`] — the generated OpenAPI document.
 //! - [`extract`] — extractors that reject bad input with [`ApiError`].
 
@@ -35,6 +35,7 @@ pub use error::{ApiError, ErrorBody, ErrorDetail};
 use self::stream::WsLimits;
 use crate::config::ServeConfig;
 use crate::jobs::Scheduler;
+use crate::metrics::{Metrics, track_http};
 use crate::store::Store;
 
 /// What every handler can reach.
@@ -44,6 +45,7 @@ pub struct AppState {
     pub scheduler: Scheduler,
     /// WebSocket limits and client count.
     pub ws: Arc<WsLimits>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// The whole application router: API, probes, and the dashboard's static files at `/`.
@@ -60,6 +62,7 @@ pub fn router(state: AppState, config: &ServeConfig) -> Router {
         .route("/jobs/{id}/checkpoint", get(jobs::checkpoint))
         .route("/corpora", post(corpora::create).layer(DefaultBodyLimit::max(config.corpus_limit)))
         .route("/openapi.json", get(openapi::document))
+        .route_layer(middleware::from_fn_with_state(state.metrics.clone(), track_http))
         .fallback(|| async { ApiError::NotFound("route") })
         .layer(DefaultBodyLimit::max(config.body_limit))
         .layer(TimeoutLayer::with_status_code(
@@ -69,6 +72,8 @@ pub fn router(state: AppState, config: &ServeConfig) -> Router {
     Router::new()
         .route("/healthz", get(health::live))
         .route("/readyz", get(health::ready))
+        .route("/metrics", get(health::metrics))
+        .route_layer(middleware::from_fn_with_state(state.metrics.clone(), track_http))
         .nest("/api/v1", api)
         .fallback_service(ServeDir::new(&config.static_dir))
         .layer(middleware::from_fn(no_store_for_api))

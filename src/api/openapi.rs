@@ -10,7 +10,7 @@ use super::{corpora, health, jobs, stats, stream};
     info(title = "gradscope", description = "Training jobs with per-layer gradient statistics."),
     paths(
         jobs::create, jobs::list, jobs::get, jobs::cancel, jobs::delete, jobs::layers, jobs::steps,
-        jobs::checkpoint, stats::layers, stats::events, stream::subscribe, corpora::create, health::live, health::ready, document,
+        jobs::checkpoint, stats::layers, stats::events, stream::subscribe, corpora::create, health::live, health::ready, health::metrics, document,
     ),
     tags(
         (name = "jobs", description = "Submit, watch and manage training jobs"),

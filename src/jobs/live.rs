@@ -162,6 +162,7 @@ mod tests {
             lr: 0.1,
             skipped: false,
             layers: None,
+            seconds: 0.01,
         })
     }
 

@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use self::live::{LiveHub, LiveJob};
+use crate::metrics::Metrics;
 use crate::store::{Job, JobStatus, Store};
 use crate::train::{StopFlag, StopReason};
 
@@ -52,11 +53,20 @@ struct Inner {
     tracker: TaskTracker,
     /// Live feeds of the running jobs.
     live: LiveHub,
+    /// Prometheus series the running jobs feed.
+    metrics: Arc<Metrics>,
 }
 
 impl Scheduler {
     /// Starts the dispatcher. Jobs stop when `shutdown` is cancelled; [`Self::wait`] waits.
-    pub fn start(store: Store, data_dir: PathBuf, max_jobs: usize, ring: usize, shutdown: CancellationToken) -> Self {
+    pub fn start(
+        store: Store,
+        data_dir: PathBuf,
+        max_jobs: usize,
+        ring: usize,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> Self {
         let inner = Arc::new(Inner {
             store,
             data_dir,
@@ -66,6 +76,7 @@ impl Scheduler {
             shutdown,
             tracker: TaskTracker::new(),
             live: LiveHub::new(ring),
+            metrics,
         });
         inner.tracker.spawn(dispatch(inner.clone()));
         Self { inner }
@@ -88,6 +99,7 @@ impl Scheduler {
             shutdown,
             tracker: TaskTracker::new(),
             live: LiveHub::new(live::DEFAULT_RING),
+            metrics: Arc::new(Metrics::new()?),
         });
         let mut running = inner.running.lock().await;
         let job = inner.store.claim_job(id).await?.ok_or_else(|| anyhow::anyhow!("job {id} is not queued"))?;

@@ -107,12 +107,23 @@ async fn record(
             match message {
                 TrainEvent::Started { device, layers } => {
                     inner.store.set_job_started(job.id, &device, &layers).await.context("failed to record layers")?;
+                    let spec = &job.spec;
+                    inner.metrics.job_started(
+                        job.id,
+                        &job.name,
+                        spec.model.kind.as_str(),
+                        spec.task.kind(),
+                        &layers,
+                        spec.monitor.prometheus_layers,
+                    );
                 }
                 TrainEvent::Step(report) => {
+                    inner.metrics.record_step(job.id, &report);
                     live.publish(LiveMessage::Step(report.clone()));
                     steps.push(report);
                 }
                 TrainEvent::Event(event) => {
+                    inner.metrics.record_event(job.id, &event);
                     live.publish(LiveMessage::Event(event.clone()));
                     events.push(event);
                 }

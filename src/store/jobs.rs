@@ -174,6 +174,17 @@ impl Store {
         rows.iter().map(job_from_row).collect()
     }
 
+    /// How many jobs have each status (statuses with none are left out).
+    pub async fn count_jobs(&self) -> anyhow::Result<Vec<(JobStatus, i64)>> {
+        let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status").fetch_all(&self.pool).await?;
+        rows.iter()
+            .filter_map(|row| {
+                let status: String = row.try_get("status").ok()?;
+                Some(Ok((JobStatus::parse(&status)?, row.try_get("n").ok()?)))
+            })
+            .collect()
+    }
+
     /// Marks the oldest queued job running and returns it.
     pub async fn claim_next_job(&self) -> anyhow::Result<Option<Job>> {
         let row = sqlx::query(&format!(

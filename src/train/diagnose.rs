@@ -280,6 +280,7 @@ mod tests {
             clip_coef: (1.0 / grad_norm).min(1.0),
             lr: 0.1,
             skipped: false,
+            seconds: 0.01,
             layers: Some(LayerStats {
                 grad_norm: layer_norms.to_vec(),
                 zero_frac: vec![0.0; layer_norms.len()],

@@ -52,6 +52,8 @@ pub struct StepReport {
     pub skipped: bool,
     /// Every per-layer statistic, on the steps `monitor.every` records.
     pub layers: Option<LayerStats>,
+    /// Wall time of the step, from its batch to its update, statistics included.
+    pub seconds: f64,
 }
 
 /// Messages from a training thread, in order.

@@ -7,6 +7,7 @@
 //! final copy).
 
 use std::path::PathBuf;
+use std::time::Instant;
 
 use anyhow::Context;
 use rand::SeedableRng;
@@ -59,6 +60,7 @@ pub fn train(
                 StopReason::Shutdown => Outcome::Interrupted,
             });
         }
+        let started = Instant::now();
         let lr = optim::learning_rate(&spec.optimizer, step, spec.steps);
         opt.set_lr(lr);
         let (xs, ys) = corpus.train_batch(&mut rng, spec.batch_size, *seq_len, device)?;
@@ -88,7 +90,8 @@ pub fn train(
             Ok(())
         })?;
         let weight_stats = if record { Some(tch::no_grad(|| flat.weight_stats())?) } else { None };
-        reporter.hold(StepReport { skipped: !finite, ..report }, weight_stats);
+        reporter
+            .hold(StepReport { skipped: !finite, seconds: started.elapsed().as_secs_f64(), ..report }, weight_stats);
         if !finite && spec.policy.on_nonfinite == OnNonfinite::Stop {
             reporter.finish(emit)?;
             save_checkpoint(&vs, ctx)?;
@@ -180,6 +183,7 @@ impl<'a> Reporter<'a> {
             lr,
             skipped: false,
             layers,
+            seconds: 0.0,
         })
     }
 

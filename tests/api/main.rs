@@ -5,6 +5,8 @@ mod cli;
 mod helpers;
 mod jobs;
 mod lifecycle;
+mod metrics;
+mod prometheus;
 mod service;
 mod stats;
 mod stream;
