@@ -11,8 +11,10 @@ run:
 	$(WITH_TORCH) cargo build --release --locked
 	./target/release/gradscope serve $(ARGS)
 
-## Formatting, lints, unit and integration tests.
+## Formatting, lints, unit and integration tests (installs Prometheus and docker-compose
+## from Debian's packages first when they are missing).
 test: lint
+	scripts/test-deps
 	$(WITH_TORCH) cargo test --locked --all-targets
 
 lint:

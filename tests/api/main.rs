@@ -2,6 +2,7 @@
 //! over real HTTP, training real (tiny) LibTorch models on the CPU.
 
 mod cli;
+mod deploy;
 mod helpers;
 mod jobs;
 mod lifecycle;
