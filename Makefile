@@ -25,6 +25,7 @@ build:
 	$(WITH_TORCH) cargo build --release --locked
 
 ## Step-time cost of monitoring: gradscope's kernels, then eager PyTorch on the same models.
+## `gradscope bench stream` (not run here) measures 500 WebSocket subscribers.
 bench: build
-	$(WITH_TORCH) ./target/release/gradscope bench $(ARGS)
+	$(WITH_TORCH) ./target/release/gradscope bench steps $(ARGS)
 	$(WITH_TORCH) python bench/pytorch_bench.py $(ARGS)

@@ -34,8 +34,9 @@ pub enum Command {
     Healthcheck(HealthcheckArgs),
     /// Train one job from a spec file, here, with a progress bar and a per-layer report.
     Run(crate::local::RunArgs),
-    /// Time a training step bare, with full per-layer statistics, and with clipping.
-    Bench(crate::bench::BenchArgs),
+    /// Benchmarks: step-time cost of monitoring, and streaming to many subscribers.
+    #[command(subcommand)]
+    Bench(crate::bench::BenchCommand),
 }
 
 #[derive(Debug, Clone, Args)]

@@ -17,7 +17,7 @@
 //!   policies and the training loop. Tensors never leave it.
 //! - [`healthcheck`] — the `gradscope healthcheck` client.
 //! - [`local`] — `gradscope run SPEC.json`, one job from the shell.
-//! - [`bench`] — `gradscope bench`, the cost of monitoring per training step.
+//! - [`bench`] — `gradscope bench steps|stream`: what monitoring and streaming cost.
 
 pub mod api;
 pub mod bench;

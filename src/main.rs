@@ -31,7 +31,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Healthcheck(args) => return healthcheck::check(&args).await,
         Command::Run(args) => return local::run(&args).await,
-        Command::Bench(args) => tokio::task::spawn_blocking(move || bench::run(&args)).await??,
+        Command::Bench(command) => bench::run(command).await?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -30,7 +30,8 @@ use crate::train::{Event, StepReport};
 
 /// How often the server pings an idle client.
 const PING_EVERY: Duration = Duration::from_secs(15);
-/// How often a client of a queued job checks whether it started.
+/// How often a client of a queued job checks the store (it is also woken when any job
+/// starts), to notice a job cancelled or deleted while queued.
 const QUEUED_POLL: Duration = Duration::from_millis(250);
 
 /// WebSocket limits and the client count, shared by every socket.
@@ -157,6 +158,10 @@ async fn run(state: &AppState, job: &Job, mut filter: Filter, socket: &mut WebSo
 
     // A queued job has no feed yet: wait for it to start (or end).
     let feed = loop {
+        // Armed before the check, so a start between the two still wakes us.
+        let opened = state.scheduler.feed_opened();
+        tokio::pin!(opened);
+        opened.as_mut().enable();
         if let Some(feed) = state.scheduler.live(job.id) {
             break feed;
         }
@@ -171,6 +176,7 @@ async fn run(state: &AppState, job: &Job, mut filter: Filter, socket: &mut WebSo
             Some(_) => {}
         }
         tokio::select! {
+            () = opened => {}
             () = tokio::time::sleep(QUEUED_POLL) => {}
             () = shutdown.cancelled() => return Ok((close_code::AWAY, "server shutting down")),
         }
@@ -235,16 +241,16 @@ async fn send(socket: &mut WebSocket, shared: &Shared, filter: &Filter) -> anyho
                 return Ok(false);
             }
             match &filter.layers {
-                None => shared.json(|_| render_step(report, None)).to_owned(),
-                Some(layers) => render_step(report, Some(layers)),
+                None => shared.json(|_| render_step(report, shared.time, None)),
+                Some(layers) => render_step(report, shared.time, Some(layers)).into(),
             }
         }
-        LiveMessage::Event(event) => shared.json(|_| render_event(event)).to_owned(),
+        LiveMessage::Event(event) => shared.json(|_| render_event(event)),
         LiveMessage::Status { status, error } => {
-            shared.json(|_| json!({"type": "status", "status": status, "error": error}).to_string()).to_owned()
+            shared.json(|_| json!({"type": "status", "status": status, "error": error}).to_string())
         }
     };
-    socket.send(Message::Text(text.into())).await?;
+    socket.send(Message::Text(text)).await?;
     Ok(matches!(shared.message, LiveMessage::Status { .. }))
 }
 
@@ -258,6 +264,8 @@ struct StepMessage<'a> {
     clip_coef: f64,
     lr: f64,
     skipped: bool,
+    /// When the server published the step, in seconds since the Unix epoch.
+    time: f64,
     /// The layer indices the arrays follow, when a subset was asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     indices: Option<&'a [usize]>,
@@ -266,7 +274,7 @@ struct StepMessage<'a> {
 }
 
 /// A step as JSON; non-finite numbers become `null`.
-pub fn render_step(report: &StepReport, subset: Option<&[usize]>) -> String {
+pub fn render_step(report: &StepReport, time: f64, subset: Option<&[usize]>) -> String {
     let layers = report.layers.as_ref().map(|stats| {
         let pick = |values: &[f64]| -> serde_json::Value {
             match subset {
@@ -295,6 +303,7 @@ pub fn render_step(report: &StepReport, subset: Option<&[usize]>) -> String {
         clip_coef: report.clip_coef,
         lr: report.lr,
         skipped: report.skipped,
+        time,
         indices: subset,
         layers,
     };

@@ -7,8 +7,11 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use tokio::sync::broadcast;
+use axum::extract::ws::Utf8Bytes;
+use tokio::sync::futures::Notified;
+use tokio::sync::{Notify, broadcast};
 use uuid::Uuid;
 
 use crate::store::JobStatus;
@@ -35,13 +38,17 @@ pub enum LiveMessage {
 #[derive(Debug)]
 pub struct Shared {
     pub message: LiveMessage,
-    json: OnceLock<String>,
+    /// When it was published, in seconds since the Unix epoch.
+    pub time: f64,
+    /// The WebSocket text every subscriber without a filter sends: built once, and shared
+    /// by reference count rather than copied per client.
+    json: OnceLock<Utf8Bytes>,
 }
 
 impl Shared {
     /// The message serialized with every layer, computed once for all subscribers.
-    pub fn json(&self, render: impl FnOnce(&LiveMessage) -> String) -> &str {
-        self.json.get_or_init(|| render(&self.message))
+    pub fn json(&self, render: impl FnOnce(&LiveMessage) -> String) -> Utf8Bytes {
+        self.json.get_or_init(|| render(&self.message).into()).clone()
     }
 }
 
@@ -84,7 +91,8 @@ impl LiveJob {
 
     /// Sends `message` to every subscriber; never waits.
     pub fn publish(&self, message: LiveMessage) {
-        let shared = Arc::new(Shared { message, json: OnceLock::new() });
+        let time = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        let shared = Arc::new(Shared { message, time, json: OnceLock::new() });
         let mut state = self.lock();
         match shared.message {
             LiveMessage::Step(_) => {
@@ -122,11 +130,13 @@ impl LiveJob {
 pub struct LiveHub {
     jobs: Mutex<HashMap<Uuid, Arc<LiveJob>>>,
     ring: usize,
+    /// Wakes clients waiting for a queued job to start.
+    opened: Notify,
 }
 
 impl LiveHub {
     pub fn new(ring: usize) -> Self {
-        Self { jobs: Mutex::new(HashMap::new()), ring }
+        Self { jobs: Mutex::new(HashMap::new()), ring, opened: Notify::new() }
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<Uuid, Arc<LiveJob>>> {
@@ -135,7 +145,14 @@ impl LiveHub {
 
     /// Opens the feed of a job that starts running.
     pub fn open(&self, id: Uuid) -> Arc<LiveJob> {
-        self.lock().entry(id).or_insert_with(|| Arc::new(LiveJob::new(self.ring))).clone()
+        let job = self.lock().entry(id).or_insert_with(|| Arc::new(LiveJob::new(self.ring))).clone();
+        self.opened.notify_waiters();
+        job
+    }
+
+    /// Resolves when a feed opens after the call (enable it before checking [`Self::job`]).
+    pub fn opened(&self) -> Notified<'_> {
+        self.opened.notified()
     }
 
     /// Removes an ended job's feed; its subscribers keep what they hold.

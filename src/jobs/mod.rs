@@ -142,6 +142,11 @@ impl Scheduler {
         self.inner.live.job(id)
     }
 
+    /// Resolves when any job's feed opens after the call.
+    pub fn feed_opened(&self) -> tokio::sync::futures::Notified<'_> {
+        self.inner.live.opened()
+    }
+
     /// Whether the service is shutting down.
     pub fn shutdown_token(&self) -> &CancellationToken {
         &self.inner.shutdown

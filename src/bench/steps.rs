@@ -1,4 +1,4 @@
-//! `gradscope bench`: what monitoring costs per training step.
+//! `gradscope bench steps`: what monitoring costs per training step.
 //!
 //! Each variant trains its own copy of the model on one fixed batch; variants run in
 //! interleaved rounds and the table reports the median step time, so drift on a shared
@@ -18,7 +18,7 @@ use crate::train::stats::FlatParams;
 use crate::train::{model, policy};
 
 #[derive(Debug, Clone, Args)]
-pub struct BenchArgs {
+pub struct StepsArgs {
     /// Which models to time.
     #[arg(long, value_enum, default_value = "all")]
     pub model: BenchModel,
@@ -236,7 +236,7 @@ fn median(mut xs: Vec<f64>) -> f64 {
     xs[xs.len() / 2]
 }
 
-fn time_workload(args: &BenchArgs, make: &dyn Fn() -> anyhow::Result<Workload>) -> anyhow::Result<()> {
+fn time_workload(args: &StepsArgs, make: &dyn Fn() -> anyhow::Result<Workload>) -> anyhow::Result<()> {
     let mut runners: Vec<Runner> = VARIANTS.iter().map(|&v| Runner::new(v, make()?)).collect::<anyhow::Result<_>>()?;
     println!("\n{} on {:?}", runners[0].work.name, runners[0].work.vs.device());
     for runner in &mut runners {
@@ -276,7 +276,7 @@ fn device_index(device: Device) -> usize {
     }
 }
 
-pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+pub fn run(args: &StepsArgs) -> anyhow::Result<()> {
     if let Some(threads) = args.threads {
         tch::set_num_threads(threads);
     }
@@ -284,7 +284,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let device = model::resolve_device(choice)?;
     let large = args.large || (device.is_cuda() && choice != DeviceChoice::Cpu);
     println!(
-        "gradscope bench: median of {} interleaved rounds × {} steps, {} torch threads",
+        "gradscope bench steps: median of {} interleaved rounds × {} steps, {} torch threads",
         args.rounds,
         args.steps,
         tch::get_num_threads()
