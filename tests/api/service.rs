@@ -34,6 +34,7 @@ async fn the_openapi_document_covers_every_route() {
         ("/api/v1/openapi.json", &["get"]),
         ("/healthz", &["get"]),
         ("/readyz", &["get"]),
+        ("/metrics", &["get"]),
     ];
     for (path, methods) in expected {
         for method in methods {
