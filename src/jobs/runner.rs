@@ -79,6 +79,9 @@ async fn record(inner: &Inner, job: &Job, rx: &mut mpsc::UnboundedReceiver<Train
                     inner.store.set_job_started(job.id, &device, &layers).await.context("failed to record layers")?;
                 }
                 TrainEvent::Step(report) => steps.push(report),
+                TrainEvent::Eval(eval) => {
+                    tracing::info!(job = %job.id, step = eval.step, loss = eval.loss, metric = ?eval.metric, "validation");
+                }
             }
         }
         inner.store.insert_steps(job.id, &steps).await.context("failed to record steps")?;
@@ -88,7 +91,7 @@ async fn record(inner: &Inner, job: &Job, rx: &mut mpsc::UnboundedReceiver<Train
 }
 
 async fn load_corpus(inner: &Inner, task: &TaskSpec) -> anyhow::Result<String> {
-    let TaskSpec::CharLm { corpus, .. } = task;
+    let Some(corpus) = task.corpus() else { return Ok(String::new()) };
     if let Some(text) = builtin_corpus(corpus) {
         return Ok(text.to_owned());
     }

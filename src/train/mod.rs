@@ -4,6 +4,7 @@
 //!
 //! - [`spec`] — the job specification and its validation.
 //! - [`data`] — corpora and batch sampling.
+//! - [`task`] — tasks: batches, losses, validation and metrics.
 //! - [`model`] — the networks, with named parameters in a stable order.
 //! - [`optim`] — optimizers and learning-rate schedules.
 //! - [`policy`] — gradient and weight policies.
@@ -15,6 +16,7 @@ pub mod optim;
 pub mod policy;
 pub mod run;
 pub mod spec;
+pub mod task;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -49,6 +51,16 @@ pub struct StepReport {
     pub layer_grad_norm: Vec<f64>,
 }
 
+/// A validation pass: the task's loss on its held-out data, in evaluation mode.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvalReport {
+    /// The optimizer step after which validation ran.
+    pub step: u64,
+    pub loss: f64,
+    /// The task's metric (name, value), e.g. `("accuracy", 0.93)`.
+    pub metric: Option<(&'static str, f64)>,
+}
+
 /// Messages from a training thread, in order.
 #[derive(Debug, Clone)]
 pub enum TrainEvent {
@@ -58,6 +70,8 @@ pub enum TrainEvent {
         layers: Vec<LayerInfo>,
     },
     Step(StepReport),
+    /// Validation results, every `task.eval_every` steps and after the last step.
+    Eval(EvalReport),
 }
 
 /// How a training run ended without an error.

@@ -3,18 +3,17 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use rand::SeedableRng;
-use rand::rngs::StdRng;
-use tch::{Device, Kind, Reduction, Tensor, nn};
+use tch::{Device, Kind, Tensor, nn};
 
-use super::data::CharCorpus;
-use super::spec::{JobSpec, OnNonfinite, TaskSpec, parse_device};
+use super::policy::GradPolicies;
+use super::spec::{JobSpec, OnNonfinite, parse_device};
+use super::task::Task;
 use super::{Outcome, StepReport, StopFlag, StopReason, TrainEvent, model, optim, policy};
 
 /// What a run needs besides its spec, resolved by the caller.
 #[derive(Debug, Clone)]
 pub struct RunContext {
-    /// The text of the `char_lm` corpus.
+    /// The text of the `char_lm` corpus (empty for generated tasks).
     pub corpus: String,
     /// Where the latest weights are written as safetensors (at the end, and when stopped).
     pub checkpoint: Option<PathBuf>,
@@ -29,16 +28,14 @@ pub fn train(
     emit: &mut dyn FnMut(TrainEvent),
 ) -> anyhow::Result<Outcome> {
     let device = model::resolve_device(parse_device(&spec.device).context("invalid device")?)?;
-    let TaskSpec::CharLm { seq_len, .. } = &spec.task;
-    let corpus = CharCorpus::new(&ctx.corpus, *seq_len)?;
-    let vocab = corpus.vocab_size();
+    let mut task = Task::new(&spec.task, &ctx.corpus, spec.seed, device)?;
     let vs = nn::VarStore::new(device);
-    let (model, params) = model::build(&spec.model, &vs, vocab, spec.seed)?;
+    let (model, params) = model::build(&spec.model, &vs, task.io(), spec.seed)?;
     let mut opt = optim::build(&spec.optimizer, &vs, spec.steps)?;
+    let mut grad_policies = GradPolicies::new(&spec.policy.grad, device)?;
     emit(TrainEvent::Started { device: model::device_name(device), layers: params.layers() });
 
     let weights: Vec<Tensor> = params.tensors().map(Tensor::shallow_clone).collect();
-    let mut rng = StdRng::seed_from_u64(spec.seed);
     for step in 1..=spec.steps {
         if let Some(reason) = stop.requested() {
             save_checkpoint(&vs, ctx)?;
@@ -49,27 +46,25 @@ pub fn train(
         }
         let lr = optim::learning_rate(&spec.optimizer, step, spec.steps);
         opt.set_lr(lr);
-        let (xs, ys) = corpus.train_batch(&mut rng, spec.batch_size, *seq_len, device)?;
-        let logits = model.forward(&xs, true)?;
-        let loss = logits.f_view([-1, vocab])?.f_cross_entropy_loss::<Tensor>(
-            &ys.f_view([-1])?,
-            None,
-            Reduction::Mean,
-            -100,
-            0.0,
-        )?;
+        let batch = task.train_batch(spec.batch_size)?;
+        let loss = task.loss(&model.forward(&batch.xs, true)?, &batch.ys)?;
         opt.zero_grad();
         loss.f_backward().context("backward failed")?;
 
-        let mut report = tch::no_grad(|| measure_and_clip(spec, &weights, &loss, step, lr))?;
+        let mut report = tch::no_grad(|| measure_and_clip(&mut grad_policies, &weights, &loss, step, lr))?;
         let finite = report.loss.is_finite() && report.grad_norm.is_finite();
-        if finite {
+        if finite && !report.skipped {
             opt.step();
             tch::no_grad(|| policy::apply_weight_policies(&spec.policy.weight, &weights, step))?;
         } else {
             report.skipped = true;
         }
         emit(TrainEvent::Step(report));
+        if task.eval_due(step, spec.steps)
+            && let Some(eval) = task.evaluate(model.as_ref(), step)?
+        {
+            emit(TrainEvent::Eval(eval));
+        }
         if !finite && spec.policy.on_nonfinite == OnNonfinite::Stop {
             save_checkpoint(&vs, ctx)?;
             return Ok(Outcome::Diverged(format!("non-finite loss or gradient at step {step}")));
@@ -82,7 +77,7 @@ pub fn train(
 /// Measures the gradients, applies the grad policies, and copies every number the step
 /// reports to the host in one transfer.
 fn measure_and_clip(
-    spec: &JobSpec,
+    grad_policies: &mut GradPolicies,
     weights: &[Tensor],
     loss: &Tensor,
     step: u64,
@@ -97,12 +92,17 @@ fn measure_and_clip(
         .collect::<Result<_, _>>()?;
     let norms = policy::layer_norms(&grads)?;
     let total = norms.f_norm()?;
-    let clipped = policy::apply_grad_policies(&spec.policy.grad, &grads, &total)?;
+    let outcome = grad_policies.apply(&grads, weights, &total)?;
+    let skip = match &outcome.skip {
+        Some(skip) => skip.f_to_kind(Kind::Float)?,
+        None => total.f_zeros_like()?,
+    };
     let packed = Tensor::f_cat(
         &[
             loss.f_detach()?.f_to_kind(Kind::Float)?.f_reshape([1])?,
             total.f_reshape([1])?,
-            clipped.f_reshape([1])?,
+            outcome.norm.f_reshape([1])?,
+            skip.f_reshape([1])?,
             norms,
         ],
         0,
@@ -117,8 +117,8 @@ fn measure_and_clip(
         grad_norm_clipped,
         clip_coef: if grad_norm > 0.0 { grad_norm_clipped / grad_norm } else { 1.0 },
         lr,
-        skipped: false,
-        layer_grad_norm: values[3..].iter().map(|&v| f64::from(v)).collect(),
+        skipped: values[3] != 0.0,
+        layer_grad_norm: values[4..].iter().map(|&v| f64::from(v)).collect(),
     })
 }
 
