@@ -2,6 +2,7 @@
 //!
 //! - [`jobs`] — `/api/v1/jobs` and everything under a job.
 //! - [`corpora`] — `/api/v1/corpora`.
+//! - [`presets`] — `/api/v1/presets`.
 //! - [`health`] — `/healthz`, `/readyz`.
 //! - [`openapi`] — the generated OpenAPI document.
 //! - [`extract`] — extractors that reject bad input with [`ApiError`].
@@ -12,6 +13,7 @@ pub mod extract;
 pub mod health;
 pub mod jobs;
 pub mod openapi;
+pub mod presets;
 
 use std::time::Duration;
 
@@ -48,6 +50,7 @@ pub fn router(state: AppState, config: &ServeConfig) -> Router {
         .route("/jobs/{id}/steps", get(jobs::steps))
         .route("/jobs/{id}/checkpoint", get(jobs::checkpoint))
         .route("/corpora", post(corpora::create).layer(DefaultBodyLimit::max(config.corpus_limit)))
+        .route("/presets", get(presets::list))
         .route("/openapi.json", get(openapi::document))
         .fallback(|| async { ApiError::NotFound("route") })
         .layer(DefaultBodyLimit::max(config.body_limit))

@@ -9,11 +9,13 @@
 //! - [`optim`] — optimizers and learning-rate schedules.
 //! - [`policy`] — gradient and weight policies.
 //! - [`run`] — the training loop.
+//! - [`presets`] — the seed experiments, failing runs beside their remedied twins.
 
 pub mod data;
 pub mod model;
 pub mod optim;
 pub mod policy;
+pub mod presets;
 pub mod run;
 pub mod spec;
 pub mod task;

@@ -4,5 +4,6 @@
 mod helpers;
 mod jobs;
 mod lifecycle;
+mod presets;
 mod service;
 mod validation;
