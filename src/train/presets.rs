@@ -221,11 +221,12 @@ pub fn run(spec: &JobSpec) -> anyhow::Result<Summary> {
     let weights = Tensor::read_safetensors(&checkpoint);
     let _ = std::fs::remove_file(&checkpoint);
     let outcome = outcome?;
-    let names: Vec<&str> = layers.iter().map(|l| l.name.as_str()).collect();
-    let squares: f64 = weights?
+    // Summed in layer order, so the same run always gives the same figure.
+    let weights: std::collections::HashMap<String, Tensor> = weights?.into_iter().collect();
+    let squares: f64 = layers
         .iter()
-        .filter(|(name, _)| names.contains(&name.as_str()))
-        .map(|(_, w)| w.f_norm().and_then(|n| n.f_double_value(&[])).map(|n| n * n))
+        .filter_map(|l| weights.get(&l.name))
+        .map(|w| w.f_norm().and_then(|n| n.f_double_value(&[])).map(|n| n * n))
         .sum::<Result<f64, _>>()?;
     summary.final_weight_norm = squares.sqrt();
     summary.steps = losses.len() as u64;
