@@ -45,9 +45,9 @@ fn normalisation_and_residuals_let_gradients_reach_the_first_layer() {
 
 #[test]
 fn weight_policies_stop_the_weights_growing() {
-    let free = run("growing-weights-rnn", 200);
+    let free = run("growing-weights-rnn", 120);
     for twin in ["growing-weights-rnn-clip", "growing-weights-rnn-scale", "growing-weights-rnn-maxnorm"] {
-        let held = run(twin, 200);
+        let held = run(twin, 120);
         assert!(
             held.final_weight_norm < 0.8 * free.final_weight_norm,
             "{twin}: weight norm {} vs {}",

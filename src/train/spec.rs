@@ -815,6 +815,55 @@ mod tests {
     }
 
     #[test]
+    fn models_must_fit_their_task() {
+        let field = |json: &str| parse(json).validate().map_err(|e| e.field);
+        assert_eq!(field(r#"{"task":{"kind":"adding"},"model":{"kind":"mlp"}}"#), Err("model.kind".to_owned()));
+        assert_eq!(field(r#"{"task":{"kind":"classification"},"model":{"kind":"gru"}}"#), Err("model.kind".to_owned()));
+        assert_eq!(
+            field(r#"{"task":{"kind":"copy"},"model":{"kind":"transformer","norm":"layer","hidden":30,"heads":4}}"#),
+            Err("model.heads".to_owned())
+        );
+        assert_eq!(field(r#"{"task":{"kind":"copy"},"model":{"kind":"transformer"}}"#), Err("model.norm".to_owned()));
+        assert_eq!(
+            field(r#"{"task":{"kind":"adding"},"model":{"kind":"lstm","activation":"relu"}}"#),
+            Err("model.activation".to_owned())
+        );
+        assert_eq!(
+            field(r#"{"task":{"kind":"copy","seq_len":20,"length":10},"model":{"kind":"gru"}}"#),
+            Err("task.seq_len".to_owned())
+        );
+        assert_eq!(
+            field(r#"{"task":{"kind":"classification"},"model":{"kind":"mlp","norm":"batch","activation":"sigmoid"}}"#),
+            Ok(())
+        );
+        let mlp = parse(r#"{"task":{"kind":"classification"},"model":{"kind":"mlp"}}"#);
+        assert_eq!(mlp.model.activation(), Activation::Relu);
+        assert!(mlp.task.corpus().is_none());
+    }
+
+    #[test]
+    fn grad_policies_parse_with_their_defaults() {
+        let spec = parse(
+            r#"{"task":{"kind":"char_lm"},"model":{"kind":"lstm"},"policy":{"grad":[
+                {"kind":"clip_norm","max_norm":1,"norm_type":"inf"},{"kind":"agc"},{"kind":"autoclip"},
+                {"kind":"zclip"},{"kind":"skip_spike","z_threshold":4}],
+                "weight":[{"kind":"max_norm","max":2}]}}"#,
+        );
+        assert_eq!(spec.validate(), Ok(()));
+        assert!(matches!(spec.policy.grad[0], GradPolicy::ClipNorm { norm_type: NormType::Inf, .. }));
+        assert!(
+            matches!(spec.policy.grad[3], GradPolicy::Zclip { alpha, warmup: DEFAULT_Z_WARMUP, .. } if alpha == DEFAULT_ZCLIP_ALPHA)
+        );
+        // Norm types round-trip as clients write them.
+        let json = serde_json::to_value(&spec.policy.grad[0]).expect("serialise");
+        assert_eq!(json["norm_type"], "inf");
+        let bad = parse(
+            r#"{"task":{"kind":"char_lm"},"model":{"kind":"lstm"},"policy":{"grad":[{"kind":"zclip","warmup":1}]}}"#,
+        );
+        assert_eq!(bad.validate().map_err(|e| e.field), Err("policy.grad[0].warmup".to_owned()));
+    }
+
+    #[test]
     fn devices_parse() {
         assert_eq!(parse_device("cuda:3"), Some(DeviceChoice::Cuda(3)));
         assert_eq!(parse_device("gpu"), None);
