@@ -20,7 +20,6 @@ use crate::jobs::Scheduler;
 use crate::jobs::live::LiveMessage;
 use crate::store::{JobStatus, Store};
 use crate::train::data::builtin_corpus;
-use crate::train::spec::TaskSpec;
 use crate::train::{JobSpec, LayerStats, StepReport};
 
 #[derive(Debug, Clone, Args)]
@@ -58,8 +57,10 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     }
     let store = Store::connect(&args.database.database_url).await?;
     store.migrate().await?;
-    let TaskSpec::CharLm { corpus, .. } = &spec.task;
-    if builtin_corpus(corpus).is_none() && store.corpus(corpus).await?.is_none() {
+    if let Some(corpus) = spec.task.corpus()
+        && builtin_corpus(corpus).is_none()
+        && store.corpus(corpus).await?.is_none()
+    {
         anyhow::bail!("task.corpus: no corpus {corpus:?} in {}", args.database.database_url);
     }
     let job = store.insert_job(&spec).await?;

@@ -16,7 +16,6 @@ use crate::store::downsample::MIN_POINTS;
 use crate::store::{DEFAULT_MAX_POINTS, Job, JobStatus, MAX_MAX_POINTS, StepColumns};
 use crate::train::JobSpec;
 use crate::train::data::builtin_corpus;
-use crate::train::spec::TaskSpec;
 
 pub const DEFAULT_LIST_LIMIT: i64 = 50;
 pub const MAX_LIST_LIMIT: i64 = 500;
@@ -44,8 +43,10 @@ pub async fn create(
     ApiJson(spec): ApiJson<JobSpec>,
 ) -> Result<(StatusCode, Json<Job>), ApiError> {
     spec.validate()?;
-    let TaskSpec::CharLm { corpus, .. } = &spec.task;
-    if builtin_corpus(corpus).is_none() && state.store.corpus(corpus).await?.is_none() {
+    if let Some(corpus) = spec.task.corpus()
+        && builtin_corpus(corpus).is_none()
+        && state.store.corpus(corpus).await?.is_none()
+    {
         return Err(ApiError::invalid(
             "task.corpus",
             format!("no corpus {corpus:?}: use builtin:tiny or an id from POST /api/v1/corpora"),

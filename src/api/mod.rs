@@ -4,6 +4,7 @@
 //! - [`stats`] — per-layer statistics and events of a job.
 //! - [`stream`] — the WebSocket feed of a job.
 //! - [`corpora`] — `/api/v1/corpora`.
+//! - [`presets`] — `/api/v1/presets`.
 //! - [`health`] — `/healthz`, `/readyz`, `/metrics`.
 //! - [`openapi`] — the generated OpenAPI document.
 //! - [`extract`] — extractors that reject bad input with [`ApiError`].
@@ -14,6 +15,7 @@ pub mod extract;
 pub mod health;
 pub mod jobs;
 pub mod openapi;
+pub mod presets;
 pub mod stats;
 pub mod stream;
 
@@ -61,6 +63,7 @@ pub fn router(state: AppState, config: &ServeConfig) -> Router {
         .route("/jobs/{id}/stream", get(stream::subscribe))
         .route("/jobs/{id}/checkpoint", get(jobs::checkpoint))
         .route("/corpora", post(corpora::create).layer(DefaultBodyLimit::max(config.corpus_limit)))
+        .route("/presets", get(presets::list))
         .route("/openapi.json", get(openapi::document))
         .route_layer(middleware::from_fn_with_state(state.metrics.clone(), track_http))
         .fallback(|| async { ApiError::NotFound("route") })

@@ -3,14 +3,15 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::{corpora, health, jobs, stats, stream};
+use super::{corpora, health, jobs, presets, stats, stream};
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "gradscope", description = "Training jobs with per-layer gradient statistics."),
     paths(
         jobs::create, jobs::list, jobs::get, jobs::cancel, jobs::delete, jobs::layers, jobs::steps,
-        jobs::checkpoint, stats::layers, stats::events, stream::subscribe, corpora::create, health::live, health::ready, health::metrics, document,
+        jobs::checkpoint, stats::layers, stats::events, stream::subscribe, presets::list, corpora::create,
+        health::live, health::ready, health::metrics, document,
     ),
     tags(
         (name = "jobs", description = "Submit, watch and manage training jobs"),

@@ -13,9 +13,10 @@ use clap::{Args, ValueEnum};
 use tch::nn::{self, Module, OptimizerConfig};
 use tch::{Device, Kind, Reduction, Tensor};
 
-use crate::train::spec::{DeviceChoice, GradPolicy, ModelSpec, parse_device};
+use crate::train::model::{self, Input, Io};
+use crate::train::policy::GradPolicies;
+use crate::train::spec::{DeviceChoice, GradPolicy, ModelSpec, NormType, parse_device};
 use crate::train::stats::FlatParams;
-use crate::train::{model, policy};
 
 #[derive(Debug, Clone, Args)]
 pub struct StepsArgs {
@@ -123,7 +124,8 @@ fn lstm(device: Device) -> anyhow::Result<Workload> {
     let spec: ModelSpec =
         serde_json::from_value(serde_json::json!({"kind": "lstm", "layers": layers, "hidden": hidden}))?;
     let vs = nn::VarStore::new(device);
-    let (net, params) = model::build(&spec, &vs, vocab, 0)?;
+    let io = Io { input: Input::Tokens(vocab), output: vocab, max_len: seq };
+    let (net, params) = model::build(&spec, &vs, io, 0)?;
     let xs = Tensor::f_randint(vocab, [batch, seq], (Kind::Int64, device))?;
     let ys = Tensor::f_randint(vocab, [batch * seq], (Kind::Int64, device))?;
     let params: Vec<Tensor> = params.tensors().map(Tensor::shallow_clone).collect();
@@ -144,16 +146,20 @@ struct Runner {
     opt: nn::Optimizer,
     flat: Option<FlatParams>,
     held_weights: Option<Tensor>,
+    clip: GradPolicies,
 }
 
-const CLIP: [GradPolicy; 1] = [GradPolicy::ClipNorm { max_norm: 1.0, norm_type: 2.0 }];
+/// `clip_norm` with max_norm 1, as a job applies it.
+fn clip() -> anyhow::Result<GradPolicies> {
+    GradPolicies::new(&[GradPolicy::ClipNorm { max_norm: 1.0, norm_type: NormType::Two }], Device::Cpu)
+}
 
 impl Runner {
     fn new(variant: Variant, work: Workload) -> anyhow::Result<Self> {
         let monitored = matches!(variant, Variant::Stats | Variant::StatsClip | Variant::Clip);
         let flat = if monitored { Some(FlatParams::new(&work.params, work.vs.device())?) } else { None };
         let opt = nn::AdamW::default().build(&work.vs, 1e-4)?;
-        Ok(Self { variant, work, opt, flat, held_weights: None })
+        Ok(Self { variant, work, opt, flat, held_weights: None, clip: clip()? })
     }
 
     fn step(&mut self) -> anyhow::Result<()> {
@@ -187,7 +193,7 @@ impl Runner {
             (Variant::Clip, Some(flat)) => {
                 flat.adopt_grads()?;
                 let total = flat.grad_norm()?;
-                let post = policy::apply_grad_policies(&CLIP, &flat.layer_grads(), &total)?;
+                let post = self.clip.apply(&flat.layer_grads(), flat.params(), &total)?.norm;
                 let host = Tensor::f_cat(
                     &[
                         loss,
@@ -204,7 +210,7 @@ impl Runner {
                 let (stats, total) = flat.grad_stats()?;
                 let hist = flat.grad_histogram()?;
                 let post = if self.variant == Variant::StatsClip {
-                    policy::apply_grad_policies(&CLIP, &flat.layer_grads(), &total)?
+                    self.clip.apply(&flat.layer_grads(), flat.params(), &total)?.norm
                 } else {
                     total.shallow_clone()
                 };

@@ -7,6 +7,8 @@ use rand::Rng;
 use rand::rngs::StdRng;
 use tch::{Device, Tensor};
 
+use super::task::Batch;
+
 /// The corpora shipped with the binary, by the name after `builtin:`.
 pub const BUILTIN_CORPORA: &[(&str, &str)] = &[("tiny", include_str!("../../corpora/tiny.txt"))];
 
@@ -53,13 +55,7 @@ impl CharCorpus {
     }
 
     /// A random batch of `(inputs, targets)`, each `[batch, seq_len]`, targets shifted by one.
-    pub fn train_batch(
-        &self,
-        rng: &mut StdRng,
-        batch: i64,
-        seq_len: i64,
-        device: Device,
-    ) -> anyhow::Result<(Tensor, Tensor)> {
+    pub fn train_batch(&self, rng: &mut StdRng, batch: i64, seq_len: i64, device: Device) -> anyhow::Result<Batch> {
         let len = seq_len as usize;
         let max_start = self.train.len() - len - 1;
         let mut xs = Vec::with_capacity(batch as usize * len);
@@ -70,11 +66,37 @@ impl CharCorpus {
             ys.extend_from_slice(&self.train[start + 1..start + len + 1]);
         }
         let shape = [batch, seq_len];
-        Ok((Tensor::from_slice(&xs).f_view(shape)?.f_to(device)?, Tensor::from_slice(&ys).f_view(shape)?.f_to(device)?))
+        Ok(Batch {
+            xs: Tensor::from_slice(&xs).f_view(shape)?.f_to(device)?,
+            ys: Tensor::from_slice(&ys).f_view(shape)?.f_to(device)?,
+        })
     }
 
     pub fn valid_len(&self) -> usize {
         self.valid.len()
+    }
+
+    /// Up to `max` non-overlapping windows of the held-out text, as one `(inputs, targets)`
+    /// batch; windows shorter than `seq_len` when the held-out text is short; `None` when
+    /// it cannot hold even two characters.
+    pub fn valid_windows(&self, seq_len: i64, max: usize, device: Device) -> anyhow::Result<Option<Batch>> {
+        let len = (seq_len as usize).min(self.valid.len().saturating_sub(1));
+        if len == 0 {
+            return Ok(None);
+        }
+        let count = ((self.valid.len() - 1) / len).min(max);
+        let mut xs = Vec::with_capacity(count * len);
+        let mut ys = Vec::with_capacity(count * len);
+        for w in 0..count {
+            let start = w * len;
+            xs.extend_from_slice(&self.valid[start..start + len]);
+            ys.extend_from_slice(&self.valid[start + 1..start + len + 1]);
+        }
+        let shape = [count as i64, len as i64];
+        Ok(Some(Batch {
+            xs: Tensor::from_slice(&xs).f_view(shape)?.f_to(device)?,
+            ys: Tensor::from_slice(&ys).f_view(shape)?.f_to(device)?,
+        }))
     }
 }
 
@@ -89,11 +111,15 @@ mod tests {
         let corpus = CharCorpus::new(&text, 5).expect("corpus");
         assert_eq!(corpus.vocab_size(), 10);
         let mut rng = StdRng::seed_from_u64(1);
-        let (x, y) = corpus.train_batch(&mut rng, 3, 5, Device::Cpu).expect("batch");
+        let Batch { xs: x, ys: y } = corpus.train_batch(&mut rng, 3, 5, Device::Cpu).expect("batch");
         assert_eq!(x.size(), vec![3, 5]);
         // Each target is the next character: id + 1 modulo the 10-letter cycle.
         let expected = (&x + 1).remainder(10);
         assert!(y.equal(&expected));
+        let valid = corpus.valid_windows(5, 100, Device::Cpu).expect("windows").expect("some");
+        // 20 held-out characters hold 3 whole windows of 5 plus their shifted targets.
+        assert_eq!(valid.xs.size(), vec![3, 5]);
+        assert!(valid.ys.equal(&(&valid.xs + 1).remainder(10)));
     }
 
     #[test]

@@ -4,21 +4,25 @@
 //!
 //! - [`spec`] — the job specification and its validation.
 //! - [`data`] — corpora and batch sampling.
+//! - [`task`] — tasks: batches, losses, validation and metrics.
 //! - [`model`] — the networks, with named parameters in a stable order.
 //! - [`optim`] — optimizers and learning-rate schedules.
 //! - [`policy`] — gradient and weight policies.
 //! - [`stats`] — per-layer statistics from one flat gradient buffer.
 //! - [`diagnose`] — vanishing/exploding/dead/non-finite diagnosis from the reports.
 //! - [`run`] — the training loop.
+//! - [`presets`] — the seed experiments, failing runs beside their remedied twins.
 
 pub mod data;
 pub mod diagnose;
 pub mod model;
 pub mod optim;
 pub mod policy;
+pub mod presets;
 pub mod run;
 pub mod spec;
 pub mod stats;
+pub mod task;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -56,6 +60,16 @@ pub struct StepReport {
     pub seconds: f64,
 }
 
+/// A validation pass: the task's loss on its held-out data, in evaluation mode.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvalReport {
+    /// The optimizer step after which validation ran.
+    pub step: u64,
+    pub loss: f64,
+    /// The task's metric (name, value), e.g. `("accuracy", 0.93)`.
+    pub metric: Option<(&'static str, f64)>,
+}
+
 /// Messages from a training thread, in order.
 #[derive(Debug, Clone)]
 pub enum TrainEvent {
@@ -65,6 +79,8 @@ pub enum TrainEvent {
         layers: Vec<LayerInfo>,
     },
     Step(StepReport),
+    /// Validation results, every `task.eval_every` steps and after the last step.
+    Eval(EvalReport),
     /// A diagnosis or a policy action.
     Event(Event),
     /// The run's diagnosis changed.

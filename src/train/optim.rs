@@ -1,4 +1,5 @@
-//! Optimizers (LibTorch's own, through tch) and learning-rate schedules.
+//! Optimizers (LibTorch's own, through tch: the same update rules as `torch.optim.SGD`,
+//! `Adam` and `AdamW`) and learning-rate schedules.
 
 use tch::nn::{self, OptimizerConfig};
 
@@ -8,9 +9,13 @@ use super::spec::{OptimizerKind, OptimizerSpec, Schedule};
 pub fn build(spec: &OptimizerSpec, vs: &nn::VarStore, total_steps: u64) -> anyhow::Result<nn::Optimizer> {
     let lr = learning_rate(spec, 1, total_steps);
     let wd = spec.weight_decay();
+    let (beta1, beta2, eps) = (spec.beta1, spec.beta2, spec.eps);
     let opt = match spec.kind {
-        OptimizerKind::Sgd => nn::Sgd { momentum: spec.momentum, dampening: 0.0, wd, nesterov: false }.build(vs, lr)?,
-        OptimizerKind::Adamw => nn::AdamW { beta1: 0.9, beta2: 0.999, wd, eps: 1e-8, amsgrad: false }.build(vs, lr)?,
+        OptimizerKind::Sgd => {
+            nn::Sgd { momentum: spec.momentum, dampening: 0.0, wd, nesterov: spec.nesterov }.build(vs, lr)?
+        }
+        OptimizerKind::Adam => nn::Adam { beta1, beta2, wd, eps, amsgrad: false }.build(vs, lr)?,
+        OptimizerKind::Adamw => nn::AdamW { beta1, beta2, wd, eps, amsgrad: false }.build(vs, lr)?,
     };
     Ok(opt)
 }

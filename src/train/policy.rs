@@ -1,14 +1,20 @@
 //! Gradient policies (after backward, before the step) and weight policies (after it).
 //!
-//! Everything stays on the training device: the clip coefficient is a tensor, so clipping
-//! adds no host synchronisation.
+//! Everything stays on the training device: coefficients, thresholds, norm histories and
+//! the running statistics of the stateful policies are tensors, so no policy adds a host
+//! synchronisation. [`GradPolicies`] owns that state for the length of a run.
 
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
-use super::spec::{GradPolicy, WeightPolicy};
+use super::spec::{GradPolicy, NormType, WeightPolicy};
 
-/// `torch.nn.utils.clip_grad_norm_` adds this to the norm before dividing.
+/// `torch.nn.utils.clip_grad_norm_` adds this to the norm before dividing; the adaptive
+/// policies follow their references in doing the same.
 const CLIP_EPS: f64 = 1e-6;
+/// AGC floors a unit's gradient norm at this before dividing (as `timm`'s reference does).
+const AGC_GRAD_FLOOR: f64 = 1e-6;
+/// ZClip's epsilon in the z-score's denominator.
+const Z_EPS: f64 = 1e-6;
 
 /// Per-layer L2 norms of `grads`, as one 1-D tensor.
 pub fn layer_norms(grads: &[Tensor]) -> anyhow::Result<Tensor> {
@@ -16,28 +22,246 @@ pub fn layer_norms(grads: &[Tensor]) -> anyhow::Result<Tensor> {
     Ok(Tensor::f_stack(&norms, 0)?.f_to_kind(Kind::Float)?)
 }
 
-/// Applies `policies` in order to `grads` in place. `total_norm` is the global L2 norm
-/// before any policy; returns the global L2 norm after them.
-pub fn apply_grad_policies(policies: &[GradPolicy], grads: &[Tensor], total_norm: &Tensor) -> anyhow::Result<Tensor> {
-    let mut norm = total_norm.shallow_clone();
-    for policy in policies {
-        match policy {
-            GradPolicy::ClipNorm { max_norm, .. } => {
-                let coef = (norm.f_add_scalar(CLIP_EPS)?.f_reciprocal()? * *max_norm).f_clamp_max(1.0)?;
-                for g in grads {
-                    let _ = g.shallow_clone().f_mul_(&coef)?;
+fn global_norm(grads: &[Tensor]) -> anyhow::Result<Tensor> {
+    Ok(layer_norms(grads)?.f_norm()?)
+}
+
+fn scale_all(grads: &[Tensor], coef: &Tensor) -> anyhow::Result<()> {
+    for g in grads {
+        let _ = g.shallow_clone().f_mul_(coef)?;
+    }
+    Ok(())
+}
+
+/// `min(1, max / (norm + eps))`, the coefficient `clip_grad_norm_` multiplies by.
+fn clip_coef(max: &Tensor, norm: &Tensor) -> anyhow::Result<Tensor> {
+    Ok(max.f_div(&norm.f_add_scalar(CLIP_EPS)?)?.f_clamp_max(1.0)?)
+}
+
+/// What the grad policies did to one step's gradients.
+#[derive(Debug)]
+pub struct GradOutcome {
+    /// Global L2 norm after every policy (0-dim, on the device).
+    pub norm: Tensor,
+    /// A 0-dim boolean, true when a policy drops this step's update; `None` when no
+    /// policy can.
+    pub skip: Option<Tensor>,
+}
+
+/// Running mean and variance of the global norm, an exponential moving average after a
+/// warm-up whose norms initialise it (ZClip's estimator). All on the device.
+#[derive(Debug)]
+struct NormStats {
+    alpha: f64,
+    z_threshold: f64,
+    warmup: u64,
+    /// The first `warmup` norms.
+    buffer: Tensor,
+    /// Steps seen (a host counter: no synchronisation needed to know the phase).
+    seen: u64,
+    mean: Tensor,
+    var: Tensor,
+}
+
+impl NormStats {
+    fn new(alpha: f64, z_threshold: f64, warmup: u64, device: Device) -> anyhow::Result<Self> {
+        let zero = Tensor::f_zeros([], (Kind::Float, device))?;
+        Ok(Self {
+            alpha,
+            z_threshold,
+            warmup,
+            buffer: Tensor::f_zeros([warmup as i64], (Kind::Float, device))?,
+            seen: 0,
+            mean: zero.shallow_clone(),
+            var: zero,
+        })
+    }
+
+    /// During warm-up, records `norm` and returns `None`; at its end initialises the
+    /// statistics (mean and population variance of the warm-up norms, NaN ignored).
+    fn warming_up(&mut self, norm: &Tensor) -> anyhow::Result<bool> {
+        if self.seen >= self.warmup {
+            return Ok(false);
+        }
+        let finite = norm.f_isfinite()?;
+        let value = norm.f_where_scalarother(&finite, f64::NAN)?;
+        self.buffer.f_narrow(0, self.seen as i64, 1)?.f_copy_(&value.f_reshape([1])?)?;
+        self.seen += 1;
+        if self.seen == self.warmup {
+            self.mean = self.buffer.f_nanmean(None::<&[i64]>, false, Kind::Float)?;
+            let dev = self.buffer.f_sub(&self.mean)?.f_square()?;
+            self.var = dev.f_nanmean(None::<&[i64]>, false, Kind::Float)?;
+        }
+        Ok(true)
+    }
+
+    /// `(norm - mean) / (std + eps)`.
+    fn z_score(&self, norm: &Tensor) -> anyhow::Result<Tensor> {
+        Ok(norm.f_sub(&self.mean)?.f_div(&self.var.f_sqrt()?.f_add_scalar(Z_EPS)?)?)
+    }
+
+    /// Folds `value` into the averages where `keep` holds (and `value` is finite).
+    fn update(&mut self, value: &Tensor, keep: &Tensor) -> anyhow::Result<()> {
+        let keep = keep.f_logical_and(&value.f_isfinite()?)?;
+        let mean = (&self.mean * self.alpha).f_add(&(value * (1.0 - self.alpha)))?;
+        let var = (&self.var * self.alpha).f_add(&(value.f_sub(&mean)?.f_square()? * (1.0 - self.alpha)))?;
+        self.mean = mean.f_where_self(&keep, &self.mean)?;
+        self.var = var.f_where_self(&keep, &self.var)?;
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+enum Stage {
+    ClipNorm { max_norm: f64, inf: bool },
+    ClipValue { limit: f64 },
+    ClipLayerNorm { max_norm: f64 },
+    Agc { lambda: f64, eps: f64 },
+    Autoclip { quantile: f64, history: Tensor, seen: u64 },
+    Zclip(NormStats),
+    SkipSpike(NormStats),
+}
+
+/// The grad policies of a run, in order, with the state the adaptive ones carry from
+/// step to step.
+#[derive(Debug)]
+pub struct GradPolicies {
+    stages: Vec<Stage>,
+}
+
+impl GradPolicies {
+    pub fn new(policies: &[GradPolicy], device: Device) -> anyhow::Result<Self> {
+        let stages = policies
+            .iter()
+            .map(|policy| {
+                Ok(match *policy {
+                    GradPolicy::ClipNorm { max_norm, norm_type } => {
+                        Stage::ClipNorm { max_norm, inf: norm_type == NormType::Inf }
+                    }
+                    GradPolicy::ClipValue { limit } => Stage::ClipValue { limit },
+                    GradPolicy::ClipLayerNorm { max_norm } => Stage::ClipLayerNorm { max_norm },
+                    GradPolicy::Agc { lambda, eps } => Stage::Agc { lambda, eps },
+                    GradPolicy::Autoclip { percentile, history } => Stage::Autoclip {
+                        quantile: percentile / 100.0,
+                        history: Tensor::f_full([history as i64], f64::NAN, (Kind::Float, device))?,
+                        seen: 0,
+                    },
+                    GradPolicy::Zclip { alpha, z_threshold, warmup } => {
+                        Stage::Zclip(NormStats::new(alpha, z_threshold, warmup, device)?)
+                    }
+                    GradPolicy::SkipSpike { z_threshold, alpha, warmup } => {
+                        Stage::SkipSpike(NormStats::new(alpha, z_threshold, warmup, device)?)
+                    }
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Self { stages })
+    }
+
+    /// Applies the policies in order to `grads` in place. `weights` are the parameters
+    /// the gradients belong to (AGC reads them); `total_norm` is the global L2 norm of
+    /// `grads` before any policy.
+    pub fn apply(&mut self, grads: &[Tensor], weights: &[Tensor], total_norm: &Tensor) -> anyhow::Result<GradOutcome> {
+        let mut norm = total_norm.shallow_clone();
+        let mut skip: Option<Tensor> = None;
+        for stage in &mut self.stages {
+            match stage {
+                Stage::ClipNorm { max_norm, inf } => {
+                    let measured = if *inf { max_abs(grads)? } else { norm.shallow_clone() };
+                    let coef = clip_coef(&measured.f_full_like(*max_norm)?, &measured)?;
+                    scale_all(grads, &coef)?;
+                    norm = norm.f_mul(&coef)?;
                 }
-                norm = norm.f_mul(&coef)?;
-            }
-            GradPolicy::ClipValue { limit } => {
-                for g in grads {
-                    let _ = g.shallow_clone().f_clamp_(-*limit, *limit)?;
+                Stage::ClipValue { limit } => {
+                    for g in grads {
+                        let _ = g.shallow_clone().f_clamp_(-*limit, *limit)?;
+                    }
+                    norm = global_norm(grads)?;
                 }
-                norm = layer_norms(grads)?.f_norm()?;
+                Stage::ClipLayerNorm { max_norm } => {
+                    let norms = layer_norms(grads)?;
+                    let coefs = clip_coef(&norms.f_full_like(*max_norm)?, &norms)?;
+                    for (i, g) in grads.iter().enumerate() {
+                        let _ = g.shallow_clone().f_mul_(&coefs.f_get(i as i64)?)?;
+                    }
+                    norm = norms.f_mul(&coefs)?.f_norm()?;
+                }
+                Stage::Agc { lambda, eps } => {
+                    for (g, w) in grads.iter().zip(weights) {
+                        agc(g, w, *lambda, *eps)?;
+                    }
+                    norm = global_norm(grads)?;
+                }
+                Stage::Autoclip { quantile, history, seen } => {
+                    let capacity = history.size()[0];
+                    let slot = (*seen % capacity as u64) as i64;
+                    let finite = norm.f_isfinite()?;
+                    let value = norm.f_where_scalarother(&finite, f64::NAN)?.f_reshape([1])?;
+                    history.f_narrow(0, slot, 1)?.f_copy_(&value)?;
+                    *seen += 1;
+                    let filled = (*seen).min(capacity as u64) as i64;
+                    let threshold =
+                        history.f_narrow(0, 0, filled)?.f_nanquantile_scalar(*quantile, None, false, "linear")?;
+                    let coef = clip_coef(&threshold, &norm)?;
+                    scale_all(grads, &coef)?;
+                    norm = norm.f_mul(&coef)?;
+                }
+                Stage::Zclip(stats) => {
+                    if stats.warming_up(&norm)? {
+                        continue;
+                    }
+                    let z = stats.z_score(&norm)?;
+                    let spike = z.f_gt(stats.z_threshold)?;
+                    // mean + z_t·std/(z/z_t): the further out the spike, the harder the clip.
+                    let std = stats.var.f_sqrt()?;
+                    let threshold = stats.mean.f_add(&(std * (stats.z_threshold * stats.z_threshold)).f_div(&z)?)?;
+                    let clip_to = threshold.f_where_self(&spike, &norm)?;
+                    let coef = clip_to
+                        .f_div(&norm.f_add_scalar(CLIP_EPS)?)?
+                        .f_where_self(&norm.f_gt_tensor(&clip_to)?, &norm.f_ones_like()?)?;
+                    scale_all(grads, &coef)?;
+                    stats.update(&clip_to, &spike.f_ones_like()?)?;
+                    norm = norm.f_mul(&coef)?;
+                }
+                Stage::SkipSpike(stats) => {
+                    if stats.warming_up(&norm)? {
+                        continue;
+                    }
+                    let spike = stats.z_score(&norm)?.f_gt(stats.z_threshold)?;
+                    stats.update(&norm, &spike.f_logical_not()?)?;
+                    skip = Some(match skip {
+                        Some(earlier) => earlier.f_logical_or(&spike)?,
+                        None => spike,
+                    });
+                }
             }
         }
+        Ok(GradOutcome { norm, skip })
     }
-    Ok(norm)
+}
+
+/// The largest absolute gradient element over all layers (the inf-norm).
+fn max_abs(grads: &[Tensor]) -> anyhow::Result<Tensor> {
+    let maxima: Vec<Tensor> = grads.iter().map(|g| g.f_abs()?.f_max()).collect::<Result<_, _>>()?;
+    Ok(Tensor::f_stack(&maxima, 0)?.f_max()?.f_to_kind(Kind::Float)?)
+}
+
+/// Unit-wise adaptive clipping of one layer: a unit is a row (output unit) of a matrix, or
+/// the whole of a vector. Each unit's gradient norm is held to `lambda · max(‖w‖, eps)`.
+fn agc(g: &Tensor, w: &Tensor, lambda: f64, eps: f64) -> anyhow::Result<()> {
+    let unit_norm = |t: &Tensor| -> anyhow::Result<Tensor> {
+        if t.dim() <= 1 {
+            Ok(t.f_norm()?)
+        } else {
+            let dims: Vec<i64> = (1..t.dim() as i64).collect();
+            Ok(t.f_norm_scalaropt_dim(2.0, dims.as_slice(), true)?)
+        }
+    };
+    let max = unit_norm(w)?.f_clamp_min(eps)? * lambda;
+    let gn = unit_norm(g)?;
+    let coef = max.f_div(&gn.f_clamp_min(AGC_GRAD_FLOOR)?)?.f_where_self(&gn.f_ge_tensor(&max)?, &gn.f_ones_like()?)?;
+    let _ = g.shallow_clone().f_mul_(&coef)?;
+    Ok(())
 }
 
 /// Applies `policies` to the weights after 1-based step `step`.
@@ -47,6 +271,11 @@ pub fn apply_weight_policies(policies: &[WeightPolicy], weights: &[Tensor], step
             WeightPolicy::Clip { limit } => {
                 for w in weights {
                     let _ = w.shallow_clone().f_clamp_(-*limit, *limit)?;
+                }
+            }
+            WeightPolicy::MaxNorm { max, dim } => {
+                for w in weights.iter().filter(|w| w.dim() >= 2 && (*dim as usize) < w.dim()) {
+                    let _ = w.shallow_clone().f_renorm_(2.0, *dim, *max)?;
                 }
             }
             WeightPolicy::Scale { factor, every } => {
@@ -65,24 +294,41 @@ pub fn apply_weight_policies(policies: &[WeightPolicy], weights: &[Tensor], step
 mod tests {
     use super::*;
 
+    fn cpu(policies: &[GradPolicy]) -> GradPolicies {
+        GradPolicies::new(policies, Device::Cpu).expect("policies")
+    }
+
     #[test]
     fn clip_norm_matches_the_pytorch_formula() {
         let grads = [Tensor::from_slice(&[3.0f32, 0.0]), Tensor::from_slice(&[0.0f32, 4.0])];
         let total = layer_norms(&grads).expect("norms").norm();
         assert!((total.double_value(&[]) - 5.0).abs() < 1e-6);
-        let policy = [GradPolicy::ClipNorm { max_norm: 1.0, norm_type: 2.0 }];
-        let after = apply_grad_policies(&policy, &grads, &total).expect("clip");
+        let mut policy = cpu(&[GradPolicy::ClipNorm { max_norm: 1.0, norm_type: NormType::Two }]);
+        let after = policy.apply(&grads, &grads, &total).expect("clip");
+        assert!(after.skip.is_none());
         let coef = 1.0 / (5.0 + CLIP_EPS);
-        assert!((after.double_value(&[]) - 5.0 * coef).abs() < 1e-6);
+        assert!((after.norm.double_value(&[]) - 5.0 * coef).abs() < 1e-6);
         assert!((grads[0].double_value(&[0]) - 3.0 * coef).abs() < 1e-6);
         // Below the threshold nothing changes.
-        let loose = [GradPolicy::ClipNorm { max_norm: 10.0, norm_type: 2.0 }];
-        let again = apply_grad_policies(&loose, &grads, &after).expect("clip");
-        assert!((again.double_value(&[]) - after.double_value(&[])).abs() < 1e-9);
+        let mut loose = cpu(&[GradPolicy::ClipNorm { max_norm: 10.0, norm_type: NormType::Two }]);
+        let again = loose.apply(&grads, &grads, &after.norm).expect("clip");
+        assert!((again.norm.double_value(&[]) - after.norm.double_value(&[])).abs() < 1e-9);
     }
 
     #[test]
-    fn weight_policies_clamp_and_scale() {
+    fn skip_spike_skips_only_outliers_after_warmup() {
+        let mut policy = cpu(&[GradPolicy::SkipSpike { z_threshold: 3.0, alpha: 0.9, warmup: 4 }]);
+        let g = [Tensor::from_slice(&[1.0f32])];
+        let mut skipped = Vec::new();
+        for norm in [1.0f32, 1.1, 0.9, 1.0, 1.05, 50.0, 1.0] {
+            let outcome = policy.apply(&g, &g, &Tensor::from(norm)).expect("apply");
+            skipped.push(outcome.skip.is_some_and(|s| s.int64_value(&[]) == 1));
+        }
+        assert_eq!(skipped, [false, false, false, false, false, true, false]);
+    }
+
+    #[test]
+    fn weight_policies_clamp_renorm_and_scale() {
         let w = [Tensor::from_slice(&[2.0f32, -3.0, 0.5])];
         apply_weight_policies(&[WeightPolicy::Clip { limit: 1.0 }], &w, 1).expect("clip");
         assert_eq!(Vec::<f32>::try_from(&w[0]).expect("vec"), vec![1.0, -1.0, 0.5]);
@@ -91,5 +337,9 @@ mod tests {
         assert_eq!(Vec::<f32>::try_from(&w[0]).expect("vec"), vec![1.0, -1.0, 0.5]);
         apply_weight_policies(&scale, &w, 2).expect("scale");
         assert_eq!(Vec::<f32>::try_from(&w[0]).expect("vec"), vec![0.5, -0.5, 0.25]);
+        let m = [Tensor::from_slice(&[3.0f32, 4.0, 0.3, 0.4]).view([2, 2])];
+        apply_weight_policies(&[WeightPolicy::MaxNorm { max: 1.0, dim: 0 }], &m, 1).expect("max_norm");
+        let rows = m[0].norm_scalaropt_dim(2.0, [1].as_slice(), false);
+        assert!(rows.allclose(&Tensor::from_slice(&[1.0f32, 0.5]), 1e-5, 1e-5, false));
     }
 }

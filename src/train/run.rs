@@ -10,20 +10,19 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
-use rand::SeedableRng;
-use rand::rngs::StdRng;
-use tch::{Device, Kind, Reduction, Tensor, nn};
+use tch::{Device, Kind, Tensor, nn};
 
-use super::data::CharCorpus;
 use super::diagnose::{Diagnoser, Diagnosis};
-use super::spec::{JobSpec, OnNonfinite, TaskSpec, parse_device};
+use super::policy::GradPolicies;
+use super::spec::{JobSpec, OnNonfinite, parse_device};
 use super::stats::{FlatParams, GRAD_STATS, HIST_BINS, LayerStats, WEIGHT_STATS};
+use super::task::Task;
 use super::{Outcome, StepReport, StopFlag, StopReason, TrainEvent, model, optim, policy};
 
 /// What a run needs besides its spec, resolved by the caller.
 #[derive(Debug, Clone)]
 pub struct RunContext {
-    /// The text of the `char_lm` corpus.
+    /// The text of the `char_lm` corpus (empty for generated tasks).
     pub corpus: String,
     /// Where the latest weights are written as safetensors (at the end, and when stopped).
     pub checkpoint: Option<PathBuf>,
@@ -38,19 +37,17 @@ pub fn train(
     emit: &mut dyn FnMut(TrainEvent),
 ) -> anyhow::Result<Outcome> {
     let device = model::resolve_device(parse_device(&spec.device).context("invalid device")?)?;
-    let TaskSpec::CharLm { seq_len, .. } = &spec.task;
-    let corpus = CharCorpus::new(&ctx.corpus, *seq_len)?;
-    let vocab = corpus.vocab_size();
+    let mut task = Task::new(&spec.task, &ctx.corpus, spec.seed, device)?;
     let vs = nn::VarStore::new(device);
-    let (model, params) = model::build(&spec.model, &vs, vocab, spec.seed)?;
+    let (model, params) = model::build(&spec.model, &vs, task.io(), spec.seed)?;
     let tensors: Vec<Tensor> = params.tensors().map(Tensor::shallow_clone).collect();
     let mut flat = FlatParams::new(&tensors, device)?;
     let mut opt = optim::build(&spec.optimizer, &vs, spec.steps)?;
     let layers = params.layers();
-    let mut reporter = Reporter::new(spec, layers.iter().map(|l| l.name.clone()).collect());
+    let grad_policies = GradPolicies::new(&spec.policy.grad, device)?;
+    let mut reporter = Reporter::new(spec, grad_policies, layers.iter().map(|l| l.name.clone()).collect());
     emit(TrainEvent::Started { device: model::device_name(device), layers });
 
-    let mut rng = StdRng::seed_from_u64(spec.seed);
     for step in 1..=spec.steps {
         if let Some(reason) = stop.requested() {
             reporter.finish(emit)?;
@@ -63,15 +60,8 @@ pub fn train(
         let started = Instant::now();
         let lr = optim::learning_rate(&spec.optimizer, step, spec.steps);
         opt.set_lr(lr);
-        let (xs, ys) = corpus.train_batch(&mut rng, spec.batch_size, *seq_len, device)?;
-        let logits = model.forward(&xs, true)?;
-        let loss = logits.f_view([-1, vocab])?.f_cross_entropy_loss::<Tensor>(
-            &ys.f_view([-1])?,
-            None,
-            Reduction::Mean,
-            -100,
-            0.0,
-        )?;
+        let batch = task.train_batch(spec.batch_size)?;
+        let loss = task.loss(&model.forward(&batch.xs, true)?, &batch.ys)?;
         flat.zero_grads()?;
         loss.f_backward().context("backward failed")?;
         flat.adopt_grads()?;
@@ -79,11 +69,12 @@ pub fn train(
         let record = spec.monitor.records(step);
         let report = tch::no_grad(|| reporter.measure(&mut flat, &loss, step, lr, record, emit))?;
         let finite = report.loss.is_finite() && report.grad_norm.is_finite();
+        let update = finite && !report.skipped;
         tch::no_grad(|| -> anyhow::Result<()> {
             if record {
                 flat.snapshot_weights()?;
             }
-            if finite {
+            if update {
                 opt.step();
                 policy::apply_weight_policies(&spec.policy.weight, flat.params(), step)?;
             }
@@ -91,7 +82,12 @@ pub fn train(
         })?;
         let weight_stats = if record { Some(tch::no_grad(|| flat.weight_stats())?) } else { None };
         reporter
-            .hold(StepReport { skipped: !finite, seconds: started.elapsed().as_secs_f64(), ..report }, weight_stats);
+            .hold(StepReport { skipped: !update, seconds: started.elapsed().as_secs_f64(), ..report }, weight_stats);
+        if task.eval_due(step, spec.steps)
+            && let Some(eval) = task.evaluate(model.as_ref(), step)?
+        {
+            emit(TrainEvent::Eval(eval));
+        }
         if !finite && spec.policy.on_nonfinite == OnNonfinite::Stop {
             reporter.finish(emit)?;
             save_checkpoint(&vs, ctx)?;
@@ -107,6 +103,8 @@ pub fn train(
 /// over to the next copy, diagnosis on the way out.
 struct Reporter<'a> {
     spec: &'a JobSpec,
+    /// The grad policies and the state the adaptive ones carry between steps.
+    grad_policies: GradPolicies,
     layers: usize,
     /// The previous step's report, waiting for its weight statistics.
     held: Option<(StepReport, Option<Tensor>)>,
@@ -115,9 +113,10 @@ struct Reporter<'a> {
 }
 
 impl<'a> Reporter<'a> {
-    fn new(spec: &'a JobSpec, layer_names: Vec<String>) -> Self {
+    fn new(spec: &'a JobSpec, grad_policies: GradPolicies, layer_names: Vec<String>) -> Self {
         Self {
             spec,
+            grad_policies,
             layers: layer_names.len(),
             held: None,
             diagnoser: Diagnoser::new(&spec.monitor, layer_names),
@@ -144,17 +143,26 @@ impl<'a> Reporter<'a> {
             (None, flat.grad_norm()?)
         };
         let hist = if record && self.spec.monitor.histogram { Some(flat.grad_histogram()?) } else { None };
-        let clipped = policy::apply_grad_policies(&self.spec.policy.grad, &flat.layer_grads(), &total)?;
+        let outcome = self.grad_policies.apply(&flat.layer_grads(), flat.params(), &total)?;
+        let skip = match &outcome.skip {
+            Some(skip) => skip.f_to_kind(Kind::Float)?,
+            None => total.f_zeros_like()?,
+        };
 
         let held_weights = self.held.as_ref().and_then(|(_, w)| w.as_ref().map(Tensor::shallow_clone));
-        let mut parts = vec![loss.f_detach()?.f_reshape([1])?, total.f_reshape([1])?, clipped.f_reshape([1])?];
+        let mut parts = vec![
+            loss.f_detach()?.f_reshape([1])?,
+            total.f_reshape([1])?,
+            outcome.norm.f_reshape([1])?,
+            skip.f_reshape([1])?,
+        ];
         parts.extend(grad_stats.iter().map(|s| s.f_flatten(0, -1)).collect::<Result<Vec<_>, _>>()?);
         parts.extend(held_weights.iter().map(|w| w.f_flatten(0, -1)).collect::<Result<Vec<_>, _>>()?);
         parts.extend(hist.iter().map(|h| h.f_to_kind(Kind::Float)).collect::<Result<Vec<_>, _>>()?);
         let parts: Vec<Tensor> = parts.iter().map(|p| p.f_to_kind(Kind::Double)).collect::<Result<_, _>>()?;
         let host: Vec<f64> = Vec::try_from(&Tensor::f_cat(&parts, 0)?.f_to_device(Device::Cpu)?)?;
 
-        let (scalars, mut rest) = host.split_at(3);
+        let (scalars, mut rest) = host.split_at(4);
         let mut layers = grad_stats.as_ref().map(|_| {
             let n = GRAD_STATS.len() * self.layers;
             let stats = LayerStats::from_grad_rows(&rest[..n], self.layers);
@@ -181,7 +189,8 @@ impl<'a> Reporter<'a> {
             grad_norm_clipped,
             clip_coef: if grad_norm > 0.0 { grad_norm_clipped / grad_norm } else { 1.0 },
             lr,
-            skipped: false,
+            // A policy (skip_spike) dropped the update.
+            skipped: scalars[3] != 0.0,
             layers,
             seconds: 0.0,
         })

@@ -21,6 +21,34 @@ pub const DEFAULT_LR: f64 = 1e-3;
 /// AdamW's decoupled weight decay, as in `torch.optim.AdamW`.
 pub const DEFAULT_ADAMW_WEIGHT_DECAY: f64 = 0.01;
 pub const DEFAULT_PROMETHEUS_LAYERS: u32 = 32;
+/// Validation (loss and, where the task has one, its metric) every this many steps.
+pub const DEFAULT_EVAL_EVERY: u64 = 100;
+/// Copy task: distinct data symbols, and how many of them are to be remembered.
+pub const DEFAULT_COPY_SYMBOLS: i64 = 8;
+pub const DEFAULT_COPY_LENGTH: i64 = 10;
+/// Classification task: input features, classes, and Gaussian clusters per class.
+pub const DEFAULT_FEATURES: i64 = 32;
+pub const DEFAULT_CLASSES: i64 = 10;
+pub const DEFAULT_CLUSTERS: i64 = 2;
+/// Standard deviation of the classification task's noise around each cluster centre.
+pub const DEFAULT_NOISE: f64 = 1.0;
+pub const DEFAULT_HEADS: i64 = 4;
+/// Adam and AdamW defaults, as in `torch.optim`.
+pub const DEFAULT_BETA1: f64 = 0.9;
+pub const DEFAULT_BETA2: f64 = 0.999;
+pub const DEFAULT_ADAM_EPS: f64 = 1e-8;
+/// Adaptive gradient clipping (Brock et al. 2021) defaults.
+pub const DEFAULT_AGC_LAMBDA: f64 = 0.01;
+pub const DEFAULT_AGC_EPS: f64 = 1e-3;
+/// AutoClip (Seetharaman et al. 2020): clip to this percentile of the last `history` norms.
+pub const DEFAULT_AUTOCLIP_PERCENTILE: f64 = 10.0;
+pub const DEFAULT_AUTOCLIP_HISTORY: u64 = 10_000;
+pub const MAX_AUTOCLIP_HISTORY: u64 = 1_000_000;
+/// ZClip (Kumar et al. 2025) and spike-skipping defaults: EMA factor, z threshold, warm-up steps.
+pub const DEFAULT_ZCLIP_ALPHA: f64 = 0.97;
+pub const DEFAULT_ZCLIP_Z: f64 = 2.5;
+pub const DEFAULT_SPIKE_Z: f64 = 6.0;
+pub const DEFAULT_Z_WARMUP: u64 = 25;
 pub const MAX_NAME_LEN: usize = 200;
 
 /// A training job as submitted. Everything but `task` and `model` has a default.
@@ -57,7 +85,7 @@ pub struct JobSpec {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum TaskSpec {
-    /// Next-character prediction on a text corpus.
+    /// Next-character prediction on a text corpus; the last tenth is held out for validation.
     CharLm {
         /// `builtin:<name>` or the id `POST /api/v1/corpora` returned.
         #[serde(default = "default_corpus")]
@@ -65,6 +93,47 @@ pub enum TaskSpec {
         /// Characters per training sequence.
         #[serde(default = "default_seq_len")]
         seq_len: i64,
+        /// Validation loss every this many steps (and after the last); 0 turns it off.
+        #[serde(default = "default_eval_every")]
+        eval_every: u64,
+    },
+    /// The adding problem (Hochreiter & Schmidhuber 1997): a sequence of (value, marker)
+    /// pairs; predict at the last step the sum of the two marked values. Regression (MSE);
+    /// the metric is the fraction of answers within 0.04.
+    Adding {
+        /// Sequence length: the distance the two marked values must be carried.
+        #[serde(default = "default_seq_len")]
+        seq_len: i64,
+        #[serde(default = "default_eval_every")]
+        eval_every: u64,
+    },
+    /// The copy (memory) problem: `length` random symbols, a pause, a delimiter, then the
+    /// model must replay the symbols. The metric is the fraction of replayed symbols right.
+    Copy {
+        /// Whole sequence length; the pause is `seq_len - 2·length - 1` steps.
+        #[serde(default = "default_seq_len")]
+        seq_len: i64,
+        #[serde(default = "default_copy_symbols")]
+        symbols: i64,
+        #[serde(default = "default_copy_length")]
+        length: i64,
+        #[serde(default = "default_eval_every")]
+        eval_every: u64,
+    },
+    /// Synthetic classification for MLPs: Gaussian clusters (`clusters` per class) in
+    /// `features` dimensions, drawn from the job's seed. The metric is accuracy.
+    Classification {
+        #[serde(default = "default_features")]
+        features: i64,
+        #[serde(default = "default_classes")]
+        classes: i64,
+        #[serde(default = "default_clusters")]
+        clusters: i64,
+        /// Standard deviation of each sample around its cluster centre (centres are N(0, 1)).
+        #[serde(default = "default_noise")]
+        noise: f64,
+        #[serde(default = "default_eval_every")]
+        eval_every: u64,
     },
 }
 
@@ -72,20 +141,62 @@ impl TaskSpec {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::CharLm { .. } => "char_lm",
+            Self::Adding { .. } => "adding",
+            Self::Copy { .. } => "copy",
+            Self::Classification { .. } => "classification",
         }
+    }
+
+    /// The corpus a `char_lm` task reads; other tasks generate their data.
+    pub fn corpus(&self) -> Option<&str> {
+        match self {
+            Self::CharLm { corpus, .. } => Some(corpus),
+            _ => None,
+        }
+    }
+
+    pub fn eval_every(&self) -> u64 {
+        match self {
+            Self::CharLm { eval_every, .. }
+            | Self::Adding { eval_every, .. }
+            | Self::Copy { eval_every, .. }
+            | Self::Classification { eval_every, .. } => *eval_every,
+        }
+    }
+
+    /// Sequence tasks feed recurrent and transformer models; classification feeds MLPs.
+    pub fn is_sequence(&self) -> bool {
+        !matches!(self, Self::Classification { .. })
     }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ModelKind {
+    Mlp,
+    Rnn,
     Lstm,
+    Gru,
+    Transformer,
 }
 
 impl ModelKind {
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Mlp => "mlp",
+            Self::Rnn => "rnn",
             Self::Lstm => "lstm",
+            Self::Gru => "gru",
+            Self::Transformer => "transformer",
+        }
+    }
+
+    /// The activation used when the spec names none.
+    pub fn default_activation(self) -> Activation {
+        match self {
+            Self::Mlp => Activation::Relu,
+            Self::Rnn | Self::Lstm | Self::Gru => Activation::Tanh,
+            Self::Transformer => Activation::Gelu,
         }
     }
 }
@@ -100,14 +211,23 @@ pub enum Norm {
     Rms,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Activation {
-    #[default]
     Tanh,
     Relu,
     Sigmoid,
     Gelu,
+}
+
+/// Where a transformer block normalises: before each sub-layer (pre-LN, stable) or after
+/// the residual sum (post-LN, the original Transformer, fragile without warm-up).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NormPosition {
+    #[default]
+    Pre,
+    Post,
 }
 
 /// The network. `layers` and `hidden` size every kind.
@@ -123,10 +243,23 @@ pub struct ModelSpec {
     #[serde(default = "default_hidden")]
     #[schema(minimum = 1, maximum = 16384)]
     pub hidden: i64,
+    /// `none | batch | layer | rms`: MLPs take all four, transformers layer or rms,
+    /// recurrent models none.
     #[serde(default)]
     pub norm: Norm,
+    /// MLP hidden units (default relu), vanilla RNN cells (tanh or relu, default tanh),
+    /// transformer feed-forward (default gelu). LSTM and GRU cells are tanh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activation: Option<Activation>,
+    /// MLP: add each hidden block's input to its output (where the widths match).
     #[serde(default)]
-    pub activation: Activation,
+    pub residual: bool,
+    /// Transformer attention heads; must divide `hidden`.
+    #[serde(default = "default_heads")]
+    pub heads: i64,
+    /// Transformer: `pre` or `post` normalisation.
+    #[serde(default)]
+    pub norm_position: NormPosition,
     /// Multiplies the default initialisation: above 1 provokes explosion, below 1 vanishing.
     #[serde(default = "one")]
     pub init_scale: f64,
@@ -135,10 +268,17 @@ pub struct ModelSpec {
     pub dropout: f64,
 }
 
+impl ModelSpec {
+    pub fn activation(&self) -> Activation {
+        self.activation.unwrap_or(self.kind.default_activation())
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OptimizerKind {
     Sgd,
+    Adam,
     #[default]
     Adamw,
 }
@@ -162,12 +302,22 @@ pub struct OptimizerSpec {
     pub kind: OptimizerKind,
     #[serde(default = "default_lr")]
     pub lr: f64,
-    /// Defaults to 0.01 for AdamW (decoupled) and 0 for SGD (L2).
+    /// Defaults to 0.01 for AdamW (decoupled) and 0 for SGD and Adam (L2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight_decay: Option<f64>,
     /// SGD momentum.
     #[serde(default)]
     pub momentum: f64,
+    /// SGD: Nesterov momentum (needs `momentum` above 0).
+    #[serde(default)]
+    pub nesterov: bool,
+    /// Adam/AdamW first- and second-moment decay rates, and the denominator's epsilon.
+    #[serde(default = "default_beta1")]
+    pub beta1: f64,
+    #[serde(default = "default_beta2")]
+    pub beta2: f64,
+    #[serde(default = "default_adam_eps")]
+    pub eps: f64,
     /// Steps of linear warm-up from 0 to `lr`.
     #[serde(default)]
     pub warmup_steps: u64,
@@ -182,6 +332,10 @@ impl Default for OptimizerSpec {
             lr: DEFAULT_LR,
             weight_decay: None,
             momentum: 0.0,
+            nesterov: false,
+            beta1: DEFAULT_BETA1,
+            beta2: DEFAULT_BETA2,
+            eps: DEFAULT_ADAM_EPS,
             warmup_steps: 0,
             schedule: Schedule::default(),
         }
@@ -192,8 +346,44 @@ impl OptimizerSpec {
     pub fn weight_decay(&self) -> f64 {
         self.weight_decay.unwrap_or(match self.kind {
             OptimizerKind::Adamw => DEFAULT_ADAMW_WEIGHT_DECAY,
-            OptimizerKind::Sgd => 0.0,
+            OptimizerKind::Sgd | OptimizerKind::Adam => 0.0,
         })
+    }
+}
+
+/// The norm `clip_norm` measures: `2` (Euclidean) or `"inf"` (largest absolute element).
+/// Any other number parses and is refused by validation, naming the field.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum NormType {
+    Two,
+    Inf,
+    Other(f64),
+}
+
+impl Serialize for NormType {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Two => serializer.serialize_f64(2.0),
+            Self::Inf => serializer.serialize_str("inf"),
+            Self::Other(p) => serializer.serialize_f64(*p),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for NormType {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(f64),
+            Name(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Number(2.0) => Ok(Self::Two),
+            Raw::Number(p) => Ok(Self::Other(p)),
+            Raw::Name(name) if matches!(name.as_str(), "inf" | "Infinity") => Ok(Self::Inf),
+            Raw::Name(name) => Err(serde::de::Error::custom(format!("norm_type must be 2 or \"inf\", not {name:?}"))),
+        }
     }
 }
 
@@ -201,16 +391,56 @@ impl OptimizerSpec {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum GradPolicy {
-    /// Rescale all gradients together so their global L2 norm is at most `max_norm`
+    /// Rescale all gradients together so their global norm is at most `max_norm`
     /// (`torch.nn.utils.clip_grad_norm_`).
     ClipNorm {
         max_norm: f64,
-        /// Only the L2 norm (2) for now.
-        #[serde(default = "two")]
-        norm_type: f64,
+        /// `2` or `"inf"`.
+        #[serde(default = "norm_two")]
+        #[schema(value_type = serde_json::Value, example = 2)]
+        norm_type: NormType,
     },
     /// Clamp every gradient element to ±`limit` (`torch.nn.utils.clip_grad_value_`).
     ClipValue { limit: f64 },
+    /// Rescale each layer's gradient on its own so its L2 norm is at most `max_norm`.
+    ClipLayerNorm { max_norm: f64 },
+    /// Adaptive gradient clipping (Brock et al. 2021): each unit's (row's) gradient norm is
+    /// held to `lambda` times its weight norm, the latter floored at `eps`.
+    Agc {
+        #[serde(default = "default_agc_lambda")]
+        lambda: f64,
+        #[serde(default = "default_agc_eps")]
+        eps: f64,
+    },
+    /// AutoClip (Seetharaman et al. 2020): clip the global L2 norm to the `percentile`-th
+    /// percentile of the norms seen so far (the last `history` of them, this step's included).
+    Autoclip {
+        #[serde(default = "default_autoclip_percentile")]
+        percentile: f64,
+        #[serde(default = "default_autoclip_history")]
+        history: u64,
+    },
+    /// ZClip (Kumar et al. 2025): after `warmup` steps, a global norm whose z-score against
+    /// an EMA (factor `alpha`) of the norm's mean and variance exceeds `z_threshold` is
+    /// clipped to `mean + z_threshold²·std / z`.
+    Zclip {
+        #[serde(default = "default_zclip_alpha")]
+        alpha: f64,
+        #[serde(default = "default_zclip_z")]
+        z_threshold: f64,
+        #[serde(default = "default_z_warmup")]
+        warmup: u64,
+    },
+    /// Drop the whole update when the global norm's z-score (against an EMA of the
+    /// non-spiking norms, as `zclip` keeps) exceeds `z_threshold`, after `warmup` steps.
+    SkipSpike {
+        #[serde(default = "default_spike_z")]
+        z_threshold: f64,
+        #[serde(default = "default_zclip_alpha")]
+        alpha: f64,
+        #[serde(default = "default_z_warmup")]
+        warmup: u64,
+    },
 }
 
 /// A weight policy, applied after the optimizer step.
@@ -219,6 +449,14 @@ pub enum GradPolicy {
 pub enum WeightPolicy {
     /// Clamp every weight to ±`limit`.
     Clip { limit: f64 },
+    /// Rescale every unit whose L2 norm exceeds `max` back to `max` (`torch.renorm`): the
+    /// units are the slices along `dim` (0: the rows, one per output unit) of every weight
+    /// tensor with at least two dimensions.
+    MaxNorm {
+        max: f64,
+        #[serde(default)]
+        dim: i64,
+    },
     /// Multiply every weight by `factor` every `every` steps.
     Scale {
         factor: f64,
@@ -367,10 +605,25 @@ impl JobSpec {
     }
 
     fn validate_task(&self) -> Result<(), FieldError> {
+        let seq_len_ok = |seq_len: i64, min: i64| {
+            check((min..=MAX_SEQ_LEN).contains(&seq_len), "task.seq_len", format!("must be {min} to {MAX_SEQ_LEN}"))
+        };
         match &self.task {
-            TaskSpec::CharLm { corpus, seq_len } => {
+            TaskSpec::CharLm { corpus, seq_len, .. } => {
                 check(!corpus.is_empty(), "task.corpus", "must name a corpus")?;
-                check((2..=MAX_SEQ_LEN).contains(seq_len), "task.seq_len", format!("must be 2 to {MAX_SEQ_LEN}"))
+                seq_len_ok(*seq_len, 2)
+            }
+            TaskSpec::Adding { seq_len, .. } => seq_len_ok(*seq_len, 2),
+            TaskSpec::Copy { seq_len, symbols, length, .. } => {
+                check((2..=256).contains(symbols), "task.symbols", "must be 2 to 256")?;
+                check((1..=MAX_SEQ_LEN / 2).contains(length), "task.length", "must be at least 1")?;
+                seq_len_ok(*seq_len, 2 * length + 1)
+            }
+            TaskSpec::Classification { features, classes, clusters, noise, .. } => {
+                check((1..=MAX_HIDDEN).contains(features), "task.features", format!("must be 1 to {MAX_HIDDEN}"))?;
+                check((2..=10_000).contains(classes), "task.classes", "must be 2 to 10000")?;
+                check((1..=64).contains(clusters), "task.clusters", "must be 1 to 64")?;
+                check(noise.is_finite() && *noise >= 0.0, "task.noise", "must be a finite number, at least 0")
             }
         }
     }
@@ -385,12 +638,33 @@ impl JobSpec {
             "must be above 0 and at most 100",
         )?;
         check((0.0..1.0).contains(&m.dropout), "model.dropout", "must be at least 0 and below 1")?;
+        let sequence = self.task.is_sequence();
+        let act = m.activation();
         match m.kind {
-            ModelKind::Lstm => {
-                check(m.norm == Norm::None, "model.norm", "lstm supports only none")?;
-                check(m.activation == Activation::Tanh, "model.activation", "lstm cells use tanh")
+            ModelKind::Mlp => {
+                check(!sequence, "model.kind", "mlp takes feature vectors: use it with the classification task")?;
+            }
+            ModelKind::Rnn | ModelKind::Lstm | ModelKind::Gru => {
+                let name = m.kind.as_str();
+                check(sequence, "model.kind", format!("{name} takes sequences: use char_lm, adding or copy"))?;
+                check(m.norm == Norm::None, "model.norm", format!("{name} supports only none"))?;
+                if m.kind == ModelKind::Rnn {
+                    check(matches!(act, Activation::Tanh | Activation::Relu), "model.activation", "rnn: tanh or relu")?;
+                } else {
+                    check(act == Activation::Tanh, "model.activation", format!("{name} cells use tanh"))?;
+                }
+            }
+            ModelKind::Transformer => {
+                check(sequence, "model.kind", "transformer takes sequences: use char_lm, adding or copy")?;
+                check(matches!(m.norm, Norm::Layer | Norm::Rms), "model.norm", "transformer: layer or rms")?;
+                check(
+                    m.heads >= 1 && m.hidden % m.heads == 0,
+                    "model.heads",
+                    "must be at least 1 and divide model.hidden",
+                )?;
             }
         }
+        Ok(())
     }
 
     fn validate_optimizer(&self) -> Result<(), FieldError> {
@@ -401,6 +675,11 @@ impl JobSpec {
         }
         check((0.0..1.0).contains(&o.momentum), "optimizer.momentum", "must be at least 0 and below 1")?;
         check(o.kind == OptimizerKind::Sgd || o.momentum == 0.0, "optimizer.momentum", "applies to sgd only")?;
+        check(!o.nesterov || o.kind == OptimizerKind::Sgd, "optimizer.nesterov", "applies to sgd only")?;
+        check(!o.nesterov || o.momentum > 0.0, "optimizer.nesterov", "needs momentum above 0")?;
+        check((0.0..1.0).contains(&o.beta1), "optimizer.beta1", "must be at least 0 and below 1")?;
+        check((0.0..1.0).contains(&o.beta2), "optimizer.beta2", "must be at least 0 and below 1")?;
+        check_positive(o.eps, "optimizer.eps")?;
         check(o.warmup_steps <= self.steps, "optimizer.warmup_steps", "must not exceed steps")
     }
 
@@ -410,15 +689,38 @@ impl JobSpec {
             match policy {
                 GradPolicy::ClipNorm { max_norm, norm_type } => {
                     check_positive(*max_norm, &at("max_norm"))?;
-                    check(*norm_type == 2.0, at("norm_type"), "only 2 is supported")?;
+                    check(!matches!(norm_type, NormType::Other(_)), at("norm_type"), "must be 2 or \"inf\"")?;
                 }
                 GradPolicy::ClipValue { limit } => check_positive(*limit, &at("limit"))?,
+                GradPolicy::ClipLayerNorm { max_norm } => check_positive(*max_norm, &at("max_norm"))?,
+                GradPolicy::Agc { lambda, eps } => {
+                    check_positive(*lambda, &at("lambda"))?;
+                    check_positive(*eps, &at("eps"))?;
+                }
+                GradPolicy::Autoclip { percentile, history } => {
+                    check((0.0..=100.0).contains(percentile), at("percentile"), "must be 0 to 100")?;
+                    check(
+                        (1..=MAX_AUTOCLIP_HISTORY).contains(history),
+                        at("history"),
+                        format!("must be 1 to {MAX_AUTOCLIP_HISTORY}"),
+                    )?;
+                }
+                GradPolicy::Zclip { alpha, z_threshold, warmup }
+                | GradPolicy::SkipSpike { alpha, z_threshold, warmup } => {
+                    check((0.0..1.0).contains(alpha), at("alpha"), "must be at least 0 and below 1")?;
+                    check_positive(*z_threshold, &at("z_threshold"))?;
+                    check((2..=100_000).contains(warmup), at("warmup"), "must be 2 to 100000")?;
+                }
             }
         }
         for (i, policy) in self.policy.weight.iter().enumerate() {
             let at = |field: &str| format!("policy.weight[{i}].{field}");
             match policy {
                 WeightPolicy::Clip { limit } => check_positive(*limit, &at("limit"))?,
+                WeightPolicy::MaxNorm { max, dim } => {
+                    check_positive(*max, &at("max"))?;
+                    check((0..=1).contains(dim), at("dim"), "must be 0 (rows) or 1 (columns)")?;
+                }
                 WeightPolicy::Scale { factor, every } => {
                     check_positive(*factor, &at("factor"))?;
                     check(*every >= 1, at("every"), "must be at least 1")?;
@@ -473,6 +775,66 @@ fn default_hidden() -> i64 {
 fn default_lr() -> f64 {
     DEFAULT_LR
 }
+fn default_eval_every() -> u64 {
+    DEFAULT_EVAL_EVERY
+}
+fn default_copy_symbols() -> i64 {
+    DEFAULT_COPY_SYMBOLS
+}
+fn default_copy_length() -> i64 {
+    DEFAULT_COPY_LENGTH
+}
+fn default_features() -> i64 {
+    DEFAULT_FEATURES
+}
+fn default_classes() -> i64 {
+    DEFAULT_CLASSES
+}
+fn default_clusters() -> i64 {
+    DEFAULT_CLUSTERS
+}
+fn default_noise() -> f64 {
+    DEFAULT_NOISE
+}
+fn default_heads() -> i64 {
+    DEFAULT_HEADS
+}
+fn default_beta1() -> f64 {
+    DEFAULT_BETA1
+}
+fn default_beta2() -> f64 {
+    DEFAULT_BETA2
+}
+fn default_adam_eps() -> f64 {
+    DEFAULT_ADAM_EPS
+}
+fn default_agc_lambda() -> f64 {
+    DEFAULT_AGC_LAMBDA
+}
+fn default_agc_eps() -> f64 {
+    DEFAULT_AGC_EPS
+}
+fn default_autoclip_percentile() -> f64 {
+    DEFAULT_AUTOCLIP_PERCENTILE
+}
+fn default_autoclip_history() -> u64 {
+    DEFAULT_AUTOCLIP_HISTORY
+}
+fn default_zclip_alpha() -> f64 {
+    DEFAULT_ZCLIP_ALPHA
+}
+fn default_zclip_z() -> f64 {
+    DEFAULT_ZCLIP_Z
+}
+fn default_spike_z() -> f64 {
+    DEFAULT_SPIKE_Z
+}
+fn default_z_warmup() -> u64 {
+    DEFAULT_Z_WARMUP
+}
+fn norm_two() -> NormType {
+    NormType::Two
+}
 fn default_prometheus_layers() -> u32 {
     DEFAULT_PROMETHEUS_LAYERS
 }
@@ -496,9 +858,6 @@ fn default_cooldown() -> u64 {
 }
 fn one() -> f64 {
     1.0
-}
-fn two() -> f64 {
-    2.0
 }
 fn one_u64() -> u64 {
     1
@@ -532,6 +891,55 @@ mod tests {
                 "policy":{"grad":[{"kind":"clip_norm","max_norm":1},{"kind":"clip_norm","max_norm":-1}]}}"#,
         );
         assert_eq!(spec.validate().map_err(|e| e.field), Err("policy.grad[1].max_norm".to_owned()));
+    }
+
+    #[test]
+    fn models_must_fit_their_task() {
+        let field = |json: &str| parse(json).validate().map_err(|e| e.field);
+        assert_eq!(field(r#"{"task":{"kind":"adding"},"model":{"kind":"mlp"}}"#), Err("model.kind".to_owned()));
+        assert_eq!(field(r#"{"task":{"kind":"classification"},"model":{"kind":"gru"}}"#), Err("model.kind".to_owned()));
+        assert_eq!(
+            field(r#"{"task":{"kind":"copy"},"model":{"kind":"transformer","norm":"layer","hidden":30,"heads":4}}"#),
+            Err("model.heads".to_owned())
+        );
+        assert_eq!(field(r#"{"task":{"kind":"copy"},"model":{"kind":"transformer"}}"#), Err("model.norm".to_owned()));
+        assert_eq!(
+            field(r#"{"task":{"kind":"adding"},"model":{"kind":"lstm","activation":"relu"}}"#),
+            Err("model.activation".to_owned())
+        );
+        assert_eq!(
+            field(r#"{"task":{"kind":"copy","seq_len":20,"length":10},"model":{"kind":"gru"}}"#),
+            Err("task.seq_len".to_owned())
+        );
+        assert_eq!(
+            field(r#"{"task":{"kind":"classification"},"model":{"kind":"mlp","norm":"batch","activation":"sigmoid"}}"#),
+            Ok(())
+        );
+        let mlp = parse(r#"{"task":{"kind":"classification"},"model":{"kind":"mlp"}}"#);
+        assert_eq!(mlp.model.activation(), Activation::Relu);
+        assert!(mlp.task.corpus().is_none());
+    }
+
+    #[test]
+    fn grad_policies_parse_with_their_defaults() {
+        let spec = parse(
+            r#"{"task":{"kind":"char_lm"},"model":{"kind":"lstm"},"policy":{"grad":[
+                {"kind":"clip_norm","max_norm":1,"norm_type":"inf"},{"kind":"agc"},{"kind":"autoclip"},
+                {"kind":"zclip"},{"kind":"skip_spike","z_threshold":4}],
+                "weight":[{"kind":"max_norm","max":2}]}}"#,
+        );
+        assert_eq!(spec.validate(), Ok(()));
+        assert!(matches!(spec.policy.grad[0], GradPolicy::ClipNorm { norm_type: NormType::Inf, .. }));
+        assert!(
+            matches!(spec.policy.grad[3], GradPolicy::Zclip { alpha, warmup: DEFAULT_Z_WARMUP, .. } if alpha == DEFAULT_ZCLIP_ALPHA)
+        );
+        // Norm types round-trip as clients write them.
+        let json = serde_json::to_value(&spec.policy.grad[0]).expect("serialise");
+        assert_eq!(json["norm_type"], "inf");
+        let bad = parse(
+            r#"{"task":{"kind":"char_lm"},"model":{"kind":"lstm"},"policy":{"grad":[{"kind":"zclip","warmup":1}]}}"#,
+        );
+        assert_eq!(bad.validate().map_err(|e| e.field), Err("policy.grad[0].warmup".to_owned()));
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod helpers;
 mod jobs;
 mod lifecycle;
 mod metrics;
+mod presets;
 mod prometheus;
 mod service;
 mod stats;

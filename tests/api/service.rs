@@ -31,6 +31,7 @@ async fn the_openapi_document_covers_every_route() {
         ("/api/v1/jobs/{id}/stream", &["get"]),
         ("/api/v1/jobs/{id}/checkpoint", &["get"]),
         ("/api/v1/corpora", &["post"]),
+        ("/api/v1/presets", &["get"]),
         ("/api/v1/openapi.json", &["get"]),
         ("/healthz", &["get"]),
         ("/readyz", &["get"]),

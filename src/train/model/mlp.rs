@@ -1,0 +1,53 @@
+//! A deep MLP: `layers` hidden blocks of Linear → norm → activation (→ dropout), each
+//! optionally residual, then a linear head. The equivalent PyTorch module has a
+//! `blocks` `ModuleList` whose items hold `linear` and `norm`, and a `head`.
+
+use tch::{Tensor, nn};
+
+use super::layers::{Linear, NormLayer, activate, dropout};
+use super::{Input, Io, Model, Params};
+use crate::train::spec::{Activation, ModelSpec};
+
+#[derive(Debug)]
+struct Block {
+    linear: Linear,
+    norm: NormLayer,
+}
+
+#[derive(Debug)]
+pub struct Mlp {
+    blocks: Vec<Block>,
+    head: Linear,
+    activation: Activation,
+    residual: bool,
+    dropout: f64,
+}
+
+impl Mlp {
+    pub fn new(root: &nn::Path<'_>, params: &mut Params, spec: &ModelSpec, io: Io) -> anyhow::Result<Self> {
+        let Input::Features(mut width) = io.input else { anyhow::bail!("an mlp takes feature vectors, not tokens") };
+        let blocks_path = root / "blocks";
+        let mut blocks = Vec::new();
+        for i in 0..spec.layers {
+            let path = &blocks_path / i;
+            let linear = Linear::new(params, &(&path / "linear"), width, spec.hidden)?;
+            let norm = NormLayer::new(params, &(&path / "norm"), spec.norm, spec.hidden)?;
+            blocks.push(Block { linear, norm });
+            width = spec.hidden;
+        }
+        let head = Linear::new(params, &(root / "head"), width, io.output)?;
+        Ok(Self { blocks, head, activation: spec.activation(), residual: spec.residual, dropout: spec.dropout })
+    }
+}
+
+impl Model for Mlp {
+    fn forward(&self, xs: &Tensor, train: bool) -> anyhow::Result<Tensor> {
+        let mut x = xs.shallow_clone();
+        for block in &self.blocks {
+            let h = block.norm.forward(&block.linear.forward(&x)?, train)?;
+            let h = dropout(activate(&h, self.activation)?, self.dropout, train)?;
+            x = if self.residual && h.size() == x.size() { x.f_add(&h)? } else { h };
+        }
+        self.head.forward(&x)
+    }
+}

@@ -1,0 +1,98 @@
+//! Recurrent stacks: vanilla RNN (tanh or relu), LSTM, GRU, through LibTorch's fused
+//! kernels. Token inputs go through an embedding of width `hidden` first; feature inputs
+//! feed the first layer directly. Names follow `nn.Embedding` (`embed`), `nn.RNN` /
+//! `nn.LSTM` / `nn.GRU` (`rnn`, `lstm`, `gru`: `weight_ih_l0`, …) and `nn.Linear` (`head`).
+
+use anyhow::Context;
+use tch::nn::{self, Init};
+use tch::{Kind, Tensor};
+
+use super::layers::{Linear, embed, uniform_fan};
+use super::{Input, Io, Model, Params};
+use crate::train::spec::{Activation, ModelKind, ModelSpec};
+
+#[derive(Debug, Clone, Copy)]
+enum Cell {
+    Tanh,
+    Relu,
+    Lstm,
+    Gru,
+}
+
+impl Cell {
+    /// Gates stacked in each weight matrix.
+    fn gates(self) -> i64 {
+        match self {
+            Self::Tanh | Self::Relu => 1,
+            Self::Lstm => 4,
+            Self::Gru => 3,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Recurrent {
+    embed: Option<Tensor>,
+    cell: Cell,
+    /// Per layer: `weight_ih`, `weight_hh`, `bias_ih`, `bias_hh`, LibTorch's flat order.
+    flat_weights: Vec<Tensor>,
+    head: Linear,
+    layers: i64,
+    hidden: i64,
+    dropout: f64,
+}
+
+impl Recurrent {
+    pub fn new(root: &nn::Path<'_>, params: &mut Params, spec: &ModelSpec, io: Io) -> anyhow::Result<Self> {
+        let hidden = spec.hidden;
+        let (cell, name) = match (spec.kind, spec.activation()) {
+            (ModelKind::Lstm, _) => (Cell::Lstm, "lstm"),
+            (ModelKind::Gru, _) => (Cell::Gru, "gru"),
+            (_, Activation::Relu) => (Cell::Relu, "rnn"),
+            _ => (Cell::Tanh, "rnn"),
+        };
+        let (embed, mut input) = match io.input {
+            Input::Tokens(vocab) => {
+                let table =
+                    params.var(&(root / "embed"), "weight", &[vocab, hidden], Init::Randn { mean: 0.0, stdev: 1.0 })?;
+                (Some(table), hidden)
+            }
+            Input::Features(width) => (None, width),
+        };
+        let path = root / name;
+        let rows = cell.gates() * hidden;
+        let init = uniform_fan(hidden);
+        let mut flat_weights = Vec::new();
+        for l in 0..spec.layers {
+            flat_weights.push(params.var(&path, &format!("weight_ih_l{l}"), &[rows, input], init)?);
+            flat_weights.push(params.var(&path, &format!("weight_hh_l{l}"), &[rows, hidden], init)?);
+            flat_weights.push(params.var(&path, &format!("bias_ih_l{l}"), &[rows], init)?);
+            flat_weights.push(params.var(&path, &format!("bias_hh_l{l}"), &[rows], init)?);
+            input = hidden;
+        }
+        let head = Linear::new(params, &(root / "head"), hidden, io.output)?;
+        Ok(Self { embed, cell, flat_weights, head, layers: spec.layers, hidden, dropout: spec.dropout })
+    }
+}
+
+impl Model for Recurrent {
+    fn forward(&self, xs: &Tensor, train: bool) -> anyhow::Result<Tensor> {
+        let x = match &self.embed {
+            Some(table) => embed(table, xs)?,
+            None => xs.shallow_clone(),
+        };
+        let batch = x.size()[0];
+        let h0 = Tensor::f_zeros([self.layers, batch, self.hidden], (Kind::Float, x.device()))?;
+        let w: Vec<&Tensor> = self.flat_weights.iter().collect();
+        let w = w.as_slice();
+        let (l, p) = (self.layers, self.dropout);
+        let out = match self.cell {
+            Cell::Lstm => x.f_lstm(&[&h0, &h0], w, true, l, p, train, false, true).map(|(out, _, _)| out),
+            Cell::Gru => x.f_gru(&h0, w, true, l, p, train, false, true).map(|(out, _)| out),
+            Cell::Tanh => x.f_rnn_tanh(&h0, w, true, l, p, train, false, true).map(|(out, _)| out),
+            Cell::Relu => x.f_rnn_relu(&h0, w, true, l, p, train, false, true).map(|(out, _)| out),
+        }
+        .context("recurrent forward failed")?;
+        self.head.forward(&out)
+    }
+}

@@ -1,0 +1,299 @@
+//! Tasks: where batches come from, how a model's output is scored, and what validation
+//! reports. The loop calls [`Task::train_batch`], [`Task::loss`] and, every
+//! `eval_every` steps, [`Task::evaluate`]; nothing else in it knows which task runs.
+//!
+//! All data derive from the job's seed, through separate streams for training batches,
+//! the fixed validation set and the task's own constants (cluster centres), so the same
+//! spec and seed see the same data on any device.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tch::{Device, Kind, Reduction, Tensor};
+
+use super::EvalReport;
+use super::data::CharCorpus;
+use super::model::{Input, Io, Model};
+use super::spec::TaskSpec;
+
+/// Samples in the validation set of the generated tasks, and most windows of a corpus's.
+pub const VALID_SAMPLES: usize = 256;
+/// The adding problem counts an answer right within this distance (Hochreiter & Schmidhuber).
+pub const ADDING_TOLERANCE: f64 = 0.04;
+const VALID_STREAM: u64 = 0x5eed_0001;
+const CONSTANT_STREAM: u64 = 0x5eed_0002;
+
+/// Inputs and targets, on the training device.
+#[derive(Debug)]
+pub struct Batch {
+    pub xs: Tensor,
+    pub ys: Tensor,
+}
+
+#[derive(Debug)]
+enum Source {
+    CharLm { corpus: CharCorpus, seq_len: i64 },
+    Adding { seq_len: i64 },
+    Copy { seq_len: i64, symbols: i64, length: i64 },
+    Classification { centres: Vec<f32>, features: i64, classes: i64, clusters: i64, noise: f64 },
+}
+
+/// A task ready to produce batches on `device`.
+#[derive(Debug)]
+pub struct Task {
+    kind: Source,
+    rng: StdRng,
+    valid: Option<Batch>,
+    eval_every: u64,
+    device: Device,
+}
+
+impl Task {
+    /// `corpus` is the text of a `char_lm` task (ignored by the others).
+    pub fn new(spec: &TaskSpec, corpus: &str, seed: u64, device: Device) -> anyhow::Result<Self> {
+        let mut constants = StdRng::seed_from_u64(seed ^ CONSTANT_STREAM);
+        let kind = match *spec {
+            TaskSpec::CharLm { seq_len, .. } => Source::CharLm { corpus: CharCorpus::new(corpus, seq_len)?, seq_len },
+            TaskSpec::Adding { seq_len, .. } => Source::Adding { seq_len },
+            TaskSpec::Copy { seq_len, symbols, length, .. } => Source::Copy { seq_len, symbols, length },
+            TaskSpec::Classification { features, classes, clusters, noise, .. } => {
+                let centres = (0..classes * clusters * features).map(|_| normal(&mut constants) as f32).collect();
+                Source::Classification { centres, features, classes, clusters, noise }
+            }
+        };
+        let mut task =
+            Self { kind, rng: StdRng::seed_from_u64(seed), valid: None, eval_every: spec.eval_every(), device };
+        if task.eval_every > 0 {
+            task.valid = task.validation_set(&mut StdRng::seed_from_u64(seed ^ VALID_STREAM))?;
+        }
+        Ok(task)
+    }
+
+    /// What the model must take and give.
+    pub fn io(&self) -> Io {
+        match &self.kind {
+            Source::CharLm { corpus, seq_len } => {
+                let vocab = corpus.vocab_size();
+                Io { input: Input::Tokens(vocab), output: vocab, max_len: *seq_len }
+            }
+            Source::Adding { seq_len } => Io { input: Input::Features(2), output: 1, max_len: *seq_len },
+            Source::Copy { seq_len, symbols, .. } => {
+                Io { input: Input::Tokens(symbols + 2), output: *symbols, max_len: *seq_len }
+            }
+            Source::Classification { features, classes, .. } => {
+                Io { input: Input::Features(*features), output: *classes, max_len: 1 }
+            }
+        }
+    }
+
+    /// The name of the metric [`Task::evaluate`] reports besides the loss, if any.
+    pub fn metric_name(&self) -> Option<&'static str> {
+        match self.kind {
+            Source::CharLm { .. } => None,
+            Source::Adding { .. } | Source::Copy { .. } | Source::Classification { .. } => Some("accuracy"),
+        }
+    }
+
+    /// A fresh training batch of `batch` samples.
+    pub fn train_batch(&mut self, batch: i64) -> anyhow::Result<Batch> {
+        let mut rng = std::mem::replace(&mut self.rng, StdRng::seed_from_u64(0));
+        let result = self.generate(&mut rng, batch as usize);
+        self.rng = rng;
+        result
+    }
+
+    /// The mean loss of `out` (the model's output for a batch) against its targets `ys`.
+    pub fn loss(&self, out: &Tensor, ys: &Tensor) -> anyhow::Result<Tensor> {
+        let loss = match &self.kind {
+            Source::CharLm { .. } | Source::Classification { .. } | Source::Copy { .. } => {
+                let logits = self.scored(out)?;
+                let width = logits.size()[logits.dim() - 1];
+                logits.f_reshape([-1, width])?.f_cross_entropy_loss::<Tensor>(
+                    &ys.f_reshape([-1])?,
+                    None,
+                    Reduction::Mean,
+                    -100,
+                    0.0,
+                )?
+            }
+            Source::Adding { .. } => self.scored(out)?.f_mse_loss(ys, Reduction::Mean)?,
+        };
+        Ok(loss)
+    }
+
+    /// Whether validation runs after 1-based `step` of `total`: every `eval_every` steps
+    /// and after the last one.
+    pub fn eval_due(&self, step: u64, total: u64) -> bool {
+        self.valid.is_some() && (step.is_multiple_of(self.eval_every) || step == total)
+    }
+
+    /// Loss (and metric) of `model` in evaluation mode on the fixed validation set, with
+    /// one host copy.
+    pub fn evaluate(&self, model: &dyn Model, step: u64) -> anyhow::Result<Option<EvalReport>> {
+        let Some(valid) = &self.valid else { return Ok(None) };
+        tch::no_grad(|| {
+            let out = model.forward(&valid.xs, false)?;
+            let loss = self.loss(&out, &valid.ys)?.f_to_kind(Kind::Float)?.f_reshape([1])?;
+            let packed = match self.correct(&out, &valid.ys)? {
+                Some(acc) => Tensor::f_cat(&[loss, acc.f_reshape([1])?], 0)?,
+                None => loss,
+            };
+            let values = Vec::<f32>::try_from(&packed.f_to_device(Device::Cpu)?)?;
+            Ok(Some(EvalReport {
+                step,
+                loss: f64::from(values[0]),
+                metric: self.metric_name().zip(values.get(1).map(|&v| f64::from(v))),
+            }))
+        })
+    }
+
+    /// The part of a model's output the loss looks at.
+    fn scored(&self, out: &Tensor) -> anyhow::Result<Tensor> {
+        Ok(match &self.kind {
+            Source::CharLm { .. } | Source::Classification { .. } => out.shallow_clone(),
+            Source::Adding { .. } => out.f_select(1, -1)?,
+            Source::Copy { length, .. } => {
+                let t = out.size()[1];
+                out.f_narrow(1, t - length, *length)?
+            }
+        })
+    }
+
+    /// The fraction of right answers, as a 0-dim float tensor.
+    fn correct(&self, out: &Tensor, ys: &Tensor) -> anyhow::Result<Option<Tensor>> {
+        let scored = self.scored(out)?;
+        let right = match &self.kind {
+            Source::CharLm { .. } => return Ok(None),
+            Source::Adding { .. } => scored.f_sub(ys)?.f_abs()?.f_lt(ADDING_TOLERANCE)?,
+            Source::Copy { .. } | Source::Classification { .. } => scored.f_argmax(-1, false)?.f_eq_tensor(ys)?,
+        };
+        Ok(Some(right.f_to_kind(Kind::Float)?.f_mean(Kind::Float)?))
+    }
+
+    fn validation_set(&self, rng: &mut StdRng) -> anyhow::Result<Option<Batch>> {
+        match &self.kind {
+            Source::CharLm { corpus, seq_len } => corpus.valid_windows(*seq_len, VALID_SAMPLES, self.device),
+            _ => self.generate(rng, VALID_SAMPLES).map(Some),
+        }
+    }
+
+    fn generate(&self, rng: &mut StdRng, n: usize) -> anyhow::Result<Batch> {
+        let (xs, ys) = match &self.kind {
+            Source::CharLm { corpus, seq_len } => return corpus.train_batch(rng, n as i64, *seq_len, self.device),
+            Source::Adding { seq_len } => adding(rng, n, *seq_len)?,
+            Source::Copy { seq_len, symbols, length } => copy(rng, n, *seq_len, *symbols, *length)?,
+            Source::Classification { centres, features, classes, clusters, noise } => {
+                classification(rng, n, centres, *features, *classes, *clusters, *noise)?
+            }
+        };
+        Ok(Batch { xs: xs.f_to(self.device)?, ys: ys.f_to(self.device)? })
+    }
+}
+
+/// A standard normal draw (Box–Muller).
+fn normal(rng: &mut StdRng) -> f64 {
+    let u: f64 = 1.0 - rng.random::<f64>();
+    let v: f64 = rng.random();
+    (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+}
+
+/// `[n, len, 2]` of (value in [0, 1), marker), one marker in each half; target the marked sum.
+fn adding(rng: &mut StdRng, n: usize, len: i64) -> anyhow::Result<(Tensor, Tensor)> {
+    let t = len as usize;
+    let half = t / 2;
+    let mut xs = vec![0f32; n * t * 2];
+    let mut ys = Vec::with_capacity(n);
+    for sample in xs.chunks_mut(t * 2) {
+        for step in sample.chunks_mut(2) {
+            step[0] = rng.random();
+        }
+        let first = rng.random_range(0..half);
+        let second = rng.random_range(half..t);
+        sample[first * 2 + 1] = 1.0;
+        sample[second * 2 + 1] = 1.0;
+        ys.push(sample[first * 2] + sample[second * 2]);
+    }
+    Ok((Tensor::from_slice(&xs).f_view([n as i64, len, 2])?, Tensor::from_slice(&ys).f_view([n as i64, 1])?))
+}
+
+/// `[n, len]` ids: `length` symbols below `symbols`, blanks (`symbols`), a delimiter
+/// (`symbols + 1`) `length + 1` steps from the end, blanks; targets `[n, length]`.
+fn copy(rng: &mut StdRng, n: usize, len: i64, symbols: i64, length: i64) -> anyhow::Result<(Tensor, Tensor)> {
+    let (t, l) = (len as usize, length as usize);
+    let mut xs = vec![symbols; n * t];
+    let mut ys = Vec::with_capacity(n * l);
+    for sample in xs.chunks_mut(t) {
+        for x in &mut sample[..l] {
+            *x = rng.random_range(0..symbols);
+        }
+        ys.extend_from_slice(&sample[..l]);
+        sample[t - l - 1] = symbols + 1;
+    }
+    Ok((Tensor::from_slice(&xs).f_view([n as i64, len])?, Tensor::from_slice(&ys).f_view([n as i64, length])?))
+}
+
+/// `[n, features]` points around `clusters` centres per class; targets `[n]` class ids.
+fn classification(
+    rng: &mut StdRng,
+    n: usize,
+    centres: &[f32],
+    features: i64,
+    classes: i64,
+    clusters: i64,
+    noise: f64,
+) -> anyhow::Result<(Tensor, Tensor)> {
+    let f = features as usize;
+    let mut xs = Vec::with_capacity(n * f);
+    let mut ys = Vec::with_capacity(n);
+    for _ in 0..n {
+        let class = rng.random_range(0..classes);
+        let centre = (class * clusters + rng.random_range(0..clusters)) as usize;
+        xs.extend(centres[centre * f..(centre + 1) * f].iter().map(|&c| c + (noise * normal(rng)) as f32));
+        ys.push(class);
+    }
+    Ok((Tensor::from_slice(&xs).f_view([n as i64, features])?, Tensor::from_slice(&ys)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(json: &str) -> Task {
+        let spec: TaskSpec = serde_json::from_str(json).expect("task spec");
+        Task::new(&spec, "", 3, Device::Cpu).expect("task")
+    }
+
+    #[test]
+    fn adding_targets_are_the_marked_sums() {
+        let mut t = task(r#"{"kind":"adding","seq_len":10}"#);
+        let b = t.train_batch(4).expect("batch");
+        assert_eq!(b.xs.size(), vec![4, 10, 2]);
+        let marked = (b.xs.select(2, 0) * b.xs.select(2, 1)).sum_dim_intlist(1, false, Kind::Float);
+        assert!(marked.allclose(&b.ys.view([-1]), 1e-6, 1e-6, false));
+        assert_eq!(b.xs.select(2, 1).sum(Kind::Float).double_value(&[]), 8.0);
+    }
+
+    #[test]
+    fn copy_targets_are_the_leading_symbols() {
+        let mut t = task(r#"{"kind":"copy","seq_len":12,"symbols":4,"length":3}"#);
+        assert_eq!(t.io(), Io { input: Input::Tokens(6), output: 4, max_len: 12 });
+        let b = t.train_batch(5).expect("batch");
+        assert!(b.xs.narrow(1, 0, 3).equal(&b.ys));
+        assert!(b.xs.select(1, 8).eq(5).all().int64_value(&[]) == 1, "delimiter before the replay");
+        // A model that outputs the right symbols scores a perfect metric and a low loss.
+        let perfect = b.ys.one_hot(4).to_kind(Kind::Float) * 20.0;
+        let out = Tensor::cat(&[Tensor::zeros([5, 9, 4], (Kind::Float, Device::Cpu)), perfect], 1);
+        assert_eq!(t.correct(&out, &b.ys).expect("metric").expect("some").double_value(&[]), 1.0);
+        assert!(t.loss(&out, &b.ys).expect("loss").double_value(&[]) < 1e-6);
+    }
+
+    #[test]
+    fn classification_is_seeded_and_learnable_in_principle() {
+        let mut a = task(r#"{"kind":"classification","features":4,"classes":3}"#);
+        let mut b = task(r#"{"kind":"classification","features":4,"classes":3}"#);
+        let (x, y) = (a.train_batch(6).expect("batch"), b.train_batch(6).expect("batch"));
+        assert!(x.xs.equal(&y.xs) && x.ys.equal(&y.ys));
+        assert_eq!(x.xs.size(), vec![6, 4]);
+        assert!(a.valid.is_some());
+        assert!(a.eval_due(100, 1000) && a.eval_due(7, 7) && !a.eval_due(7, 1000));
+    }
+}

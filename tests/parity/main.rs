@@ -1,0 +1,258 @@
+//! Parity with PyTorch: `reference.py` (run with the torch venv's `python`, which
+//! `scripts/with-torch` puts first on PATH, or `GRADSCOPE_PYTHON`) builds the equivalent
+//! PyTorch modules and policies, draws weights and batches, and writes them with its
+//! results as safetensors; these tests load the same weights and batches into gradscope's
+//! models and policies and compare.
+//!
+//! Tolerances: 1e-4 relative (as a norm of the difference) for model losses and gradients,
+//! 1e-5 for gradient and weight policies.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use gradscope::train::model::{self, Input, Io};
+use gradscope::train::policy::{GradPolicies, apply_weight_policies, layer_norms};
+use gradscope::train::spec::{GradPolicy, ModelSpec, TaskSpec, WeightPolicy};
+use gradscope::train::task::Task;
+use serde_json::{Value, json};
+use tch::{Device, Kind, Tensor, nn};
+
+const MODEL_TOL: f64 = 1e-4;
+const POLICY_TOL: f64 = 1e-5;
+
+/// Runs the reference on `cases` and returns the folder it wrote to.
+fn reference(cases: &Value) -> tempfile::TempDir {
+    tch::set_num_threads(1);
+    let dir = tempfile::TempDir::new().expect("temp dir");
+    let cases_path = dir.path().join("cases.json");
+    std::fs::write(&cases_path, cases.to_string()).expect("write cases");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/parity/reference.py");
+    let python = std::env::var("GRADSCOPE_PYTHON").unwrap_or_else(|_| "python".to_owned());
+    let output = Command::new(&python)
+        .arg(&script)
+        .arg(&cases_path)
+        .arg(dir.path())
+        .output()
+        .unwrap_or_else(|err| panic!("cannot run {python} (run the tests through scripts/with-torch): {err}"));
+    assert!(output.status.success(), "reference.py failed:\n{}", String::from_utf8_lossy(&output.stderr));
+    dir
+}
+
+fn load(path: &Path) -> std::collections::HashMap<String, Tensor> {
+    Tensor::read_safetensors(path).expect("read safetensors").into_iter().collect()
+}
+
+/// `‖a − b‖ ≤ tol·‖b‖` (plus a hair for all-zero tensors).
+fn assert_close(what: &str, a: &Tensor, b: &Tensor, tol: f64) {
+    assert_eq!(a.size(), b.size(), "{what}: shapes differ");
+    let diff = (a.to_kind(Kind::Double) - b.to_kind(Kind::Double)).norm().double_value(&[]);
+    let scale = b.to_kind(Kind::Double).norm().double_value(&[]);
+    assert!(diff <= tol * scale + 1e-9, "{what}: ‖a − b‖ = {diff:e}, ‖b‖ = {scale:e}, relative {:e}", diff / scale);
+}
+
+/// A model case: the model spec, the task it is scored on, and a corpus for `char_lm`.
+fn model_case(name: &str, model: Value, task: Value) -> (String, ModelSpec, TaskSpec, Io) {
+    let model: ModelSpec = serde_json::from_value(model).expect("model spec");
+    let task_spec: TaskSpec = serde_json::from_value(task).expect("task spec");
+    let corpus = "abcdefg".repeat(40);
+    let io = Task::new(&task_spec, &corpus, 1, Device::Cpu).expect("task").io();
+    (name.to_owned(), model, task_spec, io)
+}
+
+fn io_json(io: Io) -> Value {
+    let mut v = json!({"output": io.output, "max_len": io.max_len});
+    match io.input {
+        Input::Tokens(vocab) => v["vocab"] = json!(vocab),
+        Input::Features(width) => v["features"] = json!(width),
+    }
+    v
+}
+
+#[test]
+fn models_match_pytorch_losses_and_gradients() {
+    let char_lm = json!({"kind": "char_lm", "seq_len": 6});
+    let adding = json!({"kind": "adding", "seq_len": 5});
+    let copy = json!({"kind": "copy", "seq_len": 8, "symbols": 4, "length": 2});
+    let classes = json!({"kind": "classification", "features": 8, "classes": 5});
+    let cases = [
+        model_case(
+            "mlp_relu_residual",
+            json!({"kind": "mlp", "layers": 3, "hidden": 16, "residual": true}),
+            classes.clone(),
+        ),
+        model_case(
+            "mlp_sigmoid_batch",
+            json!({"kind": "mlp", "layers": 2, "hidden": 16, "activation": "sigmoid", "norm": "batch"}),
+            classes.clone(),
+        ),
+        model_case(
+            "mlp_gelu_layer",
+            json!({"kind": "mlp", "layers": 2, "hidden": 16, "activation": "gelu", "norm": "layer"}),
+            classes.clone(),
+        ),
+        model_case(
+            "mlp_tanh_rms",
+            json!({"kind": "mlp", "layers": 2, "hidden": 16, "activation": "tanh", "norm": "rms", "residual": true}),
+            classes,
+        ),
+        model_case("rnn_tanh_tokens", json!({"kind": "rnn", "layers": 2, "hidden": 12}), char_lm.clone()),
+        model_case(
+            "rnn_relu_adding",
+            json!({"kind": "rnn", "layers": 1, "hidden": 12, "activation": "relu"}),
+            adding.clone(),
+        ),
+        model_case("lstm_tokens", json!({"kind": "lstm", "layers": 2, "hidden": 12}), char_lm.clone()),
+        model_case("lstm_adding", json!({"kind": "lstm", "layers": 1, "hidden": 12}), adding.clone()),
+        model_case("gru_copy", json!({"kind": "gru", "layers": 2, "hidden": 12}), copy.clone()),
+        model_case(
+            "transformer_pre_layer",
+            json!({"kind": "transformer", "layers": 2, "hidden": 16, "heads": 4, "norm": "layer"}),
+            char_lm,
+        ),
+        model_case(
+            "transformer_post_rms_adding",
+            json!({"kind": "transformer", "layers": 2, "hidden": 16, "heads": 2, "norm": "rms", "norm_position": "post"}),
+            adding,
+        ),
+        model_case(
+            "transformer_pre_rms_relu_copy",
+            json!({"kind": "transformer", "layers": 1, "hidden": 8, "heads": 2, "norm": "rms", "activation": "relu"}),
+            copy,
+        ),
+    ];
+    let specs: Vec<Value> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, (name, model, task, io))| {
+            json!({"name": name, "seed": i, "batch": 4, "model": model, "task": task, "io": io_json(*io)})
+        })
+        .collect();
+    let dir = reference(&json!({"models": specs}));
+    let corpus = "abcdefg".repeat(40);
+    for (name, spec, task_spec, io) in &cases {
+        let out = dir.path().join(name);
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        let (model, params) = model::build(spec, &vs, *io, 0).expect("model");
+        let names: Vec<String> =
+            serde_json::from_str(&std::fs::read_to_string(out.join("names.json")).expect("names")).expect("names json");
+        let ours: Vec<String> = params.layers().into_iter().map(|l| l.name).collect();
+        assert_eq!(ours, names, "{name}: parameter names and order");
+        vs.load(out.join("weights.safetensors")).expect("load weights");
+        let batch = load(&out.join("batch.safetensors"));
+        let expected = load(&out.join("expected.safetensors"));
+        let task = Task::new(task_spec, &corpus, 1, Device::Cpu).expect("task");
+        let loss = task.loss(&model.forward(&batch["xs"], true).expect("forward"), &batch["ys"]).expect("loss");
+        loss.backward();
+        assert_close(&format!("{name}: loss"), &loss.reshape([1]), &expected["loss"], MODEL_TOL);
+        for (param, tensor) in params.named() {
+            assert_close(
+                &format!("{name}: grad of {param}"),
+                &tensor.grad(),
+                &expected[&format!("grad.{param}")],
+                MODEL_TOL,
+            );
+        }
+        if let Some(eval_loss) = expected.get("eval_loss") {
+            let variables = vs.variables();
+            for (key, want) in expected.iter().filter(|(k, _)| k.starts_with("buffer.")) {
+                let buffer = &variables[key.trim_start_matches("buffer.")];
+                assert_close(&format!("{name}: {key} after a training step"), buffer, want, MODEL_TOL);
+            }
+            let eval = tch::no_grad(|| task.loss(&model.forward(&batch["xs"], false).expect("eval"), &batch["ys"]))
+                .expect("eval loss");
+            assert_close(&format!("{name}: evaluation-mode loss"), &eval.reshape([1]), eval_loss, MODEL_TOL);
+        }
+    }
+}
+
+#[test]
+fn grad_policies_match_pytorch_and_their_papers() {
+    let cases = json!([
+        {"name": "clip_norm_2", "policies": [{"kind": "clip_norm", "max_norm": 2.0}]},
+        {"name": "clip_norm_inf", "policies": [{"kind": "clip_norm", "max_norm": 0.5, "norm_type": "inf"}]},
+        {"name": "clip_value", "policies": [{"kind": "clip_value", "limit": 0.3}]},
+        {"name": "clip_layer_norm", "policies": [{"kind": "clip_layer_norm", "max_norm": 1.5}]},
+        {"name": "agc", "policies": [{"kind": "agc", "lambda": 0.2, "eps": 1e-3}]},
+        {"name": "autoclip", "policies": [{"kind": "autoclip", "percentile": 25.0}], "spikes": [7, 15]},
+        {"name": "autoclip_window", "policies": [{"kind": "autoclip", "percentile": 50.0, "history": 5}], "spikes": [9]},
+        {"name": "zclip", "policies": [{"kind": "zclip", "alpha": 0.9, "z_threshold": 2.0, "warmup": 5}], "spikes": [8, 14, 15]},
+        {"name": "skip_spike", "policies": [{"kind": "skip_spike", "alpha": 0.9, "z_threshold": 3.0, "warmup": 5}], "spikes": [8, 14, 15]},
+        {"name": "chain", "policies": [{"kind": "clip_value", "limit": 2.0}, {"kind": "zclip", "alpha": 0.8, "warmup": 4}, {"kind": "clip_norm", "max_norm": 3.0}], "spikes": [10]},
+    ]);
+    let cases: Vec<Value> = cases
+        .as_array()
+        .expect("cases")
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let mut c = c.clone();
+            c["seed"] = json!(100 + i);
+            c["steps"] = json!(20);
+            c
+        })
+        .collect();
+    let dir = reference(&json!({"grad_policies": cases}));
+    let mut spikes_skipped = 0;
+    for case in &cases {
+        let name = case["name"].as_str().expect("name");
+        let policies: Vec<GradPolicy> = serde_json::from_value(case["policies"].clone()).expect("policies");
+        let mut state = GradPolicies::new(&policies, Device::Cpu).expect("state");
+        let data = load(&dir.path().join(name).join("policy.safetensors"));
+        let weights: Vec<Tensor> = (0..4).map(|i| data[&format!("weight.{i}")].shallow_clone()).collect();
+        let mut changed = 0;
+        for step in 0..20 {
+            let grads: Vec<Tensor> = (0..4).map(|i| data[&format!("in.{step}.{i}")].copy()).collect();
+            let total = layer_norms(&grads).expect("norms").norm();
+            let outcome = state.apply(&grads, &weights, &total).expect("apply");
+            for (i, g) in grads.iter().enumerate() {
+                assert_close(&format!("{name} step {step} grad {i}"), g, &data[&format!("out.{step}.{i}")], POLICY_TOL);
+                changed += usize::from(!g.equal(&data[&format!("in.{step}.{i}")]));
+            }
+            let after = layer_norms(&grads).expect("norms").norm();
+            assert_close(&format!("{name} step {step} reported norm"), &outcome.norm, &after, POLICY_TOL);
+            let skip = outcome.skip.map(|s| s.int64_value(&[]) == 1).unwrap_or(false);
+            let want = data[&format!("skip.{step}")].double_value(&[0]) == 1.0;
+            assert_eq!(skip, want, "{name} step {step}: skip decision");
+            spikes_skipped += usize::from(skip);
+        }
+        assert!(changed > 0 || name == "skip_spike", "{name}: the policy acted on some step");
+    }
+    assert!(spikes_skipped >= 2, "the spikes were large enough to be skipped");
+}
+
+#[test]
+fn weight_policies_match_pytorch() {
+    let cases = json!([
+        {"name": "w_clip", "policies": [{"kind": "clip", "limit": 0.5}]},
+        {"name": "w_max_norm_rows", "policies": [{"kind": "max_norm", "max": 1.0}]},
+        {"name": "w_max_norm_cols", "policies": [{"kind": "max_norm", "max": 0.8, "dim": 1}]},
+        {"name": "w_scale", "policies": [{"kind": "scale", "factor": 0.9, "every": 2}]},
+        {"name": "w_chain", "policies": [{"kind": "scale", "factor": 1.5}, {"kind": "max_norm", "max": 2.0}, {"kind": "clip", "limit": 1.0}]},
+    ]);
+    let cases: Vec<Value> = cases
+        .as_array()
+        .expect("cases")
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let mut c = c.clone();
+            c["seed"] = json!(200 + i);
+            c["steps"] = json!(5);
+            c
+        })
+        .collect();
+    let dir = reference(&json!({"weight_policies": cases}));
+    for case in &cases {
+        let name = case["name"].as_str().expect("name");
+        let policies: Vec<WeightPolicy> = serde_json::from_value(case["policies"].clone()).expect("policies");
+        let data = load(&dir.path().join(name).join("policy.safetensors"));
+        let weights: Vec<Tensor> = (0..4).map(|i| data[&format!("in.{i}")].copy()).collect();
+        for step in 1..=5 {
+            apply_weight_policies(&policies, &weights, step).expect("apply");
+        }
+        for (i, w) in weights.iter().enumerate() {
+            assert_close(&format!("{name} weight {i}"), w, &data[&format!("out.{i}")], POLICY_TOL);
+        }
+        assert!(weights.iter().enumerate().any(|(i, w)| !w.equal(&data[&format!("in.{i}")])), "{name} acted");
+    }
+}

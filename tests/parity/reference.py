@@ -1,0 +1,343 @@
+"""PyTorch reference for gradscope's parity tests.
+
+Usage: python reference.py CASES.json OUT_DIR
+
+CASES.json holds {"models": [...], "grad_policies": [...], "weight_policies": [...]}.
+For each case this script builds the PyTorch equivalent (modules from torch.nn, the
+policies from torch.nn.utils or from their papers' formulas), runs it on inputs it draws
+itself, and writes inputs and results as safetensors under OUT_DIR/<case name>/, for the
+Rust side to replay and compare.
+"""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+torch.set_num_threads(1)
+ACTIVATIONS = {"relu": F.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid, "gelu": F.gelu}
+
+
+def norm_layer(kind, dim):
+    return {"batch": lambda: nn.BatchNorm1d(dim), "layer": lambda: nn.LayerNorm(dim),
+            "rms": lambda: nn.RMSNorm(dim)}[kind]()
+
+
+class Block(nn.Module):
+    def __init__(self, width, hidden, norm):
+        super().__init__()
+        self.linear = nn.Linear(width, hidden)
+        if norm != "none":
+            self.norm = norm_layer(norm, hidden)
+
+
+class Mlp(nn.Module):
+    def __init__(self, spec, io):
+        super().__init__()
+        width, hidden = io["features"], spec["hidden"]
+        self.blocks = nn.ModuleList()
+        for _ in range(spec["layers"]):
+            self.blocks.append(Block(width, hidden, spec.get("norm", "none")))
+            width = hidden
+        self.head = nn.Linear(width, io["output"])
+        self.act = ACTIVATIONS[spec.get("activation", "relu")]
+        self.residual = spec.get("residual", False)
+
+    def forward(self, x):
+        for block in self.blocks:
+            h = block.linear(x)
+            if hasattr(block, "norm"):
+                h = block.norm(h)
+            h = self.act(h)
+            x = x + h if self.residual and h.shape == x.shape else h
+        return self.head(x)
+
+
+class Recurrent(nn.Module):
+    def __init__(self, spec, io):
+        super().__init__()
+        hidden, kind = spec["hidden"], spec["kind"]
+        width = io.get("features")
+        if "vocab" in io:
+            self.embed = nn.Embedding(io["vocab"], hidden)
+            width = hidden
+        args = dict(input_size=width, hidden_size=hidden, num_layers=spec["layers"], batch_first=True)
+        if kind == "rnn":
+            self.rnn = nn.RNN(nonlinearity=spec.get("activation", "tanh"), **args)
+        elif kind == "lstm":
+            self.lstm = nn.LSTM(**args)
+        else:
+            self.gru = nn.GRU(**args)
+        self.kind = kind
+        self.head = nn.Linear(hidden, io["output"])
+
+    def forward(self, x):
+        if hasattr(self, "embed"):
+            x = self.embed(x)
+        out, _ = getattr(self, self.kind)(x)
+        return self.head(out)
+
+
+class Transformer(nn.Module):
+    def __init__(self, spec, io):
+        super().__init__()
+        d, norm = spec["hidden"], spec.get("norm", "layer")
+        if "vocab" in io:
+            self.embed = nn.Embedding(io["vocab"], d)
+        else:
+            self.input = nn.Linear(io["features"], d)
+        self.pos = nn.Embedding(io["max_len"], d)
+        pre = spec.get("norm_position", "pre") == "pre"
+        layer = nn.TransformerEncoderLayer(
+            d, spec.get("heads", 4), 4 * d, dropout=0.0, activation=ACTIVATIONS[spec.get("activation", "gelu")],
+            batch_first=True, norm_first=pre)
+        if norm == "rms":
+            layer.norm1, layer.norm2 = nn.RMSNorm(d), nn.RMSNorm(d)
+        self.encoder = nn.TransformerEncoder(
+            layer, spec["layers"], norm=norm_layer(norm, d) if pre else None, enable_nested_tensor=False)
+        self.head = nn.Linear(d, io["output"])
+
+    def forward(self, x):
+        x = self.embed(x) if hasattr(self, "embed") else self.input(x)
+        t = x.shape[1]
+        x = x + self.pos.weight[:t]
+        mask = nn.Transformer.generate_square_subsequent_mask(t)
+        return self.head(self.encoder(x, mask=mask, is_causal=True))
+
+
+def task_batch(task, io, batch, seq):
+    kind = task["kind"]
+    if kind == "classification":
+        return torch.randn(batch, io["features"]), torch.randint(0, io["output"], (batch,))
+    xs = torch.randint(0, io["vocab"], (batch, seq)) if "vocab" in io else torch.randn(batch, seq, io["features"])
+    if kind == "char_lm":
+        return xs, torch.randint(0, io["output"], (batch, seq))
+    if kind == "adding":
+        return xs, torch.rand(batch, 1)
+    return xs, torch.randint(0, io["output"], (batch, task["length"]))
+
+
+def task_loss(task, out, ys):
+    kind = task["kind"]
+    if kind == "adding":
+        return F.mse_loss(out[:, -1], ys)
+    if kind == "copy":
+        out = out[:, -task["length"]:]
+    return F.cross_entropy(out.reshape(-1, out.shape[-1]), ys.reshape(-1))
+
+
+def run_model(case, out):
+    torch.manual_seed(case["seed"])
+    spec, io, task = case["model"], case["io"], case["task"]
+    cls = {"mlp": Mlp, "transformer": Transformer}.get(spec["kind"], Recurrent)
+    model = cls(spec, io)
+    # Spread the initial weights a little so no test rests on a lucky symmetric start.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    save_file(state, out / "weights.safetensors")
+    xs, ys = task_batch(task, io, case["batch"], io["max_len"])
+    model.train()
+    loss = task_loss(task, model(xs), ys)
+    loss.backward()
+    results = {"loss": loss.detach().reshape(1)}
+    for name, p in model.named_parameters():
+        results["grad." + name] = p.grad
+    if spec.get("norm") == "batch":
+        # The running statistics after one training step, then an evaluation-mode loss.
+        for name, buf in model.named_buffers():
+            if not name.endswith("num_batches_tracked"):
+                results["buffer." + name] = buf.clone()
+        model.eval()
+        with torch.no_grad():
+            results["eval_loss"] = task_loss(task, model(xs), ys).reshape(1)
+    save_file({"xs": xs, "ys": ys}, out / "batch.safetensors")
+    save_file({k: v.contiguous() for k, v in results.items()}, out / "expected.safetensors")
+    (out / "names.json").write_text(json.dumps([n for n, _ in model.named_parameters()]))
+
+
+# ---- gradient policies: torch.nn.utils where it has them, else the papers' formulas ----
+
+def total_norm(grads):
+    return torch.stack([g.norm() for g in grads]).norm().item()
+
+
+def clip_to(grads, max_norm, norm):
+    coef = min(1.0, max_norm / (norm + 1e-6))
+    for g in grads:
+        g.mul_(coef)
+
+
+def agc(grads, weights, lam, eps):
+    # Brock et al. 2021, unit-wise: rows of matrices, whole vectors.
+    def unit_norm(t):
+        return t.norm() if t.ndim <= 1 else t.norm(dim=tuple(range(1, t.ndim)), keepdim=True)
+    for g, w in zip(grads, weights):
+        max_norm = unit_norm(w).clamp(min=eps) * lam
+        gn = unit_norm(g)
+        g.copy_(torch.where(gn < max_norm, g, g * (max_norm / gn.clamp(min=1e-6))))
+
+
+class AutoClip:
+    """Seetharaman et al. 2020: clip to the p-th percentile of the norms so far."""
+
+    def __init__(self, percentile, history):
+        self.p, self.history, self.norms = percentile, history, []
+
+    def __call__(self, grads, weights):
+        norm = total_norm(grads)
+        self.norms = (self.norms + [norm])[-self.history:]
+        clip_to(grads, float(np.percentile(self.norms, self.p)), norm)
+        return False
+
+
+class ZStats:
+    """ZClip's estimator (Kumar et al. 2025): warm-up mean and population variance, then EMAs."""
+
+    def __init__(self, alpha, z, warmup):
+        self.alpha, self.z, self.warmup, self.buffer = alpha, z, warmup, []
+        self.mean = self.var = None
+
+    def warming_up(self, norm):
+        if self.mean is not None:
+            return False
+        self.buffer.append(norm)
+        if len(self.buffer) == self.warmup:
+            self.mean = sum(self.buffer) / len(self.buffer)
+            self.var = sum((x - self.mean) ** 2 for x in self.buffer) / len(self.buffer)
+        return True
+
+    def zscore(self, norm):
+        return (norm - self.mean) / (math.sqrt(self.var) + 1e-6)
+
+    def update(self, x):
+        self.mean = self.alpha * self.mean + (1 - self.alpha) * x
+        self.var = self.alpha * self.var + (1 - self.alpha) * (x - self.mean) ** 2
+
+
+class ZClip(ZStats):
+    def __call__(self, grads, weights):
+        norm = total_norm(grads)
+        if self.warming_up(norm):
+            return False
+        z = self.zscore(norm)
+        clip_val = norm
+        if z > self.z:
+            clip_val = self.mean + (self.z * math.sqrt(self.var)) / (z / self.z)
+            if norm > clip_val:
+                for g in grads:
+                    g.mul_(clip_val / (norm + 1e-6))
+        self.update(clip_val)
+        return False
+
+
+class SkipSpike(ZStats):
+    def __call__(self, grads, weights):
+        norm = total_norm(grads)
+        if self.warming_up(norm):
+            return False
+        spike = self.zscore(norm) > self.z
+        if not spike:
+            self.update(norm)
+        return spike
+
+
+def as_params(grads):
+    """Leaf tensors whose `.grad` are `grads` (torch.nn.utils clips parameters' gradients)."""
+    params = []
+    for g in grads:
+        p = torch.zeros_like(g)
+        p.grad = g
+        params.append(p)
+    return params
+
+
+def stateless(apply):
+    """Wraps an in-place policy that never asks to skip the update."""
+    def call(grads, weights):
+        apply(grads, weights)
+        return False
+    return call
+
+
+def grad_policy(p):
+    kind = p["kind"]
+    if kind == "clip_norm":
+        norm_type = float("inf") if p.get("norm_type") == "inf" else 2.0
+        return stateless(lambda g, w: nn.utils.clip_grad_norm_(as_params(g), p["max_norm"], norm_type=norm_type))
+    if kind == "clip_value":
+        return stateless(lambda g, w: nn.utils.clip_grad_value_(as_params(g), p["limit"]))
+    if kind == "clip_layer_norm":
+        return stateless(lambda g, w: [nn.utils.clip_grad_norm_(as_params([x]), p["max_norm"]) for x in g])
+    if kind == "agc":
+        return stateless(lambda g, w: agc(g, w, p.get("lambda", 0.01), p.get("eps", 1e-3)))
+    if kind == "autoclip":
+        return AutoClip(p.get("percentile", 10.0), p.get("history", 10000))
+    if kind == "zclip":
+        return ZClip(p.get("alpha", 0.97), p.get("z_threshold", 2.5), p.get("warmup", 25))
+    if kind == "skip_spike":
+        return SkipSpike(p.get("alpha", 0.97), p.get("z_threshold", 6.0), p.get("warmup", 25))
+    raise ValueError(kind)
+
+
+SHAPES = [(6, 4), (6,), (3, 6), (3,)]
+
+
+def run_grad_policies(case, out):
+    torch.manual_seed(case["seed"])
+    weights = [torch.randn(s) * 0.5 for s in SHAPES]
+    policies = [grad_policy(p) for p in case["policies"]]
+    tensors = {f"weight.{i}": w for i, w in enumerate(weights)}
+    for step in range(case["steps"]):
+        # Log-normal scale, with a few large spikes to exercise the adaptive policies.
+        scale = math.exp(0.3 * torch.randn(()).item()) * (30.0 if step in case.get("spikes", []) else 1.0)
+        grads = [torch.randn(s) * scale for s in SHAPES]
+        for i, g in enumerate(grads):
+            tensors[f"in.{step}.{i}"] = g.clone()
+        skip = False
+        for policy in policies:
+            skip = bool(policy(grads, weights)) or skip
+        for i, g in enumerate(grads):
+            tensors[f"out.{step}.{i}"] = g
+        tensors[f"skip.{step}"] = torch.tensor([float(skip)])
+    save_file({k: v.contiguous() for k, v in tensors.items()}, out / "policy.safetensors")
+
+
+def run_weight_policies(case, out):
+    torch.manual_seed(case["seed"])
+    weights = [torch.randn(s) * 2.0 for s in SHAPES]
+    tensors = {f"in.{i}": w.clone() for i, w in enumerate(weights)}
+    with torch.no_grad():
+        for step in range(1, case["steps"] + 1):
+            for p in case["policies"]:
+                for w in weights:
+                    if p["kind"] == "clip":
+                        w.clamp_(-p["limit"], p["limit"])
+                    elif p["kind"] == "max_norm" and w.ndim >= 2:
+                        w.copy_(torch.renorm(w, 2, p.get("dim", 0), p["max"]))
+                    elif p["kind"] == "scale" and step % p.get("every", 1) == 0:
+                        w.mul_(p["factor"])
+    tensors.update({f"out.{i}": w for i, w in enumerate(weights)})
+    save_file({k: v.contiguous() for k, v in tensors.items()}, out / "policy.safetensors")
+
+
+def main():
+    cases = json.loads(Path(sys.argv[1]).read_text())
+    root = Path(sys.argv[2])
+    for group, run in [("models", run_model), ("grad_policies", run_grad_policies),
+                       ("weight_policies", run_weight_policies)]:
+        for case in cases.get(group, []):
+            out = root / case["name"]
+            out.mkdir(parents=True, exist_ok=True)
+            run(case, out)
+
+
+if __name__ == "__main__":
+    main()
