@@ -75,6 +75,22 @@ pub struct ServeConfig {
     /// Largest uploaded corpus, in bytes.
     #[arg(long, env = "GRADSCOPE_CORPUS_LIMIT", default_value_t = DEFAULT_CORPUS_LIMIT)]
     pub corpus_limit: usize,
+    /// Tokens that grant access to `/api` (comma-separated). None: the API is open, so
+    /// keep the service on loopback.
+    #[arg(long, env = "GRADSCOPE_API_TOKEN", value_delimiter = ',', hide_env_values = true)]
+    pub api_token: Vec<String>,
+    /// Tokens that grant access to `/metrics` (comma-separated). None: open.
+    #[arg(long, env = "GRADSCOPE_METRICS_TOKEN", value_delimiter = ',', hide_env_values = true)]
+    pub metrics_token: Vec<String>,
+    /// Most jobs waiting in the queue; more submissions get 429.
+    #[arg(long, env = "GRADSCOPE_MAX_QUEUED", default_value_t = 100)]
+    pub max_queued: i64,
+    /// Largest model a job may train, in parameters.
+    #[arg(long, env = "GRADSCOPE_MAX_PARAMS", default_value_t = 200_000_000)]
+    pub max_params: u64,
+    /// Largest estimated activation memory of one training step, in bytes.
+    #[arg(long, env = "GRADSCOPE_MAX_ACTIVATION_BYTES", default_value_t = 8 << 30)]
+    pub max_activation_bytes: u64,
     /// Recent steps a client joining a running job's stream receives first.
     #[arg(long, env = "GRADSCOPE_STREAM_BACKLOG", default_value_t = crate::jobs::live::DEFAULT_RING)]
     pub stream_backlog: usize,

@@ -62,11 +62,13 @@ impl Application {
         let router = api::router(state, &config);
         let listener =
             TcpListener::bind(config.addr).await.with_context(|| format!("failed to listen on {}", config.addr))?;
-        if !config.addr.ip().is_loopback() {
-            tracing::warn!(
-                "listening on {} with no access control: anyone who can reach it can submit jobs",
+        match (config.api_token.is_empty(), config.addr.ip().is_loopback()) {
+            (true, false) => tracing::warn!(
+                "listening on {} with no API token: anyone who can reach it can submit jobs (set GRADSCOPE_API_TOKEN)",
                 config.addr
-            );
+            ),
+            (true, true) => tracing::info!("no API token set: the API is open to this machine only (loopback)"),
+            (false, _) => tracing::info!("API tokens required on /api"),
         }
         tracing::info!(
             addr = %listener.local_addr()?,

@@ -7,8 +7,10 @@
 //! - [`presets`] — `/api/v1/presets`.
 //! - [`health`] — `/healthz`, `/readyz`, `/metrics`.
 //! - [`openapi`] — the generated OpenAPI document.
+//! - [`auth`] — optional bearer tokens for `/api` and `/metrics`.
 //! - [`extract`] — extractors that reject bad input with [`ApiError`].
 
+pub mod auth;
 pub mod corpora;
 mod error;
 pub mod extract;
@@ -34,6 +36,7 @@ use tower_http::trace::TraceLayer;
 
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 
+use self::auth::Tokens;
 use self::stream::WsLimits;
 use crate::config::ServeConfig;
 use crate::jobs::Scheduler;
@@ -67,6 +70,7 @@ pub fn router(state: AppState, config: &ServeConfig) -> Router {
         .route("/openapi.json", get(openapi::document))
         .route_layer(middleware::from_fn_with_state(state.metrics.clone(), track_http))
         .fallback(|| async { ApiError::NotFound("route") })
+        .layer(middleware::from_fn_with_state(Tokens::new(&config.api_token), auth::require))
         .layer(DefaultBodyLimit::max(config.body_limit))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
@@ -75,7 +79,11 @@ pub fn router(state: AppState, config: &ServeConfig) -> Router {
     Router::new()
         .route("/healthz", get(health::live))
         .route("/readyz", get(health::ready))
-        .route("/metrics", get(health::metrics))
+        .route(
+            "/metrics",
+            get(health::metrics)
+                .layer(middleware::from_fn_with_state(Tokens::new(&config.metrics_token), auth::require)),
+        )
         .route_layer(middleware::from_fn_with_state(state.metrics.clone(), track_http))
         .nest("/api/v1", api)
         .fallback_service(ServeDir::new(&config.static_dir))

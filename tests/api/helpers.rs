@@ -33,10 +33,16 @@ pub async fn spawn_app() -> TestApp {
 
 /// Starts the application on the database and data folder in `dir`.
 pub async fn spawn_app_in(dir: TempDir) -> TestApp {
+    spawn_app_with(dir, |_| {}).await
+}
+
+/// Starts the application in `dir` with settings changed by `configure`.
+pub async fn spawn_app_with(dir: TempDir, configure: impl FnOnce(&mut ServeConfig)) -> TestApp {
     let mut config =
         ServeConfig::new("127.0.0.1:0".parse().expect("address"), &database_url(&dir), dir.path().join("data"));
     config.torch_threads = Some(1);
     config.static_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("static");
+    configure(&mut config);
     let app = Application::build(config).await.expect("application builds");
     let address = format!("http://127.0.0.1:{}", app.port());
     let (shutdown, signal) = oneshot::channel::<()>();

@@ -1,6 +1,7 @@
 //! Integration tests: the real server on a random port with its own SQLite file, driven
 //! over real HTTP, training real (tiny) LibTorch models on the CPU.
 
+mod auth;
 mod cli;
 mod deploy;
 mod helpers;
