@@ -4,15 +4,17 @@
 WITH_TORCH := scripts/with-torch
 ARGS ?=
 
-.PHONY: run test build lint
+.PHONY: run test build lint bench
 
 ## Build (release) and start the service on http://127.0.0.1:8080 with SQLite under ./data/.
 run:
 	$(WITH_TORCH) cargo build --release --locked
 	./target/release/gradscope serve $(ARGS)
 
-## Formatting, lints, unit and integration tests.
+## Formatting, lints, unit and integration tests (installs Prometheus and docker-compose
+## from Debian's packages first when they are missing).
 test: lint
+	scripts/test-deps
 	$(WITH_TORCH) cargo test --locked --all-targets
 
 lint:
@@ -21,3 +23,8 @@ lint:
 
 build:
 	$(WITH_TORCH) cargo build --release --locked
+
+## Step-time cost of monitoring: gradscope's kernels, then eager PyTorch on the same models.
+bench: build
+	$(WITH_TORCH) ./target/release/gradscope bench $(ARGS)
+	$(WITH_TORCH) python bench/pytorch_bench.py $(ARGS)

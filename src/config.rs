@@ -15,9 +15,10 @@ pub const DEFAULT_CORPUS_LIMIT: usize = 32 * 1024 * 1024;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
-    /// Log filter, e.g. `info` or `gradscope=debug,tower_http=debug`.
-    #[arg(long, global = true, env = "GRADSCOPE_LOG", default_value = "info")]
-    pub log: String,
+    /// Log filter, e.g. `info` or `gradscope=debug,tower_http=debug` (default: `info` for
+    /// serve, `warn` for the other commands).
+    #[arg(long, global = true, env = "GRADSCOPE_LOG")]
+    pub log: Option<String>,
     /// Log as JSON lines instead of text.
     #[arg(long, global = true, env = "GRADSCOPE_LOG_JSON")]
     pub log_json: bool,
@@ -31,6 +32,10 @@ pub enum Command {
     Migrate(DatabaseArgs),
     /// Ask a running service whether it is ready; exit 0 if it is.
     Healthcheck(HealthcheckArgs),
+    /// Train one job from a spec file, here, with a progress bar and a per-layer report.
+    Run(crate::local::RunArgs),
+    /// Time a training step bare, with full per-layer statistics, and with clipping.
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -69,6 +74,18 @@ pub struct ServeConfig {
     /// Largest uploaded corpus, in bytes.
     #[arg(long, env = "GRADSCOPE_CORPUS_LIMIT", default_value_t = DEFAULT_CORPUS_LIMIT)]
     pub corpus_limit: usize,
+    /// Recent steps a client joining a running job's stream receives first.
+    #[arg(long, env = "GRADSCOPE_STREAM_BACKLOG", default_value_t = crate::jobs::live::DEFAULT_RING)]
+    pub stream_backlog: usize,
+    /// Most WebSocket clients per job.
+    #[arg(long, env = "GRADSCOPE_WS_MAX_PER_JOB", default_value_t = 1000)]
+    pub ws_max_per_job: usize,
+    /// Most WebSocket clients in total.
+    #[arg(long, env = "GRADSCOPE_WS_MAX_TOTAL", default_value_t = 4000)]
+    pub ws_max_total: usize,
+    /// Seconds a WebSocket may stay silent (no pong, no message) before it is closed.
+    #[arg(long, env = "GRADSCOPE_WS_IDLE_TIMEOUT", default_value_t = 60)]
+    pub ws_idle_timeout_secs: u64,
     /// Seconds before a request (other than a stream) is answered 408.
     #[arg(long, env = "GRADSCOPE_REQUEST_TIMEOUT", default_value_t = 30)]
     pub request_timeout_secs: u64,

@@ -6,6 +6,7 @@
 //!
 //! - [`config`] — the command line and `GRADSCOPE_*` settings.
 //! - [`telemetry`] — logging set-up and the shutdown signal.
+//! - [`metrics`] — the Prometheus registry and the HTTP metrics middleware.
 //! - [`startup`] — [`Application`], which wires the store, the scheduler and the router,
 //!   binds the listener and runs until a shutdown future resolves.
 //! - [`api`] — axum routers, one module per resource, one [`api::ApiError`] type.
@@ -15,11 +16,16 @@
 //! - [`train`] — synchronous `tch` code only: the job spec, data, models, optimizers,
 //!   policies and the training loop. Tensors never leave it.
 //! - [`healthcheck`] — the `gradscope healthcheck` client.
+//! - [`local`] — `gradscope run SPEC.json`, one job from the shell.
+//! - [`bench`] — `gradscope bench`, the cost of monitoring per training step.
 
 pub mod api;
+pub mod bench;
 pub mod config;
 pub mod healthcheck;
 pub mod jobs;
+pub mod local;
+pub mod metrics;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -2,12 +2,13 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use gradscope::config::{Cli, Command};
-use gradscope::{Application, healthcheck, store, telemetry};
+use gradscope::{Application, bench, healthcheck, local, store, telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(&cli.log, cli.log_json);
+    let default_log = if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" };
+    telemetry::init(cli.log.as_deref().unwrap_or(default_log), cli.log_json);
     match run(cli.command).await {
         Ok(code) => code,
         Err(err) => {
@@ -29,6 +30,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             println!("migrations applied to {}", db.database_url);
         }
         Command::Healthcheck(args) => return healthcheck::check(&args).await,
+        Command::Run(args) => return local::run(&args).await,
+        Command::Bench(args) => tokio::task::spawn_blocking(move || bench::run(&args)).await??,
     }
     Ok(ExitCode::SUCCESS)
 }

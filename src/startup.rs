@@ -3,14 +3,19 @@
 //! picks a free one); [`Application::run_until`] serves until a shutdown future resolves.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::stream::WsLimits;
 use crate::api::{self, AppState};
 use crate::config::ServeConfig;
 use crate::jobs::Scheduler;
+use crate::metrics::Metrics;
 use crate::store::Store;
 
 pub struct Application {
@@ -38,8 +43,22 @@ impl Application {
 
         let shutdown = CancellationToken::new();
         let max_jobs = usize::from(config.max_jobs);
-        let scheduler = Scheduler::start(store.clone(), config.data_dir.clone(), max_jobs, shutdown.clone());
-        let state = AppState { store: store.clone(), scheduler: scheduler.clone() };
+        let metrics = Arc::new(Metrics::new()?);
+        let scheduler = Scheduler::start(
+            store.clone(),
+            config.data_dir.clone(),
+            max_jobs,
+            config.stream_backlog,
+            metrics.clone(),
+            shutdown.clone(),
+        );
+        let ws = Arc::new(WsLimits {
+            max_total: config.ws_max_total,
+            max_per_job: config.ws_max_per_job,
+            idle_timeout: Duration::from_secs(config.ws_idle_timeout_secs),
+            clients: AtomicUsize::new(0),
+        });
+        let state = AppState { store: store.clone(), scheduler: scheduler.clone(), ws, metrics };
         let router = api::router(state, &config);
         let listener =
             TcpListener::bind(config.addr).await.with_context(|| format!("failed to listen on {}", config.addr))?;

@@ -2,16 +2,28 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
+use std::sync::atomic::Ordering;
+
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::AppState;
+use super::{ApiError, AppState};
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Health {
     /// `ok`, or `unavailable` when not ready.
     pub status: &'static str,
+}
+
+/// Prometheus text exposition of every `gradscope_` series and the process metrics.
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let counts = state.store.count_jobs().await?;
+    let body = state.metrics.render(&counts, state.ws.clients.load(Ordering::Relaxed));
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body))
 }
 
 /// The process is up.

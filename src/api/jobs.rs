@@ -25,7 +25,7 @@ fn job_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::NotFound("job"))
 }
 
-async fn find_job(state: &AppState, raw: &str) -> Result<Job, ApiError> {
+pub(super) async fn find_job(state: &AppState, raw: &str) -> Result<Job, ApiError> {
     state.store.job(job_id(raw)?).await?.ok_or(ApiError::NotFound("job"))
 }
 
@@ -138,6 +138,7 @@ pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Re
     if !state.store.delete_finished_job(job.id).await? {
         return Err(ApiError::NotFound("job"));
     }
+    state.metrics.remove_job(job.id, job.spec.model.kind.as_str(), job.spec.task.kind());
     let checkpoint = state.scheduler.checkpoint_path(job.id);
     if let Err(err) = tokio::fs::remove_file(&checkpoint).await
         && err.kind() != std::io::ErrorKind::NotFound
@@ -199,15 +200,25 @@ pub async fn steps(
     ApiQuery(q): ApiQuery<RangeQuery>,
 ) -> Result<Json<StepColumns>, ApiError> {
     let job = find_job(&state, &id).await?;
-    let (from, to) = (q.from.unwrap_or(0), q.to.unwrap_or(i64::MAX));
+    let (from, to, max_points) = range(q.from, q.to, q.max_points)?;
+    Ok(Json(state.store.steps(job.id, from, to, max_points).await?))
+}
+
+/// Checks a step range query and fills in its defaults.
+pub(super) fn range(
+    from: Option<i64>,
+    to: Option<i64>,
+    max_points: Option<usize>,
+) -> Result<(i64, i64, usize), ApiError> {
+    let (from, to) = (from.unwrap_or(0), to.unwrap_or(i64::MAX));
     if from > to {
         return Err(ApiError::invalid("from", "must not exceed to"));
     }
-    let max_points = q.max_points.unwrap_or(DEFAULT_MAX_POINTS);
+    let max_points = max_points.unwrap_or(DEFAULT_MAX_POINTS);
     if !(MIN_POINTS..=MAX_MAX_POINTS).contains(&max_points) {
         return Err(ApiError::invalid("max_points", format!("must be {MIN_POINTS} to {MAX_MAX_POINTS}")));
     }
-    Ok(Json(state.store.steps(job.id, from, to, max_points).await?))
+    Ok((from, to, max_points))
 }
 
 /// The latest weights as safetensors, with the tensor names of `/layers`.

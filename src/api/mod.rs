@@ -1,9 +1,11 @@
 //! The HTTP surface: axum routers, one module per resource, handlers named by verb.
 //!
 //! - [`jobs`] — `/api/v1/jobs` and everything under a job.
+//! - [`stats`] — per-layer statistics and events of a job.
+//! - [`stream`] — the WebSocket feed of a job.
 //! - [`corpora`] — `/api/v1/corpora`.
 //! - [`presets`] — `/api/v1/presets`.
-//! - [`health`] — `/healthz`, `/readyz`.
+//! - [`health`] — `/healthz`, `/readyz`, `/metrics`.
 //! - [`openapi`] — the generated OpenAPI document.
 //! - [`extract`] — extractors that reject bad input with [`ApiError`].
 
@@ -14,7 +16,10 @@ pub mod health;
 pub mod jobs;
 pub mod openapi;
 pub mod presets;
+pub mod stats;
+pub mod stream;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
@@ -29,8 +34,10 @@ use tower_http::trace::TraceLayer;
 
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 
+use self::stream::WsLimits;
 use crate::config::ServeConfig;
 use crate::jobs::Scheduler;
+use crate::metrics::{Metrics, track_http};
 use crate::store::Store;
 
 /// What every handler can reach.
@@ -38,6 +45,9 @@ use crate::store::Store;
 pub struct AppState {
     pub store: Store,
     pub scheduler: Scheduler,
+    /// WebSocket limits and client count.
+    pub ws: Arc<WsLimits>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// The whole application router: API, probes, and the dashboard's static files at `/`.
@@ -48,10 +58,14 @@ pub fn router(state: AppState, config: &ServeConfig) -> Router {
         .route("/jobs/{id}/cancel", post(jobs::cancel))
         .route("/jobs/{id}/layers", get(jobs::layers))
         .route("/jobs/{id}/steps", get(jobs::steps))
+        .route("/jobs/{id}/layer-stats", get(stats::layers))
+        .route("/jobs/{id}/events", get(stats::events))
+        .route("/jobs/{id}/stream", get(stream::subscribe))
         .route("/jobs/{id}/checkpoint", get(jobs::checkpoint))
         .route("/corpora", post(corpora::create).layer(DefaultBodyLimit::max(config.corpus_limit)))
         .route("/presets", get(presets::list))
         .route("/openapi.json", get(openapi::document))
+        .route_layer(middleware::from_fn_with_state(state.metrics.clone(), track_http))
         .fallback(|| async { ApiError::NotFound("route") })
         .layer(DefaultBodyLimit::max(config.body_limit))
         .layer(TimeoutLayer::with_status_code(
@@ -61,6 +75,8 @@ pub fn router(state: AppState, config: &ServeConfig) -> Router {
     Router::new()
         .route("/healthz", get(health::live))
         .route("/readyz", get(health::ready))
+        .route("/metrics", get(health::metrics))
+        .route_layer(middleware::from_fn_with_state(state.metrics.clone(), track_http))
         .nest("/api/v1", api)
         .fallback_service(ServeDir::new(&config.static_dir))
         .layer(middleware::from_fn(no_store_for_api))

@@ -3,14 +3,14 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::{corpora, health, jobs, presets};
+use super::{corpora, health, jobs, presets, stats, stream};
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "gradscope", description = "Training jobs with per-layer gradient statistics."),
     paths(
         jobs::create, jobs::list, jobs::get, jobs::cancel, jobs::delete, jobs::layers, jobs::steps,
-        jobs::checkpoint, presets::list, corpora::create, health::live, health::ready, document,
+        jobs::checkpoint, presets::list, stats::layers, stats::events, stream::subscribe, corpora::create, health::live, health::ready, health::metrics, document,
     ),
     tags(
         (name = "jobs", description = "Submit, watch and manage training jobs"),

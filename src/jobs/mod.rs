@@ -3,7 +3,9 @@
 //!
 //! - [`Scheduler`] — the handle the API holds (notify, cancel, shut down).
 //! - [`runner`] — one job from claim to final status.
+//! - [`live`] — the live feed of each running job.
 
+pub mod live;
 mod runner;
 
 use std::collections::HashMap;
@@ -15,7 +17,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use crate::store::{JobStatus, Store};
+use self::live::{LiveHub, LiveJob};
+use crate::metrics::Metrics;
+use crate::store::{Job, JobStatus, Store};
 use crate::train::{StopFlag, StopReason};
 
 /// What a cancel request found.
@@ -47,11 +51,22 @@ struct Inner {
     shutdown: CancellationToken,
     /// Every job task, so shutdown can wait for them to record their final status.
     tracker: TaskTracker,
+    /// Live feeds of the running jobs.
+    live: LiveHub,
+    /// Prometheus series the running jobs feed.
+    metrics: Arc<Metrics>,
 }
 
 impl Scheduler {
     /// Starts the dispatcher. Jobs stop when `shutdown` is cancelled; [`Self::wait`] waits.
-    pub fn start(store: Store, data_dir: PathBuf, max_jobs: usize, shutdown: CancellationToken) -> Self {
+    pub fn start(
+        store: Store,
+        data_dir: PathBuf,
+        max_jobs: usize,
+        ring: usize,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> Self {
         let inner = Arc::new(Inner {
             store,
             data_dir,
@@ -60,9 +75,42 @@ impl Scheduler {
             wake: Notify::new(),
             shutdown,
             tracker: TaskTracker::new(),
+            live: LiveHub::new(ring),
+            metrics,
         });
         inner.tracker.spawn(dispatch(inner.clone()));
         Self { inner }
+    }
+
+    /// Runs queued job `id` alone, without claiming any other (`gradscope run`). It stops
+    /// when `shutdown` is cancelled; [`Self::wait`] waits for it to end.
+    pub async fn run_one(
+        store: Store,
+        data_dir: PathBuf,
+        id: Uuid,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let inner = Arc::new(Inner {
+            store,
+            data_dir,
+            max_jobs: 1,
+            running: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
+            shutdown,
+            tracker: TaskTracker::new(),
+            live: LiveHub::new(live::DEFAULT_RING),
+            metrics: Arc::new(Metrics::new()?),
+        });
+        let mut running = inner.running.lock().await;
+        let job = inner.store.claim_job(id).await?.ok_or_else(|| anyhow::anyhow!("job {id} is not queued"))?;
+        launch(&inner, &mut running, job);
+        drop(running);
+        let watcher = inner.clone();
+        inner.tracker.spawn(async move {
+            watcher.shutdown.cancelled().await;
+            stop_all(&watcher).await;
+        });
+        Ok(Self { inner })
     }
 
     /// Tells the dispatcher a job was queued.
@@ -87,6 +135,16 @@ impl Scheduler {
             Some(job) if !job.status.is_finished() => CancelOutcome::Accepted,
             Some(job) => CancelOutcome::AlreadyFinished(job.status),
         })
+    }
+
+    /// The live feed of job `id`, while it runs.
+    pub fn live(&self, id: Uuid) -> Option<Arc<LiveJob>> {
+        self.inner.live.job(id)
+    }
+
+    /// Whether the service is shutting down.
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.inner.shutdown
     }
 
     /// The checkpoint file of job `id`.
@@ -125,6 +183,10 @@ async fn dispatch(inner: Arc<Inner>) {
             () = inner.shutdown.cancelled() => break,
         }
     }
+    stop_all(&inner).await;
+}
+
+async fn stop_all(inner: &Inner) {
     for flag in inner.running.lock().await.values() {
         flag.request(StopReason::Shutdown);
     }
@@ -134,15 +196,21 @@ async fn fill_slots(inner: &Arc<Inner>) -> anyhow::Result<()> {
     let mut running = inner.running.lock().await;
     while running.len() < inner.max_jobs && !inner.shutdown.is_cancelled() {
         let Some(job) = inner.store.claim_next_job().await? else { break };
-        let flag = Arc::new(StopFlag::default());
-        running.insert(job.id, flag.clone());
-        let inner = inner.clone();
-        inner.clone().tracker.spawn(async move {
-            let id = job.id;
-            runner::run(&inner, job, flag).await;
-            inner.running.lock().await.remove(&id);
-            inner.wake.notify_one();
-        });
+        launch(inner, &mut running, job);
     }
     Ok(())
+}
+
+/// Starts a claimed job; `running` is the held lock of `inner.running`.
+fn launch(inner: &Arc<Inner>, running: &mut HashMap<Uuid, Arc<StopFlag>>, job: Job) {
+    let flag = Arc::new(StopFlag::default());
+    running.insert(job.id, flag.clone());
+    inner.live.open(job.id);
+    let task_inner = inner.clone();
+    inner.tracker.spawn(async move {
+        let id = job.id;
+        runner::run(&task_inner, job, flag).await;
+        task_inner.running.lock().await.remove(&id);
+        task_inner.wake.notify_one();
+    });
 }

@@ -4,18 +4,24 @@
 use std::any::Any;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, anyhow};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
 
+use super::live::LiveMessage;
 use super::{Inner, checkpoint_path, corpus_path};
-use crate::store::{Job, JobStatus};
+use crate::store::{Job, JobStatus, Progress};
 use crate::train::data::builtin_corpus;
 use crate::train::spec::TaskSpec;
-use crate::train::{self, Outcome, RunContext, StepReport, StopFlag, StopReason, TrainEvent};
+use crate::train::{self, Event, Outcome, RunContext, StepReport, StopFlag, StopReason, TrainEvent};
 
-/// Most step reports written in one transaction.
+/// Most messages written in one transaction.
 const WRITE_BATCH: usize = 1024;
+/// Messages the training thread may run ahead of the store writer. Past this, step
+/// reports are dropped and counted rather than making training wait.
+const QUEUE_CAPACITY: usize = 16 * 1024;
 
 pub(super) async fn run(inner: &Inner, job: Job, flag: Arc<StopFlag>) {
     let id = job.id;
@@ -33,6 +39,9 @@ pub(super) async fn run(inner: &Inner, job: Job, flag: Arc<StopFlag>) {
     if let Err(err) = inner.store.finish_job(id, status, error.as_deref()).await {
         tracing::error!(job = %id, "failed to record the end of the job: {err:#}");
     }
+    // After the store: a subscriber told the job ended finds it ended.
+    inner.live.open(id).publish(LiveMessage::Status { status, error });
+    inner.live.close(id);
 }
 
 async fn train_and_record(inner: &Inner, job: &Job, flag: Arc<StopFlag>) -> anyhow::Result<Outcome> {
@@ -40,52 +49,96 @@ async fn train_and_record(inner: &Inner, job: &Job, flag: Arc<StopFlag>) -> anyh
         corpus: load_corpus(inner, &job.spec.task).await?,
         checkpoint: Some(checkpoint_path(&inner.data_dir, job.id)),
     };
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let (done_tx, done_rx) = oneshot::channel();
+    let (tx, mut rx) = mpsc::channel(QUEUE_CAPACITY);
     let spec = job.spec.clone();
     let thread_flag = flag.clone();
-    std::thread::Builder::new()
+    let dropped = Arc::new(AtomicU64::new(0));
+    let thread_dropped = dropped.clone();
+    let thread = std::thread::Builder::new()
         .name(format!("train-{}", &job.id.simple().to_string()[..8]))
         .spawn(move || {
-            let mut emit = |event| {
+            let mut emit = |event: TrainEvent| match tx.try_send(event) {
+                Ok(()) => {}
+                // Steps are many and the writer is behind: count the loss, never wait.
+                Err(TrySendError::Full(TrainEvent::Step(_))) => {
+                    thread_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                // Rare and small: worth a short wait.
+                Err(TrySendError::Full(event)) => {
+                    let _ = tx.blocking_send(event);
+                }
                 // The receiver only goes away once the job is over; nothing to do then.
-                let _ = tx.send(event);
+                Err(TrySendError::Closed(_)) => {}
             };
-            let result = catch_unwind(AssertUnwindSafe(|| train::train(&spec, &ctx, &thread_flag, &mut emit)))
-                .unwrap_or_else(|panic| Err(anyhow!("training panicked: {}", panic_message(&*panic))));
-            let _ = done_tx.send(result);
+            catch_unwind(AssertUnwindSafe(|| train::train(&spec, &ctx, &thread_flag, &mut emit)))
+                .unwrap_or_else(|panic| Err(anyhow!("training panicked: {}", panic_message(&*panic))))
         })
         .context("failed to start the training thread")?;
 
-    let recorded = record(inner, job, &mut rx).await;
+    let recorded = record(inner, job, &mut rx, &dropped).await;
     if recorded.is_err() {
         // Nothing more can be kept: stop training, and drain so the thread never blocks.
         flag.request(StopReason::Cancel);
         while rx.recv().await.is_some() {}
     }
-    let outcome = done_rx.await.context("the training thread vanished")?;
+    // The job is over only once its thread is: nothing of it may outlive the final status.
+    let outcome = tokio::task::spawn_blocking(move || thread.join())
+        .await
+        .context("failed to wait for the training thread")?
+        .map_err(|_| anyhow!("the training thread panicked"))?;
     recorded?;
     outcome
 }
 
 /// Writes reports as they come, batching whatever has queued up since the last write.
-async fn record(inner: &Inner, job: &Job, rx: &mut mpsc::UnboundedReceiver<TrainEvent>) -> anyhow::Result<()> {
-    let mut events = Vec::with_capacity(WRITE_BATCH);
+async fn record(
+    inner: &Inner,
+    job: &Job,
+    rx: &mut mpsc::Receiver<TrainEvent>,
+    dropped: &AtomicU64,
+) -> anyhow::Result<()> {
+    let mut messages = Vec::with_capacity(WRITE_BATCH);
     let mut steps: Vec<StepReport> = Vec::with_capacity(WRITE_BATCH);
-    while rx.recv_many(&mut events, WRITE_BATCH).await > 0 {
-        for event in events.drain(..) {
-            match event {
+    let mut events: Vec<Event> = Vec::new();
+    let live = inner.live.open(job.id);
+    while rx.recv_many(&mut messages, WRITE_BATCH).await > 0 {
+        let mut diagnosis = None;
+        for message in messages.drain(..) {
+            match message {
                 TrainEvent::Started { device, layers } => {
                     inner.store.set_job_started(job.id, &device, &layers).await.context("failed to record layers")?;
+                    let spec = &job.spec;
+                    inner.metrics.job_started(
+                        job.id,
+                        &job.name,
+                        spec.model.kind.as_str(),
+                        spec.task.kind(),
+                        &layers,
+                        spec.monitor.prometheus_layers,
+                    );
                 }
-                TrainEvent::Step(report) => steps.push(report),
-                TrainEvent::Eval(eval) => {
-                    tracing::info!(job = %job.id, step = eval.step, loss = eval.loss, metric = ?eval.metric, "validation");
+                TrainEvent::Step(report) => {
+                    inner.metrics.record_step(job.id, &report);
+                    live.publish(LiveMessage::Step(report.clone()));
+                    steps.push(report);
                 }
+                TrainEvent::Event(event) => {
+                    inner.metrics.record_event(job.id, &event);
+                    live.publish(LiveMessage::Event(event.clone()));
+                    events.push(event);
+                }
+                TrainEvent::Diagnosis(d) => diagnosis = Some(d),
             }
         }
-        inner.store.insert_steps(job.id, &steps).await.context("failed to record steps")?;
+        let progress = Progress {
+            steps: &steps,
+            events: &events,
+            diagnosis: diagnosis.as_ref(),
+            dropped: dropped.swap(0, Ordering::Relaxed),
+        };
+        inner.store.record_progress(job.id, &progress).await.context("failed to record progress")?;
         steps.clear();
+        events.clear();
     }
     Ok(())
 }

@@ -4,8 +4,6 @@
 
 /// Fewest points a downsampled answer may ask for.
 pub const MIN_POINTS: usize = 10;
-/// Rows a bucket can keep: min and max of two series, and one non-finite row.
-const PER_BUCKET: usize = 5;
 
 /// Indices (ascending) of at most `max_points` of `len` rows to keep. `series` reads a
 /// value of row `i`; `None` means non-finite.
@@ -13,11 +11,13 @@ pub fn keep_extremes(len: usize, max_points: usize, series: &[&dyn Fn(usize) -> 
     if len <= max_points {
         return (0..len).collect();
     }
-    let buckets = (max_points / PER_BUCKET).max(1);
-    let mut keep = Vec::with_capacity(buckets * PER_BUCKET);
+    // A bucket keeps up to the min and max of each series and one non-finite row.
+    let per_bucket = 2 * series.len() + 1;
+    let buckets = (max_points / per_bucket).max(1);
+    let mut keep = Vec::with_capacity(buckets * per_bucket);
     for b in 0..buckets {
         let (start, end) = (b * len / buckets, (b + 1) * len / buckets);
-        let mut chosen: Vec<usize> = Vec::with_capacity(PER_BUCKET);
+        let mut chosen: Vec<usize> = Vec::with_capacity(per_bucket);
         for read in series {
             let mut min: Option<(usize, f64)> = None;
             let mut max: Option<(usize, f64)> = None;
@@ -40,6 +40,10 @@ pub fn keep_extremes(len: usize, max_points: usize, series: &[&dyn Fn(usize) -> 
         chosen.sort_unstable();
         chosen.dedup();
         keep.extend(chosen);
+    }
+    if keep.len() > max_points {
+        // Many series and few points: not every extreme fits; spread what does evenly.
+        keep = (0..max_points).map(|k| keep[k * keep.len() / max_points]).collect();
     }
     keep
 }

@@ -8,6 +8,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::Store;
+use crate::train::diagnose::Diagnosis;
 use crate::train::{JobSpec, LayerInfo};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, ToSchema)]
@@ -75,10 +76,15 @@ pub struct Job {
     pub loss: Option<f64>,
     /// Why it failed or diverged.
     pub error: Option<String>,
+    /// The latest diagnosis: healthy, or the vanishing/exploding/dead/non-finite issues in
+    /// force, by layer.
+    pub diagnosis: Option<Diagnosis>,
+    /// Step reports dropped because the store could not keep up (0 in a healthy service).
+    pub dropped_reports: i64,
 }
 
-const JOB_COLUMNS: &str =
-    "id, name, status, spec, created_at, started_at, finished_at, step, total_steps, device, loss, error";
+const JOB_COLUMNS: &str = "id, name, status, spec, created_at, started_at, finished_at, step, total_steps, device, \
+    loss, error, diagnosis, dropped_reports";
 
 fn job_from_row(row: &SqliteRow) -> anyhow::Result<Job> {
     let status: String = row.try_get("status")?;
@@ -97,6 +103,8 @@ fn job_from_row(row: &SqliteRow) -> anyhow::Result<Job> {
         device: row.try_get("device")?,
         loss: row.try_get("loss")?,
         error: row.try_get("error")?,
+        diagnosis: row.try_get::<Option<String>, _>("diagnosis")?.map(|d| serde_json::from_str(&d)).transpose()?,
+        dropped_reports: row.try_get("dropped_reports")?,
     })
 }
 
@@ -121,6 +129,8 @@ impl Store {
             device: None,
             loss: None,
             error: None,
+            diagnosis: None,
+            dropped_reports: 0,
         };
         sqlx::query(
             "INSERT INTO jobs (id, name, status, spec, created_at, step, total_steps) VALUES (?, ?, ?, ?, ?, 0, ?)",
@@ -164,6 +174,17 @@ impl Store {
         rows.iter().map(job_from_row).collect()
     }
 
+    /// How many jobs have each status (statuses with none are left out).
+    pub async fn count_jobs(&self) -> anyhow::Result<Vec<(JobStatus, i64)>> {
+        let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status").fetch_all(&self.pool).await?;
+        rows.iter()
+            .filter_map(|row| {
+                let status: String = row.try_get("status").ok()?;
+                Some(Ok((JobStatus::parse(&status)?, row.try_get("n").ok()?)))
+            })
+            .collect()
+    }
+
     /// Marks the oldest queued job running and returns it.
     pub async fn claim_next_job(&self) -> anyhow::Result<Option<Job>> {
         let row = sqlx::query(&format!(
@@ -172,6 +193,18 @@ impl Store {
              RETURNING {JOB_COLUMNS}"
         ))
         .bind(Utc::now())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    /// Marks queued job `id` running and returns it; `None` if it is not queued.
+    pub async fn claim_job(&self, id: Uuid) -> anyhow::Result<Option<Job>> {
+        let row = sqlx::query(&format!(
+            "UPDATE jobs SET status = 'running', started_at = ? WHERE id = ? AND status = 'queued' RETURNING {JOB_COLUMNS}"
+        ))
+        .bind(Utc::now())
+        .bind(id.to_string())
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(job_from_row).transpose()

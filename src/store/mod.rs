@@ -4,7 +4,9 @@
 
 mod corpora;
 pub mod downsample;
+mod events;
 mod jobs;
+mod layer_stats;
 mod steps;
 
 use std::str::FromStr;
@@ -15,8 +17,10 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{SqlitePool, migrate::Migrator};
 
 pub use corpora::Corpus;
+pub use events::StoredEvent;
 pub use jobs::{Job, JobStatus};
-pub use steps::{DEFAULT_MAX_POINTS, MAX_MAX_POINTS, StepColumns};
+pub use layer_stats::LayerSeries;
+pub use steps::{DEFAULT_MAX_POINTS, MAX_MAX_POINTS, Progress, StepColumns};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 

@@ -8,7 +8,19 @@ use uuid::Uuid;
 use super::Store;
 use super::downsample::keep_extremes;
 use super::jobs::finite;
-use crate::train::StepReport;
+use crate::train::diagnose::Diagnosis;
+use crate::train::{Event, StepReport};
+
+/// What a running job reported since the last write.
+#[derive(Debug, Default)]
+pub struct Progress<'a> {
+    pub steps: &'a [StepReport],
+    pub events: &'a [Event],
+    /// The latest diagnosis, when it changed.
+    pub diagnosis: Option<&'a Diagnosis>,
+    /// Step reports the bounded queue had to drop since the last write.
+    pub dropped: u64,
+}
 
 /// Per-step scalars as columns: the i-th entry of every array belongs to `step[i]`.
 /// Non-finite values are `null`.
@@ -29,13 +41,12 @@ pub const DEFAULT_MAX_POINTS: usize = 5_000;
 pub const MAX_MAX_POINTS: usize = 100_000;
 
 impl Store {
-    /// Appends `steps` of job `id` and moves the job's progress to the last of them,
-    /// in one transaction.
-    pub async fn insert_steps(&self, id: Uuid, steps: &[StepReport]) -> anyhow::Result<()> {
-        let Some(last) = steps.last() else { return Ok(()) };
+    /// Appends what a job reported since the last call, and moves the job's progress to
+    /// the last step, in one transaction.
+    pub async fn record_progress(&self, id: Uuid, progress: &Progress<'_>) -> anyhow::Result<()> {
         let job_id = id.to_string();
         let mut tx = self.pool.begin().await?;
-        for s in steps {
+        for s in progress.steps {
             sqlx::query(
                 "INSERT INTO steps (job_id, step, loss, grad_norm, grad_norm_clipped, clip_coef, lr, skipped)
                  VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -51,13 +62,31 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        let last_loss = steps.iter().rev().find_map(|s| finite(s.loss));
-        sqlx::query("UPDATE jobs SET step = ?, loss = COALESCE(?, loss) WHERE id = ?")
-            .bind(i64::try_from(last.step)?)
-            .bind(last_loss)
-            .bind(&job_id)
-            .execute(&mut *tx)
-            .await?;
+        Self::insert_layer_stats(&mut tx, &job_id, progress.steps).await?;
+        Self::insert_events(&mut tx, &job_id, progress.events).await?;
+        if let Some(last) = progress.steps.last() {
+            let last_loss = progress.steps.iter().rev().find_map(|s| finite(s.loss));
+            sqlx::query("UPDATE jobs SET step = ?, loss = COALESCE(?, loss) WHERE id = ?")
+                .bind(i64::try_from(last.step)?)
+                .bind(last_loss)
+                .bind(&job_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(diagnosis) = progress.diagnosis {
+            sqlx::query("UPDATE jobs SET diagnosis = ? WHERE id = ?")
+                .bind(serde_json::to_string(diagnosis)?)
+                .bind(&job_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if progress.dropped > 0 {
+            sqlx::query("UPDATE jobs SET dropped_reports = dropped_reports + ? WHERE id = ?")
+                .bind(i64::try_from(progress.dropped)?)
+                .bind(&job_id)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok(())
     }

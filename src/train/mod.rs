@@ -8,22 +8,27 @@
 //! - [`model`] — the networks, with named parameters in a stable order.
 //! - [`optim`] — optimizers and learning-rate schedules.
 //! - [`policy`] — gradient and weight policies.
+//! - [`stats`] — per-layer statistics from one flat gradient buffer.
+//! - [`diagnose`] — vanishing/exploding/dead/non-finite diagnosis from the reports.
 //! - [`run`] — the training loop.
 //! - [`presets`] — the seed experiments, failing runs beside their remedied twins.
 
 pub mod data;
+pub mod diagnose;
 pub mod model;
 pub mod optim;
 pub mod policy;
 pub mod presets;
 pub mod run;
 pub mod spec;
+pub mod stats;
 pub mod task;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
 pub use run::{RunContext, train};
 pub use spec::JobSpec;
+pub use stats::LayerStats;
 
 /// One layer = one named parameter tensor.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,8 +54,10 @@ pub struct StepReport {
     pub lr: f64,
     /// The update was dropped (non-finite loss or gradient).
     pub skipped: bool,
-    /// Per-layer L2 norm of the gradient before any grad policy, by layer index.
-    pub layer_grad_norm: Vec<f64>,
+    /// Every per-layer statistic, on the steps `monitor.every` records.
+    pub layers: Option<LayerStats>,
+    /// Wall time of the step, from its batch to its update, statistics included.
+    pub seconds: f64,
 }
 
 /// A validation pass: the task's loss on its held-out data, in evaluation mode.
@@ -63,6 +70,29 @@ pub struct EvalReport {
     pub metric: Option<(&'static str, f64)>,
 }
 
+impl EvalReport {
+    /// As events: `validation` (the loss), and `validation_<metric>` when the task has one.
+    pub fn events(&self) -> Vec<Event> {
+        let mut events = vec![Event {
+            step: self.step,
+            kind: "validation",
+            layer: None,
+            value: Some(self.loss),
+            message: format!("validation loss {:.4}", self.loss),
+        }];
+        if let Some((name, value)) = self.metric {
+            events.push(Event {
+                step: self.step,
+                kind: if name == "accuracy" { "validation_accuracy" } else { "validation_metric" },
+                layer: None,
+                value: Some(value),
+                message: format!("validation {name} {value:.4}"),
+            });
+        }
+        events
+    }
+}
+
 /// Messages from a training thread, in order.
 #[derive(Debug, Clone)]
 pub enum TrainEvent {
@@ -72,8 +102,22 @@ pub enum TrainEvent {
         layers: Vec<LayerInfo>,
     },
     Step(StepReport),
-    /// Validation results, every `task.eval_every` steps and after the last step.
-    Eval(EvalReport),
+    /// A diagnosis or a policy action.
+    Event(Event),
+    /// The run's diagnosis changed.
+    Diagnosis(diagnose::Diagnosis),
+}
+
+/// Something worth telling a person about a run, at a step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub step: u64,
+    /// `nonfinite`, `exploding`, `vanishing`, `dead`, `clipped`, `skipped`, `validation`,
+    /// `validation_accuracy`.
+    pub kind: &'static str,
+    pub layer: Option<usize>,
+    pub value: Option<f64>,
+    pub message: String,
 }
 
 /// How a training run ended without an error.

@@ -208,14 +208,13 @@ pub fn run(spec: &JobSpec) -> anyhow::Result<Summary> {
             summary.max_grad_norm_clipped = summary.max_grad_norm_clipped.max(r.grad_norm_clipped);
             summary.skipped_steps += u64::from(r.skipped);
             let matrices: Vec<usize> = layers.iter().filter(|l| l.shape.len() >= 2).map(|l| l.index).collect();
-            if let (Some(&first), Some(&last)) = (matrices.first(), matrices.last()) {
-                ratios.push(r.layer_grad_norm[first] / r.layer_grad_norm[last]);
+            if let (Some(&first), Some(&last), Some(stats)) = (matrices.first(), matrices.last(), r.layers.as_ref()) {
+                ratios.push(stats.grad_norm[first] / stats.grad_norm[last]);
             }
         }
-        TrainEvent::Eval(e) => {
-            summary.valid_loss = Some(e.loss);
-            summary.valid_metric = e.metric.map(|(_, v)| v);
-        }
+        TrainEvent::Event(e) if e.kind == "validation" => summary.valid_loss = e.value,
+        TrainEvent::Event(e) if e.kind.starts_with("validation_") => summary.valid_metric = e.value,
+        TrainEvent::Event(_) | TrainEvent::Diagnosis(_) => {}
     };
     let outcome = train(spec, &ctx, &StopFlag::default(), &mut emit);
     let weights = Tensor::read_safetensors(&checkpoint);

@@ -1,12 +1,21 @@
 //! The training loop: one job, start to finish, on the calling thread.
+//!
+//! Per step: forward, backward into the flat gradient buffer, per-layer statistics (on
+//! recorded steps), the grad policies, then one device→host copy of everything the step
+//! reports. A step's weight statistics exist only after its update, so they travel in
+//! the next step's copy and each report is emitted one step late (the last one after a
+//! final copy).
 
 use std::path::PathBuf;
+use std::time::Instant;
 
 use anyhow::Context;
 use tch::{Device, Kind, Tensor, nn};
 
+use super::diagnose::{Diagnoser, Diagnosis};
 use super::policy::GradPolicies;
 use super::spec::{JobSpec, OnNonfinite, parse_device};
+use super::stats::{FlatParams, GRAD_STATS, HIST_BINS, LayerStats, WEIGHT_STATS};
 use super::task::Task;
 use super::{Outcome, StepReport, StopFlag, StopReason, TrainEvent, model, optim, policy};
 
@@ -31,95 +40,199 @@ pub fn train(
     let mut task = Task::new(&spec.task, &ctx.corpus, spec.seed, device)?;
     let vs = nn::VarStore::new(device);
     let (model, params) = model::build(&spec.model, &vs, task.io(), spec.seed)?;
+    let tensors: Vec<Tensor> = params.tensors().map(Tensor::shallow_clone).collect();
+    let mut flat = FlatParams::new(&tensors, device)?;
     let mut opt = optim::build(&spec.optimizer, &vs, spec.steps)?;
-    let mut grad_policies = GradPolicies::new(&spec.policy.grad, device)?;
-    emit(TrainEvent::Started { device: model::device_name(device), layers: params.layers() });
+    let layers = params.layers();
+    let grad_policies = GradPolicies::new(&spec.policy.grad, device)?;
+    let mut reporter = Reporter::new(spec, layers.iter().map(|l| l.name.clone()).collect(), grad_policies);
+    emit(TrainEvent::Started { device: model::device_name(device), layers });
 
-    let weights: Vec<Tensor> = params.tensors().map(Tensor::shallow_clone).collect();
     for step in 1..=spec.steps {
         if let Some(reason) = stop.requested() {
+            reporter.finish(emit)?;
             save_checkpoint(&vs, ctx)?;
             return Ok(match reason {
                 StopReason::Cancel => Outcome::Cancelled,
                 StopReason::Shutdown => Outcome::Interrupted,
             });
         }
+        let started = Instant::now();
         let lr = optim::learning_rate(&spec.optimizer, step, spec.steps);
         opt.set_lr(lr);
         let batch = task.train_batch(spec.batch_size)?;
         let loss = task.loss(&model.forward(&batch.xs, true)?, &batch.ys)?;
-        opt.zero_grad();
+        flat.zero_grads()?;
         loss.f_backward().context("backward failed")?;
+        flat.adopt_grads()?;
 
-        let mut report = tch::no_grad(|| measure_and_clip(&mut grad_policies, &weights, &loss, step, lr))?;
+        let record = spec.monitor.records(step);
+        let report = tch::no_grad(|| reporter.measure(&mut flat, &loss, step, lr, record, emit))?;
         let finite = report.loss.is_finite() && report.grad_norm.is_finite();
-        if finite && !report.skipped {
-            opt.step();
-            tch::no_grad(|| policy::apply_weight_policies(&spec.policy.weight, &weights, step))?;
-        } else {
-            report.skipped = true;
-        }
-        emit(TrainEvent::Step(report));
+        let apply = finite && !report.skipped;
+        tch::no_grad(|| -> anyhow::Result<()> {
+            if record {
+                flat.snapshot_weights()?;
+            }
+            if apply {
+                opt.step();
+                policy::apply_weight_policies(&spec.policy.weight, flat.params(), step)?;
+            }
+            Ok(())
+        })?;
+        let weight_stats = if record { Some(tch::no_grad(|| flat.weight_stats())?) } else { None };
+        reporter.hold(StepReport { skipped: !apply, seconds: started.elapsed().as_secs_f64(), ..report }, weight_stats);
         if task.eval_due(step, spec.steps)
             && let Some(eval) = task.evaluate(model.as_ref(), step)?
         {
-            emit(TrainEvent::Eval(eval));
+            for event in eval.events() {
+                emit(TrainEvent::Event(event));
+            }
         }
         if !finite && spec.policy.on_nonfinite == OnNonfinite::Stop {
+            reporter.finish(emit)?;
             save_checkpoint(&vs, ctx)?;
             return Ok(Outcome::Diverged(format!("non-finite loss or gradient at step {step}")));
         }
     }
+    reporter.finish(emit)?;
     save_checkpoint(&vs, ctx)?;
     Ok(Outcome::Succeeded)
 }
 
-/// Measures the gradients, applies the grad policies, and copies every number the step
-/// reports to the host in one transfer.
-fn measure_and_clip(
-    grad_policies: &mut GradPolicies,
-    weights: &[Tensor],
-    loss: &Tensor,
-    step: u64,
-    lr: f64,
-) -> anyhow::Result<StepReport> {
-    let grads: Vec<Tensor> = weights
-        .iter()
-        .map(|w| {
-            let g = w.grad();
-            if g.defined() { Ok(g) } else { w.f_zeros_like() }
-        })
-        .collect::<Result<_, _>>()?;
-    let norms = policy::layer_norms(&grads)?;
-    let total = norms.f_norm()?;
-    let outcome = grad_policies.apply(&grads, weights, &total)?;
-    let skip = match &outcome.skip {
-        Some(skip) => skip.f_to_kind(Kind::Float)?,
-        None => total.f_zeros_like()?,
-    };
-    let packed = Tensor::f_cat(
-        &[
-            loss.f_detach()?.f_to_kind(Kind::Float)?.f_reshape([1])?,
+/// Turns device tensors into reports: one host copy per step, weight statistics carried
+/// over to the next copy, diagnosis on the way out.
+struct Reporter<'a> {
+    spec: &'a JobSpec,
+    layers: usize,
+    /// The previous step's report, waiting for its weight statistics.
+    held: Option<(StepReport, Option<Tensor>)>,
+    diagnoser: Diagnoser,
+    diagnosis: Diagnosis,
+    /// The grad policies and the state the adaptive ones keep between steps.
+    grad_policies: GradPolicies,
+}
+
+impl<'a> Reporter<'a> {
+    fn new(spec: &'a JobSpec, layer_names: Vec<String>, grad_policies: GradPolicies) -> Self {
+        Self {
+            spec,
+            layers: layer_names.len(),
+            held: None,
+            diagnoser: Diagnoser::new(&spec.monitor, layer_names),
+            diagnosis: Diagnosis { status: "healthy".to_owned(), issues: Vec::new() },
+            grad_policies,
+        }
+    }
+
+    /// Measures the gradients, applies the grad policies, and copies this step's numbers
+    /// (and the held step's weight statistics) to the host in one transfer. Emits the held
+    /// report.
+    fn measure(
+        &mut self,
+        flat: &mut FlatParams,
+        loss: &Tensor,
+        step: u64,
+        lr: f64,
+        record: bool,
+        emit: &mut dyn FnMut(TrainEvent),
+    ) -> anyhow::Result<StepReport> {
+        let (grad_stats, total) = if record {
+            let (stats, total) = flat.grad_stats()?;
+            (Some(stats), total)
+        } else {
+            (None, flat.grad_norm()?)
+        };
+        let hist = if record && self.spec.monitor.histogram { Some(flat.grad_histogram()?) } else { None };
+        let outcome = self.grad_policies.apply(&flat.layer_grads(), flat.params(), &total)?;
+        let skip = match &outcome.skip {
+            Some(skip) => skip.f_to_kind(Kind::Float)?,
+            None => total.f_zeros_like()?,
+        };
+
+        let held_weights = self.held.as_ref().and_then(|(_, w)| w.as_ref().map(Tensor::shallow_clone));
+        let mut parts = vec![
+            loss.f_detach()?.f_reshape([1])?,
             total.f_reshape([1])?,
             outcome.norm.f_reshape([1])?,
             skip.f_reshape([1])?,
-            norms,
-        ],
-        0,
-    )?
-    .f_to_device(Device::Cpu)?;
-    let values: Vec<f32> = Vec::try_from(&packed)?;
-    let (grad_norm, grad_norm_clipped) = (f64::from(values[1]), f64::from(values[2]));
-    Ok(StepReport {
-        step,
-        loss: f64::from(values[0]),
-        grad_norm,
-        grad_norm_clipped,
-        clip_coef: if grad_norm > 0.0 { grad_norm_clipped / grad_norm } else { 1.0 },
-        lr,
-        skipped: values[3] != 0.0,
-        layer_grad_norm: values[4..].iter().map(|&v| f64::from(v)).collect(),
-    })
+        ];
+        parts.extend(grad_stats.iter().map(|s| s.f_flatten(0, -1)).collect::<Result<Vec<_>, _>>()?);
+        parts.extend(held_weights.iter().map(|w| w.f_flatten(0, -1)).collect::<Result<Vec<_>, _>>()?);
+        parts.extend(hist.iter().map(|h| h.f_to_kind(Kind::Float)).collect::<Result<Vec<_>, _>>()?);
+        let parts: Vec<Tensor> = parts.iter().map(|p| p.f_to_kind(Kind::Double)).collect::<Result<_, _>>()?;
+        let host: Vec<f64> = Vec::try_from(&Tensor::f_cat(&parts, 0)?.f_to_device(Device::Cpu)?)?;
+
+        let (scalars, mut rest) = host.split_at(4);
+        let mut layers = grad_stats.as_ref().map(|_| {
+            let n = GRAD_STATS.len() * self.layers;
+            let stats = LayerStats::from_grad_rows(&rest[..n], self.layers);
+            rest = &rest[n..];
+            stats
+        });
+        if held_weights.is_some() {
+            let n = WEIGHT_STATS.len() * self.layers;
+            self.release(Some(&rest[..n]), emit);
+            rest = &rest[n..];
+        } else {
+            self.release(None, emit);
+        }
+        if let Some(layers) = layers.as_mut()
+            && hist.is_some()
+        {
+            layers.hist = Some(rest[..HIST_BINS * self.layers].iter().map(|&c| c as u64).collect());
+        }
+        let (grad_norm, grad_norm_clipped) = (scalars[1], scalars[2]);
+        Ok(StepReport {
+            step,
+            loss: scalars[0],
+            grad_norm,
+            grad_norm_clipped,
+            clip_coef: if grad_norm > 0.0 { grad_norm_clipped / grad_norm } else { 1.0 },
+            lr,
+            skipped: scalars[3] != 0.0,
+            layers,
+            seconds: 0.0,
+        })
+    }
+
+    /// Holds a finished step until its weight statistics reach the host.
+    fn hold(&mut self, report: StepReport, weight_stats: Option<Tensor>) {
+        self.held = Some((report, weight_stats));
+    }
+
+    /// Emits the held report with its weight rows, its events and, when the diagnosis
+    /// changed, the new diagnosis.
+    fn release(&mut self, weight_rows: Option<&[f64]>, emit: &mut dyn FnMut(TrainEvent)) {
+        let Some((mut report, _)) = self.held.take() else { return };
+        if let (Some(layers), Some(rows)) = (report.layers.as_mut(), weight_rows) {
+            layers.set_weight_rows(rows, self.layers);
+        }
+        let events = self.diagnoser.observe(&report);
+        emit(TrainEvent::Step(report));
+        for event in events {
+            emit(TrainEvent::Event(event));
+        }
+        let diagnosis = self.diagnoser.diagnosis();
+        if diagnosis != self.diagnosis {
+            self.diagnosis = diagnosis.clone();
+            emit(TrainEvent::Diagnosis(diagnosis));
+        }
+    }
+
+    /// Emits the last held report, with one more host copy for its weight statistics.
+    fn finish(&mut self, emit: &mut dyn FnMut(TrainEvent)) -> anyhow::Result<()> {
+        let weights = self.held.as_ref().and_then(|(_, w)| w.as_ref().map(Tensor::shallow_clone));
+        match weights {
+            Some(w) => {
+                let rows: Vec<f64> =
+                    Vec::try_from(&w.f_flatten(0, -1)?.f_to_kind(Kind::Double)?.f_to_device(Device::Cpu)?)?;
+                self.release(Some(&rows), emit);
+            }
+            None => self.release(None, emit),
+        }
+        Ok(())
+    }
 }
 
 fn save_checkpoint(vs: &nn::VarStore, ctx: &RunContext) -> anyhow::Result<()> {

@@ -486,23 +486,69 @@ pub struct PolicySpec {
     pub on_nonfinite: OnNonfinite,
 }
 
+/// What to record, and the thresholds of the diagnosis.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MonitorSpec {
-    /// Record per-layer statistics every this many steps; 0 turns them off.
+    /// Record per-layer statistics every this many steps (the first step always); 0 turns
+    /// them off (loss and the global norms are still recorded every step).
     #[serde(default = "one_u64")]
     pub every: u64,
-    /// Record per-layer gradient histograms.
+    /// Record per-layer gradient histograms with the statistics.
     #[serde(default = "yes")]
     pub histogram: bool,
     /// At most this many layers per job get a Prometheus series.
     #[serde(default = "default_prometheus_layers")]
     pub prometheus_layers: u32,
+    /// `exploding`: the global gradient norm exceeds this multiple of its recent median.
+    #[serde(default = "default_explode_factor")]
+    pub explode_factor: f64,
+    /// `vanishing`: a layer's gradient norm stays below this fraction of the largest
+    /// layer's for `diagnose_window` recorded steps.
+    #[serde(default = "default_vanish_ratio")]
+    pub vanish_ratio: f64,
+    /// `dead`: at least this fraction of a layer's gradient entries are exactly zero for
+    /// `diagnose_window` recorded steps.
+    #[serde(default = "default_dead_frac")]
+    pub dead_frac: f64,
+    /// Recorded steps a layer condition must last before it is reported.
+    #[serde(default = "default_diagnose_window")]
+    pub diagnose_window: u64,
+    /// Steps between `clipped`/`skipped` summaries.
+    #[serde(default = "default_summary_every")]
+    pub summary_every: u64,
+    /// Steps before the same kind of event for the same layer is reported again.
+    #[serde(default = "default_cooldown")]
+    pub cooldown: u64,
 }
+
+pub const DEFAULT_EXPLODE_FACTOR: f64 = 10.0;
+pub const DEFAULT_VANISH_RATIO: f64 = 1e-4;
+pub const DEFAULT_DEAD_FRAC: f64 = 0.99;
+pub const DEFAULT_DIAGNOSE_WINDOW: u64 = 50;
+pub const DEFAULT_SUMMARY_EVERY: u64 = 100;
+pub const DEFAULT_COOLDOWN: u64 = 100;
 
 impl Default for MonitorSpec {
     fn default() -> Self {
-        Self { every: 1, histogram: true, prometheus_layers: DEFAULT_PROMETHEUS_LAYERS }
+        Self {
+            every: 1,
+            histogram: true,
+            prometheus_layers: DEFAULT_PROMETHEUS_LAYERS,
+            explode_factor: DEFAULT_EXPLODE_FACTOR,
+            vanish_ratio: DEFAULT_VANISH_RATIO,
+            dead_frac: DEFAULT_DEAD_FRAC,
+            diagnose_window: DEFAULT_DIAGNOSE_WINDOW,
+            summary_every: DEFAULT_SUMMARY_EVERY,
+            cooldown: DEFAULT_COOLDOWN,
+        }
+    }
+}
+
+impl MonitorSpec {
+    /// Whether 1-based `step` records per-layer statistics.
+    pub fn records(&self, step: u64) -> bool {
+        self.every > 0 && (step - 1).is_multiple_of(self.every)
     }
 }
 
@@ -540,7 +586,22 @@ impl JobSpec {
         self.validate_task()?;
         self.validate_model()?;
         self.validate_optimizer()?;
-        self.validate_policy()
+        self.validate_policy()?;
+        self.validate_monitor()
+    }
+
+    fn validate_monitor(&self) -> Result<(), FieldError> {
+        let m = &self.monitor;
+        check(m.prometheus_layers <= 1024, "monitor.prometheus_layers", "at most 1024")?;
+        check(m.explode_factor.is_finite() && m.explode_factor > 1.0, "monitor.explode_factor", "must be above 1")?;
+        check(
+            m.vanish_ratio.is_finite() && m.vanish_ratio > 0.0 && m.vanish_ratio < 1.0,
+            "monitor.vanish_ratio",
+            "must be between 0 and 1",
+        )?;
+        check(m.dead_frac > 0.0 && m.dead_frac <= 1.0, "monitor.dead_frac", "must be above 0 and at most 1")?;
+        check(m.diagnose_window >= 1, "monitor.diagnose_window", "must be at least 1")?;
+        check(m.summary_every >= 1, "monitor.summary_every", "must be at least 1")
     }
 
     fn validate_task(&self) -> Result<(), FieldError> {
@@ -776,6 +837,24 @@ fn norm_two() -> NormType {
 }
 fn default_prometheus_layers() -> u32 {
     DEFAULT_PROMETHEUS_LAYERS
+}
+fn default_explode_factor() -> f64 {
+    DEFAULT_EXPLODE_FACTOR
+}
+fn default_vanish_ratio() -> f64 {
+    DEFAULT_VANISH_RATIO
+}
+fn default_dead_frac() -> f64 {
+    DEFAULT_DEAD_FRAC
+}
+fn default_diagnose_window() -> u64 {
+    DEFAULT_DIAGNOSE_WINDOW
+}
+fn default_summary_every() -> u64 {
+    DEFAULT_SUMMARY_EVERY
+}
+fn default_cooldown() -> u64 {
+    DEFAULT_COOLDOWN
 }
 fn one() -> f64 {
     1.0

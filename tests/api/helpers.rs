@@ -128,3 +128,72 @@ pub fn column(steps: &Value, name: &str) -> Vec<f64> {
 pub fn mean(xs: &[f64]) -> f64 {
     xs.iter().sum::<f64>() / xs.len() as f64
 }
+
+/// One sample of the Prometheus text format.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub metric: String,
+    pub labels: std::collections::HashMap<String, String>,
+    pub value: f64,
+}
+
+/// Reads the samples of a Prometheus text exposition (label values may hold any
+/// character, braces included).
+pub fn parse_exposition(text: &str) -> Vec<Sample> {
+    let mut samples = Vec::new();
+    for line in text.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        let (metric, rest) = match line.find('{') {
+            Some(open) => (&line[..open], &line[open + 1..]),
+            None => {
+                let (metric, value) = line.split_once(' ').expect("metric and value");
+                samples.push(Sample {
+                    metric: metric.to_owned(),
+                    labels: Default::default(),
+                    value: parse_value(value),
+                });
+                continue;
+            }
+        };
+        let mut labels = std::collections::HashMap::new();
+        let mut chars = rest.char_indices().peekable();
+        let end;
+        loop {
+            let name: String = chars.by_ref().take_while(|(_, c)| *c != '=').map(|(_, c)| c).collect();
+            let name = name.trim_start_matches(',').trim().to_owned();
+            assert_eq!(chars.next().map(|(_, c)| c), Some('"'), "quoted label value in {line}");
+            let mut value = String::new();
+            while let Some((_, c)) = chars.next() {
+                match c {
+                    '\\' => value.push(chars.next().map_or('\\', |(_, c)| if c == 'n' { '\n' } else { c })),
+                    '"' => break,
+                    c => value.push(c),
+                }
+            }
+            labels.insert(name, value);
+            match chars.next() {
+                Some((_, ',')) if chars.peek().map(|(_, c)| *c) == Some('}') => {
+                    end = chars.next().expect("brace").0;
+                    break;
+                }
+                Some((_, ',')) => {}
+                Some((i, '}')) => {
+                    end = i;
+                    break;
+                }
+                other => panic!("unexpected {other:?} in {line}"),
+            }
+        }
+        let value = rest[end + 1..].trim().split(' ').next().expect("value");
+        samples.push(Sample { metric: metric.to_owned(), labels, value: parse_value(value) });
+    }
+    samples
+}
+
+fn parse_value(s: &str) -> f64 {
+    match s.trim() {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        "NaN" => f64::NAN,
+        v => v.parse().unwrap_or_else(|_| panic!("bad sample value {v:?}")),
+    }
+}

@@ -1,9 +1,15 @@
 //! Integration tests: the real server on a random port with its own SQLite file, driven
 //! over real HTTP, training real (tiny) LibTorch models on the CPU.
 
+mod cli;
+mod deploy;
 mod helpers;
 mod jobs;
 mod lifecycle;
+mod metrics;
 mod presets;
+mod prometheus;
 mod service;
+mod stats;
+mod stream;
 mod validation;

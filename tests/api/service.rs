@@ -26,12 +26,16 @@ async fn the_openapi_document_covers_every_route() {
         ("/api/v1/jobs/{id}/cancel", &["post"]),
         ("/api/v1/jobs/{id}/layers", &["get"]),
         ("/api/v1/jobs/{id}/steps", &["get"]),
+        ("/api/v1/jobs/{id}/layer-stats", &["get"]),
+        ("/api/v1/jobs/{id}/events", &["get"]),
+        ("/api/v1/jobs/{id}/stream", &["get"]),
         ("/api/v1/jobs/{id}/checkpoint", &["get"]),
         ("/api/v1/corpora", &["post"]),
         ("/api/v1/presets", &["get"]),
         ("/api/v1/openapi.json", &["get"]),
         ("/healthz", &["get"]),
         ("/readyz", &["get"]),
+        ("/metrics", &["get"]),
     ];
     for (path, methods) in expected {
         for method in methods {
@@ -40,7 +44,8 @@ async fn the_openapi_document_covers_every_route() {
     }
     assert_eq!(paths.len(), expected.len(), "a documented path is not served or vice versa");
     let schemas = doc["components"]["schemas"].as_object().expect("schemas");
-    for name in ["JobSpec", "Job", "StepColumns", "ErrorBody", "GradPolicy"] {
+    for name in ["JobSpec", "Job", "StepColumns", "ErrorBody", "GradPolicy", "LayerSeries", "Diagnosis", "StoredEvent"]
+    {
         assert!(schemas.contains_key(name), "schema {name} missing");
     }
 }

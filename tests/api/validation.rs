@@ -77,6 +77,7 @@ async fn malformed_bodies_get_400_413_and_415() {
     // With a charset the same spec is fine.
     let ok = post(spec, "application/json; charset=utf-8").await.expect("post");
     assert_eq!(ok.status(), 201);
+    app.stop().await;
 }
 
 #[tokio::test]

@@ -1,0 +1,115 @@
+//! What a job recorded beyond its steps: per-layer statistics and events.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::extract::ApiQuery;
+use super::jobs::{find_job, range};
+use super::{ApiError, AppState};
+use crate::store::{LayerSeries, StoredEvent};
+use crate::train::stats::STAT_NAMES;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LayerStatsQuery {
+    /// First step (inclusive; default the first).
+    from: Option<i64>,
+    /// Last step (inclusive; default the last).
+    to: Option<i64>,
+    /// Comma-separated layer indices (default all).
+    layers: Option<String>,
+    /// Comma-separated statistics: grad_norm, grad_max, grad_mean, grad_std, zero_frac,
+    /// nonfinite, weight_norm, update_ratio, hist (default all but hist). Asking for
+    /// fewer reads less: on long jobs, ask for what you plot.
+    stat: Option<String>,
+    /// At most this many points per layer (default 5000, 10 to 100000), keeping each
+    /// bucket's extremes.
+    max_points: Option<usize>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct LayerStatsResponse {
+    pub layers: Vec<LayerSeries>,
+}
+
+/// Per-layer statistics over steps, columnar per layer.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/layer-stats", tag = "jobs",
+    params(("id" = uuid::Uuid, Path), LayerStatsQuery),
+    responses((status = 200, body = LayerStatsResponse), (status = 404, body = super::ErrorBody),
+        (status = 422, body = super::ErrorBody)))]
+pub async fn layers(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<LayerStatsQuery>,
+) -> Result<Json<LayerStatsResponse>, ApiError> {
+    let job = find_job(&state, &id).await?;
+    let (from, to, max_points) = range(q.from, q.to, q.max_points)?;
+    let stats: Vec<&str> = match q.stat.as_deref() {
+        None => STAT_NAMES.to_vec(),
+        Some(list) => list
+            .split(',')
+            .map(|s| {
+                let s = s.trim();
+                STAT_NAMES.iter().chain(["hist"].iter()).find(|name| **name == s).copied().ok_or_else(|| {
+                    ApiError::invalid(
+                        "stat",
+                        format!("unknown statistic {s:?}; known: {}, hist", STAT_NAMES.join(", ")),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let all = state.store.layers(job.id).await?;
+    let layers = match q.layers.as_deref() {
+        None => all,
+        Some(list) => list
+            .split(',')
+            .map(|s| {
+                s.trim().parse::<usize>().ok().and_then(|i| all.get(i).cloned()).ok_or_else(|| {
+                    ApiError::invalid(
+                        "layers",
+                        format!("{s:?} is not a layer index (0 to {})", all.len().saturating_sub(1)),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let series = state.store.layer_stats(job.id, &layers, &stats, (from, to), max_points).await?;
+    Ok(Json(LayerStatsResponse { layers: series }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct EventsQuery {
+    /// Only events of this kind.
+    kind: Option<String>,
+    /// At most this many, oldest first (default 1000, at most 10000).
+    limit: Option<i64>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct EventList {
+    pub events: Vec<StoredEvent>,
+}
+
+pub const DEFAULT_EVENTS_LIMIT: i64 = 1000;
+pub const MAX_EVENTS_LIMIT: i64 = 10_000;
+
+/// Diagnoses (`nonfinite`, `exploding`, `vanishing`, `dead`) and policy summaries
+/// (`clipped`, `skipped`), in order.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/events", tag = "jobs", params(("id" = uuid::Uuid, Path), EventsQuery),
+    responses((status = 200, body = EventList), (status = 404, body = super::ErrorBody)))]
+pub async fn events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<EventsQuery>,
+) -> Result<Json<EventList>, ApiError> {
+    let job = find_job(&state, &id).await?;
+    let limit = q.limit.unwrap_or(DEFAULT_EVENTS_LIMIT);
+    if !(1..=MAX_EVENTS_LIMIT).contains(&limit) {
+        return Err(ApiError::invalid("limit", format!("must be 1 to {MAX_EVENTS_LIMIT}")));
+    }
+    Ok(Json(EventList { events: state.store.events(job.id, q.kind.as_deref(), limit).await? }))
+}

@@ -1,0 +1,314 @@
+//! `GET /api/v1/jobs/{id}/stream`: a job's steps, events and status over a WebSocket.
+//!
+//! The client gets `hello` (the job and its layers), then the recent steps of a running
+//! job, then live messages; `every` and `layers` (query, or a `subscribe` message) thin
+//! them. A client that falls behind gets `lagged` and continues from the newest message.
+//! The socket closes normally after the final `status`, with 1001 when the service shuts
+//! down or the client stays silent, and with 1013 when there are too many clients.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
+use axum::extract::{Path, State};
+use axum::response::Response;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::time::{Instant, interval};
+use utoipa::IntoParams;
+
+use super::extract::ApiQuery;
+use super::jobs::find_job;
+use super::{ApiError, AppState};
+use crate::jobs::live::{LiveMessage, Shared, Subscription};
+use crate::store::Job;
+use crate::train::stats::STAT_NAMES;
+use crate::train::{Event, StepReport};
+
+/// How often the server pings an idle client.
+const PING_EVERY: Duration = Duration::from_secs(15);
+/// How often a client of a queued job checks whether it started.
+const QUEUED_POLL: Duration = Duration::from_millis(250);
+
+/// WebSocket limits and the client count, shared by every socket.
+#[derive(Debug)]
+pub struct WsLimits {
+    pub max_total: usize,
+    pub max_per_job: usize,
+    pub idle_timeout: Duration,
+    /// Open sockets, for the limit and the `gradscope_ws_clients` gauge.
+    pub clients: AtomicUsize,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct StreamQuery {
+    /// Send every N-th step (default 1: all).
+    every: Option<u64>,
+    /// Comma-separated layer indices whose statistics to send (default all).
+    layers: Option<String>,
+}
+
+/// What a client asked for: which steps and which layers.
+#[derive(Debug, Clone, Default)]
+struct Filter {
+    every: u64,
+    layers: Option<Vec<usize>>,
+}
+
+impl Filter {
+    fn wants(&self, step: u64) -> bool {
+        step.is_multiple_of(self.every.max(1))
+    }
+}
+
+/// A client's change of filter: `{"type":"subscribe","every":N,"layers":[...]}`.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ClientMessage {
+    Subscribe { every: Option<u64>, layers: Option<Vec<usize>> },
+}
+
+/// Stream a job's steps, events and final status (WebSocket upgrade).
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/stream", tag = "jobs", params(("id" = uuid::Uuid, Path), StreamQuery),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol: hello, step, event, lagged and status messages"),
+        (status = 404, body = super::ErrorBody),
+        (status = 422, body = super::ErrorBody),
+    ))]
+pub async fn subscribe(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<StreamQuery>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let job = find_job(&state, &id).await?;
+    let ws = ws.map_err(|rejection| ApiError::BadRequest {
+        code: "websocket_required",
+        message: format!("connect with a WebSocket client: {}", rejection.body_text()),
+        field: None,
+    })?;
+    let layers = state.store.layers(job.id).await?;
+    let filter = Filter { every: q.every.unwrap_or(1), layers: q.layers.as_deref().map(parse_layers).transpose()? };
+    if filter.every == 0 {
+        return Err(ApiError::invalid("every", "must be at least 1"));
+    }
+    let hello = json!({
+        "type": "hello",
+        "job": job,
+        "layers": layers.iter().map(|l| json!({"index": l.index, "name": l.name, "shape": l.shape, "numel": l.numel})).collect::<Vec<_>>(),
+    })
+    .to_string();
+    Ok(ws.on_upgrade(move |socket| serve(state, job, hello, filter, socket)))
+}
+
+fn parse_layers(list: &str) -> Result<Vec<usize>, ApiError> {
+    list.split(',')
+        .map(|s| s.trim().parse().map_err(|_| ApiError::invalid("layers", format!("{s:?} is not a layer index"))))
+        .collect()
+}
+
+/// Counts a socket while it lives.
+struct ClientSlot(Arc<WsLimits>);
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn serve(state: AppState, job: Job, hello: String, filter: Filter, mut socket: WebSocket) {
+    let limits = state.ws.clone();
+    let slot = ClientSlot(limits.clone());
+    if limits.clients.fetch_add(1, Ordering::Relaxed) >= limits.max_total {
+        close(&mut socket, close_code::AGAIN, "too many stream clients").await;
+        return;
+    }
+    if socket.send(Message::Text(hello.into())).await.is_err() {
+        return;
+    }
+    let reason = match run(&state, &job, filter, &mut socket).await {
+        Ok(reason) => reason,
+        Err(err) => {
+            tracing::debug!(job = %job.id, "stream ended: {err}");
+            return;
+        }
+    };
+    close(&mut socket, reason.0, reason.1).await;
+    drop(slot);
+}
+
+async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) {
+    let frame = CloseFrame { code, reason: reason.into() };
+    let _ = socket.send(Message::Close(Some(frame))).await;
+}
+
+type CloseReason = (u16, &'static str);
+
+/// Sends the feed until it ends; returns how to close.
+async fn run(state: &AppState, job: &Job, mut filter: Filter, socket: &mut WebSocket) -> anyhow::Result<CloseReason> {
+    let shutdown = state.scheduler.shutdown_token().clone();
+    let idle_timeout = state.ws.idle_timeout;
+    let mut last_heard = Instant::now();
+    let mut ping = interval(PING_EVERY);
+
+    // A queued job has no feed yet: wait for it to start (or end).
+    let feed = loop {
+        if let Some(feed) = state.scheduler.live(job.id) {
+            break feed;
+        }
+        let now = state.store.job(job.id).await?;
+        match now {
+            None => return Ok((close_code::NORMAL, "job deleted")),
+            Some(now) if now.status.is_finished() => {
+                let status = json!({"type": "status", "status": now.status, "error": now.error}).to_string();
+                socket.send(Message::Text(status.into())).await?;
+                return Ok((close_code::NORMAL, "job finished"));
+            }
+            Some(_) => {}
+        }
+        tokio::select! {
+            () = tokio::time::sleep(QUEUED_POLL) => {}
+            () = shutdown.cancelled() => return Ok((close_code::AWAY, "server shutting down")),
+        }
+    };
+    if feed.subscribers() >= state.ws.max_per_job {
+        return Ok((close_code::AGAIN, "too many stream clients for this job"));
+    }
+    let Subscription { backlog, finished, mut rx } = feed.subscribe();
+    drop(feed);
+    for shared in backlog.iter().chain(finished.iter()) {
+        if send(socket, shared, &filter).await? {
+            return Ok((close_code::NORMAL, "job finished"));
+        }
+    }
+    loop {
+        tokio::select! {
+            received = rx.recv() => match received {
+                Ok(shared) => {
+                    if send(socket, &shared, &filter).await? {
+                        return Ok((close_code::NORMAL, "job finished"));
+                    }
+                }
+                Err(RecvError::Lagged(missed)) => {
+                    socket.send(Message::Text(json!({"type": "lagged", "missed": missed}).to_string().into())).await?;
+                }
+                Err(RecvError::Closed) => return Ok((close_code::NORMAL, "job finished")),
+            },
+            incoming = socket.recv() => match incoming {
+                Some(Ok(Message::Text(text))) => {
+                    last_heard = Instant::now();
+                    match serde_json::from_str::<ClientMessage>(&text) {
+                        Ok(ClientMessage::Subscribe { every, layers }) => {
+                            filter.every = every.unwrap_or(filter.every).max(1);
+                            filter.layers = layers.or(filter.layers);
+                        }
+                        Err(err) => {
+                            let error = json!({"type": "error", "message": format!("unknown message: {err}")});
+                            socket.send(Message::Text(error.to_string().into())).await?;
+                        }
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None => anyhow::bail!("the client went away"),
+                Some(Ok(_)) => last_heard = Instant::now(),
+                Some(Err(err)) => return Err(err.into()),
+            },
+            _ = ping.tick() => {
+                if last_heard.elapsed() > idle_timeout {
+                    return Ok((close_code::AWAY, "idle"));
+                }
+                socket.send(Message::Ping(Default::default())).await?;
+            }
+            () = shutdown.cancelled() => return Ok((close_code::AWAY, "server shutting down")),
+        }
+    }
+}
+
+/// Sends one feed message if the filter wants it; true when it was the final status.
+async fn send(socket: &mut WebSocket, shared: &Shared, filter: &Filter) -> anyhow::Result<bool> {
+    let text = match &shared.message {
+        LiveMessage::Step(report) => {
+            if !filter.wants(report.step) {
+                return Ok(false);
+            }
+            match &filter.layers {
+                None => shared.json(|_| render_step(report, None)).to_owned(),
+                Some(layers) => render_step(report, Some(layers)),
+            }
+        }
+        LiveMessage::Event(event) => shared.json(|_| render_event(event)).to_owned(),
+        LiveMessage::Status { status, error } => {
+            shared.json(|_| json!({"type": "status", "status": status, "error": error}).to_string()).to_owned()
+        }
+    };
+    socket.send(Message::Text(text.into())).await?;
+    Ok(matches!(shared.message, LiveMessage::Status { .. }))
+}
+
+#[derive(Serialize)]
+struct StepMessage<'a> {
+    r#type: &'static str,
+    step: u64,
+    loss: f64,
+    grad_norm: f64,
+    grad_norm_clipped: f64,
+    clip_coef: f64,
+    lr: f64,
+    skipped: bool,
+    /// The layer indices the arrays follow, when a subset was asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    indices: Option<&'a [usize]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    layers: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// A step as JSON; non-finite numbers become `null`.
+pub fn render_step(report: &StepReport, subset: Option<&[usize]>) -> String {
+    let layers = report.layers.as_ref().map(|stats| {
+        let pick = |values: &[f64]| -> serde_json::Value {
+            match subset {
+                None => json!(values),
+                Some(ids) => json!(ids.iter().map(|&i| values.get(i).copied()).collect::<Vec<_>>()),
+            }
+        };
+        let mut map: serde_json::Map<String, serde_json::Value> =
+            STAT_NAMES.iter().map(|name| ((*name).to_owned(), pick(stats.by_name(name).unwrap_or_default()))).collect();
+        if let Some(hist) = &stats.hist {
+            let per_layer: Vec<&[u64]> = hist.chunks(crate::train::stats::HIST_BINS).collect();
+            let chosen: Vec<&[u64]> = match subset {
+                None => per_layer,
+                Some(ids) => ids.iter().filter_map(|&i| per_layer.get(i).copied()).collect(),
+            };
+            map.insert("hist".to_owned(), json!(chosen));
+        }
+        map
+    });
+    let message = StepMessage {
+        r#type: "step",
+        step: report.step,
+        loss: report.loss,
+        grad_norm: report.grad_norm,
+        grad_norm_clipped: report.grad_norm_clipped,
+        clip_coef: report.clip_coef,
+        lr: report.lr,
+        skipped: report.skipped,
+        indices: subset,
+        layers,
+    };
+    serde_json::to_string(&message).unwrap_or_default()
+}
+
+fn render_event(event: &Event) -> String {
+    json!({
+        "type": "event",
+        "step": event.step,
+        "kind": event.kind,
+        "layer": event.layer,
+        "value": event.value,
+        "message": event.message,
+    })
+    .to_string()
+}

@@ -1,0 +1,307 @@
+//! `gradscope bench`: what monitoring costs per training step.
+//!
+//! Each variant trains its own copy of the model on one fixed batch; variants run in
+//! interleaved rounds and the table reports the median step time, so drift on a shared
+//! machine hits all of them alike. The monitored variants run the same kernels as a job
+//! (`train::stats`, `train::policy`): statistics from the flat buffer, one host copy per
+//! step, weight statistics carried to the next copy.
+
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use tch::nn::{self, Module, OptimizerConfig};
+use tch::{Device, Kind, Reduction, Tensor};
+
+use crate::train::model;
+use crate::train::policy::GradPolicies;
+use crate::train::spec::{DeviceChoice, GradPolicy, ModelSpec, NormType, parse_device};
+use crate::train::stats::FlatParams;
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Which models to time.
+    #[arg(long, value_enum, default_value = "all")]
+    pub model: BenchModel,
+    /// `auto`, `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// The large MLP (2048 wide, 24 blocks, batch 1024); default on CUDA.
+    #[arg(long)]
+    pub large: bool,
+    /// Timed steps per variant per round.
+    #[arg(long, default_value_t = 20)]
+    pub steps: usize,
+    /// Rounds; each runs every variant once, in turn.
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
+    /// Untimed steps per variant first.
+    #[arg(long, default_value_t = 5)]
+    pub warmup: usize,
+    /// LibTorch CPU threads (default: LibTorch's choice).
+    #[arg(long)]
+    pub threads: Option<i32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchModel {
+    Mlp,
+    Lstm,
+    All,
+}
+
+/// What a timed step does besides forward, backward and the optimizer step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    /// Nothing: the loss to the host, as any training loop logs it.
+    Bare,
+    /// `clip_norm` as a job applies it, with no per-layer statistics.
+    Clip,
+    /// Every per-layer statistic and histogram, one host copy.
+    Stats,
+    /// Every per-layer statistic and histogram, then `clip_norm`, one host copy.
+    StatsClip,
+    /// Four statistics per layer, each read back with its own host sync.
+    ItemPerLayer,
+}
+
+const VARIANTS: [Variant; 5] =
+    [Variant::Bare, Variant::Clip, Variant::Stats, Variant::StatsClip, Variant::ItemPerLayer];
+
+impl Variant {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Bare => "bare step",
+            Self::Clip => "clip_norm only",
+            Self::Stats => "full stats + hist",
+            Self::StatsClip => "full stats + hist + clip_norm",
+            Self::ItemPerLayer => "4 stats/layer, one sync each",
+        }
+    }
+}
+
+/// A model's forward pass on a fixed input, to logits.
+type Forward = Box<dyn Fn(&Tensor) -> anyhow::Result<Tensor>>;
+
+/// A model, a fixed batch and how to score it.
+struct Workload {
+    name: String,
+    vs: nn::VarStore,
+    forward: Forward,
+    xs: Tensor,
+    ys: Tensor,
+    params: Vec<Tensor>,
+}
+
+fn mlp(device: Device, width: i64, blocks: i64, batch: i64) -> anyhow::Result<Workload> {
+    tch::manual_seed(0);
+    let vs = nn::VarStore::new(device);
+    let root = vs.root();
+    let mut net = nn::seq();
+    for b in 0..blocks {
+        let p = &root / format!("block{b}");
+        net = net
+            .add(nn::linear(&p / "linear", width, width, Default::default()))
+            .add(nn::layer_norm(&p / "norm", vec![width], Default::default()))
+            .add_fn(|x| x.gelu("none"));
+    }
+    let net = net.add(nn::linear(&root / "head", width, 10, Default::default()));
+    let xs = Tensor::f_randn([batch, width], (Kind::Float, device))?;
+    let ys = Tensor::f_randint(10, [batch], (Kind::Int64, device))?;
+    let params = vs.trainable_variables();
+    Ok(Workload {
+        name: format!("MLP {width} wide × {blocks} blocks, batch {batch}, {} tensors", params.len()),
+        vs,
+        forward: Box::new(move |x| Ok(net.forward(x))),
+        xs,
+        ys,
+        params,
+    })
+}
+
+fn lstm(device: Device) -> anyhow::Result<Workload> {
+    let (layers, hidden, vocab, seq, batch) = (2, 256, 65, 128, 32);
+    let spec: ModelSpec =
+        serde_json::from_value(serde_json::json!({"kind": "lstm", "layers": layers, "hidden": hidden}))?;
+    let vs = nn::VarStore::new(device);
+    let io = model::Io { input: model::Input::Tokens(vocab), output: vocab, max_len: seq };
+    let (net, params) = model::build(&spec, &vs, io, 0)?;
+    let xs = Tensor::f_randint(vocab, [batch, seq], (Kind::Int64, device))?;
+    let ys = Tensor::f_randint(vocab, [batch * seq], (Kind::Int64, device))?;
+    let params: Vec<Tensor> = params.tensors().map(Tensor::shallow_clone).collect();
+    Ok(Workload {
+        name: format!("LSTM char LM, {layers} layers × {hidden}, seq {seq}, batch {batch}, {} tensors", params.len()),
+        vs,
+        forward: Box::new(move |x| Ok(net.forward(x, true)?.f_view([-1, vocab])?)),
+        xs,
+        ys,
+        params,
+    })
+}
+
+/// One variant's model, optimizer and monitoring state.
+struct Runner {
+    variant: Variant,
+    work: Workload,
+    opt: nn::Optimizer,
+    flat: Option<FlatParams>,
+    held_weights: Option<Tensor>,
+}
+
+const CLIP: [GradPolicy; 1] = [GradPolicy::ClipNorm { max_norm: 1.0, norm_type: NormType::Two }];
+
+/// Clips to [`CLIP`]; a stateless policy list needs no state carried between steps.
+fn clip(grads: &[Tensor], total: &Tensor) -> anyhow::Result<Tensor> {
+    Ok(GradPolicies::new(&CLIP, total.device())?.apply(grads, &[], total)?.norm)
+}
+
+impl Runner {
+    fn new(variant: Variant, work: Workload) -> anyhow::Result<Self> {
+        let monitored = matches!(variant, Variant::Stats | Variant::StatsClip | Variant::Clip);
+        let flat = if monitored { Some(FlatParams::new(&work.params, work.vs.device())?) } else { None };
+        let opt = nn::AdamW::default().build(&work.vs, 1e-4)?;
+        Ok(Self { variant, work, opt, flat, held_weights: None })
+    }
+
+    fn step(&mut self) -> anyhow::Result<()> {
+        match &mut self.flat {
+            Some(flat) => flat.zero_grads()?,
+            None => self.opt.zero_grad(),
+        }
+        let logits = (self.work.forward)(&self.work.xs)?;
+        let loss = logits.f_cross_entropy_loss::<Tensor>(&self.work.ys, None, Reduction::Mean, -100, 0.0)?;
+        loss.f_backward()?;
+        tch::no_grad(|| self.after_backward(&loss))
+    }
+
+    fn after_backward(&mut self, loss: &Tensor) -> anyhow::Result<()> {
+        let loss = loss.f_detach()?.f_reshape([1])?.f_to_kind(Kind::Double)?;
+        match (self.variant, &mut self.flat) {
+            (Variant::Bare, _) => {
+                self.opt.step();
+                let _ = loss.f_double_value(&[0])?;
+            }
+            (Variant::ItemPerLayer, _) => {
+                for p in &self.work.params {
+                    let g = p.grad();
+                    for stat in [g.f_norm()?, g.f_abs()?.f_max()?, g.f_mean(Kind::Float)?, g.f_std(true)?] {
+                        let _ = stat.f_double_value(&[])?;
+                    }
+                }
+                self.opt.step();
+                let _ = loss.f_double_value(&[0])?;
+            }
+            (Variant::Clip, Some(flat)) => {
+                flat.adopt_grads()?;
+                let total = flat.grad_norm()?;
+                let post = clip(&flat.layer_grads(), &total)?;
+                let host = Tensor::f_cat(
+                    &[
+                        loss,
+                        total.f_reshape([1])?.f_to_kind(Kind::Double)?,
+                        post.f_reshape([1])?.f_to_kind(Kind::Double)?,
+                    ],
+                    0,
+                )?;
+                let _: Vec<f64> = Vec::try_from(&host.f_to_device(Device::Cpu)?)?;
+                self.opt.step();
+            }
+            (Variant::Stats | Variant::StatsClip, Some(flat)) => {
+                flat.adopt_grads()?;
+                let (stats, total) = flat.grad_stats()?;
+                let hist = flat.grad_histogram()?;
+                let post = if self.variant == Variant::StatsClip {
+                    clip(&flat.layer_grads(), &total)?
+                } else {
+                    total.shallow_clone()
+                };
+                let mut parts = vec![
+                    loss,
+                    total.f_reshape([1])?.f_to_kind(Kind::Double)?,
+                    post.f_reshape([1])?.f_to_kind(Kind::Double)?,
+                    stats.f_flatten(0, -1)?.f_to_kind(Kind::Double)?,
+                    hist.f_to_kind(Kind::Double)?,
+                ];
+                if let Some(w) = self.held_weights.take() {
+                    parts.push(w.f_flatten(0, -1)?.f_to_kind(Kind::Double)?);
+                }
+                let _: Vec<f64> = Vec::try_from(&Tensor::f_cat(&parts, 0)?.f_to_device(Device::Cpu)?)?;
+                flat.snapshot_weights()?;
+                self.opt.step();
+                self.held_weights = Some(flat.weight_stats()?);
+            }
+            (Variant::Clip | Variant::Stats | Variant::StatsClip, None) => {
+                unreachable!("monitored variants own a flat buffer")
+            }
+        }
+        Ok(())
+    }
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+fn time_workload(args: &BenchArgs, make: &dyn Fn() -> anyhow::Result<Workload>) -> anyhow::Result<()> {
+    let mut runners: Vec<Runner> = VARIANTS.iter().map(|&v| Runner::new(v, make()?)).collect::<anyhow::Result<_>>()?;
+    println!("\n{} on {:?}", runners[0].work.name, runners[0].work.vs.device());
+    for runner in &mut runners {
+        for _ in 0..args.warmup {
+            runner.step()?;
+        }
+    }
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); runners.len()];
+    for round in 0..args.rounds {
+        // Alternate the order so no variant always runs first.
+        let order: Vec<usize> =
+            if round % 2 == 0 { (0..runners.len()).collect() } else { (0..runners.len()).rev().collect() };
+        for i in order {
+            let runner = &mut runners[i];
+            let start = Instant::now();
+            for _ in 0..args.steps {
+                runner.step()?;
+            }
+            if runner.work.vs.device().is_cuda() {
+                tch::Cuda::synchronize(device_index(runner.work.vs.device()) as i64);
+            }
+            samples[i].push(start.elapsed().as_secs_f64() * 1e3 / args.steps as f64);
+        }
+    }
+    let medians: Vec<f64> = samples.into_iter().map(median).collect();
+    println!("{:<34} {:>12} {:>10}", "variant", "ms/step", "vs bare");
+    for (runner, ms) in runners.iter().zip(&medians) {
+        println!("{:<34} {:>12.2} {:>+9.1}%", runner.variant.label(), ms, 100.0 * (ms / medians[0] - 1.0));
+    }
+    Ok(())
+}
+
+fn device_index(device: Device) -> usize {
+    match device {
+        Device::Cuda(n) => n,
+        _ => 0,
+    }
+}
+
+pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    if let Some(threads) = args.threads {
+        tch::set_num_threads(threads);
+    }
+    let choice = parse_device(&args.device).context("--device must be auto, cpu, cuda or cuda:N")?;
+    let device = model::resolve_device(choice)?;
+    let large = args.large || (device.is_cuda() && choice != DeviceChoice::Cpu);
+    println!(
+        "gradscope bench: median of {} interleaved rounds × {} steps, {} torch threads",
+        args.rounds,
+        args.steps,
+        tch::get_num_threads()
+    );
+    if matches!(args.model, BenchModel::Mlp | BenchModel::All) {
+        let (width, blocks, batch) = if large { (2048, 24, 1024) } else { (256, 12, 128) };
+        time_workload(args, &|| mlp(device, width, blocks, batch))?;
+    }
+    if matches!(args.model, BenchModel::Lstm | BenchModel::All) {
+        time_workload(args, &|| lstm(device))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,208 @@
+//! Live fan-out of what running jobs report, for WebSocket subscribers and the CLI.
+//!
+//! One broadcast channel per running job plus a ring of its recent steps. Publishing and
+//! subscribing take the same lock, so a late subscriber gets the ring and then exactly
+//! the messages after it: no gap, no duplicate. The training side never waits: a
+//! subscriber that falls behind the channel's capacity is told how many it missed.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+use crate::store::JobStatus;
+use crate::train::{Event, StepReport};
+
+/// Default number of recent steps a late subscriber receives first.
+pub const DEFAULT_RING: usize = 512;
+/// Messages a subscriber may fall behind before it is told it lagged.
+pub const CHANNEL_CAPACITY: usize = 1024;
+
+/// One message of a job's live feed.
+#[derive(Debug)]
+pub enum LiveMessage {
+    Step(StepReport),
+    Event(Event),
+    /// The job ended; the last message of the feed.
+    Status {
+        status: JobStatus,
+        error: Option<String>,
+    },
+}
+
+/// A message as it travels: shared by every subscriber, its full JSON form built once.
+#[derive(Debug)]
+pub struct Shared {
+    pub message: LiveMessage,
+    json: OnceLock<String>,
+}
+
+impl Shared {
+    /// The message serialized with every layer, computed once for all subscribers.
+    pub fn json(&self, render: impl FnOnce(&LiveMessage) -> String) -> &str {
+        self.json.get_or_init(|| render(&self.message))
+    }
+}
+
+/// A running job's feed.
+#[derive(Debug)]
+pub struct LiveJob {
+    tx: broadcast::Sender<Arc<Shared>>,
+    state: Mutex<RingState>,
+}
+
+#[derive(Debug)]
+struct RingState {
+    recent: VecDeque<Arc<Shared>>,
+    capacity: usize,
+    /// Set once the job has ended.
+    finished: Option<Arc<Shared>>,
+}
+
+/// What a new subscriber starts from.
+pub struct Subscription {
+    /// Recent steps, oldest first.
+    pub backlog: Vec<Arc<Shared>>,
+    /// The final status, when the job already ended.
+    pub finished: Option<Arc<Shared>>,
+    pub rx: broadcast::Receiver<Arc<Shared>>,
+}
+
+impl LiveJob {
+    fn new(ring: usize) -> Self {
+        let (tx, _) = broadcast::channel(CHANNEL_CAPACITY);
+        Self {
+            tx,
+            state: Mutex::new(RingState { recent: VecDeque::with_capacity(ring), capacity: ring, finished: None }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, RingState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sends `message` to every subscriber; never waits.
+    pub fn publish(&self, message: LiveMessage) {
+        let shared = Arc::new(Shared { message, json: OnceLock::new() });
+        let mut state = self.lock();
+        match shared.message {
+            LiveMessage::Step(_) => {
+                if state.recent.len() == state.capacity {
+                    state.recent.pop_front();
+                }
+                if state.capacity > 0 {
+                    state.recent.push_back(shared.clone());
+                }
+            }
+            LiveMessage::Status { .. } => state.finished = Some(shared.clone()),
+            LiveMessage::Event(_) => {}
+        }
+        // No subscribers is fine.
+        let _ = self.tx.send(shared);
+    }
+
+    pub fn subscribe(&self) -> Subscription {
+        let state = self.lock();
+        Subscription {
+            backlog: state.recent.iter().cloned().collect(),
+            finished: state.finished.clone(),
+            rx: self.tx.subscribe(),
+        }
+    }
+
+    /// How many subscribers are listening.
+    pub fn subscribers(&self) -> usize {
+        self.tx.receiver_count()
+    }
+}
+
+/// The feeds of the running jobs.
+#[derive(Debug)]
+pub struct LiveHub {
+    jobs: Mutex<HashMap<Uuid, Arc<LiveJob>>>,
+    ring: usize,
+}
+
+impl LiveHub {
+    pub fn new(ring: usize) -> Self {
+        Self { jobs: Mutex::new(HashMap::new()), ring }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<Uuid, Arc<LiveJob>>> {
+        self.jobs.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Opens the feed of a job that starts running.
+    pub fn open(&self, id: Uuid) -> Arc<LiveJob> {
+        self.lock().entry(id).or_insert_with(|| Arc::new(LiveJob::new(self.ring))).clone()
+    }
+
+    /// Removes an ended job's feed; its subscribers keep what they hold.
+    pub fn close(&self, id: Uuid) {
+        self.lock().remove(&id);
+    }
+
+    pub fn job(&self, id: Uuid) -> Option<Arc<LiveJob>> {
+        self.lock().get(&id).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(n: u64) -> LiveMessage {
+        LiveMessage::Step(StepReport {
+            step: n,
+            loss: 1.0,
+            grad_norm: 1.0,
+            grad_norm_clipped: 1.0,
+            clip_coef: 1.0,
+            lr: 0.1,
+            skipped: false,
+            layers: None,
+            seconds: 0.01,
+        })
+    }
+
+    fn step_of(shared: &Shared) -> u64 {
+        match &shared.message {
+            LiveMessage::Step(s) => s.step,
+            other => panic!("not a step: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_late_subscriber_gets_the_ring_then_live_steps_without_gap() {
+        let hub = LiveHub::new(3);
+        let id = Uuid::now_v7();
+        let job = hub.open(id);
+        for n in 1..=5 {
+            job.publish(step(n));
+        }
+        let mut sub = job.subscribe();
+        assert_eq!(sub.backlog.iter().map(|s| step_of(s)).collect::<Vec<_>>(), vec![3, 4, 5]);
+        job.publish(step(6));
+        job.publish(LiveMessage::Status { status: JobStatus::Succeeded, error: None });
+        assert_eq!(step_of(&sub.rx.recv().await.expect("step")), 6);
+        assert!(matches!(sub.rx.recv().await.expect("status").message, LiveMessage::Status { .. }));
+        hub.close(id);
+        assert!(hub.job(id).is_none());
+        assert!(job.subscribe().finished.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_slow_subscriber_lags_and_publishing_never_blocks() {
+        let job = LiveJob::new(0);
+        let mut sub = job.subscribe();
+        for n in 1..=(CHANNEL_CAPACITY as u64 + 10) {
+            job.publish(step(n));
+        }
+        match sub.rx.recv().await {
+            Err(broadcast::error::RecvError::Lagged(missed)) => assert_eq!(missed, 10),
+            other => panic!("expected a lag, got {other:?}"),
+        }
+        assert_eq!(step_of(&sub.rx.recv().await.expect("next")), 11);
+    }
+}

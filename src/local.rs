@@ -1,0 +1,192 @@
+//! `gradscope run SPEC.json`: train one job from the shell, without the server, with a
+//! progress bar and a final per-layer table, writing the same history to the database a
+//! server would (so `gradscope serve` on that database shows it afterwards).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use comfy_table::{Cell, Table, presets::UTF8_BORDERS_ONLY};
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::ApiError;
+use crate::api::extract::parse_json;
+use crate::config::DatabaseArgs;
+use crate::jobs::Scheduler;
+use crate::jobs::live::LiveMessage;
+use crate::store::{JobStatus, Store};
+use crate::train::data::builtin_corpus;
+use crate::train::{JobSpec, LayerStats, StepReport};
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// The job spec, as JSON (the body `POST /api/v1/jobs` takes).
+    pub spec: PathBuf,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Folder for checkpoints and uploaded corpora.
+    #[arg(long, env = "GRADSCOPE_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Threads LibTorch uses for CPU work.
+    #[arg(long, env = "GRADSCOPE_TORCH_THREADS", value_parser = clap::value_parser!(i32).range(1..))]
+    pub torch_threads: Option<i32>,
+    /// No progress bar (for logs and CI).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Reads and validates a spec file; a bad one is explained with its field.
+fn read_spec(path: &PathBuf) -> anyhow::Result<JobSpec> {
+    let bytes = std::fs::read(path).with_context(|| format!("failed to read {}", path.display()))?;
+    let spec: JobSpec = parse_json(&bytes).map_err(|err| match err {
+        ApiError::Invalid { field, message } => anyhow::anyhow!("{}: {field}: {message}", path.display()),
+        other => anyhow::anyhow!("{}: {other}", path.display()),
+    })?;
+    spec.validate().map_err(|err| anyhow::anyhow!("{}: {err}", path.display()))?;
+    Ok(spec)
+}
+
+pub async fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let spec = read_spec(&args.spec)?;
+    if let Some(threads) = args.torch_threads {
+        tch::set_num_threads(threads);
+    }
+    let store = Store::connect(&args.database.database_url).await?;
+    store.migrate().await?;
+    if let Some(corpus) = spec.task.corpus()
+        && builtin_corpus(corpus).is_none()
+        && store.corpus(corpus).await?.is_none()
+    {
+        anyhow::bail!("task.corpus: no corpus {corpus:?} in {}", args.database.database_url);
+    }
+    let job = store.insert_job(&spec).await?;
+    eprintln!("job {} ({}) → {}", job.id, job.name, args.database.database_url);
+
+    let shutdown = CancellationToken::new();
+    let ctrl_c = shutdown.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            ctrl_c.cancel();
+        }
+    });
+    let scheduler = Scheduler::run_one(store.clone(), args.data_dir.clone(), job.id, shutdown.clone()).await?;
+    let bar = progress_bar(spec.steps, args.quiet);
+    let last = follow(&scheduler, job.id, &bar).await;
+    // The job has ended: stop the scheduler's watch for Ctrl-C and wait for its last write.
+    shutdown.cancel();
+    scheduler.wait().await;
+    bar.finish_and_clear();
+
+    let finished = store.job(job.id).await?.context("the job vanished")?;
+    let layers = store.layers(job.id).await?;
+    let names: Vec<String> = layers.into_iter().map(|l| l.name).collect();
+    if let Some(stats) = last.as_ref().and_then(|s| s.layers.as_ref()) {
+        println!("{}", layer_table(&names, stats, finished.diagnosis.as_ref()));
+    }
+    for event in store.events(job.id, None, 20).await? {
+        println!("step {:>6}  {:<9} {}", event.step, event.kind, event.message);
+    }
+    let diagnosis = finished.diagnosis.as_ref().map_or("healthy", |d| d.status.as_str());
+    println!(
+        "{} after {} of {} steps; loss {}; diagnosis {diagnosis}{}",
+        finished.status.as_str(),
+        finished.step,
+        finished.total_steps,
+        finished.loss.map_or_else(|| "-".to_owned(), |l| format!("{l:.4}")),
+        finished.error.as_deref().map(|e| format!("; {e}")).unwrap_or_default(),
+    );
+    store.close().await;
+    Ok(if finished.status == JobStatus::Succeeded { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn progress_bar(steps: u64, quiet: bool) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(steps);
+    let style = ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {per_sec}  ETA {eta}  {msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+/// Follows the job's feed until it ends; returns the last step that had layer statistics.
+async fn follow(scheduler: &Scheduler, id: uuid::Uuid, bar: &ProgressBar) -> Option<StepReport> {
+    let feed = scheduler.live(id)?;
+    let mut sub = feed.subscribe();
+    drop(feed);
+    let mut last = None;
+    for shared in sub.backlog.drain(..) {
+        if let LiveMessage::Step(report) = &shared.message {
+            show(bar, report, &mut last);
+        }
+    }
+    loop {
+        match sub.rx.recv().await {
+            Ok(shared) => match &shared.message {
+                LiveMessage::Step(report) => show(bar, report, &mut last),
+                LiveMessage::Event(event) => {
+                    bar.println(format!("step {:>6}  {:<9} {}", event.step, event.kind, event.message));
+                }
+                LiveMessage::Status { .. } => return last,
+            },
+            Err(RecvError::Lagged(_)) => {}
+            Err(RecvError::Closed) => return last,
+        }
+    }
+}
+
+fn show(bar: &ProgressBar, report: &StepReport, last: &mut Option<StepReport>) {
+    bar.set_position(report.step);
+    bar.set_message(format!(
+        "loss {:.4}  |g| {:.3} → {:.3}{}",
+        report.loss,
+        report.grad_norm,
+        report.grad_norm_clipped,
+        if report.skipped { "  skipped" } else { "" }
+    ));
+    if report.layers.is_some() {
+        *last = Some(report.clone());
+    }
+}
+
+/// The last recorded statistics of every layer, with its diagnosis.
+fn layer_table(names: &[String], stats: &LayerStats, diagnosis: Option<&crate::train::diagnose::Diagnosis>) -> Table {
+    let mut table = Table::new();
+    table.load_style(UTF8_BORDERS_ONLY).set_header([
+        "#",
+        "layer",
+        "grad_norm",
+        "grad_max",
+        "grad_std",
+        "zero_frac",
+        "nonfinite",
+        "weight_norm",
+        "update_ratio",
+        "diagnosis",
+    ]);
+    for (i, name) in names.iter().enumerate() {
+        let issues: Vec<&str> = diagnosis
+            .map(|d| d.issues.iter().filter(|issue| issue.layer == Some(i)).map(|issue| issue.kind.as_str()).collect())
+            .unwrap_or_default();
+        let num = |values: &[f64]| values.get(i).map_or_else(|| "-".to_owned(), |v| format!("{v:.3e}"));
+        table.add_row([
+            Cell::new(i),
+            Cell::new(name),
+            Cell::new(num(&stats.grad_norm)),
+            Cell::new(num(&stats.grad_max)),
+            Cell::new(num(&stats.grad_std)),
+            Cell::new(stats.zero_frac.get(i).map_or_else(|| "-".to_owned(), |v| format!("{:.1}%", 100.0 * v))),
+            Cell::new(stats.nonfinite.get(i).map_or_else(|| "-".to_owned(), |v| format!("{v}"))),
+            Cell::new(num(&stats.weight_norm)),
+            Cell::new(num(&stats.update_ratio)),
+            Cell::new(if issues.is_empty() { "ok".to_owned() } else { issues.join(", ") }),
+        ]);
+    }
+    table
+}

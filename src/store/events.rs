@@ -1,0 +1,73 @@
+//! Diagnosis and policy events.
+
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::Store;
+use super::jobs::finite;
+use crate::train::Event;
+
+/// A diagnosis or a policy action, at a step.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct StoredEvent {
+    pub step: i64,
+    /// `nonfinite`, `exploding`, `vanishing`, `dead`, `clipped`, `skipped`.
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layer: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    pub message: String,
+}
+
+impl Store {
+    pub(super) async fn insert_events(
+        tx: &mut sqlx::SqliteConnection,
+        job_id: &str,
+        events: &[Event],
+    ) -> anyhow::Result<()> {
+        for event in events {
+            sqlx::query(
+                "INSERT INTO events (job_id, seq, step, kind, layer, value, message)
+                 VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE job_id = ?), ?, ?, ?, ?, ?)",
+            )
+            .bind(job_id)
+            .bind(job_id)
+            .bind(i64::try_from(event.step)?)
+            .bind(event.kind)
+            .bind(event.layer.map(|l| l as i64))
+            .bind(event.value.and_then(finite))
+            .bind(&event.message)
+            .execute(&mut *tx)
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Events of job `id` in order, optionally of one kind, at most `limit`.
+    pub async fn events(&self, id: Uuid, kind: Option<&str>, limit: i64) -> anyhow::Result<Vec<StoredEvent>> {
+        let rows = sqlx::query(
+            "SELECT step, kind, layer, value, message FROM events
+             WHERE job_id = ? AND (? IS NULL OR kind = ?) ORDER BY seq LIMIT ?",
+        )
+        .bind(id.to_string())
+        .bind(kind)
+        .bind(kind)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(StoredEvent {
+                    step: row.try_get("step")?,
+                    kind: row.try_get("kind")?,
+                    layer: row.try_get("layer")?,
+                    value: row.try_get("value")?,
+                    message: row.try_get("message")?,
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,171 @@
+//! Per-layer statistics: one row per recorded step, one float32 BLOB per statistic.
+
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::Store;
+use super::downsample::keep_extremes;
+use crate::train::stats::{HIST_BINS, STAT_NAMES};
+use crate::train::{LayerInfo, StepReport};
+
+/// One layer's statistics over steps, as columns: entry i of each array belongs to
+/// `step[i]`. Only the statistics asked for are present. Non-finite values are `null`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct LayerSeries {
+    pub index: usize,
+    pub name: String,
+    pub step: Vec<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grad_norm: Option<Vec<Option<f32>>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grad_max: Option<Vec<Option<f32>>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grad_mean: Option<Vec<Option<f32>>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grad_std: Option<Vec<Option<f32>>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zero_frac: Option<Vec<Option<f32>>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonfinite: Option<Vec<Option<f32>>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_norm: Option<Vec<Option<f32>>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_ratio: Option<Vec<Option<f32>>>,
+    /// Per step, 51 counts of |g|: exact zeros, then [2^e, 2^(e+1)) for e = -40..=8, then
+    /// NaN/Inf. Present when asked for (`stat=hist`) and recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hist: Option<Vec<Option<Vec<u32>>>>,
+}
+
+impl LayerSeries {
+    fn column_mut(&mut self, stat: &str) -> Option<&mut Option<Vec<Option<f32>>>> {
+        Some(match stat {
+            "grad_norm" => &mut self.grad_norm,
+            "grad_max" => &mut self.grad_max,
+            "grad_mean" => &mut self.grad_mean,
+            "grad_std" => &mut self.grad_std,
+            "zero_frac" => &mut self.zero_frac,
+            "nonfinite" => &mut self.nonfinite,
+            "weight_norm" => &mut self.weight_norm,
+            "update_ratio" => &mut self.update_ratio,
+            _ => return None,
+        })
+    }
+}
+
+fn f32_blob(values: &[f64]) -> Vec<u8> {
+    values.iter().flat_map(|&v| (v as f32).to_le_bytes()).collect()
+}
+
+fn blob_value(blob: &[u8], layer: usize) -> Option<f32> {
+    let bytes = blob.get(layer * 4..layer * 4 + 4)?;
+    let v = f32::from_le_bytes(bytes.try_into().ok()?);
+    v.is_finite().then_some(v)
+}
+
+fn blob_hist(blob: &[u8], layer: usize) -> Option<Vec<u32>> {
+    let start = layer * HIST_BINS * 4;
+    let bytes = blob.get(start..start + HIST_BINS * 4)?;
+    Some(bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+}
+
+impl Store {
+    /// Adds the per-layer rows of the reports that carry statistics, within `tx`.
+    pub(super) async fn insert_layer_stats(
+        tx: &mut sqlx::SqliteConnection,
+        job_id: &str,
+        steps: &[StepReport],
+    ) -> anyhow::Result<()> {
+        for report in steps {
+            let Some(layers) = &report.layers else { continue };
+            let hist: Option<Vec<u8>> = layers
+                .hist
+                .as_ref()
+                .map(|h| h.iter().flat_map(|&c| u32::try_from(c).unwrap_or(u32::MAX).to_le_bytes()).collect());
+            let mut query = sqlx::query(
+                "INSERT INTO layer_stats (job_id, step, grad_norm, grad_max, grad_mean, grad_std, zero_frac,
+                     nonfinite, weight_norm, update_ratio, hist) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(job_id)
+            .bind(i64::try_from(report.step)?);
+            for stat in STAT_NAMES {
+                query = query.bind(f32_blob(layers.by_name(stat).unwrap_or_default()));
+            }
+            query.bind(hist).execute(&mut *tx).await?;
+        }
+        Ok(())
+    }
+
+    /// Statistics `stats` (names from `STAT_NAMES`, or `hist`) of `layers` of job `id`
+    /// between steps `from` and `to`, each layer downsampled to at most `max_points`
+    /// keeping the extremes of its statistics.
+    pub async fn layer_stats(
+        &self,
+        id: Uuid,
+        layers: &[LayerInfo],
+        stats: &[&str],
+        (from, to): (i64, i64),
+        max_points: usize,
+    ) -> anyhow::Result<Vec<LayerSeries>> {
+        let numeric: Vec<&str> = stats.iter().copied().filter(|s| STAT_NAMES.contains(s)).collect();
+        let want_hist = stats.contains(&"hist");
+        let mut columns: Vec<&str> = numeric.clone();
+        if want_hist {
+            columns.push("hist");
+        }
+        // Column names come from the fixed list above, never from the request.
+        let sql = format!(
+            "SELECT step{}{} FROM layer_stats WHERE job_id = ? AND step BETWEEN ? AND ? ORDER BY step",
+            if columns.is_empty() { "" } else { ", " },
+            columns.join(", ")
+        );
+        let rows = sqlx::query(&sql).bind(id.to_string()).bind(from).bind(to).fetch_all(&self.pool).await?;
+        let steps: Vec<i64> = rows.iter().map(|r| r.try_get::<i64, _>("step")).collect::<Result<_, _>>()?;
+        let blobs: Vec<Vec<&[u8]>> = columns
+            .iter()
+            .map(|c| rows.iter().map(|r| r.try_get::<Option<&[u8]>, _>(*c).map(Option::unwrap_or_default)).collect())
+            .collect::<Result<_, _>>()?;
+
+        let mut out = Vec::with_capacity(layers.len());
+        for layer in layers {
+            let reads: Vec<Box<dyn Fn(usize) -> Option<f64> + '_>> = (0..numeric.len())
+                .map(|c| {
+                    let col = &blobs[c];
+                    Box::new(move |i: usize| blob_value(col[i], layer.index).map(f64::from))
+                        as Box<dyn Fn(usize) -> Option<f64>>
+                })
+                .collect();
+            let series: Vec<&dyn Fn(usize) -> Option<f64>> = reads.iter().map(|r| r.as_ref()).collect();
+            let keep = if series.is_empty() {
+                evenly(steps.len(), max_points)
+            } else {
+                keep_extremes(steps.len(), max_points, &series)
+            };
+            let mut s = LayerSeries { index: layer.index, name: layer.name.clone(), ..LayerSeries::default() };
+            s.step = keep.iter().map(|&i| steps[i]).collect();
+            for (c, stat) in numeric.iter().enumerate() {
+                if let Some(column) = s.column_mut(stat) {
+                    *column = Some(keep.iter().map(|&i| blob_value(blobs[c][i], layer.index)).collect());
+                }
+            }
+            if want_hist {
+                let col = &blobs[numeric.len()];
+                s.hist = Some(keep.iter().map(|&i| blob_hist(col[i], layer.index)).collect());
+            }
+            out.push(s);
+        }
+        Ok(out)
+    }
+}
+
+/// At most `max_points` indices spread evenly over `len`, first and last included.
+fn evenly(len: usize, max_points: usize) -> Vec<usize> {
+    if len <= max_points {
+        return (0..len).collect();
+    }
+    let mut keep: Vec<usize> = (0..max_points).map(|k| k * (len - 1) / (max_points - 1).max(1)).collect();
+    keep.dedup();
+    keep
+}

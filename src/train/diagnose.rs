@@ -1,0 +1,348 @@
+//! Diagnosis from the step reports, in plain Rust: non-finite values, exploding global
+//! norms, vanishing and dead layers, and summaries of what the policies did.
+//!
+//! Events are de-duplicated: a condition is reported when it starts, not on every step it
+//! lasts, and the same kind for the same layer is not reported again within a cool-down.
+
+use std::collections::{HashMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::spec::MonitorSpec;
+use super::{Event, StepReport};
+
+/// Finite global norms the exploding check compares against.
+const NORM_HISTORY: usize = 100;
+/// Norms needed before the exploding check starts.
+const MIN_HISTORY: usize = 10;
+/// A `clip_coef` below this means the step was clipped.
+const CLIPPED_BELOW: f64 = 1.0 - 1e-6;
+
+/// How the run looks now: active issues, worst first.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Diagnosis {
+    /// `healthy`, `warning` (vanishing, dead, exploding spikes) or `critical` (non-finite).
+    pub status: String,
+    pub issues: Vec<Issue>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Issue {
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layer: Option<usize>,
+    /// First step of the issue.
+    pub since: u64,
+    pub message: String,
+}
+
+#[derive(Debug)]
+pub struct Diagnoser {
+    config: MonitorSpec,
+    layer_names: Vec<String>,
+    norms: VecDeque<f64>,
+    /// Consecutive recorded steps each layer has looked vanishing / dead.
+    vanishing_streak: Vec<u64>,
+    dead_streak: Vec<u64>,
+    /// Last step an event of (kind, layer) was emitted, for the cool-down.
+    last_emitted: HashMap<(&'static str, Option<usize>), u64>,
+    /// Conditions in force, with the step they started.
+    active: HashMap<(&'static str, Option<usize>), Issue>,
+    clipped: u64,
+    skipped: u64,
+    window_steps: u64,
+}
+
+impl Diagnoser {
+    pub fn new(config: &MonitorSpec, layer_names: Vec<String>) -> Self {
+        let n = layer_names.len();
+        Self {
+            config: config.clone(),
+            layer_names,
+            norms: VecDeque::with_capacity(NORM_HISTORY),
+            vanishing_streak: vec![0; n],
+            dead_streak: vec![0; n],
+            last_emitted: HashMap::new(),
+            active: HashMap::new(),
+            clipped: 0,
+            skipped: 0,
+            window_steps: 0,
+        }
+    }
+
+    /// Looks at one step; returns the events it gives rise to.
+    pub fn observe(&mut self, report: &StepReport) -> Vec<Event> {
+        let mut events = Vec::new();
+        self.check_nonfinite(report, &mut events);
+        self.check_exploding(report, &mut events);
+        if let Some(layers) = &report.layers {
+            self.check_layers(report.step, &layers.grad_norm, &layers.zero_frac, &mut events);
+        }
+        self.summarize_policies(report, &mut events);
+        events
+    }
+
+    /// The issues in force now.
+    pub fn diagnosis(&self) -> Diagnosis {
+        let mut issues: Vec<Issue> = self.active.values().cloned().collect();
+        let rank = |kind: &str| match kind {
+            "nonfinite" => 0,
+            "exploding" => 1,
+            "vanishing" => 2,
+            _ => 3,
+        };
+        issues.sort_by_key(|i| (rank(&i.kind), i.layer, i.since));
+        let status = if issues.iter().any(|i| i.kind == "nonfinite") {
+            "critical"
+        } else if issues.is_empty() {
+            "healthy"
+        } else {
+            "warning"
+        };
+        Diagnosis { status: status.to_owned(), issues }
+    }
+
+    fn layer_name(&self, layer: usize) -> &str {
+        self.layer_names.get(layer).map_or("?", String::as_str)
+    }
+
+    /// Emits unless the same (kind, layer) was emitted within the cool-down.
+    fn emit(&mut self, events: &mut Vec<Event>, event: Event) {
+        let key = (event.kind, event.layer);
+        let cooling = self.last_emitted.get(&key).is_some_and(|&at| event.step < at + self.config.cooldown);
+        if !cooling {
+            self.last_emitted.insert(key, event.step);
+            events.push(event);
+        }
+    }
+
+    fn set_active(&mut self, kind: &'static str, layer: Option<usize>, step: u64, message: &str, on: bool) {
+        let key = (kind, layer);
+        if on {
+            self.active.entry(key).or_insert_with(|| Issue {
+                kind: kind.to_owned(),
+                layer,
+                since: step,
+                message: message.to_owned(),
+            });
+        } else {
+            self.active.remove(&key);
+        }
+    }
+
+    fn check_nonfinite(&mut self, report: &StepReport, events: &mut Vec<Event>) {
+        let bad_layers: Vec<usize> = report.layers.as_ref().map_or_else(Vec::new, |l| {
+            l.nonfinite.iter().enumerate().filter(|(_, n)| **n > 0.0).map(|(i, _)| i).collect()
+        });
+        let bad = !report.loss.is_finite() || !report.grad_norm.is_finite() || !bad_layers.is_empty();
+        if bad {
+            let first = bad_layers.first().copied();
+            let message = match first {
+                Some(layer) => format!(
+                    "NaN/Inf gradients in {} layer(s), first {}{}",
+                    bad_layers.len(),
+                    self.layer_name(layer),
+                    if report.skipped { "; update skipped" } else { "" }
+                ),
+                None => {
+                    format!("non-finite loss or gradient norm{}", if report.skipped { "; update skipped" } else { "" })
+                }
+            };
+            let value = report.layers.as_ref().zip(first).map(|(l, i)| l.nonfinite[i]);
+            self.emit(
+                events,
+                Event { step: report.step, kind: "nonfinite", layer: first, value, message: message.clone() },
+            );
+            self.set_active("nonfinite", None, report.step, &message, true);
+        }
+    }
+
+    fn check_exploding(&mut self, report: &StepReport, events: &mut Vec<Event>) {
+        let norm = report.grad_norm;
+        if !norm.is_finite() {
+            return;
+        }
+        if self.norms.len() >= MIN_HISTORY {
+            let median = median(&self.norms);
+            let spike = median > 0.0 && norm > self.config.explode_factor * median;
+            if spike {
+                let message =
+                    format!("gradient norm {norm:.3e} is {:.0}× its recent median {median:.3e}", norm / median);
+                self.emit(
+                    events,
+                    Event {
+                        step: report.step,
+                        kind: "exploding",
+                        layer: None,
+                        value: Some(norm),
+                        message: message.clone(),
+                    },
+                );
+                self.set_active("exploding", None, report.step, &message, true);
+            } else if self
+                .active
+                .get(&("exploding", None))
+                .is_some_and(|i| report.step > i.since + self.config.cooldown)
+            {
+                self.set_active("exploding", None, report.step, "", false);
+            }
+        }
+        if self.norms.len() == NORM_HISTORY {
+            self.norms.pop_front();
+        }
+        self.norms.push_back(norm);
+    }
+
+    fn check_layers(&mut self, step: u64, grad_norm: &[f64], zero_frac: &[f64], events: &mut Vec<Event>) {
+        let largest = grad_norm.iter().copied().filter(|n| n.is_finite()).fold(0.0, f64::max);
+        let window = self.config.diagnose_window;
+        for layer in 0..grad_norm.len().min(self.vanishing_streak.len()) {
+            let norm = grad_norm[layer];
+            let vanishing = largest > 0.0 && norm.is_finite() && norm < self.config.vanish_ratio * largest;
+            self.vanishing_streak[layer] = if vanishing { self.vanishing_streak[layer] + 1 } else { 0 };
+            if self.vanishing_streak[layer] == window {
+                let message = format!(
+                    "{}: gradient norm {norm:.2e} is {:.1} orders of magnitude below the largest layer's ({largest:.2e}) for {window} recorded steps",
+                    self.layer_name(layer),
+                    (largest / norm.max(f64::MIN_POSITIVE)).log10()
+                );
+                self.emit(
+                    events,
+                    Event { step, kind: "vanishing", layer: Some(layer), value: Some(norm), message: message.clone() },
+                );
+                self.set_active("vanishing", Some(layer), step + 1 - window, &message, true);
+            } else if !vanishing {
+                self.set_active("vanishing", Some(layer), step, "", false);
+            }
+
+            let dead = zero_frac[layer] >= self.config.dead_frac;
+            self.dead_streak[layer] = if dead { self.dead_streak[layer] + 1 } else { 0 };
+            if self.dead_streak[layer] == window {
+                let message = format!(
+                    "{}: {:.1}% of gradient entries are exactly zero for {window} recorded steps (dead units)",
+                    self.layer_name(layer),
+                    100.0 * zero_frac[layer]
+                );
+                self.emit(
+                    events,
+                    Event {
+                        step,
+                        kind: "dead",
+                        layer: Some(layer),
+                        value: Some(zero_frac[layer]),
+                        message: message.clone(),
+                    },
+                );
+                self.set_active("dead", Some(layer), step + 1 - window, &message, true);
+            } else if !dead {
+                self.set_active("dead", Some(layer), step, "", false);
+            }
+        }
+    }
+
+    fn summarize_policies(&mut self, report: &StepReport, events: &mut Vec<Event>) {
+        self.window_steps += 1;
+        self.clipped += u64::from(report.clip_coef < CLIPPED_BELOW);
+        self.skipped += u64::from(report.skipped);
+        if self.window_steps < self.config.summary_every {
+            return;
+        }
+        let n = self.window_steps;
+        for (kind, count) in [("clipped", self.clipped), ("skipped", self.skipped)] {
+            if count > 0 {
+                let fraction = count as f64 / n as f64;
+                let message = format!("{kind} {count} of the last {n} steps ({:.0}%)", 100.0 * fraction);
+                events.push(Event { step: report.step, kind, layer: None, value: Some(fraction), message });
+            }
+        }
+        (self.window_steps, self.clipped, self.skipped) = (0, 0, 0);
+    }
+}
+
+fn median(values: &VecDeque<f64>) -> f64 {
+    let mut sorted: Vec<f64> = values.iter().copied().collect();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::LayerStats;
+
+    fn report(step: u64, grad_norm: f64, layer_norms: &[f64]) -> StepReport {
+        StepReport {
+            step,
+            loss: 1.0,
+            grad_norm,
+            grad_norm_clipped: grad_norm.min(1.0),
+            clip_coef: (1.0 / grad_norm).min(1.0),
+            lr: 0.1,
+            skipped: false,
+            seconds: 0.01,
+            layers: Some(LayerStats {
+                grad_norm: layer_norms.to_vec(),
+                zero_frac: vec![0.0; layer_norms.len()],
+                nonfinite: vec![0.0; layer_norms.len()],
+                ..LayerStats::default()
+            }),
+        }
+    }
+
+    fn diagnoser() -> Diagnoser {
+        Diagnoser::new(&MonitorSpec::default(), vec!["first".into(), "last".into()])
+    }
+
+    #[test]
+    fn a_spike_is_reported_once() {
+        let mut d = diagnoser();
+        let mut events = Vec::new();
+        for step in 1..=50 {
+            let norm = if step == 30 || step == 31 { 100.0 } else { 0.5 };
+            events.extend(d.observe(&report(step, norm, &[0.3, 0.4])));
+        }
+        let exploding: Vec<_> = events.iter().filter(|e| e.kind == "exploding").collect();
+        assert_eq!(exploding.len(), 1, "{events:?}");
+        assert_eq!(exploding[0].step, 30);
+        assert_eq!(exploding[0].value, Some(100.0));
+    }
+
+    #[test]
+    fn a_layer_that_stays_tiny_is_vanishing_after_the_window() {
+        let mut d = diagnoser();
+        let window = MonitorSpec::default().diagnose_window;
+        let mut events = Vec::new();
+        for step in 1..=window + 20 {
+            events.extend(d.observe(&report(step, 1.0, &[1e-9, 1.0])));
+        }
+        let vanishing: Vec<_> = events.iter().filter(|e| e.kind == "vanishing").collect();
+        assert_eq!(vanishing.len(), 1);
+        assert_eq!((vanishing[0].step, vanishing[0].layer), (window, Some(0)));
+        let diagnosis = d.diagnosis();
+        assert_eq!(diagnosis.status, "warning");
+        assert_eq!(diagnosis.issues[0].kind, "vanishing");
+        assert_eq!(diagnosis.issues[0].since, 1);
+        // It recovers: the issue clears.
+        d.observe(&report(window + 21, 1.0, &[0.5, 1.0]));
+        assert_eq!(d.diagnosis().status, "healthy");
+    }
+
+    #[test]
+    fn nan_is_critical_and_clipping_is_summarized() {
+        let mut d = diagnoser();
+        let mut events = Vec::new();
+        for step in 1..=100 {
+            let norm = if step % 4 == 0 { 2.0 } else { 0.5 };
+            events.extend(d.observe(&report(step, norm, &[0.3, 0.4])));
+        }
+        let clipped: Vec<_> = events.iter().filter(|e| e.kind == "clipped").collect();
+        assert_eq!(clipped.len(), 1);
+        assert_eq!(clipped[0].value, Some(0.25));
+        let mut bad = report(101, f64::NAN, &[0.3, 0.4]);
+        bad.skipped = true;
+        let events = d.observe(&bad);
+        assert_eq!(events[0].kind, "nonfinite");
+        assert_eq!(d.diagnosis().status, "critical");
+    }
+}

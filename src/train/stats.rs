@@ -1,0 +1,360 @@
+//! Per-layer statistics at almost no cost.
+//!
+//! Every trainable parameter's data, and its gradient, is a view into one contiguous
+//! buffer ([`FlatParams`]). A statistic for every layer is then a handful of whole-buffer
+//! kernels with segment reductions, instead of hundreds of tiny per-tensor kernels, and
+//! the results of a step reach the host in one copy. Clipping multiplies the one buffer by
+//! an on-device coefficient. Definitions follow DESIGN.md §3.
+
+use tch::{Device, Kind, Tensor};
+
+/// Histogram buckets: index 0 counts exact zeros, 1..=49 count |g| in [2^e, 2^(e+1)) for
+/// e = -40..=8 (smaller non-zero values fall in the first, larger finite ones in the last),
+/// 50 counts NaN and ±Inf.
+pub const HIST_BINS: usize = 51;
+pub const HIST_MIN_EXP: i64 = -40;
+pub const HIST_MAX_EXP: i64 = 8;
+const HIST_NONFINITE: i64 = HIST_BINS as i64 - 1;
+
+/// Rows of [`FlatParams::grad_stats`], in order.
+pub const GRAD_STATS: [&str; 6] = ["grad_norm", "grad_max", "grad_mean", "grad_std", "zero_frac", "nonfinite"];
+/// Rows of [`FlatParams::weight_stats`], in order.
+pub const WEIGHT_STATS: [&str; 2] = ["weight_norm", "update_ratio"];
+
+/// Every trainable parameter and its gradient as views into two contiguous buffers.
+#[derive(Debug)]
+pub struct FlatParams {
+    params: Vec<Tensor>,
+    /// The weights, all layers end to end; each parameter's data is a view into it.
+    weights: Tensor,
+    /// The gradients, same layout. Each parameter's `.grad` becomes a view into it after
+    /// the first backward, and from then on backward accumulates into it in place.
+    grads: Tensor,
+    /// Whether the gradients are views into `grads` yet.
+    grads_adopted: bool,
+    /// Elements per layer, on the device, for segment reductions.
+    lengths: Tensor,
+    /// Elements per layer as floats, for means.
+    counts: Tensor,
+    /// For every element, its layer index × [`HIST_BINS`]: histogram bins of all layers
+    /// come from one `bincount`. Built on first use.
+    hist_base: Option<Tensor>,
+    /// The weights before the last recorded step, for `update_ratio`.
+    before: Option<Tensor>,
+}
+
+impl FlatParams {
+    /// Moves `params` (all `Float`, on `device`) into one buffer. Call before the
+    /// optimizer sees a gradient.
+    pub fn new(params: &[Tensor], device: Device) -> anyhow::Result<Self> {
+        let numels: Vec<i64> = params.iter().map(|p| p.numel() as i64).collect();
+        let total: i64 = numels.iter().sum();
+        let weights = Tensor::f_zeros([total], (Kind::Float, device))?;
+        let grads = Tensor::f_zeros([total], (Kind::Float, device))?;
+        let mut offset = 0;
+        let mut moved = Vec::with_capacity(params.len());
+        for (p, &n) in params.iter().zip(&numels) {
+            anyhow::ensure!(p.kind() == Kind::Float, "parameters must be float32, found {:?}", p.kind());
+            let view = weights.f_narrow(0, offset, n)?.f_view(p.size().as_slice())?;
+            tch::no_grad(|| view.shallow_clone().f_copy_(p))?;
+            let mut p = p.shallow_clone();
+            p.f_set_data(&view)?;
+            moved.push(p);
+            offset += n;
+        }
+        let lengths = Tensor::from_slice(&numels).f_to(device)?;
+        let counts = lengths.f_to_kind(Kind::Float)?;
+        Ok(Self { params: moved, weights, grads, grads_adopted: false, lengths, counts, hist_base: None, before: None })
+    }
+
+    pub fn len(&self) -> usize {
+        self.params.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.params.is_empty()
+    }
+
+    /// The parameters (their data lives in the flat buffer).
+    pub fn params(&self) -> &[Tensor] {
+        &self.params
+    }
+
+    /// The flat gradient buffer.
+    pub fn grads(&self) -> &Tensor {
+        &self.grads
+    }
+
+    /// Per-layer gradient views (the `.grad` of each parameter).
+    pub fn layer_grads(&self) -> Vec<Tensor> {
+        self.params.iter().map(Tensor::grad).collect()
+    }
+
+    /// Zeroes the gradients before backward. Replaces the optimizer's `zero_grad`, which
+    /// would drop the gradient tensors and with them the flat layout.
+    pub fn zero_grads(&mut self) -> anyhow::Result<()> {
+        if self.grads_adopted {
+            let _ = self.grads.f_zero_()?;
+        } else {
+            for p in &self.params {
+                let mut g = p.grad();
+                if g.defined() {
+                    let _ = g.f_zero_()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// After a backward: makes every gradient a view into the flat buffer (once; later
+    /// backwards accumulate into the views in place). A parameter backward did not reach
+    /// gets a zero gradient.
+    pub fn adopt_grads(&mut self) -> anyhow::Result<()> {
+        if self.grads_adopted {
+            return Ok(());
+        }
+        let mut offset = 0;
+        for p in &self.params {
+            let n = p.numel() as i64;
+            let view = self.grads.f_narrow(0, offset, n)?.f_view(p.size().as_slice())?;
+            let mut g = p.grad();
+            anyhow::ensure!(g.defined(), "a parameter received no gradient; every layer must take part in the loss");
+            tch::no_grad(|| view.shallow_clone().f_copy_(&g))?;
+            g.f_set_data(&view)?;
+            offset += n;
+        }
+        self.grads_adopted = true;
+        Ok(())
+    }
+
+    fn segment(&self, data: &Tensor, reduce: &str) -> anyhow::Result<Tensor> {
+        Ok(Tensor::f_segment_reduce(data, reduce, Some(&self.lengths), None, None, 0, false, 0.0)?)
+    }
+
+    /// Global L2 norm of the gradients.
+    pub fn grad_norm(&self) -> anyhow::Result<Tensor> {
+        Ok(self.grads.f_norm()?)
+    }
+
+    /// Gradient statistics, `[GRAD_STATS.len(), layers]`, and the global L2 norm computed
+    /// from the same per-layer sums (so √Σ layer norm² equals it by construction).
+    pub fn grad_stats(&self) -> anyhow::Result<(Tensor, Tensor)> {
+        let g = &self.grads;
+        let sumsq = self.segment(&g.f_square()?, "sum")?;
+        let sum = self.segment(g, "sum")?;
+        let max = self.segment(&g.f_abs()?, "max")?;
+        let mean = sum.f_div(&self.counts)?;
+        // Unbiased variance from the two sums, as `torch.std` computes it.
+        let dof = self.counts.f_sub_scalar(1.0)?.f_clamp_min(1.0)?;
+        let var = sumsq.f_sub(&sum.f_mul(&mean)?)?.f_div(&dof)?.f_clamp_min(0.0)?;
+        let zero = self.segment(&g.f_eq(0.0)?.f_to_kind(Kind::Float)?, "sum")?.f_div(&self.counts)?;
+        let nonfinite = self.segment(&g.f_isfinite()?.f_logical_not()?.f_to_kind(Kind::Float)?, "sum")?;
+        let total = sumsq.f_sum(Kind::Float)?.f_sqrt()?;
+        let stats = Tensor::f_stack(&[sumsq.f_sqrt()?, max, mean, var.f_sqrt()?, zero, nonfinite], 0)?;
+        Ok((stats, total))
+    }
+
+    /// Counts of |g| per power-of-two bucket for every layer, `[layers * HIST_BINS]`.
+    pub fn grad_histogram(&mut self) -> anyhow::Result<Tensor> {
+        if self.hist_base.is_none() {
+            let layer_ids = Tensor::f_arange(self.params.len() as i64, (Kind::Int64, self.grads.device()))?;
+            let per_element = layer_ids.f_repeat_interleave_self_tensor(&self.lengths, 0, self.grads.numel() as i64)?;
+            self.hist_base = Some(per_element.f_mul_scalar(HIST_BINS as i64)?);
+        }
+        let Some(base) = &self.hist_base else { unreachable!("set above") };
+        let a = self.grads.f_abs()?;
+        let (_, exponent) = a.f_frexp()?;
+        // frexp gives |g| = m·2^e with m in [0.5, 1), so floor(log2 |g|) = e - 1 and its
+        // bucket is (e - 1) - HIST_MIN_EXP + 1 = e - HIST_MIN_EXP.
+        let bucket = exponent
+            .f_to_kind(Kind::Int64)?
+            .f_sub_scalar(HIST_MIN_EXP)?
+            .f_clamp(1, HIST_MAX_EXP - HIST_MIN_EXP + 1)?
+            .f_masked_fill(&a.f_eq(0.0)?, 0)?
+            .f_masked_fill(&a.f_isfinite()?.f_logical_not()?, HIST_NONFINITE)?;
+        let index = bucket.f_add(base)?;
+        Ok(index.f_bincount::<Tensor>(None, (self.params.len() * HIST_BINS) as i64)?)
+    }
+
+    /// Remembers the weights before a step whose `update_ratio` will be reported.
+    pub fn snapshot_weights(&mut self) -> anyhow::Result<()> {
+        match &mut self.before {
+            Some(before) => {
+                before.f_copy_(&self.weights)?;
+            }
+            None => {
+                let mut before = self.weights.f_empty_like()?;
+                before.f_copy_(&self.weights)?;
+                self.before = Some(before);
+            }
+        }
+        Ok(())
+    }
+
+    /// Weight statistics after the step, `[WEIGHT_STATS.len(), layers]`: the weight norm,
+    /// and ‖w_after − w_before‖ / ‖w_before‖ against the last snapshot (0 without one).
+    pub fn weight_stats(&self) -> anyhow::Result<Tensor> {
+        let w = &self.weights;
+        let norm = self.segment(&w.f_square()?, "sum")?.f_sqrt()?;
+        let ratio = match &self.before {
+            Some(before) => {
+                let change = self.segment(&w.f_sub(before)?.f_square()?, "sum")?.f_sqrt()?;
+                let base = self.segment(&before.f_square()?, "sum")?.f_sqrt()?;
+                change.f_div(&base.f_clamp_min(f64::from(f32::MIN_POSITIVE))?)?
+            }
+            None => norm.f_zeros_like()?,
+        };
+        Ok(Tensor::f_stack(&[norm, ratio], 0)?)
+    }
+}
+
+/// Every statistic of every layer at one step, by layer index.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LayerStats {
+    pub grad_norm: Vec<f64>,
+    pub grad_max: Vec<f64>,
+    pub grad_mean: Vec<f64>,
+    pub grad_std: Vec<f64>,
+    pub zero_frac: Vec<f64>,
+    pub nonfinite: Vec<f64>,
+    pub weight_norm: Vec<f64>,
+    pub update_ratio: Vec<f64>,
+    /// `HIST_BINS` counts per layer, layer after layer, when histograms are recorded.
+    pub hist: Option<Vec<u64>>,
+}
+
+impl LayerStats {
+    /// Reads the gradient rows (`GRAD_STATS` × `layers`) from a host copy.
+    pub fn from_grad_rows(rows: &[f64], layers: usize) -> Self {
+        let row = |i: usize| rows[i * layers..(i + 1) * layers].to_vec();
+        Self {
+            grad_norm: row(0),
+            grad_max: row(1),
+            grad_mean: row(2),
+            grad_std: row(3),
+            zero_frac: row(4),
+            nonfinite: row(5),
+            weight_norm: Vec::new(),
+            update_ratio: Vec::new(),
+            hist: None,
+        }
+    }
+
+    /// Fills the weight rows (`WEIGHT_STATS` × `layers`) from a host copy.
+    pub fn set_weight_rows(&mut self, rows: &[f64], layers: usize) {
+        self.weight_norm = rows[..layers].to_vec();
+        self.update_ratio = rows[layers..2 * layers].to_vec();
+    }
+
+    /// A statistic by its contract name.
+    pub fn by_name(&self, name: &str) -> Option<&[f64]> {
+        Some(match name {
+            "grad_norm" => &self.grad_norm,
+            "grad_max" => &self.grad_max,
+            "grad_mean" => &self.grad_mean,
+            "grad_std" => &self.grad_std,
+            "zero_frac" => &self.zero_frac,
+            "nonfinite" => &self.nonfinite,
+            "weight_norm" => &self.weight_norm,
+            "update_ratio" => &self.update_ratio,
+            _ => return None,
+        })
+    }
+}
+
+/// Every per-layer statistic's name, in storage order.
+pub const STAT_NAMES: [&str; 8] =
+    ["grad_norm", "grad_max", "grad_mean", "grad_std", "zero_frac", "nonfinite", "weight_norm", "update_ratio"];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params() -> Vec<Tensor> {
+        vec![
+            Tensor::from_slice(&[1.0f32, -2.0, 0.0, 4.0]).set_requires_grad(true),
+            Tensor::from_slice(&[0.5f32, 0.25, -8.0]).view([3, 1]).set_requires_grad(true),
+        ]
+    }
+
+    /// A loss whose gradient is `coef` elementwise, so the expected statistics are plain.
+    fn backward(flat: &mut FlatParams, coefs: &[Tensor]) {
+        flat.zero_grads().expect("zero");
+        let loss = flat
+            .params()
+            .iter()
+            .zip(coefs)
+            .map(|(p, c)| (p * c).sum(Kind::Float))
+            .fold(Tensor::from(0.0f32), |acc, t| acc + t);
+        loss.backward();
+        flat.adopt_grads().expect("adopt");
+    }
+
+    #[test]
+    fn statistics_match_per_tensor_computations() {
+        let mut flat = FlatParams::new(&params(), Device::Cpu).expect("flat");
+        let coefs =
+            [Tensor::from_slice(&[3.0f32, 0.0, -4.0, 0.0]), Tensor::from_slice(&[1e-12f32, 600.0, 0.5]).view([3, 1])];
+        // Twice: the second backward goes through the adopted views and must not accumulate.
+        backward(&mut flat, &coefs);
+        backward(&mut flat, &coefs);
+        let (stats, total) = flat.grad_stats().expect("stats");
+        let rows: Vec<f64> =
+            Vec::<f32>::try_from(stats.flatten(0, -1)).expect("rows").into_iter().map(f64::from).collect();
+        let s = LayerStats::from_grad_rows(&rows, 2);
+        for (layer, g) in coefs.iter().enumerate() {
+            let g = g.flatten(0, -1);
+            let close = |a: f64, b: f64| (a - b).abs() <= 1e-5 * b.abs().max(1e-6);
+            assert!(close(s.grad_norm[layer], g.norm().double_value(&[])));
+            assert!(close(s.grad_max[layer], g.abs().max().double_value(&[])));
+            assert!(close(s.grad_mean[layer], g.mean(Kind::Float).double_value(&[])));
+            assert!(
+                close(s.grad_std[layer], g.std(true).double_value(&[])),
+                "{} vs {}",
+                s.grad_std[layer],
+                g.std(true)
+            );
+            assert!(close(s.zero_frac[layer], g.eq(0.0).to_kind(Kind::Float).mean(Kind::Float).double_value(&[])));
+            assert_eq!(s.nonfinite[layer], 0.0);
+        }
+        let sum_sq: f64 = s.grad_norm.iter().map(|n| n * n).sum();
+        assert!((sum_sq.sqrt() - total.double_value(&[])).abs() < 1e-5 * total.double_value(&[]));
+        assert_eq!(s.zero_frac[0], 0.5);
+    }
+
+    #[test]
+    fn histogram_buckets_are_powers_of_two() {
+        let mut flat = FlatParams::new(&params(), Device::Cpu).expect("flat");
+        let coefs = [
+            Tensor::from_slice(&[1.0f32, 1.5, 0.0, f32::NAN]),
+            Tensor::from_slice(&[1e-30f32, 3000.0, 0.3]).view([3, 1]),
+        ];
+        backward(&mut flat, &coefs);
+        let hist = Vec::<i64>::try_from(flat.grad_histogram().expect("hist")).expect("counts");
+        assert_eq!(hist.len(), 2 * HIST_BINS);
+        let bin = |e: i64| (e - HIST_MIN_EXP + 1) as usize;
+        let (first, second) = hist.split_at(HIST_BINS);
+        assert_eq!(first[0], 1, "one exact zero");
+        assert_eq!(first[bin(0)], 2, "1.0 and 1.5 are in [1, 2)");
+        assert_eq!(first[HIST_BINS - 1], 1, "one NaN");
+        assert_eq!(second[bin(HIST_MIN_EXP)], 1, "1e-30 clamps into the smallest bucket");
+        assert_eq!(second[bin(HIST_MAX_EXP)], 1, "3000 clamps into the largest bucket");
+        assert_eq!(second[bin(-2)], 1, "0.3 is in [0.25, 0.5)");
+        assert_eq!(hist.iter().sum::<i64>(), 7);
+    }
+
+    #[test]
+    fn weight_stats_measure_the_update() {
+        let mut flat = FlatParams::new(&params(), Device::Cpu).expect("flat");
+        flat.snapshot_weights().expect("snapshot");
+        tch::no_grad(|| {
+            let mut first = flat.params()[0].shallow_clone();
+            let _ = first.f_mul_scalar_(2.0).expect("scale");
+        });
+        let rows: Vec<f32> = Vec::try_from(flat.weight_stats().expect("stats").flatten(0, -1)).expect("rows");
+        let first_norm = (1.0f32 + 4.0 + 16.0).sqrt();
+        assert!((rows[0] - 2.0 * first_norm).abs() < 1e-5);
+        assert!((rows[2] - 1.0).abs() < 1e-6, "doubling changes the weights by their own norm");
+        assert_eq!(rows[3], 0.0, "the second layer did not move");
+    }
+}

@@ -1,0 +1,61 @@
+//! The command line: `gradscope run` trains a spec locally into a database a server reads.
+
+use std::process::Command;
+
+use gradscope::store::{JobStatus, Store};
+use serde_json::json;
+
+use crate::helpers::{database_url, tiny_lstm_spec};
+
+fn gradscope() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_gradscope"));
+    command.env_remove("GRADSCOPE_LOG");
+    command
+}
+
+#[tokio::test]
+async fn run_trains_a_spec_file_and_records_it() {
+    let dir = tempfile::TempDir::new().expect("temp dir");
+    let spec_path = dir.path().join("spec.json");
+    let mut spec = tiny_lstm_spec(40, 0.25);
+    spec["monitor"] = json!({"summary_every": 20});
+    std::fs::write(&spec_path, spec.to_string()).expect("write spec");
+    let db = database_url(&dir);
+    let output = gradscope()
+        .args(["run", "--quiet", "--torch-threads", "1", "--database-url", &db, "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg(&spec_path)
+        .output()
+        .expect("gradscope runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "stdout: {stdout}\nstderr: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("lstm.weight_hh_l0"), "the per-layer table lists the layers: {stdout}");
+    assert!(stdout.contains("update_ratio"));
+    assert!(stdout.contains("succeeded after 40 of 40 steps"), "{stdout}");
+    assert!(stdout.contains("clipped"), "policy summaries are printed: {stdout}");
+
+    let store = Store::connect(&db).await.expect("store");
+    let jobs = store.list_jobs(None, 10).await.expect("jobs");
+    assert_eq!(jobs.len(), 1);
+    assert_eq!((jobs[0].status, jobs[0].step), (JobStatus::Succeeded, 40));
+    let steps = store.steps(jobs[0].id, 0, i64::MAX, 1000).await.expect("steps");
+    assert_eq!(steps.step.len(), 40);
+    store.close().await;
+}
+
+#[test]
+fn run_explains_a_bad_spec_by_its_field() {
+    let dir = tempfile::TempDir::new().expect("temp dir");
+    let spec_path = dir.path().join("spec.json");
+    let mut spec = tiny_lstm_spec(40, 0.25);
+    spec["model"]["hidden"] = json!(-3);
+    std::fs::write(&spec_path, spec.to_string()).expect("write spec");
+    let output = gradscope()
+        .args(["run", "--quiet", "--database-url", &database_url(&dir)])
+        .arg(&spec_path)
+        .output()
+        .expect("gradscope runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("model.hidden"), "{stderr}");
+}

@@ -1,0 +1,105 @@
+//! `/metrics`: valid exposition whose values track the jobs exactly.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use serde_json::{Value, json};
+
+use crate::helpers::{Sample, TestApp, parse_exposition, spawn_app, tiny_lstm_spec};
+
+struct Scrape {
+    samples: Vec<Sample>,
+    text: String,
+}
+
+/// Scrapes `/metrics` and has Prometheus's own `promtool` check the format.
+async fn scrape(app: &TestApp) -> Scrape {
+    let response = app.get("/metrics").await;
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"].to_str().expect("type").starts_with("text/plain"));
+    let text = response.text().await.expect("text");
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is installed (make test installs Debian's prometheus package)");
+    promtool.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write");
+    let checked = promtool.wait_with_output().expect("promtool");
+    let complaints = String::from_utf8_lossy(&checked.stdout).to_string() + &String::from_utf8_lossy(&checked.stderr);
+    // promtool exits 1 for lint remarks too; only format errors ("error while linting") matter.
+    assert!(!complaints.contains("error while linting"), "promtool: {complaints}");
+    Scrape { samples: parse_exposition(&text), text }
+}
+
+fn value(sample: &Sample) -> f64 {
+    sample.value
+}
+
+fn samples<'a>(scrape: &'a Scrape, metric: &str, job: &str) -> Vec<&'a Sample> {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == metric && s.labels.get("job").map(String::as_str) == Some(job))
+        .collect()
+}
+
+#[tokio::test]
+async fn metrics_track_a_finished_job_and_vanish_with_it() {
+    let app = spawn_app().await;
+    let mut spec = tiny_lstm_spec(25, 0.25);
+    spec["monitor"] = json!({"prometheus_layers": 3, "histogram": false});
+    let id = app.submit(&spec).await["id"].as_str().expect("id").to_owned();
+    let done = app.wait_finished(&id).await;
+    assert_eq!(done["status"], "succeeded");
+
+    let m = scrape(&app).await;
+    let steps = samples(&m, "gradscope_job_steps_total", &id);
+    assert_eq!(steps.len(), 1);
+    assert_eq!(value(steps[0]), 25.0);
+    let loss = samples(&m, "gradscope_job_loss", &id);
+    assert_eq!(Some(value(loss[0])), done["loss"].as_f64(), "job_loss is the last recorded loss");
+
+    let recorded: Value = app.get(&format!("/api/v1/jobs/{id}/steps")).await.json().await.expect("json");
+    let pre = recorded["grad_norm"].as_array().expect("norms");
+    let norm = samples(&m, "gradscope_job_grad_norm", &id);
+    let stage = |s: &str| norm.iter().find(|x| x.labels.get("stage").map(String::as_str) == Some(s)).map(|x| value(x));
+    assert_eq!(stage("pre"), pre.last().and_then(Value::as_f64));
+    assert!(stage("post").expect("post") <= 0.25 * (1.0 + 1e-5));
+    let clipped =
+        recorded["clip_coef"].as_array().expect("coefs").iter().filter(|c| c.as_f64() < Some(1.0 - 1e-6)).count();
+    assert_eq!(value(samples(&m, "gradscope_job_clipped_steps_total", &id)[0]), clipped as f64);
+
+    // Three layers, spread from the first to the last.
+    let layers: Vec<&str> =
+        samples(&m, "gradscope_layer_grad_norm", &id).iter().map(|s| s.labels["layer"].as_str()).collect();
+    assert_eq!(layers.len(), 3, "{layers:?}");
+    assert!(layers.contains(&"embed.weight") && layers.contains(&"head.bias"), "{layers:?}");
+
+    let succeeded = m
+        .samples
+        .iter()
+        .find(|s| s.metric == "gradscope_jobs" && s.labels.get("status").map(String::as_str) == Some("succeeded"));
+    assert_eq!(succeeded.map(value), Some(1.0));
+    // HTTP series are labelled by route, never by a raw path.
+    let routes: Vec<&str> = m
+        .samples
+        .iter()
+        .filter(|s| s.metric == "gradscope_http_requests_total")
+        .map(|s| s.labels["route"].as_str())
+        .collect();
+    assert!(routes.contains(&"/api/v1/jobs/{id}"), "{routes:?}");
+    assert!(routes.iter().all(|r| !r.contains(&id)), "{routes:?}");
+    assert!(m.samples.iter().any(|s| s.metric == "process_resident_memory_bytes"));
+    assert!(
+        m.text.lines().any(|l| l.starts_with("# HELP gradscope_layer_grad_norm ") && l.contains("prometheus_layers"))
+    );
+
+    let delete = app.client.delete(app.url(&format!("/api/v1/jobs/{id}"))).send().await.expect("delete");
+    assert_eq!(delete.status(), 204);
+    let after = scrape(&app).await;
+    let left: Vec<&String> =
+        after.samples.iter().filter(|s| s.labels.get("job") == Some(&id)).map(|s| &s.metric).collect();
+    assert!(left.is_empty(), "series left after delete: {left:?}");
+}

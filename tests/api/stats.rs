@@ -1,0 +1,158 @@
+//! Per-layer statistics, their storage and queries, and the diagnosis events.
+
+use serde_json::{Value, json};
+
+use crate::helpers::{column, spawn_app, tiny_lstm_spec};
+
+/// Column `name` of one layer series, non-finite entries failing the test.
+fn series(layer: &Value, name: &str) -> Vec<f64> {
+    layer[name].as_array().unwrap_or_else(|| panic!("no {name}")).iter().map(|v| v.as_f64().expect("finite")).collect()
+}
+
+#[tokio::test]
+async fn every_layer_statistic_is_recorded_and_consistent() {
+    let app = spawn_app().await;
+    let steps = 30;
+    let job = app.submit(&tiny_lstm_spec(steps, 0.25)).await;
+    let id = job["id"].as_str().expect("id").to_owned();
+    let done = app.wait_finished(&id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["dropped_reports"], 0);
+
+    let recorded: Value = app.get(&format!("/api/v1/jobs/{id}/steps")).await.json().await.expect("json");
+    let global = column(&recorded, "grad_norm");
+    let layers_info: Value = app.get(&format!("/api/v1/jobs/{id}/layers")).await.json().await.expect("json");
+    let numels: Vec<u64> =
+        layers_info["layers"].as_array().expect("layers").iter().map(|l| l["numel"].as_u64().expect("numel")).collect();
+
+    let stats: Value =
+        app.get(&format!("/api/v1/jobs/{id}/layer-stats?stat=grad_norm,grad_max,grad_mean,grad_std,zero_frac,nonfinite,weight_norm,update_ratio,hist"))
+            .await
+            .json()
+            .await
+            .expect("json");
+    let layers = stats["layers"].as_array().expect("layers");
+    assert_eq!(layers.len(), numels.len());
+    for (i, layer) in layers.iter().enumerate() {
+        assert_eq!(layer["index"], i);
+        assert_eq!(column(layer, "step"), (1..=steps).map(|s| s as f64).collect::<Vec<_>>());
+        let norm = series(layer, "grad_norm");
+        let max = series(layer, "grad_max");
+        let std = series(layer, "grad_std");
+        for s in 0..norm.len() {
+            assert!(max[s] <= norm[s] * (1.0 + 1e-5), "max |g| cannot exceed ‖g‖");
+            assert!(std[s] >= 0.0);
+        }
+        assert!(series(layer, "nonfinite").iter().all(|&n| n == 0.0));
+        assert!(series(layer, "zero_frac").iter().all(|&z| (0.0..=1.0).contains(&z)));
+        assert!(series(layer, "weight_norm").iter().all(|&w| w > 0.0));
+        let ratio = series(layer, "update_ratio");
+        assert!(ratio.iter().all(|&r| r > 0.0 && r < 1.0), "{}: update ratios {ratio:?}", layer["name"]);
+        // Every element of the layer falls in exactly one histogram bucket.
+        for hist in layer["hist"].as_array().expect("hist") {
+            let counts: Vec<u64> =
+                hist.as_array().expect("counts").iter().map(|c| c.as_u64().expect("count")).collect();
+            assert_eq!(counts.len(), 51);
+            assert_eq!(counts.iter().sum::<u64>(), numels[i]);
+        }
+    }
+    // √Σ layer‖g‖² is the global norm, step by step.
+    for s in 0..global.len() {
+        let sum_sq: f64 = layers.iter().map(|l| l["grad_norm"][s].as_f64().expect("norm").powi(2)).sum();
+        assert!(
+            (sum_sq.sqrt() - global[s]).abs() <= 1e-5 * global[s],
+            "step {}: {} vs {}",
+            s + 1,
+            sum_sq.sqrt(),
+            global[s]
+        );
+    }
+
+    // Subsets and downsampling.
+    let one: Value = app
+        .get(&format!("/api/v1/jobs/{id}/layer-stats?layers=2&stat=update_ratio&max_points=10&from=5"))
+        .await
+        .json()
+        .await
+        .expect("json");
+    let only = &one["layers"][0];
+    assert_eq!(one["layers"].as_array().expect("layers").len(), 1);
+    assert_eq!(only["name"], "lstm.weight_hh_l0");
+    assert!(only.get("grad_norm").is_none());
+    let kept = column(only, "step");
+    assert!(kept.len() <= 10 && kept[0] >= 5.0);
+
+    for (query, field) in [("stat=gradient", "stat"), ("layers=99", "layers"), ("max_points=2", "max_points")] {
+        let bad = app.get(&format!("/api/v1/jobs/{id}/layer-stats?{query}")).await;
+        assert_eq!(bad.status(), 422, "{query}");
+        assert_eq!(bad.json::<Value>().await.expect("json")["error"]["field"], field);
+    }
+}
+
+#[tokio::test]
+async fn monitor_every_thins_the_layer_statistics_but_not_the_steps() {
+    let app = spawn_app().await;
+    let mut spec = tiny_lstm_spec(20, 1.0);
+    spec["monitor"] = json!({"every": 5, "histogram": false});
+    let id = app.submit(&spec).await["id"].as_str().expect("id").to_owned();
+    assert_eq!(app.wait_finished(&id).await["status"], "succeeded");
+    let steps: Value = app.get(&format!("/api/v1/jobs/{id}/steps")).await.json().await.expect("json");
+    assert_eq!(column(&steps, "step").len(), 20);
+    let stats: Value =
+        app.get(&format!("/api/v1/jobs/{id}/layer-stats?stat=grad_norm,hist")).await.json().await.expect("json");
+    let layer = &stats["layers"][0];
+    assert_eq!(column(layer, "step"), vec![1.0, 6.0, 11.0, 16.0]);
+    assert!(layer["hist"].as_array().expect("hist").iter().all(Value::is_null), "histograms were off");
+
+    spec["monitor"] = json!({"every": 0});
+    let id = app.submit(&spec).await["id"].as_str().expect("id").to_owned();
+    assert_eq!(app.wait_finished(&id).await["status"], "succeeded");
+    let stats: Value = app.get(&format!("/api/v1/jobs/{id}/layer-stats")).await.json().await.expect("json");
+    assert_eq!(column(&stats["layers"][0], "step").len(), 0);
+    let steps: Value = app.get(&format!("/api/v1/jobs/{id}/steps")).await.json().await.expect("json");
+    assert_eq!(column(&steps, "grad_norm").len(), 20, "global norms are kept with statistics off");
+}
+
+#[tokio::test]
+async fn diagnosis_reports_vanishing_layers_and_clipping_once() {
+    let app = spawn_app().await;
+    let mut spec = tiny_lstm_spec(40, 0.25);
+    // A strict threshold: the LSTM biases' gradients are well below 90% of the largest
+    // layer's, so they count as vanishing after 5 recorded steps.
+    spec["monitor"] = json!({"vanish_ratio": 0.9, "diagnose_window": 5, "summary_every": 10, "histogram": false});
+    let id = app.submit(&spec).await["id"].as_str().expect("id").to_owned();
+    let done = app.wait_finished(&id).await;
+    assert_eq!(done["status"], "succeeded");
+
+    let events: Value = app.get(&format!("/api/v1/jobs/{id}/events")).await.json().await.expect("json");
+    let events = events["events"].as_array().expect("events");
+    let vanishing: Vec<&Value> = events.iter().filter(|e| e["kind"] == "vanishing").collect();
+    assert!(!vanishing.is_empty(), "{events:?}");
+    let mut layers: Vec<i64> = vanishing.iter().map(|e| e["layer"].as_i64().expect("layer")).collect();
+    let all = layers.len();
+    layers.sort_unstable();
+    layers.dedup();
+    assert_eq!(layers.len(), all, "each vanishing layer is reported once: {vanishing:?}");
+    assert!(vanishing.iter().all(|e| e["step"].as_i64() >= Some(5)));
+
+    let clipped: Vec<&Value> = events.iter().filter(|e| e["kind"] == "clipped").collect();
+    // At most one summary per 10-step window, and only for windows with clipping.
+    assert!((1..=4).contains(&clipped.len()), "{clipped:?}");
+    assert!(clipped.iter().all(|e| e["step"].as_i64().expect("step") % 10 == 0));
+    assert!(clipped.iter().all(|e| e["value"].as_f64().expect("fraction") > 0.0));
+    let clipped_steps =
+        column(&app.get(&format!("/api/v1/jobs/{id}/steps")).await.json::<Value>().await.expect("json"), "clip_coef")
+            [..10]
+            .iter()
+            .filter(|&&c| c < 1.0 - 1e-6)
+            .count();
+    assert_eq!(clipped[0]["step"], 10);
+    assert_eq!(clipped[0]["value"].as_f64(), Some(clipped_steps as f64 / 10.0), "the summary counts the clipped steps");
+
+    let only: Value = app.get(&format!("/api/v1/jobs/{id}/events?kind=clipped")).await.json().await.expect("json");
+    assert_eq!(only["events"].as_array().expect("events").len(), clipped.len());
+
+    let diagnosis = &done["diagnosis"];
+    assert_eq!(diagnosis["status"], "warning", "{diagnosis}");
+    assert!(diagnosis["issues"].as_array().expect("issues").iter().any(|i| i["kind"] == "vanishing"));
+}

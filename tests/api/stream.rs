@@ -1,0 +1,198 @@
+//! The WebSocket feed, with a real WebSocket client.
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+
+use crate::helpers::{TestApp, spawn_app, tiny_lstm_spec};
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+async fn connect(app: &TestApp, id: &str, query: &str) -> Socket {
+    let url = format!("{}/api/v1/jobs/{id}/stream{query}", app.address.replace("http://", "ws://"));
+    connect_async(url).await.expect("websocket connects").0
+}
+
+/// The next JSON message, or the close frame's code when the server closes.
+async fn next(socket: &mut Socket) -> Result<Value, Option<CloseCode>> {
+    loop {
+        match socket.next().await {
+            Some(Ok(Message::Text(text))) => return Ok(serde_json::from_str(&text).expect("JSON message")),
+            Some(Ok(Message::Close(frame))) => return Err(frame.map(|f| f.code)),
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => return Err(None),
+        }
+    }
+}
+
+/// Every message until the server closes, and the close code.
+async fn drain(socket: &mut Socket) -> (Vec<Value>, Option<CloseCode>) {
+    let mut messages = Vec::new();
+    loop {
+        match next(socket).await {
+            Ok(m) => messages.push(m),
+            Err(code) => return (messages, code),
+        }
+    }
+}
+
+fn steps_of(messages: &[Value]) -> Vec<u64> {
+    messages.iter().filter(|m| m["type"] == "step").map(|m| m["step"].as_u64().expect("step")).collect()
+}
+
+#[tokio::test]
+async fn a_running_job_streams_every_step_with_every_layer() {
+    let app = spawn_app().await;
+    let mut spec = tiny_lstm_spec(60, 0.25);
+    spec["monitor"] = json!({"histogram": true});
+    let id = app.submit(&spec).await["id"].as_str().expect("id").to_owned();
+    let mut socket = connect(&app, &id, "").await;
+    let hello = next(&mut socket).await.expect("hello");
+    assert_eq!(hello["type"], "hello");
+    assert_eq!(hello["job"]["id"], id.as_str());
+
+    let (messages, code) = drain(&mut socket).await;
+    assert_eq!(code, Some(CloseCode::Normal));
+    let last = messages.last().expect("messages");
+    assert_eq!((last["type"].as_str(), last["status"].as_str()), (Some("status"), Some("succeeded")));
+    // Connected before the first step was reported: every step, in order.
+    assert_eq!(steps_of(&messages), (1..=60).collect::<Vec<_>>());
+    let layers = app.get(&format!("/api/v1/jobs/{id}/layers")).await.json::<Value>().await.expect("json");
+    let n = layers["layers"].as_array().expect("layers").len();
+    for step in messages.iter().filter(|m| m["type"] == "step") {
+        assert!(step["grad_norm_clipped"].as_f64().expect("norm") <= 0.25 * (1.0 + 1e-5));
+        for stat in [
+            "grad_norm",
+            "grad_max",
+            "grad_mean",
+            "grad_std",
+            "zero_frac",
+            "nonfinite",
+            "weight_norm",
+            "update_ratio",
+            "hist",
+        ] {
+            assert_eq!(step["layers"][stat].as_array().map(Vec::len), Some(n), "{stat} at step {}", step["step"]);
+        }
+    }
+    // The stream agrees with what was stored.
+    let stored: Value = app.get(&format!("/api/v1/jobs/{id}/steps")).await.json().await.expect("json");
+    let streamed: Vec<f64> =
+        messages.iter().filter(|m| m["type"] == "step").map(|m| m["loss"].as_f64().expect("loss")).collect();
+    let stored: Vec<f64> = stored["loss"].as_array().expect("loss").iter().map(|v| v.as_f64().expect("loss")).collect();
+    assert_eq!(streamed, stored);
+}
+
+#[tokio::test]
+async fn every_and_layers_thin_the_stream_and_can_change() {
+    let app = spawn_app().await;
+    let id = app.submit(&tiny_lstm_spec(1_000_000, 1.0)).await["id"].as_str().expect("id").to_owned();
+    let mut socket = connect(&app, &id, "?every=5&layers=0,2").await;
+    assert_eq!(next(&mut socket).await.expect("hello")["type"], "hello");
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        let m = next(&mut socket).await.expect("message");
+        if m["type"] == "step" {
+            assert_eq!(m["indices"], json!([0, 2]));
+            assert_eq!(m["layers"]["grad_norm"].as_array().map(Vec::len), Some(2));
+            seen.push(m["step"].as_u64().expect("step"));
+        }
+    }
+    assert!(seen.iter().all(|s| s % 5 == 0), "{seen:?}");
+
+    socket
+        .send(Message::Text(json!({"type": "subscribe", "every": 7, "layers": [1]}).to_string().into()))
+        .await
+        .expect("send");
+    let mut after = Vec::new();
+    while after.len() < 3 {
+        let m = next(&mut socket).await.expect("message");
+        if m["type"] == "step" && m["indices"] == json!([1]) {
+            after.push(m["step"].as_u64().expect("step"));
+        }
+    }
+    assert!(after.iter().all(|s| s % 7 == 0), "{after:?}");
+    app.client.post(app.url(&format!("/api/v1/jobs/{id}/cancel"))).send().await.expect("cancel");
+    let (messages, code) = drain(&mut socket).await;
+    assert_eq!(messages.last().expect("status")["status"], "cancelled");
+    assert_eq!(code, Some(CloseCode::Normal));
+}
+
+#[tokio::test]
+async fn a_late_joiner_gets_recent_history_then_live_steps_without_gaps() {
+    let app = spawn_app().await;
+    let id = app.submit(&tiny_lstm_spec(1_000_000, 1.0)).await["id"].as_str().expect("id").to_owned();
+    app.wait_for(&id, "past step 100", |j| j["step"].as_u64() > Some(100)).await;
+    let mut socket = connect(&app, &id, "").await;
+    next(&mut socket).await.expect("hello");
+    let mut steps = Vec::new();
+    while steps.len() < 200 {
+        let m = next(&mut socket).await.expect("message");
+        if m["type"] == "step" {
+            steps.push(m["step"].as_u64().expect("step"));
+        }
+    }
+    // Joined after step 100 with a 512-step ring: the whole history comes first.
+    assert_eq!(steps[0], 1, "history starts at the ring's oldest step");
+    for pair in steps.windows(2) {
+        assert_eq!(pair[1], pair[0] + 1, "no gap and no duplicate");
+    }
+    app.client.post(app.url(&format!("/api/v1/jobs/{id}/cancel"))).send().await.expect("cancel");
+    app.wait_finished(&id).await;
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_stalls_neither_the_job_nor_other_clients() {
+    let app = spawn_app().await;
+    let mut spec = tiny_lstm_spec(300, 1.0);
+    spec["monitor"] = json!({"histogram": true});
+    let id = app.submit(&spec).await["id"].as_str().expect("id").to_owned();
+    let stalled = connect(&app, &id, "").await; // never read
+    let mut reader = connect(&app, &id, "").await;
+    let (messages, code) = drain(&mut reader).await;
+    assert_eq!(code, Some(CloseCode::Normal));
+    assert_eq!(messages.last().expect("status")["status"], "succeeded");
+    let steps = steps_of(&messages);
+    let lagged: u64 = messages.iter().filter(|m| m["type"] == "lagged").map(|m| m["missed"].as_u64().expect("n")).sum();
+    assert_eq!(steps.len() as u64 + lagged, 300, "every step arrives or is counted as missed");
+    assert!(steps.windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(app.job(&id).await["status"], "succeeded");
+    drop(stalled);
+}
+
+#[tokio::test]
+async fn a_finished_job_gives_hello_and_its_final_status() {
+    let app = spawn_app().await;
+    let id = app.submit(&tiny_lstm_spec(5, 1.0)).await["id"].as_str().expect("id").to_owned();
+    app.wait_finished(&id).await;
+    let mut socket = connect(&app, &id, "").await;
+    let (messages, code) = drain(&mut socket).await;
+    assert_eq!(messages.len(), 2, "{messages:?}");
+    assert_eq!(messages[0]["type"], "hello");
+    assert_eq!(messages[0]["layers"].as_array().map(Vec::len), Some(7));
+    assert_eq!((messages[1]["type"].as_str(), messages[1]["status"].as_str()), (Some("status"), Some("succeeded")));
+    assert_eq!(code, Some(CloseCode::Normal));
+
+    let unknown = app.get("/api/v1/jobs/0190a000-0000-7000-8000-000000000000/stream").await;
+    assert_eq!(unknown.status(), 404);
+}
+
+#[tokio::test]
+async fn shutdown_closes_sockets_with_a_close_frame() {
+    let app = spawn_app().await;
+    let id = app.submit(&tiny_lstm_spec(1_000_000, 1.0)).await["id"].as_str().expect("id").to_owned();
+    let mut socket = connect(&app, &id, "?every=1000000").await;
+    next(&mut socket).await.expect("hello");
+    app.wait_for(&id, "running", |j| j["status"] == "running").await;
+    let stopping = tokio::spawn(app.stop());
+    let (messages, code) = drain(&mut socket).await;
+    assert!(
+        code == Some(CloseCode::Away) || messages.last().is_some_and(|m| m["status"] == "interrupted"),
+        "closed with {code:?} after {messages:?}"
+    );
+    assert!(code.is_some(), "the server sent a close frame");
+    stopping.await.expect("stopped");
+}
