@@ -12,4 +12,5 @@ mod prometheus;
 mod service;
 mod stats;
 mod stream;
+mod tasks;
 mod validation;
