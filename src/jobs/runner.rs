@@ -15,7 +15,7 @@ use super::{Inner, checkpoint_path, corpus_path};
 use crate::store::{Job, JobStatus, Progress};
 use crate::train::data::builtin_corpus;
 use crate::train::spec::TaskSpec;
-use crate::train::{self, EvalReport, Event, Outcome, RunContext, StepReport, StopFlag, StopReason, TrainEvent};
+use crate::train::{self, Event, Outcome, RunContext, StepReport, StopFlag, StopReason, TrainEvent};
 
 /// Most messages written in one transaction.
 const WRITE_BATCH: usize = 1024;
@@ -100,7 +100,6 @@ async fn record(
     let mut messages = Vec::with_capacity(WRITE_BATCH);
     let mut steps: Vec<StepReport> = Vec::with_capacity(WRITE_BATCH);
     let mut events: Vec<Event> = Vec::new();
-    let mut evals: Vec<EvalReport> = Vec::new();
     let live = inner.live.open(job.id);
     while rx.recv_many(&mut messages, WRITE_BATCH).await > 0 {
         let mut diagnosis = None;
@@ -129,20 +128,25 @@ async fn record(
                     events.push(event);
                 }
                 TrainEvent::Diagnosis(d) => diagnosis = Some(d),
-                TrainEvent::Eval(eval) => evals.push(eval),
+                // Validation results travel as events: live, stored and counted with them.
+                TrainEvent::Eval(eval) => {
+                    for event in eval.events() {
+                        inner.metrics.record_event(job.id, &event);
+                        live.publish(LiveMessage::Event(event.clone()));
+                        events.push(event);
+                    }
+                }
             }
         }
         let progress = Progress {
             steps: &steps,
             events: &events,
             diagnosis: diagnosis.as_ref(),
-            evals: &evals,
             dropped: dropped.swap(0, Ordering::Relaxed),
         };
         inner.store.record_progress(job.id, &progress).await.context("failed to record progress")?;
         steps.clear();
         events.clear();
-        evals.clear();
     }
     Ok(())
 }

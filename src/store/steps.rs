@@ -9,7 +9,7 @@ use super::Store;
 use super::downsample::keep_extremes;
 use super::jobs::finite;
 use crate::train::diagnose::Diagnosis;
-use crate::train::{EvalReport, Event, StepReport};
+use crate::train::{Event, StepReport};
 
 /// What a running job reported since the last write.
 #[derive(Debug, Default)]
@@ -18,8 +18,6 @@ pub struct Progress<'a> {
     pub events: &'a [Event],
     /// The latest diagnosis, when it changed.
     pub diagnosis: Option<&'a Diagnosis>,
-    /// Validation passes.
-    pub evals: &'a [EvalReport],
     /// Step reports the bounded queue had to drop since the last write.
     pub dropped: u64,
 }
@@ -35,20 +33,6 @@ pub struct StepColumns {
     pub clip_coef: Vec<Option<f64>>,
     pub lr: Vec<f64>,
     pub skipped: Vec<bool>,
-    /// Validation passes in the range (never downsampled: they are few).
-    pub eval: EvalColumns,
-}
-
-/// Validation results as columns.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
-pub struct EvalColumns {
-    pub step: Vec<i64>,
-    /// The task's loss on its held-out data.
-    pub loss: Vec<Option<f64>>,
-    /// The task's metric (`accuracy`, `solve_rate`), when it has one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub metric: Option<String>,
-    pub value: Vec<Option<f64>>,
 }
 
 /// Points a step query answers with when it does not say.
@@ -80,16 +64,6 @@ impl Store {
         }
         Self::insert_layer_stats(&mut tx, &job_id, progress.steps).await?;
         Self::insert_events(&mut tx, &job_id, progress.events).await?;
-        for eval in progress.evals {
-            sqlx::query("INSERT INTO evals (job_id, step, loss, metric, value) VALUES (?, ?, ?, ?, ?)")
-                .bind(&job_id)
-                .bind(i64::try_from(eval.step)?)
-                .bind(finite(eval.loss))
-                .bind(eval.metric.map(|(name, _)| name))
-                .bind(eval.metric.and_then(|(_, v)| finite(v)))
-                .execute(&mut *tx)
-                .await?;
-        }
         if let Some(last) = progress.steps.last() {
             let last_loss = progress.steps.iter().rev().find_map(|s| finite(s.loss));
             sqlx::query("UPDATE jobs SET step = ?, loss = COALESCE(?, loss) WHERE id = ?")
@@ -138,20 +112,6 @@ impl Store {
             all.lr.push(row.try_get("lr")?);
             all.skipped.push(row.try_get("skipped")?);
         }
-        let evals = sqlx::query(
-            "SELECT step, loss, metric, value FROM evals WHERE job_id = ? AND step BETWEEN ? AND ? ORDER BY step",
-        )
-        .bind(id.to_string())
-        .bind(from)
-        .bind(to)
-        .fetch_all(&self.pool)
-        .await?;
-        for row in &evals {
-            all.eval.step.push(row.try_get("step")?);
-            all.eval.loss.push(row.try_get("loss")?);
-            all.eval.metric = row.try_get("metric")?;
-            all.eval.value.push(row.try_get("value")?);
-        }
         let keep = keep_extremes(all.step.len(), max_points, &[&|i| all.loss[i], &|i| all.grad_norm[i]]);
         if keep.len() == all.step.len() {
             return Ok(all);
@@ -164,7 +124,6 @@ impl Store {
             clip_coef: keep.iter().map(|&i| all.clip_coef[i]).collect(),
             lr: keep.iter().map(|&i| all.lr[i]).collect(),
             skipped: keep.iter().map(|&i| all.skipped[i]).collect(),
-            eval: all.eval,
         })
     }
 }

@@ -70,6 +70,29 @@ pub struct EvalReport {
     pub metric: Option<(&'static str, f64)>,
 }
 
+impl EvalReport {
+    /// As events: `validation` (the loss), and `validation_<metric>` when the task has one.
+    pub fn events(&self) -> Vec<Event> {
+        let mut events = vec![Event {
+            step: self.step,
+            kind: "validation",
+            layer: None,
+            value: Some(self.loss),
+            message: format!("validation loss {:.4}", self.loss),
+        }];
+        if let Some((name, value)) = self.metric {
+            events.push(Event {
+                step: self.step,
+                kind: if name == "accuracy" { "validation_accuracy" } else { "validation_metric" },
+                layer: None,
+                value: Some(value),
+                message: format!("validation {name} {value:.4}"),
+            });
+        }
+        events
+    }
+}
+
 /// Messages from a training thread, in order.
 #[derive(Debug, Clone)]
 pub enum TrainEvent {

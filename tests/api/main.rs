@@ -13,4 +13,5 @@ mod prometheus;
 mod service;
 mod stats;
 mod stream;
+mod tasks;
 mod validation;
