@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::stream::WsLimits;
-use crate::api::{self, AppState};
+use crate::api::{self, AppState, Limits};
 use crate::config::ServeConfig;
 use crate::jobs::Scheduler;
 use crate::metrics::Metrics;
@@ -58,7 +58,12 @@ impl Application {
             idle_timeout: Duration::from_secs(config.ws_idle_timeout_secs),
             clients: AtomicUsize::new(0),
         });
-        let state = AppState { store: store.clone(), scheduler: scheduler.clone(), ws, metrics };
+        let limits = Limits {
+            max_queued: config.max_queued,
+            max_params: config.max_params,
+            max_activation_bytes: config.max_activation_bytes,
+        };
+        let state = AppState { store: store.clone(), scheduler: scheduler.clone(), ws, metrics, limits };
         let router = api::router(state, &config);
         let listener =
             TcpListener::bind(config.addr).await.with_context(|| format!("failed to listen on {}", config.addr))?;

@@ -26,6 +26,8 @@ pub enum ApiError {
     PayloadTooLarge,
     #[error("{0}")]
     UnsupportedMediaType(&'static str),
+    #[error("{0}")]
+    TooManyRequests(String),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -39,7 +41,8 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// Stable, machine-readable: `not_found`, `conflict`, `invalid_field`, `invalid_json`,
-    /// `invalid_query`, `payload_too_large`, `unsupported_media_type`, `internal`.
+    /// `invalid_query`, `payload_too_large`, `unsupported_media_type`, `too_many_queued`,
+    /// `unauthorized`, `internal`.
     pub code: &'static str,
     pub message: String,
     /// The offending field as a JSON path (`model.hidden`, `policy.grad[0].max_norm`).
@@ -60,6 +63,7 @@ impl ApiError {
             Self::BadRequest { code, field, .. } => (StatusCode::BAD_REQUEST, code, field.as_deref()),
             Self::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", None),
             Self::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", None),
+            Self::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_queued", None),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
         }
     }

@@ -10,12 +10,13 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::extract::{ApiJson, ApiQuery};
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, Limits};
 use crate::jobs::CancelOutcome;
 use crate::store::downsample::MIN_POINTS;
 use crate::store::{DEFAULT_MAX_POINTS, Job, JobStatus, MAX_MAX_POINTS, StepColumns};
 use crate::train::JobSpec;
-use crate::train::data::builtin_corpus;
+use crate::train::budget;
+use crate::train::data::{builtin_corpus, vocab_size};
 
 pub const DEFAULT_LIST_LIMIT: i64 = 50;
 pub const MAX_LIST_LIMIT: i64 = 500;
@@ -36,26 +37,67 @@ pub(super) async fn find_job(state: &AppState, raw: &str) -> Result<Job, ApiErro
         (status = 400, description = "Malformed JSON", body = super::ErrorBody),
         (status = 413, description = "Body too large", body = super::ErrorBody),
         (status = 415, description = "Not JSON", body = super::ErrorBody),
-        (status = 422, description = "Invalid spec; `field` names the offending field", body = super::ErrorBody),
+        (status = 422, description = "Invalid spec, or above the size limits; `field` names the offending field", body = super::ErrorBody),
+        (status = 429, description = "Too many jobs queued", body = super::ErrorBody),
     ))]
 pub async fn create(
     State(state): State<AppState>,
     ApiJson(spec): ApiJson<JobSpec>,
 ) -> Result<(StatusCode, Json<Job>), ApiError> {
     spec.validate()?;
-    if let Some(corpus) = spec.task.corpus()
-        && builtin_corpus(corpus).is_none()
-        && state.store.corpus(corpus).await?.is_none()
-    {
-        return Err(ApiError::invalid(
-            "task.corpus",
-            format!("no corpus {corpus:?}: use builtin:tiny or an id from POST /api/v1/corpora"),
-        ));
+    let vocab = match spec.task.corpus() {
+        None => 0,
+        Some(corpus) => match builtin_corpus(corpus) {
+            Some(text) => vocab_size(text) as u64,
+            None => match state.store.corpus(corpus).await? {
+                Some(uploaded) => uploaded.vocab_size as u64,
+                None => {
+                    return Err(ApiError::invalid(
+                        "task.corpus",
+                        format!("no corpus {corpus:?}: use builtin:tiny or an id from POST /api/v1/corpora"),
+                    ));
+                }
+            },
+        },
+    };
+    check_budget(&spec, vocab, &state.limits)?;
+    let queued = state.store.count_jobs().await?;
+    let waiting = queued.iter().find(|(s, _)| *s == JobStatus::Queued).map_or(0, |(_, n)| *n);
+    if waiting >= state.limits.max_queued {
+        return Err(ApiError::TooManyRequests(format!(
+            "{waiting} jobs are already queued (the limit is {}): wait for some to finish",
+            state.limits.max_queued
+        )));
     }
     let job = state.store.insert_job(&spec).await?;
     state.scheduler.notify_queued();
     tracing::info!(job = %job.id, name = %job.name, "job queued");
     Ok((StatusCode::CREATED, Json(job)))
+}
+
+/// Refuses a spec whose model or step would not fit the configured limits.
+fn check_budget(spec: &JobSpec, vocab: u64, limits: &Limits) -> Result<(), ApiError> {
+    let estimate = budget::estimate(spec, vocab);
+    if estimate.params > limits.max_params {
+        return Err(ApiError::invalid(
+            "model",
+            format!(
+                "about {} parameters, above this service's limit of {}: use fewer or narrower layers",
+                estimate.params, limits.max_params
+            ),
+        ));
+    }
+    if estimate.activation_bytes > limits.max_activation_bytes {
+        return Err(ApiError::invalid(
+            "batch_size",
+            format!(
+                "one step needs about {} MiB of activations, above this service's limit of {} MiB: use a smaller batch, shorter sequences or a smaller model",
+                estimate.activation_bytes >> 20,
+                limits.max_activation_bytes >> 20
+            ),
+        ));
+    }
+    Ok(())
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

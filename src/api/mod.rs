@@ -51,6 +51,16 @@ pub struct AppState {
     /// WebSocket limits and client count.
     pub ws: Arc<WsLimits>,
     pub metrics: Arc<Metrics>,
+    /// What one submission may ask for.
+    pub limits: Limits,
+}
+
+/// Bounds on submissions, so one request cannot exhaust the machine.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_queued: i64,
+    pub max_params: u64,
+    pub max_activation_bytes: u64,
 }
 
 /// The whole application router: API, probes, and the dashboard's static files at `/`.

@@ -3,6 +3,7 @@
 //! this module (`tch::Tensor` is `Send` but not `Sync`).
 //!
 //! - [`spec`] — the job specification and its validation.
+//! - [`budget`] — parameter and activation-memory estimates of a spec.
 //! - [`data`] — corpora and batch sampling.
 //! - [`task`] — tasks: batches, losses, validation and metrics.
 //! - [`model`] — the networks, with named parameters in a stable order.
@@ -13,6 +14,7 @@
 //! - [`run`] — the training loop.
 //! - [`presets`] — the seed experiments, failing runs beside their remedied twins.
 
+pub mod budget;
 pub mod data;
 pub mod diagnose;
 pub mod model;

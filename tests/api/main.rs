@@ -7,6 +7,7 @@ mod deploy;
 mod helpers;
 mod jobs;
 mod lifecycle;
+mod limits;
 mod metrics;
 mod presets;
 mod prometheus;
