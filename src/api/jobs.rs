@@ -15,8 +15,8 @@ use crate::jobs::CancelOutcome;
 use crate::store::downsample::MIN_POINTS;
 use crate::store::{DEFAULT_MAX_POINTS, Job, JobStatus, MAX_MAX_POINTS, StepColumns};
 use crate::train::JobSpec;
-use crate::train::budget;
 use crate::train::data::{builtin_corpus, vocab_size};
+use crate::train::{budget, checkpoint};
 
 pub const DEFAULT_LIST_LIMIT: i64 = 50;
 pub const MAX_LIST_LIMIT: i64 = 500;
@@ -165,6 +165,37 @@ pub async fn cancel(
     Ok((StatusCode::ACCEPTED, Json(job)))
 }
 
+/// Resume an interrupted (or cancelled or failed) job from its last checkpoint: it is
+/// queued again and continues the step count, the optimizer state and the loss curve.
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/resume", tag = "jobs", params(("id" = Uuid, Path)),
+    responses(
+        (status = 202, description = "Queued to continue after its last checkpoint", body = Job),
+        (status = 404, body = super::ErrorBody),
+        (status = 409, description = "Not resumable: running, queued, succeeded, diverged, or no checkpoint", body = super::ErrorBody),
+    ))]
+pub async fn resume(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Job>), ApiError> {
+    let job = find_job(&state, &id).await?;
+    if !matches!(job.status, JobStatus::Interrupted | JobStatus::Cancelled | JobStatus::Failed) {
+        return Err(ApiError::Conflict(format!(
+            "only interrupted, cancelled or failed jobs resume; this one is {}",
+            job.status.as_str()
+        )));
+    }
+    let Some(step) = checkpoint::resume_step(&state.scheduler.checkpoint_path(job.id)) else {
+        return Err(ApiError::Conflict("the job has no checkpoint to resume from".to_owned()));
+    };
+    if !state.store.requeue_to_resume(job.id, i64::try_from(step).map_err(anyhow::Error::from)?).await? {
+        return Err(ApiError::Conflict("the job changed state; try again".to_owned()));
+    }
+    state.scheduler.notify_queued();
+    tracing::info!(job = %job.id, step, "job queued to resume");
+    let job = state.store.job(job.id).await?.ok_or(ApiError::NotFound("job"))?;
+    Ok((StatusCode::ACCEPTED, Json(job)))
+}
+
 /// Delete a finished job with everything it recorded.
 #[utoipa::path(delete, path = "/api/v1/jobs/{id}", tag = "jobs", params(("id" = Uuid, Path)),
     responses(
@@ -181,11 +212,13 @@ pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Re
         return Err(ApiError::NotFound("job"));
     }
     state.metrics.remove_job(job.id, job.spec.model.kind.as_str(), job.spec.task.kind());
-    let checkpoint = state.scheduler.checkpoint_path(job.id);
-    if let Err(err) = tokio::fs::remove_file(&checkpoint).await
-        && err.kind() != std::io::ErrorKind::NotFound
-    {
-        tracing::warn!(job = %job.id, "failed to remove {}: {err}", checkpoint.display());
+    let weights = state.scheduler.checkpoint_path(job.id);
+    for file in [checkpoint::resume_path(&weights), weights] {
+        if let Err(err) = tokio::fs::remove_file(&file).await
+            && err.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(job = %job.id, "failed to remove {}: {err}", file.display());
+        }
     }
     tracing::info!(job = %job.id, "job deleted");
     Ok(StatusCode::NO_CONTENT)

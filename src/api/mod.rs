@@ -69,6 +69,7 @@ pub fn router(state: AppState, config: &ServeConfig) -> Router {
         .route("/jobs", post(jobs::create).get(jobs::list))
         .route("/jobs/{id}", get(jobs::get).delete(jobs::delete))
         .route("/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/jobs/{id}/resume", post(jobs::resume))
         .route("/jobs/{id}/layers", get(jobs::layers))
         .route("/jobs/{id}/steps", get(jobs::steps))
         .route("/jobs/{id}/layer-stats", get(stats::layers))

@@ -81,10 +81,12 @@ pub struct Job {
     pub diagnosis: Option<Diagnosis>,
     /// Step reports dropped because the store could not keep up (0 in a healthy service).
     pub dropped_reports: i64,
+    /// When the job was resumed: the checkpoint step it continued after.
+    pub resumed_from: Option<i64>,
 }
 
 const JOB_COLUMNS: &str = "id, name, status, spec, created_at, started_at, finished_at, step, total_steps, device, \
-    loss, error, diagnosis, dropped_reports";
+    loss, error, diagnosis, dropped_reports, resumed_from";
 
 fn job_from_row(row: &SqliteRow) -> anyhow::Result<Job> {
     let status: String = row.try_get("status")?;
@@ -105,6 +107,7 @@ fn job_from_row(row: &SqliteRow) -> anyhow::Result<Job> {
         error: row.try_get("error")?,
         diagnosis: row.try_get::<Option<String>, _>("diagnosis")?.map(|d| serde_json::from_str(&d)).transpose()?,
         dropped_reports: row.try_get("dropped_reports")?,
+        resumed_from: row.try_get("resumed_from")?,
     })
 }
 
@@ -131,6 +134,7 @@ impl Store {
             error: None,
             diagnosis: None,
             dropped_reports: 0,
+            resumed_from: None,
         };
         sqlx::query(
             "INSERT INTO jobs (id, name, status, spec, created_at, step, total_steps) VALUES (?, ?, ?, ?, ?, 0, ?)",
@@ -219,14 +223,19 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         for layer in layers {
-            sqlx::query("INSERT INTO layers (job_id, idx, name, shape, numel) VALUES (?, ?, ?, ?, ?)")
-                .bind(id.to_string())
-                .bind(layer.index as i64)
-                .bind(&layer.name)
-                .bind(serde_json::to_string(&layer.shape)?)
-                .bind(layer.numel)
-                .execute(&mut *tx)
-                .await?;
+            // A resumed job reports its layers again.
+            sqlx::query(
+                "INSERT INTO layers (job_id, idx, name, shape, numel) VALUES (?, ?, ?, ?, ?)
+                 ON CONFLICT (job_id, idx) DO UPDATE SET name = excluded.name, shape = excluded.shape,
+                     numel = excluded.numel",
+            )
+            .bind(id.to_string())
+            .bind(layer.index as i64)
+            .bind(&layer.name)
+            .bind(serde_json::to_string(&layer.shape)?)
+            .bind(layer.numel)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -262,6 +271,41 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// Queues an ended job again to continue after `step`, its last checkpoint: what it
+    /// recorded after that step is removed (it will be recorded again). False if the job
+    /// is not interrupted, cancelled or failed.
+    pub async fn requeue_to_resume(&self, id: Uuid, step: i64) -> anyhow::Result<bool> {
+        let job_id = id.to_string();
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE jobs SET status = 'queued', step = ?, resumed_from = ?, finished_at = NULL, error = NULL
+             WHERE id = ? AND status IN ('interrupted', 'cancelled', 'failed')",
+        )
+        .bind(step)
+        .bind(step)
+        .bind(&job_id)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        for table in ["steps", "layer_stats", "events"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE job_id = ? AND step > ?"))
+                .bind(&job_id)
+                .bind(step)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("UPDATE jobs SET loss = (SELECT loss FROM steps WHERE job_id = ? AND step = ?) WHERE id = ?")
+            .bind(&job_id)
+            .bind(step)
+            .bind(&job_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// Cancels a job that has not started. False if it is not queued.

@@ -4,6 +4,7 @@
 //!
 //! - [`spec`] — the job specification and its validation.
 //! - [`budget`] — parameter and activation-memory estimates of a spec.
+//! - [`checkpoint`] — weights and resumable optimizer state on disk.
 //! - [`data`] — corpora and batch sampling.
 //! - [`task`] — tasks: batches, losses, validation and metrics.
 //! - [`model`] — the networks, with named parameters in a stable order.
@@ -15,6 +16,7 @@
 //! - [`presets`] — the seed experiments, failing runs beside their remedied twins.
 
 pub mod budget;
+pub mod checkpoint;
 pub mod data;
 pub mod diagnose;
 pub mod model;

@@ -12,7 +12,9 @@ use std::time::Instant;
 use anyhow::Context;
 use tch::{Device, Kind, Tensor, nn};
 
+use super::checkpoint;
 use super::diagnose::{Diagnoser, Diagnosis};
+use super::optim::FlatOptimizer;
 use super::policy::GradPolicies;
 use super::spec::{JobSpec, OnNonfinite, parse_device};
 use super::stats::{FlatParams, GRAD_STATS, HIST_BINS, LayerStats, WEIGHT_STATS};
@@ -24,8 +26,11 @@ use super::{Outcome, StepReport, StopFlag, StopReason, TrainEvent, model, optim,
 pub struct RunContext {
     /// The text of the `char_lm` corpus (empty for generated tasks).
     pub corpus: String,
-    /// Where the latest weights are written as safetensors (at the end, and when stopped).
+    /// Where the latest weights are written as safetensors (every `checkpoint_every`
+    /// steps, at the end, and when stopped), with a resume file beside it.
     pub checkpoint: Option<PathBuf>,
+    /// Continue from the resume file beside `checkpoint` instead of starting afresh.
+    pub resume: bool,
 }
 
 /// Trains `spec` to the end, or until `stop` is raised, reporting through `emit`.
@@ -42,16 +47,22 @@ pub fn train(
     let (model, params) = model::build(&spec.model, &vs, task.io(), spec.seed)?;
     let tensors: Vec<Tensor> = params.tensors().map(Tensor::shallow_clone).collect();
     let mut flat = FlatParams::new(&tensors, device)?;
-    let mut opt = optim::build(&spec.optimizer, &vs, spec.steps)?;
+    let mut optimizer = FlatOptimizer::new(&spec.optimizer);
     let layers = params.layers();
+    let named: Vec<(String, Tensor)> =
+        layers.iter().map(|l| l.name.clone()).zip(flat.params().iter().map(Tensor::shallow_clone)).collect();
+    let first = match (&ctx.checkpoint, ctx.resume) {
+        (Some(path), true) => resume(path, &named, &mut optimizer, &mut task, spec, device)? + 1,
+        _ => 1,
+    };
     let grad_policies = GradPolicies::new(&spec.policy.grad, device)?;
     let mut reporter = Reporter::new(spec, grad_policies, layers.iter().map(|l| l.name.clone()).collect());
     emit(TrainEvent::Started { device: model::device_name(device), layers });
 
-    for step in 1..=spec.steps {
+    for step in first..=spec.steps {
         if let Some(reason) = stop.requested() {
             reporter.finish(emit)?;
-            save_checkpoint(&vs, ctx)?;
+            save_checkpoint(ctx, &named, &optimizer, step - 1)?;
             return Ok(match reason {
                 StopReason::Cancel => Outcome::Cancelled,
                 StopReason::Shutdown => Outcome::Interrupted,
@@ -59,7 +70,6 @@ pub fn train(
         }
         let started = Instant::now();
         let lr = optim::learning_rate(&spec.optimizer, step, spec.steps);
-        opt.set_lr(lr);
         let batch = task.train_batch(spec.batch_size)?;
         let loss = task.loss(&model.forward(&batch.xs, true)?, &batch.ys)?;
         flat.zero_grads()?;
@@ -75,7 +85,7 @@ pub fn train(
                 flat.snapshot_weights()?;
             }
             if update {
-                opt.step();
+                optimizer.step(flat.weights(), flat.grads(), lr)?;
                 policy::apply_weight_policies(&spec.policy.weight, flat.params(), step)?;
             }
             Ok(())
@@ -90,13 +100,46 @@ pub fn train(
         }
         if !finite && spec.policy.on_nonfinite == OnNonfinite::Stop {
             reporter.finish(emit)?;
-            save_checkpoint(&vs, ctx)?;
+            save_checkpoint(ctx, &named, &optimizer, step)?;
             return Ok(Outcome::Diverged(format!("non-finite loss or gradient at step {step}")));
+        }
+        if spec.checkpoint_every > 0 && step.is_multiple_of(spec.checkpoint_every) && step < spec.steps {
+            save_checkpoint(ctx, &named, &optimizer, step)?;
         }
     }
     reporter.finish(emit)?;
-    save_checkpoint(&vs, ctx)?;
+    save_checkpoint(ctx, &named, &optimizer, spec.steps)?;
     Ok(Outcome::Succeeded)
+}
+
+/// Loads the resume file into the parameters and the optimizer and moves the task's
+/// batch stream past the steps already done, so the run continues as if never stopped.
+/// Returns the step it continues after.
+fn resume(
+    path: &std::path::Path,
+    named: &[(String, Tensor)],
+    optimizer: &mut FlatOptimizer,
+    task: &mut Task,
+    spec: &JobSpec,
+    device: Device,
+) -> anyhow::Result<u64> {
+    let saved = checkpoint::load(path)?;
+    tch::no_grad(|| -> anyhow::Result<()> {
+        for (name, param) in named {
+            let (_, value) = saved
+                .weights
+                .iter()
+                .find(|(n, _)| n == name)
+                .with_context(|| format!("the checkpoint has no {name}"))?;
+            param.shallow_clone().f_copy_(value)?;
+        }
+        Ok(())
+    })?;
+    optimizer.restore(saved.optimizer, saved.optim_steps, device)?;
+    for _ in 0..saved.job_step {
+        task.train_batch(spec.batch_size)?;
+    }
+    Ok(saved.job_step)
 }
 
 /// Turns device tensors into reports: one host copy per step, weight statistics carried
@@ -235,14 +278,14 @@ impl<'a> Reporter<'a> {
     }
 }
 
-fn save_checkpoint(vs: &nn::VarStore, ctx: &RunContext) -> anyhow::Result<()> {
-    let Some(path) = &ctx.checkpoint else { return Ok(()) };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
+fn save_checkpoint(
+    ctx: &RunContext,
+    named: &[(String, Tensor)],
+    optimizer: &FlatOptimizer,
+    step: u64,
+) -> anyhow::Result<()> {
+    match &ctx.checkpoint {
+        Some(path) => checkpoint::save(path, named, optimizer, step),
+        None => Ok(()),
     }
-    // Write beside the old file and rename, so a reader never sees half a checkpoint.
-    let partial = path.with_extension("partial.safetensors");
-    vs.save(&partial).with_context(|| format!("failed to write checkpoint {}", partial.display()))?;
-    std::fs::rename(&partial, path).with_context(|| format!("failed to move checkpoint to {}", path.display()))?;
-    Ok(())
 }

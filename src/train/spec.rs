@@ -79,6 +79,16 @@ pub struct JobSpec {
     pub policy: PolicySpec,
     #[serde(default)]
     pub monitor: MonitorSpec,
+    /// Write a checkpoint (weights and optimizer state) every this many steps, so an
+    /// interrupted job can resume; 0 writes one only at the end and when stopped.
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: u64,
+}
+
+pub const DEFAULT_CHECKPOINT_EVERY: u64 = 500;
+
+fn default_checkpoint_every() -> u64 {
+    DEFAULT_CHECKPOINT_EVERY
 }
 
 /// The data a job trains on.

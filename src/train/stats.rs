@@ -80,6 +80,11 @@ impl FlatParams {
         &self.params
     }
 
+    /// The flat weight buffer.
+    pub fn weights(&self) -> &Tensor {
+        &self.weights
+    }
+
     /// The flat gradient buffer.
     pub fn grads(&self) -> &Tensor {
         &self.grads

@@ -24,6 +24,7 @@ async fn the_openapi_document_covers_every_route() {
         ("/api/v1/jobs", &["get", "post"][..]),
         ("/api/v1/jobs/{id}", &["get", "delete"]),
         ("/api/v1/jobs/{id}/cancel", &["post"]),
+        ("/api/v1/jobs/{id}/resume", &["post"]),
         ("/api/v1/jobs/{id}/layers", &["get"]),
         ("/api/v1/jobs/{id}/steps", &["get"]),
         ("/api/v1/jobs/{id}/layer-stats", &["get"]),

@@ -1,0 +1,114 @@
+//! Checkpoints. Two files per job, each written beside its final name and renamed into
+//! place, so a reader (or a crash) never sees half of one:
+//! - `<id>.safetensors`: the weights under the names of `/layers`, for users;
+//! - `<id>.resume.safetensors`: the weights (`model.<name>`), the optimizer's state
+//!   (`optim.<name>`), the job's step (`job_step`) and the optimizer's update count
+//!   (`optim_steps`), so an interrupted job continues where it was.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use tch::{Kind, Tensor};
+
+use super::optim::FlatOptimizer;
+
+/// The resume file that belongs with a checkpoint.
+pub fn resume_path(checkpoint: &Path) -> PathBuf {
+    checkpoint.with_extension("resume.safetensors")
+}
+
+fn write_atomically(path: &Path, tensors: &[(String, Tensor)]) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
+    }
+    let partial = path.with_extension("partial");
+    Tensor::write_safetensors(tensors, &partial)
+        .with_context(|| format!("failed to write checkpoint {}", partial.display()))?;
+    std::fs::rename(&partial, path).with_context(|| format!("failed to move checkpoint to {}", path.display()))
+}
+
+/// Writes both files for `params` (name, tensor) after `job_step` steps.
+pub fn save(path: &Path, params: &[(String, Tensor)], optimizer: &FlatOptimizer, job_step: u64) -> anyhow::Result<()> {
+    let cpu = |t: &Tensor| t.f_detach().and_then(|t| t.f_to_device(tch::Device::Cpu));
+    let weights: Vec<(String, Tensor)> =
+        params.iter().map(|(n, t)| Ok((n.clone(), cpu(t)?))).collect::<anyhow::Result<_>>()?;
+    let (state, optim_steps) = optimizer.state();
+    let mut resume: Vec<(String, Tensor)> =
+        weights.iter().map(|(n, t)| (format!("model.{n}"), t.shallow_clone())).collect();
+    for (name, tensor) in state {
+        resume.push((format!("optim.{name}"), cpu(tensor)?));
+    }
+    resume.push(("job_step".to_owned(), Tensor::from_slice(&[i64::try_from(job_step)?])));
+    resume.push(("optim_steps".to_owned(), Tensor::from_slice(&[i64::try_from(optim_steps)?])));
+    write_atomically(&resume_path(path), &resume)?;
+    write_atomically(path, &weights)
+}
+
+/// What a resume file holds.
+pub struct Resume {
+    pub job_step: u64,
+    pub optim_steps: u64,
+    pub weights: Vec<(String, Tensor)>,
+    pub optimizer: Vec<(String, Tensor)>,
+}
+
+pub fn load(path: &Path) -> anyhow::Result<Resume> {
+    let file = resume_path(path);
+    let tensors = Tensor::read_safetensors(&file).with_context(|| format!("failed to read {}", file.display()))?;
+    let mut resume = Resume { job_step: 0, optim_steps: 0, weights: Vec::new(), optimizer: Vec::new() };
+    for (name, tensor) in tensors {
+        if let Some(param) = name.strip_prefix("model.") {
+            resume.weights.push((param.to_owned(), tensor));
+        } else if let Some(state) = name.strip_prefix("optim.") {
+            resume.optimizer.push((state.to_owned(), tensor));
+        } else if name == "job_step" {
+            resume.job_step = u64::try_from(tensor.f_to_kind(Kind::Int64)?.f_int64_value(&[0])?)?;
+        } else if name == "optim_steps" {
+            resume.optim_steps = u64::try_from(tensor.f_to_kind(Kind::Int64)?.f_int64_value(&[0])?)?;
+        }
+    }
+    Ok(resume)
+}
+
+/// The step a job's resume file was written at, read from the file's header and one
+/// value, without loading the weights. `None` when there is no complete resume file.
+pub fn resume_step(path: &Path) -> Option<u64> {
+    let mut file = std::fs::File::open(resume_path(path)).ok()?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).ok()?;
+    let len = usize::try_from(u64::from_le_bytes(len)).ok()?;
+    let mut header = vec![0u8; len];
+    file.read_exact(&mut header).ok()?;
+    let header: serde_json::Value = serde_json::from_slice(&header).ok()?;
+    let offsets = header.get("job_step")?.get("data_offsets")?.as_array()?;
+    let start = offsets.first()?.as_u64()?;
+    let bytes = std::fs::read(resume_path(path)).ok()?;
+    let at = 8 + len + usize::try_from(start).ok()?;
+    let value = i64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?);
+    u64::try_from(value).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::spec::OptimizerSpec;
+
+    #[test]
+    fn a_checkpoint_round_trips_weights_state_and_step() {
+        let dir = tempfile::TempDir::new().expect("dir");
+        let path = dir.path().join("job.safetensors");
+        let w = Tensor::from_slice(&[1.0f32, 2.0, 3.0]);
+        let mut opt = FlatOptimizer::new(&OptimizerSpec::default());
+        tch::no_grad(|| opt.step(&w, &Tensor::from_slice(&[0.1f32, 0.2, 0.3]), 0.01)).expect("step");
+        save(&path, &[("layer.weight".to_owned(), w.shallow_clone())], &opt, 42).expect("save");
+        assert_eq!(resume_step(&path), Some(42));
+        let back = load(&path).expect("load");
+        assert_eq!((back.job_step, back.optim_steps), (42, 1));
+        assert_eq!(back.weights[0].0, "layer.weight");
+        assert!(back.weights[0].1.equal(&w));
+        assert_eq!(back.optimizer.len(), 2, "AdamW keeps two moments");
+        let public = Tensor::read_safetensors(&path).expect("public");
+        assert_eq!(public.len(), 1, "the user's checkpoint holds only the weights");
+    }
+}
