@@ -3,6 +3,7 @@
 
 mod auth;
 mod cli;
+mod crash;
 mod deploy;
 mod helpers;
 mod jobs;
