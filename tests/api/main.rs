@@ -5,6 +5,7 @@ mod auth;
 mod cli;
 mod crash;
 mod deploy;
+mod faults;
 mod helpers;
 mod jobs;
 mod lifecycle;
