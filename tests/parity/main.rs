@@ -256,3 +256,69 @@ fn weight_policies_match_pytorch() {
         assert!(weights.iter().enumerate().any(|(i, w)| !w.equal(&data[&format!("in.{i}")])), "{name} acted");
     }
 }
+
+/// The statistics engine, fed PyTorch's gradients, gives PyTorch's statistics: each of
+/// norm, max, mean, std, zero fraction and non-finite count within 1e-5, histograms exact.
+#[test]
+fn statistics_match_pytorch_on_the_same_gradients() {
+    use gradscope::train::stats::{FlatParams, GRAD_STATS, HIST_BINS};
+    let cases = [
+        model_case(
+            "stats_mlp",
+            json!({"kind": "mlp", "layers": 3, "hidden": 16, "activation": "relu"}),
+            json!({"kind": "classification", "features": 8, "classes": 5}),
+        ),
+        model_case(
+            "stats_lstm",
+            json!({"kind": "lstm", "layers": 2, "hidden": 12}),
+            json!({"kind": "char_lm", "seq_len": 6}),
+        ),
+    ];
+    let specs: Vec<Value> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, (name, model, task, io))| {
+            json!({"name": name, "seed": 500 + i, "batch": 6, "model": model, "task": task, "io": io_json(*io)})
+        })
+        .collect();
+    let dir = reference(&json!({"models": specs}));
+    for (name, ..) in &cases {
+        let expected = load(&dir.path().join(name).join("expected.safetensors"));
+        let names: Vec<String> =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join(name).join("names.json")).expect("names"))
+                .expect("json");
+        let grads: Vec<Tensor> = names.iter().map(|n| expected[&format!("grad.{n}")].shallow_clone()).collect();
+        let params: Vec<Tensor> = grads.iter().map(|g| g.zeros_like().set_requires_grad(true)).collect();
+        let mut flat = FlatParams::new(&params, Device::Cpu).expect("flat");
+        flat.zero_grads().expect("zero");
+        // d/dp Σ p·g = g: the engine sees exactly PyTorch's gradients.
+        let loss = flat
+            .params()
+            .iter()
+            .zip(&grads)
+            .map(|(p, g)| (p * g).sum(Kind::Float))
+            .fold(Tensor::from(0.0f32), |a, b| a + b);
+        loss.backward();
+        flat.adopt_grads().expect("adopt");
+        let (stats, _) = flat.grad_stats().expect("stats");
+        let hist = flat.grad_histogram().expect("hist");
+        for (i, n) in names.iter().enumerate() {
+            let ours = stats.select(1, i as i64);
+            let theirs = &expected[&format!("stats.{n}")];
+            for (row, stat) in GRAD_STATS.iter().enumerate() {
+                assert_close(
+                    &format!("{name} {n} {stat}"),
+                    &ours.get(row as i64).reshape([1]),
+                    &theirs.get(row as i64).reshape([1]),
+                    POLICY_TOL,
+                );
+            }
+            let ours = hist.narrow(0, (i * HIST_BINS) as i64, HIST_BINS as i64);
+            assert!(
+                ours.equal(&expected[&format!("hist.{n}")]),
+                "{name} {n}: histograms differ: {ours} vs {}",
+                expected[&format!("hist.{n}")]
+            );
+        }
+    }
+}

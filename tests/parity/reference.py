@@ -132,6 +132,29 @@ def task_loss(task, out, ys):
     return F.cross_entropy(out.reshape(-1, out.shape[-1]), ys.reshape(-1))
 
 
+def grad_statistics(g):
+    """DESIGN.md's per-layer statistics, the plain way: norm, max |g|, mean, std
+    (unbiased, as torch.std), fraction of exact zeros, count of NaN/Inf."""
+    g = g.detach().double().flatten()
+    std = g.std() if g.numel() > 1 else torch.zeros((), dtype=torch.float64)
+    return torch.stack([g.norm(), g.abs().max(), g.mean(), std, (g == 0).double().mean(),
+                        (~torch.isfinite(g)).double().sum()]).float()
+
+
+def grad_histogram(g):
+    """Counts of |g|: exact zeros, [2^e, 2^(e+1)) for e = -40..8 (clamped at both ends),
+    then NaN/Inf: 51 buckets."""
+    a = g.detach().abs().flatten()
+    counts = torch.zeros(51, dtype=torch.int64)
+    finite = torch.isfinite(a)
+    counts[50] = (~finite).sum()
+    nonzero = finite & (a != 0)
+    counts[0] = (finite & (a == 0)).sum()
+    e = torch.floor(torch.log2(a[nonzero].double())).clamp(-40, 8).long() + 41
+    counts += torch.bincount(e, minlength=51)
+    return counts
+
+
 def run_model(case, out):
     torch.manual_seed(case["seed"])
     spec, io, task = case["model"], case["io"], case["task"]
@@ -150,6 +173,8 @@ def run_model(case, out):
     results = {"loss": loss.detach().reshape(1)}
     for name, p in model.named_parameters():
         results["grad." + name] = p.grad
+        results["stats." + name] = grad_statistics(p.grad)
+        results["hist." + name] = grad_histogram(p.grad)
     if spec.get("norm") == "batch":
         # The running statistics after one training step, then an evaluation-mode loss.
         for name, buf in model.named_buffers():
