@@ -14,8 +14,9 @@ use tch::nn::{self, Module, OptimizerConfig};
 use tch::{Device, Kind, Reduction, Tensor};
 
 use crate::train::model::{self, Input, Io};
+use crate::train::optim::FlatOptimizer;
 use crate::train::policy::GradPolicies;
-use crate::train::spec::{DeviceChoice, GradPolicy, ModelSpec, NormType, parse_device};
+use crate::train::spec::{DeviceChoice, GradPolicy, ModelSpec, NormType, OptimizerSpec, parse_device};
 use crate::train::stats::FlatParams;
 
 #[derive(Debug, Clone, Args)]
@@ -53,30 +54,50 @@ pub enum BenchModel {
 /// What a timed step does besides forward, backward and the optimizer step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Variant {
-    /// Nothing: the loss to the host, as any training loop logs it.
+    /// LibTorch's per-tensor AdamW and nothing else but the loss to the host, as any
+    /// training loop logs it: the step PyTorch eager users know.
     Bare,
+    /// A job's step with statistics off (`monitor.every: 0`): the flat AdamW, and the
+    /// loss and global norm in one host copy.
+    Flat,
     /// `clip_norm` as a job applies it, with no per-layer statistics.
     Clip,
+    /// Every per-layer statistic (no histogram) and `clip_norm`, one host copy.
+    StatsClipNoHist,
     /// Every per-layer statistic and histogram, one host copy.
     Stats,
     /// Every per-layer statistic and histogram, then `clip_norm`, one host copy.
     StatsClip,
-    /// Four statistics per layer, each read back with its own host sync.
+    /// LibTorch's AdamW with four statistics per layer, each read with its own host sync.
     ItemPerLayer,
 }
 
-const VARIANTS: [Variant; 5] =
-    [Variant::Bare, Variant::Clip, Variant::Stats, Variant::StatsClip, Variant::ItemPerLayer];
+const VARIANTS: [Variant; 7] = [
+    Variant::Bare,
+    Variant::Flat,
+    Variant::Clip,
+    Variant::StatsClipNoHist,
+    Variant::Stats,
+    Variant::StatsClip,
+    Variant::ItemPerLayer,
+];
 
 impl Variant {
     fn label(self) -> &'static str {
         match self {
-            Self::Bare => "bare step",
-            Self::Clip => "clip_norm only",
-            Self::Stats => "full stats + hist",
-            Self::StatsClip => "full stats + hist + clip_norm",
-            Self::ItemPerLayer => "4 stats/layer, one sync each",
+            Self::Bare => "LibTorch AdamW step, no stats",
+            Self::Flat => "job step, stats off",
+            Self::Clip => "job step + clip_norm",
+            Self::StatsClipNoHist => "+ full stats, no hist, + clip",
+            Self::Stats => "+ full stats + hist",
+            Self::StatsClip => "+ full stats + hist + clip_norm",
+            Self::ItemPerLayer => "LibTorch + 4 stats/layer, sync each",
         }
+    }
+
+    /// Uses the flat buffer and optimizer, as a job does.
+    fn flat(self) -> bool {
+        !matches!(self, Self::Bare | Self::ItemPerLayer)
     }
 }
 
@@ -145,9 +166,13 @@ struct Runner {
     work: Workload,
     opt: nn::Optimizer,
     flat: Option<FlatParams>,
+    flat_opt: FlatOptimizer,
     held_weights: Option<Tensor>,
     clip: GradPolicies,
 }
+
+/// The learning rate of every variant.
+const LR: f64 = 1e-4;
 
 /// `clip_norm` with max_norm 1, as a job applies it.
 fn clip() -> anyhow::Result<GradPolicies> {
@@ -156,10 +181,10 @@ fn clip() -> anyhow::Result<GradPolicies> {
 
 impl Runner {
     fn new(variant: Variant, work: Workload) -> anyhow::Result<Self> {
-        let monitored = matches!(variant, Variant::Stats | Variant::StatsClip | Variant::Clip);
-        let flat = if monitored { Some(FlatParams::new(&work.params, work.vs.device())?) } else { None };
-        let opt = nn::AdamW::default().build(&work.vs, 1e-4)?;
-        Ok(Self { variant, work, opt, flat, held_weights: None, clip: clip()? })
+        let flat = if variant.flat() { Some(FlatParams::new(&work.params, work.vs.device())?) } else { None };
+        let opt = nn::AdamW::default().build(&work.vs, LR)?;
+        let flat_opt = FlatOptimizer::new(&OptimizerSpec { lr: LR, ..OptimizerSpec::default() });
+        Ok(Self { variant, work, opt, flat, flat_opt, held_weights: None, clip: clip()? })
     }
 
     fn step(&mut self) -> anyhow::Result<()> {
@@ -190,10 +215,14 @@ impl Runner {
                 self.opt.step();
                 let _ = loss.f_double_value(&[0])?;
             }
-            (Variant::Clip, Some(flat)) => {
+            (Variant::Flat | Variant::Clip, Some(flat)) => {
                 flat.adopt_grads()?;
                 let total = flat.grad_norm()?;
-                let post = self.clip.apply(&flat.layer_grads(), flat.params(), &total)?.norm;
+                let post = if self.variant == Variant::Clip {
+                    self.clip.apply(&flat.layer_grads(), flat.params(), &total)?.norm
+                } else {
+                    total.shallow_clone()
+                };
                 let host = Tensor::f_cat(
                     &[
                         loss,
@@ -203,13 +232,17 @@ impl Runner {
                     0,
                 )?;
                 let _: Vec<f64> = Vec::try_from(&host.f_to_device(Device::Cpu)?)?;
-                self.opt.step();
+                self.flat_opt.step(flat.weights(), flat.grads(), LR)?;
             }
-            (Variant::Stats | Variant::StatsClip, Some(flat)) => {
+            (Variant::Stats | Variant::StatsClip | Variant::StatsClipNoHist, Some(flat)) => {
                 flat.adopt_grads()?;
                 let (stats, total) = flat.grad_stats()?;
-                let hist = flat.grad_histogram()?;
-                let post = if self.variant == Variant::StatsClip {
+                let hist = if self.variant == Variant::StatsClipNoHist {
+                    Tensor::f_zeros([0], (Kind::Int64, flat.grads().device()))?
+                } else {
+                    flat.grad_histogram()?
+                };
+                let post = if self.variant != Variant::Stats {
                     self.clip.apply(&flat.layer_grads(), flat.params(), &total)?.norm
                 } else {
                     total.shallow_clone()
@@ -226,12 +259,10 @@ impl Runner {
                 }
                 let _: Vec<f64> = Vec::try_from(&Tensor::f_cat(&parts, 0)?.f_to_device(Device::Cpu)?)?;
                 flat.snapshot_weights()?;
-                self.opt.step();
+                self.flat_opt.step(flat.weights(), flat.grads(), LR)?;
                 self.held_weights = Some(flat.weight_stats()?);
             }
-            (Variant::Clip | Variant::Stats | Variant::StatsClip, None) => {
-                unreachable!("monitored variants own a flat buffer")
-            }
+            (_, None) => unreachable!("flat variants own a flat buffer"),
         }
         Ok(())
     }
@@ -268,9 +299,15 @@ fn time_workload(args: &StepsArgs, make: &dyn Fn() -> anyhow::Result<Workload>) 
         }
     }
     let medians: Vec<f64> = samples.into_iter().map(median).collect();
-    println!("{:<34} {:>12} {:>10}", "variant", "ms/step", "vs bare");
+    println!("{:<36} {:>10} {:>12} {:>14}", "variant", "ms/step", "vs LibTorch", "vs stats off");
     for (runner, ms) in runners.iter().zip(&medians) {
-        println!("{:<34} {:>12.2} {:>+9.1}%", runner.variant.label(), ms, 100.0 * (ms / medians[0] - 1.0));
+        println!(
+            "{:<36} {:>10.2} {:>+11.1}% {:>+13.1}%",
+            runner.variant.label(),
+            ms,
+            100.0 * (ms / medians[0] - 1.0),
+            100.0 * (ms / medians[1] - 1.0)
+        );
     }
     Ok(())
 }
