@@ -89,7 +89,7 @@ export function lineChart(uPlot, container, { series, yLog = false, height = 220
       x: { time: false },
       y: yLog ? { distr: 3, log: 10, ...(yRange ? { range: yRange } : {}) } : yRange ? { range: yRange } : {},
     },
-    axes: sparkline ? [{ show: false }, { show: false }] : [axis(xLabel), { ...axis(yLabel), size: 56 }],
+    axes: sparkline ? [{ show: false }, { show: false }] : [axis(xLabel), { ...axis(yLabel), size: 56, ...(yLog ? { values: logValues } : {}) }],
     series: [
       { label: xLabel, value: xValue },
       ...series.map((s) => ({
@@ -134,6 +134,21 @@ export function lineChart(uPlot, container, { series, yLog = false, height = 220
       u.destroy();
     },
   };
+}
+
+/** Log-axis labels: every decade (thinned to fit), minor ticks only when few decades show. */
+function logValues(u, splits) {
+  const whole = (v) => Math.abs(Math.log10(v) - Math.round(Math.log10(v))) < 1e-6;
+  const decades = splits.filter((v) => v > 0 && whole(v)).length;
+  const room = Math.max(2, Math.floor(u.bbox.height / (window.devicePixelRatio || 1) / 22));
+  const every = Math.max(1, Math.ceil(decades / room));
+  return splits.map((v) => {
+    if (!(v > 0)) return "";
+    if (decades > 2 && !whole(v)) return "";
+    if (whole(v) && Math.round(Math.log10(v)) % every !== 0) return "";
+    const a = Math.abs(v);
+    return a >= 1e-3 && a < 1e4 ? String(Number(v.toPrecision(3))) : v.toExponential(0);
+  });
 }
 
 function formatValue(v) {

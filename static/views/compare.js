@@ -70,6 +70,7 @@ export async function compareView(root, ctx, params) {
   const normBox = el("div", { class: "chart" });
   const summary = el("tbody");
   const profiles = el("div", { class: "profiles" });
+  const allTensors = el("input", { type: "checkbox", onchange: () => update() });
   body.replaceChildren(
     el("section", { class: "panel" }, el("div", { class: "table-wrap" }, el("table", { class: "summary", id: "compare-summary" },
       el("thead", {}, el("tr", {}, ["", "job", "status", "step", "final loss", "validation", "metric", "max ‖g‖", "clipped", "skipped", "diagnosis"].map((h) => el("th", {}, h)))),
@@ -78,7 +79,8 @@ export async function compareView(root, ctx, params) {
       el("section", { class: "panel" }, el("h3", {}, "Loss ", el("span", { class: "muted small" }, "solid: training, dashed: validation")), lossBox),
       el("section", { class: "panel" }, el("h3", {}, "Global gradient norm ", el("span", { class: "muted small" }, "solid: before the policies, dotted: after")), normBox)),
     el("section", { class: "panel" }, el("h3", {}, "Per-layer gradient norm, side by side ",
-      el("span", { class: "muted small" }, "median over the run (solid) and latest (dashed); heatmaps share one colour scale")), profiles),
+      el("span", { class: "muted small" }, "median over the run (solid) and latest (dashed); heatmaps share one colour scale")),
+      el("label", { class: "small muted" }, allTensors, " every tensor (biases and norm parameters too), not only weight matrices"), profiles),
   );
 
   function build() {
@@ -139,11 +141,12 @@ export async function compareView(root, ctx, params) {
     const scale = lo <= hi ? [Math.log10(lo), Math.log10(hi)] : undefined;
     [...profiles.children].forEach((panel, i) => {
       const { data, profile } = loaded[i];
-      const xs = data.layers.map((l) => l.index);
+      const matrices = data.layers.filter((l) => (l.shape ?? []).length >= 2);
+      const xs = (allTensors.checked || !matrices.length ? data.layers : matrices).map((l) => l.index);
       if (scale) panel._chart.u.setScale("y", { min: lo / 1.5, max: hi * 1.5 });
       panel._chart.setData([xs, xs.map((x) => profile.median[x] ?? null), xs.map((x) => profile.last[x] ?? null)]);
       if (scale) panel._chart.u.setScale("y", { min: lo / 1.5, max: hi * 1.5 });
-      drawGrid(panel._canvas, data.grid, { scale, rowLabel: (r) => data.layers[r]?.name ?? `#${r}`, gutter: 110, empty: "no per-layer statistics yet" });
+      drawGrid(panel._canvas, data.grid, { scale, rowLabel: (r) => data.layers[r]?.name ?? `#${r}`, gutter: 150, empty: "no per-layer statistics yet" });
     });
 
     summary.replaceChildren(...loaded.map(({ job, data }, i) => {

@@ -29,7 +29,7 @@ test("a preset submitted through the form trains live in the job view", async ()
   assert.equal(await page.inputValue("input[name='model.layers']"), "10", "the preset fills the form");
   assert.match(await page.textContent(".preset-note"), /sigmoid MLP/);
   // Long enough to watch it move, on the CPU.
-  await page.fill("input[name=steps]", "2000");
+  await page.fill("input[name=steps]", "1000");
   await page.fill("input[name=device]", "cpu");
   await page.click("form.spec-form button[type=submit]");
 
@@ -37,7 +37,7 @@ test("a preset submitted through the form trains live in the job view", async ()
   const id = page.url().split("/").pop();
   const { body: job } = await server.api("GET", `/jobs/${id}`);
   assert.equal(job.name, "vanishing-mlp");
-  assert.equal(job.spec.steps, 2000);
+  assert.equal(job.spec.steps, 1000);
   assert.equal(job.spec.model.activation, "sigmoid");
 
   // The step counter advances while the job runs.
@@ -52,7 +52,7 @@ test("a preset submitted through the form trains live in the job view", async ()
   await until(async () => (await counter()) >= 300, { what: "step 300" });
   await page.waitForTimeout(400); // let a frame draw the latest steps
   await browser.shot("02-job-live");
-  await until(async () => (await counter()) === 2000, { timeout: 120_000, what: "the last step" });
+  await until(async () => (await counter()) === 1000, { timeout: 120_000, what: "the last step" });
   assert.ok(seen.length >= 3, `the counter moved through several values: ${seen.join(", ")}`);
   for (let i = 1; i < seen.length; i++) assert.ok(seen[i] > seen[i - 1], `the counter only goes up: ${seen.join(", ")}`);
 
@@ -78,7 +78,7 @@ test("a preset submitted through the form trains live in the job view", async ()
   // Reloading shows the same history from the REST API.
   await page.reload();
   await page.waitForSelector("#layer-table tbody tr");
-  await until(async () => (await page.textContent("#step-counter")) === "2000 / 2000", { what: "the counter after reload" });
+  await until(async () => (await page.textContent("#step-counter")) === "1000 / 1000", { what: "the counter after reload" });
   assert.ok((await paintedPixels(page, "#heatmap")) > 1000);
   assert.deepEqual(browser.errors, [], "no errors in the browser console");
 });
