@@ -1,0 +1,209 @@
+// uPlot line charts that follow the theme and the container's width, and a frame
+// scheduler: data arrives as fast as the server sends it, drawing happens at most once
+// per animation frame (less often when drawing gets expensive).
+
+let uPlotModule = null;
+
+/** Loads uPlot (copied into /vendor by scripts/web-deps). */
+export async function loadUPlot() {
+  if (!uPlotModule) uPlotModule = (await import("/vendor/uPlot.esm.js")).default;
+  return uPlotModule;
+}
+
+export const PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#59a14f", "#b07aa1", "#76b7b2", "#edc948", "#ff9da7", "#9c755f", "#bab0ac"];
+
+export function cssVar(name) {
+  return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
+}
+
+/** Runs each dirty drawing at most once per frame, spacing frames out when they get slow. */
+class Scheduler {
+  constructor() {
+    this.pending = new Map();
+    this.frame = 0;
+    this.last = 0;
+    this.cost = 0;
+  }
+
+  request(key, fn) {
+    this.pending.set(key, fn);
+    if (!this.frame) this.frame = requestAnimationFrame((t) => this.run(t));
+  }
+
+  cancel(key) {
+    this.pending.delete(key);
+  }
+
+  run(now) {
+    this.frame = 0;
+    // Leave the main thread free at least three quarters of the time.
+    if (now - this.last < this.cost * 3) {
+      this.frame = requestAnimationFrame((t) => this.run(t));
+      return;
+    }
+    const jobs = [...this.pending.values()];
+    this.pending.clear();
+    const start = performance.now();
+    for (const fn of jobs) {
+      try {
+        fn();
+      } catch (err) {
+        console.warn("drawing failed", err);
+      }
+    }
+    this.last = performance.now();
+    this.cost = this.last - start;
+  }
+}
+
+export const frames = new Scheduler();
+
+/** Values at or below zero cannot sit on a log axis. */
+export const positive = (v) => (v > 0 && Number.isFinite(v) ? v : null);
+
+/**
+ * A line chart in `container`. `series`: [{label, color, width, dash, points, show}],
+ * data: [x, ...ys]. Returns {u, setData, destroy}.
+ */
+export function lineChart(uPlot, container, { series, yLog = false, height = 220, yLabel = "", xLabel = "step", hooks = {}, legend = true, sparkline = false, yRange, sync, xValue }) {
+  const axisColor = cssVar("--muted");
+  const gridColor = cssVar("--grid");
+  const axis = (label) => ({
+    stroke: axisColor,
+    grid: { stroke: gridColor, width: 1 },
+    ticks: { stroke: gridColor, width: 1 },
+    label,
+    labelSize: label ? 18 : 0,
+    size: 48,
+    font: "11px system-ui, sans-serif",
+    labelFont: "11px system-ui, sans-serif",
+  });
+  const width = Math.max(120, container.clientWidth || 300);
+  const opts = {
+    width,
+    height,
+    legend: { show: legend && !sparkline, live: true },
+    cursor: sparkline ? { show: false } : { drag: { x: true, y: false }, points: { size: 5 }, sync },
+    select: { show: !sparkline },
+    scales: {
+      x: { time: false },
+      y: yLog ? { distr: 3, log: 10, ...(yRange ? { range: yRange } : {}) } : yRange ? { range: yRange } : {},
+    },
+    axes: sparkline ? [{ show: false }, { show: false }] : [axis(xLabel), { ...axis(yLabel), size: 56, ...(yLog ? { values: logValues } : {}) }],
+    series: [
+      { label: xLabel, value: xValue },
+      ...series.map((s) => ({
+        label: s.label,
+        stroke: s.color,
+        width: s.width ?? 1.5,
+        dash: s.dash,
+        show: s.show ?? true,
+        spanGaps: s.spanGaps ?? false,
+        paths: s.paths,
+        points: s.points ?? { show: false },
+        value: (u, v) => (v === null || v === undefined ? "–" : formatValue(v)),
+      })),
+    ],
+  };
+  if (sparkline) opts.padding = [2, 2, 2, 2];
+  const data = [[], ...series.map(() => [])];
+  // A zoomed chart (drag to zoom, double-click to reset) keeps its window as data arrives.
+  let zoomed = false;
+  opts.hooks = hooks;
+  const u = new uPlot(opts, data, container);
+  // A drag that ends with a selection zooms (uPlot applies it on the document's mouseup,
+  // after this listener); uPlot's own double-click handler resets the zoom.
+  u.over.addEventListener("mouseup", () => { if (u.select.width > 2) zoomed = true; });
+  u.over.addEventListener("dblclick", () => { zoomed = false; });
+  const observer = new ResizeObserver(() => {
+    const w = container.clientWidth;
+    if (w > 0 && Math.abs(w - u.width) > 1) u.setSize({ width: w, height });
+  });
+  observer.observe(container);
+  return {
+    u,
+    setData(d) {
+      if (zoomed) {
+        const { min, max } = u.scales.x;
+        u.setData(d, false);
+        u.setScale("x", { min, max });
+      } else u.setData(d, true);
+    },
+    destroy() {
+      observer.disconnect();
+      u.destroy();
+    },
+  };
+}
+
+/** Log-axis labels: every decade (thinned to fit), minor ticks only when few decades show. */
+function logValues(u, splits) {
+  const whole = (v) => Math.abs(Math.log10(v) - Math.round(Math.log10(v))) < 1e-6;
+  const decades = splits.filter((v) => v > 0 && whole(v)).length;
+  const room = Math.max(2, Math.floor(u.bbox.height / (window.devicePixelRatio || 1) / 22));
+  const every = Math.max(1, Math.ceil(decades / room));
+  return splits.map((v) => {
+    if (!(v > 0)) return "";
+    if (decades > 2 && !whole(v)) return "";
+    if (whole(v) && Math.round(Math.log10(v)) % every !== 0) return "";
+    const a = Math.abs(v);
+    return a >= 1e-3 && a < 1e4 ? String(Number(v.toPrecision(3))) : v.toExponential(0);
+  });
+}
+
+function formatValue(v) {
+  const a = Math.abs(v);
+  if (a !== 0 && (a < 1e-3 || a >= 1e5)) return v.toExponential(2);
+  return Number(v.toPrecision(4)).toString();
+}
+
+/** Points-only series style (for marks such as clipped or skipped steps). */
+export function marks(uPlot, color, size = 5, fill) {
+  return { show: true, size, stroke: color, fill: fill ?? color, width: 1 };
+}
+
+/** Draws vertical lines at the given x positions under a chart's series. */
+export function verticalLines(getLines) {
+  return {
+    drawClear: [
+      (u) => {
+        const lines = getLines();
+        if (!lines.length) return;
+        const { ctx } = u;
+        const top = u.bbox.top;
+        const bottom = top + u.bbox.height;
+        ctx.save();
+        ctx.lineWidth = Math.max(1, devicePixelRatio);
+        for (const { x, color } of lines) {
+          const px = u.valToPos(x, "x", true);
+          if (px < u.bbox.left || px > u.bbox.left + u.bbox.width) continue;
+          ctx.strokeStyle = color;
+          ctx.globalAlpha = 0.55;
+          ctx.beginPath();
+          ctx.moveTo(px, top);
+          ctx.lineTo(px, bottom);
+          ctx.stroke();
+        }
+        ctx.restore();
+      },
+    ],
+  };
+}
+
+/** `fn` at most once per `ms`, the last call always honoured (drawn in a frame). */
+export function throttled(fn, ms) {
+  let last = 0;
+  let timer = 0;
+  return function run() {
+    const now = performance.now();
+    if (now - last >= ms) {
+      last = now;
+      fn();
+    } else if (!timer) {
+      timer = setTimeout(() => {
+        timer = 0;
+        frames.request(run, run);
+      }, ms - (now - last));
+    }
+  };
+}

@@ -1,0 +1,261 @@
+// Step-bucketed grids drawn on a canvas: the per-layer gradient-norm heatmap (layers ×
+// steps, log colour scale) and a layer's gradient histogram over time (|g| buckets × steps).
+//
+// A grid keeps a fixed number of columns; when the run outgrows them, neighbouring
+// columns merge and each column covers twice the steps. Merging keeps the maximum (for
+// norms, so a spike stays visible) or the mean (for histogram fractions). Columns are
+// picked by step number, so late or re-fetched data lands in the right place.
+
+import { cssVar } from "./charts.js";
+
+export class StepGrid {
+  constructor(rows, { capacity = 600, agg = "max" } = {}) {
+    this.rows = rows;
+    this.capacity = capacity;
+    this.agg = agg;
+    this.bucket = 1;
+    this.maxStep = 0;
+    this.values = new Float32Array(rows * capacity).fill(NaN);
+    this.counts = agg === "mean" ? new Uint32Array(rows * capacity) : null;
+    this.version = 0;
+  }
+
+  /** Column count in use. */
+  get columns() {
+    return Math.min(this.capacity, Math.ceil(this.maxStep / this.bucket));
+  }
+
+  /** Stores `value` (already on the colour scale's axis, e.g. log10) for (row, step). */
+  set(row, step, value) {
+    if (!Number.isFinite(value) || step < 1 || row < 0 || row >= this.rows) return;
+    while (Math.floor((step - 1) / this.bucket) >= this.capacity) this.merge();
+    const col = Math.floor((step - 1) / this.bucket);
+    const i = col * this.rows + row;
+    const old = this.values[i];
+    if (this.agg === "max") {
+      if (!(old >= value)) this.values[i] = value;
+    } else {
+      const n = this.counts[i];
+      this.values[i] = n === 0 ? value : old + (value - old) / (n + 1);
+      this.counts[i] = n + 1;
+    }
+    if (step > this.maxStep) this.maxStep = step;
+    this.version++;
+  }
+
+  merge() {
+    const { rows, capacity, values, counts } = this;
+    const half = capacity / 2;
+    for (let c = 0; c < half; c++) {
+      for (let r = 0; r < rows; r++) {
+        const a = values[2 * c * rows + r];
+        const b = values[(2 * c + 1) * rows + r];
+        let v;
+        if (this.agg === "max") v = Number.isNaN(a) ? b : Number.isNaN(b) ? a : Math.max(a, b);
+        else {
+          const na = counts[2 * c * rows + r];
+          const nb = counts[(2 * c + 1) * rows + r];
+          v = na + nb === 0 ? NaN : ((na ? a * na : 0) + (nb ? b * nb : 0)) / (na + nb);
+          counts[c * rows + r] = na + nb;
+        }
+        values[c * rows + r] = v;
+      }
+    }
+    values.fill(NaN, half * rows);
+    if (counts) counts.fill(0, half * rows);
+    this.bucket *= 2;
+  }
+
+  /** Smallest and largest stored value. */
+  range() {
+    let lo = Infinity;
+    let hi = -Infinity;
+    const n = this.columns * this.rows;
+    for (let i = 0; i < n; i++) {
+      const v = this.values[i];
+      if (v < lo) lo = v;
+      if (v > hi) hi = v;
+    }
+    return [lo, hi];
+  }
+
+  /** The value at (row, column), NaN when none. */
+  at(row, col) {
+    return this.values[col * this.rows + row];
+  }
+}
+
+// Perceptually ordered colour ramp from dark violet through teal to yellow.
+const RAMP = [
+  [68, 1, 84], [72, 40, 120], [62, 74, 137], [49, 104, 142], [38, 130, 142],
+  [31, 158, 137], [53, 183, 121], [110, 206, 88], [181, 222, 43], [253, 231, 37],
+];
+
+/** RGB of t in [0, 1] on the ramp. */
+export function ramp(t) {
+  const x = Math.min(1, Math.max(0, t)) * (RAMP.length - 1);
+  const i = Math.min(RAMP.length - 2, Math.floor(x));
+  const f = x - i;
+  const a = RAMP[i];
+  const b = RAMP[i + 1];
+  return [a[0] + (b[0] - a[0]) * f, a[1] + (b[1] - a[1]) * f, a[2] + (b[2] - a[2]) * f];
+}
+
+/**
+ * Draws `grid` into `canvas`: rows top to bottom, columns left to right, a label gutter
+ * on the left and a colour bar on the right.
+ * opts: rowLabel(r) → string, scale: [lo, hi] (defaults to the grid's range),
+ * legend(v) → tick label, ticks: values for the colour bar, selectedRow, xLabel.
+ */
+export function drawGrid(canvas, grid, opts = {}) {
+  const dpr = window.devicePixelRatio || 1;
+  const cssW = canvas.clientWidth || 600;
+  const cssH = canvas.clientHeight || 240;
+  if (canvas.width !== Math.round(cssW * dpr) || canvas.height !== Math.round(cssH * dpr)) {
+    canvas.width = Math.round(cssW * dpr);
+    canvas.height = Math.round(cssH * dpr);
+  }
+  const ctx = canvas.getContext("2d");
+  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+  ctx.clearRect(0, 0, cssW, cssH);
+  const text = cssVar("--muted") || "#888";
+  const font = "11px system-ui, sans-serif";
+  ctx.font = font;
+
+  const gutter = opts.gutter ?? 130;
+  const barW = 58;
+  const bottom = 18;
+  const plot = { x: gutter, y: 2, w: Math.max(10, cssW - gutter - barW), h: Math.max(10, cssH - bottom - 4) };
+  const cols = grid.columns;
+  const layout = { plot, cols, rows: grid.rows, bucket: grid.bucket };
+  canvas._layout = layout;
+
+  let [lo, hi] = opts.scale ?? grid.range();
+  if (!(hi >= lo)) {
+    ctx.fillStyle = text;
+    ctx.fillText(opts.empty ?? "waiting for statistics…", plot.x + 8, plot.y + 16);
+    return layout;
+  }
+  if (hi - lo < 1e-9) {
+    lo -= 0.5;
+    hi += 0.5;
+  }
+  layout.scale = [lo, hi];
+
+  // One pixel per cell, scaled up without smoothing.
+  // Downsampled history can leave a column without a value for some row: such a gap
+  // shows the row's previous value (for a few columns), not a hole.
+  const img = new ImageData(Math.max(1, cols), grid.rows);
+  const carry = new Float64Array(grid.rows).fill(NaN);
+  const age = new Uint16Array(grid.rows);
+  const maxGap = opts.maxGap ?? 8;
+  for (let c = 0; c < cols; c++) {
+    for (let r = 0; r < grid.rows; r++) {
+      let v = grid.at(r, c);
+      const p = (r * img.width + c) * 4;
+      if (Number.isNaN(v)) {
+        if (age[r] >= maxGap) continue;
+        age[r]++;
+        v = carry[r];
+      } else {
+        carry[r] = v;
+        age[r] = 0;
+      }
+      // -Infinity: known to be empty (drawn as background, never carried).
+      if (Number.isNaN(v) || v === -Infinity) continue;
+      const [R, G, B] = ramp((v - lo) / (hi - lo));
+      img.data[p] = R;
+      img.data[p + 1] = G;
+      img.data[p + 2] = B;
+      img.data[p + 3] = 255;
+    }
+  }
+  const off = canvas._offscreen ?? (canvas._offscreen = document.createElement("canvas"));
+  off.width = img.width;
+  off.height = img.height;
+  off.getContext("2d").putImageData(img, 0, 0);
+  ctx.imageSmoothingEnabled = false;
+  ctx.fillStyle = cssVar("--panel-2") || "#0001";
+  ctx.fillRect(plot.x, plot.y, plot.w, plot.h);
+  if (cols > 0) ctx.drawImage(off, 0, 0, cols, grid.rows, plot.x, plot.y, plot.w, plot.h);
+
+  // Row labels, thinned to fit.
+  const rowH = plot.h / grid.rows;
+  const every = Math.max(1, Math.ceil(13 / rowH));
+  ctx.fillStyle = text;
+  ctx.textBaseline = "middle";
+  ctx.textAlign = "right";
+  for (let r = 0; r < grid.rows; r += every) {
+    const label = opts.rowLabel ? opts.rowLabel(r) : String(r);
+    ctx.fillText(fit(ctx, label, gutter - 8), gutter - 6, plot.y + (r + 0.5) * rowH);
+  }
+  if (opts.selectedRow !== undefined && opts.selectedRow !== null) {
+    ctx.strokeStyle = cssVar("--accent") || "#f80";
+    ctx.lineWidth = 1.5;
+    ctx.strokeRect(plot.x + 0.5, plot.y + opts.selectedRow * rowH + 0.5, plot.w - 1, Math.max(1, rowH - 1));
+  }
+
+  // Step axis: first and last step, and the middle.
+  ctx.textBaseline = "top";
+  const lastStep = cols * grid.bucket;
+  ctx.textAlign = "left";
+  ctx.fillText("1", plot.x, plot.y + plot.h + 3);
+  ctx.textAlign = "center";
+  ctx.fillText(opts.xLabel ?? "step", plot.x + plot.w / 2, plot.y + plot.h + 3);
+  ctx.textAlign = "right";
+  ctx.fillText(String(Math.min(lastStep, grid.maxStep)), plot.x + plot.w, plot.y + plot.h + 3);
+
+  // Colour bar.
+  const bx = plot.x + plot.w + 8;
+  const bw = 10;
+  for (let y = 0; y < plot.h; y++) {
+    const [R, G, B] = ramp(1 - y / plot.h);
+    ctx.fillStyle = `rgb(${R | 0},${G | 0},${B | 0})`;
+    ctx.fillRect(bx, plot.y + y, bw, 1.5);
+  }
+  ctx.fillStyle = text;
+  ctx.textAlign = "left";
+  ctx.textBaseline = "middle";
+  const ticks = opts.ticks ? opts.ticks(lo, hi) : decadeTicks(lo, hi);
+  for (const t of ticks) {
+    const y = plot.y + (1 - (t - lo) / (hi - lo)) * plot.h;
+    ctx.fillRect(bx + bw, y, 3, 1);
+    ctx.fillText(opts.legend ? opts.legend(t) : `1e${t}`, bx + bw + 5, y);
+  }
+  return layout;
+}
+
+/** Integer decades between lo and hi, at most about six of them. */
+export function decadeTicks(lo, hi) {
+  const first = Math.ceil(lo);
+  const last = Math.floor(hi);
+  const step = Math.max(1, Math.ceil((last - first + 1) / 6));
+  const out = [];
+  for (let t = first; t <= last; t += step) out.push(t);
+  if (!out.length) out.push((lo + hi) / 2);
+  return out;
+}
+
+function fit(ctx, label, width) {
+  if (ctx.measureText(label).width <= width) return label;
+  let s = label;
+  while (s.length > 3 && ctx.measureText(`…${s}`).width > width) s = s.slice(1);
+  return `…${s}`;
+}
+
+/** The (row, column, first step, last step) under a mouse event, or null. */
+export function cellAt(canvas, event) {
+  const layout = canvas._layout;
+  if (!layout || !layout.cols) return null;
+  const rect = canvas.getBoundingClientRect();
+  const x = event.clientX - rect.left - layout.plot.x;
+  const y = event.clientY - rect.top - layout.plot.y;
+  if (x < 0 || y < 0 || x >= layout.plot.w || y >= layout.plot.h) {
+    // The label gutter selects a row too.
+    if (x < 0 && y >= 0 && y < layout.plot.h) return { row: Math.floor((y / layout.plot.h) * layout.rows), col: null };
+    return null;
+  }
+  const row = Math.floor((y / layout.plot.h) * layout.rows);
+  const col = Math.floor((x / layout.plot.w) * layout.cols);
+  return { row, col, from: col * layout.bucket + 1, to: (col + 1) * layout.bucket };
+}

@@ -1,0 +1,193 @@
+// Compare jobs: loss and gradient norm overlaid, and each job's per-layer gradient-norm
+// profile and heatmap side by side on shared scales.
+
+import { get, isFinished, query } from "../api.js";
+import { lineChart, loadUPlot, PALETTE, positive } from "../charts.js";
+import { el, num, pct } from "../format.js";
+import { drawGrid } from "../heatmap.js";
+import { JobData } from "../store.js";
+import { describeSpec } from "./job.js";
+import { diagnosisBadges, statusBadge } from "./jobs.js";
+
+const POINTS = 2000;
+const LAYER_POINTS = 400;
+const REFRESH_MS = 3000;
+
+function median(values) {
+  const v = values.filter((x) => x > 0).sort((a, b) => a - b);
+  return v.length ? v[Math.floor(v.length / 2)] : null;
+}
+
+/** Everything the comparison shows of one job. */
+async function loadJob(id) {
+  const [job, steps, layers, stats] = await Promise.all([
+    get(`/jobs/${id}`),
+    get(`/jobs/${id}/steps${query({ max_points: POINTS })}`),
+    get(`/jobs/${id}/layers`),
+    get(`/jobs/${id}/layer-stats${query({ stat: "grad_norm", max_points: LAYER_POINTS })}`),
+  ]);
+  const data = new JobData(layers.layers);
+  for (let i = 0; i < steps.step.length; i++) {
+    data.addStep(steps.step[i], steps.loss[i], steps.grad_norm[i], steps.grad_norm_clipped[i], steps.clip_coef[i], steps.lr[i], steps.skipped[i]);
+  }
+  data.addEvals(steps.eval);
+  const profile = { median: [], last: [] };
+  for (const s of stats.layers) {
+    const gn = s.grad_norm ?? [];
+    for (let k = 0; k < s.step.length; k++) if (gn[k] > 0) data.grid.set(s.index, s.step[k], Math.log10(gn[k]));
+    profile.median[s.index] = median(gn);
+    profile.last[s.index] = positive(gn[gn.length - 1]);
+  }
+  return { job, data, profile };
+}
+
+export async function compareView(root, ctx, params) {
+  const uPlot = await loadUPlot();
+  let ids = (params.get("ids") ?? "").split(",").filter(Boolean);
+  const all = (await get(`/jobs${query({ limit: 100 })}`)).jobs;
+  let loaded = [];
+  let charts = [];
+  let timer = 0;
+  let closed = false;
+
+  const picker = el("div", { class: "picker" }, all.length ? all.map((j) => el("label", { class: "chip" },
+    el("input", { type: "checkbox", value: j.id, checked: ids.includes(j.id), onchange: (e) => {
+      ids = e.target.checked ? [...ids, j.id] : ids.filter((x) => x !== j.id);
+      location.hash = `#/compare${query({ ids: ids.length ? ids : null })}`;
+    } }), " ", j.name, " ", statusBadge(j.status))) : el("p", { class: "muted" }, "No jobs to compare yet."));
+  const body = el("div", { class: "compare-body" });
+  root.replaceChildren(
+    el("section", { class: "panel" }, el("h2", {}, "Compare jobs"),
+      el("p", { class: "muted" }, "Pick two or more jobs — a failing run and its remedy, say."), picker),
+    body);
+
+  if (ids.length === 0) {
+    body.replaceChildren(el("p", { class: "empty" }, "Select jobs above to compare them."));
+    return () => {};
+  }
+
+  const lossBox = el("div", { class: "chart" });
+  const normBox = el("div", { class: "chart" });
+  const summary = el("tbody");
+  const profiles = el("div", { class: "profiles" });
+  const allTensors = el("input", { type: "checkbox", onchange: () => update() });
+  body.replaceChildren(
+    el("section", { class: "panel" }, el("div", { class: "table-wrap" }, el("table", { class: "summary", id: "compare-summary" },
+      el("thead", {}, el("tr", {}, ["", "job", "status", "step", "final loss", "validation", "metric", "max ‖g‖", "clipped", "skipped", "diagnosis"].map((h) => el("th", {}, h)))),
+      summary))),
+    el("div", { class: "compare-grid" },
+      el("section", { class: "panel" }, el("h3", {}, "Loss ", el("span", { class: "muted small" }, "solid: training, dashed: validation")), lossBox),
+      el("section", { class: "panel" }, el("h3", {}, "Global gradient norm ", el("span", { class: "muted small" }, "solid: before the policies, dotted: after")), normBox)),
+    el("section", { class: "panel" }, el("h3", {}, "Per-layer gradient norm, side by side ",
+      el("span", { class: "muted small" }, "median over the run (solid) and latest (dashed); heatmaps share one colour scale")),
+      el("label", { class: "small muted" }, allTensors, " every tensor (biases and norm parameters too), not only weight matrices"), profiles),
+  );
+
+  function build() {
+    charts.forEach((c) => c.destroy());
+    charts = [];
+    const sync = { key: "compare" };
+    const lossSeries = loaded.flatMap(({ job }, i) => [
+      { label: job.name, color: PALETTE[i % PALETTE.length], spanGaps: true },
+      { label: `${job.name} (val)`, color: PALETTE[i % PALETTE.length], dash: [6, 4], width: 2, spanGaps: true, points: { show: true, size: 4 } },
+    ]);
+    charts.push(lineChart(uPlot, lossBox, { series: lossSeries, yLabel: "loss", height: 280, sync }));
+    const normSeries = loaded.flatMap(({ job }, i) => [
+      { label: job.name, color: PALETTE[i % PALETTE.length], spanGaps: true },
+      { label: `${job.name} (after)`, color: PALETTE[i % PALETTE.length], dash: [2, 3], spanGaps: true },
+    ]);
+    charts.push(lineChart(uPlot, normBox, { series: normSeries, yLog: true, yLabel: "‖g‖", height: 280, sync }));
+    profiles.replaceChildren(...loaded.map(({ job, data }, i) => {
+      const chartBox = el("div", { class: "chart" });
+      const canvas = el("canvas", { class: "grid-canvas profile-heat", style: `height:${Math.min(300, Math.max(120, data.layers.length * 10 + 24))}px` });
+      const panel = el("article", { class: "card profile", dataset: { id: job.id } },
+        el("h4", {}, el("span", { class: "swatch", style: `background:${PALETTE[i % PALETTE.length]}` }), " ",
+          el("a", { href: `#/jobs/${job.id}` }, job.name), " ", statusBadge(job.status)),
+        el("p", { class: "muted small" }, describeSpec(job.spec)), chartBox, canvas);
+      panel._chartBox = chartBox;
+      panel._canvas = canvas;
+      return panel;
+    }));
+    [...profiles.children].forEach((panel, i) => {
+      const layers = loaded[i].data.layers;
+      const chart = lineChart(uPlot, panel._chartBox, {
+        series: [
+          { label: "median", color: PALETTE[i % PALETTE.length], width: 2, points: { show: true, size: 4 } },
+          { label: "latest", color: PALETTE[i % PALETTE.length], dash: [5, 4] },
+        ],
+        yLog: true, yLabel: "‖g‖", xLabel: "layer", height: 200,
+        xValue: (_u, v) => (v === null || v === undefined ? "–" : `${v}: ${layers[v]?.name ?? ""}`),
+      });
+      panel._chart = chart;
+      charts.push(chart);
+    });
+  }
+
+  function update() {
+    const tables = loaded.map(({ data }) => [data.cols.step, data.cols.loss, data.cols.valid]);
+    const joined = tables.length ? uPlot.join(tables) : [[]];
+    charts[0].setData(joined);
+    const norms = loaded.map(({ data }) => [data.cols.step, data.cols.gn, data.cols.gnc]);
+    charts[1].setData(norms.length ? uPlot.join(norms) : [[]]);
+
+    // One y range and one colour scale for every profile, so they read side by side.
+    let lo = Infinity;
+    let hi = -Infinity;
+    for (const { profile, data } of loaded) {
+      for (const v of [...profile.median, ...profile.last]) if (v > 0) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
+      const [a, b] = data.grid.range();
+      if (a <= b) { lo = Math.min(lo, 10 ** a); hi = Math.max(hi, 10 ** b); }
+    }
+    const scale = lo <= hi ? [Math.log10(lo), Math.log10(hi)] : undefined;
+    [...profiles.children].forEach((panel, i) => {
+      const { data, profile } = loaded[i];
+      const matrices = data.layers.filter((l) => (l.shape ?? []).length >= 2);
+      const xs = (allTensors.checked || !matrices.length ? data.layers : matrices).map((l) => l.index);
+      if (scale) panel._chart.u.setScale("y", { min: lo / 1.5, max: hi * 1.5 });
+      panel._chart.setData([xs, xs.map((x) => profile.median[x] ?? null), xs.map((x) => profile.last[x] ?? null)]);
+      if (scale) panel._chart.u.setScale("y", { min: lo / 1.5, max: hi * 1.5 });
+      drawGrid(panel._canvas, data.grid, { scale, rowLabel: (r) => data.layers[r]?.name ?? `#${r}`, gutter: 150, empty: "no per-layer statistics yet" });
+    });
+
+    summary.replaceChildren(...loaded.map(({ job, data }, i) => {
+      const c = data.cols;
+      const ev = data.evals;
+      const lastLoss = [...c.loss].reverse().find((v) => v !== null);
+      const bestVal = ev.loss.filter((v) => v !== null);
+      const maxNorm = Math.max(0, ...c.gn.filter((v) => v !== null));
+      return el("tr", { dataset: { id: job.id } },
+        el("td", {}, el("span", { class: "swatch", style: `background:${PALETTE[i % PALETTE.length]}` })),
+        el("td", {}, el("a", { href: `#/jobs/${job.id}` }, job.name)),
+        el("td", {}, statusBadge(job.status)),
+        el("td", { class: "num" }, `${job.step} / ${job.total_steps}`),
+        el("td", { class: "num" }, num(lastLoss)),
+        el("td", { class: "num" }, bestVal.length ? num(bestVal[bestVal.length - 1]) : "–"),
+        el("td", { class: "num" }, ev.value.length && ev.value[ev.value.length - 1] !== null ? `${ev.metric ?? ""} ${num(ev.value[ev.value.length - 1], 3)}` : "–"),
+        el("td", { class: "num" }, num(maxNorm, 3)),
+        el("td", { class: "num" }, c.step.length ? pct(data.clippedSteps / c.step.length) : "–"),
+        el("td", { class: "num" }, String(data.skippedSteps)),
+        el("td", { class: "badges" }, diagnosisBadges(job)));
+    }));
+  }
+
+  async function load() {
+    timer = 0;
+    const next = await Promise.all(ids.map((id) => loadJob(id).catch(() => null)));
+    if (closed) return;
+    const shape = (list) => list.map(({ data }) => data.layers.length).join(",");
+    const rebuild = loaded.length === 0 || shape(loaded) !== shape(next.filter(Boolean));
+    loaded = next.filter(Boolean);
+    if (rebuild) build();
+    update();
+    if (!closed && loaded.some(({ job }) => !isFinished(job))) {
+      timer = setTimeout(() => load().catch((err) => ctx.offline(err)), REFRESH_MS);
+    }
+  }
+
+  await load();
+  return () => {
+    closed = true;
+    clearTimeout(timer);
+    charts.forEach((c) => c.destroy());
+  };
+}
