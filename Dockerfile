@@ -10,12 +10,20 @@ WORKDIR /src
 COPY . .
 RUN cargo build --release --locked && cp target/release/gradscope /usr/local/bin/
 
+# The dashboard's chart library, from npm.
+FROM node:20-bookworm-slim AS web
+WORKDIR /src
+COPY package.json package-lock.json ./
+RUN npm ci --omit=dev --ignore-scripts && mkdir -p vendor \
+    && cp node_modules/uplot/dist/uPlot.esm.js node_modules/uplot/dist/uPlot.min.css vendor/
+
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libgomp1 && rm -rf /var/lib/apt/lists/*
 # The binary's rpath points at this folder.
 COPY --from=build /opt/torch /opt/torch
 COPY --from=build /usr/local/bin/gradscope /usr/local/bin/gradscope
 COPY static /app/static
+COPY --from=web /src/vendor /app/static/vendor
 WORKDIR /app
 ENV GRADSCOPE_ADDR=0.0.0.0:8080 \
     GRADSCOPE_DATABASE_URL=sqlite:///data/gradscope.db \

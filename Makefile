@@ -8,14 +8,16 @@ ARGS ?=
 
 ## Build (release) and start the service on http://127.0.0.1:8080 with SQLite under ./data/.
 run:
+	scripts/web-deps
 	$(WITH_TORCH) cargo build --release --locked
 	./target/release/gradscope serve $(ARGS)
 
-## Formatting, lints, unit and integration tests (installs Prometheus and docker-compose
-## from Debian's packages first when they are missing).
+## Formatting, lints, unit, integration, parity and browser tests (installs Prometheus,
+## docker-compose and chromium from Debian's packages first when they are missing).
 test: lint
 	scripts/test-deps
 	$(WITH_TORCH) cargo test --locked --all-targets
+	GRADSCOPE_BIN=target/debug/gradscope scripts/browser-test
 
 lint:
 	cargo fmt --all -- --check

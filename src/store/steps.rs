@@ -33,6 +33,21 @@ pub struct StepColumns {
     pub clip_coef: Vec<Option<f64>>,
     pub lr: Vec<f64>,
     pub skipped: Vec<bool>,
+    /// Validation passes in the range (never downsampled: they are few), from the
+    /// job's `validation` events.
+    pub eval: EvalColumns,
+}
+
+/// Validation results as columns.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct EvalColumns {
+    pub step: Vec<i64>,
+    /// The task's loss on its held-out data.
+    pub loss: Vec<Option<f64>>,
+    /// `accuracy` or `metric`, when the task reports one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metric: Option<String>,
+    pub value: Vec<Option<f64>>,
 }
 
 /// Points a step query answers with when it does not say.
@@ -112,6 +127,7 @@ impl Store {
             all.lr.push(row.try_get("lr")?);
             all.skipped.push(row.try_get("skipped")?);
         }
+        all.eval = self.evals(id, from, to).await?;
         let keep = keep_extremes(all.step.len(), max_points, &[&|i| all.loss[i], &|i| all.grad_norm[i]]);
         if keep.len() == all.step.len() {
             return Ok(all);
@@ -124,6 +140,36 @@ impl Store {
             clip_coef: keep.iter().map(|&i| all.clip_coef[i]).collect(),
             lr: keep.iter().map(|&i| all.lr[i]).collect(),
             skipped: keep.iter().map(|&i| all.skipped[i]).collect(),
+            eval: all.eval,
         })
+    }
+
+    /// The validation passes between `from` and `to`, from their events.
+    async fn evals(&self, id: Uuid, from: i64, to: i64) -> anyhow::Result<EvalColumns> {
+        let rows = sqlx::query(
+            "SELECT step, kind, value FROM events
+             WHERE job_id = ? AND step BETWEEN ? AND ? AND kind LIKE 'validation%' ORDER BY step, seq",
+        )
+        .bind(id.to_string())
+        .bind(from)
+        .bind(to)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut eval = EvalColumns::default();
+        for row in &rows {
+            let (step, kind, value): (i64, String, Option<f64>) =
+                (row.try_get("step")?, row.try_get("kind")?, row.try_get("value")?);
+            if kind == "validation" {
+                eval.step.push(step);
+                eval.loss.push(value);
+                eval.value.push(None);
+            } else if eval.step.last() == Some(&step)
+                && let Some(last) = eval.value.last_mut()
+            {
+                eval.metric = Some(kind.trim_start_matches("validation_").to_owned());
+                *last = value;
+            }
+        }
+        Ok(eval)
     }
 }

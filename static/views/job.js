@@ -407,6 +407,8 @@ export async function jobView(root, ctx, id) {
         break;
       }
       case "event":
+        // Validation passes arrive live as events; their metric follows by REST.
+        if (m.kind === "validation") data.addEvals({ step: [m.step], loss: [m.value], value: [null] });
         addEvent(m);
         break;
       case "lagged":

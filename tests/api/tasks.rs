@@ -35,6 +35,13 @@ async fn generated_tasks_train_and_report_validation() {
         for e in events.iter().filter(|e| e["kind"] == "validation_accuracy") {
             assert!((0.0..=1.0).contains(&e["value"].as_f64().expect("value")));
         }
+        // /steps carries them as columns, for charts.
+        let steps: Value = app.get(&format!("/api/v1/jobs/{id}/steps")).await.json().await.expect("json");
+        assert_eq!(steps["eval"]["step"], json!([4, 8, 10]));
+        assert_eq!(steps["eval"]["metric"], "accuracy");
+        let losses: Vec<f64> =
+            events.iter().filter(|e| e["kind"] == "validation").map(|e| e["value"].as_f64().expect("loss")).collect();
+        assert_eq!(steps["eval"]["loss"], json!(losses));
     }
     app.stop().await;
 }
