@@ -196,3 +196,35 @@ async fn shutdown_closes_sockets_with_a_close_frame() {
     assert!(code.is_some(), "the server sent a close frame");
     stopping.await.expect("stopped");
 }
+
+#[tokio::test]
+async fn client_limits_close_with_a_reason_and_clients_are_counted() {
+    let dir = tempfile::TempDir::new().expect("temp dir");
+    let app = crate::helpers::spawn_app_with(dir, |config| config.ws_max_per_job = 1).await;
+    let id = app.submit(&tiny_lstm_spec(1_000_000, 1.0)).await["id"].as_str().expect("id").to_owned();
+    app.wait_for(&id, "running", |j| j["status"] == "running").await;
+    let mut first = connect(&app, &id, "?every=1000000").await;
+    next(&mut first).await.expect("hello");
+    let mut second = connect(&app, &id, "").await;
+    next(&mut second).await.expect("hello");
+    let refused = loop {
+        match second.next().await {
+            Some(Ok(Message::Close(frame))) => break frame.expect("a close frame"),
+            Some(Ok(_)) => {}
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(refused.code, CloseCode::Again);
+    assert!(refused.reason.contains("too many"), "{}", refused.reason);
+
+    let metrics = app.get("/metrics").await.text().await.expect("metrics");
+    let clients = crate::helpers::parse_exposition(&metrics)
+        .into_iter()
+        .find(|s| s.metric == "gradscope_ws_clients")
+        .map(|s| s.value);
+    assert_eq!(clients, Some(1.0), "the refused client is not counted");
+    app.client.post(app.url(&format!("/api/v1/jobs/{id}/cancel"))).send().await.expect("cancel");
+    app.wait_finished(&id).await;
+    drop(first);
+    app.stop().await;
+}
