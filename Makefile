@@ -12,12 +12,14 @@ run:
 	$(WITH_TORCH) cargo build --release --locked
 	./target/release/gradscope serve $(ARGS)
 
-## Formatting, lints, unit, integration, parity and browser tests (installs Prometheus,
-## docker-compose and chromium from Debian's packages first when they are missing).
+## Formatting, lints, unit, integration, parity and browser tests, then a bounded fuzz run
+## of the API (installs Prometheus, docker-compose and chromium from Debian's packages, and
+## schemathesis from PyPI, first when they are missing).
 test: lint
 	scripts/test-deps
 	$(WITH_TORCH) cargo test --locked --all-targets
 	GRADSCOPE_BIN=target/debug/gradscope scripts/browser-test
+	FUZZ_MAX_EXAMPLES=30 scripts/fuzz target/debug/gradscope
 
 lint:
 	cargo fmt --all -- --check

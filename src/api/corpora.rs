@@ -15,7 +15,7 @@ use crate::train::data::vocab_size;
 pub const MIN_CORPUS_CHARS: usize = 64;
 
 /// Upload a UTF-8 text corpus (the body is the text). Use the returned `id` as `task.corpus`.
-#[utoipa::path(post, path = "/api/v1/corpora", tag = "corpora",
+#[utoipa::path(post, operation_id = "upload_corpus", path = "/api/v1/corpora", tag = "corpora",
     request_body(content = String, content_type = "text/plain"),
     responses(
         (status = 201, body = Corpus),

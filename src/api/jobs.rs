@@ -31,7 +31,7 @@ pub(super) async fn find_job(state: &AppState, raw: &str) -> Result<Job, ApiErro
 }
 
 /// Submit a job. It is queued and starts when a slot is free.
-#[utoipa::path(post, path = "/api/v1/jobs", tag = "jobs", request_body = JobSpec,
+#[utoipa::path(post, operation_id = "create_job", path = "/api/v1/jobs", tag = "jobs", request_body = JobSpec,
     responses(
         (status = 201, description = "Queued", body = Job),
         (status = 400, description = "Malformed JSON", body = super::ErrorBody),
@@ -104,8 +104,10 @@ fn check_budget(spec: &JobSpec, vocab: u64, limits: &Limits) -> Result<(), ApiEr
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Only jobs with this status.
+    #[param(value_type = Option<JobStatus>)]
     status: Option<String>,
     /// How many (default 50, at most 500).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
 }
 
@@ -115,8 +117,8 @@ pub struct JobList {
 }
 
 /// List jobs, newest first.
-#[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", params(ListQuery),
-    responses((status = 200, body = JobList), (status = 422, body = super::ErrorBody)))]
+#[utoipa::path(get, operation_id = "list_jobs", path = "/api/v1/jobs", tag = "jobs", params(ListQuery),
+    responses((status = 200, body = JobList), (status = 400, description = "A malformed query string", body = super::ErrorBody), (status = 422, body = super::ErrorBody)))]
 pub async fn list(State(state): State<AppState>, ApiQuery(q): ApiQuery<ListQuery>) -> Result<Json<JobList>, ApiError> {
     let status = q
         .status
@@ -136,14 +138,14 @@ pub async fn list(State(state): State<AppState>, ApiQuery(q): ApiQuery<ListQuery
 }
 
 /// One job.
-#[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs", params(("id" = Uuid, Path)),
+#[utoipa::path(get, operation_id = "get_job", path = "/api/v1/jobs/{id}", tag = "jobs", params(("id" = Uuid, Path)),
     responses((status = 200, body = Job), (status = 404, body = super::ErrorBody)))]
 pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Job>, ApiError> {
     Ok(Json(find_job(&state, &id).await?))
 }
 
 /// Cancel a queued or running job. A running job stops before its next step.
-#[utoipa::path(post, path = "/api/v1/jobs/{id}/cancel", tag = "jobs", params(("id" = Uuid, Path)),
+#[utoipa::path(post, operation_id = "cancel_job", path = "/api/v1/jobs/{id}/cancel", tag = "jobs", params(("id" = Uuid, Path)),
     responses(
         (status = 202, description = "Cancelled or cancelling", body = Job),
         (status = 404, body = super::ErrorBody),
@@ -167,7 +169,7 @@ pub async fn cancel(
 
 /// Resume an interrupted (or cancelled or failed) job from its last checkpoint: it is
 /// queued again and continues the step count, the optimizer state and the loss curve.
-#[utoipa::path(post, path = "/api/v1/jobs/{id}/resume", tag = "jobs", params(("id" = Uuid, Path)),
+#[utoipa::path(post, operation_id = "resume_job", path = "/api/v1/jobs/{id}/resume", tag = "jobs", params(("id" = Uuid, Path)),
     responses(
         (status = 202, description = "Queued to continue after its last checkpoint", body = Job),
         (status = 404, body = super::ErrorBody),
@@ -197,7 +199,7 @@ pub async fn resume(
 }
 
 /// Delete a finished job with everything it recorded.
-#[utoipa::path(delete, path = "/api/v1/jobs/{id}", tag = "jobs", params(("id" = Uuid, Path)),
+#[utoipa::path(delete, operation_id = "delete_job", path = "/api/v1/jobs/{id}", tag = "jobs", params(("id" = Uuid, Path)),
     responses(
         (status = 204, description = "Deleted"),
         (status = 404, body = super::ErrorBody),
@@ -240,7 +242,7 @@ pub struct LayerList {
 
 /// The job's layers (one per named parameter tensor), in their stable order. Empty until
 /// the job has started.
-#[utoipa::path(get, path = "/api/v1/jobs/{id}/layers", tag = "jobs", params(("id" = Uuid, Path)),
+#[utoipa::path(get, operation_id = "list_layers", path = "/api/v1/jobs/{id}/layers", tag = "jobs", params(("id" = Uuid, Path)),
     responses((status = 200, body = LayerList), (status = 404, body = super::ErrorBody)))]
 pub async fn layers(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<LayerList>, ApiError> {
     let job = find_job(&state, &id).await?;
@@ -262,12 +264,13 @@ pub struct RangeQuery {
     to: Option<i64>,
     /// At most this many points (default 5000, 10 to 100000); longer ranges are downsampled
     /// keeping each bucket's minimum and maximum, so spikes survive.
+    #[param(minimum = 10, maximum = 100000)]
     max_points: Option<usize>,
 }
 
 /// Per-step scalars, as columns.
-#[utoipa::path(get, path = "/api/v1/jobs/{id}/steps", tag = "jobs", params(("id" = Uuid, Path), RangeQuery),
-    responses((status = 200, body = StepColumns), (status = 404, body = super::ErrorBody),
+#[utoipa::path(get, operation_id = "get_steps", path = "/api/v1/jobs/{id}/steps", tag = "jobs", params(("id" = Uuid, Path), RangeQuery),
+    responses((status = 200, body = StepColumns), (status = 400, description = "A malformed query string", body = super::ErrorBody), (status = 404, body = super::ErrorBody),
         (status = 422, body = super::ErrorBody)))]
 pub async fn steps(
     State(state): State<AppState>,
@@ -297,7 +300,7 @@ pub(super) fn range(
 }
 
 /// The latest weights as safetensors, with the tensor names of `/layers`.
-#[utoipa::path(get, path = "/api/v1/jobs/{id}/checkpoint", tag = "jobs", params(("id" = Uuid, Path)),
+#[utoipa::path(get, operation_id = "get_checkpoint", path = "/api/v1/jobs/{id}/checkpoint", tag = "jobs", params(("id" = Uuid, Path)),
     responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>),
         (status = 404, description = "Unknown job, or no checkpoint yet", body = super::ErrorBody)))]
 pub async fn checkpoint(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {

@@ -22,7 +22,7 @@ use super::{corpora, health, jobs, presets, stats, stream};
 pub struct ApiDoc;
 
 /// This document.
-#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "health",
+#[utoipa::path(get, operation_id = "openapi", path = "/api/v1/openapi.json", tag = "health",
     responses((status = 200, description = "OpenAPI 3.1 document", content_type = "application/json")))]
 pub async fn document() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())

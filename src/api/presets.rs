@@ -14,7 +14,7 @@ pub struct PresetList {
 
 /// The seed experiments: each failing run beside its remedied twin(s). Submit a preset's
 /// `spec` to `POST /api/v1/jobs` to run it.
-#[utoipa::path(get, path = "/api/v1/presets", tag = "jobs",
+#[utoipa::path(get, operation_id = "list_presets", path = "/api/v1/presets", tag = "jobs",
     responses((status = 200, body = PresetList)))]
 pub async fn list() -> Json<PresetList> {
     Json(PresetList { presets: presets::all() })

@@ -26,6 +26,7 @@ pub struct LayerStatsQuery {
     stat: Option<String>,
     /// At most this many points per layer (default 5000, 10 to 100000), keeping each
     /// bucket's extremes.
+    #[param(minimum = 10, maximum = 100000)]
     max_points: Option<usize>,
 }
 
@@ -35,9 +36,9 @@ pub struct LayerStatsResponse {
 }
 
 /// Per-layer statistics over steps, columnar per layer.
-#[utoipa::path(get, path = "/api/v1/jobs/{id}/layer-stats", tag = "jobs",
+#[utoipa::path(get, operation_id = "get_layer_stats", path = "/api/v1/jobs/{id}/layer-stats", tag = "jobs",
     params(("id" = uuid::Uuid, Path), LayerStatsQuery),
-    responses((status = 200, body = LayerStatsResponse), (status = 404, body = super::ErrorBody),
+    responses((status = 200, body = LayerStatsResponse), (status = 400, description = "A malformed query string", body = super::ErrorBody), (status = 404, body = super::ErrorBody),
         (status = 422, body = super::ErrorBody)))]
 pub async fn layers(
     State(state): State<AppState>,
@@ -86,6 +87,7 @@ pub struct EventsQuery {
     /// Only events of this kind.
     kind: Option<String>,
     /// At most this many, oldest first (default 1000, at most 10000).
+    #[param(minimum = 1, maximum = 10000)]
     limit: Option<i64>,
 }
 
@@ -99,8 +101,9 @@ pub const MAX_EVENTS_LIMIT: i64 = 10_000;
 
 /// Diagnoses (`nonfinite`, `exploding`, `vanishing`, `dead`) and policy summaries
 /// (`clipped`, `skipped`), in order.
-#[utoipa::path(get, path = "/api/v1/jobs/{id}/events", tag = "jobs", params(("id" = uuid::Uuid, Path), EventsQuery),
-    responses((status = 200, body = EventList), (status = 404, body = super::ErrorBody)))]
+#[utoipa::path(get, operation_id = "list_events", path = "/api/v1/jobs/{id}/events", tag = "jobs", params(("id" = uuid::Uuid, Path), EventsQuery),
+    responses((status = 200, body = EventList), (status = 400, description = "A malformed query string", body = super::ErrorBody), (status = 404, body = super::ErrorBody),
+        (status = 422, body = super::ErrorBody)))]
 pub async fn events(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -48,6 +48,7 @@ pub struct WsLimits {
 #[into_params(parameter_in = Query)]
 pub struct StreamQuery {
     /// Send every N-th step (default 1: all).
+    #[param(minimum = 1)]
     every: Option<u64>,
     /// Comma-separated layer indices whose statistics to send (default all).
     layers: Option<String>,
@@ -74,9 +75,10 @@ enum ClientMessage {
 }
 
 /// Stream a job's steps, events and final status (WebSocket upgrade).
-#[utoipa::path(get, path = "/api/v1/jobs/{id}/stream", tag = "jobs", params(("id" = uuid::Uuid, Path), StreamQuery),
+#[utoipa::path(get, operation_id = "stream_job", path = "/api/v1/jobs/{id}/stream", tag = "jobs", params(("id" = uuid::Uuid, Path), StreamQuery),
     responses(
         (status = 101, description = "Switching to the WebSocket protocol: hello, step, event, lagged and status messages"),
+        (status = 400, description = "Not a WebSocket upgrade, or a malformed query string", body = super::ErrorBody),
         (status = 404, body = super::ErrorBody),
         (status = 422, body = super::ErrorBody),
     ))]
