@@ -1,0 +1,114 @@
+//! `gradscope bench store`: how fast the store keeps a long job's history and answers
+//! range queries over it. Fills a temporary SQLite file with a synthetic job (per-step
+//! scalars and every per-layer statistic) through the same writer jobs use, then times
+//! the queries behind `/steps` and `/layer-stats`, JSON encoding included.
+
+use std::time::Instant;
+
+use clap::Args;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::store::{Progress, Store};
+use crate::train::{JobSpec, LayerInfo, LayerStats, StepReport};
+
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// Steps of the synthetic job.
+    #[arg(long, default_value_t = 100_000)]
+    pub steps: u64,
+    /// Layers of the synthetic job.
+    #[arg(long, default_value_t = 100)]
+    pub layers: usize,
+    /// Steps per write transaction (the runner writes what has queued up, up to 1024).
+    #[arg(long, default_value_t = 1024)]
+    pub batch: usize,
+}
+
+fn report(step: u64, layers: usize, rng: &mut StdRng) -> StepReport {
+    let mut values = || (0..layers).map(|_| rng.random_range(1e-6..1.0)).collect::<Vec<f64>>();
+    let stats = LayerStats {
+        grad_norm: values(),
+        grad_max: values(),
+        grad_mean: values(),
+        grad_std: values(),
+        zero_frac: values(),
+        nonfinite: vec![0.0; layers],
+        weight_norm: values(),
+        update_ratio: values(),
+        hist: None,
+    };
+    let loss = 4.0 / (1.0 + step as f64 / 1000.0) + rng.random_range(0.0..0.1);
+    StepReport {
+        step,
+        loss,
+        grad_norm: rng.random_range(0.1..10.0),
+        grad_norm_clipped: 1.0,
+        clip_coef: 1.0,
+        lr: 1e-3,
+        skipped: false,
+        layers: Some(stats),
+        seconds: 0.01,
+    }
+}
+
+fn timed<T: serde::Serialize>(label: &str, started: Instant, answer: &T) {
+    let bytes = serde_json::to_vec(answer).map_or(0, |v| v.len());
+    println!("{label:<58} {:>9.1} ms {:>10} KiB", started.elapsed().as_secs_f64() * 1e3, bytes / 1024);
+}
+
+pub async fn run(args: &StoreArgs) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("gradscope-bench-store-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&dir)?;
+    let store = Store::connect(&format!("sqlite://{}", dir.join("bench.db").display())).await?;
+    store.migrate().await?;
+    let spec: JobSpec = serde_json::from_value(serde_json::json!({
+        "steps": args.steps, "task": {"kind": "char_lm"}, "model": {"kind": "lstm"}
+    }))?;
+    let job = store.insert_job(&spec).await?;
+    let layers: Vec<LayerInfo> = (0..args.layers)
+        .map(|i| LayerInfo { index: i, name: format!("layer{i}.weight"), shape: vec![64, 64], numel: 4096 })
+        .collect();
+    store.set_job_started(job.id, "cpu", &layers).await?;
+
+    println!("gradscope bench store: {} steps × {} layers, every statistic on every step", args.steps, args.layers);
+    let mut rng = StdRng::seed_from_u64(1);
+    let started = Instant::now();
+    let mut step = 1;
+    while step <= args.steps {
+        let batch: Vec<StepReport> =
+            (step..(step + args.batch as u64).min(args.steps + 1)).map(|s| report(s, args.layers, &mut rng)).collect();
+        step += batch.len() as u64;
+        store.record_progress(job.id, &Progress { steps: &batch, ..Progress::default() }).await?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "{:<58} {:>9.0} steps/s ({:.1} s)",
+        "write (steps with every layer statistic)",
+        args.steps as f64 / seconds,
+        seconds
+    );
+    let size = std::fs::metadata(dir.join("bench.db")).map_or(0, |m| m.len())
+        + std::fs::metadata(dir.join("bench.db-wal")).map_or(0, |m| m.len());
+    println!("{:<58} {:>9} MiB", "database size", size >> 20);
+
+    let all = (0, i64::MAX);
+    let t = Instant::now();
+    let answer = store.steps(job.id, all.0, all.1, 5000).await?;
+    timed("/steps, whole range, 5000 points", t, &answer);
+    let t = Instant::now();
+    let answer = store.steps(job.id, 50_000, 51_000, 5000).await?;
+    timed("/steps, 1000-step window", t, &answer);
+    let t = Instant::now();
+    let answer = store.layer_stats(job.id, &layers, &["grad_norm"], all, 1000).await?;
+    timed("/layer-stats, grad_norm of every layer, 1000 points", t, &answer);
+    let t = Instant::now();
+    let answer = store.layer_stats(job.id, &layers[..1], &crate::train::stats::STAT_NAMES, all, 2000).await?;
+    timed("/layer-stats, every statistic of one layer, 2000 points", t, &answer);
+    let t = Instant::now();
+    let answer = store.layer_stats(job.id, &layers, &crate::train::stats::STAT_NAMES, all, 500).await?;
+    timed("/layer-stats, every statistic of every layer, 500 points", t, &answer);
+    store.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
