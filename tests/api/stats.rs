@@ -156,3 +156,20 @@ async fn diagnosis_reports_vanishing_layers_and_clipping_once() {
     assert_eq!(diagnosis["status"], "warning", "{diagnosis}");
     assert!(diagnosis["issues"].as_array().expect("issues").iter().any(|i| i["kind"] == "vanishing"));
 }
+
+#[tokio::test]
+async fn wide_and_narrow_layer_queries_agree() {
+    let app = spawn_app().await;
+    let mut spec = tiny_lstm_spec(12, 1.0);
+    spec["model"]["layers"] = json!(3); // 15 layers: every statistic of every layer is a wide query
+    let id = app.submit(&spec).await["id"].as_str().expect("id").to_owned();
+    assert_eq!(app.wait_finished(&id).await["status"], "succeeded");
+    let all = "grad_norm,grad_max,grad_mean,grad_std,zero_frac,nonfinite,weight_norm,update_ratio,hist";
+    let wide: Value = app.get(&format!("/api/v1/jobs/{id}/layer-stats?stat={all}")).await.json().await.expect("json");
+    let narrow: Value =
+        app.get(&format!("/api/v1/jobs/{id}/layer-stats?stat={all}&layers=0,7,14")).await.json().await.expect("json");
+    assert_eq!(wide["layers"].as_array().map(Vec::len), Some(15));
+    for (k, index) in [0, 7, 14].into_iter().enumerate() {
+        assert_eq!(narrow["layers"][k], wide["layers"][index], "layer {index}");
+    }
+}
