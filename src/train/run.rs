@@ -212,6 +212,13 @@ impl<'a> Reporter<'a> {
             rest = &rest[n..];
             stats
         });
+        if let Some(stats) = layers.as_mut() {
+            // Counting NaN/Inf costs a pass: only for layers whose norm came back broken.
+            let broken: Vec<usize> = (0..self.layers).filter(|&i| !stats.nonfinite[i].is_finite()).collect();
+            for (i, count) in broken.iter().zip(flat.nonfinite_counts(&broken)?) {
+                stats.nonfinite[*i] = count;
+            }
+        }
         if held_weights.is_some() {
             let n = WEIGHT_STATS.len() * self.layers;
             self.release(Some(&rest[..n]), emit);

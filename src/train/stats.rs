@@ -1,10 +1,13 @@
 //! Per-layer statistics at almost no cost.
 //!
 //! Every trainable parameter's data, and its gradient, is a view into one contiguous
-//! buffer ([`FlatParams`]). A statistic for every layer is then a handful of whole-buffer
-//! kernels with segment reductions, instead of hundreds of tiny per-tensor kernels, and
-//! the results of a step reach the host in one copy. Clipping multiplies the one buffer by
-//! an on-device coefficient. Definitions follow DESIGN.md §3.
+//! buffer ([`FlatParams`]): clipping multiplies that one buffer by an on-device
+//! coefficient, the optimizer updates it whole, and the results of a step reach the host
+//! in one copy. The statistics are single-pass reductions over each layer's view (a dot
+//! product, a sum, a min/max, a non-zero count), stacked: measured on CPU they are an
+//! order of magnitude faster than `segment_reduce`, `frexp` or a float histogram over the
+//! whole buffer. The histogram reads each float's exponent bits and counts them with one
+//! `bincount`. Definitions follow DESIGN.md §3.
 
 use tch::{Device, Kind, Tensor};
 
@@ -32,13 +35,20 @@ pub struct FlatParams {
     grads: Tensor,
     /// Whether the gradients are views into `grads` yet.
     grads_adopted: bool,
-    /// Elements per layer, on the device, for segment reductions.
+    /// Each layer's gradient as a 1-D view into `grads`.
+    grad_views: Vec<Tensor>,
+    /// Each layer's weights as a 1-D view into `weights`.
+    weight_views: Vec<Tensor>,
+    /// Elements per layer, on the device.
     lengths: Tensor,
     /// Elements per layer as floats, for means.
     counts: Tensor,
-    /// For every element, its layer index × [`HIST_BINS`]: histogram bins of all layers
-    /// come from one `bincount`. Built on first use.
-    hist_base: Option<Tensor>,
+    /// Exact zeros per layer at the last [`Self::grad_stats`], for the histogram.
+    zeros: Option<Tensor>,
+    /// For every element, its layer index × 256 (exponent values), so one `bincount`
+    /// counts the exponents of every layer; and the 256 × [`HIST_BINS`] map from an
+    /// exponent to its bucket. Built on first use.
+    hist: Option<(Tensor, Tensor)>,
     /// The weights before the last recorded step, for `update_ratio`.
     before: Option<Tensor>,
 }
@@ -64,7 +74,30 @@ impl FlatParams {
         }
         let lengths = Tensor::from_slice(&numels).f_to(device)?;
         let counts = lengths.f_to_kind(Kind::Float)?;
-        Ok(Self { params: moved, weights, grads, grads_adopted: false, lengths, counts, hist_base: None, before: None })
+        let views = |buffer: &Tensor| -> anyhow::Result<Vec<Tensor>> {
+            let mut offset = 0;
+            numels
+                .iter()
+                .map(|&n| {
+                    let view = buffer.f_narrow(0, offset, n)?;
+                    offset += n;
+                    Ok(view)
+                })
+                .collect()
+        };
+        Ok(Self {
+            params: moved,
+            grad_views: views(&grads)?,
+            weight_views: views(&weights)?,
+            weights,
+            grads,
+            grads_adopted: false,
+            lengths,
+            counts,
+            zeros: None,
+            hist: None,
+            before: None,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -132,53 +165,92 @@ impl FlatParams {
         Ok(())
     }
 
-    fn segment(&self, data: &Tensor, reduce: &str) -> anyhow::Result<Tensor> {
-        Ok(Tensor::f_segment_reduce(data, reduce, Some(&self.lengths), None, None, 0, false, 0.0)?)
-    }
-
     /// Global L2 norm of the gradients.
     pub fn grad_norm(&self) -> anyhow::Result<Tensor> {
         Ok(self.grads.f_norm()?)
     }
 
     /// Gradient statistics, `[GRAD_STATS.len(), layers]`, and the global L2 norm computed
-    /// from the same per-layer sums (so √Σ layer norm² equals it by construction).
-    pub fn grad_stats(&self) -> anyhow::Result<(Tensor, Tensor)> {
-        let g = &self.grads;
-        let sumsq = self.segment(&g.f_square()?, "sum")?;
-        let sum = self.segment(g, "sum")?;
-        let max = self.segment(&g.f_abs()?, "max")?;
+    /// from the same per-layer sums (so √Σ layer norm² equals it by construction). The
+    /// `nonfinite` row is 0 where a layer's norm is finite and NaN where it is not: its
+    /// count costs a pass, so [`Self::nonfinite_counts`] takes it on those rare steps.
+    pub fn grad_stats(&mut self) -> anyhow::Result<(Tensor, Tensor)> {
+        let per_layer = |f: &dyn Fn(&Tensor) -> Result<Tensor, tch::TchError>| -> anyhow::Result<Tensor> {
+            let values: Vec<Tensor> = self.grad_views.iter().map(f).collect::<Result<_, _>>()?;
+            Ok(Tensor::f_stack(&values, 0)?)
+        };
+        let sumsq = per_layer(&|v| v.f_dot(v))?;
+        let sum = per_layer(&|v| v.f_sum(Kind::Float))?;
+        let (mut mins, mut maxes) = (Vec::new(), Vec::new());
+        for v in &self.grad_views {
+            let (lo, hi) = v.f_aminmax(None::<i64>, false)?;
+            mins.push(lo);
+            maxes.push(hi);
+        }
+        let max = Tensor::f_stack(&mins, 0)?.f_abs()?.f_maximum(&Tensor::f_stack(&maxes, 0)?.f_abs()?)?;
+        let nonzero = per_layer(&|v| v.f_count_nonzero(None::<i64>))?.f_to_kind(Kind::Float)?;
+        let zeros = self.counts.f_sub(&nonzero)?;
         let mean = sum.f_div(&self.counts)?;
         // Unbiased variance from the two sums, as `torch.std` computes it.
         let dof = self.counts.f_sub_scalar(1.0)?.f_clamp_min(1.0)?;
         let var = sumsq.f_sub(&sum.f_mul(&mean)?)?.f_div(&dof)?.f_clamp_min(0.0)?;
-        let zero = self.segment(&g.f_eq(0.0)?.f_to_kind(Kind::Float)?, "sum")?.f_div(&self.counts)?;
-        let nonfinite = self.segment(&g.f_isfinite()?.f_logical_not()?.f_to_kind(Kind::Float)?, "sum")?;
+        let norm = sumsq.f_sqrt()?;
+        // 0 for a finite norm, NaN (to be counted on the host) for a non-finite one.
+        let nonfinite = norm.f_mul_scalar(0.0)?;
         let total = sumsq.f_sum(Kind::Float)?.f_sqrt()?;
-        let stats = Tensor::f_stack(&[sumsq.f_sqrt()?, max, mean, var.f_sqrt()?, zero, nonfinite], 0)?;
+        let stats = Tensor::f_stack(&[norm, max, mean, var.f_sqrt()?, zeros.f_div(&self.counts)?, nonfinite], 0)?;
+        self.zeros = Some(zeros);
         Ok((stats, total))
     }
 
-    /// Counts of |g| per power-of-two bucket for every layer, `[layers * HIST_BINS]`.
-    pub fn grad_histogram(&mut self) -> anyhow::Result<Tensor> {
-        if self.hist_base.is_none() {
-            let layer_ids = Tensor::f_arange(self.params.len() as i64, (Kind::Int64, self.grads.device()))?;
-            let per_element = layer_ids.f_repeat_interleave_self_tensor(&self.lengths, 0, self.grads.numel() as i64)?;
-            self.hist_base = Some(per_element.f_mul_scalar(HIST_BINS as i64)?);
+    /// The NaN/Inf count of each of `layers`, with one host copy: for the steps whose
+    /// statistics came back non-finite.
+    pub fn nonfinite_counts(&self, layers: &[usize]) -> anyhow::Result<Vec<f64>> {
+        let counts: Vec<Tensor> = layers
+            .iter()
+            .map(|&i| self.grad_views[i].f_isfinite()?.f_logical_not()?.f_sum(Kind::Float))
+            .collect::<Result<_, _>>()?;
+        if counts.is_empty() {
+            return Ok(Vec::new());
         }
-        let Some(base) = &self.hist_base else { unreachable!("set above") };
-        let a = self.grads.f_abs()?;
-        let (_, exponent) = a.f_frexp()?;
-        // frexp gives |g| = m·2^e with m in [0.5, 1), so floor(log2 |g|) = e - 1 and its
-        // bucket is (e - 1) - HIST_MIN_EXP + 1 = e - HIST_MIN_EXP.
-        let bucket = exponent
-            .f_to_kind(Kind::Int64)?
-            .f_sub_scalar(HIST_MIN_EXP)?
-            .f_clamp(1, HIST_MAX_EXP - HIST_MIN_EXP + 1)?
-            .f_masked_fill(&a.f_eq(0.0)?, 0)?
-            .f_masked_fill(&a.f_isfinite()?.f_logical_not()?, HIST_NONFINITE)?;
-        let index = bucket.f_add(base)?;
-        Ok(index.f_bincount::<Tensor>(None, (self.params.len() * HIST_BINS) as i64)?)
+        Ok(Vec::try_from(&Tensor::f_stack(&counts, 0)?.f_to_kind(Kind::Double)?.f_to_device(Device::Cpu)?)?)
+    }
+
+    /// Counts of |g| per power-of-two bucket for every layer, `[layers * HIST_BINS]`.
+    /// Call after [`Self::grad_stats`] (it reuses the zero counts).
+    pub fn grad_histogram(&mut self) -> anyhow::Result<Tensor> {
+        let layers = self.params.len() as i64;
+        let device = self.grads.device();
+        if self.hist.is_none() {
+            let ids = Tensor::f_arange(layers, (Kind::Int, device))?;
+            let base = ids.f_repeat_interleave_self_tensor(&self.lengths, 0, self.grads.numel() as i64)?;
+            // Exponent field e (biased by 127) to bucket: 0 holds zeros (and subnormals,
+            // moved out below), 255 holds NaN/Inf, the rest floor(log2 |g|) = e - 127.
+            let buckets: Vec<i64> = (0..256)
+                .map(|e| match e {
+                    0 => 0,
+                    255 => HIST_NONFINITE,
+                    e => (e - 127 - HIST_MIN_EXP + 1).clamp(1, HIST_MAX_EXP - HIST_MIN_EXP + 1),
+                })
+                .collect();
+            let fold = Tensor::from_slice(&buckets)
+                .f_one_hot(HIST_BINS as i64)?
+                .f_to_kind(Kind::Float)?
+                .f_to_device(device)?;
+            self.hist = Some((base.f_mul_scalar(256)?, fold));
+        }
+        let Some((base, fold)) = &self.hist else { unreachable!("set above") };
+        let exponent = self.grads.f_view_dtype(Kind::Int)?.f_bitwise_right_shift_tensor_scalar(23)?.f_bitwise_and(255)?;
+        let by_exponent = exponent.f_add(base)?.f_bincount::<Tensor>(None, layers * 256)?;
+        let hist = by_exponent.f_view([layers, 256])?.f_to_kind(Kind::Float)?.f_matmul(fold)?;
+        if let Some(zeros) = &self.zeros {
+            // Bucket 0 counted every zero exponent: the exact zeros stay, subnormals (below
+            // 2^-126) join the smallest bucket.
+            let subnormal = hist.f_select(1, 0)?.f_sub(zeros)?;
+            let _ = hist.f_select(1, 0)?.f_copy_(zeros)?;
+            let _ = hist.f_select(1, 1)?.f_add_(&subnormal)?;
+        }
+        Ok(hist.f_round()?.f_to_kind(Kind::Int64)?.f_flatten(0, -1)?)
     }
 
     /// Remembers the weights before a step whose `update_ratio` will be reported.
@@ -199,13 +271,28 @@ impl FlatParams {
     /// Weight statistics after the step, `[WEIGHT_STATS.len(), layers]`: the weight norm,
     /// and ‖w_after − w_before‖ / ‖w_before‖ against the last snapshot (0 without one).
     pub fn weight_stats(&self) -> anyhow::Result<Tensor> {
-        let w = &self.weights;
-        let norm = self.segment(&w.f_square()?, "sum")?.f_sqrt()?;
+        let norms = |views: &[Tensor]| -> anyhow::Result<Tensor> {
+            let values: Vec<Tensor> = views.iter().map(|v| v.f_dot(v)).collect::<Result<_, _>>()?;
+            Ok(Tensor::f_stack(&values, 0)?.f_sqrt()?)
+        };
+        let norm = norms(&self.weight_views)?;
         let ratio = match &self.before {
             Some(before) => {
-                let change = self.segment(&w.f_sub(before)?.f_square()?, "sum")?.f_sqrt()?;
-                let base = self.segment(&before.f_square()?, "sum")?.f_sqrt()?;
-                change.f_div(&base.f_clamp_min(f64::from(f32::MIN_POSITIVE))?)?
+                let change = self.weights.f_sub(before)?;
+                let split = |buffer: &Tensor| -> anyhow::Result<Vec<Tensor>> {
+                    let mut offset = 0;
+                    self.weight_views
+                        .iter()
+                        .map(|v| {
+                            let n = v.numel() as i64;
+                            let view = buffer.f_narrow(0, offset, n)?;
+                            offset += n;
+                            Ok(view)
+                        })
+                        .collect()
+                };
+                let base = norms(&split(before)?)?;
+                norms(&split(&change)?)?.f_div(&base.f_clamp_min(f64::from(f32::MIN_POSITIVE))?)?
             }
             None => norm.f_zeros_like()?,
         };
@@ -346,6 +433,21 @@ mod tests {
         assert_eq!(second[bin(HIST_MAX_EXP)], 1, "3000 clamps into the largest bucket");
         assert_eq!(second[bin(-2)], 1, "0.3 is in [0.25, 0.5)");
         assert_eq!(hist.iter().sum::<i64>(), 7);
+    }
+
+    #[test]
+    fn nonfinite_layers_are_flagged_then_counted() {
+        let mut flat = FlatParams::new(&params(), Device::Cpu).expect("flat");
+        let coefs = [
+            Tensor::from_slice(&[1.0f32, f32::NAN, f32::INFINITY, 0.0]),
+            Tensor::from_slice(&[1.0f32, 2.0, 3.0]).view([3, 1]),
+        ];
+        backward(&mut flat, &coefs);
+        let (stats, _) = flat.grad_stats().expect("stats");
+        let nonfinite: Vec<f32> = Vec::try_from(stats.get(5)).expect("row");
+        assert!(nonfinite[0].is_nan(), "the broken layer is flagged");
+        assert_eq!(nonfinite[1], 0.0);
+        assert_eq!(flat.nonfinite_counts(&[0]).expect("counts"), vec![2.0]);
     }
 
     #[test]
