@@ -247,7 +247,7 @@ impl FlatParams {
             // Bucket 0 counted every zero exponent: the exact zeros stay, subnormals (below
             // 2^-126) join the smallest bucket.
             let subnormal = hist.f_select(1, 0)?.f_sub(zeros)?;
-            let _ = hist.f_select(1, 0)?.f_copy_(zeros)?;
+            hist.f_select(1, 0)?.f_copy_(zeros)?;
             let _ = hist.f_select(1, 1)?.f_add_(&subnormal)?;
         }
         Ok(hist.f_round()?.f_to_kind(Kind::Int64)?.f_flatten(0, -1)?)
