@@ -25,11 +25,13 @@ pub struct FlatOptimizer {
     exp_avg_sq: Option<Tensor>,
     /// SGD momentum buffer.
     momentum_buffer: Option<Tensor>,
+    /// Working space of the flat size, so an update allocates nothing.
+    scratch: Option<Tensor>,
 }
 
 impl FlatOptimizer {
     pub fn new(spec: &OptimizerSpec) -> Self {
-        Self { spec: spec.clone(), steps: 0, exp_avg: None, exp_avg_sq: None, momentum_buffer: None }
+        Self { spec: spec.clone(), steps: 0, exp_avg: None, exp_avg_sq: None, momentum_buffer: None, scratch: None }
     }
 
     /// Updates `weights` in place from `grads` (same flat layout) at learning rate `lr`.
@@ -67,15 +69,20 @@ impl FlatOptimizer {
                 if self.spec.kind == OptimizerKind::Adamw && wd != 0.0 {
                     let _ = w.f_mul_scalar_(1.0 - lr * wd)?;
                 }
+                // One scratch buffer, reused every step: no allocation per update.
+                let scratch = self.scratch.get_or_insert_with(|| g.zeros_like()).shallow_clone();
                 let m = self.exp_avg.get_or_insert_with(|| g.zeros_like());
                 let _ = m.f_lerp_(&g, 1.0 - b1)?;
+                let _ = g.f_mul_out(&scratch, &g)?;
                 let v = self.exp_avg_sq.get_or_insert_with(|| g.zeros_like());
-                let _ = v.f_mul_scalar_(b2)?.f_addcmul_(&g, &g.f_mul_scalar(1.0 - b2)?)?;
+                let _ = v.f_lerp_(&scratch, 1.0 - b2)?;
                 let t = self.steps as i32;
                 let bias1 = 1.0 - b1.powi(t);
                 let bias2 = 1.0 - b2.powi(t);
-                let denom = v.f_sqrt()?.f_div_scalar(bias2.sqrt())?.f_add_scalar(eps)?;
-                let update = m.f_div(&denom)?.f_mul_scalar(lr / bias1)?;
+                let mut denom = v.f_sqrt_out(&scratch)?;
+                let _ = denom.f_div_scalar_(bias2.sqrt())?.f_add_scalar_(eps)?;
+                let mut update = m.f_div_out(&scratch, &denom)?;
+                let _ = update.f_mul_scalar_(lr / bias1)?;
                 let _ = w.f_sub_(&update)?;
             }
         }

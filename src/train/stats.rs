@@ -240,7 +240,8 @@ impl FlatParams {
             self.hist = Some((base.f_mul_scalar(256)?, fold));
         }
         let Some((base, fold)) = &self.hist else { unreachable!("set above") };
-        let exponent = self.grads.f_view_dtype(Kind::Int)?.f_bitwise_right_shift_tensor_scalar(23)?.f_bitwise_and(255)?;
+        let exponent =
+            self.grads.f_view_dtype(Kind::Int)?.f_bitwise_right_shift_tensor_scalar(23)?.f_bitwise_and(255)?;
         let by_exponent = exponent.f_add(base)?.f_bincount::<Tensor>(None, layers * 256)?;
         let hist = by_exponent.f_view([layers, 256])?.f_to_kind(Kind::Float)?.f_matmul(fold)?;
         if let Some(zeros) = &self.zeros {
