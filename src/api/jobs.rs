@@ -186,7 +186,8 @@ pub async fn resume(
             job.status.as_str()
         )));
     }
-    let Some(step) = checkpoint::resume_step(&state.scheduler.checkpoint_path(job.id)) else {
+    let committed = u64::try_from(job.step).unwrap_or(0);
+    let Some(step) = checkpoint::resume_step(&state.scheduler.checkpoint_path(job.id), committed) else {
         return Err(ApiError::Conflict("the job has no checkpoint to resume from".to_owned()));
     };
     if !state.store.requeue_to_resume(job.id, i64::try_from(step).map_err(anyhow::Error::from)?).await? {
@@ -215,7 +216,7 @@ pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Re
     }
     state.metrics.remove_job(job.id, job.spec.model.kind.as_str(), job.spec.task.kind());
     let weights = state.scheduler.checkpoint_path(job.id);
-    for file in [checkpoint::resume_path(&weights), weights] {
+    for file in [checkpoint::resume_path(&weights), checkpoint::previous_resume_path(&weights), weights] {
         if let Err(err) = tokio::fs::remove_file(&file).await
             && err.kind() != std::io::ErrorKind::NotFound
         {

@@ -48,7 +48,7 @@ async fn train_and_record(inner: &Inner, job: &Job, flag: Arc<StopFlag>) -> anyh
     let ctx = RunContext {
         corpus: load_corpus(inner, &job.spec.task).await?,
         checkpoint: Some(checkpoint_path(&inner.data_dir, job.id)),
-        resume: job.resumed_from.is_some(),
+        resume: job.resumed_from.and_then(|s| u64::try_from(s).ok()),
     };
     let (tx, mut rx) = mpsc::channel(QUEUE_CAPACITY);
     let spec = job.spec.clone();

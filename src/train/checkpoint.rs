@@ -3,7 +3,10 @@
 //! - `<id>.safetensors`: the weights under the names of `/layers`, for users;
 //! - `<id>.resume.safetensors`: the weights (`model.<name>`), the optimizer's state
 //!   (`optim.<name>`), the job's step (`job_step`) and the optimizer's update count
-//!   (`optim_steps`), so an interrupted job continues where it was.
+//!   (`optim_steps`), so an interrupted job continues where it was; the one before it is
+//!   kept as `<id>.resume.prev.safetensors`. After a crash the newest resume file can be
+//!   ahead of the steps the store had committed (the writer trails training a little);
+//!   resuming then starts from the previous one, so the history has no hole.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -16,6 +19,11 @@ use super::optim::FlatOptimizer;
 /// The resume file that belongs with a checkpoint.
 pub fn resume_path(checkpoint: &Path) -> PathBuf {
     checkpoint.with_extension("resume.safetensors")
+}
+
+/// The resume file before the newest.
+pub fn previous_resume_path(checkpoint: &Path) -> PathBuf {
+    checkpoint.with_extension("resume.prev.safetensors")
 }
 
 fn write_atomically(path: &Path, tensors: &[(String, Tensor)]) -> anyhow::Result<()> {
@@ -41,7 +49,11 @@ pub fn save(path: &Path, params: &[(String, Tensor)], optimizer: &FlatOptimizer,
     }
     resume.push(("job_step".to_owned(), Tensor::from_slice(&[i64::try_from(job_step)?])));
     resume.push(("optim_steps".to_owned(), Tensor::from_slice(&[i64::try_from(optim_steps)?])));
-    write_atomically(&resume_path(path), &resume)?;
+    let newest = resume_path(path);
+    if newest.exists() {
+        std::fs::rename(&newest, previous_resume_path(path)).context("failed to keep the previous resume file")?;
+    }
+    write_atomically(&newest, &resume)?;
     write_atomically(path, &weights)
 }
 
@@ -53,8 +65,12 @@ pub struct Resume {
     pub optimizer: Vec<(String, Tensor)>,
 }
 
-pub fn load(path: &Path) -> anyhow::Result<Resume> {
-    let file = resume_path(path);
+/// Loads the resume file written at `job_step` (the newest or the previous one).
+pub fn load(path: &Path, job_step: u64) -> anyhow::Result<Resume> {
+    let file = [resume_path(path), previous_resume_path(path)]
+        .into_iter()
+        .find(|f| step_of(f) == Some(job_step))
+        .with_context(|| format!("no resume file at step {job_step}"))?;
     let tensors = Tensor::read_safetensors(&file).with_context(|| format!("failed to read {}", file.display()))?;
     let mut resume = Resume { job_step: 0, optim_steps: 0, weights: Vec::new(), optimizer: Vec::new() };
     for (name, tensor) in tensors {
@@ -71,19 +87,25 @@ pub fn load(path: &Path) -> anyhow::Result<Resume> {
     Ok(resume)
 }
 
-/// The step a job's resume file was written at, read from the file's header and one
-/// value, without loading the weights. `None` when there is no complete resume file.
-pub fn resume_step(path: &Path) -> Option<u64> {
-    let mut file = std::fs::File::open(resume_path(path)).ok()?;
+/// The newest resume step at or before `committed` (the last step the store holds), so a
+/// resumed history has no hole. `None` when there is no such resume file.
+pub fn resume_step(path: &Path, committed: u64) -> Option<u64> {
+    [resume_path(path), previous_resume_path(path)].iter().filter_map(|f| step_of(f)).filter(|&s| s <= committed).max()
+}
+
+/// The step a resume file was written at, read from the file's header and one value,
+/// without loading the weights. `None` when there is no complete file.
+fn step_of(file: &Path) -> Option<u64> {
+    let mut file_handle = std::fs::File::open(file).ok()?;
     let mut len = [0u8; 8];
-    file.read_exact(&mut len).ok()?;
+    file_handle.read_exact(&mut len).ok()?;
     let len = usize::try_from(u64::from_le_bytes(len)).ok()?;
     let mut header = vec![0u8; len];
-    file.read_exact(&mut header).ok()?;
+    file_handle.read_exact(&mut header).ok()?;
     let header: serde_json::Value = serde_json::from_slice(&header).ok()?;
     let offsets = header.get("job_step")?.get("data_offsets")?.as_array()?;
     let start = offsets.first()?.as_u64()?;
-    let bytes = std::fs::read(resume_path(path)).ok()?;
+    let bytes = std::fs::read(file).ok()?;
     let at = 8 + len + usize::try_from(start).ok()?;
     let value = i64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?);
     u64::try_from(value).ok()
@@ -102,13 +124,20 @@ mod tests {
         let mut opt = FlatOptimizer::new(&OptimizerSpec::default());
         tch::no_grad(|| opt.step(&w, &Tensor::from_slice(&[0.1f32, 0.2, 0.3]), 0.01)).expect("step");
         save(&path, &[("layer.weight".to_owned(), w.shallow_clone())], &opt, 42).expect("save");
-        assert_eq!(resume_step(&path), Some(42));
-        let back = load(&path).expect("load");
+        assert_eq!(resume_step(&path, 100), Some(42));
+        let back = load(&path, 42).expect("load");
         assert_eq!((back.job_step, back.optim_steps), (42, 1));
         assert_eq!(back.weights[0].0, "layer.weight");
         assert!(back.weights[0].1.equal(&w));
         assert_eq!(back.optimizer.len(), 2, "AdamW keeps two moments");
         let public = Tensor::read_safetensors(&path).expect("public");
         assert_eq!(public.len(), 1, "the user's checkpoint holds only the weights");
+
+        // A newer checkpoint ahead of what the store committed: resume from the previous.
+        save(&path, &[("layer.weight".to_owned(), w.shallow_clone())], &opt, 50).expect("save");
+        assert_eq!(resume_step(&path, 49), Some(42));
+        assert_eq!(resume_step(&path, 50), Some(50));
+        assert_eq!(resume_step(&path, 41), None);
+        assert_eq!(load(&path, 42).expect("previous").job_step, 42);
     }
 }

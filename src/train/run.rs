@@ -29,8 +29,8 @@ pub struct RunContext {
     /// Where the latest weights are written as safetensors (every `checkpoint_every`
     /// steps, at the end, and when stopped), with a resume file beside it.
     pub checkpoint: Option<PathBuf>,
-    /// Continue from the resume file beside `checkpoint` instead of starting afresh.
-    pub resume: bool,
+    /// Continue after this step, from the resume file beside `checkpoint` written at it.
+    pub resume: Option<u64>,
 }
 
 /// Trains `spec` to the end, or until `stop` is raised, reporting through `emit`.
@@ -52,7 +52,7 @@ pub fn train(
     let named: Vec<(String, Tensor)> =
         layers.iter().map(|l| l.name.clone()).zip(flat.params().iter().map(Tensor::shallow_clone)).collect();
     let first = match (&ctx.checkpoint, ctx.resume) {
-        (Some(path), true) => resume(path, &named, &mut optimizer, &mut task, spec, device)? + 1,
+        (Some(path), Some(step)) => resume(path, step, &named, &mut optimizer, &mut task, spec, device)? + 1,
         _ => 1,
     };
     let grad_policies = GradPolicies::new(&spec.policy.grad, device)?;
@@ -117,13 +117,14 @@ pub fn train(
 /// Returns the step it continues after.
 fn resume(
     path: &std::path::Path,
+    step: u64,
     named: &[(String, Tensor)],
     optimizer: &mut FlatOptimizer,
     task: &mut Task,
     spec: &JobSpec,
     device: Device,
 ) -> anyhow::Result<u64> {
-    let saved = checkpoint::load(path)?;
+    let saved = checkpoint::load(path, step)?;
     tch::no_grad(|| -> anyhow::Result<()> {
         for (name, param) in named {
             let (_, value) = saved
