@@ -74,21 +74,10 @@ impl FlatParams {
         }
         let lengths = Tensor::from_slice(&numels).f_to(device)?;
         let counts = lengths.f_to_kind(Kind::Float)?;
-        let views = |buffer: &Tensor| -> anyhow::Result<Vec<Tensor>> {
-            let mut offset = 0;
-            numels
-                .iter()
-                .map(|&n| {
-                    let view = buffer.f_narrow(0, offset, n)?;
-                    offset += n;
-                    Ok(view)
-                })
-                .collect()
-        };
         Ok(Self {
             params: moved,
-            grad_views: views(&grads)?,
-            weight_views: views(&weights)?,
+            grad_views: split(&grads, &numels)?,
+            weight_views: split(&weights, &numels)?,
             weights,
             grads,
             grads_adopted: false,
@@ -279,26 +268,28 @@ impl FlatParams {
         let norm = norms(&self.weight_views)?;
         let ratio = match &self.before {
             Some(before) => {
+                let numels: Vec<i64> = self.weight_views.iter().map(|v| v.numel() as i64).collect();
                 let change = self.weights.f_sub(before)?;
-                let split = |buffer: &Tensor| -> anyhow::Result<Vec<Tensor>> {
-                    let mut offset = 0;
-                    self.weight_views
-                        .iter()
-                        .map(|v| {
-                            let n = v.numel() as i64;
-                            let view = buffer.f_narrow(0, offset, n)?;
-                            offset += n;
-                            Ok(view)
-                        })
-                        .collect()
-                };
-                let base = norms(&split(before)?)?;
-                norms(&split(&change)?)?.f_div(&base.f_clamp_min(f64::from(f32::MIN_POSITIVE))?)?
+                let base = norms(&split(before, &numels)?)?;
+                norms(&split(&change, &numels)?)?.f_div(&base.f_clamp_min(f64::from(f32::MIN_POSITIVE))?)?
             }
             None => norm.f_zeros_like()?,
         };
         Ok(Tensor::f_stack(&[norm, ratio], 0)?)
     }
+}
+
+/// `buffer` cut into consecutive 1-D views of `numels` elements each, one per layer.
+fn split(buffer: &Tensor, numels: &[i64]) -> anyhow::Result<Vec<Tensor>> {
+    let mut offset = 0;
+    numels
+        .iter()
+        .map(|&n| {
+            let view = buffer.f_narrow(0, offset, n)?;
+            offset += n;
+            Ok(view)
+        })
+        .collect()
 }
 
 /// Every statistic of every layer at one step, by layer index.
