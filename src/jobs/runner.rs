@@ -101,6 +101,7 @@ async fn record(
     let mut messages = Vec::with_capacity(WRITE_BATCH);
     let mut steps: Vec<StepReport> = Vec::with_capacity(WRITE_BATCH);
     let mut events: Vec<Event> = Vec::new();
+    let mut fresh_events: Vec<Event> = Vec::new();
     let live = inner.live.open(job.id);
     while rx.recv_many(&mut messages, WRITE_BATCH).await > 0 {
         let mut diagnosis = None;
@@ -123,20 +124,15 @@ async fn record(
                     live.publish(LiveMessage::Step(report.clone()));
                     steps.push(report);
                 }
-                TrainEvent::Event(event) => {
-                    inner.metrics.record_event(job.id, &event);
-                    live.publish(LiveMessage::Event(event.clone()));
-                    events.push(event);
-                }
-                TrainEvent::Diagnosis(d) => diagnosis = Some(d),
+                TrainEvent::Event(event) => fresh_events.push(event),
                 // Validation results travel as events: live, stored and counted with them.
-                TrainEvent::Eval(eval) => {
-                    for event in eval.events() {
-                        inner.metrics.record_event(job.id, &event);
-                        live.publish(LiveMessage::Event(event.clone()));
-                        events.push(event);
-                    }
-                }
+                TrainEvent::Eval(eval) => fresh_events.extend(eval.events()),
+                TrainEvent::Diagnosis(d) => diagnosis = Some(d),
+            }
+            for event in fresh_events.drain(..) {
+                inner.metrics.record_event(job.id, &event);
+                live.publish(LiveMessage::Event(event.clone()));
+                events.push(event);
             }
         }
         let progress = Progress {

@@ -42,6 +42,21 @@ fn load(path: &Path) -> std::collections::HashMap<String, Tensor> {
     Tensor::read_safetensors(path).expect("read safetensors").into_iter().collect()
 }
 
+/// The policy cases, each given its own seed (`base + i`) and a number of steps.
+fn numbered(cases: &Value, base: usize, steps: u64) -> Vec<Value> {
+    let cases = cases.as_array().expect("cases");
+    cases
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let mut c = c.clone();
+            c["seed"] = json!(base + i);
+            c["steps"] = json!(steps);
+            c
+        })
+        .collect()
+}
+
 /// `‖a − b‖ ≤ tol·‖b‖` (plus a hair for all-zero tensors).
 fn assert_close(what: &str, a: &Tensor, b: &Tensor, tol: f64) {
     assert_eq!(a.size(), b.size(), "{what}: shapes differ");
@@ -179,18 +194,7 @@ fn grad_policies_match_pytorch_and_their_papers() {
         {"name": "skip_spike", "policies": [{"kind": "skip_spike", "alpha": 0.9, "z_threshold": 3.0, "warmup": 5}], "spikes": [8, 14, 15]},
         {"name": "chain", "policies": [{"kind": "clip_value", "limit": 2.0}, {"kind": "zclip", "alpha": 0.8, "warmup": 4}, {"kind": "clip_norm", "max_norm": 3.0}], "spikes": [10]},
     ]);
-    let cases: Vec<Value> = cases
-        .as_array()
-        .expect("cases")
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            let mut c = c.clone();
-            c["seed"] = json!(100 + i);
-            c["steps"] = json!(20);
-            c
-        })
-        .collect();
+    let cases = numbered(&cases, 100, 20);
     let dir = reference(&json!({"grad_policies": cases}));
     let mut spikes_skipped = 0;
     for case in &cases {
@@ -229,18 +233,7 @@ fn weight_policies_match_pytorch() {
         {"name": "w_scale", "policies": [{"kind": "scale", "factor": 0.9, "every": 2}]},
         {"name": "w_chain", "policies": [{"kind": "scale", "factor": 1.5}, {"kind": "max_norm", "max": 2.0}, {"kind": "clip", "limit": 1.0}]},
     ]);
-    let cases: Vec<Value> = cases
-        .as_array()
-        .expect("cases")
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            let mut c = c.clone();
-            c["seed"] = json!(200 + i);
-            c["steps"] = json!(5);
-            c
-        })
-        .collect();
+    let cases = numbered(&cases, 200, 5);
     let dir = reference(&json!({"weight_policies": cases}));
     for case in &cases {
         let name = case["name"].as_str().expect("name");
