@@ -91,6 +91,14 @@ pub struct ServeConfig {
     /// Largest estimated activation memory of one training step, in bytes.
     #[arg(long, env = "GRADSCOPE_MAX_ACTIVATION_BYTES", default_value_t = 8 << 30)]
     pub max_activation_bytes: u64,
+    /// Most values one `/layer-stats` answer may hold (layers × statistics × points, a
+    /// histogram counting as its 51 buckets).
+    #[arg(long, env = "GRADSCOPE_MAX_ANSWER_VALUES", default_value_t = crate::api::stats::MAX_RESPONSE_VALUES)]
+    pub max_answer_values: u64,
+    /// Most values one `/layer-stats` query may read before thinning (held in memory
+    /// while the extremes are found, 4 bytes each).
+    #[arg(long, env = "GRADSCOPE_MAX_SCAN_VALUES", default_value_t = crate::api::stats::MAX_SCANNED_VALUES)]
+    pub max_scan_values: u64,
     /// Recent steps a client joining a running job's stream receives first.
     #[arg(long, env = "GRADSCOPE_STREAM_BACKLOG", default_value_t = crate::jobs::live::DEFAULT_RING)]
     pub stream_backlog: usize,

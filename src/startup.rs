@@ -62,8 +62,11 @@ impl Application {
             max_queued: config.max_queued,
             max_params: config.max_params,
             max_activation_bytes: config.max_activation_bytes,
+            max_answer_values: config.max_answer_values,
+            max_scan_values: config.max_scan_values,
         };
-        let state = AppState { store: store.clone(), scheduler: scheduler.clone(), ws, metrics, limits };
+        let heavy_reads = Arc::new(tokio::sync::Semaphore::new(api::HEAVY_READS));
+        let state = AppState { store: store.clone(), scheduler: scheduler.clone(), ws, metrics, limits, heavy_reads };
         let router = api::router(state, &config);
         let listener =
             TcpListener::bind(config.addr).await.with_context(|| format!("failed to listen on {}", config.addr))?;

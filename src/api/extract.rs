@@ -88,6 +88,27 @@ fn strip_position(message: &str) -> String {
     message.find(" at line ").map_or(message, |at| &message[..at]).to_owned()
 }
 
+/// Most items a comma-separated query parameter may hold, repeats included. Lists name
+/// layers or statistics, of which a job has at most a few thousand.
+pub const MAX_LIST_ITEMS: usize = 4096;
+
+/// The distinct items of a comma-separated query parameter, in first-seen order: a
+/// repeated item is asked for once, so a long URL cannot multiply the work behind it.
+pub fn query_list<'a>(raw: &'a str, field: &str) -> Result<Vec<&'a str>, ApiError> {
+    let mut items: Vec<&str> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (n, item) in raw.split(',').enumerate() {
+        if n >= MAX_LIST_ITEMS {
+            return Err(ApiError::invalid(field, format!("at most {MAX_LIST_ITEMS} items")));
+        }
+        let item = item.trim();
+        if seen.insert(item) {
+            items.push(item);
+        }
+    }
+    Ok(items)
+}
+
 /// A query string; a malformed one is a 400 in the contract's shape.
 #[derive(Debug, Clone, FromRequestParts)]
 #[from_request(via(axum::extract::Query), rejection(ApiError))]

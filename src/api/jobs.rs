@@ -2,10 +2,12 @@
 //! they recorded.
 
 use axum::Json;
+use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
+use tokio_util::io::ReaderStream;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -33,7 +35,8 @@ pub(super) async fn find_job(state: &AppState, raw: &str) -> Result<Job, ApiErro
 /// Submit a job. It is queued and starts when a slot is free.
 #[utoipa::path(post, operation_id = "create_job", path = "/api/v1/jobs", tag = "jobs", request_body = JobSpec,
     responses(
-        (status = 201, description = "Queued", body = Job),
+        (status = 201, description = "Queued", body = Job,
+            headers(("Location" = String, description = "The job's URL"))),
         (status = 400, description = "Malformed JSON", body = super::ErrorBody),
         (status = 413, description = "Body too large", body = super::ErrorBody),
         (status = 415, description = "Not JSON", body = super::ErrorBody),
@@ -43,7 +46,7 @@ pub(super) async fn find_job(state: &AppState, raw: &str) -> Result<Job, ApiErro
 pub async fn create(
     State(state): State<AppState>,
     ApiJson(spec): ApiJson<JobSpec>,
-) -> Result<(StatusCode, Json<Job>), ApiError> {
+) -> Result<(StatusCode, [(header::HeaderName, String); 1], Json<Job>), ApiError> {
     spec.validate()?;
     let vocab = match spec.task.corpus() {
         None => 0,
@@ -61,18 +64,19 @@ pub async fn create(
         },
     };
     check_budget(&spec, vocab, &state.limits)?;
-    let queued = state.store.count_jobs().await?;
-    let waiting = queued.iter().find(|(s, _)| *s == JobStatus::Queued).map_or(0, |(_, n)| *n);
-    if waiting >= state.limits.max_queued {
-        return Err(ApiError::TooManyRequests(format!(
-            "{waiting} jobs are already queued (the limit is {}): wait for some to finish",
-            state.limits.max_queued
-        )));
-    }
-    let job = state.store.insert_job(&spec).await?;
+    let Some(job) = state.store.insert_job_within(&spec, state.limits.max_queued).await? else {
+        return Err(queue_full(state.limits.max_queued));
+    };
     state.scheduler.notify_queued();
     tracing::info!(job = %job.id, name = %job.name, "job queued");
-    Ok((StatusCode::CREATED, Json(job)))
+    let location = format!("/api/v1/jobs/{}", job.id);
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(job)))
+}
+
+fn queue_full(max_queued: i64) -> ApiError {
+    ApiError::TooManyRequests(format!(
+        "{max_queued} jobs are already queued (this service's limit): wait for some to start"
+    ))
 }
 
 /// Refuses a spec whose model or step would not fit the configured limits.
@@ -174,6 +178,7 @@ pub async fn cancel(
         (status = 202, description = "Queued to continue after its last checkpoint", body = Job),
         (status = 404, body = super::ErrorBody),
         (status = 409, description = "Not resumable: running, queued, succeeded, diverged, or no checkpoint", body = super::ErrorBody),
+        (status = 429, description = "Too many jobs queued", body = super::ErrorBody),
     ))]
 pub async fn resume(
     State(state): State<AppState>,
@@ -187,10 +192,20 @@ pub async fn resume(
         )));
     }
     let committed = u64::try_from(job.step).unwrap_or(0);
-    let Some(step) = checkpoint::resume_step(&state.scheduler.checkpoint_path(job.id), committed) else {
+    // Reading the resume files' headers is blocking file I/O: off the async workers.
+    let weights = state.scheduler.checkpoint_path(job.id);
+    let found = tokio::task::spawn_blocking(move || checkpoint::resume_step(&weights, committed))
+        .await
+        .map_err(anyhow::Error::from)?;
+    let Some(step) = found else {
         return Err(ApiError::Conflict("the job has no checkpoint to resume from".to_owned()));
     };
-    if !state.store.requeue_to_resume(job.id, i64::try_from(step).map_err(anyhow::Error::from)?).await? {
+    let max_queued = state.limits.max_queued;
+    if !state.store.requeue_to_resume(job.id, i64::try_from(step).map_err(anyhow::Error::from)?, max_queued).await? {
+        let now = state.store.job(job.id).await?.ok_or(ApiError::NotFound("job"))?;
+        if now.status == job.status {
+            return Err(queue_full(max_queued));
+        }
         return Err(ApiError::Conflict("the job changed state; try again".to_owned()));
     }
     state.scheduler.notify_queued();
@@ -280,6 +295,7 @@ pub async fn steps(
 ) -> Result<Json<StepColumns>, ApiError> {
     let job = find_job(&state, &id).await?;
     let (from, to, max_points) = range(q.from, q.to, q.max_points)?;
+    let _permit = state.heavy_reads.acquire().await.map_err(anyhow::Error::from)?;
     Ok(Json(state.store.steps(job.id, from, to, max_points).await?))
 }
 
@@ -306,15 +322,22 @@ pub(super) fn range(
         (status = 404, description = "Unknown job, or no checkpoint yet", body = super::ErrorBody)))]
 pub async fn checkpoint(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let job = find_job(&state, &id).await?;
-    let bytes = match tokio::fs::read(state.scheduler.checkpoint_path(job.id)).await {
-        Ok(bytes) => bytes,
+    // Streamed from the file: a checkpoint can be as large as the model, and a burst of
+    // downloads must not hold whole copies in memory.
+    let file = match tokio::fs::File::open(state.scheduler.checkpoint_path(job.id)).await {
+        Ok(file) => file,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Err(ApiError::NotFound("checkpoint")),
-        Err(err) => return Err(anyhow::Error::from(err).context("failed to read checkpoint").into()),
+        Err(err) => return Err(anyhow::Error::from(err).context("failed to open checkpoint").into()),
     };
+    let length = file.metadata().await.map_err(anyhow::Error::from)?.len();
     let disposition = format!("attachment; filename=\"{}.safetensors\"", job.id);
     Ok((
-        [(header::CONTENT_TYPE, "application/octet-stream".to_owned()), (header::CONTENT_DISPOSITION, disposition)],
-        bytes,
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (header::CONTENT_DISPOSITION, disposition),
+            (header::CONTENT_LENGTH, length.to_string()),
+        ],
+        Body::from_stream(ReaderStream::new(file)),
     )
         .into_response())
 }

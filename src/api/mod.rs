@@ -53,7 +53,13 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// What one submission may ask for.
     pub limits: Limits,
+    /// Held by each long-history read (`/steps`, `/layer-stats`) while it runs, so a burst
+    /// of them queues instead of holding many large answers in memory at once.
+    pub heavy_reads: Arc<tokio::sync::Semaphore>,
 }
+
+/// Long-history reads that may run at once; more wait their turn.
+pub const HEAVY_READS: usize = 2;
 
 /// Bounds on submissions, so one request cannot exhaust the machine.
 #[derive(Debug, Clone, Copy)]
@@ -61,6 +67,10 @@ pub struct Limits {
     pub max_queued: i64,
     pub max_params: u64,
     pub max_activation_bytes: u64,
+    /// Most values one `/layer-stats` answer may hold.
+    pub max_answer_values: u64,
+    /// Most values one `/layer-stats` query may read before thinning.
+    pub max_scan_values: u64,
 }
 
 /// The whole application router: API, probes, and the dashboard's static files at `/`.

@@ -5,11 +5,19 @@ use axum::extract::{Path, State};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::extract::ApiQuery;
+use super::extract::{ApiQuery, query_list};
 use super::jobs::{find_job, range};
 use super::{ApiError, AppState};
 use crate::store::{LayerSeries, StoredEvent};
-use crate::train::stats::STAT_NAMES;
+use crate::train::stats::{HIST_BINS, STAT_NAMES};
+
+/// Default of the most values (layers × statistics × points, a histogram counting as its
+/// buckets) one `/layer-stats` answer may hold: about 60 MB of JSON.
+pub const MAX_RESPONSE_VALUES: u64 = 5_000_000;
+/// Default of the most values one `/layer-stats` query may read before thinning: each is held in memory
+/// while the extremes are found (4 bytes each, so at most 400 MB per query; the benchmark's
+/// every statistic of 100 layers over 100,000 steps is 80 million).
+pub const MAX_SCANNED_VALUES: u64 = 100_000_000;
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -18,11 +26,13 @@ pub struct LayerStatsQuery {
     from: Option<i64>,
     /// Last step (inclusive; default the last).
     to: Option<i64>,
-    /// Comma-separated layer indices (default all).
+    /// Comma-separated layer indices (default all; repeats count once; at most 4096 items).
     layers: Option<String>,
     /// Comma-separated statistics: grad_norm, grad_max, grad_mean, grad_std, zero_frac,
-    /// nonfinite, weight_norm, update_ratio, hist (default all but hist). Asking for
-    /// fewer reads less: on long jobs, ask for what you plot.
+    /// nonfinite, weight_norm, update_ratio, hist (default all but hist; repeats count
+    /// once). Asking for fewer reads less: on long jobs, ask for what you plot. An answer
+    /// holds at most 5,000,000 values (layers × statistics × points, `hist` counting 51)
+    /// and a query reads at most 100,000,000 before thinning; above either it is a 422.
     stat: Option<String>,
     /// At most this many points per layer (default 5000, 10 to 100000), keeping each
     /// bucket's extremes.
@@ -49,10 +59,9 @@ pub async fn layers(
     let (from, to, max_points) = range(q.from, q.to, q.max_points)?;
     let stats: Vec<&str> = match q.stat.as_deref() {
         None => STAT_NAMES.to_vec(),
-        Some(list) => list
-            .split(',')
+        Some(list) => query_list(list, "stat")?
+            .into_iter()
             .map(|s| {
-                let s = s.trim();
                 STAT_NAMES.iter().chain(["hist"].iter()).find(|name| **name == s).copied().ok_or_else(|| {
                     ApiError::invalid(
                         "stat",
@@ -65,10 +74,10 @@ pub async fn layers(
     let all = state.store.layers(job.id).await?;
     let layers = match q.layers.as_deref() {
         None => all,
-        Some(list) => list
-            .split(',')
+        Some(list) => query_list(list, "layers")?
+            .into_iter()
             .map(|s| {
-                s.trim().parse::<usize>().ok().and_then(|i| all.get(i).cloned()).ok_or_else(|| {
+                s.parse::<usize>().ok().and_then(|i| all.get(i).cloned()).ok_or_else(|| {
                     ApiError::invalid(
                         "layers",
                         format!("{s:?} is not a layer index (0 to {})", all.len().saturating_sub(1)),
@@ -77,6 +86,31 @@ pub async fn layers(
             })
             .collect::<Result<_, _>>()?,
     };
+    let _permit = state.heavy_reads.acquire().await.map_err(anyhow::Error::from)?;
+    let rows = state.store.layer_stat_rows(job.id, (from, to)).await?;
+    let per_layer: u64 = stats.iter().map(|s| if *s == "hist" { HIST_BINS as u64 } else { 1 }).sum();
+    let width = layers.len() as u64 * per_layer;
+    let answered = width * rows.min(max_points as u64);
+    let (max_answer, max_scan) = (state.limits.max_answer_values, state.limits.max_scan_values);
+    if answered > max_answer {
+        return Err(ApiError::invalid(
+            "max_points",
+            format!(
+                "this query would answer {answered} values (layers × statistics × points; hist counts {HIST_BINS}), \
+                 above this service's limit of {max_answer}: ask for fewer layers, fewer statistics or fewer points"
+            ),
+        ));
+    }
+    if width * rows > max_scan {
+        return Err(ApiError::invalid(
+            "from",
+            format!(
+                "this query would read {} values before thinning, above this service's limit of {max_scan}: \
+                 narrow the step range or ask for fewer layers or statistics",
+                width * rows
+            ),
+        ));
+    }
     let series = state.store.layer_stats(job.id, &layers, &stats, (from, to), max_points).await?;
     Ok(Json(LayerStatsResponse { layers: series }))
 }

@@ -20,7 +20,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::time::{Instant, interval};
 use utoipa::IntoParams;
 
-use super::extract::ApiQuery;
+use super::extract::{ApiQuery, query_list};
 use super::jobs::find_job;
 use super::{ApiError, AppState};
 use crate::jobs::live::{LiveMessage, Shared, Subscription};
@@ -33,6 +33,10 @@ const PING_EVERY: Duration = Duration::from_secs(15);
 /// How often a client of a queued job checks the store (it is also woken when any job
 /// starts), to notice a job cancelled or deleted while queued.
 const QUEUED_POLL: Duration = Duration::from_millis(250);
+
+/// Largest message a client may send: a `subscribe` with a layer list fits easily, and
+/// nothing bigger is buffered or parsed.
+pub const MAX_CLIENT_MESSAGE: usize = 4 * 1024;
 
 /// WebSocket limits and the client count, shared by every socket.
 #[derive(Debug)]
@@ -50,7 +54,8 @@ pub struct StreamQuery {
     /// Send every N-th step (default 1: all).
     #[param(minimum = 1)]
     every: Option<u64>,
-    /// Comma-separated layer indices whose statistics to send (default all).
+    /// Comma-separated layer indices whose statistics to send (default all; repeats count
+    /// once; at most 4096 items).
     layers: Option<String>,
 }
 
@@ -96,6 +101,7 @@ pub async fn subscribe(
     })?;
     let layers = state.store.layers(job.id).await?;
     let filter = Filter { every: q.every.unwrap_or(1), layers: q.layers.as_deref().map(parse_layers).transpose()? };
+    let ws = ws.max_message_size(MAX_CLIENT_MESSAGE).max_frame_size(MAX_CLIENT_MESSAGE);
     if filter.every == 0 {
         return Err(ApiError::invalid("every", "must be at least 1"));
     }
@@ -109,9 +115,17 @@ pub async fn subscribe(
 }
 
 fn parse_layers(list: &str) -> Result<Vec<usize>, ApiError> {
-    list.split(',')
-        .map(|s| s.trim().parse().map_err(|_| ApiError::invalid("layers", format!("{s:?} is not a layer index"))))
+    query_list(list, "layers")?
+        .into_iter()
+        .map(|s| s.parse().map_err(|_| ApiError::invalid("layers", format!("{s:?} is not a layer index"))))
         .collect()
+}
+
+/// A `subscribe` message's layers, each once, in the order asked (the message size
+/// already bounds how many).
+fn distinct(layers: Vec<usize>) -> Vec<usize> {
+    let mut seen = std::collections::HashSet::new();
+    layers.into_iter().filter(|l| seen.insert(*l)).collect()
 }
 
 /// Counts a socket while it lives.
@@ -212,7 +226,7 @@ async fn run(state: &AppState, job: &Job, mut filter: Filter, socket: &mut WebSo
                     match serde_json::from_str::<ClientMessage>(&text) {
                         Ok(ClientMessage::Subscribe { every, layers }) => {
                             filter.every = every.unwrap_or(filter.every).max(1);
-                            filter.layers = layers.or(filter.layers);
+                            filter.layers = layers.map(distinct).or(filter.layers);
                         }
                         Err(err) => {
                             let error = json!({"type": "error", "message": format!("unknown message: {err}")});
@@ -222,6 +236,9 @@ async fn run(state: &AppState, job: &Job, mut filter: Filter, socket: &mut WebSo
                 }
                 Some(Ok(Message::Close(_))) | None => anyhow::bail!("the client went away"),
                 Some(Ok(_)) => last_heard = Instant::now(),
+                // The protocol layer refuses a message over the size limit before it is
+                // buffered; say why before closing.
+                Some(Err(err)) if is_too_big(&err) => return Ok((close_code::SIZE, "message too big")),
                 Some(Err(err)) => return Err(err.into()),
             },
             _ = ping.tick() => {
@@ -233,6 +250,11 @@ async fn run(state: &AppState, job: &Job, mut filter: Filter, socket: &mut WebSo
             () = shutdown.cancelled() => return Ok((close_code::AWAY, "server shutting down")),
         }
     }
+}
+
+fn is_too_big(err: &axum::Error) -> bool {
+    let text = err.to_string();
+    text.contains("Space limit exceeded") || text.contains("too long")
 }
 
 /// Sends one feed message if the filter wants it; true when it was the final status.

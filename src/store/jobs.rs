@@ -119,6 +119,12 @@ pub(super) fn finite(x: f64) -> Option<f64> {
 impl Store {
     /// Stores a new queued job.
     pub async fn insert_job(&self, spec: &JobSpec) -> anyhow::Result<Job> {
+        self.insert_job_within(spec, i64::MAX).await?.ok_or_else(|| anyhow::anyhow!("the queue is full"))
+    }
+
+    /// Stores a new queued job unless `max_queued` jobs already wait: `None` then. The
+    /// count and the insert are one statement, so concurrent submissions cannot overshoot.
+    pub async fn insert_job_within(&self, spec: &JobSpec, max_queued: i64) -> anyhow::Result<Option<Job>> {
         let job = Job {
             id: Uuid::now_v7(),
             name: spec.display_name(),
@@ -136,8 +142,9 @@ impl Store {
             dropped_reports: 0,
             resumed_from: None,
         };
-        sqlx::query(
-            "INSERT INTO jobs (id, name, status, spec, created_at, step, total_steps) VALUES (?, ?, ?, ?, ?, 0, ?)",
+        let inserted = sqlx::query(
+            "INSERT INTO jobs (id, name, status, spec, created_at, step, total_steps)
+             SELECT ?, ?, ?, ?, ?, 0, ? WHERE (SELECT COUNT(*) FROM jobs WHERE status = 'queued') < ?",
         )
         .bind(job.id.to_string())
         .bind(&job.name)
@@ -145,9 +152,10 @@ impl Store {
         .bind(serde_json::to_string(spec)?)
         .bind(job.created_at)
         .bind(job.total_steps)
+        .bind(max_queued)
         .execute(&self.pool)
         .await?;
-        Ok(job)
+        Ok((inserted.rows_affected() == 1).then_some(job))
     }
 
     pub async fn job(&self, id: Uuid) -> anyhow::Result<Option<Job>> {
@@ -275,17 +283,19 @@ impl Store {
 
     /// Queues an ended job again to continue after `step`, its last checkpoint: what it
     /// recorded after that step is removed (it will be recorded again). False if the job
-    /// is not interrupted, cancelled or failed.
-    pub async fn requeue_to_resume(&self, id: Uuid, step: i64) -> anyhow::Result<bool> {
+    /// is not interrupted, cancelled or failed, or when `max_queued` jobs already wait.
+    pub async fn requeue_to_resume(&self, id: Uuid, step: i64, max_queued: i64) -> anyhow::Result<bool> {
         let job_id = id.to_string();
         let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
             "UPDATE jobs SET status = 'queued', step = ?, resumed_from = ?, finished_at = NULL, error = NULL
-             WHERE id = ? AND status IN ('interrupted', 'cancelled', 'failed')",
+             WHERE id = ? AND status IN ('interrupted', 'cancelled', 'failed')
+               AND (SELECT COUNT(*) FROM jobs WHERE status = 'queued') < ?",
         )
         .bind(step)
         .bind(step)
         .bind(&job_id)
+        .bind(max_queued)
         .execute(&mut *tx)
         .await?;
         if done.rows_affected() == 0 {

@@ -1,5 +1,6 @@
 //! Per-layer statistics: one row per recorded step, one float32 BLOB per statistic.
 
+use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use utoipa::ToSchema;
@@ -140,25 +141,40 @@ impl Store {
             if columns.is_empty() { "" } else { ", " },
             columns.join(", ")
         );
-        let rows = sqlx::query(&sql).bind(id.to_string()).bind(from).bind(to).fetch_all(&self.pool).await?;
-        let steps: Vec<i64> = rows.iter().map(|r| r.try_get::<i64, _>(0)).collect::<Result<_, _>>()?;
-        let blobs: Vec<Vec<&[u8]>> = (0..columns.len())
-            .map(|c| rows.iter().map(|r| r.try_get::<Option<&[u8]>, _>(c + 1).map(Option::unwrap_or_default)).collect())
-            .collect::<Result<_, _>>()?;
         let per_layer = numeric.len() + usize::from(want_hist);
         // Where (layer position, statistic position) lives: its column and its offset in it.
         let cell = |l: usize, c: usize, layer: &LayerInfo| {
             if narrow { (l * per_layer + c, 0) } else { (c, layer.index) }
         };
+        // Rows are read one at a time and only the asked-for cells are kept, so a query
+        // holds what it asked for, not every layer's blobs.
+        let mut steps: Vec<i64> = Vec::new();
+        let mut values: Vec<Vec<Vec<Option<f32>>>> = vec![vec![Vec::new(); numeric.len()]; layers.len()];
+        let mut hists: Vec<Vec<Option<Vec<u32>>>> = vec![Vec::new(); if want_hist { layers.len() } else { 0 }];
+        let mut rows = sqlx::query(&sql).bind(id.to_string()).bind(from).bind(to).fetch(&self.pool);
+        while let Some(row) = rows.try_next().await? {
+            steps.push(row.try_get::<i64, _>(0)?);
+            for (l, layer) in layers.iter().enumerate() {
+                for (c, column_values) in values[l].iter_mut().enumerate() {
+                    let (column, at) = cell(l, c, layer);
+                    let blob: Option<&[u8]> = row.try_get(column + 1)?;
+                    column_values.push(blob.and_then(|b| blob_value(b, at)));
+                }
+                if want_hist {
+                    let (column, at) = cell(l, numeric.len(), layer);
+                    let blob: Option<&[u8]> = row.try_get(column + 1)?;
+                    hists[l].push(blob.and_then(|b| blob_hist(b, at)));
+                }
+            }
+        }
+        drop(rows);
 
         let mut out = Vec::with_capacity(layers.len());
         for (l, layer) in layers.iter().enumerate() {
-            let reads: Vec<Box<dyn Fn(usize) -> Option<f64> + '_>> = (0..numeric.len())
-                .map(|c| {
-                    let (column, at) = cell(l, c, layer);
-                    let col = &blobs[column];
-                    Box::new(move |i: usize| blob_value(col[i], at).map(f64::from)) as Box<dyn Fn(usize) -> Option<f64>>
-                })
+            let columns = &values[l];
+            let reads: Vec<Box<dyn Fn(usize) -> Option<f64> + '_>> = columns
+                .iter()
+                .map(|col| Box::new(move |i: usize| col[i].map(f64::from)) as Box<dyn Fn(usize) -> Option<f64>>)
                 .collect();
             let series: Vec<&dyn Fn(usize) -> Option<f64>> = reads.iter().map(|r| r.as_ref()).collect();
             let keep = if series.is_empty() {
@@ -169,18 +185,28 @@ impl Store {
             let mut s = LayerSeries { index: layer.index, name: layer.name.clone(), ..LayerSeries::default() };
             s.step = keep.iter().map(|&i| steps[i]).collect();
             for (c, stat) in numeric.iter().enumerate() {
-                let (column, at) = cell(l, c, layer);
-                if let Some(values) = s.column_mut(stat) {
-                    *values = Some(keep.iter().map(|&i| blob_value(blobs[column][i], at)).collect());
+                if let Some(out_values) = s.column_mut(stat) {
+                    *out_values = Some(keep.iter().map(|&i| columns[c][i]).collect());
                 }
             }
             if want_hist {
-                let (column, at) = cell(l, numeric.len(), layer);
-                s.hist = Some(keep.iter().map(|&i| blob_hist(blobs[column][i], at)).collect());
+                s.hist = Some(keep.iter().map(|&i| hists[l][i].take()).collect());
             }
             out.push(s);
         }
         Ok(out)
+    }
+
+    /// How many recorded steps with per-layer statistics job `id` has between `from` and
+    /// `to`: what a layer query would read before thinning.
+    pub async fn layer_stat_rows(&self, id: Uuid, (from, to): (i64, i64)) -> anyhow::Result<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM layer_stats WHERE job_id = ? AND step BETWEEN ? AND ?")
+            .bind(id.to_string())
+            .bind(from)
+            .bind(to)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 }
 

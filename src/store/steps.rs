@@ -6,6 +6,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::Store;
+#[cfg(doc)]
 use super::downsample::keep_extremes;
 use super::jobs::finite;
 use crate::train::diagnose::Diagnosis;
@@ -54,6 +55,9 @@ pub struct EvalColumns {
 pub const DEFAULT_MAX_POINTS: usize = 5_000;
 /// The most points a step query may ask for.
 pub const MAX_MAX_POINTS: usize = 100_000;
+/// Rows a thinned step bucket keeps at most: the minimum and maximum of the loss and of the
+/// gradient norm, and the first non-finite row.
+const EXTREMES_PER_BUCKET: usize = 5;
 
 impl Store {
     /// Appends what a job reported since the last call, and moves the job's progress to
@@ -106,17 +110,64 @@ impl Store {
         Ok(())
     }
 
-    /// The steps of job `id` from `from` to `to` (inclusive), downsampled to at most `max_points`.
+    /// The steps of job `id` from `from` to `to` (inclusive), downsampled to at most
+    /// `max_points`. Long ranges are thinned in SQL, so a query holds what it answers and
+    /// never every row of a long job: the range is cut into buckets of consecutive rows
+    /// and each keeps the rows with the smallest and largest loss and gradient norm and its
+    /// first non-finite row (the rule of [`keep_extremes`]).
     pub async fn steps(&self, id: Uuid, from: i64, to: i64, max_points: usize) -> anyhow::Result<StepColumns> {
-        let rows = sqlx::query(
-            "SELECT step, loss, grad_norm, grad_norm_clipped, clip_coef, lr, skipped
-             FROM steps WHERE job_id = ? AND step BETWEEN ? AND ? ORDER BY step",
-        )
-        .bind(id.to_string())
-        .bind(from)
-        .bind(to)
-        .fetch_all(&self.pool)
-        .await?;
+        let job_id = id.to_string();
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM steps WHERE job_id = ? AND step BETWEEN ? AND ?")
+            .bind(&job_id)
+            .bind(from)
+            .bind(to)
+            .fetch_one(&self.pool)
+            .await?;
+        let count = usize::try_from(count).unwrap_or(0);
+        let rows = if count <= max_points {
+            sqlx::query(
+                "SELECT step, loss, grad_norm, grad_norm_clipped, clip_coef, lr, skipped
+                 FROM steps WHERE job_id = ? AND step BETWEEN ? AND ? ORDER BY step",
+            )
+            .bind(&job_id)
+            .bind(from)
+            .bind(to)
+            .fetch_all(&self.pool)
+            .await?
+        } else {
+            // Two series (loss, grad_norm), a minimum and a maximum each, plus a non-finite row.
+            // Row r (1-based) of `count` falls in bucket b when b·count/buckets < r ≤
+            // (b+1)·count/buckets, rounded down as in `keep_extremes`: b = ⌊(r·buckets − 1)/count⌋.
+            let buckets = i64::try_from((max_points / EXTREMES_PER_BUCKET).max(1))?;
+            sqlx::query(
+                "WITH numbered AS (
+                     SELECT step, loss, grad_norm, grad_norm_clipped, clip_coef, lr, skipped,
+                            (ROW_NUMBER() OVER (ORDER BY step) * ? - 1) / ? AS bucket
+                     FROM steps WHERE job_id = ? AND step BETWEEN ? AND ?
+                 ), ranked AS (
+                     SELECT *,
+                         ROW_NUMBER() OVER (PARTITION BY bucket ORDER BY loss IS NULL, loss, step) AS loss_min,
+                         ROW_NUMBER() OVER (PARTITION BY bucket ORDER BY loss IS NULL, loss DESC, step) AS loss_max,
+                         ROW_NUMBER() OVER (PARTITION BY bucket ORDER BY grad_norm IS NULL, grad_norm, step) AS norm_min,
+                         ROW_NUMBER() OVER (PARTITION BY bucket ORDER BY grad_norm IS NULL, grad_norm DESC, step) AS norm_max,
+                         ROW_NUMBER() OVER (PARTITION BY bucket
+                             ORDER BY (loss IS NULL OR grad_norm IS NULL) DESC, step) AS first_bad
+                     FROM numbered
+                 )
+                 SELECT step, loss, grad_norm, grad_norm_clipped, clip_coef, lr, skipped FROM ranked
+                 WHERE (loss_min = 1 AND loss IS NOT NULL) OR (loss_max = 1 AND loss IS NOT NULL)
+                    OR (norm_min = 1 AND grad_norm IS NOT NULL) OR (norm_max = 1 AND grad_norm IS NOT NULL)
+                    OR (first_bad = 1 AND (loss IS NULL OR grad_norm IS NULL))
+                 ORDER BY step",
+            )
+            .bind(buckets)
+            .bind(i64::try_from(count)?)
+            .bind(&job_id)
+            .bind(from)
+            .bind(to)
+            .fetch_all(&self.pool)
+            .await?
+        };
         let mut all = StepColumns::default();
         for row in &rows {
             all.step.push(row.try_get("step")?);
@@ -128,20 +179,7 @@ impl Store {
             all.skipped.push(row.try_get("skipped")?);
         }
         all.eval = self.evals(id, from, to).await?;
-        let keep = keep_extremes(all.step.len(), max_points, &[&|i| all.loss[i], &|i| all.grad_norm[i]]);
-        if keep.len() == all.step.len() {
-            return Ok(all);
-        }
-        Ok(StepColumns {
-            step: keep.iter().map(|&i| all.step[i]).collect(),
-            loss: keep.iter().map(|&i| all.loss[i]).collect(),
-            grad_norm: keep.iter().map(|&i| all.grad_norm[i]).collect(),
-            grad_norm_clipped: keep.iter().map(|&i| all.grad_norm_clipped[i]).collect(),
-            clip_coef: keep.iter().map(|&i| all.clip_coef[i]).collect(),
-            lr: keep.iter().map(|&i| all.lr[i]).collect(),
-            skipped: keep.iter().map(|&i| all.skipped[i]).collect(),
-            eval: all.eval,
-        })
+        Ok(all)
     }
 
     /// The validation passes between `from` and `to`, from their events.
@@ -171,5 +209,65 @@ impl Store {
             }
         }
         Ok(eval)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::downsample::keep_extremes;
+
+    fn report(step: u64, loss: f64, grad_norm: f64) -> StepReport {
+        StepReport {
+            step,
+            loss,
+            grad_norm,
+            grad_norm_clipped: grad_norm.min(1.0),
+            clip_coef: 1.0,
+            lr: 1e-3,
+            skipped: !loss.is_finite(),
+            layers: None,
+            seconds: 0.01,
+        }
+    }
+
+    /// The database's thinning keeps exactly the rows the in-memory rule keeps, non-finite
+    /// rows, spikes and ties included.
+    #[tokio::test]
+    async fn thinning_in_sql_keeps_what_the_rule_keeps() {
+        let dir = tempfile::TempDir::new().expect("dir");
+        let store = Store::connect(&format!("sqlite://{}", dir.path().join("db.sqlite").display())).await.expect("db");
+        store.migrate().await.expect("migrate");
+        let spec = serde_json::from_str(r#"{"task":{"kind":"classification"},"model":{"kind":"mlp"}}"#).expect("spec");
+        let job = store.insert_job(&spec).await.expect("job");
+        let n = 2_345_u64;
+        let reports: Vec<StepReport> = (1..=n)
+            .map(|s| {
+                let loss = match s {
+                    777 | 1_500 => f64::NAN,
+                    1_501 => f64::INFINITY,
+                    _ => 2.0 + ((s * 7919) % 101) as f64 / 100.0,
+                };
+                let norm = if s == 2_000 { 1e6 } else { ((s * 104_729) % 37) as f64 };
+                report(s, loss, norm)
+            })
+            .collect();
+        store.record_progress(job.id, &Progress { steps: &reports, ..Progress::default() }).await.expect("write");
+        for max_points in [10, 55, 500, 2_344] {
+            let thin = store.steps(job.id, 0, i64::MAX, max_points).await.expect("steps");
+            let finite = |x: f64| x.is_finite().then_some(x);
+            let loss = |i: usize| finite(reports[i].loss);
+            let norm = |i: usize| finite(reports[i].grad_norm);
+            let expected: Vec<i64> =
+                keep_extremes(reports.len(), max_points, &[&loss, &norm]).iter().map(|&i| i as i64 + 1).collect();
+            assert_eq!(thin.step, expected, "max_points={max_points}");
+            assert!(thin.step.len() <= max_points);
+            assert_eq!(thin.loss.len(), thin.step.len());
+        }
+        let thin = store.steps(job.id, 0, i64::MAX, 10).await.expect("steps");
+        assert!(thin.step.contains(&777) && thin.step.contains(&2_000), "{:?}", thin.step);
+        // A range that fits is answered whole.
+        let whole = store.steps(job.id, 100, 199, 100).await.expect("steps");
+        assert_eq!(whole.step, (100..=199).collect::<Vec<i64>>());
     }
 }

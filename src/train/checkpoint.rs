@@ -8,7 +8,7 @@
 //!   ahead of the steps the store had committed (the writer trails training a little);
 //!   resuming then starts from the previous one, so the history has no hole.
 
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -99,17 +99,24 @@ fn step_of(file: &Path) -> Option<u64> {
     let mut file_handle = std::fs::File::open(file).ok()?;
     let mut len = [0u8; 8];
     file_handle.read_exact(&mut len).ok()?;
-    let len = usize::try_from(u64::from_le_bytes(len)).ok()?;
-    let mut header = vec![0u8; len];
+    let len = u64::from_le_bytes(len);
+    // A damaged or foreign file must not make us allocate what its first bytes claim.
+    if len > MAX_HEADER_BYTES {
+        return None;
+    }
+    let mut header = vec![0u8; usize::try_from(len).ok()?];
     file_handle.read_exact(&mut header).ok()?;
     let header: serde_json::Value = serde_json::from_slice(&header).ok()?;
     let offsets = header.get("job_step")?.get("data_offsets")?.as_array()?;
     let start = offsets.first()?.as_u64()?;
-    let bytes = std::fs::read(file).ok()?;
-    let at = 8 + len + usize::try_from(start).ok()?;
-    let value = i64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?);
-    u64::try_from(value).ok()
+    file_handle.seek(SeekFrom::Start(8u64.checked_add(len)?.checked_add(start)?)).ok()?;
+    let mut value = [0u8; 8];
+    file_handle.read_exact(&mut value).ok()?;
+    u64::try_from(i64::from_le_bytes(value)).ok()
 }
+
+/// The largest safetensors header read (the format's own readers refuse above 100 MB).
+const MAX_HEADER_BYTES: u64 = 100_000_000;
 
 #[cfg(test)]
 mod tests {
