@@ -2,7 +2,11 @@
 burst of the requests that once could crash or exhaust the service, all at once.
 
     python scripts/hostile.py --url http://127.0.0.1:PORT --pid SERVER_PID \
-        --job FINISHED_JOB_ID --live RUNNING_JOB_ID [--seed 1] [--rss-limit-mib 1536]
+        [--seed 1] [--rss-limit-mib 1536]
+
+It first cancels what the server has queued or running, then trains a small job to the
+end (its steps, statistics and checkpoint are read in the burst) and starts a long one
+whose stream the WebSocket clients follow.
 
 Passes (exit 0) when, throughout: no answer is a 5xx, the server keeps answering
 /healthz within 1 s, every oversized WebSocket message closes its socket with 1009, and
@@ -12,8 +16,11 @@ figures it saw.
 
 import argparse
 import json
+import os
 import random
+import signal
 import string
+import subprocess
 import sys
 import threading
 import time
@@ -102,8 +109,12 @@ def fuzz_websocket(ws_url, rng, connections, messages_per_connection, http):
                             socket.recv(timeout=0.01)
                     except TimeoutError:
                         pass
-                # Past the size bound: the server closes with 1009 and goes on.
-                socket.send(json.dumps({"type": "subscribe", "layers": list(range(20_000))}))
+                # Past the 4 KiB bound the server closes with 1009 and goes on. Past the
+                # 64 KiB frame bound it stops reading at the frame header and drops the
+                # connection, with or without its close frame arriving first.
+                huge = rng.random() < 0.5
+                layers = list(range(20_000 if huge else 1_500))
+                socket.send(json.dumps({"type": "subscribe", "layers": layers}))
                 try:
                     while True:
                         socket.recv(timeout=10)
@@ -111,7 +122,7 @@ def fuzz_websocket(ws_url, rng, connections, messages_per_connection, http):
                     code = closed.rcvd.code if closed.rcvd else None
                     if code == 1009:
                         closed_as_too_big += 1
-                    else:
+                    elif not (huge and code is None):
                         fail(f"an oversized message closed the socket with {code}, not 1009")
                 except TimeoutError:
                     fail("an oversized message did not close the socket")
@@ -201,9 +212,44 @@ def open_sockets(ws_url, count, hold_seconds):
     return one
 
 
+SMALL_JOB = {
+    "name": "hostile-finished", "steps": 60, "batch_size": 8, "device": "cpu",
+    "task": {"kind": "classification"}, "model": {"kind": "mlp", "layers": 3, "hidden": 16},
+}
+LONG_JOB = {
+    "name": "hostile-live", "steps": 1_000_000, "batch_size": 8, "device": "cpu",
+    "task": {"kind": "char_lm", "seq_len": 16}, "model": {"kind": "lstm", "layers": 1, "hidden": 32},
+    "monitor": {"every": 5},
+}
+
+
+def prepare(http):
+    """A finished job and a training one, on a server with nothing else to do."""
+    api = f"{args.url}/api/v1"
+    for status in ("queued", "running"):
+        for job in http.get(f"{api}/jobs?status={status}", timeout=10).json()["jobs"]:
+            http.post(f"{api}/jobs/{job['id']}/cancel", timeout=10)
+
+    def wait(job_id, done):
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            job = http.get(f"{api}/jobs/{job_id}", timeout=10).json()
+            if done(job):
+                return job
+            time.sleep(0.1)
+        raise SystemExit(f"hostile: job {job_id} did not get ready: {job}")
+
+    finished = http.post(f"{api}/jobs", json=SMALL_JOB, timeout=10).json()["id"]
+    wait(finished, lambda j: j["status"] == "succeeded")
+    live = http.post(f"{api}/jobs", json=LONG_JOB, timeout=10).json()["id"]
+    wait(live, lambda j: j["status"] == "running" and j["step"] > 0)
+    return finished, live
+
+
 def main():
     rng = random.Random(args.seed)
     http = requests.Session()
+    args.job, args.live = prepare(http)
     ws_base = args.url.replace("http://", "ws://")
     baseline_hwm = memory_kib(args.pid, "VmHWM")
 
@@ -211,33 +257,28 @@ def main():
     sent, too_big = fuzz_websocket(f"{ws_base}/api/v1/jobs/{args.live}/stream", rng, args.connections, args.messages, http)
     fuzz_seconds = time.monotonic() - started
 
-    stop = threading.Event()
-    health = []
-
-    def watch_health():
-        probe = requests.Session()
-        while not stop.is_set():
-            t = time.monotonic()
-            try:
-                ok = probe.get(f"{args.url}/healthz", timeout=5).status_code == 200
-            except requests.RequestException:
-                ok = False
-            health.append((time.monotonic() - t, ok))
-            time.sleep(0.05)
-
-    watcher = threading.Thread(target=watch_health)
-    watcher.start()
+    # The probe runs in its own process, so the burst's client threads cannot delay it.
+    probe = subprocess.Popen(
+        [sys.executable, __file__, "--probe", f"{args.url}/healthz"], stdout=subprocess.PIPE, text=True
+    )
+    # The clients yield the CPU to the server and the probe: on a small machine the burst's
+    # own threads would otherwise be what delays the probe.
+    os.nice(10)
     requests_ = burst_requests(rng, args.url, args.job, args.live)
     statuses = {}
+    slowest = {}
 
     def run(item):
         what, call = item
         session = requests.Session()
         try:
+            t = time.monotonic()
             response = call(session)
+            elapsed = time.monotonic() - t
             check_status(response, what)
             with lock:
                 statuses.setdefault(what, set()).add(response.status_code)
+                slowest[what] = max(slowest.get(what, 0.0), elapsed)
         except requests.RequestException as err:
             fail(f"{what}: {err!r}")
 
@@ -248,9 +289,8 @@ def main():
         for s in sockets:
             s.result()
     burst_seconds = time.monotonic() - started
-    stop.set()
-    watcher.join()
-
+    probe.terminate()
+    health = [(float(t), ok == "1") for t, ok in (line.split() for line in probe.communicate()[0].splitlines())]
     worst = max((t for t, _ in health), default=0.0)
     if any(not ok for _, ok in health):
         fail("/healthz failed during the burst")
@@ -266,7 +306,8 @@ def main():
     print(f"hostile: burst: {len(requests_)} requests and 24 sockets in {burst_seconds:.1f} s; "
           f"/healthz {len(health)} probes, slowest {worst * 1000:.0f} ms")
     for what in sorted(statuses):
-        print(f"hostile:   {what}: {sorted(statuses[what])}")
+        print(f"hostile:   {what}: {sorted(statuses[what])}, slowest {slowest[what] * 1000:.0f} ms")
+    http.post(f"{args.url}/api/v1/jobs/{args.live}/cancel", timeout=10)
     print(f"hostile: server memory: peak {peak_mib:.0f} MiB (before: {baseline_hwm / 1024:.0f} MiB), "
           f"now {rss_mib:.0f} MiB, bound {args.rss_limit_mib} MiB")
     for message in failures[:20]:
@@ -274,12 +315,26 @@ def main():
     return 1 if failures else 0
 
 
+def probe_health(url):
+    """Prints `seconds ok` for a /healthz request every 50 ms until terminated."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    session = requests.Session()
+    while True:
+        t = time.monotonic()
+        try:
+            ok = session.get(url, timeout=5).status_code == 200
+        except requests.RequestException:
+            ok = False
+        print(f"{time.monotonic() - t:.4f} {int(ok)}", flush=True)
+        time.sleep(0.05)
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--probe"]:
+        probe_health(sys.argv[2])
     parser = argparse.ArgumentParser()
     parser.add_argument("--url", required=True)
     parser.add_argument("--pid", type=int, required=True)
-    parser.add_argument("--job", required=True, help="a finished job with a checkpoint")
-    parser.add_argument("--live", required=True, help="a job that trains throughout")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--connections", type=int, default=20)
     parser.add_argument("--messages", type=int, default=40)

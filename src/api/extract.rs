@@ -8,6 +8,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use serde_json::error::Category;
 
@@ -107,6 +108,17 @@ pub fn query_list<'a>(raw: &'a str, field: &str) -> Result<Vec<&'a str>, ApiErro
         }
     }
     Ok(items)
+}
+
+/// `value` as a JSON answer, serialised on a blocking thread: for answers that can run to
+/// megabytes, so writing them never holds an async worker that probes and light requests
+/// are waiting for.
+pub async fn large_json<T: serde::Serialize + Send + 'static>(value: T) -> Result<Response, ApiError> {
+    let bytes = tokio::task::spawn_blocking(move || serde_json::to_vec(&value))
+        .await
+        .map_err(anyhow::Error::from)?
+        .map_err(anyhow::Error::from)?;
+    Ok(([(CONTENT_TYPE, "application/json")], bytes).into_response())
 }
 
 /// A query string; a malformed one is a 400 in the contract's shape.

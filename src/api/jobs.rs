@@ -11,7 +11,7 @@ use tokio_util::io::ReaderStream;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::extract::{ApiJson, ApiQuery};
+use super::extract::{ApiJson, ApiQuery, large_json};
 use super::{ApiError, AppState, Limits};
 use crate::jobs::CancelOutcome;
 use crate::store::downsample::MIN_POINTS;
@@ -292,11 +292,12 @@ pub async fn steps(
     State(state): State<AppState>,
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<RangeQuery>,
-) -> Result<Json<StepColumns>, ApiError> {
+) -> Result<Response, ApiError> {
     let job = find_job(&state, &id).await?;
     let (from, to, max_points) = range(q.from, q.to, q.max_points)?;
     let _permit = state.heavy_reads.acquire().await.map_err(anyhow::Error::from)?;
-    Ok(Json(state.store.steps(job.id, from, to, max_points).await?))
+    let steps = state.store.steps(job.id, from, to, max_points).await?;
+    large_json(steps).await
 }
 
 /// Checks a step range query and fills in its defaults.

@@ -2,10 +2,11 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
+use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::extract::{ApiQuery, query_list};
+use super::extract::{ApiQuery, large_json, query_list};
 use super::jobs::{find_job, range};
 use super::{ApiError, AppState};
 use crate::store::{LayerSeries, StoredEvent};
@@ -31,8 +32,9 @@ pub struct LayerStatsQuery {
     /// Comma-separated statistics: grad_norm, grad_max, grad_mean, grad_std, zero_frac,
     /// nonfinite, weight_norm, update_ratio, hist (default all but hist; repeats count
     /// once). Asking for fewer reads less: on long jobs, ask for what you plot. An answer
-    /// holds at most 5,000,000 values (layers × statistics × points, `hist` counting 51)
-    /// and a query reads at most 100,000,000 before thinning; above either it is a 422.
+    /// holds at most 5,000,000 values by default (layers × statistics × points, `hist`
+    /// counting 51) and a query reads at most 100,000,000 before thinning; above either
+    /// it is a 422.
     stat: Option<String>,
     /// At most this many points per layer (default 5000, 10 to 100000), keeping each
     /// bucket's extremes.
@@ -54,7 +56,7 @@ pub async fn layers(
     State(state): State<AppState>,
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<LayerStatsQuery>,
-) -> Result<Json<LayerStatsResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     let job = find_job(&state, &id).await?;
     let (from, to, max_points) = range(q.from, q.to, q.max_points)?;
     let stats: Vec<&str> = match q.stat.as_deref() {
@@ -112,7 +114,7 @@ pub async fn layers(
         ));
     }
     let series = state.store.layer_stats(job.id, &layers, &stats, (from, to), max_points).await?;
-    Ok(Json(LayerStatsResponse { layers: series }))
+    large_json(LayerStatsResponse { layers: series }).await
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -34,9 +34,16 @@ const PING_EVERY: Duration = Duration::from_secs(15);
 /// starts), to notice a job cancelled or deleted while queued.
 const QUEUED_POLL: Duration = Duration::from_millis(250);
 
-/// Largest message a client may send: a `subscribe` with a layer list fits easily, and
-/// nothing bigger is buffered or parsed.
+/// How long a closing socket waits for the client's answering close frame.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Largest message a client may send: a `subscribe` with a layer list fits easily; a
+/// bigger one is not parsed and closes the socket with 1009.
 pub const MAX_CLIENT_MESSAGE: usize = 4 * 1024;
+/// Largest frame the protocol layer buffers. Messages between this and
+/// [`MAX_CLIENT_MESSAGE`] are read whole and refused with a clean close; past this the
+/// protocol layer stops reading at the frame header and the connection is dropped.
+const MAX_CLIENT_FRAME: usize = 64 * 1024;
 
 /// WebSocket limits and the client count, shared by every socket.
 #[derive(Debug)]
@@ -101,7 +108,7 @@ pub async fn subscribe(
     })?;
     let layers = state.store.layers(job.id).await?;
     let filter = Filter { every: q.every.unwrap_or(1), layers: q.layers.as_deref().map(parse_layers).transpose()? };
-    let ws = ws.max_message_size(MAX_CLIENT_MESSAGE).max_frame_size(MAX_CLIENT_MESSAGE);
+    let ws = ws.max_message_size(MAX_CLIENT_FRAME).max_frame_size(MAX_CLIENT_FRAME);
     if filter.every == 0 {
         return Err(ApiError::invalid("every", "must be at least 1"));
     }
@@ -141,6 +148,7 @@ async fn serve(state: AppState, job: Job, hello: String, filter: Filter, mut soc
     let limits = state.ws.clone();
     let slot = ClientSlot(limits.clone());
     if limits.clients.fetch_add(1, Ordering::Relaxed) >= limits.max_total {
+        drop(slot);
         close(&mut socket, close_code::AGAIN, "too many stream clients").await;
         return;
     }
@@ -154,13 +162,26 @@ async fn serve(state: AppState, job: Job, hello: String, filter: Filter, mut soc
             return;
         }
     };
-    close(&mut socket, reason.0, reason.1).await;
+    // A closing socket no longer counts as a client, while it waits for the answering close.
     drop(slot);
+    close(&mut socket, reason.0, reason.1).await;
 }
 
 async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) {
     let frame = CloseFrame { code, reason: reason.into() };
-    let _ = socket.send(Message::Close(Some(frame))).await;
+    if socket.send(Message::Close(Some(frame))).await.is_err() {
+        return;
+    }
+    // Wait briefly for the client's answering close, reading past whatever it still sends:
+    // closing with unread data resets the connection, and the client could lose our frame.
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        while let Some(Ok(message)) = socket.recv().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 type CloseReason = (u16, &'static str);
@@ -221,6 +242,9 @@ async fn run(state: &AppState, job: &Job, mut filter: Filter, socket: &mut WebSo
                 Err(RecvError::Closed) => return Ok((close_code::NORMAL, "job finished")),
             },
             incoming = socket.recv() => match incoming {
+                Some(Ok(message)) if message_len(&message) > MAX_CLIENT_MESSAGE => {
+                    return Ok((close_code::SIZE, "message too big"));
+                }
                 Some(Ok(Message::Text(text))) => {
                     last_heard = Instant::now();
                     match serde_json::from_str::<ClientMessage>(&text) {
@@ -249,6 +273,14 @@ async fn run(state: &AppState, job: &Job, mut filter: Filter, socket: &mut WebSo
             }
             () = shutdown.cancelled() => return Ok((close_code::AWAY, "server shutting down")),
         }
+    }
+}
+
+fn message_len(message: &Message) -> usize {
+    match message {
+        Message::Text(text) => text.len(),
+        Message::Binary(bytes) => bytes.len(),
+        Message::Ping(_) | Message::Pong(_) | Message::Close(_) => 0,
     }
 }
 

@@ -169,32 +169,11 @@ impl Store {
         }
         drop(rows);
 
-        let mut out = Vec::with_capacity(layers.len());
-        for (l, layer) in layers.iter().enumerate() {
-            let columns = &values[l];
-            let reads: Vec<Box<dyn Fn(usize) -> Option<f64> + '_>> = columns
-                .iter()
-                .map(|col| Box::new(move |i: usize| col[i].map(f64::from)) as Box<dyn Fn(usize) -> Option<f64>>)
-                .collect();
-            let series: Vec<&dyn Fn(usize) -> Option<f64>> = reads.iter().map(|r| r.as_ref()).collect();
-            let keep = if series.is_empty() {
-                evenly(steps.len(), max_points)
-            } else {
-                keep_extremes(steps.len(), max_points, &series)
-            };
-            let mut s = LayerSeries { index: layer.index, name: layer.name.clone(), ..LayerSeries::default() };
-            s.step = keep.iter().map(|&i| steps[i]).collect();
-            for (c, stat) in numeric.iter().enumerate() {
-                if let Some(out_values) = s.column_mut(stat) {
-                    *out_values = Some(keep.iter().map(|&i| columns[c][i]).collect());
-                }
-            }
-            if want_hist {
-                s.hist = Some(keep.iter().map(|&i| hists[l][i].take()).collect());
-            }
-            out.push(s);
-        }
-        Ok(out)
+        // Finding the extremes is CPU work over everything read: off the async workers.
+        let layers = layers.to_vec();
+        let numeric: Vec<String> = numeric.iter().map(|s| (*s).to_owned()).collect();
+        let thin = move || thin_layers(&layers, &numeric, &steps, &values, hists, max_points);
+        Ok(tokio::task::spawn_blocking(thin).await?)
     }
 
     /// How many recorded steps with per-layer statistics job `id` has between `from` and
@@ -208,6 +187,44 @@ impl Store {
             .await?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
+}
+
+/// Each layer's series thinned to at most `max_points`, keeping the extremes of its
+/// statistics (`values[layer][statistic][row]`, `hists[layer][row]`).
+fn thin_layers(
+    layers: &[LayerInfo],
+    numeric: &[String],
+    steps: &[i64],
+    values: &[Vec<Vec<Option<f32>>>],
+    mut hists: Vec<Vec<Option<Vec<u32>>>>,
+    max_points: usize,
+) -> Vec<LayerSeries> {
+    let mut out = Vec::with_capacity(layers.len());
+    for (l, layer) in layers.iter().enumerate() {
+        let columns = &values[l];
+        let reads: Vec<Box<dyn Fn(usize) -> Option<f64> + '_>> = columns
+            .iter()
+            .map(|col| Box::new(move |i: usize| col[i].map(f64::from)) as Box<dyn Fn(usize) -> Option<f64>>)
+            .collect();
+        let series: Vec<&dyn Fn(usize) -> Option<f64>> = reads.iter().map(|r| r.as_ref()).collect();
+        let keep = if series.is_empty() {
+            evenly(steps.len(), max_points)
+        } else {
+            keep_extremes(steps.len(), max_points, &series)
+        };
+        let mut s = LayerSeries { index: layer.index, name: layer.name.clone(), ..LayerSeries::default() };
+        s.step = keep.iter().map(|&i| steps[i]).collect();
+        for (c, stat) in numeric.iter().enumerate() {
+            if let Some(out_values) = s.column_mut(stat) {
+                *out_values = Some(keep.iter().map(|&i| columns[c][i]).collect());
+            }
+        }
+        if let Some(layer_hists) = hists.get_mut(l) {
+            s.hist = Some(keep.iter().map(|&i| layer_hists[i].take()).collect());
+        }
+        out.push(s);
+    }
+    out
 }
 
 /// At most `max_points` indices spread evenly over `len`, first and last included.
