@@ -3,6 +3,7 @@
 
 mod auth;
 mod cli;
+mod corpora;
 mod crash;
 mod deploy;
 mod faults;
@@ -11,6 +12,7 @@ mod jobs;
 mod lifecycle;
 mod limits;
 mod metrics;
+mod origin;
 mod presets;
 mod prometheus;
 mod service;
