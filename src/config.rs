@@ -81,8 +81,9 @@ pub struct ServeConfig {
     /// Largest uploaded corpus, in bytes.
     #[arg(long, env = "GRADSCOPE_CORPUS_LIMIT", default_value_t = DEFAULT_CORPUS_LIMIT)]
     pub corpus_limit: usize,
-    /// Tokens that grant access to `/api` (comma-separated). None: the API is open, so
-    /// keep the service on loopback.
+    /// Tokens that grant access to `/api` (comma-separated). None: on loopback the API is
+    /// open (to requests naming an IP address, `localhost` or `--allowed-hosts`); beyond
+    /// loopback a token is made up at start-up and printed on stderr.
     #[arg(long, env = "GRADSCOPE_API_TOKEN", value_delimiter = ',', hide_env_values = true)]
     pub api_token: Vec<String>,
     /// Tokens that grant access to `/metrics` (comma-separated). None: open.
