@@ -25,6 +25,9 @@ COPY --from=build /usr/local/bin/gradscope /usr/local/bin/gradscope
 COPY static /app/static
 COPY --from=web /src/vendor /app/static/vendor
 WORKDIR /app
+# Listening on 0.0.0.0 with no GRADSCOPE_API_TOKEN, the service makes up a token at each
+# start and prints it once on stderr (`docker logs`); set GRADSCOPE_API_TOKEN to choose one.
+# The probes (/healthz, /readyz) need no token, so the HEALTHCHECK below works either way.
 ENV GRADSCOPE_ADDR=0.0.0.0:8080 \
     GRADSCOPE_DATABASE_URL=sqlite:///data/gradscope.db \
     GRADSCOPE_DATA_DIR=/data \

@@ -9,6 +9,10 @@ use clap::{Args, Parser, Subcommand};
 pub const DEFAULT_BODY_LIMIT: usize = 256 * 1024;
 /// Default size limit of an uploaded corpus.
 pub const DEFAULT_CORPUS_LIMIT: usize = 32 * 1024 * 1024;
+/// Default number of uploaded corpora kept at once.
+pub const DEFAULT_MAX_CORPORA: i64 = 100;
+/// Default bytes all uploaded corpora may take together.
+pub const DEFAULT_CORPUS_QUOTA: i64 = 1 << 30;
 
 #[derive(Debug, Parser)]
 #[command(name = "gradscope", version, about = "Training monitor: per-layer gradient statistics for LibTorch jobs")]
@@ -24,6 +28,8 @@ pub struct Cli {
     pub log_json: bool,
 }
 
+// Parsed once at start-up: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the HTTP service and the job scheduler.
@@ -75,8 +81,9 @@ pub struct ServeConfig {
     /// Largest uploaded corpus, in bytes.
     #[arg(long, env = "GRADSCOPE_CORPUS_LIMIT", default_value_t = DEFAULT_CORPUS_LIMIT)]
     pub corpus_limit: usize,
-    /// Tokens that grant access to `/api` (comma-separated). None: the API is open, so
-    /// keep the service on loopback.
+    /// Tokens that grant access to `/api` (comma-separated). None: on loopback the API is
+    /// open (to requests naming an IP address, `localhost` or `--allowed-hosts`); beyond
+    /// loopback a token is made up at start-up and printed on stderr.
     #[arg(long, env = "GRADSCOPE_API_TOKEN", value_delimiter = ',', hide_env_values = true)]
     pub api_token: Vec<String>,
     /// Tokens that grant access to `/metrics` (comma-separated). None: open.
@@ -114,6 +121,19 @@ pub struct ServeConfig {
     /// Seconds before a request (other than a stream) is answered 408.
     #[arg(long, env = "GRADSCOPE_REQUEST_TIMEOUT", default_value_t = 30)]
     pub request_timeout_secs: u64,
+    /// Host names (besides IP addresses and `localhost`) the service answers to when no
+    /// API token is set (comma-separated); other `Host` headers get 403, which stops DNS
+    /// rebinding.
+    #[arg(long, env = "GRADSCOPE_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
+    /// Most uploaded corpora kept at once; more uploads get 429 until some are deleted.
+    #[arg(long, env = "GRADSCOPE_MAX_CORPORA", default_value_t = DEFAULT_MAX_CORPORA,
+        value_parser = clap::value_parser!(i64).range(0..))]
+    pub max_corpora: i64,
+    /// Most bytes all uploaded corpora may take together; more uploads get 429.
+    #[arg(long, env = "GRADSCOPE_CORPUS_QUOTA", default_value_t = DEFAULT_CORPUS_QUOTA,
+        value_parser = clap::value_parser!(i64).range(0..))]
+    pub corpus_quota: i64,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -7,6 +7,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 use prometheus::{
@@ -233,16 +234,36 @@ pub fn spread(n: usize, max: usize) -> Vec<usize> {
     chosen
 }
 
-/// Counts and times every request by its matched route (never the raw path, which would
-/// make one series per job id).
+/// The `route` label of a request no route matched.
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+
+/// The `method` label: the methods the service knows, else `OTHER`. Anyone can send any
+/// token as a method, and each new label value would be a series kept forever.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
+/// Counts and times every request by its matched route, never the raw path (which would
+/// make one series per job id, or per path anyone cares to send). Installed with
+/// `route_layer`, so it sees only requests that matched a route: static files and
+/// unknown paths make no series at all.
 pub async fn track_http(State(metrics): State<std::sync::Arc<Metrics>>, req: Request, next: Next) -> Response {
-    let route = req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = req.method().as_str().to_owned();
+    let route = req.extensions().get::<MatchedPath>().map_or(UNMATCHED_ROUTE, MatchedPath::as_str).to_owned();
+    let method = method_label(req.method());
     let start = Instant::now();
     let response = next.run(req).await;
     let status = response.status().as_u16().to_string();
-    metrics.http_requests.with_label_values(&[method.as_str(), route.as_str(), status.as_str()]).inc();
-    metrics.http_duration.with_label_values(&[method.as_str(), route.as_str()]).observe(start.elapsed().as_secs_f64());
+    metrics.http_requests.with_label_values(&[method, route.as_str(), status.as_str()]).inc();
+    metrics.http_duration.with_label_values(&[method, route.as_str()]).observe(start.elapsed().as_secs_f64());
     response
 }
 
@@ -256,5 +277,12 @@ mod tests {
         assert_eq!(spread(100, 4), vec![0, 33, 66, 99]);
         assert_eq!(spread(10, 1), vec![0]);
         assert!(spread(10, 0).is_empty());
+    }
+
+    #[test]
+    fn unknown_methods_share_one_label() {
+        assert_eq!(method_label(&Method::GET), "GET");
+        assert_eq!(method_label(&Method::from_bytes(b"ZZZ2").expect("method")), "OTHER");
+        assert_eq!(method_label(&Method::CONNECT), "OTHER");
     }
 }

@@ -11,6 +11,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::corpora::CorpusLimits;
 use crate::api::stream::WsLimits;
 use crate::api::{self, AppState, Limits};
 use crate::config::ServeConfig;
@@ -25,10 +26,13 @@ pub struct Application {
     scheduler: Scheduler,
     /// Cancelled on shutdown: stops the scheduler and every running job.
     shutdown: CancellationToken,
+    /// The API token made up at start-up for a service listening beyond loopback with
+    /// none configured.
+    generated_token: Option<String>,
 }
 
 impl Application {
-    pub async fn build(config: ServeConfig) -> anyhow::Result<Self> {
+    pub async fn build(mut config: ServeConfig) -> anyhow::Result<Self> {
         if let Some(threads) = config.torch_threads {
             tch::set_num_threads(threads);
         }
@@ -66,29 +70,47 @@ impl Application {
             max_scan_values: config.max_scan_values,
         };
         let heavy_reads = Arc::new(tokio::sync::Semaphore::new(api::HEAVY_READS));
-        let state = AppState { store: store.clone(), scheduler: scheduler.clone(), ws, metrics, limits, heavy_reads };
-        let router = api::router(state, &config);
+        let corpora = CorpusLimits { max_count: config.max_corpora, quota_bytes: config.corpus_quota };
+        let state =
+            AppState { store: store.clone(), scheduler: scheduler.clone(), ws, metrics, limits, corpora, heavy_reads };
         let listener =
             TcpListener::bind(config.addr).await.with_context(|| format!("failed to listen on {}", config.addr))?;
-        match (config.api_token.is_empty(), config.addr.ip().is_loopback()) {
-            (true, false) => tracing::warn!(
-                "listening on {} with no API token: anyone who can reach it can submit jobs (set GRADSCOPE_API_TOKEN)",
-                config.addr
-            ),
-            (true, true) => tracing::info!("no API token set: the API is open to this machine only (loopback)"),
-            (false, _) => tracing::info!("API tokens required on /api"),
+        config.api_token.retain(|t| !t.trim().is_empty());
+        // Beyond loopback, an open API would let anyone who can reach the port train on
+        // this machine: a container's 0.0.0.0 would do that by default.
+        let generated_token = if config.api_token.is_empty() && !config.addr.ip().is_loopback() {
+            let token = random_token()?;
+            announce_token(config.addr, &token);
+            config.api_token.push(token.clone());
+            Some(token)
+        } else {
+            None
+        };
+        if generated_token.is_none() {
+            if config.api_token.is_empty() {
+                tracing::info!("no API token set: the API is open to this machine only (loopback, Host checked)");
+            } else {
+                tracing::info!("API tokens required on /api");
+            }
         }
+        let router = api::router(state, &config);
         tracing::info!(
             addr = %listener.local_addr()?,
             database = %config.database.database_url,
             cuda = tch::Cuda::is_available(),
             "gradscope listening"
         );
-        Ok(Self { listener, router, store, scheduler, shutdown })
+        Ok(Self { listener, router, store, scheduler, shutdown, generated_token })
     }
 
     pub fn port(&self) -> u16 {
         self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// The API token made up at start-up, if the service listens beyond loopback and none
+    /// was configured.
+    pub fn generated_token(&self) -> Option<&str> {
+        self.generated_token.as_deref()
     }
 
     /// Serves until `signal` resolves, then stops the running jobs (they end
@@ -107,4 +129,26 @@ impl Application {
         tracing::info!("gradscope stopped");
         served.context("server error")
     }
+}
+
+/// Bytes of randomness in a generated API token (256 bits, as hex).
+const GENERATED_TOKEN_BYTES: usize = 32;
+
+/// A fresh API token from the operating system's random source.
+fn random_token() -> anyhow::Result<String> {
+    use rand::TryRngCore;
+    let mut bytes = [0u8; GENERATED_TOKEN_BYTES];
+    rand::rngs::OsRng.try_fill_bytes(&mut bytes).context("failed to read the operating system's random source")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Tells the operator the generated token, once, on stderr: not through the log, whose
+/// lines may be shipped and kept elsewhere.
+fn announce_token(addr: std::net::SocketAddr, token: &str) {
+    eprintln!(
+        "gradscope: listening on {addr} beyond loopback with no API token, so this run requires a generated one:\n\
+         \n    {token}\n\n\
+         Send it as `Authorization: Bearer <token>` (the dashboard asks for it). Set GRADSCOPE_API_TOKEN \
+         (or --api-token) to choose one that survives restarts."
+    );
 }

@@ -1,28 +1,73 @@
-//! `/api/v1/corpora`: upload a text corpus for `char_lm` jobs.
+//! `/api/v1/corpora`: upload, list and delete the text corpora of `char_lm` jobs, within a
+//! count and byte quota.
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
 use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+use super::extract::ApiQuery;
 use super::{ApiError, AppState};
-use crate::store::Corpus;
+use crate::store::{Corpus, CorpusDeletion};
 use crate::train::data::vocab_size;
 
 /// Fewest characters a corpus may have: a char LM needs room for a few sequences.
 pub const MIN_CORPUS_CHARS: usize = 64;
+/// Corpora a list answers with when `limit` is not given.
+pub const DEFAULT_LIST_LIMIT: i64 = 100;
+/// Most corpora one list answers with.
+pub const MAX_LIST_LIMIT: i64 = 1000;
 
-/// Upload a UTF-8 text corpus (the body is the text). Use the returned `id` as `task.corpus`.
+/// How many corpora may be kept, and how many bytes they may take together.
+#[derive(Debug, Clone, Copy)]
+pub struct CorpusLimits {
+    pub max_count: i64,
+    pub quota_bytes: i64,
+}
+
+/// Content types a browser may send cross-site without a CORS preflight. A corpus upload
+/// with one of them (or with none) could come from any web page the user visits, so it is
+/// refused: a client must say `application/octet-stream`, which needs a preflight.
+const CORS_SIMPLE_TYPES: [&str; 3] = ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data"];
+
+fn is_cors_simple(content_type: Option<&str>) -> bool {
+    let Some(essence) = content_type.and_then(|ct| ct.split(';').next()) else { return true };
+    let essence = essence.trim().to_ascii_lowercase();
+    essence.is_empty() || CORS_SIMPLE_TYPES.contains(&essence.as_str())
+}
+
+/// Upload a UTF-8 text corpus: the body is the text, sent as
+/// `Content-Type: application/octet-stream` (`text/plain` and the form types are refused
+/// with 415, since a web page can send those to this service without asking). Use the
+/// returned `id` as `task.corpus`.
 #[utoipa::path(post, operation_id = "upload_corpus", path = "/api/v1/corpora", tag = "corpora",
-    request_body(content = String, content_type = "text/plain"),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream",
+        description = "The corpus as UTF-8 text; the upload limit is set by --corpus-limit"),
     responses(
         (status = 201, body = Corpus),
         (status = 413, description = "Larger than the corpus limit", body = super::ErrorBody),
+        (status = 415, description = "Not sent as application/octet-stream", body = super::ErrorBody),
         (status = 422, description = "Not UTF-8, or too short", body = super::ErrorBody),
+        (status = 429, description = "Over --max-corpora or --corpus-quota: delete some corpora first", body = super::ErrorBody),
     ))]
-pub async fn create(State(state): State<AppState>, body: Bytes) -> Result<(StatusCode, Json<Corpus>), ApiError> {
+pub async fn create(State(state): State<AppState>, req: Request) -> Result<(StatusCode, Json<Corpus>), ApiError> {
+    if is_cors_simple(req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok())) {
+        return Err(ApiError::UnsupportedMediaType(
+            "send the corpus with Content-Type: application/octet-stream (text/plain and form types are refused)",
+        ));
+    }
+    let body = Bytes::from_request(req, &state).await.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge
+        } else {
+            ApiError::BadRequest { code: "invalid_body", message: rejection.body_text(), field: None }
+        }
+    })?;
     let text = std::str::from_utf8(&body)
         .map_err(|err| ApiError::invalid("body", format!("the corpus must be UTF-8 text: {err}")))?;
     let chars = text.chars().count();
@@ -35,12 +80,131 @@ pub async fn create(State(state): State<AppState>, body: Bytes) -> Result<(Statu
         vocab_size: vocab_size(text) as i64,
         created_at: Utc::now(),
     };
-    let path = state.scheduler.corpus_path(&corpus.id);
-    if let Some(dir) = path.parent() {
-        tokio::fs::create_dir_all(dir).await.map_err(anyhow::Error::from)?;
+    // The row first, so the quota holds however many uploads race; the file after it (the
+    // id is unknown to clients until this returns, so no job can name it meanwhile).
+    let limits = state.corpora;
+    if !state.store.insert_corpus_within(&corpus, limits.max_count, limits.quota_bytes).await? {
+        let usage = state.store.corpus_usage().await?;
+        return Err(ApiError::Refused {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            code: "corpus_quota",
+            message: format!(
+                "{} corpora take {} bytes; this service keeps at most {} corpora and {} bytes, and this one has {} bytes: delete some with DELETE /api/v1/corpora/{{id}}",
+                usage.count, usage.bytes, limits.max_count, limits.quota_bytes, corpus.bytes
+            ),
+        });
     }
-    tokio::fs::write(&path, &body).await.map_err(anyhow::Error::from)?;
-    state.store.insert_corpus(&corpus).await?;
+    if let Err(err) = write_file(&state, &corpus.id, &body).await {
+        let _ = state.store.delete_corpus(&corpus.id).await;
+        return Err(err.into());
+    }
     tracing::info!(corpus = %corpus.id, bytes = corpus.bytes, "corpus uploaded");
     Ok((StatusCode::CREATED, Json(corpus)))
+}
+
+async fn write_file(state: &AppState, id: &str, body: &[u8]) -> anyhow::Result<()> {
+    let path = state.scheduler.corpus_path(id);
+    if let Some(dir) = path.parent() {
+        tokio::fs::create_dir_all(dir).await?;
+    }
+    tokio::fs::write(&path, body).await?;
+    Ok(())
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// How many (default 100, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CorpusList {
+    /// Newest first.
+    pub corpora: Vec<Corpus>,
+    /// Corpora stored, all of them (the list may be cut at `limit`).
+    pub count: i64,
+    /// Bytes they take together.
+    pub bytes: i64,
+    /// This service's limits: `--max-corpora` and `--corpus-quota`.
+    pub max_corpora: i64,
+    pub quota_bytes: i64,
+}
+
+/// List uploaded corpora, newest first, with the space they use and the quota.
+#[utoipa::path(get, operation_id = "list_corpora", path = "/api/v1/corpora", tag = "corpora", params(ListQuery),
+    responses(
+        (status = 200, body = CorpusList),
+        (status = 400, description = "A malformed query string", body = super::ErrorBody),
+        (status = 422, body = super::ErrorBody),
+    ))]
+pub async fn list(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<CorpusList>, ApiError> {
+    let limit = q.limit.unwrap_or(DEFAULT_LIST_LIMIT);
+    if !(1..=MAX_LIST_LIMIT).contains(&limit) {
+        return Err(ApiError::invalid("limit", format!("must be 1 to {MAX_LIST_LIMIT}")));
+    }
+    let corpora = state.store.list_corpora(limit).await?;
+    let usage = state.store.corpus_usage().await?;
+    Ok(Json(CorpusList {
+        corpora,
+        count: usage.count,
+        bytes: usage.bytes,
+        max_corpora: state.corpora.max_count,
+        quota_bytes: state.corpora.quota_bytes,
+    }))
+}
+
+/// Delete an uploaded corpus and its file. Finished jobs that trained on it keep their
+/// records, but can no longer be resumed.
+#[utoipa::path(delete, operation_id = "delete_corpus", path = "/api/v1/corpora/{id}", tag = "corpora",
+    params(("id" = Uuid, Path)),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, body = super::ErrorBody),
+        (status = 409, description = "A queued or running job uses it: cancel the job or wait for it", body = super::ErrorBody),
+    ))]
+pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    // Only server-made ids name a file, so nothing else reaches the file system.
+    let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound("corpus"))?.to_string();
+    match state.store.delete_corpus(&id).await? {
+        CorpusDeletion::Deleted => {}
+        CorpusDeletion::Missing => return Err(ApiError::NotFound("corpus")),
+        CorpusDeletion::InUse => {
+            return Err(ApiError::Conflict(format!(
+                "corpus {id} is used by a queued or running job: cancel the job or wait for it to finish"
+            )));
+        }
+    }
+    match tokio::fs::remove_file(state.scheduler.corpus_path(&id)).await {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => tracing::warn!(corpus = %id, "failed to remove the corpus file: {err}"),
+    }
+    tracing::info!(corpus = %id, "corpus deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn simple_content_types_are_refused() {
+        for ct in [
+            None,
+            Some(""),
+            Some("text/plain"),
+            Some("Text/Plain; charset=utf-8"),
+            Some("multipart/form-data; boundary=x"),
+        ] {
+            assert!(is_cors_simple(ct), "{ct:?}");
+        }
+        assert!(is_cors_simple(Some("application/x-www-form-urlencoded")));
+        assert!(!is_cors_simple(Some("application/octet-stream")));
+        assert!(!is_cors_simple(Some("text/markdown; charset=utf-8")));
+    }
 }

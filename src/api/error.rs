@@ -30,6 +30,10 @@ pub enum ApiError {
     TooManyRequests(String),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
+    /// A refusal with its own status and code (`host_not_allowed`, `cross_origin`,
+    /// `corpus_quota`, …), for checks that have no variant of their own.
+    #[error("{message}")]
+    Refused { status: StatusCode, code: &'static str, message: String },
 }
 
 /// The JSON body of every error response.
@@ -42,7 +46,7 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// Stable, machine-readable: `not_found`, `conflict`, `invalid_field`, `invalid_json`,
     /// `invalid_query`, `payload_too_large`, `unsupported_media_type`, `too_many_queued`,
-    /// `unauthorized`, `internal`.
+    /// `unauthorized`, `host_not_allowed`, `cross_origin`, `corpus_quota`, `internal`.
     pub code: &'static str,
     pub message: String,
     /// The offending field as a JSON path (`model.hidden`, `policy.grad[0].max_norm`).
@@ -65,6 +69,7 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", None),
             Self::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_queued", None),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
+            Self::Refused { status, code, .. } => (*status, code, None),
         }
     }
 }

@@ -8,12 +8,14 @@
 //! - [`health`] — `/healthz`, `/readyz`, `/metrics`.
 //! - [`openapi`] — the generated OpenAPI document.
 //! - [`auth`] — optional bearer tokens for `/api` and `/metrics`.
+//! - [`guard`] — the `Host` check (DNS rebinding) and the cross-site request check.
 //! - [`extract`] — extractors that reject bad input with [`ApiError`].
 
 pub mod auth;
 pub mod corpora;
 mod error;
 pub mod extract;
+pub mod guard;
 pub mod health;
 pub mod jobs;
 pub mod openapi;
@@ -26,7 +28,7 @@ use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, Method, StatusCode, header};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Router, middleware};
 use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -37,6 +39,8 @@ use tower_http::trace::TraceLayer;
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 
 use self::auth::Tokens;
+use self::corpora::CorpusLimits;
+use self::guard::Guard;
 use self::stream::WsLimits;
 use crate::config::ServeConfig;
 use crate::jobs::Scheduler;
@@ -56,6 +60,8 @@ pub struct AppState {
     /// Held by each long-history read (`/steps`, `/layer-stats`) while it runs, so a burst
     /// of them queues instead of holding many large answers in memory at once.
     pub heavy_reads: Arc<tokio::sync::Semaphore>,
+    /// How many uploaded corpora, and bytes of them, the data folder may hold.
+    pub corpora: CorpusLimits,
 }
 
 /// Long-history reads that may run at once; more wait their turn.
@@ -75,6 +81,7 @@ pub struct Limits {
 
 /// The whole application router: API, probes, and the dashboard's static files at `/`.
 pub fn router(state: AppState, config: &ServeConfig) -> Router {
+    let api_tokens = Tokens::new(&config.api_token);
     let api = Router::new()
         .route("/jobs", post(jobs::create).get(jobs::list))
         .route("/jobs/{id}", get(jobs::get).delete(jobs::delete))
@@ -86,12 +93,13 @@ pub fn router(state: AppState, config: &ServeConfig) -> Router {
         .route("/jobs/{id}/events", get(stats::events))
         .route("/jobs/{id}/stream", get(stream::subscribe))
         .route("/jobs/{id}/checkpoint", get(jobs::checkpoint))
-        .route("/corpora", post(corpora::create).layer(DefaultBodyLimit::max(config.corpus_limit)))
+        .route("/corpora", post(corpora::create).layer(DefaultBodyLimit::max(config.corpus_limit)).get(corpora::list))
+        .route("/corpora/{id}", delete(corpora::delete))
         .route("/presets", get(presets::list))
         .route("/openapi.json", get(openapi::document))
         .route_layer(middleware::from_fn_with_state(state.metrics.clone(), track_http))
         .fallback(|| async { ApiError::NotFound("route") })
-        .layer(middleware::from_fn_with_state(Tokens::new(&config.api_token), auth::require))
+        .layer(middleware::from_fn_with_state(api_tokens.clone(), auth::require))
         .layer(DefaultBodyLimit::max(config.body_limit))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
@@ -110,8 +118,20 @@ pub fn router(state: AppState, config: &ServeConfig) -> Router {
         .fallback_service(ServeDir::new(&config.static_dir))
         .layer(middleware::from_fn(no_store_for_api))
         .layer(CompressionLayer::new())
+        .layer(middleware::from_fn_with_state(
+            Guard::new(api_tokens.is_open(), &config.allowed_hosts, &config.cors_origins),
+            guard::check,
+        ))
         .layer(cors(&config.cors_origins))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::extract::Request| {
+            // As tower-http's default span, with any token in the query blanked out.
+            tracing::debug_span!(
+                "request",
+                method = %req.method(),
+                uri = %auth::loggable_uri(req.uri()),
+                version = ?req.version(),
+            )
+        }))
         .with_state(state)
 }
 

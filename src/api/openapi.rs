@@ -10,7 +10,7 @@ use super::{corpora, health, jobs, presets, stats, stream};
     info(title = "gradscope", description = "Training jobs with per-layer gradient statistics."),
     paths(
         jobs::create, jobs::list, jobs::get, jobs::cancel, jobs::delete, jobs::layers, jobs::steps,
-        jobs::checkpoint, jobs::resume, stats::layers, stats::events, stream::subscribe, presets::list, corpora::create,
+        jobs::checkpoint, jobs::resume, stats::layers, stats::events, stream::subscribe, presets::list, corpora::create, corpora::list, corpora::delete,
         health::live, health::ready, health::metrics, document,
     ),
     tags(

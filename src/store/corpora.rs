@@ -3,6 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::Row;
+use sqlx::sqlite::SqliteRow;
 use utoipa::ToSchema;
 
 use super::Store;
@@ -17,31 +18,97 @@ pub struct Corpus {
     pub created_at: DateTime<Utc>,
 }
 
+/// How many corpora are stored and how many bytes they take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+pub struct CorpusUsage {
+    pub count: i64,
+    pub bytes: i64,
+}
+
+/// What [`Store::delete_corpus`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CorpusDeletion {
+    Deleted,
+    /// A queued or running job names the corpus.
+    InUse,
+    Missing,
+}
+
+const COLUMNS: &str = "id, bytes, vocab_size, created_at";
+
+fn corpus_from_row(row: &SqliteRow) -> anyhow::Result<Corpus> {
+    Ok(Corpus {
+        id: row.try_get("id")?,
+        bytes: row.try_get("bytes")?,
+        vocab_size: row.try_get("vocab_size")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
 impl Store {
-    pub async fn insert_corpus(&self, corpus: &Corpus) -> anyhow::Result<()> {
-        sqlx::query("INSERT INTO corpora (id, bytes, vocab_size, created_at) VALUES (?, ?, ?, ?)")
-            .bind(&corpus.id)
-            .bind(corpus.bytes)
-            .bind(corpus.vocab_size)
-            .bind(corpus.created_at)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+    /// Stores `corpus` unless that would make more than `max_count` corpora or more than
+    /// `max_bytes` in all; returns whether it was stored. The check and the insert are one
+    /// statement, which SQLite runs under its write lock, so concurrent uploads cannot
+    /// together exceed the quota.
+    pub async fn insert_corpus_within(&self, corpus: &Corpus, max_count: i64, max_bytes: i64) -> anyhow::Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO corpora (id, bytes, vocab_size, created_at) SELECT ?, ?, ?, ? \
+             WHERE (SELECT COUNT(*) FROM corpora) < ? \
+               AND (SELECT COALESCE(SUM(bytes), 0) FROM corpora) + ? <= ?",
+        )
+        .bind(&corpus.id)
+        .bind(corpus.bytes)
+        .bind(corpus.vocab_size)
+        .bind(corpus.created_at)
+        .bind(max_count)
+        .bind(corpus.bytes)
+        .bind(max_bytes)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     pub async fn corpus(&self, id: &str) -> anyhow::Result<Option<Corpus>> {
-        let row = sqlx::query("SELECT id, bytes, vocab_size, created_at FROM corpora WHERE id = ?")
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM corpora WHERE id = ?"))
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
-        row.map(|row| {
-            Ok(Corpus {
-                id: row.try_get("id")?,
-                bytes: row.try_get("bytes")?,
-                vocab_size: row.try_get("vocab_size")?,
-                created_at: row.try_get("created_at")?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(corpus_from_row).transpose()
+    }
+
+    /// The newest `limit` corpora, newest first (ids are UUIDv7, which sort by time).
+    pub async fn list_corpora(&self, limit: i64) -> anyhow::Result<Vec<Corpus>> {
+        let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM corpora ORDER BY id DESC LIMIT ?"))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(corpus_from_row).collect()
+    }
+
+    pub async fn corpus_usage(&self) -> anyhow::Result<CorpusUsage> {
+        let row = sqlx::query("SELECT COUNT(*) AS count, COALESCE(SUM(bytes), 0) AS bytes FROM corpora")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(CorpusUsage { count: row.try_get("count")?, bytes: row.try_get("bytes")? })
+    }
+
+    /// Deletes the corpus `id` unless a queued or running job names it. Job specs are
+    /// stored as compact JSON, so a job that trains on the corpus holds the text
+    /// `"corpus":"<id>"` (ids are server-made UUIDs: nothing in them needs escaping, and
+    /// `LIKE` wildcards cannot occur). The check and the delete are one statement, so a
+    /// job resumed meanwhile is seen.
+    pub async fn delete_corpus(&self, id: &str) -> anyhow::Result<CorpusDeletion> {
+        let done = sqlx::query(
+            "DELETE FROM corpora WHERE id = ? AND NOT EXISTS \
+             (SELECT 1 FROM jobs WHERE status IN ('queued', 'running') AND spec LIKE ?)",
+        )
+        .bind(id)
+        .bind(format!("%\"corpus\":\"{id}\"%"))
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 1 {
+            return Ok(CorpusDeletion::Deleted);
+        }
+        Ok(if self.corpus(id).await?.is_some() { CorpusDeletion::InUse } else { CorpusDeletion::Missing })
     }
 }

@@ -16,7 +16,7 @@ use anyhow::Context;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{SqlitePool, migrate::Migrator};
 
-pub use corpora::Corpus;
+pub use corpora::{Corpus, CorpusDeletion, CorpusUsage};
 pub use events::StoredEvent;
 pub use jobs::{Job, JobStatus};
 pub use layer_stats::LayerSeries;

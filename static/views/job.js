@@ -3,7 +3,7 @@
 // skipped steps marked), learning rate, the per-layer gradient-norm heatmap, the
 // per-layer statistics table, the selected layer's gradient histogram over time, events.
 
-import { checkpointUrl, get, isFinished, post, query, streamUrl } from "../api.js";
+import { downloadCheckpoint, get, isFinished, post, query, streamUrl } from "../api.js";
 import { cssVar, frames, lineChart, loadUPlot, PALETTE, throttled, verticalLines } from "../charts.js";
 import { el, duration, num, pct } from "../format.js";
 import { cellAt, drawGrid } from "../heatmap.js";
@@ -77,7 +77,7 @@ export async function jobView(root, ctx, id) {
   const statusSlot = el("span");
   const progressSlot = el("div", { class: "progress-slot" });
   const cancelButton = el("button", { type: "button", class: "danger", onclick: cancel }, "Cancel");
-  const checkpoint = el("a", { class: "button", href: checkpointUrl(id), download: `${job.name}.safetensors` }, "Checkpoint");
+  const checkpoint = el("button", { type: "button", class: "button", onclick: saveCheckpoint }, "Checkpoint");
   const errorLine = el("p", { class: "form-error", hidden: true });
   const lossBox = el("div", { class: "chart" });
   const normBox = el("div", { class: "chart" });
@@ -496,6 +496,17 @@ export async function jobView(root, ctx, id) {
   const resize = new ResizeObserver(() => { frames.request(`heat-${id}`, drawHeat); frames.request(`hist-${id}`, drawHist); });
   resize.observe(heat);
   resize.observe(histCanvas);
+
+  async function saveCheckpoint() {
+    checkpoint.disabled = true;
+    try {
+      await downloadCheckpoint(id, `${job.name}.safetensors`);
+    } catch (err) {
+      ctx.toast(`Could not download the checkpoint: ${err.message}`);
+    } finally {
+      checkpoint.disabled = false;
+    }
+  }
 
   async function cancel() {
     cancelButton.disabled = true;

@@ -13,6 +13,7 @@ async fn a_job_whose_data_vanished_fails_while_another_finishes() {
     let corpus: Value = app
         .client
         .post(app.url("/api/v1/corpora"))
+        .header("content-type", "application/octet-stream")
         .body(text)
         .send()
         .await

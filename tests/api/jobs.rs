@@ -84,7 +84,14 @@ async fn a_tiny_lstm_trains_clips_and_records_every_step() {
 async fn an_uploaded_corpus_trains() {
     let app = spawn_app().await;
     let text = "the quick brown fox jumps over the lazy dog. ".repeat(40);
-    let response = app.client.post(app.url("/api/v1/corpora")).body(text.clone()).send().await.expect("request");
+    let response = app
+        .client
+        .post(app.url("/api/v1/corpora"))
+        .header("content-type", "application/octet-stream")
+        .body(text.clone())
+        .send()
+        .await
+        .expect("request");
     assert_eq!(response.status(), 201);
     let corpus: Value = response.json().await.expect("json");
     assert_eq!(corpus["bytes"], text.len());
@@ -97,7 +104,14 @@ async fn an_uploaded_corpus_trains() {
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["spec"]["optimizer"]["kind"], "sgd");
 
-    let invalid = app.client.post(app.url("/api/v1/corpora")).body(vec![0xff_u8; 100]).send().await.expect("request");
+    let invalid = app
+        .client
+        .post(app.url("/api/v1/corpora"))
+        .header("content-type", "application/octet-stream")
+        .body(vec![0xff_u8; 100])
+        .send()
+        .await
+        .expect("request");
     assert_eq!(invalid.status(), 422);
     let body: Value = invalid.json().await.expect("json");
     assert_eq!(body["error"]["field"], "body");

@@ -4,6 +4,7 @@
 mod auth;
 mod bounds;
 mod cli;
+mod corpora;
 mod crash;
 mod deploy;
 mod faults;
@@ -12,6 +13,7 @@ mod jobs;
 mod lifecycle;
 mod limits;
 mod metrics;
+mod origin;
 mod presets;
 mod prometheus;
 mod service;

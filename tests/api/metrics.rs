@@ -103,3 +103,39 @@ async fn metrics_track_a_finished_job_and_vanish_with_it() {
         after.samples.iter().filter(|s| s.labels.get("job") == Some(&id)).map(|s| &s.metric).collect();
     assert!(left.is_empty(), "series left after delete: {left:?}");
 }
+
+#[tokio::test]
+async fn made_up_methods_and_paths_make_no_series() {
+    let app = spawn_app().await;
+    // Label values anyone could choose: methods and paths that no route knows.
+    let methods = ["ZZZ2", "QWERTY", "PROPFIND", "M-0193"];
+    let paths = ["/healthz", "/api/v1/jobs", "/api/v1/zz-nothing-here", "/zz-static-nothing", "/metrics", "/"];
+    for method in methods {
+        for path in paths {
+            let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+            app.client.request(method, app.url(path)).send().await.expect("request");
+        }
+    }
+    for path in ["/zz-a", "/zz-b/c", "/api/v1/zz-d", "/api/v1/jobs/zz-e/zz-f", "/index.html", "/app.js"] {
+        app.get(path).await;
+        app.client.post(app.url(path)).send().await.expect("request");
+    }
+
+    let m = scrape(&app).await;
+    let http: Vec<&Sample> = m.samples.iter().filter(|s| s.metric.starts_with("gradscope_http_")).collect();
+    let known_methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "OTHER"];
+    for sample in &http {
+        let method = sample.labels.get("method").expect("method label");
+        assert!(known_methods.contains(&method.as_str()), "method label {method:?} in {sample:?}");
+        let route = sample.labels.get("route").expect("route label");
+        assert!(!route.contains("zz") && route != "/" && route != "/index.html" && route != "/app.js", "{sample:?}");
+    }
+    let other_healthz = http.iter().find(|s| {
+        s.metric == "gradscope_http_requests_total"
+            && s.labels["method"] == "OTHER"
+            && s.labels["route"] == "/healthz"
+            && s.labels["status"] == "405"
+    });
+    assert_eq!(other_healthz.map(|s| s.value), Some(4.0), "the four made-up methods share one series");
+    assert!(!m.text.contains("ZZZ2") && !m.text.contains("zz-"), "a made-up label value was exported");
+}
