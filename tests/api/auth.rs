@@ -110,42 +110,42 @@ async fn a_token_in_the_url_is_taken_on_the_stream_only_and_the_scheme_in_any_ca
     app.stop().await;
 }
 
-/// A log sink the test can read back.
-#[derive(Clone, Default)]
-struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("log buffer").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-// A current-thread runtime runs the server on this thread, so the subscriber set for this
-// thread sees every request span and no other test's.
-#[tokio::test(flavor = "current_thread")]
+/// The real binary at debug level, its log going to a file the test reads back: a
+/// subscriber of the test process would share tracing's per-callsite caches with every
+/// other test running beside it.
+#[tokio::test]
 async fn request_logs_never_show_a_token() {
-    let captured = Captured::default();
-    let sink = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("tower_http=debug,gradscope=debug"))
-        .with_writer(move || sink.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
 
     let dir = tempfile::TempDir::new().expect("temp dir");
-    let app = spawn_app_with(dir, |config| config.api_token = vec!["s3cret-in-a-url".to_owned()]).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let log_path = dir.path().join("server.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gradscope"))
+        .args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--torch-threads", "1"])
+        .args(["--database-url", &crate::helpers::database_url(&dir), "--api-token", "s3cret-in-a-url"])
+        .args(["--log", "tower_http=debug,gradscope=debug"])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env_remove("GRADSCOPE_API_TOKEN")
+        .stdout(Stdio::from(std::fs::File::create(&log_path).expect("log file")))
+        .stderr(Stdio::from(std::fs::File::create(dir.path().join("stderr.log")).expect("log file")))
+        .spawn()
+        .expect("gradscope starts");
+    let url = format!("http://127.0.0.1:{port}");
+    let start = Instant::now();
+    while reqwest::get(format!("{url}/readyz")).await.map(|r| r.status().is_success()).ok() != Some(true) {
+        assert!(start.elapsed() < Duration::from_secs(30), "the server never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let id = "0190a000-0000-7000-8000-000000000000";
-    app.get(&format!("/api/v1/jobs/{id}/stream?every=5&token=s3cret-in-a-url")).await;
-    app.get("/api/v1/jobs?token=s3cret-in-a-url&limit=3").await;
-    app.stop().await;
+    reqwest::get(format!("{url}/api/v1/jobs/{id}/stream?every=5&token=s3cret-in-a-url")).await.expect("request");
+    reqwest::get(format!("{url}/api/v1/jobs?token=s3cret-in-a-url&limit=3")).await.expect("request");
+    let _ = child.kill();
+    let _ = child.wait();
 
-    let log = String::from_utf8(captured.0.lock().expect("log buffer").clone()).expect("utf-8");
+    let log = std::fs::read_to_string(&log_path).expect("log")
+        + &std::fs::read_to_string(dir.path().join("stderr.log")).expect("log");
     assert!(log.contains(&format!("/api/v1/jobs/{id}/stream?every=5&token=REDACTED")), "{log}");
     assert!(log.contains("/api/v1/jobs?token=REDACTED&limit=3"), "{log}");
     assert!(!log.contains("s3cret"), "the token reached the log:\n{log}");
