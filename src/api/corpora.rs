@@ -68,16 +68,23 @@ pub async fn create(State(state): State<AppState>, req: Request) -> Result<(Stat
             ApiError::BadRequest { code: "invalid_body", message: rejection.body_text(), field: None }
         }
     })?;
-    let text = std::str::from_utf8(&body)
-        .map_err(|err| ApiError::invalid("body", format!("the corpus must be UTF-8 text: {err}")))?;
-    let chars = text.chars().count();
-    if chars < MIN_CORPUS_CHARS {
-        return Err(ApiError::invalid("body", format!("at least {MIN_CORPUS_CHARS} characters, got {chars}")));
-    }
+    // Checking and counting tens of megabytes is CPU work: off the async workers.
+    let checked = body.clone();
+    let vocab = tokio::task::spawn_blocking(move || {
+        let text = std::str::from_utf8(&checked)
+            .map_err(|err| ApiError::invalid("body", format!("the corpus must be UTF-8 text: {err}")))?;
+        let chars = text.chars().count();
+        if chars < MIN_CORPUS_CHARS {
+            return Err(ApiError::invalid("body", format!("at least {MIN_CORPUS_CHARS} characters, got {chars}")));
+        }
+        Ok(vocab_size(text))
+    })
+    .await
+    .map_err(anyhow::Error::from)??;
     let corpus = Corpus {
         id: Uuid::now_v7().to_string(),
         bytes: body.len() as i64,
-        vocab_size: vocab_size(text) as i64,
+        vocab_size: vocab as i64,
         created_at: Utc::now(),
     };
     // The row first, so the quota holds however many uploads race; the file after it (the
