@@ -62,6 +62,8 @@ impl Application {
             max_queued: config.max_queued,
             max_params: config.max_params,
             max_activation_bytes: config.max_activation_bytes,
+            max_job_memory: config.max_job_memory,
+            max_job_disk: config.max_job_disk,
         };
         let state = AppState { store: store.clone(), scheduler: scheduler.clone(), ws, metrics, limits };
         let router = api::router(state, &config);

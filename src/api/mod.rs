@@ -61,6 +61,10 @@ pub struct Limits {
     pub max_queued: i64,
     pub max_params: u64,
     pub max_activation_bytes: u64,
+    /// Estimated peak memory of one job, in bytes.
+    pub max_job_memory: u64,
+    /// Estimated storage of one job, in bytes.
+    pub max_job_disk: u64,
 }
 
 /// The whole application router: API, probes, and the dashboard's static files at `/`.

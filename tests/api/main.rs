@@ -2,6 +2,7 @@
 //! over real HTTP, training real (tiny) LibTorch models on the CPU.
 
 mod auth;
+mod budget;
 mod cli;
 mod crash;
 mod deploy;
