@@ -115,14 +115,15 @@ fn check_budget(spec: &JobSpec, corpus: CorpusSize, limits: &Limits) -> Result<(
     let stored = estimate.disk.records(spec.monitor.every);
     if stored > limits.max_job_disk {
         let (field, remedy) = match estimate.disk.smallest_every(limits.max_job_disk) {
-            Some(every) => ("monitor.every", format!("record statistics less often: monitor.every {every} or more fits")),
-            None => ("steps", "even without per-layer statistics the step records do not fit: use fewer steps".to_owned()),
+            Some(every) => {
+                ("monitor.every", format!("record statistics less often: monitor.every {every} or more fits"))
+            }
+            None => {
+                ("steps", "even without per-layer statistics the step records do not fit: use fewer steps".to_owned())
+            }
         };
-        let histogram = if field == "monitor.every" && spec.monitor.histogram {
-            ", or turn monitor.histogram off"
-        } else {
-            ""
-        };
+        let histogram =
+            if field == "monitor.every" && spec.monitor.histogram { ", or turn monitor.histogram off" } else { "" };
         return Err(ApiError::invalid(
             field,
             format!(

@@ -6,8 +6,8 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::Store;
-use super::steps::NUMBER_BYTES;
 use super::jobs::finite;
+use super::steps::NUMBER_BYTES;
 use crate::train::Event;
 
 /// A diagnosis or a policy action, at a step.

@@ -6,8 +6,8 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::Store;
-use super::steps::NUMBER_BYTES;
 use super::downsample::keep_extremes;
+use super::steps::NUMBER_BYTES;
 use crate::train::stats::{HIST_BINS, STAT_NAMES};
 use crate::train::{LayerInfo, StepReport};
 

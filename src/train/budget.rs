@@ -87,7 +87,7 @@ impl Memory {
         let parts = [
             (self.model, "model.hidden", "use fewer or narrower layers"),
             (self.monitor, "monitor.every", "record statistics less often or turn off monitor.histogram"),
-            (self.task, task_field(&spec.task), "use a smaller task"),
+            (self.task, task_field(&spec.task).0, task_field(&spec.task).1),
             (self.policy, "policy.grad", "use a shorter autoclip history"),
             (self.train_step, "batch_size", "use a smaller batch, shorter sequences or a smaller model"),
             (
@@ -98,24 +98,22 @@ impl Memory {
             ),
             (self.scratch, "model.hidden", "use fewer or narrower layers"),
         ];
-        let (_, field, advice) =
-            parts.into_iter().fold((f64::MIN, "model", ""), |best, (v, f, a)| if v > best.0 { (v, f, a) } else { best });
+        let (_, field, advice) = parts
+            .into_iter()
+            .fold((f64::MIN, "model", ""), |best, (v, f, a)| if v > best.0 { (v, f, a) } else { best });
         (field, advice)
     }
 }
 
-/// The field that sizes a task's own data.
-fn task_field(task: &TaskSpec) -> &'static str {
+/// The field that sizes a task's own data, and how to shrink it.
+fn task_field(task: &TaskSpec) -> (&'static str, &'static str) {
     match task {
-        TaskSpec::CharLm { .. } => "task.corpus",
-        TaskSpec::Classification { features, classes, clusters, .. } => {
-            if *features >= classes * clusters {
-                "task.features"
-            } else {
-                "task.classes"
-            }
+        TaskSpec::CharLm { .. } => ("task.corpus", "use a smaller corpus"),
+        // Features multiply everything the task holds: centres, validation set, batches.
+        TaskSpec::Classification { .. } => {
+            ("task.features", "the cluster centres are classes × clusters × features floats: use fewer of them")
         }
-        TaskSpec::Adding { .. } | TaskSpec::Copy { .. } => "task.seq_len",
+        TaskSpec::Adding { .. } | TaskSpec::Copy { .. } => ("task.seq_len", "use shorter sequences"),
     }
 }
 
@@ -293,7 +291,11 @@ fn validation_shape(task: &TaskSpec, corpus: CorpusSize) -> (f64, f64) {
             ((((held_out - 1) / len).min(VALID_SAMPLES as u64)) as f64, len as f64)
         }
         TaskSpec::Adding { seq_len, eval_every } | TaskSpec::Copy { seq_len, eval_every, .. } => {
-            if *eval_every == 0 { (0.0, 0.0) } else { (valid, *seq_len as f64) }
+            if *eval_every == 0 {
+                (0.0, 0.0)
+            } else {
+                (valid, *seq_len as f64)
+            }
         }
         TaskSpec::Classification { eval_every, .. } => {
             if *eval_every == 0 {
@@ -366,8 +368,7 @@ pub fn estimate(spec: &JobSpec, corpus: CorpusSize) -> Estimate {
     let histogram = recorded && spec.monitor.histogram;
     let report_numbers = tensors as f64 * (STAT_NAMES.len() as f64 + flag(spec.monitor.histogram) * HIST_BINS as f64);
     // The weight snapshot, the histogram's per-element layer ids, the feed.
-    let monitor =
-        flag(recorded) * p * F32 + flag(histogram) * p * I32 + FEED_REPORTS * report_numbers * REPORT_NUMBER;
+    let monitor = flag(recorded) * p * F32 + flag(histogram) * p * I32 + FEED_REPORTS * report_numbers * REPORT_NUMBER;
     let task = task_bytes(&spec.task, corpus, valid);
     let (policy, policy_scratch) = policy_bytes(spec, p);
     // Temporaries of the update: Adam's L2 term, SGD's decayed gradient, Nesterov's
@@ -438,14 +439,18 @@ mod tests {
             (r#"{"kind":"lstm","layers":2,"hidden":12}"#, r#"{"kind":"copy","seq_len":24}"#),
             (r#"{"kind":"mlp","layers":3,"hidden":12,"norm":"rms"}"#, r#"{"kind":"classification","features":7}"#),
             (r#"{"kind":"mlp","layers":2,"hidden":12,"norm":"batch"}"#, r#"{"kind":"classification"}"#),
-            (r#"{"kind":"transformer","layers":2,"hidden":12,"heads":3,"norm":"layer"}"#, r#"{"kind":"char_lm","seq_len":16}"#),
+            (
+                r#"{"kind":"transformer","layers":2,"hidden":12,"heads":3,"norm":"layer"}"#,
+                r#"{"kind":"char_lm","seq_len":16}"#,
+            ),
             (
                 r#"{"kind":"transformer","layers":2,"hidden":12,"heads":3,"norm":"rms","norm_position":"post"}"#,
                 r#"{"kind":"adding","seq_len":16}"#,
             ),
         ];
         for (model_json, task_json) in specs {
-            let s = spec(serde_json::json!({"task": serde_json::from_str::<serde_json::Value>(task_json).expect("task"),
+            let s =
+                spec(serde_json::json!({"task": serde_json::from_str::<serde_json::Value>(task_json).expect("task"),
                 "model": serde_json::from_str::<serde_json::Value>(model_json).expect("model")}));
             let (input, tokens, output, seq) = task_shape(&s.task, 7);
             let io = Io {

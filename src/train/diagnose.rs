@@ -111,7 +111,8 @@ impl Diagnoser {
     /// Emits unless the same (kind, layer) was emitted within the cool-down.
     fn emit(&mut self, events: &mut Vec<Event>, event: Event) {
         let key = (event.kind, event.layer);
-        let cooling = self.last_emitted.get(&key).is_some_and(|&at| event.step < at.saturating_add(self.config.cooldown));
+        let cooling =
+            self.last_emitted.get(&key).is_some_and(|&at| event.step < at.saturating_add(self.config.cooldown));
         if !cooling {
             self.last_emitted.insert(key, event.step);
             events.push(event);
@@ -212,7 +213,13 @@ impl Diagnoser {
                     events,
                     Event { step, kind: "vanishing", layer: Some(layer), value: Some(norm), message: message.clone() },
                 );
-                self.set_active("vanishing", Some(layer), step.saturating_add(1).saturating_sub(window), &message, true);
+                self.set_active(
+                    "vanishing",
+                    Some(layer),
+                    step.saturating_add(1).saturating_sub(window),
+                    &message,
+                    true,
+                );
             } else if !vanishing {
                 self.set_active("vanishing", Some(layer), step, "", false);
             }

@@ -93,8 +93,10 @@ async fn memory_estimates_hold_within_2x_of_measured_peaks() {
             "lstm char_lm, validation",
             with(json!({"batch_size": 4, "task": {"kind": "char_lm", "corpus": corpus_id, "seq_len": 128},
                 "model": {"kind": "lstm", "layers": 2, "hidden": 512}})),
-            with(json!({"batch_size": 4, "task": {"kind": "char_lm", "corpus": corpus_id, "seq_len": 128, "eval_every": 0},
-                "model": {"kind": "lstm", "layers": 2, "hidden": 8}})),
+            with(
+                json!({"batch_size": 4, "task": {"kind": "char_lm", "corpus": corpus_id, "seq_len": 128, "eval_every": 0},
+                "model": {"kind": "lstm", "layers": 2, "hidden": 8}}),
+            ),
             uploaded,
         ),
         (
