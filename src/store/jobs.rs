@@ -85,7 +85,7 @@ pub struct Job {
     pub resumed_from: Option<i64>,
     /// Bytes of the records the job has stored: its steps, per-layer statistics and
     /// events, counting text and blobs at their length and every number as 8 bytes. The
-    /// database file grows by more (pages, indexes): about 1.5 times this.
+    /// database file grows by more (pages, indexes): 1.3 to 2 times this.
     pub stored_bytes: i64,
 }
 

@@ -5,8 +5,8 @@
 //! Each term follows the code that allocates it (`run.rs`, `stats.rs`, `optim.rs`,
 //! `policy.rs`, `task.rs`, `data.rs`); activations follow what LibTorch saves for
 //! backward, with per-kind constants checked against the measured peak memory of real
-//! runs (`tests/api/budget.rs` holds every kind within 2× of its estimate). Estimates
-//! are deliberately a little generous, never exact.
+//! runs (`tests/api/budget.rs` holds MLP, LSTM and transformer jobs within 2× of their
+//! estimates). Estimates are deliberately a little generous, never exact.
 
 use super::spec::{GradPolicy, JobSpec, ModelKind, Norm, OptimizerKind, TaskSpec};
 use super::stats::{HIST_BINS, STAT_NAMES};
