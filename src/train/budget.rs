@@ -86,7 +86,11 @@ impl Memory {
     pub fn driver(&self, spec: &JobSpec) -> (&'static str, &'static str) {
         let parts = [
             (self.model, "model.hidden", "use fewer or narrower layers"),
-            (self.monitor, "monitor.every", "record statistics less often or turn off monitor.histogram"),
+            (
+                self.monitor,
+                "monitor.every",
+                "turn monitor.histogram off, or per-layer statistics off with monitor.every 0",
+            ),
             (self.task, task_field(&spec.task).0, task_field(&spec.task).1),
             (self.policy, "policy.grad", "use a shorter autoclip history"),
             (self.train_step, "batch_size", "use a smaller batch, shorter sequences or a smaller model"),
@@ -252,7 +256,7 @@ fn activations_per_token(spec: &JobSpec, input: u64, tokens: bool, output: u64) 
             // native GRU and RNN keep their per-step outputs and gates as autograd nodes
             // and precompute the input projection of the whole sequence.
             let ((fixed, per_layer), (first, further)) = match m.kind {
-                ModelKind::Lstm => ((9.5, 7.5), (2.5, 0.7)),
+                ModelKind::Lstm => ((9.5, 7.5), (3.0, 0.7)),
                 ModelKind::Gru => ((4.5, 8.0), (6.0, 0.7)),
                 _ => ((1.0, 3.5), (3.2, 0.7)),
             };
@@ -314,7 +318,7 @@ fn task_bytes(task: &TaskSpec, corpus: CorpusSize, valid: (f64, f64)) -> f64 {
     match task {
         // The text itself, its ids split into training and held-out parts, and while they
         // are made the ids once more.
-        TaskSpec::CharLm { .. } => corpus.chars as f64 * (1.0 + 3.0 * I64) + samples * len * 2.0 * I64,
+        TaskSpec::CharLm { .. } => corpus.chars as f64 * (1.0 + 2.0 * I64) + samples * len * 2.0 * I64,
         TaskSpec::Adding { .. } => samples * (len * 2.0 + 1.0) * F32,
         TaskSpec::Copy { length, .. } => samples * (len + *length as f64) * I64,
         TaskSpec::Classification { features, classes, clusters, .. } => {
