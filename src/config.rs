@@ -13,6 +13,14 @@ pub const DEFAULT_CORPUS_LIMIT: usize = 32 * 1024 * 1024;
 pub const DEFAULT_MAX_CORPORA: i64 = 100;
 /// Default bytes all uploaded corpora may take together.
 pub const DEFAULT_CORPUS_QUOTA: i64 = 1 << 30;
+/// Default memory budget of one job: half of a 16 GiB machine, leaving the rest to the
+/// service, the operating system and a second job; GPU jobs of this size fit any card
+/// with 16 GiB. Raise it on larger machines.
+pub const DEFAULT_MAX_JOB_MEMORY: u64 = 8 << 30;
+/// Default storage budget of one job: a 100 000-step job of a 100-layer model with every
+/// statistic and histogram recorded at every 10th step stores about 0.25 GiB; ten jobs
+/// at the limit fill a 20 GiB disk, which an operator notices before it is full.
+pub const DEFAULT_MAX_JOB_DISK: u64 = 2 << 30;
 
 #[derive(Debug, Parser)]
 #[command(name = "gradscope", version, about = "Training monitor: per-layer gradient statistics for LibTorch jobs")]
@@ -106,6 +114,16 @@ pub struct ServeConfig {
     /// while the extremes are found, 4 bytes each).
     #[arg(long, env = "GRADSCOPE_MAX_SCAN_VALUES", default_value_t = crate::api::stats::MAX_SCANNED_VALUES)]
     pub max_scan_values: u64,
+    /// Largest estimated peak memory of one job, in bytes: weights, gradients, optimizer
+    /// state, monitoring buffers, the task's data and the larger of a training step's and
+    /// a validation pass's activations.
+    #[arg(long, env = "GRADSCOPE_MAX_JOB_MEMORY", default_value_t = DEFAULT_MAX_JOB_MEMORY)]
+    pub max_job_memory: u64,
+    /// Largest estimated storage of one job, in bytes: its per-step records, per-layer
+    /// statistics and histograms, and events (checkpoints follow from the model's size,
+    /// which `--max-params` bounds).
+    #[arg(long, env = "GRADSCOPE_MAX_JOB_DISK", default_value_t = DEFAULT_MAX_JOB_DISK)]
+    pub max_job_disk: u64,
     /// Recent steps a client joining a running job's stream receives first.
     #[arg(long, env = "GRADSCOPE_STREAM_BACKLOG", default_value_t = crate::jobs::live::DEFAULT_RING)]
     pub stream_backlog: usize,

@@ -19,6 +19,7 @@ use crate::config::DatabaseArgs;
 use crate::jobs::Scheduler;
 use crate::jobs::live::LiveMessage;
 use crate::store::{JobStatus, Store};
+use crate::train::budget::{self, CorpusSize};
 use crate::train::data::builtin_corpus;
 use crate::train::{JobSpec, LayerStats, StepReport};
 
@@ -57,12 +58,16 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     }
     let store = Store::connect(&args.database.database_url).await?;
     store.migrate().await?;
-    if let Some(corpus) = spec.task.corpus()
-        && builtin_corpus(corpus).is_none()
-        && store.corpus(corpus).await?.is_none()
-    {
-        anyhow::bail!("task.corpus: no corpus {corpus:?} in {}", args.database.database_url);
-    }
+    let corpus = match spec.task.corpus() {
+        None => CorpusSize::default(),
+        Some(corpus) => match builtin_corpus(corpus) {
+            Some(text) => CorpusSize::of_text(text),
+            None => match store.corpus(corpus).await? {
+                Some(c) => CorpusSize { vocab: c.vocab_size as u64, chars: c.bytes as u64 },
+                None => anyhow::bail!("task.corpus: no corpus {corpus:?} in {}", args.database.database_url),
+            },
+        },
+    };
     let job = store.insert_job(&spec).await?;
     eprintln!("job {} ({}) → {}", job.id, job.name, args.database.database_url);
 
@@ -99,8 +104,26 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         finished.loss.map_or_else(|| "-".to_owned(), |l| format!("{l:.4}")),
         finished.error.as_deref().map(|e| format!("; {e}")).unwrap_or_default(),
     );
+    if let Some(peak) = peak_resident() {
+        // The same estimate a server checks at submission, beside what this process used
+        // (the service itself and LibTorch's libraries included).
+        let estimate = budget::estimate(&spec, corpus).memory.total();
+        println!("memory: peak resident {:.1} MiB; the job's estimate {:.1} MiB", mib(peak), mib(estimate));
+    }
     store.close().await;
     Ok(if finished.status == JobStatus::Succeeded { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / f64::from(1 << 20)
+}
+
+/// This process's peak resident memory so far, in bytes (Linux `VmHWM`).
+fn peak_resident() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?;
+    let kib: u64 = line.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib * 1024)
 }
 
 fn progress_bar(steps: u64, quiet: bool) -> ProgressBar {

@@ -68,6 +68,8 @@ impl Application {
             max_activation_bytes: config.max_activation_bytes,
             max_answer_values: config.max_answer_values,
             max_scan_values: config.max_scan_values,
+            max_job_memory: config.max_job_memory,
+            max_job_disk: config.max_job_disk,
         };
         let heavy_reads = Arc::new(tokio::sync::Semaphore::new(api::HEAVY_READS));
         let corpora = CorpusLimits { max_count: config.max_corpora, quota_bytes: config.corpus_quota };

@@ -17,7 +17,8 @@ use crate::jobs::CancelOutcome;
 use crate::store::downsample::MIN_POINTS;
 use crate::store::{DEFAULT_MAX_POINTS, Job, JobStatus, MAX_MAX_POINTS, StepColumns};
 use crate::train::JobSpec;
-use crate::train::data::{builtin_corpus, vocab_size};
+use crate::train::budget::CorpusSize;
+use crate::train::data::builtin_corpus;
 use crate::train::{budget, checkpoint};
 
 pub const DEFAULT_LIST_LIMIT: i64 = 50;
@@ -48,12 +49,13 @@ pub async fn create(
     ApiJson(spec): ApiJson<JobSpec>,
 ) -> Result<(StatusCode, [(header::HeaderName, String); 1], Json<Job>), ApiError> {
     spec.validate()?;
-    let vocab = match spec.task.corpus() {
-        None => 0,
+    let corpus = match spec.task.corpus() {
+        None => CorpusSize::default(),
         Some(corpus) => match builtin_corpus(corpus) {
-            Some(text) => vocab_size(text) as u64,
+            Some(text) => CorpusSize::of_text(text),
             None => match state.store.corpus(corpus).await? {
-                Some(uploaded) => uploaded.vocab_size as u64,
+                // Characters are at most bytes.
+                Some(uploaded) => CorpusSize { vocab: uploaded.vocab_size as u64, chars: uploaded.bytes as u64 },
                 None => {
                     return Err(ApiError::invalid(
                         "task.corpus",
@@ -63,7 +65,7 @@ pub async fn create(
             },
         },
     };
-    check_budget(&spec, vocab, &state.limits)?;
+    check_budget(&spec, corpus, &state.limits)?;
     let Some(job) = state.store.insert_job_within(&spec, state.limits.max_queued).await? else {
         return Err(queue_full(state.limits.max_queued));
     };
@@ -79,9 +81,10 @@ fn queue_full(max_queued: i64) -> ApiError {
     ))
 }
 
-/// Refuses a spec whose model or step would not fit the configured limits.
-fn check_budget(spec: &JobSpec, vocab: u64, limits: &Limits) -> Result<(), ApiError> {
-    let estimate = budget::estimate(spec, vocab);
+/// Refuses a spec whose model, step, peak memory or storage would not fit the configured
+/// limits, naming the field that drives the cost most.
+fn check_budget(spec: &JobSpec, corpus: CorpusSize, limits: &Limits) -> Result<(), ApiError> {
+    let estimate = budget::estimate(spec, corpus);
     if estimate.params > limits.max_params {
         return Err(ApiError::invalid(
             "model",
@@ -98,6 +101,39 @@ fn check_budget(spec: &JobSpec, vocab: u64, limits: &Limits) -> Result<(), ApiEr
                 "one step needs about {} MiB of activations, above this service's limit of {} MiB: use a smaller batch, shorter sequences or a smaller model",
                 estimate.activation_bytes >> 20,
                 limits.max_activation_bytes >> 20
+            ),
+        ));
+    }
+    let memory = estimate.memory.total();
+    if memory > limits.max_job_memory {
+        let (field, advice) = estimate.memory.driver(spec);
+        return Err(ApiError::invalid(
+            field,
+            format!(
+                "the job would need about {} MiB of memory, above this service's limit of {} MiB; {field} costs the most: {advice}",
+                memory >> 20,
+                limits.max_job_memory >> 20
+            ),
+        ));
+    }
+    let stored = estimate.disk.records(spec.monitor.every);
+    if stored > limits.max_job_disk {
+        let (field, remedy) = match estimate.disk.smallest_every(limits.max_job_disk) {
+            Some(every) => {
+                ("monitor.every", format!("record statistics less often: monitor.every {every} or more fits"))
+            }
+            None => {
+                ("steps", "even without per-layer statistics the step records do not fit: use fewer steps".to_owned())
+            }
+        };
+        let histogram =
+            if field == "monitor.every" && spec.monitor.histogram { ", or turn monitor.histogram off" } else { "" };
+        return Err(ApiError::invalid(
+            field,
+            format!(
+                "the job would store about {} MiB of records, above this service's limit of {} MiB: {remedy}{histogram}",
+                stored >> 20,
+                limits.max_job_disk >> 20
             ),
         ));
     }

@@ -77,6 +77,10 @@ pub struct Limits {
     pub max_answer_values: u64,
     /// Most values one `/layer-stats` query may read before thinning.
     pub max_scan_values: u64,
+    /// Estimated peak memory of one job, in bytes.
+    pub max_job_memory: u64,
+    /// Estimated storage of one job, in bytes.
+    pub max_job_disk: u64,
 }
 
 /// The whole application router: API, probes, and the dashboard's static files at `/`.

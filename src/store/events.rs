@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use super::Store;
 use super::jobs::finite;
+use super::steps::NUMBER_BYTES;
 use crate::train::Event;
 
 /// A diagnosis or a policy action, at a step.
@@ -23,12 +24,16 @@ pub struct StoredEvent {
 }
 
 impl Store {
+    /// Appends `events` within `tx`; returns the bytes written, as `stored_bytes` counts them.
     pub(super) async fn insert_events(
         tx: &mut sqlx::SqliteConnection,
         job_id: &str,
         events: &[Event],
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<usize> {
+        let mut written = 0;
         for event in events {
+            // seq, step, layer and value are numbers.
+            written += job_id.len() + 4 * NUMBER_BYTES + event.kind.len() + event.message.len();
             sqlx::query(
                 "INSERT INTO events (job_id, seq, step, kind, layer, value, message)
                  VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE job_id = ?), ?, ?, ?, ?, ?)",
@@ -43,7 +48,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        Ok(())
+        Ok(written)
     }
 
     /// Events of job `id` in order, optionally of one kind, at most `limit`.

@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use super::Store;
 use super::downsample::keep_extremes;
+use super::steps::NUMBER_BYTES;
 use crate::train::stats::{HIST_BINS, STAT_NAMES};
 use crate::train::{LayerInfo, StepReport};
 
@@ -76,18 +77,21 @@ fn blob_hist(blob: &[u8], layer: usize) -> Option<Vec<u32>> {
 }
 
 impl Store {
-    /// Adds the per-layer rows of the reports that carry statistics, within `tx`.
+    /// Adds the per-layer rows of the reports that carry statistics, within `tx`; returns
+    /// the bytes written, as `stored_bytes` counts them.
     pub(super) async fn insert_layer_stats(
         tx: &mut sqlx::SqliteConnection,
         job_id: &str,
         steps: &[StepReport],
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<usize> {
+        let mut written = 0;
         for report in steps {
             let Some(layers) = &report.layers else { continue };
             let hist: Option<Vec<u8>> = layers
                 .hist
                 .as_ref()
                 .map(|h| h.iter().flat_map(|&c| u32::try_from(c).unwrap_or(u32::MAX).to_le_bytes()).collect());
+            written += job_id.len() + NUMBER_BYTES + hist.as_ref().map_or(0, Vec::len);
             let mut query = sqlx::query(
                 "INSERT INTO layer_stats (job_id, step, grad_norm, grad_max, grad_mean, grad_std, zero_frac,
                      nonfinite, weight_norm, update_ratio, hist) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -95,11 +99,13 @@ impl Store {
             .bind(job_id)
             .bind(i64::try_from(report.step)?);
             for stat in STAT_NAMES {
-                query = query.bind(f32_blob(layers.by_name(stat).unwrap_or_default()));
+                let blob = f32_blob(layers.by_name(stat).unwrap_or_default());
+                written += blob.len();
+                query = query.bind(blob);
             }
             query.bind(hist).execute(&mut *tx).await?;
         }
-        Ok(())
+        Ok(written)
     }
 
     /// Statistics `stats` (names from `STAT_NAMES`, or `hist`) of `layers` of job `id`

@@ -51,6 +51,22 @@ pub struct EvalColumns {
     pub value: Vec<Option<f64>>,
 }
 
+/// `stored_bytes` counts every stored number (integer, float or flag) as this many bytes,
+/// text and blobs at their length.
+pub(super) const NUMBER_BYTES: usize = 8;
+/// Numbers in a `steps` row: step, loss, the two norms, clip coefficient, rate, skipped.
+const STEP_NUMBERS: usize = 7;
+
+/// A job's `stored_bytes` recounted from its rows (binds the job id three times), for
+/// when rows are removed.
+pub(super) const STORED_BYTES_SQL: &str = "
+    (SELECT COALESCE(SUM(length(job_id) + 56), 0) FROM steps WHERE job_id = ?)
+    + (SELECT COALESCE(SUM(length(job_id) + 8 + length(grad_norm) + length(grad_max) + length(grad_mean)
+        + length(grad_std) + length(zero_frac) + length(nonfinite) + length(weight_norm) + length(update_ratio)
+        + COALESCE(length(hist), 0)), 0) FROM layer_stats WHERE job_id = ?)
+    + (SELECT COALESCE(SUM(length(job_id) + 32 + length(CAST(kind AS BLOB)) + length(CAST(message AS BLOB))), 0)
+        FROM events WHERE job_id = ?)";
+
 /// Points a step query answers with when it does not say.
 pub const DEFAULT_MAX_POINTS: usize = 5_000;
 /// The most points a step query may ask for.
@@ -60,11 +76,13 @@ pub const MAX_MAX_POINTS: usize = 100_000;
 const EXTREMES_PER_BUCKET: usize = 5;
 
 impl Store {
-    /// Appends what a job reported since the last call, and moves the job's progress to
-    /// the last step, in one transaction.
+    /// Appends what a job reported since the last call, moves the job's progress to the
+    /// last step, and adds the bytes written to the job's `stored_bytes`, in one
+    /// transaction.
     pub async fn record_progress(&self, id: Uuid, progress: &Progress<'_>) -> anyhow::Result<()> {
         let job_id = id.to_string();
         let mut tx = self.pool.begin().await?;
+        let mut written = 0;
         for s in progress.steps {
             sqlx::query(
                 "INSERT INTO steps (job_id, step, loss, grad_norm, grad_norm_clipped, clip_coef, lr, skipped)
@@ -80,9 +98,17 @@ impl Store {
             .bind(s.skipped)
             .execute(&mut *tx)
             .await?;
+            written += job_id.len() + STEP_NUMBERS * NUMBER_BYTES;
         }
-        Self::insert_layer_stats(&mut tx, &job_id, progress.steps).await?;
-        Self::insert_events(&mut tx, &job_id, progress.events).await?;
+        written += Self::insert_layer_stats(&mut tx, &job_id, progress.steps).await?;
+        written += Self::insert_events(&mut tx, &job_id, progress.events).await?;
+        if written > 0 {
+            sqlx::query("UPDATE jobs SET stored_bytes = stored_bytes + ? WHERE id = ?")
+                .bind(i64::try_from(written)?)
+                .bind(&job_id)
+                .execute(&mut *tx)
+                .await?;
+        }
         if let Some(last) = progress.steps.last() {
             let last_loss = progress.steps.iter().rev().find_map(|s| finite(s.loss));
             sqlx::query("UPDATE jobs SET step = ?, loss = COALESCE(?, loss) WHERE id = ?")

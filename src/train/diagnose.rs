@@ -3,6 +3,7 @@
 //!
 //! Events are de-duplicated: a condition is reported when it starts, not on every step it
 //! lasts, and the same kind for the same layer is not reported again within a cool-down.
+//! Step arithmetic saturates: a cool-down as long as `u64::MAX` means "never again".
 
 use std::collections::{HashMap, VecDeque};
 
@@ -110,7 +111,8 @@ impl Diagnoser {
     /// Emits unless the same (kind, layer) was emitted within the cool-down.
     fn emit(&mut self, events: &mut Vec<Event>, event: Event) {
         let key = (event.kind, event.layer);
-        let cooling = self.last_emitted.get(&key).is_some_and(|&at| event.step < at + self.config.cooldown);
+        let cooling =
+            self.last_emitted.get(&key).is_some_and(|&at| event.step < at.saturating_add(self.config.cooldown));
         if !cooling {
             self.last_emitted.insert(key, event.step);
             events.push(event);
@@ -183,7 +185,7 @@ impl Diagnoser {
             } else if self
                 .active
                 .get(&("exploding", None))
-                .is_some_and(|i| report.step > i.since + self.config.cooldown)
+                .is_some_and(|i| report.step > i.since.saturating_add(self.config.cooldown))
             {
                 self.set_active("exploding", None, report.step, "", false);
             }
@@ -200,7 +202,7 @@ impl Diagnoser {
         for layer in 0..grad_norm.len().min(self.vanishing_streak.len()) {
             let norm = grad_norm[layer];
             let vanishing = largest > 0.0 && norm.is_finite() && norm < self.config.vanish_ratio * largest;
-            self.vanishing_streak[layer] = if vanishing { self.vanishing_streak[layer] + 1 } else { 0 };
+            self.vanishing_streak[layer] = if vanishing { self.vanishing_streak[layer].saturating_add(1) } else { 0 };
             if self.vanishing_streak[layer] == window {
                 let message = format!(
                     "{}: gradient norm {norm:.2e} is {:.1} orders of magnitude below the largest layer's ({largest:.2e}) for {window} recorded steps",
@@ -211,13 +213,19 @@ impl Diagnoser {
                     events,
                     Event { step, kind: "vanishing", layer: Some(layer), value: Some(norm), message: message.clone() },
                 );
-                self.set_active("vanishing", Some(layer), step + 1 - window, &message, true);
+                self.set_active(
+                    "vanishing",
+                    Some(layer),
+                    step.saturating_add(1).saturating_sub(window),
+                    &message,
+                    true,
+                );
             } else if !vanishing {
                 self.set_active("vanishing", Some(layer), step, "", false);
             }
 
             let dead = zero_frac[layer] >= self.config.dead_frac;
-            self.dead_streak[layer] = if dead { self.dead_streak[layer] + 1 } else { 0 };
+            self.dead_streak[layer] = if dead { self.dead_streak[layer].saturating_add(1) } else { 0 };
             if self.dead_streak[layer] == window {
                 let message = format!(
                     "{}: {:.1}% of gradient entries are exactly zero for {window} recorded steps (dead units)",
@@ -234,7 +242,7 @@ impl Diagnoser {
                         message: message.clone(),
                     },
                 );
-                self.set_active("dead", Some(layer), step + 1 - window, &message, true);
+                self.set_active("dead", Some(layer), step.saturating_add(1).saturating_sub(window), &message, true);
             } else if !dead {
                 self.set_active("dead", Some(layer), step, "", false);
             }
@@ -306,6 +314,24 @@ mod tests {
         assert_eq!(exploding.len(), 1, "{events:?}");
         assert_eq!(exploding[0].step, 30);
         assert_eq!(exploding[0].value, Some(100.0));
+    }
+
+    /// A cool-down too long to add to a step means "never again", not "no cool-down".
+    #[test]
+    fn an_endless_cooldown_reports_once() {
+        let config = MonitorSpec { cooldown: u64::MAX, ..MonitorSpec::default() };
+        let mut d = Diagnoser::new(&config, vec!["first".into(), "last".into()]);
+        let mut events = Vec::new();
+        for step in 1..=200 {
+            let norm = if step % 40 == 0 { 100.0 } else { 0.5 };
+            events.extend(d.observe(&report(step, norm, &[0.3, 0.4])));
+        }
+        let exploding: Vec<u64> = events.iter().filter(|e| e.kind == "exploding").map(|e| e.step).collect();
+        assert_eq!(exploding, [40], "{events:?}");
+        let mut bad = report(201, f64::NAN, &[0.3, 0.4]);
+        bad.loss = f64::NAN;
+        assert_eq!(d.observe(&bad).len(), 1);
+        assert!(d.observe(&report(202, f64::NAN, &[0.3, 0.4])).is_empty(), "the same kind is not repeated");
     }
 
     #[test]

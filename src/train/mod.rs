@@ -3,7 +3,7 @@
 //! this module (`tch::Tensor` is `Send` but not `Sync`).
 //!
 //! - [`spec`] — the job specification and its validation.
-//! - [`budget`] — parameter and activation-memory estimates of a spec.
+//! - [`budget`] — what a spec costs: parameters, peak memory, stored bytes.
 //! - [`checkpoint`] — weights and resumable optimizer state on disk.
 //! - [`data`] — corpora and batch sampling.
 //! - [`task`] — tasks: batches, losses, validation and metrics.

@@ -50,6 +50,9 @@ pub const DEFAULT_ZCLIP_Z: f64 = 2.5;
 pub const DEFAULT_SPIKE_Z: f64 = 6.0;
 pub const DEFAULT_Z_WARMUP: u64 = 25;
 pub const MAX_NAME_LEN: usize = 200;
+/// Most grad policies, and most weight policies, one spec may list: a few are all any
+/// experiment needs, and each stateful one holds memory for the whole run.
+pub const MAX_POLICIES: usize = 16;
 
 /// A training job as submitted. Everything but `task` and `model` has a default.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -488,9 +491,13 @@ pub enum OnNonfinite {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PolicySpec {
+    /// At most 16.
     #[serde(default)]
+    #[schema(max_items = 16)]
     pub grad: Vec<GradPolicy>,
+    /// At most 16.
     #[serde(default)]
+    #[schema(max_items = 16)]
     pub weight: Vec<WeightPolicy>,
     #[serde(default)]
     pub on_nonfinite: OnNonfinite,
@@ -503,6 +510,7 @@ pub struct MonitorSpec {
     /// Record per-layer statistics every this many steps (the first step always); 0 turns
     /// them off (loss and the global norms are still recorded every step).
     #[serde(default = "one_u64")]
+    #[schema(maximum = 10_000_000)]
     pub every: u64,
     /// Record per-layer gradient histograms with the statistics.
     #[serde(default = "yes")]
@@ -523,12 +531,15 @@ pub struct MonitorSpec {
     pub dead_frac: f64,
     /// Recorded steps a layer condition must last before it is reported.
     #[serde(default = "default_diagnose_window")]
+    #[schema(maximum = 10_000_000)]
     pub diagnose_window: u64,
     /// Steps between `clipped`/`skipped` summaries.
     #[serde(default = "default_summary_every")]
+    #[schema(maximum = 10_000_000)]
     pub summary_every: u64,
     /// Steps before the same kind of event for the same layer is reported again.
     #[serde(default = "default_cooldown")]
+    #[schema(maximum = 10_000_000)]
     pub cooldown: u64,
 }
 
@@ -610,8 +621,15 @@ impl JobSpec {
             "must be between 0 and 1",
         )?;
         check(m.dead_frac > 0.0 && m.dead_frac <= 1.0, "monitor.dead_frac", "must be above 0 and at most 1")?;
-        check(m.diagnose_window >= 1, "monitor.diagnose_window", "must be at least 1")?;
-        check(m.summary_every >= 1, "monitor.summary_every", "must be at least 1")
+        // Windows longer than any job are meaningless, and bounding them keeps step
+        // arithmetic far from overflow.
+        let steps_range = |field: &str, value: u64, min: u64| {
+            check((min..=MAX_STEPS).contains(&value), field, format!("must be {min} to {MAX_STEPS}"))
+        };
+        steps_range("monitor.diagnose_window", m.diagnose_window, 1)?;
+        steps_range("monitor.summary_every", m.summary_every, 1)?;
+        steps_range("monitor.cooldown", m.cooldown, 0)?;
+        steps_range("monitor.every", m.every, 0)
     }
 
     fn validate_task(&self) -> Result<(), FieldError> {
@@ -694,6 +712,9 @@ impl JobSpec {
     }
 
     fn validate_policy(&self) -> Result<(), FieldError> {
+        let most = format!("at most {MAX_POLICIES} policies");
+        check(self.policy.grad.len() <= MAX_POLICIES, "policy.grad", &most)?;
+        check(self.policy.weight.len() <= MAX_POLICIES, "policy.weight", most)?;
         for (i, policy) in self.policy.grad.iter().enumerate() {
             let at = |field: &str| format!("policy.grad[{i}].{field}");
             match policy {

@@ -3,6 +3,7 @@
 
 mod auth;
 mod bounds;
+mod budget;
 mod cli;
 mod corpora;
 mod crash;
