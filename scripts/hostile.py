@@ -2,7 +2,7 @@
 burst of the requests that once could crash or exhaust the service, all at once.
 
     python scripts/hostile.py --url http://127.0.0.1:PORT --pid SERVER_PID \
-        [--seed 1] [--rss-limit-mib 1536]
+        [--seed 1] [--rss-limit-mib 1024]
 
 It first cancels what the server has queued or running, then trains a small job to the
 end (its steps, statistics and checkpoint are read in the burst) and starts a long one
@@ -338,6 +338,6 @@ if __name__ == "__main__":
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--connections", type=int, default=20)
     parser.add_argument("--messages", type=int, default=40)
-    parser.add_argument("--rss-limit-mib", type=int, default=1536)
+    parser.add_argument("--rss-limit-mib", type=int, default=1024)
     args = parser.parse_args()
     sys.exit(main())
