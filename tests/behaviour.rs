@@ -1,8 +1,20 @@
-//! Each preset pair shows its remedy working, asserted on numbers. The runs are the
-//! presets themselves, shortened to what the effect needs, on the CPU.
+//! Each preset pair shows what its description claims, asserted on numbers against the
+//! task's trivial baseline: the failing run fails the way it says, and every remedy learns
+//! the task. The runs are the presets themselves, shortened to what the effect needs, on
+//! the CPU; every preset runs.
+
+use std::collections::HashMap;
 
 use gradscope::train::JobSpec;
+use gradscope::train::data::builtin_corpus;
 use gradscope::train::presets::{self, Summary};
+
+/// The adding problem's trivial baseline: answering the mean of the sum of two U(0, 1)
+/// values, 1, scores its variance, 2 × 1/12.
+const ADDING_BASELINE_MSE: f64 = 1.0 / 6.0;
+/// Classification's trivial baseline over 10 balanced classes: accuracy 1/10, and
+/// cross-entropy ln 10 for the uniform prediction.
+const CHANCE_ACCURACY: f64 = 0.1;
 
 fn preset(name: &str, steps: u64) -> JobSpec {
     tch::set_num_threads(1);
@@ -19,55 +31,108 @@ fn run(name: &str, steps: u64) -> Summary {
     summary
 }
 
+/// The char-LM baseline: the cross-entropy (nats) of predicting every character by its
+/// frequency in the corpus alone, computed here from the text.
+fn unigram_entropy(corpus: &str) -> f64 {
+    let text = builtin_corpus(corpus).expect("built-in corpus");
+    let mut counts: HashMap<char, f64> = HashMap::new();
+    for c in text.chars() {
+        *counts.entry(c).or_default() += 1.0;
+    }
+    let n: f64 = counts.values().sum();
+    -counts.values().map(|&k| k / n * (k / n).ln()).sum::<f64>()
+}
+
+fn valid(summary: &Summary) -> f64 {
+    summary.valid_loss.expect("validation ran after the last step")
+}
+
 #[test]
-fn clipping_keeps_the_exploding_rnn_alive() {
+fn clipping_keeps_the_exploding_rnn_alive_and_it_learns_the_sum() {
     let failing = run("exploding-rnn", 300);
-    let clipped = run("exploding-rnn-clipped", 300);
+    let clipped = run("exploding-rnn-clipped", 1000);
     assert!(failing.diverged && failing.steps < 300, "the unclipped RNN diverges: {failing:?}");
     assert!(!clipped.diverged);
     assert!(clipped.max_grad_norm > 5.0, "the clipped twin meets the same spikes");
     assert!(clipped.max_grad_norm_clipped <= 1.0 + 1e-5, "and never steps with a norm above max_norm");
-    assert!(clipped.final_loss.is_finite() && clipped.final_loss < clipped.first_loss * 0.5);
+    assert!(
+        valid(&clipped) < 0.5 * ADDING_BASELINE_MSE,
+        "it learns the sum: validation MSE {} against the baseline {ADDING_BASELINE_MSE}",
+        valid(&clipped)
+    );
 }
 
 #[test]
 fn normalisation_and_residuals_let_gradients_reach_the_first_layer() {
-    let plain = run("vanishing-mlp", 120);
-    let batch = run("vanishing-mlp-batchnorm", 120);
-    let residual = run("vanishing-mlp-residual", 120);
+    let plain = run("vanishing-mlp", 200);
+    let batch = run("vanishing-mlp-batchnorm", 200);
+    let residual = run("vanishing-mlp-residual", 200);
     assert!(plain.first_last_ratio < 1e-6, "vanishing: first/last gradient {:e}", plain.first_last_ratio);
-    for twin in [&batch, &residual] {
-        assert!(twin.first_last_ratio > 1e-2, "remedied: first/last gradient {:e}", twin.first_last_ratio);
-        assert!(twin.final_loss < plain.final_loss - 0.5, "and it learns: {} vs {}", twin.final_loss, plain.final_loss);
+    let plain_accuracy = plain.valid_metric.expect("accuracy");
+    assert!(plain_accuracy < 2.0 * CHANCE_ACCURACY, "the plain MLP stays near chance: {plain_accuracy}");
+    assert!(valid(&plain) > 0.9 * 10f64.ln(), "its loss stays near ln 10: {}", valid(&plain));
+    for (name, twin) in [("batchnorm", &batch), ("residual", &residual)] {
+        assert!(twin.first_last_ratio > 1e-2, "{name}: first/last gradient {:e}", twin.first_last_ratio);
+        let accuracy = twin.valid_metric.expect("accuracy");
+        assert!(accuracy > 5.0 * CHANCE_ACCURACY, "{name} learns: accuracy {accuracy}");
+        assert!(valid(twin) < 0.5 * 10f64.ln(), "{name}: validation loss {}", valid(twin));
     }
-    assert!(plain.valid_metric.expect("accuracy") < 0.2, "the plain MLP stays near chance (0.1)");
+}
+
+/// The norm of the named layer after the first and the last recorded step.
+fn layer_norms(summary: &Summary, name: &str) -> (f64, f64) {
+    let i = summary.layer_names.iter().position(|n| n == name).expect("layer");
+    (summary.start_layer_weight_norms[i], summary.final_layer_weight_norms[i])
 }
 
 #[test]
-fn weight_policies_stop_the_weights_growing() {
-    let free = run("growing-weights-rnn", 120);
+fn without_a_weight_policy_weights_grow_and_validation_rises_and_each_policy_holds_both() {
+    let steps = 1500;
+    let baseline = unigram_entropy("builtin:tiny");
+    let free = run("growing-weights-rnn", steps);
+    for matrix in ["rnn.weight_hh_l0", "rnn.weight_ih_l0"] {
+        let (start, end) = layer_norms(&free, matrix);
+        assert!(end > 2.0 * start, "{matrix} grows: {start} to {end}");
+    }
+    let best = free.valid_losses.iter().copied().fold(f64::INFINITY, f64::min);
+    assert!(valid(&free) > 1.3 * best, "validation climbs from its best {best} to {}", valid(&free));
+    assert!(valid(&free) > 1.5 * baseline, "to well above the unigram baseline {baseline}: {}", valid(&free));
+    let (_, free_recurrent) = layer_norms(&free, "rnn.weight_hh_l0");
     for twin in ["growing-weights-rnn-clip", "growing-weights-rnn-scale", "growing-weights-rnn-maxnorm"] {
-        let held = run(twin, 120);
-        assert!(
-            held.final_weight_norm < 0.8 * free.final_weight_norm,
-            "{twin}: weight norm {} vs {}",
-            held.final_weight_norm,
-            free.final_weight_norm
-        );
+        let held = run(twin, steps);
+        let (_, recurrent) = layer_norms(&held, "rnn.weight_hh_l0");
+        assert!(recurrent < 0.75 * free_recurrent, "{twin}: recurrent weight norm {recurrent} vs {free_recurrent}");
+        assert!(valid(&held) < 0.5 * valid(&free), "{twin}: validation {} vs {}", valid(&held), valid(&free));
+        let best = held.valid_losses.iter().copied().fold(f64::INFINITY, f64::min);
+        assert!(best < 0.9 * baseline, "{twin} learns: best validation {best} vs unigram {baseline}");
     }
 }
 
 #[test]
-fn pre_norm_keeps_the_gradient_flowing_where_post_norm_loses_it() {
-    let post = run("transformer-post-ln", 60);
-    let pre = run("transformer-pre-ln", 60);
+fn pre_norm_and_warm_up_keep_the_gradient_flowing_where_post_norm_loses_it() {
+    let steps = 300;
+    let baseline = unigram_entropy("builtin:tiny");
+    let post = run("transformer-post-ln", steps);
+    let pre = run("transformer-pre-ln", steps);
+    let warm = run("transformer-post-ln-warmup", steps);
     assert!(
         post.first_last_ratio < 1e-4 * pre.first_last_ratio,
         "post {:e} pre {:e}",
         post.first_last_ratio,
         pre.first_last_ratio
     );
-    assert!(pre.final_loss < post.final_loss, "pre {} post {}", pre.final_loss, post.final_loss);
+    assert!(valid(&post) > 0.97 * baseline, "post-LN stalls at the unigram entropy: {} vs {baseline}", valid(&post));
+    assert!(post.final_loss > 0.95 * baseline, "in training too: {} vs {baseline}", post.final_loss);
+    for (name, twin) in [("pre-LN", &pre), ("warm-up", &warm)] {
+        assert!(
+            twin.final_loss < 0.8 * baseline,
+            "{name} learns: training loss {} vs unigram {baseline}",
+            twin.final_loss
+        );
+        let best = twin.valid_losses.iter().copied().fold(f64::INFINITY, f64::min);
+        assert!(best < 0.9 * baseline, "{name}: best validation {best} vs unigram {baseline}");
+        assert!(valid(twin) < valid(&post), "{name}: {} vs post-LN {}", valid(twin), valid(&post));
+    }
 }
 
 #[test]
@@ -76,4 +141,27 @@ fn the_same_spec_and_seed_train_the_same_way() {
     let b = run("vanishing-mlp-batchnorm", 20);
     assert_eq!(a, b);
     assert!(a.valid_loss.is_some() && a.valid_metric.is_some(), "validation ran after the last step");
+}
+
+#[test]
+fn every_preset_is_exercised() {
+    let exercised = [
+        "exploding-rnn",
+        "exploding-rnn-clipped",
+        "vanishing-mlp",
+        "vanishing-mlp-batchnorm",
+        "vanishing-mlp-residual",
+        "growing-weights-rnn",
+        "growing-weights-rnn-clip",
+        "growing-weights-rnn-scale",
+        "growing-weights-rnn-maxnorm",
+        "transformer-post-ln",
+        "transformer-pre-ln",
+        "transformer-post-ln-warmup",
+    ];
+    let mut all: Vec<String> = presets::all().into_iter().map(|p| p.name).collect();
+    all.sort();
+    let mut named: Vec<String> = exercised.iter().map(|n| (*n).to_owned()).collect();
+    named.sort();
+    assert_eq!(all, named, "a new preset needs its behaviour test");
 }

@@ -132,8 +132,10 @@ pub fn all() -> Vec<Preset> {
         preset(
             "weight_growth",
             Role::Remedied,
-            "The same RNN with every weight clamped to ±0.3 after each step (weight clipping).",
-            growth("growing-weights-rnn-clip", json!([{"kind": "clip", "limit": 0.3}])),
+            "The same RNN with every weight clamped to ±0.1 after each step (weight clipping). \
+             A looser clamp (±0.3) leaves room for the recurrent matrix to grow as far as it does \
+             unclipped.",
+            growth("growing-weights-rnn-clip", json!([{"kind": "clip", "limit": 0.1}])),
         ),
         preset(
             "weight_growth",
@@ -188,6 +190,15 @@ pub struct Summary {
     pub first_last_ratio: f64,
     /// Global L2 norm of the trained weights (parameters only).
     pub final_weight_norm: f64,
+    /// Global L2 norm of the weights after the first step, from its per-layer
+    /// `weight_norm` statistics: where the weights started.
+    pub start_weight_norm: f64,
+    /// Every validation loss, in order.
+    pub valid_losses: Vec<f64>,
+    /// Each layer's name, and its weight norm after the first and the last recorded step.
+    pub layer_names: Vec<String>,
+    pub start_layer_weight_norms: Vec<f64>,
+    pub final_layer_weight_norms: Vec<f64>,
 }
 
 /// Trains `spec` here, on the calling thread, and summarises it.
@@ -201,7 +212,10 @@ pub fn run(spec: &JobSpec) -> anyhow::Result<Summary> {
     let mut ratios = Vec::new();
     let mut summary = Summary::default();
     let mut emit = |event: TrainEvent| match event {
-        TrainEvent::Started { layers: l, .. } => layers = l,
+        TrainEvent::Started { layers: l, .. } => {
+            summary.layer_names = l.iter().map(|layer| layer.name.clone()).collect();
+            layers = l;
+        }
         TrainEvent::Step(r) => {
             losses.push(r.loss);
             summary.max_grad_norm = summary.max_grad_norm.max(r.grad_norm);
@@ -211,8 +225,16 @@ pub fn run(spec: &JobSpec) -> anyhow::Result<Summary> {
             if let (Some(&first), Some(&last), Some(stats)) = (matrices.first(), matrices.last(), &r.layers) {
                 ratios.push(stats.grad_norm[first] / stats.grad_norm[last]);
             }
+            if let Some(stats) = &r.layers {
+                if summary.start_layer_weight_norms.is_empty() {
+                    summary.start_layer_weight_norms.clone_from(&stats.weight_norm);
+                    summary.start_weight_norm = stats.weight_norm.iter().map(|w| w * w).sum::<f64>().sqrt();
+                }
+                summary.final_layer_weight_norms.clone_from(&stats.weight_norm);
+            }
         }
         TrainEvent::Eval(e) => {
+            summary.valid_losses.push(e.loss);
             summary.valid_loss = Some(e.loss);
             summary.valid_metric = e.metric.map(|(_, v)| v);
         }

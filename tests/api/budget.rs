@@ -65,14 +65,7 @@ async fn memory_estimates_hold_within_2x_of_measured_peaks() {
     // An uploaded corpus long enough for 256 validation windows of 128 characters.
     let text = corpus_text(400_000);
     let app = spawn_app().await;
-    let response = app
-        .client
-        .post(app.url("/api/v1/corpora"))
-        .header("content-type", "application/octet-stream")
-        .body(text.clone())
-        .send()
-        .await
-        .expect("upload");
+    let response = app.upload_corpus(text.clone()).await;
     assert_eq!(response.status(), 201);
     let corpus_id = response.json::<Value>().await.expect("json")["id"].as_str().expect("id").to_owned();
     let dir = app.stop().await;

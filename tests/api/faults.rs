@@ -10,17 +10,7 @@ async fn a_job_whose_data_vanished_fails_while_another_finishes() {
     let dir = tempfile::TempDir::new().expect("temp dir");
     let app = spawn_app_with(dir, |config| config.max_jobs = 2).await;
     let text = "a small corpus that will not be there when the job starts. ".repeat(10);
-    let corpus: Value = app
-        .client
-        .post(app.url("/api/v1/corpora"))
-        .header("content-type", "application/octet-stream")
-        .body(text)
-        .send()
-        .await
-        .expect("upload")
-        .json()
-        .await
-        .expect("json");
+    let corpus: Value = app.upload_corpus(text).await.json().await.expect("json");
     let id = corpus["id"].as_str().expect("id");
     std::fs::remove_file(app.dir.path().join("data").join("corpora").join(format!("{id}.txt"))).expect("remove");
     let mut broken = tiny_lstm_spec(50, 1.0);

@@ -84,14 +84,7 @@ async fn a_tiny_lstm_trains_clips_and_records_every_step() {
 async fn an_uploaded_corpus_trains() {
     let app = spawn_app().await;
     let text = "the quick brown fox jumps over the lazy dog. ".repeat(40);
-    let response = app
-        .client
-        .post(app.url("/api/v1/corpora"))
-        .header("content-type", "application/octet-stream")
-        .body(text.clone())
-        .send()
-        .await
-        .expect("request");
+    let response = app.upload_corpus(text.clone()).await;
     assert_eq!(response.status(), 201);
     let corpus: Value = response.json().await.expect("json");
     assert_eq!(corpus["bytes"], text.len());
@@ -104,14 +97,7 @@ async fn an_uploaded_corpus_trains() {
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["spec"]["optimizer"]["kind"], "sgd");
 
-    let invalid = app
-        .client
-        .post(app.url("/api/v1/corpora"))
-        .header("content-type", "application/octet-stream")
-        .body(vec![0xff_u8; 100])
-        .send()
-        .await
-        .expect("request");
+    let invalid = app.upload_corpus(vec![0xff_u8; 100]).await;
     assert_eq!(invalid.status(), 422);
     let body: Value = invalid.json().await.expect("json");
     assert_eq!(body["error"]["field"], "body");
