@@ -135,8 +135,8 @@ pub struct EventList {
 pub const DEFAULT_EVENTS_LIMIT: i64 = 1000;
 pub const MAX_EVENTS_LIMIT: i64 = 10_000;
 
-/// Diagnoses (`nonfinite`, `exploding`, `vanishing`, `dead`) and policy summaries
-/// (`clipped`, `skipped`), in order.
+/// Diagnoses (`nonfinite`, `exploding`, `vanishing`, `dead`), policy summaries
+/// (`clipped`, `skipped`) and policy actions (`spike_accepted`), in order.
 #[utoipa::path(get, operation_id = "list_events", path = "/api/v1/jobs/{id}/events", tag = "jobs", params(("id" = uuid::Uuid, Path), EventsQuery),
     responses((status = 200, body = EventList), (status = 400, description = "A malformed query string", body = super::ErrorBody), (status = 404, body = super::ErrorBody),
         (status = 422, body = super::ErrorBody)))]

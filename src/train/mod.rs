@@ -118,7 +118,8 @@ pub enum TrainEvent {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
     pub step: u64,
-    /// `nonfinite`, `exploding`, `vanishing`, `dead`, `clipped`, `skipped`.
+    /// `nonfinite`, `exploding`, `vanishing`, `dead`, `clipped`, `skipped`,
+    /// `spike_accepted`.
     pub kind: &'static str,
     pub layer: Option<usize>,
     pub value: Option<f64>,

@@ -9,7 +9,8 @@
 use tch::nn::{self, OptimizerConfig};
 use tch::{Kind, Tensor};
 
-use super::spec::{OptimizerKind, OptimizerSpec, Schedule};
+use super::LayerInfo;
+use super::spec::{NoDecay, OptimizerKind, OptimizerSpec, Schedule};
 
 /// Names of the state tensors in an optimizer checkpoint.
 const STATE_NAMES: [&str; 3] = ["exp_avg", "exp_avg_sq", "momentum_buffer"];
@@ -27,11 +28,70 @@ pub struct FlatOptimizer {
     momentum_buffer: Option<Tensor>,
     /// Working space of the flat size, so an update allocates nothing.
     scratch: Option<Tensor>,
+    /// The (offset, length) runs of the flat buffer that weight decay applies to, adjacent
+    /// decayed layers merged; `None` decays the whole buffer.
+    decayed: Option<Vec<(i64, i64)>>,
 }
 
 impl FlatOptimizer {
     pub fn new(spec: &OptimizerSpec) -> Self {
-        Self { spec: spec.clone(), steps: 0, exp_avg: None, exp_avg_sq: None, momentum_buffer: None, scratch: None }
+        Self {
+            spec: spec.clone(),
+            steps: 0,
+            exp_avg: None,
+            exp_avg_sq: None,
+            momentum_buffer: None,
+            scratch: None,
+            decayed: None,
+        }
+    }
+
+    /// Splits the parameters into the decayed and the not-decayed group the spec's
+    /// `no_decay` asks for; `layers` is the flat buffer's layout, in order.
+    pub fn with_groups(mut self, layers: &[LayerInfo]) -> Self {
+        if self.spec.no_decay == NoDecay::None {
+            return self;
+        }
+        let mut runs: Vec<(i64, i64)> = Vec::new();
+        let mut offset = 0;
+        for layer in layers {
+            if layer.shape.len() > 1 {
+                match runs.last_mut() {
+                    Some((start, len)) if *start + *len == offset => *len += layer.numel,
+                    _ => runs.push((offset, layer.numel)),
+                }
+            }
+            offset += layer.numel;
+        }
+        self.decayed = Some(runs);
+        self
+    }
+
+    /// Weight decay's part of the gradient, `g + wd·w`, on the decayed runs (SGD, Adam).
+    fn with_l2(&self, grads: &Tensor, w: &Tensor, wd: f64) -> anyhow::Result<Tensor> {
+        if wd == 0.0 {
+            return Ok(grads.shallow_clone());
+        }
+        let Some(runs) = &self.decayed else { return Ok(grads.f_add(&w.f_mul_scalar(wd)?)?) };
+        let mut g = grads.f_empty_like()?;
+        g.f_copy_(grads)?;
+        for &(start, len) in runs {
+            let mut part = g.f_narrow(0, start, len)?;
+            let _ = part.f_add_(&w.f_narrow(0, start, len)?.f_mul_scalar(wd)?)?;
+        }
+        Ok(g)
+    }
+
+    /// AdamW's decoupled decay, `w ← w·(1 − lr·wd)`, on the decayed runs.
+    fn decay(&self, w: &Tensor, factor: f64) -> anyhow::Result<()> {
+        let Some(runs) = &self.decayed else {
+            let _ = w.shallow_clone().f_mul_scalar_(factor)?;
+            return Ok(());
+        };
+        for &(start, len) in runs {
+            let _ = w.f_narrow(0, start, len)?.f_mul_scalar_(factor)?;
+        }
+        Ok(())
     }
 
     /// Updates `weights` in place from `grads` (same flat layout) at learning rate `lr`.
@@ -41,7 +101,7 @@ impl FlatOptimizer {
         self.steps += 1;
         match self.spec.kind {
             OptimizerKind::Sgd => {
-                let mut d = if wd != 0.0 { grads.f_add(&w.f_mul_scalar(wd)?)? } else { grads.shallow_clone() };
+                let mut d = self.with_l2(grads, &w, wd)?;
                 let momentum = self.spec.momentum;
                 if momentum != 0.0 {
                     let buf = match &mut self.momentum_buffer {
@@ -61,13 +121,13 @@ impl FlatOptimizer {
             }
             OptimizerKind::Adam | OptimizerKind::Adamw => {
                 let (b1, b2, eps) = (self.spec.beta1, self.spec.beta2, self.spec.eps);
-                let g = if self.spec.kind == OptimizerKind::Adam && wd != 0.0 {
-                    grads.f_add(&w.f_mul_scalar(wd)?)?
+                let g = if self.spec.kind == OptimizerKind::Adam {
+                    self.with_l2(grads, &w, wd)?
                 } else {
                     grads.shallow_clone()
                 };
                 if self.spec.kind == OptimizerKind::Adamw && wd != 0.0 {
-                    let _ = w.f_mul_scalar_(1.0 - lr * wd)?;
+                    self.decay(&w, 1.0 - lr * wd)?;
                 }
                 // One scratch buffer, reused every step: no allocation per update.
                 let scratch = self.scratch.get_or_insert_with(|| g.zeros_like()).shallow_clone();
@@ -136,19 +196,23 @@ pub fn build(spec: &OptimizerSpec, vs: &nn::VarStore, total_steps: u64) -> anyho
     Ok(opt)
 }
 
-/// The learning rate for 1-based `step` of `total` steps: linear warm-up from 0 over
-/// `warmup_steps`, then the schedule from the base rate.
+/// The learning rate for 1-based `step` of `total` steps: what PyTorch's schedulers give
+/// the `step`-th `optimizer.step()` (see [`Schedule`]). Warm-up: `LinearLR(start_factor =
+/// 1/W, total_iters = W−1)`, i.e. `lr·step/W`; then, chained by `SequentialLR` at
+/// milestone `W`, the decay over `T − W` scheduler steps, counted from 0 at step `W + 1`.
+/// So the first step after warm-up trains at the base rate and the last at a small
+/// positive one (the decay reaches 0 one step after the end, as in PyTorch).
 pub fn learning_rate(spec: &OptimizerSpec, step: u64, total: u64) -> f64 {
     let base = spec.lr;
     if step <= spec.warmup_steps {
         return base * step as f64 / spec.warmup_steps as f64;
     }
-    let decay_steps = total.saturating_sub(spec.warmup_steps).max(1) as f64;
-    let progress = ((step - spec.warmup_steps) as f64 / decay_steps).min(1.0);
+    let span = total.saturating_sub(spec.warmup_steps).max(1) as f64;
+    let elapsed = ((step - 1 - spec.warmup_steps) as f64).min(span);
     match spec.schedule {
         Schedule::Constant => base,
-        Schedule::Linear => base * (1.0 - progress),
-        Schedule::Cosine => base * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()),
+        Schedule::Linear => base * (1.0 - elapsed / span),
+        Schedule::Cosine => base * 0.5 * (1.0 + (std::f64::consts::PI * elapsed / span).cos()),
     }
 }
 
@@ -206,10 +270,11 @@ mod tests {
         assert_eq!(learning_rate(&s, 4, 10), 1.0);
         assert_eq!(learning_rate(&s, 9, 10), 1.0);
         let lin = spec(Schedule::Linear, 0);
-        assert!((learning_rate(&lin, 5, 10) - 0.5).abs() < 1e-12);
-        assert_eq!(learning_rate(&lin, 10, 10), 0.0);
+        assert!((learning_rate(&lin, 6, 10) - 0.5).abs() < 1e-12);
+        assert!((learning_rate(&lin, 10, 10) - 0.1).abs() < 1e-12);
         let cos = spec(Schedule::Cosine, 2);
-        assert!((learning_rate(&cos, 6, 10) - 0.5).abs() < 1e-12);
-        assert!(learning_rate(&cos, 10, 10).abs() < 1e-12);
+        assert_eq!(learning_rate(&cos, 3, 10), 1.0);
+        assert!((learning_rate(&cos, 7, 10) - 0.5).abs() < 1e-12);
+        assert!(learning_rate(&cos, 10, 10) > 0.0);
     }
 }

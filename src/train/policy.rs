@@ -46,6 +46,9 @@ pub struct GradOutcome {
     /// A 0-dim boolean, true when a policy drops this step's update; `None` when no
     /// policy can.
     pub skip: Option<Tensor>,
+    /// A 0-dim boolean, true when `skip_spike` let a spike through because it had already
+    /// skipped `max_consecutive` updates in a row; `None` when no policy can.
+    pub forced: Option<Tensor>,
 }
 
 /// Running mean and variance of the global norm, an exponential moving average after a
@@ -116,10 +119,10 @@ enum Stage {
     ClipNorm { max_norm: f64, inf: bool },
     ClipValue { limit: f64 },
     ClipLayerNorm { max_norm: f64 },
-    Agc { lambda: f64, eps: f64 },
+    Agc { lambda: f64, eps: f64, exclude_head: bool },
     Autoclip { quantile: f64, history: Tensor, seen: u64 },
-    Zclip(NormStats),
-    SkipSpike(NormStats),
+    Zclip { stats: NormStats, max_grad_norm: Option<f64> },
+    SkipSpike { stats: NormStats, max_consecutive: u64, streak: Tensor },
 }
 
 /// The grad policies of a run, in order, with the state the adaptive ones carry from
@@ -127,6 +130,8 @@ enum Stage {
 #[derive(Debug)]
 pub struct GradPolicies {
     stages: Vec<Stage>,
+    /// Indices of the output layer's tensors, which AGC leaves alone when told to.
+    head: Vec<usize>,
 }
 
 impl GradPolicies {
@@ -140,22 +145,30 @@ impl GradPolicies {
                     }
                     GradPolicy::ClipValue { limit } => Stage::ClipValue { limit },
                     GradPolicy::ClipLayerNorm { max_norm } => Stage::ClipLayerNorm { max_norm },
-                    GradPolicy::Agc { lambda, eps } => Stage::Agc { lambda, eps },
+                    GradPolicy::Agc { lambda, eps, exclude_head } => Stage::Agc { lambda, eps, exclude_head },
                     GradPolicy::Autoclip { percentile, history } => Stage::Autoclip {
                         quantile: percentile / 100.0,
                         history: Tensor::f_full([history as i64], f64::NAN, (Kind::Float, device))?,
                         seen: 0,
                     },
-                    GradPolicy::Zclip { alpha, z_threshold, warmup } => {
-                        Stage::Zclip(NormStats::new(alpha, z_threshold, warmup, device)?)
+                    GradPolicy::Zclip { alpha, z_threshold, warmup, max_grad_norm } => {
+                        Stage::Zclip { stats: NormStats::new(alpha, z_threshold, warmup, device)?, max_grad_norm }
                     }
-                    GradPolicy::SkipSpike { z_threshold, alpha, warmup } => {
-                        Stage::SkipSpike(NormStats::new(alpha, z_threshold, warmup, device)?)
-                    }
+                    GradPolicy::SkipSpike { z_threshold, alpha, warmup, max_consecutive } => Stage::SkipSpike {
+                        stats: NormStats::new(alpha, z_threshold, warmup, device)?,
+                        max_consecutive,
+                        streak: Tensor::f_zeros([], (Kind::Float, device))?,
+                    },
                 })
             })
             .collect::<anyhow::Result<_>>()?;
-        Ok(Self { stages })
+        Ok(Self { stages, head: Vec::new() })
+    }
+
+    /// Names the output layer's tensors (by layer index), for AGC's `exclude_head`.
+    pub fn with_head(mut self, head: Vec<usize>) -> Self {
+        self.head = head;
+        self
     }
 
     /// Applies the policies in order to `grads` in place. `weights` are the parameters
@@ -164,6 +177,7 @@ impl GradPolicies {
     pub fn apply(&mut self, grads: &[Tensor], weights: &[Tensor], total_norm: &Tensor) -> anyhow::Result<GradOutcome> {
         let mut norm = total_norm.shallow_clone();
         let mut skip: Option<Tensor> = None;
+        let mut forced: Option<Tensor> = None;
         for stage in &mut self.stages {
             match stage {
                 Stage::ClipNorm { max_norm, inf } => {
@@ -186,9 +200,11 @@ impl GradPolicies {
                     }
                     norm = norms.f_mul(&coefs)?.f_norm()?;
                 }
-                Stage::Agc { lambda, eps } => {
-                    for (g, w) in grads.iter().zip(weights) {
-                        agc(g, w, *lambda, *eps)?;
+                Stage::Agc { lambda, eps, exclude_head } => {
+                    for (i, (g, w)) in grads.iter().zip(weights).enumerate() {
+                        if !(*exclude_head && self.head.contains(&i)) {
+                            agc(g, w, *lambda, *eps)?;
+                        }
                     }
                     norm = global_norm(grads)?;
                 }
@@ -206,8 +222,15 @@ impl GradPolicies {
                     scale_all(grads, &coef)?;
                     norm = norm.f_mul(&coef)?;
                 }
-                Stage::Zclip(stats) => {
+                Stage::Zclip { stats, max_grad_norm } => {
                     if stats.warming_up(&norm)? {
+                        // The reference caps the norm during warm-up too, the way
+                        // `clip_grad_norm_` does.
+                        if let Some(max) = max_grad_norm {
+                            let coef = clip_coef(&norm.f_full_like(*max)?, &norm)?;
+                            scale_all(grads, &coef)?;
+                            norm = norm.f_mul(&coef)?;
+                        }
                         continue;
                     }
                     let z = stats.z_score(&norm)?;
@@ -216,27 +239,41 @@ impl GradPolicies {
                     let std = stats.var.f_sqrt()?;
                     let threshold = stats.mean.f_add(&(std * (stats.z_threshold * stats.z_threshold)).f_div(&z)?)?;
                     let clip_to = threshold.f_where_self(&spike, &norm)?;
-                    let coef = clip_to
+                    let effective = match max_grad_norm {
+                        Some(max) => clip_to.f_clamp_max(*max)?,
+                        None => clip_to.shallow_clone(),
+                    };
+                    let coef = effective
                         .f_div(&norm.f_add_scalar(CLIP_EPS)?)?
-                        .f_where_self(&norm.f_gt_tensor(&clip_to)?, &norm.f_ones_like()?)?;
+                        .f_where_self(&norm.f_gt_tensor(&effective)?, &norm.f_ones_like()?)?;
                     scale_all(grads, &coef)?;
+                    // The EMA follows the adaptive target, not the cap (as the reference).
                     stats.update(&clip_to, &spike.f_ones_like()?)?;
                     norm = norm.f_mul(&coef)?;
                 }
-                Stage::SkipSpike(stats) => {
+                Stage::SkipSpike { stats, max_consecutive, streak } => {
                     if stats.warming_up(&norm)? {
                         continue;
                     }
                     let spike = stats.z_score(&norm)?.f_gt(stats.z_threshold)?;
-                    stats.update(&norm, &spike.f_logical_not()?)?;
+                    // After `max_consecutive` skips in a row a spike is let through and
+                    // joins the EMA: the norm has moved to a new level.
+                    let exhausted = spike.f_logical_and(&streak.f_ge(*max_consecutive as f64)?)?;
+                    let skipped = spike.f_logical_and(&exhausted.f_logical_not()?)?;
+                    stats.update(&norm, &skipped.f_logical_not()?)?;
+                    *streak = streak.f_add_scalar(1.0)?.f_where_self(&skipped, &streak.f_zeros_like()?)?;
                     skip = Some(match skip {
-                        Some(earlier) => earlier.f_logical_or(&spike)?,
-                        None => spike,
+                        Some(earlier) => earlier.f_logical_or(&skipped)?,
+                        None => skipped,
+                    });
+                    forced = Some(match forced {
+                        Some(earlier) => earlier.f_logical_or(&exhausted)?,
+                        None => exhausted,
                     });
                 }
             }
         }
-        Ok(GradOutcome { norm, skip })
+        Ok(GradOutcome { norm, skip, forced })
     }
 }
 
@@ -317,7 +354,7 @@ mod tests {
 
     #[test]
     fn skip_spike_skips_only_outliers_after_warmup() {
-        let mut policy = cpu(&[GradPolicy::SkipSpike { z_threshold: 3.0, alpha: 0.9, warmup: 4 }]);
+        let mut policy = cpu(&[GradPolicy::SkipSpike { z_threshold: 3.0, alpha: 0.9, warmup: 4, max_consecutive: 10 }]);
         let g = [Tensor::from_slice(&[1.0f32])];
         let mut skipped = Vec::new();
         for norm in [1.0f32, 1.1, 0.9, 1.0, 1.05, 50.0, 1.0] {

@@ -16,10 +16,10 @@ use super::checkpoint;
 use super::diagnose::{Diagnoser, Diagnosis};
 use super::optim::FlatOptimizer;
 use super::policy::GradPolicies;
-use super::spec::{JobSpec, OnNonfinite, parse_device};
-use super::stats::{FlatParams, GRAD_STATS, HIST_BINS, LayerStats, WEIGHT_STATS};
+use super::spec::{GradPolicy, JobSpec, OnNonfinite, parse_device};
+use super::stats::{self, FlatParams, GRAD_STATS, HIST_BINS, LayerStats, WEIGHT_STATS};
 use super::task::Task;
-use super::{Outcome, StepReport, StopFlag, StopReason, TrainEvent, model, optim, policy};
+use super::{Event, Outcome, StepReport, StopFlag, StopReason, TrainEvent, model, optim, policy};
 
 /// What a run needs besides its spec, resolved by the caller.
 #[derive(Debug, Clone)]
@@ -47,15 +47,15 @@ pub fn train(
     let (model, params) = model::build(&spec.model, &vs, task.io(), spec.seed)?;
     let tensors: Vec<Tensor> = params.tensors().map(Tensor::shallow_clone).collect();
     let mut flat = FlatParams::new(&tensors, device)?;
-    let mut optimizer = FlatOptimizer::new(&spec.optimizer);
     let layers = params.layers();
+    let mut optimizer = FlatOptimizer::new(&spec.optimizer).with_groups(&layers);
     let named: Vec<(String, Tensor)> =
         layers.iter().map(|l| l.name.clone()).zip(flat.params().iter().map(Tensor::shallow_clone)).collect();
     let first = match (&ctx.checkpoint, ctx.resume) {
         (Some(path), Some(step)) => resume(path, step, &named, &mut optimizer, &mut task, spec, device)? + 1,
         _ => 1,
     };
-    let grad_policies = GradPolicies::new(&spec.policy.grad, device)?;
+    let grad_policies = GradPolicies::new(&spec.policy.grad, device)?.with_head(params.head());
     let mut reporter = Reporter::new(spec, grad_policies, layers.iter().map(|l| l.name.clone()).collect());
     emit(TrainEvent::Started { device: model::device_name(device), layers });
 
@@ -152,6 +152,10 @@ struct Reporter<'a> {
     layers: usize,
     /// The previous step's report, waiting for its weight statistics.
     held: Option<(StepReport, Option<Tensor>)>,
+    /// Policy events of the held step, emitted after its report.
+    held_events: Vec<Event>,
+    /// Policy events of the step being measured, held with it.
+    pending: Vec<Event>,
     diagnoser: Diagnoser,
     diagnosis: Diagnosis,
 }
@@ -163,6 +167,8 @@ impl<'a> Reporter<'a> {
             grad_policies,
             layers: layer_names.len(),
             held: None,
+            held_events: Vec::new(),
+            pending: Vec::new(),
             diagnoser: Diagnoser::new(&spec.monitor, layer_names),
             diagnosis: Diagnosis { status: "healthy".to_owned(), issues: Vec::new() },
         }
@@ -180,18 +186,21 @@ impl<'a> Reporter<'a> {
         record: bool,
         emit: &mut dyn FnMut(TrainEvent),
     ) -> anyhow::Result<StepReport> {
-        let (grad_stats, total) = if record {
-            let (stats, total) = flat.grad_stats()?;
-            (Some(stats), total)
-        } else {
-            (None, flat.grad_norm()?)
-        };
+        // The policies' input comes from the same reduction whether or not this step
+        // records statistics, and the statistics are derived from it, never the reverse:
+        // watching a run must not change it.
+        let sumsq = flat.grad_sumsq()?;
+        let total = stats::global_norm(&sumsq)?;
+        let grad_stats = if record { Some(flat.grad_stats_from(&sumsq)?) } else { None };
         let hist = if record && self.spec.monitor.histogram { Some(flat.grad_histogram()?) } else { None };
         let outcome = self.grad_policies.apply(&flat.layer_grads(), flat.params(), &total)?;
-        let skip = match &outcome.skip {
-            Some(skip) => skip.f_to_kind(Kind::Float)?,
-            None => total.f_zeros_like()?,
+        let flag = |t: &Option<Tensor>| -> anyhow::Result<Tensor> {
+            Ok(match t {
+                Some(t) => t.f_to_kind(Kind::Float)?,
+                None => total.f_zeros_like()?,
+            })
         };
+        let (skip, forced) = (flag(&outcome.skip)?, flag(&outcome.forced)?);
 
         let held_weights = self.held.as_ref().and_then(|(_, w)| w.as_ref().map(Tensor::shallow_clone));
         let mut parts = vec![
@@ -199,6 +208,7 @@ impl<'a> Reporter<'a> {
             total.f_reshape([1])?,
             outcome.norm.f_reshape([1])?,
             skip.f_reshape([1])?,
+            forced.f_reshape([1])?,
         ];
         parts.extend(grad_stats.iter().map(|s| s.f_flatten(0, -1)).collect::<Result<Vec<_>, _>>()?);
         parts.extend(held_weights.iter().map(|w| w.f_flatten(0, -1)).collect::<Result<Vec<_>, _>>()?);
@@ -206,7 +216,7 @@ impl<'a> Reporter<'a> {
         let parts: Vec<Tensor> = parts.iter().map(|p| p.f_to_kind(Kind::Double)).collect::<Result<_, _>>()?;
         let host: Vec<f64> = Vec::try_from(&Tensor::f_cat(&parts, 0)?.f_to_device(Device::Cpu)?)?;
 
-        let (scalars, mut rest) = host.split_at(4);
+        let (scalars, mut rest) = host.split_at(5);
         let mut layers = grad_stats.as_ref().map(|_| {
             let n = GRAD_STATS.len() * self.layers;
             let stats = LayerStats::from_grad_rows(&rest[..n], self.layers);
@@ -233,6 +243,23 @@ impl<'a> Reporter<'a> {
             layers.hist = Some(rest[..HIST_BINS * self.layers].iter().map(|&c| c as u64).collect());
         }
         let (grad_norm, grad_norm_clipped) = (scalars[1], scalars[2]);
+        if scalars[4] != 0.0 {
+            let most = self.spec.policy.grad.iter().find_map(|p| match p {
+                GradPolicy::SkipSpike { max_consecutive, .. } => Some(*max_consecutive),
+                _ => None,
+            });
+            self.pending.push(Event {
+                step,
+                kind: "spike_accepted",
+                layer: None,
+                value: Some(grad_norm),
+                message: format!(
+                    "skip_spike: update accepted after {} skipped in a row; the gradient norm {grad_norm:.4} \
+                     joins the running statistics as a new level",
+                    most.unwrap_or_default()
+                ),
+            });
+        }
         Ok(StepReport {
             step,
             loss: scalars[0],
@@ -250,6 +277,7 @@ impl<'a> Reporter<'a> {
     /// Holds a finished step until its weight statistics reach the host.
     fn hold(&mut self, report: StepReport, weight_stats: Option<Tensor>) {
         self.held = Some((report, weight_stats));
+        self.held_events = std::mem::take(&mut self.pending);
     }
 
     /// Emits the held report with its weight rows, its events and, when the diagnosis
@@ -259,7 +287,8 @@ impl<'a> Reporter<'a> {
         if let (Some(layers), Some(rows)) = (report.layers.as_mut(), weight_rows) {
             layers.set_weight_rows(rows, self.layers);
         }
-        let events = self.diagnoser.observe(&report);
+        let mut events = std::mem::take(&mut self.held_events);
+        events.extend(self.diagnoser.observe(&report));
         emit(TrainEvent::Step(report));
         for event in events {
             emit(TrainEvent::Event(event));

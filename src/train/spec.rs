@@ -49,6 +49,15 @@ pub const DEFAULT_ZCLIP_ALPHA: f64 = 0.97;
 pub const DEFAULT_ZCLIP_Z: f64 = 2.5;
 pub const DEFAULT_SPIKE_Z: f64 = 6.0;
 pub const DEFAULT_Z_WARMUP: u64 = 25;
+/// ZClip's cap on the global norm, during warm-up and after (the reference's
+/// `max_grad_norm`, whose default this is).
+pub const DEFAULT_ZCLIP_MAX_GRAD_NORM: f64 = 1.0;
+/// `skip_spike` accepts the update after this many consecutive skips: a norm that stays
+/// high that long is a new level, not a spike, and skipping it forever would stop training.
+pub const DEFAULT_SPIKE_MAX_CONSECUTIVE: u64 = 10;
+/// Bounds of `warmup` and `max_consecutive`: longer than any sensible window, and far from
+/// overflow in the step arithmetic.
+pub const MAX_POLICY_WINDOW: u64 = 100_000;
 pub const MAX_NAME_LEN: usize = 200;
 /// Most grad policies, and most weight policies, one spec may list: a few are all any
 /// experiment needs, and each stateful one holds memory for the whole run.
@@ -296,16 +305,35 @@ pub enum OptimizerKind {
     Adamw,
 }
 
+/// The learning rate after warm-up. Step `t` (1-based) of `T`, with `W` warm-up steps,
+/// gets the rate PyTorch's schedulers give the `t`-th `optimizer.step()`: warm-up is
+/// `LinearLR(start_factor=1/W, total_iters=W-1)` (`lr·t/W`), then `SequentialLR` at
+/// milestone `W` hands over to the decay below, which reaches 0 only one step after the
+/// last (the last step trains at a small positive rate).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Schedule {
     /// The base rate after warm-up.
     #[default]
     Constant,
-    /// Linear decay from the base rate to 0 at the last step, after warm-up.
+    /// `LinearLR(start_factor=1, end_factor=0, total_iters=T-W)`: `lr·(1 − (t−1−W)/(T−W))`.
     Linear,
-    /// Cosine decay from the base rate to 0 at the last step, after warm-up.
+    /// `CosineAnnealingLR(T_max=T-W)`: `lr·(1 + cos(π·(t−1−W)/(T−W)))/2`.
     Cosine,
+}
+
+/// Which parameters weight decay leaves alone (the two parameter groups of PyTorch
+/// training scripts).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NoDecay {
+    /// Every parameter is decayed.
+    #[default]
+    None,
+    /// Biases and normalisation gains and biases, i.e. every 1-D parameter tensor, are not
+    /// decayed (HF Trainer's and `timm`'s `no_weight_decay` group); matrices, embeddings
+    /// and recurrent weights are.
+    BiasAndNorm,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -331,11 +359,16 @@ pub struct OptimizerSpec {
     pub beta2: f64,
     #[serde(default = "default_adam_eps")]
     pub eps: f64,
-    /// Steps of linear warm-up from 0 to `lr`.
+    /// Steps of linear warm-up to `lr`: step `t` of the first `warmup_steps` trains at
+    /// `lr·t/warmup_steps`.
     #[serde(default)]
     pub warmup_steps: u64,
     #[serde(default)]
     pub schedule: Schedule,
+    /// `none` (default: every parameter decayed) or `bias_and_norm` (1-D tensors get no
+    /// weight decay, as two parameter groups in `torch.optim` would).
+    #[serde(default)]
+    pub no_decay: NoDecay,
 }
 
 impl Default for OptimizerSpec {
@@ -351,6 +384,7 @@ impl Default for OptimizerSpec {
             eps: DEFAULT_ADAM_EPS,
             warmup_steps: 0,
             schedule: Schedule::default(),
+            no_decay: NoDecay::default(),
         }
     }
 }
@@ -424,6 +458,10 @@ pub enum GradPolicy {
         lambda: f64,
         #[serde(default = "default_agc_eps")]
         eps: f64,
+        /// Leave the output layer (`head.weight` and `head.bias`) unclipped, as the paper
+        /// does with the final classifier (and `timm` with its `exclude_head`). Default true.
+        #[serde(default = "yes")]
+        exclude_head: bool,
     },
     /// AutoClip (Seetharaman et al. 2020): clip the global L2 norm to the `percentile`-th
     /// percentile of the norms seen so far (the last `history` of them, this step's included).
@@ -433,9 +471,13 @@ pub enum GradPolicy {
         #[serde(default = "default_autoclip_history")]
         history: u64,
     },
-    /// ZClip (Kumar et al. 2025): after `warmup` steps, a global norm whose z-score against
-    /// an EMA (factor `alpha`) of the norm's mean and variance exceeds `z_threshold` is
-    /// clipped to `mean + z_threshold²·std / z`.
+    /// ZClip (Kumar et al. 2025), as its reference implementation (`bluorion-com/ZClip`,
+    /// z-score mode, adaptive scaling) behaves: during the first `warmup` steps the global
+    /// norm is only capped at `max_grad_norm` (as `clip_grad_norm_`) while the norms
+    /// initialise the statistics; after them, a norm whose z-score against an EMA (factor
+    /// `alpha`) of the norm's mean and variance exceeds `z_threshold` is clipped to
+    /// `mean + z_threshold²·std / z`, and to `max_grad_norm` if that is lower. The EMA
+    /// follows the uncapped clip target.
     Zclip {
         #[serde(default = "default_zclip_alpha")]
         alpha: f64,
@@ -443,9 +485,16 @@ pub enum GradPolicy {
         z_threshold: f64,
         #[serde(default = "default_z_warmup")]
         warmup: u64,
+        /// Cap on the global norm at every step, warm-up included; `null` turns it off.
+        /// Default 1.0, the reference's.
+        #[serde(default = "default_zclip_max_grad_norm")]
+        max_grad_norm: Option<f64>,
     },
     /// Drop the whole update when the global norm's z-score (against an EMA of the
-    /// non-spiking norms, as `zclip` keeps) exceeds `z_threshold`, after `warmup` steps.
+    /// accepted norms, as `zclip` keeps) exceeds `z_threshold`, after `warmup` steps.
+    /// After `max_consecutive` skips in a row the next update is accepted and its norm
+    /// joins the EMA (a `spike_accepted` event says so), so a run whose norm settles at a
+    /// new level keeps training.
     SkipSpike {
         #[serde(default = "default_spike_z")]
         z_threshold: f64,
@@ -453,6 +502,9 @@ pub enum GradPolicy {
         alpha: f64,
         #[serde(default = "default_z_warmup")]
         warmup: u64,
+        /// Most updates skipped in a row (1 to 100000, default 10).
+        #[serde(default = "default_spike_max_consecutive")]
+        max_consecutive: u64,
     },
 }
 
@@ -724,7 +776,7 @@ impl JobSpec {
                 }
                 GradPolicy::ClipValue { limit } => check_positive(*limit, &at("limit"))?,
                 GradPolicy::ClipLayerNorm { max_norm } => check_positive(*max_norm, &at("max_norm"))?,
-                GradPolicy::Agc { lambda, eps } => {
+                GradPolicy::Agc { lambda, eps, .. } => {
                     check_positive(*lambda, &at("lambda"))?;
                     check_positive(*eps, &at("eps"))?;
                 }
@@ -736,11 +788,26 @@ impl JobSpec {
                         format!("must be 1 to {MAX_AUTOCLIP_HISTORY}"),
                     )?;
                 }
-                GradPolicy::Zclip { alpha, z_threshold, warmup }
-                | GradPolicy::SkipSpike { alpha, z_threshold, warmup } => {
+                GradPolicy::Zclip { alpha, z_threshold, warmup, .. }
+                | GradPolicy::SkipSpike { alpha, z_threshold, warmup, .. } => {
                     check((0.0..1.0).contains(alpha), at("alpha"), "must be at least 0 and below 1")?;
                     check_positive(*z_threshold, &at("z_threshold"))?;
-                    check((2..=100_000).contains(warmup), at("warmup"), "must be 2 to 100000")?;
+                    check(
+                        (2..=MAX_POLICY_WINDOW).contains(warmup),
+                        at("warmup"),
+                        format!("must be 2 to {MAX_POLICY_WINDOW}"),
+                    )?;
+                    match policy {
+                        GradPolicy::Zclip { max_grad_norm: Some(max), .. } => {
+                            check_positive(*max, &at("max_grad_norm"))?;
+                        }
+                        GradPolicy::SkipSpike { max_consecutive, .. } => check(
+                            (1..=MAX_POLICY_WINDOW).contains(max_consecutive),
+                            at("max_consecutive"),
+                            format!("must be 1 to {MAX_POLICY_WINDOW}"),
+                        )?,
+                        _ => {}
+                    }
                 }
             }
         }
@@ -863,6 +930,12 @@ fn default_spike_z() -> f64 {
 fn default_z_warmup() -> u64 {
     DEFAULT_Z_WARMUP
 }
+fn default_zclip_max_grad_norm() -> Option<f64> {
+    Some(DEFAULT_ZCLIP_MAX_GRAD_NORM)
+}
+fn default_spike_max_consecutive() -> u64 {
+    DEFAULT_SPIKE_MAX_CONSECUTIVE
+}
 fn norm_two() -> NormType {
     NormType::Two
 }
@@ -964,6 +1037,18 @@ mod tests {
         assert!(
             matches!(spec.policy.grad[3], GradPolicy::Zclip { alpha, warmup: DEFAULT_Z_WARMUP, .. } if alpha == DEFAULT_ZCLIP_ALPHA)
         );
+        assert!(matches!(spec.policy.grad[1], GradPolicy::Agc { exclude_head: true, .. }));
+        assert!(matches!(spec.policy.grad[3], GradPolicy::Zclip { max_grad_norm: Some(m), .. } if m == 1.0));
+        assert!(matches!(
+            spec.policy.grad[4],
+            GradPolicy::SkipSpike { max_consecutive: DEFAULT_SPIKE_MAX_CONSECUTIVE, .. }
+        ));
+        assert_eq!(spec.optimizer.no_decay, NoDecay::None);
+        // An explicit `null` cap survives a round trip (a stored spec is parsed again on resume).
+        let uncapped: GradPolicy = serde_json::from_str(r#"{"kind":"zclip","max_grad_norm":null}"#).expect("parses");
+        let again: GradPolicy =
+            serde_json::from_value(serde_json::to_value(&uncapped).expect("serialise")).expect("parses");
+        assert!(matches!(again, GradPolicy::Zclip { max_grad_norm: None, .. }));
         // Norm types round-trip as clients write them.
         let json = serde_json::to_value(&spec.policy.grad[0]).expect("serialise");
         assert_eq!(json["norm_type"], "inf");

@@ -154,21 +154,35 @@ impl FlatParams {
         Ok(())
     }
 
-    /// Global L2 norm of the gradients.
-    pub fn grad_norm(&self) -> anyhow::Result<Tensor> {
-        Ok(self.grads.f_norm()?)
+    /// Each layer's Σg², `[layers]`: the one reduction the global norm (and with it every
+    /// grad policy) and the per-layer norms are taken from, on every step, recorded or not,
+    /// so that recording statistics cannot change what the policies see.
+    pub fn grad_sumsq(&self) -> anyhow::Result<Tensor> {
+        let values: Vec<Tensor> = self.grad_views.iter().map(|v| v.f_dot(v)).collect::<Result<_, _>>()?;
+        Ok(Tensor::f_stack(&values, 0)?)
     }
 
-    /// Gradient statistics, `[GRAD_STATS.len(), layers]`, and the global L2 norm computed
-    /// from the same per-layer sums (so √Σ layer norm² equals it by construction). The
-    /// `nonfinite` row is 0 where a layer's norm is finite and NaN where it is not: its
-    /// count costs a pass, so [`Self::nonfinite_counts`] takes it on those rare steps.
+    /// Global L2 norm of the gradients, from [`Self::grad_sumsq`].
+    pub fn grad_norm(&self) -> anyhow::Result<Tensor> {
+        global_norm(&self.grad_sumsq()?)
+    }
+
+    /// Gradient statistics, `[GRAD_STATS.len(), layers]`, and the global L2 norm, both from
+    /// one [`Self::grad_sumsq`] (so √Σ layer norm² equals it by construction).
     pub fn grad_stats(&mut self) -> anyhow::Result<(Tensor, Tensor)> {
+        let sumsq = self.grad_sumsq()?;
+        Ok((self.grad_stats_from(&sumsq)?, global_norm(&sumsq)?))
+    }
+
+    /// Gradient statistics, `[GRAD_STATS.len(), layers]`, given this step's
+    /// [`Self::grad_sumsq`] (the `grad_norm` row is its square root). The `nonfinite` row
+    /// is 0 where a layer's norm is finite and NaN where it is not: its count costs a pass,
+    /// so [`Self::nonfinite_counts`] takes it on those rare steps.
+    pub fn grad_stats_from(&mut self, sumsq: &Tensor) -> anyhow::Result<Tensor> {
         let per_layer = |f: &dyn Fn(&Tensor) -> Result<Tensor, tch::TchError>| -> anyhow::Result<Tensor> {
             let values: Vec<Tensor> = self.grad_views.iter().map(f).collect::<Result<_, _>>()?;
             Ok(Tensor::f_stack(&values, 0)?)
         };
-        let sumsq = per_layer(&|v| v.f_dot(v))?;
         let sum = per_layer(&|v| v.f_sum(Kind::Float))?;
         let (mut mins, mut maxes) = (Vec::new(), Vec::new());
         for v in &self.grad_views {
@@ -186,10 +200,9 @@ impl FlatParams {
         let norm = sumsq.f_sqrt()?;
         // 0 for a finite norm, NaN (to be counted on the host) for a non-finite one.
         let nonfinite = norm.f_mul_scalar(0.0)?;
-        let total = sumsq.f_sum(Kind::Float)?.f_sqrt()?;
         let stats = Tensor::f_stack(&[norm, max, mean, var.f_sqrt()?, zeros.f_div(&self.counts)?, nonfinite], 0)?;
         self.zeros = Some(zeros);
-        Ok((stats, total))
+        Ok(stats)
     }
 
     /// The NaN/Inf count of each of `layers`, with one host copy: for the steps whose
@@ -277,6 +290,11 @@ impl FlatParams {
         };
         Ok(Tensor::f_stack(&[norm, ratio], 0)?)
     }
+}
+
+/// The global L2 norm from per-layer sums of squares.
+pub fn global_norm(sumsq: &Tensor) -> anyhow::Result<Tensor> {
+    Ok(sumsq.f_sum(Kind::Float)?.f_sqrt()?)
 }
 
 /// `buffer` cut into consecutive 1-D views of `numels` elements each, one per layer.

@@ -15,6 +15,7 @@ mod lifecycle;
 mod limits;
 mod metrics;
 mod origin;
+mod policies;
 mod presets;
 mod prometheus;
 mod service;

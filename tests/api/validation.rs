@@ -43,6 +43,16 @@ async fn invalid_specs_are_refused_naming_the_field() {
         ("dropout of 1", with("/model/dropout", json!(1.0)), "model.dropout"),
         ("mlp on a sequence task", with("/model/kind", json!("mlp")), "model.kind"),
         ("unsupported norm type", with("/policy/grad/0/norm_type", json!(3)), "policy.grad[0].norm_type"),
+        (
+            "zero spike bound",
+            with("/policy/grad", json!([{"kind": "skip_spike", "max_consecutive": 0}])),
+            "policy.grad[0].max_consecutive",
+        ),
+        (
+            "negative zclip cap",
+            with("/policy/grad", json!([{"kind": "zclip", "max_grad_norm": -1.0}])),
+            "policy.grad[0].max_grad_norm",
+        ),
     ];
     for (what, spec, field) in cases {
         let (status, error) = error_of(app.post_json("/api/v1/jobs", &spec).await).await;

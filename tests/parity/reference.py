@@ -2,7 +2,8 @@
 
 Usage: python reference.py CASES.json OUT_DIR
 
-CASES.json holds {"models": [...], "grad_policies": [...], "weight_policies": [...]}.
+CASES.json holds {"models": [...], "grad_policies": [...], "weight_policies": [...],
+"optimizers": [...], "schedules": [...]}.
 For each case this script builds the PyTorch equivalent (modules from torch.nn, the
 policies from torch.nn.utils or from their papers' formulas), runs it on inputs it draws
 itself, and writes inputs and results as safetensors under OUT_DIR/<case name>/, for the
@@ -12,6 +13,7 @@ Rust side to replay and compare.
 import json
 import math
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -248,30 +250,50 @@ class ZStats:
 
 
 class ZClip(ZStats):
+    """As bluorion-com/ZClip's `ZClip.step` (zscore mode, adaptive scaling): during warm-up
+    `clip_grad_norm_(max_grad_norm)`; after it, the adaptive threshold capped at
+    `max_grad_norm`, and the EMA fed the uncapped threshold (or the norm)."""
+
+    def __init__(self, alpha, z, warmup, max_grad_norm):
+        super().__init__(alpha, z, warmup)
+        self.max_grad_norm = max_grad_norm
+
     def __call__(self, grads, weights):
         norm = total_norm(grads)
         if self.warming_up(norm):
+            if self.max_grad_norm is not None:
+                nn.utils.clip_grad_norm_(as_params(grads), self.max_grad_norm)
             return False
         z = self.zscore(norm)
-        clip_val = norm
+        clip_val = None
         if z > self.z:
             clip_val = self.mean + (self.z * math.sqrt(self.var)) / (z / self.z)
-            if norm > clip_val:
-                for g in grads:
-                    g.mul_(clip_val / (norm + 1e-6))
-        self.update(clip_val)
+        adaptive = clip_val if clip_val is not None else norm
+        effective = adaptive if self.max_grad_norm is None else min(adaptive, self.max_grad_norm)
+        if norm > effective:
+            for g in grads:
+                g.mul_(effective / (norm + 1e-6))
+        self.update(clip_val if clip_val is not None else norm)
         return False
 
 
 class SkipSpike(ZStats):
+    """Skips spikes, at most `max_consecutive` in a row; the next is taken and joins the EMA."""
+
+    def __init__(self, alpha, z, warmup, max_consecutive):
+        super().__init__(alpha, z, warmup)
+        self.max_consecutive, self.streak = max_consecutive, 0
+
     def __call__(self, grads, weights):
         norm = total_norm(grads)
         if self.warming_up(norm):
             return False
-        spike = self.zscore(norm) > self.z
-        if not spike:
-            self.update(norm)
-        return spike
+        if self.zscore(norm) > self.z and self.streak < self.max_consecutive:
+            self.streak += 1
+            return True
+        self.streak = 0
+        self.update(norm)
+        return False
 
 
 def as_params(grads):
@@ -306,9 +328,11 @@ def grad_policy(p):
     if kind == "autoclip":
         return AutoClip(p.get("percentile", 10.0), p.get("history", 10000))
     if kind == "zclip":
-        return ZClip(p.get("alpha", 0.97), p.get("z_threshold", 2.5), p.get("warmup", 25))
+        return ZClip(p.get("alpha", 0.97), p.get("z_threshold", 2.5), p.get("warmup", 25),
+                     p.get("max_grad_norm", 1.0))
     if kind == "skip_spike":
-        return SkipSpike(p.get("alpha", 0.97), p.get("z_threshold", 6.0), p.get("warmup", 25))
+        return SkipSpike(p.get("alpha", 0.97), p.get("z_threshold", 6.0), p.get("warmup", 25),
+                         p.get("max_consecutive", 10))
     raise ValueError(kind)
 
 
@@ -353,11 +377,69 @@ def run_weight_policies(case, out):
     save_file({k: v.contiguous() for k, v in tensors.items()}, out / "policy.safetensors")
 
 
+# ---- optimizers with parameter groups, and learning-rate schedules ----
+
+def run_optimizer(case, out):
+    """torch.optim with two parameter groups when `no_decay` is bias_and_norm: every 1-D
+    tensor in a group with weight_decay 0 (HF Trainer's and timm's split)."""
+    torch.manual_seed(case["seed"])
+    params = [nn.Parameter(torch.randn(s)) for s in case["shapes"]]
+    tensors = {f"init.{i}": p.detach().clone() for i, p in enumerate(params)}
+    wd = case["weight_decay"]
+    if case["no_decay"] == "bias_and_norm":
+        groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": wd},
+                  {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+    else:
+        groups = [{"params": params, "weight_decay": wd}]
+    lr = case["lr"]
+    if case["kind"] == "adamw":
+        opt = torch.optim.AdamW(groups, lr=lr, foreach=False)
+    elif case["kind"] == "adam":
+        opt = torch.optim.Adam(groups, lr=lr, foreach=False)
+    else:
+        opt = torch.optim.SGD(groups, lr=lr, momentum=case.get("momentum", 0.0), foreach=False)
+    for step in range(case["steps"]):
+        for i, p in enumerate(params):
+            p.grad = torch.randn(p.shape) * (step + 1)
+            tensors[f"grad.{step}.{i}"] = p.grad.clone()
+        opt.step()
+    tensors.update({f"final.{i}": p.detach().clone() for i, p in enumerate(params)})
+    save_file({k: v.contiguous() for k, v in tensors.items()}, out / "optimizer.safetensors")
+
+
+def run_schedule(case, out):
+    """The rate of each optimizer.step() under PyTorch's schedulers: warm-up LinearLR from
+    1/W over W-1 scheduler steps, then LinearLR to 0 or CosineAnnealingLR over T-W, chained
+    by SequentialLR at milestone W."""
+    from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LinearLR, SequentialLR
+    warmup, total = case["warmup_steps"], case["steps"]
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=case["lr"])
+    if case["schedule"] == "linear":
+        decay = LinearLR(opt, start_factor=1.0, end_factor=0.0, total_iters=total - warmup)
+    elif case["schedule"] == "cosine":
+        decay = CosineAnnealingLR(opt, T_max=total - warmup)
+    else:
+        decay = LambdaLR(opt, lambda _: 1.0)
+    sched = decay
+    if warmup > 0:
+        warm = LinearLR(opt, start_factor=1.0 / warmup, end_factor=1.0, total_iters=warmup - 1)
+        sched = SequentialLR(opt, [warm, decay], milestones=[warmup])
+    rates = []
+    for step in range(total):
+        rates.append(opt.param_groups[0]["lr"])
+        opt.step()
+        if step < total - 1:
+            sched.step()
+    (out / "rates.json").write_text(json.dumps(rates))
+
+
 def main():
+    warnings.simplefilter("ignore")  # schedulers warn about calling step() without gradients
     cases = json.loads(Path(sys.argv[1]).read_text())
     root = Path(sys.argv[2])
     for group, run in [("models", run_model), ("grad_policies", run_grad_policies),
-                       ("weight_policies", run_weight_policies)]:
+                       ("weight_policies", run_weight_policies), ("optimizers", run_optimizer),
+                       ("schedules", run_schedule)]:
         for case in cases.get(group, []):
             out = root / case["name"]
             out.mkdir(parents=True, exist_ok=True)

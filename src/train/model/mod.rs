@@ -79,6 +79,11 @@ impl Params {
         self.named.is_empty()
     }
 
+    /// Indices of the output layer's tensors: every model registers it as `head`.
+    pub fn head(&self) -> Vec<usize> {
+        self.named.iter().enumerate().filter(|(_, (name, _))| name.starts_with("head.")).map(|(i, _)| i).collect()
+    }
+
     pub fn layers(&self) -> Vec<LayerInfo> {
         self.named
             .iter()
