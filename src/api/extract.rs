@@ -79,7 +79,10 @@ fn field_path(path: &str, message: &str) -> String {
         let last = path.rsplit('.').next().unwrap_or(path);
         return if last == name { path.to_owned() } else { join(name) };
     }
-    if message.starts_with("unknown variant") && !path.ends_with("kind") {
+    // Tagged enums (the task, each policy) report an unknown tag at the object; a plain
+    // enum field (`optimizer.schedule`) reports it at the field itself.
+    let tagged = path == "task" || path.ends_with(']');
+    if message.starts_with("unknown variant") && tagged {
         return join("kind");
     }
     path.to_owned()
@@ -163,6 +166,16 @@ mod tests {
         );
         assert_eq!(field_of(r#"{"task":{"kind":"poetry"},"model":{"kind":"lstm"}}"#).as_deref(), Some("task.kind"));
         assert_eq!(field_of(r#"{"task":{"kind":"char_lm"},"model":{"kind":"cnn"}}"#).as_deref(), Some("model.kind"));
+        assert_eq!(
+            field_of(r#"{"task":{"kind":"char_lm"},"model":{"kind":"lstm"},"optimizer":{"schedule":"step"}}"#)
+                .as_deref(),
+            Some("optimizer.schedule")
+        );
+        assert_eq!(
+            field_of(r#"{"task":{"kind":"char_lm"},"model":{"kind":"lstm"},"policy":{"grad":[{"kind":"nope"}]}}"#)
+                .as_deref(),
+            Some("policy.grad[0].kind")
+        );
         assert_eq!(
             field_of(r#"{"task":{"kind":"char_lm"},"model":{"kind":"lstm"},"policy":{"grad":[{"kind":"clip_norm"}]}}"#)
                 .as_deref(),
