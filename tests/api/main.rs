@@ -17,6 +17,7 @@ mod metrics;
 mod origin;
 mod presets;
 mod prometheus;
+mod resume;
 mod service;
 mod stats;
 mod stream;
