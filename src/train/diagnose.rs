@@ -289,8 +289,7 @@ impl Diagnoser {
     /// the global rule, not again per layer.
     fn check_layer_spikes(&mut self, step: u64, grad_norm: &[f64], global_spike: bool, events: &mut Vec<Event>) {
         let (floor, factor) = (self.config.explode_floor, self.config.explode_factor);
-        for layer in 0..grad_norm.len().min(self.layer_norms.len()) {
-            let norm = grad_norm[layer];
+        for (layer, &norm) in grad_norm.iter().enumerate().take(self.layer_norms.len()) {
             if !norm.is_finite() {
                 continue;
             }
