@@ -1,7 +1,9 @@
 //! The networks. Each registers its parameters through [`Params`], which keeps their names
 //! in creation order: that order is the layer index everywhere else. Names, order and
 //! default initialisation follow the equivalent PyTorch modules (`tests/parity/` checks
-//! them against PyTorch itself).
+//! names and arithmetic against PyTorch itself; the initial distributions, which parity
+//! replaces with PyTorch's weights, are held to the formulas of PyTorch's documentation
+//! by this module's tests).
 //!
 //! - [`mlp`] — deep MLPs with optional normalisation and residual connections.
 //! - [`recurrent`] — vanilla RNN, LSTM and GRU stacks.
