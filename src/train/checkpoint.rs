@@ -2,8 +2,12 @@
 //! place, so a reader (or a crash) never sees half of one:
 //! - `<id>.safetensors`: the weights under the names of `/layers`, for users;
 //! - `<id>.resume.safetensors`: the weights (`model.<name>`), the optimizer's state
-//!   (`optim.<name>`), the job's step (`job_step`) and the optimizer's update count
-//!   (`optim_steps`), so an interrupted job continues where it was; the one before it is
+//!   (`optim.<name>`), the job's step (`job_step`), the optimizer's update count
+//!   (`optim_steps`), and the rest of the state a step reads: batch norm's running
+//!   statistics (`buffer.<name>`) and the adaptive grad policies' histories and moments
+//!   (`policy.<index>.<field>`), so an interrupted job continues exactly where it was.
+//!   (Dropout masks are a function of the seed and the step, and the batch stream is
+//!   replayed from the seed: neither needs saving.) The one before it is
 //!   kept as `<id>.resume.prev.safetensors`. After a crash the newest resume file can be
 //!   ahead of the steps the store had committed (the writer trails training a little);
 //!   resuming then starts from the previous one, so the history has no hole.
@@ -37,7 +41,15 @@ fn write_atomically(path: &Path, tensors: &[(String, Tensor)]) -> anyhow::Result
 }
 
 /// Writes both files for `params` (name, tensor) after `job_step` steps.
-pub fn save(path: &Path, params: &[(String, Tensor)], optimizer: &FlatOptimizer, job_step: u64) -> anyhow::Result<()> {
+/// `extra` is the rest of what a resume restores, each name with its prefix (`buffer.`,
+/// `policy.`).
+pub fn save(
+    path: &Path,
+    params: &[(String, Tensor)],
+    optimizer: &FlatOptimizer,
+    extra: &[(String, Tensor)],
+    job_step: u64,
+) -> anyhow::Result<()> {
     let cpu = |t: &Tensor| t.f_detach().and_then(|t| t.f_to_device(tch::Device::Cpu));
     let weights: Vec<(String, Tensor)> =
         params.iter().map(|(n, t)| Ok((n.clone(), cpu(t)?))).collect::<anyhow::Result<_>>()?;
@@ -46,6 +58,9 @@ pub fn save(path: &Path, params: &[(String, Tensor)], optimizer: &FlatOptimizer,
         weights.iter().map(|(n, t)| (format!("model.{n}"), t.shallow_clone())).collect();
     for (name, tensor) in state {
         resume.push((format!("optim.{name}"), cpu(tensor)?));
+    }
+    for (name, tensor) in extra {
+        resume.push((name.clone(), cpu(tensor)?));
     }
     resume.push(("job_step".to_owned(), Tensor::from_slice(&[i64::try_from(job_step)?])));
     resume.push(("optim_steps".to_owned(), Tensor::from_slice(&[i64::try_from(optim_steps)?])));
@@ -63,6 +78,8 @@ pub struct Resume {
     pub optim_steps: u64,
     pub weights: Vec<(String, Tensor)>,
     pub optimizer: Vec<(String, Tensor)>,
+    /// Everything else by its full name (`buffer.…`, `policy.…`): what `save` got as `extra`.
+    pub state: Vec<(String, Tensor)>,
 }
 
 /// Loads the resume file written at `job_step` (the newest or the previous one).
@@ -72,7 +89,8 @@ pub fn load(path: &Path, job_step: u64) -> anyhow::Result<Resume> {
         .find(|f| step_of(f) == Some(job_step))
         .with_context(|| format!("no resume file at step {job_step}"))?;
     let tensors = Tensor::read_safetensors(&file).with_context(|| format!("failed to read {}", file.display()))?;
-    let mut resume = Resume { job_step: 0, optim_steps: 0, weights: Vec::new(), optimizer: Vec::new() };
+    let mut resume =
+        Resume { job_step: 0, optim_steps: 0, weights: Vec::new(), optimizer: Vec::new(), state: Vec::new() };
     for (name, tensor) in tensors {
         if let Some(param) = name.strip_prefix("model.") {
             resume.weights.push((param.to_owned(), tensor));
@@ -82,6 +100,8 @@ pub fn load(path: &Path, job_step: u64) -> anyhow::Result<Resume> {
             resume.job_step = u64::try_from(tensor.f_to_kind(Kind::Int64)?.f_int64_value(&[0])?)?;
         } else if name == "optim_steps" {
             resume.optim_steps = u64::try_from(tensor.f_to_kind(Kind::Int64)?.f_int64_value(&[0])?)?;
+        } else {
+            resume.state.push((name, tensor));
         }
     }
     Ok(resume)
@@ -130,18 +150,23 @@ mod tests {
         let w = Tensor::from_slice(&[1.0f32, 2.0, 3.0]);
         let mut opt = FlatOptimizer::new(&OptimizerSpec::default());
         tch::no_grad(|| opt.step(&w, &Tensor::from_slice(&[0.1f32, 0.2, 0.3]), 0.01)).expect("step");
-        save(&path, &[("layer.weight".to_owned(), w.shallow_clone())], &opt, 42).expect("save");
+        let running = ("buffer.norm.running_mean".to_owned(), Tensor::from_slice(&[0.5f32, -0.5]));
+        save(&path, &[("layer.weight".to_owned(), w.shallow_clone())], &opt, std::slice::from_ref(&running), 42)
+            .expect("save");
         assert_eq!(resume_step(&path, 100), Some(42));
         let back = load(&path, 42).expect("load");
         assert_eq!((back.job_step, back.optim_steps), (42, 1));
         assert_eq!(back.weights[0].0, "layer.weight");
         assert!(back.weights[0].1.equal(&w));
         assert_eq!(back.optimizer.len(), 2, "AdamW keeps two moments");
+        assert_eq!(back.state.len(), 1);
+        assert_eq!(back.state[0].0, running.0);
+        assert!(back.state[0].1.equal(&running.1));
         let public = Tensor::read_safetensors(&path).expect("public");
         assert_eq!(public.len(), 1, "the user's checkpoint holds only the weights");
 
         // A newer checkpoint ahead of what the store committed: resume from the previous.
-        save(&path, &[("layer.weight".to_owned(), w.shallow_clone())], &opt, 50).expect("save");
+        save(&path, &[("layer.weight".to_owned(), w.shallow_clone())], &opt, &[], 50).expect("save");
         assert_eq!(resume_step(&path, 49), Some(42));
         assert_eq!(resume_step(&path, 50), Some(50));
         assert_eq!(resume_step(&path, 41), None);

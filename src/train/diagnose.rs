@@ -1,9 +1,12 @@
-//! Diagnosis from the step reports, in plain Rust: non-finite values, exploding global
-//! norms, vanishing and dead layers, and summaries of what the policies did.
+//! Diagnosis from the step reports, in plain Rust: non-finite values, exploding norms
+//! (global, or one layer's while others dominate the global norm), vanishing and dead
+//! layers, parameters a batch norm makes redundant, and summaries of what the policies did.
 //!
 //! Events are de-duplicated: a condition is reported when it starts, not on every step it
 //! lasts, and the same kind for the same layer is not reported again within a cool-down.
 //! Step arithmetic saturates: a cool-down as long as `u64::MAX` means "never again".
+//! Non-finite values are an episode: the issue clears after `diagnose_window` finite steps
+//! with a `recovered` event, so the events keep the history and the status the present.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -38,14 +41,52 @@ pub struct Issue {
     pub message: String,
 }
 
+/// A condition that must last a number of recorded steps: how many so far, and the step
+/// the run of them began (recorded steps can be `monitor.every` apart).
+#[derive(Debug, Clone, Copy, Default)]
+struct Streak {
+    count: u64,
+    since: u64,
+}
+
+impl Streak {
+    fn observe(&mut self, on: bool, step: u64) {
+        if !on {
+            self.count = 0;
+        } else {
+            if self.count == 0 {
+                self.since = step;
+            }
+            self.count = self.count.saturating_add(1);
+        }
+    }
+}
+
+/// A run of non-finite steps, until `diagnose_window` finite steps end it.
+#[derive(Debug, Clone, Copy)]
+struct NonfiniteEpisode {
+    first: u64,
+    last: u64,
+    steps: u64,
+    finite_since: u64,
+}
+
 #[derive(Debug)]
 pub struct Diagnoser {
     config: MonitorSpec,
     layer_names: Vec<String>,
     norms: VecDeque<f64>,
+    /// Each layer's recent finite gradient norms (recorded steps), for the per-layer
+    /// exploding rule.
+    layer_norms: Vec<VecDeque<f64>>,
     /// Consecutive recorded steps each layer has looked vanishing / dead.
-    vanishing_streak: Vec<u64>,
-    dead_streak: Vec<u64>,
+    vanishing_streak: Vec<Streak>,
+    dead_streak: Vec<Streak>,
+    /// Layers whose gradient a batch norm after them removes (see `Params::redundant`):
+    /// tiny by construction, reported once as `redundant`, never as vanishing or dead.
+    redundant: Vec<bool>,
+    redundant_reported: Vec<bool>,
+    nonfinite: Option<NonfiniteEpisode>,
     /// Last step an event of (kind, layer) was emitted, for the cool-down.
     last_emitted: HashMap<(&'static str, Option<usize>), u64>,
     /// Conditions in force, with the step they started.
@@ -62,8 +103,12 @@ impl Diagnoser {
             config: config.clone(),
             layer_names,
             norms: VecDeque::with_capacity(NORM_HISTORY),
-            vanishing_streak: vec![0; n],
-            dead_streak: vec![0; n],
+            layer_norms: vec![VecDeque::new(); n],
+            vanishing_streak: vec![Streak::default(); n],
+            dead_streak: vec![Streak::default(); n],
+            redundant: vec![false; n],
+            redundant_reported: vec![false; n],
+            nonfinite: None,
             last_emitted: HashMap::new(),
             active: HashMap::new(),
             clipped: 0,
@@ -72,12 +117,21 @@ impl Diagnoser {
         }
     }
 
+    /// Marks the layers (by index) whose gradient a following batch norm removes.
+    pub fn with_redundant(mut self, redundant: &[bool]) -> Self {
+        for (flag, &r) in self.redundant.iter_mut().zip(redundant) {
+            *flag = r;
+        }
+        self
+    }
+
     /// Looks at one step; returns the events it gives rise to.
     pub fn observe(&mut self, report: &StepReport) -> Vec<Event> {
         let mut events = Vec::new();
         self.check_nonfinite(report, &mut events);
-        self.check_exploding(report, &mut events);
+        let global_spike = self.check_exploding(report, &mut events);
         if let Some(layers) = &report.layers {
+            self.check_layer_spikes(report.step, &layers.grad_norm, global_spike, &mut events);
             self.check_layers(report.step, &layers.grad_norm, &layers.zero_frac, &mut events);
         }
         self.summarize_policies(report, &mut events);
@@ -157,17 +211,50 @@ impl Diagnoser {
                 Event { step: report.step, kind: "nonfinite", layer: first, value, message: message.clone() },
             );
             self.set_active("nonfinite", None, report.step, &message, true);
+            let episode = self.nonfinite.get_or_insert(NonfiniteEpisode {
+                first: report.step,
+                last: report.step,
+                steps: 0,
+                finite_since: 0,
+            });
+            episode.last = report.step;
+            episode.steps += 1;
+            episode.finite_since = 0;
+        } else if let Some(episode) = self.nonfinite.as_mut() {
+            if episode.finite_since == 0 {
+                episode.finite_since = report.step;
+            }
+            if report.step.saturating_sub(episode.finite_since) + 1 >= self.config.diagnose_window {
+                let episode = *episode;
+                self.nonfinite = None;
+                // A new episode is news, whatever the cool-down.
+                self.last_emitted.retain(|(kind, _), _| *kind != "nonfinite");
+                self.set_active("nonfinite", None, report.step, "", false);
+                events.push(Event {
+                    step: report.step,
+                    kind: "recovered",
+                    layer: None,
+                    value: Some(episode.steps as f64),
+                    message: format!(
+                        "finite for {} steps: {} non-finite step(s) between steps {} and {}",
+                        self.config.diagnose_window, episode.steps, episode.first, episode.last
+                    ),
+                });
+            }
         }
     }
 
-    fn check_exploding(&mut self, report: &StepReport, events: &mut Vec<Event>) {
+    /// The global rule; returns whether this step's global norm spiked.
+    fn check_exploding(&mut self, report: &StepReport, events: &mut Vec<Event>) -> bool {
         let norm = report.grad_norm;
         if !norm.is_finite() {
-            return;
+            return false;
         }
+        let mut spiked = false;
         if self.norms.len() >= MIN_HISTORY {
             let median = median(&self.norms);
-            let spike = median > 0.0 && norm > self.config.explode_factor * median;
+            let spike = norm > self.config.explode_floor && median > 0.0 && norm > self.config.explode_factor * median;
+            spiked = spike;
             if spike {
                 let message =
                     format!("gradient norm {norm:.3e} is {:.0}× its recent median {median:.3e}", norm / median);
@@ -194,6 +281,45 @@ impl Diagnoser {
             self.norms.pop_front();
         }
         self.norms.push_back(norm);
+        spiked
+    }
+
+    /// The per-layer rule: one layer's norm jumps while the global norm, dominated by
+    /// other layers, barely moves. A step whose global norm spiked is reported once, by
+    /// the global rule, not again per layer.
+    fn check_layer_spikes(&mut self, step: u64, grad_norm: &[f64], global_spike: bool, events: &mut Vec<Event>) {
+        let (floor, factor) = (self.config.explode_floor, self.config.explode_factor);
+        for (layer, &norm) in grad_norm.iter().enumerate().take(self.layer_norms.len()) {
+            if !norm.is_finite() {
+                continue;
+            }
+            let key = ("exploding", Some(layer));
+            let history = &self.layer_norms[layer];
+            // The median only for norms above the floor: most layers, most steps, cost nothing.
+            let median = if norm > floor && history.len() >= MIN_HISTORY { median(history) } else { f64::INFINITY };
+            let spike = median > 0.0 && norm > factor * median;
+            if spike && !global_spike {
+                let message = format!(
+                    "{}: gradient norm {norm:.3e} is {:.0}× its recent median {median:.3e}",
+                    self.layer_name(layer),
+                    norm / median
+                );
+                self.emit(
+                    events,
+                    Event { step, kind: "exploding", layer: Some(layer), value: Some(norm), message: message.clone() },
+                );
+                self.set_active("exploding", Some(layer), step, &message, true);
+            } else if !spike
+                && self.active.get(&key).is_some_and(|i| step > i.since.saturating_add(self.config.cooldown))
+            {
+                self.set_active("exploding", Some(layer), step, "", false);
+            }
+            let history = &mut self.layer_norms[layer];
+            if history.len() == NORM_HISTORY {
+                history.pop_front();
+            }
+            history.push_back(norm);
+        }
     }
 
     fn check_layers(&mut self, step: u64, grad_norm: &[f64], zero_frac: &[f64], events: &mut Vec<Event>) {
@@ -202,8 +328,14 @@ impl Diagnoser {
         for layer in 0..grad_norm.len().min(self.vanishing_streak.len()) {
             let norm = grad_norm[layer];
             let vanishing = largest > 0.0 && norm.is_finite() && norm < self.config.vanish_ratio * largest;
-            self.vanishing_streak[layer] = if vanishing { self.vanishing_streak[layer].saturating_add(1) } else { 0 };
-            if self.vanishing_streak[layer] == window {
+            let dead = zero_frac[layer] >= self.config.dead_frac;
+            if self.redundant[layer] {
+                self.check_redundant(step, layer, norm, largest, vanishing || dead, events);
+                continue;
+            }
+            self.vanishing_streak[layer].observe(vanishing, step);
+            let streak = self.vanishing_streak[layer];
+            if streak.count == window {
                 let message = format!(
                     "{}: gradient norm {norm:.2e} is {:.1} orders of magnitude below the largest layer's ({largest:.2e}) for {window} recorded steps",
                     self.layer_name(layer),
@@ -213,20 +345,14 @@ impl Diagnoser {
                     events,
                     Event { step, kind: "vanishing", layer: Some(layer), value: Some(norm), message: message.clone() },
                 );
-                self.set_active(
-                    "vanishing",
-                    Some(layer),
-                    step.saturating_add(1).saturating_sub(window),
-                    &message,
-                    true,
-                );
+                self.set_active("vanishing", Some(layer), streak.since, &message, true);
             } else if !vanishing {
                 self.set_active("vanishing", Some(layer), step, "", false);
             }
 
-            let dead = zero_frac[layer] >= self.config.dead_frac;
-            self.dead_streak[layer] = if dead { self.dead_streak[layer].saturating_add(1) } else { 0 };
-            if self.dead_streak[layer] == window {
+            self.dead_streak[layer].observe(dead, step);
+            let streak = self.dead_streak[layer];
+            if streak.count == window {
                 let message = format!(
                     "{}: {:.1}% of gradient entries are exactly zero for {window} recorded steps (dead units)",
                     self.layer_name(layer),
@@ -242,11 +368,40 @@ impl Diagnoser {
                         message: message.clone(),
                     },
                 );
-                self.set_active("dead", Some(layer), step.saturating_add(1).saturating_sub(window), &message, true);
+                self.set_active("dead", Some(layer), streak.since, &message, true);
             } else if !dead {
                 self.set_active("dead", Some(layer), step, "", false);
             }
         }
+    }
+
+    /// A redundant layer whose gradient stays (near) zero for the window is told about
+    /// once, as information: it is what the architecture implies, not a training problem.
+    fn check_redundant(
+        &mut self,
+        step: u64,
+        layer: usize,
+        norm: f64,
+        largest: f64,
+        tiny: bool,
+        events: &mut Vec<Event>,
+    ) {
+        self.vanishing_streak[layer].observe(tiny, step);
+        if self.redundant_reported[layer] || self.vanishing_streak[layer].count < self.config.diagnose_window {
+            return;
+        }
+        self.redundant_reported[layer] = true;
+        events.push(Event {
+            step,
+            kind: "redundant",
+            layer: Some(layer),
+            value: Some(norm),
+            message: format!(
+                "{}: gradient norm {norm:.2e} (largest layer {largest:.2e}) because the batch norm after it subtracts \
+                 every per-feature shift: a redundant parameter, not a vanishing gradient",
+                self.layer_name(layer)
+            ),
+        });
     }
 
     fn summarize_policies(&mut self, report: &StepReport, events: &mut Vec<Event>) {
@@ -268,10 +423,11 @@ impl Diagnoser {
     }
 }
 
+/// The upper median, by selection rather than a sort (it runs per layer).
 fn median(values: &VecDeque<f64>) -> f64 {
-    let mut sorted: Vec<f64> = values.iter().copied().collect();
-    sorted.sort_by(f64::total_cmp);
-    sorted[sorted.len() / 2]
+    let mut values: Vec<f64> = values.iter().copied().collect();
+    let middle = values.len() / 2;
+    *values.select_nth_unstable_by(middle, f64::total_cmp).1
 }
 
 #[cfg(test)]
@@ -370,5 +526,113 @@ mod tests {
         let events = d.observe(&bad);
         assert_eq!(events[0].kind, "nonfinite");
         assert_eq!(d.diagnosis().status, "critical");
+    }
+
+    fn kinds(events: &[Event], kind: &str) -> Vec<(u64, Option<usize>)> {
+        events.iter().filter(|e| e.kind == kind).map(|e| (e.step, e.layer)).collect()
+    }
+
+    #[test]
+    fn nonfinite_clears_after_a_healthy_window_and_the_events_keep_it() {
+        let mut d = diagnoser();
+        let window = MonitorSpec::default().diagnose_window;
+        let mut events = Vec::new();
+        for step in 1..=20 {
+            events.extend(d.observe(&report(step, 0.5, &[0.3, 0.4])));
+        }
+        let mut bad = report(21, f64::NAN, &[f64::NAN, 0.4]);
+        bad.layers.as_mut().expect("layers").nonfinite[0] = 3.0;
+        bad.skipped = true;
+        events.extend(d.observe(&bad));
+        assert_eq!(d.diagnosis().status, "critical");
+        for step in 22..21 + window {
+            events.extend(d.observe(&report(step, 0.5, &[0.3, 0.4])));
+        }
+        assert_eq!(d.diagnosis().status, "critical", "one step short of the window");
+        events.extend(d.observe(&report(21 + window, 0.5, &[0.3, 0.4])));
+        assert_eq!(d.diagnosis().status, "healthy", "{:?}", d.diagnosis());
+        assert_eq!(kinds(&events, "nonfinite"), [(21, Some(0))]);
+        let recovered: Vec<&Event> = events.iter().filter(|e| e.kind == "recovered").collect();
+        assert_eq!(recovered.len(), 1);
+        assert_eq!((recovered[0].step, recovered[0].value), (21 + window, Some(1.0)));
+        // A later episode is critical again, and reported although the cool-down of the
+        // first has not run out.
+        let again = d.observe(&report(22 + window, f64::INFINITY, &[0.3, 0.4]));
+        assert_eq!(kinds(&again, "nonfinite"), [(22 + window, None)]);
+        assert_eq!(d.diagnosis().status, "critical");
+    }
+
+    #[test]
+    fn tiny_norms_jumping_below_the_floor_are_not_exploding() {
+        let mut d = diagnoser();
+        let mut events = Vec::new();
+        for step in 1..=50 {
+            let norm = if step == 30 { 5e-3 } else { 1e-4 };
+            events.extend(d.observe(&report(step, norm, &[norm * 0.6, norm * 0.8])));
+        }
+        assert!(kinds(&events, "exploding").is_empty(), "{events:?}");
+        assert_eq!(d.diagnosis().status, "healthy");
+        // The same jump above the floor is.
+        let config = MonitorSpec { explode_floor: 1e-3, ..MonitorSpec::default() };
+        let mut d = Diagnoser::new(&config, vec!["first".into(), "last".into()]);
+        let mut events = Vec::new();
+        for step in 1..=50 {
+            let norm = if step == 30 { 5e-3 } else { 1e-4 };
+            events.extend(d.observe(&report(step, norm, &[norm * 0.6, norm * 0.8])));
+        }
+        assert_eq!(kinds(&events, "exploding"), [(30, None)], "reported once, globally: {events:?}");
+    }
+
+    #[test]
+    fn one_layer_blowing_up_under_a_dominant_other_is_exploding() {
+        let mut d = diagnoser();
+        let mut events = Vec::new();
+        for step in 1..=50 {
+            let small: f64 = if step == 30 { 2.0 } else { 0.01 };
+            let layers = [5.0, small];
+            let global = (25.0 + small * small).sqrt();
+            events.extend(d.observe(&report(step, global, &layers)));
+        }
+        assert_eq!(kinds(&events, "exploding"), [(30, Some(1))], "{events:?}");
+        let diagnosis = d.diagnosis();
+        assert_eq!(diagnosis.status, "warning");
+        assert_eq!((diagnosis.issues[0].kind.as_str(), diagnosis.issues[0].layer), ("exploding", Some(1)));
+    }
+
+    /// With statistics every 10th step, a condition that began at step 1 began at step 1.
+    #[test]
+    fn since_is_the_first_step_when_statistics_skip_steps() {
+        let config = MonitorSpec { every: 10, ..MonitorSpec::default() };
+        let window = config.diagnose_window;
+        let mut d = Diagnoser::new(&config, vec!["first".into(), "last".into()]);
+        let mut events = Vec::new();
+        for step in 1..=window * 10 {
+            let mut r = report(step, 1.0, &[1e-9, 1.0]);
+            if !config.records(step) {
+                r.layers = None;
+            }
+            events.extend(d.observe(&r));
+        }
+        assert_eq!(kinds(&events, "vanishing"), [(1 + (window - 1) * 10, Some(0))]);
+        assert_eq!(d.diagnosis().issues[0].since, 1);
+    }
+
+    #[test]
+    fn a_bias_before_batch_norm_is_redundant_not_vanishing() {
+        let window = MonitorSpec::default().diagnose_window;
+        let mut d = diagnoser().with_redundant(&[true, false]);
+        let mut events = Vec::new();
+        for step in 1..=window + 20 {
+            events.extend(d.observe(&report(step, 1.0, &[1e-9, 1.0])));
+        }
+        assert!(kinds(&events, "vanishing").is_empty(), "{events:?}");
+        assert_eq!(kinds(&events, "redundant"), [(window, Some(0))], "told once");
+        assert_eq!(d.diagnosis().status, "healthy");
+        // The same layer without the flag is vanishing.
+        let mut d = diagnoser();
+        for step in 1..=window {
+            d.observe(&report(step, 1.0, &[1e-9, 1.0]));
+        }
+        assert_eq!(d.diagnosis().issues[0].kind, "vanishing");
     }
 }

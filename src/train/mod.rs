@@ -118,8 +118,9 @@ pub enum TrainEvent {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
     pub step: u64,
-    /// `nonfinite`, `exploding`, `vanishing`, `dead`, `clipped`, `skipped`,
-    /// `spike_accepted`.
+    /// `nonfinite`, `recovered` (a non-finite episode ended), `exploding`, `vanishing`,
+    /// `dead`, `redundant` (information: a parameter a batch norm after it makes
+    /// redundant), `clipped`, `skipped`, `spike_accepted`.
     pub kind: &'static str,
     pub layer: Option<usize>,
     pub value: Option<f64>,

@@ -327,6 +327,92 @@ pub fn apply_weight_policies(policies: &[WeightPolicy], weights: &[Tensor], step
     Ok(())
 }
 
+/// Saving and restoring what the adaptive policies carry between steps, so a resumed run
+/// clips exactly as the uninterrupted one would.
+impl GradPolicies {
+    /// Their state as named tensors, `policy.<index>.<kind>.<field>` (counters as one
+    /// int64); nothing for the stateless policies.
+    pub fn state(&self) -> anyhow::Result<Vec<(String, Tensor)>> {
+        let mut out = Vec::new();
+        for (i, stage) in self.stages.iter().enumerate() {
+            match stage {
+                Stage::Autoclip { history, seen, .. } => {
+                    out.push((format!("policy.{i}.autoclip.history"), history.shallow_clone()));
+                    out.push((format!("policy.{i}.autoclip.seen"), counter(*seen)?));
+                }
+                Stage::Zclip { stats, .. } => stats.save(&format!("policy.{i}.zclip"), &mut out)?,
+                Stage::SkipSpike { stats, streak, .. } => {
+                    stats.save(&format!("policy.{i}.skip_spike"), &mut out)?;
+                    out.push((format!("policy.{i}.skip_spike.streak"), streak.shallow_clone()));
+                }
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+
+    /// Restores what [`GradPolicies::state`] saved. A policy with nothing saved (a file
+    /// from before the policies' state was kept) starts afresh, as resumes used to.
+    pub fn restore(&mut self, saved: &[(String, Tensor)]) -> anyhow::Result<()> {
+        let find = |name: String| saved.iter().find(|(n, _)| *n == name).map(|(_, t)| t);
+        for (i, stage) in self.stages.iter_mut().enumerate() {
+            match stage {
+                Stage::Autoclip { history, seen, .. } => {
+                    let prefix = format!("policy.{i}.autoclip");
+                    if let (Some(h), Some(s)) = (find(format!("{prefix}.history")), find(format!("{prefix}.seen"))) {
+                        anyhow::ensure!(h.size() == history.size(), "{prefix}: the saved history has another length");
+                        history.f_copy_(h)?;
+                        *seen = read_counter(s)?;
+                    }
+                }
+                Stage::Zclip { stats, .. } => stats.restore(&format!("policy.{i}.zclip"), &find)?,
+                Stage::SkipSpike { stats, streak, .. } => {
+                    stats.restore(&format!("policy.{i}.skip_spike"), &find)?;
+                    if let Some(saved) = find(format!("policy.{i}.skip_spike.streak")) {
+                        streak.f_copy_(saved)?;
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+impl NormStats {
+    fn save(&self, prefix: &str, out: &mut Vec<(String, Tensor)>) -> anyhow::Result<()> {
+        out.push((format!("{prefix}.buffer"), self.buffer.shallow_clone()));
+        out.push((format!("{prefix}.seen"), counter(self.seen)?));
+        out.push((format!("{prefix}.mean"), self.mean.shallow_clone()));
+        out.push((format!("{prefix}.var"), self.var.shallow_clone()));
+        Ok(())
+    }
+
+    fn restore<'t>(&mut self, prefix: &str, find: &impl Fn(String) -> Option<&'t Tensor>) -> anyhow::Result<()> {
+        let field = |name: &str| find(format!("{prefix}.{name}"));
+        let (Some(buffer), Some(seen), Some(mean), Some(var)) =
+            (field("buffer"), field("seen"), field("mean"), field("var"))
+        else {
+            return Ok(());
+        };
+        anyhow::ensure!(buffer.size() == self.buffer.size(), "{prefix}: the saved warm-up has another length");
+        let device = self.buffer.device();
+        self.buffer.f_copy_(buffer)?;
+        self.seen = read_counter(seen)?;
+        self.mean = mean.f_to_kind(Kind::Float)?.f_to_device(device)?.f_reshape([])?;
+        self.var = var.f_to_kind(Kind::Float)?.f_to_device(device)?.f_reshape([])?;
+        Ok(())
+    }
+}
+
+fn counter(value: u64) -> anyhow::Result<Tensor> {
+    Ok(Tensor::from_slice(&[i64::try_from(value)?]))
+}
+
+fn read_counter(tensor: &Tensor) -> anyhow::Result<u64> {
+    Ok(u64::try_from(tensor.f_to_kind(Kind::Int64)?.f_int64_value(&[0])?)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -378,5 +464,36 @@ mod tests {
         apply_weight_policies(&[WeightPolicy::MaxNorm { max: 1.0, dim: 0 }], &m, 1).expect("max_norm");
         let rows = m[0].norm_scalaropt_dim(2.0, [1].as_slice(), false);
         assert!(rows.allclose(&Tensor::from_slice(&[1.0f32, 0.5]), 1e-5, 1e-5, false));
+    }
+
+    #[test]
+    fn adaptive_policy_state_round_trips() {
+        let specs = [
+            GradPolicy::Autoclip { percentile: 50.0, history: 8 },
+            GradPolicy::Zclip { alpha: 0.9, z_threshold: 2.5, warmup: 3, max_grad_norm: None },
+            GradPolicy::SkipSpike { z_threshold: 3.0, alpha: 0.9, warmup: 3, max_consecutive: 2 },
+        ];
+        let g = [Tensor::from_slice(&[1.0f32])];
+        let norms = [1.0f32, 1.2, 0.8, 1.1, 0.9, 1.3, 5.0, 1.0, 0.7, 1.05];
+        let run = |policy: &mut GradPolicies, norms: &[f32]| -> Vec<f64> {
+            norms
+                .iter()
+                .map(|&n| {
+                    let g = [g[0].copy()];
+                    policy.apply(&g, &g, &Tensor::from(n)).expect("apply").norm.double_value(&[])
+                })
+                .collect()
+        };
+        let mut whole = cpu(&specs);
+        let expected = run(&mut whole, &norms);
+        let mut first = cpu(&specs);
+        let _ = run(&mut first, &norms[..5]);
+        let state = first.state().expect("state");
+        assert_eq!(state.len(), 2 + 4 + 5);
+        let mut resumed = cpu(&specs);
+        resumed.restore(&state).expect("restore");
+        assert_eq!(run(&mut resumed, &norms[5..]), expected[5..]);
+        // Without the state, the policies start afresh and clip differently.
+        assert_ne!(run(&mut cpu(&specs), &norms[5..]), expected[5..]);
     }
 }

@@ -51,18 +51,24 @@ pub fn train(
     let mut optimizer = FlatOptimizer::new(&spec.optimizer).with_groups(&layers);
     let named: Vec<(String, Tensor)> =
         layers.iter().map(|l| l.name.clone()).zip(flat.params().iter().map(Tensor::shallow_clone)).collect();
+    let buffers: Vec<(String, Tensor)> =
+        params.buffers().iter().map(|(n, t)| (format!("buffer.{n}"), t.shallow_clone())).collect();
+    let mut grad_policies = GradPolicies::new(&spec.policy.grad, device)?.with_head(params.head());
     let first = match (&ctx.checkpoint, ctx.resume) {
-        (Some(path), Some(step)) => resume(path, step, &named, &mut optimizer, &mut task, spec, device)? + 1,
+        (Some(path), Some(step)) => {
+            let mut state = State { named: &named, buffers: &buffers, optimizer: &mut optimizer, device };
+            resume(path, step, &mut state, &mut grad_policies, &mut task, spec)? + 1
+        }
         _ => 1,
     };
-    let grad_policies = GradPolicies::new(&spec.policy.grad, device)?.with_head(params.head());
-    let mut reporter = Reporter::new(spec, grad_policies, layers.iter().map(|l| l.name.clone()).collect());
+    let names = layers.iter().map(|l| l.name.clone()).collect();
+    let mut reporter = Reporter::new(spec, grad_policies, names, params.redundant());
     emit(TrainEvent::Started { device: model::device_name(device), layers });
 
     for step in first..=spec.steps {
         if let Some(reason) = stop.requested() {
             reporter.finish(emit)?;
-            save_checkpoint(ctx, &named, &optimizer, step - 1)?;
+            save_checkpoint(ctx, &named, &buffers, &optimizer, &reporter.grad_policies, step - 1)?;
             return Ok(match reason {
                 StopReason::Cancel => Outcome::Cancelled,
                 StopReason::Shutdown => Outcome::Interrupted,
@@ -71,6 +77,7 @@ pub fn train(
         let started = Instant::now();
         let lr = optim::learning_rate(&spec.optimizer, step, spec.steps);
         let batch = task.train_batch(spec.batch_size)?;
+        model.rng().start_step(step);
         let loss = task.loss(&model.forward(&batch.xs, true)?, &batch.ys)?;
         flat.zero_grads()?;
         loss.f_backward().context("backward failed")?;
@@ -100,33 +107,42 @@ pub fn train(
         }
         if !finite && spec.policy.on_nonfinite == OnNonfinite::Stop {
             reporter.finish(emit)?;
-            save_checkpoint(ctx, &named, &optimizer, step)?;
+            save_checkpoint(ctx, &named, &buffers, &optimizer, &reporter.grad_policies, step)?;
             return Ok(Outcome::Diverged(format!("non-finite loss or gradient at step {step}")));
         }
         if spec.checkpoint_every > 0 && step.is_multiple_of(spec.checkpoint_every) && step < spec.steps {
-            save_checkpoint(ctx, &named, &optimizer, step)?;
+            save_checkpoint(ctx, &named, &buffers, &optimizer, &reporter.grad_policies, step)?;
         }
     }
     reporter.finish(emit)?;
-    save_checkpoint(ctx, &named, &optimizer, spec.steps)?;
+    save_checkpoint(ctx, &named, &buffers, &optimizer, &reporter.grad_policies, spec.steps)?;
     Ok(Outcome::Succeeded)
 }
 
-/// Loads the resume file into the parameters and the optimizer and moves the task's
-/// batch stream past the steps already done, so the run continues as if never stopped.
-/// Returns the step it continues after.
+/// What a resume restores in place besides the grad policies.
+struct State<'a> {
+    /// The parameters, by layer name.
+    named: &'a [(String, Tensor)],
+    /// Batch norm's running statistics, by their names in the resume file.
+    buffers: &'a [(String, Tensor)],
+    optimizer: &'a mut FlatOptimizer,
+    device: Device,
+}
+
+/// Loads the resume file into the parameters, the buffers, the optimizer and the grad
+/// policies, and moves the task's batch stream past the steps already done, so the run
+/// continues as if never stopped. Returns the step it continues after.
 fn resume(
     path: &std::path::Path,
     step: u64,
-    named: &[(String, Tensor)],
-    optimizer: &mut FlatOptimizer,
+    state: &mut State<'_>,
+    grad_policies: &mut GradPolicies,
     task: &mut Task,
     spec: &JobSpec,
-    device: Device,
 ) -> anyhow::Result<u64> {
     let saved = checkpoint::load(path, step)?;
     tch::no_grad(|| -> anyhow::Result<()> {
-        for (name, param) in named {
+        for (name, param) in state.named {
             let (_, value) = saved
                 .weights
                 .iter()
@@ -134,9 +150,15 @@ fn resume(
                 .with_context(|| format!("the checkpoint has no {name}"))?;
             param.shallow_clone().f_copy_(value)?;
         }
-        Ok(())
+        // A file from before buffers were saved leaves them as built, as resumes used to.
+        for (name, buffer) in state.buffers {
+            if let Some((_, value)) = saved.state.iter().find(|(n, _)| n == name) {
+                buffer.shallow_clone().f_copy_(value)?;
+            }
+        }
+        grad_policies.restore(&saved.state)
     })?;
-    optimizer.restore(saved.optimizer, saved.optim_steps, device)?;
+    state.optimizer.restore(saved.optimizer, saved.optim_steps, state.device)?;
     for _ in 0..saved.job_step {
         task.train_batch(spec.batch_size)?;
     }
@@ -161,7 +183,7 @@ struct Reporter<'a> {
 }
 
 impl<'a> Reporter<'a> {
-    fn new(spec: &'a JobSpec, grad_policies: GradPolicies, layer_names: Vec<String>) -> Self {
+    fn new(spec: &'a JobSpec, grad_policies: GradPolicies, layer_names: Vec<String>, redundant: &[bool]) -> Self {
         Self {
             spec,
             grad_policies,
@@ -169,7 +191,7 @@ impl<'a> Reporter<'a> {
             held: None,
             held_events: Vec::new(),
             pending: Vec::new(),
-            diagnoser: Diagnoser::new(&spec.monitor, layer_names),
+            diagnoser: Diagnoser::new(&spec.monitor, layer_names).with_redundant(redundant),
             diagnosis: Diagnosis { status: "healthy".to_owned(), issues: Vec::new() },
         }
     }
@@ -318,11 +340,13 @@ impl<'a> Reporter<'a> {
 fn save_checkpoint(
     ctx: &RunContext,
     named: &[(String, Tensor)],
+    buffers: &[(String, Tensor)],
     optimizer: &FlatOptimizer,
+    grad_policies: &GradPolicies,
     step: u64,
 ) -> anyhow::Result<()> {
-    match &ctx.checkpoint {
-        Some(path) => checkpoint::save(path, named, optimizer, step),
-        None => Ok(()),
-    }
+    let Some(path) = &ctx.checkpoint else { return Ok(()) };
+    let mut state: Vec<(String, Tensor)> = buffers.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
+    state.extend(grad_policies.state()?);
+    checkpoint::save(path, named, optimizer, &state, step)
 }

@@ -573,6 +573,11 @@ pub struct MonitorSpec {
     /// `exploding`: the global gradient norm exceeds this multiple of its recent median.
     #[serde(default = "default_explode_factor")]
     pub explode_factor: f64,
+    /// `exploding` needs the norm (global, or a layer's) above this too: near convergence
+    /// tiny norms jump by large factors harmlessly. The default, 1, is the `max_norm`
+    /// most clipping recipes use: a norm a standard clip would pass is no explosion.
+    #[serde(default = "default_explode_floor")]
+    pub explode_floor: f64,
     /// `vanishing`: a layer's gradient norm stays below this fraction of the largest
     /// layer's for `diagnose_window` recorded steps.
     #[serde(default = "default_vanish_ratio")]
@@ -596,6 +601,7 @@ pub struct MonitorSpec {
 }
 
 pub const DEFAULT_EXPLODE_FACTOR: f64 = 10.0;
+pub const DEFAULT_EXPLODE_FLOOR: f64 = 1.0;
 pub const DEFAULT_VANISH_RATIO: f64 = 1e-4;
 pub const DEFAULT_DEAD_FRAC: f64 = 0.99;
 pub const DEFAULT_DIAGNOSE_WINDOW: u64 = 50;
@@ -609,6 +615,7 @@ impl Default for MonitorSpec {
             histogram: true,
             prometheus_layers: DEFAULT_PROMETHEUS_LAYERS,
             explode_factor: DEFAULT_EXPLODE_FACTOR,
+            explode_floor: DEFAULT_EXPLODE_FLOOR,
             vanish_ratio: DEFAULT_VANISH_RATIO,
             dead_frac: DEFAULT_DEAD_FRAC,
             diagnose_window: DEFAULT_DIAGNOSE_WINDOW,
@@ -667,6 +674,11 @@ impl JobSpec {
         let m = &self.monitor;
         check(m.prometheus_layers <= 1024, "monitor.prometheus_layers", "at most 1024")?;
         check(m.explode_factor.is_finite() && m.explode_factor > 1.0, "monitor.explode_factor", "must be above 1")?;
+        check(
+            m.explode_floor.is_finite() && m.explode_floor >= 0.0,
+            "monitor.explode_floor",
+            "must be a finite number, at least 0",
+        )?;
         check(
             m.vanish_ratio.is_finite() && m.vanish_ratio > 0.0 && m.vanish_ratio < 1.0,
             "monitor.vanish_ratio",
@@ -942,6 +954,10 @@ fn norm_two() -> NormType {
 fn default_prometheus_layers() -> u32 {
     DEFAULT_PROMETHEUS_LAYERS
 }
+fn default_explode_floor() -> f64 {
+    DEFAULT_EXPLODE_FLOOR
+}
+
 fn default_explode_factor() -> f64 {
     DEFAULT_EXPLODE_FACTOR
 }

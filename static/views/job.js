@@ -36,15 +36,18 @@ export function describeSpec(spec) {
 }
 
 /** Health flags of one layer from its latest statistics. */
-function health(i, s, maxNorm, monitor, issues) {
+function health(i, s, maxNorm, monitor, issues, redundant) {
   const flags = [];
+  // A bias right before a batch norm has no gradient by construction (the diagnosis says
+  // so once, as a `redundant` event): not a vanishing or dead layer.
+  if (redundant.has(i)) flags.push({ text: "redundant", level: "info", title: "the batch norm after it removes this parameter's effect, so its gradient is zero" });
   for (const issue of issues.filter((x) => x.layer === i)) flags.push({ text: issue.kind, level: issue.kind === "nonfinite" ? "bad" : "warn", title: issue.message });
   const nf = s.nonfinite?.[i];
   if (nf > 0 && !flags.some((f) => f.text === "nonfinite")) flags.push({ text: "NaN/Inf", level: "bad" });
   const zf = s.zero_frac?.[i];
-  if (zf >= (monitor?.dead_frac ?? 0.99) && !flags.some((f) => f.text === "dead")) flags.push({ text: "dead", level: "warn", title: "almost every gradient entry is exactly zero" });
+  if (zf >= (monitor?.dead_frac ?? 0.99) && !redundant.has(i) && !flags.some((f) => f.text === "dead")) flags.push({ text: "dead", level: "warn", title: "almost every gradient entry is exactly zero" });
   const gn = s.grad_norm?.[i];
-  if (gn !== null && gn !== undefined && maxNorm > 0 && gn < maxNorm * (monitor?.vanish_ratio ?? 1e-4) && !flags.some((f) => f.text === "vanishing"))
+  if (gn !== null && gn !== undefined && maxNorm > 0 && gn < maxNorm * (monitor?.vanish_ratio ?? 1e-4) && !redundant.has(i) && !flags.some((f) => f.text === "vanishing"))
     flags.push({ text: "vanishing", level: "warn", title: "gradient far below the largest layer's" });
   const ur = s.update_ratio?.[i];
   if (ur > 1e-2) flags.push({ text: "big steps", level: "warn", title: "weights change by more than 1% per step (healthy is about 0.1%)" });
@@ -275,6 +278,7 @@ export async function jobView(root, ctx, id) {
       const v = s[sortKey]?.[l.index];
       return v === null || v === undefined ? -Infinity : v;
     };
+    const redundant = new Set(events.filter((e) => e.kind === "redundant").map((e) => e.layer));
     for (const l of data.layers) {
       if (!l.row) continue;
       const cells = l.row.children;
@@ -284,7 +288,7 @@ export async function jobView(root, ctx, id) {
         const cell = cells[3 + k];
         if (cell.textContent !== text) cell.textContent = text;
       });
-      l.flags = health(l.index, s, maxNorm, job.spec.monitor, issues);
+      l.flags = health(l.index, s, maxNorm, job.spec.monitor, issues, redundant);
       const flagsText = l.flags.map((f) => f.text).join(" ");
       const hcell = cells[3 + STATS.length];
       if (hcell.dataset.flags !== flagsText) {

@@ -18,6 +18,7 @@ mod origin;
 mod policies;
 mod presets;
 mod prometheus;
+mod resume;
 mod service;
 mod stats;
 mod stream;

@@ -173,3 +173,44 @@ async fn wide_and_narrow_layer_queries_agree() {
         assert_eq!(narrow["layers"][k], wide["layers"][index], "layer {index}");
     }
 }
+
+/// The remedied vanishing preset reads healthy: the linear biases before its batch norms
+/// get a zero gradient because the normalisation subtracts them, which the diagnosis
+/// reports once each as `redundant` information, not as `vanishing` warnings.
+#[tokio::test]
+async fn the_batchnorm_remedy_reads_healthy() {
+    let app = spawn_app().await;
+    let presets: Value = app.get("/api/v1/presets").await.json().await.expect("json");
+    let preset = presets["presets"]
+        .as_array()
+        .expect("presets")
+        .iter()
+        .find(|p| p["name"] == "vanishing-mlp-batchnorm")
+        .expect("the preset");
+    let mut spec = preset["spec"].clone();
+    spec["device"] = json!("cpu");
+    let id = app.submit(&spec).await["id"].as_str().expect("id").to_owned();
+    let done = app.wait_finished(&id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    // A run whose diagnosis never changed from healthy has none stored.
+    let status = done["diagnosis"]["status"].as_str().unwrap_or("healthy");
+    assert_eq!(status, "healthy", "{}", done["diagnosis"]);
+
+    let layers: Value = app.get(&format!("/api/v1/jobs/{id}/layers")).await.json().await.expect("json");
+    let names: Vec<&str> =
+        layers["layers"].as_array().expect("layers").iter().map(|l| l["name"].as_str().expect("name")).collect();
+    let events: Value = app.get(&format!("/api/v1/jobs/{id}/events?limit=1000")).await.json().await.expect("json");
+    let events = events["events"].as_array().expect("events");
+    let of = |kind: &str| -> Vec<&str> {
+        events
+            .iter()
+            .filter(|e| e["kind"] == kind)
+            .map(|e| names[e["layer"].as_u64().expect("layer") as usize])
+            .collect()
+    };
+    assert!(of("vanishing").is_empty(), "{events:?}");
+    let redundant = of("redundant");
+    let biases: Vec<&str> = names.iter().copied().filter(|n| n.ends_with(".linear.bias")).collect();
+    assert_eq!(biases.len(), 10);
+    assert_eq!(redundant, biases, "each bias before a batch norm, once");
+}

@@ -41,6 +41,7 @@ async fn invalid_specs_are_refused_naming_the_field() {
         ("unknown corpus", with("/task/corpus", json!("builtin:shakespeare")), "task.corpus"),
         ("bad lr", with("/optimizer/lr", json!(0)), "optimizer.lr"),
         ("dropout of 1", with("/model/dropout", json!(1.0)), "model.dropout"),
+        ("negative exploding floor", with("/monitor", json!({"explode_floor": -1.0})), "monitor.explode_floor"),
         ("mlp on a sequence task", with("/model/kind", json!("mlp")), "model.kind"),
         ("unsupported norm type", with("/policy/grad/0/norm_type", json!(3)), "policy.grad[0].norm_type"),
         (

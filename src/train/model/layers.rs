@@ -1,6 +1,8 @@
 //! Building blocks shared by the networks: linear maps, normalisation and activations,
 //! each with PyTorch's default initialisation and parameter names.
 
+use std::cell::Cell;
+
 use tch::nn::{self, Init};
 use tch::{Kind, Tensor};
 
@@ -67,8 +69,11 @@ impl NormLayer {
         }
         if kind == Norm::Batch {
             // Buffers, not parameters: saved with the weights but never trained.
-            layer.running_mean = Some(path.f_zeros_no_train("running_mean", &[dim])?);
-            layer.running_var = Some(path.f_ones_no_train("running_var", &[dim])?);
+            let mean = path.f_zeros_no_train("running_mean", &[dim])?;
+            let var = path.f_ones_no_train("running_var", &[dim])?;
+            params.buffer(path, "running_mean", &mean);
+            params.buffer(path, "running_var", &var);
+            (layer.running_mean, layer.running_var) = (Some(mean), Some(var));
         }
         Ok(layer)
     }
@@ -106,9 +111,52 @@ pub fn activate(xs: &Tensor, act: Activation) -> anyhow::Result<Tensor> {
     })
 }
 
-/// Dropout that is the identity outside training or at probability 0.
-pub fn dropout(xs: Tensor, p: f64, train: bool) -> anyhow::Result<Tensor> {
-    if train && p > 0.0 { Ok(xs.f_dropout(p, true)?) } else { Ok(xs) }
+/// The random draws of a model's training forward (dropout masks). LibTorch's generator
+/// is process-wide and tch cannot make another, so a draw holds the process's RNG lock,
+/// seeds the generator from (job seed, step, draw within the step) and runs. A draw's
+/// masks are then a function of the spec and the step alone: the same whatever else runs
+/// in the process, and the same after a resume, with no generator state to save.
+#[derive(Debug)]
+pub struct StepRng {
+    seed: u64,
+    step: Cell<u64>,
+    draw: Cell<u64>,
+}
+
+impl StepRng {
+    pub fn new(seed: u64) -> Self {
+        Self { seed, step: Cell::new(0), draw: Cell::new(0) }
+    }
+
+    /// Starts the draws of 1-based `step`.
+    pub fn start_step(&self, step: u64) {
+        self.step.set(step);
+        self.draw.set(0);
+    }
+
+    /// Runs `f`, whose random draws come from the generator seeded for this draw.
+    pub fn seeded<T>(&self, f: impl FnOnce() -> T) -> T {
+        let draw = self.draw.get();
+        self.draw.set(draw + 1);
+        let key = mix(mix(mix(self.seed) ^ self.step.get()) ^ draw);
+        let _guard = super::RNG_LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Only the low 63 bits: LibTorch takes the seed as a signed integer.
+        tch::manual_seed((key >> 1) as i64);
+        f()
+    }
+
+    /// Dropout that is the identity outside training or at probability 0.
+    pub fn dropout(&self, xs: Tensor, p: f64, train: bool) -> anyhow::Result<Tensor> {
+        if train && p > 0.0 { Ok(self.seeded(|| xs.f_dropout(p, true))?) } else { Ok(xs) }
+    }
+}
+
+/// SplitMix64's finaliser: neighbouring inputs give unrelated seeds.
+fn mix(x: u64) -> u64 {
+    let x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    let x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }
 
 /// Token embedding (`nn.Embedding`, N(0, 1) init) of `[batch, seq]` ids.

@@ -4,9 +4,9 @@
 
 use tch::{Tensor, nn};
 
-use super::layers::{Linear, NormLayer, activate, dropout};
+use super::layers::{Linear, NormLayer, StepRng, activate};
 use super::{Input, Io, Model, Params};
-use crate::train::spec::{Activation, ModelSpec};
+use crate::train::spec::{Activation, ModelSpec, Norm};
 
 #[derive(Debug)]
 struct Block {
@@ -21,22 +21,33 @@ pub struct Mlp {
     activation: Activation,
     residual: bool,
     dropout: f64,
+    rng: StepRng,
 }
 
 impl Mlp {
-    pub fn new(root: &nn::Path<'_>, params: &mut Params, spec: &ModelSpec, io: Io) -> anyhow::Result<Self> {
+    pub fn new(
+        root: &nn::Path<'_>,
+        params: &mut Params,
+        spec: &ModelSpec,
+        io: Io,
+        rng: StepRng,
+    ) -> anyhow::Result<Self> {
         let Input::Features(mut width) = io.input else { anyhow::bail!("an mlp takes feature vectors, not tokens") };
         let blocks_path = root / "blocks";
         let mut blocks = Vec::new();
         for i in 0..spec.layers {
             let path = &blocks_path / i;
             let linear = Linear::new(params, &(&path / "linear"), width, spec.hidden)?;
+            if spec.norm == Norm::Batch {
+                // Batch norm subtracts each feature's batch mean: the bias cancels.
+                params.mark_last_redundant();
+            }
             let norm = NormLayer::new(params, &(&path / "norm"), spec.norm, spec.hidden)?;
             blocks.push(Block { linear, norm });
             width = spec.hidden;
         }
         let head = Linear::new(params, &(root / "head"), width, io.output)?;
-        Ok(Self { blocks, head, activation: spec.activation(), residual: spec.residual, dropout: spec.dropout })
+        Ok(Self { blocks, head, activation: spec.activation(), residual: spec.residual, dropout: spec.dropout, rng })
     }
 }
 
@@ -45,9 +56,13 @@ impl Model for Mlp {
         let mut x = xs.shallow_clone();
         for block in &self.blocks {
             let h = block.norm.forward(&block.linear.forward(&x)?, train)?;
-            let h = dropout(activate(&h, self.activation)?, self.dropout, train)?;
+            let h = self.rng.dropout(activate(&h, self.activation)?, self.dropout, train)?;
             x = if self.residual && h.size() == x.size() { x.f_add(&h)? } else { h };
         }
         self.head.forward(&x)
+    }
+
+    fn rng(&self) -> &StepRng {
+        &self.rng
     }
 }

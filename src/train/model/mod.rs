@@ -1,7 +1,9 @@
 //! The networks. Each registers its parameters through [`Params`], which keeps their names
 //! in creation order: that order is the layer index everywhere else. Names, order and
 //! default initialisation follow the equivalent PyTorch modules (`tests/parity/` checks
-//! them against PyTorch itself).
+//! names and arithmetic against PyTorch itself; the initial distributions, which parity
+//! replaces with PyTorch's weights, are held to the formulas of PyTorch's documentation
+//! by this module's tests).
 //!
 //! - [`mlp`] — deep MLPs with optional normalisation and residual connections.
 //! - [`recurrent`] — vanilla RNN, LSTM and GRU stacks.
@@ -21,9 +23,10 @@ use tch::{Device, Tensor};
 use super::LayerInfo;
 use super::spec::{ModelKind, ModelSpec};
 
-/// `tch::manual_seed` is process-wide: jobs build their models one at a time so each
-/// job's seed alone decides its initial weights.
-static INIT_LOCK: Mutex<()> = Mutex::new(());
+/// `tch::manual_seed` is process-wide: jobs build their models, and draw their dropout
+/// masks ([`layers::StepRng`]), one at a time, so each job's seed alone decides its
+/// initial weights and its masks.
+static RNG_LOCK: Mutex<()> = Mutex::new(());
 
 /// Parameters in creation order, with their full names (`lstm.weight_ih_l0`).
 #[derive(Debug, Default)]
@@ -32,6 +35,13 @@ pub struct Params {
     /// Normalisation gains and biases: `init_scale` leaves them at 1 and 0, so a
     /// normalised and an unnormalised twin differ by the normalisation alone.
     is_norm: Vec<bool>,
+    /// Parameters a batch norm right after them makes redundant (a bias whose every
+    /// per-feature shift the normalisation subtracts): their gradient is zero by
+    /// construction, which the diagnosis must not read as a vanishing gradient.
+    redundant: Vec<bool>,
+    /// State that is not trained but changes what the model computes (batch norm's
+    /// running statistics), with full names: a resume must restore it.
+    buffers: Vec<(String, Tensor)>,
 }
 
 impl Params {
@@ -46,6 +56,7 @@ impl Params {
         let tensor = path.f_var(name, dims, init)?;
         self.named.push((path.path(name), tensor.shallow_clone()));
         self.is_norm.push(norm);
+        self.redundant.push(false);
         Ok(tensor)
     }
 
@@ -61,6 +72,28 @@ impl Params {
         init: Init,
     ) -> anyhow::Result<Tensor> {
         self.push(path, name, dims, init, true)
+    }
+
+    /// Marks the parameter created last as redundant (see the field).
+    pub(crate) fn mark_last_redundant(&mut self) {
+        if let Some(last) = self.redundant.last_mut() {
+            *last = true;
+        }
+    }
+
+    /// Which parameters, in layer order, a following batch norm makes redundant.
+    pub fn redundant(&self) -> &[bool] {
+        &self.redundant
+    }
+
+    /// Registers a buffer created under `path` as `name`.
+    pub(crate) fn buffer(&mut self, path: &nn::Path<'_>, name: &str, tensor: &Tensor) {
+        self.buffers.push((path.path(name), tensor.shallow_clone()));
+    }
+
+    /// The untrained state a resume restores, by full name.
+    pub fn buffers(&self) -> &[(String, Tensor)] {
+        &self.buffers
     }
 
     pub fn tensors(&self) -> impl Iterator<Item = &Tensor> {
@@ -130,21 +163,25 @@ pub trait Model {
     /// `train` selects training behaviour: dropout on, batch statistics (and their running
     /// averages updated) in batch norm.
     fn forward(&self, xs: &Tensor, train: bool) -> anyhow::Result<Tensor>;
+
+    /// The source of the training forward's random draws; the loop starts each step on it.
+    fn rng(&self) -> &layers::StepRng;
 }
 
 /// Builds the model a spec names, on `vs`, seeded by `seed`, with its non-normalisation
 /// parameters scaled by `init_scale`.
 pub fn build(spec: &ModelSpec, vs: &nn::VarStore, io: Io, seed: u64) -> anyhow::Result<(Box<dyn Model>, Params)> {
-    let _guard = INIT_LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _guard = RNG_LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     tch::manual_seed(seed as i64);
     let mut params = Params::default();
     let root = vs.root();
+    let rng = layers::StepRng::new(seed);
     let model: Box<dyn Model> = match spec.kind {
-        ModelKind::Mlp => Box::new(mlp::Mlp::new(&root, &mut params, spec, io)?),
+        ModelKind::Mlp => Box::new(mlp::Mlp::new(&root, &mut params, spec, io, rng)?),
         ModelKind::Rnn | ModelKind::Lstm | ModelKind::Gru => {
-            Box::new(recurrent::Recurrent::new(&root, &mut params, spec, io)?)
+            Box::new(recurrent::Recurrent::new(&root, &mut params, spec, io, rng)?)
         }
-        ModelKind::Transformer => Box::new(transformer::Transformer::new(&root, &mut params, spec, io)?),
+        ModelKind::Transformer => Box::new(transformer::Transformer::new(&root, &mut params, spec, io, rng)?),
     };
     if spec.init_scale != 1.0 {
         params.scale_init(spec.init_scale)?;
@@ -264,6 +301,156 @@ mod tests {
         let (_, b, _) = model(r#"{"kind":"transformer","layers":1,"hidden":8,"heads":2,"norm":"rms"}"#, TOKENS);
         for (x, y) in a.tensors().zip(b.tensors()) {
             assert!(x.equal(y));
+        }
+    }
+
+    /// Sample statistics of a tensor, in f64.
+    fn moments(t: &Tensor) -> (f64, f64, f64, usize) {
+        let v: Vec<f64> = Vec::try_from(t.flatten(0, -1).to_kind(Kind::Double)).expect("values");
+        let n = v.len() as f64;
+        let mean = v.iter().sum::<f64>() / n;
+        let std = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
+        let max = v.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+        (mean, std, max, v.len())
+    }
+
+    /// U(−bound, bound): inside the bound, reaching near it, with std bound/√3, all within
+    /// what sampling allows for this many draws.
+    fn assert_uniform(name: &str, t: &Tensor, bound: f64) {
+        let (mean, std, max, n) = moments(t);
+        let sd = bound / 3f64.sqrt();
+        assert!(max <= bound * (1.0 + 1e-6), "{name}: |w| up to {max}, bound {bound}");
+        // The largest of n draws falls short of the bound by about bound/n.
+        assert!(max >= bound * (1.0 - 20.0 / n as f64), "{name}: |w| only up to {max}, bound {bound}");
+        // The sample std's relative error is about 0.45/√n for a uniform; 6 of those.
+        assert!((std / sd - 1.0).abs() < 2.7 / (n as f64).sqrt(), "{name}: std {std}, expected {sd}");
+        assert!(mean.abs() < 6.0 * sd / (n as f64).sqrt(), "{name}: mean {mean}");
+    }
+
+    /// N(0, sd²).
+    fn assert_normal(name: &str, t: &Tensor, sd: f64) {
+        let (mean, std, max, n) = moments(t);
+        // The sample std's relative error is about 0.71/√n for a normal; 6 of those.
+        assert!((std / sd - 1.0).abs() < 4.3 / (n as f64).sqrt(), "{name}: std {std}, expected {sd}");
+        assert!(mean.abs() < 6.0 * sd / (n as f64).sqrt(), "{name}: mean {mean}");
+        assert!(max > 2.5 * sd, "{name}: a normal's tail reaches past 2.5 sd, got {max}");
+    }
+
+    fn assert_const(name: &str, t: &Tensor, value: f64) {
+        assert!(t.equal(&t.full_like(value)), "{name}: not all {value}");
+    }
+
+    /// Each parameter against the formula of the PyTorch module it mirrors (the PyTorch
+    /// docs' "Variables" sections), scaled by `init_scale` except normalisation.
+    fn check_init(json: &str, io: Io, scale: f64, hidden: i64) {
+        let (_, params, vs) = model(json, io);
+        let mut seen = 0;
+        for (name, t) in params.named() {
+            let fan_in = t.size().last().copied().unwrap_or(1);
+            let leaf = name.rsplit('.').next().unwrap_or(name);
+            if name.contains("norm") {
+                // LayerNorm / BatchNorm1d / RMSNorm: weight ones, bias zeros, whatever the scale.
+                assert_const(name, t, if leaf == "weight" { 1.0 } else { 0.0 });
+            } else if name.starts_with("embed.") || name.starts_with("pos.") {
+                // nn.Embedding (token and learned position tables): N(0, 1).
+                assert_normal(name, t, scale);
+            } else if ["rnn.", "lstm.", "gru."].iter().any(|p| name.starts_with(p)) {
+                // nn.RNN / LSTM / GRU: every weight and bias U(−1/√hidden, 1/√hidden).
+                assert_uniform(name, t, scale / (hidden as f64).sqrt());
+            } else if leaf == "in_proj_weight" {
+                // nn.MultiheadAttention: xavier_uniform_, bound √(6 / (fan_in + fan_out)).
+                let (rows, cols) = (t.size()[0], t.size()[1]);
+                assert_uniform(name, t, scale * (6.0 / (rows + cols) as f64).sqrt());
+            } else if leaf == "in_proj_bias" || name.ends_with("out_proj.bias") {
+                // nn.MultiheadAttention: constant_(0.).
+                assert_const(name, t, 0.0);
+            } else if leaf == "weight" {
+                // nn.Linear: kaiming_uniform_(a=√5), i.e. U(−1/√fan_in, 1/√fan_in).
+                assert_uniform(name, t, scale / (fan_in as f64).sqrt());
+            } else if leaf == "bias" {
+                // nn.Linear: U(−1/√fan_in, 1/√fan_in), fan_in from the weight.
+                let weight = params.named().find(|(n, _)| *n == name.replace(".bias", ".weight")).expect("weight").1;
+                let fan_in = weight.size()[1];
+                assert_uniform(name, t, scale / (fan_in as f64).sqrt());
+            } else {
+                panic!("{name}: no PyTorch formula checked");
+            }
+            seen += 1;
+        }
+        assert_eq!(seen, params.len());
+        // BatchNorm1d's running statistics start at zeros and ones.
+        for (name, t) in vs.variables() {
+            if name.ends_with("running_mean") {
+                assert_const(&name, &t, 0.0);
+            } else if name.ends_with("running_var") {
+                assert_const(&name, &t, 1.0);
+            }
+        }
+    }
+
+    #[test]
+    fn initialisation_follows_pytorch_formulas_per_layer_kind() {
+        let features = Io { input: Input::Features(48), output: 512, max_len: 64 };
+        let tokens = Io { input: Input::Tokens(300), output: 300, max_len: 64 };
+        for scale in [1.0, 3.0] {
+            for norm in ["batch", "layer", "rms"] {
+                let json = format!(r#"{{"kind":"mlp","layers":2,"hidden":256,"norm":"{norm}","init_scale":{scale}}}"#);
+                check_init(&json, features, scale, 256);
+            }
+            for kind in ["rnn", "lstm", "gru"] {
+                // Feature inputs narrower than the hidden state: PyTorch bounds the input
+                // weights by the hidden size too.
+                let json = format!(r#"{{"kind":"{kind}","layers":2,"hidden":256,"init_scale":{scale}}}"#);
+                check_init(&json, features, scale, 256);
+                check_init(&json, tokens, scale, 256);
+            }
+            for (norm, position) in [("layer", "post"), ("rms", "pre")] {
+                let json = format!(
+                    r#"{{"kind":"transformer","layers":2,"hidden":128,"heads":4,"norm":"{norm}","norm_position":"{position}","init_scale":{scale}}}"#
+                );
+                check_init(&json, tokens, scale, 128);
+                check_init(&json, features, scale, 128);
+            }
+        }
+    }
+
+    /// Dropout masks (MLP, between recurrent layers, in attention) depend on the seed and
+    /// the step alone: the same step draws the same masks whatever ran in between, and
+    /// another step draws others. On every device present.
+    #[test]
+    fn dropout_masks_are_a_function_of_seed_and_step() {
+        let mut devices = vec![Device::Cpu];
+        if tch::Cuda::is_available() {
+            devices.push(Device::Cuda(0));
+        }
+        let features = Io { input: Input::Features(6), output: 3, max_len: 8 };
+        let specs = [
+            r#"{"kind":"mlp","layers":2,"hidden":16,"norm":"batch","dropout":0.5}"#,
+            r#"{"kind":"lstm","layers":3,"hidden":16,"dropout":0.5}"#,
+            r#"{"kind":"gru","layers":2,"hidden":16,"dropout":0.5}"#,
+            r#"{"kind":"transformer","layers":2,"hidden":16,"heads":2,"norm":"layer","dropout":0.5}"#,
+        ];
+        for device in devices {
+            for json in specs {
+                let spec: ModelSpec = serde_json::from_str(json).expect("spec");
+                let vs = nn::VarStore::new(device);
+                let (m, _) = build(&spec, &vs, features, 5).expect("model");
+                let xs = if json.contains("mlp") {
+                    Tensor::randn([8, 6], (Kind::Float, device))
+                } else {
+                    Tensor::randn([4, 8, 6], (Kind::Float, device))
+                };
+                let at = |step: u64| {
+                    m.rng().start_step(step);
+                    m.forward(&xs, true).expect("forward")
+                };
+                let first = at(7);
+                // Anything else drawing from the process's generator in between.
+                tch::manual_seed(123);
+                let _ = Tensor::rand([100], (Kind::Float, device));
+                assert!(at(7).equal(&first), "{json} on {device:?}: same step, same masks");
+                assert!(!at(8).equal(&first), "{json} on {device:?}: another step, other masks");
+            }
         }
     }
 }

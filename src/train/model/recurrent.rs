@@ -7,7 +7,7 @@ use anyhow::Context;
 use tch::nn::{self, Init};
 use tch::{Kind, Tensor};
 
-use super::layers::{Linear, embed, uniform_fan};
+use super::layers::{Linear, StepRng, embed, uniform_fan};
 use super::{Input, Io, Model, Params};
 use crate::train::spec::{Activation, ModelKind, ModelSpec};
 
@@ -40,10 +40,17 @@ pub struct Recurrent {
     layers: i64,
     hidden: i64,
     dropout: f64,
+    rng: StepRng,
 }
 
 impl Recurrent {
-    pub fn new(root: &nn::Path<'_>, params: &mut Params, spec: &ModelSpec, io: Io) -> anyhow::Result<Self> {
+    pub fn new(
+        root: &nn::Path<'_>,
+        params: &mut Params,
+        spec: &ModelSpec,
+        io: Io,
+        rng: StepRng,
+    ) -> anyhow::Result<Self> {
         let hidden = spec.hidden;
         let (cell, name) = match (spec.kind, spec.activation()) {
             (ModelKind::Lstm, _) => (Cell::Lstm, "lstm"),
@@ -71,7 +78,23 @@ impl Recurrent {
             input = hidden;
         }
         let head = Linear::new(params, &(root / "head"), hidden, io.output)?;
-        Ok(Self { embed, cell, flat_weights, head, layers: spec.layers, hidden, dropout: spec.dropout })
+        Ok(Self { embed, cell, flat_weights, head, layers: spec.layers, hidden, dropout: spec.dropout, rng })
+    }
+}
+
+impl Recurrent {
+    /// `layers` stacked layers with weights `w` over `x`, through one fused kernel.
+    fn run(&self, x: &Tensor, w: &[&Tensor], layers: i64, train: bool) -> anyhow::Result<Tensor> {
+        let batch = x.size()[0];
+        let h0 = Tensor::f_zeros([layers, batch, self.hidden], (Kind::Float, x.device()))?;
+        let out = match self.cell {
+            Cell::Lstm => x.f_lstm(&[&h0, &h0], w, true, layers, 0.0, train, false, true).map(|(out, _, _)| out),
+            Cell::Gru => x.f_gru(&h0, w, true, layers, 0.0, train, false, true).map(|(out, _)| out),
+            Cell::Tanh => x.f_rnn_tanh(&h0, w, true, layers, 0.0, train, false, true).map(|(out, _)| out),
+            Cell::Relu => x.f_rnn_relu(&h0, w, true, layers, 0.0, train, false, true).map(|(out, _)| out),
+        }
+        .context("recurrent forward failed")?;
+        Ok(out)
     }
 }
 
@@ -81,18 +104,26 @@ impl Model for Recurrent {
             Some(table) => embed(table, xs)?,
             None => xs.shallow_clone(),
         };
-        let batch = x.size()[0];
-        let h0 = Tensor::f_zeros([self.layers, batch, self.hidden], (Kind::Float, x.device()))?;
         let w: Vec<&Tensor> = self.flat_weights.iter().collect();
-        let w = w.as_slice();
-        let (l, p) = (self.layers, self.dropout);
-        let out = match self.cell {
-            Cell::Lstm => x.f_lstm(&[&h0, &h0], w, true, l, p, train, false, true).map(|(out, _, _)| out),
-            Cell::Gru => x.f_gru(&h0, w, true, l, p, train, false, true).map(|(out, _)| out),
-            Cell::Tanh => x.f_rnn_tanh(&h0, w, true, l, p, train, false, true).map(|(out, _)| out),
-            Cell::Relu => x.f_rnn_relu(&h0, w, true, l, p, train, false, true).map(|(out, _)| out),
-        }
-        .context("recurrent forward failed")?;
+        let out = if train && self.dropout > 0.0 && self.layers > 1 {
+            // One layer at a time with the dropout between them drawn here: the fused
+            // kernels' own dropout (cuDNN's especially) keeps generator state of its own
+            // that no seed reaches, so its masks could not be reproduced on resume.
+            let mut h = x;
+            for (l, layer) in w.chunks(4).enumerate() {
+                h = self.run(&h, layer, 1, train)?;
+                if (l as i64) + 1 < self.layers {
+                    h = self.rng.dropout(h, self.dropout, train)?;
+                }
+            }
+            h
+        } else {
+            self.run(&x, &w, self.layers, train)?
+        };
         self.head.forward(&out)
+    }
+
+    fn rng(&self) -> &StepRng {
+        &self.rng
     }
 }

@@ -10,7 +10,7 @@ use anyhow::Context;
 use tch::Tensor;
 use tch::nn::{self, Init};
 
-use super::layers::{Linear, NormLayer, activate, dropout, embed, uniform_fan, xavier_uniform};
+use super::layers::{Linear, NormLayer, StepRng, activate, embed, uniform_fan, xavier_uniform};
 use super::{Input, Io, Model, Params};
 use crate::train::spec::{Activation, ModelSpec, NormPosition};
 
@@ -45,10 +45,17 @@ pub struct Transformer {
     pre_norm: bool,
     activation: Activation,
     dropout: f64,
+    rng: StepRng,
 }
 
 impl Transformer {
-    pub fn new(root: &nn::Path<'_>, params: &mut Params, spec: &ModelSpec, io: Io) -> anyhow::Result<Self> {
+    pub fn new(
+        root: &nn::Path<'_>,
+        params: &mut Params,
+        spec: &ModelSpec,
+        io: Io,
+        rng: StepRng,
+    ) -> anyhow::Result<Self> {
         let d = spec.hidden;
         let normal = Init::Randn { mean: 0.0, stdev: 1.0 };
         let input = match io.input {
@@ -89,6 +96,7 @@ impl Transformer {
             pre_norm,
             activation: spec.activation(),
             dropout: spec.dropout,
+            rng,
         })
     }
 
@@ -100,22 +108,15 @@ impl Transformer {
             Ok(qkv.f_narrow(-1, part * d, d)?.f_view([b, t, self.heads, dh])?.f_transpose(1, 2)?)
         };
         let p = if train { self.dropout } else { 0.0 };
-        let heads = Tensor::f_scaled_dot_product_attention::<Tensor>(
-            &split(0)?,
-            &split(1)?,
-            &split(2)?,
-            None,
-            p,
-            true,
-            None,
-            false,
-        )
-        .context("attention failed")?;
+        let (q, k, v) = (split(0)?, split(1)?, split(2)?);
+        let attend = || Tensor::f_scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, p, true, None, false);
+        // The attention kernels draw their dropout mask from the process's generator.
+        let heads = if p > 0.0 { self.rng.seeded(attend) } else { attend() }.context("attention failed")?;
         block.out_proj.forward(&heads.f_transpose(1, 2)?.f_reshape([b, t, d])?)
     }
 
     fn feed_forward(&self, block: &Block, x: &Tensor, train: bool) -> anyhow::Result<Tensor> {
-        let h = dropout(activate(&block.linear1.forward(x)?, self.activation)?, self.dropout, train)?;
+        let h = self.rng.dropout(activate(&block.linear1.forward(x)?, self.activation)?, self.dropout, train)?;
         block.linear2.forward(&h)
     }
 }
@@ -133,19 +134,23 @@ impl Model for Transformer {
         for block in &self.blocks {
             if self.pre_norm {
                 let sa = self.attention(block, &block.norm1.forward(&x, train)?, train)?;
-                x = x.f_add(&dropout(sa, p, train)?)?;
+                x = x.f_add(&self.rng.dropout(sa, p, train)?)?;
                 let ff = self.feed_forward(block, &block.norm2.forward(&x, train)?, train)?;
-                x = x.f_add(&dropout(ff, p, train)?)?;
+                x = x.f_add(&self.rng.dropout(ff, p, train)?)?;
             } else {
                 let sa = self.attention(block, &x, train)?;
-                x = block.norm1.forward(&x.f_add(&dropout(sa, p, train)?)?, train)?;
+                x = block.norm1.forward(&x.f_add(&self.rng.dropout(sa, p, train)?)?, train)?;
                 let ff = self.feed_forward(block, &x, train)?;
-                x = block.norm2.forward(&x.f_add(&dropout(ff, p, train)?)?, train)?;
+                x = block.norm2.forward(&x.f_add(&self.rng.dropout(ff, p, train)?)?, train)?;
             }
         }
         if let Some(norm) = &self.final_norm {
             x = norm.forward(&x, train)?;
         }
         self.head.forward(&x)
+    }
+
+    fn rng(&self) -> &StepRng {
+        &self.rng
     }
 }
