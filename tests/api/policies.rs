@@ -27,12 +27,18 @@ fn every_policy() -> Vec<(&'static str, Value)> {
 }
 
 /// A deep MLP whose gradient norms sit around the clipping thresholds above.
+/// The device the trajectory tests train on: the CPU, or `GRADSCOPE_TEST_DEVICE` (e.g.
+/// `cuda`) where a GPU is at hand.
+fn test_device() -> String {
+    std::env::var("GRADSCOPE_TEST_DEVICE").unwrap_or_else(|_| "cpu".to_owned())
+}
+
 fn mlp_spec(steps: u64, every: u64, grad: &Value) -> JobSpec {
     let spec = json!({
         "seed": 11,
         "steps": steps,
         "batch_size": 32,
-        "device": "cpu",
+        "device": test_device(),
         "task": {"kind": "classification", "features": 16, "classes": 6, "eval_every": 0},
         "model": {"kind": "mlp", "layers": 4, "hidden": 48, "init_scale": 1.5},
         "optimizer": {"kind": "adamw", "lr": 0.01},
