@@ -13,30 +13,45 @@ use crate::train::stats::{HIST_BINS, STAT_NAMES};
 use crate::train::{LayerInfo, StepReport};
 
 /// One layer's statistics over steps, as columns: entry i of each array belongs to
-/// `step[i]`. Only the statistics asked for are present. Non-finite values are `null`.
+/// `step[i]`. Only the statistics asked for are present. A `null` entry is a value that
+/// does not exist at that step (each field says when), never a zero.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct LayerSeries {
     pub index: usize,
     pub name: String,
     pub step: Vec<i64>,
+    /// ‖g‖₂ of the layer's gradient before any grad policy; null where g holds a NaN or
+    /// ±Inf.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grad_norm: Option<Vec<Option<f32>>>,
+    /// max |g|; null where g holds a NaN or an infinity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grad_max: Option<Vec<Option<f32>>>,
+    /// Mean of g; null where g holds a NaN or ±Inf.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grad_mean: Option<Vec<Option<f32>>>,
+    /// Sample standard deviation of g, √(Σ(g − mean)² / (n − 1)), as `torch.std`
+    /// computes it; null for a one-element layer (where `torch.std` gives NaN) and where g
+    /// holds a NaN or ±Inf.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grad_std: Option<Vec<Option<f32>>>,
+    /// Fraction of the elements of g that are exactly 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zero_frac: Option<Vec<Option<f32>>>,
+    /// Count of NaN, +Inf and −Inf elements in g (stored as a float32: exact up to 2^24).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nonfinite: Option<Vec<Option<f32>>>,
+    /// ‖w‖₂ after the step; null where w holds a NaN or ±Inf.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight_norm: Option<Vec<Option<f32>>>,
+    /// ‖w_after − w_before‖₂ / ‖w_before‖₂ over the step (healthy ≈ 1e-3); null where
+    /// ‖w_before‖₂ = 0 (a zero-initialised tensor before its first update), where the ratio
+    /// has no value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_ratio: Option<Vec<Option<f32>>>,
-    /// Per step, 51 counts of |g|: exact zeros, then [2^e, 2^(e+1)) for e = -40..=8, then
-    /// NaN/Inf. Present when asked for (`stat=hist`) and recorded.
+    /// Per step, 51 exact counts of |g|: exact zeros, then [2^e, 2^(e+1)) for e = -40..=8
+    /// (smaller non-zero values in the first, larger finite ones in the last), then
+    /// NaN/±Inf. Present when asked for (`stat=hist`) and recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hist: Option<Vec<Option<Vec<u32>>>>,
 }

@@ -17,7 +17,7 @@ use super::diagnose::{Diagnoser, Diagnosis};
 use super::optim::FlatOptimizer;
 use super::policy::GradPolicies;
 use super::spec::{GradPolicy, JobSpec, OnNonfinite, parse_device};
-use super::stats::{self, FlatParams, GRAD_STATS, HIST_BINS, LayerStats, WEIGHT_STATS};
+use super::stats::{FlatParams, GRAD_STATS, HIST_BINS, LayerStats, WEIGHT_STATS};
 use super::task::Task;
 use super::{Event, Outcome, StepReport, StopFlag, StopReason, TrainEvent, model, optim, policy};
 
@@ -211,9 +211,14 @@ impl<'a> Reporter<'a> {
         // The policies' input comes from the same reduction whether or not this step
         // records statistics, and the statistics are derived from it, never the reverse:
         // watching a run must not change it.
-        let sumsq = flat.grad_sumsq()?;
-        let total = stats::global_norm(&sumsq)?;
-        let grad_stats = if record { Some(flat.grad_stats_from(&sumsq)?) } else { None };
+        // The policies' input is `grad_norm()` on every step: `grad_stats` returns that same
+        // value, so recording statistics cannot change what the policies see.
+        let (grad_stats, total) = if record {
+            let (stats, total) = flat.grad_stats()?;
+            (Some(stats), total)
+        } else {
+            (None, flat.grad_norm()?)
+        };
         let hist = if record && self.spec.monitor.histogram { Some(flat.grad_histogram()?) } else { None };
         let outcome = self.grad_policies.apply(&flat.layer_grads(), flat.params(), &total)?;
         let flag = |t: &Option<Tensor>| -> anyhow::Result<Tensor> {
@@ -234,7 +239,7 @@ impl<'a> Reporter<'a> {
         ];
         parts.extend(grad_stats.iter().map(|s| s.f_flatten(0, -1)).collect::<Result<Vec<_>, _>>()?);
         parts.extend(held_weights.iter().map(|w| w.f_flatten(0, -1)).collect::<Result<Vec<_>, _>>()?);
-        parts.extend(hist.iter().map(|h| h.f_to_kind(Kind::Float)).collect::<Result<Vec<_>, _>>()?);
+        parts.extend(hist.iter().map(|h| h.f_to_kind(Kind::Double)).collect::<Result<Vec<_>, _>>()?);
         let parts: Vec<Tensor> = parts.iter().map(|p| p.f_to_kind(Kind::Double)).collect::<Result<_, _>>()?;
         let host: Vec<f64> = Vec::try_from(&Tensor::f_cat(&parts, 0)?.f_to_device(Device::Cpu)?)?;
 

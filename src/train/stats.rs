@@ -3,11 +3,12 @@
 //! Every trainable parameter's data, and its gradient, is a view into one contiguous
 //! buffer ([`FlatParams`]): clipping multiplies that one buffer by an on-device
 //! coefficient, the optimizer updates it whole, and the results of a step reach the host
-//! in one copy. The statistics are single-pass reductions over each layer's view (a dot
-//! product, a sum, a min/max, a non-zero count), stacked: measured on CPU they are an
-//! order of magnitude faster than `segment_reduce`, `frexp` or a float histogram over the
-//! whole buffer. The histogram reads each float's exponent bits and counts them with one
-//! `bincount`. Definitions follow DESIGN.md §3.
+//! in one copy. The statistics are reductions over each layer's view (a sum, then the sum
+//! of squared deviations from the mean, a min/max, a non-zero count), stacked: measured
+//! on CPU they are an order of magnitude faster than `segment_reduce`, `frexp` or a float
+//! histogram over the whole buffer. The histogram reads each float's exponent bits and
+//! counts them with one `bincount`; every count stays an integer. Definitions follow
+//! DESIGN.md §3.
 
 use tch::{Device, Kind, Tensor};
 
@@ -18,6 +19,10 @@ pub const HIST_BINS: usize = 51;
 pub const HIST_MIN_EXP: i64 = -40;
 pub const HIST_MAX_EXP: i64 = 8;
 const HIST_NONFINITE: i64 = HIST_BINS as i64 - 1;
+
+/// The shortest chunk [`FlatParams::grad_norm`] reduces at once: below it, a chunk per
+/// element would make the second reduction the long one.
+const MIN_NORM_CHUNK: i64 = 1024;
 
 /// Rows of [`FlatParams::grad_stats`], in order.
 pub const GRAD_STATS: [&str; 6] = ["grad_norm", "grad_max", "grad_mean", "grad_std", "zero_frac", "nonfinite"];
@@ -43,11 +48,11 @@ pub struct FlatParams {
     lengths: Tensor,
     /// Elements per layer as floats, for means.
     counts: Tensor,
-    /// Exact zeros per layer at the last [`Self::grad_stats`], for the histogram.
+    /// Exact zeros per layer (int64) at the last [`Self::grad_stats`], for the histogram.
     zeros: Option<Tensor>,
     /// For every element, its layer index × 256 (exponent values), so one `bincount`
-    /// counts the exponents of every layer; and the 256 × [`HIST_BINS`] map from an
-    /// exponent to its bucket. Built on first use.
+    /// counts the exponents of every layer; and each of the 256 exponents' bucket. Built
+    /// on first use.
     hist: Option<(Tensor, Tensor)>,
     /// The weights before the last recorded step, for `update_ratio`.
     before: Option<Tensor>,
@@ -154,55 +159,85 @@ impl FlatParams {
         Ok(())
     }
 
-    /// Each layer's Σg², `[layers]`: the one reduction the global norm (and with it every
-    /// grad policy) and the per-layer norms are taken from, on every step, recorded or not,
-    /// so that recording statistics cannot change what the policies see.
-    pub fn grad_sumsq(&self) -> anyhow::Result<Tensor> {
-        let values: Vec<Tensor> = self.grad_views.iter().map(|v| v.f_dot(v)).collect::<Result<_, _>>()?;
-        Ok(Tensor::f_stack(&values, 0)?)
-    }
-
-    /// Global L2 norm of the gradients, from [`Self::grad_sumsq`].
+    /// Global L2 norm of the gradients, as the norm of the norms of about √n chunks of
+    /// about √n elements each. LibTorch's CPU `norm` (and `dot`) accumulate a whole
+    /// buffer in a few float32 lanes: off by 6e-5 at 3 million elements and 1e-3 at 20
+    /// million. Chunked, each sum is short and the result stays within 1e-7 of float64,
+    /// for the same single read of the buffer (one 2-D reduction on any device).
     pub fn grad_norm(&self) -> anyhow::Result<Tensor> {
-        global_norm(&self.grad_sumsq()?)
+        let n = self.grads.numel() as i64;
+        let chunk = ((n as f64).sqrt().ceil() as i64).max(MIN_NORM_CHUNK);
+        let whole = n / chunk * chunk;
+        let mut parts = Vec::with_capacity(2);
+        if whole > 0 {
+            parts.push(self.grads.f_narrow(0, 0, whole)?.f_view([whole / chunk, chunk])?.f_norm_scalaropt_dim(
+                2.0,
+                [1i64].as_slice(),
+                false,
+            )?);
+        }
+        if whole < n {
+            parts.push(self.grads.f_narrow(0, whole, n - whole)?.f_norm()?.f_reshape([1])?);
+        }
+        // The partial norms squared and summed pairwise: `norm` would lane-accumulate again.
+        Ok(Tensor::f_cat(&parts, 0)?.f_square()?.f_sum(Kind::Float)?.f_sqrt()?)
     }
 
-    /// Gradient statistics, `[GRAD_STATS.len(), layers]`, and the global L2 norm, both from
-    /// one [`Self::grad_sumsq`] (so √Σ layer norm² equals it by construction).
+    /// Gradient statistics, `[GRAD_STATS.len(), layers]`, and the global L2 norm (the
+    /// value [`Self::grad_norm`] returns, bit for bit, so the grad policies see the same
+    /// input whether or not a step records statistics). The `nonfinite` row is 0 where a
+    /// layer's norm is finite and NaN where it is not: its count costs a pass, so
+    /// [`Self::nonfinite_counts`] takes it on those rare steps.
+    ///
+    /// `grad_std` is the sample standard deviation (Bessel's n − 1, as `torch.std`), so a
+    /// one-element layer's is NaN. The one-pass Σg² − (Σg)²/n cancels catastrophically in
+    /// float32 once |mean|/std passes about 10³, so Σ(g − mean)² is taken directly: on the
+    /// CPU in two passes (the mean, then the squared deviations summed by `sum`, which is
+    /// pairwise, rather than `dot`, whose kernel accumulates millions of terms in a few
+    /// float32 lanes and loses about 1e-5), on CUDA by LibTorch's Welford reduction. The
+    /// layer's norm comes from the same two non-negative terms,
+    /// ‖g‖² = Σ(g − mean)² + n·mean², so it costs no further pass; a layer holding a NaN or
+    /// an infinity has NaN norm, mean and std.
     pub fn grad_stats(&mut self) -> anyhow::Result<(Tensor, Tensor)> {
-        let sumsq = self.grad_sumsq()?;
-        Ok((self.grad_stats_from(&sumsq)?, global_norm(&sumsq)?))
-    }
-
-    /// Gradient statistics, `[GRAD_STATS.len(), layers]`, given this step's
-    /// [`Self::grad_sumsq`] (the `grad_norm` row is its square root). The `nonfinite` row
-    /// is 0 where a layer's norm is finite and NaN where it is not: its count costs a pass,
-    /// so [`Self::nonfinite_counts`] takes it on those rare steps.
-    pub fn grad_stats_from(&mut self, sumsq: &Tensor) -> anyhow::Result<Tensor> {
-        let per_layer = |f: &dyn Fn(&Tensor) -> Result<Tensor, tch::TchError>| -> anyhow::Result<Tensor> {
-            let values: Vec<Tensor> = self.grad_views.iter().map(f).collect::<Result<_, _>>()?;
-            Ok(Tensor::f_stack(&values, 0)?)
-        };
-        let sum = per_layer(&|v| v.f_sum(Kind::Float))?;
-        let (mut mins, mut maxes) = (Vec::new(), Vec::new());
+        let layers = self.grad_views.len();
+        let (mut means, mut deviations) = (Vec::with_capacity(layers), Vec::with_capacity(layers));
+        let (mut mins, mut maxes, mut nonzero) = (Vec::new(), Vec::new(), Vec::new());
+        let cuda = self.grads.device().is_cuda();
         for v in &self.grad_views {
+            if cuda {
+                // One Welford kernel, combined as a tree: as exact as two passes and
+                // cheaper. (On the CPU LibTorch runs it serially, 20× slower than them.)
+                // The population variance: n − 1 is applied below, without the warning
+                // LibTorch prints for a one-element layer.
+                let (var, mean) = v.f_var_mean(false)?;
+                deviations.push(var.f_mul_scalar(v.numel() as f64)?);
+                means.push(mean);
+            } else {
+                let mean = v.f_mean(Kind::Float)?;
+                let mut centred = v.f_sub(&mean)?;
+                let _ = centred.f_square_()?;
+                deviations.push(centred.f_sum(Kind::Float)?);
+                means.push(mean);
+            }
             let (lo, hi) = v.f_aminmax(None::<i64>, false)?;
             mins.push(lo);
             maxes.push(hi);
+            nonzero.push(v.f_count_nonzero(None::<i64>)?);
         }
+        let mean = Tensor::f_stack(&means, 0)?;
+        let deviation = Tensor::f_stack(&deviations, 0)?;
         let max = Tensor::f_stack(&mins, 0)?.f_abs()?.f_maximum(&Tensor::f_stack(&maxes, 0)?.f_abs()?)?;
-        let nonzero = per_layer(&|v| v.f_count_nonzero(None::<i64>))?.f_to_kind(Kind::Float)?;
-        let zeros = self.counts.f_sub(&nonzero)?;
-        let mean = sum.f_div(&self.counts)?;
-        // Unbiased variance from the two sums, as `torch.std` computes it.
-        let dof = self.counts.f_sub_scalar(1.0)?.f_clamp_min(1.0)?;
-        let var = sumsq.f_sub(&sum.f_mul(&mean)?)?.f_div(&dof)?.f_clamp_min(0.0)?;
-        let norm = sumsq.f_sqrt()?;
+        // Integer counts: exact past 2^24 elements, for `zero_frac` and the histogram.
+        let zeros = self.lengths.f_sub(&Tensor::f_stack(&nonzero, 0)?)?;
+        // n − 1 = 0 for a one-element layer: 0/0, NaN, as `torch.std` gives.
+        let var = deviation.f_div(&self.counts.f_sub_scalar(1.0)?)?;
+        let norm = deviation.f_add(&mean.f_square()?.f_mul(&self.counts)?)?.f_sqrt()?;
         // 0 for a finite norm, NaN (to be counted on the host) for a non-finite one.
         let nonfinite = norm.f_mul_scalar(0.0)?;
-        let stats = Tensor::f_stack(&[norm, max, mean, var.f_sqrt()?, zeros.f_div(&self.counts)?, nonfinite], 0)?;
+        let zero_frac = zeros.f_to_kind(Kind::Float)?.f_div(&self.counts)?;
+        let stats = Tensor::f_stack(&[norm, max, mean, var.f_sqrt()?, zero_frac, nonfinite], 0)?;
         self.zeros = Some(zeros);
-        Ok(stats)
+        Ok((stats, self.grad_norm()?))
     }
 
     /// The NaN/Inf count of each of `layers`, with one host copy: for the steps whose
@@ -210,7 +245,7 @@ impl FlatParams {
     pub fn nonfinite_counts(&self, layers: &[usize]) -> anyhow::Result<Vec<f64>> {
         let counts: Vec<Tensor> = layers
             .iter()
-            .map(|&i| self.grad_views[i].f_isfinite()?.f_logical_not()?.f_sum(Kind::Float))
+            .map(|&i| self.grad_views[i].f_isfinite()?.f_logical_not()?.f_sum(Kind::Int64))
             .collect::<Result<_, _>>()?;
         if counts.is_empty() {
             return Ok(Vec::new());
@@ -218,8 +253,11 @@ impl FlatParams {
         Ok(Vec::try_from(&Tensor::f_stack(&counts, 0)?.f_to_kind(Kind::Double)?.f_to_device(Device::Cpu)?)?)
     }
 
-    /// Counts of |g| per power-of-two bucket for every layer, `[layers * HIST_BINS]`.
-    /// Call after [`Self::grad_stats`] (it reuses the zero counts).
+    /// Counts of |g| per power-of-two bucket for every layer, `[layers * HIST_BINS]`,
+    /// int64. Call after [`Self::grad_stats`] (it reuses the zero counts). Integers all the
+    /// way: one `bincount` of the exponents, folded into buckets by an integer `index_add`,
+    /// so a bucket of more than 2^24 elements (where float32 stops counting by one) is
+    /// exact.
     pub fn grad_histogram(&mut self) -> anyhow::Result<Tensor> {
         let layers = self.params.len() as i64;
         let device = self.grads.device();
@@ -235,17 +273,15 @@ impl FlatParams {
                     e => (e - 127 - HIST_MIN_EXP + 1).clamp(1, HIST_MAX_EXP - HIST_MIN_EXP + 1),
                 })
                 .collect();
-            let fold = Tensor::from_slice(&buckets)
-                .f_one_hot(HIST_BINS as i64)?
-                .f_to_kind(Kind::Float)?
-                .f_to_device(device)?;
+            let fold = Tensor::from_slice(&buckets).f_to_device(device)?;
             self.hist = Some((base.f_mul_scalar(256)?, fold));
         }
         let Some((base, fold)) = &self.hist else { unreachable!("set above") };
         let exponent =
             self.grads.f_view_dtype(Kind::Int)?.f_bitwise_right_shift_tensor_scalar(23)?.f_bitwise_and(255)?;
         let by_exponent = exponent.f_add(base)?.f_bincount::<Tensor>(None, layers * 256)?;
-        let hist = by_exponent.f_view([layers, 256])?.f_to_kind(Kind::Float)?.f_matmul(fold)?;
+        let mut hist = Tensor::f_zeros([layers, HIST_BINS as i64], (Kind::Int64, device))?;
+        let _ = hist.f_index_add_(1, fold, &by_exponent.f_view([layers, 256])?)?;
         if let Some(zeros) = &self.zeros {
             // Bucket 0 counted every zero exponent: the exact zeros stay, subnormals (below
             // 2^-126) join the smallest bucket.
@@ -253,7 +289,7 @@ impl FlatParams {
             hist.f_select(1, 0)?.f_copy_(zeros)?;
             let _ = hist.f_select(1, 1)?.f_add_(&subnormal)?;
         }
-        Ok(hist.f_round()?.f_to_kind(Kind::Int64)?.f_flatten(0, -1)?)
+        Ok(hist.f_flatten(0, -1)?)
     }
 
     /// Remembers the weights before a step whose `update_ratio` will be reported.
@@ -273,9 +309,12 @@ impl FlatParams {
 
     /// Weight statistics after the step, `[WEIGHT_STATS.len(), layers]`: the weight norm,
     /// and ‖w_after − w_before‖ / ‖w_before‖ against the last snapshot (0 without one).
+    /// Where ‖w_before‖ = 0 (a zero-initialised bias before its first update) the ratio
+    /// has no meaning and is NaN, which the store and the stream report as null; flooring
+    /// the denominator instead would show a change of 1e-3 as 1e35.
     pub fn weight_stats(&self) -> anyhow::Result<Tensor> {
         let norms = |views: &[Tensor]| -> anyhow::Result<Tensor> {
-            let values: Vec<Tensor> = views.iter().map(|v| v.f_dot(v)).collect::<Result<_, _>>()?;
+            let values: Vec<Tensor> = views.iter().map(sum_of_squares).collect::<Result<_, _>>()?;
             Ok(Tensor::f_stack(&values, 0)?.f_sqrt()?)
         };
         let norm = norms(&self.weight_views)?;
@@ -284,7 +323,7 @@ impl FlatParams {
                 let numels: Vec<i64> = self.weight_views.iter().map(|v| v.numel() as i64).collect();
                 let change = self.weights.f_sub(before)?;
                 let base = norms(&split(before, &numels)?)?;
-                norms(&split(&change, &numels)?)?.f_div(&base.f_clamp_min(f64::from(f32::MIN_POSITIVE))?)?
+                norms(&split(&change, &numels)?)?.f_div(&base)?.f_where_scalarother(&base.f_gt(0.0)?, f64::NAN)?
             }
             None => norm.f_zeros_like()?,
         };
@@ -292,9 +331,11 @@ impl FlatParams {
     }
 }
 
-/// The global L2 norm from per-layer sums of squares.
-pub fn global_norm(sumsq: &Tensor) -> anyhow::Result<Tensor> {
-    Ok(sumsq.f_sum(Kind::Float)?.f_sqrt()?)
+/// Σv², accurate to float32 rounding: cuBLAS's `dot` reduces as a tree, but on the CPU
+/// `dot` accumulates in a few float32 lanes (off by 4e-6 at a million elements) where
+/// `sum` is pairwise.
+fn sum_of_squares(v: &Tensor) -> Result<Tensor, tch::TchError> {
+    if v.device().is_cuda() { v.f_dot(v) } else { v.f_square()?.f_sum(Kind::Float) }
 }
 
 /// `buffer` cut into consecutive 1-D views of `numels` elements each, one per layer.
@@ -458,6 +499,143 @@ mod tests {
         assert!(nonfinite[0].is_nan(), "the broken layer is flagged");
         assert_eq!(nonfinite[1], 0.0);
         assert_eq!(flat.nonfinite_counts(&[0]).expect("counts"), vec![2.0]);
+    }
+
+    /// The CPU, and the first CUDA device where there is one: the numerics differ by
+    /// device (pairwise sums on the CPU, tree reductions on CUDA).
+    fn devices() -> Vec<Device> {
+        let mut all = vec![Device::Cpu];
+        if tch::Cuda::is_available() {
+            all.push(Device::Cuda(0));
+        }
+        all
+    }
+
+    /// One layer whose gradient is `g`.
+    fn single(g: &Tensor) -> FlatParams {
+        let mut flat = FlatParams::new(&[g.zeros_like().set_requires_grad(true)], g.device()).expect("flat");
+        backward(&mut flat, std::slice::from_ref(g));
+        flat
+    }
+
+    fn grad_rows(flat: &mut FlatParams) -> LayerStats {
+        let (stats, _) = flat.grad_stats().expect("stats");
+        let rows: Vec<f64> =
+            Vec::try_from(stats.flatten(0, -1).to_kind(Kind::Double).to_device(Device::Cpu)).expect("rows");
+        LayerStats::from_grad_rows(&rows, flat.len())
+    }
+
+    #[test]
+    fn grad_std_holds_at_a_large_mean() {
+        // |mean|/std = 1e4 over 2^20 elements: Σg² − (Σg)²/n in float32 is wrong by 4×.
+        tch::manual_seed(11);
+        let g = (Tensor::randn([1 << 20], (Kind::Double, Device::Cpu)) * 1e-4 + 1.0).to_kind(Kind::Float);
+        let host: Vec<f64> = Vec::<f32>::try_from(&g).expect("values").into_iter().map(f64::from).collect();
+        let n = host.len() as f64;
+        let mean = host.iter().sum::<f64>() / n;
+        let std = (host.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
+        let norm = host.iter().map(|x| x * x).sum::<f64>().sqrt();
+        for device in devices() {
+            let s = grad_rows(&mut single(&g.to_device(device)));
+            let rel = |a: f64, b: f64| ((a - b) / b).abs();
+            assert!(rel(s.grad_std[0], std) < 1e-5, "{device:?}: grad_std {:e} vs float64 {std:e}", s.grad_std[0]);
+            assert!(rel(s.grad_mean[0], mean) < 1e-6, "{device:?}: grad_mean {} vs {mean}", s.grad_mean[0]);
+            assert!(rel(s.grad_norm[0], norm) < 1e-6, "{device:?}: grad_norm {} vs {norm}", s.grad_norm[0]);
+        }
+    }
+
+    #[test]
+    fn global_and_weight_norms_hold_over_millions_of_elements() {
+        // Float32 `norm` over the whole buffer loses about 6e-5 here.
+        tch::manual_seed(12);
+        let numels = [(1 << 21) + 3, (1 << 20) - 1];
+        let data: Vec<Tensor> = numels
+            .iter()
+            .map(|&n| {
+                Tensor::randn([n], (Kind::Float, Device::Cpu)) * (Tensor::rand([n], (Kind::Float, Device::Cpu)) + 1.0)
+            })
+            .collect();
+        let f64_norm = |ts: &[Tensor]| -> f64 {
+            ts.iter()
+                .flat_map(|t| Vec::<f32>::try_from(t).expect("values"))
+                .map(|x| f64::from(x) * f64::from(x))
+                .sum::<f64>()
+                .sqrt()
+        };
+        let (all, first) = (f64_norm(&data), f64_norm(&data[..1]));
+        for device in devices() {
+            let on: Vec<Tensor> = data.iter().map(|t| t.to_device(device)).collect();
+            let params: Vec<Tensor> = on.iter().map(|t| t.copy().set_requires_grad(true)).collect();
+            let mut flat = FlatParams::new(&params, device).expect("flat");
+            backward(&mut flat, &on);
+            let total = flat.grad_norm().expect("norm").double_value(&[]);
+            assert!(((total - all) / all).abs() < 1e-6, "{device:?}: global norm {total} vs float64 {all}");
+            let s = grad_rows(&mut flat);
+            assert!(
+                ((s.grad_norm[0] - first) / first).abs() < 1e-6,
+                "{device:?}: layer norm {} vs {first}",
+                s.grad_norm[0]
+            );
+            let weights = Vec::<f64>::try_from(
+                flat.weight_stats().expect("weights").to_kind(Kind::Double).flatten(0, -1).to_device(Device::Cpu),
+            )
+            .expect("rows");
+            assert!(((weights[0] - first) / first).abs() < 1e-6, "{device:?}: weight norm {} vs {first}", weights[0]);
+        }
+    }
+
+    #[test]
+    fn a_one_element_layer_has_no_standard_deviation() {
+        for device in devices() {
+            let s = grad_rows(&mut single(&Tensor::from_slice(&[-3.0f32]).to_device(device)));
+            assert!(s.grad_std[0].is_nan(), "{device:?}: the sample std of one value is NaN, as torch.std([x])");
+            assert_eq!((s.grad_norm[0], s.grad_mean[0], s.grad_max[0]), (3.0, -3.0, 3.0));
+            assert_eq!(s.nonfinite[0], 0.0, "a NaN std does not flag the layer as broken");
+        }
+    }
+
+    #[test]
+    fn update_ratio_of_a_zero_tensor_is_nan() {
+        for device in devices() {
+            let params = [Tensor::zeros([5], (Kind::Float, device)), Tensor::ones([2], (Kind::Float, device))];
+            let mut flat = FlatParams::new(&params, device).expect("flat");
+            flat.snapshot_weights().expect("snapshot");
+            tch::no_grad(|| {
+                let _ = flat.weights().shallow_clone().f_add_scalar_(1e-3).expect("step");
+            });
+            let stats = flat.weight_stats().expect("stats").flatten(0, -1).to_device(Device::Cpu);
+            let rows: Vec<f32> = Vec::try_from(stats).expect("rows");
+            assert!((rows[0] - 1e-3 * 5f32.sqrt()).abs() < 1e-9, "the zero tensor moved: weight_norm {}", rows[0]);
+            assert!(rows[2].is_nan(), "{device:?}: ‖Δw‖/‖w‖ with ‖w‖ = 0 is undefined, not {}", rows[2]);
+            assert!((rows[3] - 1e-3).abs() < 1e-7, "the other layer's ratio is {}", rows[3]);
+        }
+    }
+
+    #[test]
+    fn counts_stay_exact_past_two_to_the_24() {
+        // 2^24 + 1 NaNs, and as many values in [1, 2) beside 3 zeros: float32 rounds both
+        // counts to 2^24.
+        let n = (1 << 24) + 1;
+        for device in devices() {
+            let nan = Tensor::full([n], f64::NAN, (Kind::Float, device));
+            let ones = Tensor::cat(
+                &[Tensor::full([n], 1.5, (Kind::Float, device)), Tensor::zeros([3], (Kind::Float, device))],
+                0,
+            );
+            let params = [nan.zeros_like().set_requires_grad(true), ones.zeros_like().set_requires_grad(true)];
+            let mut flat = FlatParams::new(&params, device).expect("flat");
+            backward(&mut flat, &[nan, ones]);
+            let s = grad_rows(&mut flat);
+            assert!(s.nonfinite[0].is_nan() && s.nonfinite[1] == 0.0, "{device:?}: flagged");
+            assert_eq!(flat.nonfinite_counts(&[0]).expect("counts"), vec![n as f64], "{device:?}");
+            let hist =
+                Vec::<i64>::try_from(flat.grad_histogram().expect("hist").to_device(Device::Cpu)).expect("counts");
+            let (first, second) = hist.split_at(HIST_BINS);
+            assert_eq!(first[HIST_BINS - 1], n, "{device:?}: the non-finite bucket");
+            assert_eq!(first.iter().sum::<i64>(), n);
+            assert_eq!((second[0], second[(1 - HIST_MIN_EXP) as usize]), (3, n), "{device:?}: zeros and [1, 2)");
+            assert!((s.zero_frac[1] - 3.0 / (n + 3) as f64).abs() < 1e-12, "zero_frac {}", s.zero_frac[1]);
+        }
     }
 
     #[test]

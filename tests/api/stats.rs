@@ -56,7 +56,10 @@ async fn every_layer_statistic_is_recorded_and_consistent() {
             assert_eq!(counts.iter().sum::<u64>(), numels[i]);
         }
     }
-    // √Σ layer‖g‖² is the global norm, step by step.
+    // √Σ layer‖g‖² is the global norm, step by step: the layer norms come from each
+    // layer's two-pass sums, the global norm from one norm of the whole gradient buffer,
+    // so this holds two separate reductions to each other (the parity tests hold both to
+    // float64 NumPy and `clip_grad_norm_` on the same gradients).
     for s in 0..global.len() {
         let sum_sq: f64 = layers.iter().map(|l| l["grad_norm"][s].as_f64().expect("norm").powi(2)).sum();
         assert!(

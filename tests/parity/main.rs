@@ -5,7 +5,8 @@
 //! models and policies and compare.
 //!
 //! Tolerances: 1e-4 relative (as a norm of the difference) for model losses and gradients,
-//! 1e-5 for gradient and weight policies.
+//! 1e-5 for gradient and weight policies, 1e-6 for the statistics of chosen gradients
+//! against float64.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,6 +22,9 @@ use tch::{Device, Kind, Tensor, nn};
 
 const MODEL_TOL: f64 = 1e-4;
 const POLICY_TOL: f64 = 1e-5;
+/// The statistics against float64 NumPy on chosen gradients: float32 rounding leaves
+/// about 1e-7, so 1e-6 still catches a sum that loses digits.
+const STATS_TOL: f64 = 1e-6;
 
 /// Runs the reference on `cases` and returns the folder it wrote to.
 fn reference(cases: &Value) -> tempfile::TempDir {
@@ -430,5 +434,224 @@ fn schedules_match_pytorch() {
                 "{name}: step {step} of {total}: lr {ours:e}, PyTorch {want:e}"
             );
         }
+    }
+}
+
+/// What the statistics engine reports for one `statistics` case of the reference, read
+/// back the way the training loop reads it: the stats rows (with the NaN/Inf counts of the
+/// flagged layers filled in, as `run.rs` does), the histograms, the weight rows after the
+/// reference's update, and the global norm; then `clip_norm` applied to the gradients.
+struct Engine {
+    data: std::collections::HashMap<String, Tensor>,
+    layers: usize,
+    /// `[GRAD_STATS.len(), layers]`, f64.
+    stats: Vec<Vec<f64>>,
+    hist: Vec<i64>,
+    /// `[WEIGHT_STATS.len(), layers]`, f64.
+    weights: Vec<Vec<f64>>,
+    total: f64,
+    flat: gradscope::train::stats::FlatParams,
+}
+
+fn engine(dir: &Path, case: &Value) -> Engine {
+    use gradscope::train::stats::{FlatParams, GRAD_STATS, WEIGHT_STATS};
+    let name = case["name"].as_str().expect("name");
+    let layers = case["layers"].as_array().expect("layers").len();
+    let data = load(&dir.join(name).join("statistics.safetensors"));
+    let params: Vec<Tensor> =
+        (0..layers).map(|i| data[&format!("before.{i}")].copy().set_requires_grad(true)).collect();
+    let mut flat = FlatParams::new(&params, Device::Cpu).expect("flat");
+    flat.zero_grads().expect("zero");
+    // d/dp Σ p·g = g: the engine sees exactly the reference's gradients, NaN and Inf included.
+    let loss = flat
+        .params()
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p * &data[&format!("grad.{i}")]).sum(Kind::Float))
+        .fold(Tensor::from(0.0f32), |a, b| a + b);
+    loss.backward();
+    flat.adopt_grads().expect("adopt");
+    let rows = |t: &Tensor, n: usize| -> Vec<Vec<f64>> {
+        let all: Vec<f64> = Vec::try_from(t.to_kind(Kind::Double).flatten(0, -1)).expect("rows");
+        all.chunks(layers).take(n).map(<[f64]>::to_vec).collect()
+    };
+    let (stats, total) = tch::no_grad(|| flat.grad_stats()).expect("stats");
+    let mut stats = rows(&stats, GRAD_STATS.len());
+    let hist = Vec::<i64>::try_from(tch::no_grad(|| flat.grad_histogram()).expect("hist")).expect("counts");
+    let broken: Vec<usize> = (0..layers).filter(|&i| !stats[5][i].is_finite()).collect();
+    for (&i, count) in broken.iter().zip(flat.nonfinite_counts(&broken).expect("counts")) {
+        stats[5][i] = count;
+    }
+    flat.snapshot_weights().expect("snapshot");
+    tch::no_grad(|| {
+        for (i, p) in flat.params().iter().enumerate() {
+            p.shallow_clone().copy_(&data[&format!("after.{i}")]);
+        }
+    });
+    let weights = rows(&tch::no_grad(|| flat.weight_stats()).expect("weights"), WEIGHT_STATS.len());
+    Engine { layers, stats, hist, weights, total: total.double_value(&[]), flat, data }
+}
+
+/// `|a − b| ≤ tol·|b|`, or both NaN, or both the same infinity.
+fn close(a: f64, b: f64, tol: f64) -> bool {
+    (a.is_nan() && b.is_nan()) || a == b || (a - b).abs() <= tol * b.abs()
+}
+
+/// The statistics case names and their layers: each layer's gradient is drawn by the
+/// reference (`draw_layer`), its statistics computed there in float64 NumPy.
+fn statistics_cases(cases: Value) -> (tempfile::TempDir, Vec<Value>) {
+    let dir = reference(&json!({"statistics": cases}));
+    let Value::Array(cases) = cases else { panic!("a list of cases") };
+    (dir, cases)
+}
+
+/// grad_std against float64 on ill-conditioned layers (large mean, small spread, up to
+/// 2^20 elements), the one-element edge, update_ratio of a zero-initialised tensor, and
+/// the global norm and clip coefficient against `torch.nn.utils.clip_grad_norm_`.
+#[test]
+fn statistics_hold_on_ill_conditioned_gradients() {
+    use gradscope::train::stats::GRAD_STATS;
+    let (dir, cases) = statistics_cases(json!([{
+        "name": "ill_conditioned", "seed": 700, "max_norm": 5.0,
+        "layers": [
+            {"n": 1 << 20, "mean": 1.0, "std": 1e-4},
+            {"n": 4096, "mean": -1.0, "std": 1e-4},
+            {"n": 1 << 20, "mean": 3e-3, "std": 1e-6},
+            {"n": 1 << 20, "mean": 0.0, "std": 1e-3, "zeros": 1000},
+            {"n": 1},
+            {"n": 64, "std": 0.1, "weight": "zero"},
+            {"n": 300, "mean": 0.5, "std": 0.2, "zeros": 7}
+        ]
+    }]));
+    let e = engine(dir.path(), &cases[0]);
+    for layer in 0..e.layers {
+        let want = &e.data[&format!("stats.{layer}")];
+        for (row, stat) in GRAD_STATS.iter().enumerate() {
+            let (ours, theirs) = (e.stats[row][layer], want.double_value(&[row as i64]));
+            assert!(close(ours, theirs, STATS_TOL), "layer {layer} {stat}: {ours:e} vs float64 {theirs:e}");
+        }
+    }
+    // The one-element layer: the sample standard deviation of one value does not exist.
+    let one = 4;
+    assert!(e.data[&format!("stats.{one}")].double_value(&[3]).is_nan(), "the reference's std of one value");
+    assert!(e.stats[3][one].is_nan(), "grad_std of a one-element layer is NaN (null), as torch.std");
+    assert!(e.stats[0][one].is_finite() && e.stats[2][one].is_finite(), "its norm and mean are defined");
+    // update_ratio: ‖Δw‖/‖w_before‖ against float64, null where ‖w_before‖ = 0.
+    for layer in 0..e.layers {
+        let want = &e.data[&format!("weights.{layer}")];
+        for (row, stat) in ["weight_norm", "update_ratio"].iter().enumerate() {
+            let (ours, theirs) = (e.weights[row][layer], want.double_value(&[row as i64]));
+            assert!(close(ours, theirs, STATS_TOL), "layer {layer} {stat}: {ours:e} vs float64 {theirs:e}");
+        }
+    }
+    assert!(e.weights[1][5].is_nan(), "a zero-initialised tensor's update_ratio is NaN (null)");
+    assert!(e.weights[1].iter().enumerate().all(|(i, r)| i == 5 || (r.is_finite() && *r > 0.0)));
+
+    // The global norm against float64 and torch.nn.utils.clip_grad_norm_'s total, and
+    // √Σ layer grad_norm² against the same float64 norm.
+    let global = &e.data["global"];
+    let (total64, torch_total, post64, coef64) =
+        (global.double_value(&[0]), global.double_value(&[1]), global.double_value(&[2]), global.double_value(&[3]));
+    assert!(close(e.total, total64, STATS_TOL), "global norm {} vs float64 {total64}", e.total);
+    assert!(close(e.total, torch_total, STATS_TOL), "global norm {} vs clip_grad_norm_ {torch_total}", e.total);
+    let layered = e.stats[0].iter().map(|n| n * n).sum::<f64>().sqrt();
+    assert!(close(layered, total64, STATS_TOL), "√Σ layer grad_norm² {layered} vs float64 {total64}");
+
+    // clip_norm on the same gradients: what it leaves, the norm it reports and
+    // grad_norm_clipped / grad_norm (the reported clip_coef) against the clipped
+    // gradients of torch.nn.utils, measured in float64.
+    assert!(total64 > 5.0, "the case clips");
+    let clip: Vec<GradPolicy> =
+        serde_json::from_value(json!([{"kind": "clip_norm", "max_norm": 5.0}])).expect("policies");
+    let mut policy = GradPolicies::new(&clip, Device::Cpu).expect("policy");
+    let total = Tensor::from(e.total as f32);
+    let outcome = tch::no_grad(|| policy.apply(&e.flat.layer_grads(), e.flat.params(), &total)).expect("clip");
+    for (i, g) in e.flat.layer_grads().iter().enumerate() {
+        assert_close(&format!("clipped grad {i}"), &g.flatten(0, -1), &e.data[&format!("clipped.{i}")], STATS_TOL);
+    }
+    let post = outcome.norm.double_value(&[]);
+    assert!(close(post, post64, STATS_TOL), "grad_norm_clipped {post} vs float64 ‖clipped‖ {post64}");
+    assert!(close(post / e.total, coef64, STATS_TOL), "clip_coef {} vs float64 {coef64}", post / e.total);
+}
+
+/// NaN, +Inf and −Inf gradients: the exact count of each layer's non-finite elements,
+/// the histogram's non-finite bucket, and what the other statistics report then (the
+/// layer's norm, mean and std NaN, so null; its max NaN or Inf, so null; its zero
+/// fraction and histogram exact; the global norm non-finite, as PyTorch's).
+#[test]
+fn nonfinite_gradients_are_counted_exactly() {
+    use gradscope::train::stats::HIST_BINS;
+    let (dir, cases) = statistics_cases(json!([{
+        "name": "nonfinite", "seed": 701, "max_norm": 1.0,
+        "layers": [
+            {"n": 1000, "nan": 3, "zeros": 5},
+            {"n": 1000, "posinf": 2, "neginf": 1},
+            {"n": 1000, "posinf": 5},
+            {"n": 1000, "nan": 1, "posinf": 1, "neginf": 1},
+            {"n": 1000}
+        ]
+    }]));
+    let e = engine(dir.path(), &cases[0]);
+    let want: Vec<f64> = (0..e.layers).map(|i| e.data[&format!("stats.{i}")].double_value(&[5])).collect();
+    assert_eq!(want, [3.0, 3.0, 5.0, 3.0, 0.0], "the reference drew the specials it was asked for");
+    assert_eq!(e.stats[5], want, "nonfinite counts");
+    for (layer, &count) in want.iter().enumerate() {
+        let theirs = |row: i64| e.data[&format!("stats.{layer}")].double_value(&[row]);
+        let broken = count > 0.0;
+        for (row, stat) in [(0, "grad_norm"), (2, "grad_mean"), (3, "grad_std")] {
+            let ours = e.stats[row][layer];
+            if broken {
+                assert!(!ours.is_finite(), "layer {layer} {stat}: {ours} (null on a layer with NaN/Inf)");
+            } else {
+                assert!(
+                    close(ours, theirs(row as i64), STATS_TOL),
+                    "layer {layer} {stat}: {ours} vs {}",
+                    theirs(row as i64)
+                );
+            }
+        }
+        // max |g|: NaN where a NaN is present, +Inf where only infinities are.
+        assert!(
+            close(e.stats[1][layer], theirs(1), STATS_TOL),
+            "layer {layer} grad_max: {} vs {}",
+            e.stats[1][layer],
+            theirs(1)
+        );
+        assert!(close(e.stats[4][layer], theirs(4), STATS_TOL), "layer {layer} zero_frac");
+        let hist = &e.hist[layer * HIST_BINS..(layer + 1) * HIST_BINS];
+        let expected = Vec::<i64>::try_from(&e.data[&format!("hist.{layer}")]).expect("hist");
+        assert_eq!(hist, expected.as_slice(), "layer {layer}: histogram");
+        assert_eq!(hist[HIST_BINS - 1] as f64, count, "layer {layer}: the non-finite bucket");
+    }
+    assert!(close(e.stats[4][0], 5.0 / 1000.0, STATS_TOL), "zero_frac counts exact zeros beside NaN");
+    assert!(e.stats[1][2].is_infinite(), "max |g| of a layer with only +Inf is +Inf");
+    let global = &e.data["global"];
+    assert!(!e.total.is_finite() && !global.double_value(&[0]).is_finite() && !global.double_value(&[1]).is_finite());
+}
+
+/// A bucket of 2^24 + 1 elements, where float32 stops counting by one: the histogram and
+/// the other statistics of a 2^24 + 4-element layer (64 MiB) against NumPy.
+#[test]
+fn histogram_counts_are_exact_past_two_to_the_24() {
+    use gradscope::train::stats::HIST_BINS;
+    let big = (1 << 24) + 4;
+    let (dir, cases) = statistics_cases(json!([{
+        "name": "big_bucket", "seed": 702, "max_norm": 1.0,
+        // Every value in [1, 2) but for 3 zeros: 2^24 + 1 in one bucket, an odd count.
+        "layers": [{"n": big, "low": 1.0, "high": 1.999, "zeros": 3}, {"n": 10, "low": 0.25, "high": 0.5}]
+    }]));
+    let e = engine(dir.path(), &cases[0]);
+    let expected = Vec::<i64>::try_from(&e.data["hist.0"]).expect("hist");
+    let bin = |exp: i64| (exp + 41) as usize;
+    assert_eq!(expected[bin(0)], (1 << 24) + 1, "NumPy counts 2^24 + 1 values in [1, 2)");
+    assert_eq!(expected[0], 3);
+    assert_eq!(&e.hist[..HIST_BINS], expected.as_slice(), "histogram of the large layer");
+    assert_eq!(e.hist[HIST_BINS + bin(-2)], 10);
+    assert_eq!(e.hist[..HIST_BINS].iter().sum::<i64>(), big);
+    let zero_frac = e.data["stats.0"].double_value(&[4]);
+    assert!(close(e.stats[4][0], zero_frac, STATS_TOL), "zero_frac {} vs {zero_frac}", e.stats[4][0]);
+    for (row, stat) in [(0, "grad_norm"), (2, "grad_mean"), (3, "grad_std")] {
+        let (ours, theirs) = (e.stats[row][0], e.data["stats.0"].double_value(&[row as i64]));
+        assert!(close(ours, theirs, STATS_TOL), "{stat}: {ours:e} vs float64 {theirs:e}");
     }
 }

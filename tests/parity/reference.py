@@ -3,7 +3,7 @@
 Usage: python reference.py CASES.json OUT_DIR
 
 CASES.json holds {"models": [...], "grad_policies": [...], "weight_policies": [...],
-"optimizers": [...], "schedules": [...]}.
+"optimizers": [...], "schedules": [...], "statistics": [...]}.
 For each case this script builds the PyTorch equivalent (modules from torch.nn, the
 policies from torch.nn.utils or from their papers' formulas), runs it on inputs it draws
 itself, and writes inputs and results as safetensors under OUT_DIR/<case name>/, for the
@@ -136,10 +136,10 @@ def task_loss(task, out, ys):
 
 def grad_statistics(g):
     """DESIGN.md's per-layer statistics, the plain way: norm, max |g|, mean, std
-    (unbiased, as torch.std), fraction of exact zeros, count of NaN/Inf."""
+    (the sample standard deviation, n - 1: torch.std, NaN for one element), fraction of
+    exact zeros, count of NaN/Inf."""
     g = g.detach().double().flatten()
-    std = g.std() if g.numel() > 1 else torch.zeros((), dtype=torch.float64)
-    return torch.stack([g.norm(), g.abs().max(), g.mean(), std, (g == 0).double().mean(),
+    return torch.stack([g.norm(), g.abs().max(), g.mean(), g.std(), (g == 0).double().mean(),
                         (~torch.isfinite(g)).double().sum()]).float()
 
 
@@ -433,13 +433,92 @@ def run_schedule(case, out):
     (out / "rates.json").write_text(json.dumps(rates))
 
 
+# ---- the statistics engine on chosen gradients: float64 NumPy, and torch.nn.utils ----
+
+def draw_layer(rng, spec):
+    """A float32 gradient as `spec` describes it: `n` values drawn from N(mean, std²) (or
+    uniform in [low, high)), then `zeros` exact zeros, `nan`, `posinf` and `neginf`
+    special values at distinct random places."""
+    n = spec["n"]
+    if "low" in spec:
+        g = rng.uniform(spec["low"], spec["high"], n)
+    else:
+        g = spec.get("mean", 0.0) + spec.get("std", 1.0) * rng.standard_normal(n)
+    g = g.astype(np.float32)
+    specials = [0.0] * spec.get("zeros", 0) + [np.nan] * spec.get("nan", 0) \
+        + [np.inf] * spec.get("posinf", 0) + [-np.inf] * spec.get("neginf", 0)
+    if specials:
+        g[rng.choice(n, len(specials), replace=False)] = np.array(specials, dtype=np.float32)
+    return g
+
+
+def numpy_statistics(g32):
+    """The statistics by their definitions, in float64 from the float32 values."""
+    g = g32.astype(np.float64)
+    n = g.size
+    with np.errstate(invalid="ignore"):
+        mean = g.mean()
+        # The sample standard deviation: undefined (NaN) for a single value.
+        std = math.nan if n < 2 else math.sqrt(np.sum((g - mean) ** 2) / (n - 1))
+        return np.array([math.sqrt(np.sum(g * g)), np.max(np.abs(g)), mean, std, np.mean(g == 0),
+                         np.count_nonzero(~np.isfinite(g))], dtype=np.float64)
+
+
+def numpy_histogram(g32):
+    """Bucket counts by frexp (|g| = m·2^e, m in [0.5, 1), so floor(log2 |g|) = e - 1),
+    an exact integer count independent of how the engine reads exponent bits."""
+    a = np.abs(g32.astype(np.float64))
+    finite = np.isfinite(a)
+    counts = np.zeros(51, dtype=np.int64)
+    counts[50] = np.count_nonzero(~finite)
+    counts[0] = np.count_nonzero(a == 0)
+    nonzero = a[finite & (a != 0)]
+    _, e = np.frexp(nonzero)
+    counts += np.bincount(np.clip(e - 1, -40, 8) + 41, minlength=51)
+    return counts
+
+
+def run_statistics(case, out):
+    rng = np.random.default_rng(case["seed"])
+    tensors = {}
+    grads, befores, afters = [], [], []
+    for i, spec in enumerate(case["layers"]):
+        g = draw_layer(rng, spec)
+        before = np.zeros(spec["n"], np.float32) if spec.get("weight") == "zero" \
+            else rng.standard_normal(spec["n"]).astype(np.float32)
+        after = (before + 1e-3 * rng.standard_normal(spec["n"])).astype(np.float32)
+        grads.append(g)
+        befores.append(before)
+        afters.append(after)
+        tensors[f"grad.{i}"] = torch.from_numpy(g)
+        tensors[f"before.{i}"] = torch.from_numpy(before)
+        tensors[f"after.{i}"] = torch.from_numpy(after)
+        tensors[f"stats.{i}"] = torch.from_numpy(numpy_statistics(g))
+        tensors[f"hist.{i}"] = torch.from_numpy(numpy_histogram(g))
+        b, a = befores[i].astype(np.float64), afters[i].astype(np.float64)
+        base = np.linalg.norm(b)
+        # ‖Δw‖/‖w‖ has no value where ‖w_before‖ = 0.
+        ratio = np.linalg.norm(a - b) / base if base > 0 else math.nan
+        tensors[f"weights.{i}"] = torch.tensor([np.linalg.norm(a), ratio], dtype=torch.float64)
+    total = math.sqrt(sum(np.sum(g.astype(np.float64) ** 2) for g in grads))
+    # torch.nn.utils.clip_grad_norm_ on the same gradients: its total norm, the clipped
+    # gradients, and their norm measured in float64 afterwards.
+    params = as_params([torch.from_numpy(g.copy()) for g in grads])
+    torch_total = nn.utils.clip_grad_norm_(params, case["max_norm"]).item()
+    clipped = [p.grad.numpy() for p in params]
+    post = math.sqrt(sum(np.sum(c.astype(np.float64) ** 2) for c in clipped))
+    tensors["global"] = torch.tensor([total, torch_total, post, post / total], dtype=torch.float64)
+    tensors.update({f"clipped.{i}": torch.from_numpy(c) for i, c in enumerate(clipped)})
+    save_file({k: v.contiguous() for k, v in tensors.items()}, out / "statistics.safetensors")
+
+
 def main():
     warnings.simplefilter("ignore")  # schedulers warn about calling step() without gradients
     cases = json.loads(Path(sys.argv[1]).read_text())
     root = Path(sys.argv[2])
     for group, run in [("models", run_model), ("grad_policies", run_grad_policies),
                        ("weight_policies", run_weight_policies), ("optimizers", run_optimizer),
-                       ("schedules", run_schedule)]:
+                       ("schedules", run_schedule), ("statistics", run_statistics)]:
         for case in cases.get(group, []):
             out = root / case["name"]
             out.mkdir(parents=True, exist_ok=True)
