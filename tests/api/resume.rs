@@ -32,6 +32,17 @@ fn spec() -> Value {
     })
 }
 
+/// A statistic's series, a `null` (a value that does not exist, such as the update ratio of
+/// a zero-initialised tensor) read as NaN, the same bits in both runs.
+fn nullable(series: &Value, name: &str) -> Vec<f64> {
+    series[name]
+        .as_array()
+        .unwrap_or_else(|| panic!("no column {name}"))
+        .iter()
+        .map(|v| v.as_f64().unwrap_or(f64::NAN))
+        .collect()
+}
+
 /// Everything a job recorded, by name, each a series in step order.
 async fn recorded(app: &TestApp, id: &str) -> BTreeMap<String, Vec<f64>> {
     let mut all = BTreeMap::new();
@@ -49,7 +60,7 @@ async fn recorded(app: &TestApp, id: &str) -> BTreeMap<String, Vec<f64>> {
         let name = layer["name"].as_str().expect("name");
         all.insert(format!("{name}/step"), column(layer, "step"));
         for stat in LAYER_STATS.split(',') {
-            all.insert(format!("{name}/{stat}"), column(layer, stat));
+            all.insert(format!("{name}/{stat}"), nullable(layer, stat));
         }
     }
     let events: Value =
