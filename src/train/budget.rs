@@ -372,7 +372,13 @@ pub fn estimate(spec: &JobSpec, corpus: CorpusSize) -> Estimate {
     let histogram = recorded && spec.monitor.histogram;
     let report_numbers = tensors as f64 * (STAT_NAMES.len() as f64 + flag(spec.monitor.histogram) * HIST_BINS as f64);
     // The weight snapshot, the histogram's per-element layer ids, the feed.
-    let monitor = flag(recorded) * p * F32 + flag(histogram) * p * I32 + FEED_REPORTS * report_numbers * REPORT_NUMBER;
+    // The diagnosis keeps each layer's recent gradient norms (f64) to find one layer's
+    // blow-up.
+    let diagnosis = flag(recorded) * tensors as f64 * crate::train::diagnose::NORM_HISTORY as f64 * 8.0;
+    let monitor = flag(recorded) * p * F32
+        + flag(histogram) * p * I32
+        + FEED_REPORTS * report_numbers * REPORT_NUMBER
+        + diagnosis;
     let task = task_bytes(&spec.task, corpus, valid);
     let (policy, policy_scratch) = policy_bytes(spec, p);
     // Temporaries of the update: Adam's L2 term, SGD's decayed gradient, Nesterov's

@@ -17,7 +17,7 @@ use super::spec::MonitorSpec;
 use super::{Event, StepReport};
 
 /// Finite global norms the exploding check compares against.
-const NORM_HISTORY: usize = 100;
+pub const NORM_HISTORY: usize = 100;
 /// Norms needed before the exploding check starts.
 const MIN_HISTORY: usize = 10;
 /// A `clip_coef` below this means the step was clipped.
