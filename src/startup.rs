@@ -73,8 +73,17 @@ impl Application {
         };
         let heavy_reads = Arc::new(tokio::sync::Semaphore::new(api::HEAVY_READS));
         let corpora = CorpusLimits { max_count: config.max_corpora, quota_bytes: config.corpus_quota };
-        let state =
-            AppState { store: store.clone(), scheduler: scheduler.clone(), ws, metrics, limits, corpora, heavy_reads };
+        let uploads = Arc::new(tokio::sync::Semaphore::new(api::UPLOADS));
+        let state = AppState {
+            store: store.clone(),
+            scheduler: scheduler.clone(),
+            ws,
+            metrics,
+            limits,
+            corpora,
+            heavy_reads,
+            uploads,
+        };
         let listener =
             TcpListener::bind(config.addr).await.with_context(|| format!("failed to listen on {}", config.addr))?;
         config.api_token.retain(|t| !t.trim().is_empty());

@@ -61,6 +61,9 @@ pub async fn create(State(state): State<AppState>, req: Request) -> Result<(Stat
             "send the corpus with Content-Type: application/octet-stream (text/plain and form types are refused)",
         ));
     }
+    // A body is buffered whole (up to the corpus limit): uploads take turns, so a burst of
+    // them cannot hold many at once.
+    let _permit = state.uploads.acquire().await.map_err(anyhow::Error::from)?;
     let body = Bytes::from_request(req, &state).await.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge
@@ -87,10 +90,17 @@ pub async fn create(State(state): State<AppState>, req: Request) -> Result<(Stat
         vocab_size: vocab as i64,
         created_at: Utc::now(),
     };
-    // The row first, so the quota holds however many uploads race; the file after it (the
-    // id is unknown to clients until this returns, so no job can name it meanwhile).
+    // The file first, under its fresh id, then the row that makes it visible: the quota
+    // statement decides however many uploads race, and a listed corpus always has its file
+    // (a delete can never leave an unlisted file behind). A refused or failed insert
+    // removes the file again.
+    write_file(&state, &corpus.id, &body).await?;
     let limits = state.corpora;
-    if !state.store.insert_corpus_within(&corpus, limits.max_count, limits.quota_bytes).await? {
+    let inserted = state.store.insert_corpus_within(&corpus, limits.max_count, limits.quota_bytes).await;
+    if !matches!(inserted, Ok(true)) {
+        remove_file(&state, &corpus.id).await;
+    }
+    if !inserted? {
         let usage = state.store.corpus_usage().await?;
         return Err(ApiError::Refused {
             status: StatusCode::TOO_MANY_REQUESTS,
@@ -101,12 +111,17 @@ pub async fn create(State(state): State<AppState>, req: Request) -> Result<(Stat
             ),
         });
     }
-    if let Err(err) = write_file(&state, &corpus.id, &body).await {
-        let _ = state.store.delete_corpus(&corpus.id).await;
-        return Err(err.into());
-    }
     tracing::info!(corpus = %corpus.id, bytes = corpus.bytes, "corpus uploaded");
     Ok((StatusCode::CREATED, Json(corpus)))
+}
+
+async fn remove_file(state: &AppState, id: &str) {
+    let path = state.scheduler.corpus_path(id);
+    if let Err(err) = tokio::fs::remove_file(&path).await
+        && err.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(corpus = %id, "failed to remove {}: {err}", path.display());
+    }
 }
 
 async fn write_file(state: &AppState, id: &str, body: &[u8]) -> anyhow::Result<()> {

@@ -227,6 +227,12 @@ pub async fn resume(
             job.status.as_str()
         )));
     }
+    if let Some(corpus) = job.spec.task.corpus()
+        && builtin_corpus(corpus).is_none()
+        && state.store.corpus(corpus).await?.is_none()
+    {
+        return Err(ApiError::Conflict(format!("its corpus {corpus} has been deleted, so the job cannot resume")));
+    }
     let committed = u64::try_from(job.step).unwrap_or(0);
     // Reading the resume files' headers is blocking file I/O: off the async workers.
     let weights = state.scheduler.checkpoint_path(job.id);

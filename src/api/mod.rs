@@ -62,7 +62,13 @@ pub struct AppState {
     pub heavy_reads: Arc<tokio::sync::Semaphore>,
     /// How many uploaded corpora, and bytes of them, the data folder may hold.
     pub corpora: CorpusLimits,
+    /// Held by each corpus upload while its body is buffered and checked, so a burst of
+    /// uploads holds at most [`UPLOADS`] bodies in memory.
+    pub uploads: Arc<tokio::sync::Semaphore>,
 }
+
+/// Corpus uploads whose bodies may be in memory at once (each up to `--corpus-limit`).
+pub const UPLOADS: usize = 4;
 
 /// Long-history reads that may run at once; more wait their turn.
 pub const HEAVY_READS: usize = 2;

@@ -113,7 +113,7 @@ pub async fn layers(
             ),
         ));
     }
-    let series = state.store.layer_stats(job.id, &layers, &stats, (from, to), max_points).await?;
+    let series = state.store.layer_stats(job.id, &layers, &stats, (from, to), max_points, rows).await?;
     large_json(LayerStatsResponse { layers: series }).await
 }
 

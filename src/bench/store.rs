@@ -100,13 +100,13 @@ pub async fn run(args: &StoreArgs) -> anyhow::Result<()> {
     let answer = store.steps(job.id, 50_000, 51_000, 5000).await?;
     timed("/steps, 1000-step window", t, &answer);
     let t = Instant::now();
-    let answer = store.layer_stats(job.id, &layers, &["grad_norm"], all, 1000).await?;
+    let answer = store.layer_stats(job.id, &layers, &["grad_norm"], all, 1000, u64::MAX).await?;
     timed("/layer-stats, grad_norm of every layer, 1000 points", t, &answer);
     let t = Instant::now();
-    let answer = store.layer_stats(job.id, &layers[..1], &crate::train::stats::STAT_NAMES, all, 2000).await?;
+    let answer = store.layer_stats(job.id, &layers[..1], &crate::train::stats::STAT_NAMES, all, 2000, u64::MAX).await?;
     timed("/layer-stats, every statistic of one layer, 2000 points", t, &answer);
     let t = Instant::now();
-    let answer = store.layer_stats(job.id, &layers, &crate::train::stats::STAT_NAMES, all, 500).await?;
+    let answer = store.layer_stats(job.id, &layers, &crate::train::stats::STAT_NAMES, all, 500, u64::MAX).await?;
     timed("/layer-stats, every statistic of every layer, 500 points", t, &answer);
     store.close().await;
     let _ = std::fs::remove_dir_all(&dir);

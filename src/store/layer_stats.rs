@@ -133,6 +133,7 @@ impl Store {
         stats: &[&str],
         (from, to): (i64, i64),
         max_points: usize,
+        max_rows: u64,
     ) -> anyhow::Result<Vec<LayerSeries>> {
         let numeric: Vec<&str> = stats.iter().copied().filter(|s| STAT_NAMES.contains(s)).collect();
         let want_hist = stats.contains(&"hist");
@@ -158,7 +159,7 @@ impl Store {
         // Column names and offsets come from fixed lists and layer indices, never from text
         // in the request.
         let sql = format!(
-            "SELECT step{}{} FROM layer_stats WHERE job_id = ? AND step BETWEEN ? AND ? ORDER BY step",
+            "SELECT step{}{} FROM layer_stats WHERE job_id = ? AND step BETWEEN ? AND ? ORDER BY step LIMIT ?",
             if columns.is_empty() { "" } else { ", " },
             columns.join(", ")
         );
@@ -170,16 +171,20 @@ impl Store {
         // Rows are read one at a time and only the asked-for cells are kept, so a query
         // holds what it asked for, not every layer's blobs.
         let mut steps: Vec<i64> = Vec::new();
-        let mut values: Vec<Vec<Vec<Option<f32>>>> = vec![vec![Vec::new(); numeric.len()]; layers.len()];
+        // Absent values as NaN (as stored): an `Option<f32>` would take 8 bytes, not 4.
+        let mut values: Vec<Vec<Vec<f32>>> = vec![vec![Vec::new(); numeric.len()]; layers.len()];
         let mut hists: Vec<Vec<Option<Vec<u32>>>> = vec![Vec::new(); if want_hist { layers.len() } else { 0 }];
-        let mut rows = sqlx::query(&sql).bind(id.to_string()).bind(from).bind(to).fetch(&self.pool);
+        // At most the rows the caller counted and checked against its bounds, even while
+        // a running job appends more.
+        let limit = i64::try_from(max_rows).unwrap_or(i64::MAX);
+        let mut rows = sqlx::query(&sql).bind(id.to_string()).bind(from).bind(to).bind(limit).fetch(&self.pool);
         while let Some(row) = rows.try_next().await? {
             steps.push(row.try_get::<i64, _>(0)?);
             for (l, layer) in layers.iter().enumerate() {
                 for (c, column_values) in values[l].iter_mut().enumerate() {
                     let (column, at) = cell(l, c, layer);
                     let blob: Option<&[u8]> = row.try_get(column + 1)?;
-                    column_values.push(blob.and_then(|b| blob_value(b, at)));
+                    column_values.push(blob.and_then(|b| blob_value(b, at)).unwrap_or(f32::NAN));
                 }
                 if want_hist {
                     let (column, at) = cell(l, numeric.len(), layer);
@@ -216,7 +221,7 @@ fn thin_layers(
     layers: &[LayerInfo],
     numeric: &[String],
     steps: &[i64],
-    values: &[Vec<Vec<Option<f32>>>],
+    values: &[Vec<Vec<f32>>],
     mut hists: Vec<Vec<Option<Vec<u32>>>>,
     max_points: usize,
 ) -> Vec<LayerSeries> {
@@ -225,7 +230,7 @@ fn thin_layers(
         let columns = &values[l];
         let reads: Vec<Box<dyn Fn(usize) -> Option<f64> + '_>> = columns
             .iter()
-            .map(|col| Box::new(move |i: usize| col[i].map(f64::from)) as Box<dyn Fn(usize) -> Option<f64>>)
+            .map(|col| Box::new(move |i: usize| finite(col[i]).map(f64::from)) as Box<dyn Fn(usize) -> Option<f64>>)
             .collect();
         let series: Vec<&dyn Fn(usize) -> Option<f64>> = reads.iter().map(|r| r.as_ref()).collect();
         let keep = if series.is_empty() {
@@ -237,7 +242,7 @@ fn thin_layers(
         s.step = keep.iter().map(|&i| steps[i]).collect();
         for (c, stat) in numeric.iter().enumerate() {
             if let Some(out_values) = s.column_mut(stat) {
-                *out_values = Some(keep.iter().map(|&i| columns[c][i]).collect());
+                *out_values = Some(keep.iter().map(|&i| finite(columns[c][i])).collect());
             }
         }
         if let Some(layer_hists) = hists.get_mut(l) {
@@ -246,6 +251,10 @@ fn thin_layers(
         out.push(s);
     }
     out
+}
+
+fn finite(v: f32) -> Option<f32> {
+    v.is_finite().then_some(v)
 }
 
 /// At most `max_points` indices spread evenly over `len`, first and last included.

@@ -143,11 +143,13 @@ impl Store {
     /// first non-finite row (the rule of [`keep_extremes`]).
     pub async fn steps(&self, id: Uuid, from: i64, to: i64, max_points: usize) -> anyhow::Result<StepColumns> {
         let job_id = id.to_string();
+        // The count and the rows from one snapshot: a running job appends meanwhile.
+        let mut tx = self.pool.begin().await?;
         let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM steps WHERE job_id = ? AND step BETWEEN ? AND ?")
             .bind(&job_id)
             .bind(from)
             .bind(to)
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *tx)
             .await?;
         let count = usize::try_from(count).unwrap_or(0);
         let rows = if count <= max_points {
@@ -158,7 +160,7 @@ impl Store {
             .bind(&job_id)
             .bind(from)
             .bind(to)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *tx)
             .await?
         } else {
             // Two series (loss, grad_norm), a minimum and a maximum each, plus a non-finite row.
@@ -191,9 +193,10 @@ impl Store {
             .bind(&job_id)
             .bind(from)
             .bind(to)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *tx)
             .await?
         };
+        tx.commit().await?;
         let mut all = StepColumns::default();
         for row in &rows {
             all.step.push(row.try_get("step")?);

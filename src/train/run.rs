@@ -208,11 +208,8 @@ impl<'a> Reporter<'a> {
         record: bool,
         emit: &mut dyn FnMut(TrainEvent),
     ) -> anyhow::Result<StepReport> {
-        // The policies' input comes from the same reduction whether or not this step
-        // records statistics, and the statistics are derived from it, never the reverse:
-        // watching a run must not change it.
         // The policies' input is `grad_norm()` on every step: `grad_stats` returns that same
-        // value, so recording statistics cannot change what the policies see.
+        // value, bit for bit, so recording statistics cannot change what the policies see.
         let (grad_stats, total) = if record {
             let (stats, total) = flat.grad_stats()?;
             (Some(stats), total)

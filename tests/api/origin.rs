@@ -135,7 +135,14 @@ async fn cross_site_writes_are_refused() {
     let stream = format!("{}/api/v1/jobs/{id}/stream", app.address.replace("http://", "ws://"));
     let mut foreign = stream.as_str().into_client_request().expect("request");
     foreign.headers_mut().insert("origin", "http://evil.example".parse().expect("header"));
-    assert!(connect_async(foreign).await.is_err(), "a foreign page opened the stream");
+    match connect_async(foreign).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(refused)) => {
+            assert_eq!(refused.status(), 403, "a foreign page's handshake is refused as cross-origin");
+            let body: Value = serde_json::from_slice(refused.body().as_deref().unwrap_or_default()).expect("json");
+            assert_eq!(body["error"]["code"], "cross_origin", "{body}");
+        }
+        other => panic!("a foreign page's handshake must get 403, got {other:?}"),
+    }
     let mut own_page = stream.as_str().into_client_request().expect("request");
     own_page.headers_mut().insert("origin", own.parse().expect("header"));
     connect_async(own_page).await.expect("the dashboard opens the stream");

@@ -121,3 +121,52 @@ async fn a_resumed_job_reports_exactly_what_an_uninterrupted_one_does() {
         &worst[..worst.len().min(5)]
     );
 }
+
+/// A job stored before grad policies gained `max_grad_norm`, `exclude_head` and
+/// `max_consecutive` resumes as it was submitted (no norm cap, the head clipped too, no
+/// bound on skips), not with the new defaults; a job that names them keeps its values.
+#[tokio::test]
+async fn specs_stored_before_the_new_policy_fields_keep_their_behaviour() {
+    use gradscope::store::Store;
+    use gradscope::train::spec::GradPolicy;
+
+    let dir = tempfile::TempDir::new().expect("temp dir");
+    let url = crate::helpers::database_url(&dir);
+    let store = Store::connect(&url).await.expect("store");
+    store.migrate().await.expect("migrate");
+    let old = json!({
+        "task": {"kind": "classification"}, "model": {"kind": "mlp"},
+        "policy": {"grad": [
+            {"kind": "zclip", "alpha": 0.97, "z_threshold": 2.5, "warmup": 25},
+            {"kind": "agc", "lambda": 0.01, "eps": 0.001},
+            {"kind": "skip_spike", "z_threshold": 6.0, "alpha": 0.97, "warmup": 25},
+            {"kind": "zclip", "alpha": 0.97, "z_threshold": 2.5, "warmup": 25, "max_grad_norm": 3.0},
+        ]},
+    });
+    let id = uuid::Uuid::now_v7();
+    let pool = sqlx::SqlitePool::connect(&url).await.expect("database");
+    sqlx::query(
+        "INSERT INTO jobs (id, name, status, spec, created_at, step, total_steps)
+         VALUES (?, 'stored-earlier', 'interrupted', ?, ?, 5, 10)",
+    )
+    .bind(id.to_string())
+    .bind(old.to_string())
+    .bind(chrono::Utc::now())
+    .execute(&pool)
+    .await
+    .expect("insert");
+    sqlx::raw_sql(include_str!("../../migrations/0005_policy_defaults_of_stored_specs.sql"))
+        .execute(&pool)
+        .await
+        .expect("migration");
+    let job = store.job(id).await.expect("read").expect("job");
+    let grad = &job.spec.policy.grad;
+    assert!(matches!(grad[0], GradPolicy::Zclip { max_grad_norm: None, .. }), "{:?}", grad[0]);
+    assert!(matches!(grad[1], GradPolicy::Agc { exclude_head: false, .. }), "{:?}", grad[1]);
+    assert!(matches!(grad[2], GradPolicy::SkipSpike { max_consecutive: 100_000, .. }), "{:?}", grad[2]);
+    assert!(matches!(grad[3], GradPolicy::Zclip { max_grad_norm: Some(m), .. } if m == 3.0), "{:?}", grad[3]);
+    // A spec stored today already names every field: the migration leaves it alone.
+    let today: Value = serde_json::to_value(&job.spec).expect("json");
+    assert_eq!(today["policy"]["grad"][1]["exclude_head"], false);
+    store.close().await;
+}

@@ -1,0 +1,52 @@
+-- Jobs stored before grad policies gained these fields resume as they were submitted:
+-- zclip without a norm cap, agc clipping the head too, skip_spike without a bound on
+-- consecutive skips (the highest bound the spec accepts). New specs store every field.
+-- Policy lists hold at most 16 entries.
+UPDATE jobs SET spec = json_set(spec, '$.policy.grad[0].max_grad_norm', json('null')) WHERE json_extract(spec, '$.policy.grad[0].kind') = 'zclip' AND json_type(spec, '$.policy.grad[0].max_grad_norm') IS NULL;
+UPDATE jobs SET spec = json_set(spec, '$.policy.grad[0].exclude_head', json('false')) WHERE json_extract(spec, '$.policy.grad[0].kind') = 'agc' AND json_type(spec, '$.policy.grad[0].exclude_head') IS NULL;
+UPDATE jobs SET spec = json_set(spec, '$.policy.grad[0].max_consecutive', 100000) WHERE json_extract(spec, '$.policy.grad[0].kind') = 'skip_spike' AND json_type(spec, '$.policy.grad[0].max_consecutive') IS NULL;
+UPDATE jobs SET spec = json_set(spec, '$.policy.grad[1].max_grad_norm', json('null')) WHERE json_extract(spec, '$.policy.grad[1].kind') = 'zclip' AND json_type(spec, '$.policy.grad[1].max_grad_norm') IS NULL;
+UPDATE jobs SET spec = json_set(spec, '$.policy.grad[1].exclude_head', json('false')) WHERE json_extract(spec, '$.policy.grad[1].kind') = 'agc' AND json_type(spec, '$.policy.grad[1].exclude_head') IS NULL;
+UPDATE jobs SET spec = json_set(spec, '$.policy.grad[1].max_consecutive', 100000) WHERE json_extract(spec, '$.policy.grad[1].kind') = 'skip_spike' AND json_type(spec, '$.policy.grad[1].max_consecutive') IS NULL;
+UPDATE jobs SET spec = json_set(spec, '$.policy.grad[2].max_grad_norm', json('null')) WHERE json_extract(spec, '$.policy.grad[2].kind') = 'zclip' AND json_type(spec, '$.policy.grad[2].max_grad_norm') IS NULL;
+UPDATE jobs SET spec = json_set(spec, '$.policy.grad[2].exclude_head', json('false')) WHERE json_extract(spec, '$.policy.grad[2].kind') = 'agc' AND json_type(spec, '$.policy.grad[2].exclude_head') IS NULL;
+UPDATE jobs SET spec = json_set(spec, '$.policy.grad[2].max_consecutive', 100000) WHERE json_extract(spec, '$.policy.grad[2].kind') = 'skip_spike' AND json_type(spec, '$.policy.grad[2].max_consecutive') IS NULL;
+UPDATE jobs SET spec = json_set(spec, '$.policy.grad[3].max_grad_norm', json('null')) WHERE json_extract(spec, '$.policy.grad[3].kind') = 'zclip' AND json_type(spec, '$.policy.grad[3].max_grad_norm') IS NULL;
+UPDATE jobs SET spec = json_set(spec, '$.policy.grad[3].exclude_head', json('false')) WHERE json_extract(spec, '$.policy.grad[3].kind') = 'agc' AND json_type(spec, '$.policy.grad[3].exclude_head') IS NULL;
+UPDATE jobs SET spec = json_set(spec, '$.policy.grad[3].max_consecutive', 100000) WHERE json_extract(spec, '$.policy.grad[3].kind') = 'skip_spike' AND json_type(spec, '$.policy.grad[3].max_consecutive') IS NULL;
+UPDATE jobs SET spec = json_set(spec, '$.policy.grad[4].max_grad_norm', json('null')) WHERE json_extract(spec, '$.policy.grad[4].kind') = 'zclip' AND json_type(spec, '$.policy.grad[4].max_grad_norm') IS NULL;
+UPDATE jobs SET spec = json_set(spec, '$.policy.grad[4].exclude_head', json('false')) WHERE json_extract(spec, '$.policy.grad[4].kind') = 'agc' AND json_type(spec, '$.policy.grad[4].exclude_head') IS NULL;
+UPDATE jobs SET spec = json_set(spec, '$.policy.grad[4].max_consecutive', 100000) WHERE json_extract(spec, '$.policy.grad[4].kind') = 'skip_spike' AND json_type(spec, '$.policy.grad[4].max_consecutive') IS NULL;
+UPDATE jobs SET spec = json_set(spec, '$.policy.grad[5].max_grad_norm', json('null')) WHERE json_extract(spec, '$.policy.grad[5].kind') = 'zclip' AND json_type(spec, '$.policy.grad[5].max_grad_norm') IS NULL;
+UPDATE jobs SET spec = json_set(spec, '$.policy.grad[5].exclude_head', json('false')) WHERE json_extract(spec, '$.policy.grad[5].kind') = 'agc' AND json_type(spec, '$.policy.grad[5].exclude_head') IS NULL;
+UPDATE jobs SET spec = json_set(spec, '$.policy.grad[5].max_consecutive', 100000) WHERE json_extract(spec, '$.policy.grad[5].kind') = 'skip_spike' AND json_type(spec, '$.policy.grad[5].max_consecutive') IS NULL;
+UPDATE jobs SET spec = json_set(spec, '$.policy.grad[6].max_grad_norm', json('null')) WHERE json_extract(spec, '$.policy.grad[6].kind') = 'zclip' AND json_type(spec, '$.policy.grad[6].max_grad_norm') IS NULL;
+UPDATE jobs SET spec = json_set(spec, '$.policy.grad[6].exclude_head', json('false')) WHERE json_extract(spec, '$.policy.grad[6].kind') = 'agc' AND json_type(spec, '$.policy.grad[6].exclude_head') IS NULL;
+UPDATE jobs SET spec = json_set(spec, '$.policy.grad[6].max_consecutive', 100000) WHERE json_extract(spec, '$.policy.grad[6].kind') = 'skip_spike' AND json_type(spec, '$.policy.grad[6].max_consecutive') IS NULL;
+UPDATE jobs SET spec = json_set(spec, '$.policy.grad[7].max_grad_norm', json('null')) WHERE json_extract(spec, '$.policy.grad[7].kind') = 'zclip' AND json_type(spec, '$.policy.grad[7].max_grad_norm') IS NULL;
+UPDATE jobs SET spec = json_set(spec, '$.policy.grad[7].exclude_head', json('false')) WHERE json_extract(spec, '$.policy.grad[7].kind') = 'agc' AND json_type(spec, '$.policy.grad[7].exclude_head') IS NULL;
+UPDATE jobs SET spec = json_set(spec, '$.policy.grad[7].max_consecutive', 100000) WHERE json_extract(spec, '$.policy.grad[7].kind') = 'skip_spike' AND json_type(spec, '$.policy.grad[7].max_consecutive') IS NULL;
+UPDATE jobs SET spec = json_set(spec, '$.policy.grad[8].max_grad_norm', json('null')) WHERE json_extract(spec, '$.policy.grad[8].kind') = 'zclip' AND json_type(spec, '$.policy.grad[8].max_grad_norm') IS NULL;
+UPDATE jobs SET spec = json_set(spec, '$.policy.grad[8].exclude_head', json('false')) WHERE json_extract(spec, '$.policy.grad[8].kind') = 'agc' AND json_type(spec, '$.policy.grad[8].exclude_head') IS NULL;
+UPDATE jobs SET spec = json_set(spec, '$.policy.grad[8].max_consecutive', 100000) WHERE json_extract(spec, '$.policy.grad[8].kind') = 'skip_spike' AND json_type(spec, '$.policy.grad[8].max_consecutive') IS NULL;
+UPDATE jobs SET spec = json_set(spec, '$.policy.grad[9].max_grad_norm', json('null')) WHERE json_extract(spec, '$.policy.grad[9].kind') = 'zclip' AND json_type(spec, '$.policy.grad[9].max_grad_norm') IS NULL;
+UPDATE jobs SET spec = json_set(spec, '$.policy.grad[9].exclude_head', json('false')) WHERE json_extract(spec, '$.policy.grad[9].kind') = 'agc' AND json_type(spec, '$.policy.grad[9].exclude_head') IS NULL;
+UPDATE jobs SET spec = json_set(spec, '$.policy.grad[9].max_consecutive', 100000) WHERE json_extract(spec, '$.policy.grad[9].kind') = 'skip_spike' AND json_type(spec, '$.policy.grad[9].max_consecutive') IS NULL;
+UPDATE jobs SET spec = json_set(spec, '$.policy.grad[10].max_grad_norm', json('null')) WHERE json_extract(spec, '$.policy.grad[10].kind') = 'zclip' AND json_type(spec, '$.policy.grad[10].max_grad_norm') IS NULL;
+UPDATE jobs SET spec = json_set(spec, '$.policy.grad[10].exclude_head', json('false')) WHERE json_extract(spec, '$.policy.grad[10].kind') = 'agc' AND json_type(spec, '$.policy.grad[10].exclude_head') IS NULL;
+UPDATE jobs SET spec = json_set(spec, '$.policy.grad[10].max_consecutive', 100000) WHERE json_extract(spec, '$.policy.grad[10].kind') = 'skip_spike' AND json_type(spec, '$.policy.grad[10].max_consecutive') IS NULL;
+UPDATE jobs SET spec = json_set(spec, '$.policy.grad[11].max_grad_norm', json('null')) WHERE json_extract(spec, '$.policy.grad[11].kind') = 'zclip' AND json_type(spec, '$.policy.grad[11].max_grad_norm') IS NULL;
+UPDATE jobs SET spec = json_set(spec, '$.policy.grad[11].exclude_head', json('false')) WHERE json_extract(spec, '$.policy.grad[11].kind') = 'agc' AND json_type(spec, '$.policy.grad[11].exclude_head') IS NULL;
+UPDATE jobs SET spec = json_set(spec, '$.policy.grad[11].max_consecutive', 100000) WHERE json_extract(spec, '$.policy.grad[11].kind') = 'skip_spike' AND json_type(spec, '$.policy.grad[11].max_consecutive') IS NULL;
+UPDATE jobs SET spec = json_set(spec, '$.policy.grad[12].max_grad_norm', json('null')) WHERE json_extract(spec, '$.policy.grad[12].kind') = 'zclip' AND json_type(spec, '$.policy.grad[12].max_grad_norm') IS NULL;
+UPDATE jobs SET spec = json_set(spec, '$.policy.grad[12].exclude_head', json('false')) WHERE json_extract(spec, '$.policy.grad[12].kind') = 'agc' AND json_type(spec, '$.policy.grad[12].exclude_head') IS NULL;
+UPDATE jobs SET spec = json_set(spec, '$.policy.grad[12].max_consecutive', 100000) WHERE json_extract(spec, '$.policy.grad[12].kind') = 'skip_spike' AND json_type(spec, '$.policy.grad[12].max_consecutive') IS NULL;
+UPDATE jobs SET spec = json_set(spec, '$.policy.grad[13].max_grad_norm', json('null')) WHERE json_extract(spec, '$.policy.grad[13].kind') = 'zclip' AND json_type(spec, '$.policy.grad[13].max_grad_norm') IS NULL;
+UPDATE jobs SET spec = json_set(spec, '$.policy.grad[13].exclude_head', json('false')) WHERE json_extract(spec, '$.policy.grad[13].kind') = 'agc' AND json_type(spec, '$.policy.grad[13].exclude_head') IS NULL;
+UPDATE jobs SET spec = json_set(spec, '$.policy.grad[13].max_consecutive', 100000) WHERE json_extract(spec, '$.policy.grad[13].kind') = 'skip_spike' AND json_type(spec, '$.policy.grad[13].max_consecutive') IS NULL;
+UPDATE jobs SET spec = json_set(spec, '$.policy.grad[14].max_grad_norm', json('null')) WHERE json_extract(spec, '$.policy.grad[14].kind') = 'zclip' AND json_type(spec, '$.policy.grad[14].max_grad_norm') IS NULL;
+UPDATE jobs SET spec = json_set(spec, '$.policy.grad[14].exclude_head', json('false')) WHERE json_extract(spec, '$.policy.grad[14].kind') = 'agc' AND json_type(spec, '$.policy.grad[14].exclude_head') IS NULL;
+UPDATE jobs SET spec = json_set(spec, '$.policy.grad[14].max_consecutive', 100000) WHERE json_extract(spec, '$.policy.grad[14].kind') = 'skip_spike' AND json_type(spec, '$.policy.grad[14].max_consecutive') IS NULL;
+UPDATE jobs SET spec = json_set(spec, '$.policy.grad[15].max_grad_norm', json('null')) WHERE json_extract(spec, '$.policy.grad[15].kind') = 'zclip' AND json_type(spec, '$.policy.grad[15].max_grad_norm') IS NULL;
+UPDATE jobs SET spec = json_set(spec, '$.policy.grad[15].exclude_head', json('false')) WHERE json_extract(spec, '$.policy.grad[15].kind') = 'agc' AND json_type(spec, '$.policy.grad[15].exclude_head') IS NULL;
+UPDATE jobs SET spec = json_set(spec, '$.policy.grad[15].max_consecutive', 100000) WHERE json_extract(spec, '$.policy.grad[15].kind') = 'skip_spike' AND json_type(spec, '$.policy.grad[15].max_consecutive') IS NULL;
