@@ -2,16 +2,14 @@
 //! count and byte quota.
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::{FromRequest, Path, Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
-use axum::http::header::CONTENT_TYPE;
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::extract::ApiQuery;
+use super::extract::{ApiQuery, media_type, read_body};
 use super::{ApiError, AppState};
 use crate::store::{Corpus, CorpusDeletion};
 use crate::train::data::vocab_size;
@@ -35,10 +33,9 @@ pub struct CorpusLimits {
 /// refused: a client must say `application/octet-stream`, which needs a preflight.
 const CORS_SIMPLE_TYPES: [&str; 3] = ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data"];
 
-fn is_cors_simple(content_type: Option<&str>) -> bool {
-    let Some(essence) = content_type.and_then(|ct| ct.split(';').next()) else { return true };
-    let essence = essence.trim().to_ascii_lowercase();
-    essence.is_empty() || CORS_SIMPLE_TYPES.contains(&essence.as_str())
+fn is_cors_simple(media_type: Option<&str>) -> bool {
+    let Some(essence) = media_type else { return true };
+    essence.is_empty() || CORS_SIMPLE_TYPES.contains(&essence)
 }
 
 /// Upload a UTF-8 text corpus: the body is the text, sent as
@@ -56,7 +53,7 @@ fn is_cors_simple(content_type: Option<&str>) -> bool {
         (status = 429, description = "Over --max-corpora or --corpus-quota: delete some corpora first", body = super::ErrorBody),
     ))]
 pub async fn create(State(state): State<AppState>, req: Request) -> Result<(StatusCode, Json<Corpus>), ApiError> {
-    if is_cors_simple(req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok())) {
+    if is_cors_simple(media_type(&req).as_deref()) {
         return Err(ApiError::UnsupportedMediaType(
             "send the corpus with Content-Type: application/octet-stream (text/plain and form types are refused)",
         ));
@@ -64,13 +61,7 @@ pub async fn create(State(state): State<AppState>, req: Request) -> Result<(Stat
     // A body is buffered whole (up to the corpus limit): uploads take turns, so a burst of
     // them cannot hold many at once.
     let _permit = state.uploads.acquire().await.map_err(anyhow::Error::from)?;
-    let body = Bytes::from_request(req, &state).await.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge
-        } else {
-            ApiError::BadRequest { code: "invalid_body", message: rejection.body_text(), field: None }
-        }
-    })?;
+    let body = read_body(req, &state).await?;
     // Checking and counting tens of megabytes is CPU work: off the async workers.
     let checked = body.clone();
     let vocab = tokio::task::spawn_blocking(move || {
@@ -201,18 +192,25 @@ pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Re
             )));
         }
     }
-    match tokio::fs::remove_file(state.scheduler.corpus_path(&id)).await {
-        Ok(()) => {}
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-        Err(err) => tracing::warn!(corpus = %id, "failed to remove the corpus file: {err}"),
-    }
+    remove_file(&state, &id).await;
     tracing::info!(corpus = %id, "corpus deleted");
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[cfg(test)]
 mod tests {
+    use axum::http::header::CONTENT_TYPE;
+
     use super::*;
+
+    /// Whether an upload with `content_type` is refused as one a page may send unasked.
+    fn simple(content_type: Option<&str>) -> bool {
+        let mut request = Request::new(axum::body::Body::empty());
+        if let Some(ct) = content_type {
+            request.headers_mut().insert(CONTENT_TYPE, ct.parse().expect("header"));
+        }
+        is_cors_simple(media_type(&request).as_deref())
+    }
 
     #[test]
     fn simple_content_types_are_refused() {
@@ -223,10 +221,10 @@ mod tests {
             Some("Text/Plain; charset=utf-8"),
             Some("multipart/form-data; boundary=x"),
         ] {
-            assert!(is_cors_simple(ct), "{ct:?}");
+            assert!(simple(ct), "{ct:?}");
         }
-        assert!(is_cors_simple(Some("application/x-www-form-urlencoded")));
-        assert!(!is_cors_simple(Some("application/octet-stream")));
-        assert!(!is_cors_simple(Some("text/markdown; charset=utf-8")));
+        assert!(simple(Some("application/x-www-form-urlencoded")));
+        assert!(!simple(Some("application/octet-stream")));
+        assert!(!simple(Some("text/markdown; charset=utf-8")));
     }
 }

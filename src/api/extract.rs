@@ -22,23 +22,33 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        if !is_json(req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok())) {
+        if !is_json(media_type(&req).as_deref()) {
             return Err(ApiError::UnsupportedMediaType("expected Content-Type: application/json"));
         }
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge
-            } else {
-                ApiError::BadRequest { code: "invalid_body", message: rejection.body_text(), field: None }
-            }
-        })?;
-        parse_json(&bytes).map(ApiJson)
+        parse_json(&read_body(req, state).await?).map(ApiJson)
     }
 }
 
-fn is_json(content_type: Option<&str>) -> bool {
-    let Some(essence) = content_type.and_then(|ct| ct.split(';').next()) else { return false };
-    let essence = essence.trim().to_ascii_lowercase();
+/// The request's media type without parameters, in lower case (`text/plain` for
+/// `Text/Plain; charset=utf-8`); `None` without a readable `Content-Type`.
+pub fn media_type(req: &Request) -> Option<String> {
+    let content_type = req.headers().get(CONTENT_TYPE)?.to_str().ok()?;
+    Some(content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase())
+}
+
+/// The whole body, within the route's size limit: 413 above it, 400 when it cannot be read.
+pub async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state).await.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge
+        } else {
+            ApiError::BadRequest { code: "invalid_body", message: rejection.body_text(), field: None }
+        }
+    })
+}
+
+fn is_json(media_type: Option<&str>) -> bool {
+    let Some(essence) = media_type else { return false };
     essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
@@ -99,18 +109,17 @@ pub const MAX_LIST_ITEMS: usize = 4096;
 /// The distinct items of a comma-separated query parameter, in first-seen order: a
 /// repeated item is asked for once, so a long URL cannot multiply the work behind it.
 pub fn query_list<'a>(raw: &'a str, field: &str) -> Result<Vec<&'a str>, ApiError> {
-    let mut items: Vec<&str> = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for (n, item) in raw.split(',').enumerate() {
-        if n >= MAX_LIST_ITEMS {
-            return Err(ApiError::invalid(field, format!("at most {MAX_LIST_ITEMS} items")));
-        }
-        let item = item.trim();
-        if seen.insert(item) {
-            items.push(item);
-        }
+    let items: Vec<&str> = raw.split(',').take(MAX_LIST_ITEMS + 1).map(str::trim).collect();
+    if items.len() > MAX_LIST_ITEMS {
+        return Err(ApiError::invalid(field, format!("at most {MAX_LIST_ITEMS} items")));
     }
-    Ok(items)
+    Ok(distinct(items))
+}
+
+/// `items` with repeats left out, in first-seen order.
+pub fn distinct<T: Copy + Eq + std::hash::Hash>(items: impl IntoIterator<Item = T>) -> Vec<T> {
+    let mut seen = std::collections::HashSet::new();
+    items.into_iter().filter(|item| seen.insert(*item)).collect()
 }
 
 /// `value` as a JSON answer, serialised on a blocking thread: for answers that can run to
@@ -183,12 +192,21 @@ mod tests {
         );
     }
 
+    /// Whether a request with `content_type` is taken as JSON.
+    fn json(content_type: Option<&str>) -> bool {
+        let mut request = Request::new(axum::body::Body::empty());
+        if let Some(ct) = content_type {
+            request.headers_mut().insert(CONTENT_TYPE, ct.parse().expect("header"));
+        }
+        is_json(media_type(&request).as_deref())
+    }
+
     #[test]
     fn content_types() {
-        assert!(is_json(Some("application/json")));
-        assert!(is_json(Some("Application/JSON; charset=utf-8")));
-        assert!(is_json(Some("application/merge-patch+json")));
-        assert!(!is_json(Some("text/plain")));
-        assert!(!is_json(None));
+        assert!(json(Some("application/json")));
+        assert!(json(Some("Application/JSON; charset=utf-8")));
+        assert!(json(Some("application/merge-patch+json")));
+        assert!(!json(Some("text/plain")));
+        assert!(!json(None));
     }
 }

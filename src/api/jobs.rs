@@ -51,19 +51,12 @@ pub async fn create(
     spec.validate()?;
     let corpus = match spec.task.corpus() {
         None => CorpusSize::default(),
-        Some(corpus) => match builtin_corpus(corpus) {
-            Some(text) => CorpusSize::of_text(text),
-            None => match state.store.corpus(corpus).await? {
-                // Characters are at most bytes.
-                Some(uploaded) => CorpusSize { vocab: uploaded.vocab_size as u64, chars: uploaded.bytes as u64 },
-                None => {
-                    return Err(ApiError::invalid(
-                        "task.corpus",
-                        format!("no corpus {corpus:?}: use builtin:tiny or an id from POST /api/v1/corpora"),
-                    ));
-                }
-            },
-        },
+        Some(corpus) => corpus_size(&state, corpus).await?.ok_or_else(|| {
+            ApiError::invalid(
+                "task.corpus",
+                format!("no corpus {corpus:?}: use builtin:tiny or an id from POST /api/v1/corpora"),
+            )
+        })?,
     };
     check_budget(&spec, corpus, &state.limits)?;
     let Some(job) = state.store.insert_job_within(&spec, state.limits.max_queued).await? else {
@@ -73,6 +66,17 @@ pub async fn create(
     tracing::info!(job = %job.id, name = %job.name, "job queued");
     let location = format!("/api/v1/jobs/{}", job.id);
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(job)))
+}
+
+/// The size of corpus `name`, built in or uploaded; `None` when there is no such corpus
+/// (any more).
+async fn corpus_size(state: &AppState, name: &str) -> Result<Option<CorpusSize>, ApiError> {
+    if let Some(text) = builtin_corpus(name) {
+        return Ok(Some(CorpusSize::of_text(text)));
+    }
+    // Characters are at most bytes.
+    let uploaded = state.store.corpus(name).await?;
+    Ok(uploaded.map(|c| CorpusSize { vocab: c.vocab_size as u64, chars: c.bytes as u64 }))
 }
 
 fn queue_full(max_queued: i64) -> ApiError {
@@ -228,8 +232,7 @@ pub async fn resume(
         )));
     }
     if let Some(corpus) = job.spec.task.corpus()
-        && builtin_corpus(corpus).is_none()
-        && state.store.corpus(corpus).await?.is_none()
+        && corpus_size(&state, corpus).await?.is_none()
     {
         return Err(ApiError::Conflict(format!("its corpus {corpus} has been deleted, so the job cannot resume")));
     }

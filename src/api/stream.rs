@@ -20,7 +20,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::time::{Instant, interval};
 use utoipa::IntoParams;
 
-use super::extract::{ApiQuery, query_list};
+use super::extract::{ApiQuery, distinct, query_list};
 use super::jobs::find_job;
 use super::{ApiError, AppState};
 use crate::jobs::live::{LiveMessage, Shared, Subscription};
@@ -126,13 +126,6 @@ fn parse_layers(list: &str) -> Result<Vec<usize>, ApiError> {
         .into_iter()
         .map(|s| s.parse().map_err(|_| ApiError::invalid("layers", format!("{s:?} is not a layer index"))))
         .collect()
-}
-
-/// A `subscribe` message's layers, each once, in the order asked (the message size
-/// already bounds how many).
-fn distinct(layers: Vec<usize>) -> Vec<usize> {
-    let mut seen = std::collections::HashSet::new();
-    layers.into_iter().filter(|l| seen.insert(*l)).collect()
 }
 
 /// Counts a socket while it lives.
@@ -250,6 +243,7 @@ async fn run(state: &AppState, job: &Job, mut filter: Filter, socket: &mut WebSo
                     match serde_json::from_str::<ClientMessage>(&text) {
                         Ok(ClientMessage::Subscribe { every, layers }) => {
                             filter.every = every.unwrap_or(filter.every).max(1);
+                            // Each layer once (the message size already bounds how many).
                             filter.layers = layers.map(distinct).or(filter.layers);
                         }
                         Err(err) => {

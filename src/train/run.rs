@@ -236,7 +236,9 @@ impl<'a> Reporter<'a> {
         ];
         parts.extend(grad_stats.iter().map(|s| s.f_flatten(0, -1)).collect::<Result<Vec<_>, _>>()?);
         parts.extend(held_weights.iter().map(|w| w.f_flatten(0, -1)).collect::<Result<Vec<_>, _>>()?);
-        parts.extend(hist.iter().map(|h| h.f_to_kind(Kind::Double)).collect::<Result<Vec<_>, _>>()?);
+        // Histogram counts go to float64 in the one conversion below, exactly (never
+        // through float32).
+        parts.extend(hist.iter().map(Tensor::shallow_clone));
         let parts: Vec<Tensor> = parts.iter().map(|p| p.f_to_kind(Kind::Double)).collect::<Result<_, _>>()?;
         let host: Vec<f64> = Vec::try_from(&Tensor::f_cat(&parts, 0)?.f_to_device(Device::Cpu)?)?;
 

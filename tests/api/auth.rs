@@ -56,13 +56,22 @@ async fn tokens_are_required_where_configured() {
     let mut request = stream.into_client_request().expect("request");
     request.headers_mut().insert("authorization", "Bearer second".parse().expect("header"));
     let (mut by_header, _) = connect_async(request).await.expect("header token");
-    use futures::StreamExt;
     for socket in [&mut by_query, &mut by_header] {
-        let Some(Ok(first)) = socket.next().await else { panic!("no hello") };
-        let hello: Value = serde_json::from_str(first.to_text().expect("text")).expect("json");
-        assert_eq!(hello["type"], "hello");
+        expect_hello(socket).await;
     }
     app.stop().await;
+}
+
+/// The stream's first message is its `hello`: the socket was let in.
+async fn expect_hello<S>(socket: &mut S)
+where
+    S: futures::Stream<Item = Result<tokio_tungstenite::tungstenite::Message, tokio_tungstenite::tungstenite::Error>>
+        + Unpin,
+{
+    use futures::StreamExt;
+    let Some(Ok(first)) = socket.next().await else { panic!("no hello") };
+    let hello: Value = serde_json::from_str(first.to_text().expect("text")).expect("json");
+    assert_eq!(hello["type"], "hello");
 }
 
 #[tokio::test]
@@ -103,10 +112,7 @@ async fn a_token_in_the_url_is_taken_on_the_stream_only_and_the_scheme_in_any_ca
     let ws = app.address.replace("http://", "ws://");
     let (mut socket, _) =
         connect_async(format!("{ws}/api/v1/jobs/{id}/stream?every=1&token=s3cret")).await.expect("query token");
-    use futures::StreamExt;
-    let Some(Ok(first)) = socket.next().await else { panic!("no hello") };
-    let hello: Value = serde_json::from_str(first.to_text().expect("text")).expect("json");
-    assert_eq!(hello["type"], "hello");
+    expect_hello(&mut socket).await;
     app.stop().await;
 }
 
