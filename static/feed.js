@@ -164,7 +164,8 @@ export class JobFeed {
           else reject(new Error("the job's stream did not open"));
           return;
         }
-        if (isFinished(this.job)) return;
+        // Closed after the final status (perhaps still waiting in the buffer): done.
+        if (isFinished(this.job) || this.buffer?.some((m) => m.type === "status")) return;
         // Dropped while the job runs: open it again; its backlog and a REST read fill
         // what was missed.
         setTimeout(() => {
