@@ -12,9 +12,10 @@ run:
 	$(WITH_TORCH) cargo build --release --locked
 	./target/release/gradscope serve $(ARGS)
 
-## Formatting, lints, unit, integration, parity and browser tests, then a bounded fuzz run
-## of the API (installs Prometheus, docker-compose and chromium from Debian's packages, and
-## schemathesis from PyPI, first when they are missing).
+## Formatting, lints (the dashboard's scripts type-checked too), unit, integration, parity
+## and browser tests, then a bounded fuzz run of the API (installs Prometheus,
+## docker-compose and chromium from Debian's packages, and schemathesis from PyPI, first
+## when they are missing).
 test: lint
 	scripts/test-deps
 	$(WITH_TORCH) cargo test --locked --all-targets
@@ -24,6 +25,7 @@ test: lint
 lint:
 	cargo fmt --all -- --check
 	$(WITH_TORCH) cargo clippy --locked --all-targets -- -D warnings
+	scripts/js-check
 
 build:
 	$(WITH_TORCH) cargo build --release --locked

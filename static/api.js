@@ -1,3 +1,4 @@
+// @ts-check
 // Talking to the gradscope REST API and its WebSocket stream.
 //
 // A server started with an API token answers 401; the token the user types is kept in
@@ -8,6 +9,10 @@ const TOKEN_KEY = "gradscope.token";
 
 /** An error answer from the API, with the contract's `code`, `message` and `field`. */
 export class ApiError extends Error {
+  /**
+   * @param {number} status
+   * @param {{error?: {code?: string, message?: string, field?: string}} | null} body
+   */
   constructor(status, body) {
     const detail = body?.error ?? {};
     super(detail.message ?? `HTTP ${status}`);
@@ -21,18 +26,26 @@ export function token() {
   return localStorage.getItem(TOKEN_KEY) ?? "";
 }
 
-export function setToken(value) {
+export function setToken(/** @type {string} */ value) {
   if (value) localStorage.setItem(TOKEN_KEY, value);
   else localStorage.removeItem(TOKEN_KEY);
 }
 
-/** Listeners told when the server asks for a token. */
+/** Listeners told when the server asks for a token. @type {Set<() => void>} */
 const unauthorized = new Set();
-export function onUnauthorized(fn) {
+export function onUnauthorized(/** @type {() => void} */ fn) {
   unauthorized.add(fn);
 }
 
+/**
+ * One API call; the answer's JSON (null for 204), or an `ApiError`.
+ * @param {string} method
+ * @param {string} path
+ * @param {unknown} [body]
+ * @returns {Promise<any>}
+ */
 export async function request(method, path, body) {
+  /** @type {Record<string, string>} */
   const headers = {};
   if (body !== undefined) headers["content-type"] = "application/json";
   const t = token();
@@ -55,11 +68,14 @@ export async function request(method, path, body) {
   return json;
 }
 
-export const get = (path) => request("GET", path);
-export const post = (path, body) => request("POST", path, body);
-export const del = (path) => request("DELETE", path);
+export const get = (/** @type {string} */ path) => request("GET", path);
+export const post = (/** @type {string} */ path, /** @type {unknown} */ body = undefined) => request("POST", path, body);
+export const del = (/** @type {string} */ path) => request("DELETE", path);
 
-/** Query string from an object, leaving out null and undefined values. */
+/**
+ * Query string from an object, leaving out null and undefined values.
+ * @param {Record<string, string | number | boolean | (string | number)[] | null | undefined>} params
+ */
 export function query(params) {
   const q = new URLSearchParams();
   for (const [k, v] of Object.entries(params)) {
@@ -70,7 +86,7 @@ export function query(params) {
 }
 
 /** The WebSocket URL of a job's stream. */
-export function streamUrl(id, params = {}) {
+export function streamUrl(/** @type {string} */ id, /** @type {Record<string, string | number>} */ params = {}) {
   const t = token();
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   return `${scheme}://${location.host}/api/v1/jobs/${id}/stream${query({ ...params, token: t || null })}`;
@@ -81,7 +97,8 @@ export function streamUrl(id, params = {}) {
  * send the bearer header, and a token in a URL ends up in history and server logs, so the
  * file is fetched here and saved from a blob.
  */
-export async function downloadCheckpoint(id, filename) {
+export async function downloadCheckpoint(/** @type {string} */ id, /** @type {string} */ filename) {
+  /** @type {Record<string, string>} */
   const headers = {};
   const t = token();
   if (t) headers.authorization = `Bearer ${t}`;
@@ -111,4 +128,4 @@ export async function downloadCheckpoint(id, filename) {
 }
 
 export const FINISHED = new Set(["succeeded", "failed", "cancelled", "diverged", "interrupted"]);
-export const isFinished = (job) => FINISHED.has(job.status);
+export const isFinished = (/** @type {{status: string}} */ job) => FINISHED.has(job.status);

@@ -1,29 +1,42 @@
+// @ts-check
 // The dashboard shell: hash routes, the theme, the API token prompt and notices.
 //
 //   #/              jobs: experiments, the job list, the submit form
 //   #/jobs/<id>     one job, live
 //   #/compare?ids=  several jobs side by side
 
-import { onUnauthorized, setToken, token } from "./api.js";
+import { ApiError, onUnauthorized, setToken, token } from "./api.js";
 import { loadUPlot } from "./charts.js";
-import { el } from "./format.js";
+import { el } from "./widgets.js";
 
-const main = document.querySelector("#view");
-const notice = document.querySelector("#notice");
+/** An element of index.html. @template {Element} T @param {string} selector @returns {T} */
+function part(selector) {
+  const found = document.querySelector(selector);
+  if (!found) throw new Error(`index.html has no ${selector}`);
+  return /** @type {T} */ (found);
+}
+
+/** @type {HTMLElement} */
+const main = part("#view");
+/** @type {HTMLElement} */
+const notice = part("#notice");
+/** @type {import("./types.js").Teardown | null} */
 let teardown = null;
 let generation = 0;
+let noticeTimer = 0;
 
-function toast(message) {
+function toast(/** @type {string} */ message) {
   notice.textContent = message;
   notice.hidden = false;
-  clearTimeout(toast.timer);
-  toast.timer = setTimeout(() => { notice.hidden = true; }, 6000);
+  clearTimeout(noticeTimer);
+  noticeTimer = setTimeout(() => { notice.hidden = true; }, 6000);
 }
 
-function offline(err) {
-  toast(`The server did not answer: ${err?.message ?? err}`);
+function offline(/** @type {unknown} */ err) {
+  toast(`The server did not answer: ${err instanceof Error ? err.message : err}`);
 }
 
+/** @type {import("./types.js").ViewContext} */
 const ctx = { toast, offline };
 
 async function route() {
@@ -39,7 +52,7 @@ async function route() {
   const hash = location.hash.replace(/^#/, "") || "/";
   const [path, search = ""] = hash.split("?");
   const params = new URLSearchParams(search);
-  for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", a.dataset.route === path.split("/")[1]);
+  for (const a of document.querySelectorAll("nav a")) if (a instanceof HTMLElement) a.classList.toggle("active", a.dataset.route === path.split("/")[1]);
   const view = el("div", { class: "view" });
   main.replaceChildren(view);
   main.setAttribute("aria-busy", "true");
@@ -68,8 +81,9 @@ async function route() {
     else teardown = done;
   } catch (err) {
     if (gen !== generation) return;
+    const status = err instanceof ApiError ? err.status : null;
     view.replaceChildren(el("div", { class: "panel form-error" },
-      err.status === 404 ? "No such job (it may have been deleted)." : `Could not load this page: ${err.message}`));
+      status === 404 ? "No such job (it may have been deleted)." : `Could not load this page: ${err instanceof Error ? err.message : err}`));
   } finally {
     if (gen === generation) main.removeAttribute("aria-busy");
   }
@@ -77,12 +91,15 @@ async function route() {
 
 // Theme: follow the system unless the user picked one.
 const THEME_KEY = "gradscope.theme";
-const themeButton = document.querySelector("#theme");
+/** @type {HTMLButtonElement} */
+const themeButton = part("#theme");
+/** @type {Record<string, string>} */
+const THEME_LABELS = { auto: "◐ auto", light: "☀ light", dark: "☾ dark" };
 function applyTheme() {
   const choice = localStorage.getItem(THEME_KEY) ?? "auto";
   if (choice === "auto") delete document.documentElement.dataset.theme;
   else document.documentElement.dataset.theme = choice;
-  themeButton.textContent = { auto: "◐ auto", light: "☀ light", dark: "☾ dark" }[choice];
+  themeButton.textContent = THEME_LABELS[choice] ?? choice;
   themeButton.title = `Theme: ${choice} (click to change)`;
 }
 themeButton.addEventListener("click", () => {
@@ -98,15 +115,18 @@ matchMedia("(prefers-color-scheme: dark)").addEventListener("change", () => {
 applyTheme();
 
 // A server started with --api-token asks for it.
-const tokenForm = document.querySelector("#token-form");
+/** @type {HTMLFormElement} */
+const tokenForm = part("#token-form");
+/** @type {HTMLInputElement} */
+const tokenInput = part("#token-form input");
 onUnauthorized(() => { tokenForm.hidden = false; });
 tokenForm.addEventListener("submit", (e) => {
   e.preventDefault();
-  setToken(tokenForm.querySelector("input").value.trim());
+  setToken(tokenInput.value.trim());
   tokenForm.hidden = true;
   route();
 });
-tokenForm.querySelector("input").value = token();
+tokenInput.value = token();
 
 window.addEventListener("hashchange", route);
 route();

@@ -1,40 +1,72 @@
+// @ts-check
 // uPlot line charts that follow the theme and the container's width, and a frame
 // scheduler: data arrives as fast as the server sends it, drawing happens at most once
 // per animation frame (less often when drawing gets expensive).
 
+/** @typedef {typeof import("uplot")} UPlotClass */
+/** @typedef {import("uplot")} UPlot */
+
+/** @type {UPlotClass | null} */
 let uPlotModule = null;
 
-/** Loads uPlot (copied into /vendor by scripts/web-deps). */
+/** Loads uPlot (copied into /vendor by scripts/web-deps; its types come from npm's uplot). */
 export async function loadUPlot() {
-  if (!uPlotModule) uPlotModule = (await import("/vendor/uPlot.esm.js")).default;
+  if (!uPlotModule) {
+    /** @type {string} a variable, so that the type check does not look for the file */
+    const url = "/vendor/uPlot.esm.js";
+    /** @type {{default: UPlotClass}} */
+    const module = await import(url);
+    uPlotModule = module.default;
+  }
   return uPlotModule;
 }
 
-export const PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#59a14f", "#b07aa1", "#76b7b2", "#edc948", "#ff9da7", "#9c755f", "#bab0ac"];
+/** @type {HTMLElement | null} */
+let probe = null;
 
-export function cssVar(name) {
-  return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
+/**
+ * A colour of the theme, from a custom property of style.css (`--muted`), as the canvas
+ * takes it: resolved through an element's `color`, so that `light-dark()` and `var()`
+ * come out as the colour the current scheme picks.
+ */
+export function cssVar(/** @type {string} */ name) {
+  if (!probe || !probe.isConnected) {
+    probe = document.createElement("span");
+    probe.hidden = true;
+    document.body.append(probe);
+  }
+  probe.style.color = "";
+  probe.style.color = `var(${name})`;
+  return getComputedStyle(probe).color;
 }
+
+/** Colours of the data series (`--series-0` … `--series-9` in style.css). */
+export const SERIES_COLORS = 10;
+
+/** The colour of the i-th data series. */
+export const seriesColor = (/** @type {number} */ i) => cssVar(`--series-${i % SERIES_COLORS}`);
 
 /** Runs each dirty drawing at most once per frame, spacing frames out when they get slow. */
 class Scheduler {
   constructor() {
+    /** @type {Map<unknown, () => void>} */
     this.pending = new Map();
     this.frame = 0;
     this.last = 0;
     this.cost = 0;
   }
 
-  request(key, fn) {
+  /** Runs `fn` in the next frame; a later request with the same key replaces it. */
+  request(/** @type {unknown} */ key, /** @type {() => void} */ fn) {
     this.pending.set(key, fn);
     if (!this.frame) this.frame = requestAnimationFrame((t) => this.run(t));
   }
 
-  cancel(key) {
+  cancel(/** @type {unknown} */ key) {
     this.pending.delete(key);
   }
 
-  run(now) {
+  run(/** @type {number} */ now) {
     this.frame = 0;
     // Leave the main thread free at least three quarters of the time.
     if (now - this.last < this.cost * 3) {
@@ -59,16 +91,49 @@ class Scheduler {
 export const frames = new Scheduler();
 
 /** Values at or below zero cannot sit on a log axis. */
-export const positive = (v) => (v > 0 && Number.isFinite(v) ? v : null);
+export const positive = (/** @type {number | null | undefined} */ v) => (v !== null && v !== undefined && v > 0 && Number.isFinite(v) ? v : null);
 
 /**
- * A line chart in `container`. `series`: [{label, color, width, dash, points, show}],
- * data: [x, ...ys]. Returns {u, setData, destroy}.
+ * @typedef {object} SeriesOptions
+ * @property {string} label
+ * @property {string} color
+ * @property {number} [width]
+ * @property {number[]} [dash]
+ * @property {boolean} [show]
+ * @property {boolean} [spanGaps]
+ * @property {import("uplot").Series.PathBuilder} [paths]
+ * @property {import("uplot").Series.Points} [points]
+ *
+ * @typedef {object} ChartOptions
+ * @property {SeriesOptions[]} series
+ * @property {boolean} [yLog]
+ * @property {number} [height]
+ * @property {string} [yLabel]
+ * @property {string} [xLabel]
+ * @property {import("uplot").Hooks.Arrays} [hooks]
+ * @property {boolean} [legend]
+ * @property {boolean} [sparkline]
+ * @property {import("uplot").Range.MinMax} [yRange]
+ * @property {import("uplot").Cursor.Sync} [sync]
+ * @property {(u: UPlot, v: number) => string} [xValue]
+ *
+ * @typedef {object} LineChart
+ * @property {UPlot} u
+ * @property {(data: (number | null)[][]) => void} setData
+ * @property {() => void} destroy
+ */
+
+/**
+ * A line chart in `container`; data: [x, ...ys].
+ * @param {UPlotClass} uPlot
+ * @param {HTMLElement} container
+ * @param {ChartOptions} options
+ * @returns {LineChart}
  */
 export function lineChart(uPlot, container, { series, yLog = false, height = 220, yLabel = "", xLabel = "step", hooks = {}, legend = true, sparkline = false, yRange, sync, xValue }) {
   const axisColor = cssVar("--muted");
   const gridColor = cssVar("--grid");
-  const axis = (label) => ({
+  const axis = (/** @type {string} */ label) => ({
     stroke: axisColor,
     grid: { stroke: gridColor, width: 1 },
     ticks: { stroke: gridColor, width: 1 },
@@ -79,12 +144,13 @@ export function lineChart(uPlot, container, { series, yLog = false, height = 220
     labelFont: "11px system-ui, sans-serif",
   });
   const width = Math.max(120, container.clientWidth || 300);
+  /** @type {import("uplot").Options} */
   const opts = {
     width,
     height,
     legend: { show: legend && !sparkline, live: true },
     cursor: sparkline ? { show: false } : { drag: { x: true, y: false }, points: { size: 5 }, sync },
-    select: { show: !sparkline },
+    select: { show: !sparkline, left: 0, top: 0, width: 0, height: 0 },
     scales: {
       x: { time: false },
       y: yLog ? { distr: 3, log: 10, ...(yRange ? { range: yRange } : {}) } : yRange ? { range: yRange } : {},
@@ -101,11 +167,12 @@ export function lineChart(uPlot, container, { series, yLog = false, height = 220
         spanGaps: s.spanGaps ?? false,
         paths: s.paths,
         points: s.points ?? { show: false },
-        value: (u, v) => (v === null || v === undefined ? "–" : formatValue(v)),
+        value: (/** @type {UPlot} */ _u, /** @type {number | null} */ v) => (v === null || v === undefined ? "–" : formatValue(v)),
       })),
     ],
   };
   if (sparkline) opts.padding = [2, 2, 2, 2];
+  /** @type {import("uplot").AlignedData} */
   const data = [[], ...series.map(() => [])];
   // A zoomed chart (drag to zoom, double-click to reset) keeps its window as data arrives.
   let zoomed = false;
@@ -123,11 +190,12 @@ export function lineChart(uPlot, container, { series, yLog = false, height = 220
   return {
     u,
     setData(d) {
+      const aligned = /** @type {import("uplot").AlignedData} */ (/** @type {unknown} */ (d));
       if (zoomed) {
         const { min, max } = u.scales.x;
-        u.setData(d, false);
-        u.setScale("x", { min, max });
-      } else u.setData(d, true);
+        u.setData(aligned, false);
+        if (min !== undefined && max !== undefined) u.setScale("x", { min, max });
+      } else u.setData(aligned, true);
     },
     destroy() {
       observer.disconnect();
@@ -137,8 +205,8 @@ export function lineChart(uPlot, container, { series, yLog = false, height = 220
 }
 
 /** Log-axis labels: every decade (thinned to fit), minor ticks only when few decades show. */
-function logValues(u, splits) {
-  const whole = (v) => Math.abs(Math.log10(v) - Math.round(Math.log10(v))) < 1e-6;
+function logValues(/** @type {UPlot} */ u, /** @type {number[]} */ splits) {
+  const whole = (/** @type {number} */ v) => Math.abs(Math.log10(v) - Math.round(Math.log10(v))) < 1e-6;
   const decades = splits.filter((v) => v > 0 && whole(v)).length;
   const room = Math.max(2, Math.floor(u.bbox.height / (window.devicePixelRatio || 1) / 22));
   const every = Math.max(1, Math.ceil(decades / room));
@@ -151,18 +219,17 @@ function logValues(u, splits) {
   });
 }
 
-function formatValue(v) {
+function formatValue(/** @type {number} */ v) {
   const a = Math.abs(v);
   if (a !== 0 && (a < 1e-3 || a >= 1e5)) return v.toExponential(2);
   return Number(v.toPrecision(4)).toString();
 }
 
-/** Points-only series style (for marks such as clipped or skipped steps). */
-export function marks(uPlot, color, size = 5, fill) {
-  return { show: true, size, stroke: color, fill: fill ?? color, width: 1 };
-}
-
-/** Draws vertical lines at the given x positions under a chart's series. */
+/**
+ * Draws vertical lines at the given x positions under a chart's series.
+ * @param {() => {x: number, color: string}[]} getLines
+ * @returns {import("uplot").Hooks.Arrays}
+ */
 export function verticalLines(getLines) {
   return {
     drawClear: [
@@ -191,7 +258,7 @@ export function verticalLines(getLines) {
 }
 
 /** `fn` at most once per `ms`, the last call always honoured (drawn in a frame). */
-export function throttled(fn, ms) {
+export function throttled(/** @type {() => void} */ fn, /** @type {number} */ ms) {
   let last = 0;
   let timer = 0;
   return function run() {

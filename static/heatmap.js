@@ -1,3 +1,4 @@
+// @ts-check
 // Step-bucketed grids drawn on a canvas: the per-layer gradient-norm heatmap (layers ×
 // steps, log colour scale) and a layer's gradient histogram over time (|g| buckets × steps).
 //
@@ -8,7 +9,22 @@
 
 import { cssVar } from "./charts.js";
 
+/**
+ * What `drawGrid` draws: rows × columns of values (NaN: none), columns of `bucket` steps.
+ * @typedef {object} GridView
+ * @property {number} rows
+ * @property {number} columns
+ * @property {number} bucket
+ * @property {number} maxStep
+ * @property {(row: number, col: number) => number} at
+ * @property {() => [number, number]} range
+ */
+
 export class StepGrid {
+  /**
+   * @param {number} rows
+   * @param {{capacity?: number, agg?: "max" | "mean"}} [options]
+   */
   constructor(rows, { capacity = 600, agg = "max" } = {}) {
     this.rows = rows;
     this.capacity = capacity;
@@ -16,8 +32,7 @@ export class StepGrid {
     this.bucket = 1;
     this.maxStep = 0;
     this.values = new Float32Array(rows * capacity).fill(NaN);
-    this.counts = agg === "mean" ? new Uint32Array(rows * capacity) : null;
-    this.version = 0;
+    this.counts = new Uint32Array(agg === "mean" ? rows * capacity : 0);
   }
 
   /** Column count in use. */
@@ -26,7 +41,7 @@ export class StepGrid {
   }
 
   /** Stores `value` (already on the colour scale's axis, e.g. log10) for (row, step). */
-  set(row, step, value) {
+  set(/** @type {number} */ row, /** @type {number} */ step, /** @type {number} */ value) {
     if (!Number.isFinite(value) || step < 1 || row < 0 || row >= this.rows) return;
     while (Math.floor((step - 1) / this.bucket) >= this.capacity) this.merge();
     const col = Math.floor((step - 1) / this.bucket);
@@ -40,7 +55,6 @@ export class StepGrid {
       this.counts[i] = n + 1;
     }
     if (step > this.maxStep) this.maxStep = step;
-    this.version++;
   }
 
   merge() {
@@ -62,11 +76,11 @@ export class StepGrid {
       }
     }
     values.fill(NaN, half * rows);
-    if (counts) counts.fill(0, half * rows);
+    counts.fill(0, half * rows);
     this.bucket *= 2;
   }
 
-  /** Smallest and largest stored value. */
+  /** Smallest and largest stored value. @returns {[number, number]} */
   range() {
     let lo = Infinity;
     let hi = -Infinity;
@@ -80,7 +94,7 @@ export class StepGrid {
   }
 
   /** The value at (row, column), NaN when none. */
-  at(row, col) {
+  at(/** @type {number} */ row, /** @type {number} */ col) {
     return this.values[col * this.rows + row];
   }
 }
@@ -92,7 +106,7 @@ const RAMP = [
 ];
 
 /** RGB of t in [0, 1] on the ramp. */
-export function ramp(t) {
+export function ramp(/** @type {number} */ t) {
   const x = Math.min(1, Math.max(0, t)) * (RAMP.length - 1);
   const i = Math.min(RAMP.length - 2, Math.floor(x));
   const f = x - i;
@@ -102,10 +116,36 @@ export function ramp(t) {
 }
 
 /**
+ * @typedef {object} GridOptions
+ * @property {(row: number) => string} [rowLabel]
+ * @property {[number, number]} [scale] Colour scale (defaults to the grid's range).
+ * @property {(v: number) => string} [legend] A colour-bar tick's label.
+ * @property {(lo: number, hi: number) => number[]} [ticks] Values for the colour bar.
+ * @property {number | null} [selectedRow]
+ * @property {string} [xLabel]
+ * @property {string} [empty] What an empty grid says.
+ * @property {number} [gutter] Width of the row labels.
+ * @property {number} [maxGap]
+ *
+ * @typedef {object} GridLayout Where a drawn grid's cells are, for `cellAt`.
+ * @property {{x: number, y: number, w: number, h: number}} plot
+ * @property {number} cols
+ * @property {number} rows
+ * @property {number} bucket
+ * @property {[number, number]} [scale]
+ */
+
+/** @type {WeakMap<HTMLCanvasElement, GridLayout>} */
+const layouts = new WeakMap();
+/** @type {WeakMap<HTMLCanvasElement, HTMLCanvasElement>} */
+const offscreens = new WeakMap();
+
+/**
  * Draws `grid` into `canvas`: rows top to bottom, columns left to right, a label gutter
  * on the left and a colour bar on the right.
- * opts: rowLabel(r) → string, scale: [lo, hi] (defaults to the grid's range),
- * legend(v) → tick label, ticks: values for the colour bar, selectedRow, xLabel.
+ * @param {HTMLCanvasElement} canvas
+ * @param {GridView} grid
+ * @param {GridOptions} [opts]
  */
 export function drawGrid(canvas, grid, opts = {}) {
   const dpr = window.devicePixelRatio || 1;
@@ -116,9 +156,10 @@ export function drawGrid(canvas, grid, opts = {}) {
     canvas.height = Math.round(cssH * dpr);
   }
   const ctx = canvas.getContext("2d");
+  if (!ctx) return null;
   ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
   ctx.clearRect(0, 0, cssW, cssH);
-  const text = cssVar("--muted") || "#888";
+  const text = cssVar("--muted");
   const font = "11px system-ui, sans-serif";
   ctx.font = font;
 
@@ -127,8 +168,9 @@ export function drawGrid(canvas, grid, opts = {}) {
   const bottom = 18;
   const plot = { x: gutter, y: 2, w: Math.max(10, cssW - gutter - barW), h: Math.max(10, cssH - bottom - 4) };
   const cols = grid.columns;
+  /** @type {GridLayout} */
   const layout = { plot, cols, rows: grid.rows, bucket: grid.bucket };
-  canvas._layout = layout;
+  layouts.set(canvas, layout);
 
   let [lo, hi] = opts.scale ?? grid.range();
   if (!(hi >= lo)) {
@@ -170,12 +212,13 @@ export function drawGrid(canvas, grid, opts = {}) {
       img.data[p + 3] = 255;
     }
   }
-  const off = canvas._offscreen ?? (canvas._offscreen = document.createElement("canvas"));
+  let off = offscreens.get(canvas);
+  if (!off) offscreens.set(canvas, (off = document.createElement("canvas")));
   off.width = img.width;
   off.height = img.height;
-  off.getContext("2d").putImageData(img, 0, 0);
+  off.getContext("2d")?.putImageData(img, 0, 0);
   ctx.imageSmoothingEnabled = false;
-  ctx.fillStyle = cssVar("--panel-2") || "#0001";
+  ctx.fillStyle = cssVar("--panel-2");
   ctx.fillRect(plot.x, plot.y, plot.w, plot.h);
   if (cols > 0) ctx.drawImage(off, 0, 0, cols, grid.rows, plot.x, plot.y, plot.w, plot.h);
 
@@ -190,7 +233,7 @@ export function drawGrid(canvas, grid, opts = {}) {
     ctx.fillText(fit(ctx, label, gutter - 8), gutter - 6, plot.y + (r + 0.5) * rowH);
   }
   if (opts.selectedRow !== undefined && opts.selectedRow !== null) {
-    ctx.strokeStyle = cssVar("--accent") || "#f80";
+    ctx.strokeStyle = cssVar("--accent");
     ctx.lineWidth = 1.5;
     ctx.strokeRect(plot.x + 0.5, plot.y + opts.selectedRow * rowH + 0.5, plot.w - 1, Math.max(1, rowH - 1));
   }
@@ -226,7 +269,7 @@ export function drawGrid(canvas, grid, opts = {}) {
 }
 
 /** Integer decades between lo and hi, at most about six of them. */
-export function decadeTicks(lo, hi) {
+export function decadeTicks(/** @type {number} */ lo, /** @type {number} */ hi) {
   const first = Math.ceil(lo);
   const last = Math.floor(hi);
   const step = Math.max(1, Math.ceil((last - first + 1) / 6));
@@ -236,16 +279,22 @@ export function decadeTicks(lo, hi) {
   return out;
 }
 
-function fit(ctx, label, width) {
+function fit(/** @type {CanvasRenderingContext2D} */ ctx, /** @type {string} */ label, /** @type {number} */ width) {
   if (ctx.measureText(label).width <= width) return label;
   let s = label;
   while (s.length > 3 && ctx.measureText(`…${s}`).width > width) s = s.slice(1);
   return `…${s}`;
 }
 
-/** The (row, column, first step, last step) under a mouse event, or null. */
+/**
+ * The (row, column, first step, last step) under a mouse event, or null; over the label
+ * gutter, the row with a null column.
+ * @param {HTMLCanvasElement} canvas
+ * @param {MouseEvent} event
+ * @returns {{row: number, col: number | null, from?: number, to?: number} | null}
+ */
 export function cellAt(canvas, event) {
-  const layout = canvas._layout;
+  const layout = layouts.get(canvas);
   if (!layout || !layout.cols) return null;
   const rect = canvas.getBoundingClientRect();
   const x = event.clientX - rect.left - layout.plot.x;

@@ -1,15 +1,20 @@
+// @ts-check
 // A job's recorded history in the browser: per-step scalars as columns ready for uPlot,
 // validation passes, the latest per-layer statistics, the heatmap grid and the selected
 // layer's histogram grid. Every step that arrives is kept; only drawing is thinned.
+// The statistic names and the histogram's buckets are the server's (its `hello`).
 
 import { positive } from "./charts.js";
 import { StepGrid } from "./heatmap.js";
 
-export const STATS = ["grad_norm", "grad_max", "grad_mean", "grad_std", "zero_frac", "nonfinite", "weight_norm", "update_ratio"];
-export const HIST_BINS = 51;
+/** @typedef {import("./types.js").Layer} Layer */
+/** @typedef {import("./types.js").LayerStats} LayerStats */
+/** @typedef {import("./types.js").EvalColumns} EvalColumns */
+/** @typedef {import("./types.js").StepsResponse} StepsResponse */
+/** @typedef {Layer & {row?: HTMLTableRowElement}} LayerRow */
 
 /** Index of the first element of sorted `xs` that is ≥ v. */
-export function lowerBound(xs, v) {
+export function lowerBound(/** @type {number[]} */ xs, /** @type {number} */ v) {
   let lo = 0;
   let hi = xs.length;
   while (lo < hi) {
@@ -20,23 +25,57 @@ export function lowerBound(xs, v) {
   return lo;
 }
 
+/**
+ * Whether a step's clip coefficient says the gradient policies scaled it down (the
+ * server records 1 when they left it alone).
+ */
+export const isClipped = (/** @type {number | null} */ coef) => coef !== null && coef < 1 - 1e-6;
+
+/**
+ * Per-step columns, aligned on `step`.
+ * @typedef {object} Columns
+ * @property {number[]} step
+ * @property {(number | null)[]} loss
+ * @property {(number | null)[]} valid Validation loss at the nearest recorded step.
+ * @property {(number | null)[]} gn Global gradient norm before the policies.
+ * @property {(number | null)[]} gnc ... and after.
+ * @property {number[]} lr
+ * @property {(number | null)[]} clip
+ * @property {number[]} skipped 1 for a skipped step.
+ */
+
 export class JobData {
-  constructor(layers = []) {
+  constructor(/** @type {Layer[]} */ layers = []) {
+    /** @type {Columns} */
     this.cols = { step: [], loss: [], valid: [], gn: [], gnc: [], lr: [], clip: [], skipped: [] };
+    /** @type {{step: number[], loss: (number | null)[], value: (number | null)[], metric: string | null}} */
     this.evals = { step: [], loss: [], value: [], metric: null };
+    /** @type {[number, number | null][]} validation losses beyond the last recorded step */
     this.pendingEvals = [];
     this.clippedSteps = 0;
     this.skippedSteps = 0;
-    this.latest = null; // {step, stats: {name: [per layer]}}
+    /** @type {{step: number, stats: LayerStats} | null} */
+    this.latest = null;
+    /** @type {LayerRow[]} */
+    this.layers = [];
+    this.grid = new StepGrid(1);
     this.setLayers(layers);
+    /** @type {number | null} */
     this.histLayer = null;
-    this.histGrid = new StepGrid(HIST_BINS, { capacity: 300, agg: "mean" });
-    this.version = 0;
+    /** Buckets of a histogram: exact zeros, one per edge, non-finite. */
+    this.histBins = 0;
+    this.histGrid = new StepGrid(1, { capacity: 300, agg: "mean" });
   }
 
-  setLayers(layers) {
+  setLayers(/** @type {Layer[]} */ layers) {
     this.layers = layers;
     this.grid = new StepGrid(Math.max(1, layers.length), { capacity: 600, agg: "max" });
+  }
+
+  /** The server's histogram bucket edges (the `hello` message's `histogram_edges`). */
+  setHistogramEdges(/** @type {number[]} */ edges) {
+    this.histBins = edges.length + 2;
+    this.histGrid = new StepGrid(Math.max(1, this.histBins), { capacity: 300, agg: "mean" });
   }
 
   get lastStep() {
@@ -44,7 +83,16 @@ export class JobData {
     return s.length ? s[s.length - 1] : 0;
   }
 
-  /** One step's scalars; out-of-order steps are inserted in place, duplicates ignored. */
+  /**
+   * One step's scalars; out-of-order steps are inserted in place, duplicates ignored.
+   * @param {number} step
+   * @param {number | null} loss
+   * @param {number | null} gn
+   * @param {number | null} gnc
+   * @param {number | null} clip
+   * @param {number} lr
+   * @param {boolean} skipped
+   */
   addStep(step, loss, gn, gnc, clip, lr, skipped) {
     const c = this.cols;
     let i = c.step.length;
@@ -52,30 +100,40 @@ export class JobData {
       i = lowerBound(c.step, step);
       if (c.step[i] === step) return false;
     }
-    const row = [step, loss, null, positive(gn), positive(gnc), lr, clip, skipped ? 1 : 0];
-    const keys = ["step", "loss", "valid", "gn", "gnc", "lr", "clip", "skipped"];
-    if (i === c.step.length) keys.forEach((k, j) => c[k].push(row[j]));
-    else keys.forEach((k, j) => c[k].splice(i, 0, row[j]));
-    if (clip !== null && clip < 1 - 1e-6) this.clippedSteps++;
+    /** @type {[keyof Columns, number | null][]} */
+    const row = [["step", step], ["loss", loss], ["valid", null], ["gn", positive(gn)], ["gnc", positive(gnc)], ["lr", lr], ["clip", clip], ["skipped", skipped ? 1 : 0]];
+    for (const [k, v] of row) /** @type {(number | null)[]} */ (c[k]).splice(i, 0, v);
+    if (isClipped(clip)) this.clippedSteps++;
     if (skipped) this.skippedSteps++;
     if (this.pendingEvals.length) this.placeEvals();
-    this.version++;
     return true;
   }
 
+  /** The steps of a `/steps` answer. */
+  addSteps(/** @type {StepsResponse} */ s) {
+    for (let i = 0; i < s.step.length; i++) {
+      this.addStep(s.step[i], s.loss[i], s.grad_norm[i], s.grad_norm_clipped[i], s.clip_coef[i], s.lr[i], s.skipped[i]);
+    }
+    this.addEvals(s.eval);
+  }
+
   /** Per-layer statistics of one step (arrays indexed by layer). */
-  addLayerStats(step, stats) {
+  addLayerStats(/** @type {number} */ step, /** @type {LayerStats} */ stats) {
     const gn = stats.grad_norm;
-    if (gn) for (let l = 0; l < gn.length; l++) if (gn[l] > 0) this.grid.set(l, step, Math.log10(gn[l]));
+    if (gn) for (let l = 0; l < gn.length; l++) this.addNorm(l, step, gn[l]);
     if (!this.latest || step >= this.latest.step) this.latest = { step, stats };
     if (stats.hist && this.histLayer !== null) {
       const h = stats.hist[this.histLayer];
       if (h) this.addHist(step, h);
     }
-    this.version++;
   }
 
-  addHist(step, counts) {
+  /** One layer's gradient norm at one step, for the heatmap. */
+  addNorm(/** @type {number} */ layer, /** @type {number} */ step, /** @type {number | null | undefined} */ norm) {
+    if (norm && norm > 0) this.grid.set(layer, step, Math.log10(norm));
+  }
+
+  addHist(/** @type {number} */ step, /** @type {number[]} */ counts) {
     let total = 0;
     for (const n of counts) total += n;
     if (!total) return;
@@ -83,31 +141,39 @@ export class JobData {
     for (let b = 0; b < counts.length; b++) this.histGrid.set(b, step, counts[b] / total);
   }
 
-  selectHistLayer(layer) {
+  selectHistLayer(/** @type {number} */ layer) {
     this.histLayer = layer;
-    this.histGrid = new StepGrid(HIST_BINS, { capacity: 300, agg: "mean" });
+    this.histGrid = new StepGrid(Math.max(1, this.histBins), { capacity: 300, agg: "mean" });
   }
 
-  /** Validation passes (columnar, as /steps returns them under `eval`). */
+  /**
+   * Validation passes (columnar, as /steps returns them under `eval`). A pass already
+   * known whose metric was missing (it arrived live, before its metric) takes it now.
+   * @param {EvalColumns | undefined} ev
+   */
   addEvals(ev) {
     if (!ev) return;
     if (ev.metric) this.evals.metric = ev.metric;
     for (let i = 0; i < ev.step.length; i++) {
       const s = ev.step[i];
+      const value = ev.value?.[i] ?? null;
       const at = lowerBound(this.evals.step, s);
-      if (this.evals.step[at] === s) continue;
+      if (this.evals.step[at] === s) {
+        if (value !== null) this.evals.value[at] = value;
+        continue;
+      }
       this.evals.step.splice(at, 0, s);
       this.evals.loss.splice(at, 0, ev.loss[i]);
-      this.evals.value.splice(at, 0, ev.value?.[i] ?? null);
+      this.evals.value.splice(at, 0, value);
       this.pendingEvals.push([s, ev.loss[i]]);
     }
     this.placeEvals();
-    this.version++;
   }
 
   /** Puts validation losses on the step axis (at the nearest recorded step). */
   placeEvals() {
     const c = this.cols;
+    /** @type {[number, number | null][]} */
     const keep = [];
     for (const [s, loss] of this.pendingEvals) {
       if (!c.step.length || s > c.step[c.step.length - 1]) {
@@ -124,5 +190,11 @@ export class JobData {
   get lastEvalStep() {
     const s = this.evals.step;
     return s.length ? s[s.length - 1] : 0;
+  }
+
+  /** The last validation pass's metric, when the task reports one. */
+  get lastMetric() {
+    const v = this.evals.value;
+    return v.length ? v[v.length - 1] : null;
   }
 }

@@ -1,25 +1,39 @@
+// @ts-check
 // Compare jobs: loss and gradient norm overlaid, and each job's per-layer gradient-norm
 // profile and heatmap side by side on shared scales.
 
 import { get, isFinished, query } from "../api.js";
-import { lineChart, loadUPlot, PALETTE, positive } from "../charts.js";
-import { el, num, pct } from "../format.js";
+import { lineChart, loadUPlot, positive, SERIES_COLORS, seriesColor } from "../charts.js";
 import { drawGrid } from "../heatmap.js";
 import { JobData } from "../store.js";
-import { describeSpec } from "./job.js";
-import { diagnosisBadges, statusBadge } from "./jobs.js";
+import { describeSpec, diagnosisBadges, el, num, pct, statusBadge } from "../widgets.js";
+
+/** @typedef {import("../types.js").Job} Job */
+/** @typedef {import("../types.js").LayerSeries} LayerSeries */
+/** @typedef {import("../charts.js").LineChart} LineChart */
+/** @typedef {{job: Job, data: JobData, profile: {median: (number | null)[], last: (number | null)[]}}} Loaded */
+/** @typedef {{chartBox: HTMLElement, canvas: HTMLCanvasElement, chart: LineChart}} ProfilePanel */
+/** @typedef {import("uplot").AlignedData} AlignedData */
+
+/** The CSS colour of the i-th job (a custom property of style.css). */
+const swatch = (/** @type {number} */ i) => `var(--series-${i % SERIES_COLORS})`;
 
 const POINTS = 2000;
 const LAYER_POINTS = 400;
 const REFRESH_MS = 3000;
 
-function median(values) {
-  const v = values.filter((x) => x > 0).sort((a, b) => a - b);
+function median(/** @type {(number | null)[]} */ values) {
+  const v = /** @type {number[]} */ (values.filter((x) => x !== null && x > 0)).sort((a, b) => a - b);
   return v.length ? v[Math.floor(v.length / 2)] : null;
 }
 
-/** Everything the comparison shows of one job. */
+/**
+ * Everything the comparison shows of one job.
+ * @param {string} id
+ * @returns {Promise<Loaded>}
+ */
 async function loadJob(id) {
+  /** @type {[Job, import("../types.js").StepsResponse, {layers: import("../types.js").Layer[]}, {layers: LayerSeries[]}]} */
   const [job, steps, layers, stats] = await Promise.all([
     get(`/jobs/${id}`),
     get(`/jobs/${id}/steps${query({ max_points: POINTS })}`),
@@ -27,32 +41,40 @@ async function loadJob(id) {
     get(`/jobs/${id}/layer-stats${query({ stat: "grad_norm", max_points: LAYER_POINTS })}`),
   ]);
   const data = new JobData(layers.layers);
-  for (let i = 0; i < steps.step.length; i++) {
-    data.addStep(steps.step[i], steps.loss[i], steps.grad_norm[i], steps.grad_norm_clipped[i], steps.clip_coef[i], steps.lr[i], steps.skipped[i]);
-  }
-  data.addEvals(steps.eval);
+  data.addSteps(steps);
+  /** @type {Loaded["profile"]} */
   const profile = { median: [], last: [] };
   for (const s of stats.layers) {
+    /** @type {(number | null)[]} */
     const gn = s.grad_norm ?? [];
-    for (let k = 0; k < s.step.length; k++) if (gn[k] > 0) data.grid.set(s.index, s.step[k], Math.log10(gn[k]));
+    for (let k = 0; k < s.step.length; k++) data.addNorm(s.index, s.step[k], gn[k]);
     profile.median[s.index] = median(gn);
     profile.last[s.index] = positive(gn[gn.length - 1]);
   }
   return { job, data, profile };
 }
 
+/**
+ * @param {HTMLElement} root
+ * @param {import("../types.js").ViewContext} ctx
+ * @param {URLSearchParams} params
+ * @returns {Promise<import("../types.js").Teardown>}
+ */
 export async function compareView(root, ctx, params) {
   const uPlot = await loadUPlot();
   let ids = (params.get("ids") ?? "").split(",").filter(Boolean);
+  /** @type {Job[]} */
   const all = (await get(`/jobs${query({ limit: 100 })}`)).jobs;
+  /** @type {Loaded[]} */
   let loaded = [];
+  /** @type {LineChart[]} */
   let charts = [];
   let timer = 0;
   let closed = false;
 
   const picker = el("div", { class: "picker" }, all.length ? all.map((j) => el("label", { class: "chip" },
-    el("input", { type: "checkbox", value: j.id, checked: ids.includes(j.id), onchange: (e) => {
-      ids = e.target.checked ? [...ids, j.id] : ids.filter((x) => x !== j.id);
+    el("input", { type: "checkbox", value: j.id, checked: ids.includes(j.id), onchange: (/** @type {Event} */ e) => {
+      ids = /** @type {HTMLInputElement} */ (e.target).checked ? [...ids, j.id] : ids.filter((x) => x !== j.id);
       location.hash = `#/compare${query({ ids: ids.length ? ids : null })}`;
     } }), " ", j.name, " ", statusBadge(j.status))) : el("p", { class: "muted" }, "No jobs to compare yet."));
   const body = el("div", { class: "compare-body" });
@@ -83,70 +105,75 @@ export async function compareView(root, ctx, params) {
       el("label", { class: "small muted" }, allTensors, " every tensor (biases and norm parameters too), not only weight matrices"), profiles),
   );
 
+  /** Each job's profile chart and heatmap, in the order of `loaded`. @type {ProfilePanel[]} */
+  let panels = [];
+
   function build() {
     charts.forEach((c) => c.destroy());
     charts = [];
     const sync = { key: "compare" };
     const lossSeries = loaded.flatMap(({ job }, i) => [
-      { label: job.name, color: PALETTE[i % PALETTE.length], spanGaps: true },
-      { label: `${job.name} (val)`, color: PALETTE[i % PALETTE.length], dash: [6, 4], width: 2, spanGaps: true, points: { show: true, size: 4 } },
+      { label: job.name, color: seriesColor(i), spanGaps: true },
+      { label: `${job.name} (val)`, color: seriesColor(i), dash: [6, 4], width: 2, spanGaps: true, points: { show: true, size: 4 } },
     ]);
     charts.push(lineChart(uPlot, lossBox, { series: lossSeries, yLabel: "loss", height: 280, sync }));
     const normSeries = loaded.flatMap(({ job }, i) => [
-      { label: job.name, color: PALETTE[i % PALETTE.length], spanGaps: true },
-      { label: `${job.name} (after)`, color: PALETTE[i % PALETTE.length], dash: [2, 3], spanGaps: true },
+      { label: job.name, color: seriesColor(i), spanGaps: true },
+      { label: `${job.name} (after)`, color: seriesColor(i), dash: [2, 3], spanGaps: true },
     ]);
     charts.push(lineChart(uPlot, normBox, { series: normSeries, yLog: true, yLabel: "‖g‖", height: 280, sync }));
-    profiles.replaceChildren(...loaded.map(({ job, data }, i) => {
+    const boxes = loaded.map(({ job, data }, i) => {
       const chartBox = el("div", { class: "chart" });
       const canvas = el("canvas", { class: "grid-canvas profile-heat", style: `height:${Math.min(300, Math.max(120, data.layers.length * 10 + 24))}px` });
-      const panel = el("article", { class: "card profile", dataset: { id: job.id } },
-        el("h4", {}, el("span", { class: "swatch", style: `background:${PALETTE[i % PALETTE.length]}` }), " ",
+      const card = el("article", { class: "card profile", dataset: { id: job.id } },
+        el("h4", {}, el("span", { class: "swatch", style: `background:${swatch(i)}` }), " ",
           el("a", { href: `#/jobs/${job.id}` }, job.name), " ", statusBadge(job.status)),
         el("p", { class: "muted small" }, describeSpec(job.spec)), chartBox, canvas);
-      panel._chartBox = chartBox;
-      panel._canvas = canvas;
-      return panel;
-    }));
-    [...profiles.children].forEach((panel, i) => {
+      return { card, chartBox, canvas };
+    });
+    profiles.replaceChildren(...boxes.map((b) => b.card));
+    panels = boxes.map(({ chartBox, canvas }, i) => {
       const layers = loaded[i].data.layers;
-      const chart = lineChart(uPlot, panel._chartBox, {
+      const chart = lineChart(uPlot, chartBox, {
         series: [
-          { label: "median", color: PALETTE[i % PALETTE.length], width: 2, points: { show: true, size: 4 } },
-          { label: "latest", color: PALETTE[i % PALETTE.length], dash: [5, 4] },
+          { label: "median", color: seriesColor(i), width: 2, points: { show: true, size: 4 } },
+          { label: "latest", color: seriesColor(i), dash: [5, 4] },
         ],
         yLog: true, yLabel: "‖g‖", xLabel: "layer", height: 200,
         xValue: (_u, v) => (v === null || v === undefined ? "–" : `${v}: ${layers[v]?.name ?? ""}`),
       });
-      panel._chart = chart;
       charts.push(chart);
+      return { chartBox, canvas, chart };
     });
   }
 
+  /** Several jobs' columns on one step axis. @param {(number | null)[][][]} tables */
+  function join(tables) {
+    return /** @type {(number | null)[][]} */ (tables.length ? uPlot.join(/** @type {AlignedData[]} */ (/** @type {unknown} */ (tables))) : [[]]);
+  }
+
   function update() {
-    const tables = loaded.map(({ data }) => [data.cols.step, data.cols.loss, data.cols.valid]);
-    const joined = tables.length ? uPlot.join(tables) : [[]];
-    charts[0].setData(joined);
-    const norms = loaded.map(({ data }) => [data.cols.step, data.cols.gn, data.cols.gnc]);
-    charts[1].setData(norms.length ? uPlot.join(norms) : [[]]);
+    charts[0].setData(join(loaded.map(({ data }) => [data.cols.step, data.cols.loss, data.cols.valid])));
+    charts[1].setData(join(loaded.map(({ data }) => [data.cols.step, data.cols.gn, data.cols.gnc])));
 
     // One y range and one colour scale for every profile, so they read side by side.
     let lo = Infinity;
     let hi = -Infinity;
     for (const { profile, data } of loaded) {
-      for (const v of [...profile.median, ...profile.last]) if (v > 0) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
+      for (const v of [...profile.median, ...profile.last]) if (v !== null && v > 0) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
       const [a, b] = data.grid.range();
       if (a <= b) { lo = Math.min(lo, 10 ** a); hi = Math.max(hi, 10 ** b); }
     }
+    /** @type {[number, number] | undefined} */
     const scale = lo <= hi ? [Math.log10(lo), Math.log10(hi)] : undefined;
-    [...profiles.children].forEach((panel, i) => {
+    panels.forEach((panel, i) => {
       const { data, profile } = loaded[i];
       const matrices = data.layers.filter((l) => (l.shape ?? []).length >= 2);
       const xs = (allTensors.checked || !matrices.length ? data.layers : matrices).map((l) => l.index);
-      if (scale) panel._chart.u.setScale("y", { min: lo / 1.5, max: hi * 1.5 });
-      panel._chart.setData([xs, xs.map((x) => profile.median[x] ?? null), xs.map((x) => profile.last[x] ?? null)]);
-      if (scale) panel._chart.u.setScale("y", { min: lo / 1.5, max: hi * 1.5 });
-      drawGrid(panel._canvas, data.grid, { scale, rowLabel: (r) => data.layers[r]?.name ?? `#${r}`, gutter: 150, empty: "no per-layer statistics yet" });
+      if (scale) panel.chart.u.setScale("y", { min: lo / 1.5, max: hi * 1.5 });
+      panel.chart.setData([xs, xs.map((x) => profile.median[x] ?? null), xs.map((x) => profile.last[x] ?? null)]);
+      if (scale) panel.chart.u.setScale("y", { min: lo / 1.5, max: hi * 1.5 });
+      drawGrid(panel.canvas, data.grid, { scale, rowLabel: (r) => data.layers[r]?.name ?? `#${r}`, gutter: 150, empty: "no per-layer statistics yet" });
     });
 
     summary.replaceChildren(...loaded.map(({ job, data }, i) => {
@@ -154,9 +181,9 @@ export async function compareView(root, ctx, params) {
       const ev = data.evals;
       const lastLoss = [...c.loss].reverse().find((v) => v !== null);
       const bestVal = ev.loss.filter((v) => v !== null);
-      const maxNorm = Math.max(0, ...c.gn.filter((v) => v !== null));
+      const maxNorm = Math.max(0, .../** @type {number[]} */ (c.gn.filter((v) => v !== null)));
       return el("tr", { dataset: { id: job.id } },
-        el("td", {}, el("span", { class: "swatch", style: `background:${PALETTE[i % PALETTE.length]}` })),
+        el("td", {}, el("span", { class: "swatch", style: `background:${swatch(i)}` })),
         el("td", {}, el("a", { href: `#/jobs/${job.id}` }, job.name)),
         el("td", {}, statusBadge(job.status)),
         el("td", { class: "num" }, `${job.step} / ${job.total_steps}`),
@@ -174,9 +201,10 @@ export async function compareView(root, ctx, params) {
     timer = 0;
     const next = await Promise.all(ids.map((id) => loadJob(id).catch(() => null)));
     if (closed) return;
-    const shape = (list) => list.map(({ data }) => data.layers.length).join(",");
-    const rebuild = loaded.length === 0 || shape(loaded) !== shape(next.filter(Boolean));
-    loaded = next.filter(Boolean);
+    const shape = (/** @type {Loaded[]} */ list) => list.map(({ data }) => data.layers.length).join(",");
+    const found = next.filter((x) => x !== null);
+    const rebuild = loaded.length === 0 || shape(loaded) !== shape(found);
+    loaded = found;
     if (rebuild) build();
     update();
     if (!closed && loaded.some(({ job }) => !isFinished(job))) {

@@ -1,11 +1,17 @@
+// @ts-check
 // The jobs view: the seed experiments, the job list (status, progress, loss sparkline,
 // diagnosis) and the submit form.
 
 import { get, isFinished, post, query } from "../api.js";
 import { cssVar, lineChart, loadUPlot } from "../charts.js";
-import { ago, el, num } from "../format.js";
-import { groupBy, specForm } from "./spec-form.js";
+import { ago, diagnosisBadges, el, groupBy, num, progressBar, statusBadge } from "../widgets.js";
+import { specForm } from "./spec-form.js";
 
+/** @typedef {import("../types.js").Job} Job */
+/** @typedef {import("../charts.js").LineChart} LineChart */
+/** @typedef {{name: string, group: string, role: string, description: string, spec: import("../types.js").JobSpec}} Preset */
+
+/** @type {Record<string, string>} */
 const GROUP_TITLES = {
   exploding: "Exploding gradients → gradient clipping",
   vanishing: "Vanishing gradients → normalisation",
@@ -16,35 +22,19 @@ const GROUP_TITLES = {
 const REFRESH_MS = 2000;
 const SPARK_POINTS = 80;
 
-/** Diagnosis badges of a job: its status and one badge per kind of issue. */
-export function diagnosisBadges(job) {
-  const d = job.diagnosis;
-  if (!d) return [];
-  const kinds = groupBy(d.issues ?? [], (i) => i.kind);
-  const badges = kinds.map(([kind, issues]) => el("span", {
-    class: `badge issue-${kind} ${d.status}`,
-    title: issues.map((i) => i.message).join("\n"),
-  }, issues.length > 1 ? `${kind} ×${issues.length}` : kind));
-  if (!badges.length) badges.push(el("span", { class: "badge healthy", title: "no active issues" }, d.status || "healthy"));
-  return badges;
-}
-
-export function statusBadge(status) {
-  return el("span", { class: `status status-${status}` }, status);
-}
-
-export function progressBar(job) {
-  const frac = job.total_steps ? Math.min(1, job.step / job.total_steps) : 0;
-  return el("div", { class: "progress", title: `${job.step} / ${job.total_steps}` },
-    el("div", { class: `bar status-${job.status}`, style: `width:${(frac * 100).toFixed(1)}%` }),
-    el("span", {}, `${job.step} / ${job.total_steps}`));
-}
-
+/**
+ * @param {HTMLElement} root
+ * @param {import("../types.js").ViewContext} ctx
+ * @returns {Promise<import("../types.js").Teardown>}
+ */
 export async function jobsView(root, ctx) {
   const uPlot = await loadUPlot();
+  /** @type {Preset[]} */
   const presets = (await get("/presets")).presets;
+  /** @type {Set<string>} */
   const selected = new Set();
-  const sparks = new Map(); // id → {chart, step, fetched}
+  /** @type {Map<string, {box: HTMLElement, chart: LineChart | null, step: number, fetched: number}>} */
+  const sparks = new Map();
 
   const tbody = el("tbody");
   const empty = el("p", { class: "empty", hidden: true },
@@ -70,15 +60,17 @@ export async function jobsView(root, ctx) {
           formRoot.scrollIntoView({ behavior: "smooth" });
         } }, p.name),
         el("div", { class: "muted small" }, p.description)))),
-      el("button", { type: "button", class: "primary small", onclick: async (e) => {
-        e.target.disabled = true;
+      el("button", { type: "button", class: "primary small", onclick: async (/** @type {MouseEvent} */ e) => {
+        const button = /** @type {HTMLButtonElement} */ (e.target);
+        button.disabled = true;
         try {
+          /** @type {Job[]} */
           const created = [];
           for (const p of items) created.push(await post("/jobs", p.spec));
           location.hash = `#/compare${query({ ids: created.map((j) => j.id) })}`;
         } catch (err) {
-          ctx.toast(`Could not submit: ${err.message}`);
-          e.target.disabled = false;
+          ctx.toast(`Could not submit: ${err instanceof Error ? err.message : err}`);
+          button.disabled = false;
         }
       } }, `Run all ${items.length} and compare`))));
 
@@ -92,9 +84,9 @@ export async function jobsView(root, ctx) {
         el("p", { class: "muted" }, "Ready-made pairs from the article on exploding and vanishing gradients: the failing run beside its remedy."),
         experiments)),
   );
-  const form = specForm(formRoot, { presets, onSubmitted: (job) => { location.hash = `#/jobs/${job.id}`; } });
+  const form = specForm(formRoot, { presets, initial: undefined, onSubmitted: (/** @type {Job} */ job) => { location.hash = `#/jobs/${job.id}`; } });
 
-  function row(job) {
+  function row(/** @type {Job} */ job) {
     const check = el("input", { type: "checkbox", checked: selected.has(job.id), "aria-label": `select ${job.name}`, onchange: () => {
       if (check.checked) selected.add(job.id);
       else selected.delete(job.id);
@@ -102,8 +94,7 @@ export async function jobsView(root, ctx) {
     } });
     let spark = sparks.get(job.id);
     if (!spark) {
-      const box = el("div", { class: "spark" });
-      spark = { box, chart: null, step: -1, fetched: 0 };
+      spark = { box: el("div", { class: "spark" }), chart: null, step: -1, fetched: 0 };
       sparks.set(job.id, spark);
     }
     const spec = job.spec;
@@ -120,13 +111,14 @@ export async function jobsView(root, ctx) {
       el("td", { title: job.created_at }, ago(job.created_at)));
   }
 
-  async function refreshSpark(job) {
+  async function refreshSpark(/** @type {Job} */ job) {
     const spark = sparks.get(job.id);
     const now = Date.now();
-    if (job.step === spark.step || job.step === 0) return;
+    if (!spark || job.step === spark.step || job.step === 0) return;
     if (!isFinished(job) && now - spark.fetched < 3000 && spark.chart) return;
     spark.step = job.step;
     spark.fetched = now;
+    /** @type {import("../types.js").StepsResponse} */
     const steps = await get(`/jobs/${job.id}/steps${query({ max_points: SPARK_POINTS })}`);
     const loss = steps.loss;
     if (!spark.chart) {
@@ -139,6 +131,7 @@ export async function jobsView(root, ctx) {
   }
 
   async function refresh() {
+    /** @type {Job[]} */
     const list = (await get(`/jobs${query({ limit: 100 })}`)).jobs;
     const rows = list.map(row);
     tbody.replaceChildren(...rows);

@@ -24,8 +24,11 @@ function freePort() {
   });
 }
 
-/** Starts the server; resolves once /readyz answers. */
-export async function startServer() {
+/**
+ * Starts the server; resolves once /readyz answers. `token`: the server requires it
+ * (`--api-token`), and `api`/`bytes` send it.
+ */
+export async function startServer({ token = null } = {}) {
   const bin = resolve(ROOT, process.env.GRADSCOPE_BIN ?? "target/debug/gradscope");
   const dir = mkdtempSync(join(tmpdir(), "gradscope-browser-"));
   const port = await freePort();
@@ -38,6 +41,7 @@ export async function startServer() {
     "--static-dir", join(ROOT, "static"),
     "--torch-threads", "1",
     "--log", "warn",
+    ...(token ? ["--api-token", token] : []),
   ], { stdio: ["ignore", "pipe", "pipe"] });
   child.stdout.on("data", (d) => log.push(String(d)));
   child.stderr.on("data", (d) => log.push(String(d)));
@@ -61,12 +65,19 @@ export async function startServer() {
     url,
     log,
     async api(method, path, body) {
+      const headers = body ? { "content-type": "application/json" } : {};
+      if (token) headers.authorization = `Bearer ${token}`;
       const r = await fetch(`${url}/api/v1${path}`, {
         method,
-        headers: body ? { "content-type": "application/json" } : {},
+        headers,
         body: body ? JSON.stringify(body) : undefined,
       });
       return { status: r.status, body: r.status === 204 ? null : await r.json() };
+    },
+    /** The raw bytes of a GET. */
+    async bytes(path) {
+      const r = await fetch(`${url}/api/v1${path}`, { headers: token ? { authorization: `Bearer ${token}` } : {} });
+      return { status: r.status, body: Buffer.from(await r.arrayBuffer()) };
     },
     async stop() {
       child.kill("SIGTERM");

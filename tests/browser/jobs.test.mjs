@@ -64,6 +64,7 @@ test("a preset submitted through the form trains live in the job view", async ()
   const names = await page.$$eval("#layer-table tbody tr td.layer-name", (tds) => tds.map((td) => td.textContent));
   assert.deepEqual(names, layers.layers.map((l) => l.name));
   const norms = await page.$$eval("#layer-table tbody td.stat-grad_norm", (tds) => tds.map((td) => td.textContent));
+  assert.equal(norms.length, layers.layers.length, "a gradient-norm column (hello.statistics names it)");
   assert.ok(norms.every((t) => t !== "–"), "every layer has a gradient norm");
 
   await page.waitForSelector(".status-succeeded");

@@ -1,0 +1,162 @@
+// @ts-check
+// The per-layer table: each layer's latest statistics (the columns the server's `hello`
+// names, in its order) and its health as the server's diagnosis states it — the issues in
+// force for the layer, and the layers it reported redundant. Click a row to select the
+// layer; click a head to sort.
+
+import { el, num, pct, sortableHead } from "../widgets.js";
+
+/** @typedef {import("../store.js").JobData} JobData */
+/** @typedef {import("../store.js").LayerRow} LayerRow */
+/** @typedef {import("../types.js").Diagnosis} Diagnosis */
+/** @typedef {import("../types.js").JobEvent} JobEvent */
+
+/** Short heads for the statistics the dashboard knows; any other shows its own name. */
+const LABELS = new Map([
+  ["grad_norm", "‖g‖"], ["grad_max", "max |g|"], ["grad_mean", "mean g"], ["grad_std", "std g"],
+  ["zero_frac", "zeros"], ["nonfinite", "NaN/Inf"], ["weight_norm", "‖w‖"], ["update_ratio", "update ratio"],
+]);
+
+/** How a statistic's value reads: fractions as percentages, counts as integers. */
+function format(/** @type {string} */ name, /** @type {number | null | undefined} */ v) {
+  if (name === "zero_frac") return pct(v);
+  if (name === "nonfinite") return v === null || v === undefined ? "–" : String(v);
+  return num(v, 3);
+}
+
+/** How long the table waits between redraws while steps stream in. */
+const TABLE_MS = 300;
+
+/**
+ * @typedef {object} Flag
+ * @property {string} text
+ * @property {string} kind The issue or event kind (its CSS class).
+ * @property {string} [title]
+ */
+
+/**
+ * @param {HTMLElement} container
+ * @param {JobData} data
+ * @param {{statistics: () => string[], onSelect: (layer: number) => void}} options
+ */
+export function layerTable(container, data, { statistics, onSelect }) {
+  const stepNote = el("span", { class: "muted small", id: "table-step" });
+  const head = el("tr");
+  const body = el("tbody");
+  container.replaceChildren(
+    el("h3", {}, "Layers ", stepNote),
+    el("div", { class: "table-wrap" }, el("table", { class: "layers", id: "layer-table" }, el("thead", {}, head), body)));
+  const sort = { key: "index", dir: 1 };
+  /** @type {Map<number, Flag[]>} */
+  let flags = new Map();
+  let columns = /** @type {string[]} */ ([]);
+  let last = 0;
+  let timer = 0;
+
+  /** The health flags of every layer from the server's diagnosis and events. */
+  function health(/** @type {Diagnosis | null | undefined} */ diagnosis, /** @type {JobEvent[]} */ events) {
+    /** @type {Map<number, Flag[]>} */
+    const out = new Map();
+    const add = (/** @type {number} */ layer, /** @type {Flag} */ flag) => {
+      const list = out.get(layer) ?? [];
+      if (!list.some((f) => f.kind === flag.kind)) list.push(flag);
+      out.set(layer, list);
+    };
+    for (const issue of diagnosis?.issues ?? []) {
+      if (issue.layer !== undefined && issue.layer !== null) add(issue.layer, { text: issue.kind, kind: issue.kind, title: issue.message });
+    }
+    for (const e of events) if (e.kind === "redundant" && e.layer !== undefined && e.layer !== null) add(e.layer, { text: "redundant", kind: e.kind, title: e.message });
+    return out;
+  }
+
+  /** @param {LayerRow} l */
+  function sortKey(l) {
+    if (sort.key === "index") return l.index;
+    if (sort.key === "name") return l.name;
+    if (sort.key === "shape") return l.numel ?? 0;
+    if (sort.key === "health") {
+      const f = flags.get(l.index) ?? [];
+      return f.filter((x) => x.kind !== "redundant").length * 2 + f.length;
+    }
+    const v = data.latest?.stats[sort.key]?.[l.index];
+    return v === null || v === undefined ? -Infinity : v;
+  }
+
+  /** @type {{diagnosis?: Diagnosis | null, events: JobEvent[]}} */
+  let source = { events: [] };
+
+  function build() {
+    columns = statistics();
+    sortableHead(head, [
+      { key: "index", label: "#", numeric: true },
+      { key: "name", label: "layer" },
+      { key: "shape", label: "shape", dir: -1 },
+      ...columns.map((s) => ({ key: s, label: LABELS.get(s) ?? s, numeric: true, dir: /** @type {-1} */ (-1) })),
+      { key: "health", label: "health", dir: -1 },
+    ], sort, () => update(true));
+    body.replaceChildren(...data.layers.map((l) => {
+      const tr = el("tr", { dataset: { layer: l.index }, onclick: () => onSelect(l.index) },
+        el("td", { class: "num" }, l.index), el("td", { class: "layer-name", title: l.name }, l.name),
+        el("td", { class: "muted" }, (l.shape ?? []).join("×")),
+        ...columns.map((s) => el("td", { class: `num stat-${s}` }, "–")), el("td", { class: "health" }));
+      l.row = tr;
+      return tr;
+    }));
+    update(true);
+  }
+
+  function update(force = false) {
+    const now = performance.now();
+    if (!force && now - last < TABLE_MS) {
+      if (!timer) timer = setTimeout(() => { timer = 0; update(); }, TABLE_MS);
+      return;
+    }
+    last = now;
+    flags = health(source.diagnosis, source.events);
+    const latest = data.latest;
+    if (latest) stepNote.textContent = `statistics of step ${latest.step}`;
+    for (const l of data.layers) {
+      if (!l.row) continue;
+      const cells = l.row.children;
+      if (latest) {
+        columns.forEach((name, k) => {
+          const text = format(name, latest.stats[name]?.[l.index]);
+          const cell = cells[3 + k];
+          if (cell.textContent !== text) cell.textContent = text;
+        });
+      }
+      const own = flags.get(l.index) ?? [{ text: "ok", kind: "ok" }];
+      const text = own.map((f) => f.text).join(" ");
+      const cell = /** @type {HTMLElement} */ (cells[3 + columns.length]);
+      if (cell.dataset.flags !== text) {
+        cell.dataset.flags = text;
+        cell.replaceChildren(...own.map((f) => el("span", { class: `flag issue-${f.kind}`, title: f.title }, f.text)));
+      }
+      l.row.classList.toggle("selected", l.index === data.histLayer);
+    }
+    const order = [...data.layers].sort((a, b) => {
+      const ka = sortKey(a);
+      const kb = sortKey(b);
+      return (ka < kb ? -1 : ka > kb ? 1 : a.index - b.index) * sort.dir;
+    });
+    const current = [...body.children];
+    if (order.some((l, i) => current[i] !== l.row)) body.append(.../** @type {HTMLTableRowElement[]} */ (order.map((l) => l.row)));
+  }
+
+  return {
+    /** Rebuilds the rows (the layer list or the statistics changed). */
+    build,
+    /**
+     * Shows the latest statistics and the server's diagnosis (at most every 300 ms unless forced).
+     * @param {{diagnosis?: Diagnosis | null, events: JobEvent[]}} next
+     * @param {boolean} [force]
+     */
+    update(next, force = false) {
+      source = next;
+      update(force);
+    },
+    destroy() {
+      clearTimeout(timer);
+    },
+  };
+}

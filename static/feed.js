@@ -1,0 +1,412 @@
+// @ts-check
+// One job's data as it arrives: the stream opened first (its `hello` names the layers,
+// the statistics and the histogram buckets), the history read from the REST API while
+// the stream's messages wait, then live. Steps a lagging or dropped stream missed are read
+// back from the REST API; when the job ends, its final record and validation results are.
+//
+// The views listen with `feed.on(kind, fn)`:
+//   job     the job record changed (status, step, diagnosis, error)
+//   layers  the layer list is (re)set
+//   data    steps, statistics or histograms were added
+//   event   one event of the diagnosis arrived (it is in `feed.events` already)
+//   error   the server did not answer
+
+import { get, isFinished, query, streamUrl } from "./api.js";
+import { JobData } from "./store.js";
+
+/** @typedef {import("./types.js").Job} Job */
+/** @typedef {import("./types.js").Layer} Layer */
+/** @typedef {import("./types.js").JobEvent} JobEvent */
+/** @typedef {import("./types.js").ServerMessage} ServerMessage */
+/** @typedef {import("./types.js").HelloMessage} HelloMessage */
+/** @typedef {import("./types.js").StepMessage} StepMessage */
+/** @typedef {import("./types.js").LayerSeries} LayerSeries */
+/** @typedef {import("./types.js").StepsResponse} StepsResponse */
+
+/**
+ * @typedef {object} FeedEvents
+ * @property {Job} job
+ * @property {Layer[]} layers
+ * @property {void} data
+ * @property {JobEvent} event
+ * @property {unknown} error
+ */
+
+/** Steps of history read at first (the API thins a longer run to this many points). */
+const HISTORY_POINTS = 4000;
+/** Columns of history for the heatmap. */
+const HEATMAP_POINTS = 2400;
+/** Points of the selected layer's histogram history. */
+const HIST_POINTS = 300;
+/** How often the job record is read while it runs (its diagnosis, its validation). */
+const POLL_MS = 2500;
+/** Wait before reading a gap back: the store writes steps in batches. */
+const GAP_DELAY_MS = 1500;
+/** Wait before reconnecting a dropped stream. */
+const RECONNECT_MS = 1000;
+/** Attempts to open the stream before the page gives up. */
+const CONNECT_TRIES = 5;
+/** Window of recent step arrivals the live rate is measured over. */
+const RATE_WINDOW_MS = 3000;
+
+export class JobFeed {
+  /** @param {string} id */
+  constructor(id) {
+    this.id = id;
+    /** @type {Job} */
+    this.job = /** @type {Job} */ ({});
+    this.data = new JobData();
+    /** @type {JobEvent[]} */
+    this.events = [];
+    /** The per-layer statistics, in the server's order (`hello.statistics`). @type {string[]} */
+    this.statistics = [];
+    /** Lower edges of the histogram buckets (`hello.histogram_edges`). @type {number[]} */
+    this.edges = [];
+    /** @type {{[K in keyof FeedEvents]?: ((detail: FeedEvents[K]) => void)[]}} */
+    this.listeners = {};
+    /** @type {WebSocket | null} */
+    this.socket = null;
+    this.closed = false;
+    /** Messages that arrive while the history loads. @type {ServerMessage[] | null} */
+    this.buffer = [];
+    /** Step ranges the stream skipped, to read back; `to` is open until the next step. @type {{from: number, to: number | null}[]} */
+    this.gaps = [];
+    this.gapTimer = 0;
+    this.pollTimer = 0;
+    /** [time ms, step] of recent step messages, for the live rate. @type {[number, number][]} */
+    this.arrivals = [];
+    this.finishing = false;
+  }
+
+  /**
+   * @template {keyof FeedEvents} K
+   * @param {K} kind
+   * @param {(detail: FeedEvents[K]) => void} fn
+   */
+  on(kind, fn) {
+    /** @type {((detail: FeedEvents[K]) => void)[]} */
+    const list = (this.listeners[kind] ??= []);
+    list.push(fn);
+  }
+
+  /**
+   * @template {keyof FeedEvents} K
+   * @param {K} kind
+   * @param {FeedEvents[K]} detail
+   */
+  emit(kind, detail) {
+    for (const fn of this.listeners[kind] ?? []) fn(detail);
+  }
+
+  /** Reads the job, opens its stream and loads its history; resolves once live. */
+  async start() {
+    this.job = await get(`/jobs/${this.id}`);
+    const hello = await this.connect();
+    this.takeHello(hello);
+    const { id, job, statistics } = this;
+    const every = job.spec.monitor?.every ?? 1;
+    /** @type {[{layers: Layer[]}, StepsResponse, {layers: LayerSeries[]}, {layers: LayerSeries[]}, {events: JobEvent[]}]} */
+    const [layers, steps, heat, latest, events] = await Promise.all([
+      get(`/jobs/${id}/layers`),
+      get(`/jobs/${id}/steps${query({ max_points: HISTORY_POINTS })}`),
+      get(`/jobs/${id}/layer-stats${query({ stat: "grad_norm", max_points: Math.min(HEATMAP_POINTS, Math.max(10, job.step)) })}`),
+      job.step > 0 && every > 0 && statistics.length
+        ? get(`/jobs/${id}/layer-stats${query({ from: Math.max(1, job.step - 4 * every), stat: statistics, max_points: 10 })}`)
+        : Promise.resolve({ layers: [] }),
+      get(`/jobs/${id}/events`),
+    ]);
+    if (layers.layers.length) this.setLayers(layers.layers);
+    this.data.addSteps(steps);
+    this.addHeat(heat.layers);
+    this.addLatest(latest.layers);
+    if (this.data.histLayer !== null) await this.loadHist(this.data.histLayer);
+    for (const e of events.events) this.addEvent(e);
+    const waiting = this.buffer ?? [];
+    this.buffer = null;
+    for (const m of waiting) this.handle(m);
+    this.emit("job", this.job);
+    this.emit("data", undefined);
+    if (!isFinished(this.job)) this.pollTimer = setTimeout(() => this.poll(), POLL_MS);
+    else this.finish();
+  }
+
+  /** Stops the stream and the timers. */
+  close() {
+    this.closed = true;
+    clearTimeout(this.pollTimer);
+    clearTimeout(this.gapTimer);
+    this.socket?.close();
+  }
+
+  /**
+   * Opens the stream; resolves with its `hello`. A stream that closes before its hello is
+   * opened again, a few times.
+   * @returns {Promise<HelloMessage>}
+   */
+  connect(tries = CONNECT_TRIES) {
+    return new Promise((resolve, reject) => {
+      const socket = new WebSocket(streamUrl(this.id));
+      this.socket = socket;
+      let greeted = false;
+      socket.onmessage = (e) => {
+        /** @type {ServerMessage} */
+        const m = JSON.parse(e.data);
+        if (!greeted && m.type === "hello") {
+          greeted = true;
+          resolve(m);
+        } else if (this.buffer) this.buffer.push(m);
+        else this.handle(m);
+      };
+      socket.onclose = () => {
+        if (this.closed || socket !== this.socket) return;
+        if (!greeted) {
+          if (tries > 1) setTimeout(() => this.connect(tries - 1).then(resolve, reject), RECONNECT_MS);
+          else reject(new Error("the job's stream did not open"));
+          return;
+        }
+        // Closed after the final status (perhaps still waiting in the buffer): done.
+        if (isFinished(this.job) || this.buffer?.some((m) => m.type === "status")) return;
+        // Dropped while the job runs: open it again; its backlog and a REST read fill
+        // what was missed.
+        setTimeout(() => {
+          if (this.closed) return;
+          this.openGap();
+          this.connect().then((hello) => this.takeHello(hello), (err) => this.emit("error", err));
+        }, RECONNECT_MS);
+      };
+    });
+  }
+
+  /** @param {HelloMessage} m */
+  takeHello(m) {
+    this.job = { ...this.job, ...m.job, step: Math.max(this.job.step ?? 0, m.job.step) };
+    this.statistics = m.statistics ?? [];
+    if (!this.edges.length && m.histogram_edges) {
+      this.edges = m.histogram_edges;
+      this.data.setHistogramEdges(this.edges);
+    }
+    if (m.layers?.length && !this.data.layers.length) this.setLayers(m.layers);
+  }
+
+  /** @param {Layer[]} layers */
+  setLayers(layers) {
+    this.data.setLayers(layers);
+    if (this.data.histLayer === null || this.data.histLayer >= layers.length) {
+      const firstMatrix = layers.find((l) => (l.shape ?? []).length >= 2);
+      this.data.selectHistLayer(firstMatrix ? firstMatrix.index : 0);
+    }
+    this.emit("layers", layers);
+  }
+
+  /** One message of the stream, once the history is in. @param {ServerMessage} m */
+  handle(m) {
+    switch (m.type) {
+      case "hello":
+        this.takeHello(m);
+        this.emit("job", this.job);
+        break;
+      case "step":
+        this.addStep(m);
+        break;
+      case "event": {
+        const { type: _, ...event } = m;
+        this.addEvent(event);
+        break;
+      }
+      case "lagged":
+        // The server skipped ahead: the steps between are read back.
+        this.openGap();
+        break;
+      case "status":
+        this.job = { ...this.job, status: m.status, error: m.error ?? this.job.error };
+        this.emit("job", this.job);
+        this.finish();
+        break;
+      default:
+        break;
+    }
+  }
+
+  /** @param {StepMessage} m */
+  addStep(m) {
+    const open = this.gaps.find((g) => g.to === null);
+    if (open) {
+      open.to = m.step - 1;
+      this.scheduleGaps();
+    }
+    const data = this.data;
+    data.addStep(m.step, m.loss, m.grad_norm, m.grad_norm_clipped, m.clip_coef, m.lr, m.skipped);
+    if (m.layers) {
+      const norms = m.layers.grad_norm;
+      if (!data.layers.length && norms) this.nameLayers(norms.length).catch((err) => this.emit("error", err));
+      data.addLayerStats(m.step, m.layers);
+    }
+    const now = performance.now();
+    this.arrivals.push([now, m.step]);
+    while (this.arrivals.length > 2 && now - this.arrivals[0][0] > RATE_WINDOW_MS) this.arrivals.shift();
+    if (m.step > this.job.step || this.job.status === "queued") {
+      this.job = { ...this.job, step: Math.max(m.step, this.job.step), status: this.job.status === "queued" ? "running" : this.job.status };
+      this.emit("job", this.job);
+    }
+    this.emit("data", undefined);
+  }
+
+  /** @param {JobEvent} e */
+  addEvent(e) {
+    this.events.push(e);
+    // Validation passes arrive as events: the loss first, then the task's metric.
+    if (e.kind === "validation") this.data.addEvals({ step: [e.step], loss: [e.value ?? null], value: [null] });
+    else if (e.kind.startsWith("validation_")) {
+      this.data.addEvals({ step: [e.step], loss: [null], value: [e.value ?? null], metric: e.kind.slice("validation_".length) });
+    }
+    this.emit("event", e);
+    this.emit("data", undefined);
+  }
+
+  /** Layers that started before their names could be read: placeholders, then the names. */
+  async nameLayers(/** @type {number} */ count) {
+    this.setLayers(Array.from({ length: count }, (_, i) => ({ index: i, name: `#${i}`, shape: [] })));
+    /** @type {{layers: Layer[]}} */
+    const { layers } = await get(`/jobs/${this.id}/layers`);
+    if (layers.length === count) {
+      this.data.layers.forEach((l, i) => Object.assign(l, layers[i]));
+      this.emit("layers", this.data.layers);
+    }
+  }
+
+  /** @param {LayerSeries[]} series */
+  addHeat(series) {
+    for (const s of series) {
+      const gn = s.grad_norm ?? [];
+      for (let k = 0; k < s.step.length; k++) this.data.addNorm(s.index, s.step[k], gn[k]);
+    }
+  }
+
+  /** The newest step of each layer's series, as one step's statistics. @param {LayerSeries[]} series */
+  addLatest(series) {
+    if (!series.length) return;
+    /** @type {import("./types.js").LayerStats} */
+    const stats = {};
+    for (const name of this.statistics) stats[name] = series.map((l) => l[name]?.[l[name].length - 1] ?? null);
+    const step = Math.max(0, ...series.map((l) => l.step[l.step.length - 1] ?? 0));
+    this.data.addLayerStats(step, stats);
+  }
+
+  /** Steps from the next one on are missing until the next step that arrives. */
+  openGap() {
+    if (!this.gaps.some((g) => g.to === null)) this.gaps.push({ from: this.data.lastStep + 1, to: null });
+  }
+
+  scheduleGaps() {
+    if (!this.gapTimer && !this.closed) {
+      this.gapTimer = setTimeout(() => {
+        this.gapTimer = 0;
+        this.fillGaps().catch((err) => this.emit("error", err));
+      }, GAP_DELAY_MS);
+    }
+  }
+
+  /** Reads back from the REST API the steps the stream skipped. */
+  async fillGaps() {
+    const ready = this.gaps.filter((g) => g.to !== null);
+    this.gaps = this.gaps.filter((g) => g.to === null);
+    for (const { from, to } of ready) {
+      if (to === null || to < from) continue;
+      const range = { from, to, max_points: Math.min(100000, Math.max(10, to - from + 1)) };
+      /** @type {[StepsResponse, {layers: LayerSeries[]}]} */
+      const [steps, heat] = await Promise.all([
+        get(`/jobs/${this.id}/steps${query(range)}`),
+        get(`/jobs/${this.id}/layer-stats${query({ ...range, stat: "grad_norm" })}`),
+      ]);
+      this.data.addSteps(steps);
+      this.addHeat(heat.layers);
+      // Not stored yet: the rest is read again shortly.
+      const last = steps.step.length ? steps.step[steps.step.length - 1] : from - 1;
+      if (last < to) this.gaps.push({ from: last + 1, to });
+    }
+    if (this.gaps.some((g) => g.to !== null)) this.scheduleGaps();
+    this.emit("data", undefined);
+  }
+
+  /** Loads a layer's histogram history and shows it. */
+  async selectHistLayer(/** @type {number} */ layer) {
+    await this.loadHist(layer);
+    this.emit("data", undefined);
+  }
+
+  async loadHist(/** @type {number} */ layer) {
+    this.data.selectHistLayer(layer);
+    if (this.job.spec.monitor?.histogram === false || this.job.step === 0 || !this.edges.length) return;
+    /** @type {{layers: LayerSeries[]}} */
+    const res = await get(`/jobs/${this.id}/layer-stats${query({ layers: layer, stat: "hist", max_points: HIST_POINTS })}`);
+    const series = res.layers[0];
+    if (this.data.histLayer !== layer || !series) return;
+    series.hist?.forEach((/** @type {number[] | null} */ h, /** @type {number} */ k) => h && this.data.addHist(series.step[k], h));
+  }
+
+  /** Reads the job record (its diagnosis, the step the store has) while it runs. */
+  async poll() {
+    this.pollTimer = 0;
+    if (this.closed) return;
+    try {
+      /** @type {Job} */
+      const fresh = await get(`/jobs/${this.id}`);
+      this.job = { ...fresh, step: Math.max(fresh.step, this.data.lastStep) };
+      this.emit("job", this.job);
+      if (isFinished(this.job)) this.finish();
+    } catch (err) {
+      this.emit("error", err);
+    }
+    if (!this.closed && !isFinished(this.job)) this.pollTimer = setTimeout(() => this.poll(), POLL_MS);
+  }
+
+  /** The job ended: its final record, every validation result, and any steps not seen. */
+  async finish() {
+    if (this.finishing) return;
+    this.finishing = true;
+    clearTimeout(this.pollTimer);
+    try {
+      // The store writes in batches: read the final record once it has landed.
+      /** @type {Job} */
+      const job = await get(`/jobs/${this.id}`);
+      this.job = job;
+      for (const g of this.gaps) if (g.to === null) g.to = job.step;
+      if (this.gaps.length) await this.fillGaps();
+      if (this.data.lastStep < job.step) this.data.addSteps(await get(`/jobs/${this.id}/steps${query({ from: this.data.lastStep + 1, max_points: HISTORY_POINTS })}`));
+      // Every validation pass with its metric (the answer carries them all, unthinned).
+      /** @type {StepsResponse} */
+      const all = await get(`/jobs/${this.id}/steps${query({ max_points: 10 })}`);
+      this.data.addEvals(all.eval);
+      this.emit("job", this.job);
+      this.emit("data", undefined);
+    } catch (err) {
+      this.emit("error", err);
+    }
+  }
+
+  /**
+   * Steps per second: a finished job's over its run (from its record: the steps it did
+   * since it started or resumed, over the time from start to finish), a running job's
+   * over the last seconds of arrivals. Null when unknown.
+   * @returns {number | null}
+   */
+  rate() {
+    const job = this.job;
+    if (isFinished(job)) return finishedRate(job);
+    if (this.arrivals.length < 2) return null;
+    const [t0, s0] = this.arrivals[0];
+    const [t1, s1] = this.arrivals[this.arrivals.length - 1];
+    return t1 > t0 ? ((s1 - s0) * 1000) / (t1 - t0) : null;
+  }
+}
+
+/**
+ * A finished job's steps per second over its (last) run, from its record.
+ * @param {Job} job
+ */
+export function finishedRate(job) {
+  if (!job.started_at || !job.finished_at) return null;
+  const seconds = (Date.parse(job.finished_at) - Date.parse(job.started_at)) / 1000;
+  const steps = job.step - (job.resumed_from ?? 0);
+  return seconds > 0 && steps > 0 ? steps / seconds : null;
+}
