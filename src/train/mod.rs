@@ -5,8 +5,8 @@
 //! - [`spec`] — the job specification and its validation.
 //! - [`budget`] — what a spec costs: parameters, peak memory, stored bytes.
 //! - [`checkpoint`] — weights and resumable optimizer state on disk.
-//! - [`data`] — corpora and batch sampling.
-//! - [`task`] — tasks: batches, losses, validation and metrics.
+//! - [`data`] — batches, corpora and batch sampling.
+//! - [`task`] — tasks: where batches come from, losses, validation and metrics.
 //! - [`model`] — the networks, with named parameters in a stable order.
 //! - [`optim`] — optimizers and learning-rate schedules.
 //! - [`policy`] — gradient and weight policies.
