@@ -12,6 +12,7 @@
 //! - [`policy`] — gradient and weight policies.
 //! - [`stats`] — per-layer statistics from one flat gradient buffer.
 //! - [`diagnose`] — vanishing/exploding/dead/non-finite diagnosis from the reports.
+//! - [`step`] — one training step, shared by the loop and the step benchmark.
 //! - [`run`] — the training loop.
 //! - [`presets`] — the seed experiments, failing runs beside their remedied twins.
 
@@ -26,6 +27,7 @@ pub mod presets;
 pub mod run;
 pub mod spec;
 pub mod stats;
+pub mod step;
 pub mod task;
 
 use std::sync::atomic::{AtomicU8, Ordering};
