@@ -17,8 +17,6 @@ use uuid::Uuid;
 use crate::store::JobStatus;
 use crate::train::{Event, StepReport};
 
-/// Default number of recent steps a late subscriber receives first.
-pub const DEFAULT_RING: usize = 512;
 /// Messages a subscriber may fall behind before it is told it lagged.
 pub const CHANNEL_CAPACITY: usize = 1024;
 
