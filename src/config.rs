@@ -42,6 +42,9 @@ pub const DEFAULT_MAX_JOB_MEMORY: u64 = 8 << 30;
 /// statistic and histogram recorded at every 10th step stores about 0.25 GiB; ten jobs
 /// at the limit fill a 20 GiB disk, which an operator notices before it is full.
 pub const DEFAULT_MAX_JOB_DISK: u64 = 2 << 30;
+/// Messages a subscriber of a job's live feed may fall behind before it is told it lagged
+/// (the feed's broadcast channel holds as many; the job's memory budget counts them).
+pub const FEED_CAPACITY: usize = 1024;
 /// Default number of recent steps a late subscriber of a job's stream receives first.
 pub const DEFAULT_STREAM_BACKLOG: usize = 512;
 /// Default most WebSocket clients per job.

@@ -6,6 +6,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
 
 use super::extract::{ApiQuery, media_type, read_body};
 use super::{ApiError, AppState};
@@ -114,7 +115,9 @@ pub(crate) async fn list(
         (status = 409, description = "A queued or running job uses it: cancel the job or wait for it", body = super::ErrorBody),
     ))]
 pub(crate) async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
-    state.jobs.delete_corpus(&id).await?;
+    // Only server-made ids name a corpus (and its file).
+    let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound("corpus"))?;
+    state.jobs.delete_corpus(id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

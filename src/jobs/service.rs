@@ -314,9 +314,7 @@ impl Jobs {
     }
 
     /// Deletes an uploaded corpus and its file, unless a queued or running job uses it.
-    pub async fn delete_corpus(&self, id: &str) -> Result<(), ServiceError> {
-        // Only server-made ids name a file, so nothing else reaches the file system.
-        let id = Uuid::parse_str(id).map_err(|_| ServiceError::NotFound("corpus"))?;
+    pub async fn delete_corpus(&self, id: Uuid) -> Result<(), ServiceError> {
         match self.store.delete_corpus(&id.to_string()).await? {
             CorpusDeletion::Deleted => {}
             CorpusDeletion::Missing => return Err(ServiceError::NotFound("corpus")),
