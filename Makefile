@@ -30,8 +30,8 @@ lint:
 build:
 	$(WITH_TORCH) cargo build --release --locked
 
-## Step-time cost of monitoring: gradscope's kernels, then eager PyTorch on the same models.
-## `gradscope bench stream` (not run here) measures 500 WebSocket subscribers.
-bench: build
-	$(WITH_TORCH) ./target/release/gradscope bench steps $(ARGS)
+## Step-time cost of monitoring: gradscope's step, then eager PyTorch on the same models.
+## `cargo bench --bench stream` (not run here) measures 500 WebSocket subscribers.
+bench:
+	$(WITH_TORCH) cargo bench --locked --bench steps -- $(ARGS)
 	$(WITH_TORCH) python bench/pytorch_bench.py $(ARGS)

@@ -1,4 +1,4 @@
-"""The same workloads as `gradscope bench`, in eager PyTorch, for comparison in one run.
+"""The same workloads as `cargo bench --bench steps`, in eager PyTorch, for comparison in one run.
 
 Variants: a bare step (loss to the host), torch.nn.utils.clip_grad_norm_, per-layer
 statistics with foreach ops and one host copy, the same plus clipping, and four

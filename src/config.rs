@@ -1,18 +1,39 @@
-//! The command line. Every setting is a flag or a `GRADSCOPE_*` environment variable.
+//! The service's settings as plain values, with their defaults. The binary fills them from
+//! its flags and `GRADSCOPE_*` variables; tests and embedders start from
+//! [`ServeConfig::new`] or [`ServeConfig::default`].
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
-
+/// Default address to listen on.
+pub const DEFAULT_ADDR: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8080));
+/// Default database URL (SQLite files are created when missing).
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://./data/gradscope.db";
+/// Default folder for checkpoints and uploaded corpora.
+pub const DEFAULT_DATA_DIR: &str = "./data";
+/// Default folder of the dashboard's static files.
+pub const DEFAULT_STATIC_DIR: &str = "static";
+/// Default URL `gradscope healthcheck` asks.
+pub const DEFAULT_URL: &str = "http://127.0.0.1:8080";
+/// Default number of jobs that train at the same time.
+pub const DEFAULT_MAX_JOBS: u16 = 1;
 /// Default size limit of a JSON request body.
 pub const DEFAULT_BODY_LIMIT: usize = 256 * 1024;
 /// Default size limit of an uploaded corpus.
 pub const DEFAULT_CORPUS_LIMIT: usize = 32 * 1024 * 1024;
-/// Default number of uploaded corpora kept at once.
-pub const DEFAULT_MAX_CORPORA: i64 = 100;
-/// Default bytes all uploaded corpora may take together.
-pub const DEFAULT_CORPUS_QUOTA: i64 = 1 << 30;
+/// Default number of jobs waiting in the queue.
+pub const DEFAULT_MAX_QUEUED: i64 = 100;
+/// Default largest model, in parameters.
+pub const DEFAULT_MAX_PARAMS: u64 = 200_000_000;
+/// Default largest estimated activation memory of one training step, in bytes.
+pub const DEFAULT_MAX_ACTIVATION_BYTES: u64 = 8 << 30;
+/// Default of the most values (layers × statistics × points, a histogram counting as its
+/// buckets) one `/layer-stats` answer may hold: about 60 MB of JSON.
+pub const DEFAULT_MAX_ANSWER_VALUES: u64 = 5_000_000;
+/// Default of the most values one `/layer-stats` query may read before thinning: each is
+/// held in memory while the extremes are found (4 bytes each, so at most 400 MB per query;
+/// the benchmark's every statistic of 100 layers over 100,000 steps is 80 million).
+pub const DEFAULT_MAX_SCAN_VALUES: u64 = 100_000_000;
 /// Default memory budget of one job: half of a 16 GiB machine, leaving the rest to the
 /// service, the operating system and a second job; GPU jobs of this size fit any card
 /// with 16 GiB. Raise it on larger machines.
@@ -21,159 +42,118 @@ pub const DEFAULT_MAX_JOB_MEMORY: u64 = 8 << 30;
 /// statistic and histogram recorded at every 10th step stores about 0.25 GiB; ten jobs
 /// at the limit fill a 20 GiB disk, which an operator notices before it is full.
 pub const DEFAULT_MAX_JOB_DISK: u64 = 2 << 30;
+/// Messages a subscriber of a job's live feed may fall behind before it is told it lagged
+/// (the feed's broadcast channel holds as many; the job's memory budget counts them).
+pub const FEED_CAPACITY: usize = 1024;
+/// Default number of recent steps a late subscriber of a job's stream receives first.
+pub const DEFAULT_STREAM_BACKLOG: usize = 512;
+/// Default most WebSocket clients per job.
+pub const DEFAULT_WS_MAX_PER_JOB: usize = 1000;
+/// Default most WebSocket clients in total.
+pub const DEFAULT_WS_MAX_TOTAL: usize = 4000;
+/// Default seconds a WebSocket may stay silent before it is closed.
+pub const DEFAULT_WS_IDLE_TIMEOUT_SECS: u64 = 60;
+/// Default seconds before a request (other than a stream) is answered 408.
+pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 30;
+/// Default number of uploaded corpora kept at once.
+pub const DEFAULT_MAX_CORPORA: i64 = 100;
+/// Default bytes all uploaded corpora may take together.
+pub const DEFAULT_CORPUS_QUOTA: i64 = 1 << 30;
 
-#[derive(Debug, Parser)]
-#[command(name = "gradscope", version, about = "Training monitor: per-layer gradient statistics for LibTorch jobs")]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Command,
-    /// Log filter, e.g. `info` or `gradscope=debug,tower_http=debug` (default: `info` for
-    /// serve, `warn` for the other commands).
-    #[arg(long, global = true, env = "GRADSCOPE_LOG")]
-    pub log: Option<String>,
-    /// Log as JSON lines instead of text.
-    #[arg(long, global = true, env = "GRADSCOPE_LOG_JSON")]
-    pub log_json: bool,
-}
-
-// Parsed once at start-up: the size of the largest variant costs nothing.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run the HTTP service and the job scheduler.
-    Serve(ServeConfig),
-    /// Apply the database migrations and exit (serve also applies them at start-up).
-    Migrate(DatabaseArgs),
-    /// Ask a running service whether it is ready; exit 0 if it is.
-    Healthcheck(HealthcheckArgs),
-    /// Train one job from a spec file, here, with a progress bar and a per-layer report.
-    Run(crate::local::RunArgs),
-    /// Benchmarks: step-time cost of monitoring, and streaming to many subscribers.
-    #[command(subcommand)]
-    Bench(crate::bench::BenchCommand),
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct DatabaseArgs {
-    /// Database URL. SQLite files are created when missing.
-    #[arg(long, env = "GRADSCOPE_DATABASE_URL", default_value = "sqlite://./data/gradscope.db")]
-    pub database_url: String,
-}
-
-#[derive(Debug, Clone, Args)]
+/// Everything `gradscope serve` is configured with. The binary documents each setting
+/// as its flag (`gradscope serve --help`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServeConfig {
-    /// Address to listen on. Port 0 picks a free port.
-    #[arg(long, env = "GRADSCOPE_ADDR", default_value = "127.0.0.1:8080")]
+    /// Address to listen on; port 0 picks a free port.
     pub addr: SocketAddr,
-    #[command(flatten)]
-    pub database: DatabaseArgs,
+    pub database_url: String,
     /// Folder for checkpoints and uploaded corpora.
-    #[arg(long, env = "GRADSCOPE_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
-    /// How many jobs may train at the same time.
-    #[arg(long, env = "GRADSCOPE_MAX_JOBS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    /// How many jobs may train at the same time (at least 1).
     pub max_jobs: u16,
-    /// Threads LibTorch uses for CPU work (default: LibTorch's own choice, one per core).
-    #[arg(long, env = "GRADSCOPE_TORCH_THREADS", value_parser = clap::value_parser!(i32).range(1..))]
+    /// Threads LibTorch uses for CPU work (`None`: LibTorch's own choice).
     pub torch_threads: Option<i32>,
     /// Folder of the dashboard's static files, served at `/`.
-    #[arg(long, env = "GRADSCOPE_STATIC_DIR", default_value = "static")]
     pub static_dir: PathBuf,
-    /// Origins allowed to call the API from a browser (comma-separated; `*` for any).
-    /// None by default: the dashboard is served from the same origin.
-    #[arg(long, env = "GRADSCOPE_CORS_ORIGINS", value_delimiter = ',')]
+    /// Origins allowed to call the API from a browser (`*` for any).
     pub cors_origins: Vec<String>,
     /// Largest JSON request body, in bytes.
-    #[arg(long, env = "GRADSCOPE_BODY_LIMIT", default_value_t = DEFAULT_BODY_LIMIT)]
     pub body_limit: usize,
     /// Largest uploaded corpus, in bytes.
-    #[arg(long, env = "GRADSCOPE_CORPUS_LIMIT", default_value_t = DEFAULT_CORPUS_LIMIT)]
     pub corpus_limit: usize,
-    /// Tokens that grant access to `/api` (comma-separated). None: on loopback the API is
-    /// open (to requests naming an IP address, `localhost` or `--allowed-hosts`); beyond
-    /// loopback a token is made up at start-up and printed on stderr.
-    #[arg(long, env = "GRADSCOPE_API_TOKEN", value_delimiter = ',', hide_env_values = true)]
+    /// Tokens that grant access to `/api`; none: open on loopback, made up beyond it.
     pub api_token: Vec<String>,
-    /// Tokens that grant access to `/metrics` (comma-separated). None: open.
-    #[arg(long, env = "GRADSCOPE_METRICS_TOKEN", value_delimiter = ',', hide_env_values = true)]
+    /// Tokens that grant access to `/metrics`; none: open.
     pub metrics_token: Vec<String>,
-    /// Most jobs waiting in the queue; more submissions get 429.
-    #[arg(long, env = "GRADSCOPE_MAX_QUEUED", default_value_t = 100)]
+    /// Most jobs waiting in the queue.
     pub max_queued: i64,
     /// Largest model a job may train, in parameters.
-    #[arg(long, env = "GRADSCOPE_MAX_PARAMS", default_value_t = 200_000_000)]
     pub max_params: u64,
     /// Largest estimated activation memory of one training step, in bytes.
-    #[arg(long, env = "GRADSCOPE_MAX_ACTIVATION_BYTES", default_value_t = 8 << 30)]
     pub max_activation_bytes: u64,
-    /// Most values one `/layer-stats` answer may hold (layers × statistics × points, a
-    /// histogram counting as its 51 buckets).
-    #[arg(long, env = "GRADSCOPE_MAX_ANSWER_VALUES", default_value_t = crate::api::stats::MAX_RESPONSE_VALUES)]
+    /// Most values one `/layer-stats` answer may hold.
     pub max_answer_values: u64,
-    /// Most values one `/layer-stats` query may read before thinning (held in memory
-    /// while the extremes are found, 4 bytes each).
-    #[arg(long, env = "GRADSCOPE_MAX_SCAN_VALUES", default_value_t = crate::api::stats::MAX_SCANNED_VALUES)]
+    /// Most values one `/layer-stats` query may read before thinning.
     pub max_scan_values: u64,
-    /// Largest estimated peak memory of one job, in bytes: weights, gradients, optimizer
-    /// state, monitoring buffers, the task's data and the larger of a training step's and
-    /// a validation pass's activations.
-    #[arg(long, env = "GRADSCOPE_MAX_JOB_MEMORY", default_value_t = DEFAULT_MAX_JOB_MEMORY)]
+    /// Largest estimated peak memory of one job, in bytes.
     pub max_job_memory: u64,
-    /// Largest estimated storage of one job, in bytes: its per-step records, per-layer
-    /// statistics and histograms, and events (checkpoints follow from the model's size,
-    /// which `--max-params` bounds).
-    #[arg(long, env = "GRADSCOPE_MAX_JOB_DISK", default_value_t = DEFAULT_MAX_JOB_DISK)]
+    /// Largest estimated storage of one job, in bytes.
     pub max_job_disk: u64,
     /// Recent steps a client joining a running job's stream receives first.
-    #[arg(long, env = "GRADSCOPE_STREAM_BACKLOG", default_value_t = crate::jobs::live::DEFAULT_RING)]
     pub stream_backlog: usize,
     /// Most WebSocket clients per job.
-    #[arg(long, env = "GRADSCOPE_WS_MAX_PER_JOB", default_value_t = 1000)]
     pub ws_max_per_job: usize,
     /// Most WebSocket clients in total.
-    #[arg(long, env = "GRADSCOPE_WS_MAX_TOTAL", default_value_t = 4000)]
     pub ws_max_total: usize,
-    /// Seconds a WebSocket may stay silent (no pong, no message) before it is closed.
-    #[arg(long, env = "GRADSCOPE_WS_IDLE_TIMEOUT", default_value_t = 60)]
+    /// Seconds a WebSocket may stay silent before it is closed.
     pub ws_idle_timeout_secs: u64,
     /// Seconds before a request (other than a stream) is answered 408.
-    #[arg(long, env = "GRADSCOPE_REQUEST_TIMEOUT", default_value_t = 30)]
     pub request_timeout_secs: u64,
-    /// Host names (besides IP addresses and `localhost`) the service answers to when no
-    /// API token is set (comma-separated); other `Host` headers get 403, which stops DNS
-    /// rebinding.
-    #[arg(long, env = "GRADSCOPE_ALLOWED_HOSTS", value_delimiter = ',')]
+    /// Host names (besides IP addresses and `localhost`) answered when no API token is set.
     pub allowed_hosts: Vec<String>,
-    /// Most uploaded corpora kept at once; more uploads get 429 until some are deleted.
-    #[arg(long, env = "GRADSCOPE_MAX_CORPORA", default_value_t = DEFAULT_MAX_CORPORA,
-        value_parser = clap::value_parser!(i64).range(0..))]
+    /// Most uploaded corpora kept at once.
     pub max_corpora: i64,
-    /// Most bytes all uploaded corpora may take together; more uploads get 429.
-    #[arg(long, env = "GRADSCOPE_CORPUS_QUOTA", default_value_t = DEFAULT_CORPUS_QUOTA,
-        value_parser = clap::value_parser!(i64).range(0..))]
+    /// Most bytes all uploaded corpora may take together.
     pub corpus_quota: i64,
 }
 
-#[derive(Debug, Clone, Args)]
-pub struct HealthcheckArgs {
-    /// Base URL of the service.
-    #[arg(long, env = "GRADSCOPE_URL", default_value = "http://127.0.0.1:8080")]
-    pub url: String,
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            addr: DEFAULT_ADDR,
+            database_url: DEFAULT_DATABASE_URL.to_owned(),
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            max_jobs: DEFAULT_MAX_JOBS,
+            torch_threads: None,
+            static_dir: PathBuf::from(DEFAULT_STATIC_DIR),
+            cors_origins: Vec::new(),
+            body_limit: DEFAULT_BODY_LIMIT,
+            corpus_limit: DEFAULT_CORPUS_LIMIT,
+            api_token: Vec::new(),
+            metrics_token: Vec::new(),
+            max_queued: DEFAULT_MAX_QUEUED,
+            max_params: DEFAULT_MAX_PARAMS,
+            max_activation_bytes: DEFAULT_MAX_ACTIVATION_BYTES,
+            max_answer_values: DEFAULT_MAX_ANSWER_VALUES,
+            max_scan_values: DEFAULT_MAX_SCAN_VALUES,
+            max_job_memory: DEFAULT_MAX_JOB_MEMORY,
+            max_job_disk: DEFAULT_MAX_JOB_DISK,
+            stream_backlog: DEFAULT_STREAM_BACKLOG,
+            ws_max_per_job: DEFAULT_WS_MAX_PER_JOB,
+            ws_max_total: DEFAULT_WS_MAX_TOTAL,
+            ws_idle_timeout_secs: DEFAULT_WS_IDLE_TIMEOUT_SECS,
+            request_timeout_secs: DEFAULT_REQUEST_TIMEOUT_SECS,
+            allowed_hosts: Vec::new(),
+            max_corpora: DEFAULT_MAX_CORPORA,
+            corpus_quota: DEFAULT_CORPUS_QUOTA,
+        }
+    }
 }
 
 impl ServeConfig {
-    /// Settings for a service on `addr` with its database at `database_url` and everything
-    /// else as the command line would default it (tests and embedders start here).
+    /// Settings for a service on `addr` with its database at `database_url`, its files in
+    /// `data_dir` and everything else at its default.
     pub fn new(addr: SocketAddr, database_url: &str, data_dir: PathBuf) -> Self {
-        #[derive(Parser)]
-        struct Defaults {
-            #[command(flatten)]
-            config: ServeConfig,
-        }
-        let mut config = Defaults::try_parse_from(["serve"]).expect("the defaults parse").config;
-        config.addr = addr;
-        config.database.database_url = database_url.to_owned();
-        config.data_dir = data_dir;
-        config
+        Self { addr, database_url: database_url.to_owned(), data_dir, ..Self::default() }
     }
 }

@@ -5,10 +5,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::config::HealthcheckArgs;
-
-pub async fn check(args: &HealthcheckArgs) -> anyhow::Result<ExitCode> {
-    let url = format!("{}/readyz", args.url.trim_end_matches('/'));
+/// Asks `/readyz` of the service at `base_url`; success when it answers 2xx.
+pub async fn check(base_url: &str) -> anyhow::Result<ExitCode> {
+    let url = format!("{}/readyz", base_url.trim_end_matches('/'));
     let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
     let response = client.get(&url).send().await.with_context(|| format!("failed to reach {url}"))?;
     let status = response.status();

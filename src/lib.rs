@@ -4,26 +4,29 @@
 //! # Layout
 //! Data flows one way: spec → job → training thread → step reports → sinks.
 //!
-//! - [`config`] — the command line and `GRADSCOPE_*` settings.
+//! - [`config`] — the service's settings as plain values, with their defaults (the binary's
+//!   `src/cli.rs` fills them from flags and `GRADSCOPE_*` variables).
 //! - [`telemetry`] — logging set-up and the shutdown signal.
 //! - [`metrics`] — the Prometheus registry and the HTTP metrics middleware.
 //! - [`startup`] — [`Application`], which wires the store, the scheduler and the router,
 //!   binds the listener and runs until a shutdown future resolves.
 //! - [`api`] — axum routers, one module per resource, one [`api::ApiError`] type.
 //! - [`store`] — the only place with SQL: jobs, layers, per-step records, corpora.
-//! - [`jobs`] — the scheduler: claims queued jobs, runs each on its own OS thread, owns
-//!   their stop flags and writes what they report to the store.
+//! - [`jobs`] — the service layer ([`jobs::Jobs`]: submit, cancel, resume, delete,
+//!   corpora), the data folder ([`jobs::DataDir`]) and the scheduler: claims queued jobs,
+//!   runs each on its own OS thread, owns their stop flags and writes what they report to
+//!   the store.
 //! - [`train`] — synchronous `tch` code only: the job spec, data, models, optimizers,
 //!   policies and the training loop. Tensors never leave it.
 //! - [`healthcheck`] — the `gradscope healthcheck` client.
-//! - [`local`] — `gradscope run SPEC.json`, one job from the shell.
-//! - [`bench`] — `gradscope bench steps|stream`: what monitoring and streaming cost.
+//! - [`local`] — `gradscope run SPEC.json`, one job from the shell, through [`jobs::Jobs`].
+//!
+//! The benchmarks (`benches/`) use only this public API.
 
-pub mod api;
-pub mod bench;
+pub(crate) mod api;
 pub mod config;
 pub mod healthcheck;
-pub mod jobs;
+pub(crate) mod jobs;
 pub mod local;
 pub mod metrics;
 pub mod startup;

@@ -2,46 +2,41 @@
 //! progress bar and a final per-layer table, writing the same history to the database a
 //! server would (so `gradscope serve` on that database shows it afterwards).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Args;
 use comfy_table::{Cell, Table, presets::UTF8_BORDERS_ONLY};
 use indicatif::{ProgressBar, ProgressStyle};
-use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::ApiError;
 use crate::api::extract::parse_json;
-use crate::config::DatabaseArgs;
-use crate::jobs::Scheduler;
 use crate::jobs::live::LiveMessage;
+use crate::jobs::{CorpusLimits, DataDir, JobLimits, Jobs, Scheduler};
+use crate::metrics::Metrics;
 use crate::store::{JobStatus, Store};
-use crate::train::budget::{self, CorpusSize};
-use crate::train::data::builtin_corpus;
+use crate::train::budget;
 use crate::train::{JobSpec, LayerStats, StepReport};
 
-#[derive(Debug, Clone, Args)]
-pub struct RunArgs {
+/// What `gradscope run` is given.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
     /// The job spec, as JSON (the body `POST /api/v1/jobs` takes).
     pub spec: PathBuf,
-    #[command(flatten)]
-    pub database: DatabaseArgs,
+    pub database_url: String,
     /// Folder for checkpoints and uploaded corpora.
-    #[arg(long, env = "GRADSCOPE_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
     /// Threads LibTorch uses for CPU work.
-    #[arg(long, env = "GRADSCOPE_TORCH_THREADS", value_parser = clap::value_parser!(i32).range(1..))]
     pub torch_threads: Option<i32>,
-    /// No progress bar (for logs and CI).
-    #[arg(long)]
+    /// No progress bar.
     pub quiet: bool,
 }
 
 /// Reads and validates a spec file; a bad one is explained with its field.
-fn read_spec(path: &PathBuf) -> anyhow::Result<JobSpec> {
+fn read_spec(path: &Path) -> anyhow::Result<JobSpec> {
     let bytes = std::fs::read(path).with_context(|| format!("failed to read {}", path.display()))?;
     let spec: JobSpec = parse_json(&bytes).map_err(|err| match err {
         ApiError::Invalid { field, message } => anyhow::anyhow!("{}: {field}: {message}", path.display()),
@@ -51,36 +46,42 @@ fn read_spec(path: &PathBuf) -> anyhow::Result<JobSpec> {
     Ok(spec)
 }
 
-pub async fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
-    let spec = read_spec(&args.spec)?;
-    if let Some(threads) = args.torch_threads {
+/// Trains the spec in `options.spec` here, through the same service a server uses (with
+/// no limits: the operator chose the job), and prints what it recorded.
+pub async fn run(options: &RunOptions) -> anyhow::Result<ExitCode> {
+    let spec = read_spec(&options.spec)?;
+    if let Some(threads) = options.torch_threads {
         tch::set_num_threads(threads);
     }
-    let store = Store::connect(&args.database.database_url).await?;
+    let store = Store::connect(&options.database_url).await?;
     store.migrate().await?;
-    let corpus = match spec.task.corpus() {
-        None => CorpusSize::default(),
-        Some(corpus) => match builtin_corpus(corpus) {
-            Some(text) => CorpusSize::of_text(text),
-            None => match store.corpus(corpus).await? {
-                Some(c) => CorpusSize { vocab: c.vocab_size as u64, chars: c.bytes as u64 },
-                None => anyhow::bail!("task.corpus: no corpus {corpus:?} in {}", args.database.database_url),
-            },
-        },
-    };
-    let job = store.insert_job(&spec).await?;
-    eprintln!("job {} ({}) → {}", job.id, job.name, args.database.database_url);
-
     let shutdown = CancellationToken::new();
+    let data = DataDir::new(&options.data_dir);
+    let metrics = Arc::new(Metrics::new()?);
+    let scheduler = Scheduler::standalone(store.clone(), data.clone(), metrics.clone(), shutdown.clone());
+    let jobs = Jobs::new(store.clone(), scheduler.clone(), data, metrics, JobLimits::NONE, CorpusLimits::NONE);
+    let corpus = jobs.corpus_size(&spec).await?;
+    let job = jobs.submit(&spec).await?;
+    eprintln!("job {} ({}) → {}", job.id, job.name, options.database_url);
+
     let ctrl_c = shutdown.clone();
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
             ctrl_c.cancel();
         }
     });
-    let scheduler = Scheduler::run_one(store.clone(), args.data_dir.clone(), job.id, shutdown.clone()).await?;
-    let bar = progress_bar(spec.steps, args.quiet);
-    let last = follow(&scheduler, job.id, &bar).await;
+    scheduler.run_one(job.id).await?;
+    let bar = progress_bar(spec.steps, options.quiet);
+    // The last step that had layer statistics.
+    let mut last = None;
+    jobs.follow(job.id, |message| match message {
+        LiveMessage::Step(report) => show(&bar, report, &mut last),
+        LiveMessage::Event(event) => {
+            bar.println(format!("step {:>6}  {:<9} {}", event.step, event.kind, event.message));
+        }
+        LiveMessage::Status { .. } => {}
+    })
+    .await;
     // The job has ended: stop the scheduler's watch for Ctrl-C and wait for its last write.
     shutdown.cancel();
     scheduler.wait().await;
@@ -89,7 +90,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let finished = store.job(job.id).await?.context("the job vanished")?;
     let layers = store.layers(job.id).await?;
     let names: Vec<String> = layers.into_iter().map(|l| l.name).collect();
-    if let Some(stats) = last.as_ref().and_then(|s| s.layers.as_ref()) {
+    if let Some(stats) = last.as_ref().and_then(|s: &StepReport| s.layers.as_ref()) {
         println!("{}", layer_table(&names, stats, finished.diagnosis.as_ref()));
     }
     for event in store.events(job.id, None, 20).await? {
@@ -136,32 +137,6 @@ fn progress_bar(steps: u64, quiet: bool) -> ProgressBar {
     bar.set_style(style);
     bar.enable_steady_tick(Duration::from_millis(200));
     bar
-}
-
-/// Follows the job's feed until it ends; returns the last step that had layer statistics.
-async fn follow(scheduler: &Scheduler, id: uuid::Uuid, bar: &ProgressBar) -> Option<StepReport> {
-    let feed = scheduler.live(id)?;
-    let mut sub = feed.subscribe();
-    drop(feed);
-    let mut last = None;
-    for shared in sub.backlog.drain(..) {
-        if let LiveMessage::Step(report) = &shared.message {
-            show(bar, report, &mut last);
-        }
-    }
-    loop {
-        match sub.rx.recv().await {
-            Ok(shared) => match &shared.message {
-                LiveMessage::Step(report) => show(bar, report, &mut last),
-                LiveMessage::Event(event) => {
-                    bar.println(format!("step {:>6}  {:<9} {}", event.step, event.kind, event.message));
-                }
-                LiveMessage::Status { .. } => return last,
-            },
-            Err(RecvError::Lagged(_)) => {}
-            Err(RecvError::Closed) => return last,
-        }
-    }
 }
 
 fn show(bar: &ProgressBar, report: &StepReport, last: &mut Option<StepReport>) {

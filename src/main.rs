@@ -1,8 +1,11 @@
+mod cli;
+
 use std::process::ExitCode;
 
 use clap::Parser;
-use gradscope::config::{Cli, Command};
-use gradscope::{Application, bench, healthcheck, local, store, telemetry};
+use gradscope::{Application, healthcheck, local, store, telemetry};
+
+use self::cli::{Cli, Command};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -20,8 +23,8 @@ async fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Serve(config) => {
-            let app = Application::build(config).await?;
+        Command::Serve(args) => {
+            let app = Application::build(args.into()).await?;
             app.run_until(telemetry::shutdown_signal()).await?;
         }
         Command::Migrate(db) => {
@@ -29,9 +32,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             store.migrate().await?;
             println!("migrations applied to {}", db.database_url);
         }
-        Command::Healthcheck(args) => return healthcheck::check(&args).await,
-        Command::Run(args) => return local::run(&args).await,
-        Command::Bench(command) => bench::run(command).await?,
+        Command::Healthcheck(args) => return healthcheck::check(&args.url).await,
+        Command::Run(args) => return local::run(&args.into()).await,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -11,11 +11,10 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::corpora::CorpusLimits;
 use crate::api::stream::WsLimits;
-use crate::api::{self, AppState, Limits};
+use crate::api::{self, AppState, ReadLimits};
 use crate::config::ServeConfig;
-use crate::jobs::Scheduler;
+use crate::jobs::{CorpusLimits, DataDir, JobLimits, Jobs, Scheduler};
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -36,21 +35,21 @@ impl Application {
         if let Some(threads) = config.torch_threads {
             tch::set_num_threads(threads);
         }
-        let store = Store::connect(&config.database.database_url).await?;
+        let store = Store::connect(&config.database_url).await?;
         store.migrate().await?;
         let interrupted = store.interrupt_running_jobs().await?;
         if interrupted > 0 {
             tracing::warn!("{interrupted} job(s) were running when the service last stopped: marked interrupted");
         }
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("failed to create data folder {}", config.data_dir.display()))?;
+        let data = DataDir::new(&config.data_dir);
+        data.create()?;
 
         let shutdown = CancellationToken::new();
         let max_jobs = usize::from(config.max_jobs);
         let metrics = Arc::new(Metrics::new()?);
         let scheduler = Scheduler::start(
             store.clone(),
-            config.data_dir.clone(),
+            data.clone(),
             max_jobs,
             config.stream_backlog,
             metrics.clone(),
@@ -62,27 +61,25 @@ impl Application {
             idle_timeout: Duration::from_secs(config.ws_idle_timeout_secs),
             clients: AtomicUsize::new(0),
         });
-        let limits = Limits {
+        let limits = JobLimits {
             max_queued: config.max_queued,
             max_params: config.max_params,
             max_activation_bytes: config.max_activation_bytes,
-            max_answer_values: config.max_answer_values,
-            max_scan_values: config.max_scan_values,
             max_job_memory: config.max_job_memory,
             max_job_disk: config.max_job_disk,
         };
-        let heavy_reads = Arc::new(tokio::sync::Semaphore::new(api::HEAVY_READS));
         let corpora = CorpusLimits { max_count: config.max_corpora, quota_bytes: config.corpus_quota };
-        let uploads = Arc::new(tokio::sync::Semaphore::new(api::UPLOADS));
+        let jobs = Jobs::new(store.clone(), scheduler.clone(), data, metrics.clone(), limits, corpora);
+        let reads = ReadLimits { max_answer_values: config.max_answer_values, max_scan_values: config.max_scan_values };
         let state = AppState {
             store: store.clone(),
             scheduler: scheduler.clone(),
+            jobs,
             ws,
             metrics,
-            limits,
-            corpora,
-            heavy_reads,
-            uploads,
+            reads,
+            heavy_reads: Arc::new(tokio::sync::Semaphore::new(api::HEAVY_READS)),
+            uploads: Arc::new(tokio::sync::Semaphore::new(api::UPLOADS)),
         };
         let listener =
             TcpListener::bind(config.addr).await.with_context(|| format!("failed to listen on {}", config.addr))?;
@@ -107,7 +104,7 @@ impl Application {
         let router = api::router(state, &config);
         tracing::info!(
             addr = %listener.local_addr()?,
-            database = %config.database.database_url,
+            database = %config.database_url,
             cuda = tch::Cuda::is_available(),
             "gradscope listening"
         );

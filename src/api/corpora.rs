@@ -4,29 +4,18 @@
 use axum::Json;
 use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
-use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::extract::{ApiQuery, media_type, read_body};
 use super::{ApiError, AppState};
-use crate::store::{Corpus, CorpusDeletion};
-use crate::train::data::vocab_size;
+use crate::store::Corpus;
 
-/// Fewest characters a corpus may have: a char LM needs room for a few sequences.
-pub const MIN_CORPUS_CHARS: usize = 64;
 /// Corpora a list answers with when `limit` is not given.
-pub const DEFAULT_LIST_LIMIT: i64 = 100;
+pub(crate) const DEFAULT_LIST_LIMIT: i64 = 100;
 /// Most corpora one list answers with.
-pub const MAX_LIST_LIMIT: i64 = 1000;
-
-/// How many corpora may be kept, and how many bytes they may take together.
-#[derive(Debug, Clone, Copy)]
-pub struct CorpusLimits {
-    pub max_count: i64,
-    pub quota_bytes: i64,
-}
+pub(crate) const MAX_LIST_LIMIT: i64 = 1000;
 
 /// Content types a browser may send cross-site without a CORS preflight. A corpus upload
 /// with one of them (or with none) could come from any web page the user visits, so it is
@@ -52,7 +41,10 @@ fn is_cors_simple(media_type: Option<&str>) -> bool {
         (status = 422, description = "Not UTF-8, or too short", body = super::ErrorBody),
         (status = 429, description = "Over --max-corpora or --corpus-quota: delete some corpora first", body = super::ErrorBody),
     ))]
-pub async fn create(State(state): State<AppState>, req: Request) -> Result<(StatusCode, Json<Corpus>), ApiError> {
+pub(crate) async fn create(
+    State(state): State<AppState>,
+    req: Request,
+) -> Result<(StatusCode, Json<Corpus>), ApiError> {
     if is_cors_simple(media_type(&req).as_deref()) {
         return Err(ApiError::UnsupportedMediaType(
             "send the corpus with Content-Type: application/octet-stream (text/plain and form types are refused)",
@@ -62,66 +54,8 @@ pub async fn create(State(state): State<AppState>, req: Request) -> Result<(Stat
     // them cannot hold many at once.
     let _permit = state.uploads.acquire().await.map_err(anyhow::Error::from)?;
     let body = read_body(req, &state).await?;
-    // Checking and counting tens of megabytes is CPU work: off the async workers.
-    let checked = body.clone();
-    let vocab = tokio::task::spawn_blocking(move || {
-        let text = std::str::from_utf8(&checked)
-            .map_err(|err| ApiError::invalid("body", format!("the corpus must be UTF-8 text: {err}")))?;
-        let chars = text.chars().count();
-        if chars < MIN_CORPUS_CHARS {
-            return Err(ApiError::invalid("body", format!("at least {MIN_CORPUS_CHARS} characters, got {chars}")));
-        }
-        Ok(vocab_size(text))
-    })
-    .await
-    .map_err(anyhow::Error::from)??;
-    let corpus = Corpus {
-        id: Uuid::now_v7().to_string(),
-        bytes: body.len() as i64,
-        vocab_size: vocab as i64,
-        created_at: Utc::now(),
-    };
-    // The file first, under its fresh id, then the row that makes it visible: the quota
-    // statement decides however many uploads race, and a listed corpus always has its file
-    // (a delete can never leave an unlisted file behind). A refused or failed insert
-    // removes the file again.
-    write_file(&state, &corpus.id, &body).await?;
-    let limits = state.corpora;
-    let inserted = state.store.insert_corpus_within(&corpus, limits.max_count, limits.quota_bytes).await;
-    if !matches!(inserted, Ok(true)) {
-        remove_file(&state, &corpus.id).await;
-    }
-    if !inserted? {
-        let usage = state.store.corpus_usage().await?;
-        return Err(ApiError::Refused {
-            status: StatusCode::TOO_MANY_REQUESTS,
-            code: "corpus_quota",
-            message: format!(
-                "{} corpora take {} bytes; this service keeps at most {} corpora and {} bytes, and this one has {} bytes: delete some with DELETE /api/v1/corpora/{{id}}",
-                usage.count, usage.bytes, limits.max_count, limits.quota_bytes, corpus.bytes
-            ),
-        });
-    }
-    tracing::info!(corpus = %corpus.id, bytes = corpus.bytes, "corpus uploaded");
+    let corpus = state.jobs.upload_corpus(Vec::from(body)).await?;
     Ok((StatusCode::CREATED, Json(corpus)))
-}
-
-async fn remove_file(state: &AppState, id: &str) {
-    let path = state.scheduler.corpus_path(id);
-    if let Err(err) = tokio::fs::remove_file(&path).await
-        && err.kind() != std::io::ErrorKind::NotFound
-    {
-        tracing::warn!(corpus = %id, "failed to remove {}: {err}", path.display());
-    }
-}
-
-async fn write_file(state: &AppState, id: &str, body: &[u8]) -> anyhow::Result<()> {
-    let path = state.scheduler.corpus_path(id);
-    if let Some(dir) = path.parent() {
-        tokio::fs::create_dir_all(dir).await?;
-    }
-    tokio::fs::write(&path, body).await?;
-    Ok(())
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -152,7 +86,7 @@ pub struct CorpusList {
         (status = 400, description = "A malformed query string", body = super::ErrorBody),
         (status = 422, body = super::ErrorBody),
     ))]
-pub async fn list(
+pub(crate) async fn list(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<CorpusList>, ApiError> {
@@ -166,8 +100,8 @@ pub async fn list(
         corpora,
         count: usage.count,
         bytes: usage.bytes,
-        max_corpora: state.corpora.max_count,
-        quota_bytes: state.corpora.quota_bytes,
+        max_corpora: state.jobs.corpus_limits().max_count,
+        quota_bytes: state.jobs.corpus_limits().quota_bytes,
     }))
 }
 
@@ -180,20 +114,10 @@ pub async fn list(
         (status = 404, body = super::ErrorBody),
         (status = 409, description = "A queued or running job uses it: cancel the job or wait for it", body = super::ErrorBody),
     ))]
-pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
-    // Only server-made ids name a file, so nothing else reaches the file system.
-    let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound("corpus"))?.to_string();
-    match state.store.delete_corpus(&id).await? {
-        CorpusDeletion::Deleted => {}
-        CorpusDeletion::Missing => return Err(ApiError::NotFound("corpus")),
-        CorpusDeletion::InUse => {
-            return Err(ApiError::Conflict(format!(
-                "corpus {id} is used by a queued or running job: cancel the job or wait for it to finish"
-            )));
-        }
-    }
-    remove_file(&state, &id).await;
-    tracing::info!(corpus = %id, "corpus deleted");
+pub(crate) async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    // Only server-made ids name a corpus (and its file).
+    let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound("corpus"))?;
+    state.jobs.delete_corpus(id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

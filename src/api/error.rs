@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::jobs::ServiceError;
 use crate::train::spec::FieldError;
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +78,22 @@ impl ApiError {
 impl From<FieldError> for ApiError {
     fn from(err: FieldError) -> Self {
         Self::Invalid { field: err.field, message: err.message }
+    }
+}
+
+/// The one place where the service's refusals become HTTP answers.
+impl From<ServiceError> for ApiError {
+    fn from(err: ServiceError) -> Self {
+        match err {
+            ServiceError::NotFound(what) => Self::NotFound(what),
+            ServiceError::Invalid { field, message } => Self::Invalid { field, message },
+            ServiceError::Conflict(message) => Self::Conflict(message),
+            queue @ ServiceError::QueueFull { .. } => Self::TooManyRequests(queue.to_string()),
+            ServiceError::CorpusQuota(message) => {
+                Self::Refused { status: StatusCode::TOO_MANY_REQUESTS, code: "corpus_quota", message }
+            }
+            ServiceError::Internal(err) => Self::Internal(err),
+        }
     }
 }
 

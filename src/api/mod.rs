@@ -39,58 +39,52 @@ use tower_http::trace::TraceLayer;
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 
 use self::auth::Tokens;
-use self::corpora::CorpusLimits;
 use self::guard::Guard;
 use self::stream::WsLimits;
 use crate::config::ServeConfig;
-use crate::jobs::Scheduler;
+use crate::jobs::{Jobs, Scheduler};
 use crate::metrics::{Metrics, track_http};
 use crate::store::Store;
 
 /// What every handler can reach.
 #[derive(Debug, Clone)]
-pub struct AppState {
-    pub store: Store,
-    pub scheduler: Scheduler,
+pub(crate) struct AppState {
+    /// Reads: jobs, their histories, corpora.
+    pub(crate) store: Store,
+    /// The live feeds of running jobs.
+    pub(crate) scheduler: Scheduler,
+    /// Every request that changes jobs or corpora.
+    pub(crate) jobs: Jobs,
     /// WebSocket limits and client count.
-    pub ws: Arc<WsLimits>,
-    pub metrics: Arc<Metrics>,
-    /// What one submission may ask for.
-    pub limits: Limits,
+    pub(crate) ws: Arc<WsLimits>,
+    pub(crate) metrics: Arc<Metrics>,
+    /// How much one `/layer-stats` query may read and answer.
+    pub(crate) reads: ReadLimits,
     /// Held by each long-history read (`/steps`, `/layer-stats`) while it runs, so a burst
     /// of them queues instead of holding many large answers in memory at once.
-    pub heavy_reads: Arc<tokio::sync::Semaphore>,
-    /// How many uploaded corpora, and bytes of them, the data folder may hold.
-    pub corpora: CorpusLimits,
+    pub(crate) heavy_reads: Arc<tokio::sync::Semaphore>,
     /// Held by each corpus upload while its body is buffered and checked, so a burst of
     /// uploads holds at most [`UPLOADS`] bodies in memory.
-    pub uploads: Arc<tokio::sync::Semaphore>,
+    pub(crate) uploads: Arc<tokio::sync::Semaphore>,
 }
 
 /// Corpus uploads whose bodies may be in memory at once (each up to `--corpus-limit`).
-pub const UPLOADS: usize = 4;
+pub(crate) const UPLOADS: usize = 4;
 
 /// Long-history reads that may run at once; more wait their turn.
-pub const HEAVY_READS: usize = 2;
+pub(crate) const HEAVY_READS: usize = 2;
 
-/// Bounds on submissions, so one request cannot exhaust the machine.
+/// Bounds on one `/layer-stats` query.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    pub max_queued: i64,
-    pub max_params: u64,
-    pub max_activation_bytes: u64,
-    /// Most values one `/layer-stats` answer may hold.
-    pub max_answer_values: u64,
-    /// Most values one `/layer-stats` query may read before thinning.
-    pub max_scan_values: u64,
-    /// Estimated peak memory of one job, in bytes.
-    pub max_job_memory: u64,
-    /// Estimated storage of one job, in bytes.
-    pub max_job_disk: u64,
+pub(crate) struct ReadLimits {
+    /// Most values one answer may hold.
+    pub(crate) max_answer_values: u64,
+    /// Most values one query may read before thinning.
+    pub(crate) max_scan_values: u64,
 }
 
 /// The whole application router: API, probes, and the dashboard's static files at `/`.
-pub fn router(state: AppState, config: &ServeConfig) -> Router {
+pub(crate) fn router(state: AppState, config: &ServeConfig) -> Router {
     let api_tokens = Tokens::new(&config.api_token);
     let api = Router::new()
         .route("/jobs", post(jobs::create).get(jobs::list))

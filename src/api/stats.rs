@@ -12,14 +12,6 @@ use super::{ApiError, AppState};
 use crate::store::{LayerSeries, StoredEvent};
 use crate::train::stats::{HIST_BINS, STAT_NAMES};
 
-/// Default of the most values (layers × statistics × points, a histogram counting as its
-/// buckets) one `/layer-stats` answer may hold: about 60 MB of JSON.
-pub const MAX_RESPONSE_VALUES: u64 = 5_000_000;
-/// Default of the most values one `/layer-stats` query may read before thinning: each is held in memory
-/// while the extremes are found (4 bytes each, so at most 400 MB per query; the benchmark's
-/// every statistic of 100 layers over 100,000 steps is 80 million).
-pub const MAX_SCANNED_VALUES: u64 = 100_000_000;
-
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct LayerStatsQuery {
@@ -93,7 +85,7 @@ pub async fn layers(
     let per_layer: u64 = stats.iter().map(|s| if *s == "hist" { HIST_BINS as u64 } else { 1 }).sum();
     let width = layers.len() as u64 * per_layer;
     let answered = width * rows.min(max_points as u64);
-    let (max_answer, max_scan) = (state.limits.max_answer_values, state.limits.max_scan_values);
+    let (max_answer, max_scan) = (state.reads.max_answer_values, state.reads.max_scan_values);
     if answered > max_answer {
         return Err(ApiError::invalid(
             "max_points",

@@ -14,13 +14,9 @@ use tokio::sync::futures::Notified;
 use tokio::sync::{Notify, broadcast};
 use uuid::Uuid;
 
+use crate::config::FEED_CAPACITY as CHANNEL_CAPACITY;
 use crate::store::JobStatus;
 use crate::train::{Event, StepReport};
-
-/// Default number of recent steps a late subscriber receives first.
-pub const DEFAULT_RING: usize = 512;
-/// Messages a subscriber may fall behind before it is told it lagged.
-pub const CHANNEL_CAPACITY: usize = 1024;
 
 /// One message of a job's live feed.
 #[derive(Debug)]

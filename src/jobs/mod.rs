@@ -1,15 +1,20 @@
-//! The scheduler: claims queued jobs from the store, runs at most `max_jobs` at once, each on
-//! its own OS thread, owns their stop flags, and turns what they report into store writes.
+//! Jobs: what clients may ask of them, and the scheduler that runs them. The scheduler
+//! claims queued jobs from the store, runs at most `max_jobs` at once, each on its own OS
+//! thread, owns their stop flags, and turns what they report into store writes.
 //!
-//! - [`Scheduler`] — the handle the API holds (notify, cancel, shut down).
+//! - [`service`] — [`Jobs`]: submit, cancel, resume, delete, follow; corpora and their
+//!   resolution. The HTTP handlers and `gradscope run` call it.
+//! - [`data_dir`] — [`DataDir`]: checkpoints, resume files and corpora on disk.
+//! - [`Scheduler`] — claims and runs queued jobs (notify, cancel, shut down).
 //! - [`runner`] — one job from claim to final status.
 //! - [`live`] — the live feed of each running job.
 
+pub mod data_dir;
 pub mod live;
 mod runner;
+pub mod service;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::sync::{Mutex, Notify};
@@ -17,14 +22,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
+pub use self::data_dir::DataDir;
 use self::live::{LiveHub, LiveJob};
+pub use self::service::{CorpusLimits, JobLimits, Jobs, ServiceError};
+use crate::config::DEFAULT_STREAM_BACKLOG;
 use crate::metrics::Metrics;
 use crate::store::{Job, JobStatus, Store};
 use crate::train::{StopFlag, StopReason};
 
 /// What a cancel request found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CancelOutcome {
+pub(crate) enum CancelOutcome {
     /// Queued: cancelled at once. Running: it stops before its next step.
     Accepted,
     NotFound,
@@ -40,7 +48,7 @@ pub struct Scheduler {
 struct Inner {
     store: Store,
     /// Where checkpoints and uploaded corpora live.
-    data_dir: PathBuf,
+    data: DataDir,
     max_jobs: usize,
     /// Stop flags of the running jobs. Held across claiming a job and registering it, so
     /// a cancel never finds a job running but unregistered.
@@ -61,56 +69,36 @@ impl Scheduler {
     /// Starts the dispatcher. Jobs stop when `shutdown` is cancelled; [`Self::wait`] waits.
     pub fn start(
         store: Store,
-        data_dir: PathBuf,
+        data: DataDir,
         max_jobs: usize,
         ring: usize,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Self {
-        let inner = Arc::new(Inner {
-            store,
-            data_dir,
-            max_jobs: max_jobs.max(1),
-            running: Mutex::new(HashMap::new()),
-            wake: Notify::new(),
-            shutdown,
-            tracker: TaskTracker::new(),
-            live: LiveHub::new(ring),
-            metrics,
-        });
+        let inner = Arc::new(Inner::new(store, data, max_jobs, ring, metrics, shutdown));
         inner.tracker.spawn(dispatch(inner.clone()));
         Self { inner }
     }
 
-    /// Runs queued job `id` alone, without claiming any other (`gradscope run`). It stops
-    /// when `shutdown` is cancelled; [`Self::wait`] waits for it to end.
-    pub async fn run_one(
-        store: Store,
-        data_dir: PathBuf,
-        id: Uuid,
-        shutdown: CancellationToken,
-    ) -> anyhow::Result<Self> {
-        let inner = Arc::new(Inner {
-            store,
-            data_dir,
-            max_jobs: 1,
-            running: Mutex::new(HashMap::new()),
-            wake: Notify::new(),
-            shutdown,
-            tracker: TaskTracker::new(),
-            live: LiveHub::new(live::DEFAULT_RING),
-            metrics: Arc::new(Metrics::new()?),
-        });
-        let mut running = inner.running.lock().await;
-        let job = inner.store.claim_job(id).await?.ok_or_else(|| anyhow::anyhow!("job {id} is not queued"))?;
-        launch(&inner, &mut running, job);
-        drop(running);
+    /// A scheduler that claims nothing by itself: it runs the jobs given to
+    /// [`Self::run_one`] (`gradscope run`). They stop when `shutdown` is cancelled;
+    /// [`Self::wait`] waits for them to end.
+    pub fn standalone(store: Store, data: DataDir, metrics: Arc<Metrics>, shutdown: CancellationToken) -> Self {
+        let inner = Arc::new(Inner::new(store, data, 1, DEFAULT_STREAM_BACKLOG, metrics, shutdown));
         let watcher = inner.clone();
         inner.tracker.spawn(async move {
             watcher.shutdown.cancelled().await;
             stop_all(&watcher).await;
         });
-        Ok(Self { inner })
+        Self { inner }
+    }
+
+    /// Claims queued job `id` and runs it, whatever else is queued.
+    pub async fn run_one(&self, id: Uuid) -> anyhow::Result<()> {
+        let mut running = self.inner.running.lock().await;
+        let job = self.inner.store.claim_job(id).await?.ok_or_else(|| anyhow::anyhow!("job {id} is not queued"))?;
+        launch(&self.inner, &mut running, job);
+        Ok(())
     }
 
     /// Tells the dispatcher a job was queued.
@@ -119,7 +107,7 @@ impl Scheduler {
     }
 
     /// Cancels a queued or running job.
-    pub async fn cancel(&self, id: Uuid) -> anyhow::Result<CancelOutcome> {
+    pub(crate) async fn cancel(&self, id: Uuid) -> anyhow::Result<CancelOutcome> {
         let running = self.inner.running.lock().await;
         if let Some(flag) = running.get(&id) {
             flag.request(StopReason::Cancel);
@@ -152,16 +140,6 @@ impl Scheduler {
         &self.inner.shutdown
     }
 
-    /// The checkpoint file of job `id`.
-    pub fn checkpoint_path(&self, id: Uuid) -> PathBuf {
-        checkpoint_path(&self.inner.data_dir, id)
-    }
-
-    /// The file an uploaded corpus is kept in.
-    pub fn corpus_path(&self, id: &str) -> PathBuf {
-        corpus_path(&self.inner.data_dir, id)
-    }
-
     /// Waits until the dispatcher and every job task have ended (after shutdown).
     pub async fn wait(&self) {
         self.inner.tracker.close();
@@ -169,12 +147,27 @@ impl Scheduler {
     }
 }
 
-fn checkpoint_path(data_dir: &std::path::Path, id: Uuid) -> PathBuf {
-    data_dir.join("checkpoints").join(format!("{id}.safetensors"))
-}
-
-fn corpus_path(data_dir: &std::path::Path, id: &str) -> PathBuf {
-    data_dir.join("corpora").join(format!("{id}.txt"))
+impl Inner {
+    fn new(
+        store: Store,
+        data: DataDir,
+        max_jobs: usize,
+        ring: usize,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            store,
+            data,
+            max_jobs: max_jobs.max(1),
+            running: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
+            shutdown,
+            tracker: TaskTracker::new(),
+            live: LiveHub::new(ring),
+            metrics,
+        }
+    }
 }
 
 /// Claims queued jobs while slots are free; sleeps until woken; stops at shutdown.

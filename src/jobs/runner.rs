@@ -10,10 +10,10 @@ use anyhow::{Context, anyhow};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 
+use super::Inner;
 use super::live::LiveMessage;
-use super::{Inner, checkpoint_path, corpus_path};
+use super::service::find_corpus;
 use crate::store::{Job, JobStatus, Progress};
-use crate::train::data::builtin_corpus;
 use crate::train::spec::TaskSpec;
 use crate::train::{self, Event, Outcome, RunContext, StepReport, StopFlag, StopReason, TrainEvent};
 
@@ -47,7 +47,7 @@ pub(super) async fn run(inner: &Inner, job: Job, flag: Arc<StopFlag>) {
 async fn train_and_record(inner: &Inner, job: &Job, flag: Arc<StopFlag>) -> anyhow::Result<Outcome> {
     let ctx = RunContext {
         corpus: load_corpus(inner, &job.spec.task).await?,
-        checkpoint: Some(checkpoint_path(&inner.data_dir, job.id)),
+        checkpoint: Some(inner.data.checkpoint(job.id)),
         resume: job.resumed_from.and_then(|s| u64::try_from(s).ok()),
     };
     let (tx, mut rx) = mpsc::channel(QUEUE_CAPACITY);
@@ -149,12 +149,9 @@ async fn record(
 }
 
 async fn load_corpus(inner: &Inner, task: &TaskSpec) -> anyhow::Result<String> {
-    let Some(corpus) = task.corpus() else { return Ok(String::new()) };
-    if let Some(text) = builtin_corpus(corpus) {
-        return Ok(text.to_owned());
-    }
-    let path = corpus_path(&inner.data_dir, corpus);
-    tokio::fs::read_to_string(&path).await.with_context(|| format!("failed to read corpus {corpus}"))
+    let Some(name) = task.corpus() else { return Ok(String::new()) };
+    let corpus = find_corpus(&inner.store, name).await?.with_context(|| format!("no corpus {name}"))?;
+    corpus.text(&inner.data).await
 }
 
 fn panic_message(panic: &(dyn Any + Send)) -> String {

@@ -18,9 +18,9 @@ const I64: f64 = 8.0;
 /// Bytes per int32 (the histogram's per-element layer ids and exponents).
 const I32: f64 = 4.0;
 /// Step reports a running job's live feed may hold: its broadcast channel keeps the last
-/// `jobs::live::CHANNEL_CAPACITY` messages while anyone subscribes (the ring for late
+/// `config::FEED_CAPACITY` messages while anyone subscribes (the ring for late
 /// subscribers shares them).
-const FEED_REPORTS: f64 = crate::jobs::live::CHANNEL_CAPACITY as f64;
+const FEED_REPORTS: f64 = crate::config::FEED_CAPACITY as f64;
 /// Bytes per number of a step report: as a Rust value (f64/u64) and as JSON text.
 const REPORT_NUMBER: f64 = 8.0 + 12.0;
 

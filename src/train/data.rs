@@ -1,4 +1,4 @@
-//! Corpora and batch sampling for the character language model.
+//! Batches, corpora and batch sampling for the character language model.
 
 use std::collections::BTreeSet;
 
@@ -7,7 +7,12 @@ use rand::Rng;
 use rand::rngs::StdRng;
 use tch::{Device, Tensor};
 
-use super::task::Batch;
+/// Inputs and targets, on the training device.
+#[derive(Debug)]
+pub struct Batch {
+    pub xs: Tensor,
+    pub ys: Tensor,
+}
 
 /// The corpora shipped with the binary, by the name after `builtin:`.
 pub const BUILTIN_CORPORA: &[(&str, &str)] = &[("tiny", include_str!("../../corpora/tiny.txt"))];

@@ -5,13 +5,14 @@
 //! - [`spec`] — the job specification and its validation.
 //! - [`budget`] — what a spec costs: parameters, peak memory, stored bytes.
 //! - [`checkpoint`] — weights and resumable optimizer state on disk.
-//! - [`data`] — corpora and batch sampling.
-//! - [`task`] — tasks: batches, losses, validation and metrics.
+//! - [`data`] — batches, corpora and batch sampling.
+//! - [`task`] — tasks: where batches come from, losses, validation and metrics.
 //! - [`model`] — the networks, with named parameters in a stable order.
 //! - [`optim`] — optimizers and learning-rate schedules.
 //! - [`policy`] — gradient and weight policies.
 //! - [`stats`] — per-layer statistics from one flat gradient buffer.
 //! - [`diagnose`] — vanishing/exploding/dead/non-finite diagnosis from the reports.
+//! - [`step`] — one training step, shared by the loop and the step benchmark.
 //! - [`run`] — the training loop.
 //! - [`presets`] — the seed experiments, failing runs beside their remedied twins.
 
@@ -26,6 +27,7 @@ pub mod presets;
 pub mod run;
 pub mod spec;
 pub mod stats;
+pub mod step;
 pub mod task;
 
 use std::sync::atomic::{AtomicU8, Ordering};

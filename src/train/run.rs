@@ -1,25 +1,20 @@
-//! The training loop: one job, start to finish, on the calling thread.
-//!
-//! Per step: forward, backward into the flat gradient buffer, per-layer statistics (on
-//! recorded steps), the grad policies, then one device→host copy of everything the step
-//! reports. A step's weight statistics exist only after its update, so they travel in
-//! the next step's copy and each report is emitted one step late (the last one after a
-//! final copy).
+//! The training loop: one job, start to finish, on the calling thread. Each step is
+//! [`step::step`]; around it the loop builds the model, resumes, validates, stops and
+//! writes checkpoints.
 
 use std::path::PathBuf;
-use std::time::Instant;
 
 use anyhow::Context;
-use tch::{Device, Kind, Tensor, nn};
+use tch::{Device, Tensor, nn};
 
 use super::checkpoint;
-use super::diagnose::{Diagnoser, Diagnosis};
 use super::optim::FlatOptimizer;
 use super::policy::GradPolicies;
-use super::spec::{GradPolicy, JobSpec, OnNonfinite, parse_device};
-use super::stats::{FlatParams, GRAD_STATS, HIST_BINS, LayerStats, WEIGHT_STATS};
+use super::spec::{JobSpec, OnNonfinite, parse_device};
+use super::stats::FlatParams;
+use super::step::{self, Monitoring, Trainer};
 use super::task::Task;
-use super::{Event, Outcome, StepReport, StopFlag, StopReason, TrainEvent, model, optim, policy};
+use super::{Outcome, StopFlag, StopReason, TrainEvent, model, optim};
 
 /// What a run needs besides its spec, resolved by the caller.
 #[derive(Debug, Clone)]
@@ -46,7 +41,7 @@ pub fn train(
     let vs = nn::VarStore::new(device);
     let (model, params) = model::build(&spec.model, &vs, task.io(), spec.seed)?;
     let tensors: Vec<Tensor> = params.tensors().map(Tensor::shallow_clone).collect();
-    let mut flat = FlatParams::new(&tensors, device)?;
+    let flat = FlatParams::new(&tensors, device)?;
     let layers = params.layers();
     let mut optimizer = FlatOptimizer::new(&spec.optimizer).with_groups(&layers);
     let named: Vec<(String, Tensor)> =
@@ -62,60 +57,43 @@ pub fn train(
         _ => 1,
     };
     let names = layers.iter().map(|l| l.name.clone()).collect();
-    let mut reporter = Reporter::new(spec, grad_policies, names, params.redundant());
+    let mut trainer =
+        Trainer::new(flat, optimizer, grad_policies, &spec.policy, &spec.monitor, names, params.redundant());
     emit(TrainEvent::Started { device: model::device_name(device), layers });
 
     for step in first..=spec.steps {
         if let Some(reason) = stop.requested() {
-            reporter.finish(emit)?;
-            save_checkpoint(ctx, &named, &buffers, &optimizer, &reporter.grad_policies, step - 1)?;
+            trainer.finish(emit)?;
+            save_checkpoint(ctx, &named, &buffers, &trainer, step - 1)?;
             return Ok(match reason {
                 StopReason::Cancel => Outcome::Cancelled,
                 StopReason::Shutdown => Outcome::Interrupted,
             });
         }
-        let started = Instant::now();
         let lr = optim::learning_rate(&spec.optimizer, step, spec.steps);
-        let batch = task.train_batch(spec.batch_size)?;
-        model.rng().start_step(step);
-        let loss = task.loss(&model.forward(&batch.xs, true)?, &batch.ys)?;
-        flat.zero_grads()?;
-        loss.f_backward().context("backward failed")?;
-        flat.adopt_grads()?;
-
-        let record = spec.monitor.records(step);
-        let report = tch::no_grad(|| reporter.measure(&mut flat, &loss, step, lr, record, emit))?;
-        let finite = report.loss.is_finite() && report.grad_norm.is_finite();
-        let update = finite && !report.skipped;
-        tch::no_grad(|| -> anyhow::Result<()> {
-            if record {
-                flat.snapshot_weights()?;
-            }
-            if update {
-                optimizer.step(flat.weights(), flat.grads(), lr)?;
-                policy::apply_weight_policies(&spec.policy.weight, flat.params(), step)?;
-            }
-            Ok(())
-        })?;
-        let weight_stats = if record { Some(tch::no_grad(|| flat.weight_stats())?) } else { None };
-        reporter
-            .hold(StepReport { skipped: !update, seconds: started.elapsed().as_secs_f64(), ..report }, weight_stats);
+        let monitoring = Monitoring { stats: spec.monitor.records(step), histogram: spec.monitor.histogram };
+        let forward = || {
+            let batch = task.train_batch(spec.batch_size)?;
+            model.rng().start_step(step);
+            task.loss(&model.forward(&batch.xs, true)?, &batch.ys)
+        };
+        let done = step::step(&mut trainer, step, lr, monitoring, forward, emit)?;
         if task.eval_due(step, spec.steps)
             && let Some(eval) = task.evaluate(model.as_ref(), step)?
         {
             emit(TrainEvent::Eval(eval));
         }
-        if !finite && spec.policy.on_nonfinite == OnNonfinite::Stop {
-            reporter.finish(emit)?;
-            save_checkpoint(ctx, &named, &buffers, &optimizer, &reporter.grad_policies, step)?;
+        if !done.finite && spec.policy.on_nonfinite == OnNonfinite::Stop {
+            trainer.finish(emit)?;
+            save_checkpoint(ctx, &named, &buffers, &trainer, step)?;
             return Ok(Outcome::Diverged(format!("non-finite loss or gradient at step {step}")));
         }
         if spec.checkpoint_every > 0 && step.is_multiple_of(spec.checkpoint_every) && step < spec.steps {
-            save_checkpoint(ctx, &named, &buffers, &optimizer, &reporter.grad_policies, step)?;
+            save_checkpoint(ctx, &named, &buffers, &trainer, step)?;
         }
     }
-    reporter.finish(emit)?;
-    save_checkpoint(ctx, &named, &buffers, &optimizer, &reporter.grad_policies, spec.steps)?;
+    trainer.finish(emit)?;
+    save_checkpoint(ctx, &named, &buffers, &trainer, spec.steps)?;
     Ok(Outcome::Succeeded)
 }
 
@@ -165,192 +143,15 @@ fn resume(
     Ok(saved.job_step)
 }
 
-/// Turns device tensors into reports: one host copy per step, weight statistics carried
-/// over to the next copy, diagnosis on the way out.
-struct Reporter<'a> {
-    spec: &'a JobSpec,
-    /// The grad policies and the state the adaptive ones carry between steps.
-    grad_policies: GradPolicies,
-    layers: usize,
-    /// The previous step's report, waiting for its weight statistics.
-    held: Option<(StepReport, Option<Tensor>)>,
-    /// Policy events of the held step, emitted after its report.
-    held_events: Vec<Event>,
-    /// Policy events of the step being measured, held with it.
-    pending: Vec<Event>,
-    diagnoser: Diagnoser,
-    diagnosis: Diagnosis,
-}
-
-impl<'a> Reporter<'a> {
-    fn new(spec: &'a JobSpec, grad_policies: GradPolicies, layer_names: Vec<String>, redundant: &[bool]) -> Self {
-        Self {
-            spec,
-            grad_policies,
-            layers: layer_names.len(),
-            held: None,
-            held_events: Vec::new(),
-            pending: Vec::new(),
-            diagnoser: Diagnoser::new(&spec.monitor, layer_names).with_redundant(redundant),
-            diagnosis: Diagnosis { status: "healthy".to_owned(), issues: Vec::new() },
-        }
-    }
-
-    /// Measures the gradients, applies the grad policies, and copies this step's numbers
-    /// (and the held step's weight statistics) to the host in one transfer. Emits the held
-    /// report.
-    fn measure(
-        &mut self,
-        flat: &mut FlatParams,
-        loss: &Tensor,
-        step: u64,
-        lr: f64,
-        record: bool,
-        emit: &mut dyn FnMut(TrainEvent),
-    ) -> anyhow::Result<StepReport> {
-        // The policies' input is `grad_norm()` on every step: `grad_stats` returns that same
-        // value, bit for bit, so recording statistics cannot change what the policies see.
-        let (grad_stats, total) = if record {
-            let (stats, total) = flat.grad_stats()?;
-            (Some(stats), total)
-        } else {
-            (None, flat.grad_norm()?)
-        };
-        let hist = if record && self.spec.monitor.histogram { Some(flat.grad_histogram()?) } else { None };
-        let outcome = self.grad_policies.apply(&flat.layer_grads(), flat.params(), &total)?;
-        let flag = |t: &Option<Tensor>| -> anyhow::Result<Tensor> {
-            Ok(match t {
-                Some(t) => t.f_to_kind(Kind::Float)?,
-                None => total.f_zeros_like()?,
-            })
-        };
-        let (skip, forced) = (flag(&outcome.skip)?, flag(&outcome.forced)?);
-
-        let held_weights = self.held.as_ref().and_then(|(_, w)| w.as_ref().map(Tensor::shallow_clone));
-        let mut parts = vec![
-            loss.f_detach()?.f_reshape([1])?,
-            total.f_reshape([1])?,
-            outcome.norm.f_reshape([1])?,
-            skip.f_reshape([1])?,
-            forced.f_reshape([1])?,
-        ];
-        parts.extend(grad_stats.iter().map(|s| s.f_flatten(0, -1)).collect::<Result<Vec<_>, _>>()?);
-        parts.extend(held_weights.iter().map(|w| w.f_flatten(0, -1)).collect::<Result<Vec<_>, _>>()?);
-        // Histogram counts go to float64 in the one conversion below, exactly (never
-        // through float32).
-        parts.extend(hist.iter().map(Tensor::shallow_clone));
-        let parts: Vec<Tensor> = parts.iter().map(|p| p.f_to_kind(Kind::Double)).collect::<Result<_, _>>()?;
-        let host: Vec<f64> = Vec::try_from(&Tensor::f_cat(&parts, 0)?.f_to_device(Device::Cpu)?)?;
-
-        let (scalars, mut rest) = host.split_at(5);
-        let mut layers = grad_stats.as_ref().map(|_| {
-            let n = GRAD_STATS.len() * self.layers;
-            let stats = LayerStats::from_grad_rows(&rest[..n], self.layers);
-            rest = &rest[n..];
-            stats
-        });
-        if let Some(stats) = layers.as_mut() {
-            // Counting NaN/Inf costs a pass: only for layers whose norm came back broken.
-            let broken: Vec<usize> = (0..self.layers).filter(|&i| !stats.nonfinite[i].is_finite()).collect();
-            for (i, count) in broken.iter().zip(flat.nonfinite_counts(&broken)?) {
-                stats.nonfinite[*i] = count;
-            }
-        }
-        if held_weights.is_some() {
-            let n = WEIGHT_STATS.len() * self.layers;
-            self.release(Some(&rest[..n]), emit);
-            rest = &rest[n..];
-        } else {
-            self.release(None, emit);
-        }
-        if let Some(layers) = layers.as_mut()
-            && hist.is_some()
-        {
-            layers.hist = Some(rest[..HIST_BINS * self.layers].iter().map(|&c| c as u64).collect());
-        }
-        let (grad_norm, grad_norm_clipped) = (scalars[1], scalars[2]);
-        if scalars[4] != 0.0 {
-            let most = self.spec.policy.grad.iter().find_map(|p| match p {
-                GradPolicy::SkipSpike { max_consecutive, .. } => Some(*max_consecutive),
-                _ => None,
-            });
-            self.pending.push(Event {
-                step,
-                kind: "spike_accepted",
-                layer: None,
-                value: Some(grad_norm),
-                message: format!(
-                    "skip_spike: update accepted after {} skipped in a row; the gradient norm {grad_norm:.4} \
-                     joins the running statistics as a new level",
-                    most.unwrap_or_default()
-                ),
-            });
-        }
-        Ok(StepReport {
-            step,
-            loss: scalars[0],
-            grad_norm,
-            grad_norm_clipped,
-            clip_coef: if grad_norm > 0.0 { grad_norm_clipped / grad_norm } else { 1.0 },
-            lr,
-            // A policy (skip_spike) dropped the update.
-            skipped: scalars[3] != 0.0,
-            layers,
-            seconds: 0.0,
-        })
-    }
-
-    /// Holds a finished step until its weight statistics reach the host.
-    fn hold(&mut self, report: StepReport, weight_stats: Option<Tensor>) {
-        self.held = Some((report, weight_stats));
-        self.held_events = std::mem::take(&mut self.pending);
-    }
-
-    /// Emits the held report with its weight rows, its events and, when the diagnosis
-    /// changed, the new diagnosis.
-    fn release(&mut self, weight_rows: Option<&[f64]>, emit: &mut dyn FnMut(TrainEvent)) {
-        let Some((mut report, _)) = self.held.take() else { return };
-        if let (Some(layers), Some(rows)) = (report.layers.as_mut(), weight_rows) {
-            layers.set_weight_rows(rows, self.layers);
-        }
-        let mut events = std::mem::take(&mut self.held_events);
-        events.extend(self.diagnoser.observe(&report));
-        emit(TrainEvent::Step(report));
-        for event in events {
-            emit(TrainEvent::Event(event));
-        }
-        let diagnosis = self.diagnoser.diagnosis();
-        if diagnosis != self.diagnosis {
-            self.diagnosis = diagnosis.clone();
-            emit(TrainEvent::Diagnosis(diagnosis));
-        }
-    }
-
-    /// Emits the last held report, with one more host copy for its weight statistics.
-    fn finish(&mut self, emit: &mut dyn FnMut(TrainEvent)) -> anyhow::Result<()> {
-        let weights = self.held.as_ref().and_then(|(_, w)| w.as_ref().map(Tensor::shallow_clone));
-        match weights {
-            Some(w) => {
-                let rows: Vec<f64> =
-                    Vec::try_from(&w.f_flatten(0, -1)?.f_to_kind(Kind::Double)?.f_to_device(Device::Cpu)?)?;
-                self.release(Some(&rows), emit);
-            }
-            None => self.release(None, emit),
-        }
-        Ok(())
-    }
-}
-
 fn save_checkpoint(
     ctx: &RunContext,
     named: &[(String, Tensor)],
     buffers: &[(String, Tensor)],
-    optimizer: &FlatOptimizer,
-    grad_policies: &GradPolicies,
+    trainer: &Trainer,
     step: u64,
 ) -> anyhow::Result<()> {
     let Some(path) = &ctx.checkpoint else { return Ok(()) };
     let mut state: Vec<(String, Tensor)> = buffers.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
-    state.extend(grad_policies.state()?);
-    checkpoint::save(path, named, optimizer, &state, step)
+    state.extend(trainer.grad_policies().state()?);
+    checkpoint::save(path, named, trainer.optimizer(), &state, step)
 }

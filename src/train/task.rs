@@ -11,7 +11,7 @@ use rand::{Rng, SeedableRng};
 use tch::{Device, Kind, Reduction, Tensor};
 
 use super::EvalReport;
-use super::data::CharCorpus;
+use super::data::{Batch, CharCorpus};
 use super::model::{Input, Io, Model};
 use super::spec::TaskSpec;
 
@@ -21,13 +21,6 @@ pub const VALID_SAMPLES: usize = 256;
 pub const ADDING_TOLERANCE: f64 = 0.04;
 const VALID_STREAM: u64 = 0x5eed_0001;
 const CONSTANT_STREAM: u64 = 0x5eed_0002;
-
-/// Inputs and targets, on the training device.
-#[derive(Debug)]
-pub struct Batch {
-    pub xs: Tensor,
-    pub ys: Tensor,
-}
 
 #[derive(Debug)]
 enum Source {

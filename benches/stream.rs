@@ -1,21 +1,23 @@
-//! `gradscope bench stream`: one job's step rate alone and with many WebSocket
-//! subscribers, the messages they got, and how long each step took from publication to
-//! a client (step messages carry their publication time). Server, training and clients
-//! share this process and machine, as a busy dashboard would share a small server.
+//! `cargo bench --bench stream -- [ARGS]`: one job's step rate alone and with many
+//! WebSocket subscribers, the messages they got, and how long each step took from
+//! publication to a client (step messages carry their publication time). Server, training
+//! and clients share this process and machine, as a busy dashboard would share a small
+//! server. Run without `--bench` (as `cargo test --all-targets` does), it streams a short
+//! job to two clients, to show that it works.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use clap::Args;
+use clap::Parser;
 use futures::StreamExt;
+use gradscope::Application;
+use gradscope::config::ServeConfig;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::Application;
-use crate::config::ServeConfig;
-
-#[derive(Debug, Clone, Args)]
-pub struct StreamArgs {
+#[derive(Debug, Clone, Parser)]
+#[command(name = "stream", about = "Step rate and delivery latency of one job with many WebSocket subscribers")]
+struct StreamArgs {
     /// WebSocket subscribers of the job.
     #[arg(long, default_value_t = 500)]
     pub clients: usize,
@@ -28,6 +30,9 @@ pub struct StreamArgs {
     /// LibTorch CPU threads.
     #[arg(long, default_value_t = 1)]
     pub torch_threads: i32,
+    /// Given by `cargo bench`; without it the benchmark only shows that it runs.
+    #[arg(long, hide = true)]
+    pub bench: bool,
 }
 
 /// What one client saw.
@@ -42,7 +47,18 @@ fn now_seconds() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
-pub async fn run(args: &StreamArgs) -> anyhow::Result<()> {
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    // `cargo bench` passes `--bench`; `cargo test` passes nothing, and gets a short job.
+    let args = if std::env::args().any(|a| a == "--bench") {
+        StreamArgs::parse()
+    } else {
+        StreamArgs::parse_from(["stream", "--clients", "2", "--steps", "20", "--hidden", "8"])
+    };
+    run(&args).await
+}
+
+async fn run(args: &StreamArgs) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("gradscope-bench-{}", uuid::Uuid::now_v7()));
     std::fs::create_dir_all(&dir)?;
     let mut config = ServeConfig::new(
@@ -68,10 +84,7 @@ pub async fn run(args: &StreamArgs) -> anyhow::Result<()> {
         "monitor": {"histogram": true},
     });
 
-    println!(
-        "gradscope bench stream: {} steps of a 1×{} LSTM, {} torch thread(s)",
-        args.steps, args.hidden, args.torch_threads
-    );
+    println!("bench stream: {} steps of a 1×{} LSTM, {} torch thread(s)", args.steps, args.hidden, args.torch_threads);
     let blocker = json!({
         "name": "blocker", "steps": 10_000_000, "batch_size": 1, "device": "cpu",
         "task": {"kind": "char_lm", "seq_len": 2}, "model": {"kind": "lstm", "layers": 1, "hidden": 1},

@@ -1,26 +1,31 @@
-//! `gradscope bench steps`: what monitoring costs per training step.
+//! `cargo bench --bench steps -- [ARGS]`: what monitoring costs per training step.
 //!
 //! Each variant trains its own copy of the model on one fixed batch; variants run in
 //! interleaved rounds and the table reports the median step time, so drift on a shared
-//! machine hits all of them alike. The monitored variants run the same kernels as a job
-//! (`train::stats`, `train::policy`): statistics from the flat buffer, one host copy per
-//! step, weight statistics carried to the next copy.
+//! machine hits all of them alike. The job variants call the job's own step
+//! (`gradscope::train::step::step`), monitoring on or off, histograms on or off, with or
+//! without `clip_norm`; two LibTorch loops without it are the reference. Run without
+//! `--bench` (as `cargo test --all-targets` does), it trains each variant once at toy
+//! sizes, to show that it works.
 
 use std::time::Instant;
 
 use anyhow::Context;
-use clap::{Args, ValueEnum};
+use clap::{Parser, ValueEnum};
+use gradscope::train::model::{self, Input, Io};
+use gradscope::train::optim::FlatOptimizer;
+use gradscope::train::policy::GradPolicies;
+use gradscope::train::spec::{
+    DeviceChoice, GradPolicy, ModelSpec, MonitorSpec, NormType, OptimizerSpec, PolicySpec, parse_device,
+};
+use gradscope::train::stats::FlatParams;
+use gradscope::train::step::{self, Monitoring, Trainer};
 use tch::nn::{self, Module, OptimizerConfig};
 use tch::{Device, Kind, Reduction, Tensor};
 
-use crate::train::model::{self, Input, Io};
-use crate::train::optim::FlatOptimizer;
-use crate::train::policy::GradPolicies;
-use crate::train::spec::{DeviceChoice, GradPolicy, ModelSpec, NormType, OptimizerSpec, parse_device};
-use crate::train::stats::FlatParams;
-
-#[derive(Debug, Clone, Args)]
-pub struct StepsArgs {
+#[derive(Debug, Clone, Parser)]
+#[command(name = "steps", about = "Step time bare, with full per-layer statistics, and with clipping")]
+struct StepsArgs {
     /// Which models to time.
     #[arg(long, value_enum, default_value = "all")]
     pub model: BenchModel,
@@ -42,10 +47,13 @@ pub struct StepsArgs {
     /// LibTorch CPU threads (default: LibTorch's choice).
     #[arg(long)]
     pub threads: Option<i32>,
+    /// Given by `cargo bench`; without it the benchmark only shows that it runs.
+    #[arg(long, hide = true)]
+    pub bench: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum BenchModel {
+enum BenchModel {
     Mlp,
     Lstm,
     All,
@@ -95,9 +103,19 @@ impl Variant {
         }
     }
 
-    /// Uses the flat buffer and optimizer, as a job does.
-    fn flat(self) -> bool {
-        !matches!(self, Self::Bare | Self::ItemPerLayer)
+    /// What a job step of this variant monitors and which grad policies it applies;
+    /// `None` for the LibTorch references.
+    fn job_step(self) -> Option<(Monitoring, Vec<GradPolicy>)> {
+        let clip = || vec![GradPolicy::ClipNorm { max_norm: 1.0, norm_type: NormType::Two }];
+        let (stats, histogram, grad) = match self {
+            Self::Bare | Self::ItemPerLayer => return None,
+            Self::Flat => (false, false, Vec::new()),
+            Self::Clip => (false, false, clip()),
+            Self::StatsClipNoHist => (true, false, clip()),
+            Self::Stats => (true, true, Vec::new()),
+            Self::StatsClip => (true, true, clip()),
+        };
+        Some((Monitoring { stats, histogram }, grad))
     }
 }
 
@@ -160,110 +178,73 @@ fn lstm(device: Device) -> anyhow::Result<Workload> {
     })
 }
 
-/// One variant's model, optimizer and monitoring state.
+/// One variant's model, and its optimizer: LibTorch's, or a job's [`Trainer`].
 struct Runner {
     variant: Variant,
     work: Workload,
     opt: nn::Optimizer,
-    flat: Option<FlatParams>,
-    flat_opt: FlatOptimizer,
-    held_weights: Option<Tensor>,
-    clip: GradPolicies,
+    /// A job variant's step state and what it monitors.
+    job: Option<(Trainer, Monitoring)>,
+    /// Steps taken.
+    steps: u64,
 }
 
 /// The learning rate of every variant.
 const LR: f64 = 1e-4;
 
-/// `clip_norm` with max_norm 1, as a job applies it.
-fn clip() -> anyhow::Result<GradPolicies> {
-    GradPolicies::new(&[GradPolicy::ClipNorm { max_norm: 1.0, norm_type: NormType::Two }], Device::Cpu)
-}
-
 impl Runner {
     fn new(variant: Variant, work: Workload) -> anyhow::Result<Self> {
-        let flat = if variant.flat() { Some(FlatParams::new(&work.params, work.vs.device())?) } else { None };
+        let device = work.vs.device();
+        let job = match variant.job_step() {
+            None => None,
+            Some((monitoring, grad)) => {
+                let flat = FlatParams::new(&work.params, device)?;
+                let optimizer = FlatOptimizer::new(&OptimizerSpec { lr: LR, ..OptimizerSpec::default() });
+                let policy = PolicySpec { grad, ..PolicySpec::default() };
+                let grad_policies = GradPolicies::new(&policy.grad, device)?;
+                let names: Vec<String> = (0..work.params.len()).map(|i| format!("param{i}")).collect();
+                let redundant = vec![false; names.len()];
+                let monitor = MonitorSpec::default();
+                let trainer = Trainer::new(flat, optimizer, grad_policies, &policy, &monitor, names, &redundant);
+                Some((trainer, monitoring))
+            }
+        };
         let opt = nn::AdamW::default().build(&work.vs, LR)?;
-        let flat_opt = FlatOptimizer::new(&OptimizerSpec { lr: LR, ..OptimizerSpec::default() });
-        Ok(Self { variant, work, opt, flat, flat_opt, held_weights: None, clip: clip()? })
+        Ok(Self { variant, work, opt, job, steps: 0 })
     }
 
     fn step(&mut self) -> anyhow::Result<()> {
-        match &mut self.flat {
-            Some(flat) => flat.zero_grads()?,
-            None => self.opt.zero_grad(),
+        self.steps += 1;
+        let work = &self.work;
+        let loss = || -> anyhow::Result<Tensor> {
+            let logits = (work.forward)(&work.xs)?;
+            Ok(logits.f_cross_entropy_loss::<Tensor>(&work.ys, None, Reduction::Mean, -100, 0.0)?)
+        };
+        if let Some((trainer, monitoring)) = &mut self.job {
+            // The job's step, whole: its reports and events are dropped here.
+            step::step(trainer, self.steps, LR, *monitoring, loss, &mut |_| {})?;
+            return Ok(());
         }
-        let logits = (self.work.forward)(&self.work.xs)?;
-        let loss = logits.f_cross_entropy_loss::<Tensor>(&self.work.ys, None, Reduction::Mean, -100, 0.0)?;
+        self.opt.zero_grad();
+        let loss = loss()?;
         loss.f_backward()?;
-        tch::no_grad(|| self.after_backward(&loss))
+        tch::no_grad(|| self.reference_update(&loss))
     }
 
-    fn after_backward(&mut self, loss: &Tensor) -> anyhow::Result<()> {
+    /// The LibTorch references' update: AdamW, the loss to the host, and for
+    /// `ItemPerLayer` four statistics per layer, each with its own host sync.
+    fn reference_update(&mut self, loss: &Tensor) -> anyhow::Result<()> {
         let loss = loss.f_detach()?.f_reshape([1])?.f_to_kind(Kind::Double)?;
-        match (self.variant, &mut self.flat) {
-            (Variant::Bare, _) => {
-                self.opt.step();
-                let _ = loss.f_double_value(&[0])?;
-            }
-            (Variant::ItemPerLayer, _) => {
-                for p in &self.work.params {
-                    let g = p.grad();
-                    for stat in [g.f_norm()?, g.f_abs()?.f_max()?, g.f_mean(Kind::Float)?, g.f_std(true)?] {
-                        let _ = stat.f_double_value(&[])?;
-                    }
+        if self.variant == Variant::ItemPerLayer {
+            for p in &self.work.params {
+                let g = p.grad();
+                for stat in [g.f_norm()?, g.f_abs()?.f_max()?, g.f_mean(Kind::Float)?, g.f_std(true)?] {
+                    let _ = stat.f_double_value(&[])?;
                 }
-                self.opt.step();
-                let _ = loss.f_double_value(&[0])?;
             }
-            (Variant::Flat | Variant::Clip, Some(flat)) => {
-                flat.adopt_grads()?;
-                let total = flat.grad_norm()?;
-                let post = if self.variant == Variant::Clip {
-                    self.clip.apply(&flat.layer_grads(), flat.params(), &total)?.norm
-                } else {
-                    total.shallow_clone()
-                };
-                let host = Tensor::f_cat(
-                    &[
-                        loss,
-                        total.f_reshape([1])?.f_to_kind(Kind::Double)?,
-                        post.f_reshape([1])?.f_to_kind(Kind::Double)?,
-                    ],
-                    0,
-                )?;
-                let _: Vec<f64> = Vec::try_from(&host.f_to_device(Device::Cpu)?)?;
-                self.flat_opt.step(flat.weights(), flat.grads(), LR)?;
-            }
-            (Variant::Stats | Variant::StatsClip | Variant::StatsClipNoHist, Some(flat)) => {
-                flat.adopt_grads()?;
-                let (stats, total) = flat.grad_stats()?;
-                let hist = if self.variant == Variant::StatsClipNoHist {
-                    Tensor::f_zeros([0], (Kind::Int64, flat.grads().device()))?
-                } else {
-                    flat.grad_histogram()?
-                };
-                let post = if self.variant != Variant::Stats {
-                    self.clip.apply(&flat.layer_grads(), flat.params(), &total)?.norm
-                } else {
-                    total.shallow_clone()
-                };
-                let mut parts = vec![
-                    loss,
-                    total.f_reshape([1])?.f_to_kind(Kind::Double)?,
-                    post.f_reshape([1])?.f_to_kind(Kind::Double)?,
-                    stats.f_flatten(0, -1)?.f_to_kind(Kind::Double)?,
-                    hist.f_to_kind(Kind::Double)?,
-                ];
-                if let Some(w) = self.held_weights.take() {
-                    parts.push(w.f_flatten(0, -1)?.f_to_kind(Kind::Double)?);
-                }
-                let _: Vec<f64> = Vec::try_from(&Tensor::f_cat(&parts, 0)?.f_to_device(Device::Cpu)?)?;
-                flat.snapshot_weights()?;
-                self.flat_opt.step(flat.weights(), flat.grads(), LR)?;
-                self.held_weights = Some(flat.weight_stats()?);
-            }
-            (_, None) => unreachable!("flat variants own a flat buffer"),
         }
+        self.opt.step();
+        let _ = loss.f_double_value(&[0])?;
         Ok(())
     }
 }
@@ -319,7 +300,18 @@ fn device_index(device: Device) -> usize {
     }
 }
 
-pub fn run(args: &StepsArgs) -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // `cargo bench` passes `--bench`; `cargo test` passes nothing, and gets one step of
+    // each variant at the default CPU sizes.
+    let args = if std::env::args().any(|a| a == "--bench") {
+        StepsArgs::parse()
+    } else {
+        StepsArgs::parse_from(["steps", "--device", "cpu", "--steps", "1", "--rounds", "1", "--warmup", "0"])
+    };
+    run(&args)
+}
+
+fn run(args: &StepsArgs) -> anyhow::Result<()> {
     if let Some(threads) = args.threads {
         tch::set_num_threads(threads);
     }
@@ -327,7 +319,7 @@ pub fn run(args: &StepsArgs) -> anyhow::Result<()> {
     let device = model::resolve_device(choice)?;
     let large = args.large || (device.is_cuda() && choice != DeviceChoice::Cpu);
     println!(
-        "gradscope bench steps: median of {} interleaved rounds × {} steps, {} torch threads",
+        "bench steps: median of {} interleaved rounds × {} steps, {} torch threads",
         args.rounds,
         args.steps,
         tch::get_num_threads()

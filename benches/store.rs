@@ -1,19 +1,22 @@
-//! `gradscope bench store`: how fast the store keeps a long job's history and answers
-//! range queries over it. Fills a temporary SQLite file with a synthetic job (per-step
-//! scalars and every per-layer statistic) through the same writer jobs use, then times
-//! the queries behind `/steps` and `/layer-stats`, JSON encoding included.
+//! `cargo bench --bench store -- [ARGS]`: how fast the store keeps a long job's history
+//! and answers range queries over it. Fills a temporary SQLite file with a synthetic job
+//! (per-step scalars and every per-layer statistic) through the same writer jobs use,
+//! then times the queries behind `/steps` and `/layer-stats`, JSON encoding included.
+//! Run without `--bench` (as `cargo test --all-targets` does), it writes and reads a
+//! toy history, to show that it works.
 
 use std::time::Instant;
 
-use clap::Args;
+use clap::Parser;
+use gradscope::store::{Progress, Store};
+use gradscope::train::stats::STAT_NAMES;
+use gradscope::train::{JobSpec, LayerInfo, LayerStats, StepReport};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::store::{Progress, Store};
-use crate::train::{JobSpec, LayerInfo, LayerStats, StepReport};
-
-#[derive(Debug, Clone, Args)]
-pub struct StoreArgs {
+#[derive(Debug, Clone, Parser)]
+#[command(name = "store", about = "Writes and range queries of a long job's history (100k steps × 100 layers)")]
+struct StoreArgs {
     /// Steps of the synthetic job.
     #[arg(long, default_value_t = 100_000)]
     pub steps: u64,
@@ -23,6 +26,9 @@ pub struct StoreArgs {
     /// Steps per write transaction (the runner writes what has queued up, up to 1024).
     #[arg(long, default_value_t = 1024)]
     pub batch: usize,
+    /// Given by `cargo bench`; without it the benchmark only shows that it runs.
+    #[arg(long, hide = true)]
+    pub bench: bool,
 }
 
 fn report(step: u64, layers: usize, rng: &mut StdRng) -> StepReport {
@@ -57,7 +63,18 @@ fn timed<T: serde::Serialize>(label: &str, started: Instant, answer: &T) {
     println!("{label:<58} {:>9.1} ms {:>10} KiB", started.elapsed().as_secs_f64() * 1e3, bytes / 1024);
 }
 
-pub async fn run(args: &StoreArgs) -> anyhow::Result<()> {
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    // `cargo bench` passes `--bench`; `cargo test` passes nothing, and gets a toy history.
+    let args = if std::env::args().any(|a| a == "--bench") {
+        StoreArgs::parse()
+    } else {
+        StoreArgs::parse_from(["store", "--steps", "300", "--layers", "4", "--batch", "100"])
+    };
+    run(&args).await
+}
+
+async fn run(args: &StoreArgs) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("gradscope-bench-store-{}", uuid::Uuid::now_v7()));
     std::fs::create_dir_all(&dir)?;
     let store = Store::connect(&format!("sqlite://{}", dir.join("bench.db").display())).await?;
@@ -71,7 +88,7 @@ pub async fn run(args: &StoreArgs) -> anyhow::Result<()> {
         .collect();
     store.set_job_started(job.id, "cpu", &layers).await?;
 
-    println!("gradscope bench store: {} steps × {} layers, every statistic on every step", args.steps, args.layers);
+    println!("bench store: {} steps × {} layers, every statistic on every step", args.steps, args.layers);
     let mut rng = StdRng::seed_from_u64(1);
     let started = Instant::now();
     let mut step = 1;
@@ -103,10 +120,10 @@ pub async fn run(args: &StoreArgs) -> anyhow::Result<()> {
     let answer = store.layer_stats(job.id, &layers, &["grad_norm"], all, 1000, u64::MAX).await?;
     timed("/layer-stats, grad_norm of every layer, 1000 points", t, &answer);
     let t = Instant::now();
-    let answer = store.layer_stats(job.id, &layers[..1], &crate::train::stats::STAT_NAMES, all, 2000, u64::MAX).await?;
+    let answer = store.layer_stats(job.id, &layers[..1], &STAT_NAMES, all, 2000, u64::MAX).await?;
     timed("/layer-stats, every statistic of one layer, 2000 points", t, &answer);
     let t = Instant::now();
-    let answer = store.layer_stats(job.id, &layers, &crate::train::stats::STAT_NAMES, all, 500, u64::MAX).await?;
+    let answer = store.layer_stats(job.id, &layers, &STAT_NAMES, all, 500, u64::MAX).await?;
     timed("/layer-stats, every statistic of every layer, 500 points", t, &answer);
     store.close().await;
     let _ = std::fs::remove_dir_all(&dir);

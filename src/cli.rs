@@ -1,0 +1,232 @@
+//! The command line. Every setting is a flag or a `GRADSCOPE_*` environment variable; each
+//! command's arguments become the library's plain settings.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use gradscope::config::{self, ServeConfig};
+use gradscope::local::RunOptions;
+
+#[derive(Debug, Parser)]
+#[command(name = "gradscope", version, about = "Training monitor: per-layer gradient statistics for LibTorch jobs")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log filter, e.g. `info` or `gradscope=debug,tower_http=debug` (default: `info` for
+    /// serve, `warn` for the other commands).
+    #[arg(long, global = true, env = "GRADSCOPE_LOG")]
+    pub log: Option<String>,
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true, env = "GRADSCOPE_LOG_JSON")]
+    pub log_json: bool,
+}
+
+// Parsed once at start-up: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP service and the job scheduler.
+    Serve(ServeArgs),
+    /// Apply the database migrations and exit (serve also applies them at start-up).
+    Migrate(DatabaseArgs),
+    /// Ask a running service whether it is ready; exit 0 if it is.
+    Healthcheck(HealthcheckArgs),
+    /// Train one job from a spec file, here, with a progress bar and a per-layer report.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// Database URL. SQLite files are created when missing.
+    #[arg(long, env = "GRADSCOPE_DATABASE_URL", default_value = config::DEFAULT_DATABASE_URL)]
+    pub database_url: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on. Port 0 picks a free port.
+    #[arg(long, env = "GRADSCOPE_ADDR", default_value_t = config::DEFAULT_ADDR)]
+    pub addr: SocketAddr,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Folder for checkpoints and uploaded corpora.
+    #[arg(long, env = "GRADSCOPE_DATA_DIR", default_value = config::DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// How many jobs may train at the same time.
+    #[arg(long, env = "GRADSCOPE_MAX_JOBS", default_value_t = config::DEFAULT_MAX_JOBS,
+        value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_jobs: u16,
+    /// Threads LibTorch uses for CPU work (default: LibTorch's own choice, one per core).
+    #[arg(long, env = "GRADSCOPE_TORCH_THREADS", value_parser = clap::value_parser!(i32).range(1..))]
+    pub torch_threads: Option<i32>,
+    /// Folder of the dashboard's static files, served at `/`.
+    #[arg(long, env = "GRADSCOPE_STATIC_DIR", default_value = config::DEFAULT_STATIC_DIR)]
+    pub static_dir: PathBuf,
+    /// Origins allowed to call the API from a browser (comma-separated; `*` for any).
+    /// None by default: the dashboard is served from the same origin.
+    #[arg(long, env = "GRADSCOPE_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+    /// Largest JSON request body, in bytes.
+    #[arg(long, env = "GRADSCOPE_BODY_LIMIT", default_value_t = config::DEFAULT_BODY_LIMIT)]
+    pub body_limit: usize,
+    /// Largest uploaded corpus, in bytes.
+    #[arg(long, env = "GRADSCOPE_CORPUS_LIMIT", default_value_t = config::DEFAULT_CORPUS_LIMIT)]
+    pub corpus_limit: usize,
+    /// Tokens that grant access to `/api` (comma-separated). None: on loopback the API is
+    /// open (to requests naming an IP address, `localhost` or `--allowed-hosts`); beyond
+    /// loopback a token is made up at start-up and printed on stderr.
+    #[arg(long, env = "GRADSCOPE_API_TOKEN", value_delimiter = ',', hide_env_values = true)]
+    pub api_token: Vec<String>,
+    /// Tokens that grant access to `/metrics` (comma-separated). None: open.
+    #[arg(long, env = "GRADSCOPE_METRICS_TOKEN", value_delimiter = ',', hide_env_values = true)]
+    pub metrics_token: Vec<String>,
+    /// Most jobs waiting in the queue; more submissions get 429.
+    #[arg(long, env = "GRADSCOPE_MAX_QUEUED", default_value_t = config::DEFAULT_MAX_QUEUED)]
+    pub max_queued: i64,
+    /// Largest model a job may train, in parameters.
+    #[arg(long, env = "GRADSCOPE_MAX_PARAMS", default_value_t = config::DEFAULT_MAX_PARAMS)]
+    pub max_params: u64,
+    /// Largest estimated activation memory of one training step, in bytes.
+    #[arg(long, env = "GRADSCOPE_MAX_ACTIVATION_BYTES", default_value_t = config::DEFAULT_MAX_ACTIVATION_BYTES)]
+    pub max_activation_bytes: u64,
+    /// Most values one `/layer-stats` answer may hold (layers × statistics × points, a
+    /// histogram counting as its 51 buckets).
+    #[arg(long, env = "GRADSCOPE_MAX_ANSWER_VALUES", default_value_t = config::DEFAULT_MAX_ANSWER_VALUES)]
+    pub max_answer_values: u64,
+    /// Most values one `/layer-stats` query may read before thinning (held in memory
+    /// while the extremes are found, 4 bytes each).
+    #[arg(long, env = "GRADSCOPE_MAX_SCAN_VALUES", default_value_t = config::DEFAULT_MAX_SCAN_VALUES)]
+    pub max_scan_values: u64,
+    /// Largest estimated peak memory of one job, in bytes: weights, gradients, optimizer
+    /// state, monitoring buffers, the task's data and the larger of a training step's and
+    /// a validation pass's activations.
+    #[arg(long, env = "GRADSCOPE_MAX_JOB_MEMORY", default_value_t = config::DEFAULT_MAX_JOB_MEMORY)]
+    pub max_job_memory: u64,
+    /// Largest estimated storage of one job, in bytes: its per-step records, per-layer
+    /// statistics and histograms, and events (checkpoints follow from the model's size,
+    /// which `--max-params` bounds).
+    #[arg(long, env = "GRADSCOPE_MAX_JOB_DISK", default_value_t = config::DEFAULT_MAX_JOB_DISK)]
+    pub max_job_disk: u64,
+    /// Recent steps a client joining a running job's stream receives first.
+    #[arg(long, env = "GRADSCOPE_STREAM_BACKLOG", default_value_t = config::DEFAULT_STREAM_BACKLOG)]
+    pub stream_backlog: usize,
+    /// Most WebSocket clients per job.
+    #[arg(long, env = "GRADSCOPE_WS_MAX_PER_JOB", default_value_t = config::DEFAULT_WS_MAX_PER_JOB)]
+    pub ws_max_per_job: usize,
+    /// Most WebSocket clients in total.
+    #[arg(long, env = "GRADSCOPE_WS_MAX_TOTAL", default_value_t = config::DEFAULT_WS_MAX_TOTAL)]
+    pub ws_max_total: usize,
+    /// Seconds a WebSocket may stay silent (no pong, no message) before it is closed.
+    #[arg(long, env = "GRADSCOPE_WS_IDLE_TIMEOUT", default_value_t = config::DEFAULT_WS_IDLE_TIMEOUT_SECS)]
+    pub ws_idle_timeout_secs: u64,
+    /// Seconds before a request (other than a stream) is answered 408.
+    #[arg(long, env = "GRADSCOPE_REQUEST_TIMEOUT", default_value_t = config::DEFAULT_REQUEST_TIMEOUT_SECS)]
+    pub request_timeout_secs: u64,
+    /// Host names (besides IP addresses and `localhost`) the service answers to when no
+    /// API token is set (comma-separated); other `Host` headers get 403, which stops DNS
+    /// rebinding.
+    #[arg(long, env = "GRADSCOPE_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
+    /// Most uploaded corpora kept at once; more uploads get 429 until some are deleted.
+    #[arg(long, env = "GRADSCOPE_MAX_CORPORA", default_value_t = config::DEFAULT_MAX_CORPORA,
+        value_parser = clap::value_parser!(i64).range(0..))]
+    pub max_corpora: i64,
+    /// Most bytes all uploaded corpora may take together; more uploads get 429.
+    #[arg(long, env = "GRADSCOPE_CORPUS_QUOTA", default_value_t = config::DEFAULT_CORPUS_QUOTA,
+        value_parser = clap::value_parser!(i64).range(0..))]
+    pub corpus_quota: i64,
+}
+
+impl From<ServeArgs> for ServeConfig {
+    fn from(args: ServeArgs) -> Self {
+        Self {
+            addr: args.addr,
+            database_url: args.database.database_url,
+            data_dir: args.data_dir,
+            max_jobs: args.max_jobs,
+            torch_threads: args.torch_threads,
+            static_dir: args.static_dir,
+            cors_origins: args.cors_origins,
+            body_limit: args.body_limit,
+            corpus_limit: args.corpus_limit,
+            api_token: args.api_token,
+            metrics_token: args.metrics_token,
+            max_queued: args.max_queued,
+            max_params: args.max_params,
+            max_activation_bytes: args.max_activation_bytes,
+            max_answer_values: args.max_answer_values,
+            max_scan_values: args.max_scan_values,
+            max_job_memory: args.max_job_memory,
+            max_job_disk: args.max_job_disk,
+            stream_backlog: args.stream_backlog,
+            ws_max_per_job: args.ws_max_per_job,
+            ws_max_total: args.ws_max_total,
+            ws_idle_timeout_secs: args.ws_idle_timeout_secs,
+            request_timeout_secs: args.request_timeout_secs,
+            allowed_hosts: args.allowed_hosts,
+            max_corpora: args.max_corpora,
+            corpus_quota: args.corpus_quota,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct HealthcheckArgs {
+    /// Base URL of the service.
+    #[arg(long, env = "GRADSCOPE_URL", default_value = config::DEFAULT_URL)]
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// The job spec, as JSON (the body `POST /api/v1/jobs` takes).
+    pub spec: PathBuf,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Folder for checkpoints and uploaded corpora.
+    #[arg(long, env = "GRADSCOPE_DATA_DIR", default_value = config::DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// Threads LibTorch uses for CPU work.
+    #[arg(long, env = "GRADSCOPE_TORCH_THREADS", value_parser = clap::value_parser!(i32).range(1..))]
+    pub torch_threads: Option<i32>,
+    /// No progress bar (for logs and CI).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl From<RunArgs> for RunOptions {
+    fn from(args: RunArgs) -> Self {
+        Self {
+            spec: args.spec,
+            database_url: args.database.database_url,
+            data_dir: args.data_dir,
+            torch_threads: args.torch_threads,
+            quiet: args.quiet,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The flags' defaults are the library's: `serve` with no flags (and no `GRADSCOPE_*`
+    /// variables) configures exactly [`ServeConfig::default`].
+    #[test]
+    fn serve_defaults_are_the_library_defaults() {
+        #[derive(Parser)]
+        struct Serve {
+            #[command(flatten)]
+            args: ServeArgs,
+        }
+        let parsed = Serve::try_parse_from(["serve"]).expect("the defaults parse").args;
+        assert_eq!(ServeConfig::from(parsed), ServeConfig::default());
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

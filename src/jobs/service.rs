@@ -1,0 +1,390 @@
+//! What a client may ask of jobs and corpora, with every rule that applies, whoever asks:
+//! the HTTP handlers and `gradscope run` both call [`Jobs`]. Reads that change nothing
+//! (lists, histories) go to the store directly.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use tokio::sync::broadcast::error::RecvError;
+use uuid::Uuid;
+
+use super::Scheduler;
+use super::data_dir::DataDir;
+use super::live::LiveMessage;
+use crate::metrics::Metrics;
+use crate::store::{Corpus, CorpusDeletion, Job, JobStatus, Store};
+use crate::train::JobSpec;
+use crate::train::budget::{self, CorpusSize};
+use crate::train::data::{builtin_corpus, vocab_size};
+
+/// Fewest characters a corpus may have: a char LM needs room for a few sequences.
+pub const MIN_CORPUS_CHARS: usize = 64;
+
+/// Bounds on submissions, so one request cannot exhaust the machine.
+#[derive(Debug, Clone, Copy)]
+pub struct JobLimits {
+    /// Most jobs waiting in the queue.
+    pub max_queued: i64,
+    /// Largest model, in parameters.
+    pub max_params: u64,
+    /// Largest estimated activation memory of one step, in bytes.
+    pub max_activation_bytes: u64,
+    /// Largest estimated peak memory of one job, in bytes.
+    pub max_job_memory: u64,
+    /// Largest estimated storage of one job, in bytes.
+    pub max_job_disk: u64,
+}
+
+impl JobLimits {
+    /// No bounds: a job run from the shell is the operator's own choice.
+    pub const NONE: Self = Self {
+        max_queued: i64::MAX,
+        max_params: u64::MAX,
+        max_activation_bytes: u64::MAX,
+        max_job_memory: u64::MAX,
+        max_job_disk: u64::MAX,
+    };
+}
+
+/// How many corpora may be kept, and how many bytes they may take together.
+#[derive(Debug, Clone, Copy)]
+pub struct CorpusLimits {
+    pub max_count: i64,
+    pub quota_bytes: i64,
+}
+
+impl CorpusLimits {
+    /// No bounds.
+    pub const NONE: Self = Self { max_count: i64::MAX, quota_bytes: i64::MAX };
+}
+
+/// Why a request was refused. Each maps to one HTTP answer (`api::ApiError`).
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// No such job or corpus (the name says which).
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// A field of the request is invalid, or asks for more than the limits allow.
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    /// The job's state does not allow it.
+    #[error("{0}")]
+    Conflict(String),
+    /// `max_queued` jobs already wait.
+    #[error("{max_queued} jobs are already queued (this service's limit): wait for some to start")]
+    QueueFull { max_queued: i64 },
+    /// The corpus would exceed the count or byte quota.
+    #[error("{0}")]
+    CorpusQuota(String),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl ServiceError {
+    fn invalid(field: &str, message: String) -> Self {
+        Self::Invalid { field: field.to_owned(), message }
+    }
+}
+
+/// A corpus a spec names, found.
+#[derive(Debug, Clone)]
+pub enum FoundCorpus {
+    /// Shipped with the binary (`builtin:<name>`).
+    Builtin(&'static str),
+    /// Uploaded: its row (the text is in the data folder).
+    Uploaded(Corpus),
+}
+
+impl FoundCorpus {
+    /// Its vocabulary and length, for the budget (characters are at most bytes).
+    pub fn size(&self) -> CorpusSize {
+        match self {
+            Self::Builtin(text) => CorpusSize::of_text(text),
+            Self::Uploaded(c) => CorpusSize { vocab: c.vocab_size as u64, chars: c.bytes as u64 },
+        }
+    }
+
+    /// Its text.
+    pub async fn text(&self, data: &DataDir) -> anyhow::Result<String> {
+        match self {
+            Self::Builtin(text) => Ok((*text).to_owned()),
+            Self::Uploaded(c) => data.read_corpus(Uuid::parse_str(&c.id)?).await,
+        }
+    }
+}
+
+/// Corpus `name`, built in or uploaded; `None` when there is no such corpus (any more).
+pub(crate) async fn find_corpus(store: &Store, name: &str) -> anyhow::Result<Option<FoundCorpus>> {
+    if let Some(text) = builtin_corpus(name) {
+        return Ok(Some(FoundCorpus::Builtin(text)));
+    }
+    Ok(store.corpus(name).await?.map(FoundCorpus::Uploaded))
+}
+
+/// Submitting, cancelling, resuming and deleting jobs; uploading and deleting corpora.
+#[derive(Debug, Clone)]
+pub struct Jobs {
+    store: Store,
+    scheduler: Scheduler,
+    data: DataDir,
+    metrics: Arc<Metrics>,
+    limits: JobLimits,
+    corpora: CorpusLimits,
+}
+
+impl Jobs {
+    pub fn new(
+        store: Store,
+        scheduler: Scheduler,
+        data: DataDir,
+        metrics: Arc<Metrics>,
+        limits: JobLimits,
+        corpora: CorpusLimits,
+    ) -> Self {
+        Self { store, scheduler, data, metrics, limits, corpora }
+    }
+
+    /// The data folder.
+    pub fn data(&self) -> &DataDir {
+        &self.data
+    }
+
+    /// The corpus limits.
+    pub fn corpus_limits(&self) -> CorpusLimits {
+        self.corpora
+    }
+
+    /// Job `id`.
+    pub async fn get(&self, id: Uuid) -> Result<Job, ServiceError> {
+        self.store.job(id).await?.ok_or(ServiceError::NotFound("job"))
+    }
+
+    /// The size of the corpus `spec` trains on (zero for generated tasks); invalid
+    /// `task.corpus` when there is no such corpus.
+    pub async fn corpus_size(&self, spec: &JobSpec) -> Result<CorpusSize, ServiceError> {
+        let Some(name) = spec.task.corpus() else { return Ok(CorpusSize::default()) };
+        match find_corpus(&self.store, name).await? {
+            Some(corpus) => Ok(corpus.size()),
+            None => Err(ServiceError::invalid(
+                "task.corpus",
+                format!("no corpus {name:?}: use builtin:tiny or an id from POST /api/v1/corpora"),
+            )),
+        }
+    }
+
+    /// Queues a validated spec: its corpus must exist, its estimated cost must fit the
+    /// limits and the queue must have room. Wakes the scheduler.
+    pub async fn submit(&self, spec: &JobSpec) -> Result<Job, ServiceError> {
+        let corpus = self.corpus_size(spec).await?;
+        check_budget(spec, corpus, &self.limits)?;
+        let max_queued = self.limits.max_queued;
+        let job =
+            self.store.insert_job_within(spec, max_queued).await?.ok_or(ServiceError::QueueFull { max_queued })?;
+        self.scheduler.notify_queued();
+        tracing::info!(job = %job.id, name = %job.name, "job queued");
+        Ok(job)
+    }
+
+    /// Cancels a queued job at once, or asks a running one to stop before its next step.
+    pub async fn cancel(&self, id: Uuid) -> Result<Job, ServiceError> {
+        match self.scheduler.cancel(id).await? {
+            super::CancelOutcome::Accepted => {}
+            super::CancelOutcome::NotFound => return Err(ServiceError::NotFound("job")),
+            super::CancelOutcome::AlreadyFinished(status) => {
+                return Err(ServiceError::Conflict(format!("the job already ended {}", status.as_str())));
+            }
+        }
+        self.get(id).await
+    }
+
+    /// Queues an interrupted, cancelled or failed job again, to continue after its last
+    /// checkpoint that the store's history reaches.
+    pub async fn resume(&self, id: Uuid) -> Result<Job, ServiceError> {
+        let job = self.get(id).await?;
+        if !matches!(job.status, JobStatus::Interrupted | JobStatus::Cancelled | JobStatus::Failed) {
+            return Err(ServiceError::Conflict(format!(
+                "only interrupted, cancelled or failed jobs resume; this one is {}",
+                job.status.as_str()
+            )));
+        }
+        if let Some(corpus) = job.spec.task.corpus()
+            && find_corpus(&self.store, corpus).await?.is_none()
+        {
+            return Err(ServiceError::Conflict(format!(
+                "its corpus {corpus} has been deleted, so the job cannot resume"
+            )));
+        }
+        let committed = u64::try_from(job.step).unwrap_or(0);
+        let Some(step) = self.data.resume_step(job.id, committed).await? else {
+            return Err(ServiceError::Conflict("the job has no checkpoint to resume from".to_owned()));
+        };
+        let max_queued = self.limits.max_queued;
+        if !self.store.requeue_to_resume(job.id, i64::try_from(step).map_err(anyhow::Error::from)?, max_queued).await? {
+            let now = self.get(job.id).await?;
+            if now.status == job.status {
+                return Err(ServiceError::QueueFull { max_queued });
+            }
+            return Err(ServiceError::Conflict("the job changed state; try again".to_owned()));
+        }
+        self.scheduler.notify_queued();
+        tracing::info!(job = %job.id, step, "job queued to resume");
+        self.get(job.id).await
+    }
+
+    /// Deletes a finished job: its rows, its metrics and its files.
+    pub async fn delete(&self, id: Uuid) -> Result<(), ServiceError> {
+        let job = self.get(id).await?;
+        if !job.status.is_finished() {
+            return Err(ServiceError::Conflict(format!("the job is {}: cancel it first", job.status.as_str())));
+        }
+        if !self.store.delete_finished_job(job.id).await? {
+            return Err(ServiceError::NotFound("job"));
+        }
+        self.metrics.remove_job(job.id, job.spec.model.kind.as_str(), job.spec.task.kind());
+        self.data.remove_checkpoints(job.id).await;
+        tracing::info!(job = %job.id, "job deleted");
+        Ok(())
+    }
+
+    /// Follows job `id`'s live feed until the job ends, handing each message to `on`
+    /// (steps a slow follower missed are skipped). Returns at once when the job is not
+    /// running.
+    pub async fn follow(&self, id: Uuid, mut on: impl FnMut(&LiveMessage)) {
+        let Some(feed) = self.scheduler.live(id) else { return };
+        let mut sub = feed.subscribe();
+        drop(feed);
+        for shared in sub.backlog.drain(..) {
+            on(&shared.message);
+        }
+        loop {
+            match sub.rx.recv().await {
+                Ok(shared) => {
+                    on(&shared.message);
+                    if matches!(shared.message, LiveMessage::Status { .. }) {
+                        return;
+                    }
+                }
+                Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => return,
+            }
+        }
+    }
+
+    /// Stores an uploaded corpus: UTF-8 text of at least [`MIN_CORPUS_CHARS`] characters,
+    /// within the count and byte quota.
+    pub async fn upload_corpus(&self, body: Vec<u8>) -> Result<Corpus, ServiceError> {
+        // Checking and counting tens of megabytes is CPU work: off the async workers.
+        let (body, vocab) = tokio::task::spawn_blocking(move || {
+            let text = std::str::from_utf8(&body)
+                .map_err(|err| ServiceError::invalid("body", format!("the corpus must be UTF-8 text: {err}")))?;
+            let chars = text.chars().count();
+            if chars < MIN_CORPUS_CHARS {
+                return Err(ServiceError::invalid(
+                    "body",
+                    format!("at least {MIN_CORPUS_CHARS} characters, got {chars}"),
+                ));
+            }
+            let vocab = vocab_size(text);
+            Ok((body, vocab))
+        })
+        .await
+        .map_err(anyhow::Error::from)??;
+        let id = Uuid::now_v7();
+        let corpus =
+            Corpus { id: id.to_string(), bytes: body.len() as i64, vocab_size: vocab as i64, created_at: Utc::now() };
+        // The file first, under its fresh id, then the row that makes it visible: the quota
+        // statement decides however many uploads race, and a listed corpus always has its
+        // file (a delete can never leave an unlisted file behind). A refused or failed
+        // insert removes the file again.
+        self.data.write_corpus(id, &body).await?;
+        let limits = self.corpora;
+        let inserted = self.store.insert_corpus_within(&corpus, limits.max_count, limits.quota_bytes).await;
+        if !matches!(inserted, Ok(true)) {
+            self.data.remove_corpus(id).await;
+        }
+        if !inserted? {
+            let usage = self.store.corpus_usage().await?;
+            return Err(ServiceError::CorpusQuota(format!(
+                "{} corpora take {} bytes; this service keeps at most {} corpora and {} bytes, and this one has {} bytes: delete some with DELETE /api/v1/corpora/{{id}}",
+                usage.count, usage.bytes, limits.max_count, limits.quota_bytes, corpus.bytes
+            )));
+        }
+        tracing::info!(corpus = %corpus.id, bytes = corpus.bytes, "corpus uploaded");
+        Ok(corpus)
+    }
+
+    /// Deletes an uploaded corpus and its file, unless a queued or running job uses it.
+    pub async fn delete_corpus(&self, id: Uuid) -> Result<(), ServiceError> {
+        match self.store.delete_corpus(&id.to_string()).await? {
+            CorpusDeletion::Deleted => {}
+            CorpusDeletion::Missing => return Err(ServiceError::NotFound("corpus")),
+            CorpusDeletion::InUse => {
+                return Err(ServiceError::Conflict(format!(
+                    "corpus {id} is used by a queued or running job: cancel the job or wait for it to finish"
+                )));
+            }
+        }
+        self.data.remove_corpus(id).await;
+        tracing::info!(corpus = %id, "corpus deleted");
+        Ok(())
+    }
+}
+
+/// Refuses a spec whose model, step, peak memory or storage would not fit `limits`,
+/// naming the field that drives the cost most.
+fn check_budget(spec: &JobSpec, corpus: CorpusSize, limits: &JobLimits) -> Result<(), ServiceError> {
+    let estimate = budget::estimate(spec, corpus);
+    if estimate.params > limits.max_params {
+        return Err(ServiceError::invalid(
+            "model",
+            format!(
+                "about {} parameters, above this service's limit of {}: use fewer or narrower layers",
+                estimate.params, limits.max_params
+            ),
+        ));
+    }
+    if estimate.activation_bytes > limits.max_activation_bytes {
+        return Err(ServiceError::invalid(
+            "batch_size",
+            format!(
+                "one step needs about {} MiB of activations, above this service's limit of {} MiB: use a smaller batch, shorter sequences or a smaller model",
+                estimate.activation_bytes >> 20,
+                limits.max_activation_bytes >> 20
+            ),
+        ));
+    }
+    let memory = estimate.memory.total();
+    if memory > limits.max_job_memory {
+        let (field, advice) = estimate.memory.driver(spec);
+        return Err(ServiceError::invalid(
+            field,
+            format!(
+                "the job would need about {} MiB of memory, above this service's limit of {} MiB; {field} costs the most: {advice}",
+                memory >> 20,
+                limits.max_job_memory >> 20
+            ),
+        ));
+    }
+    let stored = estimate.disk.records(spec.monitor.every);
+    if stored > limits.max_job_disk {
+        let (field, remedy) = match estimate.disk.smallest_every(limits.max_job_disk) {
+            Some(every) => {
+                ("monitor.every", format!("record statistics less often: monitor.every {every} or more fits"))
+            }
+            None => {
+                ("steps", "even without per-layer statistics the step records do not fit: use fewer steps".to_owned())
+            }
+        };
+        let histogram =
+            if field == "monitor.every" && spec.monitor.histogram { ", or turn monitor.histogram off" } else { "" };
+        return Err(ServiceError::invalid(
+            field,
+            format!(
+                "the job would store about {} MiB of records, above this service's limit of {} MiB: {remedy}{histogram}",
+                stored >> 20,
+                limits.max_job_disk >> 20
+            ),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,303 @@
+//! One training step, the same for a job and for the step benchmark: forward, backward
+//! into the flat gradient buffer, per-layer statistics (when recorded), the grad policies,
+//! one device→host copy of everything the step reports, the update and the weight
+//! policies. A step's weight statistics exist only after its update, so they travel in
+//! the next step's copy and each report is emitted one step late ([`Trainer::finish`]
+//! emits the last one after a final copy).
+
+use std::time::Instant;
+
+use anyhow::Context;
+use tch::{Device, Kind, Tensor};
+
+use super::diagnose::{Diagnoser, Diagnosis};
+use super::optim::FlatOptimizer;
+use super::policy::{self, GradPolicies};
+use super::spec::{GradPolicy, MonitorSpec, PolicySpec, WeightPolicy};
+use super::stats::{FlatParams, GRAD_STATS, HIST_BINS, LayerStats, WEIGHT_STATS};
+use super::{Event, StepReport, TrainEvent};
+
+/// What one step measures besides the loss and the global gradient norms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Monitoring {
+    /// Every per-layer statistic (a step `monitor.every` records).
+    pub stats: bool,
+    /// The per-layer gradient histograms too (with `stats`).
+    pub histogram: bool,
+}
+
+/// What a step tells its caller at once (its report follows one step later).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepOutput {
+    /// The loss and the gradient norm were finite.
+    pub finite: bool,
+    /// The optimizer updated the weights (finite, and no policy dropped the update).
+    pub updated: bool,
+}
+
+/// The state a step reads and changes: the parameters in their flat buffers, the
+/// optimizer, the policies, and the reports waiting for their weight statistics.
+pub struct Trainer {
+    flat: FlatParams,
+    optimizer: FlatOptimizer,
+    weight_policies: Vec<WeightPolicy>,
+    reporter: Reporter,
+}
+
+impl Trainer {
+    /// `grad_policies` are built from `policy.grad` (and restored, when resuming);
+    /// `layer_names` and `redundant` are in the order of `flat`'s layers.
+    pub fn new(
+        flat: FlatParams,
+        optimizer: FlatOptimizer,
+        grad_policies: GradPolicies,
+        policy: &PolicySpec,
+        monitor: &MonitorSpec,
+        layer_names: Vec<String>,
+        redundant: &[bool],
+    ) -> Self {
+        let reporter = Reporter::new(&policy.grad, grad_policies, monitor, layer_names, redundant);
+        Self { flat, optimizer, weight_policies: policy.weight.clone(), reporter }
+    }
+
+    pub fn flat(&self) -> &FlatParams {
+        &self.flat
+    }
+
+    pub fn optimizer(&self) -> &FlatOptimizer {
+        &self.optimizer
+    }
+
+    /// The grad policies, with the state the adaptive ones carry between steps.
+    pub fn grad_policies(&self) -> &GradPolicies {
+        &self.reporter.grad_policies
+    }
+
+    /// Emits the last step's report, with one more host copy for its weight statistics.
+    pub fn finish(&mut self, emit: &mut dyn FnMut(TrainEvent)) -> anyhow::Result<()> {
+        self.reporter.finish(emit)
+    }
+}
+
+/// Trains step `step` (1-based) at learning rate `lr`: `forward` draws the batch and
+/// returns the loss; the rest is the same for every caller. Emits the previous step's
+/// report (and its events); this step's waits for its weight statistics. Its wall time
+/// runs from the call to the update, batch and statistics included.
+pub fn step(
+    trainer: &mut Trainer,
+    step: u64,
+    lr: f64,
+    monitoring: Monitoring,
+    forward: impl FnOnce() -> anyhow::Result<Tensor>,
+    emit: &mut dyn FnMut(TrainEvent),
+) -> anyhow::Result<StepOutput> {
+    let started = Instant::now();
+    let Trainer { flat, optimizer, weight_policies, reporter } = trainer;
+    let loss = forward()?;
+    flat.zero_grads()?;
+    loss.f_backward().context("backward failed")?;
+    flat.adopt_grads()?;
+
+    let record = monitoring.stats;
+    let report = tch::no_grad(|| reporter.measure(flat, &loss, step, lr, monitoring, emit))?;
+    let finite = report.loss.is_finite() && report.grad_norm.is_finite();
+    let update = finite && !report.skipped;
+    tch::no_grad(|| -> anyhow::Result<()> {
+        if record {
+            flat.snapshot_weights()?;
+        }
+        if update {
+            optimizer.step(flat.weights(), flat.grads(), lr)?;
+            policy::apply_weight_policies(weight_policies, flat.params(), step)?;
+        }
+        Ok(())
+    })?;
+    let weight_stats = if record { Some(tch::no_grad(|| flat.weight_stats())?) } else { None };
+    reporter.hold(StepReport { skipped: !update, seconds: started.elapsed().as_secs_f64(), ..report }, weight_stats);
+    Ok(StepOutput { finite, updated: update })
+}
+
+/// Turns device tensors into reports: one host copy per step, weight statistics carried
+/// over to the next copy, diagnosis on the way out.
+struct Reporter {
+    /// The most updates `skip_spike` drops in a row, when it is on.
+    spike_max_consecutive: Option<u64>,
+    /// The grad policies and the state the adaptive ones carry between steps.
+    grad_policies: GradPolicies,
+    layers: usize,
+    /// The previous step's report, waiting for its weight statistics.
+    held: Option<(StepReport, Option<Tensor>)>,
+    /// Policy events of the held step, emitted after its report.
+    held_events: Vec<Event>,
+    /// Policy events of the step being measured, held with it.
+    pending: Vec<Event>,
+    diagnoser: Diagnoser,
+    diagnosis: Diagnosis,
+}
+
+impl Reporter {
+    fn new(
+        grad: &[GradPolicy],
+        grad_policies: GradPolicies,
+        monitor: &MonitorSpec,
+        layer_names: Vec<String>,
+        redundant: &[bool],
+    ) -> Self {
+        let spike_max_consecutive = grad.iter().find_map(|p| match p {
+            GradPolicy::SkipSpike { max_consecutive, .. } => Some(*max_consecutive),
+            _ => None,
+        });
+        Self {
+            spike_max_consecutive,
+            grad_policies,
+            layers: layer_names.len(),
+            held: None,
+            held_events: Vec::new(),
+            pending: Vec::new(),
+            diagnoser: Diagnoser::new(monitor, layer_names).with_redundant(redundant),
+            diagnosis: Diagnosis { status: "healthy".to_owned(), issues: Vec::new() },
+        }
+    }
+
+    /// Measures the gradients, applies the grad policies, and copies this step's numbers
+    /// (and the held step's weight statistics) to the host in one transfer. Emits the held
+    /// report.
+    fn measure(
+        &mut self,
+        flat: &mut FlatParams,
+        loss: &Tensor,
+        step: u64,
+        lr: f64,
+        monitoring: Monitoring,
+        emit: &mut dyn FnMut(TrainEvent),
+    ) -> anyhow::Result<StepReport> {
+        let record = monitoring.stats;
+        // The policies' input is `grad_norm()` on every step: `grad_stats` returns that same
+        // value, bit for bit, so recording statistics cannot change what the policies see.
+        let (grad_stats, total) = if record {
+            let (stats, total) = flat.grad_stats()?;
+            (Some(stats), total)
+        } else {
+            (None, flat.grad_norm()?)
+        };
+        let hist = if record && monitoring.histogram { Some(flat.grad_histogram()?) } else { None };
+        let outcome = self.grad_policies.apply(&flat.layer_grads(), flat.params(), &total)?;
+        let flag = |t: &Option<Tensor>| -> anyhow::Result<Tensor> {
+            Ok(match t {
+                Some(t) => t.f_to_kind(Kind::Float)?,
+                None => total.f_zeros_like()?,
+            })
+        };
+        let (skip, forced) = (flag(&outcome.skip)?, flag(&outcome.forced)?);
+
+        let held_weights = self.held.as_ref().and_then(|(_, w)| w.as_ref().map(Tensor::shallow_clone));
+        let mut parts = vec![
+            loss.f_detach()?.f_reshape([1])?,
+            total.f_reshape([1])?,
+            outcome.norm.f_reshape([1])?,
+            skip.f_reshape([1])?,
+            forced.f_reshape([1])?,
+        ];
+        parts.extend(grad_stats.iter().map(|s| s.f_flatten(0, -1)).collect::<Result<Vec<_>, _>>()?);
+        parts.extend(held_weights.iter().map(|w| w.f_flatten(0, -1)).collect::<Result<Vec<_>, _>>()?);
+        // Histogram counts go to float64 in the one conversion below, exactly (never
+        // through float32).
+        parts.extend(hist.iter().map(Tensor::shallow_clone));
+        let parts: Vec<Tensor> = parts.iter().map(|p| p.f_to_kind(Kind::Double)).collect::<Result<_, _>>()?;
+        let host: Vec<f64> = Vec::try_from(&Tensor::f_cat(&parts, 0)?.f_to_device(Device::Cpu)?)?;
+
+        let (scalars, mut rest) = host.split_at(5);
+        let mut layers = grad_stats.as_ref().map(|_| {
+            let n = GRAD_STATS.len() * self.layers;
+            let stats = LayerStats::from_grad_rows(&rest[..n], self.layers);
+            rest = &rest[n..];
+            stats
+        });
+        if let Some(stats) = layers.as_mut() {
+            // Counting NaN/Inf costs a pass: only for layers whose norm came back broken.
+            let broken: Vec<usize> = (0..self.layers).filter(|&i| !stats.nonfinite[i].is_finite()).collect();
+            for (i, count) in broken.iter().zip(flat.nonfinite_counts(&broken)?) {
+                stats.nonfinite[*i] = count;
+            }
+        }
+        if held_weights.is_some() {
+            let n = WEIGHT_STATS.len() * self.layers;
+            self.release(Some(&rest[..n]), emit);
+            rest = &rest[n..];
+        } else {
+            self.release(None, emit);
+        }
+        if let Some(layers) = layers.as_mut()
+            && hist.is_some()
+        {
+            layers.hist = Some(rest[..HIST_BINS * self.layers].iter().map(|&c| c as u64).collect());
+        }
+        let (grad_norm, grad_norm_clipped) = (scalars[1], scalars[2]);
+        if scalars[4] != 0.0 {
+            let most = self.spike_max_consecutive;
+            self.pending.push(Event {
+                step,
+                kind: "spike_accepted",
+                layer: None,
+                value: Some(grad_norm),
+                message: format!(
+                    "skip_spike: update accepted after {} skipped in a row; the gradient norm {grad_norm:.4} \
+                     joins the running statistics as a new level",
+                    most.unwrap_or_default()
+                ),
+            });
+        }
+        Ok(StepReport {
+            step,
+            loss: scalars[0],
+            grad_norm,
+            grad_norm_clipped,
+            clip_coef: if grad_norm > 0.0 { grad_norm_clipped / grad_norm } else { 1.0 },
+            lr,
+            // A policy (skip_spike) dropped the update.
+            skipped: scalars[3] != 0.0,
+            layers,
+            seconds: 0.0,
+        })
+    }
+
+    /// Holds a finished step until its weight statistics reach the host.
+    fn hold(&mut self, report: StepReport, weight_stats: Option<Tensor>) {
+        self.held = Some((report, weight_stats));
+        self.held_events = std::mem::take(&mut self.pending);
+    }
+
+    /// Emits the held report with its weight rows, its events and, when the diagnosis
+    /// changed, the new diagnosis.
+    fn release(&mut self, weight_rows: Option<&[f64]>, emit: &mut dyn FnMut(TrainEvent)) {
+        let Some((mut report, _)) = self.held.take() else { return };
+        if let (Some(layers), Some(rows)) = (report.layers.as_mut(), weight_rows) {
+            layers.set_weight_rows(rows, self.layers);
+        }
+        let mut events = std::mem::take(&mut self.held_events);
+        events.extend(self.diagnoser.observe(&report));
+        emit(TrainEvent::Step(report));
+        for event in events {
+            emit(TrainEvent::Event(event));
+        }
+        let diagnosis = self.diagnoser.diagnosis();
+        if diagnosis != self.diagnosis {
+            self.diagnosis = diagnosis.clone();
+            emit(TrainEvent::Diagnosis(diagnosis));
+        }
+    }
+
+    /// Emits the last held report, with one more host copy for its weight statistics.
+    fn finish(&mut self, emit: &mut dyn FnMut(TrainEvent)) -> anyhow::Result<()> {
+        let weights = self.held.as_ref().and_then(|(_, w)| w.as_ref().map(Tensor::shallow_clone));
+        match weights {
+            Some(w) => {
+                let rows: Vec<f64> =
+                    Vec::try_from(&w.f_flatten(0, -1)?.f_to_kind(Kind::Double)?.f_to_device(Device::Cpu)?)?;
+                self.release(Some(&rows), emit);
+            }
+            None => self.release(None, emit),
+        }
+        Ok(())
+    }
+}
