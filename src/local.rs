@@ -13,15 +13,14 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::ApiError;
-use crate::api::extract::parse_json;
 use crate::config::DatabaseArgs;
 use crate::jobs::Scheduler;
 use crate::jobs::live::LiveMessage;
+use crate::spec::{JobSpec, ValidSpec};
 use crate::store::{JobStatus, Store};
 use crate::train::budget::{self, CorpusSize};
 use crate::train::data::builtin_corpus;
-use crate::train::{JobSpec, LayerStats, StepReport};
+use crate::train::{LayerStats, StepReport};
 
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
@@ -41,14 +40,9 @@ pub struct RunArgs {
 }
 
 /// Reads and validates a spec file; a bad one is explained with its field.
-fn read_spec(path: &PathBuf) -> anyhow::Result<JobSpec> {
+fn read_spec(path: &PathBuf) -> anyhow::Result<ValidSpec> {
     let bytes = std::fs::read(path).with_context(|| format!("failed to read {}", path.display()))?;
-    let spec: JobSpec = parse_json(&bytes).map_err(|err| match err {
-        ApiError::Invalid { field, message } => anyhow::anyhow!("{}: {field}: {message}", path.display()),
-        other => anyhow::anyhow!("{}: {other}", path.display()),
-    })?;
-    spec.validate().map_err(|err| anyhow::anyhow!("{}: {err}", path.display()))?;
-    Ok(spec)
+    JobSpec::parse(&bytes).map_err(|err| anyhow::anyhow!("{}: {err}", path.display()))
 }
 
 pub async fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {

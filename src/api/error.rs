@@ -8,8 +8,6 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::train::spec::FieldError;
-
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{0} not found")]
@@ -71,12 +69,6 @@ impl ApiError {
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
             Self::Refused { status, code, .. } => (*status, code, None),
         }
-    }
-}
-
-impl From<FieldError> for ApiError {
-    fn from(err: FieldError) -> Self {
-        Self::Invalid { field: err.field, message: err.message }
     }
 }
 

@@ -11,12 +11,12 @@ use tokio_util::io::ReaderStream;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::extract::{ApiJson, ApiQuery, large_json};
+use super::extract::{ApiQuery, SpecJson, large_json};
 use super::{ApiError, AppState, Limits};
 use crate::jobs::CancelOutcome;
+use crate::spec::{JobSpec, ValidSpec};
 use crate::store::downsample::MIN_POINTS;
 use crate::store::{DEFAULT_MAX_POINTS, Job, JobStatus, MAX_MAX_POINTS, StepColumns};
-use crate::train::JobSpec;
 use crate::train::budget::CorpusSize;
 use crate::train::data::builtin_corpus;
 use crate::train::{budget, checkpoint};
@@ -46,9 +46,8 @@ pub(super) async fn find_job(state: &AppState, raw: &str) -> Result<Job, ApiErro
     ))]
 pub async fn create(
     State(state): State<AppState>,
-    ApiJson(spec): ApiJson<JobSpec>,
+    SpecJson(spec): SpecJson,
 ) -> Result<(StatusCode, [(header::HeaderName, String); 1], Json<Job>), ApiError> {
-    spec.validate()?;
     let corpus = match spec.task.corpus() {
         None => CorpusSize::default(),
         Some(corpus) => corpus_size(&state, corpus).await?.ok_or_else(|| {
@@ -87,7 +86,7 @@ fn queue_full(max_queued: i64) -> ApiError {
 
 /// Refuses a spec whose model, step, peak memory or storage would not fit the configured
 /// limits, naming the field that drives the cost most.
-fn check_budget(spec: &JobSpec, corpus: CorpusSize, limits: &Limits) -> Result<(), ApiError> {
+fn check_budget(spec: &ValidSpec, corpus: CorpusSize, limits: &Limits) -> Result<(), ApiError> {
     let estimate = budget::estimate(spec, corpus);
     if estimate.params > limits.max_params {
         return Err(ApiError::invalid(

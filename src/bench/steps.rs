@@ -13,10 +13,10 @@ use clap::{Args, ValueEnum};
 use tch::nn::{self, Module, OptimizerConfig};
 use tch::{Device, Kind, Reduction, Tensor};
 
+use crate::spec::{DeviceChoice, GradPolicy, ModelSpec, NormType, OptimizerSpec, parse_device};
 use crate::train::model::{self, Input, Io};
 use crate::train::optim::FlatOptimizer;
 use crate::train::policy::GradPolicies;
-use crate::train::spec::{DeviceChoice, GradPolicy, ModelSpec, NormType, OptimizerSpec, parse_device};
 use crate::train::stats::FlatParams;
 
 #[derive(Debug, Clone, Args)]

@@ -9,8 +9,9 @@ use clap::Args;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::spec::JobSpec;
 use crate::store::{Progress, Store};
-use crate::train::{JobSpec, LayerInfo, LayerStats, StepReport};
+use crate::train::{LayerInfo, LayerStats, StepReport};
 
 #[derive(Debug, Clone, Args)]
 pub struct StoreArgs {
@@ -62,7 +63,7 @@ pub async fn run(args: &StoreArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let store = Store::connect(&format!("sqlite://{}", dir.join("bench.db").display())).await?;
     store.migrate().await?;
-    let spec: JobSpec = serde_json::from_value(serde_json::json!({
+    let spec = JobSpec::parse_value(&serde_json::json!({
         "steps": args.steps, "task": {"kind": "char_lm"}, "model": {"kind": "lstm"}
     }))?;
     let job = store.insert_job(&spec).await?;

@@ -12,9 +12,9 @@ use tokio::sync::mpsc::error::TrySendError;
 
 use super::live::LiveMessage;
 use super::{Inner, checkpoint_path, corpus_path};
+use crate::spec::TaskSpec;
 use crate::store::{Job, JobStatus, Progress};
 use crate::train::data::builtin_corpus;
-use crate::train::spec::TaskSpec;
 use crate::train::{self, Event, Outcome, RunContext, StepReport, StopFlag, StopReason, TrainEvent};
 
 /// Most messages written in one transaction.

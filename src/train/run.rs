@@ -16,10 +16,10 @@ use super::checkpoint;
 use super::diagnose::{Diagnoser, Diagnosis};
 use super::optim::FlatOptimizer;
 use super::policy::GradPolicies;
-use super::spec::{GradPolicy, JobSpec, OnNonfinite, parse_device};
 use super::stats::{FlatParams, GRAD_STATS, HIST_BINS, LayerStats, WEIGHT_STATS};
 use super::task::Task;
 use super::{Event, Outcome, StepReport, StopFlag, StopReason, TrainEvent, model, optim, policy};
+use crate::spec::{GradPolicy, JobSpec, OnNonfinite, ValidSpec, parse_device};
 
 /// What a run needs besides its spec, resolved by the caller.
 #[derive(Debug, Clone)]
@@ -36,11 +36,12 @@ pub struct RunContext {
 /// Trains `spec` to the end, or until `stop` is raised, reporting through `emit`.
 /// `emit` must not block: the loop never waits for its consumers.
 pub fn train(
-    spec: &JobSpec,
+    spec: &ValidSpec,
     ctx: &RunContext,
     stop: &StopFlag,
     emit: &mut dyn FnMut(TrainEvent),
 ) -> anyhow::Result<Outcome> {
+    let spec: &JobSpec = spec;
     let device = model::resolve_device(parse_device(&spec.device).context("invalid device")?)?;
     let mut task = Task::new(&spec.task, &ctx.corpus, spec.seed, device)?;
     let vs = nn::VarStore::new(device);
@@ -271,7 +272,7 @@ impl<'a> Reporter<'a> {
         let (grad_norm, grad_norm_clipped) = (scalars[1], scalars[2]);
         if scalars[4] != 0.0 {
             let most = self.spec.policy.grad.iter().find_map(|p| match p {
-                GradPolicy::SkipSpike { max_consecutive, .. } => Some(*max_consecutive),
+                GradPolicy::SkipSpike(p) => Some(p.max_consecutive),
                 _ => None,
             });
             self.pending.push(Event {
