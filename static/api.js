@@ -33,6 +33,7 @@ export function onUnauthorized(fn) {
 }
 
 export async function request(method, path, body) {
+  /** @type {Record<string, string>} */
   const headers = {};
   if (body !== undefined) headers["content-type"] = "application/json";
   const t = token();
@@ -82,6 +83,7 @@ export function streamUrl(id, params = {}) {
  * file is fetched here and saved from a blob.
  */
 export async function downloadCheckpoint(id, filename) {
+  /** @type {Record<string, string>} */
   const headers = {};
   const t = token();
   if (t) headers.authorization = `Bearer ${t}`;
