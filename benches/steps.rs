@@ -12,12 +12,12 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
+use gradscope::spec::{
+    DeviceChoice, GradPolicy, ModelSpec, MonitorSpec, NormType, OptimizerSpec, PolicySpec, parse_device,
+};
 use gradscope::train::model::{self, Input, Io};
 use gradscope::train::optim::FlatOptimizer;
 use gradscope::train::policy::GradPolicies;
-use gradscope::train::spec::{
-    DeviceChoice, GradPolicy, ModelSpec, MonitorSpec, NormType, OptimizerSpec, PolicySpec, parse_device,
-};
 use gradscope::train::stats::FlatParams;
 use gradscope::train::step::{self, Monitoring, Trainer};
 use tch::nn::{self, Module, OptimizerConfig};

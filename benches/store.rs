@@ -8,9 +8,10 @@
 use std::time::Instant;
 
 use clap::Parser;
+use gradscope::spec::JobSpec;
 use gradscope::store::{Progress, Store};
 use gradscope::train::stats::STAT_NAMES;
-use gradscope::train::{JobSpec, LayerInfo, LayerStats, StepReport};
+use gradscope::train::{LayerInfo, LayerStats, StepReport};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -79,7 +80,7 @@ async fn run(args: &StoreArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let store = Store::connect(&format!("sqlite://{}", dir.join("bench.db").display())).await?;
     store.migrate().await?;
-    let spec: JobSpec = serde_json::from_value(serde_json::json!({
+    let spec = JobSpec::parse_value(&serde_json::json!({
         "steps": args.steps, "task": {"kind": "char_lm"}, "model": {"kind": "lstm"}
     }))?;
     let job = store.insert_job(&spec).await?;

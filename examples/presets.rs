@@ -4,24 +4,26 @@
 
 use std::time::Instant;
 
-use gradscope::train::JobSpec;
+use gradscope::spec::{JobSpec, ValidSpec};
 use gradscope::train::presets::{self, Preset};
 
 fn main() -> anyhow::Result<()> {
     tch::set_num_threads(std::env::var("TORCH_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(2));
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut runs: Vec<(String, JobSpec)> = Vec::new();
-    if let Some(i) = args.iter().position(|a| a == "--spec") {
-        let text = std::fs::read_to_string(&args[i + 1])?;
-        let mut spec: JobSpec = serde_json::from_str(&text)?;
+    let on_cpu = |spec: ValidSpec| {
+        let mut spec = spec.into_inner();
         spec.device = "cpu".to_owned();
-        spec.validate()?;
+        ValidSpec::try_from(spec)
+    };
+    let mut runs: Vec<(String, ValidSpec)> = Vec::new();
+    if let Some(i) = args.iter().position(|a| a == "--spec") {
+        let bytes = std::fs::read(&args[i + 1])?;
+        let spec = on_cpu(JobSpec::parse(&bytes)?)?;
         runs.push((spec.display_name(), spec));
     } else {
-        for Preset { name, mut spec, .. } in presets::all() {
+        for Preset { name, spec, .. } in presets::all() {
             if args.is_empty() || args.contains(&name) {
-                spec.device = "cpu".to_owned();
-                runs.push((name, spec));
+                runs.push((name, on_cpu(spec)?));
             }
         }
     }

@@ -16,8 +16,10 @@
 //!   corpora), the data folder ([`jobs::DataDir`]) and the scheduler: claims queued jobs,
 //!   runs each on its own OS thread, owns their stop flags and writes what they report to
 //!   the store.
-//! - [`train`] — synchronous `tch` code only: the job spec, data, models, optimizers,
-//!   policies and the training loop. Tensors never leave it.
+//! - [`spec`] — the job specification: plain data, its defaults and ranges, and
+//!   `JobSpec::parse`, the one way in, which yields a checked `ValidSpec`.
+//! - [`train`] — synchronous `tch` code only: data, models, optimizers, policies and the
+//!   training loop. Tensors never leave it.
 //! - [`healthcheck`] — the `gradscope healthcheck` client.
 //! - [`local`] — `gradscope run SPEC.json`, one job from the shell, through [`jobs::Jobs`].
 //!
@@ -29,6 +31,7 @@ pub mod healthcheck;
 pub(crate) mod jobs;
 pub mod local;
 pub mod metrics;
+pub mod spec;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

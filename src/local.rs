@@ -12,14 +12,13 @@ use comfy_table::{Cell, Table, presets::UTF8_BORDERS_ONLY};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::ApiError;
-use crate::api::extract::parse_json;
 use crate::jobs::live::LiveMessage;
 use crate::jobs::{CorpusLimits, DataDir, JobLimits, Jobs, Scheduler};
 use crate::metrics::Metrics;
+use crate::spec::{JobSpec, ValidSpec};
 use crate::store::{JobStatus, Store};
 use crate::train::budget;
-use crate::train::{JobSpec, LayerStats, StepReport};
+use crate::train::{LayerStats, StepReport};
 
 /// What `gradscope run` is given.
 #[derive(Debug, Clone)]
@@ -36,14 +35,9 @@ pub struct RunOptions {
 }
 
 /// Reads and validates a spec file; a bad one is explained with its field.
-fn read_spec(path: &Path) -> anyhow::Result<JobSpec> {
+fn read_spec(path: &Path) -> anyhow::Result<ValidSpec> {
     let bytes = std::fs::read(path).with_context(|| format!("failed to read {}", path.display()))?;
-    let spec: JobSpec = parse_json(&bytes).map_err(|err| match err {
-        ApiError::Invalid { field, message } => anyhow::anyhow!("{}: {field}: {message}", path.display()),
-        other => anyhow::anyhow!("{}: {other}", path.display()),
-    })?;
-    spec.validate().map_err(|err| anyhow::anyhow!("{}: {err}", path.display()))?;
-    Ok(spec)
+    JobSpec::parse(&bytes).map_err(|err| anyhow::anyhow!("{}: {err}", path.display()))
 }
 
 /// Trains the spec in `options.spec` here, through the same service a server uses (with

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use gradscope::train::JobSpec;
+use gradscope::spec::ValidSpec;
 use gradscope::train::data::builtin_corpus;
 use gradscope::train::presets::{self, Summary};
 
@@ -16,13 +16,13 @@ const ADDING_BASELINE_MSE: f64 = 1.0 / 6.0;
 /// cross-entropy ln 10 for the uniform prediction.
 const CHANCE_ACCURACY: f64 = 0.1;
 
-fn preset(name: &str, steps: u64) -> JobSpec {
+fn preset(name: &str, steps: u64) -> ValidSpec {
     tch::set_num_threads(1);
-    let mut spec = presets::all().into_iter().find(|p| p.name == name).expect("preset exists").spec;
+    let mut spec = presets::all().into_iter().find(|p| p.name == name).expect("preset exists").spec.into_inner();
     spec.steps = steps;
     spec.device = "cpu".to_owned();
     spec.optimizer.warmup_steps = spec.optimizer.warmup_steps.min(steps);
-    spec
+    ValidSpec::try_from(spec).expect("a shortened preset is valid")
 }
 
 fn run(name: &str, steps: u64) -> Summary {

@@ -9,7 +9,6 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::jobs::ServiceError;
-use crate::train::spec::FieldError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -72,12 +71,6 @@ impl ApiError {
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
             Self::Refused { status, code, .. } => (*status, code, None),
         }
-    }
-}
-
-impl From<FieldError> for ApiError {
-    fn from(err: FieldError) -> Self {
-        Self::Invalid { field: err.field, message: err.message }
     }
 }
 

@@ -1,7 +1,8 @@
 //! Extractors whose rejections are [`ApiError`]s, so bad input gets the contract's error
 //! shape: JSON bodies (415 without a JSON content type, 413 over the limit, 400 for
 //! malformed JSON, 422 naming the field for a value of the wrong type or range) and
-//! query strings (400).
+//! query strings (400). Job specs come in through [`SpecJson`], which parses and checks
+//! them in one step ([`JobSpec::parse`]); field paths are named by [`crate::spec::error`].
 
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
@@ -9,23 +10,38 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
-use serde::de::DeserializeOwned;
-use serde_json::error::Category;
 
 use super::ApiError;
+use crate::spec::{JobSpec, SpecError, ValidSpec};
 
-/// A JSON body, deserialized with the path of any bad field kept.
+/// A job spec body, parsed and checked.
 #[derive(Debug, Clone)]
-pub struct ApiJson<T>(pub T);
+pub struct SpecJson(pub ValidSpec);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+impl<S: Send + Sync> FromRequest<S> for SpecJson {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        if !is_json(media_type(&req).as_deref()) {
-            return Err(ApiError::UnsupportedMediaType("expected Content-Type: application/json"));
+        Ok(SpecJson(JobSpec::parse(&json_body(req, state).await?)?))
+    }
+}
+
+/// The body of a request that says it is JSON (415 when it does not).
+async fn json_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    if !is_json(media_type(&req).as_deref()) {
+        return Err(ApiError::UnsupportedMediaType("expected Content-Type: application/json"));
+    }
+    read_body(req, state).await
+}
+
+impl From<SpecError> for ApiError {
+    fn from(err: SpecError) -> Self {
+        match err {
+            SpecError::Field { field, message } => Self::Invalid { field, message },
+            err @ SpecError::Syntax(_) => {
+                Self::BadRequest { code: "invalid_json", message: err.to_string(), field: None }
+            }
         }
-        parse_json(&read_body(req, state).await?).map(ApiJson)
     }
 }
 
@@ -50,56 +66,6 @@ pub async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes,
 fn is_json(media_type: Option<&str>) -> bool {
     let Some(essence) = media_type else { return false };
     essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
-}
-
-/// Parses `bytes` as a `T`, naming the offending field on failure.
-pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
-        let path = err.path().to_string();
-        let inner = err.into_inner();
-        match inner.classify() {
-            Category::Data => {
-                let message = strip_position(&inner.to_string());
-                ApiError::Invalid { field: field_path(&path, &message), message }
-            }
-            Category::Syntax | Category::Eof | Category::Io => {
-                ApiError::BadRequest { code: "invalid_json", message: format!("malformed JSON: {inner}"), field: None }
-            }
-        }
-    })?;
-    de.end().map_err(|err| ApiError::BadRequest {
-        code: "invalid_json",
-        message: format!("malformed JSON: {err}"),
-        field: None,
-    })?;
-    Ok(value)
-}
-
-/// serde names a missing field in its message and places the error at the enclosing
-/// object; clients want the field itself. Tagged enums report an unknown tag at
-/// the enum, which clients know as its `kind`.
-fn field_path(path: &str, message: &str) -> String {
-    let join = |name: &str| if path == "." { name.to_owned() } else { format!("{path}.{name}") };
-    let quoted = || message.split('`').nth(1);
-    if (message.starts_with("missing field") || message.starts_with("unknown field"))
-        && let Some(name) = quoted()
-    {
-        // An unknown field is already in the path; a missing one is not.
-        let last = path.rsplit('.').next().unwrap_or(path);
-        return if last == name { path.to_owned() } else { join(name) };
-    }
-    // Tagged enums (the task, each policy) report an unknown tag at the object; a plain
-    // enum field (`optimizer.schedule`) reports it at the field itself.
-    let tagged = path == "task" || path.ends_with(']');
-    if message.starts_with("unknown variant") && tagged {
-        return join("kind");
-    }
-    path.to_owned()
-}
-
-fn strip_position(message: &str) -> String {
-    message.find(" at line ").map_or(message, |at| &message[..at]).to_owned()
 }
 
 /// Most items a comma-separated query parameter may hold, repeats included. Lists name
@@ -147,50 +113,6 @@ impl From<QueryRejection> for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::JobSpec;
-
-    fn field_of(json: &str) -> Option<String> {
-        match parse_json::<JobSpec>(json.as_bytes()) {
-            Err(ApiError::Invalid { field, .. }) => Some(field),
-            _ => None,
-        }
-    }
-
-    #[test]
-    fn errors_name_the_field() {
-        let ok = r#"{"task":{"kind":"char_lm"},"model":{"kind":"lstm"}}"#;
-        assert!(parse_json::<JobSpec>(ok.as_bytes()).is_ok());
-        assert_eq!(field_of(r#"{"model":{"kind":"lstm"}}"#).as_deref(), Some("task"));
-        assert_eq!(
-            field_of(r#"{"task":{"kind":"char_lm"},"model":{"kind":"lstm"},"bogus":1}"#).as_deref(),
-            Some("bogus")
-        );
-        assert_eq!(
-            field_of(r#"{"task":{"kind":"char_lm"},"model":{"kind":"lstm","hidden":"wide"}}"#).as_deref(),
-            Some("model.hidden")
-        );
-        assert_eq!(
-            field_of(r#"{"task":{"kind":"char_lm","oops":1},"model":{"kind":"lstm"}}"#).as_deref(),
-            Some("task.oops")
-        );
-        assert_eq!(field_of(r#"{"task":{"kind":"poetry"},"model":{"kind":"lstm"}}"#).as_deref(), Some("task.kind"));
-        assert_eq!(field_of(r#"{"task":{"kind":"char_lm"},"model":{"kind":"cnn"}}"#).as_deref(), Some("model.kind"));
-        assert_eq!(
-            field_of(r#"{"task":{"kind":"char_lm"},"model":{"kind":"lstm"},"optimizer":{"schedule":"step"}}"#)
-                .as_deref(),
-            Some("optimizer.schedule")
-        );
-        assert_eq!(
-            field_of(r#"{"task":{"kind":"char_lm"},"model":{"kind":"lstm"},"policy":{"grad":[{"kind":"nope"}]}}"#)
-                .as_deref(),
-            Some("policy.grad[0].kind")
-        );
-        assert_eq!(
-            field_of(r#"{"task":{"kind":"char_lm"},"model":{"kind":"lstm"},"policy":{"grad":[{"kind":"clip_norm"}]}}"#)
-                .as_deref(),
-            Some("policy.grad[0].max_norm")
-        );
-    }
 
     /// Whether a request with `content_type` is taken as JSON.
     fn json(content_type: Option<&str>) -> bool {

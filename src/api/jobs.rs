@@ -11,11 +11,11 @@ use tokio_util::io::ReaderStream;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::extract::{ApiJson, ApiQuery, large_json};
+use super::extract::{ApiQuery, SpecJson, large_json};
 use super::{ApiError, AppState};
+use crate::spec::JobSpec;
 use crate::store::downsample::MIN_POINTS;
 use crate::store::{DEFAULT_MAX_POINTS, Job, JobStatus, MAX_MAX_POINTS, StepColumns};
-use crate::train::JobSpec;
 
 pub(crate) const DEFAULT_LIST_LIMIT: i64 = 50;
 pub(crate) const MAX_LIST_LIMIT: i64 = 500;
@@ -42,9 +42,8 @@ pub(super) async fn find_job(state: &AppState, raw: &str) -> Result<Job, ApiErro
     ))]
 pub(crate) async fn create(
     State(state): State<AppState>,
-    ApiJson(spec): ApiJson<JobSpec>,
+    SpecJson(spec): SpecJson,
 ) -> Result<(StatusCode, [(header::HeaderName, String); 1], Json<Job>), ApiError> {
-    spec.validate()?;
     let job = state.jobs.submit(&spec).await?;
     let location = format!("/api/v1/jobs/{}", job.id);
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(job)))

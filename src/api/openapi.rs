@@ -25,5 +25,13 @@ pub struct ApiDoc;
 #[utoipa::path(get, operation_id = "openapi", path = "/api/v1/openapi.json", tag = "health",
     responses((status = 200, description = "OpenAPI 3.1 document", content_type = "application/json")))]
 pub async fn document() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+    Json(full())
+}
+
+/// The document with the spec's ranges written in (utoipa's attributes take only literal
+/// bounds; these come from the constants validation checks).
+pub fn full() -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    crate::spec::schema::publish_ranges(&mut doc);
+    doc
 }

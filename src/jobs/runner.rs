@@ -13,8 +13,8 @@ use tokio::sync::mpsc::error::TrySendError;
 use super::Inner;
 use super::live::LiveMessage;
 use super::service::find_corpus;
+use crate::spec::TaskSpec;
 use crate::store::{Job, JobStatus, Progress};
-use crate::train::spec::TaskSpec;
 use crate::train::{self, Event, Outcome, RunContext, StepReport, StopFlag, StopReason, TrainEvent};
 
 /// Most messages written in one transaction.

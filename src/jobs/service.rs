@@ -12,8 +12,8 @@ use super::Scheduler;
 use super::data_dir::DataDir;
 use super::live::LiveMessage;
 use crate::metrics::Metrics;
+use crate::spec::ValidSpec;
 use crate::store::{Corpus, CorpusDeletion, Job, JobStatus, Store};
-use crate::train::JobSpec;
 use crate::train::budget::{self, CorpusSize};
 use crate::train::data::{builtin_corpus, vocab_size};
 
@@ -161,7 +161,7 @@ impl Jobs {
 
     /// The size of the corpus `spec` trains on (zero for generated tasks); invalid
     /// `task.corpus` when there is no such corpus.
-    pub async fn corpus_size(&self, spec: &JobSpec) -> Result<CorpusSize, ServiceError> {
+    pub async fn corpus_size(&self, spec: &ValidSpec) -> Result<CorpusSize, ServiceError> {
         let Some(name) = spec.task.corpus() else { return Ok(CorpusSize::default()) };
         match find_corpus(&self.store, name).await? {
             Some(corpus) => Ok(corpus.size()),
@@ -174,7 +174,7 @@ impl Jobs {
 
     /// Queues a validated spec: its corpus must exist, its estimated cost must fit the
     /// limits and the queue must have room. Wakes the scheduler.
-    pub async fn submit(&self, spec: &JobSpec) -> Result<Job, ServiceError> {
+    pub async fn submit(&self, spec: &ValidSpec) -> Result<Job, ServiceError> {
         let corpus = self.corpus_size(spec).await?;
         check_budget(spec, corpus, &self.limits)?;
         let max_queued = self.limits.max_queued;
@@ -332,7 +332,7 @@ impl Jobs {
 
 /// Refuses a spec whose model, step, peak memory or storage would not fit `limits`,
 /// naming the field that drives the cost most.
-fn check_budget(spec: &JobSpec, corpus: CorpusSize, limits: &JobLimits) -> Result<(), ServiceError> {
+fn check_budget(spec: &ValidSpec, corpus: CorpusSize, limits: &JobLimits) -> Result<(), ServiceError> {
     let estimate = budget::estimate(spec, corpus);
     if estimate.params > limits.max_params {
         return Err(ServiceError::invalid(

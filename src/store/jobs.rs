@@ -8,8 +8,9 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::Store;
+use crate::spec::{JobSpec, ValidSpec};
+use crate::train::LayerInfo;
 use crate::train::diagnose::Diagnosis;
-use crate::train::{JobSpec, LayerInfo};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -63,7 +64,8 @@ pub struct Job {
     pub id: Uuid,
     pub name: String,
     pub status: JobStatus,
-    pub spec: JobSpec,
+    #[schema(value_type = JobSpec)]
+    pub spec: ValidSpec,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -100,7 +102,8 @@ fn job_from_row(row: &SqliteRow) -> anyhow::Result<Job> {
         id: Uuid::parse_str(&id)?,
         name: row.try_get("name")?,
         status: JobStatus::parse(&status).ok_or_else(|| anyhow::anyhow!("unknown job status {status:?}"))?,
-        spec: serde_json::from_str(&spec)?,
+        // Read back through the same door it came in by.
+        spec: JobSpec::parse(spec.as_bytes())?,
         created_at: row.try_get("created_at")?,
         started_at: row.try_get("started_at")?,
         finished_at: row.try_get("finished_at")?,
@@ -123,13 +126,13 @@ pub(super) fn finite(x: f64) -> Option<f64> {
 
 impl Store {
     /// Stores a new queued job.
-    pub async fn insert_job(&self, spec: &JobSpec) -> anyhow::Result<Job> {
+    pub async fn insert_job(&self, spec: &ValidSpec) -> anyhow::Result<Job> {
         self.insert_job_within(spec, i64::MAX).await?.ok_or_else(|| anyhow::anyhow!("the queue is full"))
     }
 
     /// Stores a new queued job unless `max_queued` jobs already wait: `None` then. The
     /// count and the insert are one statement, so concurrent submissions cannot overshoot.
-    pub async fn insert_job_within(&self, spec: &JobSpec, max_queued: i64) -> anyhow::Result<Option<Job>> {
+    pub async fn insert_job_within(&self, spec: &ValidSpec, max_queued: i64) -> anyhow::Result<Option<Job>> {
         let job = Job {
             id: Uuid::now_v7(),
             name: spec.display_name(),

@@ -8,9 +8,12 @@
 //! runs (`tests/api/budget.rs` holds MLP, LSTM and transformer jobs within 2× of their
 //! estimates). Estimates are deliberately a little generous, never exact.
 
-use super::spec::{GradPolicy, JobSpec, ModelKind, Norm, OptimizerKind, TaskSpec};
 use super::stats::{HIST_BINS, STAT_NAMES};
 use super::task::VALID_SAMPLES;
+use crate::spec::{
+    AddingTask, CopyTask, GradPolicy, JobSpec, ModelKind, Norm, OptimizerKind, SkipSpikePolicy, TaskSpec, ValidSpec,
+    ZclipPolicy,
+};
 
 /// Bytes per float32 (parameters, activations) and per int64 (token ids, class labels).
 const F32: f64 = 4.0;
@@ -112,12 +115,12 @@ impl Memory {
 /// The field that sizes a task's own data, and how to shrink it.
 fn task_field(task: &TaskSpec) -> (&'static str, &'static str) {
     match task {
-        TaskSpec::CharLm { .. } => ("task.corpus", "use a smaller corpus"),
+        TaskSpec::CharLm(_) => ("task.corpus", "use a smaller corpus"),
         // Features multiply everything the task holds: centres, validation set, batches.
-        TaskSpec::Classification { .. } => {
+        TaskSpec::Classification(_) => {
             ("task.features", "the cluster centres are classes × clusters × features floats: use fewer of them")
         }
-        TaskSpec::Adding { .. } | TaskSpec::Copy { .. } => ("task.seq_len", "use shorter sequences"),
+        TaskSpec::Adding(_) | TaskSpec::Copy(_) => ("task.seq_len", "use shorter sequences"),
     }
 }
 
@@ -168,10 +171,10 @@ impl Disk {
 fn task_shape(task: &TaskSpec, vocab: u64) -> (u64, bool, u64, u64) {
     let n = |x: i64| x.max(0) as u64;
     match task {
-        TaskSpec::CharLm { seq_len, .. } => (vocab, true, vocab, n(*seq_len)),
-        TaskSpec::Adding { seq_len, .. } => (2, false, 1, n(*seq_len)),
-        TaskSpec::Copy { seq_len, symbols, .. } => (n(*symbols) + 2, true, n(*symbols), n(*seq_len)),
-        TaskSpec::Classification { features, classes, .. } => (n(*features), false, n(*classes), 1),
+        TaskSpec::CharLm(t) => (vocab, true, vocab, n(t.seq_len)),
+        TaskSpec::Adding(t) => (2, false, 1, n(t.seq_len)),
+        TaskSpec::Copy(t) => (n(t.symbols) + 2, true, n(t.symbols), n(t.seq_len)),
+        TaskSpec::Classification(t) => (n(t.features), false, n(t.classes), 1),
     }
 }
 
@@ -204,7 +207,7 @@ fn parameters(spec: &JobSpec, input: u64, tokens: bool, output: u64, seq: u64) -
             let positions = seq * d;
             // in_proj 3d×d+3d, out_proj d×d+d, linear1 4d×d+4d, linear2 d×4d+d, two norms.
             let block = 3 * d * d + 3 * d + d * d + d + 4 * d * d + 4 * d + 4 * d * d + d + 2 * norm_params;
-            let final_norm = if spec.model.norm_position == super::spec::NormPosition::Pre { norm_params } else { 0 };
+            let final_norm = if spec.model.norm_position == crate::spec::NormPosition::Pre { norm_params } else { 0 };
             let final_tensors = if final_norm > 0 { norm_tensors } else { 0 };
             (
                 embed + positions + layers * block + final_norm + head,
@@ -283,26 +286,26 @@ fn activations_per_token(spec: &JobSpec, input: u64, tokens: bool, output: u64) 
 fn validation_shape(task: &TaskSpec, corpus: CorpusSize) -> (f64, f64) {
     let valid = VALID_SAMPLES as f64;
     match task {
-        TaskSpec::CharLm { seq_len, eval_every, .. } => {
-            if *eval_every == 0 {
+        TaskSpec::CharLm(t) => {
+            if t.eval_every == 0 {
                 return (0.0, 0.0);
             }
             let held_out = corpus.chars - corpus.chars * 9 / 10;
-            let len = (*seq_len as u64).min(held_out.saturating_sub(1));
+            let len = (t.seq_len as u64).min(held_out.saturating_sub(1));
             if len == 0 {
                 return (0.0, 0.0);
             }
             ((((held_out - 1) / len).min(VALID_SAMPLES as u64)) as f64, len as f64)
         }
-        TaskSpec::Adding { seq_len, eval_every } | TaskSpec::Copy { seq_len, eval_every, .. } => {
+        TaskSpec::Adding(AddingTask { seq_len, eval_every }) | TaskSpec::Copy(CopyTask { seq_len, eval_every, .. }) => {
             if *eval_every == 0 {
                 (0.0, 0.0)
             } else {
                 (valid, *seq_len as f64)
             }
         }
-        TaskSpec::Classification { eval_every, .. } => {
-            if *eval_every == 0 {
+        TaskSpec::Classification(t) => {
+            if t.eval_every == 0 {
                 (0.0, 0.0)
             } else {
                 (valid, 1.0)
@@ -318,12 +321,12 @@ fn task_bytes(task: &TaskSpec, corpus: CorpusSize, valid: (f64, f64)) -> f64 {
     match task {
         // The text itself, its ids split into training and held-out parts, and while they
         // are made the ids once more.
-        TaskSpec::CharLm { .. } => corpus.chars as f64 * (1.0 + 2.0 * I64) + samples * len * 2.0 * I64,
-        TaskSpec::Adding { .. } => samples * (len * 2.0 + 1.0) * F32,
-        TaskSpec::Copy { length, .. } => samples * (len + *length as f64) * I64,
-        TaskSpec::Classification { features, classes, clusters, .. } => {
-            let centres = (*classes * *clusters * *features) as f64 * F32;
-            centres + samples * (*features as f64 * F32 + I64)
+        TaskSpec::CharLm(_) => corpus.chars as f64 * (1.0 + 2.0 * I64) + samples * len * 2.0 * I64,
+        TaskSpec::Adding(_) => samples * (len * 2.0 + 1.0) * F32,
+        TaskSpec::Copy(t) => samples * (len + t.length as f64) * I64,
+        TaskSpec::Classification(t) => {
+            let centres = (t.classes * t.clusters * t.features) as f64 * F32;
+            centres + samples * (t.features as f64 * F32 + I64)
         }
     }
 }
@@ -334,13 +337,15 @@ fn policy_bytes(spec: &JobSpec, largest_tensor: f64) -> (f64, f64) {
     let mut scratch: f64 = 0.0;
     for policy in &spec.policy.grad {
         match policy {
-            GradPolicy::Autoclip { history, .. } => {
-                held += *history as f64 * F32;
+            GradPolicy::Autoclip(p) => {
+                held += p.history as f64 * F32;
                 // `nanquantile` sorts a copy: values and int64 indices.
-                scratch = scratch.max(*history as f64 * (F32 + I64 + F32));
+                scratch = scratch.max(p.history as f64 * (F32 + I64 + F32));
             }
-            GradPolicy::Zclip { warmup, .. } | GradPolicy::SkipSpike { warmup, .. } => held += *warmup as f64 * F32,
-            GradPolicy::ClipNorm { .. } | GradPolicy::Agc { .. } => scratch = scratch.max(largest_tensor * F32),
+            GradPolicy::Zclip(ZclipPolicy { warmup, .. }) | GradPolicy::SkipSpike(SkipSpikePolicy { warmup, .. }) => {
+                held += *warmup as f64 * F32;
+            }
+            GradPolicy::ClipNorm { .. } | GradPolicy::Agc(_) => scratch = scratch.max(largest_tensor * F32),
             GradPolicy::ClipValue { .. } | GradPolicy::ClipLayerNorm { .. } => {}
         }
     }
@@ -348,7 +353,7 @@ fn policy_bytes(spec: &JobSpec, largest_tensor: f64) -> (f64, f64) {
 }
 
 /// The estimate for `spec`; `corpus` sizes a `char_lm` task (other tasks ignore it).
-pub fn estimate(spec: &JobSpec, corpus: CorpusSize) -> Estimate {
+pub fn estimate(spec: &ValidSpec, corpus: CorpusSize) -> Estimate {
     let (input, tokens, output, seq) = task_shape(&spec.task, corpus.vocab);
     let (params, tensors) = parameters(spec, input, tokens, output, seq);
     let p = params as f64;
@@ -406,7 +411,7 @@ fn disk(spec: &JobSpec, tensors: u64) -> Disk {
         every => steps / every + 1,
     };
     // A loss and, for all tasks but char_lm, a metric.
-    let per_eval = if matches!(spec.task, TaskSpec::CharLm { .. }) { 1.0 } else { 2.0 };
+    let per_eval = if matches!(spec.task, TaskSpec::CharLm(_)) { 1.0 } else { 2.0 };
     let summaries = steps / spec.monitor.summary_every.max(1);
     Disk {
         // Job id, step, five floats and the skipped flag.
@@ -423,8 +428,8 @@ fn disk(spec: &JobSpec, tensors: u64) -> Disk {
 mod tests {
     use super::*;
 
-    fn spec(json: serde_json::Value) -> JobSpec {
-        serde_json::from_value(json).expect("spec")
+    fn spec(json: &serde_json::Value) -> ValidSpec {
+        JobSpec::parse_value(json).expect("spec")
     }
 
     fn vocab(n: u64) -> CorpusSize {
@@ -433,7 +438,7 @@ mod tests {
 
     #[test]
     fn an_lstm_estimate_counts_its_parameters_exactly() {
-        let s = spec(serde_json::json!({"task": {"kind": "char_lm", "seq_len": 16},
+        let s = spec(&serde_json::json!({"task": {"kind": "char_lm", "seq_len": 16},
             "model": {"kind": "lstm", "layers": 2, "hidden": 8}}));
         // embed 5×8, per layer 4·8·(8+8+2), head 8·5+5.
         assert_eq!(estimate(&s, vocab(5)).params, 40 + 2 * 4 * 8 * 18 + 45);
@@ -460,7 +465,7 @@ mod tests {
         ];
         for (model_json, task_json) in specs {
             let s =
-                spec(serde_json::json!({"task": serde_json::from_str::<serde_json::Value>(task_json).expect("task"),
+                spec(&serde_json::json!({"task": serde_json::from_str::<serde_json::Value>(task_json).expect("task"),
                 "model": serde_json::from_str::<serde_json::Value>(model_json).expect("model")}));
             let (input, tokens, output, seq) = task_shape(&s.task, 7);
             let io = Io {
@@ -478,7 +483,7 @@ mod tests {
 
     #[test]
     fn huge_specs_are_huge() {
-        let s = spec(serde_json::json!({"task": {"kind": "char_lm", "seq_len": 4096}, "batch_size": 4096,
+        let s = spec(&serde_json::json!({"task": {"kind": "char_lm", "seq_len": 4096}, "batch_size": 4096,
             "model": {"kind": "transformer", "layers": 64, "hidden": 8192, "heads": 8, "norm": "layer"}}));
         let e = estimate(&s, vocab(100));
         assert!(e.params > 30_000_000_000);
@@ -489,7 +494,7 @@ mod tests {
     /// The classification task's centres alone can exceed any budget; they name the field.
     #[test]
     fn task_data_counts_and_names_its_field() {
-        let s = spec(serde_json::json!({"task": {"kind": "classification", "features": 16384, "classes": 10000,
+        let s = spec(&serde_json::json!({"task": {"kind": "classification", "features": 16384, "classes": 10000,
             "clusters": 64}, "model": {"kind": "mlp", "layers": 1, "hidden": 8}}));
         let e = estimate(&s, CorpusSize::default());
         assert!(e.memory.task >= 41_943_040_000.0, "{:?}", e.memory);
@@ -498,7 +503,7 @@ mod tests {
 
     #[test]
     fn validation_can_dominate_a_small_batch() {
-        let s = spec(serde_json::json!({"batch_size": 1, "task": {"kind": "adding", "seq_len": 2000},
+        let s = spec(&serde_json::json!({"batch_size": 1, "task": {"kind": "adding", "seq_len": 2000},
             "model": {"kind": "lstm", "layers": 1, "hidden": 256}}));
         let e = estimate(&s, CorpusSize::default());
         assert!(e.memory.validation > 10.0 * e.memory.train_step, "{:?}", e.memory);
@@ -507,7 +512,7 @@ mod tests {
 
     #[test]
     fn disk_grows_with_recorded_steps() {
-        let s = spec(serde_json::json!({"steps": 1000, "task": {"kind": "adding"}, "model": {"kind": "lstm"}}));
+        let s = spec(&serde_json::json!({"steps": 1000, "task": {"kind": "adding"}, "model": {"kind": "lstm"}}));
         let e = estimate(&s, CorpusSize::default());
         // No embedding for feature inputs: four tensors per layer and the head's two.
         assert_eq!(e.tensors, 10);

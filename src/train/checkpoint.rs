@@ -141,7 +141,7 @@ const MAX_HEADER_BYTES: u64 = 100_000_000;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::spec::OptimizerSpec;
+    use crate::spec::OptimizerSpec;
 
     #[test]
     fn a_checkpoint_round_trips_weights_state_and_step() {

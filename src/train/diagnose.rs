@@ -13,8 +13,8 @@ use std::collections::{HashMap, VecDeque};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::spec::MonitorSpec;
 use super::{Event, StepReport};
+use crate::spec::MonitorSpec;
 
 /// Finite global norms the exploding check compares against.
 pub const NORM_HISTORY: usize = 100;

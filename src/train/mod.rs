@@ -1,8 +1,7 @@
-//! Synchronous `tch` code only: no async, no HTTP. It receives a validated [`JobSpec`], a
+//! Synchronous `tch` code only: no async, no HTTP. It receives a [`ValidSpec`](crate::spec::ValidSpec), a
 //! stop flag and a channel, trains, and emits plain-float reports. Tensors never leave
 //! this module (`tch::Tensor` is `Send` but not `Sync`).
 //!
-//! - [`spec`] — the job specification and its validation.
 //! - [`budget`] — what a spec costs: parameters, peak memory, stored bytes.
 //! - [`checkpoint`] — weights and resumable optimizer state on disk.
 //! - [`data`] — batches, corpora and batch sampling.
@@ -25,7 +24,6 @@ pub mod optim;
 pub mod policy;
 pub mod presets;
 pub mod run;
-pub mod spec;
 pub mod stats;
 pub mod step;
 pub mod task;
@@ -33,7 +31,6 @@ pub mod task;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 pub use run::{RunContext, train};
-pub use spec::JobSpec;
 pub use stats::LayerStats;
 
 /// One layer = one named parameter tensor.

@@ -10,7 +10,7 @@ use tch::nn::{self, OptimizerConfig};
 use tch::{Kind, Tensor};
 
 use super::LayerInfo;
-use super::spec::{NoDecay, OptimizerKind, OptimizerSpec, Schedule};
+use crate::spec::{NoDecay, OptimizerKind, OptimizerSpec, Schedule};
 
 /// Names of the state tensors in an optimizer checkpoint.
 const STATE_NAMES: [&str; 3] = ["exp_avg", "exp_avg_sq", "momentum_buffer"];

@@ -6,7 +6,7 @@
 
 use tch::{Device, Kind, Tensor};
 
-use super::spec::{GradPolicy, NormType, WeightPolicy};
+use crate::spec::{GradPolicy, NormType, WeightPolicy};
 
 /// `torch.nn.utils.clip_grad_norm_` adds this to the norm before dividing; the adaptive
 /// policies follow their references in doing the same.
@@ -139,24 +139,25 @@ impl GradPolicies {
         let stages = policies
             .iter()
             .map(|policy| {
-                Ok(match *policy {
-                    GradPolicy::ClipNorm { max_norm, norm_type } => {
+                Ok(match policy {
+                    &GradPolicy::ClipNorm { max_norm, norm_type } => {
                         Stage::ClipNorm { max_norm, inf: norm_type == NormType::Inf }
                     }
-                    GradPolicy::ClipValue { limit } => Stage::ClipValue { limit },
-                    GradPolicy::ClipLayerNorm { max_norm } => Stage::ClipLayerNorm { max_norm },
-                    GradPolicy::Agc { lambda, eps, exclude_head } => Stage::Agc { lambda, eps, exclude_head },
-                    GradPolicy::Autoclip { percentile, history } => Stage::Autoclip {
-                        quantile: percentile / 100.0,
-                        history: Tensor::f_full([history as i64], f64::NAN, (Kind::Float, device))?,
+                    &GradPolicy::ClipValue { limit } => Stage::ClipValue { limit },
+                    &GradPolicy::ClipLayerNorm { max_norm } => Stage::ClipLayerNorm { max_norm },
+                    GradPolicy::Agc(p) => Stage::Agc { lambda: p.lambda, eps: p.eps, exclude_head: p.exclude_head },
+                    GradPolicy::Autoclip(p) => Stage::Autoclip {
+                        quantile: p.percentile / 100.0,
+                        history: Tensor::f_full([p.history as i64], f64::NAN, (Kind::Float, device))?,
                         seen: 0,
                     },
-                    GradPolicy::Zclip { alpha, z_threshold, warmup, max_grad_norm } => {
-                        Stage::Zclip { stats: NormStats::new(alpha, z_threshold, warmup, device)?, max_grad_norm }
-                    }
-                    GradPolicy::SkipSpike { z_threshold, alpha, warmup, max_consecutive } => Stage::SkipSpike {
-                        stats: NormStats::new(alpha, z_threshold, warmup, device)?,
-                        max_consecutive,
+                    GradPolicy::Zclip(p) => Stage::Zclip {
+                        stats: NormStats::new(p.alpha, p.z_threshold, p.warmup, device)?,
+                        max_grad_norm: p.max_grad_norm,
+                    },
+                    GradPolicy::SkipSpike(p) => Stage::SkipSpike {
+                        stats: NormStats::new(p.alpha, p.z_threshold, p.warmup, device)?,
+                        max_consecutive: p.max_consecutive,
                         streak: Tensor::f_zeros([], (Kind::Float, device))?,
                     },
                 })
@@ -416,6 +417,7 @@ fn read_counter(tensor: &Tensor) -> anyhow::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::{AutoclipPolicy, SkipSpikePolicy, ZclipPolicy};
 
     fn cpu(policies: &[GradPolicy]) -> GradPolicies {
         GradPolicies::new(policies, Device::Cpu).expect("policies")
@@ -440,7 +442,12 @@ mod tests {
 
     #[test]
     fn skip_spike_skips_only_outliers_after_warmup() {
-        let mut policy = cpu(&[GradPolicy::SkipSpike { z_threshold: 3.0, alpha: 0.9, warmup: 4, max_consecutive: 10 }]);
+        let mut policy = cpu(&[GradPolicy::SkipSpike(SkipSpikePolicy {
+            z_threshold: 3.0,
+            alpha: 0.9,
+            warmup: 4,
+            max_consecutive: 10,
+        })]);
         let g = [Tensor::from_slice(&[1.0f32])];
         let mut skipped = Vec::new();
         for norm in [1.0f32, 1.1, 0.9, 1.0, 1.05, 50.0, 1.0] {
@@ -469,9 +476,9 @@ mod tests {
     #[test]
     fn adaptive_policy_state_round_trips() {
         let specs = [
-            GradPolicy::Autoclip { percentile: 50.0, history: 8 },
-            GradPolicy::Zclip { alpha: 0.9, z_threshold: 2.5, warmup: 3, max_grad_norm: None },
-            GradPolicy::SkipSpike { z_threshold: 3.0, alpha: 0.9, warmup: 3, max_consecutive: 2 },
+            GradPolicy::Autoclip(AutoclipPolicy { percentile: 50.0, history: 8 }),
+            GradPolicy::Zclip(ZclipPolicy { alpha: 0.9, z_threshold: 2.5, warmup: 3, max_grad_norm: None }),
+            GradPolicy::SkipSpike(SkipSpikePolicy { z_threshold: 3.0, alpha: 0.9, warmup: 3, max_consecutive: 2 }),
         ];
         let g = [Tensor::from_slice(&[1.0f32])];
         let norms = [1.0f32, 1.2, 0.8, 1.1, 0.9, 1.3, 5.0, 1.0, 0.7, 1.05];

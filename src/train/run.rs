@@ -10,11 +10,11 @@ use tch::{Device, Tensor, nn};
 use super::checkpoint;
 use super::optim::FlatOptimizer;
 use super::policy::GradPolicies;
-use super::spec::{JobSpec, OnNonfinite, parse_device};
 use super::stats::FlatParams;
 use super::step::{self, Monitoring, Trainer};
 use super::task::Task;
 use super::{Outcome, StopFlag, StopReason, TrainEvent, model, optim};
+use crate::spec::{JobSpec, OnNonfinite, ValidSpec, parse_device};
 
 /// What a run needs besides its spec, resolved by the caller.
 #[derive(Debug, Clone)]
@@ -31,11 +31,12 @@ pub struct RunContext {
 /// Trains `spec` to the end, or until `stop` is raised, reporting through `emit`.
 /// `emit` must not block: the loop never waits for its consumers.
 pub fn train(
-    spec: &JobSpec,
+    spec: &ValidSpec,
     ctx: &RunContext,
     stop: &StopFlag,
     emit: &mut dyn FnMut(TrainEvent),
 ) -> anyhow::Result<Outcome> {
+    let spec: &JobSpec = spec;
     let device = model::resolve_device(parse_device(&spec.device).context("invalid device")?)?;
     let mut task = Task::new(&spec.task, &ctx.corpus, spec.seed, device)?;
     let vs = nn::VarStore::new(device);

@@ -13,9 +13,9 @@ use tch::{Device, Kind, Tensor};
 use super::diagnose::{Diagnoser, Diagnosis};
 use super::optim::FlatOptimizer;
 use super::policy::{self, GradPolicies};
-use super::spec::{GradPolicy, MonitorSpec, PolicySpec, WeightPolicy};
 use super::stats::{FlatParams, GRAD_STATS, HIST_BINS, LayerStats, WEIGHT_STATS};
 use super::{Event, StepReport, TrainEvent};
+use crate::spec::{GradPolicy, MonitorSpec, PolicySpec, WeightPolicy};
 
 /// What one step measures besides the loss and the global gradient norms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,7 +144,7 @@ impl Reporter {
         redundant: &[bool],
     ) -> Self {
         let spike_max_consecutive = grad.iter().find_map(|p| match p {
-            GradPolicy::SkipSpike { max_consecutive, .. } => Some(*max_consecutive),
+            GradPolicy::SkipSpike(p) => Some(p.max_consecutive),
             _ => None,
         });
         Self {

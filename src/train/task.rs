@@ -13,7 +13,7 @@ use tch::{Device, Kind, Reduction, Tensor};
 use super::EvalReport;
 use super::data::{Batch, CharCorpus};
 use super::model::{Input, Io, Model};
-use super::spec::TaskSpec;
+use crate::spec::{ClassificationTask, TaskSpec};
 
 /// Samples in the validation set of the generated tasks, and most windows of a corpus's.
 pub const VALID_SAMPLES: usize = 256;
@@ -44,11 +44,11 @@ impl Task {
     /// `corpus` is the text of a `char_lm` task (ignored by the others).
     pub fn new(spec: &TaskSpec, corpus: &str, seed: u64, device: Device) -> anyhow::Result<Self> {
         let mut constants = StdRng::seed_from_u64(seed ^ CONSTANT_STREAM);
-        let kind = match *spec {
-            TaskSpec::CharLm { seq_len, .. } => Source::CharLm { corpus: CharCorpus::new(corpus, seq_len)?, seq_len },
-            TaskSpec::Adding { seq_len, .. } => Source::Adding { seq_len },
-            TaskSpec::Copy { seq_len, symbols, length, .. } => Source::Copy { seq_len, symbols, length },
-            TaskSpec::Classification { features, classes, clusters, noise, .. } => {
+        let kind = match spec {
+            TaskSpec::CharLm(t) => Source::CharLm { corpus: CharCorpus::new(corpus, t.seq_len)?, seq_len: t.seq_len },
+            TaskSpec::Adding(t) => Source::Adding { seq_len: t.seq_len },
+            TaskSpec::Copy(t) => Source::Copy { seq_len: t.seq_len, symbols: t.symbols, length: t.length },
+            &TaskSpec::Classification(ClassificationTask { features, classes, clusters, noise, .. }) => {
                 let centres = (0..classes * clusters * features).map(|_| normal(&mut constants) as f32).collect();
                 Source::Classification { centres, features, classes, clusters, noise }
             }

@@ -1,182 +1,390 @@
+// @ts-check
 // The submit form: a JobSpec edited field by field (or as JSON), seeded from a preset,
-// with the server's 422 shown next to the field it names.
+// with the server's 422 shown next to the field it names. Every default, range and kind
+// of task or policy comes from the server's OpenAPI document, read once.
 
-import { ApiError, post } from "../api.js";
+import { ApiError, get, post } from "../api.js";
 import { el } from "../format.js";
 
-const TASKS = {
-  char_lm: { corpus: "builtin:tiny", seq_len: 128, eval_every: 100 },
-  adding: { seq_len: 128, eval_every: 100 },
-  copy: { seq_len: 128, symbols: 8, length: 10, eval_every: 100 },
-  classification: { features: 32, classes: 10, clusters: 2, noise: 1.0, eval_every: 100 },
-};
+/**
+ * The part of a JSON Schema the form reads.
+ * @typedef {object} Schema
+ * @property {string} [$ref]
+ * @property {string | string[]} [type]
+ * @property {unknown} [default]
+ * @property {number} [minimum]
+ * @property {number} [maximum]
+ * @property {number} [exclusiveMinimum]
+ * @property {number} [exclusiveMaximum]
+ * @property {unknown[]} [enum]
+ * @property {Record<string, Schema>} [properties]
+ * @property {Schema[]} [oneOf]
+ * @property {Schema[]} [allOf]
+ */
 
-const GRAD_POLICIES = {
-  clip_norm: { max_norm: 1.0, norm_type: 2 },
+/**
+ * What the schema says about one field.
+ * @typedef {object} Field
+ * @property {unknown} default  `undefined` when the server has none
+ * @property {boolean} integer
+ * @property {boolean} boolean
+ * @property {boolean} nullable  `null` is a value of its own (e.g. "no cap")
+ * @property {string[]} [options]  the values of an enumeration
+ * @property {string} range  what the server accepts, in words ("" when unbounded)
+ */
+
+/**
+ * The JobSpec's schema, read for the form.
+ * @typedef {object} SpecSchema
+ * @property {(component: string) => Record<string, Field>} fields  a component's fields, in order
+ * @property {Record<string, Record<string, Field>>} tasks  each task kind's fields
+ * @property {Record<string, Record<string, Field>>} grad  each grad policy's fields
+ * @property {Record<string, Record<string, Field>>} weight  each weight policy's fields
+ */
+
+/** A JobSpec as JSON, or the form's editable copy of one. @typedef {Record<string, any>} Spec */
+
+/**
+ * Starting values for the fields a policy requires: the server has no default for them,
+ * so the form suggests these when a policy is added.
+ * @type {Record<string, Record<string, number>>}
+ */
+const REQUIRED_START = {
+  clip_norm: { max_norm: 1.0 },
   clip_value: { limit: 1.0 },
   clip_layer_norm: { max_norm: 1.0 },
-  agc: { lambda: 0.01, eps: 0.001 },
-  autoclip: { percentile: 10, history: 10000 },
-  zclip: { alpha: 0.97, z_threshold: 2.5, warmup: 25 },
-  skip_spike: { z_threshold: 6, alpha: 0.97, warmup: 25 },
-};
-
-const WEIGHT_POLICIES = {
   clip: { limit: 0.3 },
-  max_norm: { max: 1.0, dim: 0 },
-  scale: { factor: 0.99, every: 1 },
+  max_norm: { max: 1.0 },
+  scale: { factor: 0.99 },
 };
 
-/** A small spec that trains in seconds on a CPU. */
-export function defaultSpec() {
+/** The form starts smaller than the server's defaults: a spec that trains in seconds on a CPU. */
+const QUICK = { steps: 500, hidden: 64, seq_len: 64 };
+
+/** @type {Promise<SpecSchema> | undefined} */
+let cached;
+
+/** The JobSpec's schema from `/api/v1/openapi.json`, fetched once. */
+export function specSchema() {
+  cached ??= get("/openapi.json").then(readSchema);
+  return cached;
+}
+
+/**
+ * @param {any} doc the OpenAPI document
+ * @returns {SpecSchema}
+ */
+export function readSchema(doc) {
+  /** @type {Record<string, Schema>} */
+  const schemas = doc.components.schemas;
+  /** @param {Schema} s @returns {Schema} */
+  const resolve = (s) => (s.$ref ? schemas[s.$ref.split("/").pop() ?? ""] ?? {} : s);
+
+  /** @param {Schema} raw @returns {Field} */
+  function field(raw) {
+    const s = resolve(raw);
+    const types = Array.isArray(s.type) ? s.type : [s.type];
+    return {
+      default: raw.default ?? s.default,
+      integer: types.includes("integer"),
+      boolean: types.includes("boolean"),
+      nullable: types.includes("null"),
+      options: choices(raw),
+      range: range(s),
+    };
+  }
+
+  /**
+   * The values of an enumeration, however it is written: `enum`, or a `oneOf` of
+   * documented values, possibly behind references.
+   * @param {Schema} raw
+   * @returns {string[] | undefined}
+   */
+  function choices(raw) {
+    const s = resolve(raw);
+    if (s.enum) return s.enum.map(String);
+    const values = s.oneOf?.flatMap((o) => choices(o) ?? []);
+    return values?.length ? values : undefined;
+  }
+
+  /**
+   * @param {Record<string, Schema>} properties
+   * @param {boolean} [tagged] leave out `kind`, the tag the form edits on its own
+   * @returns {Record<string, Field>}
+   */
+  const fieldsOf = (properties, tagged = false) =>
+    Object.fromEntries(Object.entries(properties).filter(([k]) => !tagged || k !== "kind").map(([k, s]) => [k, field(s)]));
+
+  /** @param {string} name */
+  const fields = (name) => fieldsOf(resolve({ $ref: name }).properties ?? {});
+
+  /**
+   * Each kind of a tagged enum: an inline object with a `kind`, or (for kinds with a
+   * settings type) a `$ref` beside one.
+   * @param {string} name
+   */
+  function variants(name) {
+    /** @type {Record<string, Record<string, Field>>} */
+    const out = {};
+    for (const item of schemas[name]?.oneOf ?? []) {
+      const parts = (item.allOf ?? [item]).map(resolve);
+      /** @type {Record<string, Schema>} */
+      const properties = Object.assign({}, ...parts.map((p) => p.properties ?? {}));
+      const kind = properties.kind?.enum?.[0];
+      if (typeof kind === "string") out[kind] = fieldsOf(properties, true);
+    }
+    return out;
+  }
+
+  return { fields, tasks: variants("TaskSpec"), grad: variants("GradPolicy"), weight: variants("WeightPolicy") };
+}
+
+/** @param {Schema} s what the schema bounds, in words */
+function range(s) {
+  const { minimum: min, maximum: max, exclusiveMinimum: above, exclusiveMaximum: below } = s;
+  if (min !== undefined && max !== undefined) return `${min} to ${max}`;
+  const low = above !== undefined ? `above ${above}` : min !== undefined ? `at least ${min}` : null;
+  const high = below !== undefined ? `below ${below}` : max !== undefined ? `at most ${max}` : null;
+  return [low, high].filter(Boolean).join(", ");
+}
+
+/**
+ * The defaults of `fields`, with required ones from `start`.
+ * @param {Record<string, Field>} fields
+ * @param {Record<string, unknown>} [start]
+ * @returns {Record<string, unknown>}
+ */
+function defaultsOf(fields, start = {}) {
+  return Object.fromEntries(Object.entries(fields).map(([k, f]) => [k, start[k] ?? f.default]));
+}
+
+/**
+ * A new policy of `kind` with its defaults.
+ * @param {Record<string, Record<string, Field>>} kinds
+ * @param {string} kind
+ */
+function newPolicy(kinds, kind) {
+  return { kind, ...defaultsOf(kinds[kind], REQUIRED_START[kind]) };
+}
+
+/**
+ * A small spec that trains in seconds on a CPU: the server's defaults, a little smaller.
+ * @param {SpecSchema} schema
+ * @returns {Spec}
+ */
+export function defaultSpec(schema) {
+  const run = defaultsOf(schema.fields("JobSpec"));
   return {
+    ...run,
     name: "",
-    seed: 42,
-    steps: 500,
-    batch_size: 32,
-    device: "auto",
-    task: { kind: "char_lm", ...TASKS.char_lm, seq_len: 64 },
-    model: { kind: "lstm", layers: 2, hidden: 64, norm: "none", activation: "", residual: false, heads: 4, norm_position: "pre", init_scale: 1.0, dropout: 0.0 },
-    optimizer: { kind: "adamw", lr: 0.001, weight_decay: "", momentum: 0, nesterov: false, beta1: 0.9, beta2: 0.999, eps: 1e-8, warmup_steps: 0, schedule: "constant" },
-    policy: { grad: [{ kind: "clip_norm", max_norm: 1.0, norm_type: 2 }], weight: [], on_nonfinite: "skip" },
-    monitor: { every: 1, histogram: true, prometheus_layers: 32, explode_factor: 10, vanish_ratio: 1e-4, dead_frac: 0.99, diagnose_window: 50, summary_every: 100, cooldown: 100 },
+    steps: QUICK.steps,
+    task: { kind: "char_lm", ...defaultsOf(schema.tasks.char_lm), seq_len: QUICK.seq_len },
+    model: { ...defaultsOf(schema.fields("ModelSpec")), kind: "lstm", hidden: QUICK.hidden, norm: "", activation: "" },
+    optimizer: { ...defaultsOf(schema.fields("OptimizerSpec")), weight_decay: "" },
+    policy: { ...defaultsOf(schema.fields("PolicySpec")), grad: [newPolicy(schema.grad, "clip_norm")], weight: [] },
+    monitor: defaultsOf(schema.fields("MonitorSpec")),
   };
 }
 
-/** The form's editable state from a full spec (a preset's, or a job's). */
-function fromSpec(spec) {
-  const base = defaultSpec();
+/**
+ * The form's editable state from a full spec (a preset's, or a job's).
+ * @param {SpecSchema} schema
+ * @param {Spec} spec
+ * @returns {Spec}
+ */
+function fromSpec(schema, spec) {
+  const base = defaultSpec(schema);
   const s = structuredClone(spec);
   return {
     ...base,
     ...s,
     name: s.name ?? "",
     task: { ...s.task },
-    model: { ...base.model, ...s.model, activation: s.model.activation ?? "" },
+    model: { ...base.model, ...s.model, norm: s.model?.norm ?? "", activation: s.model?.activation ?? "" },
     optimizer: { ...base.optimizer, ...(s.optimizer ?? {}), weight_decay: s.optimizer?.weight_decay ?? "" },
     policy: { ...base.policy, grad: [], weight: [], ...(s.policy ?? {}) },
     monitor: { ...base.monitor, ...(s.monitor ?? {}) },
   };
 }
 
-/** The JSON body to POST: optional blanks left out, fields that do not apply dropped. */
-export function toSpec(state) {
+/**
+ * The JSON body to POST: optional blanks left out, fields that do not apply dropped.
+ * @param {SpecSchema} schema
+ * @param {Spec} state
+ * @returns {Spec}
+ */
+export function toSpec(schema, state) {
   const s = structuredClone(state);
   if (!s.name.trim()) delete s.name;
+  if (s.model.norm === "") delete s.model.norm;
   if (s.model.activation === "") delete s.model.activation;
   if (s.optimizer.weight_decay === "") delete s.optimizer.weight_decay;
   if (s.optimizer.kind !== "sgd") {
     s.optimizer.momentum = 0;
     s.optimizer.nesterov = false;
   }
-  const allowed = Object.keys(TASKS[s.task.kind] ?? {});
+  const allowed = Object.keys(schema.tasks[s.task.kind] ?? {});
   s.task = Object.fromEntries(Object.entries(s.task).filter(([k]) => k === "kind" || allowed.includes(k)));
   return s;
 }
 
+/** @param {any} obj @param {string} path */
 function getPath(obj, path) {
   return path.split(".").reduce((o, k) => (o == null ? undefined : o[k]), obj);
 }
 
+/** @param {any} obj @param {string} path @param {unknown} value */
 function setPath(obj, path, value) {
   const keys = path.split(".");
-  const last = keys.pop();
+  const last = keys.pop() ?? "";
   const target = keys.reduce((o, k) => o[k], obj);
   target[last] = value;
 }
 
 /**
- * Builds the form into `root`. presets: the /presets list. onSubmitted(job) is called
- * with the created job.
+ * @typedef {object} InputOptions
+ * @property {"number" | "text" | "bool"} [type]
+ * @property {string} [label]
+ * @property {string} [help]
+ * @property {Array<string | number | [string | number, string]>} [options]
+ * @property {boolean} [integer]
+ * @property {string} [placeholder]  a blank input is allowed, and means this
+ * @property {boolean} [nullable]  a blank number is `null`
+ * @property {string} [list]
+ * @property {Field} [field]  what the schema says: its range is shown, its type used
+ */
+
+/**
+ * @typedef {object} FormOptions
+ * @property {Array<{name: string, group: string, role: string, description: string, spec: Spec}>} presets  the /presets list
+ * @property {(job: any) => void} onSubmitted  called with the created job
+ * @property {Spec} [initial]
+ */
+
+/**
+ * Builds the form into `root`; it draws once the schema has arrived.
+ * @param {HTMLElement} root
+ * @param {FormOptions} options
  */
 export function specForm(root, { presets, onSubmitted, initial }) {
-  let state = fromSpec(initial ?? defaultSpec());
   const form = el("form", { class: "spec-form", novalidate: true, autocomplete: "off" });
   const banner = el("div", { class: "form-error", role: "alert", hidden: true });
   const presetNote = el("p", { class: "muted preset-note" });
-  const json = el("textarea", { class: "spec-json", spellcheck: false, rows: 14, "aria-label": "Spec as JSON" });
+  const json = /** @type {HTMLTextAreaElement} */ (
+    el("textarea", { class: "spec-json", spellcheck: false, rows: 14, "aria-label": "Spec as JSON" }));
   root.replaceChildren(form);
 
+  /** @type {SpecSchema | null} */
+  let schema = null;
+  /** @type {Spec} */
+  let state = {};
+  /** A spec loaded before the schema arrived. @type {Spec | undefined} */
+  let pending = initial;
+
   // Parse problems found here, before the server sees the spec.
+  /** @type {Map<string, string>} */
   const localErrors = new Map();
 
-  function input(path, { type = "number", label, help, options, integer = false, placeholder, list } = {}) {
+  /**
+   * @param {string} path
+   * @param {InputOptions} [opts]
+   */
+  function input(path, { type, label, help, options, integer, placeholder, nullable, list, field } = {}) {
+    const kind = type ?? (field?.boolean ? "bool" : field?.options ? "options" : "number");
+    const whole = integer ?? field?.integer ?? false;
+    const blank = nullable ?? field?.nullable ?? false;
+    const choices = options ?? (kind === "options" ? field?.options : undefined);
     const value = getPath(state, path);
+    /** @type {HTMLElement} */
     let control;
-    if (options) {
-      control = el("select", { name: path }, options.map((o) => {
+    if (choices) {
+      const select = /** @type {HTMLSelectElement} */ (el("select", { name: path }, choices.map((o) => {
         const [v, text] = Array.isArray(o) ? o : [o, o];
         return el("option", { value: String(v), selected: String(v) === String(value) }, text);
-      }));
-      control.addEventListener("change", () => {
-        const raw = control.value;
-        const numeric = options.every((o) => typeof (Array.isArray(o) ? o[0] : o) === "number" || o === "inf");
+      })));
+      select.addEventListener("change", () => {
+        const raw = select.value;
+        const numeric = choices.every((o) => typeof (Array.isArray(o) ? o[0] : o) === "number" || o === "inf");
         setPath(state, path, numeric && raw !== "inf" ? Number(raw) : raw);
         changed(path);
       });
-    } else if (type === "bool") {
-      control = el("input", { type: "checkbox", name: path, checked: Boolean(value) });
-      control.addEventListener("change", () => {
-        setPath(state, path, control.checked);
+      control = select;
+    } else if (kind === "bool") {
+      const box = /** @type {HTMLInputElement} */ (el("input", { type: "checkbox", name: path, checked: Boolean(value) }));
+      box.addEventListener("change", () => {
+        setPath(state, path, box.checked);
         changed(path);
       });
+      control = box;
     } else {
-      control = el("input", {
+      const text = /** @type {HTMLInputElement} */ (el("input", {
         type: "text",
         name: path,
         value: value === undefined || value === null ? "" : String(value),
-        inputmode: type === "number" ? (integer ? "numeric" : "decimal") : undefined,
-        placeholder,
+        inputmode: kind === "number" ? (whole ? "numeric" : "decimal") : undefined,
+        placeholder: placeholder ?? (blank ? "off" : undefined),
         list,
-      });
-      control.addEventListener("input", () => {
-        const raw = control.value.trim();
-        if (type === "number") {
+      }));
+      text.addEventListener("input", () => {
+        const raw = text.value.trim();
+        if (kind === "number") {
           const n = Number(raw);
-          if (raw === "" && placeholder !== undefined) {
-            setPath(state, path, "");
+          if (raw === "" && (placeholder !== undefined || blank)) {
+            setPath(state, path, blank ? null : "");
             localErrors.delete(path);
-          } else if (raw === "" || !Number.isFinite(n) || (integer && !Number.isInteger(n))) {
-            localErrors.set(path, integer ? "must be a whole number" : "must be a number");
+          } else if (raw === "" || !Number.isFinite(n) || (whole && !Number.isInteger(n))) {
+            localErrors.set(path, whole ? "must be a whole number" : "must be a number");
           } else {
             setPath(state, path, n);
             localErrors.delete(path);
           }
         } else {
-          setPath(state, path, control.value);
+          setPath(state, path, text.value);
         }
         changed(path, false);
       });
+      control = text;
     }
-    const wrap = el("label", { class: `field${type === "bool" ? " check" : ""}`, dataset: { field: path } },
-      type === "bool" ? [control, el("span", {}, label)] : [el("span", { class: "label" }, label), control],
-      help ? el("small", { class: "help" }, help) : null,
+    const hint = [help, field?.range].filter(Boolean).join("; ");
+    return el("label", { class: `field${kind === "bool" ? " check" : ""}`, dataset: { field: path } },
+      kind === "bool" ? [control, el("span", {}, label)] : [el("span", { class: "label" }, label), control],
+      hint ? el("small", { class: "help" }, hint) : null,
       el("small", { class: "field-error", role: "alert" }));
-    return wrap;
   }
 
+  /** @param {string} path @param {boolean} [rerender] */
   function changed(path, rerender = true) {
     clearErrors();
     if (rerender && /(^|\.)kind$/.test(path)) render();
-    json.value = JSON.stringify(toSpec(state), null, 2);
+    showJson();
   }
 
+  function showJson() {
+    if (schema) json.value = JSON.stringify(toSpec(schema, state), null, 2);
+  }
+
+  /**
+   * @param {"grad" | "weight"} which
+   * @param {Record<string, Record<string, Field>>} kinds
+   */
   function policyList(which, kinds) {
+    /** @type {Spec[]} */
     const list = state.policy[which];
     const rows = list.map((p, i) => {
-      const kindSelect = el("select", { name: `policy.${which}[${i}].kind`, "aria-label": `${which} policy ${i + 1}` },
-        Object.keys(kinds).map((k) => el("option", { value: k, selected: k === p.kind }, k)));
+      const kindSelect = /** @type {HTMLSelectElement} */ (
+        el("select", { name: `policy.${which}[${i}].kind`, "aria-label": `${which} policy ${i + 1}` },
+          Object.keys(kinds).map((k) => el("option", { value: k, selected: k === p.kind }, k))));
       kindSelect.addEventListener("change", () => {
-        list[i] = { kind: kindSelect.value, ...kinds[kindSelect.value] };
+        list[i] = newPolicy(kinds, kindSelect.value);
         changed("policy.kind");
       });
-      const params = Object.keys(kinds[p.kind]).map((param) => {
+      const params = Object.entries(kinds[p.kind] ?? {}).map(([param, field]) => {
         const path = `policy.${which}.${i}.${param}`;
-        const field = param === "norm_type"
+        const control = param === "norm_type"
           ? input(path, { label: param, options: [2, "inf"] })
-          : input(path, { label: param, integer: ["history", "warmup", "every", "dim"].includes(param) });
-        field.dataset.field = `policy.${which}[${i}].${param}`;
-        return field;
+          : input(path, { label: param, field });
+        control.dataset.field = `policy.${which}[${i}].${param}`;
+        return control;
       });
       const remove = el("button", { type: "button", class: "link", title: "Remove", onclick: () => {
         list.splice(i, 1);
@@ -187,28 +395,44 @@ export function specForm(root, { presets, onSubmitted, initial }) {
         el("small", { class: "field-error", role: "alert" }));
     });
     const add = el("button", { type: "button", class: "small", onclick: () => {
-      const first = Object.keys(kinds)[0];
-      list.push({ kind: first, ...kinds[first] });
+      list.push(newPolicy(kinds, Object.keys(kinds)[0]));
       changed("policy.kind");
     } }, `+ ${which} policy`);
     return el("div", { class: "policy-list", dataset: { field: `policy.${which}` } }, rows, add);
   }
 
   function render() {
+    if (!schema) return;
+    const s = schema;
+    const tasks = s.tasks;
     const t = state.task.kind;
     // Keep what carries over between task kinds, fill the rest with defaults.
-    state.task = { kind: t, ...TASKS[t], ...Object.fromEntries(Object.entries(state.task).filter(([k]) => k in TASKS[t])) };
+    state.task = { kind: t, ...defaultsOf(tasks[t]), ...Object.fromEntries(Object.entries(state.task).filter(([k]) => k in tasks[t])) };
     const m = state.model.kind;
-    const presetSelect = el("select", { name: "preset", "aria-label": "Start from a preset" },
+    const run = s.fields("JobSpec");
+    const task = tasks[t];
+    const model = s.fields("ModelSpec");
+    const opt = s.fields("OptimizerSpec");
+    const mon = s.fields("MonitorSpec");
+    /** @param {string} name @param {InputOptions} opts */
+    const taskInput = (name, opts) => input(`task.${name}`, { ...opts, field: task[name] });
+    /** @param {string} name @param {InputOptions} opts */
+    const modelInput = (name, opts) => input(`model.${name}`, { ...opts, field: model[name] });
+    /** @param {string} name @param {InputOptions} opts */
+    const optInput = (name, opts) => input(`optimizer.${name}`, { ...opts, field: opt[name] });
+    /** @param {string} name @param {InputOptions} opts */
+    const monInput = (name, opts) => input(`monitor.${name}`, { ...opts, field: mon[name] });
+
+    const presetSelect = /** @type {HTMLSelectElement} */ (el("select", { name: "preset", "aria-label": "Start from a preset" },
       el("option", { value: "" }, "— start from a preset —"),
       groupBy(presets, (p) => p.group).map(([group, items]) => el("optgroup", { label: group },
-        items.map((p) => el("option", { value: p.name }, `${p.name} (${p.role})`)))));
+        items.map((p) => el("option", { value: p.name }, `${p.name} (${p.role})`))))));
     presetSelect.addEventListener("change", () => {
       const p = presets.find((x) => x.name === presetSelect.value);
       if (!p) return;
-      state = fromSpec(p.spec);
+      state = fromSpec(s, p.spec);
       render();
-      form.querySelector("select[name=preset]").value = p.name;
+      /** @type {HTMLSelectElement} */ (form.querySelector("select[name=preset]")).value = p.name;
       presetNote.textContent = p.description;
     });
 
@@ -218,74 +442,78 @@ export function specForm(root, { presets, onSubmitted, initial }) {
       el("div", { class: "form-grid" },
         el("fieldset", {}, el("legend", {}, "Run"),
           input("name", { type: "text", label: "name", placeholder: "model-task" }),
-          input("steps", { label: "steps", integer: true }),
-          input("batch_size", { label: "batch size", integer: true }),
-          input("seed", { label: "seed", integer: true }),
+          input("steps", { label: "steps", field: run.steps }),
+          input("batch_size", { label: "batch size", field: run.batch_size }),
+          input("seed", { label: "seed", field: run.seed }),
           input("device", { type: "text", label: "device", list: "devices", help: "auto, cpu, cuda or cuda:N" }),
-          el("datalist", { id: "devices" }, ["auto", "cpu", "cuda", "cuda:0"].map((d) => el("option", { value: d })))),
+          el("datalist", { id: "devices" }, ["auto", "cpu", "cuda", "cuda:0"].map((d) => el("option", { value: d }))),
+          input("checkpoint_every", { label: "checkpoint every", field: run.checkpoint_every, help: "steps; 0: only at the end" })),
         el("fieldset", {}, el("legend", {}, "Task"),
-          input("task.kind", { label: "kind", options: Object.keys(TASKS) }),
-          t === "char_lm" ? input("task.corpus", { type: "text", label: "corpus", help: "builtin:tiny or an uploaded corpus id" }) : null,
-          t !== "classification" ? input("task.seq_len", { label: "sequence length", integer: true }) : null,
-          t === "copy" ? [input("task.symbols", { label: "symbols", integer: true }), input("task.length", { label: "length", integer: true })] : null,
+          input("task.kind", { label: "kind", options: Object.keys(tasks) }),
+          t === "char_lm" ? taskInput("corpus", { type: "text", label: "corpus", help: "builtin:tiny or an uploaded corpus id" }) : null,
+          "seq_len" in task ? taskInput("seq_len", { label: "sequence length" }) : null,
+          t === "copy" ? [taskInput("symbols", { label: "symbols" }), taskInput("length", { label: "length" })] : null,
           t === "classification" ? [
-            input("task.features", { label: "features", integer: true }),
-            input("task.classes", { label: "classes", integer: true }),
-            input("task.clusters", { label: "clusters per class", integer: true }),
-            input("task.noise", { label: "noise" })] : null,
-          input("task.eval_every", { label: "validate every", integer: true, help: "steps; 0 turns validation off" })),
+            taskInput("features", { label: "features" }),
+            taskInput("classes", { label: "classes" }),
+            taskInput("clusters", { label: "clusters per class" }),
+            taskInput("noise", { label: "noise" })] : null,
+          taskInput("eval_every", { label: "validate every", help: "steps; 0 turns validation off" })),
         el("fieldset", {}, el("legend", {}, "Model"),
-          input("model.kind", { label: "kind", options: ["mlp", "rnn", "lstm", "gru", "transformer"],
+          modelInput("kind", { label: "kind",
             help: t === "classification" ? "classification feeds an mlp" : "sequence tasks feed rnn, lstm, gru or transformer" }),
-          input("model.layers", { label: "layers", integer: true }),
-          input("model.hidden", { label: "hidden", integer: true }),
-          input("model.norm", { label: "norm", options: ["none", "batch", "layer", "rms"] }),
-          input("model.activation", { label: "activation", options: [["", "default"], "tanh", "relu", "sigmoid", "gelu"] }),
+          modelInput("layers", { label: "layers" }),
+          modelInput("hidden", { label: "hidden" }),
+          modelInput("norm", { label: "norm", options: [["", "default for the kind"], ...(model.norm.options ?? [])] }),
+          modelInput("activation", { label: "activation", options: [["", "default for the kind"], ...(model.activation.options ?? [])] }),
           m === "transformer" ? [
-            input("model.heads", { label: "heads", integer: true }),
-            input("model.norm_position", { label: "norm position", options: ["pre", "post"] })] : null,
-          m === "mlp" ? input("model.residual", { type: "bool", label: "residual connections" }) : null,
-          input("model.init_scale", { label: "init scale", help: ">1 provokes explosion, <1 vanishing" }),
-          input("model.dropout", { label: "dropout" })),
+            modelInput("heads", { label: "heads" }),
+            modelInput("norm_position", { label: "norm position" })] : null,
+          m === "mlp" ? modelInput("residual", { label: "residual connections" }) : null,
+          modelInput("init_scale", { label: "init scale", help: ">1 provokes explosion, <1 vanishing" }),
+          modelInput("dropout", { label: "dropout" })),
         el("fieldset", {}, el("legend", {}, "Optimizer"),
-          input("optimizer.kind", { label: "kind", options: ["sgd", "adam", "adamw"] }),
-          input("optimizer.lr", { label: "learning rate" }),
-          input("optimizer.weight_decay", { label: "weight decay", placeholder: "default" }),
+          optInput("kind", { label: "kind" }),
+          optInput("lr", { label: "learning rate" }),
+          optInput("weight_decay", { label: "weight decay", placeholder: "default", nullable: false }),
+          optInput("no_decay", { label: "no decay for" }),
           state.optimizer.kind === "sgd"
-            ? [input("optimizer.momentum", { label: "momentum" }), input("optimizer.nesterov", { type: "bool", label: "Nesterov" })]
-            : [input("optimizer.beta1", { label: "beta1" }), input("optimizer.beta2", { label: "beta2" }), input("optimizer.eps", { label: "eps" })],
-          input("optimizer.warmup_steps", { label: "warm-up steps", integer: true }),
-          input("optimizer.schedule", { label: "schedule", options: ["constant", "linear", "cosine"] })),
+            ? [optInput("momentum", { label: "momentum" }), optInput("nesterov", { label: "Nesterov" })]
+            : [optInput("beta1", { label: "beta1" }), optInput("beta2", { label: "beta2" }), optInput("eps", { label: "eps" })],
+          optInput("warmup_steps", { label: "warm-up steps" }),
+          optInput("schedule", { label: "schedule" })),
         el("fieldset", { class: "wide" }, el("legend", {}, "Policies"),
-          el("div", { class: "policy-block" }, el("h4", {}, "Gradient (after backward, in order)"), policyList("grad", GRAD_POLICIES)),
-          el("div", { class: "policy-block" }, el("h4", {}, "Weight (after the optimizer step)"), policyList("weight", WEIGHT_POLICIES)),
-          input("policy.on_nonfinite", { label: "on NaN/Inf", options: ["skip", "stop"] })),
+          el("div", { class: "policy-block" }, el("h4", {}, "Gradient (after backward, in order)"), policyList("grad", s.grad)),
+          el("div", { class: "policy-block" }, el("h4", {}, "Weight (after the optimizer step)"), policyList("weight", s.weight)),
+          input("policy.on_nonfinite", { label: "on NaN/Inf", field: s.fields("PolicySpec").on_nonfinite })),
         el("details", { class: "wide monitor" }, el("summary", {}, "Monitoring and diagnosis thresholds"),
           el("div", { class: "monitor-grid" },
-            input("monitor.every", { label: "statistics every", integer: true, help: "steps; 0 turns per-layer statistics off" }),
-            input("monitor.histogram", { type: "bool", label: "gradient histograms" }),
-            input("monitor.prometheus_layers", { label: "Prometheus layers", integer: true }),
-            input("monitor.explode_factor", { label: "exploding factor" }),
-            input("monitor.vanish_ratio", { label: "vanishing ratio" }),
-            input("monitor.dead_frac", { label: "dead fraction" }),
-            input("monitor.diagnose_window", { label: "diagnosis window", integer: true }),
-            input("monitor.summary_every", { label: "summary every", integer: true }),
-            input("monitor.cooldown", { label: "event cool-down", integer: true }))),
+            monInput("every", { label: "statistics every", help: "steps; 0 turns per-layer statistics off" }),
+            monInput("histogram", { label: "gradient histograms" }),
+            monInput("prometheus_layers", { label: "Prometheus layers" }),
+            monInput("explode_factor", { label: "exploding factor" }),
+            monInput("explode_floor", { label: "exploding floor" }),
+            monInput("vanish_ratio", { label: "vanishing ratio" }),
+            monInput("dead_frac", { label: "dead fraction" }),
+            monInput("diagnose_window", { label: "diagnosis window" }),
+            monInput("summary_every", { label: "summary every" }),
+            monInput("cooldown", { label: "event cool-down" }))),
         el("details", { class: "wide" }, el("summary", {}, "Spec as JSON"), json,
           el("button", { type: "button", class: "small", onclick: applyJson }, "Apply JSON to the form"))),
       el("div", { class: "form-actions" },
         el("button", { type: "submit", class: "primary" }, "Submit job"),
         el("span", { class: "muted submit-status", role: "status" })),
     );
-    json.value = JSON.stringify(toSpec(state), null, 2);
+    showJson();
   }
 
   function applyJson() {
+    if (!schema) return;
     try {
-      state = fromSpec(JSON.parse(json.value));
+      state = fromSpec(schema, JSON.parse(json.value));
       render();
     } catch (err) {
-      showError(null, `The JSON does not parse: ${err.message}`);
+      showError(null, `The JSON does not parse: ${err instanceof Error ? err.message : err}`);
     }
   }
 
@@ -296,9 +524,14 @@ export function specForm(root, { presets, onSubmitted, initial }) {
     for (const m of form.querySelectorAll(".field-error")) m.textContent = "";
   }
 
-  /** Puts `message` under the field the server named (or the nearest enclosing one). */
+  /**
+   * Puts `message` under the field the server named (or the nearest enclosing one).
+   * @param {string | null} field
+   * @param {string} message
+   */
   function showError(field, message) {
     clearErrors();
+    /** @type {HTMLElement | null} */
     let target = null;
     if (field) {
       let path = field;
@@ -313,9 +546,9 @@ export function specForm(root, { presets, onSubmitted, initial }) {
       if (details) details.open = true;
       target.classList.add("has-error");
       const slot = target.querySelector(":scope > .field-error") ?? target.querySelector(".field-error");
-      slot.textContent = message;
+      if (slot) slot.textContent = message;
       target.scrollIntoView({ block: "center", behavior: "instant" });
-      target.querySelector("input, select")?.focus({ preventScroll: true });
+      /** @type {HTMLElement | null} */ (target.querySelector("input, select"))?.focus({ preventScroll: true });
     } else {
       banner.hidden = false;
       banner.textContent = field ? `${field}: ${message}` : message;
@@ -324,43 +557,63 @@ export function specForm(root, { presets, onSubmitted, initial }) {
 
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
-    if (localErrors.size) {
-      const [path, message] = localErrors.entries().next().value;
+    if (!schema) return;
+    const first = localErrors.entries().next();
+    if (!first.done) {
+      const [path, message] = first.value;
       showError(path.replace(/\.(\d+)\./, "[$1]."), message);
       return;
     }
-    const status = form.querySelector(".submit-status");
-    const button = form.querySelector("button[type=submit]");
+    const status = /** @type {HTMLElement} */ (form.querySelector(".submit-status"));
+    const button = /** @type {HTMLButtonElement} */ (form.querySelector("button[type=submit]"));
     button.disabled = true;
     status.textContent = "submitting…";
     try {
-      const job = await post("/jobs", toSpec(state));
+      const job = await post("/jobs", toSpec(schema, state));
       status.textContent = "";
       onSubmitted(job);
     } catch (err) {
       status.textContent = "";
       if (err instanceof ApiError) showError(err.field, err.message);
-      else showError(null, `Could not reach the server: ${err.message}`);
+      else showError(null, `Could not reach the server: ${err instanceof Error ? err.message : err}`);
     } finally {
       button.disabled = false;
     }
   });
 
-  render();
+  specSchema().then((s) => {
+    schema = s;
+    state = pending ? fromSpec(s, pending) : defaultSpec(s);
+    render();
+  }, (err) => showError(null, `Could not read the spec's schema: ${err instanceof Error ? err.message : err}`));
+
   return {
+    /** @param {Spec} spec */
     load(spec) {
-      state = fromSpec(spec);
+      if (!schema) {
+        pending = spec;
+        return;
+      }
+      state = fromSpec(schema, spec);
       render();
     },
   };
 }
 
+/**
+ * `items` grouped by `key`, groups in first-seen order.
+ * @template T
+ * @param {T[]} items
+ * @param {(item: T) => string} key
+ * @returns {Array<[string, T[]]>}
+ */
 export function groupBy(items, key) {
+  /** @type {Map<string, T[]>} */
   const groups = new Map();
   for (const item of items) {
     const k = key(item);
     if (!groups.has(k)) groups.set(k, []);
-    groups.get(k).push(item);
+    groups.get(k)?.push(item);
   }
   return [...groups.entries()];
 }

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use gradscope::train::JobSpec;
+use gradscope::spec::JobSpec;
 use gradscope::train::budget::{self, CorpusSize};
 use gradscope::train::data::builtin_corpus;
 use serde_json::{Value, json};
@@ -20,7 +20,7 @@ async fn refused(app: &TestApp, spec: &Value) -> (u16, Value) {
 }
 
 fn estimate(spec: &Value, corpus: CorpusSize) -> budget::Estimate {
-    let spec: JobSpec = serde_json::from_value(spec.clone()).expect("spec");
+    let spec = JobSpec::parse_value(spec).expect("spec");
     budget::estimate(&spec, corpus)
 }
 

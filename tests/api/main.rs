@@ -20,6 +20,7 @@ mod presets;
 mod prometheus;
 mod resume;
 mod service;
+mod spec_schema;
 mod stats;
 mod stream;
 mod tasks;

@@ -6,9 +6,10 @@
 //! numbers compared are bit patterns or closed-form values, not anything the HTTP layer
 //! adds.
 
+use gradscope::spec::GradPolicy;
+use gradscope::spec::{JobSpec, ValidSpec};
 use gradscope::train::policy::GradPolicies;
-use gradscope::train::spec::GradPolicy;
-use gradscope::train::{Event, JobSpec, RunContext, StepReport, StopFlag, TrainEvent, train};
+use gradscope::train::{Event, RunContext, StepReport, StopFlag, TrainEvent, train};
 use serde_json::{Value, json};
 use tch::{Device, Kind, Tensor};
 
@@ -33,7 +34,7 @@ fn test_device() -> String {
     std::env::var("GRADSCOPE_TEST_DEVICE").unwrap_or_else(|_| "cpu".to_owned())
 }
 
-fn mlp_spec(steps: u64, every: u64, grad: &Value) -> JobSpec {
+fn mlp_spec(steps: u64, every: u64, grad: &Value) -> ValidSpec {
     let spec = json!({
         "seed": 11,
         "steps": steps,
@@ -46,13 +47,11 @@ fn mlp_spec(steps: u64, every: u64, grad: &Value) -> JobSpec {
         "monitor": {"every": every},
         "checkpoint_every": 0,
     });
-    let spec: JobSpec = serde_json::from_value(spec).expect("spec parses");
-    spec.validate().expect("spec is valid");
-    spec
+    JobSpec::parse_value(&spec).expect("spec is valid")
 }
 
 /// Trains `spec` to the end on one thread; its step reports and events.
-fn run(spec: &JobSpec) -> (Vec<StepReport>, Vec<Event>) {
+fn run(spec: &ValidSpec) -> (Vec<StepReport>, Vec<Event>) {
     tch::set_num_threads(1);
     let ctx = RunContext { corpus: String::new(), checkpoint: None, resume: None };
     let (mut steps, mut events) = (Vec::new(), Vec::new());
@@ -129,7 +128,7 @@ fn skip_spike_survives_a_level_shift() {
             skipped_after_shift.push(step);
         }
     }
-    let default_bound = gradscope::train::spec::DEFAULT_SPIKE_MAX_CONSECUTIVE as usize;
+    let default_bound = gradscope::spec::policy::DEFAULT_SPIKE_MAX_CONSECUTIVE as usize;
     assert!(
         skipped_after_shift.len() <= default_bound,
         "{} of the 100 updates after the shift skipped (first {:?}); at most {default_bound} may be",
@@ -158,8 +157,7 @@ fn skip_spike_accepts_and_reports_after_its_bound() {
         "monitor": {"every": 0},
         "checkpoint_every": 0,
     });
-    let spec: JobSpec = serde_json::from_value(spec).expect("spec parses");
-    spec.validate().expect("valid");
+    let spec = JobSpec::parse_value(&spec).expect("valid");
     let (steps, events) = run(&spec);
     let skipped: Vec<u64> = steps.iter().filter(|r| r.skipped).map(|r| r.step).collect();
     let mut longest = 0;
@@ -214,8 +212,8 @@ fn zclip_caps_at_max_grad_norm_during_warmup() {
 /// classifier, and clips it when told to.
 #[test]
 fn agc_spares_the_head() {
+    use gradscope::spec::{ModelSpec, TaskSpec};
     use gradscope::train::model;
-    use gradscope::train::spec::{ModelSpec, TaskSpec};
     use gradscope::train::task::Task;
 
     tch::set_num_threads(1);

@@ -20,8 +20,8 @@ async fn invalid_specs_are_refused_naming_the_field() {
         target[key] = value;
         spec
     };
-    let mut missing_task = tiny_lstm_spec(10, 1.0);
-    missing_task.as_object_mut().expect("object").remove("task");
+    let mut missing_model = tiny_lstm_spec(10, 1.0);
+    missing_model.as_object_mut().expect("object").remove("model");
     let mut unknown = tiny_lstm_spec(10, 1.0);
     unknown["colour"] = json!("blue");
     let mut unknown_nested = tiny_lstm_spec(10, 1.0);
@@ -33,7 +33,7 @@ async fn invalid_specs_are_refused_naming_the_field() {
         ("unknown nested field", unknown_nested, "model.widht"),
         ("out of range", with("/model/hidden", json!(0)), "model.hidden"),
         ("too many steps", with("/steps", json!(10_000_000_000_u64)), "steps"),
-        ("missing task", missing_task, "task"),
+        ("missing model", missing_model, "model"),
         ("unknown model", with("/model/kind", json!("cnn")), "model.kind"),
         ("unknown task", with("/task/kind", json!("poetry")), "task.kind"),
         ("bad device", with("/device", json!("tpu")), "device"),

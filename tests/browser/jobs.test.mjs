@@ -113,3 +113,54 @@ test("an invalid spec shows the server's 422 next to the offending field", async
   assert.equal(refused.length, 2);
   assert.deepEqual(browser.errors.filter((e) => !refused.includes(e)), [], "no other errors in the browser console");
 });
+
+test("the form shows the server's defaults and sends the fields it gained", async () => {
+  const { page } = browser;
+  const { body: doc } = await server.api("GET", "/openapi.json");
+  const schemas = doc.components.schemas;
+  // A component's field, or (`GradPolicy/zclip`) a field of one kind of a tagged enum.
+  const published = (schema, field) => {
+    const [name, kind] = schema.split("/");
+    const object = kind ? schemas[name].oneOf.find((o) => o.properties.kind.enum[0] === kind) : schemas[name];
+    return object.properties[field].default;
+  };
+  await page.goto(`${server.url}/#/`);
+  await page.reload(); // a fresh form, not the one the previous test left
+  await page.waitForSelector("form.spec-form input[name='optimizer.lr']");
+
+  // What the form starts from is what the server documents (and so what it applies).
+  const shown = async (name) => Number(await page.inputValue(`input[name='${name}']`));
+  assert.equal(await shown("optimizer.lr"), published("OptimizerSpec", "lr"));
+  assert.equal(await shown("seed"), published("JobSpec", "seed"));
+  assert.equal(await shown("batch_size"), published("JobSpec", "batch_size"));
+  assert.equal(await shown("monitor.explode_floor"), published("MonitorSpec", "explode_floor"));
+  assert.equal(await shown("task.eval_every"), published("TaskSpec/char_lm", "eval_every"));
+  // A policy added in the form starts from its published defaults too.
+  await page.selectOption("select[name='policy.grad[0].kind']", "zclip");
+  await page.waitForSelector("input[name='policy.grad.0.max_grad_norm']");
+  assert.equal(await shown("policy.grad.0.alpha"), published("GradPolicy/zclip", "alpha"));
+  assert.equal(await shown("policy.grad.0.max_grad_norm"), published("GradPolicy/zclip", "max_grad_norm"));
+  // Ranges come from the document as well.
+  const hint = await page.textContent("[data-field='model.hidden'] .help");
+  assert.equal(hint, `${schemas.ModelSpec.properties.hidden.minimum} to ${schemas.ModelSpec.properties.hidden.maximum}`);
+
+  // Fields the form lacked before reach the submitted spec.
+  await page.fill("input[name='policy.grad.0.max_grad_norm']", ""); // blank: no cap
+  await page.selectOption("select[name='optimizer.no_decay']", "bias_and_norm");
+  await page.click("details.monitor > summary");
+  await page.fill("input[name='monitor.explode_floor']", "2.5");
+  await page.fill("input[name=steps]", "20");
+  await page.fill("input[name=device]", "cpu");
+  await page.click("form.spec-form button[type=submit]");
+  await page.waitForURL(/#\/jobs\/[0-9a-f-]+$/);
+  const id = page.url().split("/").pop();
+  const { body: job } = await server.api("GET", `/jobs/${id}`);
+  assert.equal(job.spec.optimizer.no_decay, "bias_and_norm");
+  assert.equal(job.spec.monitor.explode_floor, 2.5);
+  assert.equal(job.spec.policy.grad[0].kind, "zclip");
+  assert.equal(job.spec.policy.grad[0].max_grad_norm, null);
+  // The norm left at "default for the kind" is the one the server resolved and stored.
+  assert.equal(job.spec.model.norm, "none");
+  // The previous test's refused requests are the only errors logged.
+  assert.deepEqual(browser.errors.filter((e) => !/status of 422/.test(e)), [], "no other errors in the browser console");
+});

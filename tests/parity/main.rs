@@ -11,11 +11,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use gradscope::spec::{GradPolicy, ModelSpec, OptimizerSpec, TaskSpec, WeightPolicy};
 use gradscope::train::LayerInfo;
 use gradscope::train::model::{self, Input, Io};
 use gradscope::train::optim::{FlatOptimizer, learning_rate};
 use gradscope::train::policy::{GradPolicies, apply_weight_policies, layer_norms};
-use gradscope::train::spec::{GradPolicy, ModelSpec, OptimizerSpec, TaskSpec, WeightPolicy};
 use gradscope::train::task::Task;
 use serde_json::{Value, json};
 use tch::{Device, Kind, Tensor, nn};

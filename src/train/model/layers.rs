@@ -7,7 +7,7 @@ use tch::nn::{self, Init};
 use tch::{Kind, Tensor};
 
 use super::Params;
-use crate::train::spec::{Activation, Norm};
+use crate::spec::{Activation, Norm};
 
 /// `torch.nn.LayerNorm` and `BatchNorm1d` default epsilon.
 pub const NORM_EPS: f64 = 1e-5;

@@ -6,7 +6,7 @@ use tch::{Tensor, nn};
 
 use super::layers::{Linear, NormLayer, StepRng, activate};
 use super::{Input, Io, Model, Params};
-use crate::train::spec::{Activation, ModelSpec, Norm};
+use crate::spec::{Activation, ModelSpec, Norm};
 
 #[derive(Debug)]
 struct Block {

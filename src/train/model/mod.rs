@@ -21,7 +21,7 @@ use tch::nn::{self, Init};
 use tch::{Device, Tensor};
 
 use super::LayerInfo;
-use super::spec::{ModelKind, ModelSpec};
+use crate::spec::{ModelKind, ModelSpec};
 
 /// `tch::manual_seed` is process-wide: jobs build their models, and draw their dropout
 /// masks ([`layers::StepRng`]), one at a time, so each job's seed alone decides its
@@ -190,8 +190,8 @@ pub fn build(spec: &ModelSpec, vs: &nn::VarStore, io: Io, seed: u64) -> anyhow::
 }
 
 /// The device a spec's `device` field resolves to here, or why it cannot.
-pub fn resolve_device(choice: super::spec::DeviceChoice) -> anyhow::Result<Device> {
-    use super::spec::DeviceChoice;
+pub fn resolve_device(choice: crate::spec::DeviceChoice) -> anyhow::Result<Device> {
+    use crate::spec::DeviceChoice;
     match choice {
         DeviceChoice::Auto => Ok(Device::cuda_if_available()),
         DeviceChoice::Cpu => Ok(Device::Cpu),

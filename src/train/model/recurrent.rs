@@ -9,7 +9,7 @@ use tch::{Kind, Tensor};
 
 use super::layers::{Linear, StepRng, embed, uniform_fan};
 use super::{Input, Io, Model, Params};
-use crate::train::spec::{Activation, ModelKind, ModelSpec};
+use crate::spec::{Activation, ModelKind, ModelSpec};
 
 #[derive(Debug, Clone, Copy)]
 enum Cell {

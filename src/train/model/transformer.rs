@@ -12,7 +12,7 @@ use tch::nn::{self, Init};
 
 use super::layers::{Linear, NormLayer, StepRng, activate, embed, uniform_fan, xavier_uniform};
 use super::{Input, Io, Model, Params};
-use crate::train::spec::{Activation, ModelSpec, NormPosition};
+use crate::spec::{Activation, ModelSpec, NormPosition};
 
 /// Feed-forward width as a multiple of `hidden` (the original Transformer's 4×).
 const FF_MULTIPLE: i64 = 4;

@@ -1,0 +1,104 @@
+//! What to record, and the thresholds of the diagnosis.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::error::{Ints, Ranged, Reals, SpecError, check, ints, reals};
+
+pub const DEFAULT_PROMETHEUS_LAYERS: u32 = 32;
+pub const DEFAULT_EXPLODE_FACTOR: f64 = 10.0;
+pub const DEFAULT_EXPLODE_FLOOR: f64 = 1.0;
+pub const DEFAULT_VANISH_RATIO: f64 = 1e-4;
+pub const DEFAULT_DEAD_FRAC: f64 = 0.99;
+pub const DEFAULT_DIAGNOSE_WINDOW: u64 = 50;
+pub const DEFAULT_SUMMARY_EVERY: u64 = 100;
+pub const DEFAULT_COOLDOWN: u64 = 100;
+pub const PROMETHEUS_LAYERS: Ints = Ints::new(0, 1024);
+pub const EXPLODE_FACTOR: Reals = Reals { min: 1.0, above: true, max: f64::INFINITY, below: false };
+pub const EXPLODE_FLOOR: Reals = Reals { min: 0.0, above: false, max: f64::INFINITY, below: false };
+pub const VANISH_RATIO: Reals = Reals { min: 0.0, above: true, max: 1.0, below: true };
+pub const DEAD_FRAC: Reals = Reals { min: 0.0, above: true, max: 1.0, below: false };
+/// Windows longer than any job are meaningless, and bounding them keeps step arithmetic
+/// far from overflow.
+pub const EVERY: Ints = Ints::new(0, super::MAX_STEPS as i64);
+pub const WINDOW: Ints = Ints::new(1, super::MAX_STEPS as i64);
+pub const COOLDOWN: Ints = Ints::new(0, super::MAX_STEPS as i64);
+
+pub(crate) const RANGES: &[Ranged] = &[
+    ints("MonitorSpec", "every", EVERY),
+    ints("MonitorSpec", "prometheus_layers", PROMETHEUS_LAYERS),
+    reals("MonitorSpec", "explode_factor", EXPLODE_FACTOR),
+    reals("MonitorSpec", "explode_floor", EXPLODE_FLOOR),
+    reals("MonitorSpec", "vanish_ratio", VANISH_RATIO),
+    reals("MonitorSpec", "dead_frac", DEAD_FRAC),
+    ints("MonitorSpec", "diagnose_window", WINDOW),
+    ints("MonitorSpec", "summary_every", WINDOW),
+    ints("MonitorSpec", "cooldown", COOLDOWN),
+];
+
+/// What to record, and the thresholds of the diagnosis.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct MonitorSpec {
+    /// Record per-layer statistics every this many steps (the first step always); 0 turns
+    /// them off (loss and the global norms are still recorded every step).
+    pub every: u64,
+    /// Record per-layer gradient histograms with the statistics.
+    pub histogram: bool,
+    /// At most this many layers per job get a Prometheus series.
+    pub prometheus_layers: u32,
+    /// `exploding`: the global gradient norm exceeds this multiple of its recent median.
+    pub explode_factor: f64,
+    /// `exploding` needs the norm (global, or a layer's) above this too: near convergence
+    /// tiny norms jump by large factors harmlessly. The default, 1, is the `max_norm`
+    /// most clipping recipes use: a norm a standard clip would pass is no explosion.
+    pub explode_floor: f64,
+    /// `vanishing`: a layer's gradient norm stays below this fraction of the largest
+    /// layer's for `diagnose_window` recorded steps.
+    pub vanish_ratio: f64,
+    /// `dead`: at least this fraction of a layer's gradient entries are exactly zero for
+    /// `diagnose_window` recorded steps.
+    pub dead_frac: f64,
+    /// Recorded steps a layer condition must last before it is reported.
+    pub diagnose_window: u64,
+    /// Steps between `clipped`/`skipped` summaries.
+    pub summary_every: u64,
+    /// Steps before the same kind of event for the same layer is reported again.
+    pub cooldown: u64,
+}
+
+impl Default for MonitorSpec {
+    fn default() -> Self {
+        Self {
+            every: 1,
+            histogram: true,
+            prometheus_layers: DEFAULT_PROMETHEUS_LAYERS,
+            explode_factor: DEFAULT_EXPLODE_FACTOR,
+            explode_floor: DEFAULT_EXPLODE_FLOOR,
+            vanish_ratio: DEFAULT_VANISH_RATIO,
+            dead_frac: DEFAULT_DEAD_FRAC,
+            diagnose_window: DEFAULT_DIAGNOSE_WINDOW,
+            summary_every: DEFAULT_SUMMARY_EVERY,
+            cooldown: DEFAULT_COOLDOWN,
+        }
+    }
+}
+
+impl MonitorSpec {
+    /// Whether 1-based `step` records per-layer statistics.
+    pub fn records(&self, step: u64) -> bool {
+        self.every > 0 && (step - 1).is_multiple_of(self.every)
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), SpecError> {
+        check(PROMETHEUS_LAYERS.contains(self.prometheus_layers), "monitor.prometheus_layers", "at most 1024")?;
+        EXPLODE_FACTOR.check(self.explode_factor, "monitor.explode_factor")?;
+        EXPLODE_FLOOR.check(self.explode_floor, "monitor.explode_floor")?;
+        VANISH_RATIO.check(self.vanish_ratio, "monitor.vanish_ratio")?;
+        DEAD_FRAC.check(self.dead_frac, "monitor.dead_frac")?;
+        WINDOW.check(self.diagnose_window, "monitor.diagnose_window")?;
+        WINDOW.check(self.summary_every, "monitor.summary_every")?;
+        COOLDOWN.check(self.cooldown, "monitor.cooldown")?;
+        EVERY.check(self.every, "monitor.every")
+    }
+}
