@@ -18,6 +18,8 @@
 //! - [`healthcheck`] — the `gradscope healthcheck` client.
 //! - [`local`] — `gradscope run SPEC.json`, one job from the shell.
 //! - [`bench`] — `gradscope bench steps|stream`: what monitoring and streaming cost.
+//! - [`vocab`] — the names every layer shares: statistics, event kinds, diagnosis
+//!   statuses.
 
 pub mod api;
 pub mod bench;
@@ -30,5 +32,6 @@ pub mod startup;
 pub mod store;
 pub mod telemetry;
 pub mod train;
+pub mod vocab;
 
 pub use startup::Application;

@@ -4,6 +4,7 @@ use axum::Json;
 use utoipa::OpenApi;
 
 use super::{corpora, health, jobs, presets, stats, stream};
+use crate::vocab::{DiagnosisStatus, EventKind, Statistic};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -13,6 +14,7 @@ use super::{corpora, health, jobs, presets, stats, stream};
         jobs::checkpoint, jobs::resume, stats::layers, stats::events, stream::subscribe, presets::list, corpora::create, corpora::list, corpora::delete,
         health::live, health::ready, health::metrics, document,
     ),
+    components(schemas(Statistic, EventKind, DiagnosisStatus)),
     tags(
         (name = "jobs", description = "Submit, watch and manage training jobs"),
         (name = "corpora", description = "Text corpora for char_lm jobs"),

@@ -25,8 +25,8 @@ use super::jobs::find_job;
 use super::{ApiError, AppState};
 use crate::jobs::live::{LiveMessage, Shared, Subscription};
 use crate::store::Job;
-use crate::train::stats::STAT_NAMES;
 use crate::train::{Event, StepReport};
+use crate::vocab::Statistic;
 
 /// How often the server pings an idle client.
 const PING_EVERY: Duration = Duration::from_secs(15);
@@ -333,7 +333,7 @@ pub fn render_step(report: &StepReport, time: f64, subset: Option<&[usize]>) -> 
             }
         };
         let mut map: serde_json::Map<String, serde_json::Value> =
-            STAT_NAMES.iter().map(|name| ((*name).to_owned(), pick(stats.by_name(name).unwrap_or_default()))).collect();
+            Statistic::ALL.iter().map(|&stat| (stat.as_str().to_owned(), pick(stats.get(stat)))).collect();
         if let Some(hist) = &stats.hist {
             let per_layer: Vec<&[u64]> = hist.chunks(crate::train::stats::HIST_BINS).collect();
             let chosen: Vec<&[u64]> = match subset {

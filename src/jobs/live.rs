@@ -23,6 +23,9 @@ pub const DEFAULT_RING: usize = 512;
 pub const CHANNEL_CAPACITY: usize = 1024;
 
 /// One message of a job's live feed.
+// Steps are nearly every message: boxing them would cost an allocation per step to save
+// bytes on the rare others.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum LiveMessage {
     Step(StepReport),

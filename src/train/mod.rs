@@ -30,6 +30,8 @@ pub mod task;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
+use crate::vocab::EventKind;
+
 pub use run::{RunContext, train};
 pub use spec::JobSpec;
 pub use stats::LayerStats;
@@ -79,7 +81,7 @@ impl EvalReport {
     pub fn events(&self) -> Vec<Event> {
         let mut events = vec![Event {
             step: self.step,
-            kind: "validation",
+            kind: EventKind::Validation,
             layer: None,
             value: Some(self.loss),
             message: format!("validation loss {:.4}", self.loss),
@@ -87,7 +89,7 @@ impl EvalReport {
         if let Some((name, value)) = self.metric {
             events.push(Event {
                 step: self.step,
-                kind: if name == "accuracy" { "validation_accuracy" } else { "validation_metric" },
+                kind: if name == "accuracy" { EventKind::ValidationAccuracy } else { EventKind::ValidationMetric },
                 layer: None,
                 value: Some(value),
                 message: format!("validation {name} {value:.4}"),
@@ -98,6 +100,9 @@ impl EvalReport {
 }
 
 /// Messages from a training thread, in order.
+// Steps are nearly every message: boxing them would cost an allocation per step to save
+// bytes on the rare others.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum TrainEvent {
     /// The model is built: where it trains and what its layers are.
@@ -118,10 +123,7 @@ pub enum TrainEvent {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
     pub step: u64,
-    /// `nonfinite`, `recovered` (a non-finite episode ended), `exploding`, `vanishing`,
-    /// `dead`, `redundant` (information: a parameter a batch norm after it makes
-    /// redundant), `clipped`, `skipped`, `spike_accepted`.
-    pub kind: &'static str,
+    pub kind: EventKind,
     pub layer: Option<usize>,
     pub value: Option<f64>,
     pub message: String,

@@ -17,9 +17,10 @@ use super::diagnose::{Diagnoser, Diagnosis};
 use super::optim::FlatOptimizer;
 use super::policy::GradPolicies;
 use super::spec::{GradPolicy, JobSpec, OnNonfinite, parse_device};
-use super::stats::{FlatParams, GRAD_STATS, HIST_BINS, LayerStats, WEIGHT_STATS};
+use super::stats::{FlatParams, HIST_BINS, LayerStats};
 use super::task::Task;
 use super::{Event, Outcome, StepReport, StopFlag, StopReason, TrainEvent, model, optim, policy};
+use crate::vocab::{EventKind, Statistic};
 
 /// What a run needs besides its spec, resolved by the caller.
 #[derive(Debug, Clone)]
@@ -192,7 +193,7 @@ impl<'a> Reporter<'a> {
             held_events: Vec::new(),
             pending: Vec::new(),
             diagnoser: Diagnoser::new(&spec.monitor, layer_names).with_redundant(redundant),
-            diagnosis: Diagnosis { status: "healthy".to_owned(), issues: Vec::new() },
+            diagnosis: Diagnosis::default(),
         }
     }
 
@@ -244,7 +245,7 @@ impl<'a> Reporter<'a> {
 
         let (scalars, mut rest) = host.split_at(5);
         let mut layers = grad_stats.as_ref().map(|_| {
-            let n = GRAD_STATS.len() * self.layers;
+            let n = Statistic::GRAD.len() * self.layers;
             let stats = LayerStats::from_grad_rows(&rest[..n], self.layers);
             rest = &rest[n..];
             stats
@@ -257,7 +258,7 @@ impl<'a> Reporter<'a> {
             }
         }
         if held_weights.is_some() {
-            let n = WEIGHT_STATS.len() * self.layers;
+            let n = Statistic::WEIGHT.len() * self.layers;
             self.release(Some(&rest[..n]), emit);
             rest = &rest[n..];
         } else {
@@ -276,7 +277,7 @@ impl<'a> Reporter<'a> {
             });
             self.pending.push(Event {
                 step,
-                kind: "spike_accepted",
+                kind: EventKind::SpikeAccepted,
                 layer: None,
                 value: Some(grad_norm),
                 message: format!(
