@@ -11,6 +11,7 @@
 //! - [`optim`] — optimizers and learning-rate schedules.
 //! - [`policy`] — gradient and weight policies.
 //! - [`stats`] — per-layer statistics from one flat gradient buffer.
+//! - [`transfer`] — the layout of the one device→host copy a step makes.
 //! - [`diagnose`] — vanishing/exploding/dead/non-finite diagnosis from the reports.
 //! - [`run`] — the training loop.
 //! - [`presets`] — the seed experiments, failing runs beside their remedied twins.
@@ -27,6 +28,7 @@ pub mod run;
 pub mod spec;
 pub mod stats;
 pub mod task;
+pub mod transfer;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 

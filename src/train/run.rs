@@ -17,10 +17,11 @@ use super::diagnose::{Diagnoser, Diagnosis};
 use super::optim::FlatOptimizer;
 use super::policy::GradPolicies;
 use super::spec::{GradPolicy, JobSpec, OnNonfinite, parse_device};
-use super::stats::{FlatParams, HIST_BINS, LayerStats};
+use super::stats::FlatParams;
 use super::task::Task;
+use super::transfer::{DeviceParts, DeviceScalars, Scalars};
 use super::{Event, Outcome, StepReport, StopFlag, StopReason, TrainEvent, model, optim, policy};
-use crate::vocab::{EventKind, Statistic};
+use crate::vocab::EventKind;
 
 /// What a run needs besides its spec, resolved by the caller.
 #[derive(Debug, Clone)]
@@ -228,49 +229,33 @@ impl<'a> Reporter<'a> {
         let (skip, forced) = (flag(&outcome.skip)?, flag(&outcome.forced)?);
 
         let held_weights = self.held.as_ref().and_then(|(_, w)| w.as_ref().map(Tensor::shallow_clone));
-        let mut parts = vec![
-            loss.f_detach()?.f_reshape([1])?,
-            total.f_reshape([1])?,
-            outcome.norm.f_reshape([1])?,
-            skip.f_reshape([1])?,
-            forced.f_reshape([1])?,
-        ];
-        parts.extend(grad_stats.iter().map(|s| s.f_flatten(0, -1)).collect::<Result<Vec<_>, _>>()?);
-        parts.extend(held_weights.iter().map(|w| w.f_flatten(0, -1)).collect::<Result<Vec<_>, _>>()?);
-        // Histogram counts go to float64 in the one conversion below, exactly (never
-        // through float32).
-        parts.extend(hist.iter().map(Tensor::shallow_clone));
-        let parts: Vec<Tensor> = parts.iter().map(|p| p.f_to_kind(Kind::Double)).collect::<Result<_, _>>()?;
-        let host: Vec<f64> = Vec::try_from(&Tensor::f_cat(&parts, 0)?.f_to_device(Device::Cpu)?)?;
+        let copy = DeviceParts {
+            scalars: Some(DeviceScalars {
+                loss,
+                grad_norm: &total,
+                grad_norm_clipped: &outcome.norm,
+                skip: &skip,
+                forced: &forced,
+            }),
+            grad_stats: grad_stats.as_ref(),
+            weight_stats: held_weights.as_ref(),
+            hist: hist.as_ref(),
+        }
+        .copy_to_host(self.layers)?;
 
-        let (scalars, mut rest) = host.split_at(5);
-        let mut layers = grad_stats.as_ref().map(|_| {
-            let n = Statistic::GRAD.len() * self.layers;
-            let stats = LayerStats::from_grad_rows(&rest[..n], self.layers);
-            rest = &rest[n..];
-            stats
-        });
+        let scalars = copy.scalars().context("the copy holds the step's scalars")?;
+        let mut layers = copy.grad_stats();
         if let Some(stats) = layers.as_mut() {
             // Counting NaN/Inf costs a pass: only for layers whose norm came back broken.
             let broken: Vec<usize> = (0..self.layers).filter(|&i| !stats.nonfinite[i].is_finite()).collect();
             for (i, count) in broken.iter().zip(flat.nonfinite_counts(&broken)?) {
                 stats.nonfinite[*i] = count;
             }
+            stats.hist = copy.hist();
         }
-        if held_weights.is_some() {
-            let n = Statistic::WEIGHT.len() * self.layers;
-            self.release(Some(&rest[..n]), emit);
-            rest = &rest[n..];
-        } else {
-            self.release(None, emit);
-        }
-        if let Some(layers) = layers.as_mut()
-            && hist.is_some()
-        {
-            layers.hist = Some(rest[..HIST_BINS * self.layers].iter().map(|&c| c as u64).collect());
-        }
-        let (grad_norm, grad_norm_clipped) = (scalars[1], scalars[2]);
-        if scalars[4] != 0.0 {
+        self.release(copy.weight_rows(), emit);
+        let Scalars { loss, grad_norm, grad_norm_clipped, skip, forced } = scalars;
+        if forced {
             let most = self.spec.policy.grad.iter().find_map(|p| match p {
                 GradPolicy::SkipSpike { max_consecutive, .. } => Some(*max_consecutive),
                 _ => None,
@@ -289,13 +274,13 @@ impl<'a> Reporter<'a> {
         }
         Ok(StepReport {
             step,
-            loss: scalars[0],
+            loss,
             grad_norm,
             grad_norm_clipped,
             clip_coef: if grad_norm > 0.0 { grad_norm_clipped / grad_norm } else { 1.0 },
             lr,
             // A policy (skip_spike) dropped the update.
-            skipped: scalars[3] != 0.0,
+            skipped: skip,
             layers,
             seconds: 0.0,
         })
@@ -330,14 +315,9 @@ impl<'a> Reporter<'a> {
     /// Emits the last held report, with one more host copy for its weight statistics.
     fn finish(&mut self, emit: &mut dyn FnMut(TrainEvent)) -> anyhow::Result<()> {
         let weights = self.held.as_ref().and_then(|(_, w)| w.as_ref().map(Tensor::shallow_clone));
-        match weights {
-            Some(w) => {
-                let rows: Vec<f64> =
-                    Vec::try_from(&w.f_flatten(0, -1)?.f_to_kind(Kind::Double)?.f_to_device(Device::Cpu)?)?;
-                self.release(Some(&rows), emit);
-            }
-            None => self.release(None, emit),
-        }
+        let copy =
+            DeviceParts { weight_stats: weights.as_ref(), ..DeviceParts::default() }.copy_to_host(self.layers)?;
+        self.release(copy.weight_rows(), emit);
         Ok(())
     }
 }

@@ -64,23 +64,22 @@ impl FlatParams {
         let total: i64 = numels.iter().sum();
         let weights = Tensor::f_zeros([total], (Kind::Float, device))?;
         let grads = Tensor::f_zeros([total], (Kind::Float, device))?;
-        let mut offset = 0;
+        let weight_views = split(&weights, &numels)?;
         let mut moved = Vec::with_capacity(params.len());
-        for (p, &n) in params.iter().zip(&numels) {
+        for (p, segment) in params.iter().zip(&weight_views) {
             anyhow::ensure!(p.kind() == Kind::Float, "parameters must be float32, found {:?}", p.kind());
-            let view = weights.f_narrow(0, offset, n)?.f_view(p.size().as_slice())?;
+            let view = segment.f_view(p.size().as_slice())?;
             tch::no_grad(|| view.shallow_clone().f_copy_(p))?;
             let mut p = p.shallow_clone();
             p.f_set_data(&view)?;
             moved.push(p);
-            offset += n;
         }
         let lengths = Tensor::from_slice(&numels).f_to(device)?;
         let counts = lengths.f_to_kind(Kind::Float)?;
         Ok(Self {
             params: moved,
             grad_views: split(&grads, &numels)?,
-            weight_views: split(&weights, &numels)?,
+            weight_views,
             weights,
             grads,
             grads_adopted: false,
@@ -143,15 +142,12 @@ impl FlatParams {
         if self.grads_adopted {
             return Ok(());
         }
-        let mut offset = 0;
-        for p in &self.params {
-            let n = p.numel() as i64;
-            let view = self.grads.f_narrow(0, offset, n)?.f_view(p.size().as_slice())?;
+        for (p, segment) in self.params.iter().zip(&self.grad_views) {
+            let view = segment.f_view(p.size().as_slice())?;
             let mut g = p.grad();
             anyhow::ensure!(g.defined(), "a parameter received no gradient; every layer must take part in the loss");
             tch::no_grad(|| view.shallow_clone().f_copy_(&g))?;
             g.f_set_data(&view)?;
-            offset += n;
         }
         self.grads_adopted = true;
         Ok(())
@@ -337,7 +333,8 @@ fn sum_of_squares(v: &Tensor) -> Result<Tensor, tch::TchError> {
     if v.device().is_cuda() { v.f_dot(v) } else { v.f_square()?.f_sum(Kind::Float) }
 }
 
-/// `buffer` cut into consecutive 1-D views of `numels` elements each, one per layer.
+/// `buffer` cut into consecutive 1-D views of `numels` elements each, one per layer: the
+/// one place the flat buffers' per-layer offsets are counted.
 fn split(buffer: &Tensor, numels: &[i64]) -> anyhow::Result<Vec<Tensor>> {
     let mut offset = 0;
     numels
