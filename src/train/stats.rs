@@ -21,6 +21,12 @@ pub const HIST_BINS: usize = 51;
 pub const HIST_MIN_EXP: i64 = -40;
 pub const HIST_MAX_EXP: i64 = 8;
 
+/// The lower edge of each power-of-two bucket, 2^-40 … 2^8: bucket `i + 1` counts |g| in
+/// [edges[i], edges[i + 1]) (the first also the smaller non-zero values, the last every
+/// larger finite one). Bucket 0 (exact zeros) and the last bucket (NaN/±Inf) have no edge.
+pub fn histogram_edges() -> Vec<f64> {
+    (HIST_MIN_EXP..=HIST_MAX_EXP).map(|e| 2f64.powi(e as i32)).collect()
+}
 const HIST_NONFINITE: i64 = HIST_BINS as i64 - 1;
 
 /// The shortest chunk [`FlatParams::grad_norm`] reduces at once: below it, a chunk per
