@@ -90,6 +90,25 @@ vocabulary! {
     }
 }
 
+/// `$access.<field>` for the field named after statistic `$stat`, where `$access` is
+/// `&value` or `&mut value` of a struct with one field per statistic (`LayerStats`,
+/// `LayerSeries`): the one place that pairs each statistic with its field.
+macro_rules! statistic_field {
+    ($stat:expr, $($access:tt)+) => {
+        match $stat {
+            $crate::vocab::Statistic::GradNorm => $($access)+.grad_norm,
+            $crate::vocab::Statistic::GradMax => $($access)+.grad_max,
+            $crate::vocab::Statistic::GradMean => $($access)+.grad_mean,
+            $crate::vocab::Statistic::GradStd => $($access)+.grad_std,
+            $crate::vocab::Statistic::ZeroFrac => $($access)+.zero_frac,
+            $crate::vocab::Statistic::Nonfinite => $($access)+.nonfinite,
+            $crate::vocab::Statistic::WeightNorm => $($access)+.weight_norm,
+            $crate::vocab::Statistic::UpdateRatio => $($access)+.update_ratio,
+        }
+    };
+}
+pub(crate) use statistic_field;
+
 impl Statistic {
     /// The statistics of the gradients, the rows of `FlatParams::grad_stats`, in order.
     pub const GRAD: [Self; 6] =

@@ -11,7 +11,7 @@ use super::downsample::keep_extremes;
 use super::steps::NUMBER_BYTES;
 use crate::train::stats::HIST_BINS;
 use crate::train::{LayerInfo, StepReport};
-use crate::vocab::Statistic;
+use crate::vocab::{Statistic, statistic_field};
 
 /// One layer's statistics over steps, as columns: entry i of each array belongs to
 /// `step[i]`. Only the statistics asked for are present. A `null` entry is a value that
@@ -59,16 +59,7 @@ pub struct LayerSeries {
 
 impl LayerSeries {
     fn column_mut(&mut self, stat: Statistic) -> &mut Option<Vec<Option<f32>>> {
-        match stat {
-            Statistic::GradNorm => &mut self.grad_norm,
-            Statistic::GradMax => &mut self.grad_max,
-            Statistic::GradMean => &mut self.grad_mean,
-            Statistic::GradStd => &mut self.grad_std,
-            Statistic::ZeroFrac => &mut self.zero_frac,
-            Statistic::Nonfinite => &mut self.nonfinite,
-            Statistic::WeightNorm => &mut self.weight_norm,
-            Statistic::UpdateRatio => &mut self.update_ratio,
-        }
+        statistic_field!(stat, &mut self)
     }
 }
 

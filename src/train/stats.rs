@@ -12,7 +12,7 @@
 
 use tch::{Device, Kind, Tensor};
 
-use crate::vocab::Statistic;
+use crate::vocab::{Statistic, statistic_field};
 
 /// Histogram buckets: index 0 counts exact zeros, 1..=49 count |g| in [2^e, 2^(e+1)) for
 /// e = -40..=8 (smaller non-zero values fall in the first, larger finite ones in the last),
@@ -390,29 +390,11 @@ impl LayerStats {
 
     /// One statistic of every layer.
     pub fn get(&self, stat: Statistic) -> &[f64] {
-        match stat {
-            Statistic::GradNorm => &self.grad_norm,
-            Statistic::GradMax => &self.grad_max,
-            Statistic::GradMean => &self.grad_mean,
-            Statistic::GradStd => &self.grad_std,
-            Statistic::ZeroFrac => &self.zero_frac,
-            Statistic::Nonfinite => &self.nonfinite,
-            Statistic::WeightNorm => &self.weight_norm,
-            Statistic::UpdateRatio => &self.update_ratio,
-        }
+        statistic_field!(stat, &self)
     }
 
     fn column_mut(&mut self, stat: Statistic) -> &mut Vec<f64> {
-        match stat {
-            Statistic::GradNorm => &mut self.grad_norm,
-            Statistic::GradMax => &mut self.grad_max,
-            Statistic::GradMean => &mut self.grad_mean,
-            Statistic::GradStd => &mut self.grad_std,
-            Statistic::ZeroFrac => &mut self.zero_frac,
-            Statistic::Nonfinite => &mut self.nonfinite,
-            Statistic::WeightNorm => &mut self.weight_norm,
-            Statistic::UpdateRatio => &mut self.update_ratio,
-        }
+        statistic_field!(stat, &mut self)
     }
 }
 
