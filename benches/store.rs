@@ -9,9 +9,9 @@ use std::time::Instant;
 
 use clap::Parser;
 use gradscope::spec::JobSpec;
-use gradscope::store::{Progress, Store};
-use gradscope::train::stats::STAT_NAMES;
+use gradscope::store::{Progress, StatSelection, Store};
 use gradscope::train::{LayerInfo, LayerStats, StepReport};
+use gradscope::vocab::Statistic;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -118,13 +118,14 @@ async fn run(args: &StoreArgs) -> anyhow::Result<()> {
     let answer = store.steps(job.id, 50_000, 51_000, 5000).await?;
     timed("/steps, 1000-step window", t, &answer);
     let t = Instant::now();
-    let answer = store.layer_stats(job.id, &layers, &["grad_norm"], all, 1000, u64::MAX).await?;
+    let norms = StatSelection { statistics: vec![Statistic::GradNorm], hist: false };
+    let answer = store.layer_stats(job.id, &layers, &norms, all, 1000, u64::MAX).await?;
     timed("/layer-stats, grad_norm of every layer, 1000 points", t, &answer);
     let t = Instant::now();
-    let answer = store.layer_stats(job.id, &layers[..1], &STAT_NAMES, all, 2000, u64::MAX).await?;
+    let answer = store.layer_stats(job.id, &layers[..1], &StatSelection::default(), all, 2000, u64::MAX).await?;
     timed("/layer-stats, every statistic of one layer, 2000 points", t, &answer);
     let t = Instant::now();
-    let answer = store.layer_stats(job.id, &layers, &STAT_NAMES, all, 500, u64::MAX).await?;
+    let answer = store.layer_stats(job.id, &layers, &StatSelection::default(), all, 500, u64::MAX).await?;
     timed("/layer-stats, every statistic of every layer, 500 points", t, &answer);
     store.close().await;
     let _ = std::fs::remove_dir_all(&dir);

@@ -23,6 +23,9 @@
 //! - [`healthcheck`] — the `gradscope healthcheck` client.
 //! - [`local`] — `gradscope run SPEC.json`, one job from the shell, through [`jobs::Jobs`].
 //!
+//! - [`vocab`] — the names every layer shares: statistics, event kinds, diagnosis
+//!   statuses.
+//!
 //! The benchmarks (`benches/`) use only this public API.
 
 pub(crate) mod api;
@@ -36,5 +39,6 @@ pub mod startup;
 pub mod store;
 pub mod telemetry;
 pub mod train;
+pub mod vocab;
 
 pub use startup::Application;

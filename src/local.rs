@@ -19,6 +19,7 @@ use crate::spec::{JobSpec, ValidSpec};
 use crate::store::{JobStatus, Store};
 use crate::train::budget;
 use crate::train::{LayerStats, StepReport};
+use crate::vocab::{DiagnosisStatus, Statistic};
 
 /// What `gradscope run` is given.
 #[derive(Debug, Clone)]
@@ -90,7 +91,7 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<ExitCode> {
     for event in store.events(job.id, None, 20).await? {
         println!("step {:>6}  {:<9} {}", event.step, event.kind, event.message);
     }
-    let diagnosis = finished.diagnosis.as_ref().map_or("healthy", |d| d.status.as_str());
+    let diagnosis = finished.diagnosis.as_ref().map_or(DiagnosisStatus::Healthy, |d| d.status);
     println!(
         "{} after {} of {} steps; loss {}; diagnosis {diagnosis}{}",
         finished.status.as_str(),
@@ -147,38 +148,40 @@ fn show(bar: &ProgressBar, report: &StepReport, last: &mut Option<StepReport>) {
     }
 }
 
+/// The statistics the final table shows, in its order (the mean says little beside the
+/// standard deviation, and the table must fit a terminal).
+const TABLE_STATS: [Statistic; 7] = [
+    Statistic::GradNorm,
+    Statistic::GradMax,
+    Statistic::GradStd,
+    Statistic::ZeroFrac,
+    Statistic::Nonfinite,
+    Statistic::WeightNorm,
+    Statistic::UpdateRatio,
+];
+
 /// The last recorded statistics of every layer, with its diagnosis.
 fn layer_table(names: &[String], stats: &LayerStats, diagnosis: Option<&crate::train::diagnose::Diagnosis>) -> Table {
     let mut table = Table::new();
-    table.load_style(UTF8_BORDERS_ONLY).set_header([
-        "#",
-        "layer",
-        "grad_norm",
-        "grad_max",
-        "grad_std",
-        "zero_frac",
-        "nonfinite",
-        "weight_norm",
-        "update_ratio",
-        "diagnosis",
-    ]);
+    let header = ["#", "layer"].into_iter().chain(TABLE_STATS.map(Statistic::as_str)).chain(["diagnosis"]);
+    table.load_style(UTF8_BORDERS_ONLY).set_header(header);
     for (i, name) in names.iter().enumerate() {
         let issues: Vec<&str> = diagnosis
             .map(|d| d.issues.iter().filter(|issue| issue.layer == Some(i)).map(|issue| issue.kind.as_str()).collect())
             .unwrap_or_default();
-        let num = |values: &[f64]| values.get(i).map_or_else(|| "-".to_owned(), |v| format!("{v:.3e}"));
-        table.add_row([
-            Cell::new(i),
-            Cell::new(name),
-            Cell::new(num(&stats.grad_norm)),
-            Cell::new(num(&stats.grad_max)),
-            Cell::new(num(&stats.grad_std)),
-            Cell::new(stats.zero_frac.get(i).map_or_else(|| "-".to_owned(), |v| format!("{:.1}%", 100.0 * v))),
-            Cell::new(stats.nonfinite.get(i).map_or_else(|| "-".to_owned(), |v| format!("{v}"))),
-            Cell::new(num(&stats.weight_norm)),
-            Cell::new(num(&stats.update_ratio)),
-            Cell::new(if issues.is_empty() { "ok".to_owned() } else { issues.join(", ") }),
-        ]);
+        let mut row = vec![Cell::new(i), Cell::new(name)];
+        row.extend(TABLE_STATS.map(|stat| {
+            Cell::new(stats.get(stat).get(i).map_or_else(
+                || "-".to_owned(),
+                |v| match stat {
+                    Statistic::ZeroFrac => format!("{:.1}%", 100.0 * v),
+                    Statistic::Nonfinite => format!("{v}"),
+                    _ => format!("{v:.3e}"),
+                },
+            ))
+        }));
+        row.push(Cell::new(if issues.is_empty() { "ok".to_owned() } else { issues.join(", ") }));
+        table.add_row(row);
     }
     table
 }

@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use crate::store::JobStatus;
 use crate::train::{Event, LayerInfo, StepReport};
+use crate::vocab::EventKind;
 
 const PREFIX: &str = "gradscope";
 
@@ -46,7 +47,7 @@ pub struct Metrics {
 struct Exported {
     /// (layer index, label) of the layers with a series.
     layers: Vec<(usize, String)>,
-    kinds: Vec<&'static str>,
+    kinds: Vec<EventKind>,
     name: String,
 }
 
@@ -172,7 +173,7 @@ impl Metrics {
     }
 
     pub fn record_event(&self, id: Uuid, event: &Event) {
-        self.events.with_label_values(&[id.to_string().as_str(), event.kind]).inc();
+        self.events.with_label_values(&[id.to_string().as_str(), event.kind.as_str()]).inc();
         let mut exported = self.exported();
         let kinds = &mut exported.entry(id).or_default().kinds;
         if !kinds.contains(&event.kind) {
@@ -199,7 +200,7 @@ impl Metrics {
             let _ = self.layer_grad_norm.remove_label_values(&[job.as_str(), label.as_str()]);
         }
         for kind in exported.kinds {
-            let _ = self.events.remove_label_values(&[job.as_str(), kind]);
+            let _ = self.events.remove_label_values(&[job.as_str(), kind.as_str()]);
         }
     }
 

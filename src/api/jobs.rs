@@ -149,6 +149,12 @@ pub struct Layer {
     pub numel: i64,
 }
 
+impl From<crate::train::LayerInfo> for Layer {
+    fn from(l: crate::train::LayerInfo) -> Self {
+        Self { index: l.index, name: l.name, shape: l.shape, numel: l.numel }
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct LayerList {
     pub layers: Vec<Layer>,
@@ -161,12 +167,7 @@ pub struct LayerList {
 pub(crate) async fn layers(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<LayerList>, ApiError> {
     let job = find_job(&state, &id).await?;
     let layers = state.store.layers(job.id).await?;
-    Ok(Json(LayerList {
-        layers: layers
-            .into_iter()
-            .map(|l| Layer { index: l.index, name: l.name, shape: l.shape, numel: l.numel })
-            .collect(),
-    }))
+    Ok(Json(LayerList { layers: layers.into_iter().map(Layer::from).collect() }))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

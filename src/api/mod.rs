@@ -3,6 +3,7 @@
 //! - [`jobs`] — `/api/v1/jobs` and everything under a job.
 //! - [`stats`] — per-layer statistics and events of a job.
 //! - [`stream`] — the WebSocket feed of a job.
+//! - [`protocol`] — the stream's messages as types, and their JSON Schema.
 //! - [`corpora`] — `/api/v1/corpora`.
 //! - [`presets`] — `/api/v1/presets`.
 //! - [`health`] — `/healthz`, `/readyz`, `/metrics`.
@@ -20,6 +21,7 @@ pub mod health;
 pub mod jobs;
 pub mod openapi;
 pub mod presets;
+pub mod protocol;
 pub mod stats;
 pub mod stream;
 
@@ -101,6 +103,7 @@ pub(crate) fn router(state: AppState, config: &ServeConfig) -> Router {
         .route("/corpora/{id}", delete(corpora::delete))
         .route("/presets", get(presets::list))
         .route("/openapi.json", get(openapi::document))
+        .route("/stream-schema.json", get(protocol::document))
         .route_layer(middleware::from_fn_with_state(state.metrics.clone(), track_http))
         .fallback(|| async { ApiError::NotFound("route") })
         .layer(middleware::from_fn_with_state(api_tokens.clone(), auth::require))

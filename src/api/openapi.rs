@@ -3,7 +3,8 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::{corpora, health, jobs, presets, stats, stream};
+use super::{corpora, health, jobs, presets, protocol, stats, stream};
+use crate::vocab::{DiagnosisStatus, EventKind, Statistic};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -11,8 +12,9 @@ use super::{corpora, health, jobs, presets, stats, stream};
     paths(
         jobs::create, jobs::list, jobs::get, jobs::cancel, jobs::delete, jobs::layers, jobs::steps,
         jobs::checkpoint, jobs::resume, stats::layers, stats::events, stream::subscribe, presets::list, corpora::create, corpora::list, corpora::delete,
-        health::live, health::ready, health::metrics, document,
+        health::live, health::ready, health::metrics, document, protocol::document,
     ),
+    components(schemas(Statistic, EventKind, DiagnosisStatus)),
     tags(
         (name = "jobs", description = "Submit, watch and manage training jobs"),
         (name = "corpora", description = "Text corpora for char_lm jobs"),

@@ -9,8 +9,9 @@ use utoipa::{IntoParams, ToSchema};
 use super::extract::{ApiQuery, large_json, query_list};
 use super::jobs::{find_job, range};
 use super::{ApiError, AppState};
-use crate::store::{LayerSeries, StoredEvent};
-use crate::train::stats::{HIST_BINS, STAT_NAMES};
+use crate::store::{LayerSeries, StatSelection, StoredEvent};
+use crate::train::stats::HIST_BINS;
+use crate::vocab::{EventKind, Statistic};
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -21,9 +22,9 @@ pub struct LayerStatsQuery {
     to: Option<i64>,
     /// Comma-separated layer indices (default all; repeats count once; at most 4096 items).
     layers: Option<String>,
-    /// Comma-separated statistics: grad_norm, grad_max, grad_mean, grad_std, zero_frac,
-    /// nonfinite, weight_norm, update_ratio, hist (default all but hist; repeats count
-    /// once). Asking for fewer reads less: on long jobs, ask for what you plot. An answer
+    /// Comma-separated statistics (the `Statistic` schema lists them: grad_norm,
+    /// grad_max, grad_mean, grad_std, zero_frac, nonfinite, weight_norm, update_ratio) or
+    /// hist (default all but hist; repeats count once). Asking for fewer reads less: on long jobs, ask for what you plot. An answer
     /// holds at most 5,000,000 values by default (layers × statistics × points, `hist`
     /// counting 51) and a query reads at most 100,000,000 before thinning; above either
     /// it is a 422.
@@ -51,19 +52,9 @@ pub async fn layers(
 ) -> Result<Response, ApiError> {
     let job = find_job(&state, &id).await?;
     let (from, to, max_points) = range(q.from, q.to, q.max_points)?;
-    let stats: Vec<&str> = match q.stat.as_deref() {
-        None => STAT_NAMES.to_vec(),
-        Some(list) => query_list(list, "stat")?
-            .into_iter()
-            .map(|s| {
-                STAT_NAMES.iter().chain(["hist"].iter()).find(|name| **name == s).copied().ok_or_else(|| {
-                    ApiError::invalid(
-                        "stat",
-                        format!("unknown statistic {s:?}; known: {}, hist", STAT_NAMES.join(", ")),
-                    )
-                })
-            })
-            .collect::<Result<_, _>>()?,
+    let selection = match q.stat.as_deref() {
+        None => StatSelection::default(),
+        Some(list) => parse_stats(list)?,
     };
     let all = state.store.layers(job.id).await?;
     let layers = match q.layers.as_deref() {
@@ -82,8 +73,7 @@ pub async fn layers(
     };
     let _permit = state.heavy_reads.acquire().await.map_err(anyhow::Error::from)?;
     let rows = state.store.layer_stat_rows(job.id, (from, to)).await?;
-    let per_layer: u64 = stats.iter().map(|s| if *s == "hist" { HIST_BINS as u64 } else { 1 }).sum();
-    let width = layers.len() as u64 * per_layer;
+    let width = layers.len() as u64 * selection.width();
     let answered = width * rows.min(max_points as u64);
     let (max_answer, max_scan) = (state.reads.max_answer_values, state.reads.max_scan_values);
     if answered > max_answer {
@@ -105,14 +95,29 @@ pub async fn layers(
             ),
         ));
     }
-    let series = state.store.layer_stats(job.id, &layers, &stats, (from, to), max_points, rows).await?;
+    let series = state.store.layer_stats(job.id, &layers, &selection, (from, to), max_points, rows).await?;
     large_json(LayerStatsResponse { layers: series }).await
+}
+
+/// The `stat` list: statistics by name, and `hist`.
+fn parse_stats(list: &str) -> Result<StatSelection, ApiError> {
+    let mut selection = StatSelection { statistics: Vec::new(), hist: false };
+    for name in query_list(list, "stat")? {
+        if name == "hist" {
+            selection.hist = true;
+        } else {
+            let stat: Statistic = name.parse().map_err(|err| ApiError::invalid("stat", format!("{err}, hist")))?;
+            selection.statistics.push(stat);
+        }
+    }
+    Ok(selection)
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct EventsQuery {
     /// Only events of this kind.
+    #[param(value_type = Option<EventKind>)]
     kind: Option<String>,
     /// At most this many, oldest first (default 1000, at most 10000).
     #[param(minimum = 1, maximum = 10000)]
@@ -142,5 +147,11 @@ pub async fn events(
     if !(1..=MAX_EVENTS_LIMIT).contains(&limit) {
         return Err(ApiError::invalid("limit", format!("must be 1 to {MAX_EVENTS_LIMIT}")));
     }
-    Ok(Json(EventList { events: state.store.events(job.id, q.kind.as_deref(), limit).await? }))
+    let kind = q
+        .kind
+        .as_deref()
+        .map(str::parse::<EventKind>)
+        .transpose()
+        .map_err(|err| ApiError::invalid("kind", err.to_string()))?;
+    Ok(Json(EventList { events: state.store.events(job.id, kind, limit).await? }))
 }

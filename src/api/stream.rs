@@ -14,19 +14,17 @@ use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{Path, State};
 use axum::response::Response;
-use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::{Instant, interval};
 use utoipa::IntoParams;
 
 use super::extract::{ApiQuery, distinct, query_list};
-use super::jobs::find_job;
+use super::jobs::{Layer, find_job};
+use super::protocol::{ClientMessage, ServerMessage};
 use super::{ApiError, AppState};
 use crate::jobs::live::{LiveMessage, Shared, Subscription};
 use crate::store::Job;
-use crate::train::stats::STAT_NAMES;
-use crate::train::{Event, StepReport};
 
 /// How often the server pings an idle client.
 const PING_EVERY: Duration = Duration::from_secs(15);
@@ -79,17 +77,11 @@ impl Filter {
     }
 }
 
-/// A client's change of filter: `{"type":"subscribe","every":N,"layers":[...]}`.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum ClientMessage {
-    Subscribe { every: Option<u64>, layers: Option<Vec<usize>> },
-}
-
 /// Stream a job's steps, events and final status (WebSocket upgrade).
 #[utoipa::path(get, operation_id = "stream_job", path = "/api/v1/jobs/{id}/stream", tag = "jobs", params(("id" = uuid::Uuid, Path), StreamQuery),
     responses(
-        (status = 101, description = "Switching to the WebSocket protocol: hello, step, event, lagged and status messages"),
+        (status = 101, description = "Switching to the WebSocket protocol: hello, step, event, lagged and status messages. \
+            Their JSON Schema (the ServerMessage and ClientMessage types) is at /api/v1/stream-schema.json"),
         (status = 400, description = "Not a WebSocket upgrade, or a malformed query string", body = super::ErrorBody),
         (status = 404, body = super::ErrorBody),
         (status = 422, body = super::ErrorBody),
@@ -112,12 +104,7 @@ pub async fn subscribe(
     if filter.every == 0 {
         return Err(ApiError::invalid("every", "must be at least 1"));
     }
-    let hello = json!({
-        "type": "hello",
-        "job": job,
-        "layers": layers.iter().map(|l| json!({"index": l.index, "name": l.name, "shape": l.shape, "numel": l.numel})).collect::<Vec<_>>(),
-    })
-    .to_string();
+    let hello = ServerMessage::hello(job.clone(), layers.into_iter().map(Layer::from).collect()).to_json();
     Ok(ws.on_upgrade(move |socket| serve(state, job, hello, filter, socket)))
 }
 
@@ -199,7 +186,7 @@ async fn run(state: &AppState, job: &Job, mut filter: Filter, socket: &mut WebSo
         match now {
             None => return Ok((close_code::NORMAL, "job deleted")),
             Some(now) if now.status.is_finished() => {
-                let status = json!({"type": "status", "status": now.status, "error": now.error}).to_string();
+                let status = ServerMessage::Status { status: now.status, error: now.error.as_deref() }.to_json();
                 socket.send(Message::Text(status.into())).await?;
                 return Ok((close_code::NORMAL, "job finished"));
             }
@@ -230,7 +217,7 @@ async fn run(state: &AppState, job: &Job, mut filter: Filter, socket: &mut WebSo
                     }
                 }
                 Err(RecvError::Lagged(missed)) => {
-                    socket.send(Message::Text(json!({"type": "lagged", "missed": missed}).to_string().into())).await?;
+                    socket.send(Message::Text(ServerMessage::Lagged { missed }.to_json().into())).await?;
                 }
                 Err(RecvError::Closed) => return Ok((close_code::NORMAL, "job finished")),
             },
@@ -247,8 +234,8 @@ async fn run(state: &AppState, job: &Job, mut filter: Filter, socket: &mut WebSo
                             filter.layers = layers.map(distinct).or(filter.layers);
                         }
                         Err(err) => {
-                            let error = json!({"type": "error", "message": format!("unknown message: {err}")});
-                            socket.send(Message::Text(error.to_string().into())).await?;
+                            let error = ServerMessage::Error { message: format!("unknown message: {err}") };
+                            socket.send(Message::Text(error.to_json().into())).await?;
                         }
                     }
                 }
@@ -291,83 +278,15 @@ async fn send(socket: &mut WebSocket, shared: &Shared, filter: &Filter) -> anyho
                 return Ok(false);
             }
             match &filter.layers {
-                None => shared.json(|_| render_step(report, shared.time, None)),
-                Some(layers) => render_step(report, shared.time, Some(layers)).into(),
+                None => shared.json(|_| ServerMessage::step(report, shared.time, None).to_json()),
+                Some(layers) => ServerMessage::step(report, shared.time, Some(layers)).to_json().into(),
             }
         }
-        LiveMessage::Event(event) => shared.json(|_| render_event(event)),
+        LiveMessage::Event(event) => shared.json(|_| ServerMessage::event(event).to_json()),
         LiveMessage::Status { status, error } => {
-            shared.json(|_| json!({"type": "status", "status": status, "error": error}).to_string())
+            shared.json(|_| ServerMessage::Status { status: *status, error: error.as_deref() }.to_json())
         }
     };
     socket.send(Message::Text(text)).await?;
     Ok(matches!(shared.message, LiveMessage::Status { .. }))
-}
-
-#[derive(Serialize)]
-struct StepMessage<'a> {
-    r#type: &'static str,
-    step: u64,
-    loss: f64,
-    grad_norm: f64,
-    grad_norm_clipped: f64,
-    clip_coef: f64,
-    lr: f64,
-    skipped: bool,
-    /// When the server published the step, in seconds since the Unix epoch.
-    time: f64,
-    /// The layer indices the arrays follow, when a subset was asked for.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    indices: Option<&'a [usize]>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    layers: Option<serde_json::Map<String, serde_json::Value>>,
-}
-
-/// A step as JSON; non-finite numbers become `null`.
-pub fn render_step(report: &StepReport, time: f64, subset: Option<&[usize]>) -> String {
-    let layers = report.layers.as_ref().map(|stats| {
-        let pick = |values: &[f64]| -> serde_json::Value {
-            match subset {
-                None => json!(values),
-                Some(ids) => json!(ids.iter().map(|&i| values.get(i).copied()).collect::<Vec<_>>()),
-            }
-        };
-        let mut map: serde_json::Map<String, serde_json::Value> =
-            STAT_NAMES.iter().map(|name| ((*name).to_owned(), pick(stats.by_name(name).unwrap_or_default()))).collect();
-        if let Some(hist) = &stats.hist {
-            let per_layer: Vec<&[u64]> = hist.chunks(crate::train::stats::HIST_BINS).collect();
-            let chosen: Vec<&[u64]> = match subset {
-                None => per_layer,
-                Some(ids) => ids.iter().filter_map(|&i| per_layer.get(i).copied()).collect(),
-            };
-            map.insert("hist".to_owned(), json!(chosen));
-        }
-        map
-    });
-    let message = StepMessage {
-        r#type: "step",
-        step: report.step,
-        loss: report.loss,
-        grad_norm: report.grad_norm,
-        grad_norm_clipped: report.grad_norm_clipped,
-        clip_coef: report.clip_coef,
-        lr: report.lr,
-        skipped: report.skipped,
-        time,
-        indices: subset,
-        layers,
-    };
-    serde_json::to_string(&message).unwrap_or_default()
-}
-
-fn render_event(event: &Event) -> String {
-    json!({
-        "type": "event",
-        "step": event.step,
-        "kind": event.kind,
-        "layer": event.layer,
-        "value": event.value,
-        "message": event.message,
-    })
-    .to_string()
 }

@@ -19,6 +19,9 @@ use crate::store::JobStatus;
 use crate::train::{Event, StepReport};
 
 /// One message of a job's live feed.
+// Steps are nearly every message: boxing them would cost an allocation per step to save
+// bytes on the rare others.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum LiveMessage {
     Step(StepReport),

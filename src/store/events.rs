@@ -9,13 +9,13 @@ use super::Store;
 use super::jobs::finite;
 use super::steps::NUMBER_BYTES;
 use crate::train::Event;
+use crate::vocab::EventKind;
 
 /// A diagnosis or a policy action, at a step.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct StoredEvent {
     pub step: i64,
-    /// `nonfinite`, `exploding`, `vanishing`, `dead`, `clipped`, `skipped`.
-    pub kind: String,
+    pub kind: EventKind,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub layer: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -33,7 +33,7 @@ impl Store {
         let mut written = 0;
         for event in events {
             // seq, step, layer and value are numbers.
-            written += job_id.len() + 4 * NUMBER_BYTES + event.kind.len() + event.message.len();
+            written += job_id.len() + 4 * NUMBER_BYTES + event.kind.as_str().len() + event.message.len();
             sqlx::query(
                 "INSERT INTO events (job_id, seq, step, kind, layer, value, message)
                  VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE job_id = ?), ?, ?, ?, ?, ?)",
@@ -41,7 +41,7 @@ impl Store {
             .bind(job_id)
             .bind(job_id)
             .bind(i64::try_from(event.step)?)
-            .bind(event.kind)
+            .bind(event.kind.as_str())
             .bind(event.layer.map(|l| l as i64))
             .bind(event.value.and_then(finite))
             .bind(&event.message)
@@ -52,7 +52,8 @@ impl Store {
     }
 
     /// Events of job `id` in order, optionally of one kind, at most `limit`.
-    pub async fn events(&self, id: Uuid, kind: Option<&str>, limit: i64) -> anyhow::Result<Vec<StoredEvent>> {
+    pub async fn events(&self, id: Uuid, kind: Option<EventKind>, limit: i64) -> anyhow::Result<Vec<StoredEvent>> {
+        let kind = kind.map(EventKind::as_str);
         let rows = sqlx::query(
             "SELECT step, kind, layer, value, message FROM events
              WHERE job_id = ? AND (? IS NULL OR kind = ?) ORDER BY seq LIMIT ?",
@@ -67,7 +68,7 @@ impl Store {
             .map(|row| {
                 Ok(StoredEvent {
                     step: row.try_get("step")?,
-                    kind: row.try_get("kind")?,
+                    kind: row.try_get::<&str, _>("kind")?.parse()?,
                     layer: row.try_get("layer")?,
                     value: row.try_get("value")?,
                     message: row.try_get("message")?,

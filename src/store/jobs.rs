@@ -323,7 +323,7 @@ impl Store {
             .bind(&job_id)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(&format!("UPDATE jobs SET stored_bytes = ({}) WHERE id = ?", super::steps::STORED_BYTES_SQL))
+        sqlx::query(&format!("UPDATE jobs SET stored_bytes = ({}) WHERE id = ?", super::steps::stored_bytes_sql()))
             .bind(&job_id)
             .bind(&job_id)
             .bind(&job_id)

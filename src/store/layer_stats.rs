@@ -9,8 +9,9 @@ use uuid::Uuid;
 use super::Store;
 use super::downsample::keep_extremes;
 use super::steps::NUMBER_BYTES;
-use crate::train::stats::{HIST_BINS, STAT_NAMES};
+use crate::train::stats::HIST_BINS;
 use crate::train::{LayerInfo, StepReport};
+use crate::vocab::{Statistic, statistic_field};
 
 /// One layer's statistics over steps, as columns: entry i of each array belongs to
 /// `step[i]`. Only the statistics asked for are present. A `null` entry is a value that
@@ -57,18 +58,29 @@ pub struct LayerSeries {
 }
 
 impl LayerSeries {
-    fn column_mut(&mut self, stat: &str) -> Option<&mut Option<Vec<Option<f32>>>> {
-        Some(match stat {
-            "grad_norm" => &mut self.grad_norm,
-            "grad_max" => &mut self.grad_max,
-            "grad_mean" => &mut self.grad_mean,
-            "grad_std" => &mut self.grad_std,
-            "zero_frac" => &mut self.zero_frac,
-            "nonfinite" => &mut self.nonfinite,
-            "weight_norm" => &mut self.weight_norm,
-            "update_ratio" => &mut self.update_ratio,
-            _ => return None,
-        })
+    fn column_mut(&mut self, stat: Statistic) -> &mut Option<Vec<Option<f32>>> {
+        statistic_field!(stat, &mut self)
+    }
+}
+
+/// What a layer query reads: some statistics, and the histograms or not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatSelection {
+    pub statistics: Vec<Statistic>,
+    pub hist: bool,
+}
+
+impl Default for StatSelection {
+    /// Every statistic but the histograms.
+    fn default() -> Self {
+        Self { statistics: Statistic::ALL.to_vec(), hist: false }
+    }
+}
+
+impl StatSelection {
+    /// Values per layer and step: one per statistic, [`HIST_BINS`] for the histogram.
+    pub fn width(&self) -> u64 {
+        self.statistics.len() as u64 + if self.hist { HIST_BINS as u64 } else { 0 }
     }
 }
 
@@ -99,6 +111,13 @@ impl Store {
         job_id: &str,
         steps: &[StepReport],
     ) -> anyhow::Result<usize> {
+        // One column per statistic, named as it.
+        let columns: Vec<&str> = Statistic::ALL.iter().map(|s| s.as_str()).collect();
+        let insert = format!(
+            "INSERT INTO layer_stats (job_id, step, {}, hist) VALUES (?, ?, {}?)",
+            columns.join(", "),
+            "?, ".repeat(columns.len())
+        );
         let mut written = 0;
         for report in steps {
             let Some(layers) = &report.layers else { continue };
@@ -107,14 +126,9 @@ impl Store {
                 .as_ref()
                 .map(|h| h.iter().flat_map(|&c| u32::try_from(c).unwrap_or(u32::MAX).to_le_bytes()).collect());
             written += job_id.len() + NUMBER_BYTES + hist.as_ref().map_or(0, Vec::len);
-            let mut query = sqlx::query(
-                "INSERT INTO layer_stats (job_id, step, grad_norm, grad_max, grad_mean, grad_std, zero_frac,
-                     nonfinite, weight_norm, update_ratio, hist) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(job_id)
-            .bind(i64::try_from(report.step)?);
-            for stat in STAT_NAMES {
-                let blob = f32_blob(layers.by_name(stat).unwrap_or_default());
+            let mut query = sqlx::query(&insert).bind(job_id).bind(i64::try_from(report.step)?);
+            for &stat in Statistic::ALL {
+                let blob = f32_blob(layers.get(stat));
                 written += blob.len();
                 query = query.bind(blob);
             }
@@ -123,27 +137,26 @@ impl Store {
         Ok(written)
     }
 
-    /// Statistics `stats` (names from `STAT_NAMES`, or `hist`) of `layers` of job `id`
-    /// between steps `from` and `to`, each layer downsampled to at most `max_points`
-    /// keeping the extremes of its statistics.
+    /// The statistics `selection` names of `layers` of job `id` between steps `from` and
+    /// `to`, each layer downsampled to at most `max_points` keeping the extremes of its
+    /// statistics.
     pub async fn layer_stats(
         &self,
         id: Uuid,
         layers: &[LayerInfo],
-        stats: &[&str],
+        selection: &StatSelection,
         (from, to): (i64, i64),
         max_points: usize,
         max_rows: u64,
     ) -> anyhow::Result<Vec<LayerSeries>> {
-        let numeric: Vec<&str> = stats.iter().copied().filter(|s| STAT_NAMES.contains(s)).collect();
-        let want_hist = stats.contains(&"hist");
+        let (numeric, want_hist) = (selection.statistics.as_slice(), selection.hist);
         // A few layers: cut their 4 bytes out of each blob in SQL rather than copying
         // every layer's values out of the database.
         let narrow = layers.len() * (numeric.len() + usize::from(want_hist)) <= NARROW_CELLS;
         let mut columns: Vec<String> = Vec::new();
         if narrow {
             for layer in layers {
-                for stat in &numeric {
+                for stat in numeric {
                     columns.push(format!("substr({stat}, {}, 4)", layer.index * 4 + 1));
                 }
                 if want_hist {
@@ -151,13 +164,13 @@ impl Store {
                 }
             }
         } else {
-            columns.extend(numeric.iter().map(|s| (*s).to_owned()));
+            columns.extend(numeric.iter().map(|s| s.as_str().to_owned()));
             if want_hist {
                 columns.push("hist".to_owned());
             }
         }
-        // Column names and offsets come from fixed lists and layer indices, never from text
-        // in the request.
+        // Column names and offsets come from the statistics' names and layer indices, never
+        // from text in the request.
         let sql = format!(
             "SELECT step{}{} FROM layer_stats WHERE job_id = ? AND step BETWEEN ? AND ? ORDER BY step LIMIT ?",
             if columns.is_empty() { "" } else { ", " },
@@ -197,7 +210,7 @@ impl Store {
 
         // Finding the extremes is CPU work over everything read: off the async workers.
         let layers = layers.to_vec();
-        let numeric: Vec<String> = numeric.iter().map(|s| (*s).to_owned()).collect();
+        let numeric = numeric.to_vec();
         let thin = move || thin_layers(&layers, &numeric, &steps, &values, hists, max_points);
         Ok(tokio::task::spawn_blocking(thin).await?)
     }
@@ -219,7 +232,7 @@ impl Store {
 /// statistics (`values[layer][statistic][row]`, `hists[layer][row]`).
 fn thin_layers(
     layers: &[LayerInfo],
-    numeric: &[String],
+    numeric: &[Statistic],
     steps: &[i64],
     values: &[Vec<Vec<f32>>],
     mut hists: Vec<Vec<Option<Vec<u32>>>>,
@@ -240,10 +253,8 @@ fn thin_layers(
         };
         let mut s = LayerSeries { index: layer.index, name: layer.name.clone(), ..LayerSeries::default() };
         s.step = keep.iter().map(|&i| steps[i]).collect();
-        for (c, stat) in numeric.iter().enumerate() {
-            if let Some(out_values) = s.column_mut(stat) {
-                *out_values = Some(keep.iter().map(|&i| finite(columns[c][i])).collect());
-            }
+        for (c, &stat) in numeric.iter().enumerate() {
+            *s.column_mut(stat) = Some(keep.iter().map(|&i| finite(columns[c][i])).collect());
         }
         if let Some(layer_hists) = hists.get_mut(l) {
             s.hist = Some(keep.iter().map(|&i| layer_hists[i].take()).collect());

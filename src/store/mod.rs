@@ -19,7 +19,7 @@ use sqlx::{SqlitePool, migrate::Migrator};
 pub use corpora::{Corpus, CorpusDeletion, CorpusUsage};
 pub use events::StoredEvent;
 pub use jobs::{Job, JobStatus};
-pub use layer_stats::LayerSeries;
+pub use layer_stats::{LayerSeries, StatSelection};
 pub use steps::{DEFAULT_MAX_POINTS, MAX_MAX_POINTS, Progress, StepColumns};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");

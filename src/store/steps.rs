@@ -11,6 +11,7 @@ use super::downsample::keep_extremes;
 use super::jobs::finite;
 use crate::train::diagnose::Diagnosis;
 use crate::train::{Event, StepReport};
+use crate::vocab::{EventKind, Statistic};
 
 /// What a running job reported since the last write.
 #[derive(Debug, Default)]
@@ -59,13 +60,17 @@ const STEP_NUMBERS: usize = 7;
 
 /// A job's `stored_bytes` recounted from its rows (binds the job id three times), for
 /// when rows are removed.
-pub(super) const STORED_BYTES_SQL: &str = "
-    (SELECT COALESCE(SUM(length(job_id) + 56), 0) FROM steps WHERE job_id = ?)
-    + (SELECT COALESCE(SUM(length(job_id) + 8 + length(grad_norm) + length(grad_max) + length(grad_mean)
-        + length(grad_std) + length(zero_frac) + length(nonfinite) + length(weight_norm) + length(update_ratio)
-        + COALESCE(length(hist), 0)), 0) FROM layer_stats WHERE job_id = ?)
-    + (SELECT COALESCE(SUM(length(job_id) + 32 + length(CAST(kind AS BLOB)) + length(CAST(message AS BLOB))), 0)
-        FROM events WHERE job_id = ?)";
+pub(super) fn stored_bytes_sql() -> String {
+    let stat_lengths: Vec<String> = Statistic::ALL.iter().map(|s| format!("length({s})")).collect();
+    format!(
+        "(SELECT COALESCE(SUM(length(job_id) + 56), 0) FROM steps WHERE job_id = ?)
+        + (SELECT COALESCE(SUM(length(job_id) + 8 + {} + COALESCE(length(hist), 0)), 0)
+            FROM layer_stats WHERE job_id = ?)
+        + (SELECT COALESCE(SUM(length(job_id) + 32 + length(CAST(kind AS BLOB)) + length(CAST(message AS BLOB))), 0)
+            FROM events WHERE job_id = ?)",
+        stat_lengths.join(" + ")
+    )
+}
 
 /// Points a step query answers with when it does not say.
 pub const DEFAULT_MAX_POINTS: usize = 5_000;
@@ -213,27 +218,32 @@ impl Store {
 
     /// The validation passes between `from` and `to`, from their events.
     async fn evals(&self, id: Uuid, from: i64, to: i64) -> anyhow::Result<EvalColumns> {
+        let [loss_kind, accuracy, metric] = EventKind::VALIDATION;
         let rows = sqlx::query(
             "SELECT step, kind, value FROM events
-             WHERE job_id = ? AND step BETWEEN ? AND ? AND kind LIKE 'validation%' ORDER BY step, seq",
+             WHERE job_id = ? AND step BETWEEN ? AND ? AND kind IN (?, ?, ?) ORDER BY step, seq",
         )
         .bind(id.to_string())
         .bind(from)
         .bind(to)
+        .bind(loss_kind.as_str())
+        .bind(accuracy.as_str())
+        .bind(metric.as_str())
         .fetch_all(&self.pool)
         .await?;
         let mut eval = EvalColumns::default();
         for row in &rows {
-            let (step, kind, value): (i64, String, Option<f64>) =
+            let (step, kind, value): (i64, &str, Option<f64>) =
                 (row.try_get("step")?, row.try_get("kind")?, row.try_get("value")?);
-            if kind == "validation" {
+            let kind: EventKind = kind.parse()?;
+            if kind == EventKind::Validation {
                 eval.step.push(step);
                 eval.loss.push(value);
                 eval.value.push(None);
             } else if eval.step.last() == Some(&step)
                 && let Some(last) = eval.value.last_mut()
             {
-                eval.metric = Some(kind.trim_start_matches("validation_").to_owned());
+                eval.metric = kind.validation_metric().map(str::to_owned);
                 *last = value;
             }
         }

@@ -8,12 +8,13 @@
 //! runs (`tests/api/budget.rs` holds MLP, LSTM and transformer jobs within 2× of their
 //! estimates). Estimates are deliberately a little generous, never exact.
 
-use super::stats::{HIST_BINS, STAT_NAMES};
+use super::stats::HIST_BINS;
 use super::task::VALID_SAMPLES;
 use crate::spec::{
     AddingTask, CopyTask, GradPolicy, JobSpec, ModelKind, Norm, OptimizerKind, SkipSpikePolicy, TaskSpec, ValidSpec,
     ZclipPolicy,
 };
+use crate::vocab::Statistic;
 
 /// Bytes per float32 (parameters, activations) and per int64 (token ids, class labels).
 const F32: f64 = 4.0;
@@ -375,7 +376,8 @@ pub fn estimate(spec: &ValidSpec, corpus: CorpusSize) -> Estimate {
     let model = (2.0 * p + optimizer) * F32;
     let recorded = spec.monitor.every > 0;
     let histogram = recorded && spec.monitor.histogram;
-    let report_numbers = tensors as f64 * (STAT_NAMES.len() as f64 + flag(spec.monitor.histogram) * HIST_BINS as f64);
+    let report_numbers =
+        tensors as f64 * (Statistic::ALL.len() as f64 + flag(spec.monitor.histogram) * HIST_BINS as f64);
     // The weight snapshot, the histogram's per-element layer ids, the feed.
     // The diagnosis keeps each layer's recent gradient norms (f64) to find one layer's
     // blow-up.
@@ -417,7 +419,7 @@ fn disk(spec: &JobSpec, tensors: u64) -> Disk {
         // Job id, step, five floats and the skipped flag.
         step_row: JOB_ID + 7.0 * 8.0,
         // Job id, step, one float32 per layer for each statistic, the histogram counts.
-        stats_row: JOB_ID + 8.0 + k * STAT_NAMES.len() as f64 * 4.0 + hist,
+        stats_row: JOB_ID + 8.0 + k * Statistic::ALL.len() as f64 * 4.0 + hist,
         // Each summary is `clipped` or `skipped`; count one of them.
         events: (evals as f64 * per_eval + summaries as f64) * EVENT_BYTES,
         steps,

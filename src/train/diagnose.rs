@@ -15,6 +15,7 @@ use utoipa::ToSchema;
 
 use super::{Event, StepReport};
 use crate::spec::MonitorSpec;
+use crate::vocab::{DiagnosisStatus, EventKind};
 
 /// Finite global norms the exploding check compares against.
 pub const NORM_HISTORY: usize = 100;
@@ -27,13 +28,13 @@ const CLIPPED_BELOW: f64 = 1.0 - 1e-6;
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Diagnosis {
     /// `healthy`, `warning` (vanishing, dead, exploding spikes) or `critical` (non-finite).
-    pub status: String,
+    pub status: DiagnosisStatus,
     pub issues: Vec<Issue>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Issue {
-    pub kind: String,
+    pub kind: EventKind,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub layer: Option<usize>,
     /// First step of the issue.
@@ -88,9 +89,9 @@ pub struct Diagnoser {
     redundant_reported: Vec<bool>,
     nonfinite: Option<NonfiniteEpisode>,
     /// Last step an event of (kind, layer) was emitted, for the cool-down.
-    last_emitted: HashMap<(&'static str, Option<usize>), u64>,
+    last_emitted: HashMap<(EventKind, Option<usize>), u64>,
     /// Conditions in force, with the step they started.
-    active: HashMap<(&'static str, Option<usize>), Issue>,
+    active: HashMap<(EventKind, Option<usize>), Issue>,
     clipped: u64,
     skipped: u64,
     window_steps: u64,
@@ -141,21 +142,21 @@ impl Diagnoser {
     /// The issues in force now.
     pub fn diagnosis(&self) -> Diagnosis {
         let mut issues: Vec<Issue> = self.active.values().cloned().collect();
-        let rank = |kind: &str| match kind {
-            "nonfinite" => 0,
-            "exploding" => 1,
-            "vanishing" => 2,
+        let rank = |kind: EventKind| match kind {
+            EventKind::Nonfinite => 0,
+            EventKind::Exploding => 1,
+            EventKind::Vanishing => 2,
             _ => 3,
         };
-        issues.sort_by_key(|i| (rank(&i.kind), i.layer, i.since));
-        let status = if issues.iter().any(|i| i.kind == "nonfinite") {
-            "critical"
+        issues.sort_by_key(|i| (rank(i.kind), i.layer, i.since));
+        let status = if issues.iter().any(|i| i.kind == EventKind::Nonfinite) {
+            DiagnosisStatus::Critical
         } else if issues.is_empty() {
-            "healthy"
+            DiagnosisStatus::Healthy
         } else {
-            "warning"
+            DiagnosisStatus::Warning
         };
-        Diagnosis { status: status.to_owned(), issues }
+        Diagnosis { status, issues }
     }
 
     fn layer_name(&self, layer: usize) -> &str {
@@ -173,15 +174,10 @@ impl Diagnoser {
         }
     }
 
-    fn set_active(&mut self, kind: &'static str, layer: Option<usize>, step: u64, message: &str, on: bool) {
+    fn set_active(&mut self, kind: EventKind, layer: Option<usize>, step: u64, message: &str, on: bool) {
         let key = (kind, layer);
         if on {
-            self.active.entry(key).or_insert_with(|| Issue {
-                kind: kind.to_owned(),
-                layer,
-                since: step,
-                message: message.to_owned(),
-            });
+            self.active.entry(key).or_insert_with(|| Issue { kind, layer, since: step, message: message.to_owned() });
         } else {
             self.active.remove(&key);
         }
@@ -208,9 +204,9 @@ impl Diagnoser {
             let value = report.layers.as_ref().zip(first).map(|(l, i)| l.nonfinite[i]);
             self.emit(
                 events,
-                Event { step: report.step, kind: "nonfinite", layer: first, value, message: message.clone() },
+                Event { step: report.step, kind: EventKind::Nonfinite, layer: first, value, message: message.clone() },
             );
-            self.set_active("nonfinite", None, report.step, &message, true);
+            self.set_active(EventKind::Nonfinite, None, report.step, &message, true);
             let episode = self.nonfinite.get_or_insert(NonfiniteEpisode {
                 first: report.step,
                 last: report.step,
@@ -228,11 +224,11 @@ impl Diagnoser {
                 let episode = *episode;
                 self.nonfinite = None;
                 // A new episode is news, whatever the cool-down.
-                self.last_emitted.retain(|(kind, _), _| *kind != "nonfinite");
-                self.set_active("nonfinite", None, report.step, "", false);
+                self.last_emitted.retain(|(kind, _), _| *kind != EventKind::Nonfinite);
+                self.set_active(EventKind::Nonfinite, None, report.step, "", false);
                 events.push(Event {
                     step: report.step,
-                    kind: "recovered",
+                    kind: EventKind::Recovered,
                     layer: None,
                     value: Some(episode.steps as f64),
                     message: format!(
@@ -262,19 +258,19 @@ impl Diagnoser {
                     events,
                     Event {
                         step: report.step,
-                        kind: "exploding",
+                        kind: EventKind::Exploding,
                         layer: None,
                         value: Some(norm),
                         message: message.clone(),
                     },
                 );
-                self.set_active("exploding", None, report.step, &message, true);
+                self.set_active(EventKind::Exploding, None, report.step, &message, true);
             } else if self
                 .active
-                .get(&("exploding", None))
+                .get(&(EventKind::Exploding, None))
                 .is_some_and(|i| report.step > i.since.saturating_add(self.config.cooldown))
             {
-                self.set_active("exploding", None, report.step, "", false);
+                self.set_active(EventKind::Exploding, None, report.step, "", false);
             }
         }
         if self.norms.len() == NORM_HISTORY {
@@ -293,7 +289,7 @@ impl Diagnoser {
             if !norm.is_finite() {
                 continue;
             }
-            let key = ("exploding", Some(layer));
+            let key = (EventKind::Exploding, Some(layer));
             let history = &self.layer_norms[layer];
             // The median only for norms above the floor: most layers, most steps, cost nothing.
             let median = if norm > floor && history.len() >= MIN_HISTORY { median(history) } else { f64::INFINITY };
@@ -306,13 +302,19 @@ impl Diagnoser {
                 );
                 self.emit(
                     events,
-                    Event { step, kind: "exploding", layer: Some(layer), value: Some(norm), message: message.clone() },
+                    Event {
+                        step,
+                        kind: EventKind::Exploding,
+                        layer: Some(layer),
+                        value: Some(norm),
+                        message: message.clone(),
+                    },
                 );
-                self.set_active("exploding", Some(layer), step, &message, true);
+                self.set_active(EventKind::Exploding, Some(layer), step, &message, true);
             } else if !spike
                 && self.active.get(&key).is_some_and(|i| step > i.since.saturating_add(self.config.cooldown))
             {
-                self.set_active("exploding", Some(layer), step, "", false);
+                self.set_active(EventKind::Exploding, Some(layer), step, "", false);
             }
             let history = &mut self.layer_norms[layer];
             if history.len() == NORM_HISTORY {
@@ -343,11 +345,17 @@ impl Diagnoser {
                 );
                 self.emit(
                     events,
-                    Event { step, kind: "vanishing", layer: Some(layer), value: Some(norm), message: message.clone() },
+                    Event {
+                        step,
+                        kind: EventKind::Vanishing,
+                        layer: Some(layer),
+                        value: Some(norm),
+                        message: message.clone(),
+                    },
                 );
-                self.set_active("vanishing", Some(layer), streak.since, &message, true);
+                self.set_active(EventKind::Vanishing, Some(layer), streak.since, &message, true);
             } else if !vanishing {
-                self.set_active("vanishing", Some(layer), step, "", false);
+                self.set_active(EventKind::Vanishing, Some(layer), step, "", false);
             }
 
             self.dead_streak[layer].observe(dead, step);
@@ -362,15 +370,15 @@ impl Diagnoser {
                     events,
                     Event {
                         step,
-                        kind: "dead",
+                        kind: EventKind::Dead,
                         layer: Some(layer),
                         value: Some(zero_frac[layer]),
                         message: message.clone(),
                     },
                 );
-                self.set_active("dead", Some(layer), streak.since, &message, true);
+                self.set_active(EventKind::Dead, Some(layer), streak.since, &message, true);
             } else if !dead {
-                self.set_active("dead", Some(layer), step, "", false);
+                self.set_active(EventKind::Dead, Some(layer), step, "", false);
             }
         }
     }
@@ -393,7 +401,7 @@ impl Diagnoser {
         self.redundant_reported[layer] = true;
         events.push(Event {
             step,
-            kind: "redundant",
+            kind: EventKind::Redundant,
             layer: Some(layer),
             value: Some(norm),
             message: format!(
@@ -412,7 +420,7 @@ impl Diagnoser {
             return;
         }
         let n = self.window_steps;
-        for (kind, count) in [("clipped", self.clipped), ("skipped", self.skipped)] {
+        for (kind, count) in [(EventKind::Clipped, self.clipped), (EventKind::Skipped, self.skipped)] {
             if count > 0 {
                 let fraction = count as f64 / n as f64;
                 let message = format!("{kind} {count} of the last {n} steps ({:.0}%)", 100.0 * fraction);
@@ -466,7 +474,7 @@ mod tests {
             let norm = if step == 30 || step == 31 { 100.0 } else { 0.5 };
             events.extend(d.observe(&report(step, norm, &[0.3, 0.4])));
         }
-        let exploding: Vec<_> = events.iter().filter(|e| e.kind == "exploding").collect();
+        let exploding: Vec<_> = events.iter().filter(|e| e.kind == EventKind::Exploding).collect();
         assert_eq!(exploding.len(), 1, "{events:?}");
         assert_eq!(exploding[0].step, 30);
         assert_eq!(exploding[0].value, Some(100.0));
@@ -482,7 +490,7 @@ mod tests {
             let norm = if step % 40 == 0 { 100.0 } else { 0.5 };
             events.extend(d.observe(&report(step, norm, &[0.3, 0.4])));
         }
-        let exploding: Vec<u64> = events.iter().filter(|e| e.kind == "exploding").map(|e| e.step).collect();
+        let exploding: Vec<u64> = events.iter().filter(|e| e.kind == EventKind::Exploding).map(|e| e.step).collect();
         assert_eq!(exploding, [40], "{events:?}");
         let mut bad = report(201, f64::NAN, &[0.3, 0.4]);
         bad.loss = f64::NAN;
@@ -498,16 +506,16 @@ mod tests {
         for step in 1..=window + 20 {
             events.extend(d.observe(&report(step, 1.0, &[1e-9, 1.0])));
         }
-        let vanishing: Vec<_> = events.iter().filter(|e| e.kind == "vanishing").collect();
+        let vanishing: Vec<_> = events.iter().filter(|e| e.kind == EventKind::Vanishing).collect();
         assert_eq!(vanishing.len(), 1);
         assert_eq!((vanishing[0].step, vanishing[0].layer), (window, Some(0)));
         let diagnosis = d.diagnosis();
-        assert_eq!(diagnosis.status, "warning");
-        assert_eq!(diagnosis.issues[0].kind, "vanishing");
+        assert_eq!(diagnosis.status, DiagnosisStatus::Warning);
+        assert_eq!(diagnosis.issues[0].kind, EventKind::Vanishing);
         assert_eq!(diagnosis.issues[0].since, 1);
         // It recovers: the issue clears.
         d.observe(&report(window + 21, 1.0, &[0.5, 1.0]));
-        assert_eq!(d.diagnosis().status, "healthy");
+        assert_eq!(d.diagnosis().status, DiagnosisStatus::Healthy);
     }
 
     #[test]
@@ -518,18 +526,18 @@ mod tests {
             let norm = if step % 4 == 0 { 2.0 } else { 0.5 };
             events.extend(d.observe(&report(step, norm, &[0.3, 0.4])));
         }
-        let clipped: Vec<_> = events.iter().filter(|e| e.kind == "clipped").collect();
+        let clipped: Vec<_> = events.iter().filter(|e| e.kind == EventKind::Clipped).collect();
         assert_eq!(clipped.len(), 1);
         assert_eq!(clipped[0].value, Some(0.25));
         let mut bad = report(101, f64::NAN, &[0.3, 0.4]);
         bad.skipped = true;
         let events = d.observe(&bad);
-        assert_eq!(events[0].kind, "nonfinite");
-        assert_eq!(d.diagnosis().status, "critical");
+        assert_eq!(events[0].kind, EventKind::Nonfinite);
+        assert_eq!(d.diagnosis().status, DiagnosisStatus::Critical);
     }
 
     fn kinds(events: &[Event], kind: &str) -> Vec<(u64, Option<usize>)> {
-        events.iter().filter(|e| e.kind == kind).map(|e| (e.step, e.layer)).collect()
+        events.iter().filter(|e| e.kind.as_str() == kind).map(|e| (e.step, e.layer)).collect()
     }
 
     #[test]
@@ -544,22 +552,22 @@ mod tests {
         bad.layers.as_mut().expect("layers").nonfinite[0] = 3.0;
         bad.skipped = true;
         events.extend(d.observe(&bad));
-        assert_eq!(d.diagnosis().status, "critical");
+        assert_eq!(d.diagnosis().status, DiagnosisStatus::Critical);
         for step in 22..21 + window {
             events.extend(d.observe(&report(step, 0.5, &[0.3, 0.4])));
         }
-        assert_eq!(d.diagnosis().status, "critical", "one step short of the window");
+        assert_eq!(d.diagnosis().status, DiagnosisStatus::Critical, "one step short of the window");
         events.extend(d.observe(&report(21 + window, 0.5, &[0.3, 0.4])));
-        assert_eq!(d.diagnosis().status, "healthy", "{:?}", d.diagnosis());
+        assert_eq!(d.diagnosis().status, DiagnosisStatus::Healthy, "{:?}", d.diagnosis());
         assert_eq!(kinds(&events, "nonfinite"), [(21, Some(0))]);
-        let recovered: Vec<&Event> = events.iter().filter(|e| e.kind == "recovered").collect();
+        let recovered: Vec<&Event> = events.iter().filter(|e| e.kind == EventKind::Recovered).collect();
         assert_eq!(recovered.len(), 1);
         assert_eq!((recovered[0].step, recovered[0].value), (21 + window, Some(1.0)));
         // A later episode is critical again, and reported although the cool-down of the
         // first has not run out.
         let again = d.observe(&report(22 + window, f64::INFINITY, &[0.3, 0.4]));
         assert_eq!(kinds(&again, "nonfinite"), [(22 + window, None)]);
-        assert_eq!(d.diagnosis().status, "critical");
+        assert_eq!(d.diagnosis().status, DiagnosisStatus::Critical);
     }
 
     #[test]
@@ -571,7 +579,7 @@ mod tests {
             events.extend(d.observe(&report(step, norm, &[norm * 0.6, norm * 0.8])));
         }
         assert!(kinds(&events, "exploding").is_empty(), "{events:?}");
-        assert_eq!(d.diagnosis().status, "healthy");
+        assert_eq!(d.diagnosis().status, DiagnosisStatus::Healthy);
         // The same jump above the floor is.
         let config = MonitorSpec { explode_floor: 1e-3, ..MonitorSpec::default() };
         let mut d = Diagnoser::new(&config, vec!["first".into(), "last".into()]);
@@ -595,7 +603,7 @@ mod tests {
         }
         assert_eq!(kinds(&events, "exploding"), [(30, Some(1))], "{events:?}");
         let diagnosis = d.diagnosis();
-        assert_eq!(diagnosis.status, "warning");
+        assert_eq!(diagnosis.status, DiagnosisStatus::Warning);
         assert_eq!((diagnosis.issues[0].kind.as_str(), diagnosis.issues[0].layer), ("exploding", Some(1)));
     }
 
@@ -627,12 +635,12 @@ mod tests {
         }
         assert!(kinds(&events, "vanishing").is_empty(), "{events:?}");
         assert_eq!(kinds(&events, "redundant"), [(window, Some(0))], "told once");
-        assert_eq!(d.diagnosis().status, "healthy");
+        assert_eq!(d.diagnosis().status, DiagnosisStatus::Healthy);
         // The same layer without the flag is vanishing.
         let mut d = diagnoser();
         for step in 1..=window {
             d.observe(&report(step, 1.0, &[1e-9, 1.0]));
         }
-        assert_eq!(d.diagnosis().issues[0].kind, "vanishing");
+        assert_eq!(d.diagnosis().issues[0].kind, EventKind::Vanishing);
     }
 }

@@ -10,6 +10,7 @@
 //! - [`optim`] — optimizers and learning-rate schedules.
 //! - [`policy`] — gradient and weight policies.
 //! - [`stats`] — per-layer statistics from one flat gradient buffer.
+//! - [`transfer`] — the layout of the one device→host copy a step makes.
 //! - [`diagnose`] — vanishing/exploding/dead/non-finite diagnosis from the reports.
 //! - [`step`] — one training step, shared by the loop and the step benchmark.
 //! - [`run`] — the training loop.
@@ -27,8 +28,11 @@ pub mod run;
 pub mod stats;
 pub mod step;
 pub mod task;
+pub mod transfer;
 
 use std::sync::atomic::{AtomicU8, Ordering};
+
+use crate::vocab::EventKind;
 
 pub use run::{RunContext, train};
 pub use stats::LayerStats;
@@ -78,7 +82,7 @@ impl EvalReport {
     pub fn events(&self) -> Vec<Event> {
         let mut events = vec![Event {
             step: self.step,
-            kind: "validation",
+            kind: EventKind::Validation,
             layer: None,
             value: Some(self.loss),
             message: format!("validation loss {:.4}", self.loss),
@@ -86,7 +90,7 @@ impl EvalReport {
         if let Some((name, value)) = self.metric {
             events.push(Event {
                 step: self.step,
-                kind: if name == "accuracy" { "validation_accuracy" } else { "validation_metric" },
+                kind: if name == "accuracy" { EventKind::ValidationAccuracy } else { EventKind::ValidationMetric },
                 layer: None,
                 value: Some(value),
                 message: format!("validation {name} {value:.4}"),
@@ -97,6 +101,9 @@ impl EvalReport {
 }
 
 /// Messages from a training thread, in order.
+// Steps are nearly every message: boxing them would cost an allocation per step to save
+// bytes on the rare others.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum TrainEvent {
     /// The model is built: where it trains and what its layers are.
@@ -117,10 +124,7 @@ pub enum TrainEvent {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
     pub step: u64,
-    /// `nonfinite`, `recovered` (a non-finite episode ended), `exploding`, `vanishing`,
-    /// `dead`, `redundant` (information: a parameter a batch norm after it makes
-    /// redundant), `clipped`, `skipped`, `spike_accepted`.
-    pub kind: &'static str,
+    pub kind: EventKind,
     pub layer: Option<usize>,
     pub value: Option<f64>,
     pub message: String,

@@ -12,22 +12,26 @@
 
 use tch::{Device, Kind, Tensor};
 
+use crate::vocab::{Statistic, statistic_field};
+
 /// Histogram buckets: index 0 counts exact zeros, 1..=49 count |g| in [2^e, 2^(e+1)) for
 /// e = -40..=8 (smaller non-zero values fall in the first, larger finite ones in the last),
 /// 50 counts NaN and ±Inf.
 pub const HIST_BINS: usize = 51;
 pub const HIST_MIN_EXP: i64 = -40;
 pub const HIST_MAX_EXP: i64 = 8;
+
+/// The lower edge of each power-of-two bucket, 2^-40 … 2^8: bucket `i + 1` counts |g| in
+/// [edges[i], edges[i + 1]) (the first also the smaller non-zero values, the last every
+/// larger finite one). Bucket 0 (exact zeros) and the last bucket (NaN/±Inf) have no edge.
+pub fn histogram_edges() -> Vec<f64> {
+    (HIST_MIN_EXP..=HIST_MAX_EXP).map(|e| 2f64.powi(e as i32)).collect()
+}
 const HIST_NONFINITE: i64 = HIST_BINS as i64 - 1;
 
 /// The shortest chunk [`FlatParams::grad_norm`] reduces at once: below it, a chunk per
 /// element would make the second reduction the long one.
 const MIN_NORM_CHUNK: i64 = 1024;
-
-/// Rows of [`FlatParams::grad_stats`], in order.
-pub const GRAD_STATS: [&str; 6] = ["grad_norm", "grad_max", "grad_mean", "grad_std", "zero_frac", "nonfinite"];
-/// Rows of [`FlatParams::weight_stats`], in order.
-pub const WEIGHT_STATS: [&str; 2] = ["weight_norm", "update_ratio"];
 
 /// Every trainable parameter and its gradient as views into two contiguous buffers.
 #[derive(Debug)]
@@ -66,23 +70,22 @@ impl FlatParams {
         let total: i64 = numels.iter().sum();
         let weights = Tensor::f_zeros([total], (Kind::Float, device))?;
         let grads = Tensor::f_zeros([total], (Kind::Float, device))?;
-        let mut offset = 0;
+        let weight_views = split(&weights, &numels)?;
         let mut moved = Vec::with_capacity(params.len());
-        for (p, &n) in params.iter().zip(&numels) {
+        for (p, segment) in params.iter().zip(&weight_views) {
             anyhow::ensure!(p.kind() == Kind::Float, "parameters must be float32, found {:?}", p.kind());
-            let view = weights.f_narrow(0, offset, n)?.f_view(p.size().as_slice())?;
+            let view = segment.f_view(p.size().as_slice())?;
             tch::no_grad(|| view.shallow_clone().f_copy_(p))?;
             let mut p = p.shallow_clone();
             p.f_set_data(&view)?;
             moved.push(p);
-            offset += n;
         }
         let lengths = Tensor::from_slice(&numels).f_to(device)?;
         let counts = lengths.f_to_kind(Kind::Float)?;
         Ok(Self {
             params: moved,
             grad_views: split(&grads, &numels)?,
-            weight_views: split(&weights, &numels)?,
+            weight_views,
             weights,
             grads,
             grads_adopted: false,
@@ -145,15 +148,12 @@ impl FlatParams {
         if self.grads_adopted {
             return Ok(());
         }
-        let mut offset = 0;
-        for p in &self.params {
-            let n = p.numel() as i64;
-            let view = self.grads.f_narrow(0, offset, n)?.f_view(p.size().as_slice())?;
+        for (p, segment) in self.params.iter().zip(&self.grad_views) {
+            let view = segment.f_view(p.size().as_slice())?;
             let mut g = p.grad();
             anyhow::ensure!(g.defined(), "a parameter received no gradient; every layer must take part in the loss");
             tch::no_grad(|| view.shallow_clone().f_copy_(&g))?;
             g.f_set_data(&view)?;
-            offset += n;
         }
         self.grads_adopted = true;
         Ok(())
@@ -183,7 +183,7 @@ impl FlatParams {
         Ok(Tensor::f_cat(&parts, 0)?.f_square()?.f_sum(Kind::Float)?.f_sqrt()?)
     }
 
-    /// Gradient statistics, `[GRAD_STATS.len(), layers]`, and the global L2 norm (the
+    /// Gradient statistics, `[Statistic::GRAD.len(), layers]`, and the global L2 norm (the
     /// value [`Self::grad_norm`] returns, bit for bit, so the grad policies see the same
     /// input whether or not a step records statistics). The `nonfinite` row is 0 where a
     /// layer's norm is finite and NaN where it is not: its count costs a pass, so
@@ -235,6 +235,7 @@ impl FlatParams {
         // 0 for a finite norm, NaN (to be counted on the host) for a non-finite one.
         let nonfinite = norm.f_mul_scalar(0.0)?;
         let zero_frac = zeros.f_to_kind(Kind::Float)?.f_div(&self.counts)?;
+        // In the order of `Statistic::GRAD`.
         let stats = Tensor::f_stack(&[norm, max, mean, var.f_sqrt()?, zero_frac, nonfinite], 0)?;
         self.zeros = Some(zeros);
         Ok((stats, self.grad_norm()?))
@@ -307,7 +308,7 @@ impl FlatParams {
         Ok(())
     }
 
-    /// Weight statistics after the step, `[WEIGHT_STATS.len(), layers]`: the weight norm,
+    /// Weight statistics after the step, `[Statistic::WEIGHT.len(), layers]`: the weight norm,
     /// and ‖w_after − w_before‖ / ‖w_before‖ against the last snapshot (0 without one).
     /// Where ‖w_before‖ = 0 (a zero-initialised bias before its first update) the ratio
     /// has no meaning and is NaN, which the store and the stream report as null; flooring
@@ -338,7 +339,8 @@ fn sum_of_squares(v: &Tensor) -> Result<Tensor, tch::TchError> {
     if v.device().is_cuda() { v.f_dot(v) } else { v.f_square()?.f_sum(Kind::Float) }
 }
 
-/// `buffer` cut into consecutive 1-D views of `numels` elements each, one per layer.
+/// `buffer` cut into consecutive 1-D views of `numels` elements each, one per layer: the
+/// one place the flat buffers' per-layer offsets are counted.
 fn split(buffer: &Tensor, numels: &[i64]) -> anyhow::Result<Vec<Tensor>> {
     let mut offset = 0;
     numels
@@ -367,47 +369,34 @@ pub struct LayerStats {
 }
 
 impl LayerStats {
-    /// Reads the gradient rows (`GRAD_STATS` × `layers`) from a host copy.
+    /// Reads the gradient rows (`Statistic::GRAD` × `layers`) from a host copy.
     pub fn from_grad_rows(rows: &[f64], layers: usize) -> Self {
-        let row = |i: usize| rows[i * layers..(i + 1) * layers].to_vec();
-        Self {
-            grad_norm: row(0),
-            grad_max: row(1),
-            grad_mean: row(2),
-            grad_std: row(3),
-            zero_frac: row(4),
-            nonfinite: row(5),
-            weight_norm: Vec::new(),
-            update_ratio: Vec::new(),
-            hist: None,
+        let mut stats = Self::default();
+        stats.set_rows(&Statistic::GRAD, rows, layers);
+        stats
+    }
+
+    /// Fills the weight rows (`Statistic::WEIGHT` × `layers`) from a host copy.
+    pub fn set_weight_rows(&mut self, rows: &[f64], layers: usize) {
+        self.set_rows(&Statistic::WEIGHT, rows, layers);
+    }
+
+    /// Fills the statistics `stats` from `stats.len()` rows of `layers` values each.
+    fn set_rows(&mut self, stats: &[Statistic], rows: &[f64], layers: usize) {
+        for (row, &stat) in rows.chunks_exact(layers.max(1)).zip(stats) {
+            *self.column_mut(stat) = row.to_vec();
         }
     }
 
-    /// Fills the weight rows (`WEIGHT_STATS` × `layers`) from a host copy.
-    pub fn set_weight_rows(&mut self, rows: &[f64], layers: usize) {
-        self.weight_norm = rows[..layers].to_vec();
-        self.update_ratio = rows[layers..2 * layers].to_vec();
+    /// One statistic of every layer.
+    pub fn get(&self, stat: Statistic) -> &[f64] {
+        statistic_field!(stat, &self)
     }
 
-    /// A statistic by its contract name.
-    pub fn by_name(&self, name: &str) -> Option<&[f64]> {
-        Some(match name {
-            "grad_norm" => &self.grad_norm,
-            "grad_max" => &self.grad_max,
-            "grad_mean" => &self.grad_mean,
-            "grad_std" => &self.grad_std,
-            "zero_frac" => &self.zero_frac,
-            "nonfinite" => &self.nonfinite,
-            "weight_norm" => &self.weight_norm,
-            "update_ratio" => &self.update_ratio,
-            _ => return None,
-        })
+    fn column_mut(&mut self, stat: Statistic) -> &mut Vec<f64> {
+        statistic_field!(stat, &mut self)
     }
 }
-
-/// Every per-layer statistic's name, in storage order.
-pub const STAT_NAMES: [&str; 8] =
-    ["grad_norm", "grad_max", "grad_mean", "grad_std", "zero_frac", "nonfinite", "weight_norm", "update_ratio"];
 
 #[cfg(test)]
 mod tests {

@@ -8,14 +8,16 @@
 use std::time::Instant;
 
 use anyhow::Context;
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 use super::diagnose::{Diagnoser, Diagnosis};
 use super::optim::FlatOptimizer;
 use super::policy::{self, GradPolicies};
-use super::stats::{FlatParams, GRAD_STATS, HIST_BINS, LayerStats, WEIGHT_STATS};
+use super::stats::FlatParams;
+use super::transfer::{DeviceParts, DeviceScalars, Scalars};
 use super::{Event, StepReport, TrainEvent};
 use crate::spec::{GradPolicy, MonitorSpec, PolicySpec, WeightPolicy};
+use crate::vocab::EventKind;
 
 /// What one step measures besides the loss and the global gradient norms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,7 +157,7 @@ impl Reporter {
             held_events: Vec::new(),
             pending: Vec::new(),
             diagnoser: Diagnoser::new(monitor, layer_names).with_redundant(redundant),
-            diagnosis: Diagnosis { status: "healthy".to_owned(), issues: Vec::new() },
+            diagnosis: Diagnosis::default(),
         }
     }
 
@@ -191,53 +193,37 @@ impl Reporter {
         let (skip, forced) = (flag(&outcome.skip)?, flag(&outcome.forced)?);
 
         let held_weights = self.held.as_ref().and_then(|(_, w)| w.as_ref().map(Tensor::shallow_clone));
-        let mut parts = vec![
-            loss.f_detach()?.f_reshape([1])?,
-            total.f_reshape([1])?,
-            outcome.norm.f_reshape([1])?,
-            skip.f_reshape([1])?,
-            forced.f_reshape([1])?,
-        ];
-        parts.extend(grad_stats.iter().map(|s| s.f_flatten(0, -1)).collect::<Result<Vec<_>, _>>()?);
-        parts.extend(held_weights.iter().map(|w| w.f_flatten(0, -1)).collect::<Result<Vec<_>, _>>()?);
-        // Histogram counts go to float64 in the one conversion below, exactly (never
-        // through float32).
-        parts.extend(hist.iter().map(Tensor::shallow_clone));
-        let parts: Vec<Tensor> = parts.iter().map(|p| p.f_to_kind(Kind::Double)).collect::<Result<_, _>>()?;
-        let host: Vec<f64> = Vec::try_from(&Tensor::f_cat(&parts, 0)?.f_to_device(Device::Cpu)?)?;
+        let copy = DeviceParts {
+            scalars: Some(DeviceScalars {
+                loss,
+                grad_norm: &total,
+                grad_norm_clipped: &outcome.norm,
+                skip: &skip,
+                forced: &forced,
+            }),
+            grad_stats: grad_stats.as_ref(),
+            weight_stats: held_weights.as_ref(),
+            hist: hist.as_ref(),
+        }
+        .copy_to_host(self.layers)?;
 
-        let (scalars, mut rest) = host.split_at(5);
-        let mut layers = grad_stats.as_ref().map(|_| {
-            let n = GRAD_STATS.len() * self.layers;
-            let stats = LayerStats::from_grad_rows(&rest[..n], self.layers);
-            rest = &rest[n..];
-            stats
-        });
+        let scalars = copy.scalars().context("the copy holds the step's scalars")?;
+        let mut layers = copy.grad_stats();
         if let Some(stats) = layers.as_mut() {
             // Counting NaN/Inf costs a pass: only for layers whose norm came back broken.
             let broken: Vec<usize> = (0..self.layers).filter(|&i| !stats.nonfinite[i].is_finite()).collect();
             for (i, count) in broken.iter().zip(flat.nonfinite_counts(&broken)?) {
                 stats.nonfinite[*i] = count;
             }
+            stats.hist = copy.hist();
         }
-        if held_weights.is_some() {
-            let n = WEIGHT_STATS.len() * self.layers;
-            self.release(Some(&rest[..n]), emit);
-            rest = &rest[n..];
-        } else {
-            self.release(None, emit);
-        }
-        if let Some(layers) = layers.as_mut()
-            && hist.is_some()
-        {
-            layers.hist = Some(rest[..HIST_BINS * self.layers].iter().map(|&c| c as u64).collect());
-        }
-        let (grad_norm, grad_norm_clipped) = (scalars[1], scalars[2]);
-        if scalars[4] != 0.0 {
+        self.release(copy.weight_rows(), emit);
+        let Scalars { loss, grad_norm, grad_norm_clipped, skip, forced } = scalars;
+        if forced {
             let most = self.spike_max_consecutive;
             self.pending.push(Event {
                 step,
-                kind: "spike_accepted",
+                kind: EventKind::SpikeAccepted,
                 layer: None,
                 value: Some(grad_norm),
                 message: format!(
@@ -249,13 +235,13 @@ impl Reporter {
         }
         Ok(StepReport {
             step,
-            loss: scalars[0],
+            loss,
             grad_norm,
             grad_norm_clipped,
             clip_coef: if grad_norm > 0.0 { grad_norm_clipped / grad_norm } else { 1.0 },
             lr,
             // A policy (skip_spike) dropped the update.
-            skipped: scalars[3] != 0.0,
+            skipped: skip,
             layers,
             seconds: 0.0,
         })
@@ -290,14 +276,9 @@ impl Reporter {
     /// Emits the last held report, with one more host copy for its weight statistics.
     fn finish(&mut self, emit: &mut dyn FnMut(TrainEvent)) -> anyhow::Result<()> {
         let weights = self.held.as_ref().and_then(|(_, w)| w.as_ref().map(Tensor::shallow_clone));
-        match weights {
-            Some(w) => {
-                let rows: Vec<f64> =
-                    Vec::try_from(&w.f_flatten(0, -1)?.f_to_kind(Kind::Double)?.f_to_device(Device::Cpu)?)?;
-                self.release(Some(&rows), emit);
-            }
-            None => self.release(None, emit),
-        }
+        let copy =
+            DeviceParts { weight_stats: weights.as_ref(), ..DeviceParts::default() }.copy_to_host(self.layers)?;
+        self.release(copy.weight_rows(), emit);
         Ok(())
     }
 }

@@ -168,7 +168,7 @@ fn skip_spike_accepts_and_reports_after_its_bound() {
     }
     assert!(!skipped.is_empty(), "the shift is seen as a spike at first");
     assert_eq!(longest, 5, "skips in a row are bounded by max_consecutive: skipped {skipped:?}");
-    let accepted: Vec<&Event> = events.iter().filter(|e| e.kind == "spike_accepted").collect();
+    let accepted: Vec<&Event> = events.iter().filter(|e| e.kind.as_str() == "spike_accepted").collect();
     assert!(!accepted.is_empty(), "a spike_accepted event: {events:?}");
     let first = accepted[0];
     assert!(skipped.contains(&(first.step - 1)) && !skipped.contains(&first.step), "{first:?} after {skipped:?}");

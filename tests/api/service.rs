@@ -35,6 +35,7 @@ async fn the_openapi_document_covers_every_route() {
         ("/api/v1/corpora/{id}", &["delete"]),
         ("/api/v1/presets", &["get"]),
         ("/api/v1/openapi.json", &["get"]),
+        ("/api/v1/stream-schema.json", &["get"]),
         ("/healthz", &["get"]),
         ("/readyz", &["get"]),
         ("/metrics", &["get"]),

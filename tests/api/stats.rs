@@ -88,7 +88,15 @@ async fn every_layer_statistic_is_recorded_and_consistent() {
     for (query, field) in [("stat=gradient", "stat"), ("layers=99", "layers"), ("max_points=2", "max_points")] {
         let bad = app.get(&format!("/api/v1/jobs/{id}/layer-stats?{query}")).await;
         assert_eq!(bad.status(), 422, "{query}");
-        assert_eq!(bad.json::<Value>().await.expect("json")["error"]["field"], field);
+        let error = bad.json::<Value>().await.expect("json")["error"].clone();
+        assert_eq!(error["field"], field);
+        if field == "stat" {
+            assert_eq!(
+                error["message"],
+                "stat: unknown statistic \"gradient\"; known: grad_norm, grad_max, grad_mean, grad_std, zero_frac, \
+                 nonfinite, weight_norm, update_ratio, hist"
+            );
+        }
     }
 }
 
@@ -154,6 +162,9 @@ async fn diagnosis_reports_vanishing_layers_and_clipping_once() {
 
     let only: Value = app.get(&format!("/api/v1/jobs/{id}/events?kind=clipped")).await.json().await.expect("json");
     assert_eq!(only["events"].as_array().expect("events").len(), clipped.len());
+    let unknown = app.get(&format!("/api/v1/jobs/{id}/events?kind=clippped")).await;
+    assert_eq!(unknown.status(), 422, "an event kind outside the vocabulary");
+    assert_eq!(unknown.json::<Value>().await.expect("json")["error"]["field"], "kind");
 
     let diagnosis = &done["diagnosis"];
     assert_eq!(diagnosis["status"], "warning", "{diagnosis}");

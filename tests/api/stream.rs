@@ -39,6 +39,15 @@ async fn drain(socket: &mut Socket) -> (Vec<Value>, Option<CloseCode>) {
     }
 }
 
+/// The per-layer statistics DESIGN.md §3 names, in its order.
+const DOCUMENTED_STATS: [&str; 8] =
+    ["grad_norm", "grad_max", "grad_mean", "grad_std", "zero_frac", "nonfinite", "weight_norm", "update_ratio"];
+
+/// The histogram's power-of-two buckets as DESIGN.md §3 defines them: 2⁻⁴⁰ … 2⁸.
+fn documented_edges() -> Vec<f64> {
+    (-40..=8).map(|e| 2f64.powi(e)).collect()
+}
+
 fn steps_of(messages: &[Value]) -> Vec<u64> {
     messages.iter().filter(|m| m["type"] == "step").map(|m| m["step"].as_u64().expect("step")).collect()
 }
@@ -53,6 +62,10 @@ async fn a_running_job_streams_every_step_with_every_layer() {
     let hello = next(&mut socket).await.expect("hello");
     assert_eq!(hello["type"], "hello");
     assert_eq!(hello["job"]["id"], id.as_str());
+    assert_eq!(hello["statistics"], json!(DOCUMENTED_STATS), "the statistics a step carries, in order");
+    let edges: Vec<f64> =
+        hello["histogram_edges"].as_array().expect("edges").iter().map(|e| e.as_f64().expect("edge")).collect();
+    assert_eq!(edges, documented_edges(), "the lower edges of the power-of-two buckets");
 
     let (messages, code) = drain(&mut socket).await;
     assert_eq!(code, Some(CloseCode::Normal));
@@ -64,18 +77,12 @@ async fn a_running_job_streams_every_step_with_every_layer() {
     let n = layers["layers"].as_array().expect("layers").len();
     for step in messages.iter().filter(|m| m["type"] == "step") {
         assert!(step["grad_norm_clipped"].as_f64().expect("norm") <= 0.25 * (1.0 + 1e-5));
-        for stat in [
-            "grad_norm",
-            "grad_max",
-            "grad_mean",
-            "grad_std",
-            "zero_frac",
-            "nonfinite",
-            "weight_norm",
-            "update_ratio",
-            "hist",
-        ] {
+        for stat in DOCUMENTED_STATS.iter().chain(&["hist"]) {
             assert_eq!(step["layers"][stat].as_array().map(Vec::len), Some(n), "{stat} at step {}", step["step"]);
+        }
+        for counts in step["layers"]["hist"].as_array().expect("hist") {
+            // Exact zeros, one bucket per edge, then NaN/±Inf.
+            assert_eq!(counts.as_array().map(Vec::len), Some(edges.len() + 2));
         }
     }
     // The stream agrees with what was stored.
@@ -173,6 +180,8 @@ async fn a_finished_job_gives_hello_and_its_final_status() {
     assert_eq!(messages.len(), 2, "{messages:?}");
     assert_eq!(messages[0]["type"], "hello");
     assert_eq!(messages[0]["layers"].as_array().map(Vec::len), Some(7));
+    assert_eq!(messages[0]["statistics"], json!(DOCUMENTED_STATS));
+    assert_eq!(messages[0]["histogram_edges"].as_array().map(Vec::len), Some(documented_edges().len()));
     assert_eq!((messages[1]["type"].as_str(), messages[1]["status"].as_str()), (Some("status"), Some("succeeded")));
     assert_eq!(code, Some(CloseCode::Normal));
 
@@ -227,4 +236,68 @@ async fn client_limits_close_with_a_reason_and_clients_are_counted() {
     app.wait_finished(&id).await;
     drop(first);
     app.stop().await;
+}
+
+/// Every message a running job's stream sends (hello, steps with every layer and with a
+/// subset, events, an error, the final status) is valid against the JSON Schema the
+/// service publishes, checked by an independent validator; and the schema is strict
+/// enough to refuse a message that breaks it.
+#[tokio::test]
+async fn real_messages_match_the_published_schema() {
+    let app = spawn_app().await;
+    let schema_response = app.get("/api/v1/stream-schema.json").await;
+    assert_eq!(schema_response.status(), 200);
+    let schema: Value = schema_response.json().await.expect("json");
+    let validator = jsonschema::validator_for(&schema).expect("a valid JSON Schema");
+
+    let mut spec = tiny_lstm_spec(1_000_000, 0.25);
+    spec["monitor"] = json!({"histogram": true, "summary_every": 10});
+    let id = app.submit(&spec).await["id"].as_str().expect("id").to_owned();
+    let mut whole = connect(&app, &id, "").await;
+    let mut subset = connect(&app, &id, "?every=3&layers=1,99").await;
+    subset.send(Message::Text(json!({"type": "unsubscribe"}).to_string().into())).await.expect("send");
+    let mut messages = Vec::new();
+    // Steps and a policy summary (clipped, every 10 steps), then the end.
+    while steps_of(&messages).len() < 20 || !messages.iter().any(|m| m["type"] == "event") {
+        messages.push(next(&mut whole).await.expect("message"));
+    }
+    app.client.post(app.url(&format!("/api/v1/jobs/{id}/cancel"))).send().await.expect("cancel");
+    for socket in [&mut whole, &mut subset] {
+        let (rest, code) = drain(socket).await;
+        assert_eq!(code, Some(CloseCode::Normal));
+        messages.extend(rest);
+    }
+
+    let mut types: Vec<&str> = messages.iter().filter_map(|m| m["type"].as_str()).collect();
+    types.sort_unstable();
+    types.dedup();
+    assert_eq!(types, ["error", "event", "hello", "status", "step"], "every kind of message is checked");
+    assert!(messages.iter().any(|m| m["indices"] == json!([1, 99])), "a subset step is checked");
+    let variants = schema["components"]["schemas"]["ServerMessage"]["oneOf"].as_array().expect("one of");
+    for message in &messages {
+        if validator.is_valid(message) {
+            continue;
+        }
+        // Say why, against the variant of the message's type.
+        let at = variants.iter().position(|v| v["properties"]["type"]["enum"][0] == message["type"]);
+        let mut variant = schema.clone();
+        variant["$ref"] = json!(format!("#/components/schemas/ServerMessage/oneOf/{}", at.unwrap_or_default()));
+        let variant = jsonschema::validator_for(&variant).expect("schema");
+        let errors: Vec<String> = variant.iter_errors(message).map(|e| format!("{}: {e}", e.instance_path())).collect();
+        panic!("{} message invalid: {errors:?}", message["type"]);
+    }
+
+    let step = messages.iter().find(|m| m["type"] == "step" && m["indices"].is_null()).expect("a step");
+    let mut without_loss = step.clone();
+    without_loss.as_object_mut().expect("object").remove("loss");
+    assert!(!validator.is_valid(&without_loss), "a step without its loss is refused");
+    let mut renamed = step.clone();
+    renamed["layers"]["grad_nrom"] = renamed["layers"]["grad_norm"].take();
+    renamed["layers"].as_object_mut().expect("layers").remove("grad_norm");
+    assert!(!validator.is_valid(&renamed), "a step missing a statistic is refused");
+    let hello = messages.iter().find(|m| m["type"] == "hello").expect("hello");
+    let mut unknown = hello.clone();
+    unknown["statistics"][0] = json!("grad_nrom");
+    assert!(!validator.is_valid(&unknown), "a statistic outside the vocabulary is refused");
+    assert!(!validator.is_valid(&json!({"type": "welcome"})), "an unknown message type is refused");
 }

@@ -262,7 +262,8 @@ fn weight_policies_match_pytorch() {
 /// norm, max, mean, std, zero fraction and non-finite count within 1e-5, histograms exact.
 #[test]
 fn statistics_match_pytorch_on_the_same_gradients() {
-    use gradscope::train::stats::{FlatParams, GRAD_STATS, HIST_BINS};
+    use gradscope::train::stats::{FlatParams, HIST_BINS};
+    use gradscope::vocab::Statistic;
     let cases = [
         model_case(
             "stats_mlp",
@@ -306,7 +307,7 @@ fn statistics_match_pytorch_on_the_same_gradients() {
         for (i, n) in names.iter().enumerate() {
             let ours = stats.select(1, i as i64);
             let theirs = &expected[&format!("stats.{n}")];
-            for (row, stat) in GRAD_STATS.iter().enumerate() {
+            for (row, stat) in Statistic::GRAD.iter().enumerate() {
                 assert_close(
                     &format!("{name} {n} {stat}"),
                     &ours.get(row as i64).reshape([1]),
@@ -444,17 +445,18 @@ fn schedules_match_pytorch() {
 struct Engine {
     data: std::collections::HashMap<String, Tensor>,
     layers: usize,
-    /// `[GRAD_STATS.len(), layers]`, f64.
+    /// `[Statistic::GRAD.len(), layers]`, f64.
     stats: Vec<Vec<f64>>,
     hist: Vec<i64>,
-    /// `[WEIGHT_STATS.len(), layers]`, f64.
+    /// `[Statistic::WEIGHT.len(), layers]`, f64.
     weights: Vec<Vec<f64>>,
     total: f64,
     flat: gradscope::train::stats::FlatParams,
 }
 
 fn engine(dir: &Path, case: &Value) -> Engine {
-    use gradscope::train::stats::{FlatParams, GRAD_STATS, WEIGHT_STATS};
+    use gradscope::train::stats::FlatParams;
+    use gradscope::vocab::Statistic;
     let name = case["name"].as_str().expect("name");
     let layers = case["layers"].as_array().expect("layers").len();
     let data = load(&dir.join(name).join("statistics.safetensors"));
@@ -476,7 +478,7 @@ fn engine(dir: &Path, case: &Value) -> Engine {
         all.chunks(layers).take(n).map(<[f64]>::to_vec).collect()
     };
     let (stats, total) = tch::no_grad(|| flat.grad_stats()).expect("stats");
-    let mut stats = rows(&stats, GRAD_STATS.len());
+    let mut stats = rows(&stats, Statistic::GRAD.len());
     let hist = Vec::<i64>::try_from(tch::no_grad(|| flat.grad_histogram()).expect("hist")).expect("counts");
     let broken: Vec<usize> = (0..layers).filter(|&i| !stats[5][i].is_finite()).collect();
     for (&i, count) in broken.iter().zip(flat.nonfinite_counts(&broken).expect("counts")) {
@@ -488,7 +490,7 @@ fn engine(dir: &Path, case: &Value) -> Engine {
             p.shallow_clone().copy_(&data[&format!("after.{i}")]);
         }
     });
-    let weights = rows(&tch::no_grad(|| flat.weight_stats()).expect("weights"), WEIGHT_STATS.len());
+    let weights = rows(&tch::no_grad(|| flat.weight_stats()).expect("weights"), Statistic::WEIGHT.len());
     Engine { layers, stats, hist, weights, total: total.double_value(&[]), flat, data }
 }
 
@@ -510,7 +512,7 @@ fn statistics_cases(cases: Value) -> (tempfile::TempDir, Vec<Value>) {
 /// the global norm and clip coefficient against `torch.nn.utils.clip_grad_norm_`.
 #[test]
 fn statistics_hold_on_ill_conditioned_gradients() {
-    use gradscope::train::stats::GRAD_STATS;
+    use gradscope::vocab::Statistic;
     let (dir, cases) = statistics_cases(json!([{
         "name": "ill_conditioned", "seed": 700, "max_norm": 5.0,
         "layers": [
@@ -526,7 +528,7 @@ fn statistics_hold_on_ill_conditioned_gradients() {
     let e = engine(dir.path(), &cases[0]);
     for layer in 0..e.layers {
         let want = &e.data[&format!("stats.{layer}")];
-        for (row, stat) in GRAD_STATS.iter().enumerate() {
+        for (row, stat) in Statistic::GRAD.iter().enumerate() {
             let (ours, theirs) = (e.stats[row][layer], want.double_value(&[row as i64]));
             assert!(close(ours, theirs, STATS_TOL), "layer {layer} {stat}: {ours:e} vs float64 {theirs:e}");
         }

@@ -1,0 +1,229 @@
+//! The service's words: the per-layer statistics, the kinds of event a run reports and
+//! the statuses of its diagnosis. Each is an enum whose wire name (JSON, SQL column,
+//! query parameter, Prometheus label) is written once, here; everything else matches on
+//! the enum, so a new name cannot be missed in one of the places that list them.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// A name none of a vocabulary's values has, as `FromStr` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} {name:?}; known: {known}")]
+pub struct UnknownName {
+    /// What was looked up (`statistic`, `event kind`).
+    pub what: &'static str,
+    pub name: String,
+    /// The known names, comma-separated, in order.
+    pub known: String,
+}
+
+/// Declares a vocabulary: a unit enum whose variants serialize as the names given, with
+/// `ALL` (declaration order), `as_str`, `Display` and `FromStr`.
+macro_rules! vocabulary {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident ($what:literal) {
+            $( $(#[$variant_meta:meta])* $variant:ident = $text:tt, )+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+        $vis enum $name {
+            $( $(#[$variant_meta])* #[serde(rename = $text)] $variant, )+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [Self] = &[$(Self::$variant),+];
+
+            /// The wire name.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $text,)+
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.pad(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = UnknownName;
+
+            fn from_str(name: &str) -> Result<Self, UnknownName> {
+                Self::ALL.iter().copied().find(|v| v.as_str() == name).ok_or_else(|| UnknownName {
+                    what: $what,
+                    name: name.to_owned(),
+                    known: Self::ALL.iter().map(|v| v.as_str()).collect::<Vec<_>>().join(", "),
+                })
+            }
+        }
+    };
+}
+
+vocabulary! {
+    /// A per-layer statistic (DESIGN.md §3), in storage order: the order of the store's
+    /// columns, of a step message's `layers` and of `hello.statistics`.
+    pub enum Statistic ("statistic") {
+        /// ‖g‖₂ before any grad policy.
+        GradNorm = "grad_norm",
+        /// max |g|.
+        GradMax = "grad_max",
+        /// Mean of g.
+        GradMean = "grad_mean",
+        /// Sample standard deviation of g.
+        GradStd = "grad_std",
+        /// Fraction of the elements of g exactly 0.
+        ZeroFrac = "zero_frac",
+        /// Count of NaN and ±Inf in g.
+        Nonfinite = "nonfinite",
+        /// ‖w‖₂ after the step.
+        WeightNorm = "weight_norm",
+        /// ‖w_after − w_before‖₂ / ‖w_before‖₂.
+        UpdateRatio = "update_ratio",
+    }
+}
+
+/// `$access.<field>` for the field named after statistic `$stat`, where `$access` is
+/// `&value` or `&mut value` of a struct with one field per statistic (`LayerStats`,
+/// `LayerSeries`): the one place that pairs each statistic with its field.
+macro_rules! statistic_field {
+    ($stat:expr, $($access:tt)+) => {
+        match $stat {
+            $crate::vocab::Statistic::GradNorm => $($access)+.grad_norm,
+            $crate::vocab::Statistic::GradMax => $($access)+.grad_max,
+            $crate::vocab::Statistic::GradMean => $($access)+.grad_mean,
+            $crate::vocab::Statistic::GradStd => $($access)+.grad_std,
+            $crate::vocab::Statistic::ZeroFrac => $($access)+.zero_frac,
+            $crate::vocab::Statistic::Nonfinite => $($access)+.nonfinite,
+            $crate::vocab::Statistic::WeightNorm => $($access)+.weight_norm,
+            $crate::vocab::Statistic::UpdateRatio => $($access)+.update_ratio,
+        }
+    };
+}
+pub(crate) use statistic_field;
+
+impl Statistic {
+    /// The statistics of the gradients, the rows of `FlatParams::grad_stats`, in order.
+    pub const GRAD: [Self; 6] =
+        [Self::GradNorm, Self::GradMax, Self::GradMean, Self::GradStd, Self::ZeroFrac, Self::Nonfinite];
+    /// The statistics of the weights after the update, the rows of
+    /// `FlatParams::weight_stats`, in order.
+    pub const WEIGHT: [Self; 2] = [Self::WeightNorm, Self::UpdateRatio];
+}
+
+vocabulary! {
+    /// What an event reports: a diagnosis, a policy summary or action, or a validation
+    /// result.
+    pub enum EventKind ("event kind") {
+        /// NaN or ±Inf in the loss or a gradient.
+        Nonfinite = "nonfinite",
+        /// A non-finite episode ended.
+        Recovered = "recovered",
+        /// The global norm, or one layer's, jumped far above its recent median.
+        Exploding = "exploding",
+        /// A layer's gradient norm stayed orders of magnitude below the largest layer's.
+        Vanishing = "vanishing",
+        /// Most of a layer's gradient entries stayed exactly zero.
+        Dead = "dead",
+        /// Information: a parameter a following batch norm makes redundant.
+        Redundant = "redundant",
+        /// How many recent steps the grad policies scaled down.
+        Clipped = "clipped",
+        /// How many recent steps had their update dropped.
+        Skipped = "skipped",
+        /// `skip_spike` took an update after skipping its maximum in a row.
+        SpikeAccepted = "spike_accepted",
+        /// A validation pass: its loss.
+        Validation = "validation",
+        /// A validation pass: the task's accuracy.
+        ValidationAccuracy = "validation_accuracy",
+        /// A validation pass: the task's other metric.
+        ValidationMetric = "validation_metric",
+    }
+}
+
+impl EventKind {
+    /// The validation kinds, the loss first.
+    pub const VALIDATION: [Self; 3] = [Self::Validation, Self::ValidationAccuracy, Self::ValidationMetric];
+
+    /// For a validation metric's kind, the metric's name (`accuracy`, `metric`).
+    pub fn validation_metric(self) -> Option<&'static str> {
+        match self {
+            Self::ValidationAccuracy => Some("accuracy"),
+            Self::ValidationMetric => Some("metric"),
+            _ => None,
+        }
+    }
+}
+
+vocabulary! {
+    /// How a run looks now.
+    #[derive(Default)]
+    pub enum DiagnosisStatus ("diagnosis status") {
+        /// No issue in force.
+        #[default]
+        Healthy = "healthy",
+        /// Vanishing, dead or exploding layers.
+        Warning = "warning",
+        /// Non-finite values.
+        Critical = "critical",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_names_round_trip_through_serde_and_from_str() {
+        for &s in Statistic::ALL {
+            assert_eq!(serde_json::to_value(s).expect("json"), s.as_str());
+            assert_eq!(s.as_str().parse::<Statistic>(), Ok(s));
+        }
+        for &k in EventKind::ALL {
+            assert_eq!(serde_json::from_value::<EventKind>(k.as_str().into()).expect("kind"), k);
+        }
+        assert_eq!(serde_json::to_string(&DiagnosisStatus::default()).expect("json"), r#""healthy""#);
+    }
+
+    #[test]
+    fn the_documented_names_in_their_order() {
+        let names: Vec<&str> = Statistic::ALL.iter().map(|s| s.as_str()).collect();
+        assert_eq!(
+            names,
+            ["grad_norm", "grad_max", "grad_mean", "grad_std", "zero_frac", "nonfinite", "weight_norm", "update_ratio"]
+        );
+        let rows: Vec<Statistic> = Statistic::GRAD.iter().chain(&Statistic::WEIGHT).copied().collect();
+        assert_eq!(rows, Statistic::ALL, "the gradient rows then the weight rows are every statistic, in order");
+    }
+
+    #[test]
+    fn the_schemas_list_the_wire_names() {
+        fn listed<T: utoipa::PartialSchema>() -> serde_json::Value {
+            serde_json::to_value(T::schema()).expect("json")["enum"].clone()
+        }
+        fn wire<T: Copy>(all: &[T], name: fn(T) -> &'static str) -> serde_json::Value {
+            all.iter().map(|&v| name(v)).collect()
+        }
+        assert_eq!(listed::<Statistic>(), wire(Statistic::ALL, Statistic::as_str));
+        assert_eq!(listed::<EventKind>(), wire(EventKind::ALL, EventKind::as_str));
+        assert_eq!(listed::<DiagnosisStatus>(), wire(DiagnosisStatus::ALL, DiagnosisStatus::as_str));
+    }
+
+    #[test]
+    fn an_unknown_name_lists_the_known_ones() {
+        let err = "grad_nrom".parse::<Statistic>().expect_err("unknown");
+        assert_eq!(
+            err.to_string(),
+            r#"unknown statistic "grad_nrom"; known: grad_norm, grad_max, grad_mean, grad_std, zero_frac, nonfinite, weight_norm, update_ratio"#
+        );
+        assert!("exploded".parse::<EventKind>().is_err());
+    }
+}
