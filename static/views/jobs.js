@@ -84,7 +84,7 @@ export async function jobsView(root, ctx) {
         el("p", { class: "muted" }, "Ready-made pairs from the article on exploding and vanishing gradients: the failing run beside its remedy."),
         experiments)),
   );
-  const form = specForm(formRoot, { presets, initial: undefined, onSubmitted: (/** @type {Job} */ job) => { location.hash = `#/jobs/${job.id}`; } });
+  const form = specForm(formRoot, { presets, onSubmitted: (/** @type {Job} */ job) => { location.hash = `#/jobs/${job.id}`; } });
 
   function row(/** @type {Job} */ job) {
     const check = el("input", { type: "checkbox", checked: selected.has(job.id), "aria-label": `select ${job.name}`, onchange: () => {

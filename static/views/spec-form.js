@@ -4,7 +4,7 @@
 // of task or policy comes from the server's OpenAPI document, read once.
 
 import { ApiError, get, post } from "../api.js";
-import { el } from "../format.js";
+import { el, groupBy } from "../widgets.js";
 
 /**
  * The part of a JSON Schema the form reads.
@@ -598,22 +598,4 @@ export function specForm(root, { presets, onSubmitted, initial }) {
       render();
     },
   };
-}
-
-/**
- * `items` grouped by `key`, groups in first-seen order.
- * @template T
- * @param {T[]} items
- * @param {(item: T) => string} key
- * @returns {Array<[string, T[]]>}
- */
-export function groupBy(items, key) {
-  /** @type {Map<string, T[]>} */
-  const groups = new Map();
-  for (const item of items) {
-    const k = key(item);
-    if (!groups.has(k)) groups.set(k, []);
-    groups.get(k)?.push(item);
-  }
-  return [...groups.entries()];
 }
