@@ -227,7 +227,7 @@ impl StreamSchema {
                 message from the server (ServerMessage); #/components/schemas/ClientMessage is what a \
                 client may send. Both are tagged by `type`.",
             root: reference::<ServerMessage<'_>>(),
-            components: Messages::openapi().components.unwrap_or_default(),
+            components: messages().components.unwrap_or_default(),
         }
     }
 }
@@ -236,6 +236,14 @@ impl Default for StreamSchema {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// The messages' schemas with the spec's parts written as in the OpenAPI document (the
+/// job a `hello` carries holds its spec), so both documents describe a spec alike.
+fn messages() -> utoipa::openapi::OpenApi {
+    let mut doc = Messages::openapi();
+    crate::spec::schema::publish_ranges(&mut doc);
+    doc
 }
 
 fn reference<T: ToSchema>() -> String {
