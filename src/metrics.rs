@@ -206,7 +206,7 @@ impl Metrics {
 
     /// The exposition text, with the job counts and client count as of now.
     pub fn render(&self, jobs_by_status: &[(JobStatus, i64)], ws_clients: usize) -> String {
-        for status in JobStatus::ALL {
+        for &status in JobStatus::ALL {
             let count = jobs_by_status.iter().find(|(s, _)| *s == status).map_or(0, |(_, n)| *n);
             self.jobs.with_label_values(&[status.as_str()]).set(count);
         }

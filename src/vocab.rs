@@ -3,10 +3,10 @@
 //! query parameter, Prometheus label) is written once, here; everything else matches on
 //! the enum, so a new name cannot be missed in one of the places that list them.
 
-use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+use strum::{Display, IntoStaticStr, VariantArray};
 use utoipa::ToSchema;
 
 /// A name none of a vocabulary's values has, as `FromStr` reports it.
@@ -20,36 +20,37 @@ pub struct UnknownName {
     pub known: String,
 }
 
-/// Declares a vocabulary: a unit enum whose variants serialize as the names given, with
-/// `ALL` (declaration order), `as_str`, `Display` and `FromStr`.
-macro_rules! vocabulary {
-    (
-        $(#[$meta:meta])*
-        $vis:vis enum $name:ident ($what:literal) {
-            $( $(#[$variant_meta:meta])* $variant:ident = $text:tt, )+
-        }
-    ) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
-        $vis enum $name {
-            $( $(#[$variant_meta])* #[serde(rename = $text)] $variant, )+
+/// A set of wire names: a unit enum whose variants serialize (serde) and print (strum)
+/// as the same snake_case names, listed in declaration order by `VARIANTS`.
+pub trait Vocabulary: Copy + VariantArray + Into<&'static str> + 'static {
+    /// What one value is called in an error (`statistic`, `event kind`).
+    const WHAT: &'static str;
+
+    /// The value named `name`, or an error that lists the known names.
+    fn lookup(name: &str) -> Result<Self, UnknownName> {
+        let wire = |v: &Self| -> &'static str { (*v).into() };
+        Self::VARIANTS.iter().find(|v| wire(v) == name).copied().ok_or_else(|| UnknownName {
+            what: Self::WHAT,
+            name: name.to_owned(),
+            known: Self::VARIANTS.iter().map(wire).collect::<Vec<_>>().join(", "),
+        })
+    }
+}
+
+/// `ALL`, `as_str` and `FromStr` for a [`Vocabulary`], so callers need no trait in scope.
+macro_rules! wire_names {
+    ($name:ident, $what:literal) => {
+        impl Vocabulary for $name {
+            const WHAT: &'static str = $what;
         }
 
         impl $name {
             /// Every value, in declaration order.
-            pub const ALL: &'static [Self] = &[$(Self::$variant),+];
+            pub const ALL: &'static [Self] = <Self as VariantArray>::VARIANTS;
 
             /// The wire name.
-            pub const fn as_str(self) -> &'static str {
-                match self {
-                    $(Self::$variant => $text,)+
-                }
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.pad(self.as_str())
+            pub fn as_str(self) -> &'static str {
+                self.into()
             }
         }
 
@@ -57,38 +58,52 @@ macro_rules! vocabulary {
             type Err = UnknownName;
 
             fn from_str(name: &str) -> Result<Self, UnknownName> {
-                Self::ALL.iter().copied().find(|v| v.as_str() == name).ok_or_else(|| UnknownName {
-                    what: $what,
-                    name: name.to_owned(),
-                    known: Self::ALL.iter().map(|v| v.as_str()).collect::<Vec<_>>().join(", "),
-                })
+                Self::lookup(name)
             }
         }
     };
 }
 
-vocabulary! {
-    /// A per-layer statistic (DESIGN.md §3), in storage order: the order of the store's
-    /// columns, of a step message's `layers` and of `hello.statistics`.
-    pub enum Statistic ("statistic") {
-        /// ‖g‖₂ before any grad policy.
-        GradNorm = "grad_norm",
-        /// max |g|.
-        GradMax = "grad_max",
-        /// Mean of g.
-        GradMean = "grad_mean",
-        /// Sample standard deviation of g.
-        GradStd = "grad_std",
-        /// Fraction of the elements of g exactly 0.
-        ZeroFrac = "zero_frac",
-        /// Count of NaN and ±Inf in g.
-        Nonfinite = "nonfinite",
-        /// ‖w‖₂ after the step.
-        WeightNorm = "weight_norm",
-        /// ‖w_after − w_before‖₂ / ‖w_before‖₂.
-        UpdateRatio = "update_ratio",
-    }
+/// A per-layer statistic (DESIGN.md §3), in storage order: the order of the store's
+/// columns, of a step message's `layers` and of `hello.statistics`.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    ToSchema,
+    Display,
+    IntoStaticStr,
+    VariantArray,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum Statistic {
+    /// ‖g‖₂ before any grad policy.
+    GradNorm,
+    /// max |g|.
+    GradMax,
+    /// Mean of g.
+    GradMean,
+    /// Sample standard deviation of g.
+    GradStd,
+    /// Fraction of the elements of g exactly 0.
+    ZeroFrac,
+    /// Count of NaN and ±Inf in g.
+    Nonfinite,
+    /// ‖w‖₂ after the step.
+    WeightNorm,
+    /// ‖w_after − w_before‖₂ / ‖w_before‖₂.
+    UpdateRatio,
 }
+
+wire_names!(Statistic, "statistic");
 
 /// `$access.<field>` for the field named after statistic `$stat`, where `$access` is
 /// `&value` or `&mut value` of a struct with one field per statistic (`LayerStats`,
@@ -118,36 +133,54 @@ impl Statistic {
     pub const WEIGHT: [Self; 2] = [Self::WeightNorm, Self::UpdateRatio];
 }
 
-vocabulary! {
-    /// What an event reports: a diagnosis, a policy summary or action, or a validation
-    /// result.
-    pub enum EventKind ("event kind") {
-        /// NaN or ±Inf in the loss or a gradient.
-        Nonfinite = "nonfinite",
-        /// A non-finite episode ended.
-        Recovered = "recovered",
-        /// The global norm, or one layer's, jumped far above its recent median.
-        Exploding = "exploding",
-        /// A layer's gradient norm stayed orders of magnitude below the largest layer's.
-        Vanishing = "vanishing",
-        /// Most of a layer's gradient entries stayed exactly zero.
-        Dead = "dead",
-        /// Information: a parameter a following batch norm makes redundant.
-        Redundant = "redundant",
-        /// How many recent steps the grad policies scaled down.
-        Clipped = "clipped",
-        /// How many recent steps had their update dropped.
-        Skipped = "skipped",
-        /// `skip_spike` took an update after skipping its maximum in a row.
-        SpikeAccepted = "spike_accepted",
-        /// A validation pass: its loss.
-        Validation = "validation",
-        /// A validation pass: the task's accuracy.
-        ValidationAccuracy = "validation_accuracy",
-        /// A validation pass: the task's other metric.
-        ValidationMetric = "validation_metric",
-    }
+/// What an event reports: a diagnosis, a policy summary or action, or a validation
+/// result.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    ToSchema,
+    Display,
+    IntoStaticStr,
+    VariantArray,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum EventKind {
+    /// NaN or ±Inf in the loss or a gradient.
+    Nonfinite,
+    /// A non-finite episode ended.
+    Recovered,
+    /// The global norm, or one layer's, jumped far above its recent median.
+    Exploding,
+    /// A layer's gradient norm stayed orders of magnitude below the largest layer's.
+    Vanishing,
+    /// Most of a layer's gradient entries stayed exactly zero.
+    Dead,
+    /// Information: a parameter a following batch norm makes redundant.
+    Redundant,
+    /// How many recent steps the grad policies scaled down.
+    Clipped,
+    /// How many recent steps had their update dropped.
+    Skipped,
+    /// `skip_spike` took an update after skipping its maximum in a row.
+    SpikeAccepted,
+    /// A validation pass: its loss.
+    Validation,
+    /// A validation pass: the task's accuracy.
+    ValidationAccuracy,
+    /// A validation pass: the task's other metric.
+    ValidationMetric,
 }
+
+wire_names!(EventKind, "event kind");
 
 impl EventKind {
     /// The validation kinds, the loss first.
@@ -163,19 +196,37 @@ impl EventKind {
     }
 }
 
-vocabulary! {
-    /// How a run looks now.
-    #[derive(Default)]
-    pub enum DiagnosisStatus ("diagnosis status") {
-        /// No issue in force.
-        #[default]
-        Healthy = "healthy",
-        /// Vanishing, dead or exploding layers.
-        Warning = "warning",
-        /// Non-finite values.
-        Critical = "critical",
-    }
+/// How a run looks now.
+#[derive(
+    Debug,
+    Default,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    ToSchema,
+    Display,
+    IntoStaticStr,
+    VariantArray,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum DiagnosisStatus {
+    /// No issue in force.
+    #[default]
+    Healthy,
+    /// Vanishing, dead or exploding layers.
+    Warning,
+    /// Non-finite values.
+    Critical,
 }
+
+wire_names!(DiagnosisStatus, "diagnosis status");
 
 #[cfg(test)]
 mod tests {

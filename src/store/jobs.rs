@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
+use strum::{IntoStaticStr, VariantArray};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -12,8 +13,9 @@ use crate::spec::{JobSpec, ValidSpec};
 use crate::train::LayerInfo;
 use crate::train::diagnose::Diagnosis;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, ToSchema, IntoStaticStr, VariantArray)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum JobStatus {
     Queued,
     Running,
@@ -26,30 +28,16 @@ pub enum JobStatus {
 }
 
 impl JobStatus {
-    pub const ALL: [Self; 7] = [
-        Self::Queued,
-        Self::Running,
-        Self::Succeeded,
-        Self::Failed,
-        Self::Cancelled,
-        Self::Diverged,
-        Self::Interrupted,
-    ];
+    /// Every status, in declaration order.
+    pub const ALL: &'static [Self] = <Self as VariantArray>::VARIANTS;
 
+    /// The wire name.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Queued => "queued",
-            Self::Running => "running",
-            Self::Succeeded => "succeeded",
-            Self::Failed => "failed",
-            Self::Cancelled => "cancelled",
-            Self::Diverged => "diverged",
-            Self::Interrupted => "interrupted",
-        }
+        self.into()
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|status| status.as_str() == s)
+        Self::ALL.iter().copied().find(|status| status.as_str() == s)
     }
 
     /// Finished jobs never run again.
