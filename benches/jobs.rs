@@ -3,7 +3,8 @@
 //! Starts the service in this process (a temporary SQLite file, the scheduler, the store
 //! writer, the metrics, the live stream, validation and checkpoints: everything a job
 //! does) and submits the README's MLP through the HTTP API with the default `monitor`,
-//! with statistics but no histograms, and with `monitor.every: 0`, in interleaved rounds
+//! with histograms on every step, with statistics but no histograms, and with
+//! `monitor.every: 0`, in interleaved rounds
 //! (each round starts with the next variant, so drift on a shared machine hits all
 //! alike). Prints steps/s (steps over the job's `started_at`..`finished_at`) min, median
 //! and max per variant and the overhead against monitoring off; then where the time goes:
@@ -52,18 +53,21 @@ struct JobsArgs {
 enum Variant {
     /// `monitor` as the spec's defaults leave it.
     Default,
+    /// Histograms with every statistic (`histogram_every: 1`).
+    EveryHistogram,
     /// Every statistic, no histograms.
     NoHistogram,
     /// `monitor.every: 0`: loss and the global norms only.
     Off,
 }
 
-const VARIANTS: [Variant; 3] = [Variant::Default, Variant::NoHistogram, Variant::Off];
+const VARIANTS: [Variant; 4] = [Variant::Default, Variant::EveryHistogram, Variant::NoHistogram, Variant::Off];
 
 impl Variant {
     fn label(self) -> &'static str {
         match self {
             Self::Default => "default monitor",
+            Self::EveryHistogram => "histograms every step",
             Self::NoHistogram => "statistics, no histograms",
             Self::Off => "monitor.every: 0",
         }
@@ -72,6 +76,7 @@ impl Variant {
     fn monitor(self) -> Value {
         match self {
             Self::Default => json!({}),
+            Self::EveryHistogram => json!({"histogram_every": 1}),
             Self::NoHistogram => json!({"histogram": false}),
             Self::Off => json!({"every": 0}),
         }

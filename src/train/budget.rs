@@ -406,7 +406,8 @@ pub fn estimate(spec: &ValidSpec, corpus: CorpusSize) -> Estimate {
 
 fn disk(spec: &JobSpec, tensors: u64) -> Disk {
     let k = tensors as f64;
-    let hist = if spec.monitor.histogram { k * HIST_BINS as f64 * 4.0 } else { 0.0 };
+    // Histograms on a share of the recorded steps: their bytes spread over every row.
+    let hist = spec.monitor.histogram_share() * k * HIST_BINS as f64 * 4.0;
     let steps = spec.steps;
     let evals = match spec.task.eval_every() {
         0 => 0,

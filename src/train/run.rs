@@ -73,7 +73,8 @@ pub fn train(
             });
         }
         let lr = optim::learning_rate(&spec.optimizer, step, spec.steps);
-        let monitoring = Monitoring { stats: spec.monitor.records(step), histogram: spec.monitor.histogram };
+        let monitoring =
+            Monitoring { stats: spec.monitor.records(step), histogram: spec.monitor.records_histogram(step) };
         let forward = || {
             let batch = task.train_batch(spec.batch_size)?;
             model.rng().start_step(step);
