@@ -1,13 +1,18 @@
 """The same workloads as `cargo bench --bench steps`, in eager PyTorch, for comparison in one run.
 
-Variants: a bare step (loss to the host), torch.nn.utils.clip_grad_norm_, per-layer
-statistics with foreach ops and one host copy, the same plus clipping, and four
-statistics per layer read back with .item() each. Median of interleaved rounds.
+Variants, each row labelled with what it measures: a bare step (loss to the host),
+torch.nn.utils.clip_grad_norm_, per-layer statistics (norm, max |g|, mean, sample std, zero
+fraction, weight norm; non-finite counts only for layers whose norm is not finite) with
+foreach norms and one host copy, the same plus clipping by their global norm (as
+clip_grad_norm_, without computing the norm twice), and four statistics per layer read back
+with .item() each. No update_ratio (it needs a weight snapshot). Median of interleaved
+rounds.
 
     python bench/pytorch_bench.py [--device cpu|cuda] [--large] [--model mlp|lstm|all]
 """
 
 import argparse
+import math
 import statistics
 import time
 
@@ -50,18 +55,30 @@ def lstm(device):
 
 
 def foreach_stats(grads, weights):
-    """Per-layer norm, max |g|, mean, std, zero fraction, non-finite count, weight norm."""
-    norms = torch._foreach_norm(grads)
-    maxes = torch._foreach_norm(grads, float("inf"))
-    sums = [g.sum() for g in grads]
-    sq = torch.stack(norms) ** 2
+    """Per layer: norm, max |g|, mean, std, zero fraction, weight norm; and the global norm.
+
+    What a careful eager user writes: `torch._foreach_norm` for the norms (2 and inf), the
+    global norm as the norm of the layer norms, `torch.std` (the sample standard
+    deviation, as gradscope's `grad_std`), and no non-finite counts here: they cost a
+    pass, so `count_nonfinite` takes them only for layers whose norm came back non-finite.
+    """
+    norms = torch.stack(torch._foreach_norm(grads))
+    maxes = torch.stack(torch._foreach_norm(grads, float("inf")))
     n = torch.tensor([g.numel() for g in grads], device=grads[0].device, dtype=torch.float32)
-    s = torch.stack(sums)
-    std = ((sq - s * s / n) / (n - 1).clamp(min=1)).clamp(min=0).sqrt()
-    zeros = torch.stack([(g == 0).sum() for g in grads])
-    nonfinite = torch.stack([(~torch.isfinite(g)).sum() for g in grads])
-    wnorms = torch._foreach_norm(weights)
-    return torch.cat([torch.stack(norms), torch.stack(maxes), s / n, std, zeros / n, nonfinite.float(), torch.stack(wnorms)])
+    means = torch.stack([g.sum() for g in grads]) / n
+    std = torch.stack([g.std() for g in grads])
+    zeros = torch.stack([(g == 0).sum() for g in grads]).float()
+    wnorms = torch.stack(torch._foreach_norm(weights))
+    total = torch.linalg.vector_norm(norms).reshape(1)
+    return total, torch.cat([norms, maxes, means, std, zeros / n, wnorms])
+
+
+def count_nonfinite(grads, host_norms):
+    """NaN/Inf counts of the layers whose norm is not finite (a second host copy, rarely)."""
+    broken = [i for i, v in enumerate(host_norms) if not math.isfinite(v)]
+    if not broken:
+        return []
+    return torch.stack([(~torch.isfinite(grads[i])).sum() for i in broken]).tolist()
 
 
 def make_step(variant, net, forward, ys):
@@ -83,9 +100,12 @@ def make_step(variant, net, forward, ys):
             opt.step()
         elif variant in ("stats", "stats+clip"):
             with torch.no_grad():
-                stats = foreach_stats(grads, params)
-                total = torch.nn.utils.clip_grad_norm_(params, 1.0) if variant == "stats+clip" else stats[0]
-                torch.cat([loss.detach().reshape(1), total.reshape(-1), stats]).cpu()
+                total, stats = foreach_stats(grads, params)
+                if variant == "stats+clip":
+                    # The same global norm, computed once: clipping by it as clip_grad_norm_ does.
+                    torch._foreach_mul_(grads, (1.0 / (total[0] + 1e-6)).clamp(max=1.0))
+                host = torch.cat([loss.detach().reshape(1), total, stats]).cpu()
+                count_nonfinite(grads, host[2 : 2 + len(grads)].tolist())
             opt.step()
         elif variant == "item":
             for g in grads:
@@ -99,8 +119,8 @@ def make_step(variant, net, forward, ys):
 LABELS = {
     "bare": "bare step",
     "clip": "clip_grad_norm_ only",
-    "stats": "foreach stats",
-    "stats+clip": "foreach stats + clip_grad_norm_",
+    "stats": "foreach stats, one host copy",
+    "stats+clip": "  + clip by their global norm",
     "item": "4 stats/layer, .item() each",
 }
 

@@ -13,6 +13,9 @@ pub const DEFAULT_DEAD_FRAC: f64 = 0.99;
 pub const DEFAULT_DIAGNOSE_WINDOW: u64 = 50;
 pub const DEFAULT_SUMMARY_EVERY: u64 = 100;
 pub const DEFAULT_COOLDOWN: u64 = 100;
+/// Histograms on every tenth recorded step: counting every entry's bucket costs a job
+/// more than all the other statistics together, and a histogram changes slowly.
+pub const DEFAULT_HISTOGRAM_EVERY: u64 = 10;
 pub const PROMETHEUS_LAYERS: Ints = Ints::new(0, 1024);
 pub const EXPLODE_FACTOR: Reals = Reals { min: 1.0, above: true, max: f64::INFINITY, below: false };
 pub const EXPLODE_FLOOR: Reals = Reals { min: 0.0, above: false, max: f64::INFINITY, below: false };
@@ -23,9 +26,11 @@ pub const DEAD_FRAC: Reals = Reals { min: 0.0, above: true, max: 1.0, below: fal
 pub const EVERY: Ints = Ints::new(0, super::MAX_STEPS as i64);
 pub const WINDOW: Ints = Ints::new(1, super::MAX_STEPS as i64);
 pub const COOLDOWN: Ints = Ints::new(0, super::MAX_STEPS as i64);
+pub const HISTOGRAM_EVERY: Ints = Ints::new(1, super::MAX_STEPS as i64);
 
 pub(crate) const RANGES: &[Ranged] = &[
     ints("MonitorSpec", "every", EVERY),
+    ints("MonitorSpec", "histogram_every", HISTOGRAM_EVERY),
     ints("MonitorSpec", "prometheus_layers", PROMETHEUS_LAYERS),
     reals("MonitorSpec", "explode_factor", EXPLODE_FACTOR),
     reals("MonitorSpec", "explode_floor", EXPLODE_FLOOR),
@@ -45,6 +50,9 @@ pub struct MonitorSpec {
     pub every: u64,
     /// Record per-layer gradient histograms with the statistics.
     pub histogram: bool,
+    /// Histograms on every this many recorded steps (the first always): 1 records them
+    /// with every statistic.
+    pub histogram_every: u64,
     /// At most this many layers per job get a Prometheus series.
     pub prometheus_layers: u32,
     /// `exploding`: the global gradient norm exceeds this multiple of its recent median.
@@ -72,6 +80,7 @@ impl Default for MonitorSpec {
         Self {
             every: 1,
             histogram: true,
+            histogram_every: DEFAULT_HISTOGRAM_EVERY,
             prometheus_layers: DEFAULT_PROMETHEUS_LAYERS,
             explode_factor: DEFAULT_EXPLODE_FACTOR,
             explode_floor: DEFAULT_EXPLODE_FLOOR,
@@ -90,6 +99,17 @@ impl MonitorSpec {
         self.every > 0 && (step - 1).is_multiple_of(self.every)
     }
 
+    /// Whether 1-based `step` records per-layer histograms: every `histogram_every`-th
+    /// recorded step, the first included.
+    pub fn records_histogram(&self, step: u64) -> bool {
+        self.histogram && self.records(step) && ((step - 1) / self.every).is_multiple_of(self.histogram_every.max(1))
+    }
+
+    /// The share of recorded steps that record histograms too (0 without histograms).
+    pub fn histogram_share(&self) -> f64 {
+        if self.histogram { 1.0 / self.histogram_every.max(1) as f64 } else { 0.0 }
+    }
+
     pub(crate) fn validate(&self) -> Result<(), SpecError> {
         check(PROMETHEUS_LAYERS.contains(self.prometheus_layers), "monitor.prometheus_layers", "at most 1024")?;
         EXPLODE_FACTOR.check(self.explode_factor, "monitor.explode_factor")?;
@@ -99,6 +119,7 @@ impl MonitorSpec {
         WINDOW.check(self.diagnose_window, "monitor.diagnose_window")?;
         WINDOW.check(self.summary_every, "monitor.summary_every")?;
         COOLDOWN.check(self.cooldown, "monitor.cooldown")?;
+        HISTOGRAM_EVERY.check(self.histogram_every, "monitor.histogram_every")?;
         EVERY.check(self.every, "monitor.every")
     }
 }

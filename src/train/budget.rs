@@ -406,7 +406,8 @@ pub fn estimate(spec: &ValidSpec, corpus: CorpusSize) -> Estimate {
 
 fn disk(spec: &JobSpec, tensors: u64) -> Disk {
     let k = tensors as f64;
-    let hist = if spec.monitor.histogram { k * HIST_BINS as f64 * 4.0 } else { 0.0 };
+    // Histograms on a share of the recorded steps: their bytes spread over every row.
+    let hist = spec.monitor.histogram_share() * k * HIST_BINS as f64 * 4.0;
     let steps = spec.steps;
     let evals = match spec.task.eval_every() {
         0 => 0,
@@ -519,8 +520,10 @@ mod tests {
         // No embedding for feature inputs: four tensors per layer and the head's two.
         assert_eq!(e.tensors, 10);
         let every_step = e.disk.records(1);
-        assert!(every_step > 1000 * (10 * (8 + 51) * 4) as u64);
-        assert!(e.disk.records(10) < every_step / 5);
+        // Eight statistics a layer every step, a histogram every tenth (the default).
+        assert!(every_step > 1000 * (10 * (8 * 4 + 51 * 4 / 10)) as u64);
+        assert!(every_step < 1000 * (10 * (8 * 4 + 51 * 4 / 5)) as u64);
+        assert!(e.disk.records(10) < every_step / 3);
         assert_eq!(e.disk.smallest_every(e.disk.records(10)), Some(10));
         assert_eq!(e.disk.smallest_every(1), None);
     }

@@ -11,6 +11,7 @@ use super::checkpoint;
 use super::optim::FlatOptimizer;
 use super::policy::GradPolicies;
 use super::stats::FlatParams;
+use super::step::timing::{Clock, Phase};
 use super::step::{self, Monitoring, Trainer};
 use super::task::Task;
 use super::{Outcome, StopFlag, StopReason, TrainEvent, model, optim};
@@ -72,13 +73,15 @@ pub fn train(
             });
         }
         let lr = optim::learning_rate(&spec.optimizer, step, spec.steps);
-        let monitoring = Monitoring { stats: spec.monitor.records(step), histogram: spec.monitor.histogram };
+        let monitoring =
+            Monitoring { stats: spec.monitor.records(step), histogram: spec.monitor.records_histogram(step) };
         let forward = || {
             let batch = task.train_batch(spec.batch_size)?;
             model.rng().start_step(step);
             task.loss(&model.forward(&batch.xs, true)?, &batch.ys)
         };
         let done = step::step(&mut trainer, step, lr, monitoring, forward, emit)?;
+        let mut clock = Clock::start();
         if task.eval_due(step, spec.steps)
             && let Some(eval) = task.evaluate(model.as_ref(), step)?
         {
@@ -92,6 +95,7 @@ pub fn train(
         if spec.checkpoint_every > 0 && step.is_multiple_of(spec.checkpoint_every) && step < spec.steps {
             save_checkpoint(ctx, &named, &buffers, &trainer, step)?;
         }
+        clock.lap(Phase::Between);
     }
     trainer.finish(emit)?;
     save_checkpoint(ctx, &named, &buffers, &trainer, spec.steps)?;

@@ -3,10 +3,13 @@
 //! Every trainable parameter's data, and its gradient, is a view into one contiguous
 //! buffer ([`FlatParams`]): clipping multiplies that one buffer by an on-device
 //! coefficient, the optimizer updates it whole, and the results of a step reach the host
-//! in one copy. The statistics are reductions over each layer's view (a sum, then the sum
-//! of squared deviations from the mean, a min/max, a non-zero count), stacked: measured
-//! on CPU they are an order of magnitude faster than `segment_reduce`, `frexp` or a float
-//! histogram over the whole buffer. The histogram reads each float's exponent bits and
+//! in one copy. The statistics are row reductions (a mean, then the sum of squared
+//! deviations from it, a min/max, a non-zero count) over the layers grouped by length,
+//! each group read as one `[layers, numel]` tensor (a strided view where its layers are
+//! evenly spaced, as a model's repeated blocks are): a handful of kernels per group rather
+//! than a dozen per layer, since on a model of many small layers the launches, not the
+//! arithmetic, are the cost. Measured on CPU, `segment_reduce`, `frexp` and a float
+//! histogram over the whole buffer are an order of magnitude slower. The histogram reads each float's exponent bits and
 //! counts them with one `bincount`; every count stays an integer. Definitions follow
 //! DESIGN.md §3.
 
@@ -46,8 +49,10 @@ pub struct FlatParams {
     grads_adopted: bool,
     /// Each layer's gradient as a 1-D view into `grads`.
     grad_views: Vec<Tensor>,
-    /// Each layer's weights as a 1-D view into `weights`.
-    weight_views: Vec<Tensor>,
+    /// The layers grouped by length, for reductions over whole groups.
+    groups: Vec<Group>,
+    /// Each layer's column in the groups' order.
+    restore: Tensor,
     /// Elements per layer, on the device.
     lengths: Tensor,
     /// Elements per layer as floats, for means.
@@ -70,9 +75,8 @@ impl FlatParams {
         let total: i64 = numels.iter().sum();
         let weights = Tensor::f_zeros([total], (Kind::Float, device))?;
         let grads = Tensor::f_zeros([total], (Kind::Float, device))?;
-        let weight_views = split(&weights, &numels)?;
         let mut moved = Vec::with_capacity(params.len());
-        for (p, segment) in params.iter().zip(&weight_views) {
+        for (p, segment) in params.iter().zip(split(&weights, &numels)?) {
             anyhow::ensure!(p.kind() == Kind::Float, "parameters must be float32, found {:?}", p.kind());
             let view = segment.f_view(p.size().as_slice())?;
             tch::no_grad(|| view.shallow_clone().f_copy_(p))?;
@@ -82,10 +86,12 @@ impl FlatParams {
         }
         let lengths = Tensor::from_slice(&numels).f_to(device)?;
         let counts = lengths.f_to_kind(Kind::Float)?;
+        let (groups, restore) = Group::build(&numels, device)?;
         Ok(Self {
+            groups,
+            restore,
             params: moved,
             grad_views: split(&grads, &numels)?,
-            weight_views,
             weights,
             grads,
             grads_adopted: false,
@@ -199,36 +205,38 @@ impl FlatParams {
     /// ‖g‖² = Σ(g − mean)² + n·mean², so it costs no further pass; a layer holding a NaN or
     /// an infinity has NaN norm, mean and std.
     pub fn grad_stats(&mut self) -> anyhow::Result<(Tensor, Tensor)> {
-        let layers = self.grad_views.len();
-        let (mut means, mut deviations) = (Vec::with_capacity(layers), Vec::with_capacity(layers));
-        let (mut mins, mut maxes, mut nonzero) = (Vec::new(), Vec::new(), Vec::new());
         let cuda = self.grads.device().is_cuda();
-        for v in &self.grad_views {
-            if cuda {
+        let (mut floats, mut nonzero) = (Vec::with_capacity(self.groups.len()), Vec::with_capacity(self.groups.len()));
+        for group in &self.groups {
+            let rows = group.rows(&self.grads)?;
+            let (mean, deviation) = if cuda {
                 // One Welford kernel, combined as a tree: as exact as two passes and
                 // cheaper. (On the CPU LibTorch runs it serially, 20× slower than them.)
                 // The population variance: n − 1 is applied below, without the warning
                 // LibTorch prints for a one-element layer.
-                let (var, mean) = v.f_var_mean(false)?;
-                deviations.push(var.f_mul_scalar(v.numel() as f64)?);
-                means.push(mean);
+                let (var, mean) = rows.f_var_mean_correction([1i64].as_slice(), 0, false)?;
+                (mean, var.f_mul_scalar(group.numel as f64)?)
             } else {
-                let mean = v.f_mean(Kind::Float)?;
-                let mut centred = v.f_sub(&mean)?;
+                let mean = rows.f_mean_dim([1i64].as_slice(), true, Kind::Float)?;
+                let mut centred = rows.f_sub(&mean)?;
                 let _ = centred.f_square_()?;
-                deviations.push(centred.f_sum(Kind::Float)?);
-                means.push(mean);
-            }
-            let (lo, hi) = v.f_aminmax(None::<i64>, false)?;
-            mins.push(lo);
-            maxes.push(hi);
-            nonzero.push(v.f_count_nonzero(None::<i64>)?);
+                (mean.f_squeeze_dim(1)?, centred.f_sum_dim_intlist([1i64].as_slice(), false, Kind::Float)?)
+            };
+            // `amin` and `amax` each vectorize along a row; `aminmax` over a dimension
+            // does not, and costs 20× both on the CPU. Both propagate NaN.
+            let (lo, hi) = (rows.f_amin([1i64].as_slice(), false)?, rows.f_amax([1i64].as_slice(), false)?);
+            floats.push(Tensor::f_stack(&[mean, deviation, lo, hi], 0)?);
+            // Non-zero as `bool` (NaN counts, ±0 does not, as in `count_nonzero`), summed:
+            // on the CPU a third of `count_nonzero` over a dimension.
+            nonzero.push(rows.f_to_kind(Kind::Bool)?.f_sum_dim_intlist([1i64].as_slice(), false, Kind::Int64)?);
         }
-        let mean = Tensor::f_stack(&means, 0)?;
-        let deviation = Tensor::f_stack(&deviations, 0)?;
-        let max = Tensor::f_stack(&mins, 0)?.f_abs()?.f_maximum(&Tensor::f_stack(&maxes, 0)?.f_abs()?)?;
+        // Back from the groups' order to the layers'.
+        let floats = Tensor::f_cat(&floats, 1)?.f_index_select(1, &self.restore)?;
+        let nonzero = Tensor::f_cat(&nonzero, 0)?.f_index_select(0, &self.restore)?;
+        let (mean, deviation) = (floats.f_select(0, 0)?, floats.f_select(0, 1)?);
+        let max = floats.f_select(0, 2)?.f_abs()?.f_maximum(&floats.f_select(0, 3)?.f_abs()?)?;
         // Integer counts: exact past 2^24 elements, for `zero_frac` and the histogram.
-        let zeros = self.lengths.f_sub(&Tensor::f_stack(&nonzero, 0)?)?;
+        let zeros = self.lengths.f_sub(&nonzero)?;
         // n − 1 = 0 for a one-element layer: 0/0, NaN, as `torch.std` gives.
         let var = deviation.f_div(&self.counts.f_sub_scalar(1.0)?)?;
         let norm = deviation.f_add(&mean.f_square()?.f_mul(&self.counts)?)?.f_sqrt()?;
@@ -314,29 +322,98 @@ impl FlatParams {
     /// has no meaning and is NaN, which the store and the stream report as null; flooring
     /// the denominator instead would show a change of 1e-3 as 1e35.
     pub fn weight_stats(&self) -> anyhow::Result<Tensor> {
-        let norms = |views: &[Tensor]| -> anyhow::Result<Tensor> {
-            let values: Vec<Tensor> = views.iter().map(sum_of_squares).collect::<Result<_, _>>()?;
-            Ok(Tensor::f_stack(&values, 0)?.f_sqrt()?)
-        };
-        let norm = norms(&self.weight_views)?;
+        let norm = self.norms(&self.weights)?;
         let ratio = match &self.before {
             Some(before) => {
-                let numels: Vec<i64> = self.weight_views.iter().map(|v| v.numel() as i64).collect();
-                let change = self.weights.f_sub(before)?;
-                let base = norms(&split(before, &numels)?)?;
-                norms(&split(&change, &numels)?)?.f_div(&base)?.f_where_scalarother(&base.f_gt(0.0)?, f64::NAN)?
+                let base = self.norms(before)?;
+                self.norms(&self.weights.f_sub(before)?)?
+                    .f_div(&base)?
+                    .f_where_scalarother(&base.f_gt(0.0)?, f64::NAN)?
             }
             None => norm.f_zeros_like()?,
         };
         Ok(Tensor::f_stack(&[norm, ratio], 0)?)
     }
+
+    /// The L2 norm of each layer's part of `buffer` (laid out as the weights), in layer
+    /// order: Σv² per row of each group (pairwise on the CPU, a tree on CUDA, so accurate
+    /// to float32 rounding where a whole-layer `dot` on the CPU accumulates in a few
+    /// float32 lanes), then the square root.
+    fn norms(&self, buffer: &Tensor) -> anyhow::Result<Tensor> {
+        let sums: Vec<Tensor> = self
+            .groups
+            .iter()
+            .map(|g| Ok(g.rows(buffer)?.f_square()?.f_sum_dim_intlist([1i64].as_slice(), false, Kind::Float)?))
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Tensor::f_cat(&sums, 0)?.f_index_select(0, &self.restore)?.f_sqrt()?)
+    }
 }
 
-/// Σv², accurate to float32 rounding: cuBLAS's `dot` reduces as a tree, but on the CPU
-/// `dot` accumulates in a few float32 lanes (off by 4e-6 at a million elements) where
-/// `sum` is pairwise.
-fn sum_of_squares(v: &Tensor) -> Result<Tensor, tch::TchError> {
-    if v.device().is_cuda() { v.f_dot(v) } else { v.f_square()?.f_sum(Kind::Float) }
+/// Layers of one length, read together as the rows of one `[layers, numel]` tensor: one
+/// reduction per statistic for the whole group instead of one per layer (a model's
+/// blocks repeat, so a few groups hold all its layers).
+#[derive(Debug)]
+struct Group {
+    numel: i64,
+    rows: Rows,
+}
+
+#[derive(Debug)]
+enum Rows {
+    /// Evenly spaced in the buffer (or alone): a strided view, no copy.
+    Strided { first: i64, step: i64, count: i64 },
+    /// Anywhere else: gathered by these element indices.
+    Gathered { index: Tensor, count: i64 },
+}
+
+impl Group {
+    /// Groups the layers of `numels` by length, in order of first appearance, and the
+    /// position of each layer in the groups' order (to restore the layers' order).
+    fn build(numels: &[i64], device: Device) -> anyhow::Result<(Vec<Self>, Tensor)> {
+        let mut offsets = Vec::with_capacity(numels.len());
+        let mut offset = 0;
+        for &n in numels {
+            offsets.push(offset);
+            offset += n;
+        }
+        let mut lengths: Vec<i64> = Vec::new();
+        for &n in numels {
+            if !lengths.contains(&n) {
+                lengths.push(n);
+            }
+        }
+        let (mut groups, mut order) = (Vec::with_capacity(lengths.len()), Vec::with_capacity(numels.len()));
+        for numel in lengths {
+            let members: Vec<usize> = (0..numels.len()).filter(|&i| numels[i] == numel).collect();
+            let starts: Vec<i64> = members.iter().map(|&i| offsets[i]).collect();
+            let step = if starts.len() > 1 { starts[1] - starts[0] } else { numel };
+            let even = starts.windows(2).all(|w| w[1] - w[0] == step);
+            let count = starts.len() as i64;
+            let rows = if even {
+                Rows::Strided { first: starts[0], step, count }
+            } else {
+                let index: Vec<i64> = starts.iter().flat_map(|&s| s..s + numel).collect();
+                Rows::Gathered { index: Tensor::from_slice(&index).f_to_device(device)?, count }
+            };
+            groups.push(Self { numel, rows });
+            order.extend(members);
+        }
+        let mut restore = vec![0i64; numels.len()];
+        for (position, &layer) in order.iter().enumerate() {
+            restore[layer] = position as i64;
+        }
+        Ok((groups, Tensor::from_slice(&restore).f_to_device(device)?))
+    }
+
+    /// The group's layers of `buffer` (laid out as the flat buffers), one per row.
+    fn rows(&self, buffer: &Tensor) -> Result<Tensor, tch::TchError> {
+        match &self.rows {
+            Rows::Strided { first, step, count } => buffer
+                .f_narrow(0, *first, (count - 1) * step + self.numel)?
+                .f_as_strided([*count, self.numel].as_slice(), [*step, 1].as_slice(), None),
+            Rows::Gathered { index, count } => buffer.f_index_select(0, index)?.f_view([*count, self.numel]),
+        }
+    }
 }
 
 /// `buffer` cut into consecutive 1-D views of `numels` elements each, one per layer: the
@@ -452,6 +529,33 @@ mod tests {
         let sum_sq: f64 = s.grad_norm.iter().map(|n| n * n).sum();
         assert!((sum_sq.sqrt() - total.double_value(&[])).abs() < 1e-5 * total.double_value(&[]));
         assert_eq!(s.zero_frac[0], 0.5);
+    }
+
+    #[test]
+    fn grouped_layers_keep_their_own_statistics_and_order() {
+        // Lengths 3, 5, 3, 2, 3, 5: the 3s lie unevenly (gathered), the 5s evenly
+        // (a strided view), the 2 alone; each layer's numbers must be its own.
+        tch::manual_seed(5);
+        let numels = [3i64, 5, 3, 2, 3, 5];
+        let params: Vec<Tensor> =
+            numels.iter().map(|&n| Tensor::randn([n], (Kind::Float, Device::Cpu)).set_requires_grad(true)).collect();
+        let mut flat = FlatParams::new(&params, Device::Cpu).expect("flat");
+        let coefs: Vec<Tensor> = numels
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| Tensor::randn([n], (Kind::Float, Device::Cpu)) * (i as f64 + 1.0) + i as f64)
+            .collect();
+        backward(&mut flat, &coefs);
+        let s = grad_rows(&mut flat);
+        let weights: Vec<f32> = Vec::try_from(flat.weight_stats().expect("weights").flatten(0, -1)).expect("rows");
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-5 * b.abs().max(1e-6);
+        for (layer, g) in coefs.iter().enumerate() {
+            assert!(close(s.grad_norm[layer], g.norm().double_value(&[])), "layer {layer} norm");
+            assert!(close(s.grad_max[layer], g.abs().max().double_value(&[])), "layer {layer} max");
+            assert!(close(s.grad_mean[layer], g.mean(Kind::Float).double_value(&[])), "layer {layer} mean");
+            assert!(close(s.grad_std[layer], g.std(true).double_value(&[])), "layer {layer} std");
+            assert!(close(f64::from(weights[layer]), params[layer].norm().double_value(&[])), "layer {layer} weights");
+        }
     }
 
     #[test]

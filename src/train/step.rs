@@ -18,6 +18,7 @@ use super::transfer::{DeviceParts, DeviceScalars, Scalars};
 use super::{Event, StepReport, TrainEvent};
 use crate::spec::{GradPolicy, MonitorSpec, PolicySpec, WeightPolicy};
 use crate::vocab::EventKind;
+use timing::{Clock, Phase};
 
 /// What one step measures besides the loss and the global gradient norms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +82,102 @@ impl Trainer {
     }
 }
 
+/// An opt-in record of where a training thread's time goes, by phase, for the job
+/// benchmark. Off (the default) it costs one relaxed atomic load per step; on, every
+/// phase of every step adds its wall time to a process-wide total.
+pub mod timing {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::time::{Duration, Instant};
+
+    /// A part of a step, in the order a step runs them.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Phase {
+        /// Drawing the batch and the forward pass to the loss.
+        Forward,
+        /// Zeroing the gradients and the backward pass into the flat buffer.
+        Backward,
+        /// Per-layer gradient statistics (or the global norm alone), histograms, and the
+        /// weight statistics after the update.
+        Statistics,
+        /// The grad policies (clipping, skipping).
+        Policies,
+        /// The weight snapshot, the optimizer and the weight policies.
+        Update,
+        /// The one device→host copy.
+        HostCopy,
+        /// Building the report from the copy (and counting non-finite values).
+        Report,
+        /// The diagnosis of the report.
+        Diagnosis,
+        /// Handing the report, its events and the diagnosis to the job's channel.
+        Emit,
+        /// Validation and checkpoints, between steps.
+        Between,
+    }
+
+    impl Phase {
+        pub const ALL: [Self; 10] = [
+            Self::Forward,
+            Self::Backward,
+            Self::Statistics,
+            Self::Policies,
+            Self::Update,
+            Self::HostCopy,
+            Self::Report,
+            Self::Diagnosis,
+            Self::Emit,
+            Self::Between,
+        ];
+
+        pub fn as_str(self) -> &'static str {
+            match self {
+                Self::Forward => "forward",
+                Self::Backward => "backward",
+                Self::Statistics => "statistics",
+                Self::Policies => "grad policies",
+                Self::Update => "update",
+                Self::HostCopy => "host copy",
+                Self::Report => "report building",
+                Self::Diagnosis => "diagnosis",
+                Self::Emit => "emit",
+                Self::Between => "validation, checkpoints",
+            }
+        }
+    }
+
+    static ENABLED: AtomicBool = AtomicBool::new(false);
+    static NANOS: [AtomicU64; Phase::ALL.len()] = [const { AtomicU64::new(0) }; Phase::ALL.len()];
+
+    /// Starts (or stops) recording, process-wide.
+    pub fn enable(on: bool) {
+        ENABLED.store(on, Ordering::Relaxed);
+    }
+
+    /// The time recorded per phase since the last call, and resets it.
+    pub fn take() -> Vec<(Phase, Duration)> {
+        Phase::ALL.iter().map(|&p| (p, Duration::from_nanos(NANOS[p as usize].swap(0, Ordering::Relaxed)))).collect()
+    }
+
+    /// Charges the time between laps to phases; inert when recording is off.
+    pub(crate) struct Clock(Option<Instant>);
+
+    impl Clock {
+        pub(crate) fn start() -> Self {
+            Self(ENABLED.load(Ordering::Relaxed).then(Instant::now))
+        }
+
+        /// Charges the time since the last lap (or the start) to `phase`.
+        pub(crate) fn lap(&mut self, phase: Phase) {
+            if let Some(last) = &mut self.0 {
+                let now = Instant::now();
+                let nanos = u64::try_from((now - *last).as_nanos()).unwrap_or(u64::MAX);
+                NANOS[phase as usize].fetch_add(nanos, Ordering::Relaxed);
+                *last = now;
+            }
+        }
+    }
+}
+
 /// Trains step `step` (1-based) at learning rate `lr`: `forward` draws the batch and
 /// returns the loss; the rest is the same for every caller. Emits the previous step's
 /// report (and its events); this step's waits for its weight statistics. Its wall time
@@ -95,10 +192,13 @@ pub fn step(
 ) -> anyhow::Result<StepOutput> {
     let started = Instant::now();
     let Trainer { flat, optimizer, weight_policies, reporter } = trainer;
+    reporter.clock = Clock::start();
     let loss = forward()?;
+    reporter.clock.lap(Phase::Forward);
     flat.zero_grads()?;
     loss.f_backward().context("backward failed")?;
     flat.adopt_grads()?;
+    reporter.clock.lap(Phase::Backward);
 
     let record = monitoring.stats;
     let report = tch::no_grad(|| reporter.measure(flat, &loss, step, lr, monitoring, emit))?;
@@ -114,7 +214,9 @@ pub fn step(
         }
         Ok(())
     })?;
+    reporter.clock.lap(Phase::Update);
     let weight_stats = if record { Some(tch::no_grad(|| flat.weight_stats())?) } else { None };
+    reporter.clock.lap(Phase::Statistics);
     reporter.hold(StepReport { skipped: !update, seconds: started.elapsed().as_secs_f64(), ..report }, weight_stats);
     Ok(StepOutput { finite, updated: update })
 }
@@ -135,6 +237,8 @@ struct Reporter {
     pending: Vec<Event>,
     diagnoser: Diagnoser,
     diagnosis: Diagnosis,
+    /// The opt-in timing record of the step under way.
+    clock: Clock,
 }
 
 impl Reporter {
@@ -158,6 +262,7 @@ impl Reporter {
             pending: Vec::new(),
             diagnoser: Diagnoser::new(monitor, layer_names).with_redundant(redundant),
             diagnosis: Diagnosis::default(),
+            clock: Clock::start(),
         }
     }
 
@@ -183,6 +288,7 @@ impl Reporter {
             (None, flat.grad_norm()?)
         };
         let hist = if record && monitoring.histogram { Some(flat.grad_histogram()?) } else { None };
+        self.clock.lap(Phase::Statistics);
         let outcome = self.grad_policies.apply(&flat.layer_grads(), flat.params(), &total)?;
         let flag = |t: &Option<Tensor>| -> anyhow::Result<Tensor> {
             Ok(match t {
@@ -191,6 +297,7 @@ impl Reporter {
             })
         };
         let (skip, forced) = (flag(&outcome.skip)?, flag(&outcome.forced)?);
+        self.clock.lap(Phase::Policies);
 
         let held_weights = self.held.as_ref().and_then(|(_, w)| w.as_ref().map(Tensor::shallow_clone));
         let copy = DeviceParts {
@@ -206,6 +313,7 @@ impl Reporter {
             hist: hist.as_ref(),
         }
         .copy_to_host(self.layers)?;
+        self.clock.lap(Phase::HostCopy);
 
         let scalars = copy.scalars().context("the copy holds the step's scalars")?;
         let mut layers = copy.grad_stats();
@@ -217,6 +325,7 @@ impl Reporter {
             }
             stats.hist = copy.hist();
         }
+        self.clock.lap(Phase::Report);
         self.release(copy.weight_rows(), emit);
         let Scalars { loss, grad_norm, grad_norm_clipped, skip, forced } = scalars;
         if forced {
@@ -260,21 +369,25 @@ impl Reporter {
         if let (Some(layers), Some(rows)) = (report.layers.as_mut(), weight_rows) {
             layers.set_weight_rows(rows, self.layers);
         }
+        self.clock.lap(Phase::Report);
         let mut events = std::mem::take(&mut self.held_events);
         events.extend(self.diagnoser.observe(&report));
+        let diagnosis = self.diagnoser.diagnosis();
+        self.clock.lap(Phase::Diagnosis);
         emit(TrainEvent::Step(report));
         for event in events {
             emit(TrainEvent::Event(event));
         }
-        let diagnosis = self.diagnoser.diagnosis();
         if diagnosis != self.diagnosis {
             self.diagnosis = diagnosis.clone();
             emit(TrainEvent::Diagnosis(diagnosis));
         }
+        self.clock.lap(Phase::Emit);
     }
 
     /// Emits the last held report, with one more host copy for its weight statistics.
     fn finish(&mut self, emit: &mut dyn FnMut(TrainEvent)) -> anyhow::Result<()> {
+        self.clock = Clock::start();
         let weights = self.held.as_ref().and_then(|(_, w)| w.as_ref().map(Tensor::shallow_clone));
         let copy =
             DeviceParts { weight_stats: weights.as_ref(), ..DeviceParts::default() }.copy_to_host(self.layers)?;

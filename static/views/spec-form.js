@@ -490,6 +490,7 @@ export function specForm(root, { presets, onSubmitted, initial }) {
           el("div", { class: "monitor-grid" },
             monInput("every", { label: "statistics every", help: "steps; 0 turns per-layer statistics off" }),
             monInput("histogram", { label: "gradient histograms" }),
+            monInput("histogram_every", { label: "histograms every", help: "recorded steps; 1 records them with every statistic" }),
             monInput("prometheus_layers", { label: "Prometheus layers" }),
             monInput("explode_factor", { label: "exploding factor" }),
             monInput("explode_floor", { label: "exploding floor" }),

@@ -56,7 +56,7 @@ fn steps_of(messages: &[Value]) -> Vec<u64> {
 async fn a_running_job_streams_every_step_with_every_layer() {
     let app = spawn_app().await;
     let mut spec = tiny_lstm_spec(60, 0.25);
-    spec["monitor"] = json!({"histogram": true});
+    spec["monitor"] = json!({"histogram": true, "histogram_every": 1});
     let id = app.submit(&spec).await["id"].as_str().expect("id").to_owned();
     let mut socket = connect(&app, &id, "").await;
     let hello = next(&mut socket).await.expect("hello");

@@ -1,0 +1,336 @@
+//! `cargo bench --bench jobs -- [ARGS]`: what monitoring costs a real job.
+//!
+//! Starts the service in this process (a temporary SQLite file, the scheduler, the store
+//! writer, the metrics, the live stream, validation and checkpoints: everything a job
+//! does) and submits the README's MLP through the HTTP API with the default `monitor`,
+//! with histograms on every step, with statistics but no histograms, and with
+//! `monitor.every: 0`, in interleaved rounds
+//! (each round starts with the next variant, so drift on a shared machine hits all
+//! alike). Prints steps/s (steps over the job's `started_at`..`finished_at`) min, median
+//! and max per variant and the overhead against monitoring off; then where the time goes:
+//! the training thread's wall time per phase of a step (the step's opt-in timing record)
+//! and the CPU time of every thread of the process by kind, from `/proc/self/task`.
+//! Run without `--bench` (as `cargo test --all-targets` does), it trains each variant
+//! once at toy size, to show that it works.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use gradscope::Application;
+use gradscope::config::ServeConfig;
+use gradscope::train::step::timing::{self, Phase};
+use serde_json::{Value, json};
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "jobs", about = "Step rate of real jobs with default, histogram-free and no monitoring")]
+struct JobsArgs {
+    /// Training steps of each job.
+    #[arg(long, default_value_t = 600)]
+    pub steps: u64,
+    /// Rounds; each runs every variant once.
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
+    /// MLP width (and input features).
+    #[arg(long, default_value_t = 256)]
+    pub hidden: i64,
+    /// MLP blocks of Linear → LayerNorm → GELU.
+    #[arg(long, default_value_t = 12)]
+    pub blocks: i64,
+    #[arg(long, default_value_t = 128)]
+    pub batch_size: i64,
+    /// LibTorch CPU threads (the service's `--torch-threads`).
+    #[arg(long, default_value_t = 2)]
+    pub torch_threads: i32,
+    /// Given by `cargo bench`; without it the benchmark only shows that it runs.
+    #[arg(long, hide = true)]
+    pub bench: bool,
+}
+
+/// The monitoring a job is submitted with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    /// `monitor` as the spec's defaults leave it.
+    Default,
+    /// Histograms with every statistic (`histogram_every: 1`).
+    EveryHistogram,
+    /// Every statistic, no histograms.
+    NoHistogram,
+    /// `monitor.every: 0`: loss and the global norms only.
+    Off,
+}
+
+const VARIANTS: [Variant; 4] = [Variant::Default, Variant::EveryHistogram, Variant::NoHistogram, Variant::Off];
+
+impl Variant {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Default => "default monitor",
+            Self::EveryHistogram => "histograms every step",
+            Self::NoHistogram => "statistics, no histograms",
+            Self::Off => "monitor.every: 0",
+        }
+    }
+
+    fn monitor(self) -> Value {
+        match self {
+            Self::Default => json!({}),
+            Self::EveryHistogram => json!({"histogram_every": 1}),
+            Self::NoHistogram => json!({"histogram": false}),
+            Self::Off => json!({"every": 0}),
+        }
+    }
+}
+
+/// One job's measurements.
+#[derive(Debug, Default)]
+struct Run {
+    steps_per_second: f64,
+    /// Training-thread wall seconds per phase.
+    phases: Vec<(Phase, f64)>,
+    /// CPU seconds per kind of thread.
+    cpu: HashMap<String, f64>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    // `cargo bench` passes `--bench`; `cargo test` passes nothing, and gets a toy run.
+    let args = if std::env::args().any(|a| a == "--bench") {
+        JobsArgs::parse()
+    } else {
+        JobsArgs::parse_from([
+            "jobs",
+            "--steps",
+            "12",
+            "--rounds",
+            "1",
+            "--hidden",
+            "8",
+            "--blocks",
+            "2",
+            "--batch-size",
+            "4",
+            "--torch-threads",
+            "1",
+        ])
+    };
+    run(&args).await
+}
+
+async fn run(args: &JobsArgs) -> anyhow::Result<()> {
+    let dir = tempfile::TempDir::new()?;
+    let mut config = ServeConfig::new(
+        "127.0.0.1:0".parse()?,
+        &format!("sqlite://{}", dir.path().join("bench.db").display()),
+        dir.path().join("data"),
+    );
+    config.torch_threads = Some(args.torch_threads);
+    let app = Application::build(config).await?;
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until(async move {
+        let _ = stopped.await;
+    }));
+    let http = reqwest::Client::new();
+    println!(
+        "bench jobs: MLP {} × {} blocks (LayerNorm, GELU), batch {}, AdamW, clip_norm, {} steps, {} torch thread(s), \
+         {} rounds",
+        args.hidden, args.blocks, args.batch_size, args.steps, args.torch_threads, args.rounds
+    );
+
+    timing::enable(true);
+    let mut runs: Vec<Vec<Run>> = VARIANTS.iter().map(|_| Vec::new()).collect();
+    for round in 0..args.rounds {
+        for k in 0..VARIANTS.len() {
+            let v = (round + k) % VARIANTS.len();
+            let variant = VARIANTS[v];
+            let run = job(&http, &base, args, variant).await?;
+            println!("  round {} {:<28} {:>8.1} steps/s", round + 1, variant.label(), run.steps_per_second);
+            runs[v].push(run);
+        }
+    }
+    timing::enable(false);
+    report(args, &runs);
+
+    let _ = stop.send(());
+    server.await??;
+    Ok(())
+}
+
+/// Submits one job of `variant`, waits for it, and measures it.
+async fn job(http: &reqwest::Client, base: &str, args: &JobsArgs, variant: Variant) -> anyhow::Result<Run> {
+    let spec = json!({
+        "name": format!("bench-{}", variant.label()), "steps": args.steps, "batch_size": args.batch_size,
+        "device": "cpu", "seed": 1,
+        "task": {"kind": "classification", "features": args.hidden, "classes": 10},
+        "model": {"kind": "mlp", "layers": args.blocks, "hidden": args.hidden, "norm": "layer", "activation": "gelu"},
+        "optimizer": {"kind": "adamw", "lr": 0.001},
+        "policy": {"grad": [{"kind": "clip_norm", "max_norm": 1.0}]},
+        "monitor": variant.monitor(),
+    });
+    let _ = timing::take();
+    let mut threads = Threads::sample()?;
+    let response = http.post(format!("{base}/api/v1/jobs")).json(&spec).send().await?;
+    let created: Value = response.json().await?;
+    let id = created["id"].as_str().with_context(|| format!("no job id: {created}"))?.to_owned();
+    let job = loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Sampled while the job runs: its training thread is gone once it ends.
+        threads.update()?;
+        let job: Value = http.get(format!("{base}/api/v1/jobs/{id}")).send().await?.json().await?;
+        if !matches!(job["status"].as_str(), Some("queued" | "running")) {
+            break job;
+        }
+    };
+    threads.update()?;
+    anyhow::ensure!(job["status"] == "succeeded", "the benchmark job ended {}: {}", job["status"], job["error"]);
+    anyhow::ensure!(job["dropped_reports"] == 0, "the store dropped reports: {job}");
+    let seconds = |field: &str| -> anyhow::Result<f64> {
+        let at = job[field].as_str().context("timestamp")?;
+        Ok(chrono::DateTime::parse_from_rfc3339(at)?.timestamp_micros() as f64 / 1e6)
+    };
+    let wall = seconds("finished_at")? - seconds("started_at")?;
+    Ok(Run {
+        steps_per_second: args.steps as f64 / wall,
+        phases: timing::take().into_iter().map(|(p, d)| (p, d.as_secs_f64())).collect(),
+        cpu: threads.by_kind(),
+    })
+}
+
+/// Per-thread CPU seconds (user + system) of this process, from `/proc/self/task`.
+struct Threads {
+    pid: u32,
+    /// Each thread's kind and CPU seconds when first seen.
+    start: HashMap<u32, (String, f64)>,
+    /// Each thread's kind and CPU seconds when last seen.
+    last: HashMap<u32, (String, f64)>,
+}
+
+/// The kernel's clock ticks per second for `/proc` times (USER_HZ, 100 on Linux).
+const TICKS: f64 = 100.0;
+
+impl Threads {
+    fn sample() -> anyhow::Result<Self> {
+        let pid = std::process::id();
+        let now = read_threads(pid)?;
+        Ok(Self { pid, start: now.clone(), last: now })
+    }
+
+    fn update(&mut self) -> anyhow::Result<()> {
+        for (tid, value) in read_threads(self.pid)? {
+            self.last.insert(tid, value);
+        }
+        Ok(())
+    }
+
+    /// CPU seconds since [`Self::sample`], summed by kind of thread.
+    fn by_kind(&self) -> HashMap<String, f64> {
+        let mut kinds = HashMap::new();
+        for (tid, (kind, cpu)) in &self.last {
+            let before = self.start.get(tid).map_or(0.0, |(_, c)| *c);
+            *kinds.entry(kind.clone()).or_insert(0.0) += cpu - before;
+        }
+        kinds
+    }
+}
+
+fn read_threads(pid: u32) -> anyhow::Result<HashMap<u32, (String, f64)>> {
+    let process = std::fs::read_to_string("/proc/self/comm")?.trim().to_owned();
+    let mut threads = HashMap::new();
+    for entry in std::fs::read_dir("/proc/self/task")? {
+        let entry = entry?;
+        let Ok(tid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        // A thread may end between the listing and the read.
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        let name = &stat[open + 1..close];
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        // After the name: state is field 3 of stat(5), utime 14 and stime 15.
+        let ticks = |i: usize| fields.get(i - 3).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+        let kind = if tid == pid {
+            "main thread (HTTP client, polling)".to_owned()
+        } else if name.starts_with("train-") {
+            // LibTorch's OpenMP workers take the name of the thread that started them.
+            "training thread and its LibTorch workers".to_owned()
+        } else if name.starts_with("tokio-r") {
+            "tokio workers (HTTP, store writer, metrics, stream)".to_owned()
+        } else if name.starts_with("sqlx-sqlite") {
+            "SQLite worker".to_owned()
+        } else if name == process {
+            "other threads of this program".to_owned()
+        } else {
+            name.to_owned()
+        };
+        threads.insert(tid, (kind, (ticks(14) + ticks(15)) / TICKS));
+    }
+    Ok(threads)
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+fn report(args: &JobsArgs, runs: &[Vec<Run>]) {
+    let rates: Vec<Vec<f64>> = runs.iter().map(|r| r.iter().map(|r| r.steps_per_second).collect()).collect();
+    let off = median(&mut rates[VARIANTS.len() - 1].clone());
+    println!("\nsteps/s through the API ({} rounds)", args.rounds);
+    println!("{:<28} {:>8} {:>8} {:>8} {:>22}", "variant", "min", "median", "max", "time vs off (median)");
+    for (variant, rates) in VARIANTS.iter().zip(&rates) {
+        let mut sorted = rates.clone();
+        let mid = median(&mut sorted);
+        println!(
+            "{:<28} {:>8.1} {:>8.1} {:>8.1} {:>+21.1}%",
+            variant.label(),
+            sorted[0],
+            mid,
+            sorted[sorted.len() - 1],
+            100.0 * (off / mid - 1.0)
+        );
+    }
+
+    println!("\ntraining thread, ms per step by phase (median over rounds)");
+    print!("{:<28}", "phase");
+    for variant in VARIANTS {
+        print!(" {:>26}", variant.label());
+    }
+    println!();
+    let per_step = 1e3 / args.steps as f64;
+    for (i, phase) in Phase::ALL.iter().enumerate() {
+        print!("{:<28}", phase.as_str());
+        for variant_runs in runs {
+            let mut values: Vec<f64> = variant_runs.iter().map(|r| r.phases[i].1 * per_step).collect();
+            print!(" {:>26.3}", median(&mut values));
+        }
+        println!();
+    }
+
+    println!("\nCPU seconds per job by thread (median over rounds)");
+    let mut kinds: Vec<String> = runs.iter().flatten().flat_map(|r| r.cpu.keys().cloned()).collect();
+    kinds.sort();
+    kinds.dedup();
+    print!("{:<52}", "threads");
+    for variant in VARIANTS {
+        print!(" {:>26}", variant.label());
+    }
+    println!();
+    for kind in kinds.iter().chain(std::iter::once(&"all".to_owned())) {
+        print!("{kind:<52}");
+        for variant_runs in runs {
+            let mut values: Vec<f64> = variant_runs
+                .iter()
+                .map(|r| if kind == "all" { r.cpu.values().sum() } else { r.cpu.get(kind).copied().unwrap_or(0.0) })
+                .collect();
+            print!(" {:>26.2}", median(&mut values));
+        }
+        println!();
+    }
+}
