@@ -13,12 +13,19 @@ use tch::{CModule, Kind, Tensor, nn};
 use super::Params;
 use super::layers::StepRng;
 
-/// The first line of a LibTorch error: the rest is its C++ backtrace.
+/// The part of a LibTorch error a person needs: the interpreter's own `…Error: message`
+/// line when there is one (TorchScript wraps it in a traceback), else the first line (the
+/// rest is a C++ backtrace).
 pub fn reason(err: &tch::TchError) -> String {
     let text = err.to_string();
     let text = text.strip_prefix("Torch(\"").unwrap_or(&text);
-    let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or_default().trim();
-    first.trim_end_matches("\")").to_owned()
+    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let raised = lines
+        .iter()
+        .rev()
+        .find(|l| l.split_once(": ").is_some_and(|(head, _)| head.ends_with("Error") && !head.contains(' ')));
+    let line = raised.or(lines.first()).copied().unwrap_or_default();
+    line.trim_end_matches("\")").to_owned()
 }
 
 /// A loaded TorchScript module and the mode it was last switched to.
