@@ -252,3 +252,22 @@ async fn a_resumed_torchscript_job_reports_exactly_what_an_uninterrupted_one_doe
         assert!(same, "{name} differs after the resume");
     }
 }
+
+/// The budget of a TorchScript job is sized by its dry run: `batch_size × (I + 3·O) × L`
+/// bytes of activations for the MLP fixture's 6 float features (I = 24 bytes), 3 logits
+/// (O = 12 bytes) and 6 parameter tensors is 360 bytes a sample, so 8 samples fit in
+/// 4 KiB and 16 do not.
+#[tokio::test]
+async fn the_dry_run_sizes_the_memory_budget() {
+    let files = fixtures();
+    let app = spawn_app_with(tempfile::TempDir::new().expect("dir"), |c| c.max_activation_bytes = 4096).await;
+    let model = upload_ok(&app, "models", &files.path().join("mlp.pt")).await["id"].as_str().expect("id").to_owned();
+    let set =
+        upload_ok(&app, "datasets", &files.path().join("mlp.safetensors")).await["id"].as_str().expect("id").to_owned();
+    let fits = app.post_json("/api/v1/jobs", &spec(&model, &set, 5)).await;
+    assert_eq!(fits.status(), 201, "{}", fits.text().await.unwrap_or_default());
+    let mut big = spec(&model, &set, 5);
+    big["batch_size"] = json!(16);
+    let (field, message) = refused(app.post_json("/api/v1/jobs", &big).await).await;
+    assert_eq!(field, "batch_size", "{message}");
+}
