@@ -1,6 +1,6 @@
 // The new-job form with the user's own model and data: both uploaded from files through
 // the form, picked, and trained by the submitted job. The files come from
-// tests/parity/user_models.py, run with the torch venv's python (scripts/with-torch).
+// tests/parity/user_models.py, run with the torch venv's python through scripts/with-torch.
 
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
@@ -16,7 +16,7 @@ let files;
 
 before(async () => {
   files = mkdtempSync(join(tmpdir(), "gradscope-user-models-"));
-  execFileSync(process.env.GRADSCOPE_PYTHON ?? "python", [join(ROOT, "tests/parity/user_models.py"), files, "2"]);
+  execFileSync(join(ROOT, "scripts/with-torch"), ["python", join(ROOT, "tests/parity/user_models.py"), files, "2"]);
   server = await startServer();
   browser = await openBrowser();
 });
