@@ -271,3 +271,20 @@ async fn the_dry_run_sizes_the_memory_budget() {
     let (field, message) = refused(app.post_json("/api/v1/jobs", &big).await).await;
     assert_eq!(field, "batch_size", "{message}");
 }
+
+#[tokio::test]
+async fn uploads_stop_at_the_quota_and_leave_no_file_behind() {
+    let files = fixtures();
+    let app = spawn_app_with(tempfile::TempDir::new().expect("dir"), |c| c.max_uploads = 1).await;
+    upload_ok(&app, "models", &files.path().join("mlp.pt")).await;
+    let over = upload_file(&app, "models", &files.path().join("mlp.pt")).await;
+    assert_eq!(over.status(), 429);
+    let body: Value = over.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "upload_quota", "{body}");
+    let kept = std::fs::read_dir(app.dir.path().join("data/models")).expect("models folder").count();
+    assert_eq!(kept, 1, "the refused upload's file is gone");
+    // Each kind has its own quota.
+    upload_ok(&app, "datasets", &files.path().join("mlp.safetensors")).await;
+    let list: Value = app.get("/api/v1/models").await.json().await.expect("json");
+    assert_eq!((list["count"].as_i64(), list["max_models"].as_i64()), (Some(1), Some(1)));
+}
