@@ -47,6 +47,16 @@ struct StepsArgs {
     /// LibTorch CPU threads (default: LibTorch's choice).
     #[arg(long)]
     pub threads: Option<i32>,
+    /// Also time a TorchScript module (`torch.jit.script(model).save(FILE)`), as a
+    /// `torchscript` job loads it, on the first `--module-batch` samples of `--data`.
+    #[arg(long, requires = "data")]
+    pub module: Option<std::path::PathBuf>,
+    /// A safetensors data set with `x` and `y` (int64 classes) for `--module`.
+    #[arg(long, requires = "module")]
+    pub data: Option<std::path::PathBuf>,
+    /// Samples per step for `--module`.
+    #[arg(long, default_value_t = 32)]
+    pub module_batch: i64,
     /// Given by `cargo bench`; without it the benchmark only shows that it runs.
     #[arg(long, hide = true)]
     pub bench: bool,
@@ -172,6 +182,34 @@ fn lstm(device: Device) -> anyhow::Result<Workload> {
         name: format!("LSTM char LM, {layers} layers × {hidden}, seq {seq}, batch {batch}, {} tensors", params.len()),
         vs,
         forward: Box::new(move |x| Ok(net.forward(x, true)?.f_view([-1, vocab])?)),
+        xs,
+        ys,
+        params,
+    })
+}
+
+/// A user's TorchScript module, loaded as a `torchscript` job loads it, on the first
+/// `batch` samples of a data set; its output is scored by cross-entropy over the last
+/// dimension, as a `dataset` task with `loss: cross_entropy` does.
+fn torchscript(device: Device, file: &std::path::Path, data: &std::path::Path, batch: i64) -> anyhow::Result<Workload> {
+    use gradscope::train::model::Model;
+    let vs = nn::VarStore::new(device);
+    let (module, params) = model::load_torchscript(file, &vs, 0)?;
+    let tensors: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(data)?.into_iter().collect();
+    let x = tensors.get("x").context("the data set has no x")?;
+    let y = tensors.get("y").context("the data set has no y")?;
+    let n = batch.min(x.size()[0]);
+    let xs = x.f_narrow(0, 0, n)?.f_to(device)?;
+    let ys = y.f_narrow(0, 0, n)?.f_reshape([-1])?.f_to(device)?;
+    let params: Vec<Tensor> = params.tensors().map(Tensor::shallow_clone).collect();
+    Ok(Workload {
+        name: format!("TorchScript {}, batch {n}, {} tensors", file.display(), params.len()),
+        vs,
+        forward: Box::new(move |x| {
+            let out = module.forward(x, true)?;
+            let width = out.size().last().copied().unwrap_or(1);
+            Ok(out.f_reshape([-1, width])?)
+        }),
         xs,
         ys,
         params,
@@ -324,6 +362,10 @@ fn run(args: &StepsArgs) -> anyhow::Result<()> {
         args.steps,
         tch::get_num_threads()
     );
+    if let (Some(file), Some(data)) = (&args.module, &args.data) {
+        time_workload(args, &|| torchscript(device, file, data, args.module_batch))?;
+        return Ok(());
+    }
     if matches!(args.model, BenchModel::Mlp | BenchModel::All) {
         let (width, blocks, batch) = if large { (2048, 24, 1024) } else { (256, 12, 128) };
         time_workload(args, &|| mlp(device, width, blocks, batch))?;

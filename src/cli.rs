@@ -136,6 +136,17 @@ pub struct ServeArgs {
     #[arg(long, env = "GRADSCOPE_CORPUS_QUOTA", default_value_t = config::DEFAULT_CORPUS_QUOTA,
         value_parser = clap::value_parser!(i64).range(0..))]
     pub corpus_quota: i64,
+    /// Largest uploaded TorchScript model or safetensors data set, in bytes.
+    #[arg(long, env = "GRADSCOPE_UPLOAD_LIMIT", default_value_t = config::DEFAULT_UPLOAD_LIMIT)]
+    pub upload_limit: usize,
+    /// Most uploaded models kept at once, and most data sets; more uploads get 429.
+    #[arg(long, env = "GRADSCOPE_MAX_UPLOADS", default_value_t = config::DEFAULT_MAX_UPLOADS,
+        value_parser = clap::value_parser!(i64).range(0..))]
+    pub max_uploads: i64,
+    /// Most bytes all uploaded models may take together, and all data sets; more get 429.
+    #[arg(long, env = "GRADSCOPE_UPLOAD_QUOTA", default_value_t = config::DEFAULT_UPLOAD_QUOTA,
+        value_parser = clap::value_parser!(i64).range(0..))]
+    pub upload_quota: i64,
 }
 
 impl From<ServeArgs> for ServeConfig {
@@ -167,6 +178,9 @@ impl From<ServeArgs> for ServeConfig {
             allowed_hosts: args.allowed_hosts,
             max_corpora: args.max_corpora,
             corpus_quota: args.corpus_quota,
+            upload_limit: args.upload_limit,
+            max_uploads: args.max_uploads,
+            upload_quota: args.upload_quota,
         }
     }
 }

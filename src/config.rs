@@ -57,6 +57,13 @@ pub const DEFAULT_WS_IDLE_TIMEOUT_SECS: u64 = 60;
 pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 30;
 /// Default number of uploaded corpora kept at once.
 pub const DEFAULT_MAX_CORPORA: i64 = 100;
+/// Default largest uploaded model or data set, in bytes.
+pub const DEFAULT_UPLOAD_LIMIT: usize = 256 * 1024 * 1024;
+/// Default most uploaded models, and most data sets, kept at once.
+pub const DEFAULT_MAX_UPLOADS: i64 = 100;
+/// Default bytes all uploaded models (and, apart, all data sets) may take together.
+pub const DEFAULT_UPLOAD_QUOTA: i64 = 4 << 30;
+
 /// Default bytes all uploaded corpora may take together.
 pub const DEFAULT_CORPUS_QUOTA: i64 = 1 << 30;
 
@@ -115,6 +122,12 @@ pub struct ServeConfig {
     pub max_corpora: i64,
     /// Most bytes all uploaded corpora may take together.
     pub corpus_quota: i64,
+    /// Largest uploaded TorchScript model or safetensors data set, in bytes.
+    pub upload_limit: usize,
+    /// Most uploaded models kept at once, and most data sets.
+    pub max_uploads: i64,
+    /// Most bytes all uploaded models may take together, and all data sets.
+    pub upload_quota: i64,
 }
 
 impl Default for ServeConfig {
@@ -146,6 +159,9 @@ impl Default for ServeConfig {
             allowed_hosts: Vec::new(),
             max_corpora: DEFAULT_MAX_CORPORA,
             corpus_quota: DEFAULT_CORPUS_QUOTA,
+            upload_limit: DEFAULT_UPLOAD_LIMIT,
+            max_uploads: DEFAULT_MAX_UPLOADS,
+            upload_quota: DEFAULT_UPLOAD_QUOTA,
         }
     }
 }

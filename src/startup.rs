@@ -69,7 +69,9 @@ impl Application {
             max_job_disk: config.max_job_disk,
         };
         let corpora = CorpusLimits { max_count: config.max_corpora, quota_bytes: config.corpus_quota };
-        let jobs = Jobs::new(store.clone(), scheduler.clone(), data, metrics.clone(), limits, corpora);
+        let uploads = CorpusLimits { max_count: config.max_uploads, quota_bytes: config.upload_quota };
+        let jobs = Jobs::new(store.clone(), scheduler.clone(), data, metrics.clone(), limits, corpora)
+            .with_upload_limits(uploads, uploads);
         let reads = ReadLimits { max_answer_values: config.max_answer_values, max_scan_values: config.max_scan_values };
         let state = AppState {
             store: store.clone(),

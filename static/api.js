@@ -68,6 +68,30 @@ export async function request(method, path, body) {
   return json;
 }
 
+/**
+ * Uploads a file as `application/octet-stream` (the only type upload routes take); the
+ * answer's JSON, or an `ApiError`.
+ * @param {string} path
+ * @param {Blob} file
+ * @returns {Promise<any>}
+ */
+export async function upload(path, file) {
+  /** @type {Record<string, string>} */
+  const headers = { "content-type": "application/octet-stream" };
+  const t = token();
+  if (t) headers.authorization = `Bearer ${t}`;
+  const response = await fetch(`/api/v1${path}`, { method: "POST", headers, body: file });
+  if (response.status === 401) unauthorized.forEach((fn) => fn());
+  let json = null;
+  try {
+    json = await response.json();
+  } catch {
+    json = null;
+  }
+  if (!response.ok) throw new ApiError(response.status, json);
+  return json;
+}
+
 export const get = (/** @type {string} */ path) => request("GET", path);
 export const post = (/** @type {string} */ path, /** @type {unknown} */ body = undefined) => request("POST", path, body);
 export const del = (/** @type {string} */ path) => request("DELETE", path);

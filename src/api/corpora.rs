@@ -22,7 +22,7 @@ pub(crate) const MAX_LIST_LIMIT: i64 = 1000;
 /// refused: a client must say `application/octet-stream`, which needs a preflight.
 const CORS_SIMPLE_TYPES: [&str; 3] = ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data"];
 
-fn is_cors_simple(media_type: Option<&str>) -> bool {
+pub(crate) fn is_cors_simple(media_type: Option<&str>) -> bool {
     let Some(essence) = media_type else { return true };
     essence.is_empty() || CORS_SIMPLE_TYPES.contains(&essence)
 }
@@ -63,7 +63,7 @@ pub(crate) async fn create(
 pub struct ListQuery {
     /// How many (default 100, at most 1000).
     #[param(minimum = 1, maximum = 1000)]
-    limit: Option<i64>,
+    pub(crate) limit: Option<i64>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

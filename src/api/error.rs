@@ -85,6 +85,9 @@ impl From<ServiceError> for ApiError {
             ServiceError::CorpusQuota(message) => {
                 Self::Refused { status: StatusCode::TOO_MANY_REQUESTS, code: "corpus_quota", message }
             }
+            ServiceError::UploadQuota(message) => {
+                Self::Refused { status: StatusCode::TOO_MANY_REQUESTS, code: "upload_quota", message }
+            }
             ServiceError::Internal(err) => Self::Internal(err),
         }
     }

@@ -5,6 +5,7 @@
 //! - [`stream`] — the WebSocket feed of a job.
 //! - [`protocol`] — the stream's messages as types, and their JSON Schema.
 //! - [`corpora`] — `/api/v1/corpora`.
+//! - [`uploads`] — `/api/v1/models` and `/api/v1/datasets`.
 //! - [`presets`] — `/api/v1/presets`.
 //! - [`health`] — `/healthz`, `/readyz`, `/metrics`.
 //! - [`openapi`] — the generated OpenAPI document.
@@ -24,6 +25,7 @@ pub mod presets;
 pub mod protocol;
 pub mod stats;
 pub mod stream;
+pub mod uploads;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -101,6 +103,16 @@ pub(crate) fn router(state: AppState, config: &ServeConfig) -> Router {
         .route("/jobs/{id}/checkpoint", get(jobs::checkpoint))
         .route("/corpora", post(corpora::create).layer(DefaultBodyLimit::max(config.corpus_limit)).get(corpora::list))
         .route("/corpora/{id}", delete(corpora::delete))
+        .route(
+            "/models",
+            post(uploads::create_model).layer(DefaultBodyLimit::max(config.upload_limit)).get(uploads::list_models),
+        )
+        .route("/models/{id}", get(uploads::get_model).delete(uploads::delete_model))
+        .route(
+            "/datasets",
+            post(uploads::create_dataset).layer(DefaultBodyLimit::max(config.upload_limit)).get(uploads::list_datasets),
+        )
+        .route("/datasets/{id}", get(uploads::get_dataset).delete(uploads::delete_dataset))
         .route("/presets", get(presets::list))
         .route("/openapi.json", get(openapi::document))
         .route("/stream-schema.json", get(protocol::document))

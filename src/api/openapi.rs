@@ -3,7 +3,7 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::{corpora, health, jobs, presets, protocol, stats, stream};
+use super::{corpora, health, jobs, presets, protocol, stats, stream, uploads};
 use crate::vocab::{DiagnosisStatus, EventKind, Statistic};
 
 #[derive(OpenApi)]
@@ -12,12 +12,16 @@ use crate::vocab::{DiagnosisStatus, EventKind, Statistic};
     paths(
         jobs::create, jobs::list, jobs::get, jobs::cancel, jobs::delete, jobs::layers, jobs::steps,
         jobs::checkpoint, jobs::resume, stats::layers, stats::events, stream::subscribe, presets::list, corpora::create, corpora::list, corpora::delete,
+        uploads::create_model, uploads::list_models, uploads::get_model, uploads::delete_model,
+        uploads::create_dataset, uploads::list_datasets, uploads::get_dataset, uploads::delete_dataset,
         health::live, health::ready, health::metrics, document, protocol::document,
     ),
     components(schemas(Statistic, EventKind, DiagnosisStatus)),
     tags(
         (name = "jobs", description = "Submit, watch and manage training jobs"),
         (name = "corpora", description = "Text corpora for char_lm jobs"),
+        (name = "models", description = "TorchScript models for torchscript jobs"),
+        (name = "datasets", description = "Safetensors data sets for dataset tasks"),
         (name = "health", description = "Probes"),
     )
 )]

@@ -1,5 +1,6 @@
 //! The data folder: every file the service keeps outside the database. Jobs' checkpoints
-//! and resume files live in `checkpoints/`, uploaded corpora in `corpora/`. Files are
+//! and resume files live in `checkpoints/`, uploaded corpora in `corpora/`, TorchScript
+//! models in `models/` and data sets in `datasets/`. Files are
 //! named by server-made ids only ([`Uuid`]s), so no request reaches a path of its own.
 
 use std::path::{Path, PathBuf};
@@ -54,7 +55,10 @@ impl DataDir {
     /// (the job's rows are gone already).
     pub async fn remove_checkpoints(&self, id: Uuid) {
         let weights = self.checkpoint(id);
-        for file in [checkpoint::resume_path(&weights), checkpoint::previous_resume_path(&weights), weights] {
+        let resume = checkpoint::resume_path(&weights);
+        let previous = checkpoint::previous_resume_path(&weights);
+        let modules = [checkpoint::module_path(&resume), checkpoint::module_path(&previous)];
+        for file in modules.into_iter().chain([resume, previous, weights]) {
             remove(&file, &format!("job {id}")).await;
         }
     }
@@ -81,6 +85,39 @@ impl DataDir {
     /// Removes corpus `id`; a missing file is no error, a failure is logged.
     pub async fn remove_corpus(&self, id: Uuid) {
         remove(&self.corpus(id), &format!("corpus {id}")).await;
+    }
+}
+
+/// Which uploaded file a path names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UploadFile {
+    /// A TorchScript module.
+    Model,
+    /// A safetensors data set.
+    Dataset,
+}
+
+impl DataDir {
+    /// Where upload `id` of `kind` is kept.
+    pub fn upload(&self, kind: UploadFile, id: Uuid) -> PathBuf {
+        match kind {
+            UploadFile::Model => self.root.join("models").join(format!("{id}.pt")),
+            UploadFile::Dataset => self.root.join("datasets").join(format!("{id}.safetensors")),
+        }
+    }
+
+    /// Writes upload `id`, creating its folder when it is missing.
+    pub async fn write_upload(&self, kind: UploadFile, id: Uuid, bytes: &[u8]) -> anyhow::Result<()> {
+        let path = self.upload(kind, id);
+        if let Some(dir) = path.parent() {
+            tokio::fs::create_dir_all(dir).await.with_context(|| format!("failed to create {}", dir.display()))?;
+        }
+        tokio::fs::write(&path, bytes).await.with_context(|| format!("failed to write {}", path.display()))
+    }
+
+    /// Removes upload `id`; a missing file is no error, a failure is logged.
+    pub async fn remove_upload(&self, kind: UploadFile, id: Uuid) {
+        remove(&self.upload(kind, id), &format!("{kind:?} {id}")).await;
     }
 }
 

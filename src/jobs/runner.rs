@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 
 use super::Inner;
+use super::data_dir::UploadFile;
 use super::live::LiveMessage;
 use super::service::find_corpus;
 use crate::spec::TaskSpec;
@@ -49,6 +50,8 @@ async fn train_and_record(inner: &Inner, job: &Job, flag: Arc<StopFlag>) -> anyh
         corpus: load_corpus(inner, &job.spec.task).await?,
         checkpoint: Some(inner.data.checkpoint(job.id)),
         resume: job.resumed_from.and_then(|s| u64::try_from(s).ok()),
+        model: upload_file(inner, UploadFile::Model, job.spec.model.id.as_deref())?,
+        dataset: upload_file(inner, UploadFile::Dataset, job.spec.task.dataset())?,
     };
     let (tx, mut rx) = mpsc::channel(QUEUE_CAPACITY);
     let spec = job.spec.clone();
@@ -146,6 +149,12 @@ async fn record(
         events.clear();
     }
     Ok(())
+}
+
+/// The file of the uploaded model or data set `id` names, if it names one.
+fn upload_file(inner: &Inner, kind: UploadFile, id: Option<&str>) -> anyhow::Result<Option<std::path::PathBuf>> {
+    let Some(id) = id else { return Ok(None) };
+    Ok(Some(inner.data.upload(kind, uuid::Uuid::parse_str(id).with_context(|| format!("no upload {id}"))?)))
 }
 
 async fn load_corpus(inner: &Inner, task: &TaskSpec) -> anyhow::Result<String> {

@@ -9,13 +9,14 @@ use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
 use super::Scheduler;
-use super::data_dir::DataDir;
+use super::data_dir::{DataDir, UploadFile};
 use super::live::LiveMessage;
 use crate::metrics::Metrics;
-use crate::spec::ValidSpec;
-use crate::store::{Corpus, CorpusDeletion, Job, JobStatus, Store};
-use crate::train::budget::{self, CorpusSize};
+use crate::spec::{ModelKind, ValidSpec};
+use crate::store::{Corpus, CorpusDeletion, Dataset, Job, JobStatus, Store, UploadKind, UserModel};
+use crate::train::budget::{self, CorpusSize, Estimate, UserSize};
 use crate::train::data::{builtin_corpus, vocab_size};
+use crate::train::user::{self, Refusal};
 
 /// Fewest characters a corpus may have: a char LM needs room for a few sequences.
 pub const MIN_CORPUS_CHARS: usize = 64;
@@ -76,6 +77,9 @@ pub enum ServiceError {
     /// The corpus would exceed the count or byte quota.
     #[error("{0}")]
     CorpusQuota(String),
+    /// The model or data set would exceed the count or byte quota of its kind.
+    #[error("{0}")]
+    UploadQuota(String),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -130,6 +134,8 @@ pub struct Jobs {
     metrics: Arc<Metrics>,
     limits: JobLimits,
     corpora: CorpusLimits,
+    models: CorpusLimits,
+    datasets: CorpusLimits,
 }
 
 impl Jobs {
@@ -141,7 +147,29 @@ impl Jobs {
         limits: JobLimits,
         corpora: CorpusLimits,
     ) -> Self {
-        Self { store, scheduler, data, metrics, limits, corpora }
+        Self {
+            store,
+            scheduler,
+            data,
+            metrics,
+            limits,
+            corpora,
+            models: CorpusLimits::NONE,
+            datasets: CorpusLimits::NONE,
+        }
+    }
+
+    /// With at most `models` uploaded models and `datasets` data sets (count and bytes).
+    pub fn with_upload_limits(self, models: CorpusLimits, datasets: CorpusLimits) -> Self {
+        Self { models, datasets, ..self }
+    }
+
+    /// The limits on uploads of `kind`.
+    pub fn upload_limits(&self, kind: UploadKind) -> CorpusLimits {
+        match kind {
+            UploadKind::Model => self.models,
+            UploadKind::Dataset => self.datasets,
+        }
     }
 
     /// The data folder.
@@ -175,8 +203,12 @@ impl Jobs {
     /// Queues a validated spec: its corpus must exist, its estimated cost must fit the
     /// limits and the queue must have room. Wakes the scheduler.
     pub async fn submit(&self, spec: &ValidSpec) -> Result<Job, ServiceError> {
-        let corpus = self.corpus_size(spec).await?;
-        check_budget(spec, corpus, &self.limits)?;
+        let estimate = if spec.model.kind == ModelKind::Torchscript {
+            budget::estimate_user(spec, self.dry_run(spec).await?)
+        } else {
+            budget::estimate(spec, self.corpus_size(spec).await?)
+        };
+        check_budget(spec, &estimate, &self.limits)?;
         let max_queued = self.limits.max_queued;
         let job =
             self.store.insert_job_within(spec, max_queued).await?.ok_or(ServiceError::QueueFull { max_queued })?;
@@ -212,6 +244,18 @@ impl Jobs {
         {
             return Err(ServiceError::Conflict(format!(
                 "its corpus {corpus} has been deleted, so the job cannot resume"
+            )));
+        }
+        if let Some(id) = job.spec.model.id.as_deref()
+            && self.store.user_model(id).await?.is_none()
+        {
+            return Err(ServiceError::Conflict(format!("its model {id} has been deleted, so the job cannot resume")));
+        }
+        if let Some(id) = job.spec.task.dataset()
+            && self.store.dataset(id).await?.is_none()
+        {
+            return Err(ServiceError::Conflict(format!(
+                "its data set {id} has been deleted, so the job cannot resume"
             )));
         }
         let committed = u64::try_from(job.step).unwrap_or(0);
@@ -328,12 +372,168 @@ impl Jobs {
         tracing::info!(corpus = %id, "corpus deleted");
         Ok(())
     }
+
+    /// The uploaded model and data set a `torchscript` spec names (422 on `model.id` or
+    /// `task.id` when either is unknown), checked together by a dry run off the async
+    /// workers: two samples through the module, the loss and backward.
+    async fn dry_run(&self, spec: &ValidSpec) -> Result<UserSize, ServiceError> {
+        let (Some(model_id), Some(set_id)) = (spec.model.id.as_deref(), spec.task.dataset()) else {
+            return Err(ServiceError::invalid(
+                "model.id",
+                "a torchscript model needs an id and a dataset task".to_owned(),
+            ));
+        };
+        let (model, set) = (self.find_model(model_id).await?, self.find_dataset(set_id).await?);
+        let loss = match &spec.task {
+            crate::spec::TaskSpec::Dataset(t) => t.loss,
+            _ => {
+                return Err(ServiceError::invalid(
+                    "task.kind",
+                    "a torchscript model trains on a dataset task".to_owned(),
+                ));
+            }
+        };
+        let y = set.detail.tensor("y").map(|t| t.dtype.clone()).unwrap_or_default();
+        let integer = y.starts_with("int") || y == "uint8";
+        match loss {
+            crate::spec::Loss::CrossEntropy if y != "int64" => {
+                return Err(ServiceError::invalid(
+                    "task.loss",
+                    format!("cross_entropy needs int64 class ids in y, and y is {y}"),
+                ));
+            }
+            crate::spec::Loss::Mse | crate::spec::Loss::BceWithLogits if integer => {
+                return Err(ServiceError::invalid(
+                    "task.loss",
+                    format!("{} needs float targets in y, and y is {y}", loss.as_str()),
+                ));
+            }
+            _ => {}
+        }
+        let model_file = self.data.upload(UploadFile::Model, Uuid::parse_str(&model.id).map_err(anyhow::Error::from)?);
+        let set_file = self.data.upload(UploadFile::Dataset, Uuid::parse_str(&set.id).map_err(anyhow::Error::from)?);
+        let measured = tokio::task::spawn_blocking(move || user::dry_run(&model_file, &set_file, loss))
+            .await
+            .map_err(anyhow::Error::from)?
+            .map_err(|Refusal { field, message }| ServiceError::Invalid { field, message })?;
+        Ok(UserSize {
+            params: measured.params,
+            tensors: measured.tensors,
+            input_bytes: measured.input_bytes,
+            output_bytes: measured.output_bytes,
+            data_bytes: set.bytes as f64,
+            val_samples: u64::try_from(set.detail.val_samples).unwrap_or(0),
+        })
+    }
+
+    async fn find_model(&self, id: &str) -> Result<UserModel, ServiceError> {
+        match self.store.user_model(id).await? {
+            Some(model) => Ok(model),
+            None => {
+                Err(ServiceError::invalid("model.id", format!("no model {id:?}: use an id from POST /api/v1/models")))
+            }
+        }
+    }
+
+    async fn find_dataset(&self, id: &str) -> Result<Dataset, ServiceError> {
+        match self.store.dataset(id).await? {
+            Some(set) => Ok(set),
+            None => Err(ServiceError::invalid(
+                "task.id",
+                format!("no data set {id:?}: use an id from POST /api/v1/datasets"),
+            )),
+        }
+    }
+
+    /// Stores an uploaded TorchScript module once LibTorch has loaded it (off the async
+    /// workers) and found trainable float32 parameters, within the models' quota.
+    pub async fn upload_model(&self, body: Vec<u8>) -> Result<UserModel, ServiceError> {
+        let (body, detail) = tokio::task::spawn_blocking(move || user::inspect_model(&body).map(|d| (body, d)))
+            .await
+            .map_err(anyhow::Error::from)?
+            .map_err(|Refusal { field, message }| ServiceError::Invalid { field, message })?;
+        let id = Uuid::now_v7();
+        let model = UserModel { id: id.to_string(), bytes: body.len() as i64, detail, created_at: Utc::now() };
+        self.data.write_upload(UploadFile::Model, id, &body).await?;
+        let limits = self.models;
+        let inserted = self.store.insert_model_within(&model, limits.max_count, limits.quota_bytes).await;
+        self.refuse_over_quota(UploadKind::Model, id, inserted, model.bytes).await?;
+        tracing::info!(model = %model.id, bytes = model.bytes, params = model.detail.params, "model uploaded");
+        Ok(model)
+    }
+
+    /// Stores an uploaded safetensors data set once its tensors are checked (off the async
+    /// workers), within the data sets' quota.
+    pub async fn upload_dataset(&self, body: Vec<u8>) -> Result<Dataset, ServiceError> {
+        let (body, detail) = tokio::task::spawn_blocking(move || user::inspect_dataset(&body).map(|d| (body, d)))
+            .await
+            .map_err(anyhow::Error::from)?
+            .map_err(|Refusal { field, message }| ServiceError::Invalid { field, message })?;
+        let id = Uuid::now_v7();
+        let set = Dataset { id: id.to_string(), bytes: body.len() as i64, detail, created_at: Utc::now() };
+        self.data.write_upload(UploadFile::Dataset, id, &body).await?;
+        let limits = self.datasets;
+        let inserted = self.store.insert_dataset_within(&set, limits.max_count, limits.quota_bytes).await;
+        self.refuse_over_quota(UploadKind::Dataset, id, inserted, set.bytes).await?;
+        tracing::info!(dataset = %set.id, bytes = set.bytes, samples = set.detail.samples, "data set uploaded");
+        Ok(set)
+    }
+
+    /// After an insert within the quota: removes the file again when the row was not
+    /// stored, and says why.
+    async fn refuse_over_quota(
+        &self,
+        kind: UploadKind,
+        id: Uuid,
+        inserted: anyhow::Result<bool>,
+        bytes: i64,
+    ) -> Result<(), ServiceError> {
+        let file = file_kind(kind);
+        if !matches!(inserted, Ok(true)) {
+            self.data.remove_upload(file, id).await;
+        }
+        if !inserted? {
+            let usage = self.store.upload_usage(kind).await?;
+            let limits = self.upload_limits(kind);
+            let (what, path) = match kind {
+                UploadKind::Model => ("models", "models"),
+                UploadKind::Dataset => ("data sets", "datasets"),
+            };
+            return Err(ServiceError::UploadQuota(format!(
+                "{} {what} take {} bytes; this service keeps at most {} {what} and {} bytes, and this one has {bytes} bytes: delete some with DELETE /api/v1/{path}/{{id}}",
+                usage.count, usage.bytes, limits.max_count, limits.quota_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// Deletes an uploaded model or data set and its file, unless a queued or running job
+    /// uses it (409). Finished jobs keep their records but can no longer resume.
+    pub async fn delete_upload(&self, kind: UploadKind, id: Uuid) -> Result<(), ServiceError> {
+        let what = match kind {
+            UploadKind::Model => "model",
+            UploadKind::Dataset => "data set",
+        };
+        match self.store.delete_upload(kind, &id.to_string()).await? {
+            CorpusDeletion::Deleted => {}
+            CorpusDeletion::Missing => {
+                return Err(ServiceError::NotFound(if kind == UploadKind::Model { "model" } else { "dataset" }));
+            }
+            CorpusDeletion::InUse => {
+                return Err(ServiceError::Conflict(format!(
+                    "{what} {id} is used by a queued or running job: cancel the job or wait for it to finish"
+                )));
+            }
+        }
+        self.data.remove_upload(file_kind(kind), id).await;
+        tracing::info!(upload = %id, "{what} deleted");
+        Ok(())
+    }
 }
 
 /// Refuses a spec whose model, step, peak memory or storage would not fit `limits`,
 /// naming the field that drives the cost most.
-fn check_budget(spec: &ValidSpec, corpus: CorpusSize, limits: &JobLimits) -> Result<(), ServiceError> {
-    let estimate = budget::estimate(spec, corpus);
+fn check_budget(spec: &ValidSpec, estimate: &Estimate, limits: &JobLimits) -> Result<(), ServiceError> {
     if estimate.params > limits.max_params {
         return Err(ServiceError::invalid(
             "model",
@@ -387,4 +587,11 @@ fn check_budget(spec: &ValidSpec, corpus: CorpusSize, limits: &JobLimits) -> Res
         ));
     }
     Ok(())
+}
+
+fn file_kind(kind: UploadKind) -> UploadFile {
+    match kind {
+        UploadKind::Model => UploadFile::Model,
+        UploadKind::Dataset => UploadFile::Dataset,
+    }
 }

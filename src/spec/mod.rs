@@ -44,7 +44,7 @@ pub use policy::{
     AgcPolicy, AutoclipPolicy, GradPolicy, NormType, OnNonfinite, PolicySpec, SkipSpikePolicy, WeightPolicy,
     ZclipPolicy,
 };
-pub use task::{AddingTask, CharLmTask, ClassificationTask, CopyTask, TaskSpec};
+pub use task::{AddingTask, CharLmTask, ClassificationTask, CopyTask, DatasetTask, Loss, TaskSpec};
 
 use error::{Ints, Ranged, check, ints};
 
@@ -131,13 +131,20 @@ impl JobSpec {
         if given.task.is_none() {
             spec.task = match kind {
                 ModelKind::Mlp => TaskSpec::Classification(ClassificationTask::default()),
+                ModelKind::Torchscript => {
+                    return Err(SpecError::Field {
+                        field: "task".to_owned(),
+                        message: "a torchscript model needs a dataset task: {\"kind\": \"dataset\", \"id\": …}"
+                            .to_owned(),
+                    });
+                }
                 _ => TaskSpec::CharLm(CharLmTask::default()),
             };
         }
         if given.model.norm.is_none() {
             spec.model.norm = kind.default_norm();
         }
-        if given.model.activation.is_none() {
+        if given.model.activation.is_none() && kind != ModelKind::Torchscript {
             spec.model.activation = Some(kind.default_activation());
         }
         ValidSpec::try_from(spec)
@@ -164,7 +171,7 @@ impl JobSpec {
         BATCH_SIZE.check(self.batch_size, "batch_size")?;
         check(parse_device(&self.device).is_some(), "device", "must be auto, cpu, cuda or cuda:N")?;
         self.task.validate()?;
-        self.model.validate(self.task.is_sequence())?;
+        self.model.validate(self.task.is_sequence(), self.task.dataset().is_some())?;
         self.optimizer.validate(self.steps)?;
         self.policy.validate()?;
         self.monitor.validate()

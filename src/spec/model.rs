@@ -33,10 +33,13 @@ pub enum ModelKind {
     Lstm,
     Gru,
     Transformer,
+    /// A TorchScript module uploaded with `POST /api/v1/models`, named by `id`; it trains
+    /// on a `dataset` task.
+    Torchscript,
 }
 
 impl ModelKind {
-    pub const ALL: [Self; 5] = [Self::Mlp, Self::Rnn, Self::Lstm, Self::Gru, Self::Transformer];
+    pub const ALL: [Self; 6] = [Self::Mlp, Self::Rnn, Self::Lstm, Self::Gru, Self::Transformer, Self::Torchscript];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -45,13 +48,14 @@ impl ModelKind {
             Self::Lstm => "lstm",
             Self::Gru => "gru",
             Self::Transformer => "transformer",
+            Self::Torchscript => "torchscript",
         }
     }
 
     /// The activation used when the spec names none.
     pub fn default_activation(self) -> Activation {
         match self {
-            Self::Mlp => Activation::Relu,
+            Self::Mlp | Self::Torchscript => Activation::Relu,
             Self::Rnn | Self::Lstm | Self::Gru => Activation::Tanh,
             Self::Transformer => Activation::Gelu,
         }
@@ -62,7 +66,7 @@ impl ModelKind {
     pub fn default_norm(self) -> Norm {
         match self {
             Self::Transformer => Norm::Layer,
-            Self::Mlp | Self::Rnn | Self::Lstm | Self::Gru => Norm::None,
+            Self::Mlp | Self::Rnn | Self::Lstm | Self::Gru | Self::Torchscript => Norm::None,
         }
     }
 }
@@ -102,6 +106,10 @@ pub enum NormPosition {
 pub struct ModelSpec {
     #[schema(required = true)]
     pub kind: ModelKind,
+    /// `torchscript` only: the id `POST /api/v1/models` returned. The module's own
+    /// parameters and code replace every size field below, which it ignores.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     /// Hidden layers, recurrent layers or transformer blocks.
     pub layers: i64,
     /// Width, hidden state or d_model.
@@ -129,6 +137,7 @@ impl Default for ModelSpec {
     fn default() -> Self {
         Self {
             kind: ModelKind::default(),
+            id: None,
             layers: DEFAULT_LAYERS,
             hidden: DEFAULT_HIDDEN,
             norm: Norm::default(),
@@ -148,7 +157,14 @@ impl ModelSpec {
     }
 
     /// Checks the model's own ranges and that it fits a task of this shape.
-    pub(crate) fn validate(&self, sequence_task: bool) -> Result<(), SpecError> {
+    pub(crate) fn validate(&self, sequence_task: bool, dataset_task: bool) -> Result<(), SpecError> {
+        if self.kind == ModelKind::Torchscript {
+            let id = self.id.as_deref().unwrap_or_default();
+            check(!id.is_empty(), "model.id", "name the module: an id from POST /api/v1/models")?;
+            return check(dataset_task, "task.kind", "a torchscript model trains on a dataset task");
+        }
+        check(self.id.is_none(), "model.id", "only torchscript models take an id")?;
+        check(!dataset_task, "task.kind", "a dataset task trains a torchscript model")?;
         LAYERS.check(self.layers, "model.layers")?;
         HIDDEN.check(self.hidden, "model.hidden")?;
         INIT_SCALE.check(self.init_scale, "model.init_scale")?;
@@ -177,6 +193,7 @@ impl ModelSpec {
                     "must be at least 1 and divide model.hidden",
                 )
             }
+            ModelKind::Torchscript => Ok(()),
         }
     }
 }

@@ -41,6 +41,54 @@ pub enum TaskSpec {
     /// Synthetic classification for MLPs: Gaussian clusters (`clusters` per class) in
     /// `features` dimensions, drawn from the job's seed. The metric is accuracy.
     Classification(ClassificationTask),
+    /// An uploaded safetensors data set (`POST /api/v1/datasets`) for a `torchscript`
+    /// model: batches of `x` drawn with the job's seed (shuffled epochs), the module's
+    /// output scored against `y` by `loss`; `x_val`/`y_val`, when the file has them, are
+    /// the validation set.
+    Dataset(DatasetTask),
+}
+
+/// How a `dataset` task scores the module's output against `y`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Loss {
+    /// Logits `[B, C]` (or `[B, T, C]`) against int64 classes `[B]` (or `[B, T]`); the
+    /// metric is accuracy.
+    #[default]
+    CrossEntropy,
+    /// Float output against float `y` of the same number of elements.
+    Mse,
+    /// Logits against float 0/1 targets of the same number of elements; the metric is
+    /// accuracy at 0.
+    BceWithLogits,
+}
+
+impl Loss {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::CrossEntropy => "cross_entropy",
+            Self::Mse => "mse",
+            Self::BceWithLogits => "bce_with_logits",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatasetTask {
+    /// The id `POST /api/v1/datasets` returned.
+    #[schema(required = true)]
+    pub id: String,
+    pub loss: Loss,
+    /// Validation on `x_val`/`y_val` every this many steps (and after the last); 0 turns
+    /// it off, as does a file without them.
+    pub eval_every: u64,
+}
+
+impl Default for DatasetTask {
+    fn default() -> Self {
+        Self { id: String::new(), loss: Loss::default(), eval_every: DEFAULT_EVAL_EVERY }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -138,6 +186,7 @@ impl TaskSpec {
             Self::Adding(_) => "adding",
             Self::Copy(_) => "copy",
             Self::Classification(_) => "classification",
+            Self::Dataset(_) => "dataset",
         }
     }
 
@@ -149,12 +198,21 @@ impl TaskSpec {
         }
     }
 
+    /// The uploaded data set a `dataset` task reads.
+    pub fn dataset(&self) -> Option<&str> {
+        match self {
+            Self::Dataset(t) => Some(&t.id),
+            _ => None,
+        }
+    }
+
     pub fn eval_every(&self) -> u64 {
         match self {
             Self::CharLm(t) => t.eval_every,
             Self::Adding(t) => t.eval_every,
             Self::Copy(t) => t.eval_every,
             Self::Classification(t) => t.eval_every,
+            Self::Dataset(t) => t.eval_every,
         }
     }
 
@@ -182,6 +240,7 @@ impl TaskSpec {
                 CLUSTERS.check(t.clusters, "task.clusters")?;
                 check(t.noise.is_finite() && t.noise >= 0.0, "task.noise", "must be a finite number, at least 0")
             }
+            Self::Dataset(t) => check(!t.id.is_empty(), "task.id", "name a data set: an id from POST /api/v1/datasets"),
         }
     }
 }

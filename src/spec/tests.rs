@@ -154,3 +154,35 @@ fn code_built_specs_are_checked_as_written() {
         Some("model.norm: transformer: layer or rms")
     );
 }
+
+#[test]
+fn a_torchscript_model_trains_on_a_dataset_task_named_by_ids() {
+    let spec = parse(r#"{"model":{"kind":"torchscript","id":"m"},"task":{"kind":"dataset","id":"d"}}"#).expect("valid");
+    assert_eq!((spec.model.id.as_deref(), spec.task.dataset()), (Some("m"), Some("d")));
+    let TaskSpec::Dataset(task) = &spec.task else { panic!("a dataset task") };
+    assert_eq!((task.loss, task.eval_every), (Loss::CrossEntropy, task::DEFAULT_EVAL_EVERY));
+    assert_eq!(spec.model.activation, None, "nothing built-in is filled in for a module");
+    // Stored specs name the id right after the kind: the text deletion checks look for.
+    let json = serde_json::to_string(&*spec).expect("serialise");
+    assert!(json.contains(r#""model":{"kind":"torchscript","id":"m""#), "{json}");
+    assert!(json.contains(r#""task":{"kind":"dataset","id":"d""#), "{json}");
+
+    assert_eq!(field(r#"{"model":{"kind":"torchscript","id":"m"}}"#).as_deref(), Some("task"));
+    assert_eq!(
+        field(r#"{"model":{"kind":"torchscript"},"task":{"kind":"dataset","id":"d"}}"#).as_deref(),
+        Some("model.id")
+    );
+    assert_eq!(
+        field(r#"{"model":{"kind":"torchscript","id":"m"},"task":{"kind":"adding"}}"#).as_deref(),
+        Some("task.kind")
+    );
+    assert_eq!(field(r#"{"model":{"kind":"mlp"},"task":{"kind":"dataset","id":"d"}}"#).as_deref(), Some("task.kind"));
+    assert_eq!(field(r#"{"model":{"kind":"lstm","id":"m"}}"#).as_deref(), Some("model.id"));
+    assert_eq!(
+        field(r#"{"model":{"kind":"torchscript","id":"m"},"task":{"kind":"dataset"}}"#).as_deref(),
+        Some("task.id")
+    );
+    // Inside a tagged task the parser can name only the task, as for every task's fields.
+    let unknown = field(r#"{"model":{"kind":"torchscript","id":"m"},"task":{"kind":"dataset","id":"d","loss":"l1"}}"#);
+    assert!(unknown.is_some_and(|f| f.starts_with("task")));
+}

@@ -8,6 +8,7 @@ mod events;
 mod jobs;
 mod layer_stats;
 mod steps;
+mod uploads;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -21,6 +22,7 @@ pub use events::StoredEvent;
 pub use jobs::{Job, JobStatus};
 pub use layer_stats::{LayerSeries, StatSelection};
 pub use steps::{DEFAULT_MAX_POINTS, MAX_MAX_POINTS, Progress, StepColumns};
+pub use uploads::{Dataset, DatasetDetail, ModelDetail, TensorInfo, UploadKind, UserModel};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 

@@ -122,6 +122,7 @@ fn task_field(task: &TaskSpec) -> (&'static str, &'static str) {
             ("task.features", "the cluster centres are classes × clusters × features floats: use fewer of them")
         }
         TaskSpec::Adding(_) | TaskSpec::Copy(_) => ("task.seq_len", "use shorter sequences"),
+        TaskSpec::Dataset(_) => ("task.id", "the data set is held whole on the device: use a smaller one"),
     }
 }
 
@@ -176,6 +177,8 @@ fn task_shape(task: &TaskSpec, vocab: u64) -> (u64, bool, u64, u64) {
         TaskSpec::Adding(t) => (2, false, 1, n(t.seq_len)),
         TaskSpec::Copy(t) => (n(t.symbols) + 2, true, n(t.symbols), n(t.seq_len)),
         TaskSpec::Classification(t) => (n(t.features), false, n(t.classes), 1),
+        // Sized by `estimate_user` from the dry run instead.
+        TaskSpec::Dataset(_) => (1, false, 1, 1),
     }
 }
 
@@ -215,6 +218,8 @@ fn parameters(spec: &JobSpec, input: u64, tokens: bool, output: u64, seq: u64) -
                 embed_tensors + 1 + layers * (8 + 2 * norm_tensors) + final_tensors + 2,
             )
         }
+        // Counted by the dry run instead (`estimate_user`).
+        ModelKind::Torchscript => (0, 0),
     }
 }
 
@@ -279,6 +284,7 @@ fn activations_per_token(spec: &JobSpec, input: u64, tokens: bool, output: u64) 
             let eval = x + head + d * (10.5 + 0.5 * (layers - 1.0));
             (train, eval)
         }
+        ModelKind::Torchscript => (0.0, 0.0),
     }
 }
 
@@ -312,6 +318,7 @@ fn validation_shape(task: &TaskSpec, corpus: CorpusSize) -> (f64, f64) {
                 (valid, 1.0)
             }
         }
+        TaskSpec::Dataset(_) => (0.0, 0.0),
     }
 }
 
@@ -329,6 +336,7 @@ fn task_bytes(task: &TaskSpec, corpus: CorpusSize, valid: (f64, f64)) -> f64 {
             let centres = (t.classes * t.clusters * t.features) as f64 * F32;
             centres + samples * (t.features as f64 * F32 + I64)
         }
+        TaskSpec::Dataset(_) => 0.0,
     }
 }
 
@@ -357,13 +365,51 @@ fn policy_bytes(spec: &JobSpec, largest_tensor: f64) -> (f64, f64) {
 pub fn estimate(spec: &ValidSpec, corpus: CorpusSize) -> Estimate {
     let (input, tokens, output, seq) = task_shape(&spec.task, corpus.vocab);
     let (params, tensors) = parameters(spec, input, tokens, output, seq);
-    let p = params as f64;
     let (per_token_train, per_token_eval) = activations_per_token(spec, input, tokens, output);
     let batch = spec.batch_size.max(1) as f64;
     let seq_f = seq.max(1) as f64;
     let train_step = batch * seq_f * per_token_train * F32;
     let valid = validation_shape(&spec.task, corpus);
     let validation = valid.0 * valid.1 * per_token_eval * F32;
+    let task = task_bytes(&spec.task, corpus, valid);
+    complete(spec, params, tensors, train_step, validation, task)
+}
+
+/// What a TorchScript model's dry run (`user::dry_run`) measured, and its data set's size.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UserSize {
+    /// Trainable parameters and their tensors.
+    pub params: u64,
+    pub tensors: u64,
+    /// Bytes of one sample of `x`, and of the module's output for one sample.
+    pub input_bytes: f64,
+    pub output_bytes: f64,
+    /// Bytes of the data set file (it is held on the device whole), and its validation
+    /// samples.
+    pub data_bytes: f64,
+    pub val_samples: u64,
+}
+
+/// The estimate for a `torchscript` model on a `dataset` task. The module's inside is
+/// opaque, so its activations are scaled from what the dry run measured: per sample,
+/// the input `I` and the output `O` (in bytes), and `L` parameter tensors. A training
+/// step keeps `B × (I + 3·O) × L` bytes (each parameter tensor's operation saving about
+/// one input- or output-sized activation, and the loss keeping the output, its
+/// log-softmax and its gradient); validation `V × (I + O) × 2` for `V` validation
+/// samples (at most 256) without gradients. Everything else (flat buffers, optimizer,
+/// statistics, policies) is counted as for the built-ins.
+pub fn estimate_user(spec: &ValidSpec, user: UserSize) -> Estimate {
+    let batch = spec.batch_size.max(1) as f64;
+    let layers = user.tensors.max(1) as f64;
+    let train_step = batch * (user.input_bytes + 3.0 * user.output_bytes) * layers;
+    let valid = if spec.task.eval_every() > 0 { user.val_samples.min(VALID_SAMPLES as u64) as f64 } else { 0.0 };
+    let validation = valid * (user.input_bytes + user.output_bytes) * 2.0;
+    complete(spec, user.params, user.tensors, train_step, validation, user.data_bytes)
+}
+
+/// The parts of an estimate every model shares, around its activations and task data.
+fn complete(spec: &ValidSpec, params: u64, tensors: u64, train_step: f64, validation: f64, task: f64) -> Estimate {
+    let p = params as f64;
 
     let flag = |on: bool| if on { 1.0 } else { 0.0 };
     let o = &spec.optimizer;
@@ -386,7 +432,6 @@ pub fn estimate(spec: &ValidSpec, corpus: CorpusSize) -> Estimate {
         + flag(histogram) * p * I32
         + FEED_REPORTS * report_numbers * REPORT_NUMBER
         + diagnosis;
-    let task = task_bytes(&spec.task, corpus, valid);
     let (policy, policy_scratch) = policy_bytes(spec, p);
     // Temporaries of the update: Adam's L2 term, SGD's decayed gradient, Nesterov's
     // look-ahead and the scaled step.

@@ -30,6 +30,33 @@ pub fn previous_resume_path(checkpoint: &Path) -> PathBuf {
     checkpoint.with_extension("resume.prev.safetensors")
 }
 
+/// Where a TorchScript job keeps its whole module (parameters and buffers) beside resume
+/// file `resume`: LibTorch lists a module's parameters but not its buffers, so the module
+/// is saved as it is.
+pub fn module_path(resume: &Path) -> PathBuf {
+    resume.with_extension("module.pt")
+}
+
+/// The module saved with the resume file written at `job_step`, if there is one.
+pub fn module_snapshot(path: &Path, job_step: u64) -> Option<PathBuf> {
+    [resume_path(path), previous_resume_path(path)]
+        .into_iter()
+        .find(|f| step_of(f) == Some(job_step))
+        .map(|f| module_path(&f))
+        .filter(|m| m.exists())
+}
+
+/// Before [`save`] rotates the resume files: moves the newest module snapshot beside the
+/// resume file that becomes the previous one.
+pub fn rotate_module(path: &Path) -> anyhow::Result<()> {
+    let newest = module_path(&resume_path(path));
+    if newest.exists() && resume_path(path).exists() {
+        std::fs::rename(&newest, module_path(&previous_resume_path(path)))
+            .context("failed to keep the previous module")?;
+    }
+    Ok(())
+}
+
 fn write_atomically(path: &Path, tensors: &[(String, Tensor)]) -> anyhow::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;

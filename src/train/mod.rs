@@ -11,6 +11,7 @@
 //! - [`policy`] — gradient and weight policies.
 //! - [`stats`] — per-layer statistics from one flat gradient buffer.
 //! - [`transfer`] — the layout of the one device→host copy a step makes.
+//! - [`user`] — checks of uploaded models and data sets, and their dry run.
 //! - [`diagnose`] — vanishing/exploding/dead/non-finite diagnosis from the reports.
 //! - [`step`] — one training step, shared by the loop and the step benchmark.
 //! - [`run`] — the training loop.
@@ -29,6 +30,7 @@ pub mod stats;
 pub mod step;
 pub mod task;
 pub mod transfer;
+pub mod user;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 

@@ -207,7 +207,7 @@ pub fn run(spec: &ValidSpec) -> anyhow::Result<Summary> {
     let corpus = spec.task.corpus().and_then(builtin_corpus).unwrap_or_default().to_owned();
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     let checkpoint = std::env::temp_dir().join(format!("gradscope-preset-{}-{nanos}.safetensors", std::process::id()));
-    let ctx = RunContext { corpus, checkpoint: Some(checkpoint.clone()), resume: None };
+    let ctx = RunContext { corpus, checkpoint: Some(checkpoint.clone()), ..RunContext::default() };
     let mut layers: Vec<LayerInfo> = Vec::new();
     let mut losses = Vec::new();
     let mut ratios = Vec::new();

@@ -3,11 +3,13 @@
 //! writes checkpoints.
 
 use std::path::PathBuf;
+use std::rc::Rc;
 
 use anyhow::Context;
 use tch::{Device, Tensor, nn};
 
 use super::checkpoint;
+use super::model::torchscript::TorchScript;
 use super::optim::FlatOptimizer;
 use super::policy::GradPolicies;
 use super::stats::FlatParams;
@@ -15,10 +17,10 @@ use super::step::timing::{Clock, Phase};
 use super::step::{self, Monitoring, Trainer};
 use super::task::Task;
 use super::{Outcome, StopFlag, StopReason, TrainEvent, model, optim};
-use crate::spec::{JobSpec, OnNonfinite, ValidSpec, parse_device};
+use crate::spec::{JobSpec, ModelKind, OnNonfinite, TaskSpec, ValidSpec, parse_device};
 
 /// What a run needs besides its spec, resolved by the caller.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct RunContext {
     /// The text of the `char_lm` corpus (empty for generated tasks).
     pub corpus: String,
@@ -27,6 +29,10 @@ pub struct RunContext {
     pub checkpoint: Option<PathBuf>,
     /// Continue after this step, from the resume file beside `checkpoint` written at it.
     pub resume: Option<u64>,
+    /// The TorchScript file of a `torchscript` model.
+    pub model: Option<PathBuf>,
+    /// The safetensors file of a `dataset` task.
+    pub dataset: Option<PathBuf>,
 }
 
 /// Trains `spec` to the end, or until `stop` is raised, reporting through `emit`.
@@ -39,9 +45,28 @@ pub fn train(
 ) -> anyhow::Result<Outcome> {
     let spec: &JobSpec = spec;
     let device = model::resolve_device(parse_device(&spec.device).context("invalid device")?)?;
-    let mut task = Task::new(&spec.task, &ctx.corpus, spec.seed, device)?;
+    let mut task = match &spec.task {
+        TaskSpec::Dataset(t) => {
+            Task::dataset(t, ctx.dataset.as_deref().context("no data set file")?, spec.seed, device)?
+        }
+        other => Task::new(other, &ctx.corpus, spec.seed, device)?,
+    };
     let vs = nn::VarStore::new(device);
-    let (model, params) = model::build(&spec.model, &vs, task.io(), spec.seed)?;
+    let (model, params, user): (Box<dyn model::Model>, _, _) = if spec.model.kind == ModelKind::Torchscript {
+        // A resumed module comes back with the buffers it had at that step.
+        let snapshot = match (&ctx.checkpoint, ctx.resume) {
+            (Some(path), Some(step)) => checkpoint::module_snapshot(path, step),
+            _ => None,
+        };
+        let file = snapshot.or_else(|| ctx.model.clone()).context("no module file")?;
+        let (module, params) = model::load_torchscript(&file, &vs, spec.seed)?;
+        let module = Rc::new(module);
+        (Box::new(module.clone()), params, Some(module))
+    } else {
+        let (model, params) = model::build(&spec.model, &vs, task.io(), spec.seed)?;
+        (model, params, None)
+    };
+    let user = user.as_deref();
     let tensors: Vec<Tensor> = params.tensors().map(Tensor::shallow_clone).collect();
     let flat = FlatParams::new(&tensors, device)?;
     let layers = params.layers();
@@ -66,7 +91,7 @@ pub fn train(
     for step in first..=spec.steps {
         if let Some(reason) = stop.requested() {
             trainer.finish(emit)?;
-            save_checkpoint(ctx, &named, &buffers, &trainer, step - 1)?;
+            save_checkpoint(ctx, user, &named, &buffers, &trainer, step - 1)?;
             return Ok(match reason {
                 StopReason::Cancel => Outcome::Cancelled,
                 StopReason::Shutdown => Outcome::Interrupted,
@@ -89,16 +114,16 @@ pub fn train(
         }
         if !done.finite && spec.policy.on_nonfinite == OnNonfinite::Stop {
             trainer.finish(emit)?;
-            save_checkpoint(ctx, &named, &buffers, &trainer, step)?;
+            save_checkpoint(ctx, user, &named, &buffers, &trainer, step)?;
             return Ok(Outcome::Diverged(format!("non-finite loss or gradient at step {step}")));
         }
         if spec.checkpoint_every > 0 && step.is_multiple_of(spec.checkpoint_every) && step < spec.steps {
-            save_checkpoint(ctx, &named, &buffers, &trainer, step)?;
+            save_checkpoint(ctx, user, &named, &buffers, &trainer, step)?;
         }
         clock.lap(Phase::Between);
     }
     trainer.finish(emit)?;
-    save_checkpoint(ctx, &named, &buffers, &trainer, spec.steps)?;
+    save_checkpoint(ctx, user, &named, &buffers, &trainer, spec.steps)?;
     Ok(Outcome::Succeeded)
 }
 
@@ -150,6 +175,7 @@ fn resume(
 
 fn save_checkpoint(
     ctx: &RunContext,
+    user: Option<&TorchScript>,
     named: &[(String, Tensor)],
     buffers: &[(String, Tensor)],
     trainer: &Trainer,
@@ -158,5 +184,9 @@ fn save_checkpoint(
     let Some(path) = &ctx.checkpoint else { return Ok(()) };
     let mut state: Vec<(String, Tensor)> = buffers.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
     state.extend(trainer.grad_policies().state()?);
+    if let Some(module) = user {
+        checkpoint::rotate_module(path)?;
+        module.save(&checkpoint::module_path(&checkpoint::resume_path(path)))?;
+    }
     checkpoint::save(path, named, trainer.optimizer(), &state, step)
 }

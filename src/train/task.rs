@@ -6,14 +6,16 @@
 //! the fixed validation set and the task's own constants (cluster centres), so the same
 //! spec and seed see the same data on any device.
 
+use anyhow::Context;
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use tch::{Device, Kind, Reduction, Tensor};
 
 use super::EvalReport;
 use super::data::{Batch, CharCorpus};
 use super::model::{Input, Io, Model};
-use crate::spec::{ClassificationTask, TaskSpec};
+use crate::spec::{ClassificationTask, DatasetTask, Loss, TaskSpec};
 
 /// Samples in the validation set of the generated tasks, and most windows of a corpus's.
 pub const VALID_SAMPLES: usize = 256;
@@ -24,10 +26,33 @@ const CONSTANT_STREAM: u64 = 0x5eed_0002;
 
 #[derive(Debug)]
 enum Source {
-    CharLm { corpus: CharCorpus, seq_len: i64 },
-    Adding { seq_len: i64 },
-    Copy { seq_len: i64, symbols: i64, length: i64 },
-    Classification { centres: Vec<f32>, features: i64, classes: i64, clusters: i64, noise: f64 },
+    CharLm {
+        corpus: CharCorpus,
+        seq_len: i64,
+    },
+    Adding {
+        seq_len: i64,
+    },
+    Copy {
+        seq_len: i64,
+        symbols: i64,
+        length: i64,
+    },
+    Classification {
+        centres: Vec<f32>,
+        features: i64,
+        classes: i64,
+        clusters: i64,
+        noise: f64,
+    },
+    /// An uploaded data set, on the device, drawn in shuffled epochs.
+    Dataset {
+        x: Tensor,
+        y: Tensor,
+        loss: Loss,
+        epoch: Vec<i64>,
+        next: usize,
+    },
 }
 
 /// A task ready to produce batches on `device`.
@@ -52,6 +77,7 @@ impl Task {
                 let centres = (0..classes * clusters * features).map(|_| normal(&mut constants) as f32).collect();
                 Source::Classification { centres, features, classes, clusters, noise }
             }
+            TaskSpec::Dataset(_) => anyhow::bail!("a dataset task is opened from its file with Task::dataset"),
         };
         let mut task =
             Self { kind, rng: StdRng::seed_from_u64(seed), valid: None, eval_every: spec.eval_every(), device };
@@ -59,6 +85,30 @@ impl Task {
             task.valid = task.validation_set(&mut StdRng::seed_from_u64(seed ^ VALID_STREAM))?;
         }
         Ok(task)
+    }
+
+    /// A `dataset` task over the tensors of its safetensors file (`x`, `y`, and optionally
+    /// `x_val`, `y_val`, as the upload checked them). Training batches walk through the
+    /// samples in shuffled epochs: each epoch is a permutation of all of them drawn from
+    /// the job's seed, and a batch takes the next `batch_size` of it (running on into the
+    /// next epoch). A batch of the whole set is therefore always every sample once.
+    pub fn dataset(spec: &DatasetTask, file: &std::path::Path, seed: u64, device: Device) -> anyhow::Result<Self> {
+        let mut tensors = Tensor::read_safetensors(file)?;
+        let mut take = |name: &str| -> Option<Tensor> {
+            let at = tensors.iter().position(|(n, _)| n == name)?;
+            Some(tensors.swap_remove(at).1)
+        };
+        let (x, y) = (take("x").context("the data set has no x")?, take("y").context("the data set has no y")?);
+        let valid = match (take("x_val"), take("y_val")) {
+            (Some(xs), Some(ys)) if spec.eval_every > 0 => {
+                let n = xs.size()[0].min(VALID_SAMPLES as i64);
+                Some(Batch { xs: xs.f_narrow(0, 0, n)?.f_to(device)?, ys: ys.f_narrow(0, 0, n)?.f_to(device)? })
+            }
+            _ => None,
+        };
+        let kind =
+            Source::Dataset { x: x.f_to(device)?, y: y.f_to(device)?, loss: spec.loss, epoch: Vec::new(), next: 0 };
+        Ok(Self { kind, rng: StdRng::seed_from_u64(seed), valid, eval_every: spec.eval_every, device })
     }
 
     /// What the model must take and give.
@@ -75,6 +125,10 @@ impl Task {
             Source::Classification { features, classes, .. } => {
                 Io { input: Input::Features(*features), output: *classes, max_len: 1 }
             }
+            // The module is what it is: nothing is built to fit.
+            Source::Dataset { x, .. } => {
+                Io { input: Input::Features(x.size().last().copied().unwrap_or(1)), output: 0, max_len: 0 }
+            }
         }
     }
 
@@ -83,11 +137,31 @@ impl Task {
         match self.kind {
             Source::CharLm { .. } => None,
             Source::Adding { .. } | Source::Copy { .. } | Source::Classification { .. } => Some("accuracy"),
+            Source::Dataset { loss, .. } => match loss {
+                Loss::CrossEntropy | Loss::BceWithLogits => Some("accuracy"),
+                Loss::Mse => None,
+            },
         }
     }
 
     /// A fresh training batch of `batch` samples.
     pub fn train_batch(&mut self, batch: i64) -> anyhow::Result<Batch> {
+        if let Source::Dataset { x, y, epoch, next, .. } = &mut self.kind {
+            let n = usize::try_from(x.size()[0])?;
+            let mut picked = Vec::with_capacity(usize::try_from(batch)?);
+            while picked.len() < picked.capacity() {
+                if *next == epoch.len() {
+                    *epoch = (0..n as i64).collect();
+                    epoch.shuffle(&mut self.rng);
+                    *next = 0;
+                }
+                let count = (picked.capacity() - picked.len()).min(epoch.len() - *next);
+                picked.extend_from_slice(&epoch[*next..*next + count]);
+                *next += count;
+            }
+            let index = Tensor::from_slice(&picked).f_to(self.device)?;
+            return Ok(Batch { xs: x.f_index_select(0, &index)?, ys: y.f_index_select(0, &index)? });
+        }
         let mut rng = std::mem::replace(&mut self.rng, StdRng::seed_from_u64(0));
         let result = self.generate(&mut rng, batch as usize);
         self.rng = rng;
@@ -109,6 +183,7 @@ impl Task {
                 )?
             }
             Source::Adding { .. } => self.scored(out)?.f_mse_loss(ys, Reduction::Mean)?,
+            Source::Dataset { loss, .. } => return dataset_loss(*loss, out, ys),
         };
         Ok(loss)
     }
@@ -142,7 +217,7 @@ impl Task {
     /// The part of a model's output the loss looks at.
     fn scored(&self, out: &Tensor) -> anyhow::Result<Tensor> {
         Ok(match &self.kind {
-            Source::CharLm { .. } | Source::Classification { .. } => out.shallow_clone(),
+            Source::CharLm { .. } | Source::Classification { .. } | Source::Dataset { .. } => out.shallow_clone(),
             Source::Adding { .. } => out.f_select(1, -1)?,
             Source::Copy { length, .. } => {
                 let t = out.size()[1];
@@ -158,6 +233,13 @@ impl Task {
             Source::CharLm { .. } => return Ok(None),
             Source::Adding { .. } => scored.f_sub(ys)?.f_abs()?.f_lt(ADDING_TOLERANCE)?,
             Source::Copy { .. } | Source::Classification { .. } => scored.f_argmax(-1, false)?.f_eq_tensor(ys)?,
+            Source::Dataset { loss, .. } => match loss {
+                Loss::CrossEntropy => scored.f_argmax(-1, false)?.f_reshape([-1])?.f_eq_tensor(&ys.f_reshape([-1])?)?,
+                Loss::BceWithLogits => {
+                    scored.f_reshape(ys.size().as_slice())?.f_gt(0.0)?.f_eq_tensor(&ys.f_gt(0.5)?)?
+                }
+                Loss::Mse => return Ok(None),
+            },
         };
         Ok(Some(right.f_to_kind(Kind::Float)?.f_mean(Kind::Float)?))
     }
@@ -165,6 +247,7 @@ impl Task {
     fn validation_set(&self, rng: &mut StdRng) -> anyhow::Result<Option<Batch>> {
         match &self.kind {
             Source::CharLm { corpus, seq_len } => corpus.valid_windows(*seq_len, VALID_SAMPLES, self.device),
+            Source::Dataset { .. } => Ok(None),
             _ => self.generate(rng, VALID_SAMPLES).map(Some),
         }
     }
@@ -177,9 +260,46 @@ impl Task {
             Source::Classification { centres, features, classes, clusters, noise } => {
                 classification(rng, n, centres, *features, *classes, *clusters, *noise)?
             }
+            Source::Dataset { .. } => anyhow::bail!("a data set's batches are drawn by train_batch"),
         };
         Ok(Batch { xs: xs.f_to(self.device)?, ys: ys.f_to(self.device)? })
     }
+}
+
+/// The mean `loss` of a module's output `out` against `ys`: cross-entropy over the last
+/// dimension of `out` (`[B, C]` against `[B]`, `[B, T, C]` against `[B, T]`), or MSE and
+/// BCE-with-logits between `out` and `ys` element by element (shapes that differ only by
+/// unit dimensions, `[B, 1]` against `[B]`, are matched).
+pub fn dataset_loss(loss: Loss, out: &Tensor, ys: &Tensor) -> anyhow::Result<Tensor> {
+    let fits = |what: &str| format!("the module's output {:?} does not fit y {:?} for {what}", out.size(), ys.size());
+    Ok(match loss {
+        Loss::CrossEntropy => {
+            let width = out.size().last().copied().unwrap_or(0);
+            anyhow::ensure!(out.dim() >= 2 && out.numel() == ys.numel() * width as usize, fits("cross_entropy"));
+            anyhow::ensure!(
+                ys.kind() == Kind::Int64,
+                "cross_entropy needs int64 class ids in y, found {:?}",
+                ys.kind()
+            );
+            out.f_reshape([-1, width])?.f_cross_entropy_loss::<Tensor>(
+                &ys.f_reshape([-1])?,
+                None,
+                Reduction::Mean,
+                -100,
+                0.0,
+            )?
+        }
+        Loss::Mse | Loss::BceWithLogits => {
+            anyhow::ensure!(out.numel() == ys.numel(), fits(loss.as_str()));
+            let ys = ys.f_to_kind(out.kind())?;
+            let out = out.f_reshape(ys.size().as_slice())?;
+            if loss == Loss::Mse {
+                out.f_mse_loss(&ys, Reduction::Mean)?
+            } else {
+                out.f_binary_cross_entropy_with_logits::<Tensor>(&ys, None, None, Reduction::Mean)?
+            }
+        }
+    })
 }
 
 /// A standard normal draw (Box–Muller).

@@ -3,7 +3,7 @@
 // with the server's 422 shown next to the field it names. Every default, range and kind
 // of task or policy comes from the server's OpenAPI document, read once.
 
-import { ApiError, get, post } from "../api.js";
+import { ApiError, get, post, upload } from "../api.js";
 import { el, groupBy } from "../widgets.js";
 
 /**
@@ -219,6 +219,7 @@ export function toSpec(schema, state) {
   if (s.model.norm === "") delete s.model.norm;
   if (s.model.activation === "") delete s.model.activation;
   if (s.optimizer.weight_decay === "") delete s.optimizer.weight_decay;
+  if (s.model.kind !== "torchscript" || !s.model.id) delete s.model.id;
   if (s.optimizer.kind !== "sgd") {
     s.optimizer.momentum = 0;
     s.optimizer.nesterov = false;
@@ -401,6 +402,60 @@ export function specForm(root, { presets, onSubmitted, initial }) {
     return el("div", { class: "policy-list", dataset: { field: `policy.${which}` } }, rows, add);
   }
 
+  /**
+   * Picks an uploaded model or data set for `path` (`model.id`, `task.id`), or uploads a
+   * new one from a file and picks it.
+   * @param {string} path
+   * @param {"models" | "datasets"} what
+   * @param {string} label
+   * @param {string} help
+   */
+  function uploadPicker(path, what, label, help) {
+    const select = /** @type {HTMLSelectElement} */ (el("select", { name: path, "aria-label": label },
+      el("option", { value: "" }, "— loading —")));
+    const note = el("small", { class: "help" }, help);
+    /** @param {string} [chosen] */
+    const refresh = async (chosen) => {
+      try {
+        const list = await get(`/${what}`);
+        /** @type {Array<{id: string, bytes: number, params?: number, samples?: number, created_at: string}>} */
+        const items = list[what];
+        const current = chosen ?? getPath(state, path) ?? "";
+        select.replaceChildren(el("option", { value: "" }, items.length ? "— pick one —" : "— none uploaded yet —"),
+          ...items.map((u) => el("option", { value: u.id, selected: u.id === current },
+            `${u.id.slice(0, 8)}… ${what === "models" ? `${u.params} parameters` : `${u.samples} samples`}, ${u.created_at.slice(0, 16)}`)));
+        if (chosen) {
+          setPath(state, path, chosen);
+          changed(path, false);
+        }
+      } catch (err) {
+        note.textContent = `Could not list ${what}: ${err instanceof Error ? err.message : err}`;
+      }
+    };
+    select.addEventListener("change", () => {
+      setPath(state, path, select.value);
+      changed(path, false);
+    });
+    const file = /** @type {HTMLInputElement} */ (el("input", { type: "file", name: `${path}-file`,
+      "aria-label": `Upload a ${what === "models" ? "TorchScript model" : "safetensors data set"}`,
+      accept: what === "models" ? ".pt,.pth,.zip" : ".safetensors" }));
+    file.addEventListener("change", async () => {
+      const chosen = file.files?.[0];
+      if (!chosen) return;
+      note.textContent = "uploading…";
+      try {
+        const created = await upload(`/${what}`, chosen);
+        note.textContent = help;
+        await refresh(created.id);
+      } catch (err) {
+        note.textContent = err instanceof ApiError ? `${err.field ? `${err.field}: ` : ""}${err.message}` : String(err);
+      }
+    });
+    refresh();
+    return el("label", { class: "field", dataset: { field: path } },
+      el("span", { class: "label" }, label), select, file, note, el("small", { class: "field-error", role: "alert" }));
+  }
+
   function render() {
     if (!schema) return;
     const s = schema;
@@ -451,6 +506,9 @@ export function specForm(root, { presets, onSubmitted, initial }) {
         el("fieldset", {}, el("legend", {}, "Task"),
           input("task.kind", { label: "kind", options: Object.keys(tasks) }),
           t === "char_lm" ? taskInput("corpus", { type: "text", label: "corpus", help: "builtin:tiny or an uploaded corpus id" }) : null,
+          t === "dataset" ? [
+            uploadPicker("task.id", "datasets", "data set", "safetensors with x, y (and x_val, y_val)"),
+            taskInput("loss", { label: "loss" })] : null,
           "seq_len" in task ? taskInput("seq_len", { label: "sequence length" }) : null,
           t === "copy" ? [taskInput("symbols", { label: "symbols" }), taskInput("length", { label: "length" })] : null,
           t === "classification" ? [
@@ -461,17 +519,19 @@ export function specForm(root, { presets, onSubmitted, initial }) {
           taskInput("eval_every", { label: "validate every", help: "steps; 0 turns validation off" })),
         el("fieldset", {}, el("legend", {}, "Model"),
           modelInput("kind", { label: "kind",
-            help: t === "classification" ? "classification feeds an mlp" : "sequence tasks feed rnn, lstm, gru or transformer" }),
-          modelInput("layers", { label: "layers" }),
-          modelInput("hidden", { label: "hidden" }),
-          modelInput("norm", { label: "norm", options: [["", "default for the kind"], ...(model.norm.options ?? [])] }),
-          modelInput("activation", { label: "activation", options: [["", "default for the kind"], ...(model.activation.options ?? [])] }),
-          m === "transformer" ? [
-            modelInput("heads", { label: "heads" }),
-            modelInput("norm_position", { label: "norm position" })] : null,
-          m === "mlp" ? modelInput("residual", { label: "residual connections" }) : null,
-          modelInput("init_scale", { label: "init scale", help: ">1 provokes explosion, <1 vanishing" }),
-          modelInput("dropout", { label: "dropout" })),
+            help: t === "dataset" ? "a dataset task trains a torchscript model"
+              : t === "classification" ? "classification feeds an mlp" : "sequence tasks feed rnn, lstm, gru or transformer" }),
+          m === "torchscript" ? uploadPicker("model.id", "models", "module", "torch.jit.script(model).save(path)") : [
+            modelInput("layers", { label: "layers" }),
+            modelInput("hidden", { label: "hidden" }),
+            modelInput("norm", { label: "norm", options: [["", "default for the kind"], ...(model.norm.options ?? [])] }),
+            modelInput("activation", { label: "activation", options: [["", "default for the kind"], ...(model.activation.options ?? [])] }),
+            m === "transformer" ? [
+              modelInput("heads", { label: "heads" }),
+              modelInput("norm_position", { label: "norm position" })] : null,
+            m === "mlp" ? modelInput("residual", { label: "residual connections" }) : null,
+            modelInput("init_scale", { label: "init scale", help: ">1 provokes explosion, <1 vanishing" }),
+            modelInput("dropout", { label: "dropout" })].flat()),
         el("fieldset", {}, el("legend", {}, "Optimizer"),
           optInput("kind", { label: "kind" }),
           optInput("lr", { label: "learning rate" }),

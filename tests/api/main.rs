@@ -24,4 +24,5 @@ mod spec_schema;
 mod stats;
 mod stream;
 mod tasks;
+mod user_models;
 mod validation;

@@ -53,7 +53,7 @@ fn mlp_spec(steps: u64, every: u64, grad: &Value) -> ValidSpec {
 /// Trains `spec` to the end on one thread; its step reports and events.
 fn run(spec: &ValidSpec) -> (Vec<StepReport>, Vec<Event>) {
     tch::set_num_threads(1);
-    let ctx = RunContext { corpus: String::new(), checkpoint: None, resume: None };
+    let ctx = RunContext::default();
     let (mut steps, mut events) = (Vec::new(), Vec::new());
     train(spec, &ctx, &StopFlag::default(), &mut |event| match event {
         TrainEvent::Step(report) => steps.push(report),

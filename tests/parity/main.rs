@@ -20,6 +20,8 @@ use gradscope::train::task::Task;
 use serde_json::{Value, json};
 use tch::{Device, Kind, Tensor, nn};
 
+mod user_models;
+
 const MODEL_TOL: f64 = 1e-4;
 const POLICY_TOL: f64 = 1e-5;
 /// The statistics against float64 NumPy on chosen gradients: float32 rounding leaves

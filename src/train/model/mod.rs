@@ -13,6 +13,7 @@
 pub mod layers;
 pub mod mlp;
 pub mod recurrent;
+pub mod torchscript;
 pub mod transformer;
 
 use std::sync::Mutex;
@@ -168,8 +169,20 @@ pub trait Model {
     fn rng(&self) -> &layers::StepRng;
 }
 
-/// Builds the model a spec names, on `vs`, seeded by `seed`, with its non-normalisation
-/// parameters scaled by `init_scale`.
+/// Loads the TorchScript module at `file` on `vs` (see [`torchscript::TorchScript::load`]).
+pub fn load_torchscript(
+    file: &std::path::Path,
+    vs: &nn::VarStore,
+    seed: u64,
+) -> anyhow::Result<(torchscript::TorchScript, Params)> {
+    let mut params = Params::default();
+    let module = torchscript::TorchScript::load(file, vs, &mut params, seed)?;
+    Ok((module, params))
+}
+
+/// Builds the built-in model a spec names, on `vs`, seeded by `seed`, with its
+/// non-normalisation parameters scaled by `init_scale`. A `torchscript` model is loaded
+/// with [`load_torchscript`] instead.
 pub fn build(spec: &ModelSpec, vs: &nn::VarStore, io: Io, seed: u64) -> anyhow::Result<(Box<dyn Model>, Params)> {
     let _guard = RNG_LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     tch::manual_seed(seed as i64);
@@ -182,6 +195,7 @@ pub fn build(spec: &ModelSpec, vs: &nn::VarStore, io: Io, seed: u64) -> anyhow::
             Box::new(recurrent::Recurrent::new(&root, &mut params, spec, io, rng)?)
         }
         ModelKind::Transformer => Box::new(transformer::Transformer::new(&root, &mut params, spec, io, rng)?),
+        ModelKind::Torchscript => anyhow::bail!("a torchscript model is loaded from its file, not built"),
     };
     if spec.init_scale != 1.0 {
         params.scale_init(spec.init_scale)?;
