@@ -32,13 +32,15 @@ pub mod transfer;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
+use serde::{Deserialize, Serialize};
+
 use crate::vocab::EventKind;
 
 pub use run::{RunContext, train};
 pub use stats::LayerStats;
 
 /// One layer = one named parameter tensor.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LayerInfo {
     pub index: usize,
     pub name: String,
@@ -47,7 +49,7 @@ pub struct LayerInfo {
 }
 
 /// What one optimizer step measured, as plain floats. Non-finite values stay non-finite.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StepReport {
     /// 1-based: after step `n`, `n` updates have been attempted.
     pub step: u64,
@@ -121,7 +123,7 @@ pub enum TrainEvent {
 }
 
 /// Something worth telling a person about a run, at a step.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     pub step: u64,
     pub kind: EventKind,
@@ -131,7 +133,7 @@ pub struct Event {
 }
 
 /// How a training run ended without an error.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
     Succeeded,
     Cancelled,
@@ -141,7 +143,7 @@ pub enum Outcome {
 }
 
 /// Why a run was asked to stop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[repr(u8)]
 pub enum StopReason {
     /// A user cancelled the job.
