@@ -71,8 +71,9 @@ pub struct ServeArgs {
     #[arg(long, env = "GRADSCOPE_GPUS", value_delimiter = ',')]
     pub gpus: Option<Vec<String>>,
     /// Address-space limit of each job's worker process, in bytes; a job that exceeds it
-    /// fails alone (default: the machine's memory ÷ --max-jobs, plus 4 GiB LibTorch reserves
-    /// without using, at least 12 GiB; 0: no limit). Not applied to CUDA jobs.
+    /// fails alone (default: the machine's memory ÷ --max-jobs, at least --max-job-memory,
+    /// plus 4 GiB and 256 MiB per torch thread that LibTorch reserves without using; 0: no
+    /// limit). Not applied to CUDA jobs.
     #[arg(long, env = "GRADSCOPE_JOB_MEMORY")]
     pub job_memory: Option<u64>,
     /// Train jobs on threads of this process instead of one worker process each: no

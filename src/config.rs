@@ -60,13 +60,15 @@ pub const DEFAULT_MAX_CORPORA: i64 = 100;
 /// Default bytes all uploaded corpora may take together.
 pub const DEFAULT_CORPUS_QUOTA: i64 = 1 << 30;
 
-/// Address space a worker needs besides its job's own memory, measured: LibTorch's
-/// libraries, thread stacks and allocator arenas reserve about 1.3 GiB of address space in
-/// an idle worker and 1.6 GiB in one training a tiny job (2 cores; more cores, more
-/// threads and arenas, hence the margin). Only reserved: it costs no memory.
+/// Address space a worker reserves besides its job's own memory, measured: an idle
+/// worker with LibTorch loaded reserves about 1.3 GiB, one training a tiny job with 2
+/// threads 3.0 GiB (its libraries, thread stacks and allocator arenas); each further
+/// thread reserves up to [`WORKER_ADDRESS_PER_THREAD`] more. Reserved only: it costs no
+/// memory, so the margin is generous.
 pub const WORKER_ADDRESS_OVERHEAD: u64 = 4 << 30;
-/// The least `--job-memory` default: enough for any job the default budget admits.
-pub const MIN_JOB_ADDRESS_SPACE: u64 = DEFAULT_MAX_JOB_MEMORY + WORKER_ADDRESS_OVERHEAD;
+/// Address space each of a worker's LibTorch threads may reserve: its stack and a malloc
+/// arena (64 MiB reserved, aligned to 128 MiB).
+pub const WORKER_ADDRESS_PER_THREAD: u64 = 256 << 20;
 
 /// LibTorch's CPU threads per job by default: the cores shared by the jobs that may run
 /// at once, at least one each.
@@ -76,12 +78,15 @@ pub fn default_torch_threads(max_jobs: u16) -> i32 {
 }
 
 /// Each worker's address-space limit by default: the machine's memory shared by the jobs
-/// that may run at once, plus [`WORKER_ADDRESS_OVERHEAD`], and never less than
-/// [`MIN_JOB_ADDRESS_SPACE`]; `None` where the machine's memory is unknown.
-pub fn default_job_memory(max_jobs: u16) -> Option<u64> {
+/// that may run at once (never less than the job memory budget admits,
+/// `max_job_memory`), plus what the worker reserves without using
+/// ([`WORKER_ADDRESS_OVERHEAD`] and [`WORKER_ADDRESS_PER_THREAD`] per thread). `None`
+/// where the machine's memory is unknown.
+pub fn default_job_memory(max_jobs: u16, torch_threads: i32, max_job_memory: u64) -> Option<u64> {
     let info = nix::sys::sysinfo::sysinfo().ok()?;
-    let share = info.ram_total() / u64::from(max_jobs.max(1));
-    Some((share + WORKER_ADDRESS_OVERHEAD).max(MIN_JOB_ADDRESS_SPACE))
+    let share = (info.ram_total() / u64::from(max_jobs.max(1))).max(max_job_memory);
+    let threads = u64::try_from(torch_threads.max(1)).unwrap_or(1);
+    Some(share.saturating_add(WORKER_ADDRESS_OVERHEAD).saturating_add(threads * WORKER_ADDRESS_PER_THREAD))
 }
 
 /// Everything `gradscope serve` is configured with. The binary documents each setting

@@ -151,13 +151,14 @@ fn execution(config: &ServeConfig) -> anyhow::Result<Execution> {
         Some(path) => path.clone(),
         None => std::env::current_exe().context("failed to find this executable, which trains the jobs")?,
     };
+    let torch_threads = config.torch_threads.unwrap_or_else(|| config::default_torch_threads(config.max_jobs));
     let settings = WorkerSettings {
         binary,
-        torch_threads: config.torch_threads.unwrap_or_else(|| config::default_torch_threads(config.max_jobs)),
+        torch_threads,
         memory: match config.job_memory {
             Some(0) => None,
             Some(bytes) => Some(bytes),
-            None => config::default_job_memory(config.max_jobs),
+            None => config::default_job_memory(config.max_jobs, torch_threads, config.max_job_memory),
         },
         gpus: config.gpus.clone().unwrap_or_else(visible_gpus),
         env: config.worker_env.clone(),

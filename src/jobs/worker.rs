@@ -115,7 +115,8 @@ async fn train<W: AsyncWrite + Unpin>(
     let spec = worker_spec(&job)?;
     // This process trains this job alone: its seed is the only one LibTorch sees.
     tch::manual_seed(spec.seed as i64);
-    let fault = Fault::from_env(&job.name);
+    // A resumed job runs clean, so a test can resume what a fault stopped.
+    let fault = if job.resume.is_none() { Fault::from_env(&job.name) } else { None };
     let ctx = RunContext { corpus: job.corpus, checkpoint: job.checkpoint, resume: job.resume };
     let written = Arc::new(AtomicU64::new(0));
     let hook_written = written.clone();
@@ -190,8 +191,8 @@ async fn forward<W: AsyncWrite + Unpin>(
 /// `KIND@stepN` or `KIND@stepN@JOB_NAME` (only the job of that name), `KIND` one of
 /// `abort` (SIGABRT, as a LibTorch assert), `segv` (SIGSEGV) or `oom` (allocates without
 /// bound until the allocator fails). It fires once step `N` has been sent to the
-/// scheduler, so the test knows which steps must have been kept. For tests only: the
-/// API cannot set it.
+/// scheduler, so the test knows which steps must have been kept, and only in a job's
+/// first run, not when it is resumed. For tests only: the API cannot set it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Fault {
     kind: FaultKind,

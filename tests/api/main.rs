@@ -25,3 +25,4 @@ mod stats;
 mod stream;
 mod tasks;
 mod validation;
+mod workers;
