@@ -152,9 +152,13 @@ fn execution(config: &ServeConfig) -> anyhow::Result<Execution> {
         None => std::env::current_exe().context("failed to find this executable, which trains the jobs")?,
     };
     let torch_threads = config.torch_threads.unwrap_or_else(|| config::default_torch_threads(config.max_jobs));
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let threads_at_once =
+        usize::try_from(torch_threads).unwrap_or(usize::MAX).saturating_mul(usize::from(config.max_jobs.max(1)));
     let settings = WorkerSettings {
         binary,
         torch_threads,
+        passive_wait: threads_at_once > cores,
         memory: match config.job_memory {
             Some(0) => None,
             Some(bytes) => Some(bytes),
@@ -165,6 +169,7 @@ fn execution(config: &ServeConfig) -> anyhow::Result<Execution> {
     };
     tracing::info!(
         torch_threads = settings.torch_threads,
+        passive_wait = settings.passive_wait,
         memory = settings.memory,
         gpus = ?settings.gpus,
         "jobs train in worker processes"

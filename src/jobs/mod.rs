@@ -54,6 +54,10 @@ pub struct WorkerSettings {
     pub binary: PathBuf,
     /// LibTorch's CPU threads in each worker.
     pub torch_threads: i32,
+    /// Whether OpenMP's idle threads sleep (`OMP_WAIT_POLICY=PASSIVE`) rather than spin:
+    /// when the workers' threads together outnumber the cores, spinning threads starve the
+    /// others; when they fit, spinning is much faster for small operations.
+    pub passive_wait: bool,
     /// Each worker's address-space limit, in bytes (`None`: unlimited). Not applied to
     /// CUDA jobs: the CUDA driver reserves far more address space than it uses.
     pub memory: Option<u64>,

@@ -217,8 +217,12 @@ fn worker_command(settings: &WorkerSettings, gpu: Option<&str>, cuda: bool) -> C
     if let Some(bytes) = settings.memory.filter(|_| !cuda) {
         command.arg("--memory").arg(bytes.to_string());
     }
-    // OpenMP threads that spin while they wait starve the other workers' threads.
-    command.env("OMP_NUM_THREADS", &threads).env("MKL_NUM_THREADS", &threads).env("OMP_WAIT_POLICY", "PASSIVE");
+    command.env("OMP_NUM_THREADS", &threads).env("MKL_NUM_THREADS", &threads);
+    // OpenMP threads that spin while they wait starve other workers' threads on cores
+    // they share.
+    if settings.passive_wait {
+        command.env("OMP_WAIT_POLICY", "PASSIVE");
+    }
     // Only its own GPU, or none for a CPU job on a machine with GPUs.
     if let Some(gpu) = gpu {
         command.env("CUDA_VISIBLE_DEVICES", gpu);
@@ -227,6 +231,9 @@ fn worker_command(settings: &WorkerSettings, gpu: Option<&str>, cuda: bool) -> C
     }
     command.envs(settings.env.iter().map(|(k, v)| (k, v)));
     command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    // Its own process group: a terminal's Ctrl-C goes to the service, which stops the job
+    // in order, not to the worker, which would die of it.
+    command.process_group(0);
     command
 }
 
@@ -417,4 +424,34 @@ fn panic_message(panic: &(dyn Any + Send)) -> String {
         .map(|s| (*s).to_owned())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_worker_is_described_by_its_signal_or_exit_code_and_its_last_words() {
+        // A wait status: the signal in the low bits, or the exit code in the next byte.
+        assert_eq!(death(ExitStatus::from_raw(6), ""), "worker killed by signal 6 (SIGABRT)");
+        assert_eq!(
+            death(ExitStatus::from_raw(9), "a | b"),
+            "worker killed by signal 9 (SIGKILL); its last output: a | b"
+        );
+        assert_eq!(death(ExitStatus::from_raw(3 << 8), ""), "worker exited with code 3 before the job ended");
+    }
+
+    #[tokio::test]
+    async fn the_stderr_tail_keeps_the_last_lines_within_bounds() {
+        let text: String = (0..100).map(|i| format!("line {i}\n")).collect();
+        let tail = stderr_tail(text.as_bytes(), uuid::Uuid::nil()).await;
+        assert!(tail.starts_with("line 88 | "), "{tail}");
+        assert!(tail.ends_with("line 99"), "{tail}");
+        let long = "x".repeat(10 * STDERR_CHARS) + "\n";
+        let tail = stderr_tail(long.as_bytes(), uuid::Uuid::nil()).await;
+        assert!(tail.chars().count() <= STDERR_CHARS + 1, "{}", tail.len());
+        // Bytes that are not UTF-8 neither stop the reading nor hide what follows.
+        let tail = stderr_tail(&b"\xff\xfe\nlast words\n"[..], uuid::Uuid::nil()).await;
+        assert!(tail.ends_with("last words"), "{tail}");
+    }
 }
