@@ -235,7 +235,7 @@ impl Scheduler {
         drop(running);
         Ok(match self.inner.store.job(id).await? {
             None => CancelOutcome::NotFound,
-            // Between its thread ending and its final status being written.
+            // Between its training ending and its final status being written.
             Some(job) if !job.status.is_finished() => CancelOutcome::Accepted,
             Some(job) => CancelOutcome::AlreadyFinished(job.status),
         })

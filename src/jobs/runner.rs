@@ -229,6 +229,8 @@ fn worker_command(settings: &WorkerSettings, gpu: Option<&str>, cuda: bool) -> C
     } else if !settings.gpus.is_empty() {
         command.env("CUDA_VISIBLE_DEVICES", "");
     }
+    // The service's secrets are none of a job's business.
+    command.env_remove("GRADSCOPE_API_TOKEN").env_remove("GRADSCOPE_METRICS_TOKEN");
     command.envs(settings.env.iter().map(|(k, v)| (k, v)));
     command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
     // Its own process group: a terminal's Ctrl-C goes to the service, which stops the job
