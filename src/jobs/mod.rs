@@ -165,6 +165,9 @@ struct Inner {
     execution: Execution,
     /// The GPUs jobs may use (none in process).
     gpus: GpuPool,
+    /// A CPU worker started ahead of its job (workers only), so that a job need not wait
+    /// for a process to start and load LibTorch.
+    spare: std::sync::Mutex<Option<tokio::process::Child>>,
     /// Stop requests of the running jobs. Held across claiming a job and registering it,
     /// so a cancel never finds a job running but unregistered.
     running: Mutex<HashMap<Uuid, Arc<JobControl>>>,
@@ -191,6 +194,7 @@ impl Scheduler {
         shutdown: CancellationToken,
     ) -> Self {
         let inner = Arc::new(Inner::new(store, data, (max_jobs, execution), ring, metrics, shutdown));
+        runner::refill_spare(&inner);
         inner.tracker.spawn(dispatch(inner.clone()));
         Self { inner }
     }
@@ -287,6 +291,7 @@ impl Inner {
             shutdown,
             tracker: TaskTracker::new(),
             live: LiveHub::new(ring),
+            spare: std::sync::Mutex::new(None),
             metrics,
         }
     }
@@ -307,6 +312,8 @@ async fn dispatch(inner: Arc<Inner>) {
 }
 
 async fn stop_all(inner: &Inner) {
+    // Dropped, the spare is killed (it holds no job).
+    drop(inner.spare.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take());
     for control in inner.running.lock().await.values() {
         control.request(StopReason::Shutdown);
     }

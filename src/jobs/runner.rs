@@ -159,9 +159,16 @@ async fn in_worker(
     settings: &WorkerSettings,
     gpu: Option<String>,
 ) -> anyhow::Result<Outcome> {
-    let mut child = worker_command(settings, gpu.as_deref(), job.spec.device.starts_with("cuda") || gpu.is_some())
-        .spawn()
-        .with_context(|| format!("failed to start a worker ({})", settings.binary.display()))?;
+    let cuda = job.spec.device.starts_with("cuda") || gpu.is_some();
+    let spare = if cuda { None } else { take_spare(inner) };
+    let mut child = match spare {
+        Some(child) => child,
+        None => worker_command(settings, gpu.as_deref(), cuda)
+            .spawn()
+            .with_context(|| format!("failed to start a worker ({})", settings.binary.display()))?,
+    };
+    // The next CPU job's worker starts now, while this one trains.
+    refill_spare(inner);
     let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take())
     else {
         anyhow::bail!("the worker's pipes were not opened");
@@ -205,6 +212,32 @@ async fn in_worker(
             _ => Outcome::Interrupted,
         }),
         None => Err(anyhow!(death(status, &tail))),
+    }
+}
+
+/// Starts a spare CPU worker if there is none (workers only, not during shutdown). It
+/// loads LibTorch and waits on its stdin for a job.
+pub(super) fn refill_spare(inner: &Inner) {
+    let Execution::Workers(settings) = &inner.execution else { return };
+    if inner.shutdown.is_cancelled() {
+        return;
+    }
+    let mut spare = inner.spare.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if spare.is_none() {
+        match worker_command(settings, None, false).spawn() {
+            Ok(child) => *spare = Some(child),
+            Err(err) => tracing::warn!("failed to start a spare worker ({}): {err}", settings.binary.display()),
+        }
+    }
+}
+
+/// The spare worker, if it is still alive.
+fn take_spare(inner: &Inner) -> Option<Child> {
+    let mut child = inner.spare.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()?;
+    match child.try_wait() {
+        Ok(None) => Some(child),
+        // It died idle (the OOM killer, an operator): a fresh one trains the job.
+        Ok(Some(_)) | Err(_) => None,
     }
 }
 
