@@ -66,6 +66,8 @@ def run(binary, mode, jobs, steps, threads):
                     break
                 except OSError:
                     time.sleep(0.05)
+            # As in a service that has been up a while: its spare worker has started.
+            time.sleep(1.0)
             ids = [request(base, "/api/v1/jobs", spec(f"bench-{i}", steps))["id"] for i in range(jobs)]
             while True:
                 done = [request(base, f"/api/v1/jobs/{i}") for i in ids]
