@@ -126,6 +126,9 @@ async fn run(args: &JobsArgs) -> anyhow::Result<()> {
         dir.path().join("data"),
     );
     config.torch_threads = Some(args.torch_threads);
+    // The per-phase timing and the per-thread CPU times are read in this process, so the
+    // jobs train on the server's threads here (`--in-process`), not in worker processes.
+    config.in_process = true;
     let app = Application::build(config).await?;
     let base = format!("http://127.0.0.1:{}", app.port());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

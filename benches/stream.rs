@@ -30,6 +30,10 @@ struct StreamArgs {
     /// LibTorch CPU threads.
     #[arg(long, default_value_t = 1)]
     pub torch_threads: i32,
+    /// Train in the server's process instead of a worker process, to measure what the
+    /// process boundary costs.
+    #[arg(long)]
+    pub in_process: bool,
     /// Given by `cargo bench`; without it the benchmark only shows that it runs.
     #[arg(long, hide = true)]
     pub bench: bool,
@@ -67,6 +71,8 @@ async fn run(args: &StreamArgs) -> anyhow::Result<()> {
         dir.join("data"),
     );
     config.torch_threads = Some(args.torch_threads);
+    config.in_process = args.in_process;
+    config.worker_binary = Some(env!("CARGO_BIN_EXE_gradscope").into());
     config.ws_max_per_job = args.clients + 10;
     config.ws_max_total = args.clients + 10;
     let app = Application::build(config).await?;
@@ -84,7 +90,13 @@ async fn run(args: &StreamArgs) -> anyhow::Result<()> {
         "monitor": {"histogram": true},
     });
 
-    println!("bench stream: {} steps of a 1×{} LSTM, {} torch thread(s)", args.steps, args.hidden, args.torch_threads);
+    println!(
+        "bench stream: {} steps of a 1×{} LSTM, {} torch thread(s), {}",
+        args.steps,
+        args.hidden,
+        args.torch_threads,
+        if args.in_process { "in the server's process" } else { "in a worker process" }
+    );
     let blocker = json!({
         "name": "blocker", "steps": 10_000_000, "batch_size": 1, "device": "cpu",
         "task": {"kind": "char_lm", "seq_len": 2}, "model": {"kind": "lstm", "layers": 1, "hidden": 1},

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use gradscope::config::{self, ServeConfig};
 use gradscope::local::RunOptions;
+use gradscope::worker::WorkerOptions;
 
 #[derive(Debug, Parser)]
 #[command(name = "gradscope", version, about = "Training monitor: per-layer gradient statistics for LibTorch jobs")]
@@ -34,6 +35,10 @@ pub enum Command {
     Healthcheck(HealthcheckArgs),
     /// Train one job from a spec file, here, with a progress bar and a per-layer report.
     Run(RunArgs),
+    /// Train the one job the service sends on stdin, reporting on stdout (started by
+    /// `serve` for each job; not for people).
+    #[command(hide = true)]
+    Worker(WorkerArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -57,9 +62,24 @@ pub struct ServeArgs {
     #[arg(long, env = "GRADSCOPE_MAX_JOBS", default_value_t = config::DEFAULT_MAX_JOBS,
         value_parser = clap::value_parser!(u16).range(1..))]
     pub max_jobs: u16,
-    /// Threads LibTorch uses for CPU work (default: LibTorch's own choice, one per core).
+    /// Threads LibTorch uses for CPU work in each job (default: the cores ÷ --max-jobs, at
+    /// least 1).
     #[arg(long, env = "GRADSCOPE_TORCH_THREADS", value_parser = clap::value_parser!(i32).range(1..))]
     pub torch_threads: Option<i32>,
+    /// GPUs jobs may use, one job per GPU, as CUDA_VISIBLE_DEVICES entries (comma-separated;
+    /// default: every visible GPU). Jobs that need a GPU wait while all are busy.
+    #[arg(long, env = "GRADSCOPE_GPUS", value_delimiter = ',')]
+    pub gpus: Option<Vec<String>>,
+    /// Address-space limit of each job's worker process, in bytes; a job that exceeds it
+    /// fails alone (default: the machine's memory ÷ --max-jobs, at least --max-job-memory,
+    /// plus 4 GiB and 256 MiB per torch thread that LibTorch reserves without using; 0: no
+    /// limit). Not applied to CUDA jobs.
+    #[arg(long, env = "GRADSCOPE_JOB_MEMORY")]
+    pub job_memory: Option<u64>,
+    /// Train jobs on threads of this process instead of one worker process each: no
+    /// isolation (a LibTorch abort ends the service); for comparison.
+    #[arg(long, env = "GRADSCOPE_IN_PROCESS")]
+    pub in_process: bool,
     /// Folder of the dashboard's static files, served at `/`.
     #[arg(long, env = "GRADSCOPE_STATIC_DIR", default_value = config::DEFAULT_STATIC_DIR)]
     pub static_dir: PathBuf,
@@ -157,6 +177,11 @@ impl From<ServeArgs> for ServeConfig {
             data_dir: args.data_dir,
             max_jobs: args.max_jobs,
             torch_threads: args.torch_threads,
+            gpus: args.gpus,
+            job_memory: args.job_memory,
+            in_process: args.in_process,
+            worker_binary: None,
+            worker_env: Vec::new(),
             static_dir: args.static_dir,
             cors_origins: args.cors_origins,
             body_limit: args.body_limit,
@@ -218,6 +243,22 @@ impl From<RunArgs> for RunOptions {
             torch_threads: args.torch_threads,
             quiet: args.quiet,
         }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WorkerArgs {
+    /// Threads LibTorch uses for CPU work.
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..))]
+    pub torch_threads: Option<i32>,
+    /// Address-space limit, in bytes.
+    #[arg(long)]
+    pub memory: Option<u64>,
+}
+
+impl From<WorkerArgs> for WorkerOptions {
+    fn from(args: WorkerArgs) -> Self {
+        Self { torch_threads: args.torch_threads, memory: args.memory }
     }
 }
 

@@ -67,6 +67,35 @@ pub const DEFAULT_UPLOAD_QUOTA: i64 = 4 << 30;
 /// Default bytes all uploaded corpora may take together.
 pub const DEFAULT_CORPUS_QUOTA: i64 = 1 << 30;
 
+/// Address space a worker reserves besides its job's own memory, measured: an idle
+/// worker with LibTorch loaded reserves about 1.3 GiB, one training a tiny job with 2
+/// threads 3.0 GiB (its libraries, thread stacks and allocator arenas); each further
+/// thread reserves up to [`WORKER_ADDRESS_PER_THREAD`] more. Reserved only: it costs no
+/// memory, so the margin is generous.
+pub const WORKER_ADDRESS_OVERHEAD: u64 = 4 << 30;
+/// Address space each of a worker's LibTorch threads may reserve: its stack and a malloc
+/// arena (64 MiB reserved, aligned to 128 MiB).
+pub const WORKER_ADDRESS_PER_THREAD: u64 = 256 << 20;
+
+/// LibTorch's CPU threads per job by default: the cores shared by the jobs that may run
+/// at once, at least one each.
+pub fn default_torch_threads(max_jobs: u16) -> i32 {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    i32::try_from(cores / usize::from(max_jobs.max(1))).unwrap_or(i32::MAX).max(1)
+}
+
+/// Each worker's address-space limit by default: the machine's memory shared by the jobs
+/// that may run at once (never less than the job memory budget admits,
+/// `max_job_memory`), plus what the worker reserves without using
+/// ([`WORKER_ADDRESS_OVERHEAD`] and [`WORKER_ADDRESS_PER_THREAD`] per thread). `None`
+/// where the machine's memory is unknown.
+pub fn default_job_memory(max_jobs: u16, torch_threads: i32, max_job_memory: u64) -> Option<u64> {
+    let info = nix::sys::sysinfo::sysinfo().ok()?;
+    let share = (info.ram_total() / u64::from(max_jobs.max(1))).max(max_job_memory);
+    let threads = u64::try_from(torch_threads.max(1)).unwrap_or(1);
+    Some(share.saturating_add(WORKER_ADDRESS_OVERHEAD).saturating_add(threads * WORKER_ADDRESS_PER_THREAD))
+}
+
 /// Everything `gradscope serve` is configured with. The binary documents each setting
 /// as its flag (`gradscope serve --help`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,8 +107,21 @@ pub struct ServeConfig {
     pub data_dir: PathBuf,
     /// How many jobs may train at the same time (at least 1).
     pub max_jobs: u16,
-    /// Threads LibTorch uses for CPU work (`None`: LibTorch's own choice).
+    /// Threads LibTorch uses for CPU work in each job (`None`: [`default_torch_threads`]).
     pub torch_threads: Option<i32>,
+    /// The GPUs jobs may use, one job per GPU, as `CUDA_VISIBLE_DEVICES` entries (`None`:
+    /// every visible one).
+    pub gpus: Option<Vec<String>>,
+    /// Each worker's address-space limit, in bytes (`None`: [`default_job_memory`]; 0: no
+    /// limit). Not applied to CUDA jobs.
+    pub job_memory: Option<u64>,
+    /// Train jobs on threads of the service's process instead of worker processes (no
+    /// isolation: a LibTorch abort ends the service).
+    pub in_process: bool,
+    /// The executable whose `worker` command trains a job (`None`: this process's own).
+    pub worker_binary: Option<PathBuf>,
+    /// Extra environment variables for every worker.
+    pub worker_env: Vec<(String, String)>,
     /// Folder of the dashboard's static files, served at `/`.
     pub static_dir: PathBuf,
     /// Origins allowed to call the API from a browser (`*` for any).
@@ -138,6 +180,11 @@ impl Default for ServeConfig {
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             max_jobs: DEFAULT_MAX_JOBS,
             torch_threads: None,
+            gpus: None,
+            job_memory: None,
+            in_process: false,
+            worker_binary: None,
+            worker_env: Vec::new(),
             static_dir: PathBuf::from(DEFAULT_STATIC_DIR),
             cors_origins: Vec::new(),
             body_limit: DEFAULT_BODY_LIMIT,

@@ -2,7 +2,7 @@
 //! measures per-layer gradient statistics on every step and serves them over HTTP.
 //!
 //! # Layout
-//! Data flows one way: spec → job → training thread → step reports → sinks.
+//! Data flows one way: spec → job → worker process → step reports → sinks.
 //!
 //! - [`config`] — the service's settings as plain values, with their defaults (the binary's
 //!   `src/cli.rs` fills them from flags and `GRADSCOPE_*` variables).
@@ -14,8 +14,8 @@
 //! - [`store`] — the only place with SQL: jobs, layers, per-step records, corpora.
 //! - [`jobs`] — the service layer ([`jobs::Jobs`]: submit, cancel, resume, delete,
 //!   corpora), the data folder ([`jobs::DataDir`]) and the scheduler: claims queued jobs,
-//!   runs each on its own OS thread, owns their stop flags and writes what they report to
-//!   the store.
+//!   runs each in its own worker process (`gradscope worker`, [`worker`]), owns their stop
+//!   requests and GPUs and writes what they report to the store.
 //! - [`spec`] — the job specification: plain data, its defaults and ranges, and
 //!   `JobSpec::parse`, the one way in, which yields a checked `ValidSpec`.
 //! - [`train`] — synchronous `tch` code only: data, models, optimizers, policies and the
@@ -40,5 +40,10 @@ pub mod store;
 pub mod telemetry;
 pub mod train;
 pub mod vocab;
+
+/// The worker process's entry point (`gradscope worker`).
+pub mod worker {
+    pub use crate::jobs::worker::{FAULT_VAR, WorkerOptions, run};
+}
 
 pub use startup::Application;

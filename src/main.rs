@@ -3,7 +3,7 @@ mod cli;
 use std::process::ExitCode;
 
 use clap::Parser;
-use gradscope::{Application, healthcheck, local, store, telemetry};
+use gradscope::{Application, healthcheck, local, store, telemetry, worker};
 
 use self::cli::{Cli, Command};
 
@@ -11,8 +11,17 @@ use self::cli::{Cli, Command};
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_log = if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" };
+    let command = match cli.command {
+        Command::Worker(args) => {
+            // Stdout carries the reports: the log goes to stderr, which the service keeps.
+            telemetry::init_stderr(cli.log.as_deref().unwrap_or(default_log));
+            // Exits at once: the blocking read of stdin cannot be cancelled.
+            std::process::exit(worker::run(&args.into()).await);
+        }
+        command => command,
+    };
     telemetry::init(cli.log.as_deref().unwrap_or(default_log), cli.log_json);
-    match run(cli.command).await {
+    match run(command).await {
         Ok(code) => code,
         Err(err) => {
             eprintln!("gradscope: {err:#}");
@@ -34,6 +43,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Healthcheck(args) => return healthcheck::check(&args.url).await,
         Command::Run(args) => return local::run(&args.into()).await,
+        // Handled in `main`, before logging is set up for the other commands.
+        Command::Worker(args) => std::process::exit(worker::run(&args.into()).await),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -13,8 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::stream::WsLimits;
 use crate::api::{self, AppState, ReadLimits};
-use crate::config::ServeConfig;
-use crate::jobs::{CorpusLimits, DataDir, JobLimits, Jobs, Scheduler};
+use crate::config::{self, ServeConfig};
+use crate::jobs::{CorpusLimits, DataDir, Execution, JobLimits, Jobs, Scheduler, WorkerSettings};
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -32,9 +32,8 @@ pub struct Application {
 
 impl Application {
     pub async fn build(mut config: ServeConfig) -> anyhow::Result<Self> {
-        if let Some(threads) = config.torch_threads {
-            tch::set_num_threads(threads);
-        }
+        let max_jobs = usize::from(config.max_jobs);
+        let execution = execution(&config)?;
         let store = Store::connect(&config.database_url).await?;
         store.migrate().await?;
         let interrupted = store.interrupt_running_jobs().await?;
@@ -45,12 +44,11 @@ impl Application {
         data.create()?;
 
         let shutdown = CancellationToken::new();
-        let max_jobs = usize::from(config.max_jobs);
         let metrics = Arc::new(Metrics::new()?);
         let scheduler = Scheduler::start(
             store.clone(),
             data.clone(),
-            max_jobs,
+            (max_jobs, execution),
             config.stream_backlog,
             metrics.clone(),
             shutdown.clone(),
@@ -138,6 +136,55 @@ impl Application {
         self.store.close().await;
         tracing::info!("gradscope stopped");
         served.context("server error")
+    }
+}
+
+/// Where jobs train: worker processes with their threads, memory limit and GPUs, or
+/// threads of this process (`in_process`).
+fn execution(config: &ServeConfig) -> anyhow::Result<Execution> {
+    if config.in_process {
+        if let Some(threads) = config.torch_threads {
+            tch::set_num_threads(threads);
+        }
+        tracing::info!("jobs train in this process");
+        return Ok(Execution::InProcess);
+    }
+    let binary = match &config.worker_binary {
+        Some(path) => path.clone(),
+        None => std::env::current_exe().context("failed to find this executable, which trains the jobs")?,
+    };
+    let torch_threads = config.torch_threads.unwrap_or_else(|| config::default_torch_threads(config.max_jobs));
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let threads_at_once =
+        usize::try_from(torch_threads).unwrap_or(usize::MAX).saturating_mul(usize::from(config.max_jobs.max(1)));
+    let settings = WorkerSettings {
+        binary,
+        torch_threads,
+        passive_wait: threads_at_once > cores,
+        memory: match config.job_memory {
+            Some(0) => None,
+            Some(bytes) => Some(bytes),
+            None => config::default_job_memory(config.max_jobs, torch_threads, config.max_job_memory),
+        },
+        gpus: config.gpus.clone().unwrap_or_else(visible_gpus),
+        env: config.worker_env.clone(),
+    };
+    tracing::info!(
+        torch_threads = settings.torch_threads,
+        passive_wait = settings.passive_wait,
+        memory = settings.memory,
+        gpus = ?settings.gpus,
+        "jobs train in worker processes"
+    );
+    Ok(Execution::Workers(settings))
+}
+
+/// Every GPU this process may use, as `CUDA_VISIBLE_DEVICES` entries: the variable's own
+/// entries when it is set, else each device CUDA counts.
+fn visible_gpus() -> Vec<String> {
+    match std::env::var("CUDA_VISIBLE_DEVICES") {
+        Ok(list) => list.split(',').map(str::trim).filter(|g| !g.is_empty()).map(str::to_owned).collect(),
+        Err(_) => (0..tch::Cuda::device_count()).map(|i| i.to_string()).collect(),
     }
 }
 

@@ -1,20 +1,32 @@
-//! One job from claim to final status: resolve its data, train it on a dedicated OS thread,
-//! write what it reports in batches, record how it ended.
+//! One job from claim to final status: resolve its data, train it in a worker process (or,
+//! in process, on a dedicated OS thread), write what it reports in batches, record how it
+//! ended. A worker that dies ends its job `failed` with the cause, after everything it
+//! had sent is recorded.
 
 use std::any::Any;
+use std::os::unix::process::ExitStatusExt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use anyhow::{Context, anyhow};
+use futures::{SinkExt, StreamExt};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
+use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
-use super::Inner;
 use super::data_dir::UploadFile;
 use super::live::LiveMessage;
 use super::service::find_corpus;
-use crate::spec::TaskSpec;
+use super::wire::{self, FromWorker, StartJob, ToWorker};
+use super::{Execution, Inner, JobControl, WorkerSettings};
+use crate::spec::{TaskSpec, ValidSpec};
 use crate::store::{Job, JobStatus, Progress};
 use crate::train::{self, Event, Outcome, RunContext, StepReport, StopFlag, StopReason, TrainEvent};
 
@@ -22,12 +34,19 @@ use crate::train::{self, Event, Outcome, RunContext, StepReport, StopFlag, StopR
 const WRITE_BATCH: usize = 1024;
 /// Messages the training thread may run ahead of the store writer. Past this, step
 /// reports are dropped and counted rather than making training wait.
-const QUEUE_CAPACITY: usize = 16 * 1024;
+pub(crate) const QUEUE_CAPACITY: usize = 16 * 1024;
+/// How long a worker asked to stop has to write its checkpoint and end before SIGTERM.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+/// How long a worker has after SIGTERM before SIGKILL.
+const KILL_GRACE: Duration = Duration::from_secs(5);
+/// Lines of a dead worker's stderr its job's error quotes, and the most characters.
+const STDERR_LINES: usize = 12;
+const STDERR_CHARS: usize = 2000;
 
-pub(super) async fn run(inner: &Inner, job: Job, flag: Arc<StopFlag>) {
+pub(super) async fn run(inner: &Inner, job: Job, control: Arc<JobControl>, gpu: Option<String>) {
     let id = job.id;
-    tracing::info!(job = %id, name = %job.name, "job started");
-    let (status, error) = match train_and_record(inner, &job, flag).await {
+    tracing::info!(job = %id, name = %job.name, gpu = gpu.as_deref(), "job started");
+    let (status, error) = match train_and_record(inner, &job, &control, gpu).await {
         Ok(Outcome::Succeeded) => (JobStatus::Succeeded, None),
         Ok(Outcome::Cancelled) => (JobStatus::Cancelled, None),
         Ok(Outcome::Interrupted) => {
@@ -45,7 +64,12 @@ pub(super) async fn run(inner: &Inner, job: Job, flag: Arc<StopFlag>) {
     inner.live.close(id);
 }
 
-async fn train_and_record(inner: &Inner, job: &Job, flag: Arc<StopFlag>) -> anyhow::Result<Outcome> {
+async fn train_and_record(
+    inner: &Inner,
+    job: &Job,
+    control: &Arc<JobControl>,
+    gpu: Option<String>,
+) -> anyhow::Result<Outcome> {
     let ctx = RunContext {
         corpus: load_corpus(inner, &job.spec.task).await?,
         checkpoint: Some(inner.data.checkpoint(job.id)),
@@ -53,37 +77,71 @@ async fn train_and_record(inner: &Inner, job: &Job, flag: Arc<StopFlag>) -> anyh
         model: upload_file(inner, UploadFile::Model, job.spec.model.id.as_deref())?,
         dataset: upload_file(inner, UploadFile::Dataset, job.spec.task.dataset())?,
     };
-    let (tx, mut rx) = mpsc::channel(QUEUE_CAPACITY);
-    let spec = job.spec.clone();
-    let thread_flag = flag.clone();
+    match &inner.execution {
+        Execution::InProcess => in_thread(inner, job, ctx, control).await,
+        Execution::Workers(settings) => in_worker(inner, job, ctx, control, settings, gpu).await,
+    }
+}
+
+/// A training thread's reports, as they come; the thread ends with the training.
+pub(crate) struct TrainingThread {
+    pub thread: std::thread::JoinHandle<anyhow::Result<Outcome>>,
+    pub reports: mpsc::Receiver<TrainEvent>,
+    /// Step reports dropped because the receiver was behind, not yet told.
+    pub dropped: Arc<AtomicU64>,
+}
+
+/// Starts `train::train` on its own OS thread. `after_step` runs on that thread after
+/// each step report is handed over.
+pub(crate) fn spawn_training(
+    name: &str,
+    spec: ValidSpec,
+    ctx: RunContext,
+    flag: Arc<StopFlag>,
+    mut after_step: impl FnMut(u64) + Send + 'static,
+) -> anyhow::Result<TrainingThread> {
+    let (tx, reports) = mpsc::channel(QUEUE_CAPACITY);
     let dropped = Arc::new(AtomicU64::new(0));
     let thread_dropped = dropped.clone();
     let thread = std::thread::Builder::new()
-        .name(format!("train-{}", &job.id.simple().to_string()[..8]))
+        .name(format!("train-{name}"))
         .spawn(move || {
-            let mut emit = |event: TrainEvent| match tx.try_send(event) {
-                Ok(()) => {}
-                // Steps are many and the writer is behind: count the loss, never wait.
-                Err(TrySendError::Full(TrainEvent::Step(_))) => {
-                    thread_dropped.fetch_add(1, Ordering::Relaxed);
+            let mut emit = |event: TrainEvent| {
+                let step = if let TrainEvent::Step(report) = &event { Some(report.step) } else { None };
+                match tx.try_send(event) {
+                    Ok(()) => {}
+                    // Steps are many and the writer is behind: count the loss, never wait.
+                    Err(TrySendError::Full(TrainEvent::Step(_))) => {
+                        thread_dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // Rare and small: worth a short wait.
+                    Err(TrySendError::Full(event)) => {
+                        let _ = tx.blocking_send(event);
+                    }
+                    // The receiver only goes away once the job is over; nothing to do then.
+                    Err(TrySendError::Closed(_)) => {}
                 }
-                // Rare and small: worth a short wait.
-                Err(TrySendError::Full(event)) => {
-                    let _ = tx.blocking_send(event);
+                if let Some(step) = step {
+                    after_step(step);
                 }
-                // The receiver only goes away once the job is over; nothing to do then.
-                Err(TrySendError::Closed(_)) => {}
             };
-            catch_unwind(AssertUnwindSafe(|| train::train(&spec, &ctx, &thread_flag, &mut emit)))
+            catch_unwind(AssertUnwindSafe(|| train::train(&spec, &ctx, &flag, &mut emit)))
                 .unwrap_or_else(|panic| Err(anyhow!("training panicked: {}", panic_message(&*panic))))
         })
         .context("failed to start the training thread")?;
+    Ok(TrainingThread { thread, reports, dropped })
+}
 
-    let recorded = record(inner, job, &mut rx, &dropped).await;
+/// Trains on a thread of this process.
+async fn in_thread(inner: &Inner, job: &Job, ctx: RunContext, control: &Arc<JobControl>) -> anyhow::Result<Outcome> {
+    let name = job.id.simple().to_string()[..8].to_owned();
+    let TrainingThread { thread, mut reports, dropped } =
+        spawn_training(&name, job.spec.clone(), ctx, control.flag.clone(), |_| {})?;
+    let recorded = record(inner, job, &mut reports, &dropped).await;
     if recorded.is_err() {
         // Nothing more can be kept: stop training, and drain so the thread never blocks.
-        flag.request(StopReason::Cancel);
-        while rx.recv().await.is_some() {}
+        control.request(StopReason::Cancel);
+        while reports.recv().await.is_some() {}
     }
     // The job is over only once its thread is: nothing of it may outlive the final status.
     let outcome = tokio::task::spawn_blocking(move || thread.join())
@@ -92,6 +150,249 @@ async fn train_and_record(inner: &Inner, job: &Job, flag: Arc<StopFlag>) -> anyh
         .map_err(|_| anyhow!("the training thread panicked"))?;
     recorded?;
     outcome
+}
+
+/// Trains in a worker process: sends it the job, records what it reports until its
+/// stdout closes (everything a dying worker had written included), and tells how it ended.
+async fn in_worker(
+    inner: &Inner,
+    job: &Job,
+    ctx: RunContext,
+    control: &Arc<JobControl>,
+    settings: &WorkerSettings,
+    gpu: Option<String>,
+) -> anyhow::Result<Outcome> {
+    let cuda = job.spec.device.starts_with("cuda") || gpu.is_some();
+    let spare = if cuda { None } else { take_spare(inner) };
+    let mut child = match spare {
+        Some(child) => child,
+        None => worker_command(settings, gpu.as_deref(), cuda)
+            .spawn()
+            .with_context(|| format!("failed to start a worker ({})", settings.binary.display()))?,
+    };
+    // The next CPU job's worker starts now, while this one trains.
+    refill_spare(inner);
+    let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        anyhow::bail!("the worker's pipes were not opened");
+    };
+    let tail = tokio::spawn(stderr_tail(stderr, job.id));
+    let mut to_worker = FramedWrite::new(stdin, wire::codec());
+    let start = StartJob {
+        name: job.name.clone(),
+        spec: serde_json::to_string(&job.spec)?,
+        corpus: ctx.corpus,
+        checkpoint: ctx.checkpoint,
+        resume: ctx.resume,
+        model: ctx.model,
+        dataset: ctx.dataset,
+        gpu,
+    };
+    // A worker that died at once fails the send: its exit status says why.
+    let sent = to_worker.send(wire::encode(&ToWorker::Start(Box::new(start)))?).await;
+    if let Err(err) = &sent {
+        tracing::warn!(job = %job.id, "could not send the job to its worker: {err}");
+    }
+
+    let (tx, mut reports) = mpsc::channel(QUEUE_CAPACITY);
+    let dropped = Arc::new(AtomicU64::new(0));
+    let reader = tokio::spawn(read_reports(FramedRead::new(stdout, wire::codec()), tx, dropped.clone()));
+    let supervisor = tokio::spawn(supervise(child, to_worker, control.clone()));
+
+    let recorded = record(inner, job, &mut reports, &dropped).await;
+    if recorded.is_err() {
+        control.request(StopReason::Cancel);
+        while reports.recv().await.is_some() {}
+    }
+    let ended = reader.await.context("the worker's reader failed")?;
+    let (status, forced) = supervisor.await.context("the worker's supervisor failed")??;
+    let tail = tokio::time::timeout(Duration::from_secs(2), tail).await.ok().and_then(Result::ok).unwrap_or_default();
+    recorded?;
+    match ended {
+        Some(Ok(outcome)) => Ok(outcome),
+        Some(Err(message)) => Err(anyhow!(message)),
+        // Stopped by force after a stop request: the request decides, as if it had stopped.
+        None if forced => Ok(match control.flag.requested() {
+            Some(StopReason::Cancel) => Outcome::Cancelled,
+            _ => Outcome::Interrupted,
+        }),
+        None => Err(anyhow!(death(status, &tail))),
+    }
+}
+
+/// Starts a spare CPU worker if there is none (workers only, not during shutdown). It
+/// loads LibTorch and waits on its stdin for a job.
+pub(super) fn refill_spare(inner: &Inner) {
+    let Execution::Workers(settings) = &inner.execution else { return };
+    if inner.shutdown.is_cancelled() {
+        return;
+    }
+    let mut spare = inner.spare.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if spare.is_none() {
+        match worker_command(settings, None, false).spawn() {
+            Ok(child) => *spare = Some(child),
+            Err(err) => tracing::warn!("failed to start a spare worker ({}): {err}", settings.binary.display()),
+        }
+    }
+}
+
+/// The spare worker, if it is still alive.
+fn take_spare(inner: &Inner) -> Option<Child> {
+    let mut child = inner.spare.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()?;
+    match child.try_wait() {
+        Ok(None) => Some(child),
+        // It died idle (the OOM killer, an operator): a fresh one trains the job.
+        Ok(Some(_)) | Err(_) => None,
+    }
+}
+
+/// The `gradscope worker` command for one job.
+fn worker_command(settings: &WorkerSettings, gpu: Option<&str>, cuda: bool) -> Command {
+    let mut command = Command::new(&settings.binary);
+    let threads = settings.torch_threads.to_string();
+    command.arg("worker").arg("--torch-threads").arg(&threads);
+    // The CUDA driver reserves far more address space than it uses.
+    if let Some(bytes) = settings.memory.filter(|_| !cuda) {
+        command.arg("--memory").arg(bytes.to_string());
+    }
+    command.env("OMP_NUM_THREADS", &threads).env("MKL_NUM_THREADS", &threads);
+    // OpenMP threads that spin while they wait starve other workers' threads on cores
+    // they share.
+    if settings.passive_wait {
+        command.env("OMP_WAIT_POLICY", "PASSIVE");
+    }
+    // Only its own GPU, or none for a CPU job on a machine with GPUs.
+    if let Some(gpu) = gpu {
+        command.env("CUDA_VISIBLE_DEVICES", gpu);
+    } else if !settings.gpus.is_empty() {
+        command.env("CUDA_VISIBLE_DEVICES", "");
+    }
+    // The service's secrets are none of a job's business.
+    command.env_remove("GRADSCOPE_API_TOKEN").env_remove("GRADSCOPE_METRICS_TOKEN");
+    command.envs(settings.env.iter().map(|(k, v)| (k, v)));
+    command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    // Its own process group: a terminal's Ctrl-C goes to the service, which stops the job
+    // in order, not to the worker, which would die of it.
+    command.process_group(0);
+    command
+}
+
+/// Decodes a worker's reports into the store writer's channel until its stdout closes;
+/// returns how the worker said training ended, if it said so.
+async fn read_reports<R: AsyncRead + Unpin>(
+    mut frames: FramedRead<R, LengthDelimitedCodec>,
+    tx: mpsc::Sender<TrainEvent>,
+    dropped: Arc<AtomicU64>,
+) -> Option<Result<Outcome, String>> {
+    let mut ended = None;
+    while let Some(frame) = frames.next().await {
+        let message = match frame.map_err(anyhow::Error::from).and_then(|f| wire::decode::<FromWorker>(&f)) {
+            Ok(message) => message,
+            // A worker killed mid-write leaves a partial frame: everything before it counts.
+            Err(err) => {
+                tracing::warn!("a worker's report stream broke off: {err:#}");
+                break;
+            }
+        };
+        let event = match message {
+            FromWorker::Started { device, layers } => TrainEvent::Started { device, layers },
+            FromWorker::Step(report) => TrainEvent::Step(report),
+            FromWorker::Event(event) => TrainEvent::Event(event),
+            FromWorker::Diagnosis(json) => match serde_json::from_str(&json) {
+                Ok(diagnosis) => TrainEvent::Diagnosis(diagnosis),
+                Err(err) => {
+                    tracing::warn!("a worker sent an unreadable diagnosis: {err}");
+                    continue;
+                }
+            },
+            FromWorker::Dropped(n) => {
+                dropped.fetch_add(n, Ordering::Relaxed);
+                continue;
+            }
+            FromWorker::Ended(result) => {
+                ended = Some(result);
+                continue;
+            }
+        };
+        if tx.send(event).await.is_err() {
+            // The writer gave up: read on, so the worker is never blocked on its pipe.
+            continue;
+        }
+    }
+    ended
+}
+
+/// Waits for the worker to exit. A stop request goes to it as a message; if it has not
+/// ended after [`STOP_GRACE`] it gets SIGTERM, and [`KILL_GRACE`] later SIGKILL. Returns
+/// its exit status and whether it was signalled.
+async fn supervise(
+    mut child: Child,
+    mut to_worker: FramedWrite<ChildStdin, LengthDelimitedCodec>,
+    control: Arc<JobControl>,
+) -> anyhow::Result<(ExitStatus, bool)> {
+    let pid = child.id().and_then(|id| i32::try_from(id).ok()).map(Pid::from_raw);
+    let escalate = async {
+        let reason = control.requested().await;
+        if let Ok(frame) = wire::encode(&ToWorker::Stop(reason)) {
+            let _ = to_worker.send(frame).await;
+        }
+        tokio::time::sleep(STOP_GRACE).await;
+        if let Some(pid) = pid {
+            tracing::warn!(pid = pid.as_raw(), "a worker did not stop when asked: SIGTERM");
+            let _ = kill(pid, Signal::SIGTERM);
+        }
+        tokio::time::sleep(KILL_GRACE).await;
+    };
+    tokio::select! {
+        status = child.wait() => Ok((status.context("failed to wait for a worker")?, false)),
+        () = escalate => {
+            tracing::warn!("a worker did not end after SIGTERM: SIGKILL");
+            child.start_kill().context("failed to kill a worker")?;
+            Ok((child.wait().await.context("failed to wait for a worker")?, true))
+        }
+    }
+    .map(|(status, killed)| (status, killed || (control.flag.requested().is_some() && status.signal().is_some())))
+}
+
+/// How a worker that never said how training ended died, with the end of its stderr.
+fn death(status: ExitStatus, tail: &str) -> String {
+    let cause = match (status.signal(), status.code()) {
+        (Some(signal), _) => {
+            let name = Signal::try_from(signal).map_or("unknown signal", Signal::as_str);
+            format!("worker killed by signal {signal} ({name})")
+        }
+        (None, Some(code)) => format!("worker exited with code {code} before the job ended"),
+        (None, None) => "worker ended without an exit status".to_owned(),
+    };
+    if tail.is_empty() { cause } else { format!("{cause}; its last output: {tail}") }
+}
+
+/// Logs a worker's stderr and keeps its last lines, bounded, for the job's error. Reads
+/// to the end whatever it holds, so the worker never blocks on a full pipe.
+async fn stderr_tail<R: AsyncRead + Unpin>(stderr: R, job: uuid::Uuid) -> String {
+    let mut reader = BufReader::new(stderr);
+    let mut last = std::collections::VecDeque::with_capacity(STDERR_LINES);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        let line: String = String::from_utf8_lossy(&buf).trim_end().chars().take(STDERR_CHARS).collect();
+        if line.is_empty() {
+            continue;
+        }
+        tracing::warn!(job = %job, "worker: {line}");
+        if last.len() == STDERR_LINES {
+            last.pop_front();
+        }
+        last.push_back(line);
+    }
+    let joined = last.into_iter().collect::<Vec<_>>().join(" | ");
+    // The end matters most: keep the last characters.
+    let skip = joined.chars().count().saturating_sub(STDERR_CHARS);
+    if skip == 0 { joined } else { format!("…{}", joined.chars().skip(skip).collect::<String>()) }
 }
 
 /// Writes reports as they come, batching whatever has queued up since the last write.
@@ -169,4 +470,34 @@ fn panic_message(panic: &(dyn Any + Send)) -> String {
         .map(|s| (*s).to_owned())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_worker_is_described_by_its_signal_or_exit_code_and_its_last_words() {
+        // A wait status: the signal in the low bits, or the exit code in the next byte.
+        assert_eq!(death(ExitStatus::from_raw(6), ""), "worker killed by signal 6 (SIGABRT)");
+        assert_eq!(
+            death(ExitStatus::from_raw(9), "a | b"),
+            "worker killed by signal 9 (SIGKILL); its last output: a | b"
+        );
+        assert_eq!(death(ExitStatus::from_raw(3 << 8), ""), "worker exited with code 3 before the job ended");
+    }
+
+    #[tokio::test]
+    async fn the_stderr_tail_keeps_the_last_lines_within_bounds() {
+        let text: String = (0..100).map(|i| format!("line {i}\n")).collect();
+        let tail = stderr_tail(text.as_bytes(), uuid::Uuid::nil()).await;
+        assert!(tail.starts_with("line 88 | "), "{tail}");
+        assert!(tail.ends_with("line 99"), "{tail}");
+        let long = "x".repeat(10 * STDERR_CHARS) + "\n";
+        let tail = stderr_tail(long.as_bytes(), uuid::Uuid::nil()).await;
+        assert!(tail.chars().count() <= STDERR_CHARS + 1, "{}", tail.len());
+        // Bytes that are not UTF-8 neither stop the reading nor hide what follows.
+        let tail = stderr_tail(&b"\xff\xfe\nlast words\n"[..], uuid::Uuid::nil()).await;
+        assert!(tail.ends_with("last words"), "{tail}");
+    }
 }

@@ -64,7 +64,9 @@ pub struct Job {
     pub device: Option<String>,
     /// The latest recorded loss.
     pub loss: Option<f64>,
-    /// Why it failed or diverged.
+    /// Why it failed or diverged. A job whose worker process died says how, e.g.
+    /// `worker killed by signal 6 (SIGABRT); its last output: …` (the last lines of the
+    /// worker's stderr), or `worker exited with code N before the job ended`.
     pub error: Option<String>,
     /// The latest diagnosis: healthy, or the vanishing/exploding/dead/non-finite issues in
     /// force, by layer.

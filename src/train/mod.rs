@@ -34,13 +34,15 @@ pub mod user;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
+use serde::{Deserialize, Serialize};
+
 use crate::vocab::EventKind;
 
 pub use run::{RunContext, train};
 pub use stats::LayerStats;
 
 /// One layer = one named parameter tensor.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LayerInfo {
     pub index: usize,
     pub name: String,
@@ -49,7 +51,7 @@ pub struct LayerInfo {
 }
 
 /// What one optimizer step measured, as plain floats. Non-finite values stay non-finite.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StepReport {
     /// 1-based: after step `n`, `n` updates have been attempted.
     pub step: u64,
@@ -123,7 +125,7 @@ pub enum TrainEvent {
 }
 
 /// Something worth telling a person about a run, at a step.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     pub step: u64,
     pub kind: EventKind,
@@ -133,7 +135,7 @@ pub struct Event {
 }
 
 /// How a training run ended without an error.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
     Succeeded,
     Cancelled,
@@ -143,7 +145,7 @@ pub enum Outcome {
 }
 
 /// Why a run was asked to stop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[repr(u8)]
 pub enum StopReason {
     /// A user cancelled the job.

@@ -431,7 +431,7 @@ fn split(buffer: &Tensor, numels: &[i64]) -> anyhow::Result<Vec<Tensor>> {
 }
 
 /// Every statistic of every layer at one step, by layer index.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LayerStats {
     pub grad_norm: Vec<f64>,
     pub grad_max: Vec<f64>,

@@ -43,6 +43,26 @@ async fn start(dir: &std::path::Path) -> Server {
     server
 }
 
+/// The processes whose parent is `parent`, from `/proc`.
+fn children_of(parent: u32) -> Vec<u32> {
+    let entries = std::fs::read_dir("/proc").expect("/proc");
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| stat_field(pid, 1).and_then(|ppid| ppid.parse::<u32>().ok()) == Some(parent))
+        .collect()
+}
+
+/// Field `n` (0 = state) after the command name of `/proc/PID/stat`.
+fn stat_field(pid: u32, n: usize) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(n).map(str::to_owned)
+}
+
+/// Whether `pid` still runs (a zombie waiting to be reaped does not).
+fn alive(pid: u32) -> bool {
+    stat_field(pid, 0).is_some_and(|state| state != "Z")
+}
+
 fn database_url_at(dir: &std::path::Path) -> String {
     format!("sqlite://{}", dir.join("gradscope.db").display())
 }
@@ -85,10 +105,19 @@ async fn sigkill_loses_nothing_committed_and_the_job_resumes() {
     let id = submit(server.url.clone(), spec).await["id"].as_str().expect("id").to_owned();
     wait(&server, &id, |j| j["step"].as_u64() > Some(130)).await;
     let committed = column(&get(&server, &format!("/api/v1/jobs/{id}/steps")).await, "step").len();
+    // The job's worker, and a spare one waiting for the next job.
+    let workers = children_of(server.child.id());
+    assert_eq!(workers.len(), 2, "the job's worker and a spare: {workers:?}");
     let mut server = server;
     server.child.kill().expect("SIGKILL");
     server.child.wait().expect("reaped");
     drop(server);
+    // No orphan trains on: the workers die with their service.
+    let killed = Instant::now();
+    while workers.iter().any(|&pid| alive(pid)) {
+        assert!(killed.elapsed() < Duration::from_secs(10), "a worker outlived its service: {workers:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     let server = start(dir.path()).await;
     assert_eq!(get(&server, &format!("/api/v1/jobs/{finished}")).await["status"], "succeeded");

@@ -41,6 +41,8 @@ pub async fn spawn_app_with(dir: TempDir, configure: impl FnOnce(&mut ServeConfi
     let mut config =
         ServeConfig::new("127.0.0.1:0".parse().expect("address"), &database_url(&dir), dir.path().join("data"));
     config.torch_threads = Some(1);
+    // Jobs train in workers of the real binary (this test program cannot be one).
+    config.worker_binary = Some(PathBuf::from(env!("CARGO_BIN_EXE_gradscope")));
     config.static_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("static");
     configure(&mut config);
     let app = Application::build(config).await.expect("application builds");

@@ -26,3 +26,4 @@ mod stream;
 mod tasks;
 mod user_models;
 mod validation;
+mod workers;

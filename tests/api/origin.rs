@@ -154,6 +154,7 @@ async fn a_service_listening_beyond_loopback_makes_up_a_token() {
     let mut config =
         ServeConfig::new("0.0.0.0:0".parse().expect("address"), &database_url(&dir), dir.path().join("data"));
     config.torch_threads = Some(1);
+    config.worker_binary = Some(env!("CARGO_BIN_EXE_gradscope").into());
     config.api_token = vec![String::new()]; // as an empty GRADSCOPE_API_TOKEN gives it
     let app = Application::build(config).await.expect("application builds");
     let token = app.generated_token().expect("a token is made up").to_owned();

@@ -53,6 +53,7 @@ impl Service {
         let url = format!("sqlite://{}", dir.path().join("gradscope.db").display());
         let mut config = ServeConfig::new("127.0.0.1:0".parse().expect("address"), &url, dir.path().join("data"));
         config.torch_threads = Some(1);
+        config.worker_binary = Some(env!("CARGO_BIN_EXE_gradscope").into());
         let app = Application::build(config).await.expect("application builds");
         let base = format!("http://127.0.0.1:{}/api/v1", app.port());
         tokio::spawn(app.run_until(std::future::pending::<()>()));
