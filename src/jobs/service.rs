@@ -90,6 +90,20 @@ impl ServiceError {
     }
 }
 
+impl From<Refusal> for ServiceError {
+    fn from(Refusal { field, message }: Refusal) -> Self {
+        Self::Invalid { field, message }
+    }
+}
+
+/// Runs a check of uploaded files on a blocking thread (LibTorch and file parsing must not
+/// hold the async workers); its refusal is the client's error.
+async fn off_runtime<T: Send + 'static>(
+    check: impl FnOnce() -> Result<T, Refusal> + Send + 'static,
+) -> Result<T, ServiceError> {
+    Ok(tokio::task::spawn_blocking(check).await.map_err(anyhow::Error::from)??)
+}
+
 /// A corpus a spec names, found.
 #[derive(Debug, Clone)]
 pub enum FoundCorpus {
@@ -412,10 +426,7 @@ impl Jobs {
         }
         let model_file = self.data.upload(UploadFile::Model, Uuid::parse_str(&model.id).map_err(anyhow::Error::from)?);
         let set_file = self.data.upload(UploadFile::Dataset, Uuid::parse_str(&set.id).map_err(anyhow::Error::from)?);
-        let measured = tokio::task::spawn_blocking(move || user::dry_run(&model_file, &set_file, loss))
-            .await
-            .map_err(anyhow::Error::from)?
-            .map_err(|Refusal { field, message }| ServiceError::Invalid { field, message })?;
+        let measured = off_runtime(move || user::dry_run(&model_file, &set_file, loss)).await?;
         Ok(UserSize {
             params: measured.params,
             tensors: measured.tensors,
@@ -448,10 +459,7 @@ impl Jobs {
     /// Stores an uploaded TorchScript module once LibTorch has loaded it (off the async
     /// workers) and found trainable float32 parameters, within the models' quota.
     pub async fn upload_model(&self, body: Vec<u8>) -> Result<UserModel, ServiceError> {
-        let (body, detail) = tokio::task::spawn_blocking(move || user::inspect_model(&body).map(|d| (body, d)))
-            .await
-            .map_err(anyhow::Error::from)?
-            .map_err(|Refusal { field, message }| ServiceError::Invalid { field, message })?;
+        let (body, detail) = off_runtime(move || user::inspect_model(&body).map(|d| (body, d))).await?;
         let id = Uuid::now_v7();
         let model = UserModel { id: id.to_string(), bytes: body.len() as i64, detail, created_at: Utc::now() };
         self.data.write_upload(UploadFile::Model, id, &body).await?;
@@ -465,10 +473,7 @@ impl Jobs {
     /// Stores an uploaded safetensors data set once its tensors are checked (off the async
     /// workers), within the data sets' quota.
     pub async fn upload_dataset(&self, body: Vec<u8>) -> Result<Dataset, ServiceError> {
-        let (body, detail) = tokio::task::spawn_blocking(move || user::inspect_dataset(&body).map(|d| (body, d)))
-            .await
-            .map_err(anyhow::Error::from)?
-            .map_err(|Refusal { field, message }| ServiceError::Invalid { field, message })?;
+        let (body, detail) = off_runtime(move || user::inspect_dataset(&body).map(|d| (body, d))).await?;
         let id = Uuid::now_v7();
         let set = Dataset { id: id.to_string(), bytes: body.len() as i64, detail, created_at: Utc::now() };
         self.data.write_upload(UploadFile::Dataset, id, &body).await?;
