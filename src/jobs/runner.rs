@@ -144,12 +144,19 @@ async fn in_thread(inner: &Inner, job: &Job, ctx: RunContext, control: &Arc<JobC
         while reports.recv().await.is_some() {}
     }
     // The job is over only once its thread is: nothing of it may outlive the final status.
-    let outcome = tokio::task::spawn_blocking(move || thread.join())
-        .await
-        .context("failed to wait for the training thread")?
-        .map_err(|_| anyhow!("the training thread panicked"))?;
+    let outcome = join_training(thread).await?;
     recorded?;
     outcome
+}
+
+/// Waits for a training thread off the async workers and gives what it returned.
+pub(crate) async fn join_training(
+    thread: std::thread::JoinHandle<anyhow::Result<Outcome>>,
+) -> anyhow::Result<anyhow::Result<Outcome>> {
+    tokio::task::spawn_blocking(move || thread.join())
+        .await
+        .context("failed to wait for the training thread")?
+        .map_err(|_| anyhow!("the training thread panicked"))
 }
 
 /// Trains in a worker process: sends it the job, records what it reports until its

@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
-use super::runner::{TrainingThread, spawn_training};
+use super::runner::{TrainingThread, join_training, spawn_training};
 use super::wire::{self, FromWorker, StartJob, ToWorker};
 use crate::spec::{JobSpec, ValidSpec};
 use crate::train::{Outcome, RunContext, StopFlag, StopReason, TrainEvent};
@@ -138,10 +138,7 @@ async fn train<W: AsyncWrite + Unpin>(
         flag.request(StopReason::Shutdown);
         while reports.recv().await.is_some() {}
     }
-    let outcome = tokio::task::spawn_blocking(move || thread.join())
-        .await
-        .context("failed to wait for the training thread")?
-        .map_err(|_| anyhow::anyhow!("the training thread panicked"))?;
+    let outcome = join_training(thread).await?;
     sent?;
     outcome
 }
