@@ -9,6 +9,8 @@ mod corpora;
 mod crash;
 mod deploy;
 mod faults;
+#[path = "../parity/fixtures.rs"]
+mod fixtures;
 mod helpers;
 mod jobs;
 mod lifecycle;

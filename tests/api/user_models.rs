@@ -5,8 +5,7 @@
 //! `tests/parity/user_models.py`, run with the torch venv's `python`.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use serde_json::{Value, json};
 
@@ -14,18 +13,9 @@ use crate::helpers::{TestApp, column, spawn_app, spawn_app_with};
 
 const OCTETS: &str = "application/octet-stream";
 
+/// The files, with a short PyTorch run (these tests do not compare against it).
 fn fixtures() -> tempfile::TempDir {
-    let dir = tempfile::TempDir::new().expect("temp dir");
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/parity/user_models.py");
-    let python = std::env::var("GRADSCOPE_PYTHON").unwrap_or_else(|_| "python".to_owned());
-    let output = Command::new(&python)
-        .arg(&script)
-        .arg(dir.path())
-        .args(["2", "1.0", "0.01"])
-        .output()
-        .unwrap_or_else(|err| panic!("cannot run {python} (run the tests through scripts/with-torch): {err}"));
-    assert!(output.status.success(), "user_models.py failed:\n{}", String::from_utf8_lossy(&output.stderr));
-    dir
+    crate::fixtures::user_models(2, 1.0, 0.01)
 }
 
 async fn upload(app: &TestApp, what: &str, bytes: Vec<u8>) -> reqwest::Response {

@@ -20,6 +20,7 @@ use gradscope::train::task::Task;
 use serde_json::{Value, json};
 use tch::{Device, Kind, Tensor, nn};
 
+mod fixtures;
 mod user_models;
 
 const MODEL_TOL: f64 = 1e-4;

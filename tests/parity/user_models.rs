@@ -10,8 +10,7 @@
 //! mean), batch norm's statistics and every gradient are sums over the batch, which a
 //! permutation changes only by float rounding.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use gradscope::Application;
@@ -28,17 +27,7 @@ const NOISE: f64 = 1e-6;
 
 /// Runs `user_models.py` into a fresh folder.
 pub fn fixtures() -> tempfile::TempDir {
-    let dir = tempfile::TempDir::new().expect("temp dir");
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/parity/user_models.py");
-    let python = std::env::var("GRADSCOPE_PYTHON").unwrap_or_else(|_| "python".to_owned());
-    let output = Command::new(&python)
-        .arg(&script)
-        .arg(dir.path())
-        .args([STEPS.to_string(), MAX_NORM.to_string(), LR.to_string()])
-        .output()
-        .unwrap_or_else(|err| panic!("cannot run {python} (run the tests through scripts/with-torch): {err}"));
-    assert!(output.status.success(), "user_models.py failed:\n{}", String::from_utf8_lossy(&output.stderr));
-    dir
+    crate::fixtures::user_models(STEPS, MAX_NORM, LR)
 }
 
 struct Service {
