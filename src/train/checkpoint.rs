@@ -176,7 +176,8 @@ mod tests {
         let path = dir.path().join("job.safetensors");
         let w = Tensor::from_slice(&[1.0f32, 2.0, 3.0]);
         let mut opt = FlatOptimizer::new(&OptimizerSpec::default());
-        tch::no_grad(|| opt.step(&w, &Tensor::from_slice(&[0.1f32, 0.2, 0.3]), 0.01)).expect("step");
+        tch::no_grad(|| opt.step(&w, &Tensor::from_slice(&[0.1f32, 0.2, 0.3]), 0.01, std::slice::from_ref(&(0..3))))
+            .expect("step");
         let running = ("buffer.norm.running_mean".to_owned(), Tensor::from_slice(&[0.5f32, -0.5]));
         save(&path, &[("layer.weight".to_owned(), w.shallow_clone())], &opt, std::slice::from_ref(&running), 42)
             .expect("save");

@@ -21,6 +21,7 @@ pub mod budget;
 pub mod checkpoint;
 pub mod data;
 pub mod diagnose;
+pub mod host;
 pub mod model;
 pub mod optim;
 pub mod policy;

@@ -6,10 +6,13 @@
 //! continues with its moments. [`build`] gives LibTorch's own optimizers, the reference
 //! the flat one is tested against.
 
+use std::ops::Range;
+
 use tch::nn::{self, OptimizerConfig};
 use tch::{Kind, Tensor};
 
 use super::LayerInfo;
+use super::host::{self, WeightSummary};
 use crate::spec::{NoDecay, OptimizerKind, OptimizerSpec, Schedule};
 
 /// Names of the state tensors in an optimizer checkpoint.
@@ -31,6 +34,9 @@ pub struct FlatOptimizer {
     /// The (offset, length) runs of the flat buffer that weight decay applies to, adjacent
     /// decayed layers merged; `None` decays the whole buffer.
     decayed: Option<Vec<(i64, i64)>>,
+    /// Whether an update of host memory runs as one pass over the buffers ([`host::update`])
+    /// rather than as LibTorch operations, each its own pass.
+    in_place: bool,
 }
 
 impl FlatOptimizer {
@@ -43,6 +49,30 @@ impl FlatOptimizer {
             momentum_buffer: None,
             scratch: None,
             decayed: None,
+            in_place: true,
+        }
+    }
+
+    /// Updates through LibTorch's operations even on the CPU, as on CUDA: for tests that
+    /// hold both ways to the same rule.
+    #[cfg(test)]
+    pub(crate) fn through_libtorch(mut self) -> Self {
+        self.in_place = false;
+        self
+    }
+
+    /// Whether an update of buffers in host memory measures its change on the way.
+    pub fn in_place(&self) -> bool {
+        self.in_place
+    }
+
+    /// Whether weight decay applies to the elements `range` (one layer's).
+    fn decays(&self, range: &Range<usize>) -> bool {
+        match &self.decayed {
+            None => true,
+            Some(runs) => {
+                runs.iter().any(|&(start, len)| start as usize <= range.start && range.end <= (start + len) as usize)
+            }
         }
     }
 
@@ -94,8 +124,84 @@ impl FlatOptimizer {
         Ok(())
     }
 
-    /// Updates `weights` in place from `grads` (same flat layout) at learning rate `lr`.
-    pub fn step(&mut self, weights: &Tensor, grads: &Tensor, lr: f64) -> anyhow::Result<()> {
+    /// Updates `weights` in place from `grads` (same flat layout, `layers` each layer's
+    /// elements) at learning rate `lr`. In host memory the update is one pass that also
+    /// measures each layer's change, returned for `weight_norm` and `update_ratio`; on a
+    /// GPU it is LibTorch's operations, and `None`.
+    pub fn step(
+        &mut self,
+        weights: &Tensor,
+        grads: &Tensor,
+        lr: f64,
+        layers: &[Range<usize>],
+    ) -> anyhow::Result<Option<Vec<WeightSummary>>> {
+        if self.in_place
+            && let Some(summaries) = self.step_in_place(weights, grads, lr, layers)?
+        {
+            return Ok(Some(summaries));
+        }
+        self.step_through_libtorch(weights, grads, lr)?;
+        Ok(None)
+    }
+
+    /// [`Self::step`] as one pass over host memory; `None`, with nothing changed, where the
+    /// buffers are not host memory.
+    fn step_in_place(
+        &mut self,
+        weights: &Tensor,
+        grads: &Tensor,
+        lr: f64,
+        layers: &[Range<usize>],
+    ) -> anyhow::Result<Option<Vec<WeightSummary>>> {
+        let wd = self.spec.weight_decay();
+        let layers: Vec<(Range<usize>, bool)> = layers.iter().map(|r| (r.clone(), self.decays(r))).collect();
+        let summaries = match self.spec.kind {
+            OptimizerKind::Sgd => {
+                let momentum = self.spec.momentum;
+                let initial = momentum != 0.0 && self.momentum_buffer.is_none();
+                if initial {
+                    self.momentum_buffer = Some(grads.f_zeros_like()?);
+                }
+                let rule = host::Sgd {
+                    lr: lr as f32,
+                    wd: wd as f32,
+                    momentum: momentum as f32,
+                    nesterov: self.spec.nesterov,
+                    initial,
+                };
+                let buffer = self.momentum_buffer.as_ref().filter(|_| momentum != 0.0);
+                let summaries = host::update(weights, grads, buffer, None, &layers, host::Rule::Sgd(rule));
+                if summaries.is_none() && initial {
+                    self.momentum_buffer = None;
+                }
+                summaries
+            }
+            OptimizerKind::Adam | OptimizerKind::Adamw => {
+                let (b1, b2) = (self.spec.beta1, self.spec.beta2);
+                let t = (self.steps + 1) as i32;
+                let adamw = self.spec.kind == OptimizerKind::Adamw;
+                let rule = host::Adam {
+                    wd: if adamw { 0.0 } else { wd as f32 },
+                    decay: if adamw && wd != 0.0 { (1.0 - lr * wd) as f32 } else { 1.0 },
+                    one_minus_beta1: (1.0 - b1) as f32,
+                    one_minus_beta2: (1.0 - b2) as f32,
+                    bias2_sqrt: (1.0 - b2.powi(t)).sqrt() as f32,
+                    eps: self.spec.eps as f32,
+                    step_size: (lr / (1.0 - b1.powi(t))) as f32,
+                };
+                let m = self.exp_avg.get_or_insert_with(|| grads.zeros_like()).shallow_clone();
+                let v = self.exp_avg_sq.get_or_insert_with(|| grads.zeros_like()).shallow_clone();
+                host::update(weights, grads, Some(&m), Some(&v), &layers, host::Rule::Adam(rule))
+            }
+        };
+        if summaries.is_some() {
+            self.steps += 1;
+        }
+        Ok(summaries)
+    }
+
+    /// [`Self::step`] as LibTorch operations on whole buffers.
+    fn step_through_libtorch(&mut self, weights: &Tensor, grads: &Tensor, lr: f64) -> anyhow::Result<()> {
         let mut w = weights.shallow_clone();
         let wd = self.spec.weight_decay();
         self.steps += 1;
@@ -218,6 +324,9 @@ pub fn learning_rate(spec: &OptimizerSpec, step: u64, total: u64) -> f64 {
 
 #[cfg(test)]
 mod tests {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
     use super::*;
 
     /// Ten updates of the flat optimizer match LibTorch's on the same weights and grads.
@@ -237,25 +346,43 @@ mod tests {
             },
             OptimizerSpec { kind: OptimizerKind::Sgd, lr: 0.1, ..OptimizerSpec::default() },
         ];
-        for spec in specs {
-            tch::manual_seed(3);
-            let init = Tensor::randn([6], (Kind::Float, tch::Device::Cpu));
+        // 37 elements: more than one group of vector lanes, and a tail; two layers.
+        let layers = [0..21, 21..37];
+        for (spec, in_place) in specs.iter().flat_map(|s| [(s, true), (s, false)]) {
+            let mut rng = StdRng::seed_from_u64(3);
+            let mut draw = |scale: f64| -> Tensor {
+                let values: Vec<f32> = (0..37).map(|_| ((rng.random::<f64>() - 0.5) * scale) as f32).collect();
+                Tensor::from_slice(&values)
+            };
+            let init = draw(2.0);
             let vs = nn::VarStore::new(tch::Device::Cpu);
             let reference = vs.root().var_copy("w", &init);
-            let mut opt = build(&spec, &vs, 100).expect("optimizer");
+            let mut opt = build(spec, &vs, 100).expect("optimizer");
             let flat = init.copy();
-            let mut ours = FlatOptimizer::new(&spec);
+            let ours = FlatOptimizer::new(spec);
+            let mut ours = if in_place { ours } else { ours.through_libtorch() };
+            let way = if in_place { "in place" } else { "LibTorch operations" };
             for step in 0..10 {
-                let grad = Tensor::randn([6], (Kind::Float, tch::Device::Cpu)) * (step as f64 + 1.0);
+                let grad = draw(step as f64 + 1.0);
                 opt.zero_grad();
                 (&reference * &grad).sum(Kind::Float).backward();
                 opt.set_lr(spec.lr);
                 opt.step();
-                tch::no_grad(|| ours.step(&flat, &grad, spec.lr)).expect("step");
+                let before = flat.copy();
+                let measured = tch::no_grad(|| ours.step(&flat, &grad, spec.lr, &layers)).expect("step");
+                assert_eq!(measured.is_some(), in_place, "{way}: the change is measured in place only");
+                for (range, m) in layers.iter().zip(measured.iter().flatten()) {
+                    let part = |t: &Tensor| t.narrow(0, range.start as i64, range.len() as i64).to_kind(Kind::Double);
+                    let sq = |t: Tensor| t.square().sum(Kind::Double).double_value(&[]);
+                    let (after, change, was) = (sq(part(&flat)), sq(part(&flat) - part(&before)), sq(part(&before)));
+                    let close = |a: f64, b: f64| (a - b).abs() <= 1e-5 * b.abs() + 1e-30;
+                    assert!(close(m.after, after) && close(m.before, was), "{way}: {m:?} vs {after}, {was}");
+                    assert!(close(m.change, change), "{way}: change {} vs {change}", m.change);
+                }
             }
             let diff = (&flat - &reference).abs().max().double_value(&[]);
             let scale = reference.abs().max().double_value(&[]);
-            assert!(diff <= 1e-5 * scale, "{:?} nesterov={}: differs by {diff}", spec.kind, spec.nesterov);
+            assert!(diff <= 1e-5 * scale, "{:?} nesterov={} {way}: differs by {diff}", spec.kind, spec.nesterov);
         }
     }
 

@@ -13,8 +13,11 @@
 //! counts them with one `bincount`; every count stays an integer. Definitions follow
 //! DESIGN.md §3.
 
+use std::ops::Range;
+
 use tch::{Device, Kind, Tensor};
 
+use super::host;
 use crate::vocab::{Statistic, statistic_field};
 
 /// Histogram buckets: index 0 counts exact zeros, 1..=49 count |g| in [2^e, 2^(e+1)) for
@@ -65,6 +68,12 @@ pub struct FlatParams {
     hist: Option<(Tensor, Tensor)>,
     /// The weights before the last recorded step, for `update_ratio`.
     before: Option<Tensor>,
+    /// Each layer's elements in the flat buffers.
+    ranges: Vec<Range<usize>>,
+    /// Whether the statistics read the buffers in place, one pass per layer ([`host`]),
+    /// rather than through LibTorch's reductions: on the CPU, where those would each read
+    /// the buffer again.
+    in_place: bool,
 }
 
 impl FlatParams {
@@ -100,11 +109,28 @@ impl FlatParams {
             zeros: None,
             hist: None,
             before: None,
+            ranges: numels
+                .iter()
+                .scan(0usize, |start, &n| {
+                    let range = *start..*start + n as usize;
+                    *start = range.end;
+                    Some(range)
+                })
+                .collect(),
+            in_place: device == Device::Cpu,
         })
     }
 
     pub fn len(&self) -> usize {
         self.params.len()
+    }
+
+    /// Takes the statistics through LibTorch's reductions even on the CPU, as on CUDA: for
+    /// tests that hold both ways to the same definitions.
+    #[cfg(test)]
+    fn through_libtorch(mut self) -> Self {
+        self.in_place = false;
+        self
     }
 
     pub fn is_empty(&self) -> bool {
@@ -114,6 +140,16 @@ impl FlatParams {
     /// The parameters (their data lives in the flat buffer).
     pub fn params(&self) -> &[Tensor] {
         &self.params
+    }
+
+    /// Each layer's elements in the flat buffers.
+    pub fn ranges(&self) -> &[Range<usize>] {
+        &self.ranges
+    }
+
+    /// Whether the statistics read the buffers in place (host memory).
+    pub fn in_place(&self) -> bool {
+        self.in_place
     }
 
     /// The flat weight buffer.
@@ -205,6 +241,9 @@ impl FlatParams {
     /// ‖g‖² = Σ(g − mean)² + n·mean², so it costs no further pass; a layer holding a NaN or
     /// an infinity has NaN norm, mean and std.
     pub fn grad_stats(&mut self) -> anyhow::Result<(Tensor, Tensor)> {
+        if let Some(summaries) = self.in_place.then(|| host::grad_summaries(&self.grads, &self.ranges)).flatten() {
+            return Ok((self.in_place_grad_stats(&summaries)?, self.grad_norm()?));
+        }
         let cuda = self.grads.device().is_cuda();
         let (mut floats, mut nonzero) = (Vec::with_capacity(self.groups.len()), Vec::with_capacity(self.groups.len()));
         for group in &self.groups {
@@ -249,6 +288,31 @@ impl FlatParams {
         Ok((stats, self.grad_norm()?))
     }
 
+    /// [`Self::grad_stats`] from the in-place summaries: the same definitions, float64, and
+    /// the `nonfinite` row already counted.
+    fn in_place_grad_stats(&mut self, summaries: &[host::GradSummary]) -> anyhow::Result<Tensor> {
+        let layers = summaries.len();
+        let mut rows = vec![0f64; Statistic::GRAD.len() * layers];
+        for (i, s) in summaries.iter().enumerate() {
+            let n = s.numel as f64;
+            // In the order of `Statistic::GRAD`.
+            let values = [
+                (s.m2 + n * s.mean * s.mean).sqrt(),
+                s.max_abs,
+                s.mean,
+                (s.m2 / (n - 1.0)).sqrt(),
+                s.zeros as f64 / n,
+                s.nonfinite as f64,
+            ];
+            for (row, value) in values.into_iter().enumerate() {
+                rows[row * layers + i] = value;
+            }
+        }
+        let zeros: Vec<i64> = summaries.iter().map(|s| s.zeros as i64).collect();
+        self.zeros = Some(Tensor::from_slice(&zeros));
+        Ok(Tensor::from_slice(&rows).f_view([Statistic::GRAD.len() as i64, layers as i64])?)
+    }
+
     /// The NaN/Inf count of each of `layers`, with one host copy: for the steps whose
     /// statistics came back non-finite.
     pub fn nonfinite_counts(&self, layers: &[usize]) -> anyhow::Result<Vec<f64>> {
@@ -271,8 +335,13 @@ impl FlatParams {
         let layers = self.params.len() as i64;
         let device = self.grads.device();
         if self.hist.is_none() {
-            let ids = Tensor::f_arange(layers, (Kind::Int, device))?;
-            let base = ids.f_repeat_interleave_self_tensor(&self.lengths, 0, self.grads.numel() as i64)?;
+            // Read in place, the buffer needs no index of its own.
+            let base = if self.in_place {
+                Tensor::new()
+            } else {
+                let ids = Tensor::f_arange(layers, (Kind::Int, device))?;
+                ids.f_repeat_interleave_self_tensor(&self.lengths, 0, self.grads.numel() as i64)?.f_mul_scalar(256)?
+            };
             // Exponent field e (biased by 127) to bucket: 0 holds zeros (and subnormals,
             // moved out below), 255 holds NaN/Inf, the rest floor(log2 |g|) = e - 127.
             let buckets: Vec<i64> = (0..256)
@@ -283,12 +352,17 @@ impl FlatParams {
                 })
                 .collect();
             let fold = Tensor::from_slice(&buckets).f_to_device(device)?;
-            self.hist = Some((base.f_mul_scalar(256)?, fold));
+            self.hist = Some((base, fold));
         }
         let Some((base, fold)) = &self.hist else { unreachable!("set above") };
-        let exponent =
-            self.grads.f_view_dtype(Kind::Int)?.f_bitwise_right_shift_tensor_scalar(23)?.f_bitwise_and(255)?;
-        let by_exponent = exponent.f_add(base)?.f_bincount::<Tensor>(None, layers * 256)?;
+        let by_exponent = match self.in_place.then(|| host::exponent_counts(&self.grads, &self.ranges)).flatten() {
+            Some(counts) => Tensor::from_slice(&counts),
+            None => {
+                let exponent =
+                    self.grads.f_view_dtype(Kind::Int)?.f_bitwise_right_shift_tensor_scalar(23)?.f_bitwise_and(255)?;
+                exponent.f_add(base)?.f_bincount::<Tensor>(None, layers * 256)?
+            }
+        };
         let mut hist = Tensor::f_zeros([layers, HIST_BINS as i64], (Kind::Int64, device))?;
         let _ = hist.f_index_add_(1, fold, &by_exponent.f_view([layers, 256])?)?;
         if let Some(zeros) = &self.zeros {
@@ -322,6 +396,11 @@ impl FlatParams {
     /// has no meaning and is NaN, which the store and the stream report as null; flooring
     /// the denominator instead would show a change of 1e-3 as 1e35.
     pub fn weight_stats(&self) -> anyhow::Result<Tensor> {
+        if let Some(before) = self.before.as_ref().filter(|_| self.in_place)
+            && let Some(summaries) = host::weight_summaries(&self.weights, before, &self.ranges)
+        {
+            return weight_rows(&summaries);
+        }
         let norm = self.norms(&self.weights)?;
         let ratio = match &self.before {
             Some(before) => {
@@ -333,6 +412,12 @@ impl FlatParams {
             None => norm.f_zeros_like()?,
         };
         Ok(Tensor::f_stack(&[norm, ratio], 0)?)
+    }
+
+    /// [`Self::weight_stats`] from what an update measured on its way
+    /// ([`super::optim::FlatOptimizer::step`] in host memory): no snapshot, no further pass.
+    pub fn measured_weight_stats(summaries: &[host::WeightSummary]) -> anyhow::Result<Tensor> {
+        weight_rows(summaries)
     }
 
     /// The L2 norm of each layer's part of `buffer` (laid out as the weights), in layer
@@ -347,6 +432,16 @@ impl FlatParams {
             .collect::<anyhow::Result<_>>()?;
         Ok(Tensor::f_cat(&sums, 0)?.f_index_select(0, &self.restore)?.f_sqrt()?)
     }
+}
+
+/// The weight rows, `[Statistic::WEIGHT.len(), layers]`, from each layer's sums of
+/// squares: the norm after the update, and ‖Δw‖ / ‖w_before‖ (NaN where ‖w_before‖ = 0).
+fn weight_rows(summaries: &[host::WeightSummary]) -> anyhow::Result<Tensor> {
+    let layers = summaries.len() as i64;
+    let norms = summaries.iter().map(|s| s.after.sqrt());
+    let ratios = summaries.iter().map(|s| if s.before > 0.0 { (s.change / s.before).sqrt() } else { f64::NAN });
+    let rows: Vec<f64> = norms.chain(ratios).collect();
+    Ok(Tensor::from_slice(&rows).f_view([2, layers])?)
 }
 
 /// Layers of one length, read together as the rows of one `[layers, numel]` tensor: one
@@ -501,7 +596,13 @@ mod tests {
 
     #[test]
     fn statistics_match_per_tensor_computations() {
-        let mut flat = FlatParams::new(&params(), Device::Cpu).expect("flat");
+        for way in [Way::InPlace, Way::LibTorchCpu] {
+            statistics_match_per_tensor_computations_read(way);
+        }
+    }
+
+    fn statistics_match_per_tensor_computations_read(way: Way) {
+        let mut flat = way.flat(&params());
         let coefs =
             [Tensor::from_slice(&[3.0f32, 0.0, -4.0, 0.0]), Tensor::from_slice(&[1e-12f32, 600.0, 0.5]).view([3, 1])];
         // Twice: the second backward goes through the adopted views and must not accumulate.
@@ -539,7 +640,13 @@ mod tests {
         let numels = [3i64, 5, 3, 2, 3, 5];
         let params: Vec<Tensor> =
             numels.iter().map(|&n| Tensor::randn([n], (Kind::Float, Device::Cpu)).set_requires_grad(true)).collect();
-        let mut flat = FlatParams::new(&params, Device::Cpu).expect("flat");
+        for way in [Way::InPlace, Way::LibTorchCpu] {
+            grouped_layers_read(way, &numels, &params);
+        }
+    }
+
+    fn grouped_layers_read(way: Way, numels: &[i64], params: &[Tensor]) {
+        let mut flat = way.flat(params);
         let coefs: Vec<Tensor> = numels
             .iter()
             .enumerate()
@@ -560,12 +667,19 @@ mod tests {
 
     #[test]
     fn histogram_buckets_are_powers_of_two() {
-        let mut flat = FlatParams::new(&params(), Device::Cpu).expect("flat");
+        for way in [Way::InPlace, Way::LibTorchCpu] {
+            histogram_buckets_read(way);
+        }
+    }
+
+    fn histogram_buckets_read(way: Way) {
+        let mut flat = way.flat(&params());
         let coefs = [
             Tensor::from_slice(&[1.0f32, 1.5, 0.0, f32::NAN]),
             Tensor::from_slice(&[1e-30f32, 3000.0, 0.3]).view([3, 1]),
         ];
         backward(&mut flat, &coefs);
+        let _ = flat.grad_stats().expect("stats");
         let hist = Vec::<i64>::try_from(flat.grad_histogram().expect("hist")).expect("counts");
         assert_eq!(hist.len(), 2 * HIST_BINS);
         let bin = |e: i64| (e - HIST_MIN_EXP + 1) as usize;
@@ -581,33 +695,58 @@ mod tests {
 
     #[test]
     fn nonfinite_layers_are_flagged_then_counted() {
-        let mut flat = FlatParams::new(&params(), Device::Cpu).expect("flat");
-        let coefs = [
-            Tensor::from_slice(&[1.0f32, f32::NAN, f32::INFINITY, 0.0]),
-            Tensor::from_slice(&[1.0f32, 2.0, 3.0]).view([3, 1]),
-        ];
-        backward(&mut flat, &coefs);
-        let (stats, _) = flat.grad_stats().expect("stats");
-        let nonfinite: Vec<f32> = Vec::try_from(stats.get(5)).expect("row");
-        assert!(nonfinite[0].is_nan(), "the broken layer is flagged");
-        assert_eq!(nonfinite[1], 0.0);
-        assert_eq!(flat.nonfinite_counts(&[0]).expect("counts"), vec![2.0]);
-    }
-
-    /// The CPU, and the first CUDA device where there is one: the numerics differ by
-    /// device (pairwise sums on the CPU, tree reductions on CUDA).
-    fn devices() -> Vec<Device> {
-        let mut all = vec![Device::Cpu];
-        if tch::Cuda::is_available() {
-            all.push(Device::Cuda(0));
+        for way in [Way::InPlace, Way::LibTorchCpu] {
+            let mut flat = way.flat(&params());
+            let coefs = [
+                Tensor::from_slice(&[1.0f32, f32::NAN, f32::INFINITY, 0.0]),
+                Tensor::from_slice(&[1.0f32, 2.0, 3.0]).view([3, 1]),
+            ];
+            backward(&mut flat, &coefs);
+            let (stats, _) = flat.grad_stats().expect("stats");
+            let nonfinite: Vec<f64> = Vec::try_from(stats.get(5).to_kind(Kind::Double)).expect("row");
+            match way {
+                Way::InPlace => assert_eq!(nonfinite[0], 2.0, "counted in the same pass"),
+                _ => assert!(nonfinite[0].is_nan(), "the broken layer is flagged"),
+            }
+            assert_eq!(nonfinite[1], 0.0);
+            assert_eq!(flat.nonfinite_counts(&[0]).expect("counts"), vec![2.0]);
         }
-        all
     }
 
-    /// One layer whose gradient is `g`.
-    fn single(g: &Tensor) -> FlatParams {
-        let mut flat = FlatParams::new(&[g.zeros_like().set_requires_grad(true)], g.device()).expect("flat");
-        backward(&mut flat, std::slice::from_ref(g));
+    /// Each way statistics are taken: in place on the CPU, LibTorch's reductions on the CPU
+    /// (pairwise sums), and on the first CUDA device where there is one (tree reductions).
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Way {
+        InPlace,
+        LibTorchCpu,
+        Cuda,
+    }
+
+    impl Way {
+        fn all() -> Vec<Self> {
+            let mut all = vec![Self::InPlace, Self::LibTorchCpu];
+            if tch::Cuda::is_available() {
+                all.push(Self::Cuda);
+            }
+            all
+        }
+
+        fn device(self) -> Device {
+            if self == Self::Cuda { Device::Cuda(0) } else { Device::Cpu }
+        }
+
+        /// `params` (on [`Self::device`]) in flat buffers read this way.
+        fn flat(self, params: &[Tensor]) -> FlatParams {
+            let flat = FlatParams::new(params, self.device()).expect("flat");
+            if self == Self::LibTorchCpu { flat.through_libtorch() } else { flat }
+        }
+    }
+
+    /// One layer whose gradient is `g`, read `way`.
+    fn single(g: &Tensor, way: Way) -> FlatParams {
+        let g = g.to_device(way.device());
+        let mut flat = way.flat(&[g.zeros_like().set_requires_grad(true)]);
+        backward(&mut flat, std::slice::from_ref(&g));
         flat
     }
 
@@ -628,12 +767,12 @@ mod tests {
         let mean = host.iter().sum::<f64>() / n;
         let std = (host.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
         let norm = host.iter().map(|x| x * x).sum::<f64>().sqrt();
-        for device in devices() {
-            let s = grad_rows(&mut single(&g.to_device(device)));
+        for way in Way::all() {
+            let s = grad_rows(&mut single(&g, way));
             let rel = |a: f64, b: f64| ((a - b) / b).abs();
-            assert!(rel(s.grad_std[0], std) < 1e-5, "{device:?}: grad_std {:e} vs float64 {std:e}", s.grad_std[0]);
-            assert!(rel(s.grad_mean[0], mean) < 1e-6, "{device:?}: grad_mean {} vs {mean}", s.grad_mean[0]);
-            assert!(rel(s.grad_norm[0], norm) < 1e-6, "{device:?}: grad_norm {} vs {norm}", s.grad_norm[0]);
+            assert!(rel(s.grad_std[0], std) < 1e-5, "{way:?}: grad_std {:e} vs float64 {std:e}", s.grad_std[0]);
+            assert!(rel(s.grad_mean[0], mean) < 1e-6, "{way:?}: grad_mean {} vs {mean}", s.grad_mean[0]);
+            assert!(rel(s.grad_norm[0], norm) < 1e-6, "{way:?}: grad_norm {} vs {norm}", s.grad_norm[0]);
         }
     }
 
@@ -656,42 +795,46 @@ mod tests {
                 .sqrt()
         };
         let (all, first) = (f64_norm(&data), f64_norm(&data[..1]));
-        for device in devices() {
+        for way in Way::all() {
+            let device = way.device();
             let on: Vec<Tensor> = data.iter().map(|t| t.to_device(device)).collect();
             let params: Vec<Tensor> = on.iter().map(|t| t.copy().set_requires_grad(true)).collect();
-            let mut flat = FlatParams::new(&params, device).expect("flat");
+            let mut flat = way.flat(&params);
+            // A snapshot of the same weights: the in-place weight pass needs one.
+            flat.snapshot_weights().expect("snapshot");
             backward(&mut flat, &on);
             let total = flat.grad_norm().expect("norm").double_value(&[]);
-            assert!(((total - all) / all).abs() < 1e-6, "{device:?}: global norm {total} vs float64 {all}");
+            assert!(((total - all) / all).abs() < 1e-6, "{way:?}: global norm {total} vs float64 {all}");
             let s = grad_rows(&mut flat);
             assert!(
                 ((s.grad_norm[0] - first) / first).abs() < 1e-6,
-                "{device:?}: layer norm {} vs {first}",
+                "{way:?}: layer norm {} vs {first}",
                 s.grad_norm[0]
             );
             let weights = Vec::<f64>::try_from(
                 flat.weight_stats().expect("weights").to_kind(Kind::Double).flatten(0, -1).to_device(Device::Cpu),
             )
             .expect("rows");
-            assert!(((weights[0] - first) / first).abs() < 1e-6, "{device:?}: weight norm {} vs {first}", weights[0]);
+            assert!(((weights[0] - first) / first).abs() < 1e-6, "{way:?}: weight norm {} vs {first}", weights[0]);
         }
     }
 
     #[test]
     fn a_one_element_layer_has_no_standard_deviation() {
-        for device in devices() {
-            let s = grad_rows(&mut single(&Tensor::from_slice(&[-3.0f32]).to_device(device)));
-            assert!(s.grad_std[0].is_nan(), "{device:?}: the sample std of one value is NaN, as torch.std([x])");
+        for way in Way::all() {
+            let s = grad_rows(&mut single(&Tensor::from_slice(&[-3.0f32]), way));
+            assert!(s.grad_std[0].is_nan(), "{way:?}: the sample std of one value is NaN, as torch.std([x])");
             assert_eq!((s.grad_norm[0], s.grad_mean[0], s.grad_max[0]), (3.0, -3.0, 3.0));
-            assert_eq!(s.nonfinite[0], 0.0, "a NaN std does not flag the layer as broken");
+            assert_eq!(s.nonfinite[0], 0.0, "{way:?}: a NaN std does not flag the layer as broken");
         }
     }
 
     #[test]
     fn update_ratio_of_a_zero_tensor_is_nan() {
-        for device in devices() {
+        for way in Way::all() {
+            let device = way.device();
             let params = [Tensor::zeros([5], (Kind::Float, device)), Tensor::ones([2], (Kind::Float, device))];
-            let mut flat = FlatParams::new(&params, device).expect("flat");
+            let mut flat = way.flat(&params);
             flat.snapshot_weights().expect("snapshot");
             tch::no_grad(|| {
                 let _ = flat.weights().shallow_clone().f_add_scalar_(1e-3).expect("step");
@@ -699,7 +842,7 @@ mod tests {
             let stats = flat.weight_stats().expect("stats").flatten(0, -1).to_device(Device::Cpu);
             let rows: Vec<f32> = Vec::try_from(stats).expect("rows");
             assert!((rows[0] - 1e-3 * 5f32.sqrt()).abs() < 1e-9, "the zero tensor moved: weight_norm {}", rows[0]);
-            assert!(rows[2].is_nan(), "{device:?}: ‖Δw‖/‖w‖ with ‖w‖ = 0 is undefined, not {}", rows[2]);
+            assert!(rows[2].is_nan(), "{way:?}: ‖Δw‖/‖w‖ with ‖w‖ = 0 is undefined, not {}", rows[2]);
             assert!((rows[3] - 1e-3).abs() < 1e-7, "the other layer's ratio is {}", rows[3]);
         }
     }
@@ -709,31 +852,42 @@ mod tests {
         // 2^24 + 1 NaNs, and as many values in [1, 2) beside 3 zeros: float32 rounds both
         // counts to 2^24.
         let n = (1 << 24) + 1;
-        for device in devices() {
+        for way in Way::all() {
+            let device = way.device();
             let nan = Tensor::full([n], f64::NAN, (Kind::Float, device));
             let ones = Tensor::cat(
                 &[Tensor::full([n], 1.5, (Kind::Float, device)), Tensor::zeros([3], (Kind::Float, device))],
                 0,
             );
             let params = [nan.zeros_like().set_requires_grad(true), ones.zeros_like().set_requires_grad(true)];
-            let mut flat = FlatParams::new(&params, device).expect("flat");
+            let mut flat = way.flat(&params);
             backward(&mut flat, &[nan, ones]);
             let s = grad_rows(&mut flat);
-            assert!(s.nonfinite[0].is_nan() && s.nonfinite[1] == 0.0, "{device:?}: flagged");
-            assert_eq!(flat.nonfinite_counts(&[0]).expect("counts"), vec![n as f64], "{device:?}");
+            match way {
+                Way::InPlace => assert_eq!(s.nonfinite[0], n as f64, "counted exactly in the same pass"),
+                _ => assert!(s.nonfinite[0].is_nan(), "{way:?}: flagged"),
+            }
+            assert_eq!(s.nonfinite[1], 0.0, "{way:?}");
+            assert_eq!(flat.nonfinite_counts(&[0]).expect("counts"), vec![n as f64], "{way:?}");
             let hist =
                 Vec::<i64>::try_from(flat.grad_histogram().expect("hist").to_device(Device::Cpu)).expect("counts");
             let (first, second) = hist.split_at(HIST_BINS);
-            assert_eq!(first[HIST_BINS - 1], n, "{device:?}: the non-finite bucket");
+            assert_eq!(first[HIST_BINS - 1], n, "{way:?}: the non-finite bucket");
             assert_eq!(first.iter().sum::<i64>(), n);
-            assert_eq!((second[0], second[(1 - HIST_MIN_EXP) as usize]), (3, n), "{device:?}: zeros and [1, 2)");
+            assert_eq!((second[0], second[(1 - HIST_MIN_EXP) as usize]), (3, n), "{way:?}: zeros and [1, 2)");
             assert!((s.zero_frac[1] - 3.0 / (n + 3) as f64).abs() < 1e-12, "zero_frac {}", s.zero_frac[1]);
         }
     }
 
     #[test]
     fn weight_stats_measure_the_update() {
-        let mut flat = FlatParams::new(&params(), Device::Cpu).expect("flat");
+        for way in [Way::InPlace, Way::LibTorchCpu] {
+            weight_stats_read(way);
+        }
+    }
+
+    fn weight_stats_read(way: Way) {
+        let mut flat = way.flat(&params());
         flat.snapshot_weights().expect("snapshot");
         tch::no_grad(|| {
             let mut first = flat.params()[0].shallow_clone();

@@ -204,18 +204,29 @@ pub fn step(
     let report = tch::no_grad(|| reporter.measure(flat, &loss, step, lr, monitoring, emit))?;
     let finite = report.loss.is_finite() && report.grad_norm.is_finite();
     let update = finite && !report.skipped;
-    tch::no_grad(|| -> anyhow::Result<()> {
-        if record {
+    // In host memory the update measures each layer's change as it writes it; with weight
+    // policies after it (or no update, or on a GPU) a snapshot before and a pass after do.
+    let measured = record && update && weight_policies.is_empty() && flat.in_place() && optimizer.in_place();
+    let change = tch::no_grad(|| -> anyhow::Result<_> {
+        if record && !measured {
             flat.snapshot_weights()?;
         }
+        let mut change = None;
         if update {
-            optimizer.step(flat.weights(), flat.grads(), lr)?;
+            change = optimizer.step(flat.weights(), flat.grads(), lr, flat.ranges())?;
             policy::apply_weight_policies(weight_policies, flat.params(), step)?;
         }
-        Ok(())
+        Ok(change)
     })?;
     reporter.clock.lap(Phase::Update);
-    let weight_stats = if record { Some(tch::no_grad(|| flat.weight_stats())?) } else { None };
+    let weight_stats = match (record, change) {
+        (false, _) => None,
+        (true, Some(change)) if measured => Some(FlatParams::measured_weight_stats(&change)?),
+        (true, _) => {
+            anyhow::ensure!(!measured, "an update in host memory did not measure its change");
+            Some(tch::no_grad(|| flat.weight_stats())?)
+        }
+    };
     reporter.clock.lap(Phase::Statistics);
     reporter.hold(StepReport { skipped: !update, seconds: started.elapsed().as_secs_f64(), ..report }, weight_stats);
     Ok(StepOutput { finite, updated: update })

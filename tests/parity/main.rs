@@ -370,9 +370,17 @@ fn parameter_groups_match_pytorch() {
         let spec: OptimizerSpec = serde_json::from_value(spec).expect("optimizer spec");
         let mut opt = FlatOptimizer::new(&spec).with_groups(&layers);
         let weights = flat((0..layers.len()).map(|i| data[&format!("init.{i}")].shallow_clone()).collect());
+        let ranges: Vec<std::ops::Range<usize>> = layers
+            .iter()
+            .scan(0usize, |start, l| {
+                let range = *start..*start + l.numel as usize;
+                *start = range.end;
+                Some(range)
+            })
+            .collect();
         for step in 0..steps {
             let grads = flat((0..layers.len()).map(|i| data[&format!("grad.{step}.{i}")].shallow_clone()).collect());
-            tch::no_grad(|| opt.step(&weights, &grads, spec.lr)).expect("step");
+            tch::no_grad(|| opt.step(&weights, &grads, spec.lr, &ranges)).expect("step");
         }
         let mut offset = 0;
         layers

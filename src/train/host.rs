@@ -1,0 +1,620 @@
+//! The flat buffers in host memory, read and written in place: every per-layer gradient
+//! statistic in one pass per layer, and the optimizer's update in one pass that also
+//! measures each layer's change.
+//!
+//! LibTorch's CPU operations each read the buffer once and each dispatch, allocate and
+//! wake their thread pool; a dozen of them per step cost several times the arithmetic
+//! they do (the README's performance section). Here a layer is read in blocks that fit the
+//! L1 cache: a first sweep of a block takes its mean, a second sweep its deviations from
+//! that mean (corrected two-pass: Σd and Σd² both, so the rounding of the block's mean
+//! cancels; gradient sums in float64 lanes), the largest |g| and the zero and NaN/±Inf
+//! counts from the float's bits; a separate sweep counts exponents for the histogram.
+//! Blocks are combined in float64 by Chan, Golub and LeVeque's pairwise update. The update
+//! rules compute what the same rules written as LibTorch operations compute, element by
+//! element in float32. The loops are written for the compiler to vectorise, and compiled
+//! for the widest vector unit the CPU has (`multiversion`).
+//!
+//! This module holds the crate's only `unsafe` code: views of a CPU tensor's memory as
+//! slices, taken and dropped within each function while no LibTorch operation runs
+//! (everything here runs on the training thread, between operations).
+#![allow(unsafe_code)]
+
+use std::ops::Range;
+
+use multiversion::multiversion;
+use tch::{Device, Kind, Tensor};
+
+/// Elements per block: 16 KiB, well inside the L1 data cache.
+const BLOCK: usize = 4096;
+/// Independent accumulators per sweep: one or several vector registers' worth.
+const LANES: usize = 16;
+/// The bits of |x| (the sign cleared).
+const ABS_BITS: u32 = 0x7fff_ffff;
+/// |x| at or above these bits is ±Inf or NaN.
+const INF_BITS: u32 = 0x7f80_0000;
+
+/// One layer's gradient, summarised.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GradSummary {
+    pub numel: u64,
+    pub mean: f64,
+    /// Σ(g − mean)².
+    pub m2: f64,
+    /// max |g|: NaN where g holds a NaN, +Inf where it holds infinities but no NaN.
+    pub max_abs: f64,
+    /// Elements exactly ±0.
+    pub zeros: u64,
+    /// Elements NaN or ±Inf.
+    pub nonfinite: u64,
+}
+
+/// One layer's weights against a snapshot taken before the update.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WeightSummary {
+    /// Σw².
+    pub after: f64,
+    /// Σ(w − w_before)².
+    pub change: f64,
+    /// Σw_before².
+    pub before: f64,
+}
+
+/// The memory of `t` as a slice, when it is a contiguous float32 tensor on the CPU.
+///
+/// Safety: the slice is only read, and only while the caller runs no LibTorch operation,
+/// so nothing writes the storage while it is borrowed; `t` outlives the borrow.
+fn host_values(t: &Tensor) -> Option<&[f32]> {
+    if t.device() != Device::Cpu || t.kind() != Kind::Float || !t.is_contiguous() || !t.defined() {
+        return None;
+    }
+    let n = t.numel();
+    if n == 0 {
+        return Some(&[]);
+    }
+    let ptr = t.data_ptr() as *const f32;
+    if ptr.is_null() || !(ptr as usize).is_multiple_of(std::mem::align_of::<f32>()) {
+        return None;
+    }
+    // SAFETY: a defined, contiguous float32 CPU tensor of `n` elements owns at least
+    // `n * 4` readable bytes at `data_ptr()`, aligned for f32 (checked above); the borrow
+    // is tied to `t` and read while no operation writes the tensor (see above).
+    Some(unsafe { std::slice::from_raw_parts(ptr, n) })
+}
+
+/// The summary of each layer of `grads` (layer `i` is `ranges[i]`); `None` when `grads`
+/// is not host memory.
+pub fn grad_summaries(grads: &Tensor, ranges: &[Range<usize>]) -> Option<Vec<GradSummary>> {
+    let values = host_values(grads)?;
+    Some(ranges.iter().map(|range| summarise_layer(&values[range.clone()])).collect())
+}
+
+/// Every layer's count of each float32 exponent field (256 per layer, layer after layer;
+/// field 0 holds the zeros and the subnormals, 255 the NaNs and infinities). `None` when
+/// `grads` is not host memory.
+pub fn exponent_counts(grads: &Tensor, ranges: &[Range<usize>]) -> Option<Vec<i64>> {
+    let values = host_values(grads)?;
+    let mut counts = vec![0i64; 256 * ranges.len()];
+    for (range, layer) in ranges.iter().zip(counts.chunks_exact_mut(256)) {
+        for block in values[range.clone()].chunks(BLOCK) {
+            count_exponents(block, layer);
+        }
+    }
+    Some(counts)
+}
+
+/// Σw², Σ(w − b)² and Σb² of each layer of `weights` against `before` (laid out alike).
+/// `None` when either is not host memory.
+pub fn weight_summaries(weights: &Tensor, before: &Tensor, ranges: &[Range<usize>]) -> Option<Vec<WeightSummary>> {
+    let (w, b) = (host_values(weights)?, host_values(before)?);
+    if w.len() != b.len() {
+        return None;
+    }
+    Some(ranges.iter().map(|r| compare_layer(&w[r.clone()], &b[r.clone()])).collect())
+}
+
+/// The memory of `t` as a mutable slice, on the conditions of [`host_values`].
+///
+/// Safety: as for [`host_values`], and the caller holds no other slice of the same
+/// storage while this one lives ([`update`] checks that its buffers are disjoint).
+fn host_values_mut(t: &mut Tensor) -> Option<&mut [f32]> {
+    let n = host_values(t)?.len();
+    if n == 0 {
+        return Some(&mut []);
+    }
+    // SAFETY: the conditions checked by `host_values` hold; every mutable slice `update`
+    // takes is of a different, non-overlapping storage (checked there), and LibTorch does
+    // not touch the storage while the slice lives.
+    Some(unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, n) })
+}
+
+/// One optimizer update, with its constants in the precision LibTorch's scalar operations
+/// on a float32 tensor use (float32), so that it computes what the same rule written as
+/// LibTorch operations computes, in one pass instead of one per operation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Rule {
+    Sgd(Sgd),
+    Adam(Adam),
+}
+
+/// `torch.optim.SGD` without dampening: d = g + wd·w; buf = momentum·buf + d (buf = d on
+/// the first update); d = d + momentum·buf (Nesterov) or buf; w ← w − lr·d.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sgd {
+    pub lr: f32,
+    pub wd: f32,
+    pub momentum: f32,
+    pub nesterov: bool,
+    /// The momentum buffer is new: it takes d.
+    pub initial: bool,
+}
+
+/// `torch.optim.Adam` (L2: g + wd·w) or `AdamW` (w ← w·decay first): m and v move toward
+/// g and g² by `lerp`; w ← w − (m / (√v / √(1 − β₂ᵗ) + ε)) · lr / (1 − β₁ᵗ).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Adam {
+    pub wd: f32,
+    pub decay: f32,
+    pub one_minus_beta1: f32,
+    pub one_minus_beta2: f32,
+    pub bias2_sqrt: f32,
+    pub eps: f32,
+    pub step_size: f32,
+}
+
+/// Applies `rule` to `weights` (and its state: `first` is SGD's momentum buffer or Adam's
+/// first moment, `second` Adam's second moment) from `grads`, layer by layer: `layers`
+/// gives each layer's elements and whether weight decay applies to it. Returns each
+/// layer's [`WeightSummary`] of the change, measured on the way. `None`, with nothing
+/// changed, when a buffer is not host memory or two of them share memory.
+pub fn update(
+    weights: &Tensor,
+    grads: &Tensor,
+    first: Option<&Tensor>,
+    second: Option<&Tensor>,
+    layers: &[(Range<usize>, bool)],
+    rule: Rule,
+) -> Option<Vec<WeightSummary>> {
+    let buffers: Vec<&Tensor> = [Some(weights), Some(grads), first, second].into_iter().flatten().collect();
+    let n = host_values(weights)?.len();
+    for (i, a) in buffers.iter().enumerate() {
+        if host_values(a)?.len() != n {
+            return None;
+        }
+        let start = a.data_ptr() as usize;
+        for b in &buffers[i + 1..] {
+            let other = b.data_ptr() as usize;
+            if start < other + 4 * n && other < start + 4 * n {
+                return None;
+            }
+        }
+    }
+    if layers.iter().any(|(r, _)| r.end > n) {
+        return None;
+    }
+    // Handles of their own, each lent out once, mutably.
+    let (mut weights, mut first, mut second) =
+        (weights.shallow_clone(), first.map(Tensor::shallow_clone), second.map(Tensor::shallow_clone));
+    let g = host_values(grads)?;
+    let w = host_values_mut(&mut weights)?;
+    let mut first = match first.as_mut() {
+        Some(t) => Some(host_values_mut(t)?),
+        None => None,
+    };
+    let second = match second.as_mut() {
+        Some(t) => Some(host_values_mut(t)?),
+        None => None,
+    };
+    let mut summaries = Vec::with_capacity(layers.len());
+    match rule {
+        Rule::Sgd(sgd) => {
+            for (range, decayed) in layers {
+                let sgd = Sgd { wd: if *decayed { sgd.wd } else { 0.0 }, ..sgd };
+                let (w, g) = (&mut w[range.clone()], &g[range.clone()]);
+                let mut total = WeightSummary { after: 0.0, change: 0.0, before: 0.0 };
+                match first.as_deref_mut() {
+                    Some(buf) => {
+                        let blocks = w.chunks_mut(BLOCK).zip(g.chunks(BLOCK)).zip(buf[range.clone()].chunks_mut(BLOCK));
+                        for ((w, g), b) in blocks {
+                            total.add(sgd_momentum_block(w, g, b, sgd));
+                        }
+                    }
+                    None => {
+                        for (w, g) in w.chunks_mut(BLOCK).zip(g.chunks(BLOCK)) {
+                            total.add(sgd_block(w, g, sgd));
+                        }
+                    }
+                }
+                summaries.push(total);
+            }
+        }
+        Rule::Adam(adam) => {
+            let (m, v) = (first?, second?);
+            for (range, decayed) in layers {
+                let adam = if *decayed { adam } else { Adam { wd: 0.0, decay: 1.0, ..adam } };
+                let mut total = WeightSummary { after: 0.0, change: 0.0, before: 0.0 };
+                let blocks = w[range.clone()]
+                    .chunks_mut(BLOCK)
+                    .zip(g[range.clone()].chunks(BLOCK))
+                    .zip(m[range.clone()].chunks_mut(BLOCK))
+                    .zip(v[range.clone()].chunks_mut(BLOCK));
+                for (((w, g), m), v) in blocks {
+                    total.add(adam_block(w, g, m, v, adam));
+                }
+                summaries.push(total);
+            }
+        }
+    }
+    Some(summaries)
+}
+
+impl WeightSummary {
+    fn add(&mut self, other: Self) {
+        self.after += other.after;
+        self.change += other.change;
+        self.before += other.before;
+    }
+}
+
+/// LibTorch's `lerp` on the CPU: `a + t·(b − a)` for |t| < 0.5, else `b − (b − a)·(1 − t)`.
+#[inline(always)]
+fn lerp(a: f32, b: f32, t: f32) -> f32 {
+    if t.abs() < 0.5 { a + t * (b - a) } else { b - (b - a) * (1.0 - t) }
+}
+
+/// One block's Σw², Σ(w − w_before)² and Σw_before², in float32 lanes.
+struct Sums {
+    after: [f32; LANES],
+    change: [f32; LANES],
+    before: [f32; LANES],
+}
+
+impl Sums {
+    fn new() -> Self {
+        Self { after: [0.0; LANES], change: [0.0; LANES], before: [0.0; LANES] }
+    }
+
+    #[inline(always)]
+    fn add(&mut self, lane: usize, old: f32, new: f32) {
+        let d = new - old;
+        self.after[lane] += new * new;
+        self.change[lane] += d * d;
+        self.before[lane] += old * old;
+    }
+
+    fn total(&self) -> WeightSummary {
+        let sum = |a: &[f32; LANES]| f64::from(a.iter().sum::<f32>());
+        WeightSummary { after: sum(&self.after), change: sum(&self.change), before: sum(&self.before) }
+    }
+}
+
+#[inline(always)]
+fn sgd_element(w: &mut f32, g: f32, sgd: Sgd) -> (f32, f32) {
+    let old = *w;
+    let d = if sgd.wd != 0.0 { g + old * sgd.wd } else { g };
+    *w = old - d * sgd.lr;
+    (old, *w)
+}
+
+#[inline(always)]
+fn sgd_momentum_element(w: &mut f32, g: f32, b: &mut f32, sgd: Sgd) -> (f32, f32) {
+    let old = *w;
+    let d = if sgd.wd != 0.0 { g + old * sgd.wd } else { g };
+    *b = if sgd.initial { d } else { *b * sgd.momentum + d };
+    let d = if sgd.nesterov { d + *b * sgd.momentum } else { *b };
+    *w = old - d * sgd.lr;
+    (old, *w)
+}
+
+#[inline(always)]
+fn adam_element(w: &mut f32, g: f32, m: &mut f32, v: &mut f32, adam: Adam) -> (f32, f32) {
+    let old = *w;
+    let grad = if adam.wd != 0.0 { g + old * adam.wd } else { g };
+    let p = if adam.decay != 1.0 { old * adam.decay } else { old };
+    *m = lerp(*m, grad, adam.one_minus_beta1);
+    *v = lerp(*v, grad * grad, adam.one_minus_beta2);
+    let denom = v.sqrt() / adam.bias2_sqrt + adam.eps;
+    *w = p - (*m / denom) * adam.step_size;
+    (old, *w)
+}
+
+// Each block below runs whole groups of `LANES` elements (each lane its own sums, so the
+// compiler can keep them in vector registers), then the tail.
+
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx2+fma", "x86_64+avx2+fma", "aarch64+neon"))]
+fn sgd_block(w: &mut [f32], g: &[f32], sgd: Sgd) -> WeightSummary {
+    let mut sums = Sums::new();
+    let full = w.len() / LANES * LANES;
+    let (w, tail) = w.split_at_mut(full);
+    let (g, g_tail) = g.split_at(full);
+    for (w, g) in w.chunks_exact_mut(LANES).zip(g.chunks_exact(LANES)) {
+        for l in 0..LANES {
+            let (old, new) = sgd_element(&mut w[l], g[l], sgd);
+            sums.add(l, old, new);
+        }
+    }
+    for (w, &g) in tail.iter_mut().zip(g_tail) {
+        let (old, new) = sgd_element(w, g, sgd);
+        sums.add(0, old, new);
+    }
+    sums.total()
+}
+
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx2+fma", "x86_64+avx2+fma", "aarch64+neon"))]
+fn sgd_momentum_block(w: &mut [f32], g: &[f32], buf: &mut [f32], sgd: Sgd) -> WeightSummary {
+    let mut sums = Sums::new();
+    let full = w.len() / LANES * LANES;
+    let (w, tail) = w.split_at_mut(full);
+    let (g, g_tail) = g.split_at(full);
+    let (buf, b_tail) = buf.split_at_mut(full);
+    for ((w, g), b) in w.chunks_exact_mut(LANES).zip(g.chunks_exact(LANES)).zip(buf.chunks_exact_mut(LANES)) {
+        for l in 0..LANES {
+            let (old, new) = sgd_momentum_element(&mut w[l], g[l], &mut b[l], sgd);
+            sums.add(l, old, new);
+        }
+    }
+    for ((w, &g), b) in tail.iter_mut().zip(g_tail).zip(b_tail) {
+        let (old, new) = sgd_momentum_element(w, g, b, sgd);
+        sums.add(0, old, new);
+    }
+    sums.total()
+}
+
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx2+fma", "x86_64+avx2+fma", "aarch64+neon"))]
+fn adam_block(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], adam: Adam) -> WeightSummary {
+    let mut sums = Sums::new();
+    let full = w.len() / LANES * LANES;
+    let (w, tail) = w.split_at_mut(full);
+    let (g, g_tail) = g.split_at(full);
+    let (m, m_tail) = m.split_at_mut(full);
+    let (v, v_tail) = v.split_at_mut(full);
+    let groups = w
+        .chunks_exact_mut(LANES)
+        .zip(g.chunks_exact(LANES))
+        .zip(m.chunks_exact_mut(LANES))
+        .zip(v.chunks_exact_mut(LANES));
+    for (((w, g), m), v) in groups {
+        for l in 0..LANES {
+            let (old, new) = adam_element(&mut w[l], g[l], &mut m[l], &mut v[l], adam);
+            sums.add(l, old, new);
+        }
+    }
+    for (((w, &g), m), v) in tail.iter_mut().zip(g_tail).zip(m_tail).zip(v_tail) {
+        let (old, new) = adam_element(w, g, m, v, adam);
+        sums.add(0, old, new);
+    }
+    sums.total()
+}
+
+/// Blocks combined by Chan, Golub and LeVeque's update: exact in exact arithmetic, and
+/// each block's float32 sums stay short.
+#[derive(Debug, Clone, Copy, Default)]
+struct Moments {
+    n: f64,
+    mean: f64,
+    m2: f64,
+}
+
+impl Moments {
+    fn merge(self, other: Self) -> Self {
+        if other.n == 0.0 {
+            return self;
+        }
+        if self.n == 0.0 {
+            return other;
+        }
+        let n = self.n + other.n;
+        let delta = other.mean - self.mean;
+        Self { n, mean: self.mean + delta * other.n / n, m2: self.m2 + other.m2 + delta * delta * self.n * other.n / n }
+    }
+}
+
+fn summarise_layer(values: &[f32]) -> GradSummary {
+    let (mut moments, mut max_bits, mut zeros, mut nonfinite) = (Moments::default(), 0u32, 0u64, 0u64);
+    for block in values.chunks(BLOCK) {
+        let b = summarise_block(block);
+        moments = moments.merge(b.moments);
+        max_bits = max_bits.max(b.max_bits);
+        zeros += u64::from(b.zeros);
+        nonfinite += u64::from(b.nonfinite);
+    }
+    let broken = nonfinite > 0;
+    GradSummary {
+        numel: values.len() as u64,
+        mean: if broken { f64::NAN } else { moments.mean },
+        m2: if broken { f64::NAN } else { moments.m2 },
+        max_abs: f64::from(f32::from_bits(max_bits)),
+        zeros,
+        nonfinite,
+    }
+}
+
+struct BlockSummary {
+    moments: Moments,
+    max_bits: u32,
+    zeros: u32,
+    nonfinite: u32,
+}
+
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx2+fma", "x86_64+avx2+fma", "aarch64+neon"))]
+fn summarise_block(block: &[f32]) -> BlockSummary {
+    let n = block.len();
+    let chunks = block.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    // Float64 sums: a layer's mean is often a small difference of large terms (a bias
+    // whose gradient sums to about zero), which float32 sums would lose.
+    let mut sum = [0f64; LANES];
+    for c in chunks.clone() {
+        for i in 0..LANES {
+            sum[i] += f64::from(c[i]);
+        }
+    }
+    let total: f64 = sum.iter().sum::<f64>() + tail.iter().map(|&x| f64::from(x)).sum::<f64>();
+    // The block's mean; where it is not finite (an infinity in the block) the layer's
+    // moments are NaN anyway, and 0 keeps the sweep below finite where it can be.
+    let shift = match total / n as f64 {
+        s if s.is_finite() => s,
+        _ => 0.0,
+    };
+    let (mut d1, mut d2) = ([0f64; LANES], [0f64; LANES]);
+    let (mut max, mut zeros, mut nonfinite) = ([0u32; LANES], [0u32; LANES], [0u32; LANES]);
+    for c in chunks {
+        for i in 0..LANES {
+            let d = f64::from(c[i]) - shift;
+            d1[i] += d;
+            d2[i] += d * d;
+            let bits = c[i].to_bits() & ABS_BITS;
+            max[i] = max[i].max(bits);
+            zeros[i] += u32::from(bits == 0);
+            nonfinite[i] += u32::from(bits >= INF_BITS);
+        }
+    }
+    let (mut s1, mut s2) = (d1.iter().sum::<f64>(), d2.iter().sum::<f64>());
+    let (mut max_bits, mut zero_count, mut nonfinite_count) =
+        (max.into_iter().max().unwrap_or(0), zeros.iter().sum::<u32>(), nonfinite.iter().sum::<u32>());
+    for &x in tail {
+        let d = f64::from(x) - shift;
+        s1 += d;
+        s2 += d * d;
+        let bits = x.to_bits() & ABS_BITS;
+        max_bits = max_bits.max(bits);
+        zero_count += u32::from(bits == 0);
+        nonfinite_count += u32::from(bits >= INF_BITS);
+    }
+    let count = n as f64;
+    // Σ(x − m)² = Σd² − (Σd)²/n for d = x − shift and the block's mean m = shift + Σd/n:
+    // the rounding of `shift` cancels.
+    let moments = Moments { n: count, mean: shift + s1 / count, m2: (s2 - s1 * s1 / count).max(0.0) };
+    BlockSummary { moments, max_bits, zeros: zero_count, nonfinite: nonfinite_count }
+}
+
+/// Adds each element's exponent field to `counts` (256 of them). Four tables in turn, so
+/// that consecutive elements of one exponent do not wait on each other's increment.
+fn count_exponents(block: &[f32], counts: &mut [i64]) {
+    let mut tables = [[0u32; 256]; 4];
+    let chunks = block.chunks_exact(4);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (table, &x) in tables.iter_mut().zip(c) {
+            table[((x.to_bits() >> 23) & 0xff) as usize] += 1;
+        }
+    }
+    for &x in tail {
+        tables[0][((x.to_bits() >> 23) & 0xff) as usize] += 1;
+    }
+    for (e, count) in counts.iter_mut().enumerate() {
+        *count += tables.iter().map(|t| i64::from(t[e])).sum::<i64>();
+    }
+}
+
+fn compare_layer(w: &[f32], b: &[f32]) -> WeightSummary {
+    let mut total = WeightSummary { after: 0.0, change: 0.0, before: 0.0 };
+    for (wb, bb) in w.chunks(BLOCK).zip(b.chunks(BLOCK)) {
+        let s = compare_block(wb, bb);
+        total.after += s.after;
+        total.change += s.change;
+        total.before += s.before;
+    }
+    total
+}
+
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx2+fma", "x86_64+avx2+fma", "aarch64+neon"))]
+fn compare_block(w: &[f32], b: &[f32]) -> WeightSummary {
+    let (mut after, mut change, mut before) = ([0f32; LANES], [0f32; LANES], [0f32; LANES]);
+    let (wc, bc) = (w.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (wt, bt) = (wc.remainder(), bc.remainder());
+    for (x, y) in wc.zip(bc) {
+        for i in 0..LANES {
+            let d = x[i] - y[i];
+            after[i] += x[i] * x[i];
+            change[i] += d * d;
+            before[i] += y[i] * y[i];
+        }
+    }
+    let sum = |a: [f32; LANES]| f64::from(a.iter().sum::<f32>());
+    let mut s = WeightSummary { after: sum(after), change: sum(change), before: sum(before) };
+    for (&x, &y) in wt.iter().zip(bt) {
+        let (x, y) = (f64::from(x), f64::from(y));
+        s.after += x * x;
+        s.change += (x - y) * (x - y);
+        s.before += y * y;
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    /// Float64 reference for one layer.
+    fn reference(values: &[f32]) -> (f64, f64, f64) {
+        let n = values.len() as f64;
+        let mean = values.iter().map(|&x| f64::from(x)).sum::<f64>() / n;
+        let m2 = values.iter().map(|&x| (f64::from(x) - mean).powi(2)).sum::<f64>();
+        let max = values.iter().map(|x| f64::from(x.abs())).fold(0.0, f64::max);
+        (mean, m2, max)
+    }
+
+    #[test]
+    fn summaries_match_float64_across_blocks_and_tails() {
+        // Lengths around the block and lane sizes, and a large mean over a small spread
+        // (drawn here, not from LibTorch's process-wide generator that other tests seed).
+        let lengths = [1usize, 15, 16, 17, BLOCK - 1, BLOCK, BLOCK + 5, 3 * BLOCK + 7];
+        let total: usize = lengths.iter().sum();
+        let mut rng = StdRng::seed_from_u64(3);
+        let values: Vec<f32> = (0..total).map(|_| (7.0 + 1e-3 * (rng.random::<f64>() - 0.5)) as f32).collect();
+        let t = Tensor::from_slice(&values);
+        let mut ranges = Vec::new();
+        let mut start = 0;
+        for &n in &lengths {
+            ranges.push(start..start + n);
+            start += n;
+        }
+        let summaries = grad_summaries(&t, &ranges).expect("host memory");
+        let hist = exponent_counts(&t, &ranges).expect("histogram");
+        for (layer, (range, s)) in ranges.iter().zip(&summaries).enumerate() {
+            let (mean, m2, max) = reference(&values[range.clone()]);
+            assert_eq!(s.numel, range.len() as u64);
+            assert!(((s.mean - mean) / mean).abs() < 1e-7, "layer {layer}: mean {} vs {mean}", s.mean);
+            assert!((s.m2 - m2).abs() <= 1e-4 * m2 + 1e-12, "layer {layer}: m2 {} vs {m2}", s.m2);
+            assert_eq!(s.max_abs, max, "layer {layer}");
+            assert_eq!((s.zeros, s.nonfinite), (0, 0));
+            // 7 ± a little is in [4, 8): exponent field 129.
+            let counts = &hist[layer * 256..(layer + 1) * 256];
+            assert_eq!(counts[129], range.len() as i64, "layer {layer}");
+        }
+    }
+
+    #[test]
+    fn bits_give_exact_zero_and_nonfinite_counts() {
+        let values = [0.0f32, -0.0, 1.0, f32::NAN, f32::INFINITY, -2.0, f32::from_bits(1)];
+        let t = Tensor::from_slice(&values);
+        let s = grad_summaries(&t, &[0..7, 5..7]).expect("host memory");
+        assert_eq!((s[0].zeros, s[0].nonfinite), (2, 2));
+        assert!(s[0].max_abs.is_nan() && s[0].mean.is_nan() && s[0].m2.is_nan(), "a NaN spoils the moments");
+        assert_eq!((s[1].zeros, s[1].nonfinite, s[1].max_abs), (0, 0, 2.0), "a subnormal is not zero");
+        let hist = exponent_counts(&t, std::slice::from_ref(&(0..7))).expect("histogram");
+        assert_eq!((hist[0], hist[255], hist[127], hist[128]), (3, 2, 1, 1));
+        let inf = Tensor::from_slice(&[1.0f32, f32::NEG_INFINITY]);
+        let s = grad_summaries(&inf, std::slice::from_ref(&(0..2))).expect("host memory");
+        assert_eq!(s[0].max_abs, f64::INFINITY, "only infinities: +Inf");
+    }
+
+    #[test]
+    fn weights_compare_with_their_snapshot() {
+        let w = Tensor::from_slice(&[3.0f32, 4.0, 1.0]);
+        let b = Tensor::from_slice(&[3.0f32, 2.0, 0.0]);
+        let s = weight_summaries(&w, &b, &[0..2, 2..3]).expect("host memory");
+        assert_eq!(s[0], WeightSummary { after: 25.0, change: 4.0, before: 13.0 });
+        assert_eq!(s[1], WeightSummary { after: 1.0, change: 1.0, before: 0.0 });
+    }
+
+    #[test]
+    fn other_memory_is_not_read() {
+        assert!(host_values(&Tensor::from_slice(&[1.0f64])).is_none(), "float64");
+        let t = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0]).view([2, 2]).tr();
+        assert!(host_values(&t).is_none(), "not contiguous");
+    }
+}
