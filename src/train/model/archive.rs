@@ -335,7 +335,7 @@ impl<'a> Unpickler<'a> {
 }
 
 fn pairs(items: Vec<Value>) -> anyhow::Result<Vec<(Value, Value)>> {
-    ensure!(items.len() % 2 == 0, "data.pkl sets a key without a value");
+    ensure!(items.len().is_multiple_of(2), "data.pkl sets a key without a value");
     let mut out = Vec::with_capacity(items.len() / 2);
     let mut items = items.into_iter();
     while let (Some(k), Some(v)) = (items.next(), items.next()) {
@@ -489,7 +489,7 @@ mod tests {
         // An opcode the reader does not know.
         assert!(Unpickler::new(&[0x80, 2, b'i']).run().is_err());
         // Popping past a mark, reading a memo never written.
-        assert!(Unpickler::new(&[b't', b'.']).run().is_err());
+        assert!(Unpickler::new(b"t.").run().is_err());
         assert!(Unpickler::new(&[b'h', 7, b'.']).run().is_err());
         // LONG1 of 200 bytes.
         assert!(Unpickler::new(&[0x8a, 200, 0, b'.']).run().is_err());
