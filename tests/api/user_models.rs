@@ -372,3 +372,26 @@ async fn an_uploaded_model_lists_its_buffers_as_pytorch_does() {
     let buffered = upload_ok(&app, "models", &files.path().join("buffered.pt")).await;
     assert_eq!(buffered["frozen"], json!([{"name": "frozen", "dtype": "float32", "shape": [3], "numel": 3}]));
 }
+
+/// With `--in-process`, checks run on a thread of the service, as jobs train there: an
+/// upload is listed, a misfit refused with the module's message, a fitting job trains.
+#[tokio::test]
+async fn in_process_the_checks_run_in_the_service_and_a_job_trains() {
+    let files = fixtures();
+    let app = spawn_app_with(tempfile::TempDir::new().expect("dir"), |c| c.in_process = true).await;
+    let model = upload_ok(&app, "models", &files.path().join("mlp.pt")).await;
+    assert_eq!(model["buffers"][0]["name"], "1.running_mean", "{model}");
+    let model = model["id"].as_str().expect("id").to_owned();
+    let good =
+        upload_ok(&app, "datasets", &files.path().join("mlp.safetensors")).await["id"].as_str().expect("id").to_owned();
+    let wide = upload_ok(&app, "datasets", &files.path().join("wide.safetensors")).await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let (field, message) = refused(app.post_json("/api/v1/jobs", &spec(&model, &wide, 10)).await).await;
+    assert_eq!(field, "model");
+    assert!(message.contains("mat1 and mat2 shapes cannot be multiplied"), "{message}");
+    let job = app.submit(&spec(&model, &good, 10)).await;
+    let done = app.wait_finished(job["id"].as_str().expect("id")).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+}
