@@ -80,6 +80,11 @@ pub struct ServeArgs {
     /// isolation (a LibTorch abort ends the service); for comparison.
     #[arg(long, env = "GRADSCOPE_IN_PROCESS")]
     pub in_process: bool,
+    /// Seconds a worker process may take to load and check an uploaded TorchScript model,
+    /// or to dry-run a job on one, before it is killed and the upload or job refused.
+    #[arg(long, env = "GRADSCOPE_CHECK_TIMEOUT", default_value_t = config::DEFAULT_CHECK_TIMEOUT_SECS,
+        value_parser = clap::value_parser!(u64).range(1..))]
+    pub check_timeout: u64,
     /// Folder of the dashboard's static files, served at `/`.
     #[arg(long, env = "GRADSCOPE_STATIC_DIR", default_value = config::DEFAULT_STATIC_DIR)]
     pub static_dir: PathBuf,
@@ -182,6 +187,7 @@ impl From<ServeArgs> for ServeConfig {
             in_process: args.in_process,
             worker_binary: None,
             worker_env: Vec::new(),
+            check_timeout: std::time::Duration::from_secs(args.check_timeout),
             static_dir: args.static_dir,
             cors_origins: args.cors_origins,
             body_limit: args.body_limit,

@@ -57,6 +57,8 @@ pub const DEFAULT_WS_IDLE_TIMEOUT_SECS: u64 = 60;
 pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 30;
 /// Default number of uploaded corpora kept at once.
 pub const DEFAULT_MAX_CORPORA: i64 = 100;
+/// Seconds a worker may take to check an uploaded model, or to dry-run a job on one.
+pub const DEFAULT_CHECK_TIMEOUT_SECS: u64 = 120;
 /// Default largest uploaded model or data set, in bytes.
 pub const DEFAULT_UPLOAD_LIMIT: usize = 256 * 1024 * 1024;
 /// Default most uploaded models, and most data sets, kept at once.
@@ -122,6 +124,9 @@ pub struct ServeConfig {
     pub worker_binary: Option<PathBuf>,
     /// Extra environment variables for every worker.
     pub worker_env: Vec<(String, String)>,
+    /// How long a worker may take to check an uploaded model or dry-run a job on one,
+    /// before it is killed and the upload or job refused.
+    pub check_timeout: std::time::Duration,
     /// Folder of the dashboard's static files, served at `/`.
     pub static_dir: PathBuf,
     /// Origins allowed to call the API from a browser (`*` for any).
@@ -185,6 +190,7 @@ impl Default for ServeConfig {
             in_process: false,
             worker_binary: None,
             worker_env: Vec::new(),
+            check_timeout: std::time::Duration::from_secs(DEFAULT_CHECK_TIMEOUT_SECS),
             static_dir: PathBuf::from(DEFAULT_STATIC_DIR),
             cors_origins: Vec::new(),
             body_limit: DEFAULT_BODY_LIMIT,

@@ -168,6 +168,7 @@ fn execution(config: &ServeConfig) -> anyhow::Result<Execution> {
         },
         gpus: config.gpus.clone().unwrap_or_else(visible_gpus),
         env: config.worker_env.clone(),
+        check_timeout: config.check_timeout,
     };
     tracing::info!(
         torch_threads = settings.torch_threads,

@@ -37,7 +37,7 @@ pub(super) async fn find_job(state: &AppState, raw: &str) -> Result<Job, ApiErro
         (status = 400, description = "Malformed JSON", body = super::ErrorBody),
         (status = 413, description = "Body too large", body = super::ErrorBody),
         (status = 415, description = "Not JSON", body = super::ErrorBody),
-        (status = 422, description = "Invalid spec, or above the size limits; `field` names the offending field", body = super::ErrorBody),
+        (status = 422, description = "Invalid spec, or above the size limits, or (a torchscript model) a dry run that failed, or whose process died or ran past --check-timeout; `field` names the offending field", body = super::ErrorBody),
         (status = 429, description = "Too many jobs queued", body = super::ErrorBody),
     ))]
 pub(crate) async fn create(

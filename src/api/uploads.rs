@@ -41,7 +41,8 @@ fn id(raw: &str, what: &'static str) -> Result<Uuid, ApiError> {
 
 /// Upload a TorchScript module (`torch.jit.script(model).save(path)` or
 /// `torch.jit.trace(...)`), as `Content-Type: application/octet-stream`. LibTorch loads
-/// it before it is kept; the answer lists its parameters, which become a job's layers.
+/// it, in a worker process of its own, before it is kept; the answer lists its
+/// parameters, which become a job's layers, its frozen parameters and its buffers.
 /// Use the returned `id` as `model.id` with `model.kind` `torchscript`.
 #[utoipa::path(post, operation_id = "upload_model", path = "/api/v1/models", tag = "models",
     request_body(content = Vec<u8>, content_type = "application/octet-stream",
@@ -50,7 +51,7 @@ fn id(raw: &str, what: &'static str) -> Result<Uuid, ApiError> {
         (status = 201, body = UserModel),
         (status = 413, description = "Larger than the upload limit", body = super::ErrorBody),
         (status = 415, description = "Not sent as application/octet-stream", body = super::ErrorBody),
-        (status = 422, description = "Not TorchScript, no trainable parameters, or parameters that are not float32", body = super::ErrorBody),
+        (status = 422, description = "Not TorchScript, no trainable parameters, or parameters that are not float32; or the process checking the module died or ran past --check-timeout (the message says why)", body = super::ErrorBody),
         (status = 429, description = "Over --max-uploads or --upload-quota: delete some models first", body = super::ErrorBody),
     ))]
 pub(crate) async fn create_model(

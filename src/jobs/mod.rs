@@ -8,10 +8,12 @@
 //! - [`data_dir`] — [`DataDir`]: checkpoints, resume files and corpora on disk.
 //! - [`Scheduler`] — claims and runs queued jobs (notify, cancel, shut down).
 //! - [`runner`] — one job from claim to final status.
+//! - [`check`] — checks of an uploaded model, each in a worker process of its own.
 //! - [`worker`] — the worker process: one job, reporting over its stdout.
 //! - [`wire`] — the messages between the scheduler and a worker, and their framing.
 //! - [`live`] — the live feed of each running job.
 
+mod check;
 pub mod data_dir;
 pub mod live;
 mod runner;
@@ -65,6 +67,8 @@ pub struct WorkerSettings {
     pub gpus: Vec<String>,
     /// Extra environment variables for every worker.
     pub env: Vec<(String, String)>,
+    /// How long a worker that checks an upload may take before it is killed.
+    pub check_timeout: std::time::Duration,
 }
 
 /// A running job's stop request, which its runner forwards to the training.
@@ -181,6 +185,8 @@ struct Inner {
     live: LiveHub,
     /// Prometheus series the running jobs feed.
     metrics: Arc<Metrics>,
+    /// Bounds the checks of uploaded models that run at once.
+    checks: tokio::sync::Semaphore,
 }
 
 impl Scheduler {
@@ -293,6 +299,7 @@ impl Inner {
             live: LiveHub::new(ring),
             spare: std::sync::Mutex::new(None),
             metrics,
+            checks: check::permits(),
         }
     }
 }

@@ -244,7 +244,7 @@ pub(super) fn refill_spare(inner: &Inner) {
 }
 
 /// The spare worker, if it is still alive.
-fn take_spare(inner: &Inner) -> Option<Child> {
+pub(super) fn take_spare(inner: &Inner) -> Option<Child> {
     let mut child = inner.spare.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()?;
     match child.try_wait() {
         Ok(None) => Some(child),
@@ -254,7 +254,7 @@ fn take_spare(inner: &Inner) -> Option<Child> {
 }
 
 /// The `gradscope worker` command for one job.
-fn worker_command(settings: &WorkerSettings, gpu: Option<&str>, cuda: bool) -> Command {
+pub(super) fn worker_command(settings: &WorkerSettings, gpu: Option<&str>, cuda: bool) -> Command {
     let mut command = Command::new(&settings.binary);
     let threads = settings.torch_threads.to_string();
     command.arg("worker").arg("--torch-threads").arg(&threads);
@@ -320,6 +320,10 @@ async fn read_reports<R: AsyncRead + Unpin>(
                 ended = Some(result);
                 continue;
             }
+            FromWorker::Checked(_) => {
+                tracing::warn!("a training worker answered a check it was never sent");
+                continue;
+            }
         };
         if tx.send(event).await.is_err() {
             // The writer gave up: read on, so the worker is never blocked on its pipe.
@@ -362,7 +366,7 @@ async fn supervise(
 }
 
 /// How a worker that never said how training ended died, with the end of its stderr.
-fn death(status: ExitStatus, tail: &str) -> String {
+pub(super) fn death(status: ExitStatus, tail: &str) -> String {
     let cause = match (status.signal(), status.code()) {
         (Some(signal), _) => {
             let name = Signal::try_from(signal).map_or("unknown signal", Signal::as_str);
@@ -375,8 +379,9 @@ fn death(status: ExitStatus, tail: &str) -> String {
 }
 
 /// Logs a worker's stderr and keeps its last lines, bounded, for the job's error. Reads
-/// to the end whatever it holds, so the worker never blocks on a full pipe.
-async fn stderr_tail<R: AsyncRead + Unpin>(stderr: R, job: uuid::Uuid) -> String {
+/// to the end whatever it holds, so the worker never blocks on a full pipe. `job` names
+/// the job (or check) in the log.
+pub(super) async fn stderr_tail<R: AsyncRead + Unpin>(stderr: R, job: impl std::fmt::Display) -> String {
     let mut reader = BufReader::new(stderr);
     let mut last = std::collections::VecDeque::with_capacity(STDERR_LINES);
     let mut buf = Vec::new();

@@ -16,7 +16,7 @@ use crate::spec::{ModelKind, ValidSpec};
 use crate::store::{Corpus, CorpusDeletion, Dataset, Job, JobStatus, Store, UploadKind, UserModel};
 use crate::train::budget::{self, CorpusSize, Estimate, UserSize};
 use crate::train::data::{builtin_corpus, vocab_size};
-use crate::train::user::{self, Refusal};
+use crate::train::user::{self, Check, Checked, Refusal};
 
 /// Fewest characters a corpus may have: a char LM needs room for a few sequences.
 pub const MIN_CORPUS_CHARS: usize = 64;
@@ -96,8 +96,9 @@ impl From<Refusal> for ServiceError {
     }
 }
 
-/// Runs a check of uploaded files on a blocking thread (LibTorch and file parsing must not
-/// hold the async workers); its refusal is the client's error.
+/// Runs a check of an uploaded data set on a blocking thread (file parsing must not hold
+/// the async workers; no LibTorch, which runs where [`crate::jobs::Scheduler::check`]
+/// puts it); its refusal is the client's error.
 async fn off_runtime<T: Send + 'static>(
     check: impl FnOnce() -> Result<T, Refusal> + Send + 'static,
 ) -> Result<T, ServiceError> {
@@ -426,7 +427,10 @@ impl Jobs {
         }
         let model_file = self.data.upload(UploadFile::Model, Uuid::parse_str(&model.id).map_err(anyhow::Error::from)?);
         let set_file = self.data.upload(UploadFile::Dataset, Uuid::parse_str(&set.id).map_err(anyhow::Error::from)?);
-        let measured = off_runtime(move || user::dry_run(&model_file, &set_file, loss)).await?;
+        let check = Check::DryRun { model: model_file, dataset: set_file, loss };
+        let Checked::DryRun(measured) = self.scheduler.check(check).await?? else {
+            return Err(anyhow::anyhow!("a dry run answered something else").into());
+        };
         Ok(UserSize {
             params: measured.params,
             tensors: measured.tensors,
@@ -456,13 +460,26 @@ impl Jobs {
         }
     }
 
-    /// Stores an uploaded TorchScript module once LibTorch has loaded it (off the async
-    /// workers) and found trainable float32 parameters, within the models' quota.
+    /// Stores an uploaded TorchScript module once LibTorch has loaded it (in a worker
+    /// process, or off the async workers in process) and found trainable float32
+    /// parameters, within the models' quota. The file is written under its fresh id first,
+    /// for the worker to load, and removed again when the module is refused.
     pub async fn upload_model(&self, body: Vec<u8>) -> Result<UserModel, ServiceError> {
-        let (body, detail) = off_runtime(move || user::inspect_model(&body).map(|d| (body, d))).await?;
         let id = Uuid::now_v7();
-        let model = UserModel { id: id.to_string(), bytes: body.len() as i64, detail, created_at: Utc::now() };
         self.data.write_upload(UploadFile::Model, id, &body).await?;
+        let checked = self.scheduler.check(Check::Model { file: self.data.upload(UploadFile::Model, id) }).await;
+        let detail = match checked {
+            Ok(Ok(Checked::Model(detail))) => detail,
+            refused => {
+                self.data.remove_upload(UploadFile::Model, id).await;
+                return Err(match refused {
+                    Ok(Err(refusal)) => refusal.into(),
+                    Err(err) => err.into(),
+                    Ok(Ok(_)) => anyhow::anyhow!("a model check answered something else").into(),
+                });
+            }
+        };
+        let model = UserModel { id: id.to_string(), bytes: body.len() as i64, detail, created_at: Utc::now() };
         let limits = self.models;
         let inserted = self.store.insert_model_within(&model, limits.max_count, limits.quota_bytes).await;
         self.refuse_over_quota(UploadKind::Model, id, inserted, model.bytes).await?;

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::codec::LengthDelimitedCodec;
 
 use crate::train::diagnose::Diagnosis;
+use crate::train::user::{Check, Checked, Refusal};
 use crate::train::{Event, LayerInfo, Outcome, StepReport, StopReason};
 
 /// Largest frame either side accepts: a step report of the largest model the limits
@@ -33,6 +34,9 @@ pub enum ToWorker {
     Start(Box<StartJob>),
     /// Stop before the next step, write the checkpoint and end.
     Stop(StopReason),
+    /// Instead of a job, the first message may be a check of an uploaded module: the
+    /// worker answers [`FromWorker::Checked`] and ends.
+    Check(Check),
 }
 
 /// A job as a worker receives it.
@@ -77,6 +81,8 @@ pub enum FromWorker {
     Dropped(u64),
     /// The last message: how training ended, or why it failed.
     Ended(Result<Outcome, String>),
+    /// The only message of a check: what it found, or why the module was refused.
+    Checked(Result<Checked, Refusal>),
 }
 
 impl FromWorker {
@@ -158,6 +164,35 @@ mod tests {
         let ended = FromWorker::Ended(Ok(Outcome::Diverged("x".to_owned())));
         let back: FromWorker = decode(&encode(&ended).expect("encode")).expect("decode");
         assert!(matches!(back, FromWorker::Ended(Ok(Outcome::Diverged(m))) if m == "x"));
+    }
+
+    #[test]
+    fn checks_and_their_answers_round_trip() {
+        let check = ToWorker::Check(Check::DryRun {
+            model: PathBuf::from("/tmp/m.pt"),
+            dataset: PathBuf::from("/tmp/d.safetensors"),
+            loss: crate::spec::Loss::BceWithLogits,
+        });
+        assert_eq!(decode::<ToWorker>(&encode(&check).expect("encode")).expect("decode"), check);
+        let detail = crate::store::ModelDetail {
+            params: 12,
+            parameters: vec![crate::store::TensorInfo {
+                name: "0.weight".to_owned(),
+                dtype: "float32".to_owned(),
+                shape: vec![3, 4],
+                numel: 12,
+            }],
+            frozen: Vec::new(),
+            buffers: Some(Vec::new()),
+        };
+        for answer in [
+            Ok(Checked::Model(detail)),
+            Err(Refusal { field: "body".to_owned(), message: "not a TorchScript module".to_owned() }),
+        ] {
+            let back: FromWorker =
+                decode(&encode(&FromWorker::Checked(answer.clone())).expect("encode")).expect("decode");
+            assert!(matches!(back, FromWorker::Checked(a) if a == answer));
+        }
     }
 
     #[test]

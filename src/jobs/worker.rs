@@ -22,6 +22,7 @@ use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 use super::runner::{TrainingThread, join_training, spawn_training};
 use super::wire::{self, FromWorker, StartJob, ToWorker};
 use crate::spec::{JobSpec, ValidSpec};
+use crate::train::user::Check;
 use crate::train::{Outcome, RunContext, StopFlag, StopReason, TrainEvent};
 
 /// What `gradscope worker` is given on its command line.
@@ -65,8 +66,10 @@ async fn serve(options: &WorkerOptions) -> anyhow::Result<()> {
     let mut input = FramedRead::new(tokio::io::stdin(), wire::codec());
     let mut output = FramedWrite::new(tokio::io::stdout(), wire::codec());
     let Some(frame) = input.next().await else { return Ok(()) };
-    let ToWorker::Start(job) = wire::decode(&frame.context("failed to read the job")?)? else {
-        bail!("the first message must be the job");
+    let job = match wire::decode(&frame.context("failed to read the job")?)? {
+        ToWorker::Start(job) => job,
+        ToWorker::Check(check) => return answer_check(check, &mut output).await,
+        ToWorker::Stop(_) => bail!("the first message must be a job or a check"),
     };
     let flag = Arc::new(StopFlag::default());
     tokio::spawn(listen(input, flag.clone()));
@@ -75,13 +78,33 @@ async fn serve(options: &WorkerOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs a check of an uploaded module and answers what it found. A module that makes
+/// LibTorch abort ends this process: the service tells the client so.
+async fn answer_check<W: AsyncWrite + Unpin>(
+    check: Check,
+    output: &mut FramedWrite<W, LengthDelimitedCodec>,
+) -> anyhow::Result<()> {
+    let fault = Fault::from_env_for_check(check.name());
+    let checked = tokio::task::spawn_blocking(move || {
+        if let Some(fault) = fault {
+            fault.fire();
+        }
+        check.run()
+    })
+    .await
+    .context("the check panicked")?;
+    output.send(wire::encode(&FromWorker::Checked(checked))?).await.context("failed to answer the check")
+}
+
 /// Applies the scheduler's stop requests. When the scheduler goes away (stdin closes),
 /// stops as at shutdown, and ends the process if training has not ended in time.
 async fn listen<R: AsyncRead + Unpin>(mut input: FramedRead<R, LengthDelimitedCodec>, flag: Arc<StopFlag>) {
     while let Some(frame) = input.next().await {
         match frame.map_err(anyhow::Error::from).and_then(|f| wire::decode::<ToWorker>(&f)) {
             Ok(ToWorker::Stop(reason)) => flag.request(reason),
-            Ok(ToWorker::Start(_)) => tracing::warn!("a worker trains one job: a second was ignored"),
+            Ok(ToWorker::Start(_) | ToWorker::Check(_)) => {
+                tracing::warn!("a worker trains one job: a second was ignored");
+            }
             Err(err) => {
                 tracing::warn!("the scheduler's messages broke off: {err:#}");
                 break;
@@ -192,14 +215,17 @@ async fn forward<W: AsyncWrite + Unpin>(
 
 /// A fault the test suite injects into a worker, through [`FAULT_VAR`]:
 /// `KIND@stepN` or `KIND@stepN@JOB_NAME` (only the job of that name), `KIND` one of
-/// `abort` (SIGABRT, as a LibTorch assert), `segv` (SIGSEGV) or `oom` (allocates without
-/// bound until the allocator fails). It fires once step `N` has been sent to the
-/// scheduler, so the test knows which steps must have been kept, and only in a job's
-/// first run, not when it is resumed. For tests only: the API cannot set it.
+/// `abort` (SIGABRT, as a LibTorch assert), `segv` (SIGSEGV), `oom` (allocates without
+/// bound until the allocator fails) or `hang` (sleeps for ever). It fires once step `N`
+/// has been sent to the scheduler, so the test knows which steps must have been kept, and
+/// only in a job's first run, not when it is resumed. `KIND@check` fires instead in a
+/// worker that checks an upload, before the check runs; `KIND@check@model` or
+/// `KIND@check@dry_run` only in that check. For tests only: the API cannot set it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Fault {
     kind: FaultKind,
-    step: u64,
+    /// The step it fires after; `None`: it fires in a check.
+    step: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,41 +233,59 @@ enum FaultKind {
     Abort,
     Segv,
     Oom,
+    Hang,
 }
 
 impl Fault {
     fn from_env(job: &str) -> Option<Self> {
-        let fault = Self::parse(&std::env::var(FAULT_VAR).ok()?, job);
+        Self::announce(Self::parse(&std::env::var(FAULT_VAR).ok()?, job).filter(|f| f.step.is_some()))
+    }
+
+    fn from_env_for_check(check: &str) -> Option<Self> {
+        Self::announce(Self::parse(&std::env::var(FAULT_VAR).ok()?, check).filter(|f| f.step.is_none()))
+    }
+
+    fn announce(fault: Option<Self>) -> Option<Self> {
         if fault.is_some() {
             tracing::warn!("{FAULT_VAR} is set: this worker will fail on purpose");
         }
         fault
     }
 
-    fn parse(value: &str, job: &str) -> Option<Self> {
+    /// `value` for the job or check called `name`.
+    fn parse(value: &str, name: &str) -> Option<Self> {
         let mut parts = value.splitn(3, '@');
         let kind = match parts.next()? {
             "abort" => FaultKind::Abort,
             "segv" => FaultKind::Segv,
             "oom" => FaultKind::Oom,
+            "hang" => FaultKind::Hang,
             _ => return None,
         };
-        let step = parts.next()?.strip_prefix("step")?.parse().ok()?;
+        let step = match parts.next()? {
+            "check" => None,
+            at => Some(at.strip_prefix("step")?.parse().ok()?),
+        };
         match parts.next() {
-            Some(name) if name != job => None,
+            Some(only) if only != name => None,
             _ => Some(Self { kind, step }),
         }
     }
 
     /// On the training thread, after step `step` was handed over.
     fn fire_at(&self, step: u64, written: &AtomicU64) {
-        if step != self.step {
+        if self.step != Some(step) {
             return;
         }
         let start = Instant::now();
         while written.load(Ordering::SeqCst) < step && start.elapsed() < Duration::from_secs(10) {
             std::thread::sleep(Duration::from_millis(5));
         }
+        self.fire();
+    }
+
+    /// Fails the process now, as the fault's kind says.
+    fn fire(&self) {
         match self.kind {
             FaultKind::Abort => std::process::abort(),
             FaultKind::Segv => {
@@ -260,6 +304,9 @@ impl Fault {
                     std::hint::black_box(&held);
                 }
             }
+            FaultKind::Hang => loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            },
         }
     }
 }
@@ -270,11 +317,14 @@ mod tests {
 
     #[test]
     fn faults_parse_and_name_their_job() {
-        assert_eq!(Fault::parse("abort@step5", "any"), Some(Fault { kind: FaultKind::Abort, step: 5 }));
-        assert_eq!(Fault::parse("segv@step2@victim", "victim"), Some(Fault { kind: FaultKind::Segv, step: 2 }));
+        assert_eq!(Fault::parse("abort@step5", "any"), Some(Fault { kind: FaultKind::Abort, step: Some(5) }));
+        assert_eq!(Fault::parse("segv@step2@victim", "victim"), Some(Fault { kind: FaultKind::Segv, step: Some(2) }));
         assert_eq!(Fault::parse("oom@step2@victim", "bystander"), None);
         assert_eq!(Fault::parse("oom@5", "any"), None);
         assert_eq!(Fault::parse("explode@step5", "any"), None);
+        assert_eq!(Fault::parse("segv@check", "model"), Some(Fault { kind: FaultKind::Segv, step: None }));
+        assert_eq!(Fault::parse("hang@check@dry_run", "dry_run"), Some(Fault { kind: FaultKind::Hang, step: None }));
+        assert_eq!(Fault::parse("abort@check@dry_run", "model"), None);
     }
 
     #[test]

@@ -27,10 +27,15 @@ pub struct ModelDetail {
     pub params: i64,
     /// The trainable parameters in the module's order: a job's layers, by the same names.
     pub parameters: Vec<TensorInfo>,
-    /// Tensors the module keeps that are not trained (batch norm's running statistics),
-    /// as far as the module declares them as frozen parameters. LibTorch's loader does not
-    /// list registered buffers; a job checkpoints them by saving the whole module.
-    pub buffers: Vec<TensorInfo>,
+    /// Parameters that do not require gradients: kept in the module, never trained.
+    #[serde(default)]
+    pub frozen: Vec<TensorInfo>,
+    /// The module's registered buffers (batch norm's `running_mean`, `running_var`,
+    /// `num_batches_tracked`; anything `register_buffer` kept), as PyTorch's
+    /// `named_buffers()` lists them, read from the saved archive; `null` when the archive
+    /// could not be read that way (LibTorch still loaded the module). A job checkpoints
+    /// them by saving the whole module.
+    pub buffers: Option<Vec<TensorInfo>>,
 }
 
 /// An uploaded TorchScript module.

@@ -2,12 +2,13 @@
 //! and a data set fit together. Synchronous LibTorch work: callers run it off the async
 //! workers.
 
-use std::io::Cursor;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use safetensors::{Dtype, SafeTensors};
+use serde::{Deserialize, Serialize};
 use tch::{CModule, Device, Kind, Tensor, nn};
 
+use super::model::archive;
 use super::model::torchscript::{TorchScript, reason};
 use super::model::{Model, Params};
 use super::task::dataset_loss;
@@ -15,14 +16,58 @@ use crate::spec::Loss;
 use crate::store::{DatasetDetail, ModelDetail, TensorInfo};
 
 /// Why an upload or a dry run was refused: the field (or tensor) at fault and the reason.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Refusal {
     pub field: String,
     pub message: String,
 }
 
-fn refuse(field: &str, message: impl Into<String>) -> Refusal {
+pub fn refuse(field: &str, message: impl Into<String>) -> Refusal {
     Refusal { field: field.to_owned(), message: message.into() }
+}
+
+/// A check that runs a user's module in LibTorch: the service runs it in a worker process
+/// of its own (a module that makes LibTorch abort ends that process, not the service), or
+/// in process when jobs train there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Check {
+    /// [`inspect_model`] on an uploaded file.
+    Model { file: PathBuf },
+    /// [`dry_run`] of a model and a data set.
+    DryRun { model: PathBuf, dataset: PathBuf, loss: Loss },
+}
+
+/// What a [`Check`] found.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Checked {
+    Model(ModelDetail),
+    DryRun(DryRun),
+}
+
+impl Check {
+    /// The field a refusal of this check names: the upload's `body`, or the job's `model`.
+    pub fn field(&self) -> &'static str {
+        match self {
+            Self::Model { .. } => "body",
+            Self::DryRun { .. } => "model",
+        }
+    }
+
+    /// What the check is, for messages and the test-only fault hook: `model` or `dry_run`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Model { .. } => "model",
+            Self::DryRun { .. } => "dry_run",
+        }
+    }
+
+    /// Runs the check here.
+    pub fn run(&self) -> Result<Checked, Refusal> {
+        match self {
+            Self::Model { file } => inspect_model(file).map(Checked::Model),
+            Self::DryRun { model, dataset, loss } => dry_run(model, dataset, *loss).map(Checked::DryRun),
+        }
+    }
 }
 
 /// The contract's name of a LibTorch element type.
@@ -40,15 +85,18 @@ pub fn kind_name(kind: Kind) -> String {
     }
 }
 
-/// Loads a TorchScript module from `bytes` and lists its parameters: those that require
-/// gradients are trained, the others are frozen (listed as buffers). Refused when the
-/// bytes are not TorchScript, when nothing is trainable, or when a trainable parameter is
-/// not float32.
-pub fn inspect_model(bytes: &[u8]) -> Result<ModelDetail, Refusal> {
-    let module = CModule::load_data_on_device(&mut Cursor::new(bytes), Device::Cpu)
+/// Loads the TorchScript module in `file` and lists its parameters (those that require
+/// gradients are trained, the others are frozen) and its buffers (read from the archive,
+/// [`archive::buffers`]). Refused when the file is not TorchScript, when nothing is
+/// trainable, or when a trainable parameter is not float32.
+pub fn inspect_model(file: &Path) -> Result<ModelDetail, Refusal> {
+    let module = CModule::load_on_device(file, Device::Cpu)
         .map_err(|err| refuse("body", format!("not a TorchScript module: {}", reason(&err))))?;
     let named = module.named_parameters().map_err(|err| refuse("body", reason(&err)))?;
-    let mut detail = ModelDetail { params: 0, parameters: Vec::new(), buffers: Vec::new() };
+    let buffers = archive::buffers(file)
+        .inspect_err(|err| tracing::warn!("could not list an uploaded module's buffers: {err:#}"))
+        .ok();
+    let mut detail = ModelDetail { params: 0, parameters: Vec::new(), frozen: Vec::new(), buffers };
     for (name, tensor) in named {
         let info = TensorInfo {
             dtype: kind_name(tensor.kind()),
@@ -57,7 +105,7 @@ pub fn inspect_model(bytes: &[u8]) -> Result<ModelDetail, Refusal> {
             name: name.clone(),
         };
         if !tensor.requires_grad() {
-            detail.buffers.push(info);
+            detail.frozen.push(info);
             continue;
         }
         if tensor.kind() != Kind::Float {
@@ -167,7 +215,7 @@ pub fn inspect_dataset(bytes: &[u8]) -> Result<DatasetDetail, Refusal> {
 }
 
 /// What a dry run measured.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct DryRun {
     /// Trainable parameters, and their tensors.
     pub params: u64,

@@ -1,33 +1,56 @@
 // @ts-check
 // The per-layer gradient-norm heatmap: layers × steps on a log colour scale, a tooltip
 // with the cell's steps and norm, and a click on a layer (or its label) to select it.
+// Layers of one block (`transformer.h.3`) sit under their block's row, which holds the
+// block's norm; a click on it collapses or opens the block.
 
 import { cellAt, drawGrid } from "../heatmap.js";
+import { groupedGrid } from "../layer-groups.js";
 import { el, num } from "../widgets.js";
 
 /** @typedef {import("../store.js").JobData} JobData */
+/** @typedef {import("../layer-groups.js").LayerGroups} LayerGroups */
+/** @typedef {import("../layer-groups.js").DisplayRow} DisplayRow */
+
+/** A display row's label: a block with its state and size, a layer of a block by the rest of its name. */
+function rowLabel(/** @type {JobData} */ data, /** @type {LayerGroups} */ groups, /** @type {DisplayRow | undefined} */ row) {
+  if (!row) return "";
+  if (row.kind === "group") {
+    const open = !groups.isCollapsed(row.group);
+    return `${open ? "▾" : "▸"} ${row.group.name} (${row.group.members.length})`;
+  }
+  const name = data.layers[row.layer]?.name ?? `#${row.layer}`;
+  return row.group ? `· ${name.slice(row.group.name.length + 1)}` : name;
+}
 
 /**
  * @param {HTMLElement} container
  * @param {JobData} data
- * @param {{onSelect: (layer: number) => void, empty: () => string}} options
+ * @param {{onSelect: (layer: number) => void, onToggle: (block: string) => void, groups: LayerGroups, empty: () => string}} options
  */
-export function layerHeatmap(container, data, { onSelect, empty }) {
+export function layerHeatmap(container, data, { onSelect, onToggle, groups, empty }) {
   const canvas = el("canvas", { id: "heatmap", class: "grid-canvas" });
   const tip = el("div", { class: "tip", hidden: true });
   container.replaceChildren(el("div", { class: "heat-wrap" }, canvas, tip));
 
+  /** @type {DisplayRow[]} */
+  let rows = groups.rows();
+  let grid = groupedGrid(data.grid, rows);
+
   canvas.addEventListener("mousemove", (e) => {
     const cell = cellAt(canvas, e);
-    if (!cell) {
+    const row = cell ? rows[cell.row] : undefined;
+    if (!cell || !row) {
       tip.hidden = true;
       return;
     }
-    const layer = data.layers[cell.row];
-    const name = layer?.name ?? `#${cell.row}`;
-    const v = cell.col === null ? NaN : data.grid.at(cell.row, cell.col);
+    const name = row.kind === "group"
+      ? `${row.group.name} (${row.group.members.length} layers; click to ${groups.isCollapsed(row.group) ? "open" : "collapse"})`
+      : data.layers[row.layer]?.name ?? `#${row.layer}`;
+    const what = row.kind === "group" ? "block ‖g‖ (√Σ‖g‖² of max ‖g‖)" : "max ‖g‖";
+    const v = cell.col === null ? NaN : grid.at(cell.row, cell.col);
     tip.hidden = false;
-    tip.textContent = cell.col === null ? name : `${name} · steps ${cell.from}–${cell.to} · max ‖g‖ ${Number.isNaN(v) ? "–" : num(10 ** v, 3)}`;
+    tip.textContent = cell.col === null ? name : `${name} · steps ${cell.from}–${cell.to} · ${what} ${Number.isFinite(v) ? num(10 ** v, 3) : "–"}`;
     const rect = canvas.getBoundingClientRect();
     tip.style.left = `${Math.min(rect.width - 260, e.clientX - rect.left + 12)}px`;
     tip.style.top = `${e.clientY - rect.top + 12}px`;
@@ -35,19 +58,33 @@ export function layerHeatmap(container, data, { onSelect, empty }) {
   canvas.addEventListener("mouseleave", () => { tip.hidden = true; });
   canvas.addEventListener("click", (e) => {
     const cell = cellAt(canvas, e);
-    if (cell && data.layers[cell.row]) onSelect(cell.row);
+    const row = cell ? rows[cell.row] : undefined;
+    if (row?.kind === "group") onToggle(row.group.name);
+    else if (row && data.layers[row.layer]) onSelect(row.layer);
   });
+
+  /** The display row of the selected layer: its own, or its collapsed block's. */
+  function selectedRow() {
+    const layer = data.histLayer;
+    if (layer === null) return null;
+    const i = rows.findIndex((r) => (r.kind === "layer" ? r.layer === layer : groups.isCollapsed(r.group) && r.group.members.includes(layer)));
+    return i < 0 ? null : i;
+  }
 
   return {
     canvas,
-    /** Fits the height to the layer count. */
+    /** Fits the height to the rows shown (after new layers, or a block opened or collapsed). */
     setLayers() {
-      canvas.style.height = `${Math.min(460, Math.max(150, data.layers.length * 16 + 24))}px`;
+      rows = groups.rows();
+      canvas.style.height = `${Math.min(460, Math.max(150, rows.length * 16 + 24))}px`;
+      canvas.dataset.rows = String(rows.length);
     },
     draw() {
-      drawGrid(canvas, data.grid, {
-        rowLabel: (r) => data.layers[r]?.name ?? `#${r}`,
-        selectedRow: data.histLayer,
+      // The layers' grid is replaced when the layers are.
+      grid = groupedGrid(data.grid, rows);
+      drawGrid(canvas, grid, {
+        rowLabel: (r) => rowLabel(data, groups, rows[r]),
+        selectedRow: selectedRow(),
         gutter: Math.min(200, Math.max(90, canvas.clientWidth * 0.18)),
         empty: empty(),
       });

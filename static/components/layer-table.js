@@ -2,14 +2,20 @@
 // The per-layer table: each layer's latest statistics (the columns the server's `hello`
 // names, in its order) and its health as the server's diagnosis states it — the issues in
 // force for the layer, and the layers it reported redundant. Click a row to select the
-// layer; click a head to sort.
+// layer; click a head to sort. In the module's order (`#`), the layers of a block
+// (`transformer.h.3`) follow a row of the block's own: its aggregate statistics and its
+// layers' health, and a button that collapses or opens it. Sorted by anything else, the
+// table ranks the layers themselves, without blocks.
 
+import { aggregate } from "../layer-groups.js";
 import { el, num, pct, sortableHead } from "../widgets.js";
 
 /** @typedef {import("../store.js").JobData} JobData */
 /** @typedef {import("../store.js").LayerRow} LayerRow */
 /** @typedef {import("../types.js").Diagnosis} Diagnosis */
 /** @typedef {import("../types.js").JobEvent} JobEvent */
+/** @typedef {import("../layer-groups.js").LayerGroups} LayerGroups */
+/** @typedef {import("../layer-groups.js").LayerGroup} LayerGroup */
 
 /** Short heads for the statistics the dashboard knows; any other shows its own name. */
 const LABELS = new Map([
@@ -37,9 +43,9 @@ const TABLE_MS = 300;
 /**
  * @param {HTMLElement} container
  * @param {JobData} data
- * @param {{statistics: () => string[], onSelect: (layer: number) => void}} options
+ * @param {{statistics: () => string[], onSelect: (layer: number) => void, onToggle: (block: string) => void, groups: LayerGroups}} options
  */
-export function layerTable(container, data, { statistics, onSelect }) {
+export function layerTable(container, data, { statistics, onSelect, onToggle, groups }) {
   const stepNote = el("span", { class: "muted small", id: "table-step" });
   const head = el("tr");
   const body = el("tbody");
@@ -50,6 +56,8 @@ export function layerTable(container, data, { statistics, onSelect }) {
   /** @type {Map<number, Flag[]>} */
   let flags = new Map();
   let columns = /** @type {string[]} */ ([]);
+  /** @type {Map<LayerGroup, HTMLTableRowElement>} */
+  let groupRows = new Map();
   let last = 0;
   let timer = 0;
 
@@ -102,7 +110,47 @@ export function layerTable(container, data, { statistics, onSelect }) {
       l.row = tr;
       return tr;
     }));
+    groupRows = new Map(groups.groups.map((g) => {
+      const numel = g.members.reduce((sum, m) => sum + (data.layers[m]?.numel ?? 0), 0);
+      const toggle = el("button", { type: "button", class: "group-toggle", title: "collapse or open the block",
+        onclick: (/** @type {Event} */ e) => { e.stopPropagation(); onToggle(g.name); } });
+      const tr = el("tr", { class: "group-row", dataset: { group: g.name }, onclick: () => onToggle(g.name) },
+        el("td", { class: "num" }, toggle),
+        el("td", { class: "group-name", title: `${g.members.length} layers` }, g.name, el("span", { class: "muted small" }, ` ${g.members.length} layers`)),
+        el("td", { class: "muted", title: "parameters in the block" }, numel ? numel.toLocaleString() : ""),
+        ...columns.map((s) => el("td", { class: `num group-stat-${s}` }, "–")), el("td", { class: "health" }));
+      return [g, tr];
+    }));
     update(true);
+  }
+
+  /** A block's row: its aggregate statistics, its layers' flags, its state. */
+  function updateGroup(/** @type {LayerGroup} */ g, /** @type {HTMLTableRowElement} */ tr) {
+    const cells = tr.children;
+    const open = !groups.isCollapsed(g);
+    tr.classList.toggle("collapsed", !open);
+    const toggle = cells[0].firstElementChild;
+    if (toggle && toggle.textContent !== (open ? "▾" : "▸")) toggle.textContent = open ? "▾" : "▸";
+    const latest = data.latest;
+    if (latest) {
+      columns.forEach((name, k) => {
+        const text = format(name, aggregate(name, latest.stats, g.members, data.layers));
+        const cell = cells[3 + k];
+        if (cell.textContent !== text) cell.textContent = text;
+      });
+    }
+    /** @type {Map<string, number>} */
+    const kinds = new Map();
+    for (const m of g.members) for (const f of flags.get(m) ?? []) kinds.set(f.kind, (kinds.get(f.kind) ?? 0) + 1);
+    const text = [...kinds].map(([k, n]) => `${k}×${n}`).join(" ");
+    const cell = /** @type {HTMLElement} */ (cells[3 + columns.length]);
+    if (cell.dataset.flags !== text) {
+      cell.dataset.flags = text;
+      cell.replaceChildren(...(kinds.size
+        ? [...kinds].map(([k, n]) => el("span", { class: `flag issue-${k}`, title: `${n} of the block's layers` }, n > 1 ? `${k} ×${n}` : k))
+        : [el("span", { class: "flag issue-ok" }, "ok")]));
+    }
+    tr.classList.toggle("selected", !open && data.histLayer !== null && g.members.includes(data.histLayer));
   }
 
   function update(force = false) {
@@ -134,13 +182,40 @@ export function layerTable(container, data, { statistics, onSelect }) {
       }
       l.row.classList.toggle("selected", l.index === data.histLayer);
     }
-    const order = [...data.layers].sort((a, b) => {
-      const ka = sortKey(a);
-      const kb = sortKey(b);
-      return (ka < kb ? -1 : ka > kb ? 1 : a.index - b.index) * sort.dir;
-    });
+    // Blocks in the module's order only (either direction); ranked by anything else, layers alone.
+    const blocks = sort.key === "index" && groupRows.size > 0;
+    /** @type {HTMLTableRowElement[]} */
+    let order;
+    if (blocks) {
+      const rows = groups.rows();
+      if (sort.dir < 0) rows.reverse();
+      order = [];
+      for (const row of rows) {
+        const tr = row.kind === "group" ? groupRows.get(row.group) : data.layers[row.layer]?.row;
+        // Reversed, a block's row still heads its layers.
+        if (tr && row.kind === "group" && sort.dir < 0) {
+          const start = order.length - (groups.isCollapsed(row.group) ? 0 : row.group.members.length);
+          order.splice(start, 0, tr);
+        } else if (tr) order.push(tr);
+      }
+      for (const [g, tr] of groupRows) updateGroup(g, tr);
+    } else {
+      order = /** @type {HTMLTableRowElement[]} */ ([...data.layers].sort((a, b) => {
+        const ka = sortKey(a);
+        const kb = sortKey(b);
+        return (ka < kb ? -1 : ka > kb ? 1 : a.index - b.index) * sort.dir;
+      }).map((l) => l.row));
+    }
+    for (const [, tr] of groupRows) tr.hidden = !blocks;
+    for (const l of data.layers) {
+      if (l.row) l.row.hidden = blocks && !!groups.ofLayer[l.index] && groups.isCollapsed(/** @type {LayerGroup} */ (groups.ofLayer[l.index]));
+      l.row?.classList.toggle("in-group", blocks && !!groups.ofLayer[l.index]);
+    }
+    const shown = new Set(order);
+    const hidden = [...groupRows.values(), .../** @type {HTMLTableRowElement[]} */ (data.layers.map((l) => l.row))].filter((tr) => tr && !shown.has(tr));
+    const all = [...order, ...hidden];
     const current = [...body.children];
-    if (order.some((l, i) => current[i] !== l.row)) body.append(.../** @type {HTMLTableRowElement[]} */ (order.map((l) => l.row)));
+    if (all.some((tr, i) => current[i] !== tr)) body.append(...all);
   }
 
   return {

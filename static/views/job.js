@@ -9,6 +9,7 @@ import { layerHeatmap } from "../components/layer-heatmap.js";
 import { eventList } from "../components/events.js";
 import { histogram } from "../components/histogram.js";
 import { layerTable } from "../components/layer-table.js";
+import { LayerGroups } from "../layer-groups.js";
 import { lossCharts } from "../components/loss-charts.js";
 import { JobFeed } from "../feed.js";
 import { describeSpec, diagnosisBadges, duration, el, figures, num, pct, progressBar, statusBadge } from "../widgets.js";
@@ -85,8 +86,12 @@ export async function jobView(root, ctx, id) {
 
   const monitor = () => job().spec.monitor ?? {};
   const charts = lossCharts(uPlot, { loss: lossBox, norm: normBox, lr: lrBox }, data, { events: feed.events, syncKey: `job-${id}` });
+  // Layers by block, shared by the heatmap and the table: a block collapses in both.
+  const groups = new LayerGroups(data.layers);
   const heat = layerHeatmap(heatBox, data, {
     onSelect: selectLayer,
+    onToggle: toggleBlock,
+    groups,
     empty: () => (monitor().every === 0 ? "per-layer statistics are off for this job (monitor.every = 0)" : "waiting for the first step…"),
   });
   const hist = histogram(histBox, data, {
@@ -94,11 +99,12 @@ export async function jobView(root, ctx, id) {
     onSelect: selectLayer,
     empty: () => (monitor().histogram === false ? "this job records no histograms (monitor.histogram = false)" : "waiting for histograms…"),
   });
-  const table = layerTable(tableBox, data, { statistics: () => feed.statistics, onSelect: selectLayer });
+  const table = layerTable(tableBox, data, { statistics: () => feed.statistics, onSelect: selectLayer, onToggle: toggleBlock, groups });
   const events = eventList(eventsBox, { layers: () => data.layers });
   for (const e of feed.events) events.add(e);
 
   function setLayers() {
+    groups.setLayers(data.layers);
     heat.setLayers();
     hist.setLayers(data.layers);
     table.build();
@@ -158,6 +164,13 @@ export async function jobView(root, ctx, id) {
     frames.request(`counter-${id}`, () => { counter.textContent = `${data.lastStep || job().step} / ${job().total_steps}`; });
     frames.request(`head-${id}`, updateHead);
     frames.request(`table-${id}`, () => table.update({ diagnosis: job().diagnosis, events: feed.events }));
+  }
+
+  function toggleBlock(/** @type {string} */ block) {
+    groups.toggle(block);
+    heat.setLayers();
+    table.update({ diagnosis: job().diagnosis, events: feed.events }, true);
+    frames.request(`heat-${id}`, heat.draw);
   }
 
   function selectLayer(/** @type {number} */ layer) {

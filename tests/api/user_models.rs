@@ -278,3 +278,120 @@ async fn uploads_stop_at_the_quota_and_leave_no_file_behind() {
     let list: Value = app.get("/api/v1/models").await.json().await.expect("json");
     assert_eq!((list["count"].as_i64(), list["max_models"].as_i64()), (Some(1), Some(1)));
 }
+
+/// Starts the service with the test fault hook set for its workers' checks.
+async fn app_with_check_fault(fault: &str, timeout: Option<std::time::Duration>) -> TestApp {
+    spawn_app_with(tempfile::TempDir::new().expect("dir"), |config| {
+        config.worker_env = vec![(gradscope::worker::FAULT_VAR.to_owned(), fault.to_owned())];
+        if let Some(timeout) = timeout {
+            config.check_timeout = timeout;
+        }
+    })
+    .await
+}
+
+/// After a check's worker died: the service answers, and a job still trains to the end.
+async fn the_service_still_trains(app: &TestApp) {
+    assert_eq!(app.get("/healthz").await.status(), 200);
+    let job = app.submit(&crate::helpers::tiny_lstm_spec(5, 1.0)).await;
+    let done = app.wait_finished(job["id"].as_str().expect("id")).await;
+    assert_eq!((done["status"].as_str(), done["step"].as_u64()), (Some("succeeded"), Some(5)), "{done}");
+}
+
+/// An upload whose check kills the process that loads it (as a hostile module that makes
+/// LibTorch segfault would) is refused with the cause, nothing of it is kept, and the
+/// service stays up.
+#[tokio::test]
+async fn a_model_whose_check_crashes_its_process_is_refused_and_the_service_stays_up() {
+    let files = fixtures();
+    let app = app_with_check_fault("segv@check@model", None).await;
+    let (field, message) = refused(upload_file(&app, "models", &files.path().join("mlp.pt")).await).await;
+    assert_eq!(field, "body");
+    assert!(message.contains("worker killed by signal 11 (SIGSEGV)"), "{message}");
+    let listed: Value = app.get("/api/v1/models").await.json().await.expect("json");
+    assert_eq!(listed["count"], 0, "nothing refused was kept");
+    assert!(std::fs::read_dir(app.dir.path().join("data/models")).map_or(true, |mut d| d.next().is_none()));
+    the_service_still_trains(&app).await;
+}
+
+/// A dry run that aborts its process refuses the job (field `model`) with the cause.
+#[tokio::test]
+async fn a_job_whose_dry_run_aborts_its_process_is_refused_and_the_service_stays_up() {
+    let files = fixtures();
+    let app = app_with_check_fault("abort@check@dry_run", None).await;
+    let model = upload_ok(&app, "models", &files.path().join("mlp.pt")).await["id"].as_str().expect("id").to_owned();
+    let set =
+        upload_ok(&app, "datasets", &files.path().join("mlp.safetensors")).await["id"].as_str().expect("id").to_owned();
+    let (field, message) = refused(app.post_json("/api/v1/jobs", &spec(&model, &set, 5)).await).await;
+    assert_eq!(field, "model");
+    assert!(message.contains("worker killed by signal 6 (SIGABRT)"), "{message}");
+    let jobs: Value = app.get("/api/v1/jobs").await.json().await.expect("json");
+    assert_eq!(jobs["jobs"].as_array().map(Vec::len), Some(0), "nothing was queued: {jobs}");
+    the_service_still_trains(&app).await;
+}
+
+/// A check that never ends is stopped at `check_timeout` and the upload refused.
+#[tokio::test]
+async fn a_model_whose_check_hangs_is_stopped_at_the_time_limit() {
+    let files = fixtures();
+    let app = app_with_check_fault("hang@check@model", Some(std::time::Duration::from_secs(2))).await;
+    let started = std::time::Instant::now();
+    let (field, message) = refused(upload_file(&app, "models", &files.path().join("mlp.pt")).await).await;
+    assert_eq!(field, "body");
+    assert!(message.contains("longer than 2 s"), "{message}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "{:?}", started.elapsed());
+    the_service_still_trains(&app).await;
+}
+
+/// An upload lists the module's registered buffers as PyTorch's `named_buffers()` does
+/// (batch norm's running statistics, nested ones included; a `None` buffer and a plain
+/// tensor attribute not), and its frozen parameters apart.
+#[tokio::test]
+async fn an_uploaded_model_lists_its_buffers_as_pytorch_does() {
+    let files = fixtures();
+    let want: Value =
+        serde_json::from_slice(&std::fs::read(files.path().join("buffers.json")).expect("buffers.json")).expect("json");
+    let app = spawn_app().await;
+    for name in ["gpt", "mlp", "buffered"] {
+        let model = upload_ok(&app, "models", &files.path().join(format!("{name}.pt"))).await;
+        let listed: Vec<Value> = model["buffers"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{name}: no buffers listed: {model}"))
+            .iter()
+            .map(|b| json!({"name": b["name"], "shape": b["shape"], "dtype": b["dtype"]}))
+            .collect();
+        assert_eq!(Value::from(listed), want[name], "{name}");
+        for b in model["buffers"].as_array().expect("buffers") {
+            let numel: i64 = b["shape"].as_array().expect("shape").iter().map(|d| d.as_i64().expect("dim")).product();
+            assert_eq!(b["numel"], numel, "{name}: {b}");
+        }
+    }
+    let mlp = &want["mlp"];
+    assert_eq!(mlp[0]["name"], "1.running_mean", "the fixture has batch norm statistics: {mlp}");
+    assert_eq!(want["buffered"].as_array().map(Vec::len), Some(5), "{}", want["buffered"]);
+    let buffered = upload_ok(&app, "models", &files.path().join("buffered.pt")).await;
+    assert_eq!(buffered["frozen"], json!([{"name": "frozen", "dtype": "float32", "shape": [3], "numel": 3}]));
+}
+
+/// With `--in-process`, checks run on a thread of the service, as jobs train there: an
+/// upload is listed, a misfit refused with the module's message, a fitting job trains.
+#[tokio::test]
+async fn in_process_the_checks_run_in_the_service_and_a_job_trains() {
+    let files = fixtures();
+    let app = spawn_app_with(tempfile::TempDir::new().expect("dir"), |c| c.in_process = true).await;
+    let model = upload_ok(&app, "models", &files.path().join("mlp.pt")).await;
+    assert_eq!(model["buffers"][0]["name"], "1.running_mean", "{model}");
+    let model = model["id"].as_str().expect("id").to_owned();
+    let good =
+        upload_ok(&app, "datasets", &files.path().join("mlp.safetensors")).await["id"].as_str().expect("id").to_owned();
+    let wide = upload_ok(&app, "datasets", &files.path().join("wide.safetensors")).await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let (field, message) = refused(app.post_json("/api/v1/jobs", &spec(&model, &wide, 10)).await).await;
+    assert_eq!(field, "model");
+    assert!(message.contains("mat1 and mat2 shapes cannot be multiplied"), "{message}");
+    let job = app.submit(&spec(&model, &good, 10)).await;
+    let done = app.wait_finished(job["id"].as_str().expect("id")).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+}

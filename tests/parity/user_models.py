@@ -12,6 +12,10 @@ Writes to OUT_DIR:
   batch as large as the data set): the loss and every parameter's gradient norm before
   clipping, per step;
 - frozen.pt: a scripted module with no trainable parameter;
+- buffered.pt: a scripted module with buffers of its own and in nested batch norms (one
+  without running statistics), a frozen parameter and a plain tensor attribute;
+- buffers.json: `named_buffers()` (name, shape, dtype) of gpt.pt, mlp.pt and buffered.pt
+  as PyTorch loads them;
 - nan.safetensors (a NaN in x), short_y.safetensors (y one sample short),
   wide.safetensors (x one feature wider than mlp.pt takes), float_y.safetensors
   (float targets).
@@ -110,6 +114,26 @@ class Frozen(nn.Module):
         return x * self.scale
 
 
+class Buffered(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+        self.register_buffer("scale", torch.ones(2, 2))
+        self.blocks = nn.ModuleList([
+            nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3)),
+            nn.Sequential(nn.Linear(3, 5), nn.BatchNorm1d(5, track_running_stats=False)),
+        ])
+        self.frozen = nn.Parameter(torch.ones(3), requires_grad=False)
+        self.plain = torch.zeros(3)
+        self.register_buffer("steps", torch.zeros((), dtype=torch.int32))
+
+    def forward(self, x):
+        x = self.fc(x) * self.frozen + self.plain
+        for block in self.blocks:
+            x = block(x)
+        return x * self.scale.sum()
+
+
 def mlp():
     return nn.Sequential(
         nn.Linear(FEATURES, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, CLASSES)
@@ -164,6 +188,15 @@ def main():
         (out / f"{name}.json").write_text(json.dumps(result))
 
     torch.jit.script(Frozen()).save(str(out / "frozen.pt"))
+    torch.jit.script(Buffered()).save(str(out / "buffered.pt"))
+    buffers = {
+        name: [
+            {"name": n, "shape": list(b.shape), "dtype": str(b.dtype).removeprefix("torch.")}
+            for n, b in torch.jit.load(str(out / f"{name}.pt")).named_buffers()
+        ]
+        for name in ["gpt", "mlp", "buffered"]
+    }
+    (out / "buffers.json").write_text(json.dumps(buffers))
     nan = mx.clone()
     nan[3, 2] = float("nan")
     save_file({"x": nan, "y": my}, str(out / "nan.safetensors"))

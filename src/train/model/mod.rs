@@ -10,6 +10,7 @@
 //! - [`transformer`] — a decoder-only (causal) transformer.
 //! - [`layers`] — the shared building blocks.
 
+pub mod archive;
 pub mod layers;
 pub mod mlp;
 pub mod recurrent;
