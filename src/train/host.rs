@@ -7,8 +7,9 @@
 //! they do (the README's performance section). Here a layer is read in blocks that fit the
 //! L1 cache: a first sweep of a block takes its mean, a second sweep its deviations from
 //! that mean (corrected two-pass: Σd and Σd² both, so the rounding of the block's mean
-//! cancels; gradient sums in float64 lanes), the largest |g| and the zero and NaN/±Inf
-//! counts from the float's bits; a separate sweep counts exponents for the histogram.
+//! cancels; the mean itself from float64 sums), the largest |g| and the zero count from
+//! the float's bits (NaN/±Inf counted only in a block whose largest bits say it holds
+//! some); a separate sweep counts exponents for the histogram.
 //! Blocks are combined in float64 by Chan, Golub and LeVeque's pairwise update. The update
 //! rules compute what the same rules written as LibTorch operations compute, element by
 //! element in float32. The loops are written for the compiler to vectorise, and compiled
@@ -440,8 +441,8 @@ fn summarise_block(block: &[f32]) -> BlockSummary {
     let n = block.len();
     let chunks = block.chunks_exact(LANES);
     let tail = chunks.remainder();
-    // Float64 sums: a layer's mean is often a small difference of large terms (a bias
-    // whose gradient sums to about zero), which float32 sums would lose.
+    // The mean from float64 sums: a layer's mean is often a small difference of large
+    // terms (a bias whose gradient sums to about zero), which float32 sums would lose.
     let mut sum = [0f64; LANES];
     for c in chunks.clone() {
         for i in 0..LANES {
@@ -449,42 +450,47 @@ fn summarise_block(block: &[f32]) -> BlockSummary {
         }
     }
     let total: f64 = sum.iter().sum::<f64>() + tail.iter().map(|&x| f64::from(x)).sum::<f64>();
-    // The block's mean; where it is not finite (an infinity in the block) the layer's
-    // moments are NaN anyway, and 0 keeps the sweep below finite where it can be.
-    let shift = match total / n as f64 {
-        s if s.is_finite() => s,
+    // Where the mean is not finite (an infinity in the block) the layer's moments are NaN
+    // anyway, and 0 keeps the sweep below finite where it can be.
+    let mean = match total / n as f64 {
+        m if m.is_finite() => m,
         _ => 0.0,
     };
-    let (mut d1, mut d2) = ([0f64; LANES], [0f64; LANES]);
-    let (mut max, mut zeros, mut nonfinite) = ([0u32; LANES], [0u32; LANES], [0u32; LANES]);
+    // The deviations in float32: each is small against the values, and their squares
+    // are summed over at most a block per lane.
+    let shift = mean as f32;
+    let (mut d1, mut d2, mut max, mut zeros) = ([0f32; LANES], [0f32; LANES], [0u32; LANES], [0u32; LANES]);
     for c in chunks {
         for i in 0..LANES {
-            let d = f64::from(c[i]) - shift;
+            let d = c[i] - shift;
             d1[i] += d;
             d2[i] += d * d;
             let bits = c[i].to_bits() & ABS_BITS;
             max[i] = max[i].max(bits);
             zeros[i] += u32::from(bits == 0);
-            nonfinite[i] += u32::from(bits >= INF_BITS);
         }
     }
-    let (mut s1, mut s2) = (d1.iter().sum::<f64>(), d2.iter().sum::<f64>());
-    let (mut max_bits, mut zero_count, mut nonfinite_count) =
-        (max.into_iter().max().unwrap_or(0), zeros.iter().sum::<u32>(), nonfinite.iter().sum::<u32>());
+    let wide = |a: [f32; LANES]| a.iter().map(|&x| f64::from(x)).sum::<f64>();
+    let (mut s1, mut s2) = (wide(d1), wide(d2));
+    let (mut max_bits, mut zero_count) = (max.into_iter().max().unwrap_or(0), zeros.iter().sum::<u32>());
     for &x in tail {
-        let d = f64::from(x) - shift;
+        let d = f64::from(x - shift);
         s1 += d;
         s2 += d * d;
         let bits = x.to_bits() & ABS_BITS;
         max_bits = max_bits.max(bits);
         zero_count += u32::from(bits == 0);
-        nonfinite_count += u32::from(bits >= INF_BITS);
     }
+    // NaN and ±Inf sort above every finite |x| by their bits: counted only where present.
+    let nonfinite = if max_bits >= INF_BITS {
+        block.iter().map(|x| u32::from(x.to_bits() & ABS_BITS >= INF_BITS)).sum()
+    } else {
+        0
+    };
     let count = n as f64;
-    // Σ(x − m)² = Σd² − (Σd)²/n for d = x − shift and the block's mean m = shift + Σd/n:
-    // the rounding of `shift` cancels.
-    let moments = Moments { n: count, mean: shift + s1 / count, m2: (s2 - s1 * s1 / count).max(0.0) };
-    BlockSummary { moments, max_bits, zeros: zero_count, nonfinite: nonfinite_count }
+    // Σ(x − m)² = Σd² − (Σd)²/n for d = x − shift: the rounding of `shift` cancels.
+    let moments = Moments { n: count, mean, m2: (s2 - s1 * s1 / count).max(0.0) };
+    BlockSummary { moments, max_bits, zeros: zero_count, nonfinite }
 }
 
 /// Adds each element's exponent field to `counts` (256 of them). Four tables in turn, so
