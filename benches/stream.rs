@@ -235,7 +235,13 @@ fn process_cpu() -> f64 {
 /// Trains the job once with `clients` subscribers in a separate process; returns its step
 /// rate, this process's CPU time and what the clients saw. The job waits behind a blocker
 /// until every client is connected, so all of them see it from its first step live.
-async fn train(args: &StreamArgs, http: &reqwest::Client, base: &str, spec: &Value, clients: usize) -> anyhow::Result<Run> {
+async fn train(
+    args: &StreamArgs,
+    http: &reqwest::Client,
+    base: &str,
+    spec: &Value,
+    clients: usize,
+) -> anyhow::Result<Run> {
     let blocker = json!({
         "name": "blocker", "steps": 10_000_000, "batch_size": 1, "device": "cpu",
         "task": {"kind": "char_lm", "seq_len": 2}, "model": {"kind": "lstm", "layers": 1, "hidden": 1},
