@@ -1,10 +1,18 @@
 //! `cargo bench --bench stream -- [ARGS]`: one job's step rate alone and with many
 //! WebSocket subscribers, the messages they got, and how long each step took from
-//! publication to a client (step messages carry their publication time). Server, training
-//! and clients share this process and machine, as a busy dashboard would share a small
-//! server. Run without `--bench` (as `cargo test --all-targets` does), it streams a short
-//! job to two clients, to show that it works.
+//! publication to a client (step messages carry their publication time).
+//!
+//! The server (and, with `--in-process`, the training) runs in this process; the clients
+//! run in a second process, this program started again with `--connect`, at a low CPU
+//! priority (`nice -n 19` by default) to stand in for dashboards on other machines: it
+//! gets the cores only when the server and the job leave them idle, so the step rate is
+//! what the job pays for serving them. Rounds interleave the two runs (alone first in odd
+//! rounds, with subscribers first in even ones) and the figures are min / median / max.
+//! Run without `--bench` (as `cargo test --all-targets` does), it streams a short job to
+//! two clients once, to show that it works.
 
+use std::io::Write;
+use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -12,7 +20,9 @@ use clap::Parser;
 use futures::StreamExt;
 use gradscope::Application;
 use gradscope::config::ServeConfig;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_tungstenite::tungstenite::Message;
 
 #[derive(Debug, Clone, Parser)]
@@ -24,6 +34,9 @@ struct StreamArgs {
     /// Training steps of each run.
     #[arg(long, default_value_t = 2000)]
     pub steps: u64,
+    /// Rounds; each trains the job alone and with the subscribers.
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
     /// LSTM width (bigger means slower steps and bigger messages).
     #[arg(long, default_value_t = 64)]
     pub hidden: i64,
@@ -34,6 +47,12 @@ struct StreamArgs {
     /// process boundary costs.
     #[arg(long)]
     pub in_process: bool,
+    /// The niceness of the clients' process (19: the lowest priority; 0: the server's).
+    #[arg(long, default_value_t = 19)]
+    pub client_nice: i32,
+    /// Internal: be the clients' process, reading this stream URL with `--clients` sockets.
+    #[arg(long, hide = true)]
+    pub connect: Option<String>,
     /// Given by `cargo bench`; without it the benchmark only shows that it runs.
     #[arg(long, hide = true)]
     pub bench: bool,
@@ -47,19 +66,48 @@ struct Seen {
     latencies_ms: Vec<f64>,
 }
 
+/// What the clients' process reports, one JSON line on its standard output.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct ClientsReport {
+    /// Step messages received, by every client together.
+    delivered: u64,
+    /// Step messages the server said were skipped (`lagged`).
+    lagged: u64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    /// CPU seconds the clients' process used.
+    cpu_seconds: f64,
+}
+
+/// One run of the job.
+#[derive(Debug)]
+struct Run {
+    steps_per_second: f64,
+    /// CPU seconds of this process (the server; with `--in-process`, the training too)
+    /// while the job ran.
+    server_cpu: f64,
+    clients: Option<ClientsReport>,
+}
+
 fn now_seconds() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     // `cargo bench` passes `--bench`; `cargo test` passes nothing, and gets a short job.
-    let args = if std::env::args().any(|a| a == "--bench") {
+    let raw: Vec<String> = std::env::args().collect();
+    let args = if raw.iter().any(|a| a == "--bench" || a == "--connect") {
         StreamArgs::parse()
     } else {
-        StreamArgs::parse_from(["stream", "--clients", "2", "--steps", "20", "--hidden", "8"])
+        StreamArgs::parse_from(["stream", "--clients", "2", "--steps", "20", "--hidden", "8", "--rounds", "1"])
     };
-    run(&args).await
+    if let Some(url) = &args.connect {
+        // The clients: one thread, as light as a reader of this many sockets can be.
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        return runtime.block_on(clients(url, args.clients));
+    }
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(&args))
 }
 
 async fn run(args: &StreamArgs) -> anyhow::Result<()> {
@@ -91,46 +139,71 @@ async fn run(args: &StreamArgs) -> anyhow::Result<()> {
     });
 
     println!(
-        "bench stream: {} steps of a 1×{} LSTM, {} torch thread(s), {}",
+        "bench stream: {} steps of a 1×{} LSTM, {} torch thread(s), {}; {} subscribers in a separate \
+         process at nice {}; {} interleaved rounds",
         args.steps,
         args.hidden,
         args.torch_threads,
-        if args.in_process { "in the server's process" } else { "in a worker process" }
+        if args.in_process { "in the server's process" } else { "in a worker process" },
+        args.clients,
+        args.client_nice,
+        args.rounds,
     );
-    let blocker = json!({
-        "name": "blocker", "steps": 10_000_000, "batch_size": 1, "device": "cpu",
-        "task": {"kind": "char_lm", "seq_len": 2}, "model": {"kind": "lstm", "layers": 1, "hidden": 1},
-        "monitor": {"every": 0},
-    });
-    let alone = train(&http, &base, &spec, 0, &blocker).await?;
-    let with = train(&http, &base, &spec, args.clients, &blocker).await?;
+    let mut alone = Vec::new();
+    let mut with = Vec::new();
+    for round in 0..args.rounds {
+        // Alternate the order, so drift on a shared machine hits both alike.
+        for subscribed in if round % 2 == 0 { [false, true] } else { [true, false] } {
+            let clients = if subscribed { args.clients } else { 0 };
+            let run = train(args, &http, &base, &spec, clients).await?;
+            let line = match &run.clients {
+                None => format!("alone {:>7.1} steps/s, server {:>5.2} CPU-s", run.steps_per_second, run.server_cpu),
+                Some(c) => format!(
+                    "{} subscribers {:>7.1} steps/s, server {:>5.2} CPU-s, clients {:>5.2} CPU-s; \
+                     delivered {}/{}, lagged {}, latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                    args.clients,
+                    run.steps_per_second,
+                    run.server_cpu,
+                    c.cpu_seconds,
+                    c.delivered,
+                    args.steps * args.clients as u64,
+                    c.lagged,
+                    c.p50_ms,
+                    c.p99_ms,
+                    c.max_ms
+                ),
+            };
+            println!("round {}: {line}", round + 1);
+            if subscribed { with.push(run) } else { alone.push(run) }
+        }
+    }
 
-    let (rate_alone, _) = alone;
-    let (rate_with, seen) = with;
-    let expected = args.steps * args.clients as u64;
-    let delivered: u64 = seen.iter().map(|s| s.steps).sum();
-    let lagged: u64 = seen.iter().map(|s| s.lagged).sum();
-    let mut latencies: Vec<f64> = seen.into_iter().flat_map(|s| s.latencies_ms).collect();
-    latencies.sort_by(f64::total_cmp);
-    let pct =
-        |p: f64| latencies.get(((latencies.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(f64::NAN);
-    println!("{:<40} {:>12.1}", "steps/s, no subscribers", rate_alone);
+    let rates = |runs: &[Run]| runs.iter().map(|r| r.steps_per_second).collect::<Vec<_>>();
+    let costs: Vec<f64> =
+        alone.iter().zip(&with).map(|(a, w)| 100.0 * (w.steps_per_second / a.steps_per_second - 1.0)).collect();
+    let reports: Vec<&ClientsReport> = with.iter().filter_map(|r| r.clients.as_ref()).collect();
+    let expected = args.steps * args.clients as u64 * reports.len() as u64;
+    let delivered: u64 = reports.iter().map(|c| c.delivered).sum();
+    let lagged: u64 = reports.iter().map(|c| c.lagged).sum();
+    println!("\n{:<44} {:>9} {:>9} {:>9}", "", "min", "median", "max");
+    let row = |label: &str, values: Vec<f64>| {
+        let (min, mid, max) = spread(values);
+        println!("{label:<44} {min:>9.1} {mid:>9.1} {max:>9.1}");
+    };
+    row("steps/s, no subscribers", rates(&alone));
+    row(&format!("steps/s, {} subscribers", args.clients), rates(&with));
+    row("step rate with subscribers vs alone (%)", costs);
+    row("server CPU-s, no subscribers", alone.iter().map(|r| r.server_cpu).collect());
+    row(&format!("server CPU-s, {} subscribers", args.clients), with.iter().map(|r| r.server_cpu).collect());
+    row("clients' process CPU-s", reports.iter().map(|c| c.cpu_seconds).collect());
+    row("delivery latency p50 (ms)", reports.iter().map(|c| c.p50_ms).collect());
+    row("delivery latency p99 (ms)", reports.iter().map(|c| c.p99_ms).collect());
+    row("delivery latency max (ms)", reports.iter().map(|c| c.max_ms).collect());
     println!(
-        "{:<40} {:>12.1}  ({:+.1}%)",
-        format!("steps/s, {} subscribers", args.clients),
-        rate_with,
-        100.0 * (rate_with / rate_alone - 1.0)
-    );
-    println!(
-        "{:<40} {:>12}  of {expected} ({:.2}%)",
+        "{:<44} {delivered} of {expected} ({:.2}%), {lagged} skipped by lag",
         "step messages delivered",
-        delivered,
-        100.0 * delivered as f64 / expected as f64
+        100.0 * delivered as f64 / expected.max(1) as f64
     );
-    println!("{:<40} {:>12}", "step messages skipped by lag", lagged);
-    println!("{:<40} {:>12.2}", "delivery latency p50 (ms)", pct(0.50));
-    println!("{:<40} {:>12.2}", "delivery latency p99 (ms)", pct(0.99));
-    println!("{:<40} {:>12.2}", "delivery latency max (ms)", pct(1.0));
 
     let _ = stop.send(());
     server.await??;
@@ -138,28 +211,67 @@ async fn run(args: &StreamArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Trains one job with `clients` subscribers; returns its step rate and what they saw.
-/// The job waits behind `blocker` until every client is connected, so all of them see it
-/// from its first step live.
+/// Min, median and max.
+fn spread(mut values: Vec<f64>) -> (f64, f64, f64) {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n == 0 {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    }
+    let mid = if n % 2 == 1 { values[n / 2] } else { (values[n / 2 - 1] + values[n / 2]) / 2.0 };
+    (values[0], mid, values[n - 1])
+}
+
+/// CPU seconds (user + system) this process has used, from `/proc/self/stat`.
+fn process_cpu() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return f64::NAN };
+    let Some(close) = stat.rfind(')') else { return f64::NAN };
+    let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+    // After the name: state is field 3 of stat(5), utime 14 and stime 15, in USER_HZ (100).
+    let ticks = |i: usize| fields.get(i - 3).and_then(|f| f.parse::<f64>().ok()).unwrap_or(f64::NAN);
+    (ticks(14) + ticks(15)) / 100.0
+}
+
+/// Trains the job once with `clients` subscribers in a separate process; returns its step
+/// rate, this process's CPU time and what the clients saw. The job waits behind a blocker
+/// until every client is connected, so all of them see it from its first step live.
 async fn train(
+    args: &StreamArgs,
     http: &reqwest::Client,
     base: &str,
     spec: &Value,
     clients: usize,
-    blocker: &Value,
-) -> anyhow::Result<(f64, Vec<Seen>)> {
+) -> anyhow::Result<Run> {
+    let blocker = json!({
+        "name": "blocker", "steps": 10_000_000, "batch_size": 1, "device": "cpu",
+        "task": {"kind": "char_lm", "seq_len": 2}, "model": {"kind": "lstm", "layers": 1, "hidden": 1},
+        "monitor": {"every": 0},
+    });
     let submit = |spec: Value| async move {
         let job: Value = http.post(format!("http://{base}/api/v1/jobs")).json(&spec).send().await?.json().await?;
         job["id"].as_str().map(str::to_owned).context("no job id")
     };
-    let blocker = submit(blocker.clone()).await?;
+    let blocker = submit(blocker).await?;
     let id = submit(spec.clone()).await?;
-    let mut readers = Vec::with_capacity(clients);
-    for _ in 0..clients {
-        let (socket, _) = tokio_tungstenite::connect_async(format!("ws://{base}/api/v1/jobs/{id}/stream")).await?;
-        readers.push(tokio::spawn(read(socket)));
+    let mut child = None;
+    if clients > 0 {
+        let mut process = tokio::process::Command::new("nice")
+            .arg("-n")
+            .arg(args.client_nice.to_string())
+            .arg(std::env::current_exe()?)
+            .args(["--connect", &format!("ws://{base}/api/v1/jobs/{id}/stream"), "--clients", &clients.to_string()])
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("failed to start the clients' process")?;
+        let mut lines = BufReader::new(process.stdout.take().context("stdout")?).lines();
+        let ready = lines.next_line().await?;
+        anyhow::ensure!(ready.as_deref() == Some("connected"), "the clients did not connect: {ready:?}");
+        child = Some((process, lines));
     }
     http.post(format!("http://{base}/api/v1/jobs/{blocker}/cancel")).send().await?;
+    // Counted from the blocker's end: the job starts right after it.
+    let cpu_before = process_cpu();
     let job = loop {
         let job: Value = http.get(format!("http://{base}/api/v1/jobs/{id}")).send().await?.json().await?;
         if !matches!(job["status"].as_str(), Some("queued" | "running")) {
@@ -167,17 +279,52 @@ async fn train(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    let server_cpu = process_cpu() - cpu_before;
     anyhow::ensure!(job["status"] == "succeeded", "the benchmark job ended {}: {}", job["status"], job["error"]);
     let seconds = |field: &str| -> anyhow::Result<f64> {
         let at = job[field].as_str().context("timestamp")?;
         Ok(chrono::DateTime::parse_from_rfc3339(at)?.timestamp_micros() as f64 / 1e6)
     };
-    let rate = job["step"].as_f64().unwrap_or(0.0) / (seconds("finished_at")? - seconds("started_at")?);
-    let mut seen = Vec::with_capacity(clients);
-    for reader in readers {
-        seen.push(reader.await?);
+    let steps_per_second = job["step"].as_f64().unwrap_or(0.0) / (seconds("finished_at")? - seconds("started_at")?);
+    let clients = match child {
+        None => None,
+        Some((mut process, mut lines)) => {
+            let line = lines.next_line().await?.context("the clients' process reported nothing")?;
+            process.wait().await?;
+            Some(serde_json::from_str::<ClientsReport>(&line)?)
+        }
+    };
+    Ok(Run { steps_per_second, server_cpu, clients })
+}
+
+/// The clients' process: connects `count` sockets to `url`, says `connected`, reads every
+/// socket until its final status, then prints a [`ClientsReport`].
+async fn clients(url: &str, count: usize) -> anyhow::Result<()> {
+    let mut readers = Vec::with_capacity(count);
+    for _ in 0..count {
+        let (socket, _) = tokio_tungstenite::connect_async(url).await?;
+        readers.push(tokio::spawn(read(socket)));
     }
-    Ok((rate, seen))
+    let cpu_before = process_cpu();
+    let mut stdout = std::io::stdout();
+    writeln!(stdout, "connected")?;
+    stdout.flush()?;
+    let mut report = ClientsReport::default();
+    let mut latencies = Vec::new();
+    for reader in readers {
+        let seen = reader.await?;
+        report.delivered += seen.steps;
+        report.lagged += seen.lagged;
+        latencies.extend(seen.latencies_ms);
+    }
+    report.cpu_seconds = process_cpu() - cpu_before;
+    latencies.sort_by(f64::total_cmp);
+    let pct =
+        |p: f64| latencies.get(((latencies.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(f64::NAN);
+    (report.p50_ms, report.p99_ms, report.max_ms) = (pct(0.50), pct(0.99), pct(1.0));
+    writeln!(stdout, "{}", serde_json::to_string(&report)?)?;
+    stdout.flush()?;
+    Ok(())
 }
 
 /// The number that follows `key` in `text`.
@@ -194,8 +341,7 @@ async fn read(
     while let Some(Ok(message)) = socket.next().await {
         let Message::Text(text) = message else { continue };
         let received = now_seconds();
-        // Steps are read as a dashboard would skim them, without parsing their layers:
-        // the clients share this machine with the server being measured.
+        // Steps are read as a dashboard would skim them, without parsing their layers.
         if text.starts_with(r#"{"type":"step""#) {
             seen.steps += 1;
             if let Some(published) = number_after(&text, r#""time":"#) {

@@ -301,3 +301,25 @@ async fn real_messages_match_the_published_schema() {
     assert!(!validator.is_valid(&unknown), "a statistic outside the vocabulary is refused");
     assert!(!validator.is_valid(&json!({"type": "welcome"})), "an unknown message type is refused");
 }
+
+/// Many clients of a job that steps faster than a client's writes (several steps go out
+/// in one write): each gets every step once, in order, then the final status.
+#[tokio::test]
+async fn many_clients_of_a_fast_job_each_get_every_step_in_order() {
+    let app = spawn_app().await;
+    let id = app.submit(&tiny_lstm_spec(400, 1.0)).await["id"].as_str().expect("id").to_owned();
+    let mut sockets = Vec::new();
+    for _ in 0..20 {
+        sockets.push(connect(&app, &id, "").await);
+    }
+    let readers: Vec<_> = sockets.into_iter().map(|mut s| tokio::spawn(async move { drain(&mut s).await })).collect();
+    for reader in readers {
+        let (messages, code) = reader.await.expect("reader");
+        assert_eq!(code, Some(CloseCode::Normal));
+        assert_eq!(messages.first().expect("hello")["type"], "hello");
+        assert!(messages.iter().all(|m| m["type"] != "lagged"), "no client fell behind");
+        // Whether it joined before the first step or after some: the ring holds them all.
+        assert_eq!(steps_of(&messages), (1..=400).collect::<Vec<_>>());
+        assert_eq!(messages.last().expect("status")["status"], "succeeded");
+    }
+}
