@@ -7,7 +7,8 @@
 //! `monitor.every: 0`, in interleaved rounds
 //! (each round starts with the next variant, so drift on a shared machine hits all
 //! alike). Prints steps/s (steps over the job's `started_at`..`finished_at`) min, median
-//! and max per variant and the overhead against monitoring off; then where the time goes:
+//! and max per variant and the overhead against monitoring off, also as each round's own
+//! ratio (wall time and the process's CPU time); then where the time goes:
 //! the training thread's wall time per phase of a step (the step's opt-in timing record)
 //! and the CPU time of every thread of the process by kind, from `/proc/self/task`.
 //! Run without `--bench` (as `cargo test --all-targets` does), it trains each variant
@@ -298,6 +299,29 @@ fn report(args: &JobsArgs, runs: &[Vec<Run>]) {
             sorted[sorted.len() - 1],
             100.0 * (off / mid - 1.0)
         );
+    }
+
+    // Each round runs every variant back to back, so a round's ratios share its load: on a
+    // shared machine they vary far less than the rates do.
+    println!("\ncost against monitor.every: 0 in the same round (min / median / max over rounds)");
+    println!("{:<28} {:>30} {:>30}", "variant", "wall time per step", "CPU time of the process");
+    let off_runs = &runs[VARIANTS.len() - 1];
+    for (variant, variant_runs) in VARIANTS.iter().zip(runs).take(VARIANTS.len() - 1) {
+        let spread = |values: &mut Vec<f64>| {
+            let mid = median(values);
+            format!("{:+.1} / {:+.1} / {:+.1} %", values[0], mid, values[values.len() - 1])
+        };
+        let mut wall: Vec<f64> = variant_runs
+            .iter()
+            .zip(off_runs)
+            .map(|(r, off)| 100.0 * (off.steps_per_second / r.steps_per_second - 1.0))
+            .collect();
+        let mut cpu: Vec<f64> = variant_runs
+            .iter()
+            .zip(off_runs)
+            .map(|(r, off)| 100.0 * (r.cpu.values().sum::<f64>() / off.cpu.values().sum::<f64>() - 1.0))
+            .collect();
+        println!("{:<28} {:>30} {:>30}", variant.label(), spread(&mut wall), spread(&mut cpu));
     }
 
     println!("\ntraining thread, ms per step by phase (median over rounds)");
