@@ -172,6 +172,24 @@ pub struct ServeArgs {
     #[arg(long, env = "GRADSCOPE_UPLOAD_QUOTA", default_value_t = config::DEFAULT_UPLOAD_QUOTA,
         value_parser = clap::value_parser!(i64).range(0..))]
     pub upload_quota: i64,
+    /// A webhook (`http` or `https` URL, no credentials) that receives a JSON POST,
+    /// Slack-compatible, when any job ends and when its diagnosis status changes.
+    #[arg(long, env = "GRADSCOPE_NOTIFY_URL", value_parser = parse_notify_url, hide_env_values = true)]
+    pub notify_url: Option<String>,
+    /// Seconds one try of a notification may take; a failed one is tried again after 1,
+    /// 2 and 4 seconds.
+    #[arg(long, env = "GRADSCOPE_NOTIFY_TIMEOUT", default_value_t = gradscope::notify::DEFAULT_TIMEOUT.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub notify_timeout: u64,
+    /// The dashboard's address as people reach it (`https://gradscope.example.com`):
+    /// notifications link to the job's page there. Unset, the links are paths.
+    #[arg(long, env = "GRADSCOPE_PUBLIC_URL", value_parser = parse_notify_url)]
+    pub public_url: Option<String>,
+}
+
+/// An `http` or `https` URL without credentials.
+fn parse_notify_url(url: &str) -> Result<String, String> {
+    gradscope::spec::notify::check_url(url).map(|_| url.to_owned())
 }
 
 impl From<ServeArgs> for ServeConfig {
@@ -212,6 +230,10 @@ impl From<ServeArgs> for ServeConfig {
             upload_limit: args.upload_limit,
             max_uploads: args.max_uploads,
             upload_quota: args.upload_quota,
+            notify_url: args.notify_url,
+            notify_timeout: std::time::Duration::from_secs(args.notify_timeout),
+            notify_retry_base: gradscope::notify::DEFAULT_RETRY_BASE,
+            public_url: args.public_url,
         }
     }
 }

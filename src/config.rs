@@ -175,6 +175,15 @@ pub struct ServeConfig {
     pub max_uploads: i64,
     /// Most bytes all uploaded models may take together, and all data sets.
     pub upload_quota: i64,
+    /// A webhook that receives every job's notifications (`http` or `https`).
+    pub notify_url: Option<String>,
+    /// How long one try of a notification may take.
+    pub notify_timeout: std::time::Duration,
+    /// The wait before a notification's first retry, doubled for each further one.
+    pub notify_retry_base: std::time::Duration,
+    /// The dashboard's address as people reach it (`https://gradscope.example.com`), for
+    /// the links in notifications; none: the links are paths.
+    pub public_url: Option<String>,
 }
 
 impl Default for ServeConfig {
@@ -215,6 +224,10 @@ impl Default for ServeConfig {
             upload_limit: DEFAULT_UPLOAD_LIMIT,
             max_uploads: DEFAULT_MAX_UPLOADS,
             upload_quota: DEFAULT_UPLOAD_QUOTA,
+            notify_url: None,
+            notify_timeout: crate::notify::DEFAULT_TIMEOUT,
+            notify_retry_base: crate::notify::DEFAULT_RETRY_BASE,
+            public_url: None,
         }
     }
 }

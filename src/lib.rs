@@ -34,6 +34,7 @@ pub mod healthcheck;
 pub(crate) mod jobs;
 pub mod local;
 pub mod metrics;
+pub mod notify;
 pub mod spec;
 pub mod startup;
 pub mod store;

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::jobs::live::LiveMessage;
 use crate::jobs::{CorpusLimits, DataDir, JobLimits, Jobs, Scheduler};
 use crate::metrics::Metrics;
+use crate::notify::{Notifier, NotifySettings};
 use crate::spec::{JobSpec, ValidSpec};
 use crate::store::{JobStatus, Store};
 use crate::train::budget;
@@ -53,7 +54,9 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
     let data = DataDir::new(&options.data_dir);
     let metrics = Arc::new(Metrics::new()?);
-    let scheduler = Scheduler::standalone(store.clone(), data.clone(), metrics.clone(), shutdown.clone());
+    // A job's own webhook is told too, while the command runs.
+    let notifier = Notifier::start(NotifySettings::default(), metrics.clone())?;
+    let scheduler = Scheduler::standalone(store.clone(), data.clone(), (metrics.clone(), notifier), shutdown.clone());
     let jobs = Jobs::new(store.clone(), scheduler.clone(), data, metrics, JobLimits::NONE, CorpusLimits::NONE);
     let corpus = jobs.corpus_size(&spec).await?;
     let job = jobs.submit(&spec).await?;

@@ -38,6 +38,7 @@ pub struct Metrics {
     http_requests: IntCounterVec,
     http_duration: HistogramVec,
     ws_clients: IntGauge,
+    notifications: IntCounterVec,
     /// Per job: the layer labels it exports and the event kinds it counted, so its series
     /// can be removed with the job.
     exported: Mutex<HashMap<Uuid, Exported>>,
@@ -109,6 +110,13 @@ impl Metrics {
                 &["method", "route"],
             )?,
             ws_clients: IntGauge::with_opts(opts("ws_clients", "Open WebSocket stream clients."))?,
+            notifications: IntCounterVec::new(
+                opts(
+                    "notifications_total",
+                    "Webhook notifications by outcome: delivered, failed (every try refused or timed out) or dropped (the queue was full).",
+                ),
+                &["outcome"],
+            )?,
             exported: Mutex::new(HashMap::new()),
             registry,
         };
@@ -125,6 +133,11 @@ impl Metrics {
         m.registry.register(Box::new(m.http_requests.clone()))?;
         m.registry.register(Box::new(m.http_duration.clone()))?;
         m.registry.register(Box::new(m.ws_clients.clone()))?;
+        m.registry.register(Box::new(m.notifications.clone()))?;
+        // Every outcome from the start, so a rate over it is defined before the first.
+        for outcome in NotificationOutcome::ALL {
+            m.notifications.with_label_values(&[outcome.as_str()]);
+        }
         #[cfg(target_os = "linux")]
         m.registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
         Ok(m)
@@ -204,6 +217,11 @@ impl Metrics {
         }
     }
 
+    /// Counts one webhook notification's outcome.
+    pub fn notification(&self, outcome: NotificationOutcome) {
+        self.notifications.with_label_values(&[outcome.as_str()]).inc();
+    }
+
     /// The exposition text, with the job counts and client count as of now.
     pub fn render(&self, jobs_by_status: &[(JobStatus, i64)], ws_clients: usize) -> String {
         for &status in JobStatus::ALL {
@@ -216,6 +234,29 @@ impl Metrics {
             tracing::error!("failed to encode metrics: {err}");
         }
         String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+/// How a webhook notification ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotificationOutcome {
+    /// The receiver answered 2xx.
+    Delivered,
+    /// Every try failed: refused, timed out or answered with an error.
+    Failed,
+    /// Not sent: the notification queue was full.
+    Dropped,
+}
+
+impl NotificationOutcome {
+    pub const ALL: [Self; 3] = [Self::Delivered, Self::Failed, Self::Dropped];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Delivered => "delivered",
+            Self::Failed => "failed",
+            Self::Dropped => "dropped",
+        }
     }
 }
 

@@ -16,6 +16,8 @@ use crate::api::{self, AppState, ReadLimits};
 use crate::config::{self, ServeConfig};
 use crate::jobs::{CorpusLimits, DataDir, Execution, JobLimits, Jobs, Scheduler, WorkerSettings};
 use crate::metrics::Metrics;
+use crate::notify::{Notifier, NotifySettings};
+use crate::spec::notify::check_url;
 use crate::store::Store;
 
 pub struct Application {
@@ -45,12 +47,24 @@ impl Application {
 
         let shutdown = CancellationToken::new();
         let metrics = Arc::new(Metrics::new()?);
+        let notify = NotifySettings {
+            url: config
+                .notify_url
+                .as_deref()
+                .map(check_url)
+                .transpose()
+                .map_err(|message| anyhow::anyhow!("--notify-url: {message}"))?,
+            public_url: config.public_url.clone(),
+            timeout: config.notify_timeout,
+            retry_base: config.notify_retry_base,
+        };
+        let notifier = Notifier::start(notify, metrics.clone())?;
         let scheduler = Scheduler::start(
             store.clone(),
             data.clone(),
             (max_jobs, execution),
             config.stream_backlog,
-            metrics.clone(),
+            (metrics.clone(), notifier),
             shutdown.clone(),
         );
         let ws = Arc::new(WsLimits {

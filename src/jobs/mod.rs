@@ -35,6 +35,7 @@ use self::live::{LiveHub, LiveJob};
 pub use self::service::{CorpusLimits, JobLimits, Jobs, ServiceError};
 use crate::config::DEFAULT_STREAM_BACKLOG;
 use crate::metrics::Metrics;
+use crate::notify::Notifier;
 use crate::spec::{DeviceChoice, parse_device};
 use crate::store::{Job, JobStatus, Store};
 use crate::train::{StopFlag, StopReason};
@@ -187,6 +188,8 @@ struct Inner {
     metrics: Arc<Metrics>,
     /// Bounds the checks of uploaded models that run at once.
     checks: tokio::sync::Semaphore,
+    /// Webhook notifications of job ends and diagnosis changes.
+    notifier: Notifier,
 }
 
 impl Scheduler {
@@ -196,10 +199,10 @@ impl Scheduler {
         data: DataDir,
         (max_jobs, execution): (usize, Execution),
         ring: usize,
-        metrics: Arc<Metrics>,
+        (metrics, notifier): (Arc<Metrics>, Notifier),
         shutdown: CancellationToken,
     ) -> Self {
-        let inner = Arc::new(Inner::new(store, data, (max_jobs, execution), ring, metrics, shutdown));
+        let inner = Arc::new(Inner::new(store, data, (max_jobs, execution), ring, (metrics, notifier), shutdown));
         runner::refill_spare(&inner);
         inner.tracker.spawn(dispatch(inner.clone()));
         Self { inner }
@@ -208,9 +211,14 @@ impl Scheduler {
     /// A scheduler that claims nothing by itself: it runs the jobs given to
     /// [`Self::run_one`] (`gradscope run`). They stop when `shutdown` is cancelled;
     /// [`Self::wait`] waits for them to end.
-    pub fn standalone(store: Store, data: DataDir, metrics: Arc<Metrics>, shutdown: CancellationToken) -> Self {
+    pub fn standalone(
+        store: Store,
+        data: DataDir,
+        (metrics, notifier): (Arc<Metrics>, Notifier),
+        shutdown: CancellationToken,
+    ) -> Self {
         let execution = (1, Execution::InProcess);
-        let inner = Arc::new(Inner::new(store, data, execution, DEFAULT_STREAM_BACKLOG, metrics, shutdown));
+        let inner = Arc::new(Inner::new(store, data, execution, DEFAULT_STREAM_BACKLOG, (metrics, notifier), shutdown));
         let watcher = inner.clone();
         inner.tracker.spawn(async move {
             watcher.shutdown.cancelled().await;
@@ -279,7 +287,7 @@ impl Inner {
         data: DataDir,
         (max_jobs, execution): (usize, Execution),
         ring: usize,
-        metrics: Arc<Metrics>,
+        (metrics, notifier): (Arc<Metrics>, Notifier),
         shutdown: CancellationToken,
     ) -> Self {
         let gpus = match &execution {
@@ -300,6 +308,7 @@ impl Inner {
             spare: std::sync::Mutex::new(None),
             metrics,
             checks: check::permits(),
+            notifier,
         }
     }
 }

@@ -29,6 +29,7 @@ use super::{Execution, Inner, JobControl, WorkerSettings};
 use crate::spec::{TaskSpec, ValidSpec};
 use crate::store::{Job, JobStatus, Progress};
 use crate::train::{self, Event, Outcome, RunContext, StepReport, StopFlag, StopReason, TrainEvent};
+use crate::vocab::DiagnosisStatus;
 
 /// Most messages written in one transaction.
 const WRITE_BATCH: usize = 1024;
@@ -60,8 +61,14 @@ pub(super) async fn run(inner: &Inner, job: Job, control: Arc<JobControl>, gpu: 
         tracing::error!(job = %id, "failed to record the end of the job: {err:#}");
     }
     // After the store: a subscriber told the job ended finds it ended.
-    inner.live.open(id).publish(LiveMessage::Status { status, error });
+    inner.live.open(id).publish(LiveMessage::Status { status, error: error.clone() });
     inner.live.close(id);
+    // As recorded (its last step and diagnosis), or as claimed if it cannot be read back.
+    let ended = match inner.store.job(id).await {
+        Ok(Some(ended)) => ended,
+        _ => Job { status, error, ..job },
+    };
+    inner.notifier.job_ended(&ended);
 }
 
 async fn train_and_record(
@@ -419,6 +426,9 @@ async fn record(
     let mut events: Vec<Event> = Vec::new();
     let mut fresh_events: Vec<Event> = Vec::new();
     let live = inner.live.open(job.id);
+    // Every run's diagnosis starts healthy; a change of status is notified.
+    let mut status = DiagnosisStatus::Healthy;
+    let mut step = 0;
     while rx.recv_many(&mut messages, WRITE_BATCH).await > 0 {
         let mut diagnosis = None;
         for message in messages.drain(..) {
@@ -438,12 +448,19 @@ async fn record(
                 TrainEvent::Step(report) => {
                     inner.metrics.record_step(job.id, &report);
                     live.publish(LiveMessage::Step(report.clone()));
+                    step = report.step;
                     steps.push(report);
                 }
                 TrainEvent::Event(event) => fresh_events.push(event),
                 // Validation results travel as events: live, stored and counted with them.
                 TrainEvent::Eval(eval) => fresh_events.extend(eval.events()),
-                TrainEvent::Diagnosis(d) => diagnosis = Some(d),
+                TrainEvent::Diagnosis(d) => {
+                    if d.status != status {
+                        inner.notifier.diagnosis_changed(job, step, status, &d);
+                        status = d.status;
+                    }
+                    diagnosis = Some(d);
+                }
             }
             for event in fresh_events.drain(..) {
                 inner.metrics.record_event(job.id, &event);

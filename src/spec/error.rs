@@ -54,8 +54,9 @@ pub(crate) fn field_path(path: &str, message: &str) -> String {
         return if last == name { path.to_owned() } else { join(name) };
     }
     // Tagged enums (the task, each policy) report an unknown tag at the object; a plain
-    // enum field (`optimizer.schedule`) reports it at the field itself.
-    let tagged = path == "task" || path.ends_with(']');
+    // enum field (`optimizer.schedule`) or list entry (`notify.on[0]`) reports it at the
+    // field itself.
+    let tagged = path == "task" || (path.starts_with("policy.") && path.ends_with(']'));
     if message.starts_with("unknown variant") && tagged {
         return join("kind");
     }

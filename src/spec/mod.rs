@@ -12,6 +12,7 @@
 //! - [`optimizer`] — optimizer, schedule and weight decay.
 //! - [`policy`] — gradient and weight policies.
 //! - [`monitor`] — what is recorded and the diagnosis thresholds.
+//! - [`notify`] — the job's webhook.
 //! - [`device`] — the `device` field.
 //! - [`error`] — [`SpecError`], JSON field paths, and the ranges validation checks.
 //! - [`schema`] — writes those ranges into the OpenAPI document.
@@ -24,6 +25,7 @@ pub mod device;
 pub mod error;
 pub mod model;
 pub mod monitor;
+pub mod notify;
 pub mod optimizer;
 pub mod policy;
 pub mod schema;
@@ -39,6 +41,7 @@ pub use device::{DeviceChoice, parse_device};
 pub use error::SpecError;
 pub use model::{Activation, ModelKind, ModelSpec, Norm, NormPosition};
 pub use monitor::MonitorSpec;
+pub use notify::{NotifyOn, NotifySpec};
 pub use optimizer::{NoDecay, OptimizerKind, OptimizerSpec, Schedule};
 pub use policy::{
     AgcPolicy, AutoclipPolicy, GradPolicy, NormType, OnNonfinite, PolicySpec, SkipSpikePolicy, WeightPolicy,
@@ -81,6 +84,8 @@ pub struct JobSpec {
     pub optimizer: OptimizerSpec,
     pub policy: PolicySpec,
     pub monitor: MonitorSpec,
+    /// A webhook told when the job ends and when its diagnosis changes.
+    pub notify: NotifySpec,
     /// Write a checkpoint (weights and optimizer state) every this many steps, so an
     /// interrupted job can resume; 0 writes one only at the end and when stopped.
     pub checkpoint_every: u64,
@@ -99,6 +104,7 @@ impl Default for JobSpec {
             optimizer: OptimizerSpec::default(),
             policy: PolicySpec::default(),
             monitor: MonitorSpec::default(),
+            notify: NotifySpec::default(),
             checkpoint_every: DEFAULT_CHECKPOINT_EVERY,
         }
     }
@@ -174,7 +180,8 @@ impl JobSpec {
         self.model.validate(self.task.is_sequence(), self.task.dataset().is_some())?;
         self.optimizer.validate(self.steps)?;
         self.policy.validate()?;
-        self.monitor.validate()
+        self.monitor.validate()?;
+        self.notify.validate()
     }
 }
 

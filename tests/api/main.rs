@@ -16,6 +16,7 @@ mod jobs;
 mod lifecycle;
 mod limits;
 mod metrics;
+mod notify;
 mod origin;
 mod policies;
 mod presets;
