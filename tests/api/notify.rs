@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use gradscope::spec::notify::{MAX_ON, MAX_URL_LEN};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
@@ -186,7 +187,7 @@ async fn a_receiver_that_is_down_neither_delays_nor_fails_the_job_and_is_counted
 #[tokio::test]
 async fn webhook_urls_and_kinds_are_checked_naming_the_field() {
     let app = spawn_app().await;
-    let long = format!("https://example.com/{}", "a".repeat(2048));
+    let long = format!("https://example.com/{}", "a".repeat(MAX_URL_LEN));
     let cases = [
         (json!({"url": "ftp://example.com/hook"}), "notify.url"),
         (json!({"url": "file:///etc/passwd"}), "notify.url"),
@@ -207,6 +208,12 @@ async fn webhook_urls_and_kinds_are_checked_naming_the_field() {
         let body: Value = response.json().await.expect("json");
         assert_eq!(body["error"]["field"], field, "{notify}: {body}");
     }
+    // The OpenAPI document publishes the same bounds.
+    let doc: Value = app.get("/api/v1/openapi.json").await.json().await.expect("json");
+    let schema = &doc["components"]["schemas"]["NotifySpec"]["properties"];
+    assert_eq!(schema["url"]["maxLength"], json!(MAX_URL_LEN), "{schema}");
+    assert_eq!(schema["on"]["maxItems"], json!(MAX_ON), "{schema}");
+    assert_eq!(schema["on"]["default"], json!(["finished", "diagnosis"]), "{schema}");
     // Left out, `on` is the end and the diagnosis; a stored spec says so.
     let mut spec = tiny_lstm_spec(1, 1.0);
     spec["notify"] = json!({"url": "http://127.0.0.1:9/hook"});
