@@ -98,7 +98,7 @@ impl Notifier {
         };
         let text = format!("{} after {} of {} steps", what, job.step, job.total_steps);
         let body = self.payload(job, "finished", &text, job.diagnosis.as_ref(), None);
-        self.send(job, &wants, body);
+        self.send(job, &wants, &body);
     }
 
     /// A running job's diagnosis status changed from `previous` to `diagnosis.status`.
@@ -121,7 +121,7 @@ impl Notifier {
         let mut job = job.clone();
         job.step = i64::try_from(step).unwrap_or(i64::MAX);
         let body = self.payload(&job, "diagnosis", &text, Some(diagnosis), Some(previous));
-        self.send(&job, &wants, body);
+        self.send(&job, &wants, &body);
     }
 
     /// The JSON body: Slack's `text`, then the structured event.
@@ -160,7 +160,7 @@ impl Notifier {
     }
 
     /// Queues `body` for the service's receiver and the job's own, each if it wants it.
-    fn send(&self, job: &Job, wants: &dyn Fn(&NotifySpec) -> bool, body: Value) {
+    fn send(&self, job: &Job, wants: &dyn Fn(&NotifySpec) -> bool, body: &Value) {
         let server = NotifySpec::default();
         let mut urls: Vec<reqwest::Url> = Vec::with_capacity(2);
         if let Some(url) = &self.settings.url
@@ -178,7 +178,7 @@ impl Notifier {
         if urls.is_empty() {
             return;
         }
-        let body = match serde_json::to_vec(&body) {
+        let body = match serde_json::to_vec(body) {
             Ok(body) => body,
             Err(err) => {
                 tracing::error!(job = %job.id, "failed to encode a notification: {err}");
@@ -242,7 +242,7 @@ async fn deliver(client: &reqwest::Client, delivery: &Delivery, retry_base: Dura
             }
             // The URL is left out: it may carry a secret (Slack's do, in the path).
             Err(err) => {
-                tracing::warn!(host, attempt = attempt + 1, "a notification was not delivered: {}", err.without_url())
+                tracing::warn!(host, attempt = attempt + 1, "a notification was not delivered: {}", err.without_url());
             }
         }
     }
