@@ -55,6 +55,7 @@ pub struct WsLimits {
 
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct StreamQuery {
     /// Send every N-th step (default 1: all).
     #[param(minimum = 1)]
@@ -62,6 +63,11 @@ pub struct StreamQuery {
     /// Comma-separated layer indices whose statistics to send (default all; repeats count
     /// once; at most 4096 items).
     layers: Option<String>,
+    /// The API token, for clients that cannot send an `Authorization` header (a browser's
+    /// WebSocket); the header is better where it can be sent, since URLs reach logs.
+    #[serde(rename = "token")]
+    #[param(value_type = Option<String>)]
+    _token: Option<serde::de::IgnoredAny>,
 }
 
 /// What a client asked for: which steps and which layers.
@@ -82,7 +88,7 @@ impl Filter {
     responses(
         (status = 101, description = "Switching to the WebSocket protocol: hello, step, event, lagged and status messages. \
             Their JSON Schema (the ServerMessage and ClientMessage types) is at /api/v1/stream-schema.json"),
-        (status = 400, description = "Not a WebSocket upgrade, or a malformed query string", body = super::ErrorBody),
+        (status = 400, description = "Not a WebSocket upgrade, a malformed query string, or a parameter the route does not take", body = super::ErrorBody),
         (status = 404, body = super::ErrorBody),
         (status = 422, body = super::ErrorBody),
     ))]
