@@ -51,6 +51,7 @@ pub(crate) async fn create(
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Only jobs with this status.
     #[param(value_type = Option<JobStatus>)]
@@ -67,7 +68,7 @@ pub struct JobList {
 
 /// List jobs, newest first.
 #[utoipa::path(get, operation_id = "list_jobs", path = "/api/v1/jobs", tag = "jobs", params(ListQuery),
-    responses((status = 200, body = JobList), (status = 400, description = "A malformed query string", body = super::ErrorBody), (status = 422, body = super::ErrorBody)))]
+    responses((status = 200, body = JobList), (status = 400, description = "A malformed query string, or a parameter the route does not take", body = super::ErrorBody), (status = 422, body = super::ErrorBody)))]
 pub(crate) async fn list(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<ListQuery>,
@@ -172,6 +173,7 @@ pub(crate) async fn layers(State(state): State<AppState>, Path(id): Path<String>
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct RangeQuery {
     /// First step (inclusive; default the first).
     from: Option<i64>,
@@ -185,7 +187,7 @@ pub struct RangeQuery {
 
 /// Per-step scalars, as columns.
 #[utoipa::path(get, operation_id = "get_steps", path = "/api/v1/jobs/{id}/steps", tag = "jobs", params(("id" = Uuid, Path), RangeQuery),
-    responses((status = 200, body = StepColumns), (status = 400, description = "A malformed query string", body = super::ErrorBody), (status = 404, body = super::ErrorBody),
+    responses((status = 200, body = StepColumns), (status = 400, description = "A malformed query string, or a parameter the route does not take", body = super::ErrorBody), (status = 404, body = super::ErrorBody),
         (status = 422, body = super::ErrorBody)))]
 pub(crate) async fn steps(
     State(state): State<AppState>,

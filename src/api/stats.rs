@@ -15,6 +15,7 @@ use crate::vocab::{EventKind, Statistic};
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct LayerStatsQuery {
     /// First step (inclusive; default the first).
     from: Option<i64>,
@@ -43,7 +44,7 @@ pub struct LayerStatsResponse {
 /// Per-layer statistics over steps, columnar per layer.
 #[utoipa::path(get, operation_id = "get_layer_stats", path = "/api/v1/jobs/{id}/layer-stats", tag = "jobs",
     params(("id" = uuid::Uuid, Path), LayerStatsQuery),
-    responses((status = 200, body = LayerStatsResponse), (status = 400, description = "A malformed query string", body = super::ErrorBody), (status = 404, body = super::ErrorBody),
+    responses((status = 200, body = LayerStatsResponse), (status = 400, description = "A malformed query string, or a parameter the route does not take", body = super::ErrorBody), (status = 404, body = super::ErrorBody),
         (status = 422, body = super::ErrorBody)))]
 pub async fn layers(
     State(state): State<AppState>,
@@ -115,6 +116,7 @@ fn parse_stats(list: &str) -> Result<StatSelection, ApiError> {
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct EventsQuery {
     /// Only events of this kind.
     #[param(value_type = Option<EventKind>)]
@@ -135,7 +137,7 @@ pub const MAX_EVENTS_LIMIT: i64 = 10_000;
 /// Diagnoses (`nonfinite`, `exploding`, `vanishing`, `dead`), policy summaries
 /// (`clipped`, `skipped`) and policy actions (`spike_accepted`), in order.
 #[utoipa::path(get, operation_id = "list_events", path = "/api/v1/jobs/{id}/events", tag = "jobs", params(("id" = uuid::Uuid, Path), EventsQuery),
-    responses((status = 200, body = EventList), (status = 400, description = "A malformed query string", body = super::ErrorBody), (status = 404, body = super::ErrorBody),
+    responses((status = 200, body = EventList), (status = 400, description = "A malformed query string, or a parameter the route does not take", body = super::ErrorBody), (status = 404, body = super::ErrorBody),
         (status = 422, body = super::ErrorBody)))]
 pub async fn events(
     State(state): State<AppState>,
