@@ -2,11 +2,13 @@
 //! per-step records and corpora. SQLite by default (WAL mode); the SQL stays portable so a
 //! PostgreSQL backend can sit behind the same interface.
 
+mod blocks;
 mod corpora;
 pub mod downsample;
 mod events;
 mod jobs;
 mod layer_stats;
+mod rollup;
 mod steps;
 mod uploads;
 
@@ -56,7 +58,8 @@ impl Store {
 
     /// Applies the migrations in `migrations/` that this database lacks.
     pub async fn migrate(&self) -> anyhow::Result<()> {
-        MIGRATOR.run(&self.pool).await.context("failed to apply database migrations")
+        MIGRATOR.run(&self.pool).await.context("failed to apply database migrations")?;
+        self.build_missing_blocks().await.context("failed to build the history's blocks")
     }
 
     /// Whether the database answers and every migration this binary knows is applied.
