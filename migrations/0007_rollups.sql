@@ -19,7 +19,8 @@ UPDATE layer_stats SET hn = numbered.hn
 FROM (SELECT job_id, step, ROW_NUMBER() OVER (PARTITION BY job_id ORDER BY step) AS hn
       FROM layer_stats WHERE hist IS NOT NULL) AS numbered
 WHERE layer_stats.job_id = numbered.job_id AND layer_stats.step = numbered.step;
-CREATE UNIQUE INDEX layer_stats_n ON layer_stats (job_id, n);
+-- With the step: a query that needs only the steps of some rows reads only the index.
+CREATE UNIQUE INDEX layer_stats_n ON layer_stats (job_id, n, step);
 CREATE UNIQUE INDEX layer_stats_hn ON layer_stats (job_id, hn);
 
 -- Blocks of `steps`: two cells (loss, grad_norm) of float64.

@@ -278,7 +278,11 @@ impl Store {
             numeric.iter().map(|s| Statistic::ALL.iter().position(|a| a == s).unwrap_or(0)).collect();
         let owned_layers = layers.to_vec();
         // Merging cells is CPU work: off the async workers.
-        let keep = move || -> anyhow::Result<Vec<Vec<u32>>> {
+        // With one statistic, the blocks hold the value of every row they keep (its minimum,
+        // its maximum, or null at its first non-finite row): only the steps are read after.
+        let single = numeric.len() == 1;
+        type Kept = (Vec<u32>, HashMap<u32, Option<f32>>);
+        let keep = move || -> anyhow::Result<Vec<Kept>> {
             let mut keep = Vec::with_capacity(owned_layers.len());
             for (l, layer) in owned_layers.iter().enumerate() {
                 let mut rows: HashMap<u64, Vec<Cell>> = HashMap::with_capacity(loose.ns.len());
@@ -289,28 +293,43 @@ impl Store {
                 let row_cells: Vec<usize> = (0..positions.len()).collect();
                 let block_cells: Vec<usize> = positions.iter().map(|&p| layer.index * Statistic::ALL.len() + p).collect();
                 let mut kept = Vec::new();
+                let mut values = HashMap::new();
                 for (&(a, _), bucket) in buckets.iter().zip(&pieces) {
                     let cells = merge_pieces(bucket, (&rows, &row_cells), (&blocks, &block_cells), Width::F32);
                     kept.extend(rollup::kept_rows(u32::try_from(a)?, &cells));
+                    if single {
+                        for cell in &cells {
+                            values.extend(cell.bad.map(|n| (n, None)));
+                            for (v, n) in cell.min.into_iter().chain(cell.max) {
+                                values.insert(n, Some(v as f32));
+                            }
+                        }
+                    }
                 }
-                keep.push(rollup::spread(kept, max_points));
+                keep.push((rollup::spread(kept, max_points), values));
             }
             Ok(keep)
         };
         let keep = tokio::task::spawn_blocking(keep).await??;
-        let mut wanted: Vec<u64> = keep.iter().flatten().map(|&n| u64::from(n)).collect();
+        let mut wanted: Vec<u64> = keep.iter().flat_map(|k| &k.0).map(|&n| u64::from(n)).collect();
         wanted.sort_unstable();
         wanted.dedup();
-        let read = read_rows(&mut tx, &job_id, layers, selection, &Rows::Numbered(&wanted)).await?;
+        let steps_only = StatSelection { statistics: Vec::new(), hist: false };
+        let reading = if single { &steps_only } else { selection };
+        let read = read_rows(&mut tx, &job_id, layers, reading, &Rows::Numbered(&wanted)).await?;
         tx.commit().await?;
         let at: HashMap<u64, usize> = read.ns.iter().enumerate().map(|(i, &n)| (n, i)).collect();
         let mut out = Vec::with_capacity(layers.len());
-        for (l, (layer, kept)) in layers.iter().zip(&keep).enumerate() {
-            let rows: Vec<usize> = kept.iter().filter_map(|&n| at.get(&u64::from(n)).copied()).collect();
+        for (l, (layer, (kept, values))) in layers.iter().zip(&keep).enumerate() {
+            let rows: Vec<(u32, usize)> = kept.iter().filter_map(|&n| Some((n, *at.get(&u64::from(n))?))).collect();
             let mut s = LayerSeries { index: layer.index, name: layer.name.clone(), ..LayerSeries::default() };
-            s.step = rows.iter().map(|&i| read.steps[i]).collect();
+            s.step = rows.iter().map(|&(_, i)| read.steps[i]).collect();
             for (c, &stat) in numeric.iter().enumerate() {
-                *s.column_mut(stat) = Some(rows.iter().map(|&i| finite(read.values[l][c][i])).collect());
+                *s.column_mut(stat) = Some(if single {
+                    rows.iter().map(|(n, _)| values.get(n).copied().flatten()).collect()
+                } else {
+                    rows.iter().map(|&(_, i)| finite(read.values[l][c][i])).collect()
+                });
             }
             out.push(s);
         }

@@ -353,5 +353,26 @@ mod tests {
         // A range that fits is answered whole.
         let whole = store.steps(job.id, 100, 199, 100).await.expect("steps");
         assert_eq!(whole.step, (100..=199).collect::<Vec<i64>>());
+
+        // A job stored before the blocks existed gets them at start-up, the same ones.
+        let before = store.steps(job.id, 0, i64::MAX, 55).await.expect("steps");
+        let blocks = |store: &Store| {
+            let pool = store.pool.clone();
+            async move {
+                sqlx::query_as::<_, (i64, i64, Vec<u8>)>(
+                    "SELECT level, block, cells FROM step_rollups WHERE job_id = ? ORDER BY level, block",
+                )
+                .bind(job.id.to_string())
+                .fetch_all(&pool)
+                .await
+                .expect("blocks")
+            }
+        };
+        let written = blocks(&store).await;
+        assert_eq!(written.len(), 2_345 / 16 + 2_345 / 256);
+        sqlx::query("DELETE FROM step_rollups").execute(&store.pool).await.expect("delete");
+        store.migrate().await.expect("migrate again");
+        assert_eq!(blocks(&store).await, written);
+        assert_eq!(store.steps(job.id, 0, i64::MAX, 55).await.expect("steps").step, before.step);
     }
 }
