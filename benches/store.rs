@@ -125,8 +125,9 @@ async fn run(args: &StoreArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut step = 1;
     while step <= args.steps {
-        let batch: Vec<StepReport> =
-            (step..(step + args.batch as u64).min(args.steps + 1)).map(|s| report(s, args.layers, args.histogram_every, &mut rng)).collect();
+        let batch: Vec<StepReport> = (step..(step + args.batch as u64).min(args.steps + 1))
+            .map(|s| report(s, args.layers, args.histogram_every, &mut rng))
+            .collect();
         step += batch.len() as u64;
         store.record_progress(job.id, &Progress { steps: &batch, ..Progress::default() }).await?;
     }

@@ -67,17 +67,21 @@ pub(super) async fn store_blocks(
     let insert = format!("INSERT INTO {table} (job_id, level, block, last_n, cells) VALUES (?, ?, ?, ?, ?)");
     for (level, block) in rollup::completed(after, upto) {
         let first_child = block * rollup::BASE;
-        let mut merged: Option<Vec<Cell>> = None;
-        let mut fold = |cells: Vec<Cell>| {
-            merged = Some(match merged.take() {
-                None => cells,
-                Some(acc) => acc.into_iter().zip(cells).map(|(a, b)| a.then(b)).collect(),
-            });
+        // Merged in place: a block of 100 layers holds 800 cells.
+        let mut merged: Vec<Cell> = Vec::new();
+        let mut fold = |cells: &mut dyn Iterator<Item = Cell>| {
+            if merged.is_empty() {
+                merged.extend(cells);
+            } else {
+                for (acc, cell) in merged.iter_mut().zip(cells) {
+                    *acc = acc.then(cell);
+                }
+            }
         };
         if level == 1 {
             for n in first_child + 1..=first_child + rollup::BASE {
                 let cells = rows.get(&n).ok_or_else(|| anyhow::anyhow!("row {n} of {table} is missing"))?;
-                fold(cells.clone());
+                fold(&mut cells.iter().copied());
             }
         } else {
             let children: Vec<Vec<u8>> = sqlx::query_scalar(&format!(
@@ -92,10 +96,10 @@ pub(super) async fn store_blocks(
             anyhow::ensure!(children.len() as u64 == rollup::BASE, "a block of {table} lacks children");
             for blob in &children {
                 let count = blob.len() / width.cell_bytes();
-                fold((0..count).filter_map(|i| rollup::decode(blob, width, i)).collect());
+                fold(&mut (0..count).filter_map(|i| rollup::decode(blob, width, i)));
             }
         }
-        let cells = rollup::encode(&merged.unwrap_or_default(), width);
+        let cells = rollup::encode(&merged, width);
         written += job_id.len() + ROLLUP_NUMBERS * NUMBER_BYTES + cells.len();
         sqlx::query(&insert)
             .bind(job_id)
@@ -264,9 +268,8 @@ pub(super) async fn row_cells(
 /// The cells of a `layer_stats` row from its statistic blobs (float32 per layer, NaN
 /// where absent): layer-major, statistics in [`Statistic::ALL`] order.
 pub(super) fn layer_cells(blobs: &[Vec<u8>], n: u32) -> Vec<Cell> {
-    let value = |b: &[u8], l: usize| {
-        b.get(l * 4..l * 4 + 4).map(|x| f64::from(f32::from_le_bytes([x[0], x[1], x[2], x[3]])))
-    };
+    let value =
+        |b: &[u8], l: usize| b.get(l * 4..l * 4 + 4).map(|x| f64::from(f32::from_le_bytes([x[0], x[1], x[2], x[3]])));
     let layers = blobs.first().map_or(0, |b| b.len() / 4);
     (0..layers).flat_map(|l| blobs.iter().map(move |b| Cell::of(value(b, l), n))).collect()
 }

@@ -9,9 +9,9 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::Store;
+use super::blocks::{last_row, layer_cells, loose_rows, merge_pieces, read_blocks, row_cells, row_range, store_blocks};
 use super::downsample::keep_extremes;
 use super::rollup::{self, Cell, Piece, Width};
-use super::blocks::{layer_cells, last_row, loose_rows, merge_pieces, read_blocks, row_cells, row_range, store_blocks};
 use super::steps::NUMBER_BYTES;
 use crate::train::stats::HIST_BINS;
 use crate::train::{LayerInfo, StepReport};
@@ -192,11 +192,12 @@ impl Store {
                 hn += 1;
                 hn
             });
-            written += job_id.len()
-                + 2 * NUMBER_BYTES
-                + hist.as_ref().map_or(0, |h| h.len() + NUMBER_BYTES);
-            let mut query =
-                sqlx::query(&insert).bind(job_id).bind(i64::try_from(report.step)?).bind(i64::try_from(n)?).bind(row_hn);
+            written += job_id.len() + 2 * NUMBER_BYTES + hist.as_ref().map_or(0, |h| h.len() + NUMBER_BYTES);
+            let mut query = sqlx::query(&insert)
+                .bind(job_id)
+                .bind(i64::try_from(report.step)?)
+                .bind(i64::try_from(n)?)
+                .bind(row_hn);
             let mut blobs = Vec::with_capacity(Statistic::ALL.len());
             for &stat in Statistic::ALL {
                 let blob = f32_blob(layers.get(stat));
@@ -237,7 +238,8 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let range = row_range(&mut tx, "layer_stats", &job_id, (from, to)).await?;
         let long = range.filter(|&(first, last)| last - first + 1 > max_points as u64);
-        let histograms = if long.is_some() && selection.hist { hist_range(&mut tx, &job_id, (from, to)).await? } else { None };
+        let histograms =
+            if long.is_some() && selection.hist { hist_range(&mut tx, &job_id, (from, to)).await? } else { None };
         let rows = match (long, histograms) {
             // Every row of the range: no thinning.
             (None, _) => Some(Rows::Steps { from, to, limit: max_rows }),
@@ -291,7 +293,8 @@ impl Store {
                     rows.insert(n, loose.values[l].iter().map(|col| Cell::of(Some(f64::from(col[i])), at)).collect());
                 }
                 let row_cells: Vec<usize> = (0..positions.len()).collect();
-                let block_cells: Vec<usize> = positions.iter().map(|&p| layer.index * Statistic::ALL.len() + p).collect();
+                let block_cells: Vec<usize> =
+                    positions.iter().map(|&p| layer.index * Statistic::ALL.len() + p).collect();
                 let mut kept = Vec::new();
                 let mut values = HashMap::new();
                 for (&(a, _), bucket) in buckets.iter().zip(&pieces) {
@@ -610,9 +613,8 @@ mod tests {
         store.migrate().await.expect("migrate");
         let spec = serde_json::from_str(r#"{"task":{"kind":"classification"},"model":{"kind":"mlp"}}"#).expect("spec");
         let job = store.insert_job(&spec).await.expect("job");
-        let layers: Vec<LayerInfo> = (0..LAYERS)
-            .map(|i| LayerInfo { index: i, name: format!("l{i}"), shape: vec![4], numel: 4 })
-            .collect();
+        let layers: Vec<LayerInfo> =
+            (0..LAYERS).map(|i| LayerInfo { index: i, name: format!("l{i}"), shape: vec![4], numel: 4 }).collect();
         store.set_job_started(job.id, "cpu", &layers).await.expect("started");
         let mut reports: Vec<StepReport> = (1..=3_000).map(|s| report(s, 0)).collect();
         for batch in reports.chunks(97) {
@@ -630,8 +632,7 @@ mod tests {
             .expect("count");
         assert_eq!(blocks, 0);
         reports.truncate(2_000);
-        let later: Vec<StepReport> = (2_001..=3_100)
-.map(|s| report(s, 5)).collect();
+        let later: Vec<StepReport> = (2_001..=3_100).map(|s| report(s, 5)).collect();
         for batch in later.chunks(250) {
             store.record_progress(job.id, &Progress { steps: batch, ..Progress::default() }).await.expect("write");
         }

@@ -240,10 +240,8 @@ mod tests {
         for (first, last) in [(1, 1), (1, 16), (1, 17), (5, 300), (16, 4097), (17, 1_000_000), (3, 2_500_123)] {
             let p = pieces(first, last);
             assert_eq!(covered(&p), (first..=last).collect::<Vec<_>>(), "{first}..={last}");
-            let loose: u64 = p
-                .iter()
-                .map(|x| if let Piece::Rows { first, last } = x { last - first + 1 } else { 0 })
-                .sum();
+            let loose: u64 =
+                p.iter().map(|x| if let Piece::Rows { first, last } = x { last - first + 1 } else { 0 }).sum();
             assert!(loose <= 2 * (BASE - 1), "{first}..={last}: {loose} loose rows");
             for level in 1..MAX_LEVEL {
                 let n = p.iter().filter(|x| matches!(x, Piece::Block { level: l, .. } if *l == level)).count();
@@ -262,7 +260,8 @@ mod tests {
         assert_eq!(all.iter().filter(|b| b.0 == 1).count(), 70_000 / 16);
         assert_eq!(all.iter().filter(|b| b.0 == 4).count(), 1);
         // Appending in batches completes the same blocks as appending at once.
-        let batched: Vec<_> = [(0, 1000), (1000, 1023), (1023, 70_000)].iter().flat_map(|&(a, b)| completed(a, b)).collect();
+        let batched: Vec<_> =
+            [(0, 1000), (1000, 1023), (1023, 70_000)].iter().flat_map(|&(a, b)| completed(a, b)).collect();
         let mut sorted = batched.clone();
         sorted.sort_unstable();
         let mut once = all.clone();
@@ -291,8 +290,11 @@ mod tests {
         assert_eq!(all.max, Some((max, first(max))));
         assert_eq!(all.bad, Some(78));
         // Merging blocks gives the same cell as merging rows.
-        let blocks: Vec<Cell> =
-            values.chunks(16).enumerate().map(|(b, c)| (1..c.len()).fold(row(b * 16), |a, i| a.then(row(b * 16 + i)))).collect();
+        let blocks: Vec<Cell> = values
+            .chunks(16)
+            .enumerate()
+            .map(|(b, c)| (1..c.len()).fold(row(b * 16), |a, i| a.then(row(b * 16 + i))))
+            .collect();
         let merged = blocks[1..].iter().fold(blocks[0], |a, &c| a.then(c));
         assert_eq!(merged, all);
         for width in [Width::F32, Width::F64] {
@@ -312,7 +314,8 @@ mod tests {
         let len = 5_000_usize;
         let a: Vec<Option<f64>> =
             (0..len).map(|i| if i % 997 == 5 { None } else { Some(((i * 31) % 101) as f64) }).collect();
-        let b: Vec<Option<f64>> = (0..len).map(|i| Some(((i * 17) % 7) as f64 * if i == 4_321 { 1e9 } else { 1.0 })).collect();
+        let b: Vec<Option<f64>> =
+            (0..len).map(|i| Some(((i * 17) % 7) as f64 * if i == 4_321 { 1e9 } else { 1.0 })).collect();
         let level1 = |s: &[Option<f64>], k: usize| {
             (k * 16..(k + 1) * 16).map(|i| Cell::of(s[i], i as u32 + 1)).reduce(Cell::then).expect("rows")
         };
@@ -323,7 +326,10 @@ mod tests {
             Piece::Block { level, block } => {
                 // Its level-1 blocks, built from their rows.
                 let per = block_rows(level - 1) as usize;
-                (block as usize * per..(block as usize + 1) * per).map(|k| level1(s, k)).reduce(Cell::then).expect("rows")
+                (block as usize * per..(block as usize + 1) * per)
+                    .map(|k| level1(s, k))
+                    .reduce(Cell::then)
+                    .expect("rows")
             }
         };
         for (first, last) in [(1_u64, len as u64), (37, 4_999), (1_000, 1_700)] {
@@ -337,7 +343,9 @@ mod tests {
                 for (s, e) in buckets(first, last, (max_points / 5).max(1) as u64) {
                     let cells: Vec<Cell> = [&a, &b]
                         .iter()
-                        .map(|series| pieces(s, e).into_iter().map(|p| cell_of(series, p)).reduce(Cell::then).expect("cell"))
+                        .map(|series| {
+                            pieces(s, e).into_iter().map(|p| cell_of(series, p)).reduce(Cell::then).expect("cell")
+                        })
                         .collect();
                     keep.extend(kept_rows(s as u32, &cells));
                 }

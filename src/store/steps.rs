@@ -8,10 +8,12 @@ use uuid::Uuid;
 use std::collections::HashMap;
 
 use super::Store;
+use super::blocks::{
+    ROLLUP_NUMBERS, last_row, loose_rows, merge_pieces, read_blocks, row_cells, row_range, store_blocks,
+};
 #[cfg(doc)]
 use super::downsample::keep_extremes;
 use super::jobs::finite;
-use super::blocks::{ROLLUP_NUMBERS, last_row, loose_rows, merge_pieces, read_blocks, row_cells, row_range, store_blocks};
 use super::rollup::{self, Cell, Piece, Width};
 use crate::train::diagnose::Diagnosis;
 use crate::train::{Event, StepReport};
@@ -89,7 +91,6 @@ pub const MAX_MAX_POINTS: usize = 100_000;
 /// gradient norm, and the first non-finite row.
 const EXTREMES_PER_BUCKET: usize = 5;
 
-
 /// A `steps` row's cells: the loss and the gradient norm.
 fn step_cells(loss: Option<f64>, norm: Option<f64>, n: u64) -> anyhow::Result<Vec<Cell>> {
     let n = u32::try_from(n)?;
@@ -107,13 +108,12 @@ async fn raw_steps_at(tx: &mut sqlx::SqliteConnection, job_id: &str, ns: &[u64])
     if ns.is_empty() {
         return Ok(Vec::new());
     }
-    let rows = sqlx::query(
-        "SELECT n, loss, grad_norm FROM steps WHERE job_id = ? AND n IN (SELECT value FROM json_each(?))",
-    )
-    .bind(job_id)
-    .bind(serde_json::to_string(ns)?)
-    .fetch_all(&mut *tx)
-    .await?;
+    let rows =
+        sqlx::query("SELECT n, loss, grad_norm FROM steps WHERE job_id = ? AND n IN (SELECT value FROM json_each(?))")
+            .bind(job_id)
+            .bind(serde_json::to_string(ns)?)
+            .fetch_all(&mut *tx)
+            .await?;
     rows.iter().map(raw_step).collect()
 }
 

@@ -259,7 +259,10 @@ fn thinning_rule(columns: &[Vec<Option<f64>>], rows: &[usize], max_points: usize
         for column in columns {
             let finite: Vec<usize> = bucket.iter().copied().filter(|&i| column[i].is_some()).collect();
             let pick = |better: &dyn Fn(f64, f64) -> bool| {
-                finite.iter().copied().reduce(|a, i| if better(column[i].unwrap_or(0.0), column[a].unwrap_or(0.0)) { i } else { a })
+                finite
+                    .iter()
+                    .copied()
+                    .reduce(|a, i| if better(column[i].unwrap_or(0.0), column[a].unwrap_or(0.0)) { i } else { a })
             };
             chosen.extend(pick(&|x, best| x < best));
             chosen.extend(pick(&|x, best| x > best));
@@ -283,8 +286,12 @@ async fn thinned_layer_statistics_keep_what_the_rule_keeps_of_the_raw_rows() {
     let id = app.submit(&tiny_lstm_spec(300, 0.25)).await["id"].as_str().expect("id").to_owned();
     assert_eq!(app.wait_finished(&id).await["status"], "succeeded");
     let all = "grad_norm,grad_max,grad_mean,grad_std,zero_frac,nonfinite,weight_norm,update_ratio";
-    let raw: Value =
-        app.get(&format!("/api/v1/jobs/{id}/layer-stats?stat={all}&max_points=100000")).await.json().await.expect("json");
+    let raw: Value = app
+        .get(&format!("/api/v1/jobs/{id}/layer-stats?stat={all}&max_points=100000"))
+        .await
+        .json()
+        .await
+        .expect("json");
     for (stats, range, max_points) in [
         ("grad_norm", "", 10),
         ("grad_norm", "&from=40&to=260", 30),
@@ -302,7 +309,9 @@ async fn thinned_layer_statistics_keep_what_the_rule_keeps_of_the_raw_rows() {
             "&from=17" => (17.0, f64::MAX),
             _ => (40.0, 260.0),
         };
-        for (layer, got) in raw["layers"].as_array().expect("layers").iter().zip(thin["layers"].as_array().expect("layers")) {
+        for (layer, got) in
+            raw["layers"].as_array().expect("layers").iter().zip(thin["layers"].as_array().expect("layers"))
+        {
             let steps = column(layer, "step");
             let rows: Vec<usize> = (0..steps.len()).filter(|&i| (from..=to).contains(&steps[i])).collect();
             let columns: Vec<Vec<Option<f64>>> = stats.split(',').map(|s| nullable(layer, s)).collect();
@@ -310,7 +319,11 @@ async fn thinned_layer_statistics_keep_what_the_rule_keeps_of_the_raw_rows() {
             let context = format!("{} {stats}{range} {max_points}", layer["name"]);
             assert_eq!(column(got, "step"), kept.iter().map(|&i| steps[i]).collect::<Vec<_>>(), "{context}");
             for (name, values) in stats.split(',').zip(&columns) {
-                assert_eq!(nullable(got, name), kept.iter().map(|&i| values[i]).collect::<Vec<_>>(), "{context} {name}");
+                assert_eq!(
+                    nullable(got, name),
+                    kept.iter().map(|&i| values[i]).collect::<Vec<_>>(),
+                    "{context} {name}"
+                );
             }
         }
     }
@@ -326,16 +339,28 @@ async fn a_thinned_histogram_answer_picks_steps_that_have_one() {
     spec["monitor"] = json!({"histogram_every": 2});
     let id = app.submit(&spec).await["id"].as_str().expect("id").to_owned();
     assert_eq!(app.wait_finished(&id).await["status"], "succeeded");
-    let raw: Value = app.get(&format!("/api/v1/jobs/{id}/layer-stats?layers=2&stat=grad_norm,hist")).await.json().await.expect("json");
+    let raw: Value = app
+        .get(&format!("/api/v1/jobs/{id}/layer-stats?layers=2&stat=grad_norm,hist"))
+        .await
+        .json()
+        .await
+        .expect("json");
     let raw = &raw["layers"][0];
     let steps = column(raw, "step");
     let hists = raw["hist"].as_array().expect("hist");
     let with_hist: Vec<usize> = (0..steps.len()).filter(|&i| !hists[i].is_null()).collect();
-    assert_eq!(with_hist.iter().map(|&i| steps[i]).collect::<Vec<_>>(), (0..30).map(|k| 1.0 + 2.0 * k as f64).collect::<Vec<_>>());
+    assert_eq!(
+        with_hist.iter().map(|&i| steps[i]).collect::<Vec<_>>(),
+        (0..30).map(|k| 1.0 + 2.0 * k as f64).collect::<Vec<_>>()
+    );
 
     // Histograms alone: spread evenly over the steps that have one.
-    let thin: Value =
-        app.get(&format!("/api/v1/jobs/{id}/layer-stats?layers=2&stat=hist&max_points=10")).await.json().await.expect("json");
+    let thin: Value = app
+        .get(&format!("/api/v1/jobs/{id}/layer-stats?layers=2&stat=hist&max_points=10"))
+        .await
+        .json()
+        .await
+        .expect("json");
     let thin = &thin["layers"][0];
     let expected: Vec<usize> = (0..10).map(|k| with_hist[k * 29 / 9]).collect();
     assert_eq!(column(thin, "step"), expected.iter().map(|&i| steps[i]).collect::<Vec<_>>());
