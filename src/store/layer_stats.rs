@@ -441,17 +441,17 @@ async fn read_rows(
     while let Some(row) = fetched.try_next().await? {
         out.steps.push(row.try_get::<i64, _>(0)?);
         out.ns.push(u64::try_from(row.try_get::<Option<i64>, _>(1)?.unwrap_or(0))?);
+        // Each column once per row, not once per layer.
+        let blobs: Vec<Option<&[u8]>> = (0..columns.len()).map(|c| row.try_get(c + 2)).collect::<Result<_, _>>()?;
         for (l, layer) in layers.iter().enumerate() {
             for (c, column_values) in out.values[l].iter_mut().enumerate() {
                 let (column, at) = cell(l, c, layer);
-                let blob: Option<&[u8]> = row.try_get(column + 2)?;
                 // Absent values as NaN (as stored): an `Option<f32>` would take 8 bytes, not 4.
-                column_values.push(blob.and_then(|b| blob_value(b, at)).unwrap_or(f32::NAN));
+                column_values.push(blobs[column].and_then(|b| blob_value(b, at)).unwrap_or(f32::NAN));
             }
             if want_hist {
                 let (column, at) = cell(l, numeric.len(), layer);
-                let blob: Option<&[u8]> = row.try_get(column + 2)?;
-                out.hists[l].push(blob.and_then(|b| blob_hist(b, at)));
+                out.hists[l].push(blobs[column].and_then(|b| blob_hist(b, at)));
             }
         }
     }

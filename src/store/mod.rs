@@ -1,6 +1,8 @@
 //! The only place with SQL. One narrow [`Store`] over a sqlx pool: jobs, their layers,
-//! per-step records and corpora. SQLite by default (WAL mode); the SQL stays portable so a
-//! PostgreSQL backend can sit behind the same interface.
+//! per-step records with the pre-aggregated blocks that thin them ([`rollup`]) and
+//! corpora. SQLite by default (WAL mode); the SQL stays portable so a PostgreSQL backend
+//! can sit behind the same interface, except that lists of rows are passed as one JSON
+//! array read with SQLite's `json_each` (PostgreSQL: `json_array_elements`).
 
 mod blocks;
 mod corpora;
