@@ -52,7 +52,7 @@ fn report(step: u64, layers: usize, histogram_every: u64, rng: &mut StdRng) -> S
         nonfinite: vec![0.0; layers],
         weight_norm: values(),
         update_ratio: values(),
-        hist: (histogram_every > 0 && step % histogram_every == 0).then(|| {
+        hist: (histogram_every > 0 && step.is_multiple_of(histogram_every)).then(|| {
             // Counts of a layer of 4096 elements spread over the buckets.
             (0..layers * HIST_BINS).map(|i| if i % HIST_BINS == 0 { 0 } else { rng.random_range(0..200) }).collect()
         }),

@@ -10,6 +10,11 @@ use super::rollup::{self, Cell, Piece, Width};
 use super::steps::NUMBER_BYTES;
 use crate::vocab::Statistic;
 
+/// Cells of loose rows, by row number.
+pub(super) type RowCells = HashMap<u64, Vec<Cell>>;
+/// Stored blocks' cells, by level and block.
+pub(super) type Blocks = HashMap<(u32, u64), Vec<u8>>;
+
 /// Numbers in a block row beside its cells: level, block, last row.
 pub(super) const ROLLUP_NUMBERS: usize = 3;
 
@@ -117,8 +122,8 @@ pub(super) async fn store_blocks(
 /// `row_cells[i]` of a loose row in `rows` and cell `block_cells[i]` of a block in `blocks`.
 pub(super) fn merge_pieces(
     pieces: &[Piece],
-    (rows, row_cells): (&HashMap<u64, Vec<Cell>>, &[usize]),
-    (blocks, block_cells): (&HashMap<(u32, u64), Vec<u8>>, &[usize]),
+    (rows, row_cells): (&RowCells, &[usize]),
+    (blocks, block_cells): (&Blocks, &[usize]),
     width: Width,
 ) -> Vec<Cell> {
     let mut out = vec![Cell::default(); row_cells.len()];

@@ -134,7 +134,7 @@ pub fn pieces(first: u64, last: u64) -> Vec<Piece> {
     // `p` rows come before the next piece.
     let mut p = first.saturating_sub(1);
     while p < last {
-        let level = (1..=MAX_LEVEL).rev().find(|&k| p % block_rows(k) == 0 && p + block_rows(k) <= last);
+        let level = (1..=MAX_LEVEL).rev().find(|&k| p.is_multiple_of(block_rows(k)) && p + block_rows(k) <= last);
         match level {
             Some(level) => {
                 out.push(Piece::Block { level, block: p / block_rows(level) });
