@@ -584,9 +584,10 @@ mod tests {
         // No embedding for feature inputs: four tensors per layer and the head's two.
         assert_eq!(e.tensors, 10);
         let every_step = e.disk.records(1);
-        // Eight statistics a layer every step, a histogram every tenth (the default).
-        assert!(every_step > 1000 * (10 * (8 * 4 + 51 * 4 / 10)) as u64);
-        assert!(every_step < 1000 * (10 * (8 * 4 + 51 * 4 / 5)) as u64);
+        // Eight statistics a layer every step, a histogram every tenth (the default), and
+        // the blocks: a 20-byte cell per layer and statistic for every 15 rows or so.
+        assert!(every_step > 1000 * (10 * (8 * 4 + 51 * 4 / 10 + 8 * 20 / 15)) as u64);
+        assert!(every_step < 1000 * (10 * (8 * 4 + 51 * 4 / 5 + 8 * 20 / 10)) as u64);
         assert!(e.disk.records(10) < every_step / 3);
         assert_eq!(e.disk.smallest_every(e.disk.records(10)), Some(10));
         assert_eq!(e.disk.smallest_every(1), None);
