@@ -216,7 +216,8 @@ impl Store {
             .fetch_all(&self.pool)
             .await?;
             for job_id in jobs {
-                let mut tx = self.pool.begin().await?;
+                // Reads, then writes: the write lock from the start.
+                let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
                 let last = last_row(&mut tx, rows, &job_id).await?;
                 let mut written = 0;
                 for after in (0..last).step_by(REBUILD_ROWS as usize) {

@@ -123,7 +123,9 @@ impl Store {
     /// transaction.
     pub async fn record_progress(&self, id: Uuid, progress: &Progress<'_>) -> anyhow::Result<()> {
         let job_id = id.to_string();
-        let mut tx = self.pool.begin().await?;
+        // Takes the write lock at once: it reads the last row number before it writes, and a
+        // read transaction that another writer overtook could not become a write one.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let mut written = 0;
         let after = last_row(&mut tx, "steps", &job_id).await?;
         let mut n = after;
