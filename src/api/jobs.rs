@@ -180,7 +180,11 @@ pub struct RangeQuery {
     /// Last step (inclusive; default the last).
     to: Option<i64>,
     /// At most this many points (default 5000, 10 to 100000); longer ranges are downsampled
-    /// keeping each bucket's minimum and maximum, so spikes survive.
+    /// keeping each bucket's minimum and maximum, so spikes survive: `max_points / 5`
+    /// buckets of consecutive steps, each keeping its steps of the smallest and largest
+    /// loss and gradient norm and its first step with a null. Every point is a recorded
+    /// step; a thinned range is read from pre-aggregated blocks of 16^k steps, so its cost
+    /// follows `max_points`, not the job's length.
     #[param(minimum = 10, maximum = 100000)]
     max_points: Option<usize>,
 }
