@@ -202,10 +202,13 @@ impl Metrics {
     }
 
     /// A job began to run (or resumed): its status is `running`, its progress clock starts
-    /// now, and no issue is in force yet.
-    pub fn job_running(&self, id: Uuid) {
-        self.set_status(id, JobStatus::Running);
+    /// now, and no issue is in force yet. Its info series exists from here, so that a job
+    /// that fails before its first step still has a name to alert with.
+    pub fn job_running(&self, id: Uuid, name: &str, model: &str, task: &str) {
         let job = id.to_string();
+        self.job_info.with_label_values(&[job.as_str(), name, model, task]).set(1);
+        self.exported().entry(id).or_default().name = name.to_owned();
+        self.set_status(id, JobStatus::Running);
         self.job_progress_time.with_label_values(&[&job]).set(unix_now());
         let _ = self.job_ended_time.remove_label_values(&[&job]);
         for kind in DIAGNOSIS_KINDS {
@@ -411,7 +414,7 @@ mod tests {
         let id = Uuid::new_v4();
         let job = format!("job=\"{id}\"");
         let before = unix_now();
-        metrics.job_running(id);
+        metrics.job_running(id, "lm", "mlp", "classification");
         let report = |step, loss: f64| StepReport {
             step,
             loss,
@@ -441,6 +444,8 @@ mod tests {
         metrics.record_dropped(id, 5);
 
         let text = metrics.render(&[], 0);
+        let info = format!("gradscope_job_info{{{job},model=\"mlp\",name=\"lm\",task=\"classification\"}}");
+        assert_eq!(value(&text, &info), Some(1.0), "{text}");
         assert_eq!(value(&text, &format!("gradscope_job_status{{{job},status=\"running\"}}")), Some(1.0));
         let progress =
             value(&text, &format!("gradscope_job_last_progress_timestamp_seconds{{{job}}}")).expect("progress");

@@ -46,7 +46,7 @@ const STDERR_CHARS: usize = 2000;
 pub(super) async fn run(inner: &Inner, job: Job, control: Arc<JobControl>, gpu: Option<String>) {
     let id = job.id;
     tracing::info!(job = %id, name = %job.name, gpu = gpu.as_deref(), "job started");
-    inner.metrics.job_running(id);
+    inner.metrics.job_running(id, &job.name, job.spec.model.kind.as_str(), job.spec.task.kind());
     let (status, error) = match train_and_record(inner, &job, &control, gpu).await {
         Ok(Outcome::Succeeded) => (JobStatus::Succeeded, None),
         Ok(Outcome::Cancelled) => (JobStatus::Cancelled, None),
