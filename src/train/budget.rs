@@ -177,6 +177,11 @@ impl Disk {
     }
 }
 
+/// Whether the task's inputs are token ids (else float features).
+pub fn task_tokens(task: &TaskSpec) -> bool {
+    task_shape(task, 2).1
+}
+
 /// Sizes of a task: input width (token vocabulary or features), whether inputs are
 /// tokens, output width, and sequence length.
 fn task_shape(task: &TaskSpec, vocab: u64) -> (u64, bool, u64, u64) {

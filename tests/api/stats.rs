@@ -379,3 +379,70 @@ async fn a_thinned_histogram_answer_picks_steps_that_have_one() {
     assert!(thin["hist"].as_array().expect("hist").iter().all(|h| h.as_array().is_some_and(|c| c.len() == 51)));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn monitor_layers_record_just_the_chosen_layers() {
+    let app = spawn_app().await;
+    let steps = 12;
+    let all = app.submit(&tiny_lstm_spec(steps, 0.25)).await;
+    let mut spec = tiny_lstm_spec(steps, 0.25);
+    spec["monitor"] = json!({"layers": ["lstm.weight_*", "head.bias"]});
+    let chosen = app.submit(&spec).await;
+    let (all, chosen) = (all["id"].as_str().expect("id").to_owned(), chosen["id"].as_str().expect("id").to_owned());
+    for id in [&all, &chosen] {
+        let done = app.wait_finished(id).await;
+        assert_eq!(done["status"], "succeeded", "{done}");
+    }
+    let names = |info: &Value| -> Vec<String> {
+        info["layers"]
+            .as_array()
+            .expect("layers")
+            .iter()
+            .map(|l| l["name"].as_str().expect("name").to_owned())
+            .collect()
+    };
+    let every: Vec<String> = names(&app.get(&format!("/api/v1/jobs/{all}/layers")).await.json().await.expect("json"));
+    let picked: Vec<String> =
+        names(&app.get(&format!("/api/v1/jobs/{chosen}/layers")).await.json().await.expect("json"));
+    // The patterns, matched here by hand: `*` takes the rest of the name.
+    let expected: Vec<String> =
+        every.iter().filter(|n| n.starts_with("lstm.weight_") || n.as_str() == "head.bias").cloned().collect();
+    assert_eq!(picked, expected, "all layers: {every:?}");
+    assert!(expected.len() >= 3 && expected.len() < every.len());
+
+    // Watching fewer layers changes nothing the job computes, and the chosen layers'
+    // statistics are those of the same layers in the job that watched every layer.
+    let steps_of = |id: &str| format!("/api/v1/jobs/{id}/steps");
+    let (a, b): (Value, Value) = (
+        app.get(&steps_of(&all)).await.json().await.expect("json"),
+        app.get(&steps_of(&chosen)).await.json().await.expect("json"),
+    );
+    assert_eq!(column(&a, "loss"), column(&b, "loss"));
+    assert_eq!(column(&a, "grad_norm"), column(&b, "grad_norm"));
+    let stats = |id: &str| format!("/api/v1/jobs/{id}/layer-stats?stat=grad_norm,update_ratio");
+    let (a, b): (Value, Value) = (
+        app.get(&stats(&all)).await.json().await.expect("json"),
+        app.get(&stats(&chosen)).await.json().await.expect("json"),
+    );
+    for layer in b["layers"].as_array().expect("layers") {
+        let twin = a["layers"]
+            .as_array()
+            .expect("layers")
+            .iter()
+            .find(|l| l["name"] == layer["name"])
+            .unwrap_or_else(|| panic!("{} in the full job", layer["name"]));
+        for stat in ["grad_norm", "update_ratio"] {
+            assert_eq!(series(layer, stat), series(twin, stat), "{} {stat}", layer["name"]);
+        }
+    }
+
+    // Patterns that choose nothing, or are not patterns, are refused before queueing.
+    for (patterns, field) in [(json!(["decoder.*"]), "monitor.layers"), (json!(["lstm.[w"]), "monitor.layers[0]")] {
+        let mut spec = tiny_lstm_spec(steps, 0.25);
+        spec["monitor"] = json!({"layers": patterns});
+        let refused = app.post_json("/api/v1/jobs", &spec).await;
+        assert_eq!(refused.status(), 422, "{patterns}");
+        let error = refused.json::<Value>().await.expect("json")["error"].clone();
+        assert_eq!(error["field"], field, "{error}");
+    }
+}
