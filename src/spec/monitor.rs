@@ -151,7 +151,7 @@ impl MonitorSpec {
         check(
             self.layers.len() <= MAX_LAYER_PATTERNS,
             "monitor.layers",
-            &format!("at most {MAX_LAYER_PATTERNS} patterns"),
+            format!("at most {MAX_LAYER_PATTERNS} patterns"),
         )?;
         for (i, pattern) in self.layers.iter().enumerate() {
             let field = format!("monitor.layers[{i}]");
