@@ -41,6 +41,10 @@ struct JobsArgs {
     pub blocks: i64,
     #[arg(long, default_value_t = 128)]
     pub batch_size: i64,
+    /// `monitor.layers` patterns for every monitored variant (`--layers 'blocks.[01].*'
+    /// --layers 'head.*'`): the cost of statistics of chosen layers only.
+    #[arg(long = "layers")]
+    pub layers: Vec<String>,
     /// LibTorch CPU threads (the service's `--torch-threads`).
     #[arg(long, default_value_t = 2)]
     pub torch_threads: i32,
@@ -139,8 +143,14 @@ async fn run(args: &JobsArgs) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     println!(
         "bench jobs: MLP {} × {} blocks (LayerNorm, GELU), batch {}, AdamW, clip_norm, {} steps, {} torch thread(s), \
-         {} rounds",
-        args.hidden, args.blocks, args.batch_size, args.steps, args.torch_threads, args.rounds
+         {} rounds{}",
+        args.hidden,
+        args.blocks,
+        args.batch_size,
+        args.steps,
+        args.torch_threads,
+        args.rounds,
+        if args.layers.is_empty() { String::new() } else { format!(", monitor.layers {:?}", args.layers) }
     );
 
     timing::enable(true);
@@ -173,6 +183,10 @@ async fn job(http: &reqwest::Client, base: &str, args: &JobsArgs, variant: Varia
         "policy": {"grad": [{"kind": "clip_norm", "max_norm": 1.0}]},
         "monitor": variant.monitor(),
     });
+    let mut spec = spec;
+    if variant != Variant::Off && !args.layers.is_empty() {
+        spec["monitor"]["layers"] = json!(args.layers);
+    }
     let _ = timing::take();
     let mut threads = Threads::sample()?;
     let response = http.post(format!("{base}/api/v1/jobs")).json(&spec).send().await?;

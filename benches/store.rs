@@ -1,7 +1,9 @@
 //! `cargo bench --bench store -- [ARGS]`: how fast the store keeps a long job's history
 //! and answers range queries over it. Fills a temporary SQLite file with a synthetic job
-//! (per-step scalars and every per-layer statistic) through the same writer jobs use,
-//! then times the queries behind `/steps` and `/layer-stats`, JSON encoding included.
+//! (per-step scalars, every per-layer statistic, and histograms on every 10th recorded
+//! step as a job with the default `monitor.histogram_every` stores them) through the same
+//! writer jobs use, then times the queries behind `/steps` and `/layer-stats`, JSON
+//! encoding included, in interleaved rounds: min / median / max.
 //! Run without `--bench` (as `cargo test --all-targets` does), it writes and reads a
 //! toy history, to show that it works.
 
@@ -10,6 +12,7 @@ use std::time::Instant;
 use clap::Parser;
 use gradscope::spec::JobSpec;
 use gradscope::store::{Progress, StatSelection, Store};
+use gradscope::train::stats::HIST_BINS;
 use gradscope::train::{LayerInfo, LayerStats, StepReport};
 use gradscope::vocab::Statistic;
 use rand::rngs::StdRng;
@@ -27,12 +30,18 @@ struct StoreArgs {
     /// Steps per write transaction (the runner writes what has queued up, up to 1024).
     #[arg(long, default_value_t = 1024)]
     pub batch: usize,
+    /// Histograms on every this many recorded steps (the default `monitor.histogram_every`).
+    #[arg(long, default_value_t = 10)]
+    pub histogram_every: u64,
+    /// Rounds of the queries, interleaved.
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
     /// Given by `cargo bench`; without it the benchmark only shows that it runs.
     #[arg(long, hide = true)]
     pub bench: bool,
 }
 
-fn report(step: u64, layers: usize, rng: &mut StdRng) -> StepReport {
+fn report(step: u64, layers: usize, histogram_every: u64, rng: &mut StdRng) -> StepReport {
     let mut values = || (0..layers).map(|_| rng.random_range(1e-6..1.0)).collect::<Vec<f64>>();
     let stats = LayerStats {
         grad_norm: values(),
@@ -43,7 +52,10 @@ fn report(step: u64, layers: usize, rng: &mut StdRng) -> StepReport {
         nonfinite: vec![0.0; layers],
         weight_norm: values(),
         update_ratio: values(),
-        hist: None,
+        hist: (histogram_every > 0 && step.is_multiple_of(histogram_every)).then(|| {
+            // Counts of a layer of 4096 elements spread over the buckets.
+            (0..layers * HIST_BINS).map(|i| if i % HIST_BINS == 0 { 0 } else { rng.random_range(0..200) }).collect()
+        }),
     };
     let loss = 4.0 / (1.0 + step as f64 / 1000.0) + rng.random_range(0.0..0.1);
     StepReport {
@@ -59,9 +71,25 @@ fn report(step: u64, layers: usize, rng: &mut StdRng) -> StepReport {
     }
 }
 
-fn timed<T: serde::Serialize>(label: &str, started: Instant, answer: &T) {
-    let bytes = serde_json::to_vec(answer).map_or(0, |v| v.len());
-    println!("{label:<58} {:>9.1} ms {:>10} KiB", started.elapsed().as_secs_f64() * 1e3, bytes / 1024);
+/// Milliseconds of each round of one query, and its answer's size.
+#[derive(Default)]
+struct Timing {
+    ms: Vec<f64>,
+    bytes: usize,
+}
+
+impl Timing {
+    fn add<T: serde::Serialize>(&mut self, started: Instant, answer: &T) {
+        // Encoding is part of answering.
+        self.bytes = serde_json::to_vec(answer).map_or(0, |v| v.len());
+        self.ms.push(started.elapsed().as_secs_f64() * 1e3);
+    }
+
+    fn print(&mut self, label: &str) {
+        self.ms.sort_by(f64::total_cmp);
+        let (min, median, max) = (self.ms[0], self.ms[self.ms.len() / 2], self.ms[self.ms.len() - 1]);
+        println!("{label:<58} {min:>8.1} / {median:>8.1} / {max:>8.1} ms {:>8} KiB", self.bytes / 1024);
+    }
 }
 
 #[tokio::main]
@@ -70,7 +98,7 @@ async fn main() -> anyhow::Result<()> {
     let args = if std::env::args().any(|a| a == "--bench") {
         StoreArgs::parse()
     } else {
-        StoreArgs::parse_from(["store", "--steps", "300", "--layers", "4", "--batch", "100"])
+        StoreArgs::parse_from(["store", "--steps", "300", "--layers", "4", "--batch", "100", "--rounds", "1"])
     };
     run(&args).await
 }
@@ -89,13 +117,17 @@ async fn run(args: &StoreArgs) -> anyhow::Result<()> {
         .collect();
     store.set_job_started(job.id, "cpu", &layers).await?;
 
-    println!("bench store: {} steps × {} layers, every statistic on every step", args.steps, args.layers);
+    println!(
+        "bench store: {} steps × {} layers, every statistic on every step, histograms on every {}th",
+        args.steps, args.layers, args.histogram_every
+    );
     let mut rng = StdRng::seed_from_u64(1);
     let started = Instant::now();
     let mut step = 1;
     while step <= args.steps {
-        let batch: Vec<StepReport> =
-            (step..(step + args.batch as u64).min(args.steps + 1)).map(|s| report(s, args.layers, &mut rng)).collect();
+        let batch: Vec<StepReport> = (step..(step + args.batch as u64).min(args.steps + 1))
+            .map(|s| report(s, args.layers, args.histogram_every, &mut rng))
+            .collect();
         step += batch.len() as u64;
         store.record_progress(job.id, &Progress { steps: &batch, ..Progress::default() }).await?;
     }
@@ -111,22 +143,40 @@ async fn run(args: &StoreArgs) -> anyhow::Result<()> {
     println!("{:<58} {:>9} MiB", "database size", size >> 20);
 
     let all = (0, i64::MAX);
-    let t = Instant::now();
-    let answer = store.steps(job.id, all.0, all.1, 5000).await?;
-    timed("/steps, whole range, 5000 points", t, &answer);
-    let t = Instant::now();
-    let answer = store.steps(job.id, 50_000, 51_000, 5000).await?;
-    timed("/steps, 1000-step window", t, &answer);
-    let t = Instant::now();
+    let tenth = (0, i64::try_from(args.steps / 10)?);
     let norms = StatSelection { statistics: vec![Statistic::GradNorm], hist: false };
-    let answer = store.layer_stats(job.id, &layers, &norms, all, 1000, u64::MAX).await?;
-    timed("/layer-stats, grad_norm of every layer, 1000 points", t, &answer);
-    let t = Instant::now();
-    let answer = store.layer_stats(job.id, &layers[..1], &StatSelection::default(), all, 2000, u64::MAX).await?;
-    timed("/layer-stats, every statistic of one layer, 2000 points", t, &answer);
-    let t = Instant::now();
-    let answer = store.layer_stats(job.id, &layers, &StatSelection::default(), all, 500, u64::MAX).await?;
-    timed("/layer-stats, every statistic of every layer, 500 points", t, &answer);
+    let hist = StatSelection { statistics: vec![], hist: true };
+    let every = StatSelection::default();
+    let labels = [
+        "/steps, whole range, 5000 points",
+        "/steps, first tenth of the range, 5000 points",
+        "/steps, 1000-step window",
+        "/layer-stats, grad_norm of every layer, 1000 points",
+        "/layer-stats, every statistic of one layer, 2000 points",
+        "/layer-stats, every statistic of every layer, 500 points",
+        "/layer-stats, hist of one layer, 300 points",
+    ];
+    let mut timings: Vec<Timing> = labels.iter().map(|_| Timing::default()).collect();
+    println!("{:<58} {:>30}", "query (min / median / max of interleaved rounds)", "");
+    for _ in 0..args.rounds.max(1) {
+        let t = Instant::now();
+        timings[0].add(t, &store.steps(job.id, all.0, all.1, 5000).await?);
+        let t = Instant::now();
+        timings[1].add(t, &store.steps(job.id, tenth.0, tenth.1, 5000).await?);
+        let t = Instant::now();
+        timings[2].add(t, &store.steps(job.id, 50_000, 51_000, 5000).await?);
+        let t = Instant::now();
+        timings[3].add(t, &store.layer_stats(job.id, &layers, &norms, all, 1000, u64::MAX).await?);
+        let t = Instant::now();
+        timings[4].add(t, &store.layer_stats(job.id, &layers[..1], &every, all, 2000, u64::MAX).await?);
+        let t = Instant::now();
+        timings[5].add(t, &store.layer_stats(job.id, &layers, &every, all, 500, u64::MAX).await?);
+        let t = Instant::now();
+        timings[6].add(t, &store.layer_stats(job.id, &layers[..1], &hist, all, 300, u64::MAX).await?);
+    }
+    for (timing, label) in timings.iter_mut().zip(labels) {
+        timing.print(label);
+    }
     store.close().await;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

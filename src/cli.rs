@@ -85,9 +85,11 @@ pub struct ServeArgs {
     #[arg(long, env = "GRADSCOPE_CHECK_TIMEOUT", default_value_t = config::DEFAULT_CHECK_TIMEOUT_SECS,
         value_parser = clap::value_parser!(u64).range(1..))]
     pub check_timeout: u64,
-    /// Folder of the dashboard's static files, served at `/`.
-    #[arg(long, env = "GRADSCOPE_STATIC_DIR", default_value = config::DEFAULT_STATIC_DIR)]
-    pub static_dir: PathBuf,
+    /// Serve the dashboard from this folder (e.g. the checkout's `static`) instead of the
+    /// copy built into the binary: for developing the dashboard, whose edits then show on
+    /// reload without a rebuild.
+    #[arg(long, env = "GRADSCOPE_STATIC_DIR")]
+    pub static_dir: Option<PathBuf>,
     /// Origins allowed to call the API from a browser (comma-separated; `*` for any).
     /// None by default: the dashboard is served from the same origin.
     #[arg(long, env = "GRADSCOPE_CORS_ORIGINS", value_delimiter = ',')]

@@ -11,8 +11,6 @@ pub const DEFAULT_ADDR: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://./data/gradscope.db";
 /// Default folder for checkpoints and uploaded corpora.
 pub const DEFAULT_DATA_DIR: &str = "./data";
-/// Default folder of the dashboard's static files.
-pub const DEFAULT_STATIC_DIR: &str = "static";
 /// Default URL `gradscope healthcheck` asks.
 pub const DEFAULT_URL: &str = "http://127.0.0.1:8080";
 /// Default number of jobs that train at the same time.
@@ -127,8 +125,9 @@ pub struct ServeConfig {
     /// How long a worker may take to check an uploaded model or dry-run a job on one,
     /// before it is killed and the upload or job refused.
     pub check_timeout: std::time::Duration,
-    /// Folder of the dashboard's static files, served at `/`.
-    pub static_dir: PathBuf,
+    /// Folder of the dashboard's files, served at `/` instead of the copy built into the
+    /// binary (`None`: the built-in copy).
+    pub static_dir: Option<PathBuf>,
     /// Origins allowed to call the API from a browser (`*` for any).
     pub cors_origins: Vec<String>,
     /// Largest JSON request body, in bytes.
@@ -200,7 +199,7 @@ impl Default for ServeConfig {
             worker_binary: None,
             worker_env: Vec::new(),
             check_timeout: std::time::Duration::from_secs(DEFAULT_CHECK_TIMEOUT_SECS),
-            static_dir: PathBuf::from(DEFAULT_STATIC_DIR),
+            static_dir: None,
             cors_origins: Vec::new(),
             body_limit: DEFAULT_BODY_LIMIT,
             corpus_limit: DEFAULT_CORPUS_LIMIT,

@@ -11,7 +11,8 @@
 //! - [`startup`] — [`Application`], which wires the store, the scheduler and the router,
 //!   binds the listener and runs until a shutdown future resolves.
 //! - [`api`] — axum routers, one module per resource, one [`api::ApiError`] type.
-//! - [`store`] — the only place with SQL: jobs, layers, per-step records, corpora.
+//! - [`store`] — the only place with SQL: jobs, layers, per-step records and the
+//!   pre-aggregated blocks that thin long histories, corpora.
 //! - [`jobs`] — the service layer ([`jobs::Jobs`]: submit, cancel, resume, delete,
 //!   corpora), the data folder ([`jobs::DataDir`]) and the scheduler: claims queued jobs,
 //!   runs each in its own worker process (`gradscope worker`, [`worker`]), owns their stop

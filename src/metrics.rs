@@ -16,6 +16,7 @@ use prometheus::{
 use uuid::Uuid;
 
 use crate::store::JobStatus;
+use crate::train::diagnose::Diagnosis;
 use crate::train::{Event, LayerInfo, StepReport};
 use crate::vocab::EventKind;
 
@@ -27,6 +28,12 @@ pub struct Metrics {
     registry: Registry,
     jobs: IntGaugeVec,
     job_info: IntGaugeVec,
+    job_status: IntGaugeVec,
+    job_progress_time: GaugeVec,
+    job_ended_time: GaugeVec,
+    job_diagnosis: IntGaugeVec,
+    job_nonfinite: IntCounterVec,
+    job_dropped: IntCounterVec,
     job_steps: IntCounterVec,
     job_loss: GaugeVec,
     job_grad_norm: GaugeVec,
@@ -50,6 +57,16 @@ struct Exported {
     layers: Vec<(usize, String)>,
     kinds: Vec<EventKind>,
     name: String,
+    /// The status the job's `job_status` series names, once it ran.
+    status: Option<JobStatus>,
+}
+
+/// The diagnosis kinds `gradscope_job_diagnosis_issues` counts, one series each per job.
+pub const DIAGNOSIS_KINDS: [EventKind; 4] =
+    [EventKind::Nonfinite, EventKind::Exploding, EventKind::Vanishing, EventKind::Dead];
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -65,6 +82,39 @@ impl Metrics {
             job_info: IntGaugeVec::new(
                 opts("job_info", "Always 1: the name, model and task of a job, to join on `job`."),
                 &["job", "name", "model", "task"],
+            )?,
+            job_status: IntGaugeVec::new(
+                opts(
+                    "job_status",
+                    "Always 1: the status of a job this service ran since it started (one series per job).",
+                ),
+                &["job", "status"],
+            )?,
+            job_progress_time: GaugeVec::new(
+                opts(
+                    "job_last_progress_timestamp_seconds",
+                    "Unix time of a job's latest recorded step, or of its start before its first step.",
+                ),
+                job,
+            )?,
+            job_ended_time: GaugeVec::new(opts("job_ended_timestamp_seconds", "Unix time a job ended."), job)?,
+            job_diagnosis: IntGaugeVec::new(
+                opts(
+                    "job_diagnosis_issues",
+                    "Issues of a kind (nonfinite, exploding, vanishing, dead) in force in a running job's diagnosis; 0 once it ends.",
+                ),
+                &["job", "kind"],
+            )?,
+            job_nonfinite: IntCounterVec::new(
+                opts("job_nonfinite_steps_total", "Steps whose loss or global gradient norm was NaN or infinite."),
+                job,
+            )?,
+            job_dropped: IntCounterVec::new(
+                opts(
+                    "job_dropped_reports_total",
+                    "Step reports dropped because the store could not keep up (0 in a healthy service).",
+                ),
+                job,
             )?,
             job_steps: IntCounterVec::new(opts("job_steps_total", "Optimizer steps a job has recorded."), job)?,
             job_loss: GaugeVec::new(opts("job_loss", "A job's latest training loss (NaN when not finite)."), job)?,
@@ -122,6 +172,12 @@ impl Metrics {
         };
         m.registry.register(Box::new(m.jobs.clone()))?;
         m.registry.register(Box::new(m.job_info.clone()))?;
+        m.registry.register(Box::new(m.job_status.clone()))?;
+        m.registry.register(Box::new(m.job_progress_time.clone()))?;
+        m.registry.register(Box::new(m.job_ended_time.clone()))?;
+        m.registry.register(Box::new(m.job_diagnosis.clone()))?;
+        m.registry.register(Box::new(m.job_nonfinite.clone()))?;
+        m.registry.register(Box::new(m.job_dropped.clone()))?;
         m.registry.register(Box::new(m.job_steps.clone()))?;
         m.registry.register(Box::new(m.job_loss.clone()))?;
         m.registry.register(Box::new(m.job_grad_norm.clone()))?;
@@ -147,6 +203,60 @@ impl Metrics {
         self.exported.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Moves the job's status series to `status`.
+    fn set_status(&self, id: Uuid, status: JobStatus) {
+        let job = id.to_string();
+        let mut exported = self.exported();
+        let entry = exported.entry(id).or_default();
+        if let Some(old) = entry.status.replace(status) {
+            let _ = self.job_status.remove_label_values(&[job.as_str(), old.as_str()]);
+        }
+        self.job_status.with_label_values(&[job.as_str(), status.as_str()]).set(1);
+    }
+
+    /// A job began to run (or resumed): its status is `running`, its progress clock starts
+    /// now, and no issue is in force yet. Its info series exists from here, so that a job
+    /// that fails before its first step still has a name to alert with.
+    pub fn job_running(&self, id: Uuid, name: &str, model: &str, task: &str) {
+        let job = id.to_string();
+        self.job_info.with_label_values(&[job.as_str(), name, model, task]).set(1);
+        self.exported().entry(id).or_default().name = name.to_owned();
+        self.set_status(id, JobStatus::Running);
+        self.job_progress_time.with_label_values(&[&job]).set(unix_now());
+        let _ = self.job_ended_time.remove_label_values(&[&job]);
+        for kind in DIAGNOSIS_KINDS {
+            self.job_diagnosis.with_label_values(&[job.as_str(), kind.as_str()]).set(0);
+        }
+        self.job_nonfinite.with_label_values(&[&job]);
+        self.job_dropped.with_label_values(&[&job]);
+    }
+
+    /// A job ended with `status`: no issue is in force any more.
+    pub fn job_ended(&self, id: Uuid, status: JobStatus) {
+        self.set_status(id, status);
+        let job = id.to_string();
+        self.job_ended_time.with_label_values(&[&job]).set(unix_now());
+        for kind in DIAGNOSIS_KINDS {
+            self.job_diagnosis.with_label_values(&[job.as_str(), kind.as_str()]).set(0);
+        }
+    }
+
+    /// The job's diagnosis changed: how many issues of each kind are in force.
+    pub fn record_diagnosis(&self, id: Uuid, diagnosis: &Diagnosis) {
+        let job = id.to_string();
+        for kind in DIAGNOSIS_KINDS {
+            let count = diagnosis.issues.iter().filter(|issue| issue.kind == kind).count();
+            self.job_diagnosis.with_label_values(&[job.as_str(), kind.as_str()]).set(count as i64);
+        }
+    }
+
+    /// Step reports dropped on the way to the store.
+    pub fn record_dropped(&self, id: Uuid, dropped: u64) {
+        if dropped > 0 {
+            self.job_dropped.with_label_values(&[id.to_string().as_str()]).inc_by(dropped);
+        }
+    }
+
     /// A job started: choose which of its layers get a series.
     pub fn job_started(&self, id: Uuid, name: &str, model: &str, task: &str, layers: &[LayerInfo], max_layers: u32) {
         let chosen = spread(layers.len(), max_layers as usize);
@@ -165,6 +275,10 @@ impl Metrics {
     pub fn record_step(&self, id: Uuid, report: &StepReport) {
         let job = id.to_string();
         self.job_steps.with_label_values(&[&job]).inc();
+        self.job_progress_time.with_label_values(&[&job]).set(unix_now());
+        if !report.loss.is_finite() || !report.grad_norm.is_finite() {
+            self.job_nonfinite.with_label_values(&[&job]).inc();
+        }
         self.job_loss.with_label_values(&[&job]).set(report.loss);
         self.job_grad_norm.with_label_values(&[job.as_str(), "pre"]).set(report.grad_norm);
         self.job_grad_norm.with_label_values(&[job.as_str(), "post"]).set(report.grad_norm_clipped);
@@ -201,8 +315,16 @@ impl Metrics {
             return;
         };
         let _ = self.job_info.remove_label_values(&[job.as_str(), exported.name.as_str(), model, task]);
-        for vec in [&self.job_steps, &self.job_clipped, &self.job_skipped] {
+        for vec in [&self.job_steps, &self.job_clipped, &self.job_skipped, &self.job_nonfinite, &self.job_dropped] {
             let _ = vec.remove_label_values(&[&job]);
+        }
+        if let Some(status) = exported.status {
+            let _ = self.job_status.remove_label_values(&[job.as_str(), status.as_str()]);
+        }
+        let _ = self.job_progress_time.remove_label_values(&[&job]);
+        let _ = self.job_ended_time.remove_label_values(&[&job]);
+        for kind in DIAGNOSIS_KINDS {
+            let _ = self.job_diagnosis.remove_label_values(&[job.as_str(), kind.as_str()]);
         }
         let _ = self.job_loss.remove_label_values(&[&job]);
         let _ = self.job_step_seconds.remove_label_values(&[&job]);
@@ -319,6 +441,78 @@ mod tests {
         assert_eq!(spread(100, 4), vec![0, 33, 66, 99]);
         assert_eq!(spread(10, 1), vec![0]);
         assert!(spread(10, 0).is_empty());
+    }
+
+    /// The value of the one exposition line that starts with `series` (name and labels).
+    fn value(text: &str, series: &str) -> Option<f64> {
+        text.lines().find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+    }
+
+    #[test]
+    fn a_job_exports_its_status_progress_diagnosis_and_drops_until_deleted() {
+        use crate::train::diagnose::Issue;
+        let metrics = Metrics::new().expect("metrics");
+        let id = Uuid::new_v4();
+        let job = format!("job=\"{id}\"");
+        let before = unix_now();
+        metrics.job_running(id, "lm", "mlp", "classification");
+        let report = |step, loss: f64| StepReport {
+            step,
+            loss,
+            grad_norm: 1.0,
+            grad_norm_clipped: 1.0,
+            clip_coef: 1.0,
+            lr: 0.1,
+            skipped: !loss.is_finite(),
+            layers: None,
+            seconds: 0.001,
+        };
+        metrics.record_step(id, &report(1, 2.0));
+        metrics.record_step(id, &report(2, f64::NAN));
+        metrics.record_step(id, &report(3, f64::INFINITY));
+        let issue = |kind, layer| Issue { kind, layer, since: 2, message: String::new() };
+        let diagnosis = Diagnosis {
+            status: crate::vocab::DiagnosisStatus::Warning,
+            issues: vec![
+                issue(EventKind::Exploding, None),
+                issue(EventKind::Vanishing, Some(0)),
+                issue(EventKind::Vanishing, Some(1)),
+            ],
+        };
+        metrics.record_diagnosis(id, &diagnosis);
+        metrics.record_dropped(id, 0);
+        metrics.record_dropped(id, 7);
+        metrics.record_dropped(id, 5);
+
+        let text = metrics.render(&[], 0);
+        let info = format!("gradscope_job_info{{{job},model=\"mlp\",name=\"lm\",task=\"classification\"}}");
+        assert_eq!(value(&text, &info), Some(1.0), "{text}");
+        assert_eq!(value(&text, &format!("gradscope_job_status{{{job},status=\"running\"}}")), Some(1.0));
+        let progress =
+            value(&text, &format!("gradscope_job_last_progress_timestamp_seconds{{{job}}}")).expect("progress");
+        assert!(progress >= before && progress <= unix_now(), "{progress}");
+        assert_eq!(value(&text, &format!("gradscope_job_nonfinite_steps_total{{{job}}}")), Some(2.0));
+        assert_eq!(value(&text, &format!("gradscope_job_dropped_reports_total{{{job}}}")), Some(12.0));
+        let issues =
+            |text: &str, kind: &str| value(text, &format!("gradscope_job_diagnosis_issues{{{job},kind=\"{kind}\"}}"));
+        assert_eq!(issues(&text, "exploding"), Some(1.0));
+        assert_eq!(issues(&text, "vanishing"), Some(2.0));
+        assert_eq!(issues(&text, "nonfinite"), Some(0.0));
+        assert_eq!(issues(&text, "dead"), Some(0.0));
+        assert_eq!(value(&text, &format!("gradscope_job_ended_timestamp_seconds{{{job}}}")), None);
+
+        // It ends: one status series, the new one; no issue in force.
+        metrics.job_ended(id, JobStatus::Diverged);
+        let text = metrics.render(&[], 0);
+        assert_eq!(value(&text, &format!("gradscope_job_status{{{job},status=\"diverged\"}}")), Some(1.0));
+        assert_eq!(text.matches(&format!("gradscope_job_status{{{job}")).count(), 1, "{text}");
+        assert_eq!(issues(&text, "exploding"), Some(0.0));
+        assert!(value(&text, &format!("gradscope_job_ended_timestamp_seconds{{{job}}}")).is_some_and(|t| t >= before));
+
+        // Deleted: none of its series is left.
+        metrics.remove_job(id, "mlp", "classification");
+        let text = metrics.render(&[], 0);
+        assert!(!text.contains(&id.to_string()), "{text}");
     }
 
     #[test]

@@ -35,6 +35,9 @@ pub struct Application {
 impl Application {
     pub async fn build(mut config: ServeConfig) -> anyhow::Result<Self> {
         let max_jobs = usize::from(config.max_jobs);
+        if let Some(dir) = &config.static_dir {
+            anyhow::ensure!(dir.is_dir(), "--static-dir {}: not a folder", dir.display());
+        }
         let execution = execution(&config)?;
         let store = Store::connect(&config.database_url).await?;
         store.migrate().await?;

@@ -60,6 +60,7 @@ pub(crate) async fn create(
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// How many (default 100, at most 1000).
     #[param(minimum = 1, maximum = 1000)]
@@ -83,7 +84,7 @@ pub struct CorpusList {
 #[utoipa::path(get, operation_id = "list_corpora", path = "/api/v1/corpora", tag = "corpora", params(ListQuery),
     responses(
         (status = 200, body = CorpusList),
-        (status = 400, description = "A malformed query string", body = super::ErrorBody),
+        (status = 400, description = "A malformed query string, or a parameter the route does not take", body = super::ErrorBody),
         (status = 422, body = super::ErrorBody),
     ))]
 pub(crate) async fn list(

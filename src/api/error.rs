@@ -49,7 +49,8 @@ pub struct ErrorDetail {
     /// `unauthorized`, `host_not_allowed`, `cross_origin`, `corpus_quota`, `internal`.
     pub code: &'static str,
     pub message: String,
-    /// The offending field as a JSON path (`model.hidden`, `policy.grad[0].max_norm`).
+    /// The offending field as a JSON path (`model.hidden`, `policy.grad[0].max_norm`), or
+    /// the query parameter a route does not take (`offset`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
 }

@@ -51,6 +51,7 @@ pub(crate) async fn create(
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Only jobs with this status.
     #[param(value_type = Option<JobStatus>)]
@@ -67,7 +68,7 @@ pub struct JobList {
 
 /// List jobs, newest first.
 #[utoipa::path(get, operation_id = "list_jobs", path = "/api/v1/jobs", tag = "jobs", params(ListQuery),
-    responses((status = 200, body = JobList), (status = 400, description = "A malformed query string", body = super::ErrorBody), (status = 422, body = super::ErrorBody)))]
+    responses((status = 200, body = JobList), (status = 400, description = "A malformed query string, or a parameter the route does not take", body = super::ErrorBody), (status = 422, body = super::ErrorBody)))]
 pub(crate) async fn list(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<ListQuery>,
@@ -172,20 +173,25 @@ pub(crate) async fn layers(State(state): State<AppState>, Path(id): Path<String>
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct RangeQuery {
     /// First step (inclusive; default the first).
     from: Option<i64>,
     /// Last step (inclusive; default the last).
     to: Option<i64>,
     /// At most this many points (default 5000, 10 to 100000); longer ranges are downsampled
-    /// keeping each bucket's minimum and maximum, so spikes survive.
+    /// keeping each bucket's minimum and maximum, so spikes survive: `max_points / 5`
+    /// buckets of consecutive steps, each keeping its steps of the smallest and largest
+    /// loss and gradient norm and its first step with a null. Every point is a recorded
+    /// step; a thinned range is read from pre-aggregated blocks of 16^k steps, so its cost
+    /// follows `max_points`, not the job's length.
     #[param(minimum = 10, maximum = 100000)]
     max_points: Option<usize>,
 }
 
 /// Per-step scalars, as columns.
 #[utoipa::path(get, operation_id = "get_steps", path = "/api/v1/jobs/{id}/steps", tag = "jobs", params(("id" = Uuid, Path), RangeQuery),
-    responses((status = 200, body = StepColumns), (status = 400, description = "A malformed query string", body = super::ErrorBody), (status = 404, body = super::ErrorBody),
+    responses((status = 200, body = StepColumns), (status = 400, description = "A malformed query string, or a parameter the route does not take", body = super::ErrorBody), (status = 404, body = super::ErrorBody),
         (status = 422, body = super::ErrorBody)))]
 pub(crate) async fn steps(
     State(state): State<AppState>,

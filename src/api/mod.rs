@@ -7,6 +7,7 @@
 //! - [`corpora`] — `/api/v1/corpora`.
 //! - [`uploads`] — `/api/v1/models` and `/api/v1/datasets`.
 //! - [`presets`] — `/api/v1/presets`.
+//! - [`dashboard`] — the dashboard's files, built into the binary.
 //! - [`health`] — `/healthz`, `/readyz`, `/metrics`.
 //! - [`openapi`] — the generated OpenAPI document.
 //! - [`auth`] — optional bearer tokens for `/api` and `/metrics`.
@@ -15,6 +16,7 @@
 
 pub mod auth;
 pub mod corpora;
+mod dashboard;
 mod error;
 pub mod extract;
 pub mod guard;
@@ -124,7 +126,7 @@ pub(crate) fn router(state: AppState, config: &ServeConfig) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(config.request_timeout_secs),
         ));
-    Router::new()
+    let router = Router::new()
         .route("/healthz", get(health::live))
         .route("/readyz", get(health::ready))
         .route(
@@ -133,8 +135,13 @@ pub(crate) fn router(state: AppState, config: &ServeConfig) -> Router {
                 .layer(middleware::from_fn_with_state(Tokens::new(&config.metrics_token), auth::require)),
         )
         .route_layer(middleware::from_fn_with_state(state.metrics.clone(), track_http))
-        .nest("/api/v1", api)
-        .fallback_service(ServeDir::new(&config.static_dir))
+        .nest("/api/v1", api);
+    // The dashboard: from a folder while developing it, else the copy built in.
+    let router = match &config.static_dir {
+        Some(dir) => router.fallback_service(ServeDir::new(dir)),
+        None => router.fallback(dashboard::serve),
+    };
+    router
         .layer(middleware::from_fn(no_store_for_api))
         .layer(CompressionLayer::new())
         .layer(middleware::from_fn_with_state(

@@ -15,6 +15,7 @@ use crate::vocab::{EventKind, Statistic};
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct LayerStatsQuery {
     /// First step (inclusive; default the first).
     from: Option<i64>,
@@ -27,10 +28,14 @@ pub struct LayerStatsQuery {
     /// hist (default all but hist; repeats count once). Asking for fewer reads less: on long jobs, ask for what you plot. An answer
     /// holds at most 5,000,000 values by default (layers × statistics × points, `hist`
     /// counting 51) and a query reads at most 100,000,000 before thinning; above either
-    /// it is a 422.
+    /// it is a 422. A thinned range of statistics reads pre-aggregated blocks of 16^k
+    /// steps, about `max_points` × 16 × log₁₆(steps) rows at most; with `hist`, the points
+    /// are chosen among the steps that have a histogram, and all of those are read.
     stat: Option<String>,
     /// At most this many points per layer (default 5000, 10 to 100000), keeping each
-    /// bucket's extremes.
+    /// bucket's extremes: a longer range is cut into `max_points / (2 × statistics + 1)`
+    /// buckets of consecutive recorded steps, each keeping the steps of each statistic's
+    /// smallest and largest finite value and its first step with a null.
     #[param(minimum = 10, maximum = 100000)]
     max_points: Option<usize>,
 }
@@ -43,7 +48,7 @@ pub struct LayerStatsResponse {
 /// Per-layer statistics over steps, columnar per layer.
 #[utoipa::path(get, operation_id = "get_layer_stats", path = "/api/v1/jobs/{id}/layer-stats", tag = "jobs",
     params(("id" = uuid::Uuid, Path), LayerStatsQuery),
-    responses((status = 200, body = LayerStatsResponse), (status = 400, description = "A malformed query string", body = super::ErrorBody), (status = 404, body = super::ErrorBody),
+    responses((status = 200, body = LayerStatsResponse), (status = 400, description = "A malformed query string, or a parameter the route does not take", body = super::ErrorBody), (status = 404, body = super::ErrorBody),
         (status = 422, body = super::ErrorBody)))]
 pub async fn layers(
     State(state): State<AppState>,
@@ -72,9 +77,11 @@ pub async fn layers(
             .collect::<Result<_, _>>()?,
     };
     let _permit = state.heavy_reads.acquire().await.map_err(anyhow::Error::from)?;
-    let rows = state.store.layer_stat_rows(job.id, (from, to)).await?;
+    let range = state.store.layer_stat_rows(job.id, (from, to)).await?;
     let width = layers.len() as u64 * selection.width();
-    let answered = width * rows.min(max_points as u64);
+    let answered = width * range.rows.min(max_points as u64);
+    let rows_read = selection.rows_read(range, max_points);
+    let read = width * rows_read;
     let (max_answer, max_scan) = (state.reads.max_answer_values, state.reads.max_scan_values);
     if answered > max_answer {
         return Err(ApiError::invalid(
@@ -85,17 +92,16 @@ pub async fn layers(
             ),
         ));
     }
-    if width * rows > max_scan {
+    if read > max_scan {
         return Err(ApiError::invalid(
             "from",
             format!(
-                "this query would read {} values before thinning, above this service's limit of {max_scan}: \
-                 narrow the step range or ask for fewer layers or statistics",
-                width * rows
+                "this query would read {read} values before thinning, above this service's limit of {max_scan}: \
+                 narrow the step range or ask for fewer layers or statistics"
             ),
         ));
     }
-    let series = state.store.layer_stats(job.id, &layers, &selection, (from, to), max_points, rows).await?;
+    let series = state.store.layer_stats(job.id, &layers, &selection, (from, to), max_points, rows_read).await?;
     large_json(LayerStatsResponse { layers: series }).await
 }
 
@@ -115,6 +121,7 @@ fn parse_stats(list: &str) -> Result<StatSelection, ApiError> {
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct EventsQuery {
     /// Only events of this kind.
     #[param(value_type = Option<EventKind>)]
@@ -135,7 +142,7 @@ pub const MAX_EVENTS_LIMIT: i64 = 10_000;
 /// Diagnoses (`nonfinite`, `exploding`, `vanishing`, `dead`), policy summaries
 /// (`clipped`, `skipped`) and policy actions (`spike_accepted`), in order.
 #[utoipa::path(get, operation_id = "list_events", path = "/api/v1/jobs/{id}/events", tag = "jobs", params(("id" = uuid::Uuid, Path), EventsQuery),
-    responses((status = 200, body = EventList), (status = 400, description = "A malformed query string", body = super::ErrorBody), (status = 404, body = super::ErrorBody),
+    responses((status = 200, body = EventList), (status = 400, description = "A malformed query string, or a parameter the route does not take", body = super::ErrorBody), (status = 404, body = super::ErrorBody),
         (status = 422, body = super::ErrorBody)))]
 pub async fn events(
     State(state): State<AppState>,

@@ -72,6 +72,7 @@ pub struct WsLimits {
 
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct StreamQuery {
     /// Send every N-th step (default 1: all).
     #[param(minimum = 1)]
@@ -79,6 +80,11 @@ pub struct StreamQuery {
     /// Comma-separated layer indices whose statistics to send (default all; repeats count
     /// once; at most 4096 items).
     layers: Option<String>,
+    /// The API token, for clients that cannot send an `Authorization` header (a browser's
+    /// WebSocket); the header is better where it can be sent, since URLs reach logs.
+    #[serde(rename = "token")]
+    #[param(value_type = Option<String>)]
+    _token: Option<serde::de::IgnoredAny>,
 }
 
 /// What a client asked for: which steps and which layers.
@@ -101,7 +107,7 @@ impl Filter {
             Their JSON Schema (the ServerMessage and ClientMessage types) is at /api/v1/stream-schema.json. \
             Messages come in order and none is dropped except as `lagged` says; after each write the server \
             waits 50 ms before writing what was published meanwhile, so a step arrives up to 50 ms after its `time`"),
-        (status = 400, description = "Not a WebSocket upgrade, or a malformed query string", body = super::ErrorBody),
+        (status = 400, description = "Not a WebSocket upgrade, a malformed query string, or a parameter the route does not take", body = super::ErrorBody),
         (status = 404, body = super::ErrorBody),
         (status = 422, body = super::ErrorBody),
     ))]

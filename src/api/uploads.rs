@@ -114,7 +114,7 @@ pub struct DatasetList {
 #[utoipa::path(get, operation_id = "list_models", path = "/api/v1/models", tag = "models", params(ListQuery),
     responses(
         (status = 200, body = ModelList),
-        (status = 400, description = "A malformed query string", body = super::ErrorBody),
+        (status = 400, description = "A malformed query string, or a parameter the route does not take", body = super::ErrorBody),
         (status = 422, body = super::ErrorBody),
     ))]
 pub(crate) async fn list_models(
@@ -137,7 +137,7 @@ pub(crate) async fn list_models(
 #[utoipa::path(get, operation_id = "list_datasets", path = "/api/v1/datasets", tag = "datasets", params(ListQuery),
     responses(
         (status = 200, body = DatasetList),
-        (status = 400, description = "A malformed query string", body = super::ErrorBody),
+        (status = 400, description = "A malformed query string, or a parameter the route does not take", body = super::ErrorBody),
         (status = 422, body = super::ErrorBody),
     ))]
 pub(crate) async fn list_datasets(

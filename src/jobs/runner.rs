@@ -47,6 +47,7 @@ const STDERR_CHARS: usize = 2000;
 pub(super) async fn run(inner: &Inner, job: Job, control: Arc<JobControl>, gpu: Option<String>) {
     let id = job.id;
     tracing::info!(job = %id, name = %job.name, gpu = gpu.as_deref(), "job started");
+    inner.metrics.job_running(id, &job.name, job.spec.model.kind.as_str(), job.spec.task.kind());
     let (status, error) = match train_and_record(inner, &job, &control, gpu).await {
         Ok(Outcome::Succeeded) => (JobStatus::Succeeded, None),
         Ok(Outcome::Cancelled) => (JobStatus::Cancelled, None),
@@ -60,6 +61,7 @@ pub(super) async fn run(inner: &Inner, job: Job, control: Arc<JobControl>, gpu: 
     if let Err(err) = inner.store.finish_job(id, status, error.as_deref()).await {
         tracing::error!(job = %id, "failed to record the end of the job: {err:#}");
     }
+    inner.metrics.job_ended(id, status);
     // After the store: a subscriber told the job ended finds it ended.
     inner.live.open(id).publish(LiveMessage::Status { status, error: error.clone() });
     inner.live.close(id);
@@ -468,12 +470,12 @@ async fn record(
                 events.push(event);
             }
         }
-        let progress = Progress {
-            steps: &steps,
-            events: &events,
-            diagnosis: diagnosis.as_ref(),
-            dropped: dropped.swap(0, Ordering::Relaxed),
-        };
+        if let Some(d) = &diagnosis {
+            inner.metrics.record_diagnosis(job.id, d);
+        }
+        let lost = dropped.swap(0, Ordering::Relaxed);
+        inner.metrics.record_dropped(job.id, lost);
+        let progress = Progress { steps: &steps, events: &events, diagnosis: diagnosis.as_ref(), dropped: lost };
         inner.store.record_progress(job.id, &progress).await.context("failed to record progress")?;
         steps.clear();
         events.clear();

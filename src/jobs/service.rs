@@ -224,6 +224,7 @@ impl Jobs {
             budget::estimate(spec, self.corpus_size(spec).await?)
         };
         check_budget(spec, &estimate, &self.limits)?;
+        self.check_chosen_layers(spec).await?;
         let max_queued = self.limits.max_queued;
         let job =
             self.store.insert_job_within(spec, max_queued).await?.ok_or(ServiceError::QueueFull { max_queued })?;
@@ -439,6 +440,38 @@ impl Jobs {
             data_bytes: set.bytes as f64,
             val_samples: u64::try_from(set.detail.val_samples).unwrap_or(0),
         })
+    }
+
+    /// Refuses `monitor.layers` patterns that choose none of the model's layers: a user
+    /// model's names are its upload's parameters; a built-in model's come from a narrow
+    /// twin built where LibTorch runs checks.
+    async fn check_chosen_layers(&self, spec: &ValidSpec) -> Result<(), ServiceError> {
+        if spec.monitor.layers.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<String> = if spec.model.kind == ModelKind::Torchscript {
+            let id = spec.model.id.as_deref().unwrap_or_default();
+            self.find_model(id).await?.detail.parameters.into_iter().map(|p| p.name).collect()
+        } else {
+            let model = serde_json::to_string(&spec.model).map_err(anyhow::Error::from)?;
+            let check = Check::LayerNames { model, tokens: budget::task_tokens(&spec.task) };
+            let Checked::LayerNames(names) = self.scheduler.check(check).await?? else {
+                return Err(anyhow::anyhow!("a layer listing answered something else").into());
+            };
+            names
+        };
+        if crate::spec::chosen_layers(&spec.monitor.layers, &names).is_empty() {
+            let some: Vec<&str> = names.iter().take(4).map(String::as_str).collect();
+            return Err(ServiceError::invalid(
+                "monitor.layers",
+                format!(
+                    "the patterns match none of the model's {} layers (they are named like {})",
+                    names.len(),
+                    some.join(", ")
+                ),
+            ));
+        }
+        Ok(())
     }
 
     async fn find_model(&self, id: &str) -> Result<UserModel, ServiceError> {

@@ -40,7 +40,7 @@ use utoipa::ToSchema;
 pub use device::{DeviceChoice, parse_device};
 pub use error::SpecError;
 pub use model::{Activation, ModelKind, ModelSpec, Norm, NormPosition};
-pub use monitor::MonitorSpec;
+pub use monitor::{MonitorSpec, chosen_layers};
 pub use notify::{NotifyOn, NotifySpec};
 pub use optimizer::{NoDecay, OptimizerKind, OptimizerSpec, Schedule};
 pub use policy::{

@@ -73,6 +73,11 @@ pub struct MonitorSpec {
     pub summary_every: u64,
     /// Steps before the same kind of event for the same layer is reported again.
     pub cooldown: u64,
+    /// Name patterns (globs: `*`, `?`, `[..]`, `{a,b}`; `*` also crosses dots) choosing the
+    /// layers that get per-layer statistics and histograms; empty chooses every layer. The
+    /// loss, the global norms and every policy still see every layer.
+    #[schema(max_items = 64)]
+    pub layers: Vec<String>,
 }
 
 impl Default for MonitorSpec {
@@ -89,8 +94,30 @@ impl Default for MonitorSpec {
             diagnose_window: DEFAULT_DIAGNOSE_WINDOW,
             summary_every: DEFAULT_SUMMARY_EVERY,
             cooldown: DEFAULT_COOLDOWN,
+            layers: Vec::new(),
         }
     }
+}
+
+/// Most patterns in `monitor.layers`, and the longest one.
+pub const MAX_LAYER_PATTERNS: usize = 64;
+pub const MAX_LAYER_PATTERN_LEN: usize = 256;
+
+/// The layers `monitor.layers` chooses, by position in `names` (every layer when it is
+/// empty). Patterns are checked by [`MonitorSpec::validate`]; one that does not compile
+/// chooses nothing here.
+pub fn chosen_layers(patterns: &[String], names: &[String]) -> Vec<usize> {
+    if patterns.is_empty() {
+        return (0..names.len()).collect();
+    }
+    let mut set = globset::GlobSetBuilder::new();
+    for pattern in patterns {
+        if let Ok(glob) = globset::Glob::new(pattern) {
+            set.add(glob);
+        }
+    }
+    let Ok(set) = set.build() else { return Vec::new() };
+    names.iter().enumerate().filter(|(_, name)| set.is_match(name.as_str())).map(|(i, _)| i).collect()
 }
 
 impl MonitorSpec {
@@ -120,6 +147,19 @@ impl MonitorSpec {
         WINDOW.check(self.summary_every, "monitor.summary_every")?;
         COOLDOWN.check(self.cooldown, "monitor.cooldown")?;
         HISTOGRAM_EVERY.check(self.histogram_every, "monitor.histogram_every")?;
-        EVERY.check(self.every, "monitor.every")
+        EVERY.check(self.every, "monitor.every")?;
+        check(
+            self.layers.len() <= MAX_LAYER_PATTERNS,
+            "monitor.layers",
+            format!("at most {MAX_LAYER_PATTERNS} patterns"),
+        )?;
+        for (i, pattern) in self.layers.iter().enumerate() {
+            let field = format!("monitor.layers[{i}]");
+            if pattern.is_empty() || pattern.len() > MAX_LAYER_PATTERN_LEN {
+                return Err(SpecError::field(field, format!("a pattern of 1 to {MAX_LAYER_PATTERN_LEN} bytes")));
+            }
+            globset::Glob::new(pattern).map_err(|e| SpecError::field(field, format!("not a glob pattern: {e}")))?;
+        }
+        Ok(())
     }
 }

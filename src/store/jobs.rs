@@ -307,6 +307,17 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
+        // Blocks that reach past what is left are rebuilt as the rows arrive again.
+        for (table, rows) in [("step_rollups", "steps"), ("layer_rollups", "layer_stats")] {
+            sqlx::query(&format!(
+                "DELETE FROM {table} WHERE job_id = ?
+                   AND last_n > (SELECT COALESCE(MAX(n), 0) FROM {rows} WHERE job_id = ?)"
+            ))
+            .bind(&job_id)
+            .bind(&job_id)
+            .execute(&mut *tx)
+            .await?;
+        }
         sqlx::query("UPDATE jobs SET loss = (SELECT loss FROM steps WHERE job_id = ? AND step = ?) WHERE id = ?")
             .bind(&job_id)
             .bind(step)
@@ -314,6 +325,8 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         sqlx::query(&format!("UPDATE jobs SET stored_bytes = ({}) WHERE id = ?", super::steps::stored_bytes_sql()))
+            .bind(&job_id)
+            .bind(&job_id)
             .bind(&job_id)
             .bind(&job_id)
             .bind(&job_id)

@@ -1,12 +1,16 @@
 //! The only place with SQL. One narrow [`Store`] over a sqlx pool: jobs, their layers,
-//! per-step records and corpora. SQLite by default (WAL mode); the SQL stays portable so a
-//! PostgreSQL backend can sit behind the same interface.
+//! per-step records with the pre-aggregated blocks that thin them ([`rollup`]) and
+//! corpora. SQLite by default (WAL mode); the SQL stays portable so a PostgreSQL backend
+//! can sit behind the same interface, except that lists of rows are passed as one JSON
+//! array read with SQLite's `json_each` (PostgreSQL: `json_array_elements`).
 
+mod blocks;
 mod corpora;
 pub mod downsample;
 mod events;
 mod jobs;
 mod layer_stats;
+mod rollup;
 mod steps;
 mod uploads;
 
@@ -56,7 +60,8 @@ impl Store {
 
     /// Applies the migrations in `migrations/` that this database lacks.
     pub async fn migrate(&self) -> anyhow::Result<()> {
-        MIGRATOR.run(&self.pool).await.context("failed to apply database migrations")
+        MIGRATOR.run(&self.pool).await.context("failed to apply database migrations")?;
+        self.build_missing_blocks().await.context("failed to build the history's blocks")
     }
 
     /// Whether the database answers and every migration this binary knows is applied.

@@ -5,10 +5,16 @@ use sqlx::Row;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use std::collections::HashMap;
+
 use super::Store;
+use super::blocks::{
+    ROLLUP_NUMBERS, last_row, loose_rows, merge_pieces, read_blocks, row_cells, row_range, store_blocks,
+};
 #[cfg(doc)]
 use super::downsample::keep_extremes;
 use super::jobs::finite;
+use super::rollup::{self, Cell, Piece, Width};
 use crate::train::diagnose::Diagnosis;
 use crate::train::{Event, StepReport};
 use crate::vocab::{EventKind, Statistic};
@@ -55,19 +61,24 @@ pub struct EvalColumns {
 /// `stored_bytes` counts every stored number (integer, float or flag) as this many bytes,
 /// text and blobs at their length.
 pub(super) const NUMBER_BYTES: usize = 8;
-/// Numbers in a `steps` row: step, loss, the two norms, clip coefficient, rate, skipped.
-const STEP_NUMBERS: usize = 7;
+/// Numbers in a `steps` row: step, its row number, loss, the two norms, clip coefficient,
+/// rate, skipped.
+const STEP_NUMBERS: usize = 8;
 
-/// A job's `stored_bytes` recounted from its rows (binds the job id three times), for
+/// A job's `stored_bytes` recounted from its rows (binds the job id five times), for
 /// when rows are removed.
 pub(super) fn stored_bytes_sql() -> String {
     let stat_lengths: Vec<String> = Statistic::ALL.iter().map(|s| format!("length({s})")).collect();
+    let rollup = ROLLUP_NUMBERS * NUMBER_BYTES;
     format!(
-        "(SELECT COALESCE(SUM(length(job_id) + 56), 0) FROM steps WHERE job_id = ?)
-        + (SELECT COALESCE(SUM(length(job_id) + 8 + {} + COALESCE(length(hist), 0)), 0)
+        "(SELECT COALESCE(SUM(length(job_id) + {}), 0) FROM steps WHERE job_id = ?)
+        + (SELECT COALESCE(SUM(length(job_id) + 16 + {} + COALESCE(length(hist) + 8, 0)), 0)
             FROM layer_stats WHERE job_id = ?)
         + (SELECT COALESCE(SUM(length(job_id) + 32 + length(CAST(kind AS BLOB)) + length(CAST(message AS BLOB))), 0)
-            FROM events WHERE job_id = ?)",
+            FROM events WHERE job_id = ?)
+        + (SELECT COALESCE(SUM(length(job_id) + {rollup} + length(cells)), 0) FROM step_rollups WHERE job_id = ?)
+        + (SELECT COALESCE(SUM(length(job_id) + {rollup} + length(cells)), 0) FROM layer_rollups WHERE job_id = ?)",
+        STEP_NUMBERS * NUMBER_BYTES,
         stat_lengths.join(" + ")
     )
 }
@@ -80,21 +91,54 @@ pub const MAX_MAX_POINTS: usize = 100_000;
 /// gradient norm, and the first non-finite row.
 const EXTREMES_PER_BUCKET: usize = 5;
 
+/// A `steps` row's cells: the loss and the gradient norm.
+fn step_cells(loss: Option<f64>, norm: Option<f64>, n: u64) -> anyhow::Result<Vec<Cell>> {
+    let n = u32::try_from(n)?;
+    Ok(vec![Cell::of(loss, n), Cell::of(norm, n)])
+}
+
+type RawStep = (u64, Option<f64>, Option<f64>);
+
+fn raw_step(row: &sqlx::sqlite::SqliteRow) -> anyhow::Result<RawStep> {
+    Ok((u64::try_from(row.try_get::<i64, _>(0)?)?, row.try_get(1)?, row.try_get(2)?))
+}
+
+/// Row number, loss and gradient norm of the job's rows numbered in `ns`.
+async fn raw_steps_at(tx: &mut sqlx::SqliteConnection, job_id: &str, ns: &[u64]) -> anyhow::Result<Vec<RawStep>> {
+    if ns.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows =
+        sqlx::query("SELECT n, loss, grad_norm FROM steps WHERE job_id = ? AND n IN (SELECT value FROM json_each(?))")
+            .bind(job_id)
+            .bind(serde_json::to_string(ns)?)
+            .fetch_all(&mut *tx)
+            .await?;
+    rows.iter().map(raw_step).collect()
+}
+
 impl Store {
     /// Appends what a job reported since the last call, moves the job's progress to the
     /// last step, and adds the bytes written to the job's `stored_bytes`, in one
     /// transaction.
     pub async fn record_progress(&self, id: Uuid, progress: &Progress<'_>) -> anyhow::Result<()> {
         let job_id = id.to_string();
-        let mut tx = self.pool.begin().await?;
+        // Takes the write lock at once: it reads the last row number before it writes, and a
+        // read transaction that another writer overtook could not become a write one.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let mut written = 0;
+        let after = last_row(&mut tx, "steps", &job_id).await?;
+        let mut n = after;
+        let mut cells: HashMap<u64, Vec<Cell>> = HashMap::new();
         for s in progress.steps {
+            n += 1;
             sqlx::query(
-                "INSERT INTO steps (job_id, step, loss, grad_norm, grad_norm_clipped, clip_coef, lr, skipped)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO steps (job_id, step, n, loss, grad_norm, grad_norm_clipped, clip_coef, lr, skipped)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(&job_id)
             .bind(i64::try_from(s.step)?)
+            .bind(i64::try_from(n)?)
             .bind(finite(s.loss))
             .bind(finite(s.grad_norm))
             .bind(finite(s.grad_norm_clipped))
@@ -104,6 +148,13 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             written += job_id.len() + STEP_NUMBERS * NUMBER_BYTES;
+            cells.insert(n, step_cells(finite(s.loss), finite(s.grad_norm), n)?);
+        }
+        if n / rollup::BASE > after / rollup::BASE {
+            // The rows of the block this batch completes that earlier batches wrote.
+            let start = after - after % rollup::BASE;
+            cells.extend(row_cells(&mut tx, "steps", &job_id, (start + 1, after)).await?);
+            written += store_blocks(&mut tx, "step_rollups", &job_id, (after, n), Width::F64, &cells).await?;
         }
         written += Self::insert_layer_stats(&mut tx, &job_id, progress.steps).await?;
         written += Self::insert_events(&mut tx, &job_id, progress.events).await?;
@@ -142,67 +193,63 @@ impl Store {
     }
 
     /// The steps of job `id` from `from` to `to` (inclusive), downsampled to at most
-    /// `max_points`. Long ranges are thinned in SQL, so a query holds what it answers and
-    /// never every row of a long job: the range is cut into buckets of consecutive rows
-    /// and each keeps the rows with the smallest and largest loss and gradient norm and its
-    /// first non-finite row (the rule of [`keep_extremes`]).
+    /// `max_points`. The range is cut into buckets of consecutive rows and each keeps the
+    /// rows with the smallest and largest loss and gradient norm and its first non-finite
+    /// row (the rule of [`keep_extremes`]). A long range reads the pre-aggregated blocks
+    /// that make up each bucket (see [`rollup`]) and the few rows around them, then the
+    /// rows it keeps: what it reads follows `max_points`, not the length of the job.
     pub async fn steps(&self, id: Uuid, from: i64, to: i64, max_points: usize) -> anyhow::Result<StepColumns> {
         let job_id = id.to_string();
-        // The count and the rows from one snapshot: a running job appends meanwhile.
+        // The rows and the blocks from one snapshot: a running job appends meanwhile.
         let mut tx = self.pool.begin().await?;
-        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM steps WHERE job_id = ? AND step BETWEEN ? AND ?")
-            .bind(&job_id)
-            .bind(from)
-            .bind(to)
-            .fetch_one(&mut *tx)
-            .await?;
-        let count = usize::try_from(count).unwrap_or(0);
+        let mut all = StepColumns::default();
+        let Some((first, last)) = row_range(&mut tx, "steps", &job_id, (from, to)).await? else {
+            tx.commit().await?;
+            all.eval = self.evals(id, from, to).await?;
+            return Ok(all);
+        };
+        let count = usize::try_from(last - first + 1)?;
+        let kept: Vec<u64> = if count <= max_points {
+            Vec::new()
+        } else {
+            // Two series (loss, grad_norm), a minimum and a maximum each, plus a non-finite row.
+            let buckets = rollup::buckets(first, last, (max_points / EXTREMES_PER_BUCKET).max(1) as u64);
+            let pieces: Vec<Vec<Piece>> = buckets.iter().map(|&(a, b)| rollup::pieces(a, b)).collect();
+            let flat: Vec<Piece> = pieces.iter().flatten().copied().collect();
+            let blocks = read_blocks(&mut tx, "step_rollups", &job_id, &flat).await?;
+            let loose = loose_rows(&flat);
+            let mut rows: HashMap<u64, Vec<Cell>> = HashMap::with_capacity(loose.len());
+            for (n, loss, norm) in raw_steps_at(&mut tx, &job_id, &loose).await? {
+                rows.insert(n, step_cells(loss, norm, n)?);
+            }
+            let mut keep = Vec::new();
+            for (&(a, _), bucket) in buckets.iter().zip(&pieces) {
+                let cells = merge_pieces(bucket, (&rows, &[0, 1]), (&blocks, &[0, 1]), Width::F64);
+                keep.extend(rollup::kept_rows(u32::try_from(a)?, &cells));
+            }
+            rollup::spread(keep, max_points).into_iter().map(u64::from).collect()
+        };
         let rows = if count <= max_points {
             sqlx::query(
-                "SELECT step, loss, grad_norm, grad_norm_clipped, clip_coef, lr, skipped
-                 FROM steps WHERE job_id = ? AND step BETWEEN ? AND ? ORDER BY step",
+                "SELECT step, loss, grad_norm, grad_norm_clipped, clip_coef, lr, skipped FROM steps
+                 WHERE job_id = ? AND n BETWEEN ? AND ? ORDER BY n",
             )
             .bind(&job_id)
-            .bind(from)
-            .bind(to)
+            .bind(i64::try_from(first)?)
+            .bind(i64::try_from(last)?)
             .fetch_all(&mut *tx)
             .await?
         } else {
-            // Two series (loss, grad_norm), a minimum and a maximum each, plus a non-finite row.
-            // Row r (1-based) of `count` falls in bucket b when b·count/buckets < r ≤
-            // (b+1)·count/buckets, rounded down as in `keep_extremes`: b = ⌊(r·buckets − 1)/count⌋.
-            let buckets = i64::try_from((max_points / EXTREMES_PER_BUCKET).max(1))?;
             sqlx::query(
-                "WITH numbered AS (
-                     SELECT step, loss, grad_norm, grad_norm_clipped, clip_coef, lr, skipped,
-                            (ROW_NUMBER() OVER (ORDER BY step) * ? - 1) / ? AS bucket
-                     FROM steps WHERE job_id = ? AND step BETWEEN ? AND ?
-                 ), ranked AS (
-                     SELECT *,
-                         ROW_NUMBER() OVER (PARTITION BY bucket ORDER BY loss IS NULL, loss, step) AS loss_min,
-                         ROW_NUMBER() OVER (PARTITION BY bucket ORDER BY loss IS NULL, loss DESC, step) AS loss_max,
-                         ROW_NUMBER() OVER (PARTITION BY bucket ORDER BY grad_norm IS NULL, grad_norm, step) AS norm_min,
-                         ROW_NUMBER() OVER (PARTITION BY bucket ORDER BY grad_norm IS NULL, grad_norm DESC, step) AS norm_max,
-                         ROW_NUMBER() OVER (PARTITION BY bucket
-                             ORDER BY (loss IS NULL OR grad_norm IS NULL) DESC, step) AS first_bad
-                     FROM numbered
-                 )
-                 SELECT step, loss, grad_norm, grad_norm_clipped, clip_coef, lr, skipped FROM ranked
-                 WHERE (loss_min = 1 AND loss IS NOT NULL) OR (loss_max = 1 AND loss IS NOT NULL)
-                    OR (norm_min = 1 AND grad_norm IS NOT NULL) OR (norm_max = 1 AND grad_norm IS NOT NULL)
-                    OR (first_bad = 1 AND (loss IS NULL OR grad_norm IS NULL))
-                 ORDER BY step",
+                "SELECT step, loss, grad_norm, grad_norm_clipped, clip_coef, lr, skipped FROM steps
+                 WHERE job_id = ? AND n IN (SELECT value FROM json_each(?)) ORDER BY n",
             )
-            .bind(buckets)
-            .bind(i64::try_from(count)?)
             .bind(&job_id)
-            .bind(from)
-            .bind(to)
+            .bind(serde_json::to_string(&kept)?)
             .fetch_all(&mut *tx)
             .await?
         };
         tx.commit().await?;
-        let mut all = StepColumns::default();
         for row in &rows {
             all.step.push(row.try_get("step")?);
             all.loss.push(row.try_get("loss")?);
@@ -308,5 +355,26 @@ mod tests {
         // A range that fits is answered whole.
         let whole = store.steps(job.id, 100, 199, 100).await.expect("steps");
         assert_eq!(whole.step, (100..=199).collect::<Vec<i64>>());
+
+        // A job stored before the blocks existed gets them at start-up, the same ones.
+        let before = store.steps(job.id, 0, i64::MAX, 55).await.expect("steps");
+        let blocks = |store: &Store| {
+            let pool = store.pool.clone();
+            async move {
+                sqlx::query_as::<_, (i64, i64, Vec<u8>)>(
+                    "SELECT level, block, cells FROM step_rollups WHERE job_id = ? ORDER BY level, block",
+                )
+                .bind(job.id.to_string())
+                .fetch_all(&pool)
+                .await
+                .expect("blocks")
+            }
+        };
+        let written = blocks(&store).await;
+        assert_eq!(written.len(), 2_345 / 16 + 2_345 / 256);
+        sqlx::query("DELETE FROM step_rollups").execute(&store.pool).await.expect("delete");
+        store.migrate().await.expect("migrate again");
+        assert_eq!(blocks(&store).await, written);
+        assert_eq!(store.steps(job.id, 0, i64::MAX, 55).await.expect("steps").step, before.step);
     }
 }

@@ -141,6 +141,15 @@ pub struct Disk {
 
 /// Bytes of a job id as the store keeps it (a hyphenated UUID).
 const JOB_ID: f64 = 36.0;
+/// A stored block cell (see `store::rollup`): two values and three row numbers.
+const ROLLUP_CELL_F32: f64 = 2.0 * 4.0 + 12.0;
+const ROLLUP_CELL_F64: f64 = 2.0 * 8.0 + 12.0;
+
+/// A row's share of the stored blocks whose cells take `cells` bytes: blocks of 16, 256, …
+/// rows, about one fifteenth of a block per row, each with a job id and three numbers.
+fn rollup_share(cells: f64) -> f64 {
+    (JOB_ID + 3.0 * 8.0 + cells) / 15.0
+}
 /// A stored event: job id, four numbers, its kind and message (about 40 bytes of text).
 const EVENT_BYTES: f64 = JOB_ID + 4.0 * 8.0 + 12.0 + 40.0;
 
@@ -166,6 +175,11 @@ impl Disk {
         }
         Some(lo)
     }
+}
+
+/// Whether the task's inputs are token ids (else float features).
+pub fn task_tokens(task: &TaskSpec) -> bool {
+    task_shape(task, 2).1
 }
 
 /// Sizes of a task: input width (token vocabulary or features), whether inputs are
@@ -461,11 +475,21 @@ fn disk(spec: &JobSpec, tensors: u64) -> Disk {
     // A loss and, for all tasks but char_lm, a metric.
     let per_eval = if matches!(spec.task, TaskSpec::CharLm(_)) { 1.0 } else { 2.0 };
     let summaries = steps / spec.monitor.summary_every.max(1);
+    let statistics = Statistic::ALL.len() as f64;
     Disk {
-        // Job id, step, five floats and the skipped flag.
-        step_row: JOB_ID + 7.0 * 8.0,
-        // Job id, step, one float32 per layer for each statistic, the histogram counts.
-        stats_row: JOB_ID + 8.0 + k * Statistic::ALL.len() as f64 * 4.0 + hist,
+        // Job id, step, row number, five floats and the skipped flag; and its share of the
+        // pre-aggregated blocks (one block per 16 rows, one per 256, …: a fifteenth of a
+        // block per row), each two cells of float64.
+        step_row: JOB_ID + 8.0 * 8.0 + rollup_share(2.0 * ROLLUP_CELL_F64),
+        // Job id, step, row number, one float32 per layer for each statistic, the histogram
+        // counts and their row number; and the share of blocks of a float32 cell per layer
+        // and statistic.
+        stats_row: JOB_ID
+            + 2.0 * 8.0
+            + k * statistics * 4.0
+            + hist
+            + spec.monitor.histogram_share() * 8.0
+            + rollup_share(k * statistics * ROLLUP_CELL_F32),
         // Each summary is `clipped` or `skipped`; count one of them.
         events: (evals as f64 * per_eval + summaries as f64) * EVENT_BYTES,
         steps,
@@ -565,9 +589,10 @@ mod tests {
         // No embedding for feature inputs: four tensors per layer and the head's two.
         assert_eq!(e.tensors, 10);
         let every_step = e.disk.records(1);
-        // Eight statistics a layer every step, a histogram every tenth (the default).
-        assert!(every_step > 1000 * (10 * (8 * 4 + 51 * 4 / 10)) as u64);
-        assert!(every_step < 1000 * (10 * (8 * 4 + 51 * 4 / 5)) as u64);
+        // Eight statistics a layer every step, a histogram every tenth (the default), and
+        // the blocks: a 20-byte cell per layer and statistic for every 15 rows or so.
+        assert!(every_step > 1000 * (10 * (8 * 4 + 51 * 4 / 10 + 8 * 20 / 15)) as u64);
+        assert!(every_step < 1000 * (10 * (8 * 4 + 51 * 4 / 5 + 8 * 20 / 10)) as u64);
         assert!(e.disk.records(10) < every_step / 3);
         assert_eq!(e.disk.smallest_every(e.disk.records(10)), Some(10));
         assert_eq!(e.disk.smallest_every(1), None);

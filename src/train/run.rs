@@ -16,8 +16,8 @@ use super::stats::FlatParams;
 use super::step::timing::{Clock, Phase};
 use super::step::{self, Monitoring, Trainer};
 use super::task::Task;
-use super::{Outcome, StopFlag, StopReason, TrainEvent, model, optim};
-use crate::spec::{JobSpec, ModelKind, OnNonfinite, TaskSpec, ValidSpec, parse_device};
+use super::{LayerInfo, Outcome, StopFlag, StopReason, TrainEvent, model, optim};
+use crate::spec::{JobSpec, ModelKind, OnNonfinite, TaskSpec, ValidSpec, chosen_layers, parse_device};
 
 /// What a run needs besides its spec, resolved by the caller.
 #[derive(Debug, Clone, Default)]
@@ -68,7 +68,7 @@ pub fn train(
     };
     let user = user.as_deref();
     let tensors: Vec<Tensor> = params.tensors().map(Tensor::shallow_clone).collect();
-    let flat = FlatParams::new(&tensors, device)?;
+    let mut flat = FlatParams::new(&tensors, device)?;
     let layers = params.layers();
     let mut optimizer = FlatOptimizer::new(&spec.optimizer).with_groups(&layers);
     let named: Vec<(String, Tensor)> =
@@ -83,10 +83,18 @@ pub fn train(
         }
         _ => 1,
     };
-    let names = layers.iter().map(|l| l.name.clone()).collect();
-    let mut trainer =
-        Trainer::new(flat, optimizer, grad_policies, &spec.policy, &spec.monitor, names, params.redundant());
-    emit(TrainEvent::Started { device: model::device_name(device), layers });
+    // `monitor.layers`: the layers that get statistics, numbered in their own order from
+    // here on (the API, the stream, the metrics and the store see just these).
+    let all_names: Vec<String> = layers.iter().map(|l| l.name.clone()).collect();
+    let chosen = chosen_layers(&spec.monitor.layers, &all_names);
+    anyhow::ensure!(!chosen.is_empty(), "monitor.layers matches none of the model's layers");
+    flat.choose(chosen.clone())?;
+    let measured: Vec<LayerInfo> =
+        chosen.iter().enumerate().map(|(index, &i)| LayerInfo { index, ..layers[i].clone() }).collect();
+    let names = measured.iter().map(|l| l.name.clone()).collect();
+    let redundant: Vec<bool> = chosen.iter().map(|&i| params.redundant().get(i).copied().unwrap_or(false)).collect();
+    let mut trainer = Trainer::new(flat, optimizer, grad_policies, &spec.policy, &spec.monitor, names, &redundant);
+    emit(TrainEvent::Started { device: model::device_name(device), layers: measured });
 
     for step in first..=spec.steps {
         if let Some(reason) = stop.requested() {

@@ -70,6 +70,9 @@ pub struct FlatParams {
     before: Option<Tensor>,
     /// Each layer's elements in the flat buffers.
     ranges: Vec<Range<usize>>,
+    /// The layers that get per-layer statistics (`monitor.layers`), by index, and their
+    /// elements; `None` for every layer. Statistics come in this order.
+    chosen: Option<(Vec<usize>, Tensor, Vec<Range<usize>>)>,
     /// Whether the statistics read the buffers in place, one pass per layer ([`host`]),
     /// rather than through LibTorch's reductions: on the CPU, where those would each read
     /// the buffer again.
@@ -118,6 +121,7 @@ impl FlatParams {
                 })
                 .collect(),
             in_place: device == Device::Cpu,
+            chosen: None,
         })
     }
 
@@ -145,6 +149,39 @@ impl FlatParams {
     /// Each layer's elements in the flat buffers.
     pub fn ranges(&self) -> &[Range<usize>] {
         &self.ranges
+    }
+
+    /// Takes per-layer statistics of `layers` (indices, ascending) only; the global norm
+    /// still covers every layer.
+    pub fn choose(&mut self, layers: Vec<usize>) -> anyhow::Result<()> {
+        anyhow::ensure!(layers.iter().all(|&i| i < self.len()), "a chosen layer is out of range");
+        self.chosen = if layers.len() == self.len() {
+            None
+        } else {
+            let index: Vec<i64> = layers.iter().map(|&i| i as i64).collect();
+            let ranges = layers.iter().map(|&i| self.ranges[i].clone()).collect();
+            Some((layers, Tensor::from_slice(&index).f_to_device(self.grads.device())?, ranges))
+        };
+        self.zeros = None;
+        Ok(())
+    }
+
+    /// The number of layers that get statistics.
+    pub fn measured_len(&self) -> usize {
+        self.chosen.as_ref().map_or(self.len(), |(layers, ..)| layers.len())
+    }
+
+    /// The elements of each layer that gets statistics.
+    fn measured_ranges(&self) -> &[Range<usize>] {
+        self.chosen.as_ref().map_or(&self.ranges, |(_, _, ranges)| ranges)
+    }
+
+    /// `t` (one column per layer along `dim`) with the chosen layers' columns only.
+    fn chosen_columns(&self, t: Tensor, dim: i64) -> Result<Tensor, tch::TchError> {
+        match &self.chosen {
+            Some((_, index, _)) => t.f_index_select(dim, index),
+            None => Ok(t),
+        }
     }
 
     /// Whether the statistics read the buffers in place (host memory).
@@ -241,7 +278,9 @@ impl FlatParams {
     /// ‖g‖² = Σ(g − mean)² + n·mean², so it costs no further pass; a layer holding a NaN or
     /// an infinity has NaN norm, mean and std.
     pub fn grad_stats(&mut self) -> anyhow::Result<(Tensor, Tensor)> {
-        if let Some(summaries) = self.in_place.then(|| host::grad_summaries(&self.grads, &self.ranges)).flatten() {
+        if let Some(summaries) =
+            self.in_place.then(|| host::grad_summaries(&self.grads, self.measured_ranges())).flatten()
+        {
             return Ok((self.in_place_grad_stats(&summaries)?, self.grad_norm()?));
         }
         let cuda = self.grads.device().is_cuda();
@@ -284,8 +323,8 @@ impl FlatParams {
         let zero_frac = zeros.f_to_kind(Kind::Float)?.f_div(&self.counts)?;
         // In the order of `Statistic::GRAD`.
         let stats = Tensor::f_stack(&[norm, max, mean, var.f_sqrt()?, zero_frac, nonfinite], 0)?;
-        self.zeros = Some(zeros);
-        Ok((stats, self.grad_norm()?))
+        self.zeros = Some(self.chosen_columns(zeros, 0)?);
+        Ok((self.chosen_columns(stats, 1)?, self.grad_norm()?))
     }
 
     /// [`Self::grad_stats`] from the in-place summaries: the same definitions, float64, and
@@ -313,12 +352,13 @@ impl FlatParams {
         Ok(Tensor::from_slice(&rows).f_view([Statistic::GRAD.len() as i64, layers as i64])?)
     }
 
-    /// The NaN/Inf count of each of `layers`, with one host copy: for the steps whose
-    /// statistics came back non-finite.
+    /// The NaN/Inf count of each of `layers` (positions in the statistics' order), with one
+    /// host copy: for the steps whose statistics came back non-finite.
     pub fn nonfinite_counts(&self, layers: &[usize]) -> anyhow::Result<Vec<f64>> {
+        let original = |i: usize| self.chosen.as_ref().map_or(i, |(chosen, ..)| chosen[i]);
         let counts: Vec<Tensor> = layers
             .iter()
-            .map(|&i| self.grad_views[i].f_isfinite()?.f_logical_not()?.f_sum(Kind::Int64))
+            .map(|&i| self.grad_views[original(i)].f_isfinite()?.f_logical_not()?.f_sum(Kind::Int64))
             .collect::<Result<_, _>>()?;
         if counts.is_empty() {
             return Ok(Vec::new());
@@ -355,16 +395,22 @@ impl FlatParams {
             self.hist = Some((base, fold));
         }
         let Some((base, fold)) = &self.hist else { unreachable!("set above") };
-        let by_exponent = match self.in_place.then(|| host::exponent_counts(&self.grads, &self.ranges)).flatten() {
-            Some(counts) => Tensor::from_slice(&counts),
+        let measured = self.measured_len() as i64;
+        let by_exponent = match self
+            .in_place
+            .then(|| host::exponent_counts(&self.grads, self.measured_ranges()))
+            .flatten()
+        {
+            Some(counts) => Tensor::from_slice(&counts).f_view([measured, 256])?,
             None => {
                 let exponent =
                     self.grads.f_view_dtype(Kind::Int)?.f_bitwise_right_shift_tensor_scalar(23)?.f_bitwise_and(255)?;
-                exponent.f_add(base)?.f_bincount::<Tensor>(None, layers * 256)?
+                let all = exponent.f_add(base)?.f_bincount::<Tensor>(None, layers * 256)?.f_view([layers, 256])?;
+                self.chosen_columns(all, 0)?
             }
         };
-        let mut hist = Tensor::f_zeros([layers, HIST_BINS as i64], (Kind::Int64, device))?;
-        let _ = hist.f_index_add_(1, fold, &by_exponent.f_view([layers, 256])?)?;
+        let mut hist = Tensor::f_zeros([measured, HIST_BINS as i64], (Kind::Int64, device))?;
+        let _ = hist.f_index_add_(1, fold, &by_exponent)?;
         if let Some(zeros) = &self.zeros {
             // Bucket 0 counted every zero exponent: the exact zeros stay, subnormals (below
             // 2^-126) join the smallest bucket.
@@ -397,7 +443,7 @@ impl FlatParams {
     /// the denominator instead would show a change of 1e-3 as 1e35.
     pub fn weight_stats(&self) -> anyhow::Result<Tensor> {
         if let Some(before) = self.before.as_ref().filter(|_| self.in_place)
-            && let Some(summaries) = host::weight_summaries(&self.weights, before, &self.ranges)
+            && let Some(summaries) = host::weight_summaries(&self.weights, before, self.measured_ranges())
         {
             return weight_rows(&summaries);
         }
@@ -411,13 +457,16 @@ impl FlatParams {
             }
             None => norm.f_zeros_like()?,
         };
-        Ok(Tensor::f_stack(&[norm, ratio], 0)?)
+        Ok(self.chosen_columns(Tensor::f_stack(&[norm, ratio], 0)?, 1)?)
     }
 
     /// [`Self::weight_stats`] from what an update measured on its way
     /// ([`super::optim::FlatOptimizer::step`] in host memory): no snapshot, no further pass.
-    pub fn measured_weight_stats(summaries: &[host::WeightSummary]) -> anyhow::Result<Tensor> {
-        weight_rows(summaries)
+    pub fn measured_weight_stats(&self, summaries: &[host::WeightSummary]) -> anyhow::Result<Tensor> {
+        match &self.chosen {
+            Some((chosen, ..)) => weight_rows(&chosen.iter().map(|&i| summaries[i]).collect::<Vec<_>>()),
+            None => weight_rows(summaries),
+        }
     }
 
     /// The L2 norm of each layer's part of `buffer` (laid out as the weights), in layer

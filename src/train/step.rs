@@ -221,7 +221,7 @@ pub fn step(
     reporter.clock.lap(Phase::Update);
     let weight_stats = match (record, change) {
         (false, _) => None,
-        (true, Some(change)) if measured => Some(FlatParams::measured_weight_stats(&change)?),
+        (true, Some(change)) if measured => Some(flat.measured_weight_stats(&change)?),
         (true, _) => {
             anyhow::ensure!(!measured, "an update in host memory did not measure its change");
             Some(tch::no_grad(|| flat.weight_stats())?)

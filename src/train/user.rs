@@ -10,9 +10,9 @@ use tch::{CModule, Device, Kind, Tensor, nn};
 
 use super::model::archive;
 use super::model::torchscript::{TorchScript, reason};
-use super::model::{Model, Params};
+use super::model::{Input, Io, Model, Params};
 use super::task::dataset_loss;
-use crate::spec::Loss;
+use crate::spec::{Loss, ModelSpec};
 use crate::store::{DatasetDetail, ModelDetail, TensorInfo};
 
 /// Why an upload or a dry run was refused: the field (or tensor) at fault and the reason.
@@ -35,6 +35,11 @@ pub enum Check {
     Model { file: PathBuf },
     /// [`dry_run`] of a model and a data set.
     DryRun { model: PathBuf, dataset: PathBuf, loss: Loss },
+    /// The layer names of a built-in model (for `monitor.layers`; its `ModelSpec` as JSON,
+    /// which the worker pipe's compact encoding cannot carry): a narrow twin of it is
+    /// built, since names depend on the kind, the depth and whether inputs are tokens, not
+    /// on the widths.
+    LayerNames { model: String, tokens: bool },
 }
 
 /// What a [`Check`] found.
@@ -42,6 +47,7 @@ pub enum Check {
 pub enum Checked {
     Model(ModelDetail),
     DryRun(DryRun),
+    LayerNames(Vec<String>),
 }
 
 impl Check {
@@ -50,6 +56,7 @@ impl Check {
         match self {
             Self::Model { .. } => "body",
             Self::DryRun { .. } => "model",
+            Self::LayerNames { .. } => "monitor.layers",
         }
     }
 
@@ -58,6 +65,7 @@ impl Check {
         match self {
             Self::Model { .. } => "model",
             Self::DryRun { .. } => "dry_run",
+            Self::LayerNames { .. } => "layer_names",
         }
     }
 
@@ -66,8 +74,22 @@ impl Check {
         match self {
             Self::Model { file } => inspect_model(file).map(Checked::Model),
             Self::DryRun { model, dataset, loss } => dry_run(model, dataset, *loss).map(Checked::DryRun),
+            Self::LayerNames { model, tokens } => layer_names(model, *tokens).map(Checked::LayerNames),
         }
     }
+}
+
+/// The layer names of the built-in `model`, from a narrow twin built on the CPU.
+fn layer_names(model: &str, tokens: bool) -> Result<Vec<String>, Refusal> {
+    let mut twin: ModelSpec =
+        serde_json::from_str(model).map_err(|e| refuse("model", format!("not a model spec: {e}")))?;
+    twin.hidden = 2 * twin.heads.max(1);
+    let input = if tokens { Input::Tokens(4) } else { Input::Features(2) };
+    let io = Io { input, output: 2, max_len: 4 };
+    let vs = nn::VarStore::new(Device::Cpu);
+    let (_, params) = super::model::build(&twin, &vs, io, 0)
+        .map_err(|e| refuse("model", format!("the model cannot be built: {e:#}")))?;
+    Ok(params.layers().into_iter().map(|l| l.name).collect())
 }
 
 /// The contract's name of a LibTorch element type.

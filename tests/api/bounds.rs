@@ -71,10 +71,18 @@ async fn answers_and_scans_past_their_bounds_are_refused() {
     // Thinned to 10 points it answers 560, but still reads 2240 first.
     let (status, error) = error_of(&app, &format!("/api/v1/jobs/{id}/layer-stats?max_points=10")).await;
     assert_eq!((status, error["field"].as_str()), (422, Some("from")), "{error}");
-    // A histogram counts its 51 buckets: one layer's over 40 steps reads 2040.
-    let (status, error) =
-        error_of(&app, &format!("/api/v1/jobs/{id}/layer-stats?layers=0&stat=hist&max_points=10")).await;
-    assert_eq!((status, error["field"].as_str()), (422, Some("from")), "{error}");
+    // A histogram counts its 51 buckets: every layer's over 40 steps would answer 14280.
+    let (status, error) = error_of(&app, &format!("/api/v1/jobs/{id}/layer-stats?stat=hist")).await;
+    assert_eq!((status, error["field"].as_str()), (422, Some("max_points")), "{error}");
+    // Thinned, histograms come from the 4 steps that have one (1, 11, 21, 31): one layer's
+    // reads 204 values.
+    let fits: Value = app
+        .get(&format!("/api/v1/jobs/{id}/layer-stats?layers=0&stat=hist&max_points=10"))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(column(&fits["layers"][0], "step"), vec![1.0, 11.0, 21.0, 31.0]);
     // Within both bounds: answered.
     let fits = app.get(&format!("/api/v1/jobs/{id}/layer-stats?stat=grad_norm")).await;
     assert_eq!(fits.status(), 200);

@@ -245,8 +245,8 @@ async fn stored_bytes_count_what_a_job_wrote() {
     let mut counted = 0;
     for row in sqlx::query("SELECT job_id FROM steps WHERE job_id = ?").bind(&id).fetch_all(&pool).await.expect("steps")
     {
-        // The job id, and seven numbers at 8 bytes.
-        counted += row.get::<String, _>(0).len() + 7 * 8;
+        // The job id, and eight numbers (with the row number) at 8 bytes.
+        counted += row.get::<String, _>(0).len() + 8 * 8;
     }
     let stats = sqlx::query(
         "SELECT job_id, grad_norm, grad_max, grad_mean, grad_std, zero_frac, nonfinite, weight_norm,
@@ -258,9 +258,27 @@ async fn stored_bytes_count_what_a_job_wrote() {
     .expect("layer stats");
     assert_eq!(stats.len(), 60);
     for row in &stats {
-        counted += row.get::<String, _>(0).len() + 8;
+        // Step and row number; a histogram's row number beside it.
+        counted += row.get::<String, _>(0).len() + 2 * 8;
         for column in 1..=9 {
             counted += row.get::<Option<Vec<u8>>, _>(column).map_or(0, |b| b.len());
+        }
+        counted += row.get::<Option<Vec<u8>>, _>(9).map_or(0, |_| 8);
+    }
+    // The pre-aggregated blocks: one per 16 rows of each table (60 rows: three), each with
+    // its level, index and last row, and a cell of 2 values and 3 row numbers per series
+    // (float64 for the loss and gradient norm, float32 for each statistic of 7 layers).
+    for (table, cell_bytes) in [("step_rollups", 2 * (2 * 8 + 12)), ("layer_rollups", 7 * 8 * (2 * 4 + 12))] {
+        let blocks = sqlx::query(&format!("SELECT job_id, level, cells FROM {table} WHERE job_id = ?"))
+            .bind(&id)
+            .fetch_all(&pool)
+            .await
+            .expect("blocks");
+        assert_eq!(blocks.len(), 3, "{table}");
+        for row in &blocks {
+            assert_eq!(row.get::<i64, _>(1), 1, "{table}");
+            assert_eq!(row.get::<Vec<u8>, _>(2).len(), cell_bytes, "{table}");
+            counted += row.get::<String, _>(0).len() + 3 * 8 + cell_bytes;
         }
     }
     let events = sqlx::query("SELECT job_id, kind, message FROM events WHERE job_id = ?")

@@ -31,6 +31,13 @@ fn check(program: &str, args: &[&str]) {
 fn compose_and_prometheus_configs_are_valid() {
     check("docker-compose", &["-f", "docker-compose.yml", "config", "-q"]);
     check("promtool", &["check", "config", "deploy/prometheus/prometheus.yml"]);
+    check("amtool", &["check-config", "deploy/alertmanager/alertmanager.yml"]);
+}
+
+#[test]
+fn the_alert_rules_pass_their_unit_tests() {
+    check("promtool", &["check", "rules", "deploy/prometheus/alerts.yml"]);
+    check("promtool", &["test", "rules", "deploy/prometheus/alerts.test.yml"]);
 }
 
 /// Every `expr` in a Grafana dashboard, panels and template queries alike.

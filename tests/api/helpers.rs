@@ -43,7 +43,6 @@ pub async fn spawn_app_with(dir: TempDir, configure: impl FnOnce(&mut ServeConfi
     config.torch_threads = Some(1);
     // Jobs train in workers of the real binary (this test program cannot be one).
     config.worker_binary = Some(PathBuf::from(env!("CARGO_BIN_EXE_gradscope")));
-    config.static_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("static");
     configure(&mut config);
     let app = Application::build(config).await.expect("application builds");
     let address = format!("http://127.0.0.1:{}", app.port());

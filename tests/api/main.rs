@@ -7,6 +7,7 @@ mod budget;
 mod cli;
 mod corpora;
 mod crash;
+mod dashboard;
 mod deploy;
 mod faults;
 #[path = "../parity/fixtures.rs"]
@@ -21,6 +22,7 @@ mod origin;
 mod policies;
 mod presets;
 mod prometheus;
+mod queries;
 mod resume;
 mod service;
 mod spec_schema;

@@ -77,6 +77,31 @@ async fn metrics_track_a_finished_job_and_vanish_with_it() {
     assert_eq!(layers.len(), 3, "{layers:?}");
     assert!(layers.contains(&"embed.weight") && layers.contains(&"head.bias"), "{layers:?}");
 
+    // What the alert rules read: its one status series, when it last progressed and ended,
+    // no issue in force once ended, no non-finite step and no dropped report.
+    let status: Vec<(&str, f64)> =
+        samples(&m, "gradscope_job_status", &id).iter().map(|s| (s.labels["status"].as_str(), value(s))).collect();
+    assert_eq!(status, [("succeeded", 1.0)]);
+    let at = |field: &str| {
+        let time = chrono::DateTime::parse_from_rfc3339(done[field].as_str().expect(field)).expect(field);
+        time.timestamp_micros() as f64 / 1e6
+    };
+    let progress = value(samples(&m, "gradscope_job_last_progress_timestamp_seconds", &id)[0]);
+    let ended = value(samples(&m, "gradscope_job_ended_timestamp_seconds", &id)[0]);
+    // The store's clock is read a moment apart from the metrics', hence a second's slack.
+    assert!(at("started_at") - 1.0 <= progress && progress <= ended, "progress {progress}, ended {ended}, {done}");
+    assert!((ended - at("finished_at")).abs() <= 1.0, "ended {ended}, {done}");
+    let issues = samples(&m, "gradscope_job_diagnosis_issues", &id);
+    let mut kinds: Vec<&str> = issues.iter().map(|s| s.labels["kind"].as_str()).collect();
+    kinds.sort_unstable();
+    assert_eq!(kinds, ["dead", "exploding", "nonfinite", "vanishing"]);
+    assert!(issues.iter().all(|s| value(s) == 0.0));
+    assert_eq!(value(samples(&m, "gradscope_job_nonfinite_steps_total", &id)[0]), 0.0);
+    assert_eq!(
+        value(samples(&m, "gradscope_job_dropped_reports_total", &id)[0]),
+        done["dropped_reports"].as_f64().expect("dropped")
+    );
+
     let succeeded = m
         .samples
         .iter()

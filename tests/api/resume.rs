@@ -120,6 +120,18 @@ async fn a_resumed_job_reports_exactly_what_an_uninterrupted_one_does() {
         worst.len(),
         &worst[..worst.len().min(5)]
     );
+    // Thinned answers come from the pre-aggregated blocks: those the resume removed past
+    // its checkpoint and wrote again give what the uninterrupted job's give.
+    for query in [
+        "steps?max_points=40".to_owned(),
+        "layer-stats?stat=grad_norm&max_points=20".to_owned(),
+        format!("layer-stats?stat={LAYER_STATS}&max_points=60&from=7"),
+    ] {
+        let resumed: Value = app.get(&format!("/api/v1/jobs/{id}/{query}")).await.json().await.expect("json");
+        let uninterrupted: Value =
+            app.get(&format!("/api/v1/jobs/{reference}/{query}")).await.json().await.expect("json");
+        assert_eq!(resumed, uninterrupted, "{query}");
+    }
 }
 
 /// A job stored before grad policies gained `max_grad_norm`, `exclude_head` and

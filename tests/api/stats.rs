@@ -235,3 +235,214 @@ async fn the_batchnorm_remedy_reads_healthy() {
     assert_eq!(biases.len(), 10);
     assert_eq!(redundant, biases, "each bias before a batch norm, once");
 }
+
+/// Column `name` of one layer series, `null` as `None`.
+fn nullable(layer: &Value, name: &str) -> Vec<Option<f64>> {
+    layer[name].as_array().unwrap_or_else(|| panic!("no {name}")).iter().map(Value::as_f64).collect()
+}
+
+/// The rows (indices into `rows`) the documented thinning rule keeps: `max_points /
+/// (2 × statistics + 1)` buckets of consecutive rows (bucket b holds rows b·n/B up to, not
+/// including, (b+1)·n/B), each keeping its rows of each statistic's smallest and largest
+/// value (the earliest on ties) and its first row with a null; spread evenly when more
+/// than `max_points` remain.
+fn thinning_rule(columns: &[Vec<Option<f64>>], rows: &[usize], max_points: usize) -> Vec<usize> {
+    let n = rows.len();
+    if n <= max_points {
+        return rows.to_vec();
+    }
+    let buckets = (max_points / (2 * columns.len() + 1)).max(1);
+    let mut kept = Vec::new();
+    for b in 0..buckets {
+        let bucket = &rows[b * n / buckets..(b + 1) * n / buckets];
+        let mut chosen = Vec::new();
+        for column in columns {
+            let finite: Vec<usize> = bucket.iter().copied().filter(|&i| column[i].is_some()).collect();
+            let pick = |better: &dyn Fn(f64, f64) -> bool| {
+                finite
+                    .iter()
+                    .copied()
+                    .reduce(|a, i| if better(column[i].unwrap_or(0.0), column[a].unwrap_or(0.0)) { i } else { a })
+            };
+            chosen.extend(pick(&|x, best| x < best));
+            chosen.extend(pick(&|x, best| x > best));
+        }
+        chosen.extend(bucket.iter().copied().find(|&i| columns.iter().any(|c| c[i].is_none())));
+        chosen.sort_unstable();
+        chosen.dedup();
+        kept.extend(chosen);
+    }
+    if kept.len() > max_points {
+        kept = (0..max_points).map(|k| kept[k * kept.len() / max_points]).collect();
+    }
+    kept
+}
+
+/// A thinned `/layer-stats` answer (read from the stored blocks) keeps, for every layer,
+/// exactly the steps the rule picks from the raw rows, with their raw values.
+#[tokio::test]
+async fn thinned_layer_statistics_keep_what_the_rule_keeps_of_the_raw_rows() {
+    let app = spawn_app().await;
+    let id = app.submit(&tiny_lstm_spec(300, 0.25)).await["id"].as_str().expect("id").to_owned();
+    assert_eq!(app.wait_finished(&id).await["status"], "succeeded");
+    let all = "grad_norm,grad_max,grad_mean,grad_std,zero_frac,nonfinite,weight_norm,update_ratio";
+    let raw: Value = app
+        .get(&format!("/api/v1/jobs/{id}/layer-stats?stat={all}&max_points=100000"))
+        .await
+        .json()
+        .await
+        .expect("json");
+    for (stats, range, max_points) in [
+        ("grad_norm", "", 10),
+        ("grad_norm", "&from=40&to=260", 30),
+        ("update_ratio,grad_std", "", 25),
+        (all, "&from=17", 40),
+    ] {
+        let thin: Value = app
+            .get(&format!("/api/v1/jobs/{id}/layer-stats?stat={stats}&max_points={max_points}{range}"))
+            .await
+            .json()
+            .await
+            .expect("json");
+        let (from, to) = match range {
+            "" => (0.0, f64::MAX),
+            "&from=17" => (17.0, f64::MAX),
+            _ => (40.0, 260.0),
+        };
+        for (layer, got) in
+            raw["layers"].as_array().expect("layers").iter().zip(thin["layers"].as_array().expect("layers"))
+        {
+            let steps = column(layer, "step");
+            let rows: Vec<usize> = (0..steps.len()).filter(|&i| (from..=to).contains(&steps[i])).collect();
+            let columns: Vec<Vec<Option<f64>>> = stats.split(',').map(|s| nullable(layer, s)).collect();
+            let kept = thinning_rule(&columns, &rows, max_points);
+            let context = format!("{} {stats}{range} {max_points}", layer["name"]);
+            assert_eq!(column(got, "step"), kept.iter().map(|&i| steps[i]).collect::<Vec<_>>(), "{context}");
+            for (name, values) in stats.split(',').zip(&columns) {
+                assert_eq!(
+                    nullable(got, name),
+                    kept.iter().map(|&i| values[i]).collect::<Vec<_>>(),
+                    "{context} {name}"
+                );
+            }
+        }
+    }
+    app.stop().await;
+}
+
+/// Histograms are recorded on every `monitor.histogram_every`-th recorded step: a thinned
+/// answer that asks for them picks among those steps, so every point has its histogram.
+#[tokio::test]
+async fn a_thinned_histogram_answer_picks_steps_that_have_one() {
+    let app = spawn_app().await;
+    let mut spec = tiny_lstm_spec(60, 0.25);
+    spec["monitor"] = json!({"histogram_every": 2});
+    let id = app.submit(&spec).await["id"].as_str().expect("id").to_owned();
+    assert_eq!(app.wait_finished(&id).await["status"], "succeeded");
+    let raw: Value = app
+        .get(&format!("/api/v1/jobs/{id}/layer-stats?layers=2&stat=grad_norm,hist"))
+        .await
+        .json()
+        .await
+        .expect("json");
+    let raw = &raw["layers"][0];
+    let steps = column(raw, "step");
+    let hists = raw["hist"].as_array().expect("hist");
+    let with_hist: Vec<usize> = (0..steps.len()).filter(|&i| !hists[i].is_null()).collect();
+    assert_eq!(
+        with_hist.iter().map(|&i| steps[i]).collect::<Vec<_>>(),
+        (0..30).map(|k| 1.0 + 2.0 * k as f64).collect::<Vec<_>>()
+    );
+
+    // Histograms alone: spread evenly over the steps that have one.
+    let thin: Value = app
+        .get(&format!("/api/v1/jobs/{id}/layer-stats?layers=2&stat=hist&max_points=10"))
+        .await
+        .json()
+        .await
+        .expect("json");
+    let thin = &thin["layers"][0];
+    let expected: Vec<usize> = (0..10).map(|k| with_hist[k * 29 / 9]).collect();
+    assert_eq!(column(thin, "step"), expected.iter().map(|&i| steps[i]).collect::<Vec<_>>());
+    assert_eq!(thin["hist"].as_array().expect("hist"), &expected.iter().map(|&i| hists[i].clone()).collect::<Vec<_>>());
+
+    // With a statistic: its extremes among the steps that have a histogram.
+    let thin: Value = app
+        .get(&format!("/api/v1/jobs/{id}/layer-stats?layers=2&stat=grad_norm,hist&max_points=12"))
+        .await
+        .json()
+        .await
+        .expect("json");
+    let thin = &thin["layers"][0];
+    let kept = thinning_rule(&[nullable(raw, "grad_norm")], &with_hist, 12);
+    assert_eq!(column(thin, "step"), kept.iter().map(|&i| steps[i]).collect::<Vec<_>>());
+    assert!(thin["hist"].as_array().expect("hist").iter().all(|h| h.as_array().is_some_and(|c| c.len() == 51)));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn monitor_layers_record_just_the_chosen_layers() {
+    let app = spawn_app().await;
+    let steps = 12;
+    let all = app.submit(&tiny_lstm_spec(steps, 0.25)).await;
+    let mut spec = tiny_lstm_spec(steps, 0.25);
+    spec["monitor"] = json!({"layers": ["lstm.weight_*", "head.bias"]});
+    let chosen = app.submit(&spec).await;
+    let (all, chosen) = (all["id"].as_str().expect("id").to_owned(), chosen["id"].as_str().expect("id").to_owned());
+    for id in [&all, &chosen] {
+        let done = app.wait_finished(id).await;
+        assert_eq!(done["status"], "succeeded", "{done}");
+    }
+    let names = |info: &Value| -> Vec<String> {
+        info["layers"]
+            .as_array()
+            .expect("layers")
+            .iter()
+            .map(|l| l["name"].as_str().expect("name").to_owned())
+            .collect()
+    };
+    let every: Vec<String> = names(&app.get(&format!("/api/v1/jobs/{all}/layers")).await.json().await.expect("json"));
+    let picked: Vec<String> =
+        names(&app.get(&format!("/api/v1/jobs/{chosen}/layers")).await.json().await.expect("json"));
+    // The patterns, matched here by hand: `*` takes the rest of the name.
+    let expected: Vec<String> =
+        every.iter().filter(|n| n.starts_with("lstm.weight_") || n.as_str() == "head.bias").cloned().collect();
+    assert_eq!(picked, expected, "all layers: {every:?}");
+    assert!(expected.len() >= 3 && expected.len() < every.len());
+
+    // Watching fewer layers changes nothing the job computes, and the chosen layers'
+    // statistics are those of the same layers in the job that watched every layer.
+    let steps_of = |id: &str| format!("/api/v1/jobs/{id}/steps");
+    let (a, b): (Value, Value) = (
+        app.get(&steps_of(&all)).await.json().await.expect("json"),
+        app.get(&steps_of(&chosen)).await.json().await.expect("json"),
+    );
+    assert_eq!(column(&a, "loss"), column(&b, "loss"));
+    assert_eq!(column(&a, "grad_norm"), column(&b, "grad_norm"));
+    let stats = |id: &str| format!("/api/v1/jobs/{id}/layer-stats?stat=grad_norm,update_ratio");
+    let (a, b): (Value, Value) = (
+        app.get(&stats(&all)).await.json().await.expect("json"),
+        app.get(&stats(&chosen)).await.json().await.expect("json"),
+    );
+    for layer in b["layers"].as_array().expect("layers") {
+        let twin = a["layers"]
+            .as_array()
+            .expect("layers")
+            .iter()
+            .find(|l| l["name"] == layer["name"])
+            .unwrap_or_else(|| panic!("{} in the full job", layer["name"]));
+        for stat in ["grad_norm", "update_ratio"] {
+            assert_eq!(series(layer, stat), series(twin, stat), "{} {stat}", layer["name"]);
+        }
+    }
+
+    // Patterns that choose nothing, or are not patterns, are refused before queueing.
+    for (patterns, field) in [(json!(["decoder.*"]), "monitor.layers"), (json!(["lstm.[w"]), "monitor.layers[0]")] {
+        let mut spec = tiny_lstm_spec(steps, 0.25);
+        spec["monitor"] = json!({"layers": patterns});
+        let refused = app.post_json("/api/v1/jobs", &spec).await;
+        assert_eq!(refused.status(), 422, "{patterns}");
+        let error = refused.json::<Value>().await.expect("json")["error"].clone();
+        assert_eq!(error["field"], field, "{error}");
+    }
+}
