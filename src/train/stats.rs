@@ -87,8 +87,9 @@ impl FlatParams {
         let total: i64 = numels.iter().sum();
         let weights = Tensor::f_zeros([total], (Kind::Float, device))?;
         let grads = Tensor::f_zeros([total], (Kind::Float, device))?;
+        let ranges = layer_ranges(&numels);
         let mut moved = Vec::with_capacity(params.len());
-        for (p, segment) in params.iter().zip(split(&weights, &numels)?) {
+        for (p, segment) in params.iter().zip(split(&weights, &ranges)?) {
             anyhow::ensure!(p.kind() == Kind::Float, "parameters must be float32, found {:?}", p.kind());
             let view = segment.f_view(p.size().as_slice())?;
             tch::no_grad(|| view.shallow_clone().f_copy_(p))?;
@@ -103,7 +104,7 @@ impl FlatParams {
             groups,
             restore,
             params: moved,
-            grad_views: split(&grads, &numels)?,
+            grad_views: split(&grads, &ranges)?,
             weights,
             grads,
             grads_adopted: false,
@@ -112,14 +113,7 @@ impl FlatParams {
             zeros: None,
             hist: None,
             before: None,
-            ranges: numels
-                .iter()
-                .scan(0usize, |start, &n| {
-                    let range = *start..*start + n as usize;
-                    *start = range.end;
-                    Some(range)
-                })
-                .collect(),
+            ranges,
             in_place: device == Device::Cpu,
             chosen: None,
         })
@@ -514,12 +508,7 @@ impl Group {
     /// Groups the layers of `numels` by length, in order of first appearance, and the
     /// position of each layer in the groups' order (to restore the layers' order).
     fn build(numels: &[i64], device: Device) -> anyhow::Result<(Vec<Self>, Tensor)> {
-        let mut offsets = Vec::with_capacity(numels.len());
-        let mut offset = 0;
-        for &n in numels {
-            offsets.push(offset);
-            offset += n;
-        }
+        let offsets: Vec<i64> = layer_ranges(numels).iter().map(|r| r.start as i64).collect();
         let mut lengths: Vec<i64> = Vec::new();
         for &n in numels {
             if !lengths.contains(&n) {
@@ -560,18 +549,22 @@ impl Group {
     }
 }
 
-/// `buffer` cut into consecutive 1-D views of `numels` elements each, one per layer: the
-/// one place the flat buffers' per-layer offsets are counted.
-fn split(buffer: &Tensor, numels: &[i64]) -> anyhow::Result<Vec<Tensor>> {
-    let mut offset = 0;
+/// Each layer's elements in the flat buffers, laid end to end in the order of `numels`:
+/// the one place the flat buffers' per-layer offsets are counted.
+fn layer_ranges(numels: &[i64]) -> Vec<Range<usize>> {
     numels
         .iter()
-        .map(|&n| {
-            let view = buffer.f_narrow(0, offset, n)?;
-            offset += n;
-            Ok(view)
+        .scan(0usize, |start, &n| {
+            let range = *start..*start + n as usize;
+            *start = range.end;
+            Some(range)
         })
         .collect()
+}
+
+/// `buffer` cut into the 1-D views `ranges` give, one per layer.
+fn split(buffer: &Tensor, ranges: &[Range<usize>]) -> anyhow::Result<Vec<Tensor>> {
+    ranges.iter().map(|r| Ok(buffer.f_narrow(0, r.start as i64, r.len() as i64)?)).collect()
 }
 
 /// Every statistic of every layer at one step, by layer index.
