@@ -11,7 +11,7 @@ use futures::{SinkExt, StreamExt};
 use tokio::sync::Semaphore;
 use tokio_util::codec::{FramedRead, FramedWrite};
 
-use super::runner::{death, refill_spare, stderr_tail, take_spare, worker_command};
+use super::runner::{death, start_worker, stderr_tail};
 use super::wire::{self, FromWorker, ToWorker};
 use super::{Execution, Inner, Scheduler, WorkerSettings};
 use crate::train::user::{Check, Checked, Refusal, refuse};
@@ -44,17 +44,7 @@ impl Scheduler {
 /// one; the worker answers and ends.
 async fn in_worker(inner: &Inner, settings: &WorkerSettings, check: Check) -> anyhow::Result<Result<Checked, Refusal>> {
     let (field, name) = (check.field(), check.name());
-    let mut child = match take_spare(inner) {
-        Some(child) => child,
-        None => worker_command(settings, None, false)
-            .spawn()
-            .with_context(|| format!("failed to start a worker ({})", settings.binary.display()))?,
-    };
-    refill_spare(inner);
-    let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take())
-    else {
-        anyhow::bail!("the worker's pipes were not opened");
-    };
+    let (mut child, stdin, stdout, stderr) = start_worker(inner, settings, None, false)?;
     let tail = tokio::spawn(stderr_tail(stderr, format!("{name} check")));
     let mut to_worker = FramedWrite::new(stdin, wire::codec());
     // A worker that died at once fails the send: its exit status says why.

@@ -16,7 +16,7 @@ use futures::{SinkExt, StreamExt};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::process::{Child, ChildStdin, Command};
+use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
@@ -179,19 +179,7 @@ async fn in_worker(
     gpu: Option<String>,
 ) -> anyhow::Result<Outcome> {
     let cuda = job.spec.device.starts_with("cuda") || gpu.is_some();
-    let spare = if cuda { None } else { take_spare(inner) };
-    let mut child = match spare {
-        Some(child) => child,
-        None => worker_command(settings, gpu.as_deref(), cuda)
-            .spawn()
-            .with_context(|| format!("failed to start a worker ({})", settings.binary.display()))?,
-    };
-    // The next CPU job's worker starts now, while this one trains.
-    refill_spare(inner);
-    let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take())
-    else {
-        anyhow::bail!("the worker's pipes were not opened");
-    };
+    let (child, stdin, stdout, stderr) = start_worker(inner, settings, gpu.as_deref(), cuda)?;
     let tail = tokio::spawn(stderr_tail(stderr, job.id));
     let mut to_worker = FramedWrite::new(stdin, wire::codec());
     let start = StartJob {
@@ -234,6 +222,29 @@ async fn in_worker(
         }),
         None => Err(anyhow!(death(status, &tail))),
     }
+}
+
+/// A worker with its pipes: the spare CPU worker where there is one (a CPU job or a
+/// check), else a fresh one; the next spare starts at once, while this one works.
+pub(super) fn start_worker(
+    inner: &Inner,
+    settings: &WorkerSettings,
+    gpu: Option<&str>,
+    cuda: bool,
+) -> anyhow::Result<(Child, ChildStdin, ChildStdout, ChildStderr)> {
+    let spare = if cuda { None } else { take_spare(inner) };
+    let mut child = match spare {
+        Some(child) => child,
+        None => worker_command(settings, gpu, cuda)
+            .spawn()
+            .with_context(|| format!("failed to start a worker ({})", settings.binary.display()))?,
+    };
+    refill_spare(inner);
+    let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        anyhow::bail!("the worker's pipes were not opened");
+    };
+    Ok((child, stdin, stdout, stderr))
 }
 
 /// Starts a spare CPU worker if there is none (workers only, not during shutdown). It
