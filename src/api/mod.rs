@@ -1,6 +1,7 @@
 //! The HTTP surface: axum routers, one module per resource, handlers named by verb.
 //!
 //! - [`jobs`] — `/api/v1/jobs` and everything under a job.
+//! - [`experiments`] — `/api/v1/experiments`: grids of specs × seeds and their results.
 //! - [`stats`] — per-layer statistics and events of a job.
 //! - [`stream`] — the WebSocket feed of a job.
 //! - [`protocol`] — the stream's messages as types, and their JSON Schema.
@@ -18,6 +19,7 @@ pub mod auth;
 pub mod corpora;
 mod dashboard;
 mod error;
+pub mod experiments;
 pub mod extract;
 pub mod guard;
 pub mod health;
@@ -103,6 +105,11 @@ pub(crate) fn router(state: AppState, config: &ServeConfig) -> Router {
         .route("/jobs/{id}/events", get(stats::events))
         .route("/jobs/{id}/stream", get(stream::subscribe))
         .route("/jobs/{id}/checkpoint", get(jobs::checkpoint))
+        .route("/experiments", post(experiments::create).get(experiments::list))
+        .route("/experiments/{id}", get(experiments::get).delete(experiments::delete))
+        .route("/experiments/{id}/cancel", post(experiments::cancel))
+        .route("/experiments/{id}/results", get(experiments::results))
+        .route("/experiments/{id}/results.csv", get(experiments::results_csv))
         .route("/corpora", post(corpora::create).layer(DefaultBodyLimit::max(config.corpus_limit)).get(corpora::list))
         .route("/corpora/{id}", delete(corpora::delete))
         .route(

@@ -1,13 +1,15 @@
 //! The only place with SQL. One narrow [`Store`] over a sqlx pool: jobs, their layers,
-//! per-step records with the pre-aggregated blocks that thin them ([`rollup`]) and
-//! corpora. SQLite by default (WAL mode); the SQL stays portable so a PostgreSQL backend
-//! can sit behind the same interface, except that lists of rows are passed as one JSON
-//! array read with SQLite's `json_each` (PostgreSQL: `json_array_elements`).
+//! per-step records with the pre-aggregated blocks that thin them ([`rollup`]),
+//! experiments and corpora. SQLite by default (WAL mode); the SQL stays portable so a
+//! PostgreSQL backend can sit behind the same interface, except that lists of rows are
+//! passed as one JSON array read with SQLite's `json_each` (PostgreSQL:
+//! `json_array_elements`).
 
 mod blocks;
 mod corpora;
 pub mod downsample;
 mod events;
+mod experiments;
 mod jobs;
 mod layer_stats;
 mod rollup;
@@ -23,6 +25,7 @@ use sqlx::{SqlitePool, migrate::Migrator};
 
 pub use corpora::{Corpus, CorpusDeletion, CorpusUsage};
 pub use events::StoredEvent;
+pub use experiments::{JobHistory, StatusCount, StoredExperiment};
 pub use jobs::{Job, JobStatus};
 pub use layer_stats::{LayerSeries, StatSelection};
 pub use steps::{DEFAULT_MAX_POINTS, MAX_MAX_POINTS, Progress, StepColumns};
