@@ -59,3 +59,42 @@ fn run_explains_a_bad_spec_by_its_field() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("model.hidden"), "{stderr}");
 }
+
+#[tokio::test]
+async fn run_trains_an_experiment_file_and_prints_its_table() {
+    let dir = tempfile::TempDir::new().expect("temp dir");
+    let path = dir.path().join("experiment.json");
+    let experiment = json!({
+        "name": "cli-grid",
+        "base": {
+            "steps": 15, "batch_size": 16, "device": "cpu",
+            "task": {"kind": "adding", "seq_len": 6, "eval_every": 5},
+            "model": {"kind": "rnn", "layers": 1, "hidden": 8},
+            "policy": {"grad": [{"kind": "clip_norm", "max_norm": 1.0}]},
+        },
+        "axes": [{"path": "policy.grad[0].max_norm", "values": [0.5, 2.0]}],
+        "seeds": 2,
+        "threshold": {"metric": "val_metric", "at_least": 0.9},
+    });
+    std::fs::write(&path, experiment.to_string()).expect("write experiment");
+    let db = database_url(&dir);
+    let output = gradscope()
+        .args(["run", "--quiet", "--torch-threads", "1", "--database-url", &db, "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg(&path)
+        .output()
+        .expect("gradscope runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "stdout: {stdout}\nstderr: {}", String::from_utf8_lossy(&output.stderr));
+    for header in ["policy.grad[0].max_norm", "train loss", "diverged", "solved", "steps/s"] {
+        assert!(stdout.contains(header), "the table has a {header} column: {stdout}");
+    }
+    assert!(stdout.contains("2/2"), "each cell's two runs completed: {stdout}");
+    assert!(stdout.contains("4 jobs in"), "{stdout}");
+
+    let store = Store::connect(&db).await.expect("store");
+    let jobs = store.list_jobs(None, 10).await.expect("jobs");
+    assert_eq!(jobs.len(), 4);
+    assert!(jobs.iter().all(|j| j.status == JobStatus::Succeeded && j.experiment_id.is_some()));
+    store.close().await;
+}
