@@ -219,8 +219,8 @@ fn results_table(results: &ExperimentResults) -> Table {
     let header = std::iter::once("cell").chain(results.axes.iter().map(String::as_str)).chain(figures);
     table.load_style(UTF8_BORDERS_ONLY).set_header(header);
     let spread = |s: Spread| match (s.mean, s.std) {
-        (Some(m), Some(sd)) => format!("{m:.4} ± {sd:.4}"),
-        (Some(m), None) => format!("{m:.4}"),
+        (Some(m), Some(sd)) => format!("{} ± {}", figure(m), figure(sd)),
+        (Some(m), None) => figure(m),
         _ => "-".to_owned(),
     };
     let rate = |r: Option<f64>| r.map_or_else(|| "-".to_owned(), |r| format!("{:.0}%", 100.0 * r));
@@ -240,6 +240,11 @@ fn results_table(results: &ExperimentResults) -> Table {
         table.add_row(row);
     }
     table
+}
+
+/// A figure in four decimals, or in scientific notation when it is very large or small.
+fn figure(x: f64) -> String {
+    if x != 0.0 && (x.abs() >= 1e4 || x.abs() < 1e-3) { format!("{x:.3e}") } else { format!("{x:.4}") }
 }
 
 fn mib(bytes: u64) -> f64 {

@@ -117,9 +117,10 @@ pub(crate) async fn delete(State(state): State<AppState>, Path(id): Path<String>
 }
 
 /// Results per cell, over its seeds: final training and validation loss and validation
-/// metric (mean and sample standard deviation), divergence and solved rates, the median
-/// step at which the threshold was first met, and steps/s; and each job's own figures.
-/// Runs still queued or running count in `jobs` only.
+/// metric (mean and sample standard deviation, over the completed runs that did not
+/// diverge), divergence and solved rates, the median step at which the threshold was
+/// first met, and steps/s; and each job's own figures. Runs still queued or running count
+/// in `jobs` only.
 #[utoipa::path(get, operation_id = "get_experiment_results", path = "/api/v1/experiments/{id}/results", tag = "experiments",
     params(("id" = Uuid, Path)),
     responses((status = 200, body = ExperimentResults), (status = 404, body = super::ErrorBody)))]

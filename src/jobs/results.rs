@@ -113,9 +113,13 @@ pub struct CellResult {
     pub jobs: usize,
     /// Those that ended `succeeded` or `diverged`: the rates' denominator.
     pub completed: usize,
-    /// The final training loss, over the completed runs.
+    /// The final training loss, over the completed runs that did not diverge (a diverged
+    /// run's last finite loss says only how far it blew up: its divergence is counted in
+    /// `divergence_rate` instead).
     pub train_loss: Spread,
+    /// The last validation loss, over the same runs.
     pub val_loss: Spread,
+    /// The last validation metric, over the same runs.
     pub val_metric: Spread,
     /// Diverged runs over completed runs (`null` before any completed).
     pub divergence_rate: Option<f64>,
@@ -137,6 +141,7 @@ pub fn cell_results(cells: &[CellInfo], jobs: &[JobResult], threshold: Option<&T
         .map(|cell| {
             let all: Vec<&JobResult> = jobs.iter().filter(|j| j.cell == cell.index).collect();
             let done: Vec<&JobResult> = all.iter().copied().filter(|j| j.completed).collect();
+            let kept: Vec<&JobResult> = done.iter().copied().filter(|j| !j.diverged).collect();
             let rate = |count: usize| (!done.is_empty()).then(|| count as f64 / done.len() as f64);
             let mut reached: Vec<f64> = done.iter().filter_map(|j| j.reached_at).map(|s| s as f64).collect();
             reached.sort_by(f64::total_cmp);
@@ -146,9 +151,9 @@ pub fn cell_results(cells: &[CellInfo], jobs: &[JobResult], threshold: Option<&T
                 values: cell.values.clone(),
                 jobs: all.len(),
                 completed: done.len(),
-                train_loss: Spread::of(done.iter().map(|j| j.train_loss)),
-                val_loss: Spread::of(done.iter().map(|j| j.val_loss)),
-                val_metric: Spread::of(done.iter().map(|j| j.val_metric)),
+                train_loss: Spread::of(kept.iter().map(|j| j.train_loss)),
+                val_loss: Spread::of(kept.iter().map(|j| j.val_loss)),
+                val_metric: Spread::of(kept.iter().map(|j| j.val_metric)),
                 divergence_rate: rate(done.iter().filter(|j| j.diverged).count()),
                 solved_rate: threshold.and_then(|_| rate(done.iter().filter(|j| j.solved == Some(true)).count())),
                 steps_to_threshold: median(&reached),

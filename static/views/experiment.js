@@ -122,7 +122,7 @@ export async function experimentView(root, ctx, id) {
       el("div", { class: "section-head" }, title, el("div", { class: "actions" }, csvButton, cancelButton, deleteButton)),
       head),
     el("section", { class: "panel" },
-      el("h3", {}, "Results per cell ", el("span", { class: "muted small" }, "over each cell's completed runs (succeeded or diverged): mean ± standard deviation, rates, and the median step at which the threshold was first met")),
+      el("h3", {}, "Results per cell ", el("span", { class: "muted small" }, "over each cell's completed runs (succeeded or diverged): rates, the median step at which the threshold was first met, and the losses and metric (mean ± standard deviation) of the runs that did not diverge")),
       el("div", { class: "table-wrap" }, el("table", { class: "summary", id: "experiment-results" }, tableHead, tableBody))),
     el("section", { class: "panel" },
       el("h3", {}, "Training loss per cell ", el("span", { class: "muted small" }, "the mean over the seeds, with a band from the lowest to the highest seed")),

@@ -136,12 +136,15 @@ async fn a_grid_runs_as_jobs_and_its_results_match_the_jobs_records() {
             assert_eq!(job["status"], "succeeded");
             let is_diverged = last_loss.is_none();
             diverged += usize::from(is_diverged);
-            train.push(last_loss);
             let eval = &steps["eval"];
             let n = eval["step"].as_array().expect("eval steps").len();
             assert!(n >= 3, "validation every 10 steps and at the end");
-            val_loss.push(f(&eval["loss"][n - 1]));
-            val_metric.push(f(&eval["value"][n - 1]));
+            // The losses and metric are averaged over the runs that did not diverge.
+            if !is_diverged {
+                train.push(last_loss);
+                val_loss.push(f(&eval["loss"][n - 1]));
+                val_metric.push(f(&eval["value"][n - 1]));
+            }
             let step = column(&steps, "step");
             let first = losses
                 .as_array()
