@@ -43,7 +43,8 @@ pub enum Command {
 
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
-    /// Database URL. SQLite files are created when missing.
+    /// Database URL: `sqlite://PATH` or a plain file path (created when missing); other
+    /// schemes are refused.
     #[arg(long, env = "GRADSCOPE_DATABASE_URL", default_value = config::DEFAULT_DATABASE_URL)]
     pub database_url: String,
 }

@@ -98,3 +98,22 @@ async fn run_trains_an_experiment_file_and_prints_its_table() {
     assert!(jobs.iter().all(|j| j.status == JobStatus::Succeeded && j.experiment_id.is_some()));
     store.close().await;
 }
+
+#[test]
+fn a_database_url_of_another_kind_is_refused_before_anything_is_created() {
+    let dir = tempfile::TempDir::new().expect("temp dir");
+    for command in ["migrate", "serve"] {
+        let output = gradscope()
+            .current_dir(dir.path())
+            .args([command, "--database-url", "postgres://gradscope:secret@127.0.0.1:5432/test"])
+            .output()
+            .expect("gradscope runs");
+        assert!(!output.status.success(), "{command} must not start");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("unsupported database URL scheme \"postgres\""), "{command}: {stderr}");
+        assert!(!stderr.contains("secret"), "{command}: the password stays out of the message: {stderr}");
+    }
+    // Nothing was made of the URL: no folder `postgres:`, no database file, no data folder.
+    let made: Vec<_> = std::fs::read_dir(dir.path()).expect("list").map(|e| e.expect("entry").file_name()).collect();
+    assert!(made.is_empty(), "{made:?}");
+}
