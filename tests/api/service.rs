@@ -31,6 +31,11 @@ async fn the_openapi_document_covers_every_route() {
         ("/api/v1/jobs/{id}/events", &["get"]),
         ("/api/v1/jobs/{id}/stream", &["get"]),
         ("/api/v1/jobs/{id}/checkpoint", &["get"]),
+        ("/api/v1/experiments", &["get", "post"]),
+        ("/api/v1/experiments/{id}", &["get", "delete"]),
+        ("/api/v1/experiments/{id}/cancel", &["post"]),
+        ("/api/v1/experiments/{id}/results", &["get"]),
+        ("/api/v1/experiments/{id}/results.csv", &["get"]),
         ("/api/v1/corpora", &["get", "post"]),
         ("/api/v1/corpora/{id}", &["delete"]),
         ("/api/v1/models", &["get", "post"]),
@@ -51,8 +56,19 @@ async fn the_openapi_document_covers_every_route() {
     }
     assert_eq!(paths.len(), expected.len(), "a documented path is not served or vice versa");
     let schemas = doc["components"]["schemas"].as_object().expect("schemas");
-    for name in ["JobSpec", "Job", "StepColumns", "ErrorBody", "GradPolicy", "LayerSeries", "Diagnosis", "StoredEvent"]
-    {
+    for name in [
+        "JobSpec",
+        "Job",
+        "StepColumns",
+        "ErrorBody",
+        "GradPolicy",
+        "LayerSeries",
+        "Diagnosis",
+        "StoredEvent",
+        "ExperimentSpec",
+        "Experiment",
+        "ExperimentResults",
+    ] {
         assert!(schemas.contains_key(name), "schema {name} missing");
     }
 }
