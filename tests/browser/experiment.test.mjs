@@ -84,7 +84,7 @@ test("an experiment's page shows its cells, their figures and their loss bands",
   }
   assert.equal(await page.locator("#experiment-jobs tbody tr").count(), 6);
   await page.waitForTimeout(300);
-  await browser.shot("09-experiment");
+  await browser.shot("12-experiment");
 
   // From a job of the experiment back to the experiment, through the job list.
   await page.goto(`${server.url}/#/`);
