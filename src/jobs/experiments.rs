@@ -182,6 +182,18 @@ impl Jobs {
         let jobs: Vec<(usize, &crate::spec::ValidSpec)> =
             experiment.jobs.iter().map(|(cell, _, spec)| (*cell, spec)).collect();
         let max_queued = self.limits.max_queued;
+        // More jobs than the queue can ever hold: waiting would not help (a 429 would say
+        // it does).
+        if i64::try_from(jobs.len()).unwrap_or(i64::MAX) > max_queued {
+            let field = if experiment.spec.axes.is_empty() { "seeds" } else { "axes" };
+            return Err(ServiceError::Invalid {
+                field: field.to_owned(),
+                message: format!(
+                    "the experiment has {} jobs and at most {max_queued} may be queued at once (--max-queued)",
+                    jobs.len()
+                ),
+            });
+        }
         let Some(stored) = self.store.insert_experiment(&experiment.spec, &experiment.cells, &jobs, max_queued).await?
         else {
             return Err(ServiceError::QueueRoom { jobs: jobs.len(), max_queued });

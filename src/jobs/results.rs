@@ -125,10 +125,11 @@ pub struct CellResult {
     pub divergence_rate: Option<f64>,
     /// Solved runs over completed runs (`null` without a threshold or a completed run).
     pub solved_rate: Option<f64>,
-    /// The median over the completed runs that met the threshold of the step where each
-    /// first met it (the mean of the middle two for an even count).
+    /// The median over the completed runs that met the threshold and did not diverge of
+    /// the step where each first met it (the mean of the middle two for an even count): a
+    /// run that dipped below a loss threshold and then blew up did not get there.
     pub steps_to_threshold: Option<f64>,
-    /// How many completed runs met the threshold at some step.
+    /// How many completed runs that did not diverge met the threshold at some step.
     pub reached: usize,
     /// Training rate, over the completed runs.
     pub steps_per_second: Spread,
@@ -143,7 +144,7 @@ pub fn cell_results(cells: &[CellInfo], jobs: &[JobResult], threshold: Option<&T
             let done: Vec<&JobResult> = all.iter().copied().filter(|j| j.completed).collect();
             let kept: Vec<&JobResult> = done.iter().copied().filter(|j| !j.diverged).collect();
             let rate = |count: usize| (!done.is_empty()).then(|| count as f64 / done.len() as f64);
-            let mut reached: Vec<f64> = done.iter().filter_map(|j| j.reached_at).map(|s| s as f64).collect();
+            let mut reached: Vec<f64> = kept.iter().filter_map(|j| j.reached_at).map(|s| s as f64).collect();
             reached.sort_by(f64::total_cmp);
             CellResult {
                 cell: cell.index,
@@ -220,10 +221,10 @@ pub fn csv(axes: &[String], cells: &[CellResult]) -> String {
 }
 
 /// A text field of the CSV: quoted when it holds a comma, a quote or a line break, and
-/// kept from being read as a formula by a spreadsheet (a leading `=`, `+`, `-` or `@`
-/// on something that is not a number gets a `'`).
+/// kept from being read as a formula by a spreadsheet (a leading `=`, `+`, `-`, `@`, tab
+/// or carriage return on something that is not a number gets a `'`).
 fn field(text: &str) -> String {
-    let formula = text.starts_with(['=', '+', '-', '@']) && text.parse::<f64>().is_err();
+    let formula = text.starts_with(['=', '+', '-', '@', '\t', '\r']) && text.parse::<f64>().is_err();
     let text = if formula { format!("'{text}") } else { text.to_owned() };
     if text.contains([',', '"', '\n', '\r']) { format!("\"{}\"", text.replace('"', "\"\"")) } else { text }
 }
@@ -244,6 +245,40 @@ mod tests {
     }
 
     #[test]
+    fn a_run_that_diverged_after_meeting_the_threshold_neither_reached_nor_solved_it() {
+        let run = |status: JobStatus, loss: Option<f64>, reached_at: Option<i64>| JobResult {
+            id: Uuid::nil(),
+            cell: 0,
+            seed: 0,
+            status,
+            step: 100,
+            train_loss: loss,
+            val_loss: None,
+            val_metric: None,
+            reached_at,
+            steps_per_second: Some(10.0),
+            completed: true,
+            diverged: status == JobStatus::Diverged,
+            solved: Some(status == JobStatus::Succeeded),
+        };
+        let jobs = [
+            run(JobStatus::Succeeded, Some(0.1), Some(40)),
+            run(JobStatus::Succeeded, Some(0.2), Some(60)),
+            // Met the threshold at step 5, then blew up.
+            run(JobStatus::Diverged, None, Some(5)),
+        ];
+        let cells = [CellInfo { index: 0, labels: vec![], values: vec![] }];
+        let threshold = Threshold { metric: ThresholdMetric::Loss, at_least: None, at_most: Some(0.25) };
+        let cell = &cell_results(&cells, &jobs, Some(&threshold))[0];
+        assert_eq!((cell.completed, cell.reached), (3, 2));
+        assert_eq!(cell.steps_to_threshold, Some(50.0));
+        assert_eq!(cell.divergence_rate, Some(1.0 / 3.0));
+        assert_eq!(cell.solved_rate, Some(2.0 / 3.0));
+        assert_eq!(cell.train_loss.n, 2);
+        assert!((cell.train_loss.mean.expect("mean") - 0.15).abs() < 1e-12);
+    }
+
+    #[test]
     fn medians() {
         assert_eq!(median(&[]), None);
         assert_eq!(median(&[5.0]), Some(5.0));
@@ -255,6 +290,7 @@ mod tests {
         assert_eq!(field("a,b"), "\"a,b\"");
         assert_eq!(field("say \"hi\""), "\"say \"\"hi\"\"\"");
         assert_eq!(field("=SUM(A1)"), "'=SUM(A1)");
+        assert_eq!(field("\t=1+1"), "'\t=1+1");
         assert_eq!(field("-0.5"), "-0.5");
         let cell = CellResult {
             cell: 0,

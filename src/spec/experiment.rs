@@ -362,7 +362,10 @@ fn parse_path(path: &str) -> Result<Vec<Part>, String> {
         while !rest.is_empty() {
             let close = rest.find(']').ok_or_else(bad)?;
             let digits = rest.get(1..close).filter(|_| rest.starts_with('[')).ok_or_else(bad)?;
-            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || digits.len() > 6 {
+            // One spelling per index (no leading zeros), so that two axes naming the same
+            // field are found by comparing their paths.
+            let padded = digits.len() > 1 && digits.starts_with('0');
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || digits.len() > 6 || padded {
                 return Err(bad());
             }
             let index: usize = digits.parse().map_err(|_| bad())?;
@@ -530,6 +533,8 @@ mod tests {
         assert_eq!(field(axis("seed"), 10), "axes[0].path");
         assert_eq!(field(axis("policy.grad[3].max_norm"), 10), "axes[0].path");
         assert_eq!(field(axis("policy.grad[x]"), 10), "axes[0].path");
+        // `[00]` would be `[0]` under another spelling, hiding that two axes set one field.
+        assert_eq!(field(axis("policy.grad[00].max_norm"), 10), "axes[0].path");
         assert_eq!(field(axis(&"a.".repeat(120)), 10), "axes[0].path");
         let overlap = json!({"name": "x", "base": base(), "axes": [
             {"path": "policy.grad", "values": [[]]}, {"path": "policy.grad[0].max_norm", "values": [1]}]});

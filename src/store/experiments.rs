@@ -211,12 +211,14 @@ impl Store {
                 let events = "SELECT MIN(step) FROM events WHERE job_id = ? AND value";
                 match t.metric {
                     ThresholdMetric::Loss => {
+                        // In step order, stopping at the first: the index on (job_id,
+                        // step) makes this read up to that row, not the whole history.
                         sqlx::query_scalar(&format!(
-                            "SELECT MIN(step) FROM steps WHERE job_id = ? AND loss {compare} ?"
+                            "SELECT step FROM steps WHERE job_id = ? AND loss {compare} ? ORDER BY step LIMIT 1"
                         ))
                         .bind(&job_id)
                         .bind(level)
-                        .fetch_one(&self.pool)
+                        .fetch_optional(&self.pool)
                         .await?
                     }
                     ThresholdMetric::ValLoss => {
