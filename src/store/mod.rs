@@ -1,6 +1,6 @@
 //! The only place with SQL. One narrow [`Store`] over a sqlx pool: jobs, their layers,
-//! per-step records with the pre-aggregated blocks that thin them ([`rollup`]) and
-//! corpora. SQLite by default (WAL mode); the SQL stays portable so a PostgreSQL backend
+//! per-step records with the pre-aggregated blocks that thin them ([`rollup`]),
+//! measurements on schedules of their own ([`probes`]) and corpora. SQLite by default (WAL mode); the SQL stays portable so a PostgreSQL backend
 //! can sit behind the same interface, except that lists of rows are passed as one JSON
 //! array read with SQLite's `json_each` (PostgreSQL: `json_array_elements`).
 
@@ -10,6 +10,7 @@ pub mod downsample;
 mod events;
 mod jobs;
 mod layer_stats;
+mod probes;
 mod rollup;
 mod steps;
 mod uploads;
@@ -25,6 +26,7 @@ pub use corpora::{Corpus, CorpusDeletion, CorpusUsage};
 pub use events::StoredEvent;
 pub use jobs::{Job, JobStatus};
 pub use layer_stats::{LayerSeries, StatSelection};
+pub use probes::{ProbeKind, ProbeRange, ProbeRows};
 pub use steps::{DEFAULT_MAX_POINTS, MAX_MAX_POINTS, Progress, StepColumns};
 pub use uploads::{Dataset, DatasetDetail, ModelDetail, TensorInfo, UploadKind, UserModel};
 

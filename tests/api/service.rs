@@ -29,6 +29,9 @@ async fn the_openapi_document_covers_every_route() {
         ("/api/v1/jobs/{id}/steps", &["get"]),
         ("/api/v1/jobs/{id}/layer-stats", &["get"]),
         ("/api/v1/jobs/{id}/events", &["get"]),
+        ("/api/v1/jobs/{id}/spectral", &["get"]),
+        ("/api/v1/jobs/{id}/time-profile", &["get"]),
+        ("/api/v1/jobs/{id}/signal", &["get"]),
         ("/api/v1/jobs/{id}/stream", &["get"]),
         ("/api/v1/jobs/{id}/checkpoint", &["get"]),
         ("/api/v1/corpora", &["get", "post"]),
@@ -51,8 +54,19 @@ async fn the_openapi_document_covers_every_route() {
     }
     assert_eq!(paths.len(), expected.len(), "a documented path is not served or vice versa");
     let schemas = doc["components"]["schemas"].as_object().expect("schemas");
-    for name in ["JobSpec", "Job", "StepColumns", "ErrorBody", "GradPolicy", "LayerSeries", "Diagnosis", "StoredEvent"]
-    {
+    for name in [
+        "JobSpec",
+        "Job",
+        "StepColumns",
+        "ErrorBody",
+        "GradPolicy",
+        "LayerSeries",
+        "Diagnosis",
+        "StoredEvent",
+        "SpectralResponse",
+        "TimeProfileResponse",
+        "SignalResponse",
+    ] {
         assert!(schemas.contains_key(name), "schema {name} missing");
     }
 }
