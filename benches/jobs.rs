@@ -48,6 +48,11 @@ struct JobsArgs {
     /// LibTorch CPU threads (the service's `--torch-threads`).
     #[arg(long, default_value_t = 2)]
     pub torch_threads: i32,
+    /// Train in worker processes, as the service does by default, rather than on the
+    /// server's threads. The phases are then not timed (they run in the worker); the CPU
+    /// time of the workers is read when each job's worker exits.
+    #[arg(long)]
+    pub workers: bool,
     /// Given by `cargo bench`; without it the benchmark only shows that it runs.
     #[arg(long, hide = true)]
     pub bench: bool,
@@ -131,9 +136,11 @@ async fn run(args: &JobsArgs) -> anyhow::Result<()> {
         dir.path().join("data"),
     );
     config.torch_threads = Some(args.torch_threads);
-    // The per-phase timing and the per-thread CPU times are read in this process, so the
-    // jobs train on the server's threads here (`--in-process`), not in worker processes.
-    config.in_process = true;
+    // By default the per-phase timing and the per-thread CPU times are read in this
+    // process, so the jobs train on the server's threads (`--in-process`); `--workers`
+    // measures the default path, a worker process a job.
+    config.in_process = !args.workers;
+    config.worker_binary = Some(env!("CARGO_BIN_EXE_gradscope").into());
     let app = Application::build(config).await?;
     let base = format!("http://127.0.0.1:{}", app.port());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -143,13 +150,14 @@ async fn run(args: &JobsArgs) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     println!(
         "bench jobs: MLP {} × {} blocks (LayerNorm, GELU), batch {}, AdamW, clip_norm, {} steps, {} torch thread(s), \
-         {} rounds{}",
+         {} rounds, {}{}",
         args.hidden,
         args.blocks,
         args.batch_size,
         args.steps,
         args.torch_threads,
         args.rounds,
+        if args.workers { "worker processes" } else { "in the server's process" },
         if args.layers.is_empty() { String::new() } else { format!(", monitor.layers {:?}", args.layers) }
     );
 
@@ -202,6 +210,12 @@ async fn job(http: &reqwest::Client, base: &str, args: &JobsArgs, variant: Varia
         }
     };
     threads.update()?;
+    if args.workers {
+        // The job's worker has exited once the job is over; its CPU time is among the
+        // children's when it has been waited for.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        threads.children()?;
+    }
     anyhow::ensure!(job["status"] == "succeeded", "the benchmark job ended {}: {}", job["status"], job["error"]);
     anyhow::ensure!(job["dropped_reports"] == 0, "the store dropped reports: {job}");
     let seconds = |field: &str| -> anyhow::Result<f64> {
@@ -219,6 +233,9 @@ async fn job(http: &reqwest::Client, base: &str, args: &JobsArgs, variant: Varia
 /// Per-thread CPU seconds (user + system) of this process, from `/proc/self/task`.
 struct Threads {
     pid: u32,
+    /// CPU seconds of this process's waited-for children (worker processes) when sampled.
+    children_start: f64,
+    children: f64,
     /// Each thread's kind and CPU seconds when first seen.
     start: HashMap<u32, (String, f64)>,
     /// Each thread's kind and CPU seconds when last seen.
@@ -232,7 +249,13 @@ impl Threads {
     fn sample() -> anyhow::Result<Self> {
         let pid = std::process::id();
         let now = read_threads(pid)?;
-        Ok(Self { pid, start: now.clone(), last: now })
+        let children = children_cpu()?;
+        Ok(Self { pid, children_start: children, children, start: now.clone(), last: now })
+    }
+
+    fn children(&mut self) -> anyhow::Result<()> {
+        self.children = children_cpu()?;
+        Ok(())
     }
 
     fn update(&mut self) -> anyhow::Result<()> {
@@ -249,8 +272,18 @@ impl Threads {
             let before = self.start.get(tid).map_or(0.0, |(_, c)| *c);
             *kinds.entry(kind.clone()).or_insert(0.0) += cpu - before;
         }
+        if self.children > self.children_start {
+            kinds.insert("worker processes (training)".to_owned(), self.children - self.children_start);
+        }
         kinds
     }
+}
+
+/// User + system CPU seconds of the children this process has waited for.
+fn children_cpu() -> anyhow::Result<f64> {
+    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)?;
+    let seconds = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+    Ok(seconds(usage.user_time()) + seconds(usage.system_time()))
 }
 
 fn read_threads(pid: u32) -> anyhow::Result<HashMap<u32, (String, f64)>> {
@@ -338,20 +371,24 @@ fn report(args: &JobsArgs, runs: &[Vec<Run>]) {
         println!("{:<28} {:>30} {:>30}", variant.label(), spread(&mut wall), spread(&mut cpu));
     }
 
-    println!("\ntraining thread, ms per step by phase (median over rounds)");
-    print!("{:<28}", "phase");
-    for variant in VARIANTS {
-        print!(" {:>26}", variant.label());
-    }
-    println!();
-    let per_step = 1e3 / args.steps as f64;
-    for (i, phase) in Phase::ALL.iter().enumerate() {
-        print!("{:<28}", phase.as_str());
-        for variant_runs in runs {
-            let mut values: Vec<f64> = variant_runs.iter().map(|r| r.phases[i].1 * per_step).collect();
-            print!(" {:>26.3}", median(&mut values));
+    // The phases are timed on the training thread, which is in this process only without
+    // worker processes.
+    if !args.workers {
+        println!("\ntraining thread, ms per step by phase (median over rounds)");
+        print!("{:<28}", "phase");
+        for variant in VARIANTS {
+            print!(" {:>26}", variant.label());
         }
         println!();
+        let per_step = 1e3 / args.steps as f64;
+        for (i, phase) in Phase::ALL.iter().enumerate() {
+            print!("{:<28}", phase.as_str());
+            for variant_runs in runs {
+                let mut values: Vec<f64> = variant_runs.iter().map(|r| r.phases[i].1 * per_step).collect();
+                print!(" {:>26.3}", median(&mut values));
+            }
+            println!();
+        }
     }
 
     println!("\nCPU seconds per job by thread (median over rounds)");

@@ -43,7 +43,8 @@ pub enum Command {
 
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
-    /// Database URL. SQLite files are created when missing.
+    /// Database URL: `sqlite://PATH` or a plain file path (created when missing); other
+    /// schemes are refused.
     #[arg(long, env = "GRADSCOPE_DATABASE_URL", default_value = config::DEFAULT_DATABASE_URL)]
     pub database_url: String,
 }
@@ -111,6 +112,10 @@ pub struct ServeArgs {
     /// Most jobs waiting in the queue; more submissions get 429.
     #[arg(long, env = "GRADSCOPE_MAX_QUEUED", default_value_t = config::DEFAULT_MAX_QUEUED)]
     pub max_queued: i64,
+    /// Most jobs one experiment may expand to (cells × seeds); a larger grid gets 422.
+    #[arg(long, env = "GRADSCOPE_MAX_EXPERIMENT_JOBS", default_value_t = config::DEFAULT_MAX_EXPERIMENT_JOBS,
+        value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_experiment_jobs: u64,
     /// Largest model a job may train, in parameters.
     #[arg(long, env = "GRADSCOPE_MAX_PARAMS", default_value_t = config::DEFAULT_MAX_PARAMS)]
     pub max_params: u64,
@@ -215,6 +220,7 @@ impl From<ServeArgs> for ServeConfig {
             api_token: args.api_token,
             metrics_token: args.metrics_token,
             max_queued: args.max_queued,
+            max_experiment_jobs: args.max_experiment_jobs,
             max_params: args.max_params,
             max_activation_bytes: args.max_activation_bytes,
             max_answer_values: args.max_answer_values,

@@ -21,6 +21,9 @@ pub const DEFAULT_BODY_LIMIT: usize = 256 * 1024;
 pub const DEFAULT_CORPUS_LIMIT: usize = 32 * 1024 * 1024;
 /// Default number of jobs waiting in the queue.
 pub const DEFAULT_MAX_QUEUED: i64 = 100;
+/// Default most jobs one experiment may expand to (cells × seeds): a queue's worth, e.g.
+/// 2 policies × 5 sequence lengths × 10 seeds.
+pub const DEFAULT_MAX_EXPERIMENT_JOBS: u64 = 100;
 /// Default largest model, in parameters.
 pub const DEFAULT_MAX_PARAMS: u64 = 200_000_000;
 /// Default largest estimated activation memory of one training step, in bytes.
@@ -140,6 +143,8 @@ pub struct ServeConfig {
     pub metrics_token: Vec<String>,
     /// Most jobs waiting in the queue.
     pub max_queued: i64,
+    /// Most jobs one experiment may expand to (cells × seeds).
+    pub max_experiment_jobs: u64,
     /// Largest model a job may train, in parameters.
     pub max_params: u64,
     /// Largest estimated activation memory of one training step, in bytes.
@@ -206,6 +211,7 @@ impl Default for ServeConfig {
             api_token: Vec::new(),
             metrics_token: Vec::new(),
             max_queued: DEFAULT_MAX_QUEUED,
+            max_experiment_jobs: DEFAULT_MAX_EXPERIMENT_JOBS,
             max_params: DEFAULT_MAX_PARAMS,
             max_activation_bytes: DEFAULT_MAX_ACTIVATION_BYTES,
             max_answer_values: DEFAULT_MAX_ANSWER_VALUES,

@@ -82,6 +82,7 @@ impl Application {
             max_activation_bytes: config.max_activation_bytes,
             max_job_memory: config.max_job_memory,
             max_job_disk: config.max_job_disk,
+            max_experiment_jobs: config.max_experiment_jobs,
         };
         let corpora = CorpusLimits { max_count: config.max_corpora, quota_bytes: config.corpus_quota };
         let uploads = CorpusLimits { max_count: config.max_uploads, quota_bytes: config.upload_quota };

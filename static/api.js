@@ -117,16 +117,16 @@ export function streamUrl(/** @type {string} */ id, /** @type {Record<string, st
 }
 
 /**
- * Downloads a job's checkpoint and hands it to the browser as a file. A plain link cannot
+ * Downloads `path` of the API and hands it to the browser as a file. A plain link cannot
  * send the bearer header, and a token in a URL ends up in history and server logs, so the
  * file is fetched here and saved from a blob.
  */
-export async function downloadCheckpoint(/** @type {string} */ id, /** @type {string} */ filename) {
+export async function download(/** @type {string} */ path, /** @type {string} */ filename) {
   /** @type {Record<string, string>} */
   const headers = {};
   const t = token();
   if (t) headers.authorization = `Bearer ${t}`;
-  const response = await fetch(`/api/v1/jobs/${id}/checkpoint`, { headers });
+  const response = await fetch(`/api/v1${path}`, { headers });
   if (response.status === 401) unauthorized.forEach((fn) => fn());
   if (!response.ok) {
     let body = null;
@@ -149,6 +149,11 @@ export async function downloadCheckpoint(/** @type {string} */ id, /** @type {st
     // The click has started the download; the blob may go once it has been handed over.
     setTimeout(() => URL.revokeObjectURL(url), 60_000);
   }
+}
+
+/** Downloads a job's checkpoint (see `download`). */
+export function downloadCheckpoint(/** @type {string} */ id, /** @type {string} */ filename) {
+  return download(`/jobs/${id}/checkpoint`, filename);
 }
 
 export const FINISHED = new Set(["succeeded", "failed", "cancelled", "diverged", "interrupted"]);

@@ -3,6 +3,7 @@
 //
 //   #/              jobs: experiments, the job list, the submit form
 //   #/jobs/<id>     one job, live
+//   #/experiments/<id>  an experiment: results per cell, loss bands over seeds, its jobs
 //   #/compare?ids=  several jobs side by side
 
 import { ApiError, onUnauthorized, setToken, token } from "./api.js";
@@ -67,7 +68,11 @@ async function route() {
   try {
     let done;
     const jobMatch = path.match(/^\/jobs\/([0-9a-f-]+)$/i);
-    if (jobMatch) {
+    const experimentMatch = path.match(/^\/experiments\/([0-9a-f-]+)$/i);
+    if (experimentMatch) {
+      const { experimentView } = await import("./views/experiment.js");
+      done = await experimentView(view, ctx, experimentMatch[1]);
+    } else if (jobMatch) {
       const { jobView } = await import("./views/job.js");
       done = await jobView(view, ctx, jobMatch[1]);
     } else if (path === "/compare") {
@@ -83,10 +88,14 @@ async function route() {
     if (gen !== generation) return;
     const status = err instanceof ApiError ? err.status : null;
     view.replaceChildren(el("div", { class: "panel form-error" },
-      status === 404 ? "No such job (it may have been deleted)." : `Could not load this page: ${err instanceof Error ? err.message : err}`));
+      status === 404 ? `No such ${experimentMatchOf(path) ? "experiment" : "job"} (it may have been deleted).` : `Could not load this page: ${err instanceof Error ? err.message : err}`));
   } finally {
     if (gen === generation) main.removeAttribute("aria-busy");
   }
+}
+
+function experimentMatchOf(/** @type {string} */ path) {
+  return path.startsWith("/experiments/");
 }
 
 // Theme: follow the system unless the user picked one.

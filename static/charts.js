@@ -40,6 +40,12 @@ export function cssVar(/** @type {string} */ name) {
   return getComputedStyle(probe).color;
 }
 
+/** `color` (as `cssVar` gives it, `rgb(r, g, b)`) with opacity `alpha`. */
+export function withAlpha(/** @type {string} */ color, /** @type {number} */ alpha) {
+  const m = color.match(/^rgba?\(([^,]+),([^,]+),([^,)]+)/);
+  return m ? `rgba(${m[1].trim()}, ${m[2].trim()}, ${m[3].trim()}, ${alpha})` : color;
+}
+
 /** Colours of the data series (`--series-0` … `--series-9` in style.css). */
 export const SERIES_COLORS = 10;
 
@@ -116,6 +122,7 @@ export const positive = (/** @type {number | null | undefined} */ v) => (v !== n
  * @property {import("uplot").Range.MinMax} [yRange]
  * @property {import("uplot").Cursor.Sync} [sync]
  * @property {(u: UPlot, v: number) => string} [xValue]
+ * @property {import("uplot").Band[]} [bands] Areas filled between two series (by index, the x series 0).
  *
  * @typedef {object} LineChart
  * @property {UPlot} u
@@ -130,7 +137,7 @@ export const positive = (/** @type {number | null | undefined} */ v) => (v !== n
  * @param {ChartOptions} options
  * @returns {LineChart}
  */
-export function lineChart(uPlot, container, { series, yLog = false, height = 220, yLabel = "", xLabel = "step", hooks = {}, legend = true, sparkline = false, yRange, sync, xValue }) {
+export function lineChart(uPlot, container, { series, yLog = false, height = 220, yLabel = "", xLabel = "step", hooks = {}, legend = true, sparkline = false, yRange, sync, xValue, bands }) {
   const axisColor = cssVar("--muted");
   const gridColor = cssVar("--grid");
   const axis = (/** @type {string} */ label) => ({
@@ -172,6 +179,7 @@ export function lineChart(uPlot, container, { series, yLog = false, height = 220
     ],
   };
   if (sparkline) opts.padding = [2, 2, 2, 2];
+  if (bands) opts.bands = bands;
   /** @type {import("uplot").AlignedData} */
   const data = [[], ...series.map(() => [])];
   // A zoomed chart (drag to zoom, double-click to reset) keeps its window as data arrives.

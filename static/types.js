@@ -32,6 +32,8 @@
  * @property {string | null} [error]
  * @property {Diagnosis | null} [diagnosis]
  * @property {number | null} [resumed_from]
+ * @property {string} [experiment_id] The experiment the job belongs to.
+ * @property {number} [cell] Its cell in that experiment.
  *
  * @typedef {object} Layer One named parameter tensor.
  * @property {number} index

@@ -82,7 +82,9 @@ impl From<ServiceError> for ApiError {
             ServiceError::NotFound(what) => Self::NotFound(what),
             ServiceError::Invalid { field, message } => Self::Invalid { field, message },
             ServiceError::Conflict(message) => Self::Conflict(message),
-            queue @ ServiceError::QueueFull { .. } => Self::TooManyRequests(queue.to_string()),
+            queue @ (ServiceError::QueueFull { .. } | ServiceError::QueueRoom { .. }) => {
+                Self::TooManyRequests(queue.to_string())
+            }
             ServiceError::CorpusQuota(message) => {
                 Self::Refused { status: StatusCode::TOO_MANY_REQUESTS, code: "corpus_quota", message }
             }

@@ -31,6 +31,19 @@ impl<S: Send + Sync> FromRequest<S> for SpecJson {
     }
 }
 
+/// A JSON body's bytes, within the size limit, for a handler that parses them itself
+/// (an experiment, whose checks need the service's limits).
+#[derive(Debug, Clone)]
+pub struct JsonBytes(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for JsonBytes {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        Ok(JsonBytes(json_body(req, state).await?))
+    }
+}
+
 /// The body of a request that says it is JSON (415 when it does not).
 async fn json_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
     if !is_json(media_type(&req).as_deref()) {

@@ -1,6 +1,7 @@
 //! The HTTP surface: axum routers, one module per resource, handlers named by verb.
 //!
 //! - [`jobs`] — `/api/v1/jobs` and everything under a job.
+//! - [`experiments`] — `/api/v1/experiments`: grids of specs × seeds and their results.
 //! - [`stats`] — per-layer statistics and events of a job.
 //! - [`probes`] — what a job measured besides the per-layer statistics (spectral radius,
 //!   temporal gradient profile, forward signal).
@@ -20,6 +21,7 @@ pub mod auth;
 pub mod corpora;
 mod dashboard;
 mod error;
+pub mod experiments;
 pub mod extract;
 pub mod guard;
 pub mod health;
@@ -109,6 +111,11 @@ pub(crate) fn router(state: AppState, config: &ServeConfig) -> Router {
         .route("/jobs/{id}/signal", get(probes::signal))
         .route("/jobs/{id}/stream", get(stream::subscribe))
         .route("/jobs/{id}/checkpoint", get(jobs::checkpoint))
+        .route("/experiments", post(experiments::create).get(experiments::list))
+        .route("/experiments/{id}", get(experiments::get).delete(experiments::delete))
+        .route("/experiments/{id}/cancel", post(experiments::cancel))
+        .route("/experiments/{id}/results", get(experiments::results))
+        .route("/experiments/{id}/results.csv", get(experiments::results_csv))
         .route("/corpora", post(corpora::create).layer(DefaultBodyLimit::max(config.corpus_limit)).get(corpora::list))
         .route("/corpora/{id}", delete(corpora::delete))
         .route(

@@ -3,7 +3,7 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::{corpora, health, jobs, presets, probes, protocol, stats, stream, uploads};
+use super::{corpora, experiments, health, jobs, presets, probes, protocol, stats, stream, uploads};
 use crate::vocab::{DiagnosisStatus, EventKind, Statistic};
 
 #[derive(OpenApi)]
@@ -11,7 +11,8 @@ use crate::vocab::{DiagnosisStatus, EventKind, Statistic};
     info(title = "gradscope", description = "Training jobs with per-layer gradient statistics."),
     paths(
         jobs::create, jobs::list, jobs::get, jobs::cancel, jobs::delete, jobs::layers, jobs::steps,
-        jobs::checkpoint, jobs::resume, stats::layers, stats::events, probes::spectral, probes::time_profile, probes::signal, stream::subscribe, presets::list, corpora::create, corpora::list, corpora::delete,
+        jobs::checkpoint, jobs::resume, experiments::create, experiments::list, experiments::get,
+        experiments::cancel, experiments::delete, experiments::results, experiments::results_csv, stats::layers, stats::events, probes::spectral, probes::time_profile, probes::signal, stream::subscribe, presets::list, corpora::create, corpora::list, corpora::delete,
         uploads::create_model, uploads::list_models, uploads::get_model, uploads::delete_model,
         uploads::create_dataset, uploads::list_datasets, uploads::get_dataset, uploads::delete_dataset,
         health::live, health::ready, health::metrics, document, protocol::document,
@@ -19,6 +20,7 @@ use crate::vocab::{DiagnosisStatus, EventKind, Statistic};
     components(schemas(Statistic, EventKind, DiagnosisStatus)),
     tags(
         (name = "jobs", description = "Submit, watch and manage training jobs"),
+        (name = "experiments", description = "Grids of job specs × seeds, with results per cell"),
         (name = "corpora", description = "Text corpora for char_lm jobs"),
         (name = "models", description = "TorchScript models for torchscript jobs"),
         (name = "datasets", description = "Safetensors data sets for dataset tasks"),

@@ -5,6 +5,8 @@
 //!
 //! - [`service`] — [`Jobs`]: submit, cancel, resume, delete, follow; corpora and their
 //!   resolution. The HTTP handlers and `gradscope run` call it.
+//! - [`experiments`] — experiments: submit, read, results, cancel, delete (on [`Jobs`]).
+//! - [`results`] — an experiment's figures per job and per cell, as JSON and CSV.
 //! - [`data_dir`] — [`DataDir`]: checkpoints, resume files and corpora on disk.
 //! - [`Scheduler`] — claims and runs queued jobs (notify, cancel, shut down).
 //! - [`runner`] — one job from claim to final status.
@@ -15,7 +17,9 @@
 
 mod check;
 pub mod data_dir;
+pub mod experiments;
 pub mod live;
+pub mod results;
 mod runner;
 pub mod service;
 pub mod wire;
@@ -173,6 +177,10 @@ struct Inner {
     /// A CPU worker started ahead of its job (workers only), so that a job need not wait
     /// for a process to start and load LibTorch.
     spare: std::sync::Mutex<Option<tokio::process::Child>>,
+    /// The lane (experiment id, or `""` for single jobs) of the job claimed last: the next
+    /// claim takes the lane after it, round-robin, so experiments and single jobs take
+    /// turns for the slots.
+    lane: std::sync::Mutex<String>,
     /// Stop requests of the running jobs. Held across claiming a job and registering it,
     /// so a cancel never finds a job running but unregistered.
     running: Mutex<HashMap<Uuid, Arc<JobControl>>>,
@@ -306,6 +314,7 @@ impl Inner {
             tracker: TaskTracker::new(),
             live: LiveHub::new(ring),
             spare: std::sync::Mutex::new(None),
+            lane: std::sync::Mutex::new(String::new()),
             metrics,
             checks: check::permits(),
             notifier,
@@ -341,25 +350,42 @@ const GPU_QUEUE_SCAN: i64 = 1000;
 async fn fill_slots(inner: &Arc<Inner>) -> anyhow::Result<()> {
     let mut running = inner.running.lock().await;
     while running.len() < inner.max_jobs && !inner.shutdown.is_cancelled() {
-        let job =
-            if inner.gpus.all.is_empty() { inner.store.claim_next_job().await? } else { claim_runnable(inner).await? };
+        let after = inner.lane.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let job = if inner.gpus.all.is_empty() {
+            inner.store.claim_next_fair(&after).await?
+        } else {
+            claim_runnable(inner, &after).await?
+        };
         let Some(job) = job else { break };
+        *inner.lane.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = job.lane();
         let gpu = if inner.gpus.needs_gpu(&job.spec.device) { inner.gpus.take() } else { None };
         launch(inner, &mut running, job, gpu);
     }
     Ok(())
 }
 
-/// Claims the oldest queued job that can start now: with every GPU busy, jobs that need
-/// one wait in the queue and jobs that do not go ahead of them.
-async fn claim_runnable(inner: &Inner) -> anyhow::Result<Option<Job>> {
+/// Claims the first queued job in round-robin order after lane `after` that can start
+/// now: with every GPU busy, jobs that need one wait in the queue and jobs that do not go
+/// ahead of them.
+async fn claim_runnable(inner: &Inner, after: &str) -> anyhow::Result<Option<Job>> {
     let mut queued = inner.store.list_jobs(Some(JobStatus::Queued), GPU_QUEUE_SCAN).await?;
     queued.reverse();
+    round_robin(&mut queued, after, Job::lane);
     let devices: Vec<(Uuid, &str)> = queued.iter().map(|job| (job.id, job.spec.device.as_str())).collect();
     match inner.gpus.first_runnable(&devices) {
         Some(&id) => inner.store.claim_job(id).await,
         None => Ok(None),
     }
+}
+
+/// Orders `queued` (oldest first) as round-robin takes them after lane `after`: the lanes
+/// after it in lane order, then (wrapping round) the others, each lane's jobs oldest first.
+/// The store's `claim_next_fair` orders the same way.
+fn round_robin<T>(queued: &mut [T], after: &str, lane: impl Fn(&T) -> String) {
+    queued.sort_by_cached_key(|job| {
+        let lane = lane(job);
+        (lane.as_str() <= after, lane)
+    });
 }
 
 /// Starts a claimed job on `gpu`; `running` is the held lock of `inner.running`.
@@ -409,6 +435,21 @@ mod tests {
         assert_eq!(pool.first_runnable(&[(1, "cuda"), (2, "auto")]), None, "GPU jobs wait");
         pool.give_back(held);
         assert_eq!(pool.first_runnable(&[(2, "auto")]), Some(&2));
+    }
+
+    #[test]
+    fn lanes_take_turns_after_the_last_one_served() {
+        // (lane, job), oldest first: single jobs are lane "".
+        let queued = [("b", 1), ("", 2), ("a", 3), ("b", 4), ("", 5)];
+        let order = |after: &str| {
+            let mut q = queued.to_vec();
+            round_robin(&mut q, after, |(lane, _)| (*lane).to_owned());
+            q.iter().map(|(_, job)| *job).collect::<Vec<_>>()
+        };
+        assert_eq!(order("")[0], 3, "after the single jobs, the first experiment");
+        assert_eq!(order("a")[0], 1, "then the next one");
+        assert_eq!(order("b")[0], 2, "then, wrapping round, the single jobs, oldest first");
+        assert_eq!(order("b"), vec![2, 5, 3, 1, 4], "within a lane, oldest first");
     }
 
     #[test]

@@ -19,6 +19,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
+use tokio::time::Instant;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
 use super::data_dir::UploadFile;
@@ -33,6 +34,11 @@ use crate::vocab::DiagnosisStatus;
 
 /// Most messages written in one transaction.
 const WRITE_BATCH: usize = 1024;
+/// How long a report may wait for others to share its transaction. The metrics and the
+/// live feed get every report at once; only the store's writes are batched, which spares
+/// a transaction's fixed cost (and the SQLite thread's wake-ups, taken from the training's
+/// cores) on every step.
+const WRITE_INTERVAL: Duration = Duration::from_millis(250);
 /// Messages the training thread may run ahead of the store writer. Past this, step
 /// reports are dropped and counted rather than making training wait.
 pub(crate) const QUEUE_CAPACITY: usize = 16 * 1024;
@@ -427,7 +433,9 @@ pub(super) async fn stderr_tail<R: AsyncRead + Unpin>(stderr: R, job: impl std::
     if skip == 0 { joined } else { format!("…{}", joined.chars().skip(skip).collect::<String>()) }
 }
 
-/// Writes reports as they come, batching whatever has queued up since the last write.
+/// Hands each report to the metrics and the live feed as it comes, and writes them to the
+/// store in batches: whatever has come in [`WRITE_INTERVAL`] after the first unwritten
+/// report, or [`WRITE_BATCH`] messages, in one transaction; the rest once the reports end.
 async fn record(
     inner: &Inner,
     job: &Job,
@@ -435,15 +443,19 @@ async fn record(
     dropped: &AtomicU64,
 ) -> anyhow::Result<()> {
     let mut messages = Vec::with_capacity(WRITE_BATCH);
-    let mut steps: Vec<StepReport> = Vec::with_capacity(WRITE_BATCH);
-    let mut events: Vec<Event> = Vec::new();
-    let mut fresh_events: Vec<Event> = Vec::new();
+    let mut pending = Pending::default();
     let live = inner.live.open(job.id);
     // Every run's diagnosis starts healthy; a change of status is notified.
     let mut status = DiagnosisStatus::Healthy;
     let mut step = 0;
-    while rx.recv_many(&mut messages, WRITE_BATCH).await > 0 {
-        let mut diagnosis = None;
+    // When the oldest unwritten report must be written; `None` while nothing waits.
+    let mut due: Option<Instant> = None;
+    loop {
+        let received = match due {
+            None => Some(rx.recv_many(&mut messages, WRITE_BATCH).await),
+            Some(due) => tokio::time::timeout_at(due, rx.recv_many(&mut messages, WRITE_BATCH)).await.ok(),
+        };
+        let ended = received == Some(0);
         for message in messages.drain(..) {
             match message {
                 TrainEvent::Started { device, layers } => {
@@ -462,36 +474,79 @@ async fn record(
                     inner.metrics.record_step(job.id, &report);
                     live.publish(LiveMessage::Step(report.clone()));
                     step = report.step;
-                    steps.push(report);
+                    pending.steps.push(report);
                 }
-                TrainEvent::Event(event) => fresh_events.push(event),
+                TrainEvent::Event(event) => pending.fresh_events.push(event),
                 // Validation results travel as events: live, stored and counted with them.
-                TrainEvent::Eval(eval) => fresh_events.extend(eval.events()),
+                TrainEvent::Eval(eval) => pending.fresh_events.extend(eval.events()),
                 TrainEvent::Diagnosis(d) => {
                     if d.status != status {
                         inner.notifier.diagnosis_changed(job, step, status, &d);
                         status = d.status;
                     }
-                    diagnosis = Some(d);
+                    inner.metrics.record_diagnosis(job.id, &d);
+                    pending.diagnosis = Some(d);
                 }
             }
-            for event in fresh_events.drain(..) {
+            for event in pending.fresh_events.drain(..) {
                 inner.metrics.record_event(job.id, &event);
                 live.publish(LiveMessage::Event(event.clone()));
-                events.push(event);
+                pending.events.push(event);
             }
         }
-        if let Some(d) = &diagnosis {
-            inner.metrics.record_diagnosis(job.id, d);
-        }
         let lost = dropped.swap(0, Ordering::Relaxed);
-        inner.metrics.record_dropped(job.id, lost);
-        let progress = Progress { steps: &steps, events: &events, diagnosis: diagnosis.as_ref(), dropped: lost };
-        inner.store.record_progress(job.id, &progress).await.context("failed to record progress")?;
-        steps.clear();
-        events.clear();
+        if lost > 0 {
+            inner.metrics.record_dropped(job.id, lost);
+            pending.dropped += lost;
+        }
+        let full = pending.steps.len() + pending.events.len() >= WRITE_BATCH;
+        if ended || received.is_none() || full {
+            pending.write(inner, job).await?;
+            due = None;
+        } else if due.is_none() && !pending.is_empty() {
+            due = Some(Instant::now() + WRITE_INTERVAL);
+        }
+        if ended {
+            return Ok(());
+        }
     }
-    Ok(())
+}
+
+/// What has come in since the store's last write.
+#[derive(Default)]
+struct Pending {
+    steps: Vec<StepReport>,
+    events: Vec<Event>,
+    /// Events of the message at hand, before they are counted and published.
+    fresh_events: Vec<Event>,
+    /// The latest diagnosis, if one came.
+    diagnosis: Option<train::diagnose::Diagnosis>,
+    dropped: u64,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.steps.is_empty() && self.events.is_empty() && self.diagnosis.is_none() && self.dropped == 0
+    }
+
+    /// Writes it all in one transaction, and starts afresh.
+    async fn write(&mut self, inner: &Inner, job: &Job) -> anyhow::Result<()> {
+        if self.is_empty() {
+            return Ok(());
+        }
+        let progress = Progress {
+            steps: &self.steps,
+            events: &self.events,
+            diagnosis: self.diagnosis.as_ref(),
+            dropped: self.dropped,
+        };
+        inner.store.record_progress(job.id, &progress).await.context("failed to record progress")?;
+        self.steps.clear();
+        self.events.clear();
+        self.diagnosis = None;
+        self.dropped = 0;
+        Ok(())
+    }
 }
 
 /// The file of the uploaded model or data set `id` names, if it names one.

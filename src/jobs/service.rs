@@ -34,6 +34,8 @@ pub struct JobLimits {
     pub max_job_memory: u64,
     /// Largest estimated storage of one job, in bytes.
     pub max_job_disk: u64,
+    /// Most jobs one experiment may expand to (cells × seeds).
+    pub max_experiment_jobs: u64,
 }
 
 impl JobLimits {
@@ -44,6 +46,7 @@ impl JobLimits {
         max_activation_bytes: u64::MAX,
         max_job_memory: u64::MAX,
         max_job_disk: u64::MAX,
+        max_experiment_jobs: u64::MAX,
     };
 }
 
@@ -74,6 +77,11 @@ pub enum ServiceError {
     /// `max_queued` jobs already wait.
     #[error("{max_queued} jobs are already queued (this service's limit): wait for some to start")]
     QueueFull { max_queued: i64 },
+    /// An experiment's jobs would take the queue past `max_queued`.
+    #[error(
+        "the experiment's {jobs} jobs do not fit in the queue (at most {max_queued} jobs wait at once): wait for some to start, or use fewer values or seeds"
+    )]
+    QueueRoom { jobs: usize, max_queued: i64 },
     /// The corpus would exceed the count or byte quota.
     #[error("{0}")]
     CorpusQuota(String),
@@ -143,11 +151,11 @@ pub(crate) async fn find_corpus(store: &Store, name: &str) -> anyhow::Result<Opt
 /// Submitting, cancelling, resuming and deleting jobs; uploading and deleting corpora.
 #[derive(Debug, Clone)]
 pub struct Jobs {
-    store: Store,
-    scheduler: Scheduler,
+    pub(super) store: Store,
+    pub(super) scheduler: Scheduler,
     data: DataDir,
     metrics: Arc<Metrics>,
-    limits: JobLimits,
+    pub(super) limits: JobLimits,
     corpora: CorpusLimits,
     models: CorpusLimits,
     datasets: CorpusLimits,
@@ -218,19 +226,26 @@ impl Jobs {
     /// Queues a validated spec: its corpus must exist, its estimated cost must fit the
     /// limits and the queue must have room. Wakes the scheduler.
     pub async fn submit(&self, spec: &ValidSpec) -> Result<Job, ServiceError> {
-        let estimate = if spec.model.kind == ModelKind::Torchscript {
-            budget::estimate_user(spec, self.dry_run(spec).await?)
-        } else {
-            budget::estimate(spec, self.corpus_size(spec).await?)
-        };
-        check_budget(spec, &estimate, &self.limits)?;
-        self.check_chosen_layers(spec).await?;
+        self.check(spec).await?;
         let max_queued = self.limits.max_queued;
         let job =
             self.store.insert_job_within(spec, max_queued).await?.ok_or(ServiceError::QueueFull { max_queued })?;
         self.scheduler.notify_queued();
         tracing::info!(job = %job.id, name = %job.name, "job queued");
         Ok(job)
+    }
+
+    /// What a spec must pass before it queues: its corpus (or model and data set) must
+    /// exist, its estimated cost must fit the limits, and its layer patterns must choose
+    /// some layer.
+    pub(super) async fn check(&self, spec: &ValidSpec) -> Result<(), ServiceError> {
+        let estimate = if spec.model.kind == ModelKind::Torchscript {
+            budget::estimate_user(spec, self.dry_run(spec).await?)
+        } else {
+            budget::estimate(spec, self.corpus_size(spec).await?)
+        };
+        check_budget(spec, &estimate, &self.limits)?;
+        self.check_chosen_layers(spec).await
     }
 
     /// Cancels a queued job at once, or asks a running one to stop before its next step.

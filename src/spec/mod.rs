@@ -14,6 +14,8 @@
 //! - [`monitor`] — what is recorded and the diagnosis thresholds.
 //! - [`notify`] — the job's webhook.
 //! - [`device`] — the `device` field.
+//! - [`experiment`] — an experiment: a base spec, axes and seeds, expanded into checked
+//!   job specs.
 //! - [`error`] — [`SpecError`], JSON field paths, and the ranges validation checks.
 //! - [`schema`] — writes those ranges into the OpenAPI document.
 //!
@@ -23,6 +25,7 @@
 
 pub mod device;
 pub mod error;
+pub mod experiment;
 pub mod model;
 pub mod monitor;
 pub mod notify;
@@ -39,6 +42,7 @@ use utoipa::ToSchema;
 
 pub use device::{DeviceChoice, parse_device};
 pub use error::SpecError;
+pub use experiment::{CellInfo, ExperimentSpec, Threshold, ThresholdMetric, ValidExperiment};
 pub use model::{Activation, ModelKind, ModelSpec, Norm, NormPosition};
 pub use monitor::{MonitorSpec, chosen_layers};
 pub use notify::{NotifyOn, NotifySpec};

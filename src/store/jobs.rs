@@ -79,12 +79,18 @@ pub struct Job {
     /// events, counting text and blobs at their length and every number as 8 bytes. The
     /// database file grows by more (pages, indexes): 1.3 to 2 times this.
     pub stored_bytes: i64,
+    /// The experiment the job belongs to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub experiment_id: Option<Uuid>,
+    /// Its cell in that experiment (the combination of the axes' values it runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cell: Option<i64>,
 }
 
-const JOB_COLUMNS: &str = "id, name, status, spec, created_at, started_at, finished_at, step, total_steps, device, \
-    loss, error, diagnosis, dropped_reports, resumed_from, stored_bytes";
+pub(super) const JOB_COLUMNS: &str = "id, name, status, spec, created_at, started_at, finished_at, step, total_steps, \
+    device, loss, error, diagnosis, dropped_reports, resumed_from, stored_bytes, experiment_id, cell";
 
-fn job_from_row(row: &SqliteRow) -> anyhow::Result<Job> {
+pub(super) fn job_from_row(row: &SqliteRow) -> anyhow::Result<Job> {
     let status: String = row.try_get("status")?;
     let spec: String = row.try_get("spec")?;
     let id: String = row.try_get("id")?;
@@ -106,12 +112,45 @@ fn job_from_row(row: &SqliteRow) -> anyhow::Result<Job> {
         dropped_reports: row.try_get("dropped_reports")?,
         resumed_from: row.try_get("resumed_from")?,
         stored_bytes: row.try_get("stored_bytes")?,
+        experiment_id: row.try_get::<Option<String>, _>("experiment_id")?.map(|id| Uuid::parse_str(&id)).transpose()?,
+        cell: row.try_get("cell")?,
+    })
+}
+
+/// A new queued job of `spec`, not yet stored.
+pub(super) fn queued_job(spec: &ValidSpec) -> anyhow::Result<Job> {
+    Ok(Job {
+        id: Uuid::now_v7(),
+        name: spec.display_name(),
+        status: JobStatus::Queued,
+        spec: spec.clone(),
+        created_at: Utc::now(),
+        started_at: None,
+        finished_at: None,
+        step: 0,
+        total_steps: i64::try_from(spec.steps)?,
+        device: None,
+        loss: None,
+        error: None,
+        diagnosis: None,
+        dropped_reports: 0,
+        resumed_from: None,
+        stored_bytes: 0,
+        experiment_id: None,
+        cell: None,
     })
 }
 
 /// Non-finite floats are stored as NULL: JSON and SQL have no NaN.
 pub(super) fn finite(x: f64) -> Option<f64> {
     x.is_finite().then_some(x)
+}
+
+impl Job {
+    /// The job's lane in round-robin scheduling: its experiment, or `""` for single jobs.
+    pub fn lane(&self) -> String {
+        self.experiment_id.map(|id| id.to_string()).unwrap_or_default()
+    }
 }
 
 impl Store {
@@ -123,24 +162,7 @@ impl Store {
     /// Stores a new queued job unless `max_queued` jobs already wait: `None` then. The
     /// count and the insert are one statement, so concurrent submissions cannot overshoot.
     pub async fn insert_job_within(&self, spec: &ValidSpec, max_queued: i64) -> anyhow::Result<Option<Job>> {
-        let job = Job {
-            id: Uuid::now_v7(),
-            name: spec.display_name(),
-            status: JobStatus::Queued,
-            spec: spec.clone(),
-            created_at: Utc::now(),
-            started_at: None,
-            finished_at: None,
-            step: 0,
-            total_steps: i64::try_from(spec.steps)?,
-            device: None,
-            loss: None,
-            error: None,
-            diagnosis: None,
-            dropped_reports: 0,
-            resumed_from: None,
-            stored_bytes: 0,
-        };
+        let job = queued_job(spec)?;
         let inserted = sqlx::query(
             "INSERT INTO jobs (id, name, status, spec, created_at, step, total_steps)
              SELECT ?, ?, ?, ?, ?, 0, ? WHERE (SELECT COUNT(*) FROM jobs WHERE status = 'queued') < ?",
@@ -204,6 +226,25 @@ impl Store {
              RETURNING {JOB_COLUMNS}"
         ))
         .bind(Utc::now())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    /// Marks the next queued job running in round-robin between lanes and returns it: each
+    /// experiment is a lane (its id) and single jobs are one more (`""`). The lane after
+    /// `after` (in lane order, wrapping round) that has a queued job gives its oldest, so a
+    /// big experiment takes turns with single jobs and other experiments instead of
+    /// holding every slot until it is done.
+    pub async fn claim_next_fair(&self, after: &str) -> anyhow::Result<Option<Job>> {
+        let row = sqlx::query(&format!(
+            "UPDATE jobs SET status = 'running', started_at = ?
+             WHERE id = (SELECT id FROM jobs WHERE status = 'queued'
+                         ORDER BY COALESCE(experiment_id, '') <= ?, COALESCE(experiment_id, ''), id LIMIT 1)
+             RETURNING {JOB_COLUMNS}"
+        ))
+        .bind(Utc::now())
+        .bind(after)
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(job_from_row).transpose()

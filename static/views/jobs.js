@@ -1,6 +1,6 @@
 // @ts-check
-// The jobs view: the seed experiments, the job list (status, progress, loss sparkline,
-// diagnosis) and the submit form.
+// The jobs view: the seed experiments, the experiments (grids × seeds) and the job list
+// (status, progress, loss sparkline, diagnosis), and the submit form.
 
 import { get, isFinished, post, query } from "../api.js";
 import { cssVar, lineChart, loadUPlot } from "../charts.js";
@@ -21,6 +21,55 @@ const GROUP_TITLES = {
 
 const REFRESH_MS = 2000;
 const SPARK_POINTS = 80;
+/** Seeds of the ready-made experiments. */
+export const PRESET_SEEDS = 5;
+
+/**
+ * The paths (dotted keys) where the specs differ, recursing into objects where they all
+ * are objects; lists and other values are compared whole. `name` is left out.
+ * @param {unknown[]} values
+ * @param {string[]} [path]
+ * @returns {string[][]}
+ */
+function differences(values, path = []) {
+  const same = values.every((v) => JSON.stringify(v) === JSON.stringify(values[0]));
+  if (same) return [];
+  const objects = values.every((v) => v !== null && typeof v === "object" && !Array.isArray(v));
+  if (!objects) return [path];
+  const records = /** @type {Record<string, unknown>[]} */ (values);
+  const keys = [...new Set(records.flatMap((v) => Object.keys(v)))].filter((k) => !(path.length === 0 && k === "name"));
+  return keys.flatMap((k) => differences(records.map((v) => v[k]), [...path, k]));
+}
+
+/**
+ * A group of presets as one experiment: the first (failing) spec as the base, one axis per
+ * field where the group's specs differ (their values in order; with one axis, labelled by
+ * the presets' names), `seeds` seeds each.
+ * @param {string} name
+ * @param {Preset[]} items
+ * @param {number} seeds
+ */
+export function presetExperiment(name, items, seeds) {
+  const specs = items.map((p) => p.spec);
+  const base = { ...specs[0] };
+  delete base.name;
+  const paths = differences(specs);
+  const axes = paths.map((path) => {
+    const at = (/** @type {any} */ spec) => path.reduce((v, k) => (v === null || v === undefined ? v : v[k]), spec);
+    /** @type {unknown[]} */
+    const values = [];
+    /** @type {string[]} */
+    const labels = [];
+    for (const [i, spec] of specs.entries()) {
+      const v = at(spec);
+      if (values.some((w) => JSON.stringify(w) === JSON.stringify(v))) continue;
+      values.push(v);
+      labels.push(items[i].name);
+    }
+    return paths.length === 1 ? { path: path.join("."), values, labels } : { path: path.join("."), values };
+  });
+  return { name, base, axes, seeds };
+}
 
 /**
  * @param {HTMLElement} root
@@ -60,21 +109,41 @@ export async function jobsView(root, ctx) {
           formRoot.scrollIntoView({ behavior: "smooth" });
         } }, p.name),
         el("div", { class: "muted small" }, p.description)))),
-      el("button", { type: "button", class: "primary small", onclick: async (/** @type {MouseEvent} */ e) => {
-        const button = /** @type {HTMLButtonElement} */ (e.target);
-        button.disabled = true;
-        try {
-          /** @type {Job[]} */
-          const created = [];
-          for (const p of items) created.push(await post("/jobs", p.spec));
-          location.hash = `#/compare${query({ ids: created.map((j) => j.id) })}`;
-        } catch (err) {
-          ctx.toast(`Could not submit: ${err instanceof Error ? err.message : err}`);
-          button.disabled = false;
-        }
-      } }, `Run all ${items.length} and compare`))));
+      el("div", { class: "actions" },
+        el("button", { type: "button", class: "primary small", onclick: async (/** @type {MouseEvent} */ e) => {
+          const button = /** @type {HTMLButtonElement} */ (e.target);
+          button.disabled = true;
+          try {
+            /** @type {Job[]} */
+            const created = [];
+            for (const p of items) created.push(await post("/jobs", p.spec));
+            location.hash = `#/compare${query({ ids: created.map((j) => j.id) })}`;
+          } catch (err) {
+            ctx.toast(`Could not submit: ${err instanceof Error ? err.message : err}`);
+            button.disabled = false;
+          }
+        } }, `Run all ${items.length} and compare`),
+        el("button", { type: "button", class: "small", dataset: { group }, title: `Every variant as an experiment, ${PRESET_SEEDS} seeds each, with error bars`, onclick: async (/** @type {MouseEvent} */ e) => {
+          const button = /** @type {HTMLButtonElement} */ (e.target);
+          button.disabled = true;
+          try {
+            const created = await post("/experiments", presetExperiment(`${group} × ${PRESET_SEEDS} seeds`, items, PRESET_SEEDS));
+            location.hash = `#/experiments/${created.id}`;
+          } catch (err) {
+            ctx.toast(`Could not submit: ${err instanceof Error ? err.message : err}`);
+            button.disabled = false;
+          }
+        } }, `Run with ${PRESET_SEEDS} seeds`)))));
+
+  const experimentsBody = el("tbody");
+  const experimentsPanel = el("section", { class: "panel", hidden: true },
+    el("h2", {}, "Experiments"),
+    el("div", { class: "table-wrap" }, el("table", { class: "jobs", id: "experiments" },
+      el("thead", {}, el("tr", {}, ["name", "status", "progress", "grid", "created"].map((h) => el("th", {}, h)))),
+      experimentsBody)));
 
   root.replaceChildren(
+    experimentsPanel,
     el("section", { class: "panel" },
       el("div", { class: "section-head" }, el("h2", {}, "Jobs"), compareButton),
       el("div", { class: "table-wrap" }, table), empty),
@@ -100,7 +169,8 @@ export async function jobsView(root, ctx) {
     const spec = job.spec;
     return el("tr", { dataset: { id: job.id } },
       el("td", { class: "pick" }, check),
-      el("td", {}, el("a", { href: `#/jobs/${job.id}` }, job.name)),
+      el("td", {}, el("a", { href: `#/jobs/${job.id}` }, job.name),
+        job.experiment_id ? [" ", el("a", { class: "small muted experiment-link", href: `#/experiments/${job.experiment_id}`, title: "its experiment" }, `experiment, cell ${job.cell}`)] : null),
       el("td", {}, statusBadge(job.status)),
       el("td", {}, progressBar(job)),
       el("td", { class: "spark-cell" }, spark.box),
@@ -130,7 +200,20 @@ export async function jobsView(root, ctx) {
     spark.chart.setData([steps.step, loss]);
   }
 
+  async function refreshExperiments() {
+    /** @type {{id: string, name: string, status: string, created_at: string, cells: unknown[], spec: {seeds: number}, progress: {step: number, total_steps: number, jobs: number}}[]} */
+    const list = (await get(`/experiments${query({ limit: 20 })}`)).experiments;
+    experimentsPanel.hidden = list.length === 0;
+    experimentsBody.replaceChildren(...list.map((x) => el("tr", { dataset: { id: x.id } },
+      el("td", {}, el("a", { href: `#/experiments/${x.id}` }, x.name)),
+      el("td", {}, statusBadge(x.status)),
+      el("td", {}, progressBar({ step: x.progress.step, total_steps: x.progress.total_steps, status: x.status === "finished" ? "succeeded" : "running" })),
+      el("td", { class: "muted" }, `${x.cells.length} cells × ${x.spec.seeds} seeds`),
+      el("td", { title: x.created_at }, ago(x.created_at)))));
+  }
+
   async function refresh() {
+    await refreshExperiments();
     /** @type {Job[]} */
     const list = (await get(`/jobs${query({ limit: 100 })}`)).jobs;
     const rows = list.map(row);

@@ -59,3 +59,61 @@ fn run_explains_a_bad_spec_by_its_field() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("model.hidden"), "{stderr}");
 }
+
+#[tokio::test]
+async fn run_trains_an_experiment_file_and_prints_its_table() {
+    let dir = tempfile::TempDir::new().expect("temp dir");
+    let path = dir.path().join("experiment.json");
+    let experiment = json!({
+        "name": "cli-grid",
+        "base": {
+            "steps": 15, "batch_size": 16, "device": "cpu",
+            "task": {"kind": "adding", "seq_len": 6, "eval_every": 5},
+            "model": {"kind": "rnn", "layers": 1, "hidden": 8},
+            "policy": {"grad": [{"kind": "clip_norm", "max_norm": 1.0}]},
+        },
+        "axes": [{"path": "policy.grad[0].max_norm", "values": [0.5, 2.0]}],
+        "seeds": 2,
+        "threshold": {"metric": "val_metric", "at_least": 0.9},
+    });
+    std::fs::write(&path, experiment.to_string()).expect("write experiment");
+    let db = database_url(&dir);
+    let output = gradscope()
+        .args(["run", "--quiet", "--torch-threads", "1", "--database-url", &db, "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg(&path)
+        .output()
+        .expect("gradscope runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "stdout: {stdout}\nstderr: {}", String::from_utf8_lossy(&output.stderr));
+    for header in ["policy.grad[0].max_norm", "train loss", "diverged", "solved", "steps/s"] {
+        assert!(stdout.contains(header), "the table has a {header} column: {stdout}");
+    }
+    assert!(stdout.contains("2/2"), "each cell's two runs completed: {stdout}");
+    assert!(stdout.contains("4 jobs in"), "{stdout}");
+
+    let store = Store::connect(&db).await.expect("store");
+    let jobs = store.list_jobs(None, 10).await.expect("jobs");
+    assert_eq!(jobs.len(), 4);
+    assert!(jobs.iter().all(|j| j.status == JobStatus::Succeeded && j.experiment_id.is_some()));
+    store.close().await;
+}
+
+#[test]
+fn a_database_url_of_another_kind_is_refused_before_anything_is_created() {
+    let dir = tempfile::TempDir::new().expect("temp dir");
+    for command in ["migrate", "serve"] {
+        let output = gradscope()
+            .current_dir(dir.path())
+            .args([command, "--database-url", "postgres://gradscope:secret@127.0.0.1:5432/test"])
+            .output()
+            .expect("gradscope runs");
+        assert!(!output.status.success(), "{command} must not start");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("unsupported database URL scheme \"postgres\""), "{command}: {stderr}");
+        assert!(!stderr.contains("secret"), "{command}: the password stays out of the message: {stderr}");
+    }
+    // Nothing was made of the URL: no folder `postgres:`, no database file, no data folder.
+    let made: Vec<_> = std::fs::read_dir(dir.path()).expect("list").map(|e| e.expect("entry").file_name()).collect();
+    assert!(made.is_empty(), "{made:?}");
+}

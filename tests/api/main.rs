@@ -9,6 +9,7 @@ mod corpora;
 mod crash;
 mod dashboard;
 mod deploy;
+mod experiments;
 mod faults;
 #[path = "../parity/fixtures.rs"]
 mod fixtures;

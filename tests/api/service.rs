@@ -34,6 +34,11 @@ async fn the_openapi_document_covers_every_route() {
         ("/api/v1/jobs/{id}/signal", &["get"]),
         ("/api/v1/jobs/{id}/stream", &["get"]),
         ("/api/v1/jobs/{id}/checkpoint", &["get"]),
+        ("/api/v1/experiments", &["get", "post"]),
+        ("/api/v1/experiments/{id}", &["get", "delete"]),
+        ("/api/v1/experiments/{id}/cancel", &["post"]),
+        ("/api/v1/experiments/{id}/results", &["get"]),
+        ("/api/v1/experiments/{id}/results.csv", &["get"]),
         ("/api/v1/corpora", &["get", "post"]),
         ("/api/v1/corpora/{id}", &["delete"]),
         ("/api/v1/models", &["get", "post"]),
@@ -66,6 +71,9 @@ async fn the_openapi_document_covers_every_route() {
         "SpectralResponse",
         "TimeProfileResponse",
         "SignalResponse",
+        "ExperimentSpec",
+        "Experiment",
+        "ExperimentResults",
     ] {
         assert!(schemas.contains_key(name), "schema {name} missing");
     }
