@@ -4,7 +4,8 @@
 //! interleaved rounds and the table reports the median step time, so drift on a shared
 //! machine hits all of them alike. The job variants call the job's own step
 //! (`gradscope::train::step::step`), monitoring on or off, histograms on or off, with or
-//! without `clip_norm`; two LibTorch loops without it are the reference. Run without
+//! without `clip_norm`, with the spectral radius, the temporal gradient profile or the
+//! forward signal; two LibTorch loops without it are the reference. Run without
 //! `--bench` (as `cargo test --all-targets` does), it trains each variant once at toy
 //! sizes, to show that it works.
 
@@ -15,12 +16,14 @@ use clap::{Parser, ValueEnum};
 use gradscope::spec::{
     DeviceChoice, GradPolicy, ModelSpec, MonitorSpec, NormType, OptimizerSpec, PolicySpec, parse_device,
 };
-use gradscope::train::model::{self, Input, Io};
+use gradscope::train::LayerInfo;
+use gradscope::train::model::{self, Input, Io, Model, Trace, Traced};
 use gradscope::train::optim::FlatOptimizer;
 use gradscope::train::policy::GradPolicies;
+use gradscope::train::spectral::Spectral;
 use gradscope::train::stats::FlatParams;
 use gradscope::train::step::{self, Monitoring, Trainer};
-use tch::nn::{self, Module, OptimizerConfig};
+use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Kind, Reduction, Tensor};
 
 #[derive(Debug, Clone, Parser)]
@@ -88,9 +91,16 @@ enum Variant {
     StatsClip,
     /// LibTorch's AdamW with four statistics per layer, each read with its own host sync.
     ItemPerLayer,
+    /// Statistics off, the spectral radius of the recurrent and square weights on every
+    /// step (`monitor.spectral_every: 1`).
+    Spectral,
+    /// Statistics off, the temporal gradient profile on every step (`monitor.time_every: 1`).
+    Time,
+    /// `StatsClipNoHist` with the forward signal (each block's output mean and RMS).
+    StatsClipNoHistSignal,
 }
 
-const VARIANTS: [Variant; 7] = [
+const VARIANTS: [Variant; 10] = [
     Variant::Bare,
     Variant::Flat,
     Variant::Clip,
@@ -98,6 +108,9 @@ const VARIANTS: [Variant; 7] = [
     Variant::Stats,
     Variant::StatsClip,
     Variant::ItemPerLayer,
+    Variant::Spectral,
+    Variant::Time,
+    Variant::StatsClipNoHistSignal,
 ];
 
 impl Variant {
@@ -110,7 +123,15 @@ impl Variant {
             Self::Stats => "+ full stats + hist",
             Self::StatsClip => "+ full stats + hist + clip_norm",
             Self::ItemPerLayer => "LibTorch + 4 stats/layer, sync each",
+            Self::Spectral => "job step + spectral radius",
+            Self::Time => "job step + temporal profile",
+            Self::StatsClipNoHistSignal => "+ full stats, no hist, + clip + signal",
         }
+    }
+
+    /// What the forward keeps for the step's measurements.
+    fn trace(self) -> Trace {
+        Trace { input: self == Self::Time, blocks: self == Self::StatsClipNoHistSignal }
     }
 
     /// What a job step of this variant monitors and which grad policies it applies;
@@ -119,18 +140,20 @@ impl Variant {
         let clip = || vec![GradPolicy::ClipNorm { max_norm: 1.0, norm_type: NormType::Two }];
         let (stats, histogram, grad) = match self {
             Self::Bare | Self::ItemPerLayer => return None,
-            Self::Flat => (false, false, Vec::new()),
+            Self::Flat | Self::Spectral | Self::Time => (false, false, Vec::new()),
             Self::Clip => (false, false, clip()),
-            Self::StatsClipNoHist => (true, false, clip()),
+            Self::StatsClipNoHist | Self::StatsClipNoHistSignal => (true, false, clip()),
             Self::Stats => (true, true, Vec::new()),
             Self::StatsClip => (true, true, clip()),
         };
-        Some((Monitoring { stats, histogram }, grad))
+        let (spectral, time) = (self == Self::Spectral, self == Self::Time);
+        Some((Monitoring { stats, histogram, spectral, time }, grad))
     }
 }
 
-/// A model's forward pass on a fixed input, to logits.
-type Forward = Box<dyn Fn(&Tensor) -> anyhow::Result<Tensor>>;
+/// A model's forward pass on a fixed input, to logits `[samples, classes]`, keeping what
+/// the trace asks for.
+type Forward = Box<dyn Fn(&Tensor, Trace) -> anyhow::Result<Traced>>;
 
 /// A model, a fixed batch and how to score it.
 struct Workload {
@@ -140,31 +163,30 @@ struct Workload {
     xs: Tensor,
     ys: Tensor,
     params: Vec<Tensor>,
+    /// The parameters' names and shapes, for the measured matrices.
+    layers: Vec<LayerInfo>,
 }
 
+/// The built-in MLP of Linear → LayerNorm → GELU blocks, as a job builds it.
 fn mlp(device: Device, width: i64, blocks: i64, batch: i64) -> anyhow::Result<Workload> {
-    tch::manual_seed(0);
+    let spec: ModelSpec = serde_json::from_value(
+        serde_json::json!({"kind": "mlp", "layers": blocks, "hidden": width, "norm": "layer", "activation": "gelu"}),
+    )?;
     let vs = nn::VarStore::new(device);
-    let root = vs.root();
-    let mut net = nn::seq();
-    for b in 0..blocks {
-        let p = &root / format!("block{b}");
-        net = net
-            .add(nn::linear(&p / "linear", width, width, Default::default()))
-            .add(nn::layer_norm(&p / "norm", vec![width], Default::default()))
-            .add_fn(|x| x.gelu("none"));
-    }
-    let net = net.add(nn::linear(&root / "head", width, 10, Default::default()));
+    let io = Io { input: Input::Features(width), output: 10, max_len: 1 };
+    let (net, params) = model::build(&spec, &vs, io, 0)?;
     let xs = Tensor::f_randn([batch, width], (Kind::Float, device))?;
     let ys = Tensor::f_randint(10, [batch], (Kind::Int64, device))?;
-    let params = vs.trainable_variables();
+    let layers = params.layers();
+    let params: Vec<Tensor> = params.tensors().map(Tensor::shallow_clone).collect();
     Ok(Workload {
         name: format!("MLP {width} wide × {blocks} blocks, batch {batch}, {} tensors", params.len()),
         vs,
-        forward: Box::new(move |x| Ok(net.forward(x))),
+        forward: Box::new(move |x, trace| net.trace(x, true, trace)),
         xs,
         ys,
         params,
+        layers,
     })
 }
 
@@ -177,14 +199,19 @@ fn lstm(device: Device) -> anyhow::Result<Workload> {
     let (net, params) = model::build(&spec, &vs, io, 0)?;
     let xs = Tensor::f_randint(vocab, [batch, seq], (Kind::Int64, device))?;
     let ys = Tensor::f_randint(vocab, [batch * seq], (Kind::Int64, device))?;
+    let infos = params.layers();
     let params: Vec<Tensor> = params.tensors().map(Tensor::shallow_clone).collect();
     Ok(Workload {
         name: format!("LSTM char LM, {layers} layers × {hidden}, seq {seq}, batch {batch}, {} tensors", params.len()),
         vs,
-        forward: Box::new(move |x| Ok(net.forward(x, true)?.f_view([-1, vocab])?)),
+        forward: Box::new(move |x, trace| {
+            let traced = net.trace(x, true, trace)?;
+            Ok(Traced { out: traced.out.f_view([-1, vocab])?, ..traced })
+        }),
         xs,
         ys,
         params,
+        layers: infos,
     })
 }
 
@@ -192,7 +219,6 @@ fn lstm(device: Device) -> anyhow::Result<Workload> {
 /// `batch` samples of a data set; its output is scored by cross-entropy over the last
 /// dimension, as a `dataset` task with `loss: cross_entropy` does.
 fn torchscript(device: Device, file: &std::path::Path, data: &std::path::Path, batch: i64) -> anyhow::Result<Workload> {
-    use gradscope::train::model::Model;
     let vs = nn::VarStore::new(device);
     let (module, params) = model::load_torchscript(file, &vs, 0)?;
     let tensors: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(data)?.into_iter().collect();
@@ -201,18 +227,20 @@ fn torchscript(device: Device, file: &std::path::Path, data: &std::path::Path, b
     let n = batch.min(x.size()[0]);
     let xs = x.f_narrow(0, 0, n)?.f_to(device)?;
     let ys = y.f_narrow(0, 0, n)?.f_reshape([-1])?.f_to(device)?;
+    let layers = params.layers();
     let params: Vec<Tensor> = params.tensors().map(Tensor::shallow_clone).collect();
     Ok(Workload {
         name: format!("TorchScript {}, batch {n}, {} tensors", file.display(), params.len()),
         vs,
-        forward: Box::new(move |x| {
+        forward: Box::new(move |x, _| {
             let out = module.forward(x, true)?;
             let width = out.size().last().copied().unwrap_or(1);
-            Ok(out.f_reshape([-1, width])?)
+            Ok(Traced::plain(out.f_reshape([-1, width])?))
         }),
         xs,
         ys,
         params,
+        layers,
     })
 }
 
@@ -243,7 +271,13 @@ impl Runner {
                 let names: Vec<String> = (0..work.params.len()).map(|i| format!("param{i}")).collect();
                 let redundant = vec![false; names.len()];
                 let monitor = MonitorSpec::default();
-                let trainer = Trainer::new(flat, optimizer, grad_policies, &policy, &monitor, names, &redundant);
+                let spectral = if monitoring.spectral {
+                    Spectral::new(&work.layers, |i| flat.params()[i].shallow_clone())?
+                } else {
+                    None
+                };
+                let trainer = Trainer::new(flat, optimizer, grad_policies, &policy, &monitor, names, &redundant)
+                    .with_spectral(spectral);
                 Some((trainer, monitoring))
             }
         };
@@ -254,17 +288,19 @@ impl Runner {
     fn step(&mut self) -> anyhow::Result<()> {
         self.steps += 1;
         let work = &self.work;
-        let loss = || -> anyhow::Result<Tensor> {
-            let logits = (work.forward)(&work.xs)?;
-            Ok(logits.f_cross_entropy_loss::<Tensor>(&work.ys, None, Reduction::Mean, -100, 0.0)?)
+        let trace = self.variant.trace();
+        let forward = || -> anyhow::Result<step::Forward> {
+            let traced = (work.forward)(&work.xs, trace)?;
+            let loss = traced.out.f_cross_entropy_loss::<Tensor>(&work.ys, None, Reduction::Mean, -100, 0.0)?;
+            Ok(step::Forward { loss, input: traced.input, blocks: traced.blocks })
         };
         if let Some((trainer, monitoring)) = &mut self.job {
             // The job's step, whole: its reports and events are dropped here.
-            step::step(trainer, self.steps, LR, *monitoring, loss, &mut |_| {})?;
+            step::step(trainer, self.steps, LR, *monitoring, forward, &mut |_| {})?;
             return Ok(());
         }
         self.opt.zero_grad();
-        let loss = loss()?;
+        let loss = forward()?.loss;
         loss.f_backward()?;
         tch::no_grad(|| self.reference_update(&loss))
     }

@@ -67,6 +67,7 @@ fn report(step: u64, layers: usize, histogram_every: u64, rng: &mut StdRng) -> S
         lr: 1e-3,
         skipped: false,
         layers: Some(stats),
+        probes: Default::default(),
         seconds: 0.01,
     }
 }

@@ -36,6 +36,10 @@ pub struct Metrics {
     job_dropped: IntCounterVec,
     job_steps: IntCounterVec,
     job_loss: GaugeVec,
+    /// The largest spectral radius among a job's measured matrices, at its last measurement.
+    job_spectral_radius: GaugeVec,
+    /// A job's first/last input position gradient ratio, at its last temporal profile.
+    job_time_ratio: GaugeVec,
     job_grad_norm: GaugeVec,
     job_clipped: IntCounterVec,
     job_skipped: IntCounterVec,
@@ -118,6 +122,24 @@ impl Metrics {
             )?,
             job_steps: IntCounterVec::new(opts("job_steps_total", "Optimizer steps a job has recorded."), job)?,
             job_loss: GaugeVec::new(opts("job_loss", "A job's latest training loss (NaN when not finite)."), job)?,
+            job_spectral_radius: GaugeVec::new(
+                opts(
+                    "job_spectral_radius_max",
+                    "The largest singular value among a job's recurrent (per gate) and square hidden weight \
+                     matrices, at its latest measurement (monitor.spectral_every); above 1 gradients through \
+                     time can explode.",
+                ),
+                job,
+            )?,
+            job_time_ratio: GaugeVec::new(
+                opts(
+                    "job_time_first_last_ratio",
+                    "A sequence model's gradient norm at the first input position over the last one's, at \
+                     its latest temporal profile (monitor.time_every); far below 1 the gradient vanishes \
+                     through time.",
+                ),
+                job,
+            )?,
             job_grad_norm: GaugeVec::new(
                 opts(
                     "job_grad_norm",
@@ -180,6 +202,8 @@ impl Metrics {
         m.registry.register(Box::new(m.job_dropped.clone()))?;
         m.registry.register(Box::new(m.job_steps.clone()))?;
         m.registry.register(Box::new(m.job_loss.clone()))?;
+        m.registry.register(Box::new(m.job_spectral_radius.clone()))?;
+        m.registry.register(Box::new(m.job_time_ratio.clone()))?;
         m.registry.register(Box::new(m.job_grad_norm.clone()))?;
         m.registry.register(Box::new(m.job_clipped.clone()))?;
         m.registry.register(Box::new(m.job_skipped.clone()))?;
@@ -289,6 +313,16 @@ impl Metrics {
             self.job_skipped.with_label_values(&[&job]).inc();
         }
         self.job_step_seconds.with_label_values(&[&job]).observe(report.seconds);
+        if let Some(radius) = &report.probes.spectral
+            && let Some(largest) = radius.iter().copied().filter(|r| r.is_finite()).reduce(f64::max)
+        {
+            self.job_spectral_radius.with_label_values(&[&job]).set(largest);
+        }
+        if let Some(profile) = &report.probes.time
+            && let (Some(&first), Some(&last)) = (profile.first(), profile.last())
+        {
+            self.job_time_ratio.with_label_values(&[&job]).set(first / last);
+        }
         if let Some(stats) = &report.layers {
             let exported = self.exported();
             for (index, label) in exported.get(&id).map(|e| e.layers.as_slice()).unwrap_or_default() {
@@ -326,7 +360,9 @@ impl Metrics {
         for kind in DIAGNOSIS_KINDS {
             let _ = self.job_diagnosis.remove_label_values(&[job.as_str(), kind.as_str()]);
         }
-        let _ = self.job_loss.remove_label_values(&[&job]);
+        for vec in [&self.job_loss, &self.job_spectral_radius, &self.job_time_ratio] {
+            let _ = vec.remove_label_values(&[&job]);
+        }
         let _ = self.job_step_seconds.remove_label_values(&[&job]);
         for stage in ["pre", "post"] {
             let _ = self.job_grad_norm.remove_label_values(&[job.as_str(), stage]);
@@ -465,6 +501,7 @@ mod tests {
             lr: 0.1,
             skipped: !loss.is_finite(),
             layers: None,
+            probes: Default::default(),
             seconds: 0.001,
         };
         metrics.record_step(id, &report(1, 2.0));

@@ -172,6 +172,8 @@ pub enum EventKind {
     Skipped,
     /// `skip_spike` took an update after skipping its maximum in a row.
     SpikeAccepted,
+    /// A measured weight matrix's largest singular value crossed 1.0, up or down.
+    SpectralRadius,
     /// A validation pass: its loss.
     Validation,
     /// A validation pass: the task's accuracy.

@@ -22,6 +22,10 @@ import { JobData } from "./store.js";
 /** @typedef {import("./types.js").StepMessage} StepMessage */
 /** @typedef {import("./types.js").LayerSeries} LayerSeries */
 /** @typedef {import("./types.js").StepsResponse} StepsResponse */
+/** @typedef {import("./types.js").MatrixInfo} MatrixInfo */
+/** @typedef {import("./types.js").SpectralResponse} SpectralResponse */
+/** @typedef {import("./types.js").TimeProfileResponse} TimeProfileResponse */
+/** @typedef {import("./types.js").SignalResponse} SignalResponse */
 
 /**
  * @typedef {object} FeedEvents
@@ -38,6 +42,8 @@ const HISTORY_POINTS = 4000;
 const HEATMAP_POINTS = 2400;
 /** Points of the selected layer's histogram history. */
 const HIST_POINTS = 300;
+/** Profiles the time heatmap reads back (each is up to seq_len numbers). */
+const TIME_POINTS = 600;
 /** How often the job record is read while it runs (its diagnosis, its validation). */
 const POLL_MS = 2500;
 /** Wait before reading a gap back: the store writes steps in batches. */
@@ -62,6 +68,16 @@ export class JobFeed {
     this.statistics = [];
     /** Lower edges of the histogram buckets (`hello.histogram_edges`). @type {number[]} */
     this.edges = [];
+    /** The matrices whose spectral radius the job measures (`hello.matrices`). @type {MatrixInfo[]} */
+    this.matrices = [];
+    /** Their largest singular values over the measured steps. @type {{step: number[], radius: (number | null)[][]}} */
+    this.spectral = { step: [], radius: [] };
+    /** The temporal gradient profiles over the profiled steps. @type {{step: number[], grad: (number | null)[][]}} */
+    this.timeProfile = { step: [], grad: [] };
+    /** The blocks whose output the forward signal describes (`hello.blocks`). @type {string[]} */
+    this.blocks = [];
+    /** Each block output's RMS over the recorded steps. @type {{step: number[], rms: (number | null)[][]}} */
+    this.signal = { step: [], rms: [] };
     /** @type {{[K in keyof FeedEvents]?: ((detail: FeedEvents[K]) => void)[]}} */
     this.listeners = {};
     /** @type {WebSocket | null} */
@@ -105,8 +121,8 @@ export class JobFeed {
     this.takeHello(hello);
     const { id, job, statistics } = this;
     const every = job.spec.monitor?.every ?? 1;
-    /** @type {[{layers: Layer[]}, StepsResponse, {layers: LayerSeries[]}, {layers: LayerSeries[]}, {events: JobEvent[]}]} */
-    const [layers, steps, heat, latest, events] = await Promise.all([
+    /** @type {[{layers: Layer[]}, StepsResponse, {layers: LayerSeries[]}, {layers: LayerSeries[]}, {events: JobEvent[]}, SpectralResponse, TimeProfileResponse, SignalResponse]} */
+    const [layers, steps, heat, latest, events, spectral, time, signal] = await Promise.all([
       get(`/jobs/${id}/layers`),
       get(`/jobs/${id}/steps${query({ max_points: HISTORY_POINTS })}`),
       get(`/jobs/${id}/layer-stats${query({ stat: "grad_norm", max_points: Math.min(HEATMAP_POINTS, Math.max(10, job.step)) })}`),
@@ -114,7 +130,14 @@ export class JobFeed {
         ? get(`/jobs/${id}/layer-stats${query({ from: Math.max(1, job.step - 4 * every), stat: statistics, max_points: 10 })}`)
         : Promise.resolve({ layers: [] }),
       get(`/jobs/${id}/events`),
+      get(`/jobs/${id}/spectral${query({ max_points: HISTORY_POINTS })}`),
+      get(`/jobs/${id}/time-profile${query({ max_points: TIME_POINTS })}`),
+      get(`/jobs/${id}/signal${query({ max_points: HEATMAP_POINTS })}`),
     ]);
+    if (!this.blocks.length) this.blocks = signal.blocks;
+    this.addSignal(signal.step, signal.rms);
+    this.addSpectral(spectral);
+    this.addTimeProfile(time.step, time.grad);
     if (layers.layers.length) this.setLayers(layers.layers);
     this.data.addSteps(steps);
     this.addHeat(heat.layers);
@@ -186,6 +209,61 @@ export class JobFeed {
       this.data.setHistogramEdges(this.edges);
     }
     if (m.layers?.length && !this.data.layers.length) this.setLayers(m.layers);
+    if (m.blocks?.length && !this.blocks.length) this.blocks = m.blocks;
+    if (m.matrices?.length && !this.matrices.length) {
+      this.matrices = m.matrices;
+      this.spectral.radius = this.matrices.map(() => []);
+    }
+  }
+
+  /**
+   * Block output RMS, merged in step order (per block, one value per step).
+   * @param {number[]} steps
+   * @param {(number | null)[][]} rms
+   */
+  addSignal(steps, rms) {
+    if (this.signal.rms.length < rms.length) this.signal.rms = rms.map((_, b) => this.signal.rms[b] ?? this.signal.step.map(() => null));
+    const last = this.signal.step.length ? this.signal.step[this.signal.step.length - 1] : 0;
+    steps.forEach((step, i) => {
+      if (step <= last) return;
+      this.signal.step.push(step);
+      this.signal.rms.forEach((series, b) => series.push(rms[b]?.[i] ?? null));
+    });
+  }
+
+  /** The block of layer `name` among `this.blocks` (`blocks.3.linear.weight` → `blocks.3`, `lstm.weight_hh_l1` → `lstm.l1`). */
+  blockOf(/** @type {string} */ name) {
+    const recurrent = /^(\w+)\.\w+_l(\d+)$/.exec(name);
+    const key = recurrent ? `${recurrent[1]}.l${recurrent[2]}` : null;
+    return this.blocks.findIndex((b) => b === key || name.startsWith(`${b}.`));
+  }
+
+  /**
+   * Temporal profiles, merged in step order.
+   * @param {number[]} steps
+   * @param {(number | null)[][]} grads
+   */
+  addTimeProfile(steps, grads) {
+    const last = this.timeProfile.step.length ? this.timeProfile.step[this.timeProfile.step.length - 1] : 0;
+    steps.forEach((step, i) => {
+      if (step <= last) return;
+      this.timeProfile.step.push(step);
+      this.timeProfile.grad.push(grads[i]);
+    });
+  }
+
+  /** Measurements read back from `/spectral`, merged in step order. @param {SpectralResponse} r */
+  addSpectral(r) {
+    if (!this.matrices.length && r.matrices.length) {
+      this.matrices = r.matrices;
+      this.spectral.radius = this.matrices.map(() => []);
+    }
+    const last = this.spectral.step.length ? this.spectral.step[this.spectral.step.length - 1] : 0;
+    r.step.forEach((step, i) => {
+      if (step <= last) return;
+      this.spectral.step.push(step);
+      this.spectral.radius.forEach((series, m) => series.push(r.radius[m]?.[i] ?? null));
+    });
   }
 
   /** @param {Layer[]} layers */
@@ -236,10 +314,29 @@ export class JobFeed {
     }
     const data = this.data;
     data.addStep(m.step, m.loss, m.grad_norm, m.grad_norm_clipped, m.clip_coef, m.lr, m.skipped);
+    if (m.signal) {
+      const { rms } = m.signal;
+      this.addSignal([m.step], rms.map((v) => [v]));
+      // The layer table's column: each layer shows its block's output RMS.
+      if (m.layers) m.layers.signal_rms = data.layers.map((l) => rms[this.blockOf(l.name)] ?? null);
+    }
     if (m.layers) {
       const norms = m.layers.grad_norm;
       if (!data.layers.length && norms) this.nameLayers(norms.length).catch((err) => this.emit("error", err));
       data.addLayerStats(m.step, m.layers);
+    }
+    if (m.time_profile) this.addTimeProfile([m.step], [m.time_profile]);
+    if (m.spectral) {
+      const radius = m.spectral;
+      // Subscribed before the job started: the matrices are named once it has.
+      if (!this.matrices.length) {
+        this.matrices = radius.map((_, index) => ({ index, name: `#${index}`, layer: -1, side: 0 }));
+        this.spectral.radius = this.matrices.map(() => []);
+        get(`/jobs/${this.id}/spectral${query({ from: 0, to: 0 })}`).then(
+          (/** @type {SpectralResponse} */ r) => { if (r.matrices.length) this.matrices = r.matrices; },
+          (err) => this.emit("error", err));
+      }
+      this.addSpectral({ matrices: [], step: [m.step], radius: radius.map((v) => [v]) });
     }
     const now = performance.now();
     this.arrivals.push([now, m.step]);

@@ -80,6 +80,32 @@
  * @property {number} lr
  * @property {boolean} skipped
  * @property {LayerStats} [layers]
+ * @property {(number | null)[]} [spectral] Each measured matrix's largest singular value (`hello.matrices` order).
+ * @property {(number | null)[]} [time_profile] ‖∂L/∂x_t‖ per input position, averaged over the batch.
+ * @property {{mean: (number | null)[], rms: (number | null)[]}} [signal] Each block output's mean and RMS (`hello.blocks` order).
+ *
+ * @typedef {object} MatrixInfo A weight matrix whose spectral radius a job measures.
+ * @property {number} index
+ * @property {string} name `lstm.weight_hh_l0[f]`: the layer, and the gate for a block of one.
+ * @property {number} layer
+ * @property {number} side
+ *
+ * @typedef {object} SpectralResponse
+ * @property {MatrixInfo[]} matrices
+ * @property {number[]} step
+ * @property {(number | null)[][]} radius Per matrix, one value per step.
+ *
+ * @typedef {object} TimeProfileResponse
+ * @property {number} positions
+ * @property {number[]} step
+ * @property {(number | null)[][]} grad Per step, one value per position.
+ * @property {(number | null)[]} first_last_ratio
+ *
+ * @typedef {object} SignalResponse
+ * @property {string[]} blocks
+ * @property {number[]} step
+ * @property {(number | null)[][]} mean Per block, one value per step.
+ * @property {(number | null)[][]} rms
  *
  * @typedef {object} HelloMessage
  * @property {"hello"} type
@@ -87,6 +113,8 @@
  * @property {Layer[]} layers
  * @property {string[]} statistics The per-layer statistics a step's `layers` holds, in order.
  * @property {number[]} histogram_edges Lower edges of the power-of-two histogram buckets.
+ * @property {MatrixInfo[]} [matrices] The matrices a step's `spectral` measures, in order.
+ * @property {string[]} [blocks] The blocks a recorded step's `signal` describes, in order.
  *
  * @typedef {HelloMessage | StepMessage
  *   | ({type: "event"} & JobEvent)

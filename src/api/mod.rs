@@ -3,6 +3,8 @@
 //! - [`jobs`] — `/api/v1/jobs` and everything under a job.
 //! - [`experiments`] — `/api/v1/experiments`: grids of specs × seeds and their results.
 //! - [`stats`] — per-layer statistics and events of a job.
+//! - [`probes`] — what a job measured besides the per-layer statistics (spectral radius,
+//!   temporal gradient profile, forward signal).
 //! - [`stream`] — the WebSocket feed of a job.
 //! - [`protocol`] — the stream's messages as types, and their JSON Schema.
 //! - [`corpora`] — `/api/v1/corpora`.
@@ -26,6 +28,7 @@ pub mod health;
 pub mod jobs;
 pub mod openapi;
 pub mod presets;
+pub mod probes;
 pub mod protocol;
 pub mod stats;
 pub mod stream;
@@ -103,6 +106,9 @@ pub(crate) fn router(state: AppState, config: &ServeConfig) -> Router {
         .route("/jobs/{id}/steps", get(jobs::steps))
         .route("/jobs/{id}/layer-stats", get(stats::layers))
         .route("/jobs/{id}/events", get(stats::events))
+        .route("/jobs/{id}/spectral", get(probes::spectral))
+        .route("/jobs/{id}/time-profile", get(probes::time_profile))
+        .route("/jobs/{id}/signal", get(probes::signal))
         .route("/jobs/{id}/stream", get(stream::subscribe))
         .route("/jobs/{id}/checkpoint", get(jobs::checkpoint))
         .route("/experiments", post(experiments::create).get(experiments::list))

@@ -3,7 +3,7 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::{corpora, experiments, health, jobs, presets, protocol, stats, stream, uploads};
+use super::{corpora, experiments, health, jobs, presets, probes, protocol, stats, stream, uploads};
 use crate::vocab::{DiagnosisStatus, EventKind, Statistic};
 
 #[derive(OpenApi)]
@@ -12,7 +12,7 @@ use crate::vocab::{DiagnosisStatus, EventKind, Statistic};
     paths(
         jobs::create, jobs::list, jobs::get, jobs::cancel, jobs::delete, jobs::layers, jobs::steps,
         jobs::checkpoint, jobs::resume, experiments::create, experiments::list, experiments::get,
-        experiments::cancel, experiments::delete, experiments::results, experiments::results_csv, stats::layers, stats::events, stream::subscribe, presets::list, corpora::create, corpora::list, corpora::delete,
+        experiments::cancel, experiments::delete, experiments::results, experiments::results_csv, stats::layers, stats::events, probes::spectral, probes::time_profile, probes::signal, stream::subscribe, presets::list, corpora::create, corpora::list, corpora::delete,
         uploads::create_model, uploads::list_models, uploads::get_model, uploads::delete_model,
         uploads::create_dataset, uploads::list_datasets, uploads::get_dataset, uploads::delete_dataset,
         health::live, health::ready, health::metrics, document, protocol::document,

@@ -10,6 +10,7 @@ use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Schema, SchemaType, T
 use utoipa::{OpenApi, ToSchema};
 
 use super::jobs::Layer;
+use super::probes::{MatrixInfo, matrix_list};
 use crate::store::{Job, JobStatus};
 use crate::train::stats::{HIST_BINS, histogram_edges};
 use crate::train::{Event, LayerStats, StepReport};
@@ -35,6 +36,10 @@ pub enum ServerMessage<'a> {
         /// per edge (|g| from that edge to the next; the first also counts the smaller
         /// non-zero values, the last every larger finite one), then NaN/±Inf.
         histogram_edges: Vec<f64>,
+        /// The matrices whose spectral radius a step message's `spectral` holds, in order.
+        matrices: Vec<MatrixInfo>,
+        /// The blocks whose output a recorded step's `signal` describes, in order.
+        blocks: Vec<String>,
     },
     /// One recorded step (thinned by `every`).
     Step {
@@ -62,6 +67,20 @@ pub enum ServerMessage<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         #[schema(schema_with = step_layers_schema)]
         layers: Option<StepLayers<'a>>,
+        /// On the steps `monitor.spectral_every` measures: each matrix's largest singular
+        /// value, in the order of `hello.matrices`; null where not finite.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(value_type = Option<Vec<Option<f64>>>)]
+        spectral: Option<&'a [f64]>,
+        /// On the steps `monitor.time_every` profiles: ‖∂L/∂x_t‖ for each input position t,
+        /// averaged over the batch; null where not finite.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(value_type = Option<Vec<Option<f64>>>)]
+        time_profile: Option<&'a [f64]>,
+        /// On recorded steps: each block's output mean and root mean square, in the order of
+        /// `hello.blocks`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        signal: Option<SignalStats<'a>>,
     },
     /// A diagnosis, a policy summary or action, or a validation result.
     Event {
@@ -91,7 +110,24 @@ pub enum ServerMessage<'a> {
 impl<'a> ServerMessage<'a> {
     /// The `hello` for `job` with `layers`.
     pub fn hello(job: Job, layers: Vec<Layer>) -> Self {
-        Self::Hello { job, layers, statistics: Statistic::ALL.to_vec(), histogram_edges: histogram_edges() }
+        let infos: Vec<crate::train::LayerInfo> = layers
+            .iter()
+            .map(|l| crate::train::LayerInfo {
+                index: l.index,
+                name: l.name.clone(),
+                shape: l.shape.clone(),
+                numel: l.numel,
+            })
+            .collect();
+        let blocks = crate::train::model::block_names(&job.spec.model);
+        Self::Hello {
+            job,
+            blocks,
+            layers,
+            statistics: Statistic::ALL.to_vec(),
+            histogram_edges: histogram_edges(),
+            matrices: matrix_list(&infos),
+        }
     }
 
     /// A step, with every layer or only those of `subset`.
@@ -107,6 +143,12 @@ impl<'a> ServerMessage<'a> {
             time,
             indices: subset,
             layers: report.layers.as_ref().map(|stats| StepLayers { stats, subset }),
+            spectral: report.probes.spectral.as_deref(),
+            time_profile: report.probes.time.as_deref(),
+            signal: report.probes.signal.as_deref().map(|values| {
+                let (mean, rms) = values.split_at(values.len() / 2);
+                SignalStats { mean, rms }
+            }),
         }
     }
 
@@ -125,6 +167,15 @@ impl<'a> ServerMessage<'a> {
         // Plain data and string keys: serializing cannot fail.
         serde_json::to_string(self).unwrap_or_default()
     }
+}
+
+/// A recorded step's forward signal: per block, its output's mean and root mean square.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SignalStats<'a> {
+    #[schema(value_type = Vec<Option<f64>>)]
+    pub mean: &'a [f64],
+    #[schema(value_type = Vec<Option<f64>>)]
+    pub rms: &'a [f64],
 }
 
 /// A message from a client.

@@ -74,7 +74,8 @@ pub struct WsLimits {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct StreamQuery {
-    /// Send every N-th step (default 1: all).
+    /// Send every N-th step (default 1: all), and every step that carries a measurement
+    /// on its own schedule (`spectral`, `time_profile`).
     #[param(minimum = 1)]
     every: Option<u64>,
     /// Comma-separated layer indices whose statistics to send (default all; repeats count
@@ -341,7 +342,8 @@ async fn forward(
 async fn feed_one(socket: &mut WebSocket, shared: &Shared, filter: &Filter) -> anyhow::Result<bool> {
     let text = match &shared.message {
         LiveMessage::Step(report) => {
-            if !filter.wants(report.step) {
+            // A measurement on its own schedule is sparse and not repeated: never thinned.
+            if !filter.wants(report.step) && report.probes.spectral.is_none() && report.probes.time.is_none() {
                 return Ok(false);
             }
             match &filter.layers {

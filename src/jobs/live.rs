@@ -178,6 +178,7 @@ mod tests {
             lr: 0.1,
             skipped: false,
             layers: None,
+            probes: Default::default(),
             seconds: 0.01,
         })
     }

@@ -641,6 +641,12 @@ fn check_budget(spec: &ValidSpec, estimate: &Estimate, limits: &JobLimits) -> Re
             Some(every) => {
                 ("monitor.every", format!("record statistics less often: monitor.every {every} or more fits"))
             }
+            None if estimate.disk.records(0).saturating_sub(estimate.disk.probes as u64) <= limits.max_job_disk => (
+                "monitor.time_every",
+                "the temporal gradient profiles and spectral radii alone do not fit: record them less often \
+                 (monitor.time_every, monitor.spectral_every)"
+                    .to_owned(),
+            ),
             None => {
                 ("steps", "even without per-layer statistics the step records do not fit: use fewer steps".to_owned())
             }

@@ -123,6 +123,7 @@ mod tests {
                 hist: Some(vec![0, u64::MAX]),
                 ..LayerStats::default()
             }),
+            probes: Default::default(),
             seconds: 0.25,
         };
         let back: FromWorker = decode(&encode(&FromWorker::Step(report.clone())).expect("encode")).expect("decode");

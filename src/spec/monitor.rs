@@ -27,10 +27,19 @@ pub const EVERY: Ints = Ints::new(0, super::MAX_STEPS as i64);
 pub const WINDOW: Ints = Ints::new(1, super::MAX_STEPS as i64);
 pub const COOLDOWN: Ints = Ints::new(0, super::MAX_STEPS as i64);
 pub const HISTOGRAM_EVERY: Ints = Ints::new(1, super::MAX_STEPS as i64);
+/// The spectral radius every tenth step: a few matrix-vector products per recurrent (or
+/// square) weight, warm-started from the last measurement, cost little beside a step, and
+/// the weights change slowly.
+pub const DEFAULT_SPECTRAL_EVERY: u64 = 10;
+/// The temporal gradient profile every tenth step: one more reduction over the embedded
+/// input's gradient, which backward must then keep.
+pub const DEFAULT_TIME_EVERY: u64 = 10;
 
 pub(crate) const RANGES: &[Ranged] = &[
     ints("MonitorSpec", "every", EVERY),
     ints("MonitorSpec", "histogram_every", HISTOGRAM_EVERY),
+    ints("MonitorSpec", "spectral_every", EVERY),
+    ints("MonitorSpec", "time_every", EVERY),
     ints("MonitorSpec", "prometheus_layers", PROMETHEUS_LAYERS),
     reals("MonitorSpec", "explode_factor", EXPLODE_FACTOR),
     reals("MonitorSpec", "explode_floor", EXPLODE_FLOOR),
@@ -53,6 +62,14 @@ pub struct MonitorSpec {
     /// Histograms on every this many recorded steps (the first always): 1 records them
     /// with every statistic.
     pub histogram_every: u64,
+    /// Measure the largest singular value of every recurrent weight matrix (each gate's
+    /// square block of `weight_hh`) and of every square hidden weight of an MLP every this
+    /// many steps (the first step always); 0 turns it off.
+    pub spectral_every: u64,
+    /// Record the temporal gradient profile of a sequence model, ‖∂L/∂x_t‖ at each input
+    /// position t (the gradient reaching the embedded input, averaged over the batch),
+    /// every this many steps (the first step always); 0 turns it off.
+    pub time_every: u64,
     /// At most this many layers per job get a Prometheus series.
     pub prometheus_layers: u32,
     /// `exploding`: the global gradient norm exceeds this multiple of its recent median.
@@ -86,6 +103,8 @@ impl Default for MonitorSpec {
             every: 1,
             histogram: true,
             histogram_every: DEFAULT_HISTOGRAM_EVERY,
+            spectral_every: DEFAULT_SPECTRAL_EVERY,
+            time_every: DEFAULT_TIME_EVERY,
             prometheus_layers: DEFAULT_PROMETHEUS_LAYERS,
             explode_factor: DEFAULT_EXPLODE_FACTOR,
             explode_floor: DEFAULT_EXPLODE_FLOOR,
@@ -132,6 +151,16 @@ impl MonitorSpec {
         self.histogram && self.records(step) && ((step - 1) / self.every).is_multiple_of(self.histogram_every.max(1))
     }
 
+    /// Whether 1-based `step` measures the weights' spectral radius.
+    pub fn records_spectral(&self, step: u64) -> bool {
+        self.spectral_every > 0 && (step - 1).is_multiple_of(self.spectral_every)
+    }
+
+    /// Whether 1-based `step` records the temporal gradient profile.
+    pub fn records_time(&self, step: u64) -> bool {
+        self.time_every > 0 && (step - 1).is_multiple_of(self.time_every)
+    }
+
     /// The share of recorded steps that record histograms too (0 without histograms).
     pub fn histogram_share(&self) -> f64 {
         if self.histogram { 1.0 / self.histogram_every.max(1) as f64 } else { 0.0 }
@@ -148,6 +177,8 @@ impl MonitorSpec {
         COOLDOWN.check(self.cooldown, "monitor.cooldown")?;
         HISTOGRAM_EVERY.check(self.histogram_every, "monitor.histogram_every")?;
         EVERY.check(self.every, "monitor.every")?;
+        EVERY.check(self.spectral_every, "monitor.spectral_every")?;
+        EVERY.check(self.time_every, "monitor.time_every")?;
         check(
             self.layers.len() <= MAX_LAYER_PATTERNS,
             "monitor.layers",

@@ -341,7 +341,7 @@ impl Store {
         if done.rows_affected() == 0 {
             return Ok(false);
         }
-        for table in ["steps", "layer_stats", "events"] {
+        for table in ["steps", "layer_stats", "events", "probes"] {
             sqlx::query(&format!("DELETE FROM {table} WHERE job_id = ? AND step > ?"))
                 .bind(&job_id)
                 .bind(step)
@@ -366,6 +366,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         sqlx::query(&format!("UPDATE jobs SET stored_bytes = ({}) WHERE id = ?", super::steps::stored_bytes_sql()))
+            .bind(&job_id)
             .bind(&job_id)
             .bind(&job_id)
             .bind(&job_id)

@@ -553,6 +553,7 @@ mod tests {
             lr: 1e-3,
             skipped: false,
             layers: Some(stats),
+            probes: Default::default(),
             seconds: 0.01,
         }
     }

@@ -1,9 +1,9 @@
 //! The only place with SQL. One narrow [`Store`] over a sqlx pool: jobs, their layers,
 //! per-step records with the pre-aggregated blocks that thin them ([`rollup`]),
-//! experiments and corpora. SQLite by default (WAL mode); the SQL stays portable so a
-//! PostgreSQL backend can sit behind the same interface, except that lists of rows are
-//! passed as one JSON array read with SQLite's `json_each` (PostgreSQL:
-//! `json_array_elements`).
+//! experiments, measurements besides the per-layer statistics ([`probes`]) and corpora.
+//! SQLite by default (WAL mode); the SQL stays portable so a PostgreSQL backend can sit
+//! behind the same interface, except that lists of rows are passed as one JSON array
+//! read with SQLite's `json_each` (PostgreSQL: `json_array_elements`).
 
 mod blocks;
 mod corpora;
@@ -12,6 +12,7 @@ mod events;
 mod experiments;
 mod jobs;
 mod layer_stats;
+mod probes;
 mod rollup;
 mod steps;
 mod uploads;
@@ -28,6 +29,7 @@ pub use events::StoredEvent;
 pub use experiments::{JobHistory, StatusCount, StoredExperiment};
 pub use jobs::{Job, JobStatus};
 pub use layer_stats::{LayerSeries, StatSelection};
+pub use probes::{ProbeKind, ProbeRange, ProbeRows};
 pub use steps::{DEFAULT_MAX_POINTS, MAX_MAX_POINTS, Progress, StepColumns};
 pub use uploads::{Dataset, DatasetDetail, ModelDetail, TensorInfo, UploadKind, UserModel};
 

@@ -65,7 +65,7 @@ pub(super) const NUMBER_BYTES: usize = 8;
 /// rate, skipped.
 const STEP_NUMBERS: usize = 8;
 
-/// A job's `stored_bytes` recounted from its rows (binds the job id five times), for
+/// A job's `stored_bytes` recounted from its rows (binds the job id six times), for
 /// when rows are removed.
 pub(super) fn stored_bytes_sql() -> String {
     let stat_lengths: Vec<String> = Statistic::ALL.iter().map(|s| format!("length({s})")).collect();
@@ -77,7 +77,9 @@ pub(super) fn stored_bytes_sql() -> String {
         + (SELECT COALESCE(SUM(length(job_id) + 32 + length(CAST(kind AS BLOB)) + length(CAST(message AS BLOB))), 0)
             FROM events WHERE job_id = ?)
         + (SELECT COALESCE(SUM(length(job_id) + {rollup} + length(cells)), 0) FROM step_rollups WHERE job_id = ?)
-        + (SELECT COALESCE(SUM(length(job_id) + {rollup} + length(cells)), 0) FROM layer_rollups WHERE job_id = ?)",
+        + (SELECT COALESCE(SUM(length(job_id) + {rollup} + length(cells)), 0) FROM layer_rollups WHERE job_id = ?)
+        + (SELECT COALESCE(SUM(length(job_id) + {NUMBER_BYTES} + length(CAST(kind AS BLOB)) + length(value)), 0)
+            FROM probes WHERE job_id = ?)",
         STEP_NUMBERS * NUMBER_BYTES,
         stat_lengths.join(" + ")
     )
@@ -157,6 +159,7 @@ impl Store {
             written += store_blocks(&mut tx, "step_rollups", &job_id, (after, n), Width::F64, &cells).await?;
         }
         written += Self::insert_layer_stats(&mut tx, &job_id, progress.steps).await?;
+        written += Self::insert_probes(&mut tx, &job_id, progress.steps).await?;
         written += Self::insert_events(&mut tx, &job_id, progress.events).await?;
         if written > 0 {
             sqlx::query("UPDATE jobs SET stored_bytes = stored_bytes + ? WHERE id = ?")
@@ -313,6 +316,7 @@ mod tests {
             lr: 1e-3,
             skipped: !loss.is_finite(),
             layers: None,
+            probes: Default::default(),
             seconds: 0.01,
         }
     }

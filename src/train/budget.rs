@@ -136,6 +136,9 @@ pub struct Disk {
     pub stats_row: f64,
     /// Validation and policy-summary events over the whole run.
     pub events: f64,
+    /// The measurements on their own schedules over the whole run: spectral radii and
+    /// temporal gradient profiles.
+    pub probes: f64,
     steps: u64,
 }
 
@@ -158,7 +161,7 @@ impl Disk {
     /// `every` steps (0: never).
     pub fn records(&self, every: u64) -> u64 {
         let recorded = if every == 0 { 0 } else { self.steps.div_ceil(every) };
-        (self.steps as f64 * self.step_row + recorded as f64 * self.stats_row + self.events) as u64
+        (self.steps as f64 * self.step_row + recorded as f64 * self.stats_row + self.events + self.probes) as u64
     }
 
     /// The smallest `monitor.every` whose records fit `limit` bytes, if any.
@@ -489,11 +492,41 @@ fn disk(spec: &JobSpec, tensors: u64) -> Disk {
             + k * statistics * 4.0
             + hist
             + spec.monitor.histogram_share() * 8.0
-            + rollup_share(k * statistics * ROLLUP_CELL_F32),
+            + rollup_share(k * statistics * ROLLUP_CELL_F32)
+            + signal_row(spec),
         // Each summary is `clipped` or `skipped`; count one of them.
         events: (evals as f64 * per_eval + summaries as f64) * EVENT_BYTES,
+        probes: probe_bytes(spec),
         steps,
     }
+}
+
+/// The forward signal's row of a recorded step: job id, step, kind, a mean and an RMS
+/// (float32) per block of a built-in model.
+fn signal_row(spec: &JobSpec) -> f64 {
+    let blocks = super::model::block_names(&spec.model).len() as f64;
+    if blocks > 0.0 { JOB_ID + 8.0 + 6.0 + 8.0 * blocks } else { 0.0 }
+}
+
+/// The stored spectral radii and temporal profiles of a built-in model over the run: a
+/// row (job id, step, kind, a float32 per value) per measured step.
+fn probe_bytes(spec: &JobSpec) -> f64 {
+    let m = &spec.model;
+    let layers = m.layers.max(0) as f64;
+    let matrices = match m.kind {
+        ModelKind::Rnn => layers,
+        ModelKind::Gru => 3.0 * layers,
+        ModelKind::Lstm => 4.0 * layers,
+        ModelKind::Mlp => layers,
+        ModelKind::Transformer | ModelKind::Torchscript => 0.0,
+    };
+    let sequence = matches!(m.kind, ModelKind::Rnn | ModelKind::Gru | ModelKind::Lstm | ModelKind::Transformer);
+    let positions = if sequence { task_shape(&spec.task, 1).3 as f64 } else { 0.0 };
+    let rows = |every: u64| if every == 0 { 0.0 } else { spec.steps.div_ceil(every) as f64 };
+    let row = |values: f64, kind: f64| JOB_ID + 8.0 + kind + 4.0 * values;
+    let spectral = if matrices > 0.0 { rows(spec.monitor.spectral_every) * row(matrices, 8.0) } else { 0.0 };
+    let time = if positions > 0.0 { rows(spec.monitor.time_every) * row(positions, 4.0) } else { 0.0 };
+    spectral + time
 }
 
 #[cfg(test)]
@@ -588,7 +621,14 @@ mod tests {
         let e = estimate(&s, CorpusSize::default());
         // No embedding for feature inputs: four tensors per layer and the head's two.
         assert_eq!(e.tensors, 10);
-        let every_step = e.disk.records(1);
+        // The forward signal (a mean and an RMS of each of the two layers) on every recorded
+        // step, the spectral radius (2 layers × 4 gates) and the temporal profile every
+        // tenth step.
+        let signal = 1000.0 * signal_row(&s);
+        assert_eq!(signal, 1000.0 * (36.0 + 8.0 + 6.0 + 2.0 * 8.0));
+        let seq = task_shape(&s.task, 1).3 as f64;
+        assert_eq!(e.disk.probes, 100.0 * (36.0 + 8.0 + 8.0 + 8.0 * 4.0) + 100.0 * (36.0 + 8.0 + 4.0 + 4.0 * seq));
+        let every_step = e.disk.records(1) - (e.disk.probes + signal) as u64;
         // Eight statistics a layer every step, a histogram every tenth (the default), and
         // the blocks: a 20-byte cell per layer and statistic for every 15 rows or so.
         assert!(every_step > 1000 * (10 * (8 * 4 + 51 * 4 / 10 + 8 * 20 / 15)) as u64);

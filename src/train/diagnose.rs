@@ -95,6 +95,11 @@ pub struct Diagnoser {
     clipped: u64,
     skipped: u64,
     window_steps: u64,
+    /// The matrices whose spectral radius the reports carry: name and layer.
+    matrices: Vec<(String, usize)>,
+    /// Each matrix's last finite spectral radius, and the step of its last event.
+    radius: Vec<Option<f64>>,
+    radius_emitted: Vec<Option<u64>>,
 }
 
 impl Diagnoser {
@@ -115,7 +120,17 @@ impl Diagnoser {
             clipped: 0,
             skipped: 0,
             window_steps: 0,
+            matrices: Vec::new(),
+            radius: Vec::new(),
+            radius_emitted: Vec::new(),
         }
+    }
+
+    /// Names the matrices whose spectral radius the reports carry, in their order.
+    pub fn set_matrices(&mut self, matrices: &[super::spectral::Matrix]) {
+        self.matrices = matrices.iter().map(|m| (m.name.clone(), m.layer)).collect();
+        self.radius = vec![None; matrices.len()];
+        self.radius_emitted = vec![None; matrices.len()];
     }
 
     /// Marks the layers (by index) whose gradient a following batch norm removes.
@@ -136,7 +151,47 @@ impl Diagnoser {
             self.check_layers(report.step, &layers.grad_norm, &layers.zero_frac, &mut events);
         }
         self.summarize_policies(report, &mut events);
+        if let Some(radius) = &report.probes.spectral {
+            self.check_spectral(report.step, radius, &mut events);
+        }
         events
+    }
+
+    /// A matrix whose largest singular value crosses 1.0 between two measurements (not
+    /// within `cooldown` steps of its last such event, so one hovering at 1.0 is told once).
+    fn check_spectral(&mut self, step: u64, radius: &[f64], events: &mut Vec<Event>) {
+        for (i, &now) in radius.iter().enumerate().take(self.matrices.len()) {
+            if !now.is_finite() {
+                continue;
+            }
+            let before = self.radius[i].replace(now);
+            let Some(before) = before else { continue };
+            let (up, down) = (before < 1.0 && now >= 1.0, before >= 1.0 && now < 1.0);
+            let cooled = self.radius_emitted[i].is_none_or(|at| step.saturating_sub(at) >= self.config.cooldown);
+            if !(up || down) || !cooled {
+                continue;
+            }
+            self.radius_emitted[i] = Some(step);
+            let (name, layer) = &self.matrices[i];
+            let message = if up {
+                format!(
+                    "{name}: largest singular value rose through 1.0 ({before:.3} → {now:.3}): gradients through \
+                     it can now grow from step to step (exploding is possible)"
+                )
+            } else {
+                format!(
+                    "{name}: largest singular value fell through 1.0 ({before:.3} → {now:.3}): with a tanh or \
+                     sigmoid, gradients through it now shrink at every step (vanishing is certain)"
+                )
+            };
+            events.push(Event {
+                step,
+                kind: EventKind::SpectralRadius,
+                layer: Some(*layer),
+                value: Some(now),
+                message,
+            });
+        }
     }
 
     /// The issues in force now.
@@ -452,6 +507,7 @@ mod tests {
             clip_coef: (1.0 / grad_norm).min(1.0),
             lr: 0.1,
             skipped: false,
+            probes: Default::default(),
             seconds: 0.01,
             layers: Some(LayerStats {
                 grad_norm: layer_norms.to_vec(),
@@ -464,6 +520,30 @@ mod tests {
 
     fn diagnoser() -> Diagnoser {
         Diagnoser::new(&MonitorSpec::default(), vec!["first".into(), "last".into()])
+    }
+
+    #[test]
+    fn a_spectral_radius_crossing_1_is_an_event_once_per_cooldown() {
+        let mut d = Diagnoser::new(&MonitorSpec { cooldown: 100, ..MonitorSpec::default() }, vec!["w".into()]);
+        let matrix = |name: &str| super::super::spectral::Matrix { layer: 0, name: name.into(), block: 0, side: 4 };
+        d.set_matrices(&[matrix("rnn.weight_hh_l0"), matrix("other")]);
+        let mut crossings = Vec::new();
+        for (step, radius) in
+            [(1, [0.9, 1.5]), (11, [0.99, 1.4]), (21, [1.02, 1.3]), (31, [0.98, 0.8]), (201, [1.1, 0.7])]
+        {
+            let mut r = report(step, 1.0, &[1.0]);
+            r.probes.spectral = Some(radius.to_vec());
+            for e in d.observe(&r).into_iter().filter(|e| e.kind == EventKind::SpectralRadius) {
+                crossings.push((e.step, e.message.split(':').next().unwrap_or_default().to_owned(), e.value));
+            }
+        }
+        let expected = [
+            (21, "rnn.weight_hh_l0".to_owned(), Some(1.02)),
+            (31, "other".to_owned(), Some(0.8)),
+            // Step 31's fall of the first matrix came within the cool-down of its rise.
+            (201, "rnn.weight_hh_l0".to_owned(), Some(1.1)),
+        ];
+        assert_eq!(crossings, expected);
     }
 
     #[test]

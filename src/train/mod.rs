@@ -11,6 +11,7 @@
 //! - [`policy`] — gradient and weight policies.
 //! - [`stats`] — per-layer statistics from one flat gradient buffer.
 //! - [`transfer`] — the layout of the one device→host copy a step makes.
+//! - [`spectral`] — the largest singular value of the recurrent and square weights.
 //! - [`user`] — checks of uploaded models and data sets, and their dry run.
 //! - [`diagnose`] — vanishing/exploding/dead/non-finite diagnosis from the reports.
 //! - [`step`] — one training step, shared by the loop and the step benchmark.
@@ -27,6 +28,7 @@ pub mod optim;
 pub mod policy;
 pub mod presets;
 pub mod run;
+pub mod spectral;
 pub mod stats;
 pub mod step;
 pub mod task;
@@ -68,8 +70,25 @@ pub struct StepReport {
     pub skipped: bool,
     /// Every per-layer statistic, on the steps `monitor.every` records.
     pub layers: Option<LayerStats>,
+    /// What the step measured on its own schedules besides the per-layer statistics.
+    pub probes: Probes,
     /// Wall time of the step, from its batch to its update, statistics included.
     pub seconds: f64,
+}
+
+/// Measurements a step makes on schedules of their own (`monitor.spectral_every`, …).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Probes {
+    /// The largest singular value of each matrix [`spectral::matrices`] finds among the
+    /// job's layers, in that order, of the weights the step's gradient was taken at.
+    pub spectral: Option<Vec<f64>>,
+    /// The temporal gradient profile of a sequence model: at each input position t, the
+    /// norm of the gradient reaching the embedded input, ‖∂L/∂x_t‖, averaged over the batch.
+    pub time: Option<Vec<f64>>,
+    /// On recorded steps (`monitor.every`), the mean of each block's output (see
+    /// [`model::block_names`]) over all its entries, then each one's root mean square,
+    /// √(mean of the squares): twice as many values as blocks.
+    pub signal: Option<Vec<f64>>,
 }
 
 /// A validation pass: the task's loss on its held-out data, in evaluation mode.

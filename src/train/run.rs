@@ -12,9 +12,10 @@ use super::checkpoint;
 use super::model::torchscript::TorchScript;
 use super::optim::FlatOptimizer;
 use super::policy::GradPolicies;
+use super::spectral::Spectral;
 use super::stats::FlatParams;
 use super::step::timing::{Clock, Phase};
-use super::step::{self, Monitoring, Trainer};
+use super::step::{self, Forward, Monitoring, Trainer};
 use super::task::Task;
 use super::{LayerInfo, Outcome, StopFlag, StopReason, TrainEvent, model, optim};
 use crate::spec::{JobSpec, ModelKind, OnNonfinite, TaskSpec, ValidSpec, chosen_layers, parse_device};
@@ -93,7 +94,13 @@ pub fn train(
         chosen.iter().enumerate().map(|(index, &i)| LayerInfo { index, ..layers[i].clone() }).collect();
     let names = measured.iter().map(|l| l.name.clone()).collect();
     let redundant: Vec<bool> = chosen.iter().map(|&i| params.redundant().get(i).copied().unwrap_or(false)).collect();
-    let mut trainer = Trainer::new(flat, optimizer, grad_policies, &spec.policy, &spec.monitor, names, &redundant);
+    let spectral = if spec.monitor.spectral_every > 0 {
+        Spectral::new(&measured, |i| trainer_param(&flat, chosen[i]))?
+    } else {
+        None
+    };
+    let mut trainer = Trainer::new(flat, optimizer, grad_policies, &spec.policy, &spec.monitor, names, &redundant)
+        .with_spectral(spectral);
     emit(TrainEvent::Started { device: model::device_name(device), layers: measured });
 
     for step in first..=spec.steps {
@@ -106,12 +113,13 @@ pub fn train(
             });
         }
         let lr = optim::learning_rate(&spec.optimizer, step, spec.steps);
-        let monitoring =
-            Monitoring { stats: spec.monitor.records(step), histogram: spec.monitor.records_histogram(step) };
+        let monitoring = Monitoring::at(&spec.monitor, step);
         let forward = || {
             let batch = task.train_batch(spec.batch_size)?;
             model.rng().start_step(step);
-            task.loss(&model.forward(&batch.xs, true)?, &batch.ys)
+            let trace = model::Trace { input: monitoring.time, blocks: monitoring.stats };
+            let traced = model.trace(&batch.xs, true, trace)?;
+            Ok(Forward { loss: task.loss(&traced.out, &batch.ys)?, input: traced.input, blocks: traced.blocks })
         };
         let done = step::step(&mut trainer, step, lr, monitoring, forward, emit)?;
         let mut clock = Clock::start();
@@ -133,6 +141,11 @@ pub fn train(
     trainer.finish(emit)?;
     save_checkpoint(ctx, user, &named, &buffers, &trainer, spec.steps)?;
     Ok(Outcome::Succeeded)
+}
+
+/// Parameter `i` of `flat` (its data a view into the flat weights).
+fn trainer_param(flat: &FlatParams, i: usize) -> Tensor {
+    flat.params()[i].shallow_clone()
 }
 
 /// What a resume restores in place besides the grad policies.

@@ -11,22 +11,88 @@ use anyhow::Context;
 use tch::{Kind, Tensor};
 
 use super::diagnose::{Diagnoser, Diagnosis};
+use super::model::InputProbe;
 use super::optim::FlatOptimizer;
 use super::policy::{self, GradPolicies};
+use super::spectral::Spectral;
 use super::stats::FlatParams;
 use super::transfer::{DeviceParts, DeviceScalars, Scalars};
-use super::{Event, StepReport, TrainEvent};
+use super::{Event, Probes, StepReport, TrainEvent};
 use crate::spec::{GradPolicy, MonitorSpec, PolicySpec, WeightPolicy};
 use crate::vocab::EventKind;
 use timing::{Clock, Phase};
 
 /// What one step measures besides the loss and the global gradient norms.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Monitoring {
     /// Every per-layer statistic (a step `monitor.every` records).
     pub stats: bool,
     /// The per-layer gradient histograms too (with `stats`).
     pub histogram: bool,
+    /// The spectral radius of the measured matrices (a step `monitor.spectral_every`
+    /// records), when the trainer has any.
+    pub spectral: bool,
+    /// The temporal gradient profile (a step `monitor.time_every` records), when the
+    /// forward traces its input.
+    pub time: bool,
+}
+
+/// What a step's forward gives: the loss, and the embedded input when it was traced (its
+/// gradient is the temporal profile's input).
+#[derive(Debug)]
+pub struct Forward {
+    pub loss: Tensor,
+    pub input: Option<InputProbe>,
+    /// Each block's output, when traced (a recorded step).
+    pub blocks: Vec<Tensor>,
+}
+
+impl From<Tensor> for Forward {
+    fn from(loss: Tensor) -> Self {
+        Self { loss, input: None, blocks: Vec::new() }
+    }
+}
+
+/// Each of `blocks`' mean and root mean square over all its entries: `[2, blocks]`
+/// float32 on the device, means first. `None` for no blocks.
+pub fn signal_stats(blocks: &[Tensor]) -> anyhow::Result<Option<Tensor>> {
+    if blocks.is_empty() {
+        return Ok(None);
+    }
+    let mut means = Vec::with_capacity(blocks.len());
+    let mut squares = Vec::with_capacity(blocks.len());
+    for b in blocks {
+        let b = b.f_detach()?;
+        means.push(b.f_mean(Kind::Float)?);
+        squares.push(b.f_square()?.f_mean(Kind::Float)?);
+    }
+    let rms = Tensor::f_stack(&squares, 0)?.f_sqrt()?;
+    Ok(Some(Tensor::f_stack(&[Tensor::f_stack(&means, 0)?, rms], 0)?))
+}
+
+/// ‖∂L/∂x_t‖ for each position t of `input` (`[batch, seq, width]`, its gradient kept by
+/// the backward pass), averaged over the batch: `[seq]` float32 on the device. `None`
+/// when no gradient reached it.
+pub fn time_profile(input: &Tensor) -> anyhow::Result<Option<Tensor>> {
+    let grad = input.f_grad()?;
+    if !grad.defined() || grad.dim() < 2 {
+        return Ok(None);
+    }
+    let per_position = if grad.dim() == 2 { grad.f_abs()? } else { grad.f_norm_scalaropt_dim(2, [2], false)? };
+    let per_position = per_position.f_flatten(1, -1)?.f_to_kind(Kind::Float)?;
+    Ok(Some(per_position.f_mean_dim([0i64].as_slice(), false, Kind::Float)?))
+}
+
+impl Monitoring {
+    /// What `monitor` records at 1-based `step`.
+    pub fn at(monitor: &MonitorSpec, step: u64) -> Self {
+        Self {
+            stats: monitor.records(step),
+            histogram: monitor.records_histogram(step),
+            spectral: monitor.records_spectral(step),
+            time: monitor.records_time(step),
+        }
+    }
 }
 
 /// What a step tells its caller at once (its report follows one step later).
@@ -45,6 +111,8 @@ pub struct Trainer {
     optimizer: FlatOptimizer,
     weight_policies: Vec<WeightPolicy>,
     reporter: Reporter,
+    /// The matrices whose spectral radius is measured, if any.
+    spectral: Option<Spectral>,
 }
 
 impl Trainer {
@@ -60,7 +128,16 @@ impl Trainer {
         redundant: &[bool],
     ) -> Self {
         let reporter = Reporter::new(&policy.grad, grad_policies, monitor, layer_names, redundant);
-        Self { flat, optimizer, weight_policies: policy.weight.clone(), reporter }
+        Self { flat, optimizer, weight_policies: policy.weight.clone(), reporter, spectral: None }
+    }
+
+    /// Measures the spectral radius of `spectral`'s matrices on the steps that ask for it.
+    pub fn with_spectral(mut self, spectral: Option<Spectral>) -> Self {
+        if let Some(s) = &spectral {
+            self.reporter.diagnoser.set_matrices(s.matrices());
+        }
+        self.spectral = spectral;
+        self
     }
 
     pub fn flat(&self) -> &FlatParams {
@@ -182,26 +259,35 @@ pub mod timing {
 /// returns the loss; the rest is the same for every caller. Emits the previous step's
 /// report (and its events); this step's waits for its weight statistics. Its wall time
 /// runs from the call to the update, batch and statistics included.
-pub fn step(
+pub fn step<F: Into<Forward>>(
     trainer: &mut Trainer,
     step: u64,
     lr: f64,
     monitoring: Monitoring,
-    forward: impl FnOnce() -> anyhow::Result<Tensor>,
+    forward: impl FnOnce() -> anyhow::Result<F>,
     emit: &mut dyn FnMut(TrainEvent),
 ) -> anyhow::Result<StepOutput> {
     let started = Instant::now();
-    let Trainer { flat, optimizer, weight_policies, reporter } = trainer;
+    let Trainer { flat, optimizer, weight_policies, reporter, spectral } = trainer;
     reporter.clock = Clock::start();
-    let loss = forward()?;
+    let Forward { loss, input, blocks } = forward()?.into();
     reporter.clock.lap(Phase::Forward);
     flat.zero_grads()?;
     loss.f_backward().context("backward failed")?;
+    if let Some(probe) = &input {
+        probe.carry_back().context("backward before the traced input failed")?;
+    }
     flat.adopt_grads()?;
     reporter.clock.lap(Phase::Backward);
 
     let record = monitoring.stats;
-    let report = tch::no_grad(|| reporter.measure(flat, &loss, step, lr, monitoring, emit))?;
+    let probes = DeviceProbes {
+        spectral: spectral.as_mut().filter(|_| monitoring.spectral),
+        input: input.as_ref().map(|p| &p.leaf).filter(|_| monitoring.time),
+        blocks: if monitoring.stats { &blocks } else { &[] },
+    };
+    let report = tch::no_grad(|| reporter.measure(flat, probes, &loss, step, lr, monitoring, emit))?;
+    drop((input, blocks));
     let finite = report.loss.is_finite() && report.grad_norm.is_finite();
     let update = finite && !report.skipped;
     // In host memory the update measures each layer's change as it writes it; with weight
@@ -230,6 +316,15 @@ pub fn step(
     reporter.clock.lap(Phase::Statistics);
     reporter.hold(StepReport { skipped: !update, seconds: started.elapsed().as_secs_f64(), ..report }, weight_stats);
     Ok(StepOutput { finite, updated: update })
+}
+
+/// What a step measures on its own schedules, on the device.
+struct DeviceProbes<'a> {
+    spectral: Option<&'a mut Spectral>,
+    /// The traced input, its gradient filled by the backward pass.
+    input: Option<&'a Tensor>,
+    /// The traced blocks' outputs.
+    blocks: &'a [Tensor],
 }
 
 /// Turns device tensors into reports: one host copy per step, weight statistics carried
@@ -280,9 +375,11 @@ impl Reporter {
     /// Measures the gradients, applies the grad policies, and copies this step's numbers
     /// (and the held step's weight statistics) to the host in one transfer. Emits the held
     /// report.
+    #[allow(clippy::too_many_arguments)]
     fn measure(
         &mut self,
         flat: &mut FlatParams,
+        probes: DeviceProbes<'_>,
         loss: &Tensor,
         step: u64,
         lr: f64,
@@ -299,6 +396,13 @@ impl Reporter {
             (None, flat.grad_norm()?)
         };
         let hist = if record && monitoring.histogram { Some(flat.grad_histogram()?) } else { None };
+        // Of the weights this step's gradient was taken at, before any update.
+        let radius = probes.spectral.map(Spectral::measure).transpose()?;
+        let time = match probes.input {
+            Some(input) => time_profile(input)?,
+            None => None,
+        };
+        let signal = signal_stats(probes.blocks)?;
         self.clock.lap(Phase::Statistics);
         let outcome = self.grad_policies.apply(&flat.layer_grads(), flat.params(), &total)?;
         let flag = |t: &Option<Tensor>| -> anyhow::Result<Tensor> {
@@ -322,6 +426,9 @@ impl Reporter {
             grad_stats: grad_stats.as_ref(),
             weight_stats: held_weights.as_ref(),
             hist: hist.as_ref(),
+            spectral: radius.as_ref(),
+            time: time.as_ref(),
+            signal: signal.as_ref(),
         }
         .copy_to_host(self.layers)?;
         self.clock.lap(Phase::HostCopy);
@@ -363,6 +470,7 @@ impl Reporter {
             // A policy (skip_spike) dropped the update.
             skipped: skip,
             layers,
+            probes: Probes { spectral: copy.spectral(), time: copy.time(), signal: copy.signal() },
             seconds: 0.0,
         })
     }

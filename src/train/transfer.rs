@@ -23,10 +23,17 @@ pub enum Block {
     WeightStats,
     /// [`HIST_BINS`] counts per layer, layer after layer.
     Hist,
+    /// The largest singular value of each measured matrix (`spectral` of them).
+    Spectral,
+    /// The gradient's norm at each input position (`time` of them).
+    Time,
+    /// Each block output's mean, then each one's RMS (`signal` blocks).
+    Signal,
 }
 
 impl Block {
-    const ORDER: [Self; 4] = [Self::Scalars, Self::GradStats, Self::WeightStats, Self::Hist];
+    const ORDER: [Self; 7] =
+        [Self::Scalars, Self::GradStats, Self::WeightStats, Self::Hist, Self::Spectral, Self::Time, Self::Signal];
 }
 
 /// Which blocks a copy holds, for how many layers: the offsets of everything in it.
@@ -37,6 +44,12 @@ pub struct HostLayout {
     pub grad_stats: bool,
     pub weight_stats: bool,
     pub hist: bool,
+    /// Matrices whose spectral radius the copy holds (0: none).
+    pub spectral: usize,
+    /// Input positions whose gradient norm the copy holds (0: none).
+    pub time: usize,
+    /// Blocks whose output's mean and RMS the copy holds (0: none).
+    pub signal: usize,
 }
 
 impl HostLayout {
@@ -46,6 +59,9 @@ impl HostLayout {
             Block::GradStats => self.grad_stats,
             Block::WeightStats => self.weight_stats,
             Block::Hist => self.hist,
+            Block::Spectral => self.spectral > 0,
+            Block::Time => self.time > 0,
+            Block::Signal => self.signal > 0,
         }
     }
 
@@ -56,6 +72,9 @@ impl HostLayout {
             Block::GradStats => Statistic::GRAD.len() * self.layers,
             Block::WeightStats => Statistic::WEIGHT.len() * self.layers,
             Block::Hist => HIST_BINS * self.layers,
+            Block::Spectral => self.spectral,
+            Block::Time => self.time,
+            Block::Signal => 2 * self.signal,
         }
     }
 
@@ -108,6 +127,12 @@ pub struct DeviceParts<'a> {
     pub weight_stats: Option<&'a Tensor>,
     /// `[layers * HIST_BINS]` int64 counts, from `FlatParams::grad_histogram`.
     pub hist: Option<&'a Tensor>,
+    /// `[matrices]`, from `Spectral::measure`.
+    pub spectral: Option<&'a Tensor>,
+    /// `[positions]`, from `time_profile`.
+    pub time: Option<&'a Tensor>,
+    /// `[2, blocks]`: means, then RMS, from `signal_stats`.
+    pub signal: Option<&'a Tensor>,
 }
 
 impl DeviceParts<'_> {
@@ -119,6 +144,9 @@ impl DeviceParts<'_> {
             grad_stats: self.grad_stats.is_some(),
             weight_stats: self.weight_stats.is_some(),
             hist: self.hist.is_some(),
+            spectral: self.spectral.map_or(0, Tensor::numel),
+            time: self.time.map_or(0, Tensor::numel),
+            signal: self.signal.map_or(0, |t| t.numel() / 2),
         }
     }
 
@@ -126,7 +154,7 @@ impl DeviceParts<'_> {
     /// the device (histogram counts exactly, never through float32), then concatenated.
     pub fn copy_to_host(&self, layers: usize) -> anyhow::Result<HostCopy> {
         let layout = self.layout(layers);
-        let mut parts: Vec<Tensor> = Vec::with_capacity(Scalars::COUNT + 3);
+        let mut parts: Vec<Tensor> = Vec::with_capacity(Scalars::COUNT + 6);
         for block in Block::ORDER {
             let before = parts.len();
             match block {
@@ -140,6 +168,9 @@ impl DeviceParts<'_> {
                 Block::GradStats => parts.extend(self.grad_stats.map(|t| t.f_flatten(0, -1)).transpose()?),
                 Block::WeightStats => parts.extend(self.weight_stats.map(|t| t.f_flatten(0, -1)).transpose()?),
                 Block::Hist => parts.extend(self.hist.map(|t| t.f_flatten(0, -1)).transpose()?),
+                Block::Spectral => parts.extend(self.spectral.map(|t| t.f_flatten(0, -1)).transpose()?),
+                Block::Time => parts.extend(self.time.map(|t| t.f_flatten(0, -1)).transpose()?),
+                Block::Signal => parts.extend(self.signal.map(|t| t.f_flatten(0, -1)).transpose()?),
             }
             let numel: usize = parts[before..].iter().map(Tensor::numel).sum();
             let expected = if layout.holds(block) { layout.len(block) } else { 0 };
@@ -186,6 +217,21 @@ impl HostCopy {
         self.block(Block::WeightStats)
     }
 
+    /// The spectral radius of each measured matrix.
+    pub fn spectral(&self) -> Option<Vec<f64>> {
+        self.block(Block::Spectral).map(<[f64]>::to_vec)
+    }
+
+    /// The gradient's norm at each input position.
+    pub fn time(&self) -> Option<Vec<f64>> {
+        self.block(Block::Time).map(<[f64]>::to_vec)
+    }
+
+    /// Each block output's mean, then each one's RMS.
+    pub fn signal(&self) -> Option<Vec<f64>> {
+        self.block(Block::Signal).map(<[f64]>::to_vec)
+    }
+
     /// The histogram counts, layer after layer.
     pub fn hist(&self) -> Option<Vec<u64>> {
         self.block(Block::Hist).map(|counts| counts.iter().map(|&c| c as u64).collect())
@@ -198,7 +244,16 @@ mod tests {
 
     #[test]
     fn blocks_lie_end_to_end_in_their_order() {
-        let all = HostLayout { layers: 3, scalars: true, grad_stats: true, weight_stats: true, hist: true };
+        let all = HostLayout {
+            layers: 3,
+            scalars: true,
+            grad_stats: true,
+            weight_stats: true,
+            hist: true,
+            spectral: 0,
+            time: 0,
+            signal: 0,
+        };
         assert_eq!(all.range(Block::Scalars), Some(0..5));
         assert_eq!(all.range(Block::GradStats), Some(5..23));
         assert_eq!(all.range(Block::WeightStats), Some(23..29));
@@ -218,6 +273,9 @@ mod tests {
         let weight = Tensor::from_slice(&[10.0f32, 20.0, 0.5, f32::NAN]).view([2, 2]);
         let counts: Vec<i64> = (0..(HIST_BINS * layers) as i64).map(|i| i + (1 << 40)).collect();
         let hist = Tensor::from_slice(&counts);
+        let spectral = Tensor::from_slice(&[0.5f32, 1.25, 3.0]);
+        let time = Tensor::from_slice(&[1e-9f32, 0.5]);
+        let signal = Tensor::from_slice(&[-0.25f32, 0.5, 2.0, 4.0]).view([2, 2]);
         let parts = DeviceParts {
             scalars: Some(DeviceScalars {
                 loss: &loss,
@@ -229,6 +287,9 @@ mod tests {
             grad_stats: Some(&grad),
             weight_stats: Some(&weight),
             hist: Some(&hist),
+            spectral: Some(&spectral),
+            time: Some(&time),
+            signal: Some(&signal),
         };
         let copy = parts.copy_to_host(layers).expect("copy");
         assert_eq!(
@@ -244,6 +305,9 @@ mod tests {
         assert_eq!(stats.weight_norm, [10.0, 20.0]);
         assert!(stats.update_ratio[0] == 0.5 && stats.update_ratio[1].is_nan());
         assert_eq!(copy.hist().expect("hist"), counts.iter().map(|&c| c as u64).collect::<Vec<_>>());
+        assert_eq!(copy.spectral(), Some(vec![0.5, 1.25, 3.0]));
+        assert_eq!(copy.time(), Some(vec![f64::from(1e-9f32), 0.5]));
+        assert_eq!(copy.signal(), Some(vec![-0.25, 0.5, 2.0, 4.0]));
 
         let weights_only = DeviceParts { weight_stats: Some(&weight), ..DeviceParts::default() };
         let copy = weights_only.copy_to_host(layers).expect("copy");

@@ -21,6 +21,7 @@ import { el, num, pct, sortableHead } from "../widgets.js";
 const LABELS = new Map([
   ["grad_norm", "‖g‖"], ["grad_max", "max |g|"], ["grad_mean", "mean g"], ["grad_std", "std g"],
   ["zero_frac", "zeros"], ["nonfinite", "NaN/Inf"], ["weight_norm", "‖w‖"], ["update_ratio", "update ratio"],
+  ["signal_rms", "block out RMS"],
 ]);
 
 /** How a statistic's value reads: fractions as percentages, counts as integers. */

@@ -11,6 +11,9 @@ import { histogram } from "../components/histogram.js";
 import { layerTable } from "../components/layer-table.js";
 import { LayerGroups } from "../layer-groups.js";
 import { lossCharts } from "../components/loss-charts.js";
+import { spectralChart } from "../components/spectral-chart.js";
+import { timeHeatmap } from "../components/time-heatmap.js";
+import { signalHeatmap } from "../components/signal-heatmap.js";
 import { JobFeed } from "../feed.js";
 import { describeSpec, diagnosisBadges, duration, el, figures, num, pct, progressBar, statusBadge } from "../widgets.js";
 
@@ -58,6 +61,9 @@ export async function jobView(root, ctx, id) {
   const heatBox = el("div");
   const histBox = el("div");
   const eventsBox = el("div");
+  const spectralBox = el("div", { id: "spectral" });
+  const timeBox = el("div");
+  const signalBox = el("div");
   const tableBox = el("section", { class: "panel wide table-panel" });
 
   root.replaceChildren(
@@ -79,8 +85,14 @@ export async function jobView(root, ctx, id) {
           el("span", { class: "tick clip" }), " clipped, ", el("span", { class: "tick skip" }), " skipped")), normBox),
       el("section", { class: "panel wide" }, el("h3", {}, "Per-layer gradient norm ",
         el("span", { class: "muted small" }, "layers × steps, log colour scale; click a layer for its histogram")), heatBox),
+      el("section", { class: "panel wide" }, el("h3", {}, "Gradient through time ",
+        el("span", { class: "muted small" }, "‖∂L/∂x_t‖ at each input position (0 at the top) × steps, log colour scale: dark early positions are a vanishing gradient")), timeBox),
+      el("section", { class: "panel wide" }, el("h3", {}, "Forward signal ",
+        el("span", { class: "muted small" }, "RMS of each block's output (input side at the top) × steps, log colour scale: growing or fading activations through depth")), signalBox),
       el("section", { class: "panel" }, el("h3", {}, "Gradient histogram "), histBox),
       el("section", { class: "panel" }, el("h3", {}, "Events"), eventsBox),
+      el("section", { class: "panel" }, el("h3", {}, "Spectral radius ",
+        el("span", { class: "muted small" }, "largest singular value of each recurrent (per gate) or square weight; dashed: 1.0")), spectralBox),
       tableBox),
   );
 
@@ -99,8 +111,24 @@ export async function jobView(root, ctx, id) {
     onSelect: selectLayer,
     empty: () => (monitor().histogram === false ? "this job records no histograms (monitor.histogram = false)" : "waiting for histograms…"),
   });
-  const table = layerTable(tableBox, data, { statistics: () => feed.statistics, onSelect: selectLayer, onToggle: toggleBlock, groups });
+  // The forward signal's RMS beside the gradient statistics: each layer shows its block's.
+  const columns = () => (feed.blocks.length ? [...feed.statistics, "signal_rms"] : feed.statistics);
+  const table = layerTable(tableBox, data, { statistics: columns, onSelect: selectLayer, onToggle: toggleBlock, groups });
   const events = eventList(eventsBox, { layers: () => data.layers });
+  const signal = signalHeatmap(signalBox, feed, {
+    empty: () => (monitor().every === 0 ? "recorded with the per-layer statistics, which are off for this job (monitor.every = 0)"
+      : feed.blocks.length ? "waiting for the first recorded step…" : "a user's module has no known blocks"),
+  });
+  const time = timeHeatmap(timeBox, feed, {
+    empty: () => (monitor().time_every === 0
+      ? "the temporal gradient profile is off for this job (monitor.time_every = 0)"
+      : job().spec.model.kind === "mlp" ? "an MLP's input is no sequence: no temporal profile" : "waiting for the first profile…"),
+  });
+  const spectral = spectralChart(uPlot, spectralBox, feed, {
+    empty: () => (monitor().spectral_every === 0
+      ? "the spectral radius is off for this job (monitor.spectral_every = 0)"
+      : feed.matrices.length ? "waiting for the first measurement…" : "this model has no recurrent or square hidden weight"),
+  });
   for (const e of feed.events) events.add(e);
 
   function setLayers() {
@@ -161,6 +189,9 @@ export async function jobView(root, ctx, id) {
     frames.request(`charts-${id}`, charts.draw);
     frames.request(`heat-${id}`, heat.draw);
     frames.request(`hist-${id}`, hist.draw);
+    frames.request(`spectral-${id}`, spectral.draw);
+    frames.request(`time-${id}`, time.draw);
+    frames.request(`signal-${id}`, signal.draw);
     frames.request(`counter-${id}`, () => { counter.textContent = `${data.lastStep || job().step} / ${job().total_steps}`; });
     frames.request(`head-${id}`, updateHead);
     frames.request(`table-${id}`, () => table.update({ diagnosis: job().diagnosis, events: feed.events }));
@@ -187,8 +218,12 @@ export async function jobView(root, ctx, id) {
   const resize = new ResizeObserver(() => {
     frames.request(`heat-${id}`, heat.draw);
     frames.request(`hist-${id}`, hist.draw);
+    frames.request(`time-${id}`, time.draw);
+    frames.request(`signal-${id}`, signal.draw);
   });
   resize.observe(heat.canvas);
+  resize.observe(signal.canvas);
+  resize.observe(time.canvas);
   resize.observe(hist.canvas);
   redraw();
 
@@ -222,5 +257,6 @@ export async function jobView(root, ctx, id) {
     table.destroy();
     resize.disconnect();
     charts.destroy();
+    spectral.destroy();
   };
 }

@@ -291,6 +291,19 @@ async fn stored_bytes_count_what_a_job_wrote() {
         let text: usize = (0..3).map(|c| row.get::<String, _>(c).len()).sum();
         counted += text + 4 * 8;
     }
+    // Measurements besides the per-layer statistics: the spectral radius and the temporal
+    // profile every 10 steps by default (steps 1, 11, …, 51), the forward signal on every
+    // recorded step.
+    let probes = sqlx::query("SELECT job_id, kind, value FROM probes WHERE job_id = ?")
+        .bind(&id)
+        .fetch_all(&pool)
+        .await
+        .expect("probes");
+    let count = |kind: &str| probes.iter().filter(|r| r.get::<String, _>(1) == kind).count();
+    assert_eq!((count("spectral"), count("time"), count("signal")), (6, 6, 60));
+    for row in &probes {
+        counted += row.get::<String, _>(0).len() + 8 + row.get::<String, _>(1).len() + row.get::<Vec<u8>, _>(2).len();
+    }
     pool.close().await;
     assert_eq!(stored, counted as u64);
 
@@ -306,7 +319,7 @@ async fn stored_bytes_count_what_a_job_wrote() {
 #[tokio::test]
 async fn monitor_windows_are_bounded() {
     let app = spawn_app().await;
-    for field in ["cooldown", "diagnose_window", "summary_every", "every"] {
+    for field in ["cooldown", "diagnose_window", "summary_every", "every", "spectral_every"] {
         let mut spec = tiny_lstm_spec(10, 1.0);
         let mut monitor = serde_json::Map::new();
         monitor.insert(field.to_owned(), json!(u64::MAX));

@@ -22,6 +22,7 @@ mod notify;
 mod origin;
 mod policies;
 mod presets;
+mod probes;
 mod prometheus;
 mod queries;
 mod resume;

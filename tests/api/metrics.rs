@@ -71,6 +71,23 @@ async fn metrics_track_a_finished_job_and_vanish_with_it() {
         recorded["clip_coef"].as_array().expect("coefs").iter().filter(|c| c.as_f64() < Some(1.0 - 1e-6)).count();
     assert_eq!(value(samples(&m, "gradscope_job_clipped_steps_total", &id)[0]), clipped as f64);
 
+    // The summaries of the measurements on their own schedules, at their latest (step 21).
+    let spectral: Value = app.get(&format!("/api/v1/jobs/{id}/spectral")).await.json().await.expect("json");
+    let latest: Vec<f64> = spectral["radius"]
+        .as_array()
+        .expect("radius")
+        .iter()
+        .map(|m| m.as_array().and_then(|v| v.last()).and_then(Value::as_f64).expect("a value"))
+        .collect();
+    assert_eq!(latest.len(), 4, "an LSTM layer's four gate blocks");
+    let largest = latest.iter().copied().fold(0.0, f64::max);
+    let gauge = value(samples(&m, "gradscope_job_spectral_radius_max", &id)[0]);
+    assert!((gauge - largest).abs() <= 1e-6 * largest, "{gauge} vs the stored {largest}");
+    let time: Value = app.get(&format!("/api/v1/jobs/{id}/time-profile")).await.json().await.expect("json");
+    let ratio = time["first_last_ratio"].as_array().and_then(|r| r.last()).and_then(Value::as_f64).expect("ratio");
+    let gauge = value(samples(&m, "gradscope_job_time_first_last_ratio", &id)[0]);
+    assert!((gauge - ratio).abs() <= 1e-5 * ratio.abs(), "{gauge} vs the stored {ratio}");
+
     // Three layers, spread from the first to the last.
     let layers: Vec<&str> =
         samples(&m, "gradscope_layer_grad_norm", &id).iter().map(|s| s.labels["layer"].as_str()).collect();

@@ -44,7 +44,7 @@ fn mlp_spec(steps: u64, every: u64, grad: &Value) -> ValidSpec {
         "model": {"kind": "mlp", "layers": 4, "hidden": 48, "init_scale": 1.5},
         "optimizer": {"kind": "adamw", "lr": 0.01},
         "policy": {"grad": [grad]},
-        "monitor": {"every": every},
+        "monitor": {"every": every, "spectral_every": every, "time_every": every},
         "checkpoint_every": 0,
     });
     JobSpec::parse_value(&spec).expect("spec is valid")
@@ -96,6 +96,77 @@ fn monitoring_never_changes_the_trajectory() {
         }
     }
     assert!(differences.is_empty(), "monitoring changed the trajectory: {differences:#?}");
+}
+
+/// Trains `spec` with its final weights written to a checkpoint; the steps and the weights.
+fn run_with_weights(spec: &ValidSpec) -> (Vec<StepReport>, Vec<(String, Tensor)>) {
+    tch::set_num_threads(1);
+    let dir = tempfile::TempDir::new().expect("temp dir");
+    let path = dir.path().join("weights.safetensors");
+    let ctx = RunContext { checkpoint: Some(path.clone()), ..RunContext::default() };
+    let mut steps = Vec::new();
+    train(spec, &ctx, &StopFlag::default(), &mut |event| {
+        if let TrainEvent::Step(r) = event {
+            steps.push(r);
+        }
+    })
+    .expect("trains");
+    let mut weights = Tensor::read_safetensors(&path).expect("weights");
+    weights.sort_by(|a, b| a.0.cmp(&b.0));
+    (steps, weights)
+}
+
+/// Every observer (per-layer statistics with the forward signal, the spectral radius, the
+/// temporal gradient profile) on or off leaves the losses, the gradient norms and the
+/// final weights the same, bit for bit, on recurrent models, a transformer and an MLP,
+/// with and without clipping.
+#[test]
+fn observers_never_change_the_trajectory_or_the_weights() {
+    let model_specs = [
+        json!({"kind": "rnn", "layers": 2, "hidden": 16, "init_scale": 2.0}),
+        json!({"kind": "lstm", "layers": 1, "hidden": 16}),
+        json!({"kind": "gru", "layers": 2, "hidden": 12, "dropout": 0.2}),
+        json!({"kind": "mlp", "layers": 3, "hidden": 24}),
+        json!({"kind": "transformer", "layers": 2, "hidden": 16, "heads": 2, "norm": "layer"}),
+    ];
+    let spec = |model: &Value, monitor: Value, clip: bool| {
+        // Feature inputs (the adding problem) and token inputs through an embedding (copy).
+        let task = match model["kind"].as_str() {
+            Some("mlp") => json!({"kind": "classification", "features": 24, "classes": 4, "eval_every": 0}),
+            Some("gru" | "transformer") => {
+                json!({"kind": "copy", "seq_len": 12, "symbols": 4, "length": 3, "eval_every": 0})
+            }
+            _ => json!({"kind": "adding", "seq_len": 12, "eval_every": 0}),
+        };
+        let grad = if clip { json!([{"kind": "clip_norm", "max_norm": 0.5}]) } else { json!([]) };
+        JobSpec::parse_value(&json!({
+            "seed": 5, "steps": 25, "batch_size": 16, "device": test_device(),
+            "task": task, "model": model, "optimizer": {"kind": "adam", "lr": 0.01},
+            "policy": {"grad": grad}, "monitor": monitor, "checkpoint_every": 0,
+        }))
+        .expect("spec is valid")
+    };
+    let off = json!({"every": 0, "spectral_every": 0, "time_every": 0});
+    let ons = [
+        json!({"every": 0, "spectral_every": 1, "time_every": 1}),
+        json!({"every": 3, "spectral_every": 4, "time_every": 5}),
+    ];
+    for model in &model_specs {
+        for clip in [false, true] {
+            let (base_steps, base_weights) = run_with_weights(&spec(model, off.clone(), clip));
+            for on in &ons {
+                let (steps, weights) = run_with_weights(&spec(model, on.clone(), clip));
+                let what = format!("{} clip {clip}, monitor {on}", model["kind"]);
+                assert_eq!(first_difference(&base_steps, &steps), None, "{what}: the trajectory changed");
+                let measured = steps.iter().filter(|r| r.probes != Default::default()).count();
+                assert!(measured > 0, "{what}: nothing was measured");
+                assert_eq!(base_weights.len(), weights.len());
+                for ((name, a), (_, b)) in base_weights.iter().zip(&weights) {
+                    assert!(a.equal(b), "{what}: final {name} differs");
+                }
+            }
+        }
+    }
 }
 
 fn policies(json: Value) -> GradPolicies {

@@ -16,6 +16,8 @@ use gradscope::train::LayerInfo;
 use gradscope::train::model::{self, Input, Io};
 use gradscope::train::optim::{FlatOptimizer, learning_rate};
 use gradscope::train::policy::{GradPolicies, apply_weight_policies, layer_norms};
+use gradscope::train::spectral::Spectral;
+use gradscope::train::step::{signal_stats, time_profile};
 use gradscope::train::task::Task;
 use serde_json::{Value, json};
 use tch::{Device, Kind, Tensor, nn};
@@ -186,6 +188,172 @@ fn models_match_pytorch_losses_and_gradients() {
                 .expect("eval loss");
             assert_close(&format!("{name}: evaluation-mode loss"), &eval.reshape([1]), eval_loss, MODEL_TOL);
         }
+    }
+}
+
+/// The spectral radius against `torch.linalg.matrix_norm(W, 2)` of each gate block of a
+/// recurrent weight and each square hidden weight of an MLP, at the first (cold) measure
+/// and at the warm-started ones that follow a slow drift of the weights, within 1e-3.
+#[test]
+fn spectral_radius_matches_pytorch_matrix_norm() {
+    let char_lm = json!({"kind": "char_lm", "seq_len": 6});
+    let adding = json!({"kind": "adding", "seq_len": 5});
+    let classes = json!({"kind": "classification", "features": 8, "classes": 5});
+    let cases = [
+        (model_case("rnn", json!({"kind": "rnn", "layers": 2, "hidden": 32}), char_lm.clone()), 3.0),
+        (model_case("lstm", json!({"kind": "lstm", "layers": 2, "hidden": 24}), char_lm), 1.0),
+        (model_case("gru", json!({"kind": "gru", "layers": 1, "hidden": 40}), adding), 2.0),
+        (model_case("mlp", json!({"kind": "mlp", "layers": 4, "hidden": 48}), classes), 1.0),
+    ];
+    let rounds = 5;
+    let specs: Vec<Value> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, ((name, model, _, io), scale))| {
+            json!({"name": name, "seed": 50 + i, "model": model, "io": io_json(*io), "rounds": rounds, "scale": scale})
+        })
+        .collect();
+    let dir = reference(&json!({"spectral": specs}));
+    for ((name, spec, _, io), _) in &cases {
+        let out = dir.path().join(name);
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        let (_, params) = model::build(spec, &vs, *io, 0).expect("model");
+        let layers = params.layers();
+        let tensors: Vec<Tensor> = params.tensors().map(Tensor::shallow_clone).collect();
+        let mut spectral =
+            Spectral::new(&layers, |i| tensors[i].shallow_clone()).expect("spectral").expect("some matrices");
+        let expected_count = match spec.kind.as_str() {
+            "lstm" => 2 * 4,
+            "gru" => 3,
+            "rnn" => 2,
+            _ => spec.layers as usize - 1,
+        };
+        assert_eq!(spectral.matrices().len(), expected_count, "{name}: matrices");
+        for round in 0..rounds {
+            vs.load(out.join(format!("weights.{round}.safetensors"))).expect("load weights");
+            let want = load(&out.join(format!("expected.{round}.safetensors")))["radius"].shallow_clone();
+            let got = spectral.measure().expect("measure").to_kind(Kind::Double);
+            assert_eq!(got.size(), want.size(), "{name}: one value per matrix");
+            let worst = (&got - &want).abs().max().double_value(&[]);
+            println!("{name} round {round}: largest |σ − torch| = {worst:e}, σ = {:?}", Vec::<f64>::try_from(&want));
+            assert!(worst <= 1e-3, "{name} round {round}: {got:?} vs {want:?}");
+        }
+    }
+}
+
+/// The temporal gradient profile, ‖∂L/∂x_t‖ per position averaged over the batch, against
+/// PyTorch's autograd on the same weights and batch (the embedded input's gradient
+/// retained there), within 1e-5 (relative, as a norm of the difference).
+#[test]
+fn time_profile_matches_pytorch_autograd() {
+    let char_lm = json!({"kind": "char_lm", "seq_len": 12});
+    let adding = json!({"kind": "adding", "seq_len": 16});
+    let copy = json!({"kind": "copy", "seq_len": 10, "symbols": 4, "length": 3});
+    let cases = [
+        model_case("rnn_adding", json!({"kind": "rnn", "layers": 2, "hidden": 16}), adding.clone()),
+        model_case("rnn_tokens", json!({"kind": "rnn", "layers": 1, "hidden": 12}), char_lm.clone()),
+        model_case("lstm_adding", json!({"kind": "lstm", "layers": 1, "hidden": 16}), adding.clone()),
+        model_case("gru_copy", json!({"kind": "gru", "layers": 2, "hidden": 12}), copy),
+        model_case(
+            "transformer_tokens",
+            json!({"kind": "transformer", "layers": 2, "hidden": 16, "heads": 4, "norm": "layer"}),
+            char_lm,
+        ),
+        model_case(
+            "transformer_adding",
+            json!({"kind": "transformer", "layers": 1, "hidden": 16, "heads": 2, "norm": "layer", "norm_position": "post"}),
+            adding,
+        ),
+    ];
+    let specs: Vec<Value> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, (name, model, task, io))| {
+            json!({"name": name, "seed": 70 + i, "batch": 6, "model": model, "task": task, "io": io_json(*io)})
+        })
+        .collect();
+    let dir = reference(&json!({"time_profile": specs}));
+    let corpus = "abcdefg".repeat(40);
+    for (name, spec, task_spec, io) in &cases {
+        let out = dir.path().join(name);
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        let (model, _) = model::build(spec, &vs, *io, 0).expect("model");
+        vs.load(out.join("weights.safetensors")).expect("load weights");
+        let batch = load(&out.join("batch.safetensors"));
+        let expected = load(&out.join("expected.safetensors"));
+        let task = Task::new(task_spec, &corpus, 1, Device::Cpu).expect("task");
+        let traced = model.trace(&batch["xs"], true, model::Trace { input: true, blocks: false }).expect("forward");
+        let loss = task.loss(&traced.out, &batch["ys"]).expect("loss");
+        loss.backward();
+        let input = traced.input.expect("a sequence model traces its input");
+        let profile = time_profile(&input.leaf).expect("profile").expect("a gradient reached the input");
+        let want = &expected["profile"];
+        let ratio = |p: &Tensor| p.double_value(&[0]) / p.double_value(&[-1]);
+        println!("{name}: first/last {:e} (torch {:e})", ratio(&profile), ratio(want));
+        assert_close(&format!("{name}: loss"), &loss.reshape([1]), &expected["loss"], MODEL_TOL);
+        assert_close(&format!("{name}: time profile"), &profile, want, 1e-5);
+    }
+}
+
+/// The forward signal: each block output's mean and RMS against a training-mode forward in
+/// PyTorch on the same weights and batch, within 1e-4 (relative, as a norm of the
+/// difference over the blocks, as the model parity's tolerance).
+#[test]
+fn signal_statistics_match_a_pytorch_forward() {
+    let char_lm = json!({"kind": "char_lm", "seq_len": 8});
+    let adding = json!({"kind": "adding", "seq_len": 7});
+    let classes = json!({"kind": "classification", "features": 8, "classes": 5});
+    let cases = [
+        (
+            model_case(
+                "mlp_deep_tanh",
+                json!({"kind": "mlp", "layers": 6, "hidden": 32, "activation": "tanh"}),
+                classes.clone(),
+            ),
+            2.0,
+        ),
+        (
+            model_case(
+                "mlp_residual_batch",
+                json!({"kind": "mlp", "layers": 3, "hidden": 16, "residual": true, "norm": "batch"}),
+                classes,
+            ),
+            1.0,
+        ),
+        (model_case("rnn_tokens", json!({"kind": "rnn", "layers": 2, "hidden": 12}), char_lm.clone()), 1.5),
+        (model_case("lstm_adding", json!({"kind": "lstm", "layers": 3, "hidden": 10}), adding.clone()), 1.0),
+        (model_case("gru_adding", json!({"kind": "gru", "layers": 2, "hidden": 10}), adding), 1.0),
+        (
+            model_case(
+                "transformer_post",
+                json!({"kind": "transformer", "layers": 2, "hidden": 16, "heads": 4, "norm": "layer", "norm_position": "post"}),
+                char_lm,
+            ),
+            1.0,
+        ),
+    ];
+    let specs: Vec<Value> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, ((name, model, task, io), scale))| {
+            json!({"name": name, "seed": 90 + i, "batch": 5, "model": model, "task": task, "io": io_json(*io), "scale": scale})
+        })
+        .collect();
+    let dir = reference(&json!({"signal": specs}));
+    for ((name, spec, _, io), _) in &cases {
+        let out = dir.path().join(name);
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        let (model, _) = model::build(spec, &vs, *io, 0).expect("model");
+        vs.load(out.join("weights.safetensors")).expect("load weights");
+        let batch = load(&out.join("batch.safetensors"));
+        let expected = load(&out.join("expected.safetensors"));
+        let traced = model.trace(&batch["xs"], true, model::Trace { input: false, blocks: true }).expect("forward");
+        assert_eq!(traced.blocks.len(), model::block_names(spec).len(), "{name}: one output per named block");
+        let stats = signal_stats(&traced.blocks).expect("stats").expect("blocks");
+        let rms = stats.get(1);
+        println!("{name}: block output RMS {:?}", Vec::<f64>::try_from(&rms));
+        assert_close(&format!("{name}: block output means"), &stats.get(0), &expected["mean"], MODEL_TOL);
+        assert_close(&format!("{name}: block output RMS"), &rms, &expected["rms"], MODEL_TOL);
     }
 }
 

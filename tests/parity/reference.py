@@ -3,7 +3,8 @@
 Usage: python reference.py CASES.json OUT_DIR
 
 CASES.json holds {"models": [...], "grad_policies": [...], "weight_policies": [...],
-"optimizers": [...], "schedules": [...], "statistics": [...]}.
+"optimizers": [...], "schedules": [...], "statistics": [...], "spectral": [...],
+"time_profile": [...], "signal": [...]}.
 For each case this script builds the PyTorch equivalent (modules from torch.nn, the
 policies from torch.nn.utils or from their papers' formulas), runs it on inputs it draws
 itself, and writes inputs and results as safetensors under OUT_DIR/<case name>/, for the
@@ -52,12 +53,14 @@ class Mlp(nn.Module):
         self.residual = spec.get("residual", False)
 
     def forward(self, x):
+        self.outputs = []
         for block in self.blocks:
             h = block.linear(x)
             if hasattr(block, "norm"):
                 h = block.norm(h)
             h = self.act(h)
             x = x + h if self.residual and h.shape == x.shape else h
+            self.outputs.append(x)
         return self.head(x)
 
 
@@ -512,13 +515,111 @@ def run_statistics(case, out):
     save_file({k: v.contiguous() for k, v in tensors.items()}, out / "statistics.safetensors")
 
 
+def run_spectral(case, out):
+    """A model's weights at `rounds` points of a slow drift, and at each the 2-norm (the
+    largest singular value) of every recurrent weight's gate blocks and every square
+    hidden weight of an MLP, by torch.linalg.matrix_norm."""
+    torch.manual_seed(case["seed"])
+    spec, io = case["model"], case["io"]
+    model = (Mlp if spec["kind"] == "mlp" else Recurrent)(spec, io)
+    hidden = spec["hidden"]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(case.get("scale", 1.0))
+        drift = {n: 0.02 * torch.randn_like(p) for n, p in model.named_parameters()}
+        for r in range(case["rounds"]):
+            if r > 0:
+                for n, p in model.named_parameters():
+                    p.add_(drift[n])
+            state = {k: v.contiguous() for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+            save_file(state, out / f"weights.{r}.safetensors")
+            norms = []
+            for name, p in model.named_parameters():
+                leaf = name.rsplit(".", 1)[-1]
+                if leaf.startswith("weight_hh_l"):
+                    for block in p.split(hidden, 0):
+                        norms.append(torch.linalg.matrix_norm(block.double(), 2))
+                elif name.startswith("blocks.") and name.endswith(".linear.weight") and p.shape[0] == p.shape[1]:
+                    norms.append(torch.linalg.matrix_norm(p.double(), 2))
+            save_file({"radius": torch.stack(norms)}, out / f"expected.{r}.safetensors")
+
+
+def run_signal(case, out):
+    """Each block's output in a training-mode forward: an MLP block's after its activation
+    and residual, a transformer encoder layer's (forward hooks), a recurrent layer's last
+    hidden state (the h_n of torch.nn.RNN/LSTM/GRU); its mean and root mean square in
+    float64."""
+    torch.manual_seed(case["seed"])
+    spec, io, task = case["model"], case["io"], case["task"]
+    cls = {"mlp": Mlp, "transformer": Transformer}.get(spec["kind"], Recurrent)
+    model = cls(spec, io)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(case.get("scale", 1.0)).add_(0.05 * torch.randn_like(p))
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    save_file(state, out / "weights.safetensors")
+    xs, ys = task_batch(task, io, case["batch"], io["max_len"])
+    outputs = []
+    if spec["kind"] == "transformer":
+        for layer in model.encoder.layers:
+            layer.register_forward_hook(lambda _m, _i, o: outputs.append(o))
+    elif spec["kind"] != "mlp":
+        rnn = getattr(model, model.kind)
+        rnn.register_forward_hook(lambda _m, _i, o: outputs.extend((o[1][0] if model.kind == "lstm" else o[1]).unbind(0)))
+    model.train()
+    model(xs)
+    if spec["kind"] == "mlp":
+        outputs = model.outputs
+    mean = torch.stack([o.detach().double().mean() for o in outputs])
+    rms = torch.stack([o.detach().double().square().mean().sqrt() for o in outputs])
+    save_file({"xs": xs, "ys": ys}, out / "batch.safetensors")
+    save_file({"mean": mean, "rms": rms}, out / "expected.safetensors")
+
+
+def run_time_profile(case, out):
+    """The gradient reaching the embedded input at each position (the embedding's output,
+    the input projection's, or the features themselves), its norm over the width averaged
+    over the batch, by autograd with the embedded input's gradient retained."""
+    torch.manual_seed(case["seed"])
+    spec, io, task = case["model"], case["io"], case["task"]
+    model = (Transformer if spec["kind"] == "transformer" else Recurrent)(spec, io)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, out / "weights.safetensors")
+    xs, ys = task_batch(task, io, case["batch"], io["max_len"])
+    captured = {}
+
+    def keep(_module, _inputs, output):
+        output.retain_grad()
+        captured["x"] = output
+
+    entry = getattr(model, "embed", None) or getattr(model, "input", None)
+    if entry is not None:
+        entry.register_forward_hook(keep)
+        fed = xs
+    else:
+        fed = xs.clone().requires_grad_(True)
+        captured["x"] = fed
+    model.train()
+    loss = task_loss(task, model(fed), ys)
+    loss.backward()
+    grad = captured["x"].grad
+    profile = grad.double().norm(dim=2).mean(0).float()
+    save_file({"xs": xs, "ys": ys}, out / "batch.safetensors")
+    save_file({"profile": profile, "loss": loss.detach().reshape(1)}, out / "expected.safetensors")
+
+
 def main():
     warnings.simplefilter("ignore")  # schedulers warn about calling step() without gradients
     cases = json.loads(Path(sys.argv[1]).read_text())
     root = Path(sys.argv[2])
     for group, run in [("models", run_model), ("grad_policies", run_grad_policies),
                        ("weight_policies", run_weight_policies), ("optimizers", run_optimizer),
-                       ("schedules", run_schedule), ("statistics", run_statistics)]:
+                       ("schedules", run_schedule), ("statistics", run_statistics),
+                       ("spectral", run_spectral), ("time_profile", run_time_profile),
+                       ("signal", run_signal)]:
         for case in cases.get(group, []):
             out = root / case["name"]
             out.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@
 use tch::{Tensor, nn};
 
 use super::layers::{Linear, NormLayer, StepRng, activate};
-use super::{Input, Io, Model, Params};
+use super::{Input, Io, Model, Params, Trace, Traced};
 use crate::spec::{Activation, ModelSpec, Norm};
 
 #[derive(Debug)]
@@ -52,17 +52,29 @@ impl Mlp {
 }
 
 impl Model for Mlp {
-    fn forward(&self, xs: &Tensor, train: bool) -> anyhow::Result<Tensor> {
+    fn trace(&self, xs: &Tensor, train: bool, trace: Trace) -> anyhow::Result<Traced> {
+        let mut blocks = Vec::new();
+        let out = self.run(xs, train, trace.blocks.then_some(&mut blocks))?;
+        Ok(Traced { out, input: None, blocks })
+    }
+
+    fn rng(&self) -> &StepRng {
+        &self.rng
+    }
+}
+
+impl Mlp {
+    /// The forward; each block's output is pushed onto `blocks` when given.
+    fn run(&self, xs: &Tensor, train: bool, mut blocks: Option<&mut Vec<Tensor>>) -> anyhow::Result<Tensor> {
         let mut x = xs.shallow_clone();
         for block in &self.blocks {
             let h = block.norm.forward(&block.linear.forward(&x)?, train)?;
             let h = self.rng.dropout(activate(&h, self.activation)?, self.dropout, train)?;
             x = if self.residual && h.size() == x.size() { x.f_add(&h)? } else { h };
+            if let Some(blocks) = blocks.as_mut() {
+                blocks.push(x.shallow_clone());
+            }
         }
         self.head.forward(&x)
-    }
-
-    fn rng(&self) -> &StepRng {
-        &self.rng
     }
 }

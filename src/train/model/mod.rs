@@ -159,12 +159,92 @@ pub struct Io {
     pub max_len: i64,
 }
 
+/// What a traced forward keeps besides the output.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Trace {
+    /// The embedded input of a sequence model, `[batch, seq, width]`, cut so that the
+    /// backward pass leaves the gradient reaching the input at each position.
+    pub input: bool,
+    /// Each block's output (see [`block_names`]), for the forward signal's statistics.
+    pub blocks: bool,
+}
+
+/// A forward's output and what its [`Trace`] asked to keep.
+#[derive(Debug)]
+pub struct Traced {
+    pub out: Tensor,
+    /// The embedded input's probe (sequence models).
+    pub input: Option<InputProbe>,
+    /// Each block's output, in the order of [`block_names`] (empty unless asked).
+    pub blocks: Vec<Tensor>,
+}
+
+impl Traced {
+    pub fn plain(out: Tensor) -> Self {
+        Self { out, input: None, blocks: Vec::new() }
+    }
+}
+
+/// The blocks whose output a traced forward keeps, by name: an MLP's hidden blocks
+/// (`blocks.<i>`: Linear → norm → activation, plus the residual), a transformer's
+/// (`encoder.layers.<i>`, after both residual additions), a recurrent stack's layers
+/// (`lstm.l<k>`: the layer's state at the last position, h_T, which the fused kernel
+/// returns beside the top layer's sequence). None for a user's module.
+pub fn block_names(spec: &ModelSpec) -> Vec<String> {
+    let n = spec.layers.max(0);
+    match spec.kind {
+        ModelKind::Mlp => (0..n).map(|i| format!("blocks.{i}")).collect(),
+        ModelKind::Transformer => (0..n).map(|i| format!("encoder.layers.{i}")).collect(),
+        ModelKind::Rnn => (0..n).map(|k| format!("rnn.l{k}")).collect(),
+        ModelKind::Lstm => (0..n).map(|k| format!("lstm.l{k}")).collect(),
+        ModelKind::Gru => (0..n).map(|k| format!("gru.l{k}")).collect(),
+        ModelKind::Torchscript => Vec::new(),
+    }
+}
+
+/// The embedded input of a traced forward, cut from what produced it: `leaf` is what the
+/// rest of the model reads, so the backward pass leaves ∂L/∂x in its `.grad()`; `upstream`
+/// is the tensor it was cut from when that came from parameters (an embedding's lookup, an
+/// input projection), to carry the gradient on to them with [`InputProbe::carry_back`].
+#[derive(Debug)]
+pub struct InputProbe {
+    pub leaf: Tensor,
+    upstream: Option<Tensor>,
+}
+
+impl InputProbe {
+    /// Cuts `x`: the tensor for the rest of the forward to read, and the probe.
+    pub(crate) fn cut(x: Tensor) -> anyhow::Result<(Tensor, Self)> {
+        let leaf = x.f_detach()?.f_set_requires_grad(true)?;
+        let upstream = x.requires_grad().then_some(x);
+        Ok((leaf.shallow_clone(), Self { leaf, upstream }))
+    }
+
+    /// After the backward pass: carries the leaf's gradient on through the part before the
+    /// cut (a lookup or a projection), so each parameter there gets exactly the gradient
+    /// one uncut backward gives it (the seed is ∂L/∂x times ones, unchanged).
+    pub fn carry_back(&self) -> anyhow::Result<()> {
+        let Some(upstream) = &self.upstream else { return Ok(()) };
+        let grad = self.leaf.f_grad()?;
+        if grad.defined() {
+            upstream.f_mul(&grad)?.f_sum(tch::Kind::Float)?.f_backward()?;
+        }
+        Ok(())
+    }
+}
+
 /// A network. Sequence models map `[batch, seq]` ids or `[batch, seq, features]` to
 /// `[batch, seq, output]`; MLPs map `[batch, features]` to `[batch, output]`.
 pub trait Model {
     /// `train` selects training behaviour: dropout on, batch statistics (and their running
     /// averages updated) in batch norm.
-    fn forward(&self, xs: &Tensor, train: bool) -> anyhow::Result<Tensor>;
+    fn forward(&self, xs: &Tensor, train: bool) -> anyhow::Result<Tensor> {
+        Ok(self.trace(xs, train, Trace::default())?.out)
+    }
+
+    /// The forward, keeping what `trace` asks for where the model has it (a model without
+    /// a sequence input keeps no input).
+    fn trace(&self, xs: &Tensor, train: bool, trace: Trace) -> anyhow::Result<Traced>;
 
     /// The source of the training forward's random draws; the loop starts each step on it.
     fn rng(&self) -> &layers::StepRng;

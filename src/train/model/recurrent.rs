@@ -8,7 +8,7 @@ use tch::nn::{self, Init};
 use tch::{Kind, Tensor};
 
 use super::layers::{Linear, StepRng, embed, uniform_fan};
-use super::{Input, Io, Model, Params};
+use super::{Input, InputProbe, Io, Model, Params, Trace, Traced};
 use crate::spec::{Activation, ModelKind, ModelSpec};
 
 #[derive(Debug, Clone, Copy)]
@@ -83,15 +83,16 @@ impl Recurrent {
 }
 
 impl Recurrent {
-    /// `layers` stacked layers with weights `w` over `x`, through one fused kernel.
-    fn run(&self, x: &Tensor, w: &[&Tensor], layers: i64, train: bool) -> anyhow::Result<Tensor> {
+    /// `layers` stacked layers with weights `w` over `x`, through one fused kernel: the top
+    /// layer's outputs and each layer's last hidden state, `[layers, batch, hidden]`.
+    fn run(&self, x: &Tensor, w: &[&Tensor], layers: i64, train: bool) -> anyhow::Result<(Tensor, Tensor)> {
         let batch = x.size()[0];
         let h0 = Tensor::f_zeros([layers, batch, self.hidden], (Kind::Float, x.device()))?;
         let out = match self.cell {
-            Cell::Lstm => x.f_lstm(&[&h0, &h0], w, true, layers, 0.0, train, false, true).map(|(out, _, _)| out),
-            Cell::Gru => x.f_gru(&h0, w, true, layers, 0.0, train, false, true).map(|(out, _)| out),
-            Cell::Tanh => x.f_rnn_tanh(&h0, w, true, layers, 0.0, train, false, true).map(|(out, _)| out),
-            Cell::Relu => x.f_rnn_relu(&h0, w, true, layers, 0.0, train, false, true).map(|(out, _)| out),
+            Cell::Lstm => x.f_lstm(&[&h0, &h0], w, true, layers, 0.0, train, false, true).map(|(out, h, _)| (out, h)),
+            Cell::Gru => x.f_gru(&h0, w, true, layers, 0.0, train, false, true),
+            Cell::Tanh => x.f_rnn_tanh(&h0, w, true, layers, 0.0, train, false, true),
+            Cell::Relu => x.f_rnn_relu(&h0, w, true, layers, 0.0, train, false, true),
         }
         .context("recurrent forward failed")?;
         Ok(out)
@@ -99,28 +100,39 @@ impl Recurrent {
 }
 
 impl Model for Recurrent {
-    fn forward(&self, xs: &Tensor, train: bool) -> anyhow::Result<Tensor> {
-        let x = match &self.embed {
+    fn trace(&self, xs: &Tensor, train: bool, trace: Trace) -> anyhow::Result<Traced> {
+        let mut x = match &self.embed {
             Some(table) => embed(table, xs)?,
             None => xs.shallow_clone(),
         };
+        let input = if trace.input {
+            let (cut, probe) = InputProbe::cut(x)?;
+            x = cut;
+            Some(probe)
+        } else {
+            None
+        };
         let w: Vec<&Tensor> = self.flat_weights.iter().collect();
-        let out = if train && self.dropout > 0.0 && self.layers > 1 {
+        let (out, last) = if train && self.dropout > 0.0 && self.layers > 1 {
             // One layer at a time with the dropout between them drawn here: the fused
             // kernels' own dropout (cuDNN's especially) keeps generator state of its own
             // that no seed reaches, so its masks could not be reproduced on resume.
             let mut h = x;
+            let mut states = Vec::with_capacity(self.layers as usize);
             for (l, layer) in w.chunks(4).enumerate() {
-                h = self.run(&h, layer, 1, train)?;
+                let (next, state) = self.run(&h, layer, 1, train)?;
+                states.push(state);
+                h = next;
                 if (l as i64) + 1 < self.layers {
                     h = self.rng.dropout(h, self.dropout, train)?;
                 }
             }
-            h
+            (h, Tensor::f_cat(&states, 0)?)
         } else {
             self.run(&x, &w, self.layers, train)?
         };
-        self.head.forward(&out)
+        let blocks = if trace.blocks { last.f_unbind(0)? } else { Vec::new() };
+        Ok(Traced { out: self.head.forward(&out)?, input, blocks })
     }
 
     fn rng(&self) -> &StepRng {

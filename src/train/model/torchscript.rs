@@ -104,10 +104,11 @@ impl TorchScript {
 }
 
 impl super::Model for TorchScript {
-    fn forward(&self, xs: &Tensor, train: bool) -> anyhow::Result<Tensor> {
+    fn trace(&self, xs: &Tensor, train: bool, _: super::Trace) -> anyhow::Result<super::Traced> {
         self.set_mode(train)?;
         // Dropout draws from LibTorch's generator: seeded per step, as the built-ins' masks.
-        if train { self.rng.seeded(|| self.run(xs)) } else { self.run(xs) }
+        let out = if train { self.rng.seeded(|| self.run(xs)) } else { self.run(xs) }?;
+        Ok(super::Traced::plain(out))
     }
 
     fn rng(&self) -> &StepRng {
@@ -118,8 +119,8 @@ impl super::Model for TorchScript {
 /// The loop keeps the module to checkpoint it whole, and hands the model on as a trait
 /// object.
 impl super::Model for std::rc::Rc<TorchScript> {
-    fn forward(&self, xs: &Tensor, train: bool) -> anyhow::Result<Tensor> {
-        self.as_ref().forward(xs, train)
+    fn trace(&self, xs: &Tensor, train: bool, trace: super::Trace) -> anyhow::Result<super::Traced> {
+        self.as_ref().trace(xs, train, trace)
     }
 
     fn rng(&self) -> &StepRng {

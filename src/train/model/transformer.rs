@@ -11,7 +11,7 @@ use tch::Tensor;
 use tch::nn::{self, Init};
 
 use super::layers::{Linear, NormLayer, StepRng, activate, embed, uniform_fan, xavier_uniform};
-use super::{Input, Io, Model, Params};
+use super::{Input, InputProbe, Io, Model, Params, Trace, Traced};
 use crate::spec::{Activation, ModelSpec, NormPosition};
 
 /// Feed-forward width as a multiple of `hidden` (the original Transformer's 4×).
@@ -122,15 +122,24 @@ impl Transformer {
 }
 
 impl Model for Transformer {
-    fn forward(&self, xs: &Tensor, train: bool) -> anyhow::Result<Tensor> {
+    fn trace(&self, xs: &Tensor, train: bool, trace: Trace) -> anyhow::Result<Traced> {
         let mut x = match &self.input {
             Embedding::Tokens(table) => embed(table, xs)?,
             Embedding::Features(linear) => linear.forward(xs)?,
+        };
+        // The token's embedding, before positions are added (the same gradient reaches both).
+        let input = if trace.input {
+            let (cut, probe) = InputProbe::cut(x)?;
+            x = cut;
+            Some(probe)
+        } else {
+            None
         };
         let t = x.size()[1];
         anyhow::ensure!(t <= self.pos.size()[0], "sequence of {t} is longer than the model's {}", self.pos.size()[0]);
         x = x.f_add(&self.pos.f_narrow(0, 0, t)?)?;
         let p = self.dropout;
+        let mut outputs = Vec::new();
         for block in &self.blocks {
             if self.pre_norm {
                 let sa = self.attention(block, &block.norm1.forward(&x, train)?, train)?;
@@ -143,11 +152,14 @@ impl Model for Transformer {
                 let ff = self.feed_forward(block, &x, train)?;
                 x = block.norm2.forward(&x.f_add(&self.rng.dropout(ff, p, train)?)?, train)?;
             }
+            if trace.blocks {
+                outputs.push(x.shallow_clone());
+            }
         }
         if let Some(norm) = &self.final_norm {
             x = norm.forward(&x, train)?;
         }
-        self.head.forward(&x)
+        Ok(Traced { out: self.head.forward(&x)?, input, blocks: outputs })
     }
 
     fn rng(&self) -> &StepRng {
