@@ -119,7 +119,7 @@ export const positive = (/** @type {number | null | undefined} */ v) => (v !== n
  * @property {import("uplot").Hooks.Arrays} [hooks]
  * @property {boolean} [legend]
  * @property {boolean} [sparkline]
- * @property {import("uplot").Range.MinMax} [yRange]
+ * @property {import("uplot").Range.MinMax | import("uplot").Range.Function} [yRange]
  * @property {import("uplot").Cursor.Sync} [sync]
  * @property {(u: UPlot, v: number) => string} [xValue]
  * @property {import("uplot").Band[]} [bands] Areas filled between two series (by index, the x series 0).

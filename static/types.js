@@ -81,7 +81,7 @@
  * @property {boolean} skipped
  * @property {LayerStats} [layers]
  * @property {(number | null)[]} [spectral] Each measured matrix's largest singular value (`hello.matrices` order).
- * @property {(number | null)[]} [time_profile] ‖∂L/∂x_t‖ per input position, averaged over the batch.
+ * @property {(number | null)[]} [time_profile] Per input position t, the norm of the gradient of the loss at the embedded input x_t, averaged over the batch.
  * @property {{mean: (number | null)[], rms: (number | null)[]}} [signal] Each block output's mean and RMS (`hello.blocks` order).
  *
  * @typedef {object} MatrixInfo A weight matrix whose spectral radius a job measures.
