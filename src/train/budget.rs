@@ -622,12 +622,12 @@ mod tests {
         // No embedding for feature inputs: four tensors per layer and the head's two.
         assert_eq!(e.tensors, 10);
         // The forward signal (a mean and an RMS of each of the two layers) on every recorded
-        // step, the spectral radius (2 layers × 4 gates) and the temporal profile every
-        // tenth step.
+        // step, the spectral radius (2 layers × 4 gates) every hundredth step and the
+        // temporal profile every tenth.
         let signal = 1000.0 * signal_row(&s);
         assert_eq!(signal, 1000.0 * (36.0 + 8.0 + 6.0 + 2.0 * 8.0));
         let seq = task_shape(&s.task, 1).3 as f64;
-        assert_eq!(e.disk.probes, 100.0 * (36.0 + 8.0 + 8.0 + 8.0 * 4.0) + 100.0 * (36.0 + 8.0 + 4.0 + 4.0 * seq));
+        assert_eq!(e.disk.probes, 10.0 * (36.0 + 8.0 + 8.0 + 8.0 * 4.0) + 100.0 * (36.0 + 8.0 + 4.0 + 4.0 * seq));
         let every_step = e.disk.records(1) - (e.disk.probes + signal) as u64;
         // Eight statistics a layer every step, a histogram every tenth (the default), and
         // the blocks: a 20-byte cell per layer and statistic for every 15 rows or so.
