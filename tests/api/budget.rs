@@ -291,16 +291,16 @@ async fn stored_bytes_count_what_a_job_wrote() {
         let text: usize = (0..3).map(|c| row.get::<String, _>(c).len()).sum();
         counted += text + 4 * 8;
     }
-    // Measurements besides the per-layer statistics: the spectral radius and the temporal
-    // profile every 10 steps by default (steps 1, 11, …, 51), the forward signal on every
-    // recorded step.
+    // Measurements besides the per-layer statistics: by default the spectral radius every
+    // 100 steps (step 1 only), the temporal profile every 10 (steps 1, 11, …, 51), the
+    // forward signal on every recorded step.
     let probes = sqlx::query("SELECT job_id, kind, value FROM probes WHERE job_id = ?")
         .bind(&id)
         .fetch_all(&pool)
         .await
         .expect("probes");
     let count = |kind: &str| probes.iter().filter(|r| r.get::<String, _>(1) == kind).count();
-    assert_eq!((count("spectral"), count("time"), count("signal")), (6, 6, 60));
+    assert_eq!((count("spectral"), count("time"), count("signal")), (1, 6, 60));
     for row in &probes {
         counted += row.get::<String, _>(0).len() + 8 + row.get::<String, _>(1).len() + row.get::<Vec<u8>, _>(2).len();
     }
