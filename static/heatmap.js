@@ -308,3 +308,18 @@ export function cellAt(canvas, event) {
   const col = Math.floor((x / layout.plot.w) * layout.cols);
   return { row, col, from: col * layout.bucket + 1, to: (col + 1) * layout.bucket };
 }
+
+/**
+ * Shows `tip` with `text` beside the mouse, kept inside the canvas's width.
+ * @param {HTMLElement} tip
+ * @param {HTMLCanvasElement} canvas
+ * @param {MouseEvent} event
+ * @param {string} text
+ */
+export function showTip(tip, canvas, event, text) {
+  tip.hidden = false;
+  tip.textContent = text;
+  const rect = canvas.getBoundingClientRect();
+  tip.style.left = `${Math.min(rect.width - 260, event.clientX - rect.left + 12)}px`;
+  tip.style.top = `${event.clientY - rect.top + 12}px`;
+}

@@ -4,7 +4,7 @@
 // Layers of one block (`transformer.h.3`) sit under their block's row, which holds the
 // block's norm; a click on it collapses or opens the block.
 
-import { cellAt, drawGrid } from "../heatmap.js";
+import { cellAt, drawGrid, showTip } from "../heatmap.js";
 import { groupedGrid } from "../layer-groups.js";
 import { el, num } from "../widgets.js";
 
@@ -49,11 +49,7 @@ export function layerHeatmap(container, data, { onSelect, onToggle, groups, empt
       : data.layers[row.layer]?.name ?? `#${row.layer}`;
     const what = row.kind === "group" ? "block ‖g‖ (√Σ‖g‖² of max ‖g‖)" : "max ‖g‖";
     const v = cell.col === null ? NaN : grid.at(cell.row, cell.col);
-    tip.hidden = false;
-    tip.textContent = cell.col === null ? name : `${name} · steps ${cell.from}–${cell.to} · ${what} ${Number.isFinite(v) ? num(10 ** v, 3) : "–"}`;
-    const rect = canvas.getBoundingClientRect();
-    tip.style.left = `${Math.min(rect.width - 260, e.clientX - rect.left + 12)}px`;
-    tip.style.top = `${e.clientY - rect.top + 12}px`;
+    showTip(tip, canvas, e, cell.col === null ? name : `${name} · steps ${cell.from}–${cell.to} · ${what} ${Number.isFinite(v) ? num(10 ** v, 3) : "–"}`);
   });
   canvas.addEventListener("mouseleave", () => { tip.hidden = true; });
   canvas.addEventListener("click", (e) => {

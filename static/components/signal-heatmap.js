@@ -3,7 +3,7 @@
 // log colour scale, so activations that grow or fade through the blocks (init scale,
 // normalisation, residuals) show beside the gradients.
 
-import { StepGrid, cellAt, drawGrid } from "../heatmap.js";
+import { StepGrid, cellAt, drawGrid, showTip } from "../heatmap.js";
 import { el, num } from "../widgets.js";
 
 /** @typedef {import("../feed.js").JobFeed} JobFeed */
@@ -44,11 +44,7 @@ export function signalHeatmap(container, feed, { empty }) {
       return;
     }
     const v = grid.at(cell.row, cell.col);
-    tip.hidden = false;
-    tip.textContent = `${feed.blocks[cell.row] ?? ""} · steps ${cell.from}–${cell.to} · output RMS ${Number.isFinite(v) ? num(10 ** v, 3) : "–"}`;
-    const rect = canvas.getBoundingClientRect();
-    tip.style.left = `${Math.min(rect.width - 260, e.clientX - rect.left + 12)}px`;
-    tip.style.top = `${e.clientY - rect.top + 12}px`;
+    showTip(tip, canvas, e, `${feed.blocks[cell.row] ?? ""} · steps ${cell.from}–${cell.to} · output RMS ${Number.isFinite(v) ? num(10 ** v, 3) : "–"}`);
   });
   canvas.addEventListener("mouseleave", () => { tip.hidden = true; });
 

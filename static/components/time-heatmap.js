@@ -4,7 +4,7 @@
 // clipping the early positions go dark as training goes (the gradient no longer reaches
 // them); with clipping or gating they stay lit.
 
-import { StepGrid, cellAt, drawGrid } from "../heatmap.js";
+import { StepGrid, cellAt, drawGrid, showTip } from "../heatmap.js";
 import { el, num } from "../widgets.js";
 
 /** @typedef {import("../feed.js").JobFeed} JobFeed */
@@ -52,11 +52,7 @@ export function timeHeatmap(container, feed, { empty }) {
     }
     const v = grid.at(cell.row, cell.col);
     const [a, b] = [firstOf(cell.row), Math.max(firstOf(cell.row), firstOf(cell.row + 1) - 1)];
-    tip.hidden = false;
-    tip.textContent = `position ${a === b ? a : `${a}–${b}`} · steps ${cell.from}–${cell.to} · ‖∂L/∂x_t‖ ${Number.isFinite(v) ? num(10 ** v, 3) : "–"}`;
-    const rect = canvas.getBoundingClientRect();
-    tip.style.left = `${Math.min(rect.width - 260, e.clientX - rect.left + 12)}px`;
-    tip.style.top = `${e.clientY - rect.top + 12}px`;
+    showTip(tip, canvas, e, `position ${a === b ? a : `${a}–${b}`} · steps ${cell.from}–${cell.to} · ‖∂L/∂x_t‖ ${Number.isFinite(v) ? num(10 ** v, 3) : "–"}`);
   });
   canvas.addEventListener("mouseleave", () => { tip.hidden = true; });
 
