@@ -213,11 +213,15 @@ pub struct InputProbe {
 }
 
 impl InputProbe {
-    /// Cuts `x`: the tensor for the rest of the forward to read, and the probe.
-    pub(crate) fn cut(x: Tensor) -> anyhow::Result<(Tensor, Self)> {
+    /// Cuts `x` when `wanted` (the trace asks for the input's gradient): the tensor for the
+    /// rest of the forward to read, and the probe; otherwise `x` as it is and no probe.
+    pub(crate) fn cut(x: Tensor, wanted: bool) -> anyhow::Result<(Tensor, Option<Self>)> {
+        if !wanted {
+            return Ok((x, None));
+        }
         let leaf = x.f_detach()?.f_set_requires_grad(true)?;
         let upstream = x.requires_grad().then_some(x);
-        Ok((leaf.shallow_clone(), Self { leaf, upstream }))
+        Ok((leaf.shallow_clone(), Some(Self { leaf, upstream })))
     }
 
     /// After the backward pass: carries the leaf's gradient on through the part before the

@@ -101,17 +101,11 @@ impl Recurrent {
 
 impl Model for Recurrent {
     fn trace(&self, xs: &Tensor, train: bool, trace: Trace) -> anyhow::Result<Traced> {
-        let mut x = match &self.embed {
+        let x = match &self.embed {
             Some(table) => embed(table, xs)?,
             None => xs.shallow_clone(),
         };
-        let input = if trace.input {
-            let (cut, probe) = InputProbe::cut(x)?;
-            x = cut;
-            Some(probe)
-        } else {
-            None
-        };
+        let (x, input) = InputProbe::cut(x, trace.input)?;
         let w: Vec<&Tensor> = self.flat_weights.iter().collect();
         let (out, last) = if train && self.dropout > 0.0 && self.layers > 1 {
             // One layer at a time with the dropout between them drawn here: the fused

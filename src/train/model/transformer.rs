@@ -123,18 +123,12 @@ impl Transformer {
 
 impl Model for Transformer {
     fn trace(&self, xs: &Tensor, train: bool, trace: Trace) -> anyhow::Result<Traced> {
-        let mut x = match &self.input {
+        let x = match &self.input {
             Embedding::Tokens(table) => embed(table, xs)?,
             Embedding::Features(linear) => linear.forward(xs)?,
         };
         // The token's embedding, before positions are added (the same gradient reaches both).
-        let input = if trace.input {
-            let (cut, probe) = InputProbe::cut(x)?;
-            x = cut;
-            Some(probe)
-        } else {
-            None
-        };
+        let (mut x, input) = InputProbe::cut(x, trace.input)?;
         let t = x.size()[1];
         anyhow::ensure!(t <= self.pos.size()[0], "sequence of {t} is longer than the model's {}", self.pos.size()[0]);
         x = x.f_add(&self.pos.f_narrow(0, 0, t)?)?;
