@@ -50,6 +50,9 @@ struct StreamArgs {
     /// The niceness of the clients' process (19: the lowest priority; 0: the server's).
     #[arg(long, default_value_t = 19)]
     pub client_nice: i32,
+    /// The server's `--stream-nice`: how much nicer its stream threads are (0: not at all).
+    #[arg(long, default_value_t = gradscope::config::DEFAULT_STREAM_NICE)]
+    pub stream_nice: i32,
     /// Internal: be the clients' process, reading this stream URL with `--clients` sockets.
     #[arg(long, hide = true)]
     pub connect: Option<String>,
@@ -120,6 +123,7 @@ async fn run(args: &StreamArgs) -> anyhow::Result<()> {
     );
     config.torch_threads = Some(args.torch_threads);
     config.in_process = args.in_process;
+    config.stream_nice = args.stream_nice;
     config.worker_binary = Some(env!("CARGO_BIN_EXE_gradscope").into());
     config.ws_max_per_job = args.clients + 10;
     config.ws_max_total = args.clients + 10;
@@ -140,13 +144,14 @@ async fn run(args: &StreamArgs) -> anyhow::Result<()> {
 
     println!(
         "bench stream: {} steps of a 1×{} LSTM, {} torch thread(s), {}; {} subscribers in a separate \
-         process at nice {}; {} interleaved rounds",
+         process at nice {}; stream threads at nice +{}; {} interleaved rounds",
         args.steps,
         args.hidden,
         args.torch_threads,
         if args.in_process { "in the server's process" } else { "in a worker process" },
         args.clients,
         args.client_nice,
+        args.stream_nice,
         args.rounds,
     );
     let mut alone = Vec::new();

@@ -152,6 +152,12 @@ pub struct ServeArgs {
     /// Seconds a WebSocket may stay silent (no pong, no message) before it is closed.
     #[arg(long, env = "GRADSCOPE_WS_IDLE_TIMEOUT", default_value_t = config::DEFAULT_WS_IDLE_TIMEOUT_SECS)]
     pub ws_idle_timeout_secs: u64,
+    /// How much lower the CPU priority of the threads that serve WebSocket streams is than
+    /// the rest of the service's and the training's (a niceness, 0–19; 0 serves them at the
+    /// service's own priority). Dashboards then take the cores the training leaves.
+    #[arg(long, env = "GRADSCOPE_STREAM_NICE", default_value_t = config::DEFAULT_STREAM_NICE,
+        value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub stream_nice: i32,
     /// Seconds before a request (other than a stream) is answered 408.
     #[arg(long, env = "GRADSCOPE_REQUEST_TIMEOUT", default_value_t = config::DEFAULT_REQUEST_TIMEOUT_SECS)]
     pub request_timeout_secs: u64,
@@ -231,6 +237,7 @@ impl From<ServeArgs> for ServeConfig {
             ws_max_per_job: args.ws_max_per_job,
             ws_max_total: args.ws_max_total,
             ws_idle_timeout_secs: args.ws_idle_timeout_secs,
+            stream_nice: args.stream_nice,
             request_timeout_secs: args.request_timeout_secs,
             allowed_hosts: args.allowed_hosts,
             max_corpora: args.max_corpora,

@@ -53,6 +53,8 @@ pub const DEFAULT_WS_MAX_PER_JOB: usize = 1000;
 /// Default most WebSocket clients in total.
 pub const DEFAULT_WS_MAX_TOTAL: usize = 4000;
 /// Default seconds a WebSocket may stay silent before it is closed.
+/// Niceness added to the threads that serve WebSocket streams (0: the service's own).
+pub const DEFAULT_STREAM_NICE: i32 = 10;
 pub const DEFAULT_WS_IDLE_TIMEOUT_SECS: u64 = 60;
 /// Default seconds before a request (other than a stream) is answered 408.
 pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 30;
@@ -165,6 +167,8 @@ pub struct ServeConfig {
     pub ws_max_total: usize,
     /// Seconds a WebSocket may stay silent before it is closed.
     pub ws_idle_timeout_secs: u64,
+    /// Niceness added to the threads that serve WebSocket streams, 0–19.
+    pub stream_nice: i32,
     /// Seconds before a request (other than a stream) is answered 408.
     pub request_timeout_secs: u64,
     /// Host names (besides IP addresses and `localhost`) answered when no API token is set.
@@ -222,6 +226,7 @@ impl Default for ServeConfig {
             ws_max_per_job: DEFAULT_WS_MAX_PER_JOB,
             ws_max_total: DEFAULT_WS_MAX_TOTAL,
             ws_idle_timeout_secs: DEFAULT_WS_IDLE_TIMEOUT_SECS,
+            stream_nice: DEFAULT_STREAM_NICE,
             request_timeout_secs: DEFAULT_REQUEST_TIMEOUT_SECS,
             allowed_hosts: Vec::new(),
             max_corpora: DEFAULT_MAX_CORPORA,

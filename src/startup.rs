@@ -11,7 +11,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::stream::WsLimits;
+use crate::api::stream::{StreamRuntime, WsLimits};
 use crate::api::{self, AppState, ReadLimits};
 use crate::config::{self, ServeConfig};
 use crate::jobs::{CorpusLimits, DataDir, Execution, JobLimits, Jobs, Scheduler, WorkerSettings};
@@ -30,6 +30,8 @@ pub struct Application {
     /// The API token made up at start-up for a service listening beyond loopback with
     /// none configured.
     generated_token: Option<String>,
+    /// Serves the WebSocket streams; stops when the application is dropped.
+    streams: StreamRuntime,
 }
 
 impl Application {
@@ -70,11 +72,13 @@ impl Application {
             (metrics.clone(), notifier),
             shutdown.clone(),
         );
+        let streams = StreamRuntime::start(config.stream_nice)?;
         let ws = Arc::new(WsLimits {
             max_total: config.ws_max_total,
             max_per_job: config.ws_max_per_job,
             idle_timeout: Duration::from_secs(config.ws_idle_timeout_secs),
             clients: AtomicUsize::new(0),
+            runtime: streams.handle(),
         });
         let limits = JobLimits {
             max_queued: config.max_queued,
@@ -126,7 +130,7 @@ impl Application {
             cuda = tch::Cuda::is_available(),
             "gradscope listening"
         );
-        Ok(Self { listener, router, store, scheduler, shutdown, generated_token })
+        Ok(Self { listener, router, store, scheduler, shutdown, generated_token, streams })
     }
 
     pub fn port(&self) -> u16 {
@@ -152,6 +156,8 @@ impl Application {
         self.shutdown.cancel();
         self.scheduler.wait().await;
         self.store.close().await;
+        // Last: the sockets closed when the shutdown was signalled.
+        drop(self.streams);
         tracing::info!("gradscope stopped");
         served.context("server error")
     }

@@ -205,11 +205,10 @@ impl Serialize for StepLayers<'_> {
         for &stat in Statistic::ALL {
             let values = self.stats.get(stat);
             match self.subset {
-                None => map.serialize_entry(stat.as_str(), values)?,
+                None => map.serialize_entry(stat.as_str(), &Compact(values.iter().copied().map(Some)))?,
                 Some(ids) => {
                     // An index past the last layer gets null.
-                    let picked: Vec<Option<f64>> = ids.iter().map(|&i| values.get(i).copied()).collect();
-                    map.serialize_entry(stat.as_str(), &picked)?;
+                    map.serialize_entry(stat.as_str(), &Compact(ids.iter().map(|&i| values.get(i).copied())))?;
                 }
             }
         }
@@ -227,6 +226,33 @@ impl Serialize for StepLayers<'_> {
     }
 }
 
+/// The per-layer statistics at the precision they are measured in: float32 sums and
+/// norms, so a value is written in the shortest form that reads back to its nearest
+/// float32 (about 8 digits instead of float64's 17; most of a step message is these
+/// numbers, and every byte of it goes to every subscriber). A value beyond float32's range
+/// or below its normal numbers keeps its float64 form; a missing or non-finite one is null.
+struct Compact<I>(I);
+
+impl<I: Iterator<Item = Option<f64>> + Clone> Serialize for Compact<I> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.clone().map(|value| match value {
+            Some(v) if v == 0.0 || (f64::from(f32::MIN_POSITIVE)..=f64::from(f32::MAX)).contains(&v.abs()) => {
+                Number::F32(v as f32)
+            }
+            Some(v) if v.is_finite() => Number::F64(v),
+            _ => Number::Null,
+        }))
+    }
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Number {
+    F32(f32),
+    F64(f64),
+    Null,
+}
+
 /// The schema of [`StepLayers`], from the statistics' names.
 fn step_layers_schema() -> Schema {
     let column = || {
@@ -234,7 +260,8 @@ fn step_layers_schema() -> Schema {
     };
     let mut object = ObjectBuilder::new().description(Some(
         "One array per statistic (see `hello.statistics`), one entry per layer, or per index of \
-         `indices`; null where a value does not exist",
+         `indices`; null where a value does not exist. Values are written to the float32 precision \
+         they are measured in (the shortest text that reads back to the same float32)",
     ));
     for stat in Statistic::ALL {
         object = object.property(stat.as_str(), column()).required(stat.as_str());
@@ -343,5 +370,26 @@ mod tests {
         assert_eq!(some["grad_norm"], serde_json::json!([3.0, null]));
         assert_eq!(some["hist"][0][0], 2 * HIST_BINS as u64);
         assert_eq!(some["hist"].as_array().map(Vec::len), Some(1), "histograms of existing layers only");
+    }
+
+    #[test]
+    fn statistics_are_written_to_float32_precision() {
+        let stats = LayerStats {
+            grad_norm: vec![1.0 / 3.0, 0.1, f64::INFINITY, 1e-40, -7.0],
+            grad_max: vec![f64::from(f32::MAX), 1e300, f64::NAN, 0.0, 123_456_789.123],
+            ..LayerStats::default()
+        };
+        let text = serde_json::to_string(&StepLayers { stats: &stats, subset: None }).expect("json");
+        let value: serde_json::Value = serde_json::from_str(&text).expect("parse");
+        let written = |stat: &str| -> Vec<String> {
+            value[stat].as_array().expect(stat).iter().map(ToString::to_string).collect()
+        };
+        // The shortest text that reads back to the nearest float32.
+        assert_eq!(written("grad_norm"), ["0.33333334", "0.1", "null", "1e-40", "-7.0"]);
+        assert_eq!(written("grad_max")[2..], ["null", "0.0", "123456790.0"]);
+        assert_eq!(written("grad_max")[0].parse::<f32>().ok(), Some(f32::MAX));
+        // Past float32's range, or below its normal numbers: the float64 form.
+        assert_eq!(value["grad_max"][1].as_f64(), Some(1e300));
+        assert_eq!(value["grad_norm"][3].as_f64(), Some(1e-40));
     }
 }

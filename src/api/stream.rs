@@ -10,11 +10,18 @@
 //! few writes a second rather than one wake-up and one system call per step and client.
 //! The socket closes normally after the final `status`, with 1001 when the service shuts
 //! down or the client stays silent, and with 1013 when there are too many clients.
+//!
+//! Sockets are served on a runtime of their own ([`StreamRuntime`]) whose threads run at a
+//! lower CPU priority (`--stream-nice`) than the API and the training: on a machine whose
+//! cores the training keeps busy, hundreds of dashboards take what the training leaves,
+//! not a share of it.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use anyhow::Context;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{Path, State};
@@ -68,6 +75,8 @@ pub struct WsLimits {
     pub idle_timeout: Duration,
     /// Open sockets, for the limit and the `gradscope_ws_clients` gauge.
     pub clients: AtomicUsize,
+    /// Where sockets are served ([`StreamRuntime`]).
+    pub runtime: tokio::runtime::Handle,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
@@ -131,7 +140,61 @@ pub async fn subscribe(
         return Err(ApiError::invalid("every", "must be at least 1"));
     }
     let hello = ServerMessage::hello(job.clone(), layers.into_iter().map(Layer::from).collect()).to_json();
-    Ok(ws.on_upgrade(move |socket| serve(state, job, hello, filter, socket)))
+    let main = tokio::runtime::Handle::current();
+    Ok(ws.on_upgrade(move |socket| async move {
+        // Awaited here so that the connection lives as long as its task.
+        let streams = state.ws.runtime.clone();
+        let _ = streams.spawn(serve(state, job, hello, filter, socket, main)).await;
+    }))
+}
+
+/// The runtime that serves the sockets: `(cores / 2).clamp(1, 4)` threads, each made
+/// `nice` steps nicer as it starts (Linux keeps a niceness per thread). Nothing on it opens
+/// a database connection: a connection's thread would inherit the low priority, so store
+/// reads go to the API's runtime ([`on_main`]). Dropped, it stops without waiting for its
+/// sockets, which close with the service.
+#[derive(Debug)]
+pub struct StreamRuntime(Option<tokio::runtime::Runtime>);
+
+impl StreamRuntime {
+    pub fn start(nice: i32) -> anyhow::Result<Self> {
+        let threads = std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).clamp(1, 4));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("gradscope-stream")
+            .on_thread_start(move || {
+                if nice > 0
+                    && let Err(err) = rustix::process::nice(nice)
+                {
+                    tracing::debug!("could not lower the stream threads' priority: {err}");
+                }
+            })
+            .enable_all()
+            .build()
+            .context("failed to start the threads that serve streams")?;
+        Ok(Self(Some(runtime)))
+    }
+
+    pub fn handle(&self) -> tokio::runtime::Handle {
+        // Present until dropped.
+        self.0.as_ref().map(|runtime| runtime.handle().clone()).expect("a running stream runtime")
+    }
+}
+
+impl Drop for StreamRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Runs `future` on the API's runtime and waits for it (from the stream runtime).
+async fn on_main<T: Send + 'static>(
+    main: &tokio::runtime::Handle,
+    future: impl Future<Output = T> + Send + 'static,
+) -> anyhow::Result<T> {
+    Ok(main.spawn(future).await?)
 }
 
 fn parse_layers(list: &str) -> Result<Vec<usize>, ApiError> {
@@ -150,7 +213,14 @@ impl Drop for ClientSlot {
     }
 }
 
-async fn serve(state: AppState, job: Job, hello: String, filter: Filter, mut socket: WebSocket) {
+async fn serve(
+    state: AppState,
+    job: Job,
+    hello: String,
+    filter: Filter,
+    mut socket: WebSocket,
+    main: tokio::runtime::Handle,
+) {
     let limits = state.ws.clone();
     let slot = ClientSlot(limits.clone());
     if limits.clients.fetch_add(1, Ordering::Relaxed) >= limits.max_total {
@@ -161,7 +231,7 @@ async fn serve(state: AppState, job: Job, hello: String, filter: Filter, mut soc
     if socket.send(Message::Text(hello.into())).await.is_err() {
         return;
     }
-    let reason = match run(&state, &job, filter, &mut socket).await {
+    let reason = match run(&state, &job, filter, &mut socket, &main).await {
         Ok(reason) => reason,
         Err(err) => {
             tracing::debug!(job = %job.id, "stream ended: {err}");
@@ -193,7 +263,13 @@ async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) {
 type CloseReason = (u16, &'static str);
 
 /// Sends the feed until it ends; returns how to close.
-async fn run(state: &AppState, job: &Job, mut filter: Filter, socket: &mut WebSocket) -> anyhow::Result<CloseReason> {
+async fn run(
+    state: &AppState,
+    job: &Job,
+    mut filter: Filter,
+    socket: &mut WebSocket,
+    main: &tokio::runtime::Handle,
+) -> anyhow::Result<CloseReason> {
     let shutdown = state.scheduler.shutdown_token().clone();
     let idle_timeout = state.ws.idle_timeout;
     let mut last_heard = Instant::now();
@@ -208,7 +284,9 @@ async fn run(state: &AppState, job: &Job, mut filter: Filter, socket: &mut WebSo
         if let Some(feed) = state.scheduler.live(job.id) {
             break feed;
         }
-        let now = state.store.job(job.id).await?;
+        let store = state.store.clone();
+        let id = job.id;
+        let now = on_main(main, async move { store.job(id).await }).await??;
         match now {
             None => return Ok((close_code::NORMAL, "job deleted")),
             Some(now) if now.status.is_finished() => {
@@ -358,4 +436,34 @@ async fn feed_one(socket: &mut WebSocket, shared: &Shared, filter: &Filter) -> a
     };
     socket.feed(Message::Text(text)).await?;
     Ok(matches!(shared.message, LiveMessage::Status { .. }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn sockets_are_served_below_the_priority_of_the_rest() {
+        let ours = rustix::process::getpriority_process(None).expect("niceness");
+        let streams = StreamRuntime::start(7).expect("runtime");
+        let theirs = streams
+            .handle()
+            .spawn(async { rustix::process::getpriority_process(None).expect("niceness") })
+            .await
+            .expect("task");
+        assert_eq!(theirs, (ours + 7).min(19));
+        // A store read from there runs back on the caller's runtime, at its priority.
+        let main = tokio::runtime::Handle::current();
+        let back = streams
+            .handle()
+            .spawn(async move {
+                on_main(&main, async { rustix::process::getpriority_process(None).expect("niceness") }).await
+            })
+            .await
+            .expect("task")
+            .expect("ran");
+        assert_eq!(back, ours);
+        // Dropped inside a runtime, it stops without blocking it.
+        drop(streams);
+    }
 }
