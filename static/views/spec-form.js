@@ -273,6 +273,13 @@ export function specForm(root, { presets, onSubmitted, initial }) {
   const presetNote = el("p", { class: "muted preset-note" });
   const json = /** @type {HTMLTextAreaElement} */ (
     el("textarea", { class: "spec-json", spellcheck: false, rows: 14, "aria-label": "Spec as JSON" }));
+  const jsonNote = el("small", { class: "help json-note", role: "status" });
+  // Typed into the JSON since the form last wrote it: Submit sends the JSON, not the form.
+  let jsonEdited = false;
+  json.addEventListener("input", () => {
+    jsonEdited = true;
+    jsonNote.textContent = "Edited: Submit sends this JSON. Editing a field above replaces it with the form's values.";
+  });
   root.replaceChildren(form);
 
   /** @type {SpecSchema | null} */
@@ -361,7 +368,10 @@ export function specForm(root, { presets, onSubmitted, initial }) {
   }
 
   function showJson() {
-    if (schema) json.value = JSON.stringify(toSpec(schema, state), null, 2);
+    if (!schema) return;
+    json.value = JSON.stringify(toSpec(schema, state), null, 2);
+    jsonEdited = false;
+    jsonNote.textContent = "";
   }
 
   /**
@@ -559,8 +569,9 @@ export function specForm(root, { presets, onSubmitted, initial }) {
             monInput("diagnose_window", { label: "diagnosis window" }),
             monInput("summary_every", { label: "summary every" }),
             monInput("cooldown", { label: "event cool-down" }))),
-        el("details", { class: "wide" }, el("summary", {}, "Spec as JSON"), json,
-          el("button", { type: "button", class: "small", onclick: applyJson }, "Apply JSON to the form"))),
+        el("details", { class: "wide json-box", dataset: { field: "json" } }, el("summary", {}, "Spec as JSON"), json, jsonNote,
+          el("button", { type: "button", class: "small", onclick: () => applyJson() }, "Apply JSON to the form"),
+          el("small", { class: "field-error", role: "alert" }))),
       el("div", { class: "form-actions" },
         el("button", { type: "submit", class: "primary" }, "Submit job"),
         el("span", { class: "muted submit-status", role: "status" })),
@@ -568,14 +579,42 @@ export function specForm(root, { presets, onSubmitted, initial }) {
     showJson();
   }
 
-  function applyJson() {
-    if (!schema) return;
+  /**
+   * Takes the JSON into the form; false (and says why, next to the JSON) when it does not
+   * parse or fit.
+   * @param {boolean} [submitting] on Submit: the message says the job was not submitted
+   */
+  function applyJson(submitting = false) {
+    if (!schema) return false;
+    const outcome = submitting ? "; the job was not submitted" : "";
+    const text = json.value;
+    /** @type {unknown} */
+    let parsed;
     try {
-      state = fromSpec(schema, JSON.parse(json.value));
+      parsed = JSON.parse(text);
+    } catch (err) {
+      showError("json", `The JSON does not parse: ${err instanceof Error ? err.message : err}${outcome}`);
+      return false;
+    }
+    if (parsed === null || typeof parsed !== "object" || Array.isArray(parsed)) {
+      showError("json", `The JSON must be one object, a JobSpec${outcome}`);
+      return false;
+    }
+    const before = state;
+    try {
+      state = fromSpec(schema, /** @type {Spec} */ (parsed));
       render();
     } catch (err) {
-      showError(null, `The JSON does not parse: ${err instanceof Error ? err.message : err}`);
+      // Back to the form as it was, the JSON kept as typed to fix.
+      state = before;
+      render();
+      json.value = text;
+      jsonEdited = true;
+      showError("json", `The JSON does not fit the form: ${err instanceof Error ? err.message : err}${outcome}`);
+      return false;
     }
+    localErrors.clear();
+    return true;
   }
 
   function clearErrors() {
@@ -619,6 +658,8 @@ export function specForm(root, { presets, onSubmitted, initial }) {
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     if (!schema) return;
+    // What the user edited last is what is sent: JSON typed since the form last wrote it wins.
+    if (jsonEdited && !applyJson(true)) return;
     const first = localErrors.entries().next();
     if (!first.done) {
       const [path, message] = first.value;

@@ -1,0 +1,92 @@
+// Bugs a user hit on the dashboard, each checked against a real server where the page
+// used to get it wrong. The jobs are tiny MLPs (a few hundred parameters), cheap on a
+// shared CPU; those that would run long are cancelled once seen running.
+
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+import { openBrowser, startServer, until } from "./helpers.mjs";
+
+let server;
+let browser;
+
+before(async () => {
+  server = await startServer();
+  browser = await openBrowser();
+});
+
+after(async () => {
+  await browser?.close();
+  await server?.stop();
+});
+
+const tinyMlp = (extra = {}) => ({
+  batch_size: 16, device: "cpu",
+  task: { kind: "classification", features: 8, classes: 4 },
+  model: { kind: "mlp", layers: 2, hidden: 16 },
+  ...extra,
+});
+
+async function submit(spec) {
+  const created = await server.api("POST", "/jobs", spec);
+  assert.equal(created.status, 201, JSON.stringify(created.body));
+  return created.body;
+}
+
+async function finished(id) {
+  return until(async () => {
+    const { body } = await server.api("GET", `/jobs/${id}`);
+    return ["succeeded", "diverged", "failed", "cancelled"].includes(body.status) ? body : null;
+  }, { timeout: 120_000, what: `job ${id} to finish` });
+}
+
+const stepOf = async (page) => Number(((await page.textContent("#step-counter")) ?? "").split("/")[0]);
+
+async function freshForm(page) {
+  await page.goto(`${server.url}/#/`);
+  await page.reload();
+  await page.waitForSelector("form.spec-form input[name=steps]");
+}
+
+test("edits typed into the spec's JSON are what Submit sends", async () => {
+  const { page } = browser;
+  await freshForm(page);
+  await page.fill("input[name=steps]", "20");
+  await page.fill("input[name=device]", "cpu");
+  await page.click("details:has(textarea.spec-json) > summary");
+  const spec = JSON.parse(await page.inputValue("textarea.spec-json"));
+  assert.equal(spec.steps, 20, "the JSON shows the form");
+  spec.name = "typed-as-json";
+  spec.steps = 7;
+  spec.model.hidden = 16;
+  await page.fill("textarea.spec-json", JSON.stringify(spec, null, 2));
+  await browser.shot("bug-json-edited");
+  await page.click("form.spec-form button[type=submit]");
+  await page.waitForURL(/#\/jobs\/[0-9a-f-]+$/);
+  const { body: job } = await server.api("GET", `/jobs/${page.url().split("/").pop()}`);
+  assert.equal(job.name, "typed-as-json", "the JSON's name, not the form's");
+  assert.equal(job.spec.steps, 7);
+  assert.equal(job.spec.model.hidden, 16);
+
+  // JSON that does not parse is not sent; the page says so next to it.
+  const count = (await server.api("GET", "/jobs")).body.jobs.length;
+  await freshForm(page);
+  await page.fill("input[name=device]", "cpu");
+  await page.click("details:has(textarea.spec-json) > summary");
+  await page.fill("textarea.spec-json", '{"steps": 7, "model": ');
+  await page.click("form.spec-form button[type=submit]");
+  const message = page.locator("details:has(textarea.spec-json) .field-error");
+  await until(async () => (await message.textContent()) !== "", { what: "the JSON's error", timeout: 5000 });
+  assert.match(await message.textContent(), /does not parse.*not submitted/);
+  assert.match(page.url(), /#\/$/, "the form stays put");
+  assert.equal((await server.api("GET", "/jobs")).body.jobs.length, count, "nothing was queued");
+  assert.equal(await page.inputValue("textarea.spec-json"), '{"steps": 7, "model": ', "the text is kept to fix");
+
+  // A field edited after the JSON: the form wins, and the JSON shows it again.
+  await page.fill("textarea.spec-json", JSON.stringify({ ...spec, steps: 9 }));
+  assert.match(await page.textContent(".json-note"), /Submit sends this JSON/);
+  await page.fill("input[name=steps]", "11");
+  assert.equal(JSON.parse(await page.inputValue("textarea.spec-json")).steps, 11);
+  assert.equal(await page.textContent(".json-note"), "");
+  await finished(job.id);
+  assert.deepEqual(browser.errors, [], "no errors in the browser console");
+});
