@@ -12,7 +12,7 @@ import { describeSpec, diagnosisBadges, el, num, pct, statusBadge } from "../wid
 /** @typedef {import("../types.js").LayerSeries} LayerSeries */
 /** @typedef {import("../charts.js").LineChart} LineChart */
 /** @typedef {{job: Job, data: JobData, profile: {median: (number | null)[], last: (number | null)[]}}} Loaded */
-/** @typedef {{chartBox: HTMLElement, canvas: HTMLCanvasElement, chart: LineChart}} ProfilePanel */
+/** @typedef {{chartBox: HTMLElement, canvas: HTMLCanvasElement, chart: LineChart, status: HTMLElement}} ProfilePanel */
 /** @typedef {import("uplot").AlignedData} AlignedData */
 
 /** The CSS colour of the i-th job (a custom property of style.css). */
@@ -72,11 +72,18 @@ export async function compareView(root, ctx, params) {
   let timer = 0;
   let closed = false;
 
-  const picker = el("div", { class: "picker" }, all.length ? all.map((j) => el("label", { class: "chip" },
+  /** Each chip's status, by job id: kept current as the jobs are read again. @type {Map<string, HTMLElement>} */
+  const chipStatus = new Map();
+  const chipBadge = (/** @type {Job} */ j) => {
+    const slot = el("span", { class: "chip-status" }, statusBadge(j.status));
+    chipStatus.set(j.id, slot);
+    return slot;
+  };
+  const picker = el("div", { class: "picker" }, all.length ? all.map((j) => el("label", { class: "chip", dataset: { id: j.id } },
     el("input", { type: "checkbox", value: j.id, checked: ids.includes(j.id), onchange: (/** @type {Event} */ e) => {
       ids = /** @type {HTMLInputElement} */ (e.target).checked ? [...ids, j.id] : ids.filter((x) => x !== j.id);
       location.hash = `#/compare${query({ ids: ids.length ? ids : null })}`;
-    } }), " ", j.name, " ", statusBadge(j.status))) : el("p", { class: "muted" }, "No jobs to compare yet."));
+    } }), " ", j.name, " ", chipBadge(j))) : el("p", { class: "muted" }, "No jobs to compare yet."));
   const body = el("div", { class: "compare-body" });
   root.replaceChildren(
     el("section", { class: "panel" }, el("h2", {}, "Compare jobs"),
@@ -125,14 +132,15 @@ export async function compareView(root, ctx, params) {
     const boxes = loaded.map(({ job, data }, i) => {
       const chartBox = el("div", { class: "chart" });
       const canvas = el("canvas", { class: "grid-canvas profile-heat", style: `height:${Math.min(300, Math.max(120, data.layers.length * 10 + 24))}px` });
+      const status = el("span", { class: "profile-status" });
       const card = el("article", { class: "card profile", dataset: { id: job.id } },
         el("h4", {}, el("span", { class: "swatch", style: `background:${swatch(i)}` }), " ",
-          el("a", { href: `#/jobs/${job.id}` }, job.name), " ", statusBadge(job.status)),
+          el("a", { href: `#/jobs/${job.id}` }, job.name), " ", status),
         el("p", { class: "muted small" }, describeSpec(job.spec)), chartBox, canvas);
-      return { card, chartBox, canvas };
+      return { card, chartBox, canvas, status };
     });
     profiles.replaceChildren(...boxes.map((b) => b.card));
-    panels = boxes.map(({ chartBox, canvas }, i) => {
+    panels = boxes.map(({ chartBox, canvas, status }, i) => {
       const layers = loaded[i].data.layers;
       const chart = lineChart(uPlot, chartBox, {
         series: [
@@ -143,7 +151,7 @@ export async function compareView(root, ctx, params) {
         xValue: (_u, v) => (v === null || v === undefined ? "–" : `${v}: ${layers[v]?.name ?? ""}`),
       });
       charts.push(chart);
-      return { chartBox, canvas, chart };
+      return { chartBox, canvas, chart, status };
     });
   }
 
@@ -152,7 +160,15 @@ export async function compareView(root, ctx, params) {
     return /** @type {(number | null)[][]} */ (tables.length ? uPlot.join(/** @type {AlignedData[]} */ (/** @type {unknown} */ (tables))) : [[]]);
   }
 
+  /** Shows `status` in `slot` unless it shows it already. */
+  function showStatus(/** @type {HTMLElement | undefined} */ slot, /** @type {string} */ status) {
+    if (slot && slot.textContent !== status) slot.replaceChildren(statusBadge(status));
+  }
+
   function update() {
+    // The chips and the panels' badges say what the table says: every job as last read.
+    for (const { job } of loaded) showStatus(chipStatus.get(job.id), job.status);
+    panels.forEach((panel, i) => showStatus(panel.status, loaded[i].job.status));
     charts[0].setData(join(loaded.map(({ data }) => [data.cols.step, data.cols.loss, data.cols.valid])));
     charts[1].setData(join(loaded.map(({ data }) => [data.cols.step, data.cols.gn, data.cols.gnc])));
 

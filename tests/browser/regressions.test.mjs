@@ -90,3 +90,28 @@ test("edits typed into the spec's JSON are what Submit sends", async () => {
   await finished(job.id);
   assert.deepEqual(browser.errors, [], "no errors in the browser console");
 });
+
+/** A job that would run for minutes, at a learning rate of 0.05: seen running, then cancelled. */
+let long;
+const longJob = async () => (long ??= await submit(tinyMlp({
+  name: "long-runner", steps: 100_000, optimizer: { kind: "sgd", lr: 0.05 }, monitor: { every: 50, histogram: false },
+})));
+
+test("the compare page's chips and panel badges follow the job's status", async () => {
+  const { page } = browser;
+  await longJob();
+  await page.goto(`${server.url}/#/compare?ids=${long.id}`);
+  const chip = page.locator(`.picker label:has(input[value="${long.id}"]) .status`);
+  const badge = page.locator(`.profile[data-id="${long.id}"] h4 .status`);
+  const row = page.locator(`#compare-summary tr[data-id="${long.id}"] .status`);
+  await row.waitFor();
+  assert.equal(await chip.textContent(), "running");
+  assert.equal(await badge.textContent(), "running");
+  const cancelled = await server.api("POST", `/jobs/${long.id}/cancel`);
+  assert.equal(cancelled.status, 202);
+  await until(async () => (await row.textContent()) === "cancelled", { what: "the table to say cancelled" });
+  await browser.shot("bug-compare-status");
+  assert.equal(await chip.textContent(), "cancelled", "the chip says what the table says");
+  assert.equal(await badge.textContent(), "cancelled", "the panel's badge says what the table says");
+  assert.deepEqual(browser.errors, [], "no errors in the browser console");
+});
