@@ -40,7 +40,12 @@ export function lossCharts(uPlot, boxes, data, { events, syncKey }) {
     yLog: true, yLabel: "‖g‖", height: 370, sync,
     hooks: { ...verticalLines(lines), draw: [drawPolicyTicks] },
   });
-  const lr = lineChart(uPlot, boxes.lr, { series: [{ label: "lr", color: seriesColor(3) }], yLabel: "lr", height: 110, sync, legend: false });
+  // From 0 (where warm-up starts and schedules end) to a little above the largest rate, so
+  // that a constant rate sits among ticks instead of on a range of its own width.
+  const lr = lineChart(uPlot, boxes.lr, {
+    series: [{ label: "lr", color: seriesColor(3) }], yLabel: "lr", height: 160, sync,
+    yRange: (_u, _min, max) => [0, max !== null && max > 0 && Number.isFinite(max) ? max * 1.15 : 1],
+  });
 
   /** Ticks along the bottom of the norm chart: clipped steps short, skipped ones tall. */
   function drawPolicyTicks(/** @type {UPlot} */ u) {

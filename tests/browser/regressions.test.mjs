@@ -115,3 +115,75 @@ test("the compare page's chips and panel badges follow the job's status", async 
   assert.equal(await badge.textContent(), "cancelled", "the panel's badge says what the table says");
   assert.deepEqual(browser.errors, [], "no errors in the browser console");
 });
+
+/** The labels a chart drew on its y axis (`data-y-ticks` of its box). */
+async function yTicks(page, selector) {
+  const raw = await page.getAttribute(selector, "data-y-ticks");
+  assert.ok(raw, `${selector} has y-axis labels`);
+  return JSON.parse(raw);
+}
+
+test("the learning-rate chart has ticks around 0.05 and a value on hover", async () => {
+  const { page } = browser;
+  await longJob();
+  await server.api("POST", `/jobs/${long.id}/cancel`); // if it still runs
+  await finished(long.id);
+  const { body: steps } = await server.api("GET", `/jobs/${long.id}/steps?max_points=10`);
+  assert.ok(steps.lr.every((v) => v === 0.05), "a constant learning rate of 0.05");
+  await page.goto(`${server.url}/#/jobs/${long.id}`);
+  await page.waitForSelector(".job-head .status-cancelled");
+  const box = "section:has(#loss-chart) > div.chart:last-of-type";
+  await page.waitForSelector(`${box} .u-over`);
+  await page.waitForTimeout(300); // a frame draws the data
+  await browser.shot("bug-lr-chart");
+  const labels = await yTicks(page, box);
+  const values = labels.map(Number);
+  assert.ok(values.length >= 2, `at least two labels: ${labels}`);
+  assert.ok(values.every(Number.isFinite), `labels are numbers: ${labels}`);
+  assert.equal(new Set(labels).size, labels.length, `labels are distinct: ${labels}`);
+  assert.ok(Math.min(...values) <= 0.05 && Math.max(...values) >= 0.05, `0.05 lies among the ticks: ${labels}`);
+
+  const over = await page.locator(`${box} .u-over`).boundingBox();
+  await page.mouse.move(over.x + over.width / 2, over.y + over.height / 2);
+  const value = page.locator(`${box} .u-legend .u-series:nth-child(2) .u-value`);
+  await until(async () => (await value.count()) > 0 && (await value.textContent()) === "0.05", { what: "the lr under the cursor", timeout: 5000 });
+  assert.deepEqual(browser.errors, [], "no errors in the browser console");
+});
+
+/**
+ * A 12-layer ReLU MLP at 100× the usual initialisation and a learning rate that changes
+ * nothing: losses of about 1e20, gradients of about 1e19, whose squares overflow a float32.
+ */
+let huge;
+
+test("a diverging loss keeps readable, uncut axis labels", async () => {
+  const { page } = browser;
+  huge = await submit(tinyMlp({
+    name: "huge", steps: 20, model: { kind: "mlp", layers: 12, hidden: 32, activation: "relu", init_scale: 100 },
+    optimizer: { kind: "sgd", lr: 1e-30 }, policy: { grad: [], on_nonfinite: "skip" }, monitor: { every: 1 },
+  }));
+  await finished(huge.id);
+  const { body: steps } = await server.api("GET", `/jobs/${huge.id}/steps`);
+  const losses = steps.loss.filter((v) => v !== null);
+  assert.ok(Math.max(...losses) > 1e18, `losses reach ${Math.max(...losses)}`);
+  await page.goto(`${server.url}/#/jobs/${huge.id}`);
+  await page.waitForSelector("#loss-chart .u-over");
+  await page.waitForTimeout(300);
+  await browser.shot("bug-axis-huge-loss");
+  const labels = await yTicks(page, "#loss-chart");
+  const values = labels.map(Number);
+  assert.ok(values.length >= 2, `at least two labels: ${labels}`);
+  assert.ok(values.every(Number.isFinite), `labels are numbers: ${labels}`);
+  assert.ok(labels.every((l) => l.length <= 8), `labels are short: ${labels}`);
+  assert.ok(Math.max(...values) >= Math.min(...losses), `the labels span the losses: ${labels}`);
+  // Every label fits the axis: its width, in the axis font, within the room left of the plot.
+  const fit = await page.evaluate((texts) => {
+    const ctx = document.createElement("canvas").getContext("2d");
+    ctx.font = "11px system-ui, sans-serif";
+    const widest = Math.max(...texts.map((t) => ctx.measureText(t).width));
+    const over = /** @type {HTMLElement} */ (document.querySelector("#loss-chart .u-over"));
+    return { widest, room: over.offsetLeft - 18 };
+  }, labels);
+  assert.ok(fit.widest + 5 <= fit.room, `the widest label (${fit.widest} px) fits the axis (${fit.room} px)`);
+  assert.deepEqual(browser.errors, [], "no errors in the browser console");
+});
