@@ -140,6 +140,20 @@ export async function jobView(root, ctx, id) {
   setLayers();
 
   // ---- drawing ----
+  /** The step the head shows: the latest the page holds or the job record states. */
+  const stepNow = () => Math.max(job().step, data.lastStep);
+  let progressShown = "";
+  /** The counter and the progress bar, always together, so that they show the same step. */
+  function updateProgress() {
+    const j = job();
+    const step = stepNow();
+    const key = `${step}/${j.total_steps}/${j.status}`;
+    if (key === progressShown) return;
+    progressShown = key;
+    counter.textContent = `${step} / ${j.total_steps}`;
+    progressSlot.replaceChildren(progressBar({ ...j, step }));
+  }
+
   const updateHead = throttled(() => {
     const j = job();
     statusSlot.replaceChildren(statusBadge(j.status));
@@ -154,9 +168,8 @@ export async function jobView(root, ctx, id) {
         layer && !issue.message.startsWith(layer) ? [el("code", {}, layer), " "] : null,
         issue.message, el("span", { class: "muted small" }, ` since step ${issue.since}`));
     }));
-    progressSlot.replaceChildren(progressBar({ ...j, step: Math.max(j.step, data.lastStep) }));
     cancelButton.hidden = isFinished(j);
-    checkpoint.hidden = j.step === 0 && data.lastStep === 0;
+    checkpoint.hidden = stepNow() === 0;
     errorLine.hidden = !j.error;
     errorLine.textContent = j.error ?? "";
     const c = data.cols;
@@ -192,7 +205,7 @@ export async function jobView(root, ctx, id) {
     frames.request(`spectral-${id}`, spectral.draw);
     frames.request(`time-${id}`, time.draw);
     frames.request(`signal-${id}`, signal.draw);
-    frames.request(`counter-${id}`, () => { counter.textContent = `${data.lastStep || job().step} / ${job().total_steps}`; });
+    frames.request(`counter-${id}`, updateProgress);
     frames.request(`head-${id}`, updateHead);
     frames.request(`table-${id}`, () => table.update({ diagnosis: job().diagnosis, events: feed.events }));
   }

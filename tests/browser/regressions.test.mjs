@@ -187,3 +187,42 @@ test("a diverging loss keeps readable, uncut axis labels", async () => {
   assert.ok(fit.widest + 5 <= fit.room, `the widest label (${fit.widest} px) fits the axis (${fit.room} px)`);
   assert.deepEqual(browser.errors, [], "no errors in the browser console");
 });
+
+test("while a job runs, the head's counter and its progress bar show the same step", async () => {
+  const { page } = browser;
+  const job = await submit(tinyMlp({ name: "watched", steps: 100_000, monitor: { every: 50, histogram: false } }));
+  await page.goto(`${server.url}/#/jobs/${job.id}`);
+  await until(async () => (await stepOf(page)) > 0, { what: "the first step" });
+  // Every state the head passes through: after each change to it, and at each frame.
+  await page.evaluate(() => {
+    const w = /** @type {any} */ (window);
+    w.stepSamples = { seen: 0, differ: [] };
+    const look = () => {
+      const counter = document.querySelector("#step-counter")?.textContent ?? "";
+      const bar = document.querySelector(".job-head .progress span")?.textContent ?? "";
+      if (!counter || !bar) return;
+      w.stepSamples.seen++;
+      if (counter !== bar) w.stepSamples.differ.push(`${counter} vs ${bar}`);
+    };
+    w.stepObserver = new MutationObserver(look);
+    w.stepObserver.observe(document.querySelector(".job-head"), { subtree: true, childList: true, characterData: true });
+    const frame = () => {
+      look();
+      if (!w.stepSamples.stop) requestAnimationFrame(frame);
+    };
+    requestAnimationFrame(frame);
+  });
+  const start = await stepOf(page);
+  await until(async () => (await stepOf(page)) >= start + 500, { what: "500 more steps" });
+  await browser.shot("bug-head-step");
+  const samples = await page.evaluate(() => {
+    const w = /** @type {any} */ (window);
+    w.stepSamples.stop = true;
+    w.stepObserver.disconnect();
+    return w.stepSamples;
+  });
+  assert.equal((await server.api("POST", `/jobs/${job.id}/cancel`)).status, 202);
+  assert.ok(samples.seen > 10, `the head was looked at ${samples.seen} times`);
+  assert.deepEqual(samples.differ.slice(0, 5), [], `counter and bar disagreed ${samples.differ.length} of ${samples.seen} times`);
+  assert.deepEqual(browser.errors, [], "no errors in the browser console");
+});
