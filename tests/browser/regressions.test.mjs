@@ -226,3 +226,34 @@ test("while a job runs, the head's counter and its progress bar show the same st
   assert.deepEqual(samples.differ.slice(0, 5), [], `counter and bar disagreed ${samples.differ.length} of ${samples.seen} times`);
   assert.deepEqual(browser.errors, [], "no errors in the browser console");
 });
+
+test("a layer whose gradient overflowed or holds NaN/Inf says so, in its values and its health", async () => {
+  const { page } = browser;
+  // The huge job's finite gradients whose norm overflows; and a storm of NaN (a huge step).
+  const storm = await submit(tinyMlp({
+    name: "nan-storm", steps: 20, model: { kind: "mlp", layers: 6, hidden: 32, activation: "relu", init_scale: 100 },
+    optimizer: { kind: "sgd", lr: 10 }, policy: { grad: [], on_nonfinite: "skip" }, monitor: { every: 1 },
+  }));
+  for (const [job, kind] of [[huge, "overflow"], [storm, "nonfinite"]]) {
+    const done = await finished(job.id);
+    const { body } = await server.api("GET", `/jobs/${job.id}/layer-stats?stat=grad_norm,nonfinite&from=${done.step}`);
+    const expect = body.layers.map((l) => {
+      const norm = l.grad_norm[l.grad_norm.length - 1];
+      const bad = l.nonfinite[l.nonfinite.length - 1];
+      return { index: l.index, text: norm !== null ? null : bad > 0 ? "NaN/Inf" : "overflow", flag: norm !== null ? null : bad > 0 ? "nonfinite" : "overflow" };
+    });
+    assert.ok(expect.some((e) => e.flag === kind), `${job.name}: some layer is ${kind} at step ${done.step}`);
+    await page.goto(`${server.url}/#/jobs/${job.id}`);
+    await page.waitForSelector("#layer-table tbody tr[data-layer] td.stat-grad_norm");
+    await until(async () => (await page.textContent("#table-step")) === `statistics of step ${done.step}`, { what: "the last step's statistics" });
+    await page.waitForTimeout(400); // the table redraws at most every 300 ms
+    await browser.shot(`bug-${kind}-table`);
+    for (const e of expect.filter((x) => x.text)) {
+      const row = `#layer-table tbody tr[data-layer="${e.index}"]`;
+      assert.equal(await page.textContent(`${row} td.stat-grad_norm`), e.text, `${job.name} layer ${e.index}: ‖g‖`);
+      const health = (await page.textContent(`${row} td.health`)) ?? "";
+      assert.ok(health.split(" ").includes(e.flag), `${job.name} layer ${e.index}: health "${health}" names ${e.flag}`);
+    }
+  }
+  assert.deepEqual(browser.errors, [], "no errors in the browser console");
+});
