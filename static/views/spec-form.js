@@ -630,28 +630,51 @@ export function specForm(root, { presets, onSubmitted, initial }) {
    * @param {string} message
    */
   function showError(field, message) {
+    showErrors([{ field, message }]);
+  }
+
+  /**
+   * Puts each message under its field (or the nearest enclosing one; two for one place
+   * share it), those with no place in the banner; the first is scrolled to and focused.
+   * @param {{field: string | null, message: string}[]} list
+   */
+  function showErrors(list) {
     clearErrors();
+    /** @type {string[]} */
+    const unplaced = [];
     /** @type {HTMLElement | null} */
-    let target = null;
-    if (field) {
-      let path = field;
-      while (path && !target) {
-        target = form.querySelector(`[data-field="${CSS.escape(path)}"]`);
-        const cut = Math.max(path.lastIndexOf("."), path.lastIndexOf("["));
-        path = cut > 0 ? path.slice(0, cut) : "";
+    let first = null;
+    for (const { field, message } of list) {
+      /** @type {HTMLElement | null} */
+      let target = null;
+      if (field) {
+        let path = field;
+        while (path && !target) {
+          target = form.querySelector(`[data-field="${CSS.escape(path)}"]`);
+          const cut = Math.max(path.lastIndexOf("."), path.lastIndexOf("["));
+          path = cut > 0 ? path.slice(0, cut) : "";
+        }
       }
-    }
-    if (target) {
+      if (!target) {
+        unplaced.push(field ? `${field}: ${message}` : message);
+        continue;
+      }
       const details = target.closest("details");
       if (details) details.open = true;
       target.classList.add("has-error");
       const slot = target.querySelector(":scope > .field-error") ?? target.querySelector(".field-error");
-      if (slot) slot.textContent = message;
-      target.scrollIntoView({ block: "center", behavior: "instant" });
-      /** @type {HTMLElement | null} */ (target.querySelector("input, select"))?.focus({ preventScroll: true });
-    } else {
+      // A field that was not found itself (`task.id` inside its section) is named.
+      const text = target.dataset.field === field || !field ? message : `${field}: ${message}`;
+      if (slot) slot.textContent = slot.textContent ? `${slot.textContent}; ${text}` : text;
+      first ??= target;
+    }
+    if (unplaced.length) {
       banner.hidden = false;
-      banner.textContent = field ? `${field}: ${message}` : message;
+      banner.textContent = unplaced.join("\n");
+    }
+    if (first) {
+      first.scrollIntoView({ block: "center", behavior: "instant" });
+      /** @type {HTMLElement | null} */ (first.querySelector("input, select"))?.focus({ preventScroll: true });
     }
   }
 
@@ -660,10 +683,8 @@ export function specForm(root, { presets, onSubmitted, initial }) {
     if (!schema) return;
     // What the user edited last is what is sent: JSON typed since the form last wrote it wins.
     if (jsonEdited && !applyJson(true)) return;
-    const first = localErrors.entries().next();
-    if (!first.done) {
-      const [path, message] = first.value;
-      showError(path.replace(/\.(\d+)\./, "[$1]."), message);
+    if (localErrors.size) {
+      showErrors([...localErrors].map(([path, message]) => ({ field: path.replace(/\.(\d+)\./, "[$1]."), message })));
       return;
     }
     const status = /** @type {HTMLElement} */ (form.querySelector(".submit-status"));
@@ -676,7 +697,8 @@ export function specForm(root, { presets, onSubmitted, initial }) {
       onSubmitted(job);
     } catch (err) {
       status.textContent = "";
-      if (err instanceof ApiError) showError(err.field, err.message);
+      if (err instanceof ApiError && err.errors.length) showErrors(err.errors);
+      else if (err instanceof ApiError) showError(err.field, err.message);
       else showError(null, `Could not reach the server: ${err instanceof Error ? err.message : err}`);
     } finally {
       button.disabled = false;

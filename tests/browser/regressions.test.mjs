@@ -257,3 +257,28 @@ test("a layer whose gradient overflowed or holds NaN/Inf says so, in its values 
   }
   assert.deepEqual(browser.errors, [], "no errors in the browser console");
 });
+
+test("a spec with several invalid fields shows every error next to its field at once", async () => {
+  const { page } = browser;
+  await freshForm(page);
+  const count = (await server.api("GET", "/jobs")).body.jobs.length;
+  await page.fill("input[name=steps]", "0");
+  await page.fill("input[name=device]", "tpu");
+  await page.fill("input[name='model.hidden']", "0");
+  await page.fill("input[name='optimizer.lr']", "-1");
+  await page.click("form.spec-form button[type=submit]");
+  const error = (field) => page.locator(`[data-field='${field}'] > .field-error`);
+  await until(async () => (await error("steps").textContent()) !== "", { what: "the errors", timeout: 10_000 });
+  await page.waitForTimeout(200);
+  await browser.shot("bug-form-errors");
+  for (const field of ["steps", "device", "model.hidden", "optimizer.lr"]) {
+    assert.notEqual(await error(field).textContent(), "", `${field} has its message`);
+    assert.ok(await page.locator(`[data-field='${field}']`).evaluate((e) => e.classList.contains("has-error")), `${field} is marked`);
+  }
+  assert.match(await error("model.hidden").textContent(), /must be 1 to 16384/);
+  assert.match(await error("device").textContent(), /auto, cpu, cuda/);
+  assert.equal((await server.api("GET", "/jobs")).body.jobs.length, count, "nothing was queued");
+  const refused = browser.errors.filter((e) => /status of 422/.test(e));
+  assert.equal(refused.length, 1, "one request, refused once");
+  assert.deepEqual(browser.errors.filter((e) => !refused.includes(e)), [], "no other errors in the browser console");
+});
