@@ -3,6 +3,8 @@
 // scheduler: data arrives as fast as the server sends it, drawing happens at most once
 // per animation frame (less often when drawing gets expensive).
 
+import { robustRange } from "./chart-options.js";
+
 /** @typedef {typeof import("uplot")} UPlotClass */
 /** @typedef {import("uplot")} UPlot */
 
@@ -120,6 +122,8 @@ export const positive = (/** @type {number | null | undefined} */ v) => (v !== n
  * @property {boolean} [legend]
  * @property {boolean} [sparkline]
  * @property {import("uplot").Range.MinMax | import("uplot").Range.Function} [yRange]
+ * @property {() => boolean} [outliers] While it says so, the y range leaves out outliers
+ *   (the 2nd to the 98th percentile of the series shown, see `robustRange`).
  * @property {import("uplot").Cursor.Sync} [sync]
  * @property {(u: UPlot, v: number) => string} [xValue]
  * @property {import("uplot").Band[]} [bands] Areas filled between two series (by index, the x series 0).
@@ -137,7 +141,7 @@ export const positive = (/** @type {number | null | undefined} */ v) => (v !== n
  * @param {ChartOptions} options
  * @returns {LineChart}
  */
-export function lineChart(uPlot, container, { series, yLog = false, height = 220, yLabel = "", xLabel = "step", hooks = {}, legend = true, sparkline = false, yRange, sync, xValue, bands }) {
+export function lineChart(uPlot, container, { series, yLog = false, height = 220, yLabel = "", xLabel = "step", hooks = {}, legend = true, sparkline = false, yRange, sync, xValue, bands, outliers }) {
   const axisColor = cssVar("--muted");
   const gridColor = cssVar("--grid");
   const axis = (/** @type {string} */ label) => ({
@@ -151,6 +155,21 @@ export function lineChart(uPlot, container, { series, yLog = false, height = 220
     labelFont: "11px system-ui, sans-serif",
   });
   const width = Math.max(120, container.clientWidth || 300);
+  /** @type {import("uplot").Range.MinMax | import("uplot").Range.Function | undefined} */
+  let range = yRange;
+  if (outliers) {
+    const given = yRange;
+    range = (u, min, max, key) => {
+      if (outliers()) {
+        const r = robustRange(shownValues(u), yLog);
+        if (r) return r;
+      }
+      if (typeof given === "function") return given(u, min, max, key);
+      if (given) return given;
+      if (min === null || max === null) return [min, max];
+      return yLog ? uPlot.rangeLog(min, max, 10, false) : uPlot.rangeNum(min, max, { min: { pad: 0.1, soft: 0, mode: 3 }, max: { pad: 0.1, soft: 0, mode: 3 } });
+    };
+  }
   /** @type {import("uplot").Options} */
   const opts = {
     width,
@@ -160,7 +179,7 @@ export function lineChart(uPlot, container, { series, yLog = false, height = 220
     select: { show: !sparkline, left: 0, top: 0, width: 0, height: 0 },
     scales: {
       x: { time: false },
-      y: yLog ? { distr: 3, log: 10, ...(yRange ? { range: yRange } : {}) } : yRange ? { range: yRange } : {},
+      y: yLog ? { distr: 3, log: 10, ...(range ? { range } : {}) } : range ? { range } : {},
     },
     axes: sparkline ? [{ show: false }, { show: false }] : [axis(xLabel), {
       ...axis(yLabel),
@@ -222,6 +241,14 @@ export function lineChart(uPlot, container, { series, yLog = false, height = 220
       u.destroy();
     },
   };
+}
+
+/** The values of the series a chart shows (not those hidden in its legend). */
+function* shownValues(/** @type {UPlot} */ u) {
+  for (let i = 1; i < u.data.length; i++) {
+    if (u.series[i]?.show === false) continue;
+    for (const v of u.data[i]) if (v !== null && v !== undefined) yield v;
+  }
 }
 
 /** Tick steps of a linear axis: 1, 2, 2.5 and 5 times every power of ten from 1e-30 to 1e38. */

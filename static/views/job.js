@@ -4,6 +4,7 @@
 // layer table. The data comes from a `JobFeed`; each panel is a component drawing from it.
 
 import { downloadCheckpoint, isFinished, post, query } from "../api.js";
+import { optionsBar, readOptions } from "../chart-options.js";
 import { frames, loadUPlot, throttled } from "../charts.js";
 import { layerHeatmap } from "../components/layer-heatmap.js";
 import { eventList } from "../components/events.js";
@@ -65,6 +66,8 @@ export async function jobView(root, ctx, id) {
   const timeBox = el("div");
   const signalBox = el("div");
   const tableBox = el("section", { class: "panel wide table-panel" });
+  // How the loss and norm charts (and the heatmap's colour scale) read; the bar changes it.
+  const options = readOptions();
 
   root.replaceChildren(
     el("section", { class: "panel job-head" },
@@ -78,6 +81,10 @@ export async function jobView(root, ctx, id) {
       figureRow, diagnosisBox, errorLine,
       el("details", {}, el("summary", {}, "Spec"), el("pre", { class: "spec-json" }, JSON.stringify(job().spec, null, 2)))),
     el("div", { class: "job-grid" },
+      el("div", { class: "wide" }, optionsBar(options, () => {
+        charts.update();
+        frames.request(`heat-${id}`, heat.draw);
+      })),
       el("section", { class: "panel" }, el("h3", {}, "Loss ", el("span", { class: "muted small" }, "training and validation")), lossBox,
         el("h3", { class: "sub" }, "Learning rate"), lrBox),
       el("section", { class: "panel" }, el("h3", {}, "Global gradient norm ",
@@ -97,10 +104,11 @@ export async function jobView(root, ctx, id) {
   );
 
   const monitor = () => job().spec.monitor ?? {};
-  const charts = lossCharts(uPlot, { loss: lossBox, norm: normBox, lr: lrBox }, data, { events: feed.events, syncKey: `job-${id}` });
+  const charts = lossCharts(uPlot, { loss: lossBox, norm: normBox, lr: lrBox }, data, { events: feed.events, syncKey: `job-${id}`, options });
   // Layers by block, shared by the heatmap and the table: a block collapses in both.
   const groups = new LayerGroups(data.layers);
   const heat = layerHeatmap(heatBox, data, {
+    outliers: () => options.outliers,
     onSelect: selectLayer,
     onToggle: toggleBlock,
     groups,
