@@ -46,13 +46,30 @@ const F32_SQRT_MAX = Math.sqrt(3.4028234663852886e38);
 function format(name, stats, members, v) {
   if (name === "zero_frac") return pct(v);
   if (name === "nonfinite") return v === null || v === undefined ? "–" : String(v);
-  if ((v === null || v === undefined) && stats?.[name]) {
-    const broken = members.some((m) => (stats.nonfinite?.[m] ?? 0) > 0);
+  // A layer was recorded at this step when it has a count of non-finite values.
+  const recorded = members.filter((m) => typeof stats?.nonfinite?.[m] === "number");
+  if ((v === null || v === undefined) && stats?.[name] && recorded.length) {
+    const broken = recorded.some((m) => (stats.nonfinite?.[m] ?? 0) > 0);
     if (GRAD_STATS.has(name) && broken) return "NaN/Inf";
     if (name === "grad_norm") return "overflow";
     if (name === "weight_norm") return "non-finite";
   }
   return num(v, 3);
+}
+
+/**
+ * A block's norm: √Σ of its layers' (`aggregate`), but none where a recorded layer's
+ * norm does not exist (overflowed or NaN), since the block's would not either.
+ * @param {string} name
+ * @param {import("../types.js").LayerStats} stats
+ * @param {number[]} members
+ * @param {import("../types.js").Layer[]} layers
+ */
+function blockValue(name, stats, members, layers) {
+  const column = stats[name];
+  const missing = (name === "grad_norm" || name === "weight_norm") && column
+    && members.some((m) => typeof stats.nonfinite?.[m] === "number" && (column[m] === null || column[m] === undefined));
+  return missing ? null : aggregate(name, stats, members, layers);
 }
 
 /** What `format` shows for a value recorded but not finite. */
@@ -73,7 +90,7 @@ function ownFlags(stats, step, layer) {
   if (bad > 0) out.push({ text: "nonfinite", kind: "nonfinite", title: `${bad} NaN/Inf gradient values at step ${step}` });
   const norm = stats.grad_norm?.[layer];
   const max = stats.grad_max?.[layer];
-  if (bad === 0 && stats.grad_norm && (norm === null || norm === undefined)) {
+  if (bad === 0 && typeof stats.nonfinite?.[layer] === "number" && stats.grad_norm && (norm === null || norm === undefined)) {
     out.push({ text: "overflow", kind: "overflow", title: `‖g‖ overflowed a float32 at step ${step}` });
   } else if (max !== null && max !== undefined && max > F32_SQRT_MAX) {
     out.push({ text: "overflow", kind: "overflow", title: `max |g| ${num(max, 3)} at step ${step}: its square overflows a float32, so ‖g‖ can no longer be computed in single precision` });
@@ -190,7 +207,7 @@ export function layerTable(container, data, { statistics, onSelect, onToggle, gr
     const latest = data.latest;
     if (latest) {
       columns.forEach((name, k) => {
-        const text = format(name, latest.stats, g.members, aggregate(name, latest.stats, g.members, data.layers));
+        const text = format(name, latest.stats, g.members, blockValue(name, latest.stats, g.members, data.layers));
         const cell = cells[3 + k];
         if (cell.textContent !== text) cell.textContent = text;
       });

@@ -155,13 +155,14 @@ test("the learning-rate chart has ticks around 0.05 and a value on hover", async
  * nothing: losses of about 1e20, gradients of about 1e19, whose squares overflow a float32.
  */
 let huge;
+const hugeJob = async () => (huge ??= await submit(tinyMlp({
+  name: "huge", steps: 20, model: { kind: "mlp", layers: 12, hidden: 32, activation: "relu", init_scale: 100 },
+  optimizer: { kind: "sgd", lr: 1e-30 }, policy: { grad: [], on_nonfinite: "skip" }, monitor: { every: 1 },
+})));
 
 test("a diverging loss keeps readable, uncut axis labels", async () => {
   const { page } = browser;
-  huge = await submit(tinyMlp({
-    name: "huge", steps: 20, model: { kind: "mlp", layers: 12, hidden: 32, activation: "relu", init_scale: 100 },
-    optimizer: { kind: "sgd", lr: 1e-30 }, policy: { grad: [], on_nonfinite: "skip" }, monitor: { every: 1 },
-  }));
+  await hugeJob();
   await finished(huge.id);
   const { body: steps } = await server.api("GET", `/jobs/${huge.id}/steps`);
   const losses = steps.loss.filter((v) => v !== null);
@@ -230,6 +231,7 @@ test("while a job runs, the head's counter and its progress bar show the same st
 test("a layer whose gradient overflowed or holds NaN/Inf says so, in its values and its health", async () => {
   const { page } = browser;
   // The huge job's finite gradients whose norm overflows; and a storm of NaN (a huge step).
+  await hugeJob();
   const storm = await submit(tinyMlp({
     name: "nan-storm", steps: 20, model: { kind: "mlp", layers: 6, hidden: 32, activation: "relu", init_scale: 100 },
     optimizer: { kind: "sgd", lr: 10 }, policy: { grad: [], on_nonfinite: "skip" }, monitor: { every: 1 },
@@ -253,6 +255,15 @@ test("a layer whose gradient overflowed or holds NaN/Inf says so, in its values 
       assert.equal(await page.textContent(`${row} td.stat-grad_norm`), e.text, `${job.name} layer ${e.index}: ‖g‖`);
       const health = (await page.textContent(`${row} td.health`)) ?? "";
       assert.ok(health.split(" ").includes(e.flag), `${job.name} layer ${e.index}: health "${health}" names ${e.flag}`);
+    }
+    // A block with such a layer has no norm either: √Σ‖g‖² of the others would understate it.
+    const blocks = await page.$$eval("#layer-table tr.group-row", (trs) => trs.map((tr) => tr.dataset.group));
+    for (const block of blocks) {
+      const members = body.layers.filter((l) => l.name.startsWith(`${block}.`)).map((l) => expect.find((e) => e.index === l.index));
+      const broken = members.filter((e) => e?.text);
+      if (!broken.length) continue;
+      const text = await page.textContent(`#layer-table tr.group-row[data-group="${block}"] td.group-stat-grad_norm`);
+      assert.ok(broken.some((e) => e.text === text), `${job.name} block ${block}: ‖g‖ "${text}"`);
     }
   }
   assert.deepEqual(browser.errors, [], "no errors in the browser console");
