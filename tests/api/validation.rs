@@ -124,7 +124,9 @@ async fn every_invalid_field_is_reported_at_once() {
     // The OpenAPI document describes the list.
     let doc: Value = app.get("/api/v1/openapi.json").await.json().await.expect("json");
     let detail = &doc["components"]["schemas"]["ErrorDetail"]["properties"]["errors"];
-    assert!(!detail.is_null(), "ErrorDetail documents `errors`");
+    assert_eq!(detail["items"]["$ref"], "#/components/schemas/FieldError", "ErrorDetail documents `errors`");
+    let item = &doc["components"]["schemas"]["FieldError"];
+    assert_eq!(item["required"], json!(["field", "message"]), "{item}");
     let list: Value = app.get("/api/v1/jobs").await.json().await.expect("json");
     assert_eq!(list["jobs"].as_array().expect("jobs").len(), 0, "no invalid job was queued");
 }
