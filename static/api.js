@@ -7,11 +7,16 @@
 
 const TOKEN_KEY = "gradscope.token";
 
-/** An error answer from the API, with the contract's `code`, `message` and `field`. */
+/** One invalid field of a 422 and what is wrong with it. @typedef {{field: string, message: string}} FieldError */
+
+/**
+ * An error answer from the API, with the contract's `code`, `message` and `field`, and
+ * (for a 422) `errors`, every invalid field at once.
+ */
 export class ApiError extends Error {
   /**
    * @param {number} status
-   * @param {{error?: {code?: string, message?: string, field?: string}} | null} body
+   * @param {{error?: {code?: string, message?: string, field?: string, errors?: FieldError[]}} | null} body
    */
   constructor(status, body) {
     const detail = body?.error ?? {};
@@ -19,6 +24,8 @@ export class ApiError extends Error {
     this.status = status;
     this.code = detail.code ?? "http_error";
     this.field = detail.field ?? null;
+    /** @type {FieldError[]} */
+    this.errors = detail.errors ?? [];
   }
 }
 

@@ -3,6 +3,8 @@
 // scheduler: data arrives as fast as the server sends it, drawing happens at most once
 // per animation frame (less often when drawing gets expensive).
 
+import { robustRange } from "./chart-options.js";
+
 /** @typedef {typeof import("uplot")} UPlotClass */
 /** @typedef {import("uplot")} UPlot */
 
@@ -120,6 +122,8 @@ export const positive = (/** @type {number | null | undefined} */ v) => (v !== n
  * @property {boolean} [legend]
  * @property {boolean} [sparkline]
  * @property {import("uplot").Range.MinMax | import("uplot").Range.Function} [yRange]
+ * @property {() => boolean} [outliers] While it says so, the y range leaves out outliers
+ *   (the 2nd to the 98th percentile of the series shown, see `robustRange`).
  * @property {import("uplot").Cursor.Sync} [sync]
  * @property {(u: UPlot, v: number) => string} [xValue]
  * @property {import("uplot").Band[]} [bands] Areas filled between two series (by index, the x series 0).
@@ -137,7 +141,7 @@ export const positive = (/** @type {number | null | undefined} */ v) => (v !== n
  * @param {ChartOptions} options
  * @returns {LineChart}
  */
-export function lineChart(uPlot, container, { series, yLog = false, height = 220, yLabel = "", xLabel = "step", hooks = {}, legend = true, sparkline = false, yRange, sync, xValue, bands }) {
+export function lineChart(uPlot, container, { series, yLog = false, height = 220, yLabel = "", xLabel = "step", hooks = {}, legend = true, sparkline = false, yRange, sync, xValue, bands, outliers }) {
   const axisColor = cssVar("--muted");
   const gridColor = cssVar("--grid");
   const axis = (/** @type {string} */ label) => ({
@@ -151,6 +155,21 @@ export function lineChart(uPlot, container, { series, yLog = false, height = 220
     labelFont: "11px system-ui, sans-serif",
   });
   const width = Math.max(120, container.clientWidth || 300);
+  /** @type {import("uplot").Range.MinMax | import("uplot").Range.Function | undefined} */
+  let range = yRange;
+  if (outliers) {
+    const given = yRange;
+    range = (u, min, max, key) => {
+      if (outliers()) {
+        const r = robustRange(shownValues(u), yLog);
+        if (r) return r;
+      }
+      if (typeof given === "function") return given(u, min, max, key);
+      if (given) return given;
+      if (min === null || max === null) return [min, max];
+      return yLog ? uPlot.rangeLog(min, max, 10, false) : uPlot.rangeNum(min, max, { min: { pad: 0.1, soft: 0, mode: 3 }, max: { pad: 0.1, soft: 0, mode: 3 } });
+    };
+  }
   /** @type {import("uplot").Options} */
   const opts = {
     width,
@@ -160,9 +179,21 @@ export function lineChart(uPlot, container, { series, yLog = false, height = 220
     select: { show: !sparkline, left: 0, top: 0, width: 0, height: 0 },
     scales: {
       x: { time: false },
-      y: yLog ? { distr: 3, log: 10, ...(yRange ? { range: yRange } : {}) } : yRange ? { range: yRange } : {},
+      y: yLog ? { distr: 3, log: 10, ...(range ? { range } : {}) } : range ? { range } : {},
     },
-    axes: sparkline ? [{ show: false }, { show: false }] : [axis(xLabel), { ...axis(yLabel), size: 56, ...(yLog ? { values: logValues } : {}) }],
+    axes: sparkline ? [{ show: false }, { show: false }] : [axis(xLabel), {
+      ...axis(yLabel),
+      // Steps of 1, 2, 2.5 and 5 at every power of ten a float32 holds, so that a diverged
+      // run's 1e30 still gets ticks; labels short enough to read, the axis as wide as the
+      // widest, and the labels drawn kept on the chart's box (`data-y-ticks`).
+      size: axisSize,
+      values: (/** @type {UPlot} */ u, /** @type {number[]} */ splits, /** @type {number} */ _i, /** @type {number} */ _space, /** @type {number} */ incr) => {
+        const labels = yLog ? logValues(u, splits) : linearValues(splits, incr);
+        container.dataset.yTicks = JSON.stringify(labels.filter((l) => l !== ""));
+        return labels;
+      },
+      ...(yLog ? {} : { incrs: LINEAR_INCRS }),
+    }],
     series: [
       { label: xLabel, value: xValue },
       ...series.map((s) => ({
@@ -210,6 +241,55 @@ export function lineChart(uPlot, container, { series, yLog = false, height = 220
       u.destroy();
     },
   };
+}
+
+/** The values of the series a chart shows (not those hidden in its legend). */
+function* shownValues(/** @type {UPlot} */ u) {
+  for (let i = 1; i < u.data.length; i++) {
+    if (u.series[i]?.show === false) continue;
+    for (const v of u.data[i]) if (v !== null && v !== undefined) yield v;
+  }
+}
+
+/** Tick steps of a linear axis: 1, 2, 2.5 and 5 times every power of ten from 1e-30 to 1e38. */
+const LINEAR_INCRS = Array.from({ length: 69 }, (_, k) => [1, 2, 2.5, 5].map((m) => Number(`${m}e${k - 30}`))).flat();
+
+/**
+ * A linear axis's labels: as many decimals as the step needs, exponents for very large
+ * or small values, so that a label stays short (`1.5e+30`, never `1,500,000,000,…`).
+ * @param {number[]} splits
+ * @param {number} incr the step between ticks
+ */
+export function linearValues(splits, incr) {
+  const step = Math.abs(incr) || 1;
+  // Two more than the step's leading digit needs (a step of 0.025 has three); the
+  // conversion back to a number drops the zeros that are not.
+  const decimals = Math.max(0, Math.min(20, 2 - Math.floor(Math.log10(step) + 1e-9)));
+  return splits.map((v) => {
+    if (v === 0) return "0";
+    const a = Math.abs(v);
+    if (a >= 1e5 || a < 1e-3) {
+      // Mantissa digits enough to tell neighbouring ticks apart.
+      const digits = Math.max(0, Math.min(4, Math.floor(Math.log10(a) + 1e-9) - Math.floor(Math.log10(step) + 1e-9) + 1));
+      return Number(v.toExponential(digits)).toExponential();
+    }
+    return Number(v.toFixed(decimals)).toString();
+  });
+}
+
+/**
+ * A y axis as wide as its widest label (at least 48 px), with room between the labels and the axis title: long labels are never cut at the
+ * chart's edge.
+ * @param {UPlot} u
+ * @param {string[] | null} values
+ * @param {number} axisIdx
+ */
+function axisSize(u, values, axisIdx) {
+  const axis = u.axes[axisIdx];
+  const longest = (values ?? []).reduce((a, v) => (v.length > a.length ? v : a), "");
+  u.ctx.font = Array.isArray(axis.font) ? String(axis.font[0]) : String(axis.font ?? "11px system-ui, sans-serif");
+  const text = longest ? u.ctx.measureText(longest).width / (window.devicePixelRatio || 1) : 0;
+  return Math.max(48, Math.ceil(text + (axis.gap ?? 5) + (axis.ticks?.size ?? 10) + 10));
 }
 
 /** Log-axis labels: every decade (thinned to fit), minor ticks only when few decades show. */

@@ -7,6 +7,7 @@
 // norms, so a spike stays visible) or the mean (for histogram fractions). Columns are
 // picked by step number, so late or re-fetched data lands in the right place.
 
+import { robustRange } from "./chart-options.js";
 import { cssVar } from "./charts.js";
 
 /**
@@ -97,6 +98,25 @@ export class StepGrid {
   at(/** @type {number} */ row, /** @type {number} */ col) {
     return this.values[col * this.rows + row];
   }
+}
+
+/**
+ * A colour scale without outliers: the 2nd to the 98th percentile of the grid's values
+ * (see `robustRange`), so that one explosion does not darken every other cell; cells
+ * beyond it take the colour of its end. Null for fewer than two values.
+ * @param {GridView} grid
+ * @returns {[number, number] | null}
+ */
+export function robustScale(grid) {
+  /** @type {number[]} */
+  const values = [];
+  for (let c = 0; c < grid.columns; c++) {
+    for (let r = 0; r < grid.rows; r++) {
+      const v = grid.at(r, c);
+      if (Number.isFinite(v)) values.push(v);
+    }
+  }
+  return robustRange(values, false);
 }
 
 // Perceptually ordered colour ramp from dark violet through teal to yellow.

@@ -117,6 +117,7 @@ pub async fn require(State(tokens): State<Tokens>, req: Request, next: Next) -> 
             code: "unauthorized",
             message: "missing or wrong token: send Authorization: Bearer <token>".to_owned(),
             field: None,
+            errors: None,
         },
     };
     let mut response = (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response();

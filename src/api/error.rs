@@ -1,6 +1,7 @@
 //! The one error type at the HTTP boundary. Every error answers
-//! `{"error":{"code","message","field"?}}`; a 500 says nothing about its cause, which is
-//! logged instead.
+//! `{"error":{"code","message","field"?,"errors"?}}`: a 422 lists every invalid field in
+//! `errors`, the first also in `field` and `message`. A 500 says nothing about its cause,
+//! which is logged instead.
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -9,6 +10,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::jobs::ServiceError;
+use crate::spec::FieldError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -19,6 +21,9 @@ pub enum ApiError {
     /// The request parsed but a field is invalid (422).
     #[error("{field}: {message}")]
     Invalid { field: String, message: String },
+    /// The request parsed but several fields are invalid (422): every one, at least two.
+    #[error("{}", crate::spec::SpecError::Fields(.0.clone()))]
+    InvalidFields(Vec<FieldError>),
     /// The body or query could not be parsed at all (400).
     #[error("{message}")]
     BadRequest { code: &'static str, message: String, field: Option<String> },
@@ -53,6 +58,10 @@ pub struct ErrorDetail {
     /// the query parameter a route does not take (`offset`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// With `invalid_field`: every invalid field at once, in the order the checks ran (the
+    /// first is the one `field` names).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<FieldError>>,
 }
 
 impl ApiError {
@@ -65,6 +74,9 @@ impl ApiError {
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict", None),
             Self::Invalid { field, .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", Some(field)),
+            Self::InvalidFields(all) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", all.first().map(|f| f.field.as_str()))
+            }
             Self::BadRequest { code, field, .. } => (StatusCode::BAD_REQUEST, code, field.as_deref()),
             Self::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", None),
             Self::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", None),
@@ -106,7 +118,14 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        let body = ErrorBody { error: ErrorDetail { code, message, field: field.map(str::to_owned) } };
+        let errors = match &self {
+            Self::Invalid { field, message } => {
+                Some(vec![FieldError { field: field.clone(), message: message.clone() }])
+            }
+            Self::InvalidFields(all) => Some(all.clone()),
+            _ => None,
+        };
+        let body = ErrorBody { error: ErrorDetail { code, message, field: field.map(str::to_owned), errors } };
         (status, Json(body)).into_response()
     }
 }

@@ -56,6 +56,7 @@ impl From<SpecError> for ApiError {
     fn from(err: SpecError) -> Self {
         match err {
             SpecError::Field { field, message } => Self::Invalid { field, message },
+            SpecError::Fields(all) => Self::InvalidFields(all),
             err @ SpecError::Syntax(_) => {
                 Self::BadRequest { code: "invalid_json", message: err.to_string(), field: None }
             }

@@ -174,6 +174,7 @@ impl Jobs {
                     ServiceError::Invalid { field, message } => match experiment.cell_error(*cell, &field, &message) {
                         SpecError::Field { field, message } => ServiceError::Invalid { field, message },
                         SpecError::Syntax(message) => ServiceError::Invalid { field, message },
+                        several @ SpecError::Fields(_) => ServiceError::Invalid { field, message: several.to_string() },
                     },
                     other => other,
                 });

@@ -1,8 +1,10 @@
 //! What goes wrong with a spec, named by the field as clients spell it (`model.hidden`,
 //! `policy.grad[0].max_norm`), and the ranges both validation and the OpenAPI schema read.
 
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::error::Category;
+use utoipa::ToSchema;
 
 /// A spec that could not be read, or read but is out of range.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -13,11 +15,91 @@ pub enum SpecError {
     /// JSON, but a field is missing, unknown, of the wrong type or out of range.
     #[error("{field}: {message}")]
     Field { field: String, message: String },
+    /// Several fields are out of range, every one the checks found (at least two), in the
+    /// order they ran: the first is the one `Field` would have named.
+    #[error("{}", describe_all(.0))]
+    Fields(Vec<FieldError>),
+}
+
+/// One invalid field and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct FieldError {
+    /// The field as a JSON path (`model.hidden`, `policy.grad[0].max_norm`).
+    pub field: String,
+    pub message: String,
+}
+
+/// `field: message` of the first problem, and how many more there are.
+fn describe_all(all: &[FieldError]) -> String {
+    match all {
+        [] => "invalid spec".to_owned(),
+        [one] => format!("{}: {}", one.field, one.message),
+        [first, rest @ ..] => {
+            let n = rest.len();
+            format!("{}: {} (and {n} more invalid field{})", first.field, first.message, if n == 1 { "" } else { "s" })
+        }
+    }
 }
 
 impl SpecError {
     pub fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self::Field { field: field.into(), message: message.into() }
+    }
+
+    /// Every invalid field this error names (none for malformed JSON).
+    pub fn fields(&self) -> Vec<FieldError> {
+        match self {
+            Self::Syntax(_) => Vec::new(),
+            Self::Field { field, message } => vec![FieldError { field: field.clone(), message: message.clone() }],
+            Self::Fields(all) => all.clone(),
+        }
+    }
+
+    /// The same error with each field's path and message rewritten by `f`.
+    pub(crate) fn map_fields(self, mut f: impl FnMut(FieldError) -> FieldError) -> Self {
+        match self {
+            Self::Syntax(_) => self,
+            Self::Field { field, message } => {
+                let FieldError { field, message } = f(FieldError { field, message });
+                Self::Field { field, message }
+            }
+            Self::Fields(all) => Self::Fields(all.into_iter().map(f).collect()),
+        }
+    }
+}
+
+/// Collects the outcome of independent checks, so that a spec's every invalid field is
+/// reported at once rather than one per submission.
+#[derive(Debug, Default)]
+pub(crate) struct Problems(Vec<FieldError>);
+
+impl Problems {
+    /// Keeps what `result` found wrong, if anything, unless a field already has a problem.
+    pub(crate) fn add(&mut self, result: Result<(), SpecError>) {
+        match result {
+            Ok(()) => {}
+            Err(SpecError::Syntax(message)) => self.0.push(FieldError { field: String::new(), message }),
+            // One message per field: the first check that refused it.
+            Err(err) => {
+                for problem in err.fields() {
+                    if !self.0.iter().any(|p| p.field == problem.field) {
+                        self.0.push(problem);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Ok when every check passed; else the one invalid field, or all of them.
+    pub(crate) fn finish(mut self) -> Result<(), SpecError> {
+        match self.0.len() {
+            0 => Ok(()),
+            1 => {
+                let FieldError { field, message } = self.0.remove(0);
+                Err(SpecError::Field { field, message })
+            }
+            _ => Err(SpecError::Fields(self.0)),
+        }
     }
 }
 

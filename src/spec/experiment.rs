@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::error::{SpecError, check, from_json};
+use super::error::{FieldError, SpecError, check, from_json};
 use super::{DEFAULT_SEED, JobSpec, MAX_NAME_LEN, ValidSpec};
 
 /// Most axes an experiment may have.
@@ -262,11 +262,11 @@ impl ExperimentSpec {
                     object.insert("name".to_owned(), Value::from(job_name(name, &labels, seed)));
                 }
                 let valid = JobSpec::parse_value(&cell).map_err(|err| match err {
-                    SpecError::Field { field, message } => SpecError::Field {
+                    SpecError::Syntax(message) => SpecError::field("base", message),
+                    err => err.map_fields(|FieldError { field, message }| FieldError {
                         field: request_field(&self.axes, &choice, &field),
                         message: format!("cell {index}{describe}: {field}: {message}"),
-                    },
-                    SpecError::Syntax(message) => SpecError::field("base", message),
+                    }),
                 })?;
                 jobs.push((index, k, valid));
             }

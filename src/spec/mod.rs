@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 pub use device::{DeviceChoice, parse_device};
-pub use error::SpecError;
+pub use error::{FieldError, SpecError};
 pub use experiment::{CellInfo, ExperimentSpec, Threshold, ThresholdMetric, ValidExperiment};
 pub use model::{Activation, ModelKind, ModelSpec, Norm, NormPosition};
 pub use monitor::{MonitorSpec, chosen_layers};
@@ -53,7 +53,7 @@ pub use policy::{
 };
 pub use task::{AddingTask, CharLmTask, ClassificationTask, CopyTask, DatasetTask, Loss, TaskSpec};
 
-use error::{Ints, Ranged, check, ints};
+use error::{Ints, Problems, Ranged, check, ints};
 
 pub const DEFAULT_SEED: u64 = 42;
 pub const DEFAULT_STEPS: u64 = 2000;
@@ -171,21 +171,25 @@ impl JobSpec {
         self.name.clone().unwrap_or_else(|| format!("{}-{}", self.model.kind.as_str(), self.task.kind()))
     }
 
-    /// Checks every range the types cannot express.
+    /// Checks every range the types cannot express, reporting every invalid field at once:
+    /// the parts are checked independently of each other, and within the model, the
+    /// optimizer and the monitor each range on its own.
     fn validate(&self) -> Result<(), SpecError> {
+        let mut problems = Problems::default();
         if let Some(name) = &self.name {
-            check(!name.trim().is_empty(), "name", "must not be blank")?;
-            check(name.len() <= MAX_NAME_LEN, "name", format!("at most {MAX_NAME_LEN} bytes"))?;
+            problems.add(check(!name.trim().is_empty(), "name", "must not be blank"));
+            problems.add(check(name.len() <= MAX_NAME_LEN, "name", format!("at most {MAX_NAME_LEN} bytes")));
         }
-        STEPS.check(self.steps, "steps")?;
-        BATCH_SIZE.check(self.batch_size, "batch_size")?;
-        check(parse_device(&self.device).is_some(), "device", "must be auto, cpu, cuda or cuda:N")?;
-        self.task.validate()?;
-        self.model.validate(self.task.is_sequence(), self.task.dataset().is_some())?;
-        self.optimizer.validate(self.steps)?;
-        self.policy.validate()?;
-        self.monitor.validate()?;
-        self.notify.validate()
+        problems.add(STEPS.check(self.steps, "steps"));
+        problems.add(BATCH_SIZE.check(self.batch_size, "batch_size"));
+        problems.add(check(parse_device(&self.device).is_some(), "device", "must be auto, cpu, cuda or cuda:N"));
+        problems.add(self.task.validate());
+        problems.add(self.model.validate(self.task.is_sequence(), self.task.dataset().is_some()));
+        problems.add(self.optimizer.validate(self.steps));
+        problems.add(self.policy.validate());
+        problems.add(self.monitor.validate());
+        problems.add(self.notify.validate());
+        problems.finish()
     }
 }
 

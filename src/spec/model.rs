@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::error::{Ints, Ranged, Reals, SpecError, check, ints, reals};
+use super::error::{Ints, Problems, Ranged, Reals, SpecError, check, ints, reals};
 
 pub const DEFAULT_LAYERS: i64 = 2;
 pub const MAX_LAYERS: i64 = 128;
@@ -163,12 +163,19 @@ impl ModelSpec {
             check(!id.is_empty(), "model.id", "name the module: an id from POST /api/v1/models")?;
             return check(dataset_task, "task.kind", "a torchscript model trains on a dataset task");
         }
-        check(self.id.is_none(), "model.id", "only torchscript models take an id")?;
-        check(!dataset_task, "task.kind", "a dataset task trains a torchscript model")?;
-        LAYERS.check(self.layers, "model.layers")?;
-        HIDDEN.check(self.hidden, "model.hidden")?;
-        INIT_SCALE.check(self.init_scale, "model.init_scale")?;
-        DROPOUT.check(self.dropout, "model.dropout")?;
+        let mut problems = Problems::default();
+        problems.add(check(self.id.is_none(), "model.id", "only torchscript models take an id"));
+        problems.add(check(!dataset_task, "task.kind", "a dataset task trains a torchscript model"));
+        problems.add(LAYERS.check(self.layers, "model.layers"));
+        problems.add(HIDDEN.check(self.hidden, "model.hidden"));
+        problems.add(INIT_SCALE.check(self.init_scale, "model.init_scale"));
+        problems.add(DROPOUT.check(self.dropout, "model.dropout"));
+        problems.add(self.validate_kind(sequence_task));
+        problems.finish()
+    }
+
+    /// What the kind of network needs of the task, its norm, activation and heads.
+    fn validate_kind(&self, sequence_task: bool) -> Result<(), SpecError> {
         let act = self.activation();
         match self.kind {
             ModelKind::Mlp => {

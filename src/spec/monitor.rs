@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::error::{Ints, Ranged, Reals, SpecError, check, ints, reals};
+use super::error::{Ints, Problems, Ranged, Reals, SpecError, check, ints, reals};
 
 pub const DEFAULT_PROMETHEUS_LAYERS: u32 = 32;
 pub const DEFAULT_EXPLODE_FACTOR: f64 = 10.0;
@@ -167,18 +167,29 @@ impl MonitorSpec {
     }
 
     pub(crate) fn validate(&self) -> Result<(), SpecError> {
-        check(PROMETHEUS_LAYERS.contains(self.prometheus_layers), "monitor.prometheus_layers", "at most 1024")?;
-        EXPLODE_FACTOR.check(self.explode_factor, "monitor.explode_factor")?;
-        EXPLODE_FLOOR.check(self.explode_floor, "monitor.explode_floor")?;
-        VANISH_RATIO.check(self.vanish_ratio, "monitor.vanish_ratio")?;
-        DEAD_FRAC.check(self.dead_frac, "monitor.dead_frac")?;
-        WINDOW.check(self.diagnose_window, "monitor.diagnose_window")?;
-        WINDOW.check(self.summary_every, "monitor.summary_every")?;
-        COOLDOWN.check(self.cooldown, "monitor.cooldown")?;
-        HISTOGRAM_EVERY.check(self.histogram_every, "monitor.histogram_every")?;
-        EVERY.check(self.every, "monitor.every")?;
-        EVERY.check(self.spectral_every, "monitor.spectral_every")?;
-        EVERY.check(self.time_every, "monitor.time_every")?;
+        let mut problems = Problems::default();
+        problems.add(check(
+            PROMETHEUS_LAYERS.contains(self.prometheus_layers),
+            "monitor.prometheus_layers",
+            "at most 1024",
+        ));
+        problems.add(EXPLODE_FACTOR.check(self.explode_factor, "monitor.explode_factor"));
+        problems.add(EXPLODE_FLOOR.check(self.explode_floor, "monitor.explode_floor"));
+        problems.add(VANISH_RATIO.check(self.vanish_ratio, "monitor.vanish_ratio"));
+        problems.add(DEAD_FRAC.check(self.dead_frac, "monitor.dead_frac"));
+        problems.add(WINDOW.check(self.diagnose_window, "monitor.diagnose_window"));
+        problems.add(WINDOW.check(self.summary_every, "monitor.summary_every"));
+        problems.add(COOLDOWN.check(self.cooldown, "monitor.cooldown"));
+        problems.add(HISTOGRAM_EVERY.check(self.histogram_every, "monitor.histogram_every"));
+        problems.add(EVERY.check(self.every, "monitor.every"));
+        problems.add(EVERY.check(self.spectral_every, "monitor.spectral_every"));
+        problems.add(EVERY.check(self.time_every, "monitor.time_every"));
+        problems.add(self.validate_layers());
+        problems.finish()
+    }
+
+    /// The layer patterns: how many, and each one a glob of bounded length.
+    fn validate_layers(&self) -> Result<(), SpecError> {
         check(
             self.layers.len() <= MAX_LAYER_PATTERNS,
             "monitor.layers",

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::error::{Ranged, Reals, SpecError, check, reals};
+use super::error::{Problems, Ranged, Reals, SpecError, check, reals};
 
 pub const DEFAULT_LR: f64 = 1e-3;
 /// AdamW's decoupled weight decay, as in `torch.optim.AdamW`.
@@ -117,18 +117,20 @@ impl OptimizerSpec {
 
     /// Checks the ranges; warm-up must fit in the job's `steps`.
     pub(crate) fn validate(&self, steps: u64) -> Result<(), SpecError> {
-        LR.check(self.lr, "optimizer.lr")?;
+        let mut problems = Problems::default();
+        problems.add(LR.check(self.lr, "optimizer.lr"));
         if let Some(wd) = self.weight_decay {
-            WEIGHT_DECAY.check(wd, "optimizer.weight_decay")?;
+            problems.add(WEIGHT_DECAY.check(wd, "optimizer.weight_decay"));
         }
-        Reals::FRACTION.check(self.momentum, "optimizer.momentum")?;
+        problems.add(Reals::FRACTION.check(self.momentum, "optimizer.momentum"));
         let sgd = self.kind == OptimizerKind::Sgd;
-        check(sgd || self.momentum == 0.0, "optimizer.momentum", "applies to sgd only")?;
-        check(!self.nesterov || sgd, "optimizer.nesterov", "applies to sgd only")?;
-        check(!self.nesterov || self.momentum > 0.0, "optimizer.nesterov", "needs momentum above 0")?;
-        Reals::FRACTION.check(self.beta1, "optimizer.beta1")?;
-        Reals::FRACTION.check(self.beta2, "optimizer.beta2")?;
-        Reals::POSITIVE.check(self.eps, "optimizer.eps")?;
-        check(self.warmup_steps <= steps, "optimizer.warmup_steps", "must not exceed steps")
+        problems.add(check(sgd || self.momentum == 0.0, "optimizer.momentum", "applies to sgd only"));
+        problems.add(check(!self.nesterov || sgd, "optimizer.nesterov", "applies to sgd only"));
+        problems.add(check(!self.nesterov || self.momentum > 0.0, "optimizer.nesterov", "needs momentum above 0"));
+        problems.add(Reals::FRACTION.check(self.beta1, "optimizer.beta1"));
+        problems.add(Reals::FRACTION.check(self.beta2, "optimizer.beta2"));
+        problems.add(Reals::POSITIVE.check(self.eps, "optimizer.eps"));
+        problems.add(check(self.warmup_steps <= steps, "optimizer.warmup_steps", "must not exceed steps"));
+        problems.finish()
     }
 }

@@ -6,8 +6,8 @@ fn parse(json: &str) -> Result<ValidSpec, SpecError> {
 
 fn field(json: &str) -> Option<String> {
     match parse(json) {
-        Err(SpecError::Field { field, .. }) => Some(field),
-        _ => None,
+        Err(err) => err.fields().into_iter().next().map(|f| f.field),
+        Ok(_) => None,
     }
 }
 

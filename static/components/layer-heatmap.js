@@ -4,7 +4,7 @@
 // Layers of one block (`transformer.h.3`) sit under their block's row, which holds the
 // block's norm; a click on it collapses or opens the block.
 
-import { cellAt, drawGrid, showTip } from "../heatmap.js";
+import { cellAt, drawGrid, robustScale, showTip } from "../heatmap.js";
 import { groupedGrid } from "../layer-groups.js";
 import { el, num } from "../widgets.js";
 
@@ -26,9 +26,10 @@ function rowLabel(/** @type {JobData} */ data, /** @type {LayerGroups} */ groups
 /**
  * @param {HTMLElement} container
  * @param {JobData} data
- * @param {{onSelect: (layer: number) => void, onToggle: (block: string) => void, groups: LayerGroups, empty: () => string}} options
+ * @param {{onSelect: (layer: number) => void, onToggle: (block: string) => void, groups: LayerGroups, empty: () => string, outliers?: () => boolean}} options
+ *   `outliers`: while it says so, the colour scale leaves out outliers (`robustScale`)
  */
-export function layerHeatmap(container, data, { onSelect, onToggle, groups, empty }) {
+export function layerHeatmap(container, data, { onSelect, onToggle, groups, empty, outliers }) {
   const canvas = el("canvas", { id: "heatmap", class: "grid-canvas" });
   const tip = el("div", { class: "tip", hidden: true });
   container.replaceChildren(el("div", { class: "heat-wrap" }, canvas, tip));
@@ -78,7 +79,10 @@ export function layerHeatmap(container, data, { onSelect, onToggle, groups, empt
     draw() {
       // The layers' grid is replaced when the layers are.
       grid = groupedGrid(data.grid, rows);
+      const scale = outliers?.() ? robustScale(grid) : null;
+      canvas.dataset.scale = JSON.stringify(scale ?? grid.range());
       drawGrid(canvas, grid, {
+        ...(scale ? { scale } : {}),
         rowLabel: (r) => rowLabel(data, groups, rows[r]),
         selectedRow: selectedRow(),
         gutter: Math.min(200, Math.max(90, canvas.clientWidth * 0.18)),

@@ -24,11 +24,78 @@ const LABELS = new Map([
   ["signal_rms", "block out RMS"],
 ]);
 
-/** How a statistic's value reads: fractions as percentages, counts as integers. */
-function format(/** @type {string} */ name, /** @type {number | null | undefined} */ v) {
+/** Statistics of the gradient, which have no value where it holds a NaN or ±Inf. */
+const GRAD_STATS = new Set(["grad_norm", "grad_max", "grad_mean", "grad_std"]);
+
+/**
+ * The largest |g| whose square a float32 holds: beyond it a layer's ‖g‖ in single
+ * precision is infinite (or is about to be, one step further).
+ */
+const F32_SQRT_MAX = Math.sqrt(3.4028234663852886e38);
+
+/**
+ * How a statistic's value reads: fractions as percentages, counts as integers. A value
+ * that was recorded but does not exist says why: `NaN/Inf` where the gradient holds
+ * non-finite values, `overflow` for a norm of finite values too large for a float32, and
+ * `non-finite` for weights; `–` is no data (or, for a one-element layer's std, no value).
+ * @param {string} name
+ * @param {import("../types.js").LayerStats | undefined} stats one step's statistics
+ * @param {number[]} members the layer (or a block's layers)
+ * @param {number | null | undefined} v the value shown
+ */
+function format(name, stats, members, v) {
   if (name === "zero_frac") return pct(v);
   if (name === "nonfinite") return v === null || v === undefined ? "–" : String(v);
+  // A layer was recorded at this step when it has a count of non-finite values.
+  const recorded = members.filter((m) => typeof stats?.nonfinite?.[m] === "number");
+  if ((v === null || v === undefined) && stats?.[name] && recorded.length) {
+    const broken = recorded.some((m) => (stats.nonfinite?.[m] ?? 0) > 0);
+    if (GRAD_STATS.has(name) && broken) return "NaN/Inf";
+    if (name === "grad_norm") return "overflow";
+    if (name === "weight_norm") return "non-finite";
+  }
   return num(v, 3);
+}
+
+/**
+ * A block's norm: √Σ of its layers' (`aggregate`), but none where a recorded layer's
+ * norm does not exist (overflowed or NaN), since the block's would not either.
+ * @param {string} name
+ * @param {import("../types.js").LayerStats} stats
+ * @param {number[]} members
+ * @param {import("../types.js").Layer[]} layers
+ */
+function blockValue(name, stats, members, layers) {
+  const column = stats[name];
+  const missing = (name === "grad_norm" || name === "weight_norm") && column
+    && members.some((m) => typeof stats.nonfinite?.[m] === "number" && (column[m] === null || column[m] === undefined));
+  return missing ? null : aggregate(name, stats, members, layers);
+}
+
+/** What `format` shows for a value recorded but not finite. */
+const NO_VALUE = new Set(["NaN/Inf", "overflow", "non-finite"]);
+
+/**
+ * What one layer's own statistics say, beside the server's diagnosis: gradient values
+ * that are NaN/±Inf, and a gradient too large for its norm to exist in a float32.
+ * @param {import("../types.js").LayerStats} stats
+ * @param {number} step
+ * @param {number} layer
+ * @returns {Flag[]}
+ */
+function ownFlags(stats, step, layer) {
+  /** @type {Flag[]} */
+  const out = [];
+  const bad = stats.nonfinite?.[layer] ?? 0;
+  if (bad > 0) out.push({ text: "nonfinite", kind: "nonfinite", title: `${bad} NaN/Inf gradient values at step ${step}` });
+  const norm = stats.grad_norm?.[layer];
+  const max = stats.grad_max?.[layer];
+  if (bad === 0 && typeof stats.nonfinite?.[layer] === "number" && stats.grad_norm && (norm === null || norm === undefined)) {
+    out.push({ text: "overflow", kind: "overflow", title: `‖g‖ overflowed a float32 at step ${step}` });
+  } else if (max !== null && max !== undefined && max > F32_SQRT_MAX) {
+    out.push({ text: "overflow", kind: "overflow", title: `max |g| ${num(max, 3)} at step ${step}: its square overflows a float32, so ‖g‖ can no longer be computed in single precision` });
+  }
+  return out;
 }
 
 /** How long the table waits between redraws while steps stream in. */
@@ -62,7 +129,10 @@ export function layerTable(container, data, { statistics, onSelect, onToggle, gr
   let last = 0;
   let timer = 0;
 
-  /** The health flags of every layer from the server's diagnosis and events. */
+  /**
+   * The health flags of every layer from the server's diagnosis and events, and from its
+   * latest statistics (non-finite and overflowing gradients).
+   */
   function health(/** @type {Diagnosis | null | undefined} */ diagnosis, /** @type {JobEvent[]} */ events) {
     /** @type {Map<number, Flag[]>} */
     const out = new Map();
@@ -75,6 +145,8 @@ export function layerTable(container, data, { statistics, onSelect, onToggle, gr
       if (issue.layer !== undefined && issue.layer !== null) add(issue.layer, { text: issue.kind, kind: issue.kind, title: issue.message });
     }
     for (const e of events) if (e.kind === "redundant" && e.layer !== undefined && e.layer !== null) add(e.layer, { text: "redundant", kind: e.kind, title: e.message });
+    const latest = data.latest;
+    if (latest) for (const l of data.layers) for (const f of ownFlags(latest.stats, latest.step, l.index)) add(l.index, f);
     return out;
   }
 
@@ -135,7 +207,7 @@ export function layerTable(container, data, { statistics, onSelect, onToggle, gr
     const latest = data.latest;
     if (latest) {
       columns.forEach((name, k) => {
-        const text = format(name, aggregate(name, latest.stats, g.members, data.layers));
+        const text = format(name, latest.stats, g.members, blockValue(name, latest.stats, g.members, data.layers));
         const cell = cells[3 + k];
         if (cell.textContent !== text) cell.textContent = text;
       });
@@ -169,9 +241,12 @@ export function layerTable(container, data, { statistics, onSelect, onToggle, gr
       const cells = l.row.children;
       if (latest) {
         columns.forEach((name, k) => {
-          const text = format(name, latest.stats[name]?.[l.index]);
+          const text = format(name, latest.stats, [l.index], latest.stats[name]?.[l.index]);
           const cell = cells[3 + k];
-          if (cell.textContent !== text) cell.textContent = text;
+          if (cell.textContent !== text) {
+            cell.textContent = text;
+            cell.classList.toggle("nonfinite-value", NO_VALUE.has(text));
+          }
         });
       }
       const own = flags.get(l.index) ?? [{ text: "ok", kind: "ok" }];

@@ -3,7 +3,9 @@
 // profile and heatmap side by side on shared scales.
 
 import { get, isFinished, query } from "../api.js";
+import { ema, optionsBar, readOptions, robustRange } from "../chart-options.js";
 import { lineChart, loadUPlot, positive, SERIES_COLORS, seriesColor } from "../charts.js";
+import { showRaw, smoothedPair } from "../components/loss-charts.js";
 import { drawGrid } from "../heatmap.js";
 import { JobData } from "../store.js";
 import { describeSpec, diagnosisBadges, el, num, pct, statusBadge } from "../widgets.js";
@@ -12,7 +14,7 @@ import { describeSpec, diagnosisBadges, el, num, pct, statusBadge } from "../wid
 /** @typedef {import("../types.js").LayerSeries} LayerSeries */
 /** @typedef {import("../charts.js").LineChart} LineChart */
 /** @typedef {{job: Job, data: JobData, profile: {median: (number | null)[], last: (number | null)[]}}} Loaded */
-/** @typedef {{chartBox: HTMLElement, canvas: HTMLCanvasElement, chart: LineChart}} ProfilePanel */
+/** @typedef {{chartBox: HTMLElement, canvas: HTMLCanvasElement, chart: LineChart, status: HTMLElement}} ProfilePanel */
 /** @typedef {import("uplot").AlignedData} AlignedData */
 
 /** The CSS colour of the i-th job (a custom property of style.css). */
@@ -72,11 +74,18 @@ export async function compareView(root, ctx, params) {
   let timer = 0;
   let closed = false;
 
-  const picker = el("div", { class: "picker" }, all.length ? all.map((j) => el("label", { class: "chip" },
+  /** Each chip's status, by job id: kept current as the jobs are read again. @type {Map<string, HTMLElement>} */
+  const chipStatus = new Map();
+  const chipBadge = (/** @type {Job} */ j) => {
+    const slot = el("span", { class: "chip-status" }, statusBadge(j.status));
+    chipStatus.set(j.id, slot);
+    return slot;
+  };
+  const picker = el("div", { class: "picker" }, all.length ? all.map((j) => el("label", { class: "chip", dataset: { id: j.id } },
     el("input", { type: "checkbox", value: j.id, checked: ids.includes(j.id), onchange: (/** @type {Event} */ e) => {
       ids = /** @type {HTMLInputElement} */ (e.target).checked ? [...ids, j.id] : ids.filter((x) => x !== j.id);
       location.hash = `#/compare${query({ ids: ids.length ? ids : null })}`;
-    } }), " ", j.name, " ", statusBadge(j.status))) : el("p", { class: "muted" }, "No jobs to compare yet."));
+    } }), " ", j.name, " ", chipBadge(j))) : el("p", { class: "muted" }, "No jobs to compare yet."));
   const body = el("div", { class: "compare-body" });
   root.replaceChildren(
     el("section", { class: "panel" }, el("h2", {}, "Compare jobs"),
@@ -93,7 +102,15 @@ export async function compareView(root, ctx, params) {
   const summary = el("tbody");
   const profiles = el("div", { class: "profiles" });
   const allTensors = el("input", { type: "checkbox", onchange: () => update() });
+  // How the loss and norm charts and the heatmaps read; the bar changes it.
+  const options = readOptions();
+  let builtLog = { loss: options.logLoss, norm: options.logNorm };
+  const bar = optionsBar(options, () => {
+    if (builtLog.loss !== options.logLoss || builtLog.norm !== options.logNorm) build();
+    update();
+  });
   body.replaceChildren(
+    bar,
     el("section", { class: "panel" }, el("div", { class: "table-wrap" }, el("table", { class: "summary", id: "compare-summary" },
       el("thead", {}, el("tr", {}, ["", "job", "status", "step", "final loss", "validation", "metric", "max ‖g‖", "clipped", "skipped", "diagnosis"].map((h) => el("th", {}, h)))),
       summary))),
@@ -112,27 +129,34 @@ export async function compareView(root, ctx, params) {
     charts.forEach((c) => c.destroy());
     charts = [];
     const sync = { key: "compare" };
+    builtLog = { loss: options.logLoss, norm: options.logNorm };
+    const outliers = () => options.outliers;
+    // Per job: its training loss (raw and smoothed) and validation; its norm before and
+    // after the policies (each raw and smoothed).
     const lossSeries = loaded.flatMap(({ job }, i) => [
-      { label: job.name, color: seriesColor(i), spanGaps: true },
+      ...smoothedPair(job.name, seriesColor(i), { spanGaps: true }),
       { label: `${job.name} (val)`, color: seriesColor(i), dash: [6, 4], width: 2, spanGaps: true, points: { show: true, size: 4 } },
     ]);
-    charts.push(lineChart(uPlot, lossBox, { series: lossSeries, yLabel: "loss", height: 280, sync }));
+    charts.push(lineChart(uPlot, lossBox, { series: lossSeries, yLog: builtLog.loss, yLabel: "loss", height: 280, sync, outliers }));
     const normSeries = loaded.flatMap(({ job }, i) => [
-      { label: job.name, color: seriesColor(i), spanGaps: true },
-      { label: `${job.name} (after)`, color: seriesColor(i), dash: [2, 3], spanGaps: true },
+      ...smoothedPair(job.name, seriesColor(i), { spanGaps: true }),
+      ...smoothedPair(`${job.name} (after)`, seriesColor(i), { dash: [2, 3], spanGaps: true }),
     ]);
-    charts.push(lineChart(uPlot, normBox, { series: normSeries, yLog: true, yLabel: "‖g‖", height: 280, sync }));
+    charts.push(lineChart(uPlot, normBox, { series: normSeries, yLog: builtLog.norm, yLabel: "‖g‖", height: 280, sync, outliers }));
+    lossBox.dataset.log = String(builtLog.loss);
+    normBox.dataset.log = String(builtLog.norm);
     const boxes = loaded.map(({ job, data }, i) => {
       const chartBox = el("div", { class: "chart" });
       const canvas = el("canvas", { class: "grid-canvas profile-heat", style: `height:${Math.min(300, Math.max(120, data.layers.length * 10 + 24))}px` });
+      const status = el("span", { class: "profile-status" });
       const card = el("article", { class: "card profile", dataset: { id: job.id } },
         el("h4", {}, el("span", { class: "swatch", style: `background:${swatch(i)}` }), " ",
-          el("a", { href: `#/jobs/${job.id}` }, job.name), " ", statusBadge(job.status)),
+          el("a", { href: `#/jobs/${job.id}` }, job.name), " ", status),
         el("p", { class: "muted small" }, describeSpec(job.spec)), chartBox, canvas);
-      return { card, chartBox, canvas };
+      return { card, chartBox, canvas, status };
     });
     profiles.replaceChildren(...boxes.map((b) => b.card));
-    panels = boxes.map(({ chartBox, canvas }, i) => {
+    panels = boxes.map(({ chartBox, canvas, status }, i) => {
       const layers = loaded[i].data.layers;
       const chart = lineChart(uPlot, chartBox, {
         series: [
@@ -143,7 +167,7 @@ export async function compareView(root, ctx, params) {
         xValue: (_u, v) => (v === null || v === undefined ? "–" : `${v}: ${layers[v]?.name ?? ""}`),
       });
       charts.push(chart);
-      return { chartBox, canvas, chart };
+      return { chartBox, canvas, chart, status };
     });
   }
 
@@ -152,9 +176,21 @@ export async function compareView(root, ctx, params) {
     return /** @type {(number | null)[][]} */ (tables.length ? uPlot.join(/** @type {AlignedData[]} */ (/** @type {unknown} */ (tables))) : [[]]);
   }
 
+  /** Shows `status` in `slot` unless it shows it already. */
+  function showStatus(/** @type {HTMLElement | undefined} */ slot, /** @type {string} */ status) {
+    if (slot && slot.textContent !== status) slot.replaceChildren(statusBadge(status));
+  }
+
   function update() {
-    charts[0].setData(join(loaded.map(({ data }) => [data.cols.step, data.cols.loss, data.cols.valid])));
-    charts[1].setData(join(loaded.map(({ data }) => [data.cols.step, data.cols.gn, data.cols.gnc])));
+    const w = options.smoothing;
+    const train = (/** @type {(number | null)[]} */ v) => (builtLog.loss ? v.map(positive) : v);
+    showRaw(charts[0], loaded.map((_, i) => 1 + 3 * i), w > 0);
+    showRaw(charts[1], loaded.flatMap((_, i) => [1 + 4 * i, 3 + 4 * i]), w > 0);
+    // The chips and the panels' badges say what the table says: every job as last read.
+    for (const { job } of loaded) showStatus(chipStatus.get(job.id), job.status);
+    panels.forEach((panel, i) => showStatus(panel.status, loaded[i].job.status));
+    charts[0].setData(join(loaded.map(({ data: { cols: c } }) => [c.step, train(c.loss), ema(train(c.loss), w), train(c.valid)])));
+    charts[1].setData(join(loaded.map(({ data: { cols: c } }) => [c.step, c.gn, ema(c.gn, w), c.gnc, ema(c.gnc, w)])));
 
     // One y range and one colour scale for every profile, so they read side by side.
     let lo = Infinity;
@@ -165,7 +201,25 @@ export async function compareView(root, ctx, params) {
       if (a <= b) { lo = Math.min(lo, 10 ** a); hi = Math.max(hi, 10 ** b); }
     }
     /** @type {[number, number] | undefined} */
-    const scale = lo <= hi ? [Math.log10(lo), Math.log10(hi)] : undefined;
+    let scale = lo <= hi ? [Math.log10(lo), Math.log10(hi)] : undefined;
+    if (options.outliers) {
+      // Without outliers: one explosion does not set every job's colours.
+      /** @type {number[]} */
+      const values = [];
+      for (const { profile, data } of loaded) {
+        for (const v of [...profile.median, ...profile.last]) if (v !== null && v > 0) values.push(Math.log10(v));
+        for (let c = 0; c < data.grid.columns; c++) for (let r = 0; r < data.grid.rows; r++) {
+          const v = data.grid.at(r, c);
+          if (Number.isFinite(v)) values.push(v);
+        }
+      }
+      const robust = robustRange(values, false);
+      if (robust) {
+        scale = robust;
+        [lo, hi] = [10 ** robust[0], 10 ** robust[1]];
+      }
+    }
+    profiles.dataset.scale = JSON.stringify(scale ?? null);
     panels.forEach((panel, i) => {
       const { data, profile } = loaded[i];
       const matrices = data.layers.filter((l) => (l.shape ?? []).length >= 2);

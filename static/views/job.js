@@ -4,6 +4,7 @@
 // layer table. The data comes from a `JobFeed`; each panel is a component drawing from it.
 
 import { downloadCheckpoint, isFinished, post, query } from "../api.js";
+import { optionsBar, readOptions } from "../chart-options.js";
 import { frames, loadUPlot, throttled } from "../charts.js";
 import { layerHeatmap } from "../components/layer-heatmap.js";
 import { eventList } from "../components/events.js";
@@ -65,6 +66,8 @@ export async function jobView(root, ctx, id) {
   const timeBox = el("div");
   const signalBox = el("div");
   const tableBox = el("section", { class: "panel wide table-panel" });
+  // How the loss and norm charts (and the heatmap's colour scale) read; the bar changes it.
+  const options = readOptions();
 
   root.replaceChildren(
     el("section", { class: "panel job-head" },
@@ -78,6 +81,10 @@ export async function jobView(root, ctx, id) {
       figureRow, diagnosisBox, errorLine,
       el("details", {}, el("summary", {}, "Spec"), el("pre", { class: "spec-json" }, JSON.stringify(job().spec, null, 2)))),
     el("div", { class: "job-grid" },
+      el("div", { class: "wide" }, optionsBar(options, () => {
+        charts.update();
+        frames.request(`heat-${id}`, heat.draw);
+      })),
       el("section", { class: "panel" }, el("h3", {}, "Loss ", el("span", { class: "muted small" }, "training and validation")), lossBox,
         el("h3", { class: "sub" }, "Learning rate"), lrBox),
       el("section", { class: "panel" }, el("h3", {}, "Global gradient norm ",
@@ -97,10 +104,11 @@ export async function jobView(root, ctx, id) {
   );
 
   const monitor = () => job().spec.monitor ?? {};
-  const charts = lossCharts(uPlot, { loss: lossBox, norm: normBox, lr: lrBox }, data, { events: feed.events, syncKey: `job-${id}` });
+  const charts = lossCharts(uPlot, { loss: lossBox, norm: normBox, lr: lrBox }, data, { events: feed.events, syncKey: `job-${id}`, options });
   // Layers by block, shared by the heatmap and the table: a block collapses in both.
   const groups = new LayerGroups(data.layers);
   const heat = layerHeatmap(heatBox, data, {
+    outliers: () => options.outliers,
     onSelect: selectLayer,
     onToggle: toggleBlock,
     groups,
@@ -140,6 +148,20 @@ export async function jobView(root, ctx, id) {
   setLayers();
 
   // ---- drawing ----
+  /** The step the head shows: the latest the page holds or the job record states. */
+  const stepNow = () => Math.max(job().step, data.lastStep);
+  let progressShown = "";
+  /** The counter and the progress bar, always together, so that they show the same step. */
+  function updateProgress() {
+    const j = job();
+    const step = stepNow();
+    const key = `${step}/${j.total_steps}/${j.status}`;
+    if (key === progressShown) return;
+    progressShown = key;
+    counter.textContent = `${step} / ${j.total_steps}`;
+    progressSlot.replaceChildren(progressBar({ ...j, step }));
+  }
+
   const updateHead = throttled(() => {
     const j = job();
     statusSlot.replaceChildren(statusBadge(j.status));
@@ -154,9 +176,8 @@ export async function jobView(root, ctx, id) {
         layer && !issue.message.startsWith(layer) ? [el("code", {}, layer), " "] : null,
         issue.message, el("span", { class: "muted small" }, ` since step ${issue.since}`));
     }));
-    progressSlot.replaceChildren(progressBar({ ...j, step: Math.max(j.step, data.lastStep) }));
     cancelButton.hidden = isFinished(j);
-    checkpoint.hidden = j.step === 0 && data.lastStep === 0;
+    checkpoint.hidden = stepNow() === 0;
     errorLine.hidden = !j.error;
     errorLine.textContent = j.error ?? "";
     const c = data.cols;
@@ -192,7 +213,7 @@ export async function jobView(root, ctx, id) {
     frames.request(`spectral-${id}`, spectral.draw);
     frames.request(`time-${id}`, time.draw);
     frames.request(`signal-${id}`, signal.draw);
-    frames.request(`counter-${id}`, () => { counter.textContent = `${data.lastStep || job().step} / ${job().total_steps}`; });
+    frames.request(`counter-${id}`, updateProgress);
     frames.request(`head-${id}`, updateHead);
     frames.request(`table-${id}`, () => table.update({ diagnosis: job().diagnosis, events: feed.events }));
   }

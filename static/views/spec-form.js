@@ -273,6 +273,13 @@ export function specForm(root, { presets, onSubmitted, initial }) {
   const presetNote = el("p", { class: "muted preset-note" });
   const json = /** @type {HTMLTextAreaElement} */ (
     el("textarea", { class: "spec-json", spellcheck: false, rows: 14, "aria-label": "Spec as JSON" }));
+  const jsonNote = el("small", { class: "help json-note", role: "status" });
+  // Typed into the JSON since the form last wrote it: Submit sends the JSON, not the form.
+  let jsonEdited = false;
+  json.addEventListener("input", () => {
+    jsonEdited = true;
+    jsonNote.textContent = "Edited: Submit sends this JSON. Editing a field above replaces it with the form's values.";
+  });
   root.replaceChildren(form);
 
   /** @type {SpecSchema | null} */
@@ -361,7 +368,10 @@ export function specForm(root, { presets, onSubmitted, initial }) {
   }
 
   function showJson() {
-    if (schema) json.value = JSON.stringify(toSpec(schema, state), null, 2);
+    if (!schema) return;
+    json.value = JSON.stringify(toSpec(schema, state), null, 2);
+    jsonEdited = false;
+    jsonNote.textContent = "";
   }
 
   /**
@@ -559,8 +569,9 @@ export function specForm(root, { presets, onSubmitted, initial }) {
             monInput("diagnose_window", { label: "diagnosis window" }),
             monInput("summary_every", { label: "summary every" }),
             monInput("cooldown", { label: "event cool-down" }))),
-        el("details", { class: "wide" }, el("summary", {}, "Spec as JSON"), json,
-          el("button", { type: "button", class: "small", onclick: applyJson }, "Apply JSON to the form"))),
+        el("details", { class: "wide json-box", dataset: { field: "json" } }, el("summary", {}, "Spec as JSON"), json, jsonNote,
+          el("button", { type: "button", class: "small", onclick: () => applyJson() }, "Apply JSON to the form"),
+          el("small", { class: "field-error", role: "alert" }))),
       el("div", { class: "form-actions" },
         el("button", { type: "submit", class: "primary" }, "Submit job"),
         el("span", { class: "muted submit-status", role: "status" })),
@@ -568,14 +579,42 @@ export function specForm(root, { presets, onSubmitted, initial }) {
     showJson();
   }
 
-  function applyJson() {
-    if (!schema) return;
+  /**
+   * Takes the JSON into the form; false (and says why, next to the JSON) when it does not
+   * parse or fit.
+   * @param {boolean} [submitting] on Submit: the message says the job was not submitted
+   */
+  function applyJson(submitting = false) {
+    if (!schema) return false;
+    const outcome = submitting ? "; the job was not submitted" : "";
+    const text = json.value;
+    /** @type {unknown} */
+    let parsed;
     try {
-      state = fromSpec(schema, JSON.parse(json.value));
+      parsed = JSON.parse(text);
+    } catch (err) {
+      showError("json", `The JSON does not parse: ${err instanceof Error ? err.message : err}${outcome}`);
+      return false;
+    }
+    if (parsed === null || typeof parsed !== "object" || Array.isArray(parsed)) {
+      showError("json", `The JSON must be one object, a JobSpec${outcome}`);
+      return false;
+    }
+    const before = state;
+    try {
+      state = fromSpec(schema, /** @type {Spec} */ (parsed));
       render();
     } catch (err) {
-      showError(null, `The JSON does not parse: ${err instanceof Error ? err.message : err}`);
+      // Back to the form as it was, the JSON kept as typed to fix.
+      state = before;
+      render();
+      json.value = text;
+      jsonEdited = true;
+      showError("json", `The JSON does not fit the form: ${err instanceof Error ? err.message : err}${outcome}`);
+      return false;
     }
+    localErrors.clear();
+    return true;
   }
 
   function clearErrors() {
@@ -591,38 +630,61 @@ export function specForm(root, { presets, onSubmitted, initial }) {
    * @param {string} message
    */
   function showError(field, message) {
+    showErrors([{ field, message }]);
+  }
+
+  /**
+   * Puts each message under its field (or the nearest enclosing one; two for one place
+   * share it), those with no place in the banner; the first is scrolled to and focused.
+   * @param {{field: string | null, message: string}[]} list
+   */
+  function showErrors(list) {
     clearErrors();
+    /** @type {string[]} */
+    const unplaced = [];
     /** @type {HTMLElement | null} */
-    let target = null;
-    if (field) {
-      let path = field;
-      while (path && !target) {
-        target = form.querySelector(`[data-field="${CSS.escape(path)}"]`);
-        const cut = Math.max(path.lastIndexOf("."), path.lastIndexOf("["));
-        path = cut > 0 ? path.slice(0, cut) : "";
+    let first = null;
+    for (const { field, message } of list) {
+      /** @type {HTMLElement | null} */
+      let target = null;
+      if (field) {
+        let path = field;
+        while (path && !target) {
+          target = form.querySelector(`[data-field="${CSS.escape(path)}"]`);
+          const cut = Math.max(path.lastIndexOf("."), path.lastIndexOf("["));
+          path = cut > 0 ? path.slice(0, cut) : "";
+        }
       }
-    }
-    if (target) {
+      if (!target) {
+        unplaced.push(field ? `${field}: ${message}` : message);
+        continue;
+      }
       const details = target.closest("details");
       if (details) details.open = true;
       target.classList.add("has-error");
       const slot = target.querySelector(":scope > .field-error") ?? target.querySelector(".field-error");
-      if (slot) slot.textContent = message;
-      target.scrollIntoView({ block: "center", behavior: "instant" });
-      /** @type {HTMLElement | null} */ (target.querySelector("input, select"))?.focus({ preventScroll: true });
-    } else {
+      // A field that was not found itself (`task.id` inside its section) is named.
+      const text = target.dataset.field === field || !field ? message : `${field}: ${message}`;
+      if (slot) slot.textContent = slot.textContent ? `${slot.textContent}; ${text}` : text;
+      first ??= target;
+    }
+    if (unplaced.length) {
       banner.hidden = false;
-      banner.textContent = field ? `${field}: ${message}` : message;
+      banner.textContent = unplaced.join("\n");
+    }
+    if (first) {
+      first.scrollIntoView({ block: "center", behavior: "instant" });
+      /** @type {HTMLElement | null} */ (first.querySelector("input, select"))?.focus({ preventScroll: true });
     }
   }
 
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     if (!schema) return;
-    const first = localErrors.entries().next();
-    if (!first.done) {
-      const [path, message] = first.value;
-      showError(path.replace(/\.(\d+)\./, "[$1]."), message);
+    // What the user edited last is what is sent: JSON typed since the form last wrote it wins.
+    if (jsonEdited && !applyJson(true)) return;
+    if (localErrors.size) {
+      showErrors([...localErrors].map(([path, message]) => ({ field: path.replace(/\.(\d+)\./, "[$1]."), message })));
       return;
     }
     const status = /** @type {HTMLElement} */ (form.querySelector(".submit-status"));
@@ -635,7 +697,8 @@ export function specForm(root, { presets, onSubmitted, initial }) {
       onSubmitted(job);
     } catch (err) {
       status.textContent = "";
-      if (err instanceof ApiError) showError(err.field, err.message);
+      if (err instanceof ApiError && err.errors.length) showErrors(err.errors);
+      else if (err instanceof ApiError) showError(err.field, err.message);
       else showError(null, `Could not reach the server: ${err instanceof Error ? err.message : err}`);
     } finally {
       button.disabled = false;

@@ -67,6 +67,71 @@ async fn invalid_specs_are_refused_naming_the_field() {
 }
 
 #[tokio::test]
+async fn every_invalid_field_is_reported_at_once() {
+    let app = spawn_app().await;
+    let mut spec = tiny_lstm_spec(10, 1.0);
+    spec["steps"] = json!(0);
+    spec["device"] = json!("tpu");
+    spec["model"]["hidden"] = json!(0);
+    spec["model"]["dropout"] = json!(1.0);
+    spec["optimizer"]["lr"] = json!(-1.0);
+    spec["monitor"] = json!({"explode_floor": -1.0, "cooldown": -3});
+    spec["policy"]["grad"][0]["max_norm"] = json!(-1.0);
+    // `cooldown` is a whole number: -3 is refused while reading, before any range is
+    // checked, so it stands alone.
+    let (status, error) = error_of(app.post_json("/api/v1/jobs", &spec).await).await;
+    assert_eq!(status, 422, "{error}");
+    assert_eq!(error["errors"].as_array().map(Vec::len), Some(1), "{error}");
+    assert_eq!(error["field"], "monitor.cooldown", "{error}");
+
+    spec["monitor"] = json!({"explode_floor": -1.0});
+    let (status, error) = error_of(app.post_json("/api/v1/jobs", &spec).await).await;
+    assert_eq!(status, 422, "{error}");
+    assert_eq!(error["code"], "invalid_field");
+    let fields: Vec<&str> =
+        error["errors"].as_array().expect("errors").iter().map(|e| e["field"].as_str().expect("field")).collect();
+    // In the order of the checks: the run, the model, the optimizer, the policies, the monitor.
+    assert_eq!(
+        fields,
+        [
+            "steps",
+            "device",
+            "model.hidden",
+            "model.dropout",
+            "optimizer.lr",
+            "policy.grad[0].max_norm",
+            "monitor.explode_floor"
+        ],
+        "{error}"
+    );
+    for e in error["errors"].as_array().expect("errors") {
+        assert!(!e["message"].as_str().expect("message").is_empty(), "{e}");
+    }
+    assert_eq!(error["errors"][2]["message"], "must be 1 to 16384");
+    // Clients that read one field see the first, and the message says there are more.
+    assert_eq!(error["field"], "steps");
+    let message = error["message"].as_str().expect("message");
+    assert!(message.starts_with("steps: ") && message.ends_with("(and 6 more invalid fields)"), "{message}");
+
+    // One invalid field: the list holds just it.
+    let mut one = tiny_lstm_spec(10, 1.0);
+    one["model"]["hidden"] = json!(0);
+    let (status, error) = error_of(app.post_json("/api/v1/jobs", &one).await).await;
+    assert_eq!(status, 422);
+    assert_eq!(error["field"], "model.hidden");
+    assert_eq!(error["errors"], json!([{"field": "model.hidden", "message": "must be 1 to 16384"}]));
+
+    // The OpenAPI document describes the list.
+    let doc: Value = app.get("/api/v1/openapi.json").await.json().await.expect("json");
+    let detail = &doc["components"]["schemas"]["ErrorDetail"]["properties"]["errors"];
+    assert_eq!(detail["items"]["$ref"], "#/components/schemas/FieldError", "ErrorDetail documents `errors`");
+    let item = &doc["components"]["schemas"]["FieldError"];
+    assert_eq!(item["required"], json!(["field", "message"]), "{item}");
+    let list: Value = app.get("/api/v1/jobs").await.json().await.expect("json");
+    assert_eq!(list["jobs"].as_array().expect("jobs").len(), 0, "no invalid job was queued");
+}
+
+#[tokio::test]
 async fn malformed_bodies_get_400_413_and_415() {
     let app = spawn_app().await;
     let post = |body: Vec<u8>, content_type: &'static str| {
