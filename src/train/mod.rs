@@ -9,6 +9,7 @@
 //! - [`model`] — the networks, with named parameters in a stable order.
 //! - [`optim`] — optimizers and learning-rate schedules.
 //! - [`policy`] — gradient and weight policies.
+//! - [`precision`] — fp16/bf16 training and the loss scaler.
 //! - [`stats`] — per-layer statistics from one flat gradient buffer.
 //! - [`transfer`] — the layout of the one device→host copy a step makes.
 //! - [`spectral`] — the largest singular value of the recurrent and square weights.
@@ -26,6 +27,7 @@ pub mod host;
 pub mod model;
 pub mod optim;
 pub mod policy;
+pub mod precision;
 pub mod presets;
 pub mod run;
 pub mod spectral;
@@ -68,6 +70,13 @@ pub struct StepReport {
     pub lr: f64,
     /// The update was dropped (non-finite loss or gradient).
     pub skipped: bool,
+    /// The loss scale the step ran at (fp16 with loss scaling), before its update.
+    #[serde(default)]
+    pub loss_scale: Option<f64>,
+    /// The loss-scaled gradients held an infinity or a NaN: the update was skipped and the
+    /// scale backed off.
+    #[serde(default)]
+    pub overflow: bool,
     /// Every per-layer statistic, on the steps `monitor.every` records.
     pub layers: Option<LayerStats>,
     /// What the step measured on its own schedules besides the per-layer statistics.

@@ -12,6 +12,7 @@ use super::checkpoint;
 use super::model::torchscript::TorchScript;
 use super::optim::FlatOptimizer;
 use super::policy::GradPolicies;
+use super::precision::Mixed;
 use super::spectral::Spectral;
 use super::stats::FlatParams;
 use super::step::timing::{Clock, Phase};
@@ -77,9 +78,11 @@ pub fn train(
     let buffers: Vec<(String, Tensor)> =
         params.buffers().iter().map(|(n, t)| (format!("buffer.{n}"), t.shallow_clone())).collect();
     let mut grad_policies = GradPolicies::new(&spec.policy.grad, device)?.with_head(params.head());
+    let mut mixed = Mixed::new(spec.precision, &spec.loss_scale, device.is_cuda());
     let first = match (&ctx.checkpoint, ctx.resume) {
         (Some(path), Some(step)) => {
-            let mut state = State { named: &named, buffers: &buffers, optimizer: &mut optimizer, device };
+            let mut state =
+                State { named: &named, buffers: &buffers, optimizer: &mut optimizer, mixed: &mut mixed, device };
             resume(path, step, &mut state, &mut grad_policies, &mut task, spec)? + 1
         }
         _ => 1,
@@ -100,7 +103,8 @@ pub fn train(
         None
     };
     let mut trainer = Trainer::new(flat, optimizer, grad_policies, &spec.policy, &spec.monitor, names, &redundant)
-        .with_spectral(spectral);
+        .with_spectral(spectral)
+        .with_precision(mixed);
     emit(TrainEvent::Started { device: model::device_name(device), layers: measured });
 
     for step in first..=spec.steps {
@@ -143,6 +147,9 @@ pub fn train(
     Ok(Outcome::Succeeded)
 }
 
+/// The loss scaler's state in a resume file.
+const LOSS_SCALER_STATE: &str = "loss_scaler";
+
 /// Parameter `i` of `flat` (its data a view into the flat weights).
 fn trainer_param(flat: &FlatParams, i: usize) -> Tensor {
     flat.params()[i].shallow_clone()
@@ -155,6 +162,8 @@ struct State<'a> {
     /// Batch norm's running statistics, by their names in the resume file.
     buffers: &'a [(String, Tensor)],
     optimizer: &'a mut FlatOptimizer,
+    /// The loss scaler's scale and growth count.
+    mixed: &'a mut Mixed,
     device: Device,
 }
 
@@ -185,6 +194,11 @@ fn resume(
                 buffer.shallow_clone().f_copy_(value)?;
             }
         }
+        if let Some(scaler) = state.mixed.scaler_mut()
+            && let Some((_, value)) = saved.state.iter().find(|(n, _)| n == LOSS_SCALER_STATE)
+        {
+            scaler.restore(value)?;
+        }
         grad_policies.restore(&saved.state)
     })?;
     state.optimizer.restore(saved.optimizer, saved.optim_steps, state.device)?;
@@ -205,6 +219,9 @@ fn save_checkpoint(
     let Some(path) = &ctx.checkpoint else { return Ok(()) };
     let mut state: Vec<(String, Tensor)> = buffers.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
     state.extend(trainer.grad_policies().state()?);
+    if let Some(scaler) = trainer.precision().scaler() {
+        state.push((LOSS_SCALER_STATE.to_owned(), scaler.state()));
+    }
     if let Some(module) = user {
         checkpoint::rotate_module(path)?;
         module.save(&checkpoint::module_path(&checkpoint::resume_path(path)))?;

@@ -20,13 +20,13 @@ import { el, num, pct, sortableHead } from "../widgets.js";
 /** Short heads for the statistics the dashboard knows; any other shows its own name. */
 const LABELS = new Map([
   ["grad_norm", "‖g‖"], ["grad_max", "max |g|"], ["grad_mean", "mean g"], ["grad_std", "std g"],
-  ["zero_frac", "zeros"], ["nonfinite", "NaN/Inf"], ["weight_norm", "‖w‖"], ["update_ratio", "update ratio"],
+  ["zero_frac", "zeros"], ["nonfinite", "NaN/Inf"], ["underflow", "underflow"], ["weight_norm", "‖w‖"], ["update_ratio", "update ratio"],
   ["signal_rms", "block out RMS"],
 ]);
 
 /** How a statistic's value reads: fractions as percentages, counts as integers. */
 function format(/** @type {string} */ name, /** @type {number | null | undefined} */ v) {
-  if (name === "zero_frac") return pct(v);
+  if (name === "zero_frac" || name === "underflow") return pct(v);
   if (name === "nonfinite") return v === null || v === undefined ? "–" : String(v);
   return num(v, 3);
 }

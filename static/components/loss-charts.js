@@ -1,7 +1,8 @@
 // @ts-check
 // A job's step charts, on one synchronised step axis: training and validation loss, the
 // global gradient norm before and after the policies (clipped and skipped steps ticked
-// along the bottom, exploding and non-finite events as vertical lines), the learning rate.
+// along the bottom, exploding and non-finite events as vertical lines), the learning rate,
+// and fp16's loss scale (log scale) for jobs that scale their loss.
 
 import { cssVar, lineChart, seriesColor, verticalLines } from "../charts.js";
 import { isClipped } from "../store.js";
@@ -15,7 +16,7 @@ const LINE_EVENTS = new Map([["exploding", "--bad"], ["nonfinite", "--bad"]]);
 
 /**
  * @param {import("../charts.js").UPlotClass} uPlot
- * @param {{loss: HTMLElement, norm: HTMLElement, lr: HTMLElement}} boxes
+ * @param {{loss: HTMLElement, norm: HTMLElement, lr: HTMLElement, scale: HTMLElement | null}} boxes
  * @param {JobData} data
  * @param {{events: JobEvent[], syncKey: string}} options
  */
@@ -41,6 +42,9 @@ export function lossCharts(uPlot, boxes, data, { events, syncKey }) {
     hooks: { ...verticalLines(lines), draw: [drawPolicyTicks] },
   });
   const lr = lineChart(uPlot, boxes.lr, { series: [{ label: "lr", color: seriesColor(3) }], yLabel: "lr", height: 110, sync, legend: false });
+  const scale = boxes.scale
+    ? lineChart(uPlot, boxes.scale, { series: [{ label: "loss scale", color: seriesColor(4) }], yLog: true, yLabel: "scale", height: 110, sync, legend: false })
+    : null;
 
   /** Ticks along the bottom of the norm chart: clipped steps short, skipped ones tall. */
   function drawPolicyTicks(/** @type {UPlot} */ u) {
@@ -73,10 +77,11 @@ export function lossCharts(uPlot, boxes, data, { events, syncKey }) {
       loss.setData([c.step, c.loss, c.valid]);
       norm.setData([c.step, c.gn, c.gnc]);
       lr.setData([c.step, c.lr]);
+      scale?.setData([c.step, c.scale]);
       boxes.loss.dataset.points = String(c.step.length);
     },
     destroy() {
-      for (const chart of [loss, norm, lr]) chart.destroy();
+      for (const chart of [loss, norm, lr, scale]) chart?.destroy();
     },
   };
 }
