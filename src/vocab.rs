@@ -187,6 +187,9 @@ pub enum EventKind {
     /// fp16's loss-scaled gradients held an infinity or a NaN: the update was skipped and
     /// the scale backed off.
     LossScaleOverflow,
+    /// `on_spike: rollback` restored the last good state and skipped batches; its value
+    /// is the steps lost.
+    Rollback,
     /// A measured weight matrix's largest singular value crossed 1.0, up or down.
     SpectralRadius,
     /// A validation pass: its loss.

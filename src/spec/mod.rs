@@ -50,8 +50,8 @@ pub use monitor::{MonitorSpec, chosen_layers};
 pub use notify::{NotifyOn, NotifySpec};
 pub use optimizer::{NoDecay, OptimizerKind, OptimizerSpec, Schedule};
 pub use policy::{
-    AgcPolicy, AutoclipPolicy, GradPolicy, NormType, OnNonfinite, PolicySpec, SkipSpikePolicy, WeightPolicy,
-    ZclipPolicy,
+    AgcPolicy, AutoclipPolicy, GradPolicy, NormType, OnNonfinite, OnSpike, PolicySpec, RollbackPolicy, SkipSpikePolicy,
+    SpikeMetric, WeightPolicy, ZclipPolicy,
 };
 pub use precision::{LossScaleSpec, Precision};
 pub use task::{AddingTask, CharLmTask, ClassificationTask, CopyTask, DatasetTask, Loss, TaskSpec};

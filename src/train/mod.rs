@@ -16,6 +16,7 @@
 //! - [`user`] — checks of uploaded models and data sets, and their dry run.
 //! - [`diagnose`] — vanishing/exploding/dead/non-finite diagnosis from the reports.
 //! - [`step`] — one training step, shared by the loop and the step benchmark.
+//! - [`rollback`] — `on_spike: rollback`'s snapshot, spike detector and restore.
 //! - [`run`] — the training loop.
 //! - [`presets`] — the seed experiments, failing runs beside their remedied twins.
 
@@ -29,6 +30,7 @@ pub mod optim;
 pub mod policy;
 pub mod precision;
 pub mod presets;
+pub mod rollback;
 pub mod run;
 pub mod spectral;
 pub mod stats;
@@ -169,7 +171,8 @@ pub enum Outcome {
     Succeeded,
     Cancelled,
     Interrupted,
-    /// A non-finite loss or gradient under `on_nonfinite: stop`.
+    /// A non-finite loss or gradient under `on_nonfinite: stop`, or a spike after
+    /// `max_rollbacks` rollbacks.
     Diverged(String),
 }
 

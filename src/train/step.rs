@@ -97,12 +97,17 @@ impl Monitoring {
 }
 
 /// What a step tells its caller at once (its report follows one step later).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepOutput {
-    /// The loss and the gradient norm were finite.
+    /// The loss and the gradient norm were finite (or the loss scaler caught an overflow).
     pub finite: bool,
     /// The optimizer updated the weights (finite, and no policy dropped the update).
     pub updated: bool,
+    /// The loss-scaled gradients overflowed and the scaler skipped the update.
+    pub overflow: bool,
+    pub loss: f64,
+    /// The global gradient norm before the grad policies.
+    pub grad_norm: f64,
 }
 
 /// The state a step reads and changes: the parameters in their flat buffers, the
@@ -164,6 +169,14 @@ impl Trainer {
 
     pub fn optimizer(&self) -> &FlatOptimizer {
         &self.optimizer
+    }
+
+    pub fn optimizer_mut(&mut self) -> &mut FlatOptimizer {
+        &mut self.optimizer
+    }
+
+    pub fn grad_policies_mut(&mut self) -> &mut GradPolicies {
+        &mut self.reporter.grad_policies
     }
 
     /// The grad policies, with the state the adaptive ones carry between steps.
@@ -343,8 +356,9 @@ pub fn step<F: Into<Forward>>(
         }
     };
     reporter.clock.lap(Phase::Statistics);
+    let (overflow, loss, grad_norm) = (report.overflow, report.loss, report.grad_norm);
     reporter.hold(StepReport { skipped: !update, seconds: started.elapsed().as_secs_f64(), ..report }, weight_stats);
-    Ok(StepOutput { finite, updated: update })
+    Ok(StepOutput { finite, updated: update, overflow, loss, grad_norm })
 }
 
 /// The step's loss (unscaled) and, when the loss is scaled, whether its scaled gradients
