@@ -50,6 +50,7 @@ fn report(step: u64, layers: usize, histogram_every: u64, rng: &mut StdRng) -> S
         grad_std: values(),
         zero_frac: values(),
         nonfinite: vec![0.0; layers],
+        underflow: values(),
         weight_norm: values(),
         update_ratio: values(),
         hist: (histogram_every > 0 && step.is_multiple_of(histogram_every)).then(|| {
@@ -66,6 +67,8 @@ fn report(step: u64, layers: usize, histogram_every: u64, rng: &mut StdRng) -> S
         clip_coef: 1.0,
         lr: 1e-3,
         skipped: false,
+        loss_scale: None,
+        overflow: false,
         layers: Some(stats),
         probes: Default::default(),
         seconds: 0.01,

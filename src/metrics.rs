@@ -36,6 +36,8 @@ pub struct Metrics {
     job_dropped: IntCounterVec,
     job_steps: IntCounterVec,
     job_loss: GaugeVec,
+    /// An fp16 job's loss scale at its latest step.
+    job_loss_scale: GaugeVec,
     /// The largest spectral radius among a job's measured matrices, at its last measurement.
     job_spectral_radius: GaugeVec,
     /// A job's first/last input position gradient ratio, at its last temporal profile.
@@ -122,6 +124,14 @@ impl Metrics {
             )?,
             job_steps: IntCounterVec::new(opts("job_steps_total", "Optimizer steps a job has recorded."), job)?,
             job_loss: GaugeVec::new(opts("job_loss", "A job's latest training loss (NaN when not finite)."), job)?,
+            job_loss_scale: GaugeVec::new(
+                opts(
+                    "job_loss_scale",
+                    "The loss scale of an fp16 job with dynamic loss scaling, at its latest step (before that \
+                     step's backoff or growth).",
+                ),
+                job,
+            )?,
             job_spectral_radius: GaugeVec::new(
                 opts(
                     "job_spectral_radius_max",
@@ -202,6 +212,7 @@ impl Metrics {
         m.registry.register(Box::new(m.job_dropped.clone()))?;
         m.registry.register(Box::new(m.job_steps.clone()))?;
         m.registry.register(Box::new(m.job_loss.clone()))?;
+        m.registry.register(Box::new(m.job_loss_scale.clone()))?;
         m.registry.register(Box::new(m.job_spectral_radius.clone()))?;
         m.registry.register(Box::new(m.job_time_ratio.clone()))?;
         m.registry.register(Box::new(m.job_grad_norm.clone()))?;
@@ -300,10 +311,15 @@ impl Metrics {
         let job = id.to_string();
         self.job_steps.with_label_values(&[&job]).inc();
         self.job_progress_time.with_label_values(&[&job]).set(unix_now());
-        if !report.loss.is_finite() || !report.grad_norm.is_finite() {
+        // An overflow of fp16's scaled gradients is the loss scaler's business, not a
+        // non-finite step.
+        if !report.overflow && (!report.loss.is_finite() || !report.grad_norm.is_finite()) {
             self.job_nonfinite.with_label_values(&[&job]).inc();
         }
         self.job_loss.with_label_values(&[&job]).set(report.loss);
+        if let Some(scale) = report.loss_scale {
+            self.job_loss_scale.with_label_values(&[&job]).set(scale);
+        }
         self.job_grad_norm.with_label_values(&[job.as_str(), "pre"]).set(report.grad_norm);
         self.job_grad_norm.with_label_values(&[job.as_str(), "post"]).set(report.grad_norm_clipped);
         if report.clip_coef < 1.0 - 1e-6 {
@@ -360,7 +376,7 @@ impl Metrics {
         for kind in DIAGNOSIS_KINDS {
             let _ = self.job_diagnosis.remove_label_values(&[job.as_str(), kind.as_str()]);
         }
-        for vec in [&self.job_loss, &self.job_spectral_radius, &self.job_time_ratio] {
+        for vec in [&self.job_loss, &self.job_loss_scale, &self.job_spectral_radius, &self.job_time_ratio] {
             let _ = vec.remove_label_values(&[&job]);
         }
         let _ = self.job_step_seconds.remove_label_values(&[&job]);
@@ -500,6 +516,8 @@ mod tests {
             clip_coef: 1.0,
             lr: 0.1,
             skipped: !loss.is_finite(),
+            loss_scale: None,
+            overflow: false,
             layers: None,
             probes: Default::default(),
             seconds: 0.001,

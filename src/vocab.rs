@@ -97,6 +97,10 @@ pub enum Statistic {
     ZeroFrac,
     /// Count of NaN and ±Inf in g.
     Nonfinite,
+    /// Fraction of the elements of g below the smallest normal number of the training
+    /// precision (zeros included), as the precision holds them: times the loss scale for
+    /// fp16 with loss scaling.
+    Underflow,
     /// ‖w‖₂ after the step.
     WeightNorm,
     /// ‖w_after − w_before‖₂ / ‖w_before‖₂.
@@ -117,6 +121,7 @@ macro_rules! statistic_field {
             $crate::vocab::Statistic::GradStd => $($access)+.grad_std,
             $crate::vocab::Statistic::ZeroFrac => $($access)+.zero_frac,
             $crate::vocab::Statistic::Nonfinite => $($access)+.nonfinite,
+            $crate::vocab::Statistic::Underflow => $($access)+.underflow,
             $crate::vocab::Statistic::WeightNorm => $($access)+.weight_norm,
             $crate::vocab::Statistic::UpdateRatio => $($access)+.update_ratio,
         }
@@ -126,8 +131,15 @@ pub(crate) use statistic_field;
 
 impl Statistic {
     /// The statistics of the gradients, the rows of `FlatParams::grad_stats`, in order.
-    pub const GRAD: [Self; 6] =
-        [Self::GradNorm, Self::GradMax, Self::GradMean, Self::GradStd, Self::ZeroFrac, Self::Nonfinite];
+    pub const GRAD: [Self; 7] = [
+        Self::GradNorm,
+        Self::GradMax,
+        Self::GradMean,
+        Self::GradStd,
+        Self::ZeroFrac,
+        Self::Nonfinite,
+        Self::Underflow,
+    ];
     /// The statistics of the weights after the update, the rows of
     /// `FlatParams::weight_stats`, in order.
     pub const WEIGHT: [Self; 2] = [Self::WeightNorm, Self::UpdateRatio];
@@ -172,6 +184,12 @@ pub enum EventKind {
     Skipped,
     /// `skip_spike` took an update after skipping its maximum in a row.
     SpikeAccepted,
+    /// fp16's loss-scaled gradients held an infinity or a NaN: the update was skipped and
+    /// the scale backed off.
+    LossScaleOverflow,
+    /// `on_spike: rollback` restored the last good state and skipped batches; its value
+    /// is the steps lost.
+    Rollback,
     /// A measured weight matrix's largest singular value crossed 1.0, up or down.
     SpectralRadius,
     /// A validation pass: its loss.
@@ -251,7 +269,17 @@ mod tests {
         let names: Vec<&str> = Statistic::ALL.iter().map(|s| s.as_str()).collect();
         assert_eq!(
             names,
-            ["grad_norm", "grad_max", "grad_mean", "grad_std", "zero_frac", "nonfinite", "weight_norm", "update_ratio"]
+            [
+                "grad_norm",
+                "grad_max",
+                "grad_mean",
+                "grad_std",
+                "zero_frac",
+                "nonfinite",
+                "underflow",
+                "weight_norm",
+                "update_ratio"
+            ]
         );
         let rows: Vec<Statistic> = Statistic::GRAD.iter().chain(&Statistic::WEIGHT).copied().collect();
         assert_eq!(rows, Statistic::ALL, "the gradient rows then the weight rows are every statistic, in order");
@@ -275,7 +303,7 @@ mod tests {
         let err = "grad_nrom".parse::<Statistic>().expect_err("unknown");
         assert_eq!(
             err.to_string(),
-            r#"unknown statistic "grad_nrom"; known: grad_norm, grad_max, grad_mean, grad_std, zero_frac, nonfinite, weight_norm, update_ratio"#
+            r#"unknown statistic "grad_nrom"; known: grad_norm, grad_max, grad_mean, grad_std, zero_frac, nonfinite, underflow, weight_norm, update_ratio"#
         );
         assert!("exploded".parse::<EventKind>().is_err());
     }

@@ -313,7 +313,7 @@ export class JobFeed {
       this.scheduleGaps();
     }
     const data = this.data;
-    data.addStep(m.step, m.loss, m.grad_norm, m.grad_norm_clipped, m.clip_coef, m.lr, m.skipped);
+    data.addStep(m.step, m.loss, m.grad_norm, m.grad_norm_clipped, m.clip_coef, m.lr, m.skipped, m.loss_scale ?? null);
     if (m.signal) {
       const { rms } = m.signal;
       this.addSignal([m.step], rms.map((v) => [v]));

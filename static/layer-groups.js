@@ -108,7 +108,7 @@ function rootSumSquares(/** @type {(number | null | undefined)[]} */ values) {
 /**
  * A block's value of statistic `name` from its layers' values at one step (`stats`,
  * indexed by layer), as if the block were one tensor: norms combine as √Σx², `grad_max`
- * as the largest, `nonfinite` as the sum, `zero_frac` and `grad_mean` weighted by each
+ * as the largest, `nonfinite` as the sum, `zero_frac`, `underflow` and `grad_mean` weighted by each
  * layer's size, `grad_std` pooled (sample deviation, as each layer's). `update_ratio`
  * needs the weights before the step, which the step does not carry: null, as for any
  * statistic it does not know.
@@ -150,6 +150,7 @@ export function aggregate(name, stats, members, layers) {
     case "nonfinite":
       return values.reduce((/** @type {number} */ a, v) => a + (v ?? 0), 0);
     case "zero_frac":
+    case "underflow":
     case "grad_mean":
       return weighted(values);
     case "grad_std": {

@@ -42,12 +42,13 @@ export const isClipped = (/** @type {number | null} */ coef) => coef !== null &&
  * @property {number[]} lr
  * @property {(number | null)[]} clip
  * @property {number[]} skipped 1 for a skipped step.
+ * @property {(number | null)[]} scale fp16's loss scale (null without loss scaling).
  */
 
 export class JobData {
   constructor(/** @type {Layer[]} */ layers = []) {
     /** @type {Columns} */
-    this.cols = { step: [], loss: [], valid: [], gn: [], gnc: [], lr: [], clip: [], skipped: [] };
+    this.cols = { step: [], loss: [], valid: [], gn: [], gnc: [], lr: [], clip: [], skipped: [], scale: [] };
     /** @type {{step: number[], loss: (number | null)[], value: (number | null)[], metric: string | null}} */
     this.evals = { step: [], loss: [], value: [], metric: null };
     /** @type {[number, number | null][]} validation losses beyond the last recorded step */
@@ -92,8 +93,9 @@ export class JobData {
    * @param {number | null} clip
    * @param {number} lr
    * @param {boolean} skipped
+   * @param {number | null} [scale] the loss scale, when the job scales its loss
    */
-  addStep(step, loss, gn, gnc, clip, lr, skipped) {
+  addStep(step, loss, gn, gnc, clip, lr, skipped, scale = null) {
     const c = this.cols;
     let i = c.step.length;
     if (i && step <= c.step[i - 1]) {
@@ -101,7 +103,7 @@ export class JobData {
       if (c.step[i] === step) return false;
     }
     /** @type {[keyof Columns, number | null][]} */
-    const row = [["step", step], ["loss", loss], ["valid", null], ["gn", positive(gn)], ["gnc", positive(gnc)], ["lr", lr], ["clip", clip], ["skipped", skipped ? 1 : 0]];
+    const row = [["step", step], ["loss", loss], ["valid", null], ["gn", positive(gn)], ["gnc", positive(gnc)], ["lr", lr], ["clip", clip], ["skipped", skipped ? 1 : 0], ["scale", scale]];
     for (const [k, v] of row) /** @type {(number | null)[]} */ (c[k]).splice(i, 0, v);
     if (isClipped(clip)) this.clippedSteps++;
     if (skipped) this.skippedSteps++;
@@ -112,7 +114,7 @@ export class JobData {
   /** The steps of a `/steps` answer. */
   addSteps(/** @type {StepsResponse} */ s) {
     for (let i = 0; i < s.step.length; i++) {
-      this.addStep(s.step[i], s.loss[i], s.grad_norm[i], s.grad_norm_clipped[i], s.clip_coef[i], s.lr[i], s.skipped[i]);
+      this.addStep(s.step[i], s.loss[i], s.grad_norm[i], s.grad_norm_clipped[i], s.clip_coef[i], s.lr[i], s.skipped[i], s.loss_scale?.[i] ?? null);
     }
     this.addEvals(s.eval);
   }

@@ -62,6 +62,7 @@
  * @property {(number | null)[]} clip_coef
  * @property {number[]} lr
  * @property {boolean[]} skipped
+ * @property {(number | null)[]} [loss_scale] fp16's loss scale at each step (null without loss scaling).
  * @property {EvalColumns} [eval]
  *
  * @typedef {{index: number, name: string, step: number[]} & Record<string, any>} LayerSeries
@@ -79,6 +80,8 @@
  * @property {number | null} clip_coef
  * @property {number} lr
  * @property {boolean} skipped
+ * @property {number} [loss_scale] fp16's loss scale the step ran at, when the job scales its loss.
+ * @property {boolean} [overflow] The scaled gradients overflowed: update skipped, scale backed off.
  * @property {LayerStats} [layers]
  * @property {(number | null)[]} [spectral] Each measured matrix's largest singular value (`hello.matrices` order).
  * @property {(number | null)[]} [time_profile] Per input position t, the norm of the gradient of the loss at the embedded input x_t, averaged over the batch.

@@ -223,3 +223,86 @@ fn on_the_adding_problem_without_clipping_the_early_positions_go_dark() {
         assert!(darkest_free <= 1e-3 * dimmest_clipped, "seq_len {seq_len}: {free_late:?} vs clipped {clipped_late:?}");
     }
 }
+
+/// The step reports and events of a run of `spec` with test hooks `ctx`, and how it ended.
+fn trace(
+    spec: &serde_json::Value,
+    ctx: &gradscope::train::RunContext,
+) -> (Vec<gradscope::train::StepReport>, Vec<gradscope::train::Event>, gradscope::train::Outcome) {
+    use gradscope::train::{StopFlag, TrainEvent};
+    tch::set_num_threads(1);
+    let spec = gradscope::spec::JobSpec::parse_value(spec).expect("valid spec");
+    let (mut steps, mut events) = (Vec::new(), Vec::new());
+    let outcome = gradscope::train::train(&spec, ctx, &StopFlag::default(), &mut |e| match e {
+        TrainEvent::Step(s) => steps.push(s),
+        TrainEvent::Event(e) => events.push(e),
+        _ => {}
+    })
+    .expect("trains");
+    (steps, events, outcome)
+}
+
+/// An MLP trained by Adam at a constant rate, no dropout: what a step computes depends on
+/// the state and the batch alone.
+fn rollback_spec(steps: u64, on_spike: &str, max_rollbacks: u64) -> serde_json::Value {
+    let rollback = if on_spike == "rollback" {
+        serde_json::json!({"window": 10, "rollback_every": 10, "skip_batches": 7, "max_rollbacks": max_rollbacks})
+    } else {
+        serde_json::json!({})
+    };
+    serde_json::json!({
+        "seed": 11, "steps": steps, "batch_size": 16, "device": "cpu",
+        "task": {"kind": "classification"},
+        "model": {"kind": "mlp", "layers": 2, "hidden": 32},
+        "optimizer": {"kind": "adam", "lr": 0.003},
+        "policy": {"on_spike": on_spike, "rollback": rollback},
+    })
+}
+
+/// A loss spike injected at step 35 (its loss × 1000) is caught, the state after step 30
+/// comes back and the next 7 batches are skipped: from there the run's losses are those
+/// of a run that trained 30 steps, never saw batches 31 to 42 (the 5 the spike's
+/// stretch drew, and the 7 skipped), and trained on.
+#[test]
+fn a_rolled_back_spike_trains_on_as_a_run_that_never_saw_the_skipped_batches() {
+    use gradscope::train::RunContext;
+    let ctx = RunContext { spike_at: vec![35], ..RunContext::default() };
+    let (rolled, events, outcome) = trace(&rollback_spec(60, "rollback", 3), &ctx);
+    assert_eq!(outcome, gradscope::train::Outcome::Succeeded);
+    let rollbacks: Vec<_> = events.iter().filter(|e| e.kind == gradscope::vocab::EventKind::Rollback).collect();
+    assert_eq!(rollbacks.len(), 1, "{events:?}");
+    assert_eq!((rollbacks[0].step, rollbacks[0].value), (35, Some(5.0)), "{}", rollbacks[0].message);
+    assert!(
+        rolled[34].loss > 100.0 * rolled[33].loss,
+        "the injected spike: {} after {}",
+        rolled[34].loss,
+        rolled[33].loss
+    );
+
+    let never = RunContext { drop_batches_after: Some((30, 5 + 7)), ..RunContext::default() };
+    let (clean, ..) = trace(&rollback_spec(55, "ignore", 3), &never);
+    assert_eq!((rolled.len(), clean.len()), (60, 55));
+    for (a, b) in rolled[35..].iter().zip(&clean[30..]) {
+        assert!(
+            (a.loss - b.loss).abs() <= 1e-6 * b.loss.abs(),
+            "step {} after the rollback: loss {} vs {} at step {} of the run without those batches",
+            a.step,
+            a.loss,
+            b.loss,
+            b.step
+        );
+    }
+    // And the spike's stretch is not what the clean run saw: the comparison has teeth.
+    assert!((rolled[31].loss - clean[31].loss).abs() > 1e-6 * clean[31].loss.abs());
+}
+
+/// After `max_rollbacks` rollbacks the next spike ends the run `diverged`.
+#[test]
+fn a_spike_past_the_most_rollbacks_ends_the_run_diverged() {
+    use gradscope::train::{Outcome, RunContext};
+    let ctx = RunContext { spike_at: vec![25, 45], ..RunContext::default() };
+    let (steps, events, outcome) = trace(&rollback_spec(60, "rollback", 1), &ctx);
+    assert!(matches!(&outcome, Outcome::Diverged(why) if why.contains("max_rollbacks")), "{outcome:?}");
+    assert_eq!(steps.last().map(|s| s.step), Some(45));
+    assert_eq!(events.iter().filter(|e| e.kind == gradscope::vocab::EventKind::Rollback).count(), 1);
+}

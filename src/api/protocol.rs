@@ -57,6 +57,13 @@ pub enum ServerMessage<'a> {
         lr: f64,
         /// The update was dropped.
         skipped: bool,
+        /// The loss scale the step ran at (fp16 with loss scaling; absent otherwise).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        loss_scale: Option<f64>,
+        /// fp16's loss-scaled gradients overflowed: the update was skipped and the scale
+        /// backed off.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        overflow: bool,
         /// When the server published the step, in seconds since the Unix epoch.
         time: f64,
         /// The layer indices the `layers` arrays follow, when a subset was asked for.
@@ -140,6 +147,8 @@ impl<'a> ServerMessage<'a> {
             clip_coef: report.clip_coef,
             lr: report.lr,
             skipped: report.skipped,
+            loss_scale: report.loss_scale,
+            overflow: report.overflow,
             time,
             indices: subset,
             layers: report.layers.as_ref().map(|stats| StepLayers { stats, subset }),

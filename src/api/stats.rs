@@ -24,7 +24,8 @@ pub struct LayerStatsQuery {
     /// Comma-separated layer indices (default all; repeats count once; at most 4096 items).
     layers: Option<String>,
     /// Comma-separated statistics (the `Statistic` schema lists them: grad_norm,
-    /// grad_max, grad_mean, grad_std, zero_frac, nonfinite, weight_norm, update_ratio) or
+    /// grad_max, grad_mean, grad_std, zero_frac, nonfinite, underflow, weight_norm,
+    /// update_ratio) or
     /// hist (default all but hist; repeats count once). Asking for fewer reads less: on long jobs, ask for what you plot. An answer
     /// holds at most 5,000,000 values by default (layers × statistics × points, `hist`
     /// counting 51) and a query reads at most 100,000,000 before thinning; above either

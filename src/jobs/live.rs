@@ -177,6 +177,8 @@ mod tests {
             clip_coef: 1.0,
             lr: 0.1,
             skipped: false,
+            loss_scale: None,
+            overflow: false,
             layers: None,
             probes: Default::default(),
             seconds: 0.01,

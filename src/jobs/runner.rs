@@ -91,6 +91,7 @@ async fn train_and_record(
         resume: job.resumed_from.and_then(|s| u64::try_from(s).ok()),
         model: upload_file(inner, UploadFile::Model, job.spec.model.id.as_deref())?,
         dataset: upload_file(inner, UploadFile::Dataset, job.spec.task.dataset())?,
+        ..RunContext::default()
     };
     match &inner.execution {
         Execution::InProcess => in_thread(inner, job, ctx, control).await,

@@ -118,6 +118,8 @@ mod tests {
             clip_coef: 0.1 + 0.2,
             lr: 1e-300,
             skipped: true,
+            loss_scale: None,
+            overflow: false,
             layers: Some(LayerStats {
                 grad_norm: vec![f64::NAN, -0.0, f64::MIN_POSITIVE],
                 hist: Some(vec![0, u64::MAX]),

@@ -146,6 +146,7 @@ async fn train<W: AsyncWrite + Unpin>(
         resume: job.resume,
         model: job.model,
         dataset: job.dataset,
+        ..RunContext::default()
     };
     let written = Arc::new(AtomicU64::new(0));
     let hook_written = written.clone();

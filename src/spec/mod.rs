@@ -11,6 +11,7 @@
 //! - [`model`] — the network, and its per-kind defaults.
 //! - [`optimizer`] — optimizer, schedule and weight decay.
 //! - [`policy`] — gradient and weight policies.
+//! - [`precision`] — the training precision and fp16's loss scaling.
 //! - [`monitor`] — what is recorded and the diagnosis thresholds.
 //! - [`notify`] — the job's webhook.
 //! - [`device`] — the `device` field.
@@ -31,6 +32,7 @@ pub mod monitor;
 pub mod notify;
 pub mod optimizer;
 pub mod policy;
+pub mod precision;
 pub mod schema;
 pub mod task;
 
@@ -48,9 +50,10 @@ pub use monitor::{MonitorSpec, chosen_layers};
 pub use notify::{NotifyOn, NotifySpec};
 pub use optimizer::{NoDecay, OptimizerKind, OptimizerSpec, Schedule};
 pub use policy::{
-    AgcPolicy, AutoclipPolicy, GradPolicy, NormType, OnNonfinite, PolicySpec, SkipSpikePolicy, WeightPolicy,
-    ZclipPolicy,
+    AgcPolicy, AutoclipPolicy, GradPolicy, NormType, OnNonfinite, OnSpike, PolicySpec, RollbackPolicy, SkipSpikePolicy,
+    SpikeMetric, WeightPolicy, ZclipPolicy,
 };
+pub use precision::{LossScaleSpec, Precision};
 pub use task::{AddingTask, CharLmTask, ClassificationTask, CopyTask, DatasetTask, Loss, TaskSpec};
 
 use error::{Ints, Problems, Ranged, check, ints};
@@ -87,6 +90,12 @@ pub struct JobSpec {
     pub model: ModelSpec,
     pub optimizer: OptimizerSpec,
     pub policy: PolicySpec,
+    /// `fp32`, `bf16` or `fp16`: on CUDA, `fp16` runs the forward pass and the loss under
+    /// LibTorch's autocast; elsewhere (and for `bf16`) the gradients are rounded to the
+    /// precision after the backward pass, as the README describes.
+    pub precision: Precision,
+    /// fp16's dynamic loss scaling.
+    pub loss_scale: LossScaleSpec,
     pub monitor: MonitorSpec,
     /// A webhook told when the job ends and when its diagnosis changes.
     pub notify: NotifySpec,
@@ -107,6 +116,8 @@ impl Default for JobSpec {
             model: ModelSpec::default(),
             optimizer: OptimizerSpec::default(),
             policy: PolicySpec::default(),
+            precision: Precision::default(),
+            loss_scale: LossScaleSpec::default(),
             monitor: MonitorSpec::default(),
             notify: NotifySpec::default(),
             checkpoint_every: DEFAULT_CHECKPOINT_EVERY,
@@ -187,6 +198,7 @@ impl JobSpec {
         problems.add(self.model.validate(self.task.is_sequence(), self.task.dataset().is_some()));
         problems.add(self.optimizer.validate(self.steps));
         problems.add(self.policy.validate());
+        problems.add(self.loss_scale.validate(self.precision));
         problems.add(self.monitor.validate());
         problems.add(self.notify.validate());
         problems.finish()
@@ -234,7 +246,9 @@ impl<'de> Deserialize<'de> for ValidSpec {
 
 /// Every bound the schema publishes, one list per part.
 pub(crate) fn ranges() -> impl Iterator<Item = &'static Ranged> {
-    [RANGES, task::RANGES, model::RANGES, optimizer::RANGES, policy::RANGES, monitor::RANGES].into_iter().flatten()
+    [RANGES, task::RANGES, model::RANGES, optimizer::RANGES, policy::RANGES, precision::RANGES, monitor::RANGES]
+        .into_iter()
+        .flatten()
 }
 
 #[cfg(test)]

@@ -34,6 +34,17 @@ pub const AUTOCLIP_HISTORY: Ints = Ints::new(1, MAX_AUTOCLIP_HISTORY as i64);
 pub const PERCENTILE: Reals = Reals::closed(0.0, 100.0);
 pub const Z_WARMUP: Ints = Ints::new(2, MAX_POLICY_WINDOW as i64);
 pub const MAX_CONSECUTIVE: Ints = Ints::new(1, MAX_POLICY_WINDOW as i64);
+/// `rollback`'s defaults: the PaLM report's recipe, a restart about 100 steps before the
+/// spike and a few hundred batches skipped.
+pub const DEFAULT_ROLLBACK_Z: f64 = 6.0;
+pub const DEFAULT_ROLLBACK_WINDOW: u64 = 100;
+pub const DEFAULT_ROLLBACK_EVERY: u64 = 100;
+pub const DEFAULT_SKIP_BATCHES: u64 = 200;
+pub const DEFAULT_MAX_ROLLBACKS: u64 = 10;
+pub const ROLLBACK_WINDOW: Ints = Ints::new(2, MAX_POLICY_WINDOW as i64);
+pub const ROLLBACK_EVERY: Ints = Ints::new(1, 1_000_000);
+pub const SKIP_BATCHES: Ints = Ints::new(0, 1_000_000);
+pub const MAX_ROLLBACKS: Ints = Ints::new(1, 1000);
 
 pub(crate) const RANGES: &[Ranged] = &[
     reals("AgcPolicy", "lambda", Reals::POSITIVE),
@@ -47,6 +58,11 @@ pub(crate) const RANGES: &[Ranged] = &[
     reals("SkipSpikePolicy", "z_threshold", Reals::POSITIVE),
     ints("SkipSpikePolicy", "warmup", Z_WARMUP),
     ints("SkipSpikePolicy", "max_consecutive", MAX_CONSECUTIVE),
+    reals("RollbackPolicy", "z_threshold", Reals::POSITIVE),
+    ints("RollbackPolicy", "window", ROLLBACK_WINDOW),
+    ints("RollbackPolicy", "rollback_every", ROLLBACK_EVERY),
+    ints("RollbackPolicy", "skip_batches", SKIP_BATCHES),
+    ints("RollbackPolicy", "max_rollbacks", MAX_ROLLBACKS),
 ];
 
 /// The norm `clip_norm` measures: `2` (Euclidean) or `"inf"` (largest absolute element).
@@ -240,6 +256,57 @@ pub enum OnNonfinite {
     Stop,
 }
 
+/// What a loss (or gradient norm) spike does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnSpike {
+    /// Nothing: the step stands.
+    #[default]
+    Ignore,
+    /// Restore the last good state kept in memory and skip batches (`policy.rollback`).
+    Rollback,
+}
+
+/// The measure `rollback` watches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SpikeMetric {
+    #[default]
+    Loss,
+    GradNorm,
+}
+
+/// `on_spike: rollback`'s settings, as the PaLM report describes the remedy: every
+/// `rollback_every` steps whose measure was no spike, the model, the optimizer, the
+/// adaptive grad policies and the loss scaler are copied in memory; a step whose
+/// `metric` is non-finite, or whose z-score against the last `window` good steps exceeds
+/// `z_threshold` (once `window` of them were seen), restores that copy and skips the next
+/// `skip_batches` batches. The step count goes on (the steps since the copy are lost);
+/// after `max_rollbacks` rollbacks the next spike ends the job `diverged`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct RollbackPolicy {
+    pub metric: SpikeMetric,
+    pub z_threshold: f64,
+    pub window: u64,
+    pub rollback_every: u64,
+    pub skip_batches: u64,
+    pub max_rollbacks: u64,
+}
+
+impl Default for RollbackPolicy {
+    fn default() -> Self {
+        Self {
+            metric: SpikeMetric::default(),
+            z_threshold: DEFAULT_ROLLBACK_Z,
+            window: DEFAULT_ROLLBACK_WINDOW,
+            rollback_every: DEFAULT_ROLLBACK_EVERY,
+            skip_batches: DEFAULT_SKIP_BATCHES,
+            max_rollbacks: DEFAULT_MAX_ROLLBACKS,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct PolicySpec {
@@ -250,6 +317,9 @@ pub struct PolicySpec {
     #[schema(max_items = 16)]
     pub weight: Vec<WeightPolicy>,
     pub on_nonfinite: OnNonfinite,
+    /// `ignore` (default) or `rollback`: see `rollback`.
+    pub on_spike: OnSpike,
+    pub rollback: RollbackPolicy,
 }
 
 impl PolicySpec {
@@ -263,7 +333,17 @@ impl PolicySpec {
         for (i, policy) in self.weight.iter().enumerate() {
             policy.validate(&|field| format!("policy.weight[{i}].{field}"))?;
         }
-        Ok(())
+        let r = &self.rollback;
+        Reals::POSITIVE.check(r.z_threshold, "policy.rollback.z_threshold")?;
+        ROLLBACK_WINDOW.check(r.window, "policy.rollback.window")?;
+        ROLLBACK_EVERY.check(r.rollback_every, "policy.rollback.rollback_every")?;
+        SKIP_BATCHES.check(r.skip_batches, "policy.rollback.skip_batches")?;
+        MAX_ROLLBACKS.check(r.max_rollbacks, "policy.rollback.max_rollbacks")?;
+        check(
+            self.on_spike == OnSpike::Rollback || *r == RollbackPolicy::default(),
+            "policy.rollback",
+            "rollback settings apply with on_spike: rollback only",
+        )
     }
 }
 

@@ -46,6 +46,11 @@ pub struct LayerSeries {
     /// Count of NaN, +Inf and −Inf elements in g (stored as a float32: exact up to 2^24).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nonfinite: Option<Vec<Option<f32>>>,
+    /// Fraction of the elements of g below the smallest normal number of the training
+    /// precision (zeros included), as the precision holds them (times the loss scale, for
+    /// fp16 with loss scaling); null for steps stored before it was measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub underflow: Option<Vec<Option<f32>>>,
     /// ‖w‖₂ after the step; null where w holds a NaN or ±Inf.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight_norm: Option<Vec<Option<f32>>>,
@@ -540,6 +545,7 @@ mod tests {
             grad_std: column(Statistic::GradStd),
             zero_frac: column(Statistic::ZeroFrac),
             nonfinite: column(Statistic::Nonfinite),
+            underflow: column(Statistic::Underflow),
             weight_norm: column(Statistic::WeightNorm),
             update_ratio: column(Statistic::UpdateRatio),
             hist: (s % 7 == 1).then(|| vec![1; LAYERS * HIST_BINS]),
@@ -552,6 +558,8 @@ mod tests {
             clip_coef: 1.0,
             lr: 1e-3,
             skipped: false,
+            loss_scale: None,
+            overflow: false,
             layers: Some(stats),
             probes: Default::default(),
             seconds: 0.01,

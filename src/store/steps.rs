@@ -41,6 +41,9 @@ pub struct StepColumns {
     pub clip_coef: Vec<Option<f64>>,
     pub lr: Vec<f64>,
     pub skipped: Vec<bool>,
+    /// The loss scale each step ran at: `null` for a job without loss scaling (any
+    /// precision but fp16).
+    pub loss_scale: Vec<Option<f64>>,
     /// Validation passes in the range (never downsampled: they are few), from the
     /// job's `validation` events.
     pub eval: EvalColumns,
@@ -62,7 +65,7 @@ pub struct EvalColumns {
 /// text and blobs at their length.
 pub(super) const NUMBER_BYTES: usize = 8;
 /// Numbers in a `steps` row: step, its row number, loss, the two norms, clip coefficient,
-/// rate, skipped.
+/// rate, skipped; and the loss scale where there is one.
 const STEP_NUMBERS: usize = 8;
 
 /// A job's `stored_bytes` recounted from its rows (binds the job id six times), for
@@ -71,7 +74,8 @@ pub(super) fn stored_bytes_sql() -> String {
     let stat_lengths: Vec<String> = Statistic::ALL.iter().map(|s| format!("length({s})")).collect();
     let rollup = ROLLUP_NUMBERS * NUMBER_BYTES;
     format!(
-        "(SELECT COALESCE(SUM(length(job_id) + {}), 0) FROM steps WHERE job_id = ?)
+        "(SELECT COALESCE(SUM(length(job_id) + {} + IIF(loss_scale IS NULL, 0, {NUMBER_BYTES})), 0)
+            FROM steps WHERE job_id = ?)
         + (SELECT COALESCE(SUM(length(job_id) + 16 + {} + COALESCE(length(hist) + 8, 0)), 0)
             FROM layer_stats WHERE job_id = ?)
         + (SELECT COALESCE(SUM(length(job_id) + 32 + length(CAST(kind AS BLOB)) + length(CAST(message AS BLOB))), 0)
@@ -134,9 +138,10 @@ impl Store {
         let mut cells: HashMap<u64, Vec<Cell>> = HashMap::new();
         for s in progress.steps {
             n += 1;
+            let scale = s.loss_scale.and_then(finite);
             sqlx::query(
-                "INSERT INTO steps (job_id, step, n, loss, grad_norm, grad_norm_clipped, clip_coef, lr, skipped)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO steps (job_id, step, n, loss, grad_norm, grad_norm_clipped, clip_coef, lr, skipped, loss_scale)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(&job_id)
             .bind(i64::try_from(s.step)?)
@@ -147,9 +152,10 @@ impl Store {
             .bind(finite(s.clip_coef))
             .bind(s.lr)
             .bind(s.skipped)
+            .bind(scale)
             .execute(&mut *tx)
             .await?;
-            written += job_id.len() + STEP_NUMBERS * NUMBER_BYTES;
+            written += job_id.len() + STEP_NUMBERS * NUMBER_BYTES + scale.map_or(0, |_| NUMBER_BYTES);
             cells.insert(n, step_cells(finite(s.loss), finite(s.grad_norm), n)?);
         }
         if n / rollup::BASE > after / rollup::BASE {
@@ -234,7 +240,7 @@ impl Store {
         };
         let rows = if count <= max_points {
             sqlx::query(
-                "SELECT step, loss, grad_norm, grad_norm_clipped, clip_coef, lr, skipped FROM steps
+                "SELECT step, loss, grad_norm, grad_norm_clipped, clip_coef, lr, skipped, loss_scale FROM steps
                  WHERE job_id = ? AND n BETWEEN ? AND ? ORDER BY n",
             )
             .bind(&job_id)
@@ -244,7 +250,7 @@ impl Store {
             .await?
         } else {
             sqlx::query(
-                "SELECT step, loss, grad_norm, grad_norm_clipped, clip_coef, lr, skipped FROM steps
+                "SELECT step, loss, grad_norm, grad_norm_clipped, clip_coef, lr, skipped, loss_scale FROM steps
                  WHERE job_id = ? AND n IN (SELECT value FROM json_each(?)) ORDER BY n",
             )
             .bind(&job_id)
@@ -261,6 +267,7 @@ impl Store {
             all.clip_coef.push(row.try_get("clip_coef")?);
             all.lr.push(row.try_get("lr")?);
             all.skipped.push(row.try_get("skipped")?);
+            all.loss_scale.push(row.try_get("loss_scale")?);
         }
         all.eval = self.evals(id, from, to).await?;
         Ok(all)
@@ -315,6 +322,8 @@ mod tests {
             clip_coef: 1.0,
             lr: 1e-3,
             skipped: !loss.is_finite(),
+            loss_scale: None,
+            overflow: false,
             layers: None,
             probes: Default::default(),
             seconds: 0.01,

@@ -11,8 +11,8 @@
 use super::stats::HIST_BINS;
 use super::task::VALID_SAMPLES;
 use crate::spec::{
-    AddingTask, CopyTask, GradPolicy, JobSpec, ModelKind, Norm, OptimizerKind, SkipSpikePolicy, TaskSpec, ValidSpec,
-    ZclipPolicy,
+    AddingTask, CopyTask, GradPolicy, JobSpec, ModelKind, Norm, OnSpike, OptimizerKind, SkipSpikePolicy, TaskSpec,
+    ValidSpec, ZclipPolicy,
 };
 use crate::vocab::Statistic;
 
@@ -435,8 +435,10 @@ fn complete(spec: &ValidSpec, params: u64, tensors: u64, train_step: f64, valida
         OptimizerKind::Adam | OptimizerKind::Adamw => 3.0 * p,
         OptimizerKind::Sgd => flag(o.momentum > 0.0) * p,
     };
+    // `on_spike: rollback` keeps a copy of the weights and the optimizer's state.
+    let snapshot = if spec.policy.on_spike == OnSpike::Rollback { p + optimizer } else { 0.0 };
     // The flat weights and gradients.
-    let model = (2.0 * p + optimizer) * F32;
+    let model = (2.0 * p + optimizer + snapshot) * F32;
     let recorded = spec.monitor.every > 0;
     let histogram = recorded && spec.monitor.histogram;
     let report_numbers =

@@ -144,6 +144,11 @@ impl Diagnoser {
     /// Looks at one step; returns the events it gives rise to.
     pub fn observe(&mut self, report: &StepReport) -> Vec<Event> {
         let mut events = Vec::new();
+        // An overflow of fp16's scaled gradients: the loss scaler skipped the update and
+        // said so; its gradients say nothing about the model's.
+        if report.overflow {
+            return events;
+        }
         self.check_nonfinite(report, &mut events);
         let global_spike = self.check_exploding(report, &mut events);
         if let Some(layers) = &report.layers {
@@ -507,6 +512,8 @@ mod tests {
             clip_coef: (1.0 / grad_norm).min(1.0),
             lr: 0.1,
             skipped: false,
+            loss_scale: None,
+            overflow: false,
             probes: Default::default(),
             seconds: 0.01,
             layers: Some(LayerStats {

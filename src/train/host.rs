@@ -47,6 +47,9 @@ pub struct GradSummary {
     pub zeros: u64,
     /// Elements NaN or ±Inf.
     pub nonfinite: u64,
+    /// Elements whose |g| is below the threshold [`grad_summaries`] was given (zeros
+    /// included, NaN not).
+    pub below: u64,
 }
 
 /// One layer's weights against a snapshot taken before the update.
@@ -82,11 +85,22 @@ fn host_values(t: &Tensor) -> Option<&[f32]> {
     Some(unsafe { std::slice::from_raw_parts(ptr, n) })
 }
 
-/// The summary of each layer of `grads` (layer `i` is `ranges[i]`); `None` when `grads`
-/// is not host memory.
-pub fn grad_summaries(grads: &Tensor, ranges: &[Range<usize>]) -> Option<Vec<GradSummary>> {
+/// The summary of each layer of `grads` (layer `i` is `ranges[i]`), counting the entries
+/// whose |g| is below `tiny`; `None` when `grads` is not host memory.
+pub fn grad_summaries(grads: &Tensor, ranges: &[Range<usize>], tiny: f64) -> Option<Vec<GradSummary>> {
     let values = host_values(grads)?;
-    Some(ranges.iter().map(|range| summarise_layer(&values[range.clone()])).collect())
+    let below = below_bits(tiny);
+    Some(ranges.iter().map(|range| summarise_layer(&values[range.clone()], below)).collect())
+}
+
+/// The bits of `tiny` rounded to float32, as LibTorch compares a float32 tensor with it:
+/// for |x| as bits, |x| < tiny exactly when its bits are below these (NaN's lie above
+/// every finite float's).
+fn below_bits(tiny: f64) -> u32 {
+    if tiny.is_nan() || tiny <= 0.0 {
+        return 0;
+    }
+    (tiny as f32).to_bits().min(INF_BITS)
 }
 
 /// Every layer's count of each float32 exponent field (256 per layer, layer after layer;
@@ -409,10 +423,12 @@ impl Moments {
     }
 }
 
-fn summarise_layer(values: &[f32]) -> GradSummary {
+fn summarise_layer(values: &[f32], below_bits: u32) -> GradSummary {
     let (mut moments, mut max_bits, mut zeros, mut nonfinite) = (Moments::default(), 0u32, 0u64, 0u64);
+    let mut below = 0u64;
     for block in values.chunks(BLOCK) {
-        let b = summarise_block(block);
+        let b = summarise_block(block, below_bits);
+        below += u64::from(b.below);
         moments = moments.merge(b.moments);
         max_bits = max_bits.max(b.max_bits);
         zeros += u64::from(b.zeros);
@@ -426,6 +442,7 @@ fn summarise_layer(values: &[f32]) -> GradSummary {
         max_abs: f64::from(f32::from_bits(max_bits)),
         zeros,
         nonfinite,
+        below,
     }
 }
 
@@ -434,10 +451,11 @@ struct BlockSummary {
     max_bits: u32,
     zeros: u32,
     nonfinite: u32,
+    below: u32,
 }
 
 #[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx2+fma", "x86_64+avx2+fma", "aarch64+neon"))]
-fn summarise_block(block: &[f32]) -> BlockSummary {
+fn summarise_block(block: &[f32], below_bits: u32) -> BlockSummary {
     let n = block.len();
     let chunks = block.chunks_exact(LANES);
     let tail = chunks.remainder();
@@ -460,6 +478,7 @@ fn summarise_block(block: &[f32]) -> BlockSummary {
     // are summed over at most a block per lane.
     let shift = mean as f32;
     let (mut d1, mut d2, mut max, mut zeros) = ([0f32; LANES], [0f32; LANES], [0u32; LANES], [0u32; LANES]);
+    let mut below = [0u32; LANES];
     for c in chunks {
         for i in 0..LANES {
             let d = c[i] - shift;
@@ -468,11 +487,13 @@ fn summarise_block(block: &[f32]) -> BlockSummary {
             let bits = c[i].to_bits() & ABS_BITS;
             max[i] = max[i].max(bits);
             zeros[i] += u32::from(bits == 0);
+            below[i] += u32::from(bits < below_bits);
         }
     }
     let wide = |a: [f32; LANES]| a.iter().map(|&x| f64::from(x)).sum::<f64>();
     let (mut s1, mut s2) = (wide(d1), wide(d2));
     let (mut max_bits, mut zero_count) = (max.into_iter().max().unwrap_or(0), zeros.iter().sum::<u32>());
+    let mut below_count = below.iter().sum::<u32>();
     for &x in tail {
         let d = f64::from(x - shift);
         s1 += d;
@@ -480,6 +501,7 @@ fn summarise_block(block: &[f32]) -> BlockSummary {
         let bits = x.to_bits() & ABS_BITS;
         max_bits = max_bits.max(bits);
         zero_count += u32::from(bits == 0);
+        below_count += u32::from(bits < below_bits);
     }
     // NaN and ±Inf sort above every finite |x| by their bits: counted only where present.
     let nonfinite = if max_bits >= INF_BITS {
@@ -490,7 +512,7 @@ fn summarise_block(block: &[f32]) -> BlockSummary {
     let count = n as f64;
     // Σ(x − m)² = Σd² − (Σd)²/n for d = x − shift: the rounding of `shift` cancels.
     let moments = Moments { n: count, mean, m2: (s2 - s1 * s1 / count).max(0.0) };
-    BlockSummary { moments, max_bits, zeros: zero_count, nonfinite }
+    BlockSummary { moments, max_bits, zeros: zero_count, nonfinite, below: below_count }
 }
 
 /// Adds each element's exponent field to `counts` (256 of them). Four tables in turn, so
@@ -578,7 +600,7 @@ mod tests {
             ranges.push(start..start + n);
             start += n;
         }
-        let summaries = grad_summaries(&t, &ranges).expect("host memory");
+        let summaries = grad_summaries(&t, &ranges, 0.0).expect("host memory");
         let hist = exponent_counts(&t, &ranges).expect("histogram");
         for (layer, (range, s)) in ranges.iter().zip(&summaries).enumerate() {
             let (mean, m2, max) = reference(&values[range.clone()]);
@@ -597,14 +619,14 @@ mod tests {
     fn bits_give_exact_zero_and_nonfinite_counts() {
         let values = [0.0f32, -0.0, 1.0, f32::NAN, f32::INFINITY, -2.0, f32::from_bits(1)];
         let t = Tensor::from_slice(&values);
-        let s = grad_summaries(&t, &[0..7, 5..7]).expect("host memory");
+        let s = grad_summaries(&t, &[0..7, 5..7], 0.0).expect("host memory");
         assert_eq!((s[0].zeros, s[0].nonfinite), (2, 2));
         assert!(s[0].max_abs.is_nan() && s[0].mean.is_nan() && s[0].m2.is_nan(), "a NaN spoils the moments");
         assert_eq!((s[1].zeros, s[1].nonfinite, s[1].max_abs), (0, 0, 2.0), "a subnormal is not zero");
         let hist = exponent_counts(&t, std::slice::from_ref(&(0..7))).expect("histogram");
         assert_eq!((hist[0], hist[255], hist[127], hist[128]), (3, 2, 1, 1));
         let inf = Tensor::from_slice(&[1.0f32, f32::NEG_INFINITY]);
-        let s = grad_summaries(&inf, std::slice::from_ref(&(0..2))).expect("host memory");
+        let s = grad_summaries(&inf, std::slice::from_ref(&(0..2)), 0.0).expect("host memory");
         assert_eq!(s[0].max_abs, f64::INFINITY, "only infinities: +Inf");
     }
 

@@ -9,12 +9,14 @@
 //! - [`model`] — the networks, with named parameters in a stable order.
 //! - [`optim`] — optimizers and learning-rate schedules.
 //! - [`policy`] — gradient and weight policies.
+//! - [`precision`] — fp16/bf16 training and the loss scaler.
 //! - [`stats`] — per-layer statistics from one flat gradient buffer.
 //! - [`transfer`] — the layout of the one device→host copy a step makes.
 //! - [`spectral`] — the largest singular value of the recurrent and square weights.
 //! - [`user`] — checks of uploaded models and data sets, and their dry run.
 //! - [`diagnose`] — vanishing/exploding/dead/non-finite diagnosis from the reports.
 //! - [`step`] — one training step, shared by the loop and the step benchmark.
+//! - [`rollback`] — `on_spike: rollback`'s snapshot, spike detector and restore.
 //! - [`run`] — the training loop.
 //! - [`presets`] — the seed experiments, failing runs beside their remedied twins.
 
@@ -26,7 +28,9 @@ pub mod host;
 pub mod model;
 pub mod optim;
 pub mod policy;
+pub mod precision;
 pub mod presets;
+pub mod rollback;
 pub mod run;
 pub mod spectral;
 pub mod stats;
@@ -68,6 +72,13 @@ pub struct StepReport {
     pub lr: f64,
     /// The update was dropped (non-finite loss or gradient).
     pub skipped: bool,
+    /// The loss scale the step ran at (fp16 with loss scaling), before its update.
+    #[serde(default)]
+    pub loss_scale: Option<f64>,
+    /// The loss-scaled gradients held an infinity or a NaN: the update was skipped and the
+    /// scale backed off.
+    #[serde(default)]
+    pub overflow: bool,
     /// Every per-layer statistic, on the steps `monitor.every` records.
     pub layers: Option<LayerStats>,
     /// What the step measured on its own schedules besides the per-layer statistics.
@@ -160,7 +171,8 @@ pub enum Outcome {
     Succeeded,
     Cancelled,
     Interrupted,
-    /// A non-finite loss or gradient under `on_nonfinite: stop`.
+    /// A non-finite loss or gradient under `on_nonfinite: stop`, or a spike after
+    /// `max_rollbacks` rollbacks.
     Diverged(String),
 }
 

@@ -12,13 +12,16 @@ use super::checkpoint;
 use super::model::torchscript::TorchScript;
 use super::optim::FlatOptimizer;
 use super::policy::GradPolicies;
+use super::precision::Mixed;
+use super::rollback::{Detector, Snapshot, Verdict};
 use super::spectral::Spectral;
 use super::stats::FlatParams;
 use super::step::timing::{Clock, Phase};
 use super::step::{self, Forward, Monitoring, Trainer};
 use super::task::Task;
-use super::{LayerInfo, Outcome, StopFlag, StopReason, TrainEvent, model, optim};
-use crate::spec::{JobSpec, ModelKind, OnNonfinite, TaskSpec, ValidSpec, chosen_layers, parse_device};
+use super::{Event, LayerInfo, Outcome, StopFlag, StopReason, TrainEvent, model, optim};
+use crate::spec::{JobSpec, ModelKind, OnNonfinite, OnSpike, TaskSpec, ValidSpec, chosen_layers, parse_device};
+use crate::vocab::EventKind;
 
 /// What a run needs besides its spec, resolved by the caller.
 #[derive(Debug, Clone, Default)]
@@ -34,7 +37,16 @@ pub struct RunContext {
     pub model: Option<PathBuf>,
     /// The safetensors file of a `dataset` task.
     pub dataset: Option<PathBuf>,
+    /// Test hook, never set by the service: these steps' losses (and so their gradients)
+    /// are multiplied by [`INJECTED_SPIKE`], spikes at known steps.
+    pub spike_at: Vec<u64>,
+    /// Test hook, never set by the service: after step `.0`, `.1` batches are drawn and
+    /// dropped, as a rollback's `skip_batches` drops them.
+    pub drop_batches_after: Option<(u64, u64)>,
 }
+
+/// The factor of [`RunContext::spike_at`].
+pub const INJECTED_SPIKE: f64 = 1000.0;
 
 /// Trains `spec` to the end, or until `stop` is raised, reporting through `emit`.
 /// `emit` must not block: the loop never waits for its consumers.
@@ -77,9 +89,11 @@ pub fn train(
     let buffers: Vec<(String, Tensor)> =
         params.buffers().iter().map(|(n, t)| (format!("buffer.{n}"), t.shallow_clone())).collect();
     let mut grad_policies = GradPolicies::new(&spec.policy.grad, device)?.with_head(params.head());
+    let mut mixed = Mixed::new(spec.precision, &spec.loss_scale, device.is_cuda());
     let first = match (&ctx.checkpoint, ctx.resume) {
         (Some(path), Some(step)) => {
-            let mut state = State { named: &named, buffers: &buffers, optimizer: &mut optimizer, device };
+            let mut state =
+                State { named: &named, buffers: &buffers, optimizer: &mut optimizer, mixed: &mut mixed, device };
             resume(path, step, &mut state, &mut grad_policies, &mut task, spec)? + 1
         }
         _ => 1,
@@ -100,8 +114,16 @@ pub fn train(
         None
     };
     let mut trainer = Trainer::new(flat, optimizer, grad_policies, &spec.policy, &spec.monitor, names, &redundant)
-        .with_spectral(spectral);
+        .with_spectral(spectral)
+        .with_precision(mixed);
     emit(TrainEvent::Started { device: model::device_name(device), layers: measured });
+    // `on_spike: rollback`: the detector, the last good state (from the start on) and the
+    // rollbacks so far.
+    let rollback = &spec.policy.rollback;
+    let mut spikes = match spec.policy.on_spike {
+        OnSpike::Rollback => Some((Detector::new(rollback), Snapshot::take(first - 1, &trainer, &buffers)?, 0)),
+        OnSpike::Ignore => None,
+    };
 
     for step in first..=spec.steps {
         if let Some(reason) = stop.requested() {
@@ -119,10 +141,59 @@ pub fn train(
             model.rng().start_step(step);
             let trace = model::Trace { input: monitoring.time, blocks: monitoring.stats };
             let traced = model.trace(&batch.xs, true, trace)?;
-            Ok(Forward { loss: task.loss(&traced.out, &batch.ys)?, input: traced.input, blocks: traced.blocks })
+            let mut loss = task.loss(&traced.out, &batch.ys)?;
+            if ctx.spike_at.contains(&step) {
+                loss = loss.f_mul_scalar(INJECTED_SPIKE)?;
+            }
+            Ok(Forward { loss, input: traced.input, blocks: traced.blocks })
         };
         let done = step::step(&mut trainer, step, lr, monitoring, forward, emit)?;
         let mut clock = Clock::start();
+        if let Some((after, count)) = ctx.drop_batches_after
+            && after == step
+        {
+            for _ in 0..count {
+                task.train_batch(spec.batch_size)?;
+            }
+        }
+        if let Some((detector, snapshot, count)) = spikes.as_mut() {
+            match detector.observe(&done) {
+                Verdict::Good => {
+                    if step.is_multiple_of(rollback.rollback_every) {
+                        *snapshot = Snapshot::take(step, &trainer, &buffers)?;
+                    }
+                }
+                Verdict::Spike(why) => {
+                    // This step's report goes out first, then what was done about it.
+                    trainer.finish(emit)?;
+                    if *count >= rollback.max_rollbacks {
+                        save_checkpoint(ctx, user, &named, &buffers, &trainer, step)?;
+                        return Ok(Outcome::Diverged(format!(
+                            "{why} at step {step}, after {count} rollbacks (policy.rollback.max_rollbacks)"
+                        )));
+                    }
+                    snapshot.restore(&mut trainer, &buffers)?;
+                    for _ in 0..rollback.skip_batches {
+                        task.train_batch(spec.batch_size)?;
+                    }
+                    *count += 1;
+                    let lost = step - snapshot.step;
+                    emit(TrainEvent::Event(Event {
+                        step,
+                        kind: EventKind::Rollback,
+                        layer: None,
+                        value: Some(lost as f64),
+                        message: format!(
+                            "{why}: rolled back to the state after step {}, {lost} steps lost; skipping the next {} \
+                             batches (rollback {count} of at most {})",
+                            snapshot.step, rollback.skip_batches, rollback.max_rollbacks
+                        ),
+                    }));
+                    clock.lap(Phase::Between);
+                    continue;
+                }
+            }
+        }
         if task.eval_due(step, spec.steps)
             && let Some(eval) = task.evaluate(model.as_ref(), step)?
         {
@@ -143,6 +214,9 @@ pub fn train(
     Ok(Outcome::Succeeded)
 }
 
+/// The loss scaler's state in a resume file.
+const LOSS_SCALER_STATE: &str = "loss_scaler";
+
 /// Parameter `i` of `flat` (its data a view into the flat weights).
 fn trainer_param(flat: &FlatParams, i: usize) -> Tensor {
     flat.params()[i].shallow_clone()
@@ -155,6 +229,8 @@ struct State<'a> {
     /// Batch norm's running statistics, by their names in the resume file.
     buffers: &'a [(String, Tensor)],
     optimizer: &'a mut FlatOptimizer,
+    /// The loss scaler's scale and growth count.
+    mixed: &'a mut Mixed,
     device: Device,
 }
 
@@ -185,6 +261,11 @@ fn resume(
                 buffer.shallow_clone().f_copy_(value)?;
             }
         }
+        if let Some(scaler) = state.mixed.scaler_mut()
+            && let Some((_, value)) = saved.state.iter().find(|(n, _)| n == LOSS_SCALER_STATE)
+        {
+            scaler.restore(value)?;
+        }
         grad_policies.restore(&saved.state)
     })?;
     state.optimizer.restore(saved.optimizer, saved.optim_steps, state.device)?;
@@ -205,6 +286,9 @@ fn save_checkpoint(
     let Some(path) = &ctx.checkpoint else { return Ok(()) };
     let mut state: Vec<(String, Tensor)> = buffers.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
     state.extend(trainer.grad_policies().state()?);
+    if let Some(scaler) = trainer.precision().scaler() {
+        state.push((LOSS_SCALER_STATE.to_owned(), scaler.state()));
+    }
     if let Some(module) = user {
         checkpoint::rotate_module(path)?;
         module.save(&checkpoint::module_path(&checkpoint::resume_path(path)))?;

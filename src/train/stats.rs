@@ -271,14 +271,19 @@ impl FlatParams {
     /// layer's norm comes from the same two non-negative terms,
     /// ‖g‖² = Σ(g − mean)² + n·mean², so it costs no further pass; a layer holding a NaN or
     /// an infinity has NaN norm, mean and std.
-    pub fn grad_stats(&mut self) -> anyhow::Result<(Tensor, Tensor)> {
+    ///
+    /// `underflow` is the fraction of each layer's entries whose |g| is below `tiny` (zeros
+    /// included): counted in the same pass on the host, by one comparison per group on
+    /// the device.
+    pub fn grad_stats(&mut self, tiny: f64) -> anyhow::Result<(Tensor, Tensor)> {
         if let Some(summaries) =
-            self.in_place.then(|| host::grad_summaries(&self.grads, self.measured_ranges())).flatten()
+            self.in_place.then(|| host::grad_summaries(&self.grads, self.measured_ranges(), tiny)).flatten()
         {
             return Ok((self.in_place_grad_stats(&summaries)?, self.grad_norm()?));
         }
         let cuda = self.grads.device().is_cuda();
         let (mut floats, mut nonzero) = (Vec::with_capacity(self.groups.len()), Vec::with_capacity(self.groups.len()));
+        let mut below = Vec::with_capacity(self.groups.len());
         for group in &self.groups {
             let rows = group.rows(&self.grads)?;
             let (mean, deviation) = if cuda {
@@ -301,10 +306,13 @@ impl FlatParams {
             // Non-zero as `bool` (NaN counts, ±0 does not, as in `count_nonzero`), summed:
             // on the CPU a third of `count_nonzero` over a dimension.
             nonzero.push(rows.f_to_kind(Kind::Bool)?.f_sum_dim_intlist([1i64].as_slice(), false, Kind::Int64)?);
+            // NaN compares false: not counted.
+            below.push(rows.f_abs()?.f_lt(tiny)?.f_sum_dim_intlist([1i64].as_slice(), false, Kind::Int64)?);
         }
         // Back from the groups' order to the layers'.
         let floats = Tensor::f_cat(&floats, 1)?.f_index_select(1, &self.restore)?;
         let nonzero = Tensor::f_cat(&nonzero, 0)?.f_index_select(0, &self.restore)?;
+        let below = Tensor::f_cat(&below, 0)?.f_index_select(0, &self.restore)?;
         let (mean, deviation) = (floats.f_select(0, 0)?, floats.f_select(0, 1)?);
         let max = floats.f_select(0, 2)?.f_abs()?.f_maximum(&floats.f_select(0, 3)?.f_abs()?)?;
         // Integer counts: exact past 2^24 elements, for `zero_frac` and the histogram.
@@ -315,8 +323,9 @@ impl FlatParams {
         // 0 for a finite norm, NaN (to be counted on the host) for a non-finite one.
         let nonfinite = norm.f_mul_scalar(0.0)?;
         let zero_frac = zeros.f_to_kind(Kind::Float)?.f_div(&self.counts)?;
+        let underflow = below.f_to_kind(Kind::Float)?.f_div(&self.counts)?;
         // In the order of `Statistic::GRAD`.
-        let stats = Tensor::f_stack(&[norm, max, mean, var.f_sqrt()?, zero_frac, nonfinite], 0)?;
+        let stats = Tensor::f_stack(&[norm, max, mean, var.f_sqrt()?, zero_frac, nonfinite, underflow], 0)?;
         self.zeros = Some(self.chosen_columns(zeros, 0)?);
         Ok((self.chosen_columns(stats, 1)?, self.grad_norm()?))
     }
@@ -336,6 +345,7 @@ impl FlatParams {
                 (s.m2 / (n - 1.0)).sqrt(),
                 s.zeros as f64 / n,
                 s.nonfinite as f64,
+                s.below as f64 / n,
             ];
             for (row, value) in values.into_iter().enumerate() {
                 rows[row * layers + i] = value;
@@ -576,6 +586,7 @@ pub struct LayerStats {
     pub grad_std: Vec<f64>,
     pub zero_frac: Vec<f64>,
     pub nonfinite: Vec<f64>,
+    pub underflow: Vec<f64>,
     pub weight_norm: Vec<f64>,
     pub update_ratio: Vec<f64>,
     /// `HIST_BINS` counts per layer, layer after layer, when histograms are recorded.
@@ -616,6 +627,9 @@ impl LayerStats {
 mod tests {
     use super::*;
 
+    /// The `underflow` threshold here: float16's smallest normal.
+    const TINY: f64 = 1.0 / 16384.0;
+
     fn params() -> Vec<Tensor> {
         vec![
             Tensor::from_slice(&[1.0f32, -2.0, 0.0, 4.0]).set_requires_grad(true),
@@ -650,7 +664,7 @@ mod tests {
         // Twice: the second backward goes through the adopted views and must not accumulate.
         backward(&mut flat, &coefs);
         backward(&mut flat, &coefs);
-        let (stats, total) = flat.grad_stats().expect("stats");
+        let (stats, total) = flat.grad_stats(TINY).expect("stats");
         let rows: Vec<f64> =
             Vec::<f32>::try_from(stats.flatten(0, -1)).expect("rows").into_iter().map(f64::from).collect();
         let s = LayerStats::from_grad_rows(&rows, 2);
@@ -721,7 +735,7 @@ mod tests {
             Tensor::from_slice(&[1e-30f32, 3000.0, 0.3]).view([3, 1]),
         ];
         backward(&mut flat, &coefs);
-        let _ = flat.grad_stats().expect("stats");
+        let _ = flat.grad_stats(TINY).expect("stats");
         let hist = Vec::<i64>::try_from(flat.grad_histogram().expect("hist")).expect("counts");
         assert_eq!(hist.len(), 2 * HIST_BINS);
         let bin = |e: i64| (e - HIST_MIN_EXP + 1) as usize;
@@ -744,7 +758,7 @@ mod tests {
                 Tensor::from_slice(&[1.0f32, 2.0, 3.0]).view([3, 1]),
             ];
             backward(&mut flat, &coefs);
-            let (stats, _) = flat.grad_stats().expect("stats");
+            let (stats, _) = flat.grad_stats(TINY).expect("stats");
             let nonfinite: Vec<f64> = Vec::try_from(stats.get(5).to_kind(Kind::Double)).expect("row");
             match way {
                 Way::InPlace => assert_eq!(nonfinite[0], 2.0, "counted in the same pass"),
@@ -793,7 +807,7 @@ mod tests {
     }
 
     fn grad_rows(flat: &mut FlatParams) -> LayerStats {
-        let (stats, _) = flat.grad_stats().expect("stats");
+        let (stats, _) = flat.grad_stats(TINY).expect("stats");
         let rows: Vec<f64> =
             Vec::try_from(stats.flatten(0, -1).to_kind(Kind::Double).to_device(Device::Cpu)).expect("rows");
         LayerStats::from_grad_rows(&rows, flat.len())

@@ -14,6 +14,7 @@ use super::diagnose::{Diagnoser, Diagnosis};
 use super::model::InputProbe;
 use super::optim::FlatOptimizer;
 use super::policy::{self, GradPolicies};
+use super::precision::Mixed;
 use super::spectral::Spectral;
 use super::stats::FlatParams;
 use super::transfer::{DeviceParts, DeviceScalars, Scalars};
@@ -96,12 +97,17 @@ impl Monitoring {
 }
 
 /// What a step tells its caller at once (its report follows one step later).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepOutput {
-    /// The loss and the gradient norm were finite.
+    /// The loss and the gradient norm were finite (or the loss scaler caught an overflow).
     pub finite: bool,
     /// The optimizer updated the weights (finite, and no policy dropped the update).
     pub updated: bool,
+    /// The loss-scaled gradients overflowed and the scaler skipped the update.
+    pub overflow: bool,
+    pub loss: f64,
+    /// The global gradient norm before the grad policies.
+    pub grad_norm: f64,
 }
 
 /// The state a step reads and changes: the parameters in their flat buffers, the
@@ -113,6 +119,8 @@ pub struct Trainer {
     reporter: Reporter,
     /// The matrices whose spectral radius is measured, if any.
     spectral: Option<Spectral>,
+    /// The training precision and fp16's loss scaler.
+    mixed: Mixed,
 }
 
 impl Trainer {
@@ -128,7 +136,22 @@ impl Trainer {
         redundant: &[bool],
     ) -> Self {
         let reporter = Reporter::new(&policy.grad, grad_policies, monitor, layer_names, redundant);
-        Self { flat, optimizer, weight_policies: policy.weight.clone(), reporter, spectral: None }
+        Self { flat, optimizer, weight_policies: policy.weight.clone(), reporter, spectral: None, mixed: Mixed::fp32() }
+    }
+
+    /// Trains in `mixed`'s precision (float32 otherwise).
+    pub fn with_precision(mut self, mixed: Mixed) -> Self {
+        self.mixed = mixed;
+        self
+    }
+
+    /// The precision, with the loss scaler's state.
+    pub fn precision(&self) -> &Mixed {
+        &self.mixed
+    }
+
+    pub fn precision_mut(&mut self) -> &mut Mixed {
+        &mut self.mixed
     }
 
     /// Measures the spectral radius of `spectral`'s matrices on the steps that ask for it.
@@ -146,6 +169,14 @@ impl Trainer {
 
     pub fn optimizer(&self) -> &FlatOptimizer {
         &self.optimizer
+    }
+
+    pub fn optimizer_mut(&mut self) -> &mut FlatOptimizer {
+        &mut self.optimizer
+    }
+
+    pub fn grad_policies_mut(&mut self) -> &mut GradPolicies {
+        &mut self.reporter.grad_policies
     }
 
     /// The grad policies, with the state the adaptive ones carry between steps.
@@ -268,16 +299,24 @@ pub fn step<F: Into<Forward>>(
     emit: &mut dyn FnMut(TrainEvent),
 ) -> anyhow::Result<StepOutput> {
     let started = Instant::now();
-    let Trainer { flat, optimizer, weight_policies, reporter, spectral } = trainer;
+    let Trainer { flat, optimizer, weight_policies, reporter, spectral, mixed } = trainer;
     reporter.clock = Clock::start();
-    let Forward { loss, input, blocks } = forward()?.into();
+    let forwarded = if mixed.autocast() { tch::autocast(true, forward) } else { forward() };
+    let Forward { loss, input, blocks } = forwarded?.into();
     reporter.clock.lap(Phase::Forward);
     flat.zero_grads()?;
-    loss.f_backward().context("backward failed")?;
+    match mixed.scaled_loss(&loss)? {
+        Some(scaled) => scaled.f_backward(),
+        None => loss.f_backward(),
+    }
+    .context("backward failed")?;
     if let Some(probe) = &input {
         probe.carry_back().context("backward before the traced input failed")?;
     }
     flat.adopt_grads()?;
+    // Rounded to the precision where it is emulated, and unscaled: everything after this
+    // (statistics, policies, the update) sees the gradients at their true size.
+    let found_inf = tch::no_grad(|| mixed.after_backward(&mut flat.grads().shallow_clone()))?;
     reporter.clock.lap(Phase::Backward);
 
     let record = monitoring.stats;
@@ -286,10 +325,13 @@ pub fn step<F: Into<Forward>>(
         input: input.as_ref().map(|p| &p.leaf).filter(|_| monitoring.time),
         blocks: if monitoring.stats { &blocks } else { &[] },
     };
-    let report = tch::no_grad(|| reporter.measure(flat, probes, &loss, step, lr, monitoring, emit))?;
+    let measured = Measured { loss: &loss, found_inf: found_inf.as_ref() };
+    let report = tch::no_grad(|| reporter.measure(flat, probes, measured, mixed, step, lr, monitoring, emit))?;
     drop((input, blocks));
-    let finite = report.loss.is_finite() && report.grad_norm.is_finite();
-    let update = finite && !report.skipped;
+    // An overflow the loss scaler caught is no divergence: the scaler skips the update and
+    // backs off.
+    let finite = report.loss.is_finite() && (report.grad_norm.is_finite() || report.overflow);
+    let update = finite && !report.skipped && !report.overflow;
     // In host memory the update measures each layer's change as it writes it; with weight
     // policies after it (or no update, or on a GPU) a snapshot before and a pass after do.
     let measured = record && update && weight_policies.is_empty() && flat.in_place() && optimizer.in_place();
@@ -314,8 +356,17 @@ pub fn step<F: Into<Forward>>(
         }
     };
     reporter.clock.lap(Phase::Statistics);
+    let (overflow, loss, grad_norm) = (report.overflow, report.loss, report.grad_norm);
     reporter.hold(StepReport { skipped: !update, seconds: started.elapsed().as_secs_f64(), ..report }, weight_stats);
-    Ok(StepOutput { finite, updated: update })
+    Ok(StepOutput { finite, updated: update, overflow, loss, grad_norm })
+}
+
+/// The step's loss (unscaled) and, when the loss is scaled, whether its scaled gradients
+/// overflowed.
+#[derive(Clone, Copy)]
+struct Measured<'a> {
+    loss: &'a Tensor,
+    found_inf: Option<&'a Tensor>,
 }
 
 /// What a step measures on its own schedules, on the device.
@@ -380,17 +431,19 @@ impl Reporter {
         &mut self,
         flat: &mut FlatParams,
         probes: DeviceProbes<'_>,
-        loss: &Tensor,
+        measured: Measured<'_>,
+        mixed: &mut Mixed,
         step: u64,
         lr: f64,
         monitoring: Monitoring,
         emit: &mut dyn FnMut(TrainEvent),
     ) -> anyhow::Result<StepReport> {
         let record = monitoring.stats;
+        let Measured { loss, found_inf } = measured;
         // The policies' input is `grad_norm()` on every step: `grad_stats` returns that same
         // value, bit for bit, so recording statistics cannot change what the policies see.
         let (grad_stats, total) = if record {
-            let (stats, total) = flat.grad_stats()?;
+            let (stats, total) = flat.grad_stats(mixed.underflow_threshold())?;
             (Some(stats), total)
         } else {
             (None, flat.grad_norm()?)
@@ -422,6 +475,7 @@ impl Reporter {
                 grad_norm_clipped: &outcome.norm,
                 skip: &skip,
                 forced: &forced,
+                overflow: found_inf,
             }),
             grad_stats: grad_stats.as_ref(),
             weight_stats: held_weights.as_ref(),
@@ -445,7 +499,24 @@ impl Reporter {
         }
         self.clock.lap(Phase::Report);
         self.release(copy.weight_rows(), emit);
-        let Scalars { loss, grad_norm, grad_norm_clipped, skip, forced } = scalars;
+        let Scalars { loss, grad_norm, grad_norm_clipped, skip, forced, overflow } = scalars;
+        let loss_scale = mixed.scaler().map(|s| s.scale());
+        if let Some(scaler) = mixed.scaler_mut() {
+            scaler.update(overflow);
+            if overflow {
+                self.pending.push(Event {
+                    step,
+                    kind: EventKind::LossScaleOverflow,
+                    layer: None,
+                    value: loss_scale,
+                    message: format!(
+                        "inf/NaN in the gradients scaled by {}: update skipped, loss scale now {}",
+                        loss_scale.unwrap_or_default(),
+                        scaler.scale()
+                    ),
+                });
+            }
+        }
         if forced {
             let most = self.spike_max_consecutive;
             self.pending.push(Event {
@@ -469,6 +540,8 @@ impl Reporter {
             lr,
             // A policy (skip_spike) dropped the update.
             skipped: skip,
+            loss_scale,
+            overflow,
             layers,
             probes: Probes { spectral: copy.spectral(), time: copy.time(), signal: copy.signal() },
             seconds: 0.0,

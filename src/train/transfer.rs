@@ -15,7 +15,7 @@ use crate::vocab::Statistic;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Block {
     /// [`Scalars::COUNT`] numbers: the loss, the global norm before and after the grad
-    /// policies, and the policies' skip and forced flags.
+    /// policies, the policies' skip and forced flags, and the loss scaler's overflow flag.
     Scalars,
     /// `Statistic::GRAD` rows of one value per layer.
     GradStats,
@@ -101,6 +101,9 @@ pub struct DeviceScalars<'a> {
     pub skip: &'a Tensor,
     /// Nonzero when `skip_spike` took an update after its maximum of skips.
     pub forced: &'a Tensor,
+    /// Nonzero when the loss-scaled gradients held an infinity or a NaN; `None` (0)
+    /// without loss scaling.
+    pub overflow: Option<&'a Tensor>,
 }
 
 /// A step's scalars on the host.
@@ -111,10 +114,11 @@ pub struct Scalars {
     pub grad_norm_clipped: f64,
     pub skip: bool,
     pub forced: bool,
+    pub overflow: bool,
 }
 
 impl Scalars {
-    pub const COUNT: usize = 5;
+    pub const COUNT: usize = 6;
 }
 
 /// What one copy carries from the device; each block is optional.
@@ -160,7 +164,11 @@ impl DeviceParts<'_> {
             match block {
                 Block::Scalars => {
                     if let Some(s) = &self.scalars {
-                        for t in [s.loss, s.grad_norm, s.grad_norm_clipped, s.skip, s.forced] {
+                        let overflow = match s.overflow {
+                            Some(t) => t.shallow_clone(),
+                            None => s.skip.f_zeros_like()?,
+                        };
+                        for t in [s.loss, s.grad_norm, s.grad_norm_clipped, s.skip, s.forced, &overflow] {
                             parts.push(t.f_detach()?.f_reshape([1])?);
                         }
                     }
@@ -203,8 +211,17 @@ impl HostCopy {
     }
 
     pub fn scalars(&self) -> Option<Scalars> {
-        let &[loss, grad_norm, grad_norm_clipped, skip, forced] = self.block(Block::Scalars)? else { return None };
-        Some(Scalars { loss, grad_norm, grad_norm_clipped, skip: skip != 0.0, forced: forced != 0.0 })
+        let &[loss, grad_norm, grad_norm_clipped, skip, forced, overflow] = self.block(Block::Scalars)? else {
+            return None;
+        };
+        Some(Scalars {
+            loss,
+            grad_norm,
+            grad_norm_clipped,
+            skip: skip != 0.0,
+            forced: forced != 0.0,
+            overflow: overflow != 0.0,
+        })
     }
 
     /// The gradient statistics, as a [`LayerStats`] whose other statistics are empty.
@@ -254,14 +271,14 @@ mod tests {
             time: 0,
             signal: 0,
         };
-        assert_eq!(all.range(Block::Scalars), Some(0..5));
-        assert_eq!(all.range(Block::GradStats), Some(5..23));
-        assert_eq!(all.range(Block::WeightStats), Some(23..29));
-        assert_eq!(all.range(Block::Hist), Some(29..29 + 153));
-        assert_eq!(all.total(), 5 + 18 + 6 + 153);
+        assert_eq!(all.range(Block::Scalars), Some(0..6));
+        assert_eq!(all.range(Block::GradStats), Some(6..27));
+        assert_eq!(all.range(Block::WeightStats), Some(27..33));
+        assert_eq!(all.range(Block::Hist), Some(33..33 + 153));
+        assert_eq!(all.total(), 6 + 21 + 6 + 153);
         let some = HostLayout { weight_stats: false, ..all };
         assert_eq!(some.range(Block::WeightStats), None);
-        assert_eq!(some.range(Block::Hist), Some(23..23 + 153));
+        assert_eq!(some.range(Block::Hist), Some(27..27 + 153));
     }
 
     #[test]
@@ -269,7 +286,8 @@ mod tests {
         let layers = 2;
         let one = |v: f64| Tensor::from_slice(&[v as f32]);
         let (loss, norm, clipped, skip, forced) = (one(2.5), one(4.0), one(1.0), one(0.0), one(1.0));
-        let grad = Tensor::arange(12, (Kind::Float, Device::Cpu)).view([6, 2]);
+        let overflow = one(1.0);
+        let grad = Tensor::arange(14, (Kind::Float, Device::Cpu)).view([7, 2]);
         let weight = Tensor::from_slice(&[10.0f32, 20.0, 0.5, f32::NAN]).view([2, 2]);
         let counts: Vec<i64> = (0..(HIST_BINS * layers) as i64).map(|i| i + (1 << 40)).collect();
         let hist = Tensor::from_slice(&counts);
@@ -283,6 +301,7 @@ mod tests {
                 grad_norm_clipped: &clipped,
                 skip: &skip,
                 forced: &forced,
+                overflow: Some(&overflow),
             }),
             grad_stats: Some(&grad),
             weight_stats: Some(&weight),
@@ -294,7 +313,14 @@ mod tests {
         let copy = parts.copy_to_host(layers).expect("copy");
         assert_eq!(
             copy.scalars(),
-            Some(Scalars { loss: 2.5, grad_norm: 4.0, grad_norm_clipped: 1.0, skip: false, forced: true })
+            Some(Scalars {
+                loss: 2.5,
+                grad_norm: 4.0,
+                grad_norm_clipped: 1.0,
+                skip: false,
+                forced: true,
+                overflow: true
+            })
         );
         let mut stats = copy.grad_stats().expect("grad stats");
         // Row r of the stacked statistics is Statistic::GRAD[r]; layer l its column.

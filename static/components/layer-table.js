@@ -20,7 +20,7 @@ import { el, num, pct, sortableHead } from "../widgets.js";
 /** Short heads for the statistics the dashboard knows; any other shows its own name. */
 const LABELS = new Map([
   ["grad_norm", "‖g‖"], ["grad_max", "max |g|"], ["grad_mean", "mean g"], ["grad_std", "std g"],
-  ["zero_frac", "zeros"], ["nonfinite", "NaN/Inf"], ["weight_norm", "‖w‖"], ["update_ratio", "update ratio"],
+  ["zero_frac", "zeros"], ["nonfinite", "NaN/Inf"], ["underflow", "underflow"], ["weight_norm", "‖w‖"], ["update_ratio", "update ratio"],
   ["signal_rms", "block out RMS"],
 ]);
 
@@ -44,7 +44,7 @@ const F32_SQRT_MAX = Math.sqrt(3.4028234663852886e38);
  * @param {number | null | undefined} v the value shown
  */
 function format(name, stats, members, v) {
-  if (name === "zero_frac") return pct(v);
+  if (name === "zero_frac" || name === "underflow") return pct(v);
   if (name === "nonfinite") return v === null || v === undefined ? "–" : String(v);
   // A layer was recorded at this step when it has a count of non-finite values.
   const recorded = members.filter((m) => typeof stats?.nonfinite?.[m] === "number");

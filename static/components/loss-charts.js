@@ -1,9 +1,10 @@
 // @ts-check
 // A job's step charts, on one synchronised step axis: training and validation loss, the
 // global gradient norm before and after the policies (clipped and skipped steps ticked
-// along the bottom, exploding and non-finite events as vertical lines), the learning rate.
-// The loss and the norm read as the chart options say (see chart-options.js): log or
-// linear, outliers ignored or not, smoothed with the raw curve faint behind.
+// along the bottom, exploding and non-finite events as vertical lines), the learning rate,
+// and fp16's loss scale (log scale) for jobs that scale their loss. The loss and the norm
+// read as the chart options say (see chart-options.js): log or linear, outliers ignored or
+// not, smoothed with the raw curve faint behind.
 
 import { ema } from "../chart-options.js";
 import { cssVar, lineChart, positive, seriesColor, verticalLines, withAlpha } from "../charts.js";
@@ -49,7 +50,7 @@ export function showRaw(chart, raw, smoothing) {
 
 /**
  * @param {import("../charts.js").UPlotClass} uPlot
- * @param {{loss: HTMLElement, norm: HTMLElement, lr: HTMLElement}} boxes
+ * @param {{loss: HTMLElement, norm: HTMLElement, lr: HTMLElement, scale: HTMLElement | null}} boxes
  * @param {JobData} data
  * @param {{events: JobEvent[], syncKey: string, options: ReadOptions}} options
  */
@@ -91,6 +92,9 @@ export function lossCharts(uPlot, boxes, data, { events, syncKey, options }) {
     series: [{ label: "lr", color: seriesColor(3) }], yLabel: "lr", height: 160, sync,
     yRange: (_u, _min, max) => [0, max !== null && max > 0 && Number.isFinite(max) ? max * 1.15 : 1],
   });
+  const scale = boxes.scale
+    ? lineChart(uPlot, boxes.scale, { series: [{ label: "loss scale", color: seriesColor(4) }], yLog: true, yLabel: "scale", height: 110, sync, legend: false })
+    : null;
 
   /** Ticks along the bottom of the norm chart: clipped steps short, skipped ones tall. */
   function drawPolicyTicks(/** @type {UPlot} */ u) {
@@ -128,6 +132,7 @@ export function lossCharts(uPlot, boxes, data, { events, syncKey, options }) {
     loss.setData([c.step, train, ema(train, w), valid]);
     norm.setData([c.step, c.gn, ema(c.gn, w), c.gnc, ema(c.gnc, w)]);
     lr.setData([c.step, c.lr]);
+    scale?.setData([c.step, c.scale]);
     boxes.loss.dataset.points = String(c.step.length);
   }
 
@@ -143,7 +148,7 @@ export function lossCharts(uPlot, boxes, data, { events, syncKey, options }) {
       draw();
     },
     destroy() {
-      for (const chart of [loss, norm, lr]) chart.destroy();
+      for (const chart of [loss, norm, lr, scale]) chart?.destroy();
     },
   };
 }

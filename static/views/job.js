@@ -59,6 +59,11 @@ export async function jobView(root, ctx, id) {
   const lossBox = el("div", { class: "chart", id: "loss-chart" });
   const normBox = el("div", { class: "chart" });
   const lrBox = el("div", { class: "chart" });
+  // fp16's loss scale: shown for jobs that scale their loss.
+  const scaleBox = el("div", { class: "chart", id: "loss-scale-chart" });
+  const scaleTitle = el("h3", { class: "sub" }, "Loss scale ", el("span", { class: "muted small" }, "fp16 dynamic loss scaling; overflows in the events"));
+  const scaled = job().spec.precision === "fp16" && job().spec.loss_scale?.enabled !== false;
+  scaleBox.hidden = scaleTitle.hidden = !scaled;
   const heatBox = el("div");
   const histBox = el("div");
   const eventsBox = el("div");
@@ -86,7 +91,7 @@ export async function jobView(root, ctx, id) {
         frames.request(`heat-${id}`, heat.draw);
       })),
       el("section", { class: "panel" }, el("h3", {}, "Loss ", el("span", { class: "muted small" }, "training and validation")), lossBox,
-        el("h3", { class: "sub" }, "Learning rate"), lrBox),
+        el("h3", { class: "sub" }, "Learning rate"), lrBox, scaleTitle, scaleBox),
       el("section", { class: "panel" }, el("h3", {}, "Global gradient norm ",
         el("span", { class: "muted small" }, "before vs after the policies; ticks: ",
           el("span", { class: "tick clip" }), " clipped, ", el("span", { class: "tick skip" }), " skipped")), normBox),
@@ -104,7 +109,7 @@ export async function jobView(root, ctx, id) {
   );
 
   const monitor = () => job().spec.monitor ?? {};
-  const charts = lossCharts(uPlot, { loss: lossBox, norm: normBox, lr: lrBox }, data, { events: feed.events, syncKey: `job-${id}`, options });
+  const charts = lossCharts(uPlot, { loss: lossBox, norm: normBox, lr: lrBox, scale: scaled ? scaleBox : null }, data, { events: feed.events, syncKey: `job-${id}`, options });
   // Layers by block, shared by the heatmap and the table: a block collapses in both.
   const groups = new LayerGroups(data.layers);
   const heat = layerHeatmap(heatBox, data, {

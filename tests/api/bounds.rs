@@ -64,11 +64,11 @@ async fn answers_and_scans_past_their_bounds_are_refused() {
         .expect("layers")
         .len() as u64;
     assert_eq!(layers, 7, "embedding, four LSTM tensors, head weight and bias");
-    // Every statistic of every layer over 40 steps answers 7 × 8 × 40 = 2240 values.
+    // Every statistic of every layer over 40 steps answers 7 × 9 × 40 = 2520 values.
     let (status, error) = error_of(&app, &format!("/api/v1/jobs/{id}/layer-stats")).await;
     assert_eq!((status, error["field"].as_str()), (422, Some("max_points")), "{error}");
-    assert!(error["message"].as_str().expect("message").contains("2240"), "{error}");
-    // Thinned to 10 points it answers 560, but still reads 2240 first.
+    assert!(error["message"].as_str().expect("message").contains("2520"), "{error}");
+    // Thinned to 10 points it answers 630, but still reads 2520 first.
     let (status, error) = error_of(&app, &format!("/api/v1/jobs/{id}/layer-stats?max_points=10")).await;
     assert_eq!((status, error["field"].as_str()), (422, Some("from")), "{error}");
     // A histogram counts its 51 buckets: every layer's over 40 steps would answer 14280.

@@ -249,8 +249,8 @@ async fn stored_bytes_count_what_a_job_wrote() {
         counted += row.get::<String, _>(0).len() + 8 * 8;
     }
     let stats = sqlx::query(
-        "SELECT job_id, grad_norm, grad_max, grad_mean, grad_std, zero_frac, nonfinite, weight_norm,
-             update_ratio, hist FROM layer_stats WHERE job_id = ?",
+        "SELECT job_id, grad_norm, grad_max, grad_mean, grad_std, zero_frac, nonfinite, underflow,
+             weight_norm, update_ratio, hist FROM layer_stats WHERE job_id = ?",
     )
     .bind(&id)
     .fetch_all(&pool)
@@ -260,15 +260,15 @@ async fn stored_bytes_count_what_a_job_wrote() {
     for row in &stats {
         // Step and row number; a histogram's row number beside it.
         counted += row.get::<String, _>(0).len() + 2 * 8;
-        for column in 1..=9 {
+        for column in 1..=10 {
             counted += row.get::<Option<Vec<u8>>, _>(column).map_or(0, |b| b.len());
         }
-        counted += row.get::<Option<Vec<u8>>, _>(9).map_or(0, |_| 8);
+        counted += row.get::<Option<Vec<u8>>, _>(10).map_or(0, |_| 8);
     }
     // The pre-aggregated blocks: one per 16 rows of each table (60 rows: three), each with
     // its level, index and last row, and a cell of 2 values and 3 row numbers per series
     // (float64 for the loss and gradient norm, float32 for each statistic of 7 layers).
-    for (table, cell_bytes) in [("step_rollups", 2 * (2 * 8 + 12)), ("layer_rollups", 7 * 8 * (2 * 4 + 12))] {
+    for (table, cell_bytes) in [("step_rollups", 2 * (2 * 8 + 12)), ("layer_rollups", 7 * 9 * (2 * 4 + 12))] {
         let blocks = sqlx::query(&format!("SELECT job_id, level, cells FROM {table} WHERE job_id = ?"))
             .bind(&id)
             .fetch_all(&pool)

@@ -101,7 +101,7 @@ async fn every_layer_statistic_is_recorded_and_consistent() {
             assert_eq!(
                 error["message"],
                 "stat: unknown statistic \"gradient\"; known: grad_norm, grad_max, grad_mean, grad_std, zero_frac, \
-                 nonfinite, weight_norm, update_ratio, hist"
+                 nonfinite, underflow, weight_norm, update_ratio, hist"
             );
         }
     }

@@ -39,9 +39,19 @@ async fn drain(socket: &mut Socket) -> (Vec<Value>, Option<CloseCode>) {
     }
 }
 
-/// The per-layer statistics DESIGN.md §3 names, in its order.
-const DOCUMENTED_STATS: [&str; 8] =
-    ["grad_norm", "grad_max", "grad_mean", "grad_std", "zero_frac", "nonfinite", "weight_norm", "update_ratio"];
+/// The per-layer statistics DESIGN.md §3 names, in its order, with `underflow` (the
+/// README's Statistics) after `nonfinite`.
+const DOCUMENTED_STATS: [&str; 9] = [
+    "grad_norm",
+    "grad_max",
+    "grad_mean",
+    "grad_std",
+    "zero_frac",
+    "nonfinite",
+    "underflow",
+    "weight_norm",
+    "update_ratio",
+];
 
 /// The histogram's power-of-two buckets as DESIGN.md §3 defines them: 2⁻⁴⁰ … 2⁸.
 fn documented_edges() -> Vec<f64> {

@@ -49,6 +49,28 @@ async fn invalid_specs_are_refused_naming_the_field() {
             with("/policy/grad", json!([{"kind": "skip_spike", "max_consecutive": 0}])),
             "policy.grad[0].max_consecutive",
         ),
+        ("unknown precision", with("/precision", json!("fp8")), "precision"),
+        ("unknown spike remedy", with("/policy/on_spike", json!("restart")), "policy.on_spike"),
+        ("rollback without on_spike", with("/policy/rollback", json!({"skip_batches": 10})), "policy.rollback"),
+        (
+            "rollback every 0 steps",
+            with("/policy", json!({"on_spike": "rollback", "rollback": {"rollback_every": 0}})),
+            "policy.rollback.rollback_every",
+        ),
+        (
+            "no rollbacks allowed",
+            with("/policy", json!({"on_spike": "rollback", "rollback": {"max_rollbacks": 0}})),
+            "policy.rollback.max_rollbacks",
+        ),
+        (
+            "a window of one",
+            with("/policy", json!({"on_spike": "rollback", "rollback": {"window": 1}})),
+            "policy.rollback.window",
+        ),
+        ("loss scale of zero", with("/loss_scale", json!({"init_scale": 0.0})), "loss_scale.init_scale"),
+        ("no growth", with("/loss_scale", json!({"growth_factor": 1.0})), "loss_scale.growth_factor"),
+        ("backoff of one", with("/loss_scale", json!({"backoff_factor": 1.0})), "loss_scale.backoff_factor"),
+        ("zero growth interval", with("/loss_scale", json!({"growth_interval": 0})), "loss_scale.growth_interval"),
         (
             "negative zclip cap",
             with("/policy/grad", json!([{"kind": "zclip", "max_grad_norm": -1.0}])),

@@ -30,6 +30,9 @@ const POLICY_TOL: f64 = 1e-5;
 /// The statistics against float64 NumPy on chosen gradients: float32 rounding leaves
 /// about 1e-7, so 1e-6 still catches a sum that loses digits.
 const STATS_TOL: f64 = 1e-6;
+/// The threshold of the `underflow` statistic here (`TINY` in `reference.py`): float16's
+/// smallest normal.
+const TINY: f64 = 1.0 / 16384.0;
 
 /// Runs the reference on `cases` and returns the folder it wrote to.
 fn reference(cases: &Value) -> tempfile::TempDir {
@@ -473,7 +476,7 @@ fn statistics_match_pytorch_on_the_same_gradients() {
             .fold(Tensor::from(0.0f32), |a, b| a + b);
         loss.backward();
         flat.adopt_grads().expect("adopt");
-        let (stats, _) = flat.grad_stats().expect("stats");
+        let (stats, _) = flat.grad_stats(TINY).expect("stats");
         let hist = flat.grad_histogram().expect("hist");
         for (i, n) in names.iter().enumerate() {
             let ours = stats.select(1, i as i64);
@@ -656,7 +659,7 @@ fn engine(dir: &Path, case: &Value) -> Engine {
         let all: Vec<f64> = Vec::try_from(t.to_kind(Kind::Double).flatten(0, -1)).expect("rows");
         all.chunks(layers).take(n).map(<[f64]>::to_vec).collect()
     };
-    let (stats, total) = tch::no_grad(|| flat.grad_stats()).expect("stats");
+    let (stats, total) = tch::no_grad(|| flat.grad_stats(TINY)).expect("stats");
     let mut stats = rows(&stats, Statistic::GRAD.len());
     let hist = Vec::<i64>::try_from(tch::no_grad(|| flat.grad_histogram()).expect("hist")).expect("counts");
     let broken: Vec<usize> = (0..layers).filter(|&i| !stats[5][i].is_finite()).collect();
@@ -834,5 +837,87 @@ fn histogram_counts_are_exact_past_two_to_the_24() {
     for (row, stat) in [(0, "grad_norm"), (2, "grad_mean"), (3, "grad_std")] {
         let (ours, theirs) = (e.stats[row][0], e.data["stats.0"].double_value(&[row as i64]));
         assert!(close(ours, theirs, STATS_TOL), "{stat}: {ours:e} vs float64 {theirs:e}");
+    }
+}
+
+/// The loss scaler against `torch.amp.GradScaler` on the CPU: a linear-plus-quadratic loss
+/// trained by SGD in fp16 (the gradients stored in float16, as gradscope emulates it on the
+/// CPU), whose scaled gradients overflow at the start (the scale of 2^16 is too large for
+/// them), at spiked steps, and after growths. The same scale at every step (exactly), the
+/// same skipped steps, the same unscaled gradients and final weights to 1e-6.
+#[test]
+fn loss_scaler_matches_torch_grad_scaler() {
+    use gradscope::spec::{LossScaleSpec, Precision};
+    use gradscope::train::precision::Mixed;
+
+    let steps = 40;
+    let lr = 0.01;
+    let spec = LossScaleSpec { growth_interval: 4, ..LossScaleSpec::default() };
+    let case = json!({
+        "name": "scaler", "seed": 7, "steps": steps, "lr": lr, "spikes": [12, 13, 25],
+        "loss_scale": {
+            "init_scale": spec.init_scale, "growth_factor": spec.growth_factor,
+            "backoff_factor": spec.backoff_factor, "growth_interval": spec.growth_interval,
+        },
+    });
+    let dir = reference(&json!({"grad_scaler": [case]}));
+    let t = load(&dir.path().join("scaler/scaler.safetensors"));
+    let shapes: Vec<Vec<i64>> = (0..4).map(|i| t[&format!("init.{i}")].size()).collect();
+    let params: Vec<Tensor> = (0..4).map(|i| t[&format!("init.{i}")].copy().set_requires_grad(true)).collect();
+    let mut mixed = Mixed::new(Precision::Fp16, &spec, false);
+    let (mut skips, mut growths) = (0, 0);
+    let mut last_scale = spec.init_scale;
+    for step in 0..steps {
+        let scale = mixed.scaler().expect("fp16 scales its loss").scale();
+        assert_eq!(scale, t[&format!("scale.{step}")].double_value(&[0]), "the scale at step {step}");
+        growths += usize::from(scale > last_scale);
+        last_scale = scale;
+        for p in &params {
+            let mut g = p.grad();
+            if g.defined() {
+                let _ = g.zero_();
+            }
+        }
+        let loss = params
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (&t[&format!("coef.{step}.{i}")] * p).sum(Kind::Float) + (p * p).sum(Kind::Float) * 0.5)
+            .reduce(|a, b| a + b)
+            .expect("terms");
+        mixed.scaled_loss(&loss).expect("scale").expect("scaled").backward();
+        // The flat gradient buffer, as a job holds it.
+        let mut flat = Tensor::cat(&params.iter().map(|p| p.grad().flatten(0, -1)).collect::<Vec<_>>(), 0);
+        let found_inf = tch::no_grad(|| mixed.after_backward(&mut flat)).expect("unscale").expect("found_inf");
+        let overflow = found_inf.double_value(&[]) != 0.0;
+        let expected_skip = t[&format!("skip.{step}")].double_value(&[0]) != 0.0;
+        assert_eq!(overflow, expected_skip, "overflow at step {step}");
+        skips += usize::from(overflow);
+        let grads = flat.split_with_sizes(shapes.iter().map(|s| s.iter().product::<i64>()).collect::<Vec<_>>(), 0);
+        for (i, (g, shape)) in grads.iter().zip(&shapes).enumerate() {
+            let expected = &t[&format!("grad.{step}.{i}")];
+            let g = g.view(shape.as_slice());
+            if overflow {
+                // Both hold the same infinities; the finite entries are unscaled alike.
+                assert!(g.isfinite().eq_tensor(&expected.isfinite()).all().int64_value(&[]) != 0, "step {step}");
+                let finite = expected.isfinite();
+                assert_close(
+                    &format!("finite unscaled gradient {i} at step {step}"),
+                    &g.masked_select(&finite),
+                    &expected.masked_select(&finite),
+                    STATS_TOL,
+                );
+            } else {
+                assert_close(&format!("unscaled gradient {i} at step {step}"), &g, expected, STATS_TOL);
+                tch::no_grad(|| {
+                    let _ = params[i].shallow_clone().g_add_(&(&g * -lr));
+                });
+            }
+        }
+        mixed.scaler_mut().expect("scaler").update(overflow);
+    }
+    assert!(skips >= 5 && growths >= 3, "the pattern exercises both: {skips} skips, {growths} growths");
+    assert_eq!(mixed.scaler().expect("scaler").scale(), t["final_scale"].double_value(&[0]));
+    for (i, p) in params.iter().enumerate() {
+        assert_close(&format!("final weight {i}"), &p.detach(), &t[&format!("final.{i}")], STATS_TOL);
     }
 }

@@ -4,7 +4,7 @@ Usage: python reference.py CASES.json OUT_DIR
 
 CASES.json holds {"models": [...], "grad_policies": [...], "weight_policies": [...],
 "optimizers": [...], "schedules": [...], "statistics": [...], "spectral": [...],
-"time_profile": [...], "signal": [...]}.
+"time_profile": [...], "signal": [...], "grad_scaler": [...]}.
 For each case this script builds the PyTorch equivalent (modules from torch.nn, the
 policies from torch.nn.utils or from their papers' formulas), runs it on inputs it draws
 itself, and writes inputs and results as safetensors under OUT_DIR/<case name>/, for the
@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 torch.set_num_threads(1)
+# The threshold of the `underflow` statistic in these tests: float16's smallest normal.
+TINY = 2.0 ** -14
 ACTIVATIONS = {"relu": F.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid, "gelu": F.gelu}
 
 
@@ -140,10 +142,10 @@ def task_loss(task, out, ys):
 def grad_statistics(g):
     """DESIGN.md's per-layer statistics, the plain way: norm, max |g|, mean, std
     (the sample standard deviation, n - 1: torch.std, NaN for one element), fraction of
-    exact zeros, count of NaN/Inf."""
+    exact zeros, count of NaN/Inf, fraction below TINY in magnitude (zeros included)."""
     g = g.detach().double().flatten()
     return torch.stack([g.norm(), g.abs().max(), g.mean(), g.std(), (g == 0).double().mean(),
-                        (~torch.isfinite(g)).double().sum()]).float()
+                        (~torch.isfinite(g)).double().sum(), (g.abs() < TINY).double().mean()]).float()
 
 
 def grad_histogram(g):
@@ -380,6 +382,46 @@ def run_weight_policies(case, out):
     save_file({k: v.contiguous() for k, v in tensors.items()}, out / "policy.safetensors")
 
 
+# ---- fp16 loss scaling ----
+
+def run_grad_scaler(case, out):
+    """torch.amp.GradScaler on the CPU over a linear-plus-quadratic loss of SHAPES
+    parameters, trained by SGD: each step's scale, its gradients after the backward pass
+    of the scaled loss, stored in float16 (rounded to it and back, where the scaled
+    gradient overflows past 65504) and unscaled, and whether the step was skipped. The
+    coefficients of steps listed in `spikes` are 1000 times larger, to overflow."""
+    torch.manual_seed(case["seed"])
+    params = [nn.Parameter(torch.randn(s)) for s in SHAPES]
+    tensors = {f"init.{i}": p.detach().clone() for i, p in enumerate(params)}
+    opt = torch.optim.SGD(params, lr=case["lr"], foreach=False)
+    ls = case["loss_scale"]
+    scaler = torch.amp.GradScaler("cpu", init_scale=ls["init_scale"], growth_factor=ls["growth_factor"],
+                                  backoff_factor=ls["backoff_factor"], growth_interval=ls["growth_interval"])
+    for step in range(case["steps"]):
+        spike = 1000.0 if step in case["spikes"] else 1.0
+        coefs = [torch.randn(s) * spike for s in SHAPES]
+        for i, c in enumerate(coefs):
+            tensors[f"coef.{step}.{i}"] = c
+        opt.zero_grad(set_to_none=False)
+        loss = sum((c * p).sum() + 0.5 * (p * p).sum() for c, p in zip(coefs, params))
+        tensors[f"scale.{step}"] = torch.tensor([scaler.get_scale()], dtype=torch.float64)
+        scaler.scale(loss).backward()
+        with torch.no_grad():
+            for p in params:
+                p.grad.copy_(p.grad.half().float())
+        scaler.unscale_(opt)
+        for i, p in enumerate(params):
+            tensors[f"grad.{step}.{i}"] = p.grad.detach().clone()
+        before = [p.detach().clone() for p in params]
+        scaler.step(opt)
+        scaler.update()
+        skipped = all(torch.equal(b, p.detach()) for b, p in zip(before, params))
+        tensors[f"skip.{step}"] = torch.tensor([float(skipped)])
+    tensors.update({f"final.{i}": p.detach().clone() for i, p in enumerate(params)})
+    tensors["final_scale"] = torch.tensor([scaler.get_scale()], dtype=torch.float64)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, out / "scaler.safetensors")
+
+
 # ---- optimizers with parameter groups, and learning-rate schedules ----
 
 def run_optimizer(case, out):
@@ -464,7 +506,7 @@ def numpy_statistics(g32):
         # The sample standard deviation: undefined (NaN) for a single value.
         std = math.nan if n < 2 else math.sqrt(np.sum((g - mean) ** 2) / (n - 1))
         return np.array([math.sqrt(np.sum(g * g)), np.max(np.abs(g)), mean, std, np.mean(g == 0),
-                         np.count_nonzero(~np.isfinite(g))], dtype=np.float64)
+                         np.count_nonzero(~np.isfinite(g)), np.mean(np.abs(g) < TINY)], dtype=np.float64)
 
 
 def numpy_histogram(g32):
@@ -619,7 +661,7 @@ def main():
                        ("weight_policies", run_weight_policies), ("optimizers", run_optimizer),
                        ("schedules", run_schedule), ("statistics", run_statistics),
                        ("spectral", run_spectral), ("time_profile", run_time_profile),
-                       ("signal", run_signal)]:
+                       ("signal", run_signal), ("grad_scaler", run_grad_scaler)]:
         for case in cases.get(group, []):
             out = root / case["name"]
             out.mkdir(parents=True, exist_ok=True)
