@@ -21,6 +21,7 @@ mod metrics;
 mod notify;
 mod origin;
 mod policies;
+mod postgres;
 mod presets;
 mod probes;
 mod prometheus;
