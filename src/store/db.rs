@@ -37,6 +37,16 @@ impl Backend {
         }
     }
 
+    /// What ends a subquery that picks a queued job to claim: on PostgreSQL it locks the
+    /// row it picks and passes over rows that other claimers hold, so claimers on several
+    /// nodes each take a different job without waiting for each other.
+    pub(super) fn skip_locked(self) -> &'static str {
+        match self {
+            Self::Sqlite => "",
+            Self::Postgres => " FOR UPDATE SKIP LOCKED",
+        }
+    }
+
     /// The length in bytes of a text column (SQLite's `length` counts characters).
     pub(super) fn text_bytes(self, column: &str) -> String {
         match self {

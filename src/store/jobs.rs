@@ -227,14 +227,17 @@ impl Store {
             .collect()
     }
 
-    /// Marks the oldest queued job running and returns it.
+    /// Marks the oldest queued job running and returns it. Concurrent claimers (on
+    /// PostgreSQL, several nodes) each get a different job.
     pub async fn claim_next_job(&self) -> anyhow::Result<Option<Job>> {
         let row = self
             .pool
             .query(&format!(
                 "UPDATE jobs SET status = 'running', started_at = ?
-             WHERE id = (SELECT id FROM jobs WHERE status = 'queued' ORDER BY id LIMIT 1)
-             RETURNING {JOB_COLUMNS}"
+             WHERE id = (SELECT id FROM jobs WHERE status = 'queued' ORDER BY id LIMIT 1{})
+               AND status = 'queued'
+             RETURNING {JOB_COLUMNS}",
+                self.pool.backend().skip_locked()
             ))
             .bind(Utc::now())
             .fetch_optional()
@@ -246,15 +249,18 @@ impl Store {
     /// experiment is a lane (its id) and single jobs are one more (`""`). The lane after
     /// `after` (in lane order, wrapping round) that has a queued job gives its oldest, so a
     /// big experiment takes turns with single jobs and other experiments instead of
-    /// holding every slot until it is done.
+    /// holding every slot until it is done. Concurrent claimers (on PostgreSQL, several
+    /// nodes) each get a different job.
     pub async fn claim_next_fair(&self, after: &str) -> anyhow::Result<Option<Job>> {
         let row = self
             .pool
             .query(&format!(
                 "UPDATE jobs SET status = 'running', started_at = ?
              WHERE id = (SELECT id FROM jobs WHERE status = 'queued'
-                         ORDER BY COALESCE(experiment_id, '') <= ?, COALESCE(experiment_id, ''), id LIMIT 1)
-             RETURNING {JOB_COLUMNS}"
+                         ORDER BY COALESCE(experiment_id, '') <= ?, COALESCE(experiment_id, ''), id LIMIT 1{})
+               AND status = 'queued'
+             RETURNING {JOB_COLUMNS}",
+                self.pool.backend().skip_locked()
             ))
             .bind(Utc::now())
             .bind(after)
@@ -431,5 +437,62 @@ impl Store {
             .execute()
             .await?;
         Ok(done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+    use crate::store::{Backend, test_store};
+
+    /// Eight claimers at once over 40 queued jobs: every job is claimed, each by one of
+    /// them only, and each claimed job is running.
+    async fn concurrent_claimers_take_each_job_once(store: &Store) {
+        let spec: ValidSpec =
+            serde_json::from_str(r#"{"task":{"kind":"classification"},"model":{"kind":"mlp"}}"#).expect("spec");
+        let mut queued = HashSet::new();
+        for _ in 0..40 {
+            queued.insert(store.insert_job(&spec).await.expect("job").id);
+        }
+        let claimers: Vec<_> = (0..8)
+            .map(|c| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let mut mine = Vec::new();
+                    loop {
+                        // Half the claimers take the oldest, half take turns between lanes.
+                        let job =
+                            if c % 2 == 0 { store.claim_next_job().await } else { store.claim_next_fair("").await };
+                        match job.expect("claim") {
+                            Some(job) => mine.push(job),
+                            None => return mine,
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut claimed = Vec::new();
+        for claimer in claimers {
+            claimed.extend(claimer.await.expect("claimer"));
+        }
+        assert!(claimed.iter().all(|job| job.status == JobStatus::Running));
+        let ids: Vec<Uuid> = claimed.iter().map(|job| job.id).collect();
+        assert_eq!(ids.len(), 40, "claimed {} times for 40 jobs", ids.len());
+        assert_eq!(ids.into_iter().collect::<HashSet<_>>(), queued);
+        assert_eq!(store.count_jobs().await.expect("count"), vec![(JobStatus::Running, 40)]);
+    }
+
+    #[tokio::test]
+    async fn concurrent_claimers_take_each_job_once_on_sqlite() {
+        let (store, _dir) = test_store(Backend::Sqlite).await;
+        concurrent_claimers_take_each_job_once(&store).await;
+    }
+
+    #[tokio::test]
+    async fn concurrent_claimers_take_each_job_once_on_postgres() {
+        let (store, _db) = test_store(Backend::Postgres).await;
+        concurrent_claimers_take_each_job_once(&store).await;
     }
 }
