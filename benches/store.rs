@@ -1,5 +1,6 @@
 //! `cargo bench --bench store -- [ARGS]`: how fast the store keeps a long job's history
-//! and answers range queries over it. Fills a temporary SQLite file with a synthetic job
+//! and answers range queries over it. Fills a temporary SQLite file (or, with `--postgres`,
+//! a scratch PostgreSQL database) with a synthetic job
 //! (per-step scalars, every per-layer statistic, and histograms on every 10th recorded
 //! step as a job with the default `monitor.histogram_every` stores them) through the same
 //! writer jobs use, then times the queries behind `/steps` and `/layer-stats`, JSON
@@ -11,6 +12,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use gradscope::spec::JobSpec;
+use gradscope::store::scratch::ScratchDatabase;
 use gradscope::store::{Progress, StatSelection, Store};
 use gradscope::train::stats::HIST_BINS;
 use gradscope::train::{LayerInfo, LayerStats, StepReport};
@@ -36,6 +38,10 @@ struct StoreArgs {
     /// Rounds of the queries, interleaved.
     #[arg(long, default_value_t = 5)]
     pub rounds: usize,
+    /// On a scratch PostgreSQL database (on `GRADSCOPE_TEST_POSTGRES`, by default the local
+    /// server) instead of a temporary SQLite file.
+    #[arg(long)]
+    pub postgres: bool,
     /// Given by `cargo bench`; without it the benchmark only shows that it runs.
     #[arg(long, hide = true)]
     pub bench: bool,
@@ -110,7 +116,12 @@ async fn main() -> anyhow::Result<()> {
 async fn run(args: &StoreArgs) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("gradscope-bench-store-{}", uuid::Uuid::now_v7()));
     std::fs::create_dir_all(&dir)?;
-    let store = Store::connect(&format!("sqlite://{}", dir.join("bench.db").display())).await?;
+    let postgres = if args.postgres { Some(ScratchDatabase::create().await?) } else { None };
+    let url = match &postgres {
+        Some(database) => database.url().to_owned(),
+        None => format!("sqlite://{}", dir.join("bench.db").display()),
+    };
+    let store = Store::connect(&url).await?;
     store.migrate().await?;
     let spec = JobSpec::parse_value(&serde_json::json!({
         "steps": args.steps, "task": {"kind": "char_lm"}, "model": {"kind": "lstm"}
@@ -122,8 +133,11 @@ async fn run(args: &StoreArgs) -> anyhow::Result<()> {
     store.set_job_started(job.id, "cpu", &layers).await?;
 
     println!(
-        "bench store: {} steps × {} layers, every statistic on every step, histograms on every {}th",
-        args.steps, args.layers, args.histogram_every
+        "bench store ({:?}): {} steps × {} layers, every statistic on every step, histograms on every {}th",
+        store.backend(),
+        args.steps,
+        args.layers,
+        args.histogram_every
     );
     let mut rng = StdRng::seed_from_u64(1);
     let started = Instant::now();
@@ -142,9 +156,11 @@ async fn run(args: &StoreArgs) -> anyhow::Result<()> {
         args.steps as f64 / seconds,
         seconds
     );
-    let size = std::fs::metadata(dir.join("bench.db")).map_or(0, |m| m.len())
-        + std::fs::metadata(dir.join("bench.db-wal")).map_or(0, |m| m.len());
-    println!("{:<58} {:>9} MiB", "database size", size >> 20);
+    if postgres.is_none() {
+        let size = std::fs::metadata(dir.join("bench.db")).map_or(0, |m| m.len())
+            + std::fs::metadata(dir.join("bench.db-wal")).map_or(0, |m| m.len());
+        println!("{:<58} {:>9} MiB", "database size", size >> 20);
+    }
 
     let all = (0, i64::MAX);
     let tenth = (0, i64::try_from(args.steps / 10)?);

@@ -43,8 +43,9 @@ pub enum Command {
 
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
-    /// Database URL: `sqlite://PATH` or a plain file path (created when missing); other
-    /// schemes are refused.
+    /// Database URL: `sqlite://PATH` or a plain file path (created when missing), or
+    /// `postgres://USER:PASSWORD@HOST:PORT/DATABASE` (an existing database, which several
+    /// nodes may share); other schemes are refused.
     #[arg(long, env = "GRADSCOPE_DATABASE_URL", default_value = config::DEFAULT_DATABASE_URL)]
     pub database_url: String,
 }

@@ -3,9 +3,8 @@
 
 use std::collections::HashMap;
 
-use sqlx::Row;
-
 use super::Store;
+use super::db::Tx;
 use super::rollup::{self, Cell, Piece, Width};
 use super::steps::NUMBER_BYTES;
 use crate::vocab::Statistic;
@@ -19,10 +18,11 @@ pub(super) type Blocks = HashMap<(u32, u64), Vec<u8>>;
 pub(super) const ROLLUP_NUMBERS: usize = 3;
 
 /// The row number of the last `table` row of a job (0 for none).
-pub(super) async fn last_row(tx: &mut sqlx::SqliteConnection, table: &str, job_id: &str) -> anyhow::Result<u64> {
-    let n: i64 = sqlx::query_scalar(&format!("SELECT COALESCE(MAX(n), 0) FROM {table} WHERE job_id = ?"))
+pub(super) async fn last_row(tx: &mut Tx, table: &str, job_id: &str) -> anyhow::Result<u64> {
+    let n: i64 = tx
+        .query(&format!("SELECT COALESCE(MAX(n), 0) FROM {table} WHERE job_id = ?"))
         .bind(job_id)
-        .fetch_one(&mut *tx)
+        .fetch_scalar()
         .await?;
     Ok(u64::try_from(n)?)
 }
@@ -30,27 +30,27 @@ pub(super) async fn last_row(tx: &mut sqlx::SqliteConnection, table: &str, job_i
 /// Row numbers `first..=last` of the job's `table` rows with steps in `from..=to`, if any:
 /// found through the index, so a range costs the same whatever its length.
 pub(super) async fn row_range(
-    tx: &mut sqlx::SqliteConnection,
+    tx: &mut Tx,
     table: &str,
     job_id: &str,
     (from, to): (i64, i64),
 ) -> anyhow::Result<Option<(u64, u64)>> {
-    let first: Option<i64> = sqlx::query_scalar(&format!(
-        "SELECT n FROM {table} WHERE job_id = ? AND step >= ? AND step <= ? ORDER BY step LIMIT 1"
-    ))
-    .bind(job_id)
-    .bind(from)
-    .bind(to)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let last: Option<i64> = sqlx::query_scalar(&format!(
-        "SELECT n FROM {table} WHERE job_id = ? AND step >= ? AND step <= ? ORDER BY step DESC LIMIT 1"
-    ))
-    .bind(job_id)
-    .bind(from)
-    .bind(to)
-    .fetch_optional(&mut *tx)
-    .await?;
+    let first: Option<i64> = tx
+        .query(&format!("SELECT n FROM {table} WHERE job_id = ? AND step >= ? AND step <= ? ORDER BY step LIMIT 1"))
+        .bind(job_id)
+        .bind(from)
+        .bind(to)
+        .fetch_optional_scalar()
+        .await?;
+    let last: Option<i64> = tx
+        .query(&format!(
+            "SELECT n FROM {table} WHERE job_id = ? AND step >= ? AND step <= ? ORDER BY step DESC LIMIT 1"
+        ))
+        .bind(job_id)
+        .bind(from)
+        .bind(to)
+        .fetch_optional_scalar()
+        .await?;
     Ok(match (first, last) {
         (Some(a), Some(b)) => Some((u64::try_from(a)?, u64::try_from(b)?)),
         _ => None,
@@ -61,7 +61,7 @@ pub(super) async fn row_range(
 /// `rows_of` gives the cells of rows `first..=last` (one per row, each a cell per series),
 /// `cells_per_block` how many cells a block holds.
 pub(super) async fn store_blocks(
-    tx: &mut sqlx::SqliteConnection,
+    tx: &mut Tx,
     table: &str,
     job_id: &str,
     (after, upto): (u64, u64),
@@ -89,15 +89,17 @@ pub(super) async fn store_blocks(
                 fold(&mut cells.iter().copied());
             }
         } else {
-            let children: Vec<Vec<u8>> = sqlx::query_scalar(&format!(
-                "SELECT cells FROM {table} WHERE job_id = ? AND level = ? AND block BETWEEN ? AND ? ORDER BY block"
-            ))
-            .bind(job_id)
-            .bind(level - 1)
-            .bind(i64::try_from(first_child)?)
-            .bind(i64::try_from(first_child + rollup::BASE - 1)?)
-            .fetch_all(&mut *tx)
-            .await?;
+            let children = tx
+                .query(&format!(
+                    "SELECT cells FROM {table} WHERE job_id = ? AND level = ? AND block BETWEEN ? AND ? ORDER BY block"
+                ))
+                .bind(job_id)
+                .bind(i64::from(level - 1))
+                .bind(i64::try_from(first_child)?)
+                .bind(i64::try_from(first_child + rollup::BASE - 1)?)
+                .fetch_all()
+                .await?;
+            let children: Vec<Vec<u8>> = children.iter().map(|row| row.try_get(0)).collect::<Result<_, _>>()?;
             anyhow::ensure!(children.len() as u64 == rollup::BASE, "a block of {table} lacks children");
             for blob in &children {
                 let count = blob.len() / width.cell_bytes();
@@ -106,13 +108,13 @@ pub(super) async fn store_blocks(
         }
         let cells = rollup::encode(&merged, width);
         written += job_id.len() + ROLLUP_NUMBERS * NUMBER_BYTES + cells.len();
-        sqlx::query(&insert)
+        tx.query(&insert)
             .bind(job_id)
-            .bind(level)
+            .bind(i64::from(level))
             .bind(i64::try_from(block)?)
             .bind(i64::try_from((block + 1) * rollup::block_rows(level))?)
             .bind(cells)
-            .execute(&mut *tx)
+            .execute()
             .await?;
     }
     Ok(written)
@@ -153,7 +155,7 @@ pub(super) fn merge_pieces(
 
 /// The blocks that `pieces` name, read from `table` in one query per level.
 pub(super) async fn read_blocks(
-    tx: &mut sqlx::SqliteConnection,
+    tx: &mut Tx,
     table: &str,
     job_id: &str,
     pieces: &[Piece],
@@ -170,15 +172,16 @@ pub(super) async fn read_blocks(
         if wanted.is_empty() {
             continue;
         }
-        let rows = sqlx::query(&format!(
-            "SELECT block, cells FROM {table}
-             WHERE job_id = ? AND level = ? AND block IN (SELECT value FROM json_each(?))"
-        ))
-        .bind(job_id)
-        .bind(level)
-        .bind(serde_json::to_string(&wanted)?)
-        .fetch_all(&mut *tx)
-        .await?;
+        let rows = tx
+            .query(&format!(
+                "SELECT block, cells FROM {table} WHERE job_id = ? AND level = ? AND block {}",
+                tx.backend().in_json_integers()
+            ))
+            .bind(job_id)
+            .bind(i64::from(level))
+            .bind(serde_json::to_string(&wanted)?)
+            .fetch_all()
+            .await?;
         for row in &rows {
             let block: i64 = row.try_get(0)?;
             out.insert((level, u64::try_from(block)?), row.try_get::<Vec<u8>, _>(1)?);
@@ -208,16 +211,20 @@ impl Store {
         for (table, rows, width) in
             [("step_rollups", "steps", Width::F64), ("layer_rollups", "layer_stats", Width::F32)]
         {
-            let jobs: Vec<String> = sqlx::query_scalar(&format!(
-                "SELECT id FROM jobs WHERE EXISTS (SELECT 1 FROM {rows} WHERE job_id = jobs.id AND n = ?)
+            let jobs = self
+                .pool
+                .query(&format!(
+                    "SELECT id FROM jobs WHERE EXISTS (SELECT 1 FROM {rows} WHERE job_id = jobs.id AND n = ?)
                    AND NOT EXISTS (SELECT 1 FROM {table} WHERE job_id = jobs.id)"
-            ))
-            .bind(i64::try_from(rollup::BASE)?)
-            .fetch_all(&self.pool)
-            .await?;
+                ))
+                .bind(i64::try_from(rollup::BASE)?)
+                .fetch_all()
+                .await?;
+            let jobs: Vec<String> = jobs.iter().map(|row| row.try_get(0)).collect::<Result<_, _>>()?;
             for job_id in jobs {
                 // Reads, then writes: the write lock from the start.
-                let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+                let mut tx = self.pool.begin_write().await?;
+                tx.lock_job(&job_id).await?;
                 let last = last_row(&mut tx, rows, &job_id).await?;
                 let mut written = 0;
                 for after in (0..last).step_by(REBUILD_ROWS as usize) {
@@ -225,10 +232,10 @@ impl Store {
                     let cells = row_cells(&mut tx, rows, &job_id, (after + 1, upto)).await?;
                     written += store_blocks(&mut tx, table, &job_id, (after, upto), width, &cells).await?;
                 }
-                sqlx::query("UPDATE jobs SET stored_bytes = stored_bytes + ? WHERE id = ?")
+                tx.query("UPDATE jobs SET stored_bytes = stored_bytes + ? WHERE id = ?")
                     .bind(i64::try_from(written)?)
                     .bind(&job_id)
-                    .execute(&mut *tx)
+                    .execute()
                     .await?;
                 tx.commit().await?;
             }
@@ -240,7 +247,7 @@ impl Store {
 /// The cells of a job's `table` rows `first..=last` (`steps`: loss and gradient norm;
 /// `layer_stats`: each statistic of each layer, layer-major).
 pub(super) async fn row_cells(
-    tx: &mut sqlx::SqliteConnection,
+    tx: &mut Tx,
     table: &str,
     job_id: &str,
     (first, last): (u64, u64),
@@ -250,11 +257,12 @@ pub(super) async fn row_cells(
     } else {
         Statistic::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
     };
-    let rows = sqlx::query(&format!("SELECT n, {columns} FROM {table} WHERE job_id = ? AND n BETWEEN ? AND ?"))
+    let rows = tx
+        .query(&format!("SELECT n, {columns} FROM {table} WHERE job_id = ? AND n BETWEEN ? AND ?"))
         .bind(job_id)
         .bind(i64::try_from(first)?)
         .bind(i64::try_from(last)?)
-        .fetch_all(&mut *tx)
+        .fetch_all()
         .await?;
     let mut out = HashMap::with_capacity(rows.len());
     for row in &rows {

@@ -1,12 +1,12 @@
 //! Uploaded corpora: metadata here, the text itself in the data folder.
 
+use super::db::Row;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
 use utoipa::ToSchema;
 
 use super::Store;
+use super::db::WriteLock;
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Corpus {
@@ -36,7 +36,7 @@ pub enum CorpusDeletion {
 
 const COLUMNS: &str = "id, bytes, vocab_size, created_at";
 
-fn corpus_from_row(row: &SqliteRow) -> anyhow::Result<Corpus> {
+fn corpus_from_row(row: &Row) -> anyhow::Result<Corpus> {
     Ok(Corpus {
         id: row.try_get("id")?,
         bytes: row.try_get("bytes")?,
@@ -48,46 +48,52 @@ fn corpus_from_row(row: &SqliteRow) -> anyhow::Result<Corpus> {
 impl Store {
     /// Stores `corpus` unless that would make more than `max_count` corpora or more than
     /// `max_bytes` in all; returns whether it was stored. The check and the insert are one
-    /// statement, which SQLite runs under its write lock, so concurrent uploads cannot
-    /// together exceed the quota.
+    /// statement, which SQLite runs under its write lock (PostgreSQL under the uploads'
+    /// lock), so concurrent uploads cannot together exceed the quota.
     pub async fn insert_corpus_within(&self, corpus: &Corpus, max_count: i64, max_bytes: i64) -> anyhow::Result<bool> {
-        let done = sqlx::query(
-            "INSERT INTO corpora (id, bytes, vocab_size, created_at) SELECT ?, ?, ?, ? \
+        let mut tx = self.pool.begin().await?;
+        tx.lock(WriteLock::Uploads).await?;
+        let done = tx
+            .query(
+                "INSERT INTO corpora (id, bytes, vocab_size, created_at) SELECT ?, ?, ?, ? \
              WHERE (SELECT COUNT(*) FROM corpora) < ? \
                AND (SELECT COALESCE(SUM(bytes), 0) FROM corpora) + ? <= ?",
-        )
-        .bind(&corpus.id)
-        .bind(corpus.bytes)
-        .bind(corpus.vocab_size)
-        .bind(corpus.created_at)
-        .bind(max_count)
-        .bind(corpus.bytes)
-        .bind(max_bytes)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+            )
+            .bind(&corpus.id)
+            .bind(corpus.bytes)
+            .bind(corpus.vocab_size)
+            .bind(corpus.created_at)
+            .bind(max_count)
+            .bind(corpus.bytes)
+            .bind(max_bytes)
+            .execute()
+            .await?;
+        tx.commit().await?;
+        Ok(done == 1)
     }
 
     pub async fn corpus(&self, id: &str) -> anyhow::Result<Option<Corpus>> {
-        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM corpora WHERE id = ?"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row =
+            self.pool.query(&format!("SELECT {COLUMNS} FROM corpora WHERE id = ?")).bind(id).fetch_optional().await?;
         row.as_ref().map(corpus_from_row).transpose()
     }
 
     /// The newest `limit` corpora, newest first (ids are UUIDv7, which sort by time).
     pub async fn list_corpora(&self, limit: i64) -> anyhow::Result<Vec<Corpus>> {
-        let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM corpora ORDER BY id DESC LIMIT ?"))
+        let rows = self
+            .pool
+            .query(&format!("SELECT {COLUMNS} FROM corpora ORDER BY id DESC LIMIT ?"))
             .bind(limit)
-            .fetch_all(&self.pool)
+            .fetch_all()
             .await?;
         rows.iter().map(corpus_from_row).collect()
     }
 
     pub async fn corpus_usage(&self) -> anyhow::Result<CorpusUsage> {
-        let row = sqlx::query("SELECT COUNT(*) AS count, COALESCE(SUM(bytes), 0) AS bytes FROM corpora")
-            .fetch_one(&self.pool)
+        let row = self
+            .pool
+            .query("SELECT COUNT(*) AS count, CAST(COALESCE(SUM(bytes), 0) AS BIGINT) AS bytes FROM corpora")
+            .fetch_one()
             .await?;
         Ok(CorpusUsage { count: row.try_get("count")?, bytes: row.try_get("bytes")? })
     }
@@ -98,15 +104,17 @@ impl Store {
     /// `LIKE` wildcards cannot occur). The check and the delete are one statement, so a
     /// job resumed meanwhile is seen.
     pub async fn delete_corpus(&self, id: &str) -> anyhow::Result<CorpusDeletion> {
-        let done = sqlx::query(
-            "DELETE FROM corpora WHERE id = ? AND NOT EXISTS \
+        let done = self
+            .pool
+            .query(
+                "DELETE FROM corpora WHERE id = ? AND NOT EXISTS \
              (SELECT 1 FROM jobs WHERE status IN ('queued', 'running') AND spec LIKE ?)",
-        )
-        .bind(id)
-        .bind(format!("%\"corpus\":\"{id}\"%"))
-        .execute(&self.pool)
-        .await?;
-        if done.rows_affected() == 1 {
+            )
+            .bind(id)
+            .bind(format!("%\"corpus\":\"{id}\"%"))
+            .execute()
+            .await?;
+        if done == 1 {
             return Ok(CorpusDeletion::Deleted);
         }
         Ok(if self.corpus(id).await?.is_some() { CorpusDeletion::InUse } else { CorpusDeletion::Missing })

@@ -1,11 +1,11 @@
 //! Diagnosis and policy events.
 
 use serde::{Deserialize, Serialize};
-use sqlx::Row;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::Store;
+use super::db::Tx;
 use super::jobs::finite;
 use super::steps::NUMBER_BYTES;
 use crate::train::Event;
@@ -25,16 +25,12 @@ pub struct StoredEvent {
 
 impl Store {
     /// Appends `events` within `tx`; returns the bytes written, as `stored_bytes` counts them.
-    pub(super) async fn insert_events(
-        tx: &mut sqlx::SqliteConnection,
-        job_id: &str,
-        events: &[Event],
-    ) -> anyhow::Result<usize> {
+    pub(super) async fn insert_events(tx: &mut Tx, job_id: &str, events: &[Event]) -> anyhow::Result<usize> {
         let mut written = 0;
         for event in events {
             // seq, step, layer and value are numbers.
             written += job_id.len() + 4 * NUMBER_BYTES + event.kind.as_str().len() + event.message.len();
-            sqlx::query(
+            tx.query(
                 "INSERT INTO events (job_id, seq, step, kind, layer, value, message)
                  VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE job_id = ?), ?, ?, ?, ?, ?)",
             )
@@ -45,7 +41,7 @@ impl Store {
             .bind(event.layer.map(|l| l as i64))
             .bind(event.value.and_then(finite))
             .bind(&event.message)
-            .execute(&mut *tx)
+            .execute()
             .await?;
         }
         Ok(written)
@@ -54,16 +50,18 @@ impl Store {
     /// Events of job `id` in order, optionally of one kind, at most `limit`.
     pub async fn events(&self, id: Uuid, kind: Option<EventKind>, limit: i64) -> anyhow::Result<Vec<StoredEvent>> {
         let kind = kind.map(EventKind::as_str);
-        let rows = sqlx::query(
-            "SELECT step, kind, layer, value, message FROM events
+        let rows = self
+            .pool
+            .query(
+                "SELECT step, kind, layer, value, message FROM events
              WHERE job_id = ? AND (? IS NULL OR kind = ?) ORDER BY seq LIMIT ?",
-        )
-        .bind(id.to_string())
-        .bind(kind)
-        .bind(kind)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
+            )
+            .bind(id.to_string())
+            .bind(kind)
+            .bind(kind)
+            .bind(limit)
+            .fetch_all()
+            .await?;
         rows.iter()
             .map(|row| {
                 Ok(StoredEvent {

@@ -4,10 +4,10 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use sqlx::Row;
 use uuid::Uuid;
 
 use super::Store;
+use super::db::{Row, WriteLock};
 use super::jobs::{JOB_COLUMNS, Job, JobStatus, job_from_row, queued_job};
 use crate::spec::{CellInfo, ExperimentSpec, Threshold, ThresholdMetric, ValidSpec};
 use crate::vocab::EventKind;
@@ -47,7 +47,7 @@ pub struct JobHistory {
 
 const EXPERIMENT_COLUMNS: &str = "id, name, spec, cells, created_at";
 
-fn experiment_from_row(row: &sqlx::sqlite::SqliteRow) -> anyhow::Result<StoredExperiment> {
+fn experiment_from_row(row: &Row) -> anyhow::Result<StoredExperiment> {
     let id: String = row.try_get("id")?;
     let spec: String = row.try_get("spec")?;
     let cells: String = row.try_get("cells")?;
@@ -80,25 +80,25 @@ impl Store {
         };
         // The count and the inserts under one write lock: concurrent submissions cannot
         // overshoot the queue.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let queued: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE status = 'queued'").fetch_one(&mut *tx).await?;
+        let mut tx = self.pool.begin_write().await?;
+        tx.lock(WriteLock::Queue).await?;
+        let queued: i64 = tx.query("SELECT COUNT(*) FROM jobs WHERE status = 'queued'").fetch_scalar().await?;
         if queued.saturating_add(i64::try_from(jobs.len())?) > max_queued {
             tx.rollback().await?;
             return Ok(None);
         }
         let id = experiment.id.to_string();
-        sqlx::query("INSERT INTO experiments (id, name, spec, cells, created_at) VALUES (?, ?, ?, ?, ?)")
+        tx.query("INSERT INTO experiments (id, name, spec, cells, created_at) VALUES (?, ?, ?, ?, ?)")
             .bind(&id)
             .bind(&experiment.name)
             .bind(serde_json::to_string(&experiment.spec)?)
             .bind(serde_json::to_string(&experiment.cells)?)
             .bind(experiment.created_at)
-            .execute(&mut *tx)
+            .execute()
             .await?;
         for &(cell, spec) in jobs {
             let job = queued_job(spec)?;
-            sqlx::query(
+            tx.query(
                 "INSERT INTO jobs (id, name, status, spec, created_at, step, total_steps, experiment_id, cell)
                  VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?)",
             )
@@ -110,7 +110,7 @@ impl Store {
             .bind(job.total_steps)
             .bind(&id)
             .bind(i64::try_from(cell)?)
-            .execute(&mut *tx)
+            .execute()
             .await?;
         }
         tx.commit().await?;
@@ -118,27 +118,33 @@ impl Store {
     }
 
     pub async fn experiment(&self, id: Uuid) -> anyhow::Result<Option<StoredExperiment>> {
-        let row = sqlx::query(&format!("SELECT {EXPERIMENT_COLUMNS} FROM experiments WHERE id = ?"))
+        let row = self
+            .pool
+            .query(&format!("SELECT {EXPERIMENT_COLUMNS} FROM experiments WHERE id = ?"))
             .bind(id.to_string())
-            .fetch_optional(&self.pool)
+            .fetch_optional()
             .await?;
         row.as_ref().map(experiment_from_row).transpose()
     }
 
     /// Experiments newest first, at most `limit`.
     pub async fn list_experiments(&self, limit: i64) -> anyhow::Result<Vec<StoredExperiment>> {
-        let rows = sqlx::query(&format!("SELECT {EXPERIMENT_COLUMNS} FROM experiments ORDER BY id DESC LIMIT ?"))
+        let rows = self
+            .pool
+            .query(&format!("SELECT {EXPERIMENT_COLUMNS} FROM experiments ORDER BY id DESC LIMIT ?"))
             .bind(limit)
-            .fetch_all(&self.pool)
+            .fetch_all()
             .await?;
         rows.iter().map(experiment_from_row).collect()
     }
 
     /// The jobs of experiment `id`, cell by cell, each cell's in the order they were queued.
     pub async fn experiment_jobs(&self, id: Uuid) -> anyhow::Result<Vec<Job>> {
-        let rows = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE experiment_id = ? ORDER BY cell, id"))
+        let rows = self
+            .pool
+            .query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE experiment_id = ? ORDER BY cell, id"))
             .bind(id.to_string())
-            .fetch_all(&self.pool)
+            .fetch_all()
             .await?;
         rows.iter().map(job_from_row).collect()
     }
@@ -146,14 +152,14 @@ impl Store {
     /// How many jobs of each of `ids` have each status (statuses with none left out).
     pub async fn experiment_progress(&self, ids: &[Uuid]) -> anyhow::Result<HashMap<Uuid, Vec<StatusCount>>> {
         let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
-        let rows = sqlx::query(
-            "SELECT experiment_id, status, COUNT(*) AS jobs, SUM(step) AS step, SUM(total_steps) AS total_steps
-             FROM jobs WHERE experiment_id IN (SELECT value FROM json_each(?))
+        let sql = format!(
+            "SELECT experiment_id, status, COUNT(*) AS jobs, CAST(SUM(step) AS BIGINT) AS step,
+                 CAST(SUM(total_steps) AS BIGINT) AS total_steps
+             FROM jobs WHERE experiment_id {}
              GROUP BY experiment_id, status ORDER BY experiment_id, status",
-        )
-        .bind(serde_json::to_string(&ids)?)
-        .fetch_all(&self.pool)
-        .await?;
+            self.pool.backend().in_json_strings()
+        );
+        let rows = self.pool.query(&sql).bind(serde_json::to_string(&ids)?).fetch_all().await?;
         let mut progress: HashMap<Uuid, Vec<StatusCount>> = HashMap::new();
         for row in &rows {
             let id = Uuid::parse_str(row.try_get("experiment_id")?)?;
@@ -172,34 +178,35 @@ impl Store {
     /// Deletes experiment `id` once it has no jobs left. False if there was none to delete
     /// (or it still has jobs).
     pub async fn delete_experiment(&self, id: Uuid) -> anyhow::Result<bool> {
-        let done = sqlx::query(
-            "DELETE FROM experiments WHERE id = ? AND NOT EXISTS (SELECT 1 FROM jobs WHERE experiment_id = ?)",
-        )
-        .bind(id.to_string())
-        .bind(id.to_string())
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        let done = self
+            .pool
+            .query("DELETE FROM experiments WHERE id = ? AND NOT EXISTS (SELECT 1 FROM jobs WHERE experiment_id = ?)")
+            .bind(id.to_string())
+            .bind(id.to_string())
+            .execute()
+            .await?;
+        Ok(done == 1)
     }
 
     /// Job `id`'s last validation pass and the first step where `threshold` was met.
     pub async fn job_history(&self, id: Uuid, threshold: Option<&Threshold>) -> anyhow::Result<JobHistory> {
         let job_id = id.to_string();
         let [loss_kind, accuracy, metric] = EventKind::VALIDATION.map(EventKind::as_str);
-        let val_loss: Option<Option<f64>> =
-            sqlx::query_scalar("SELECT value FROM events WHERE job_id = ? AND kind = ? ORDER BY seq DESC LIMIT 1")
-                .bind(&job_id)
-                .bind(loss_kind)
-                .fetch_optional(&self.pool)
-                .await?;
-        let val_metric: Option<Option<f64>> = sqlx::query_scalar(
-            "SELECT value FROM events WHERE job_id = ? AND kind IN (?, ?) ORDER BY seq DESC LIMIT 1",
-        )
-        .bind(&job_id)
-        .bind(accuracy)
-        .bind(metric)
-        .fetch_optional(&self.pool)
-        .await?;
+        let val_loss: Option<Option<f64>> = self
+            .pool
+            .query("SELECT value FROM events WHERE job_id = ? AND kind = ? ORDER BY seq DESC LIMIT 1")
+            .bind(&job_id)
+            .bind(loss_kind)
+            .fetch_optional_scalar()
+            .await?;
+        let val_metric: Option<Option<f64>> = self
+            .pool
+            .query("SELECT value FROM events WHERE job_id = ? AND kind IN (?, ?) ORDER BY seq DESC LIMIT 1")
+            .bind(&job_id)
+            .bind(accuracy)
+            .bind(metric)
+            .fetch_optional_scalar()
+            .await?;
         let reached_at: Option<i64> = match threshold {
             None => None,
             Some(t) => {
@@ -213,29 +220,32 @@ impl Store {
                     ThresholdMetric::Loss => {
                         // In step order, stopping at the first: the index on (job_id,
                         // step) makes this read up to that row, not the whole history.
-                        sqlx::query_scalar(&format!(
-                            "SELECT step FROM steps WHERE job_id = ? AND loss {compare} ? ORDER BY step LIMIT 1"
-                        ))
-                        .bind(&job_id)
-                        .bind(level)
-                        .fetch_optional(&self.pool)
-                        .await?
+                        self.pool
+                            .query(&format!(
+                                "SELECT step FROM steps WHERE job_id = ? AND loss {compare} ? ORDER BY step LIMIT 1"
+                            ))
+                            .bind(&job_id)
+                            .bind(level)
+                            .fetch_optional_scalar()
+                            .await?
                     }
                     ThresholdMetric::ValLoss => {
-                        sqlx::query_scalar(&format!("{events} {compare} ? AND kind = ?"))
+                        self.pool
+                            .query(&format!("{events} {compare} ? AND kind = ?"))
                             .bind(&job_id)
                             .bind(level)
                             .bind(loss_kind)
-                            .fetch_one(&self.pool)
+                            .fetch_scalar()
                             .await?
                     }
                     ThresholdMetric::ValMetric => {
-                        sqlx::query_scalar(&format!("{events} {compare} ? AND kind IN (?, ?)"))
+                        self.pool
+                            .query(&format!("{events} {compare} ? AND kind IN (?, ?)"))
                             .bind(&job_id)
                             .bind(level)
                             .bind(accuracy)
                             .bind(metric)
-                            .fetch_one(&self.pool)
+                            .fetch_scalar()
                             .await?
                     }
                 }

@@ -1,14 +1,14 @@
 //! Jobs: insert, claim, progress, finish, list, delete.
 
+use super::db::Row;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
 use strum::{IntoStaticStr, VariantArray};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::Store;
+use super::db::WriteLock;
 use crate::spec::{JobSpec, ValidSpec};
 use crate::train::LayerInfo;
 use crate::train::diagnose::Diagnosis;
@@ -90,7 +90,7 @@ pub struct Job {
 pub(super) const JOB_COLUMNS: &str = "id, name, status, spec, created_at, started_at, finished_at, step, total_steps, \
     device, loss, error, diagnosis, dropped_reports, resumed_from, stored_bytes, experiment_id, cell";
 
-pub(super) fn job_from_row(row: &SqliteRow) -> anyhow::Result<Job> {
+pub(super) fn job_from_row(row: &Row) -> anyhow::Result<Job> {
     let status: String = row.try_get("status")?;
     let spec: String = row.try_get("spec")?;
     let id: String = row.try_get("id")?;
@@ -160,29 +160,36 @@ impl Store {
     }
 
     /// Stores a new queued job unless `max_queued` jobs already wait: `None` then. The
-    /// count and the insert are one statement, so concurrent submissions cannot overshoot.
+    /// count and the insert are one statement (on PostgreSQL under the queue's lock), so
+    /// concurrent submissions cannot overshoot.
     pub async fn insert_job_within(&self, spec: &ValidSpec, max_queued: i64) -> anyhow::Result<Option<Job>> {
         let job = queued_job(spec)?;
-        let inserted = sqlx::query(
-            "INSERT INTO jobs (id, name, status, spec, created_at, step, total_steps)
+        let mut tx = self.pool.begin().await?;
+        tx.lock(WriteLock::Queue).await?;
+        let inserted = tx
+            .query(
+                "INSERT INTO jobs (id, name, status, spec, created_at, step, total_steps)
              SELECT ?, ?, ?, ?, ?, 0, ? WHERE (SELECT COUNT(*) FROM jobs WHERE status = 'queued') < ?",
-        )
-        .bind(job.id.to_string())
-        .bind(&job.name)
-        .bind(job.status.as_str())
-        .bind(serde_json::to_string(spec)?)
-        .bind(job.created_at)
-        .bind(job.total_steps)
-        .bind(max_queued)
-        .execute(&self.pool)
-        .await?;
-        Ok((inserted.rows_affected() == 1).then_some(job))
+            )
+            .bind(job.id.to_string())
+            .bind(&job.name)
+            .bind(job.status.as_str())
+            .bind(serde_json::to_string(spec)?)
+            .bind(job.created_at)
+            .bind(job.total_steps)
+            .bind(max_queued)
+            .execute()
+            .await?;
+        tx.commit().await?;
+        Ok((inserted == 1).then_some(job))
     }
 
     pub async fn job(&self, id: Uuid) -> anyhow::Result<Option<Job>> {
-        let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"))
+        let row = self
+            .pool
+            .query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"))
             .bind(id.to_string())
-            .fetch_optional(&self.pool)
+            .fetch_optional()
             .await?;
         row.as_ref().map(job_from_row).transpose()
     }
@@ -191,16 +198,18 @@ impl Store {
     pub async fn list_jobs(&self, status: Option<JobStatus>, limit: i64) -> anyhow::Result<Vec<Job>> {
         let rows = match status {
             Some(status) => {
-                sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE status = ? ORDER BY id DESC LIMIT ?"))
+                self.pool
+                    .query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE status = ? ORDER BY id DESC LIMIT ?"))
                     .bind(status.as_str())
                     .bind(limit)
-                    .fetch_all(&self.pool)
+                    .fetch_all()
                     .await?
             }
             None => {
-                sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs ORDER BY id DESC LIMIT ?"))
+                self.pool
+                    .query(&format!("SELECT {JOB_COLUMNS} FROM jobs ORDER BY id DESC LIMIT ?"))
                     .bind(limit)
-                    .fetch_all(&self.pool)
+                    .fetch_all()
                     .await?
             }
         };
@@ -209,7 +218,7 @@ impl Store {
 
     /// How many jobs have each status (statuses with none are left out).
     pub async fn count_jobs(&self) -> anyhow::Result<Vec<(JobStatus, i64)>> {
-        let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status").fetch_all(&self.pool).await?;
+        let rows = self.pool.query("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status").fetch_all().await?;
         rows.iter()
             .filter_map(|row| {
                 let status: String = row.try_get("status").ok()?;
@@ -218,16 +227,21 @@ impl Store {
             .collect()
     }
 
-    /// Marks the oldest queued job running and returns it.
+    /// Marks the oldest queued job running and returns it. Concurrent claimers (on
+    /// PostgreSQL, several nodes) each get a different job.
     pub async fn claim_next_job(&self) -> anyhow::Result<Option<Job>> {
-        let row = sqlx::query(&format!(
-            "UPDATE jobs SET status = 'running', started_at = ?
-             WHERE id = (SELECT id FROM jobs WHERE status = 'queued' ORDER BY id LIMIT 1)
-             RETURNING {JOB_COLUMNS}"
-        ))
-        .bind(Utc::now())
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = self
+            .pool
+            .query(&format!(
+                "UPDATE jobs SET status = 'running', started_at = ?
+             WHERE id = (SELECT id FROM jobs WHERE status = 'queued' ORDER BY id LIMIT 1{})
+               AND status = 'queued'
+             RETURNING {JOB_COLUMNS}",
+                self.pool.backend().skip_locked()
+            ))
+            .bind(Utc::now())
+            .fetch_optional()
+            .await?;
         row.as_ref().map(job_from_row).transpose()
     }
 
@@ -235,29 +249,34 @@ impl Store {
     /// experiment is a lane (its id) and single jobs are one more (`""`). The lane after
     /// `after` (in lane order, wrapping round) that has a queued job gives its oldest, so a
     /// big experiment takes turns with single jobs and other experiments instead of
-    /// holding every slot until it is done.
+    /// holding every slot until it is done. Concurrent claimers (on PostgreSQL, several
+    /// nodes) each get a different job.
     pub async fn claim_next_fair(&self, after: &str) -> anyhow::Result<Option<Job>> {
-        let row = sqlx::query(&format!(
-            "UPDATE jobs SET status = 'running', started_at = ?
+        let row = self
+            .pool
+            .query(&format!(
+                "UPDATE jobs SET status = 'running', started_at = ?
              WHERE id = (SELECT id FROM jobs WHERE status = 'queued'
-                         ORDER BY COALESCE(experiment_id, '') <= ?, COALESCE(experiment_id, ''), id LIMIT 1)
-             RETURNING {JOB_COLUMNS}"
-        ))
-        .bind(Utc::now())
-        .bind(after)
-        .fetch_optional(&self.pool)
-        .await?;
+                         ORDER BY COALESCE(experiment_id, '') <= ?, COALESCE(experiment_id, ''), id LIMIT 1{})
+               AND status = 'queued'
+             RETURNING {JOB_COLUMNS}",
+                self.pool.backend().skip_locked()
+            ))
+            .bind(Utc::now())
+            .bind(after)
+            .fetch_optional()
+            .await?;
         row.as_ref().map(job_from_row).transpose()
     }
 
     /// Marks queued job `id` running and returns it; `None` if it is not queued.
     pub async fn claim_job(&self, id: Uuid) -> anyhow::Result<Option<Job>> {
-        let row = sqlx::query(&format!(
+        let row = self.pool.query(&format!(
             "UPDATE jobs SET status = 'running', started_at = ? WHERE id = ? AND status = 'queued' RETURNING {JOB_COLUMNS}"
         ))
         .bind(Utc::now())
         .bind(id.to_string())
-        .fetch_optional(&self.pool)
+        .fetch_optional()
         .await?;
         row.as_ref().map(job_from_row).transpose()
     }
@@ -265,14 +284,10 @@ impl Store {
     /// Records where a started job trains and what its layers are.
     pub async fn set_job_started(&self, id: Uuid, device: &str, layers: &[LayerInfo]) -> anyhow::Result<()> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE jobs SET device = ? WHERE id = ?")
-            .bind(device)
-            .bind(id.to_string())
-            .execute(&mut *tx)
-            .await?;
+        tx.query("UPDATE jobs SET device = ? WHERE id = ?").bind(device).bind(id.to_string()).execute().await?;
         for layer in layers {
             // A resumed job reports its layers again.
-            sqlx::query(
+            tx.query(
                 "INSERT INTO layers (job_id, idx, name, shape, numel) VALUES (?, ?, ?, ?, ?)
                  ON CONFLICT (job_id, idx) DO UPDATE SET name = excluded.name, shape = excluded.shape,
                      numel = excluded.numel",
@@ -282,7 +297,7 @@ impl Store {
             .bind(&layer.name)
             .bind(serde_json::to_string(&layer.shape)?)
             .bind(layer.numel)
-            .execute(&mut *tx)
+            .execute()
             .await?;
         }
         tx.commit().await?;
@@ -290,9 +305,11 @@ impl Store {
     }
 
     pub async fn layers(&self, id: Uuid) -> anyhow::Result<Vec<LayerInfo>> {
-        let rows = sqlx::query("SELECT idx, name, shape, numel FROM layers WHERE job_id = ? ORDER BY idx")
+        let rows = self
+            .pool
+            .query("SELECT idx, name, shape, numel FROM layers WHERE job_id = ? ORDER BY idx")
             .bind(id.to_string())
-            .fetch_all(&self.pool)
+            .fetch_all()
             .await?;
         rows.iter()
             .map(|row| {
@@ -309,16 +326,16 @@ impl Store {
 
     /// Ends a job with `status`. Only a job not already finished changes.
     pub async fn finish_job(&self, id: Uuid, status: JobStatus, error: Option<&str>) -> anyhow::Result<bool> {
-        let done = sqlx::query(
+        let done = self.pool.query(
             "UPDATE jobs SET status = ?, error = ?, finished_at = ? WHERE id = ? AND status IN ('queued', 'running')",
         )
         .bind(status.as_str())
         .bind(error)
         .bind(Utc::now())
         .bind(id.to_string())
-        .execute(&self.pool)
+        .execute()
         .await?;
-        Ok(done.rows_affected() == 1)
+        Ok(done == 1)
     }
 
     /// Queues an ended job again to continue after `step`, its last checkpoint: what it
@@ -327,88 +344,155 @@ impl Store {
     pub async fn requeue_to_resume(&self, id: Uuid, step: i64, max_queued: i64) -> anyhow::Result<bool> {
         let job_id = id.to_string();
         let mut tx = self.pool.begin().await?;
-        let done = sqlx::query(
-            "UPDATE jobs SET status = 'queued', step = ?, resumed_from = ?, finished_at = NULL, error = NULL
+        tx.lock(WriteLock::Queue).await?;
+        let done = tx
+            .query(
+                "UPDATE jobs SET status = 'queued', step = ?, resumed_from = ?, finished_at = NULL, error = NULL
              WHERE id = ? AND status IN ('interrupted', 'cancelled', 'failed')
                AND (SELECT COUNT(*) FROM jobs WHERE status = 'queued') < ?",
-        )
-        .bind(step)
-        .bind(step)
-        .bind(&job_id)
-        .bind(max_queued)
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() == 0 {
+            )
+            .bind(step)
+            .bind(step)
+            .bind(&job_id)
+            .bind(max_queued)
+            .execute()
+            .await?;
+        if done == 0 {
             return Ok(false);
         }
         for table in ["steps", "layer_stats", "events", "probes"] {
-            sqlx::query(&format!("DELETE FROM {table} WHERE job_id = ? AND step > ?"))
+            tx.query(&format!("DELETE FROM {table} WHERE job_id = ? AND step > ?"))
                 .bind(&job_id)
                 .bind(step)
-                .execute(&mut *tx)
+                .execute()
                 .await?;
         }
         // Blocks that reach past what is left are rebuilt as the rows arrive again.
         for (table, rows) in [("step_rollups", "steps"), ("layer_rollups", "layer_stats")] {
-            sqlx::query(&format!(
+            tx.query(&format!(
                 "DELETE FROM {table} WHERE job_id = ?
                    AND last_n > (SELECT COALESCE(MAX(n), 0) FROM {rows} WHERE job_id = ?)"
             ))
             .bind(&job_id)
             .bind(&job_id)
-            .execute(&mut *tx)
+            .execute()
             .await?;
         }
-        sqlx::query("UPDATE jobs SET loss = (SELECT loss FROM steps WHERE job_id = ? AND step = ?) WHERE id = ?")
+        tx.query("UPDATE jobs SET loss = (SELECT loss FROM steps WHERE job_id = ? AND step = ?) WHERE id = ?")
             .bind(&job_id)
             .bind(step)
             .bind(&job_id)
-            .execute(&mut *tx)
+            .execute()
             .await?;
-        sqlx::query(&format!("UPDATE jobs SET stored_bytes = ({}) WHERE id = ?", super::steps::stored_bytes_sql()))
-            .bind(&job_id)
-            .bind(&job_id)
-            .bind(&job_id)
-            .bind(&job_id)
-            .bind(&job_id)
-            .bind(&job_id)
-            .bind(&job_id)
-            .execute(&mut *tx)
-            .await?;
+        tx.query(&format!(
+            "UPDATE jobs SET stored_bytes = ({}) WHERE id = ?",
+            super::steps::stored_bytes_sql(tx.backend())
+        ))
+        .bind(&job_id)
+        .bind(&job_id)
+        .bind(&job_id)
+        .bind(&job_id)
+        .bind(&job_id)
+        .bind(&job_id)
+        .bind(&job_id)
+        .execute()
+        .await?;
         tx.commit().await?;
         Ok(true)
     }
 
     /// Cancels a job that has not started. False if it is not queued.
     pub async fn cancel_queued_job(&self, id: Uuid) -> anyhow::Result<bool> {
-        let done =
-            sqlx::query("UPDATE jobs SET status = 'cancelled', finished_at = ? WHERE id = ? AND status = 'queued'")
-                .bind(Utc::now())
-                .bind(id.to_string())
-                .execute(&self.pool)
-                .await?;
-        Ok(done.rows_affected() == 1)
+        let done = self
+            .pool
+            .query("UPDATE jobs SET status = 'cancelled', finished_at = ? WHERE id = ? AND status = 'queued'")
+            .bind(Utc::now())
+            .bind(id.to_string())
+            .execute()
+            .await?;
+        Ok(done == 1)
     }
 
     /// Deletes a finished job with its layers and steps. False if there was none to delete.
     pub async fn delete_finished_job(&self, id: Uuid) -> anyhow::Result<bool> {
-        let done = sqlx::query("DELETE FROM jobs WHERE id = ? AND status NOT IN ('queued', 'running')")
+        let done = self
+            .pool
+            .query("DELETE FROM jobs WHERE id = ? AND status NOT IN ('queued', 'running')")
             .bind(id.to_string())
-            .execute(&self.pool)
+            .execute()
             .await?;
-        Ok(done.rows_affected() == 1)
+        Ok(done == 1)
     }
 
     /// At start-up: jobs a crash left `running` become `interrupted`. Returns how many.
     pub async fn interrupt_running_jobs(&self) -> anyhow::Result<u64> {
-        let done = sqlx::query(
-            "UPDATE jobs SET status = 'interrupted', finished_at = ?,
+        let done = self
+            .pool
+            .query(
+                "UPDATE jobs SET status = 'interrupted', finished_at = ?,
                  error = 'the service stopped while the job was running'
              WHERE status = 'running'",
-        )
-        .bind(Utc::now())
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
+            )
+            .bind(Utc::now())
+            .execute()
+            .await?;
+        Ok(done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+    use crate::store::{Backend, test_store};
+
+    /// Eight claimers at once over 40 queued jobs: every job is claimed, each by one of
+    /// them only, and each claimed job is running.
+    async fn concurrent_claimers_take_each_job_once(store: &Store) {
+        let spec: ValidSpec =
+            serde_json::from_str(r#"{"task":{"kind":"classification"},"model":{"kind":"mlp"}}"#).expect("spec");
+        let mut queued = HashSet::new();
+        for _ in 0..40 {
+            queued.insert(store.insert_job(&spec).await.expect("job").id);
+        }
+        let claimers: Vec<_> = (0..8)
+            .map(|c| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let mut mine = Vec::new();
+                    loop {
+                        // Half the claimers take the oldest, half take turns between lanes.
+                        let job =
+                            if c % 2 == 0 { store.claim_next_job().await } else { store.claim_next_fair("").await };
+                        match job.expect("claim") {
+                            Some(job) => mine.push(job),
+                            None => return mine,
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut claimed = Vec::new();
+        for claimer in claimers {
+            claimed.extend(claimer.await.expect("claimer"));
+        }
+        assert!(claimed.iter().all(|job| job.status == JobStatus::Running));
+        let ids: Vec<Uuid> = claimed.iter().map(|job| job.id).collect();
+        assert_eq!(ids.len(), 40, "claimed {} times for 40 jobs", ids.len());
+        assert_eq!(ids.into_iter().collect::<HashSet<_>>(), queued);
+        assert_eq!(store.count_jobs().await.expect("count"), vec![(JobStatus::Running, 40)]);
+    }
+
+    #[tokio::test]
+    async fn concurrent_claimers_take_each_job_once_on_sqlite() {
+        let (store, _dir) = test_store(Backend::Sqlite).await;
+        concurrent_claimers_take_each_job_once(&store).await;
+    }
+
+    #[tokio::test]
+    async fn concurrent_claimers_take_each_job_once_on_postgres() {
+        let (store, _db) = test_store(Backend::Postgres).await;
+        concurrent_claimers_take_each_job_once(&store).await;
     }
 }

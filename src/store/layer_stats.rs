@@ -2,14 +2,13 @@
 
 use std::collections::HashMap;
 
-use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
-use sqlx::Row;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::Store;
 use super::blocks::{last_row, layer_cells, loose_rows, merge_pieces, read_blocks, row_cells, row_range, store_blocks};
+use super::db::{Row, Tx};
 use super::downsample::keep_extremes;
 use super::rollup::{self, Cell, Piece, Width};
 use super::steps::NUMBER_BYTES;
@@ -166,11 +165,7 @@ fn blob_hist(blob: &[u8], layer: usize) -> Option<Vec<u32>> {
 impl Store {
     /// Adds the per-layer rows of the reports that carry statistics, within `tx`; returns
     /// the bytes written, as `stored_bytes` counts them.
-    pub(super) async fn insert_layer_stats(
-        tx: &mut sqlx::SqliteConnection,
-        job_id: &str,
-        steps: &[StepReport],
-    ) -> anyhow::Result<usize> {
+    pub(super) async fn insert_layer_stats(tx: &mut Tx, job_id: &str, steps: &[StepReport]) -> anyhow::Result<usize> {
         // One column per statistic, named as it.
         let columns: Vec<&str> = Statistic::ALL.iter().map(|s| s.as_str()).collect();
         let insert = format!(
@@ -180,9 +175,10 @@ impl Store {
         );
         let mut written = 0;
         let after = last_row(&mut *tx, "layer_stats", job_id).await?;
-        let mut hn: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(hn), 0) FROM layer_stats WHERE job_id = ?")
+        let mut hn: i64 = tx
+            .query("SELECT COALESCE(MAX(hn), 0) FROM layer_stats WHERE job_id = ?")
             .bind(job_id)
-            .fetch_one(&mut *tx)
+            .fetch_scalar()
             .await?;
         let mut n = after;
         let mut cells: HashMap<u64, Vec<Cell>> = HashMap::new();
@@ -198,11 +194,8 @@ impl Store {
                 hn
             });
             written += job_id.len() + 2 * NUMBER_BYTES + hist.as_ref().map_or(0, |h| h.len() + NUMBER_BYTES);
-            let mut query = sqlx::query(&insert)
-                .bind(job_id)
-                .bind(i64::try_from(report.step)?)
-                .bind(i64::try_from(n)?)
-                .bind(row_hn);
+            let mut query =
+                tx.query(&insert).bind(job_id).bind(i64::try_from(report.step)?).bind(i64::try_from(n)?).bind(row_hn);
             let mut blobs = Vec::with_capacity(Statistic::ALL.len());
             for &stat in Statistic::ALL {
                 let blob = f32_blob(layers.get(stat));
@@ -210,7 +203,7 @@ impl Store {
                 query = query.bind(blob.clone());
                 blobs.push(blob);
             }
-            query.bind(hist).execute(&mut *tx).await?;
+            query.bind(hist).execute().await?;
             cells.insert(n, layer_cells(&blobs, u32::try_from(n)?));
         }
         if n / rollup::BASE > after / rollup::BASE {
@@ -360,22 +353,19 @@ impl Store {
 /// Numbers `first..=last`, among the rows with a histogram, of those with steps in
 /// `from..=to`, if any. Each end is at most `monitor.histogram_every` rows from the
 /// range's.
-async fn hist_range(
-    tx: &mut sqlx::SqliteConnection,
-    job_id: &str,
-    (from, to): (i64, i64),
-) -> anyhow::Result<Option<(u64, u64)>> {
+async fn hist_range(tx: &mut Tx, job_id: &str, (from, to): (i64, i64)) -> anyhow::Result<Option<(u64, u64)>> {
     let mut ends = [0_u64; 2];
     for (end, order) in ends.iter_mut().zip(["", "DESC"]) {
-        let hn: Option<i64> = sqlx::query_scalar(&format!(
-            "SELECT hn FROM layer_stats WHERE job_id = ? AND step BETWEEN ? AND ? AND hn IS NOT NULL
+        let hn: Option<i64> = tx
+            .query(&format!(
+                "SELECT hn FROM layer_stats WHERE job_id = ? AND step BETWEEN ? AND ? AND hn IS NOT NULL
              ORDER BY step {order} LIMIT 1"
-        ))
-        .bind(job_id)
-        .bind(from)
-        .bind(to)
-        .fetch_optional(&mut *tx)
-        .await?;
+            ))
+            .bind(job_id)
+            .bind(from)
+            .bind(to)
+            .fetch_optional_scalar()
+            .await?;
         let Some(hn) = hn else { return Ok(None) };
         *end = u64::try_from(hn)?;
     }
@@ -386,7 +376,7 @@ async fn hist_range(
 /// `layers`. Only the asked-for cells are kept, so a read holds what it asked for, not
 /// every layer's blobs.
 async fn read_rows(
-    tx: &mut sqlx::SqliteConnection,
+    tx: &mut Tx,
     job_id: &str,
     layers: &[LayerInfo],
     selection: &StatSelection,
@@ -417,12 +407,13 @@ async fn read_rows(
         hists: vec![Vec::new(); if want_hist { layers.len() } else { 0 }],
         ..Read::default()
     };
+    let listed = tx.backend().in_json_integers();
     let filter = match rows {
-        Rows::Steps { .. } => "step BETWEEN ? AND ? ORDER BY step LIMIT ?",
+        Rows::Steps { .. } => "step BETWEEN ? AND ? ORDER BY step LIMIT ?".to_owned(),
         Rows::Numbered([]) | Rows::HistogramsNumbered([]) => return Ok(out),
-        Rows::Numbered(_) => "n IN (SELECT value FROM json_each(?)) ORDER BY n",
-        Rows::Histograms { .. } => "hn BETWEEN ? AND ? ORDER BY hn",
-        Rows::HistogramsNumbered(_) => "hn IN (SELECT value FROM json_each(?)) ORDER BY hn",
+        Rows::Numbered(_) => format!("n {listed} ORDER BY n"),
+        Rows::Histograms { .. } => "hn BETWEEN ? AND ? ORDER BY hn".to_owned(),
+        Rows::HistogramsNumbered(_) => format!("hn {listed} ORDER BY hn"),
     };
     // Column names and offsets come from the statistics' names and layer indices, never
     // from text in the request.
@@ -431,7 +422,7 @@ async fn read_rows(
         if columns.is_empty() { "" } else { ", " },
         columns.join(", ")
     );
-    let mut query = sqlx::query(&sql).bind(job_id);
+    let mut query = tx.query(&sql).bind(job_id);
     query = match rows {
         Rows::Steps { from, to, limit } => query.bind(*from).bind(*to).bind(i64::try_from(*limit).unwrap_or(i64::MAX)),
         Rows::Numbered(ns) | Rows::HistogramsNumbered(ns) => query.bind(serde_json::to_string(ns)?),
@@ -442,24 +433,26 @@ async fn read_rows(
     let cell = |l: usize, c: usize, layer: &LayerInfo| {
         if narrow { (l * per_layer + c, 0) } else { (c, layer.index) }
     };
-    let mut fetched = query.fetch(&mut *tx);
-    while let Some(row) = fetched.try_next().await? {
-        out.steps.push(row.try_get::<i64, _>(0)?);
-        out.ns.push(u64::try_from(row.try_get::<Option<i64>, _>(1)?.unwrap_or(0))?);
-        // Each column once per row, not once per layer.
-        let blobs: Vec<Option<&[u8]>> = (0..columns.len()).map(|c| row.try_get(c + 2)).collect::<Result<_, _>>()?;
-        for (l, layer) in layers.iter().enumerate() {
-            for (c, column_values) in out.values[l].iter_mut().enumerate() {
-                let (column, at) = cell(l, c, layer);
-                // Absent values as NaN (as stored): an `Option<f32>` would take 8 bytes, not 4.
-                column_values.push(blobs[column].and_then(|b| blob_value(b, at)).unwrap_or(f32::NAN));
+    query
+        .for_each(|row: &Row| {
+            out.steps.push(row.try_get::<i64, _>(0)?);
+            out.ns.push(u64::try_from(row.try_get::<Option<i64>, _>(1)?.unwrap_or(0))?);
+            // Each column once per row, not once per layer.
+            let blobs: Vec<Option<&[u8]>> = (0..columns.len()).map(|c| row.try_get(c + 2)).collect::<Result<_, _>>()?;
+            for (l, layer) in layers.iter().enumerate() {
+                for (c, column_values) in out.values[l].iter_mut().enumerate() {
+                    let (column, at) = cell(l, c, layer);
+                    // Absent values as NaN (as stored): an `Option<f32>` would take 8 bytes, not 4.
+                    column_values.push(blobs[column].and_then(|b| blob_value(b, at)).unwrap_or(f32::NAN));
+                }
+                if want_hist {
+                    let (column, at) = cell(l, numeric.len(), layer);
+                    out.hists[l].push(blobs[column].and_then(|b| blob_hist(b, at)));
+                }
             }
-            if want_hist {
-                let (column, at) = cell(l, numeric.len(), layer);
-                out.hists[l].push(blobs[column].and_then(|b| blob_hist(b, at)));
-            }
-        }
-    }
+            Ok(())
+        })
+        .await?;
     Ok(out)
 }
 
@@ -516,7 +509,7 @@ fn evenly(len: usize, max_points: usize) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{JobStatus, Progress};
+    use crate::store::{Backend, JobStatus, Progress, test_store};
     use crate::train::LayerStats;
 
     const LAYERS: usize = 3;
@@ -616,10 +609,18 @@ mod tests {
     /// written in batches of any size, and again after a resume removed the rows past its
     /// checkpoint and wrote different ones.
     #[tokio::test]
-    async fn layer_thinning_from_blocks_keeps_what_the_rule_keeps_across_a_resume() {
-        let dir = tempfile::TempDir::new().expect("dir");
-        let store = Store::connect(&format!("sqlite://{}", dir.path().join("db.sqlite").display())).await.expect("db");
-        store.migrate().await.expect("migrate");
+    async fn layer_thinning_from_blocks_keeps_what_the_rule_keeps_across_a_resume_on_sqlite() {
+        let (store, _dir) = test_store(Backend::Sqlite).await;
+        layer_thinning_from_blocks_keeps_what_the_rule_keeps_across_a_resume(&store).await;
+    }
+
+    #[tokio::test]
+    async fn layer_thinning_from_blocks_keeps_what_the_rule_keeps_across_a_resume_on_postgres() {
+        let (store, _db) = test_store(Backend::Postgres).await;
+        layer_thinning_from_blocks_keeps_what_the_rule_keeps_across_a_resume(&store).await;
+    }
+
+    async fn layer_thinning_from_blocks_keeps_what_the_rule_keeps_across_a_resume(store: &Store) {
         let spec = serde_json::from_str(r#"{"task":{"kind":"classification"},"model":{"kind":"mlp"}}"#).expect("spec");
         let job = store.insert_job(&spec).await.expect("job");
         let layers: Vec<LayerInfo> =
@@ -629,14 +630,16 @@ mod tests {
         for batch in reports.chunks(97) {
             store.record_progress(job.id, &Progress { steps: batch, ..Progress::default() }).await.expect("write");
         }
-        check(&store, job.id, &reports, &layers).await;
+        check(store, job.id, &reports, &layers).await;
 
         // Resume after step 2,000: later rows go, and so do the blocks that reach past them.
         store.finish_job(job.id, JobStatus::Cancelled, None).await.expect("cancel");
         assert!(store.requeue_to_resume(job.id, 2_000, 10).await.expect("resume"));
-        let blocks: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM layer_rollups WHERE job_id = ? AND last_n > 2000")
+        let blocks: i64 = store
+            .pool
+            .query("SELECT COUNT(*) FROM layer_rollups WHERE job_id = ? AND last_n > 2000")
             .bind(job.id.to_string())
-            .fetch_one(&store.pool)
+            .fetch_scalar()
             .await
             .expect("count");
         assert_eq!(blocks, 0);
@@ -646,14 +649,18 @@ mod tests {
             store.record_progress(job.id, &Progress { steps: batch, ..Progress::default() }).await.expect("write");
         }
         reports.extend(later);
-        check(&store, job.id, &reports, &layers).await;
+        check(store, job.id, &reports, &layers).await;
         // As many blocks as whole 16^k runs of rows, no more.
-        let per_level: Vec<(i64, i64)> =
-            sqlx::query_as("SELECT level, COUNT(*) FROM layer_rollups WHERE job_id = ? GROUP BY level ORDER BY level")
-                .bind(job.id.to_string())
-                .fetch_all(&store.pool)
-                .await
-                .expect("blocks");
+        let per_level: Vec<(i64, i64)> = store
+            .pool
+            .query("SELECT level, COUNT(*) FROM layer_rollups WHERE job_id = ? GROUP BY level ORDER BY level")
+            .bind(job.id.to_string())
+            .fetch_all()
+            .await
+            .expect("blocks")
+            .iter()
+            .map(|row| (row.try_get(0).expect("level"), row.try_get(1).expect("count")))
+            .collect();
         assert_eq!(per_level, vec![(1, 3_100 / 16), (2, 3_100 / 256)]);
     }
 }

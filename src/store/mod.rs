@@ -1,12 +1,13 @@
 //! The only place with SQL. One narrow [`Store`] over a sqlx pool: jobs, their layers,
 //! per-step records with the pre-aggregated blocks that thin them ([`rollup`]),
 //! experiments, measurements besides the per-layer statistics ([`probes`]) and corpora.
-//! SQLite by default (WAL mode); the SQL stays portable so a PostgreSQL backend can sit
-//! behind the same interface, except that lists of rows are passed as one JSON array
-//! read with SQLite's `json_each` (PostgreSQL: `json_array_elements`).
+//! SQLite by default (WAL mode), or PostgreSQL, which several nodes can share: the SQL is
+//! written once ([`db`]) and where the dialects differ (a list passed as one JSON array,
+//! the length of a text in bytes, how a writer locks) [`Backend`] gives each its form.
 
 mod blocks;
 mod corpora;
+mod db;
 pub mod downsample;
 mod events;
 mod experiments;
@@ -14,6 +15,7 @@ mod jobs;
 mod layer_stats;
 mod probes;
 mod rollup;
+pub mod scratch;
 mod steps;
 mod uploads;
 
@@ -21,10 +23,14 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{SqlitePool, migrate::Migrator};
+
+use db::Pool;
 
 pub use corpora::{Corpus, CorpusDeletion, CorpusUsage};
+pub use db::Backend;
 pub use events::StoredEvent;
 pub use experiments::{JobHistory, StatusCount, StoredExperiment};
 pub use jobs::{Job, JobStatus};
@@ -33,17 +39,46 @@ pub use probes::{ProbeKind, ProbeRange, ProbeRows};
 pub use steps::{DEFAULT_MAX_POINTS, MAX_MAX_POINTS, Progress, StepColumns};
 pub use uploads::{Dataset, DatasetDetail, ModelDetail, TensorInfo, UploadKind, UserModel};
 
-static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+/// Each database's migrations: the same schema in each one's types (PostgreSQL's from the
+/// start in one file; SQLite's as it grew, kept as applied).
+static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: Pool,
 }
 
 impl Store {
-    /// Opens (creating when missing) the database at `url`, e.g. `sqlite://./data/gradscope.db`.
+    /// Opens the database at `url`: a SQLite file (`sqlite://./data/gradscope.db` or a
+    /// plain path, created when missing) or a PostgreSQL database
+    /// (`postgres://user:password@host:5432/name`, which must exist).
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
-        check_scheme(url)?;
+        match check_scheme(url)? {
+            Backend::Sqlite => Self::connect_sqlite(url).await,
+            Backend::Postgres => Self::connect_postgres(url).await,
+        }
+    }
+
+    async fn connect_postgres(url: &str) -> anyhow::Result<Self> {
+        // The message names the server, never the password the URL may hold.
+        let options = PgConnectOptions::from_str(url).context("invalid PostgreSQL URL")?;
+        let server = format!(
+            "postgres://{}:{}/{}",
+            options.get_host(),
+            options.get_port(),
+            options.get_database().unwrap_or("")
+        );
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .with_context(|| format!("failed to open database {server}"))?;
+        Ok(Self { pool: Pool::Postgres(pool) })
+    }
+
+    async fn connect_sqlite(url: &str) -> anyhow::Result<Self> {
         let options = SqliteConnectOptions::from_str(url)
             .with_context(|| format!("invalid database URL {url}"))?
             .create_if_missing(true)
@@ -61,20 +96,37 @@ impl Store {
             .connect_with(options)
             .await
             .with_context(|| format!("failed to open database {url}"))?;
-        Ok(Self { pool })
+        Ok(Self { pool: Pool::Sqlite(pool) })
     }
 
-    /// Applies the migrations in `migrations/` that this database lacks.
+    /// Which database this store keeps its data in.
+    pub fn backend(&self) -> Backend {
+        self.pool.backend()
+    }
+
+    fn migrator(&self) -> &'static Migrator {
+        match self.backend() {
+            Backend::Sqlite => &SQLITE_MIGRATOR,
+            Backend::Postgres => &POSTGRES_MIGRATOR,
+        }
+    }
+
+    /// Applies the migrations in `migrations/<backend>/` that this database lacks (on
+    /// PostgreSQL under a lock, so nodes starting together apply them once).
     pub async fn migrate(&self) -> anyhow::Result<()> {
-        MIGRATOR.run(&self.pool).await.context("failed to apply database migrations")?;
+        let applied = match &self.pool {
+            Pool::Sqlite(pool) => SQLITE_MIGRATOR.run(pool).await,
+            Pool::Postgres(pool) => POSTGRES_MIGRATOR.run(pool).await,
+        };
+        applied.context("failed to apply database migrations")?;
         self.build_missing_blocks().await.context("failed to build the history's blocks")
     }
 
     /// Whether the database answers and every migration this binary knows is applied.
     pub async fn is_ready(&self) -> bool {
-        let applied: Result<i64, _> =
-            sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success").fetch_one(&self.pool).await;
-        matches!(applied, Ok(n) if n as usize >= MIGRATOR.iter().count())
+        let applied =
+            self.pool.query("SELECT COUNT(*) FROM _sqlx_migrations WHERE success").fetch_scalar::<i64>().await;
+        matches!(applied, Ok(n) if n as usize >= self.migrator().iter().count())
     }
 
     pub async fn close(&self) {
@@ -82,38 +134,60 @@ impl Store {
     }
 }
 
-/// Refuses a URL that names another kind of database: SQLite takes whatever follows an
-/// optional `sqlite:` for a file path, and would turn `postgres://host/db` into a local
-/// file under a new folder `postgres:`. A plain path (no scheme) is a SQLite file. The
-/// error names the scheme only: the rest of such a URL may hold a password.
-fn check_scheme(url: &str) -> anyhow::Result<()> {
+/// The database a URL names, refusing any other kind: SQLite takes whatever follows an
+/// optional `sqlite:` for a file path, and would turn `mysql://host/db` into a local file
+/// under a new folder `mysql:`. A plain path (no scheme) is a SQLite file. The error names
+/// the scheme only: the rest of such a URL may hold a password.
+fn check_scheme(url: &str) -> anyhow::Result<Backend> {
     let scheme = url.split_once(':').map(|(scheme, _)| scheme).filter(|scheme| {
         scheme.starts_with(|c: char| c.is_ascii_alphabetic())
             && scheme.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
     });
     match scheme {
-        None => Ok(()),
-        Some("sqlite") => Ok(()),
+        None | Some("sqlite") => Ok(Backend::Sqlite),
+        Some("postgres" | "postgresql") => Ok(Backend::Postgres),
         Some(scheme) => anyhow::bail!(
-            "unsupported database URL scheme {scheme:?}: gradscope stores its data in SQLite; \
-             give sqlite://PATH (the file is created when missing) or a plain file path"
+            "unsupported database URL scheme {scheme:?}: gradscope stores its data in SQLite or PostgreSQL; \
+             give sqlite://PATH (the file is created when missing), a plain file path, or \
+             postgres://USER:PASSWORD@HOST:PORT/DATABASE"
         ),
     }
 }
 
+/// A migrated store on `backend` for tests, with what holds its data (a folder or a
+/// scratch database) until the test ends.
+#[cfg(test)]
+pub(crate) async fn test_store(backend: Backend) -> (Store, Box<dyn std::any::Any>) {
+    let (url, guard): (String, Box<dyn std::any::Any>) = match backend {
+        Backend::Sqlite => {
+            let dir = tempfile::TempDir::new().expect("temp dir");
+            (format!("sqlite://{}", dir.path().join("db.sqlite").display()), Box::new(dir))
+        }
+        Backend::Postgres => {
+            let db = scratch::ScratchDatabase::create().await.expect("a scratch PostgreSQL database");
+            (db.url().to_owned(), Box::new(db))
+        }
+    };
+    let store = Store::connect(&url).await.expect("database");
+    store.migrate().await.expect("migrate");
+    (store, guard)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::check_scheme;
+    use super::{Backend, check_scheme};
 
     #[test]
-    fn only_sqlite_urls_and_plain_paths_are_taken() {
+    fn sqlite_and_postgres_urls_and_plain_paths_are_taken() {
         for url in ["sqlite://./data/gradscope.db", "sqlite:data.db", "./data/x.db", "/tmp/a:b.db"] {
-            assert!(check_scheme(url).is_ok(), "{url}");
+            assert_eq!(check_scheme(url).expect(url), Backend::Sqlite, "{url}");
+        }
+        for url in ["postgres://user:secret@127.0.0.1:5432/test", "postgresql://localhost/db"] {
+            assert_eq!(check_scheme(url).expect(url), Backend::Postgres, "{url}");
         }
         for (url, scheme) in [
-            ("postgres://user:secret@127.0.0.1:5432/test", "postgres"),
-            ("postgresql://localhost/db", "postgresql"),
-            ("mysql://root@localhost/test", "mysql"),
+            ("mysql://root:secret@localhost/test", "mysql"),
+            ("mariadb://root:secret@localhost/test", "mariadb"),
             ("file:data.db", "file"),
         ] {
             let message = check_scheme(url).expect_err(url).to_string();

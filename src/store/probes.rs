@@ -2,10 +2,10 @@
 //! spectral radius of the measured weight matrices (`spectral`) and the temporal gradient
 //! profile (`time`), and each block output's mean and RMS (`signal`).
 
-use sqlx::Row;
 use uuid::Uuid;
 
 use super::Store;
+use super::db::Tx;
 use super::steps::NUMBER_BYTES;
 use crate::train::StepReport;
 
@@ -65,24 +65,23 @@ pub struct ProbeRange {
 impl Store {
     /// Adds the probe rows of `steps` within `tx`; returns the bytes written, as
     /// `stored_bytes` counts them.
-    pub(super) async fn insert_probes(
-        tx: &mut sqlx::SqliteConnection,
-        job_id: &str,
-        steps: &[StepReport],
-    ) -> anyhow::Result<usize> {
+    pub(super) async fn insert_probes(tx: &mut Tx, job_id: &str, steps: &[StepReport]) -> anyhow::Result<usize> {
         let mut written = 0;
         for report in steps {
             for kind in ProbeKind::ALL {
                 let Some(values) = kind.values(report) else { continue };
                 let blob: Vec<u8> = values.iter().flat_map(|&v| (v as f32).to_le_bytes()).collect();
                 written += job_id.len() + NUMBER_BYTES + kind.as_str().len() + blob.len();
-                sqlx::query("INSERT OR REPLACE INTO probes (job_id, kind, step, value) VALUES (?, ?, ?, ?)")
-                    .bind(job_id)
-                    .bind(kind.as_str())
-                    .bind(i64::try_from(report.step)?)
-                    .bind(blob)
-                    .execute(&mut *tx)
-                    .await?;
+                tx.query(
+                    "INSERT INTO probes (job_id, kind, step, value) VALUES (?, ?, ?, ?)
+                     ON CONFLICT (job_id, kind, step) DO UPDATE SET value = excluded.value",
+                )
+                .bind(job_id)
+                .bind(kind.as_str())
+                .bind(i64::try_from(report.step)?)
+                .bind(blob)
+                .execute()
+                .await?;
             }
         }
         Ok(written)
@@ -90,16 +89,18 @@ impl Store {
 
     /// How many `kind` rows job `id` has from `from` to `to` (inclusive), and the widest.
     pub async fn probe_range(&self, id: Uuid, kind: ProbeKind, (from, to): (i64, i64)) -> anyhow::Result<ProbeRange> {
-        let row = sqlx::query(
-            "SELECT COUNT(*), COALESCE(MAX(length(value)), 0) FROM probes
+        let row = self
+            .pool
+            .query(
+                "SELECT COUNT(*), CAST(COALESCE(MAX(length(value)), 0) AS BIGINT) FROM probes
              WHERE job_id = ? AND kind = ? AND step BETWEEN ? AND ?",
-        )
-        .bind(id.to_string())
-        .bind(kind.as_str())
-        .bind(from)
-        .bind(to)
-        .fetch_one(&self.pool)
-        .await?;
+            )
+            .bind(id.to_string())
+            .bind(kind.as_str())
+            .bind(from)
+            .bind(to)
+            .fetch_one()
+            .await?;
         let (rows, bytes): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
         Ok(ProbeRange { rows: u64::try_from(rows)?, width: u64::try_from(bytes)? / 4 })
     }
@@ -116,24 +117,26 @@ impl Store {
     ) -> anyhow::Result<ProbeRows> {
         let range = self.probe_range(id, kind, (from, to)).await?;
         let stride = range.rows.div_ceil(max_points.max(1) as u64).max(1);
-        let rows = sqlx::query(
-            "SELECT p.step, p.value FROM probes p JOIN (
+        let rows = self
+            .pool
+            .query(
+                "SELECT p.step, p.value FROM probes p JOIN (
                  SELECT step FROM (
                      SELECT step, ROW_NUMBER() OVER (ORDER BY step) - 1 AS r FROM probes
                      WHERE job_id = ? AND kind = ? AND step BETWEEN ? AND ?
-                 ) WHERE r % ? = 0
+                 ) AS numbered WHERE r % ? = 0
              ) k ON p.step = k.step
              WHERE p.job_id = ? AND p.kind = ? ORDER BY p.step",
-        )
-        .bind(id.to_string())
-        .bind(kind.as_str())
-        .bind(from)
-        .bind(to)
-        .bind(i64::try_from(stride)?)
-        .bind(id.to_string())
-        .bind(kind.as_str())
-        .fetch_all(&self.pool)
-        .await?;
+            )
+            .bind(id.to_string())
+            .bind(kind.as_str())
+            .bind(from)
+            .bind(to)
+            .bind(i64::try_from(stride)?)
+            .bind(id.to_string())
+            .bind(kind.as_str())
+            .fetch_all()
+            .await?;
         let mut out = ProbeRows::default();
         for row in &rows {
             out.step.push(row.try_get("step")?);

@@ -1,7 +1,6 @@
 //! Per-step records: written in batches, read back as columns.
 
 use serde::{Deserialize, Serialize};
-use sqlx::Row;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -11,6 +10,7 @@ use super::Store;
 use super::blocks::{
     ROLLUP_NUMBERS, last_row, loose_rows, merge_pieces, read_blocks, row_cells, row_range, store_blocks,
 };
+use super::db::{Backend, Row, Tx};
 #[cfg(doc)]
 use super::downsample::keep_extremes;
 use super::jobs::finite;
@@ -70,22 +70,24 @@ const STEP_NUMBERS: usize = 8;
 
 /// A job's `stored_bytes` recounted from its rows (binds the job id six times), for
 /// when rows are removed.
-pub(super) fn stored_bytes_sql() -> String {
+pub(super) fn stored_bytes_sql(backend: Backend) -> String {
     let stat_lengths: Vec<String> = Statistic::ALL.iter().map(|s| format!("length({s})")).collect();
     let rollup = ROLLUP_NUMBERS * NUMBER_BYTES;
     format!(
-        "(SELECT COALESCE(SUM(length(job_id) + {} + IIF(loss_scale IS NULL, 0, {NUMBER_BYTES})), 0)
+        "(SELECT COALESCE(SUM(length(job_id) + {} + CASE WHEN loss_scale IS NULL THEN 0 ELSE {NUMBER_BYTES} END), 0)
             FROM steps WHERE job_id = ?)
         + (SELECT COALESCE(SUM(length(job_id) + 16 + {} + COALESCE(length(hist) + 8, 0)), 0)
             FROM layer_stats WHERE job_id = ?)
-        + (SELECT COALESCE(SUM(length(job_id) + 32 + length(CAST(kind AS BLOB)) + length(CAST(message AS BLOB))), 0)
+        + (SELECT COALESCE(SUM(length(job_id) + 32 + {kind} + {message}), 0)
             FROM events WHERE job_id = ?)
         + (SELECT COALESCE(SUM(length(job_id) + {rollup} + length(cells)), 0) FROM step_rollups WHERE job_id = ?)
         + (SELECT COALESCE(SUM(length(job_id) + {rollup} + length(cells)), 0) FROM layer_rollups WHERE job_id = ?)
-        + (SELECT COALESCE(SUM(length(job_id) + {NUMBER_BYTES} + length(CAST(kind AS BLOB)) + length(value)), 0)
+        + (SELECT COALESCE(SUM(length(job_id) + {NUMBER_BYTES} + {kind} + length(value)), 0)
             FROM probes WHERE job_id = ?)",
         STEP_NUMBERS * NUMBER_BYTES,
-        stat_lengths.join(" + ")
+        stat_lengths.join(" + "),
+        kind = backend.text_bytes("kind"),
+        message = backend.text_bytes("message"),
     )
 }
 
@@ -105,21 +107,18 @@ fn step_cells(loss: Option<f64>, norm: Option<f64>, n: u64) -> anyhow::Result<Ve
 
 type RawStep = (u64, Option<f64>, Option<f64>);
 
-fn raw_step(row: &sqlx::sqlite::SqliteRow) -> anyhow::Result<RawStep> {
+fn raw_step(row: &Row) -> anyhow::Result<RawStep> {
     Ok((u64::try_from(row.try_get::<i64, _>(0)?)?, row.try_get(1)?, row.try_get(2)?))
 }
 
 /// Row number, loss and gradient norm of the job's rows numbered in `ns`.
-async fn raw_steps_at(tx: &mut sqlx::SqliteConnection, job_id: &str, ns: &[u64]) -> anyhow::Result<Vec<RawStep>> {
+async fn raw_steps_at(tx: &mut Tx, job_id: &str, ns: &[u64]) -> anyhow::Result<Vec<RawStep>> {
     if ns.is_empty() {
         return Ok(Vec::new());
     }
-    let rows =
-        sqlx::query("SELECT n, loss, grad_norm FROM steps WHERE job_id = ? AND n IN (SELECT value FROM json_each(?))")
-            .bind(job_id)
-            .bind(serde_json::to_string(ns)?)
-            .fetch_all(&mut *tx)
-            .await?;
+    let sql =
+        format!("SELECT n, loss, grad_norm FROM steps WHERE job_id = ? AND n {}", tx.backend().in_json_integers());
+    let rows = tx.query(&sql).bind(job_id).bind(serde_json::to_string(ns)?).fetch_all().await?;
     rows.iter().map(raw_step).collect()
 }
 
@@ -131,7 +130,8 @@ impl Store {
         let job_id = id.to_string();
         // Takes the write lock at once: it reads the last row number before it writes, and a
         // read transaction that another writer overtook could not become a write one.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.pool.begin_write().await?;
+        tx.lock_job(&job_id).await?;
         let mut written = 0;
         let after = last_row(&mut tx, "steps", &job_id).await?;
         let mut n = after;
@@ -139,7 +139,7 @@ impl Store {
         for s in progress.steps {
             n += 1;
             let scale = s.loss_scale.and_then(finite);
-            sqlx::query(
+            tx.query(
                 "INSERT INTO steps (job_id, step, n, loss, grad_norm, grad_norm_clipped, clip_coef, lr, skipped, loss_scale)
                  VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
@@ -153,7 +153,7 @@ impl Store {
             .bind(s.lr)
             .bind(s.skipped)
             .bind(scale)
-            .execute(&mut *tx)
+            .execute()
             .await?;
             written += job_id.len() + STEP_NUMBERS * NUMBER_BYTES + scale.map_or(0, |_| NUMBER_BYTES);
             cells.insert(n, step_cells(finite(s.loss), finite(s.grad_norm), n)?);
@@ -168,33 +168,33 @@ impl Store {
         written += Self::insert_probes(&mut tx, &job_id, progress.steps).await?;
         written += Self::insert_events(&mut tx, &job_id, progress.events).await?;
         if written > 0 {
-            sqlx::query("UPDATE jobs SET stored_bytes = stored_bytes + ? WHERE id = ?")
+            tx.query("UPDATE jobs SET stored_bytes = stored_bytes + ? WHERE id = ?")
                 .bind(i64::try_from(written)?)
                 .bind(&job_id)
-                .execute(&mut *tx)
+                .execute()
                 .await?;
         }
         if let Some(last) = progress.steps.last() {
             let last_loss = progress.steps.iter().rev().find_map(|s| finite(s.loss));
-            sqlx::query("UPDATE jobs SET step = ?, loss = COALESCE(?, loss) WHERE id = ?")
+            tx.query("UPDATE jobs SET step = ?, loss = COALESCE(?, loss) WHERE id = ?")
                 .bind(i64::try_from(last.step)?)
                 .bind(last_loss)
                 .bind(&job_id)
-                .execute(&mut *tx)
+                .execute()
                 .await?;
         }
         if let Some(diagnosis) = progress.diagnosis {
-            sqlx::query("UPDATE jobs SET diagnosis = ? WHERE id = ?")
+            tx.query("UPDATE jobs SET diagnosis = ? WHERE id = ?")
                 .bind(serde_json::to_string(diagnosis)?)
                 .bind(&job_id)
-                .execute(&mut *tx)
+                .execute()
                 .await?;
         }
         if progress.dropped > 0 {
-            sqlx::query("UPDATE jobs SET dropped_reports = dropped_reports + ? WHERE id = ?")
+            tx.query("UPDATE jobs SET dropped_reports = dropped_reports + ? WHERE id = ?")
                 .bind(i64::try_from(progress.dropped)?)
                 .bind(&job_id)
-                .execute(&mut *tx)
+                .execute()
                 .await?;
         }
         tx.commit().await?;
@@ -239,24 +239,22 @@ impl Store {
             rollup::spread(keep, max_points).into_iter().map(u64::from).collect()
         };
         let rows = if count <= max_points {
-            sqlx::query(
+            tx.query(
                 "SELECT step, loss, grad_norm, grad_norm_clipped, clip_coef, lr, skipped, loss_scale FROM steps
                  WHERE job_id = ? AND n BETWEEN ? AND ? ORDER BY n",
             )
             .bind(&job_id)
             .bind(i64::try_from(first)?)
             .bind(i64::try_from(last)?)
-            .fetch_all(&mut *tx)
+            .fetch_all()
             .await?
         } else {
-            sqlx::query(
+            let sql = format!(
                 "SELECT step, loss, grad_norm, grad_norm_clipped, clip_coef, lr, skipped, loss_scale FROM steps
-                 WHERE job_id = ? AND n IN (SELECT value FROM json_each(?)) ORDER BY n",
-            )
-            .bind(&job_id)
-            .bind(serde_json::to_string(&kept)?)
-            .fetch_all(&mut *tx)
-            .await?
+                 WHERE job_id = ? AND n {} ORDER BY n",
+                tx.backend().in_json_integers()
+            );
+            tx.query(&sql).bind(&job_id).bind(serde_json::to_string(&kept)?).fetch_all().await?
         };
         tx.commit().await?;
         for row in &rows {
@@ -276,18 +274,20 @@ impl Store {
     /// The validation passes between `from` and `to`, from their events.
     async fn evals(&self, id: Uuid, from: i64, to: i64) -> anyhow::Result<EvalColumns> {
         let [loss_kind, accuracy, metric] = EventKind::VALIDATION;
-        let rows = sqlx::query(
-            "SELECT step, kind, value FROM events
+        let rows = self
+            .pool
+            .query(
+                "SELECT step, kind, value FROM events
              WHERE job_id = ? AND step BETWEEN ? AND ? AND kind IN (?, ?, ?) ORDER BY step, seq",
-        )
-        .bind(id.to_string())
-        .bind(from)
-        .bind(to)
-        .bind(loss_kind.as_str())
-        .bind(accuracy.as_str())
-        .bind(metric.as_str())
-        .fetch_all(&self.pool)
-        .await?;
+            )
+            .bind(id.to_string())
+            .bind(from)
+            .bind(to)
+            .bind(loss_kind.as_str())
+            .bind(accuracy.as_str())
+            .bind(metric.as_str())
+            .fetch_all()
+            .await?;
         let mut eval = EvalColumns::default();
         for row in &rows {
             let (step, kind, value): (i64, &str, Option<f64>) =
@@ -312,6 +312,7 @@ impl Store {
 mod tests {
     use super::*;
     use crate::store::downsample::keep_extremes;
+    use crate::store::test_store;
 
     fn report(step: u64, loss: f64, grad_norm: f64) -> StepReport {
         StepReport {
@@ -333,10 +334,18 @@ mod tests {
     /// The database's thinning keeps exactly the rows the in-memory rule keeps, non-finite
     /// rows, spikes and ties included.
     #[tokio::test]
-    async fn thinning_in_sql_keeps_what_the_rule_keeps() {
-        let dir = tempfile::TempDir::new().expect("dir");
-        let store = Store::connect(&format!("sqlite://{}", dir.path().join("db.sqlite").display())).await.expect("db");
-        store.migrate().await.expect("migrate");
+    async fn thinning_in_sql_keeps_what_the_rule_keeps_on_sqlite() {
+        let (store, _dir) = test_store(Backend::Sqlite).await;
+        thinning_in_sql_keeps_what_the_rule_keeps(&store).await;
+    }
+
+    #[tokio::test]
+    async fn thinning_in_sql_keeps_what_the_rule_keeps_on_postgres() {
+        let (store, _db) = test_store(Backend::Postgres).await;
+        thinning_in_sql_keeps_what_the_rule_keeps(&store).await;
+    }
+
+    async fn thinning_in_sql_keeps_what_the_rule_keeps(store: &Store) {
         let spec = serde_json::from_str(r#"{"task":{"kind":"classification"},"model":{"kind":"mlp"}}"#).expect("spec");
         let job = store.insert_job(&spec).await.expect("job");
         let n = 2_345_u64;
@@ -374,20 +383,24 @@ mod tests {
         let blocks = |store: &Store| {
             let pool = store.pool.clone();
             async move {
-                sqlx::query_as::<_, (i64, i64, Vec<u8>)>(
-                    "SELECT level, block, cells FROM step_rollups WHERE job_id = ? ORDER BY level, block",
-                )
-                .bind(job.id.to_string())
-                .fetch_all(&pool)
-                .await
-                .expect("blocks")
+                let rows = pool
+                    .query("SELECT level, block, cells FROM step_rollups WHERE job_id = ? ORDER BY level, block")
+                    .bind(job.id.to_string())
+                    .fetch_all()
+                    .await
+                    .expect("blocks");
+                rows.iter()
+                    .map(|row| {
+                        (row.try_get(0).expect("level"), row.try_get(1).expect("block"), row.try_get(2).expect("cells"))
+                    })
+                    .collect::<Vec<(i64, i64, Vec<u8>)>>()
             }
         };
-        let written = blocks(&store).await;
+        let written = blocks(store).await;
         assert_eq!(written.len(), 2_345 / 16 + 2_345 / 256);
-        sqlx::query("DELETE FROM step_rollups").execute(&store.pool).await.expect("delete");
+        store.pool.query("DELETE FROM step_rollups").execute().await.expect("delete");
         store.migrate().await.expect("migrate again");
-        assert_eq!(blocks(&store).await, written);
+        assert_eq!(blocks(store).await, written);
         assert_eq!(store.steps(job.id, 0, i64::MAX, 55).await.expect("steps").step, before.step);
     }
 }

@@ -1,12 +1,12 @@
 //! Uploaded TorchScript models and safetensors data sets: metadata here, the files in the
 //! data folder. Both kinds keep the same columns, so one set of statements serves both.
 
+use super::db::Row;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
 use utoipa::ToSchema;
 
+use super::db::WriteLock;
 use super::{CorpusDeletion, CorpusUsage, Store};
 
 /// One tensor of a model (a parameter or a buffer) or of a data set.
@@ -102,7 +102,7 @@ struct Upload {
     created_at: DateTime<Utc>,
 }
 
-fn from_row(row: &SqliteRow) -> anyhow::Result<Upload> {
+fn from_row(row: &Row) -> anyhow::Result<Upload> {
     Ok(Upload {
         id: row.try_get("id")?,
         bytes: row.try_get("bytes")?,
@@ -144,21 +144,25 @@ impl Store {
     ) -> anyhow::Result<bool> {
         let table = kind.table();
         let (id, bytes, detail, created_at) = row;
-        let done = sqlx::query(&format!(
-            "INSERT INTO {table} (id, bytes, detail, created_at) SELECT ?, ?, ?, ? \
+        let mut tx = self.pool.begin().await?;
+        tx.lock(WriteLock::Uploads).await?;
+        let done = tx
+            .query(&format!(
+                "INSERT INTO {table} (id, bytes, detail, created_at) SELECT ?, ?, ?, ? \
              WHERE (SELECT COUNT(*) FROM {table}) < ? \
                AND (SELECT COALESCE(SUM(bytes), 0) FROM {table}) + ? <= ?"
-        ))
-        .bind(id)
-        .bind(bytes)
-        .bind(detail)
-        .bind(created_at)
-        .bind(max_count)
-        .bind(bytes)
-        .bind(max_bytes)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+            ))
+            .bind(id)
+            .bind(bytes)
+            .bind(detail)
+            .bind(created_at)
+            .bind(max_count)
+            .bind(bytes)
+            .bind(max_bytes)
+            .execute()
+            .await?;
+        tx.commit().await?;
+        Ok(done == 1)
     }
 
     pub async fn insert_model_within(&self, model: &UserModel, max_count: i64, max_bytes: i64) -> anyhow::Result<bool> {
@@ -172,21 +176,22 @@ impl Store {
     }
 
     async fn upload(&self, kind: UploadKind, id: &str) -> anyhow::Result<Option<Upload>> {
-        let row = sqlx::query(&format!("SELECT id, bytes, detail, created_at FROM {} WHERE id = ?", kind.table()))
+        let row = self
+            .pool
+            .query(&format!("SELECT id, bytes, detail, created_at FROM {} WHERE id = ?", kind.table()))
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional()
             .await?;
         row.as_ref().map(from_row).transpose()
     }
 
     async fn list_uploads(&self, kind: UploadKind, limit: i64) -> anyhow::Result<Vec<Upload>> {
-        let rows = sqlx::query(&format!(
-            "SELECT id, bytes, detail, created_at FROM {} ORDER BY id DESC LIMIT ?",
-            kind.table()
-        ))
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = self
+            .pool
+            .query(&format!("SELECT id, bytes, detail, created_at FROM {} ORDER BY id DESC LIMIT ?", kind.table()))
+            .bind(limit)
+            .fetch_all()
+            .await?;
         rows.iter().map(from_row).collect()
     }
 
@@ -210,10 +215,14 @@ impl Store {
 
     /// How many uploads of `kind` are stored and how many bytes they take.
     pub async fn upload_usage(&self, kind: UploadKind) -> anyhow::Result<CorpusUsage> {
-        let row =
-            sqlx::query(&format!("SELECT COUNT(*) AS count, COALESCE(SUM(bytes), 0) AS bytes FROM {}", kind.table()))
-                .fetch_one(&self.pool)
-                .await?;
+        let row = self
+            .pool
+            .query(&format!(
+                "SELECT COUNT(*) AS count, CAST(COALESCE(SUM(bytes), 0) AS BIGINT) AS bytes FROM {}",
+                kind.table()
+            ))
+            .fetch_one()
+            .await?;
         Ok(CorpusUsage { count: row.try_get("count")?, bytes: row.try_get("bytes")? })
     }
 
@@ -222,16 +231,18 @@ impl Store {
     /// same way in `task` (ids are server-made UUIDs, unique across both tables, with
     /// nothing to escape). The check and the delete are one statement.
     pub async fn delete_upload(&self, kind: UploadKind, id: &str) -> anyhow::Result<CorpusDeletion> {
-        let done = sqlx::query(&format!(
-            "DELETE FROM {} WHERE id = ? AND NOT EXISTS \
+        let done = self
+            .pool
+            .query(&format!(
+                "DELETE FROM {} WHERE id = ? AND NOT EXISTS \
              (SELECT 1 FROM jobs WHERE status IN ('queued', 'running') AND spec LIKE ?)",
-            kind.table()
-        ))
-        .bind(id)
-        .bind(format!("%\"id\":\"{id}\"%"))
-        .execute(&self.pool)
-        .await?;
-        if done.rows_affected() == 1 {
+                kind.table()
+            ))
+            .bind(id)
+            .bind(format!("%\"id\":\"{id}\"%"))
+            .execute()
+            .await?;
+        if done == 1 {
             return Ok(CorpusDeletion::Deleted);
         }
         Ok(if self.upload(kind, id).await?.is_some() { CorpusDeletion::InUse } else { CorpusDeletion::Missing })

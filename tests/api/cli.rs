@@ -105,15 +105,25 @@ fn a_database_url_of_another_kind_is_refused_before_anything_is_created() {
     for command in ["migrate", "serve"] {
         let output = gradscope()
             .current_dir(dir.path())
-            .args([command, "--database-url", "postgres://gradscope:secret@127.0.0.1:5432/test"])
+            .args([command, "--database-url", "mysql://gradscope:secret@127.0.0.1:3306/test"])
             .output()
             .expect("gradscope runs");
         assert!(!output.status.success(), "{command} must not start");
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(stderr.contains("unsupported database URL scheme \"postgres\""), "{command}: {stderr}");
+        assert!(stderr.contains("unsupported database URL scheme \"mysql\""), "{command}: {stderr}");
         assert!(!stderr.contains("secret"), "{command}: the password stays out of the message: {stderr}");
     }
-    // Nothing was made of the URL: no folder `postgres:`, no database file, no data folder.
+    // A PostgreSQL server that does not answer: the message names it, not the password.
+    let output = gradscope()
+        .current_dir(dir.path())
+        .args(["migrate", "--database-url", "postgres://gradscope:secret@127.0.0.1:9/test"])
+        .output()
+        .expect("gradscope runs");
+    assert!(!output.status.success(), "migrate must fail");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("failed to open database postgres://127.0.0.1:9/test"), "{stderr}");
+    assert!(!stderr.contains("secret"), "the password stays out of the message: {stderr}");
+    // Nothing was made of the URLs: no folder `mysql:`, no database file, no data folder.
     let made: Vec<_> = std::fs::read_dir(dir.path()).expect("list").map(|e| e.expect("entry").file_name()).collect();
     assert!(made.is_empty(), "{made:?}");
 }

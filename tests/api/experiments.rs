@@ -73,7 +73,16 @@ fn close(got: &Value, want: Option<f64>, what: &str) {
 
 #[tokio::test]
 async fn a_grid_runs_as_jobs_and_its_results_match_the_jobs_records() {
-    let app = spawn_app().await;
+    grid_runs_as_jobs(&spawn_app().await).await;
+}
+
+/// The same on PostgreSQL: progress, results and thresholds from its queries.
+#[tokio::test]
+async fn a_grid_runs_as_jobs_and_its_results_match_the_jobs_records_on_postgres() {
+    grid_runs_as_jobs(&crate::helpers::spawn_app_on_postgres().await).await;
+}
+
+async fn grid_runs_as_jobs(app: &TestApp) {
     let threshold = 0.2;
     let body = json!({
         "name": "clip-by-length",
@@ -85,7 +94,7 @@ async fn a_grid_runs_as_jobs_and_its_results_match_the_jobs_records() {
         "seeds": 2,
         "threshold": {"metric": "loss", "at_most": threshold},
     });
-    let (status, created) = post(&app, &body).await;
+    let (status, created) = post(app, &body).await;
     assert_eq!(status, 201, "{created}");
     let id = created["id"].as_str().expect("id").to_owned();
     assert_eq!(created["progress"]["jobs"], 8);
@@ -93,7 +102,7 @@ async fn a_grid_runs_as_jobs_and_its_results_match_the_jobs_records() {
     assert_eq!(created["cells"][2]["values"], json!([10.0, 4]));
     assert_eq!(created["cells"][2]["labels"], json!(["10.0", "short"]));
 
-    let done = wait_experiment(&app, &id).await;
+    let done = wait_experiment(app, &id).await;
     assert_eq!(done["progress"]["finished"], 8);
     let jobs = done["jobs"].as_array().expect("jobs").clone();
     assert_eq!(jobs.len(), 8);
@@ -115,7 +124,7 @@ async fn a_grid_runs_as_jobs_and_its_results_match_the_jobs_records() {
         assert_eq!(seeds, vec![3, 4], "cell {cell}: seeds follow the base seed");
     }
 
-    let results = get_json(&app, &format!("/api/v1/experiments/{id}/results")).await;
+    let results = get_json(app, &format!("/api/v1/experiments/{id}/results")).await;
     assert_eq!(results["axes"], json!(["policy.grad[0].max_norm", "task.seq_len"]));
     for (cell, jobs) in per_cell.iter().enumerate() {
         let got = &results["cells"][cell];
@@ -130,7 +139,7 @@ async fn a_grid_runs_as_jobs_and_its_results_match_the_jobs_records() {
         let mut solved = 0;
         for job in jobs {
             let jid = job["id"].as_str().expect("id");
-            let steps = get_json(&app, &format!("/api/v1/jobs/{jid}/steps?max_points=100000")).await;
+            let steps = get_json(app, &format!("/api/v1/jobs/{jid}/steps?max_points=100000")).await;
             let losses = &steps["loss"];
             let last_loss = f(&job["loss"]);
             assert_eq!(job["status"], "succeeded");
@@ -221,7 +230,7 @@ async fn a_grid_runs_as_jobs_and_its_results_match_the_jobs_records() {
         }
     }
 
-    let list = get_json(&app, "/api/v1/experiments").await;
+    let list = get_json(app, "/api/v1/experiments").await;
     assert_eq!(list["experiments"][0]["id"], id.as_str());
     assert_eq!(list["experiments"][0]["progress"]["by_status"]["succeeded"], 8);
     assert!(list["experiments"][0].get("jobs").is_none(), "lists leave the jobs out");
@@ -293,9 +302,18 @@ async fn a_bad_cell_or_a_grid_too_big_is_refused_before_any_job_exists() {
 
 #[tokio::test]
 async fn cancel_and_delete_act_on_every_job() {
-    let app = spawn_app().await;
+    cancel_and_delete(&spawn_app().await).await;
+}
+
+/// The same on PostgreSQL.
+#[tokio::test]
+async fn cancel_and_delete_act_on_every_job_on_postgres() {
+    cancel_and_delete(&crate::helpers::spawn_app_on_postgres().await).await;
+}
+
+async fn cancel_and_delete(app: &TestApp) {
     let (status, created) = post(
-        &app,
+        app,
         &json!({"name": "long", "base": tiny_rnn(100_000), "seeds": 3,
                            "axes": [{"path": "model.hidden", "values": [8, 16]}]}),
     )
@@ -310,7 +328,7 @@ async fn cancel_and_delete_act_on_every_job() {
 
     let response = app.client.post(app.url(&format!("/api/v1/experiments/{id}/cancel"))).send().await.expect("cancel");
     assert_eq!(response.status(), 202);
-    let done = wait_experiment(&app, &id).await;
+    let done = wait_experiment(app, &id).await;
     assert_eq!(done["progress"]["by_status"], json!({"cancelled": 6}), "{done}");
     let response = app.client.post(app.url(&format!("/api/v1/experiments/{id}/cancel"))).send().await.expect("cancel");
     assert_eq!(response.status(), 409, "nothing left to cancel");
@@ -319,7 +337,7 @@ async fn cancel_and_delete_act_on_every_job() {
     assert_eq!(response.status(), 204);
     assert_eq!(app.get(&format!("/api/v1/experiments/{id}")).await.status(), 404);
     assert_eq!(app.get(&format!("/api/v1/jobs/{first}")).await.status(), 404);
-    let jobs = get_json(&app, "/api/v1/jobs").await;
+    let jobs = get_json(app, "/api/v1/jobs").await;
     assert_eq!(jobs["jobs"], json!([]), "its jobs went with it");
 }
 

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use gradscope::Application;
 use gradscope::config::ServeConfig;
+use gradscope::store::scratch::ScratchDatabase;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use tokio::sync::oneshot;
@@ -18,6 +19,9 @@ pub struct TestApp {
     pub client: reqwest::Client,
     /// Holds the database and the data folder; survives a restart through [`TestApp::stop`].
     pub dir: TempDir,
+    /// The PostgreSQL database the service runs on, if not a SQLite file in `dir`: dropped
+    /// with the app.
+    _postgres: Option<ScratchDatabase>,
     shutdown: oneshot::Sender<()>,
     server: JoinHandle<anyhow::Result<()>>,
 }
@@ -38,8 +42,26 @@ pub async fn spawn_app_in(dir: TempDir) -> TestApp {
 
 /// Starts the application in `dir` with settings changed by `configure`.
 pub async fn spawn_app_with(dir: TempDir, configure: impl FnOnce(&mut ServeConfig)) -> TestApp {
-    let mut config =
-        ServeConfig::new("127.0.0.1:0".parse().expect("address"), &database_url(&dir), dir.path().join("data"));
+    let url = database_url(&dir);
+    spawn_app_on(dir, &url, None, configure).await
+}
+
+/// Starts the application on a fresh PostgreSQL database (the test server, see
+/// [`ScratchDatabase`]), its data folder in a temporary folder.
+pub async fn spawn_app_on_postgres() -> TestApp {
+    let database = ScratchDatabase::create().await.expect("a scratch PostgreSQL database");
+    let url = database.url().to_owned();
+    spawn_app_on(TempDir::new().expect("temp dir"), &url, Some(database), |_| {}).await
+}
+
+/// Starts the application on the database at `url`, its data folder in `dir`.
+async fn spawn_app_on(
+    dir: TempDir,
+    url: &str,
+    postgres: Option<ScratchDatabase>,
+    configure: impl FnOnce(&mut ServeConfig),
+) -> TestApp {
+    let mut config = ServeConfig::new("127.0.0.1:0".parse().expect("address"), url, dir.path().join("data"));
     config.torch_threads = Some(1);
     // Jobs train in workers of the real binary (this test program cannot be one).
     config.worker_binary = Some(PathBuf::from(env!("CARGO_BIN_EXE_gradscope")));
@@ -50,7 +72,7 @@ pub async fn spawn_app_with(dir: TempDir, configure: impl FnOnce(&mut ServeConfi
     let server = tokio::spawn(app.run_until(async move {
         let _ = signal.await;
     }));
-    TestApp { address, client: reqwest::Client::new(), dir, shutdown, server }
+    TestApp { address, client: reqwest::Client::new(), dir, _postgres: postgres, shutdown, server }
 }
 
 impl TestApp {

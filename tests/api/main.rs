@@ -21,6 +21,7 @@ mod metrics;
 mod notify;
 mod origin;
 mod policies;
+mod postgres;
 mod precision;
 mod presets;
 mod probes;

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, column, spawn_app};
+use crate::helpers::{TestApp, column, spawn_app, spawn_app_on_postgres};
 
 /// Every statistic a layer series holds.
 const LAYER_STATS: &str = "grad_norm,grad_max,grad_mean,grad_std,zero_frac,nonfinite,weight_norm,update_ratio";
@@ -78,7 +78,17 @@ async fn recorded(app: &TestApp, id: &str) -> BTreeMap<String, Vec<f64>> {
 
 #[tokio::test]
 async fn a_resumed_job_reports_exactly_what_an_uninterrupted_one_does() {
-    let app = spawn_app().await;
+    a_resumed_job_reports_what_an_uninterrupted_one_does(&spawn_app().await).await;
+}
+
+/// The same on PostgreSQL: the numbers it stores and reads back, thinned or not, are
+/// those of the uninterrupted job.
+#[tokio::test]
+async fn a_resumed_job_reports_exactly_what_an_uninterrupted_one_does_on_postgres() {
+    a_resumed_job_reports_what_an_uninterrupted_one_does(&spawn_app_on_postgres().await).await;
+}
+
+async fn a_resumed_job_reports_what_an_uninterrupted_one_does(app: &TestApp) {
     let total = spec()["steps"].as_u64().expect("steps");
     let reference = app.submit(&spec()).await["id"].as_str().expect("id").to_owned();
     assert_eq!(app.wait_finished(&reference).await["status"], "succeeded");
@@ -95,8 +105,8 @@ async fn a_resumed_job_reports_exactly_what_an_uninterrupted_one_does() {
     assert!(from > 25 && from < total, "resumed from {from}");
     assert_eq!(app.wait_finished(&id).await["status"], "succeeded");
 
-    let expected = recorded(&app, &reference).await;
-    let got = recorded(&app, &id).await;
+    let expected = recorded(app, &reference).await;
+    let got = recorded(app, &id).await;
     assert_eq!(got.keys().collect::<Vec<_>>(), expected.keys().collect::<Vec<_>>());
     assert_eq!(got["step"], (1..=total).map(|s| s as f64).collect::<Vec<_>>());
     assert!(got["validation/step"].len() >= 30, "{:?}", got["validation/step"]);
@@ -167,7 +177,7 @@ async fn specs_stored_before_the_new_policy_fields_keep_their_behaviour() {
     .execute(&pool)
     .await
     .expect("insert");
-    sqlx::raw_sql(include_str!("../../migrations/0005_policy_defaults_of_stored_specs.sql"))
+    sqlx::raw_sql(include_str!("../../migrations/sqlite/0005_policy_defaults_of_stored_specs.sql"))
         .execute(&pool)
         .await
         .expect("migration");
