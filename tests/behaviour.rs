@@ -79,6 +79,22 @@ fn normalisation_and_residuals_let_gradients_reach_the_first_layer() {
     }
 }
 
+#[test]
+fn without_loss_scaling_fp16_gradients_underflow_and_the_first_layers_never_change() {
+    let plain = run("fp16-underflow-mlp", 300);
+    let scaled = run("fp16-loss-scaling-mlp", 300);
+    for layer in ["blocks.0.linear.weight", "blocks.1.linear.weight"] {
+        let (start, end) = layer_norms(&plain, layer);
+        assert_eq!(start, end, "{layer} without scaling: every gradient rounds to 0, the weights never move");
+        let (start, end) = layer_norms(&scaled, layer);
+        assert!((end - start).abs() > 1e-4 * start, "{layer} with scaling moves: {start} to {end}");
+    }
+    for summary in [&plain, &scaled] {
+        let (start, end) = layer_norms(summary, "head.weight");
+        assert!((end - start).abs() > 1e-3 * start, "the last layer learns either way: {start} to {end}");
+    }
+}
+
 /// The norm of the named layer after the first and the last recorded step.
 fn layer_norms(summary: &Summary, name: &str) -> (f64, f64) {
     let i = summary.layer_names.iter().position(|n| n == name).expect("layer");
@@ -158,6 +174,8 @@ fn every_preset_is_exercised() {
         "transformer-post-ln",
         "transformer-pre-ln",
         "transformer-post-ln-warmup",
+        "fp16-underflow-mlp",
+        "fp16-loss-scaling-mlp",
     ];
     let mut all: Vec<String> = presets::all().into_iter().map(|p| p.name).collect();
     all.sort();

@@ -66,6 +66,16 @@ pub fn all() -> Vec<Preset> {
             "optimizer": {"kind": "sgd", "lr": 0.1, "momentum": 0.9},
         })
     };
+    let fp16 = |name: &str, scaling: bool| {
+        let loss_scale = if scaling { json!({"growth_interval": 50}) } else { json!({"enabled": false}) };
+        json!({
+            "name": name, "seed": 1, "steps": 400, "batch_size": 64, "device": "auto",
+            "precision": "fp16", "loss_scale": loss_scale,
+            "task": {"kind": "classification", "features": 32, "classes": 10, "eval_every": 100},
+            "model": {"kind": "mlp", "layers": 10, "hidden": 64, "activation": "sigmoid"},
+            "optimizer": {"kind": "adam", "lr": 0.001},
+        })
+    };
     let growth = |name: &str, weight: serde_json::Value| {
         json!({
             "name": name, "seed": 1, "steps": 1500, "batch_size": 32, "device": "auto",
@@ -121,6 +131,23 @@ pub fn all() -> Vec<Preset> {
              gradient has a path around every sigmoid. (Layer normalisation alone does not \
              rescue this network.)",
             &vanishing("vanishing-mlp-residual", "none", true),
+        ),
+        preset(
+            "mixed_precision",
+            Role::Failing,
+            "A 10-layer sigmoid MLP trained with Adam in fp16 without loss scaling: the first \
+             layers' gradients (about 1e-10 an entry) are below float16's smallest number and \
+             round to 0, so their underflow fraction is 1 and they never change. (On the CPU, fp16 \
+             is emulated on the gradients: see the README's Mixed precision.)",
+            &fp16("fp16-underflow-mlp", false),
+        ),
+        preset(
+            "mixed_precision",
+            Role::Remedied,
+            "The same with dynamic loss scaling (GradScaler's rule, growing every 50 good steps): \
+             scaled, the first layers' gradients survive the rounding and Adam moves them; the \
+             scale climbs until a step overflows, then backs off.",
+            &fp16("fp16-loss-scaling-mlp", true),
         ),
         preset(
             "weight_growth",

@@ -22,7 +22,10 @@ async fn presets_come_in_pairs_and_are_accepted_as_jobs() {
             .push(preset["role"].as_str().expect("role"));
         assert_eq!(preset["spec"]["name"], preset["name"]);
     }
-    assert_eq!(groups.keys().copied().collect::<Vec<_>>(), ["exploding", "transformer", "vanishing", "weight_growth"]);
+    assert_eq!(
+        groups.keys().copied().collect::<Vec<_>>(),
+        ["exploding", "mixed_precision", "transformer", "vanishing", "weight_growth"]
+    );
     for (group, roles) in &groups {
         assert_eq!(roles[0], "failing", "{group}: the failing run comes first");
         assert!(roles[1..].iter().all(|r| *r == "remedied") && roles.len() >= 2, "{group}: {roles:?}");
