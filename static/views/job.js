@@ -3,7 +3,7 @@
 // step charts, the per-layer heatmap, the selected layer's histogram, the events and the
 // layer table. The data comes from a `JobFeed`; each panel is a component drawing from it.
 
-import { downloadCheckpoint, isFinished, post, query } from "../api.js";
+import { downloadCheckpoint, get, isFinished, post, query } from "../api.js";
 import { optionsBar, readOptions } from "../chart-options.js";
 import { frames, loadUPlot, throttled } from "../charts.js";
 import { layerHeatmap } from "../components/layer-heatmap.js";
@@ -66,6 +66,18 @@ export async function jobView(root, ctx, id) {
   const timeBox = el("div");
   const signalBox = el("div");
   const tableBox = el("section", { class: "panel wide table-panel" });
+  // The step scrubber: the layer table, the histogram and the heatmap's cursor show the
+  // chosen step's per-layer statistics (read from the REST API); "live" follows the latest.
+  const scrubber = /** @type {HTMLInputElement} */ (el("input", {
+    type: "range", id: "step-scrubber", min: 1, max: 1, step: 1, value: 1,
+    "aria-label": "step the layer table, the histogram and the heatmap show",
+    oninput: () => { scrubNote.textContent = `step ${scrubber.value}`; },
+    onchange: () => pin(Number(scrubber.value)),
+  }));
+  const scrubNote = el("span", { class: "num", id: "scrub-note" }, "live");
+  const liveButton = el("button", { type: "button", id: "scrub-live", onclick: follow, "aria-pressed": "true" }, "live");
+  const scrubBar = el("div", { class: "panel wide scrubber" },
+    el("label", { for: "step-scrubber" }, "Per-layer views at "), scrubber, scrubNote, liveButton);
   // How the loss and norm charts (and the heatmap's colour scale) read; the bar changes it.
   const options = readOptions();
 
@@ -90,6 +102,7 @@ export async function jobView(root, ctx, id) {
       el("section", { class: "panel" }, el("h3", {}, "Global gradient norm ",
         el("span", { class: "muted small" }, "before vs after the policies; ticks: ",
           el("span", { class: "tick clip" }), " clipped, ", el("span", { class: "tick skip" }), " skipped")), normBox),
+      scrubBar,
       el("section", { class: "panel wide" }, el("h3", {}, "Per-layer gradient norm ",
         el("span", { class: "muted small" }, "layers × steps, log colour scale; click a layer for its histogram")), heatBox),
       el("section", { class: "panel wide" }, el("h3", {}, "Gradient through time ",
@@ -122,7 +135,10 @@ export async function jobView(root, ctx, id) {
   // The forward signal's RMS beside the gradient statistics: each layer shows its block's.
   const columns = () => (feed.blocks.length ? [...feed.statistics, "signal_rms"] : feed.statistics);
   const table = layerTable(tableBox, data, { statistics: columns, onSelect: selectLayer, onToggle: toggleBlock, groups });
-  const events = eventList(eventsBox, { layers: () => data.layers });
+  const events = eventList(eventsBox, { layers: () => data.layers, onStep: (step) => {
+    scrubber.value = String(step);
+    pin(step);
+  } });
   const signal = signalHeatmap(signalBox, feed, {
     empty: () => (monitor().every === 0 ? "recorded with the per-layer statistics, which are off for this job (monitor.every = 0)"
       : feed.blocks.length ? "waiting for the first recorded step…" : "a user's module has no known blocks"),
@@ -159,6 +175,8 @@ export async function jobView(root, ctx, id) {
     if (key === progressShown) return;
     progressShown = key;
     counter.textContent = `${step} / ${j.total_steps}`;
+    scrubber.max = String(Math.max(1, step));
+    if (pinnedAt === null) scrubber.value = scrubber.max;
     progressSlot.replaceChildren(progressBar({ ...j, step }));
   }
 
@@ -247,6 +265,59 @@ export async function jobView(root, ctx, id) {
   resize.observe(time.canvas);
   resize.observe(hist.canvas);
   redraw();
+
+  /** The step the user chose (null: live); its statistics are in `data.pinned` once read. @type {number | null} */
+  let pinnedAt = null;
+
+  /**
+   * Shows the per-layer statistics of `step`: those of the last recorded step at or
+   * before it (statistics are recorded every `monitor.every` steps).
+   */
+  async function pin(/** @type {number} */ step) {
+    pinnedAt = step;
+    liveButton.setAttribute("aria-pressed", "false");
+    scrubNote.textContent = `step ${step}`;
+    const every = monitor().every ?? 1;
+    const stats = feed.statistics;
+    /** @type {import("../types.js").LayerStats} */
+    const shown = {};
+    let at = step;
+    try {
+      if (every > 0 && stats.length) {
+        const range = { from: Math.max(1, step - 4 * every), to: step };
+        /** @type {[{layers: import("../types.js").LayerSeries[]}, import("../types.js").SignalResponse | null]} */
+        const [res, signal] = await Promise.all([
+          get(`/jobs/${id}/layer-stats${query({ ...range, stat: stats, max_points: 10 })}`),
+          feed.blocks.length ? get(`/jobs/${id}/signal${query({ ...range, max_points: 10 })}`) : Promise.resolve(null),
+        ]);
+        if (pinnedAt !== step) return;
+        at = Math.max(0, ...res.layers.map((l) => l.step[l.step.length - 1] ?? 0));
+        for (const name of stats) {
+          shown[name] = res.layers.map((l) => (l.step[l.step.length - 1] === at ? l[name]?.[l[name].length - 1] ?? null : null));
+        }
+        const k = signal ? signal.step.lastIndexOf(at) : -1;
+        if (signal && k >= 0) shown.signal_rms = data.layers.map((l) => signal.rms[feed.blockOf(l.name)]?.[k] ?? null);
+      }
+    } catch (err) {
+      ctx.offline(err);
+      return;
+    }
+    data.pinned = { step: at, stats: shown };
+    scrubNote.textContent = at === step ? `step ${step}` : `step ${step} (statistics of step ${at})`;
+    table.update({ diagnosis: job().diagnosis, events: feed.events }, true);
+    redraw();
+  }
+
+  /** Back to the latest step. */
+  function follow() {
+    pinnedAt = null;
+    data.pinned = null;
+    liveButton.setAttribute("aria-pressed", "true");
+    scrubNote.textContent = "live";
+    scrubber.value = scrubber.max;
+    table.update({ diagnosis: job().diagnosis, events: feed.events }, true);
+    redraw();
+  }
 
   async function saveCheckpoint() {
     checkpoint.disabled = true;

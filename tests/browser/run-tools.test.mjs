@@ -1,0 +1,110 @@
+// The job page as a daily tool: the step scrubber and the run actions, each checked
+// against the REST API of a real server. The jobs are tiny MLPs, cheap on a shared CPU.
+
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+import { openBrowser, startServer, until } from "./helpers.mjs";
+
+let server;
+let browser;
+
+before(async () => {
+  server = await startServer();
+  browser = await openBrowser();
+});
+
+after(async () => {
+  await browser?.close();
+  await server?.stop();
+});
+
+const tinyMlp = (extra = {}) => ({
+  batch_size: 16, device: "cpu",
+  task: { kind: "classification", features: 8, classes: 4 },
+  model: { kind: "mlp", layers: 2, hidden: 16 },
+  ...extra,
+});
+
+async function submit(spec) {
+  const created = await server.api("POST", "/jobs", spec);
+  assert.equal(created.status, 201, JSON.stringify(created.body));
+  return created.body;
+}
+
+const FINISHED = ["succeeded", "diverged", "failed", "cancelled", "interrupted"];
+
+async function finished(id) {
+  return until(async () => {
+    const { body } = await server.api("GET", `/jobs/${id}`);
+    return FINISHED.includes(body.status) ? body : null;
+  }, { timeout: 120_000, what: `job ${id} to finish` });
+}
+
+/** The layer table's gradient norms, by layer index, as numbers. */
+const tableNorms = (page) => page.$$eval("#layer-table tbody tr[data-layer]", (rows) => rows.map((tr) => [
+  Number(/** @type {HTMLElement} */ (tr).dataset.layer),
+  Number(tr.querySelector("td.stat-grad_norm")?.textContent),
+]).sort((a, b) => a[0] - b[0]).map(([, v]) => v));
+
+/** Each layer's gradient norm at `step`, from the REST API. */
+async function restNorms(id, step) {
+  const { body } = await server.api("GET", `/jobs/${id}/layer-stats?from=${step}&to=${step}&stat=grad_norm`);
+  return body.layers.map((l) => {
+    assert.deepEqual(l.step, [step], `layer ${l.index} was recorded at step ${step}`);
+    return l.grad_norm[0];
+  });
+}
+
+function assertClose(shown, expected, what) {
+  assert.equal(shown.length, expected.length, `${what}: one value per layer`);
+  shown.forEach((v, i) => {
+    assert.ok(Number.isFinite(v) && Math.abs(v - expected[i]) <= 1e-2 * Math.abs(expected[i]),
+      `${what}: layer ${i} shows ${v}, the API has ${expected[i]}`);
+  });
+}
+
+const tableStep = async (page) => (await page.textContent("#table-step")) ?? "";
+
+test("the step scrubber and an event's step choose what the per-layer views show; live follows the latest", async () => {
+  const { page } = browser;
+  const job = await submit(tinyMlp({
+    name: "scrubbed", steps: 30, monitor: { every: 1 },
+    task: { kind: "classification", features: 8, classes: 4, eval_every: 10 },
+  }));
+  await finished(job.id);
+  await page.goto(`${server.url}/#/jobs/${job.id}`);
+  await until(async () => (await tableStep(page)) === "statistics of step 30", { what: "the latest step's statistics" });
+  assertClose(await tableNorms(page), await restNorms(job.id, 30), "live");
+  assert.equal(await page.getAttribute("#heatmap", "data-cursor"), null, "live: no cursor");
+
+  // The scrubber: step 12.
+  await page.$eval("#step-scrubber", (input) => {
+    /** @type {HTMLInputElement} */ (input).value = "12";
+    input.dispatchEvent(new Event("input"));
+    input.dispatchEvent(new Event("change"));
+  });
+  await until(async () => (await tableStep(page)) === "statistics of step 12", { what: "step 12's statistics" });
+  assertClose(await tableNorms(page), await restNorms(job.id, 12), "step 12");
+  await until(async () => (await page.getAttribute("#heatmap", "data-cursor")) === "12", { what: "the heatmap's cursor at step 12" });
+  await until(async () => (await page.getAttribute("#histogram", "data-cursor")) === "12", { what: "the histogram's cursor at step 12" });
+  assert.equal(await page.textContent("#scrub-note"), "step 12");
+
+  // An event's step: the validation pass at step 20.
+  const { body: events } = await server.api("GET", `/jobs/${job.id}/events`);
+  const validation = events.events.find((e) => e.kind === "validation" && e.step === 20);
+  assert.ok(validation, `a validation event at step 20: ${JSON.stringify(events.events.map((e) => [e.kind, e.step]))}`);
+  await page.click(".events li.kind-validation button.step-link:text-is('step 20')");
+  await until(async () => (await tableStep(page)) === "statistics of step 20", { what: "step 20's statistics" });
+  assertClose(await tableNorms(page), await restNorms(job.id, 20), "step 20");
+  await until(async () => (await page.getAttribute("#heatmap", "data-cursor")) === "20", { what: "the heatmap's cursor at step 20" });
+  assert.equal(await page.inputValue("#step-scrubber"), "20", "the scrubber moved to the event's step");
+
+  // Live again.
+  await page.click("#scrub-live");
+  await until(async () => (await tableStep(page)) === "statistics of step 30", { what: "the latest step again" });
+  assertClose(await tableNorms(page), await restNorms(job.id, 30), "live again");
+  await until(async () => (await page.getAttribute("#heatmap", "data-cursor")) === null, { what: "no cursor" });
+  assert.equal(await page.inputValue("#step-scrubber"), "30");
+  await browser.shot("job-scrubber");
+  assert.deepEqual(browser.errors, [], "no errors in the browser console");
+});
