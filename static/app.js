@@ -38,7 +38,7 @@ function offline(/** @type {unknown} */ err) {
 }
 
 /** @type {import("./types.js").ViewContext} */
-const ctx = { toast, offline };
+const ctx = { toast, offline, reload: () => { route(); } };
 
 async function route() {
   const gen = ++generation;
@@ -80,7 +80,7 @@ async function route() {
       done = await compareView(view, ctx, params);
     } else {
       const { jobsView } = await import("./views/jobs.js");
-      done = await jobsView(view, ctx);
+      done = await jobsView(view, ctx, params);
     }
     if (gen !== generation) done?.();
     else teardown = done;

@@ -168,3 +168,33 @@ export function describeSpec(/** @type {JobSpec} */ spec) {
   const pols = policies.map((p) => `${p.kind}(${Object.entries(p).filter(([k]) => k !== "kind").map(([, v]) => v).join(", ")})`);
   return [model, task, opt, pols.length ? pols.join(" → ") : "no policies"].join(" · ");
 }
+
+/**
+ * Asks before an action that cannot be undone: a modal dialog with `message`, a button
+ * that does it (`action`, focused last, so Enter does not do it by accident: the safe
+ * choice has the focus) and one that keeps things as they are. Resolves true when the
+ * user confirmed; Escape or the other button resolve false.
+ * @param {string} message
+ * @param {string} action
+ * @param {string} [keep]
+ * @returns {Promise<boolean>}
+ */
+export function confirmAction(message, action, keep = "Keep it") {
+  return new Promise((resolve) => {
+    const yes = el("button", { type: "button", class: "danger", value: "yes", id: "confirm-yes" }, action);
+    const no = el("button", { type: "button", value: "no", id: "confirm-no" }, keep);
+    const text = el("p", { id: "confirm-text" }, message);
+    const dialog = /** @type {HTMLDialogElement} */ (el("dialog", { class: "confirm", "aria-labelledby": "confirm-text" },
+      text, el("div", { class: "actions" }, no, yes)));
+    let answer = false;
+    yes.addEventListener("click", () => { answer = true; dialog.close(); });
+    no.addEventListener("click", () => dialog.close());
+    dialog.addEventListener("close", () => {
+      dialog.remove();
+      resolve(answer);
+    });
+    document.body.append(dialog);
+    dialog.showModal();
+    no.focus();
+  });
+}

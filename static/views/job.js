@@ -3,7 +3,7 @@
 // step charts, the per-layer heatmap, the selected layer's histogram, the events and the
 // layer table. The data comes from a `JobFeed`; each panel is a component drawing from it.
 
-import { downloadCheckpoint, get, isFinished, post, query } from "../api.js";
+import { del, downloadCheckpoint, get, isFinished, post, query } from "../api.js";
 import { optionsBar, readOptions } from "../chart-options.js";
 import { frames, loadUPlot, throttled } from "../charts.js";
 import { layerHeatmap } from "../components/layer-heatmap.js";
@@ -16,9 +16,12 @@ import { spectralChart } from "../components/spectral-chart.js";
 import { timeHeatmap } from "../components/time-heatmap.js";
 import { signalHeatmap } from "../components/signal-heatmap.js";
 import { JobFeed } from "../feed.js";
-import { describeSpec, diagnosisBadges, duration, el, figures, num, pct, progressBar, statusBadge } from "../widgets.js";
+import { confirmAction, describeSpec, diagnosisBadges, duration, el, figures, num, pct, progressBar, statusBadge } from "../widgets.js";
 
 /** @typedef {import("../types.js").Job} Job */
+
+/** The statuses a job resumes from (its last checkpoint). */
+const RESUMABLE = new Set(["interrupted", "cancelled", "failed"]);
 
 /** The last non-null value among the last 50 of `arr`. @param {(number | null)[]} arr */
 function last(arr) {
@@ -53,7 +56,13 @@ export async function jobView(root, ctx, id) {
   const issueList = el("ul", { class: "diagnosis", id: "diagnosis" });
   const issueSummary = el("summary");
   const diagnosisBox = el("details", { class: "diagnosis-box", hidden: true }, issueSummary, issueList);
-  const cancelButton = el("button", { type: "button", class: "danger", onclick: cancel }, "Cancel");
+  const cancelButton = el("button", { type: "button", class: "danger", id: "cancel-job", onclick: cancel }, "Cancel");
+  // Run actions: resume an interrupted (or cancelled or failed) run from its checkpoint,
+  // clone it into the form to edit, delete a finished one.
+  const resumeButton = el("button", { type: "button", id: "resume-job", hidden: true, onclick: resume,
+    title: "continue from its last checkpoint: the same step count, optimizer state and loss curve" }, "Resume");
+  const cloneLink = el("a", { class: "button", id: "clone-job", href: `#/${query({ clone: id })}`, title: "a new job from this one's spec, in the form to edit" }, "Clone and edit");
+  const deleteButton = el("button", { type: "button", class: "danger", id: "delete-job", hidden: true, onclick: remove }, "Delete");
   const checkpoint = el("button", { type: "button", class: "button", onclick: saveCheckpoint }, "Checkpoint");
   const errorLine = el("p", { class: "form-error", hidden: true });
   const lossBox = el("div", { class: "chart", id: "loss-chart" });
@@ -87,7 +96,7 @@ export async function jobView(root, ctx, id) {
         el("h2", {}, job().name), statusSlot, badges,
         el("span", { class: "spacer" }),
         el("a", { class: "button", href: `#/compare${query({ ids: [id] })}` }, "Compare…"),
-        checkpoint, cancelButton),
+        checkpoint, cloneLink, resumeButton, cancelButton, deleteButton),
       el("p", { class: "muted spec-line" }, describeSpec(job().spec)),
       el("div", { class: "counter-row" }, el("span", { class: "muted" }, "step "), counter, progressSlot),
       figureRow, diagnosisBox, errorLine,
@@ -195,6 +204,8 @@ export async function jobView(root, ctx, id) {
         issue.message, el("span", { class: "muted small" }, ` since step ${issue.since}`));
     }));
     cancelButton.hidden = isFinished(j);
+    deleteButton.hidden = !isFinished(j);
+    resumeButton.hidden = !RESUMABLE.has(j.status);
     checkpoint.hidden = stepNow() === 0;
     errorLine.hidden = !j.error;
     errorLine.textContent = j.error ?? "";
@@ -331,6 +342,7 @@ export async function jobView(root, ctx, id) {
   }
 
   async function cancel() {
+    if (!(await confirmAction(`Cancel ${job().name}? It stops before its next step; a cancelled run can resume from its checkpoint.`, "Cancel the run", "Keep running"))) return;
     cancelButton.disabled = true;
     try {
       /** @type {Job} */
@@ -341,6 +353,31 @@ export async function jobView(root, ctx, id) {
     } finally {
       cancelButton.disabled = false;
       redraw();
+    }
+  }
+
+  async function resume() {
+    resumeButton.disabled = true;
+    try {
+      await post(`/jobs/${id}/resume`);
+      // A new run of the job: the page follows it from the start.
+      ctx.reload();
+    } catch (err) {
+      ctx.toast(`Could not resume: ${err instanceof Error ? err.message : err}`);
+      resumeButton.disabled = false;
+    }
+  }
+
+  async function remove() {
+    if (!(await confirmAction(`Delete ${job().name} with everything it recorded (its steps, statistics, events and checkpoint)? This cannot be undone.`, "Delete the job"))) return;
+    deleteButton.disabled = true;
+    try {
+      await del(`/jobs/${id}`);
+      ctx.toast(`Deleted ${job().name}.`);
+      location.hash = "#/";
+    } catch (err) {
+      ctx.toast(`Could not delete: ${err instanceof Error ? err.message : err}`);
+      deleteButton.disabled = false;
     }
   }
 

@@ -74,9 +74,10 @@ export function presetExperiment(name, items, seeds) {
 /**
  * @param {HTMLElement} root
  * @param {import("../types.js").ViewContext} ctx
+ * @param {URLSearchParams} [params] `clone`: a job whose spec the form starts from
  * @returns {Promise<import("../types.js").Teardown>}
  */
-export async function jobsView(root, ctx) {
+export async function jobsView(root, ctx, params = new URLSearchParams()) {
   const uPlot = await loadUPlot();
   /** @type {Preset[]} */
   const presets = (await get("/presets")).presets;
@@ -99,6 +100,7 @@ export async function jobsView(root, ctx) {
     tbody);
 
   const formRoot = el("div");
+  const formNote = el("p", { class: "muted", id: "form-note", hidden: true });
   const experiments = el("div", { class: "experiments" },
     groupBy(presets, (p) => p.group).map(([group, items]) => el("article", { class: "card experiment" },
       el("h3", {}, GROUP_TITLES[group] ?? group),
@@ -148,12 +150,21 @@ export async function jobsView(root, ctx) {
       el("div", { class: "section-head" }, el("h2", {}, "Jobs"), compareButton),
       el("div", { class: "table-wrap" }, table), empty),
     el("div", { class: "jobs-lower" },
-      el("section", { class: "panel" }, el("h2", {}, "New job"), formRoot),
+      el("section", { class: "panel", id: "new-job" }, el("h2", { tabindex: -1 }, "New job"), formNote, formRoot),
       el("section", { class: "panel" }, el("h2", {}, "Experiments"),
         el("p", { class: "muted" }, "Ready-made pairs from the article on exploding and vanishing gradients: the failing run beside its remedy."),
         experiments)),
   );
   const form = specForm(formRoot, { presets, onSubmitted: (/** @type {Job} */ job) => { location.hash = `#/jobs/${job.id}`; } });
+  const cloneOf = params.get("clone");
+  if (cloneOf) {
+    /** @type {Job} */
+    const original = await get(`/jobs/${encodeURIComponent(cloneOf)}`);
+    form.load({ ...original.spec, name: `${original.name} (copy)` });
+    formNote.hidden = false;
+    formNote.textContent = `A copy of ${original.name}'s spec: edit it and submit.`;
+    formRoot.scrollIntoView({ block: "start", behavior: "instant" });
+  }
 
   function row(/** @type {Job} */ job) {
     const check = el("input", { type: "checkbox", checked: selected.has(job.id), "aria-label": `select ${job.name}`, onchange: () => {

@@ -108,3 +108,64 @@ test("the step scrubber and an event's step choose what the per-layer views show
   await browser.shot("job-scrubber");
   assert.deepEqual(browser.errors, [], "no errors in the browser console");
 });
+
+const statusOf = async (id) => (await server.api("GET", `/jobs/${id}`)).body.status;
+const stepOf = async (page) => Number(((await page.textContent("#step-counter")) ?? "").split("/")[0]);
+
+test("run actions: cancel asks first, a cancelled run resumes, a run clones into the form, a finished one is deleted", async () => {
+  const { page } = browser;
+  const job = await submit(tinyMlp({ name: "acted-on", steps: 100_000, monitor: { every: 50, histogram: false } }));
+  await page.goto(`${server.url}/#/jobs/${job.id}`);
+  await until(async () => (await stepOf(page)) > 0, { what: "the first step" });
+  assert.ok(await page.isHidden("#delete-job"), "a running job offers no delete");
+  assert.ok(await page.isHidden("#resume-job"), "nor resume");
+
+  // Cancel asks; "Keep running" keeps it running.
+  await page.click("#cancel-job");
+  await page.waitForSelector("dialog.confirm[open]");
+  assert.match(await page.textContent("#confirm-text"), /Cancel acted-on\?/);
+  await page.click("#confirm-no");
+  await page.waitForSelector("dialog.confirm", { state: "detached" });
+  assert.equal(await statusOf(job.id), "running", "not cancelled without confirmation");
+  // Confirmed, it is cancelled.
+  await page.click("#cancel-job");
+  await page.click("#confirm-yes");
+  await until(async () => (await statusOf(job.id)) === "cancelled", { what: "the job to be cancelled" });
+  await until(async () => (await page.textContent(".job-head .title-row")).includes("cancelled"), { what: "the page to say cancelled" });
+
+  // A cancelled run resumes from its checkpoint and runs on.
+  await page.waitForSelector("#resume-job:visible");
+  const stopped = (await server.api("GET", `/jobs/${job.id}`)).body.step;
+  await page.click("#resume-job");
+  await until(async () => ["queued", "running"].includes(await statusOf(job.id)), { what: "the job to be queued again" });
+  await until(async () => (await server.api("GET", `/jobs/${job.id}`)).body.step > stopped, { timeout: 60_000, what: "the resumed run to step on" });
+  await until(async () => (await stepOf(page)) > stopped, { what: "the page to follow the resumed run" });
+  assert.ok(await page.isHidden("#resume-job"), "a running job offers no resume");
+  await page.click("#cancel-job");
+  await page.click("#confirm-yes");
+  await until(async () => (await statusOf(job.id)) === "cancelled", { what: "the job to be cancelled again" });
+
+  // Clone and edit: the form holds the job's spec under a new name.
+  await page.click("#clone-job");
+  await page.waitForSelector("#form-note:visible");
+  await until(async () => (await page.inputValue("form.spec-form input[name=name]")) === "acted-on (copy)", { what: "the clone's name in the form" });
+  assert.equal(await page.inputValue("form.spec-form input[name=steps]"), "100000");
+  await page.click("details:has(textarea.spec-json) > summary");
+  const shown = JSON.parse(await page.inputValue("textarea.spec-json"));
+  const { body: original } = await server.api("GET", `/jobs/${job.id}`);
+  assert.deepEqual({ ...shown, name: original.spec.name }, original.spec, "the form holds the job's spec");
+
+  // Delete asks, then the job is gone from the API and the page goes to the list.
+  await page.goto(`${server.url}/#/jobs/${job.id}`);
+  await page.waitForSelector("#delete-job:visible");
+  await page.click("#delete-job");
+  await page.click("#confirm-no");
+  assert.equal((await server.api("GET", `/jobs/${job.id}`)).status, 200, "kept without confirmation");
+  await page.click("#delete-job");
+  await page.click("#confirm-yes");
+  await until(async () => (await server.api("GET", `/jobs/${job.id}`)).status === 404, { what: "the job to be deleted" });
+  await page.waitForFunction(() => location.hash === "#/");
+  await page.waitForSelector("form.spec-form");
+  assert.equal(await page.$(`tr[data-id="${job.id}"]`), null, "the list no longer shows it");
+  assert.deepEqual(browser.errors, [], "no errors in the browser console");
+});
