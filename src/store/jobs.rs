@@ -207,6 +207,36 @@ impl Store {
         rows.iter().map(job_from_row).collect()
     }
 
+    /// One page of the jobs that pass `filter`, in `sort` order, and how many pass it.
+    pub async fn list_jobs_page(
+        &self,
+        filter: &JobFilter,
+        sort: JobSort,
+        limit: i64,
+        offset: i64,
+    ) -> anyhow::Result<(Vec<Job>, i64)> {
+        let mut count = sqlx::QueryBuilder::<sqlx::Sqlite>::new("SELECT COUNT(*) FROM jobs");
+        filter.push_where(&mut count);
+        let total: i64 = count.build_query_scalar().fetch_one(&self.pool).await?;
+        let mut page = sqlx::QueryBuilder::<sqlx::Sqlite>::new(format!("SELECT {JOB_COLUMNS} FROM jobs"));
+        filter.push_where(&mut page);
+        let column = match sort.key {
+            JobSortKey::Created => "id",
+            JobSortKey::Name => "name COLLATE NOCASE",
+            JobSortKey::Status => "status",
+            JobSortKey::Loss => "loss",
+            JobSortKey::Step => "step",
+        };
+        let dir = if sort.descending { "DESC" } else { "ASC" };
+        // Jobs without a value (no loss yet) last either way; ties newest first.
+        page.push(format!(" ORDER BY ({column}) IS NULL, {column} {dir}, id DESC LIMIT "));
+        page.push_bind(limit);
+        page.push(" OFFSET ");
+        page.push_bind(offset);
+        let rows = page.build().fetch_all(&self.pool).await?;
+        Ok((rows.iter().map(job_from_row).collect::<anyhow::Result<_>>()?, total))
+    }
+
     /// How many jobs have each status (statuses with none are left out).
     pub async fn count_jobs(&self) -> anyhow::Result<Vec<(JobStatus, i64)>> {
         let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status").fetch_all(&self.pool).await?;
@@ -411,4 +441,65 @@ impl Store {
         .await?;
         Ok(done.rows_affected())
     }
+}
+
+/// Which jobs a listing keeps: every condition given must hold.
+#[derive(Debug, Default, Clone)]
+pub struct JobFilter {
+    pub status: Option<JobStatus>,
+    /// Part of the name, in any case.
+    pub name: Option<String>,
+    /// The model's kind (`spec.model.kind`).
+    pub model: Option<String>,
+    /// The task's kind (`spec.task.kind`).
+    pub task: Option<String>,
+}
+
+impl JobFilter {
+    fn push_where(&self, q: &mut sqlx::QueryBuilder<'_, sqlx::Sqlite>) {
+        let mut sep = " WHERE ";
+        if let Some(status) = self.status {
+            q.push(sep).push("status = ").push_bind(status.as_str());
+            sep = " AND ";
+        }
+        if let Some(name) = &self.name {
+            let escaped = name.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+            q.push(sep).push("name LIKE ").push_bind(format!("%{escaped}%")).push(" ESCAPE '\\'");
+            sep = " AND ";
+        }
+        if let Some(model) = &self.model {
+            q.push(sep).push("json_extract(spec, '$.model.kind') = ").push_bind(model.clone());
+            sep = " AND ";
+        }
+        if let Some(task) = &self.task {
+            q.push(sep).push("json_extract(spec, '$.task.kind') = ").push_bind(task.clone());
+        }
+    }
+}
+
+/// What a listing is ordered by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobSortKey {
+    Created,
+    Name,
+    Status,
+    Loss,
+    Step,
+}
+
+impl JobSortKey {
+    pub const ALL: [(&'static str, Self); 5] = [
+        ("created", Self::Created),
+        ("name", Self::Name),
+        ("status", Self::Status),
+        ("loss", Self::Loss),
+        ("step", Self::Step),
+    ];
+}
+
+/// A listing's order.
+#[derive(Debug, Clone, Copy)]
+pub struct JobSort {
+    pub key: JobSortKey,
+    pub descending: bool,
 }
