@@ -136,22 +136,32 @@ export function figures(/** @type {Figure[]} */ list) {
 
 /**
  * A table head whose columns sort on click: the first click sorts by the column (in its
- * `dir`), the next ones reverse it.
+ * `dir`), the next ones reverse it. Each head is a button (reachable with Tab, pressed with
+ * Enter or Space) and its cell says the order (`aria-sort`).
  * @param {HTMLTableRowElement} row
- * @param {{key: string, label: string, numeric?: boolean, dir?: 1 | -1}[]} columns
+ * @param {{key: string, label: string, numeric?: boolean, dir?: 1 | -1, fixed?: boolean}[]} columns
+ *   `fixed`: a column that does not sort
  * @param {{key: string, dir: number}} sort Current order; changed in place.
  * @param {() => void} onSort
  */
 export function sortableHead(row, columns, sort, onSort) {
-  const draw = () => row.replaceChildren(...columns.map((c) => el("th", {
-    class: `${c.numeric ? "num " : ""}sortable${c.key === sort.key ? (sort.dir > 0 ? " asc" : " desc") : ""}`,
-    dataset: { key: c.key }, title: "sort", onclick: () => {
-      sort.dir = sort.key === c.key ? -sort.dir : (c.dir ?? 1);
-      sort.key = c.key;
-      draw();
-      onSort();
-    },
-  }, c.label)));
+  const draw = (/** @type {string | null} */ focus = null) => {
+    row.replaceChildren(...columns.map((c) => {
+      if (c.fixed) return el("th", { class: c.numeric ? "num" : "", dataset: { key: c.key } }, c.label);
+      const on = c.key === sort.key;
+      return el("th", {
+        class: `${c.numeric ? "num " : ""}sortable${on ? (sort.dir > 0 ? " asc" : " desc") : ""}`,
+        dataset: { key: c.key }, "aria-sort": on ? (sort.dir > 0 ? "ascending" : "descending") : "none",
+        onclick: () => {
+          sort.dir = sort.key === c.key ? -sort.dir : (c.dir ?? 1);
+          sort.key = c.key;
+          draw(c.key);
+          onSort();
+        },
+      }, el("button", { type: "button", class: "sort-button", title: `sort by ${c.label || c.key}` }, c.label));
+    }));
+    if (focus) /** @type {HTMLElement | null} */ (row.querySelector(`th[data-key="${CSS.escape(focus)}"] button`))?.focus();
+  };
   draw();
 }
 
@@ -197,4 +207,9 @@ export function confirmAction(message, action, keep = "Keep it") {
     dialog.showModal();
     no.focus();
   });
+}
+
+/** The document's title: what the page shows, then the service. @param {string} what */
+export function setTitle(what) {
+  document.title = `${what} · gradscope`;
 }

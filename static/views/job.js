@@ -16,7 +16,7 @@ import { spectralChart } from "../components/spectral-chart.js";
 import { timeHeatmap } from "../components/time-heatmap.js";
 import { signalHeatmap } from "../components/signal-heatmap.js";
 import { JobFeed } from "../feed.js";
-import { confirmAction, describeSpec, diagnosisBadges, duration, el, figures, num, pct, progressBar, statusBadge } from "../widgets.js";
+import { confirmAction, describeSpec, diagnosisBadges, duration, el, figures, num, pct, progressBar, setTitle, statusBadge } from "../widgets.js";
 
 /** @typedef {import("../types.js").Job} Job */
 
@@ -191,6 +191,7 @@ export async function jobView(root, ctx, id) {
 
   const updateHead = throttled(() => {
     const j = job();
+    setTitle(`${j.name} (${j.status})`);
     statusSlot.replaceChildren(statusBadge(j.status));
     badges.replaceChildren(...diagnosisBadges(j));
     const issues = j.diagnosis?.issues ?? [];
