@@ -74,7 +74,10 @@ export async function jobView(root, ctx, id) {
   const spectralBox = el("div", { id: "spectral" });
   const timeBox = el("div");
   const signalBox = el("div");
-  const tableBox = el("section", { class: "panel wide table-panel" });
+  const tableBox = el("section", { class: "panel wide table-panel", dataset: { perLayer: "" } });
+  // With the per-layer statistics off, their panels are left out and this says why.
+  const layersOff = el("p", { class: "panel wide muted", id: "per-layer-off", hidden: true },
+    "Per-layer statistics are off for this job (monitor.every = 0): no heatmap, histogram, forward signal or layer table.");
   // The step scrubber: the layer table, the histogram and the heatmap's cursor show the
   // chosen step's per-layer statistics (read from the REST API); "live" follows the latest.
   const scrubber = /** @type {HTMLInputElement} */ (el("input", {
@@ -111,14 +114,14 @@ export async function jobView(root, ctx, id) {
       el("section", { class: "panel" }, el("h3", {}, "Global gradient norm ",
         el("span", { class: "muted small" }, "before vs after the policies; ticks: ",
           el("span", { class: "tick clip" }), " clipped, ", el("span", { class: "tick skip" }), " skipped")), normBox),
-      scrubBar,
-      el("section", { class: "panel wide" }, el("h3", {}, "Per-layer gradient norm ",
+      scrubBar, layersOff,
+      el("section", { class: "panel wide", dataset: { perLayer: "" } }, el("h3", {}, "Per-layer gradient norm ",
         el("span", { class: "muted small" }, "layers × steps, log colour scale; click a layer for its histogram")), heatBox),
       el("section", { class: "panel wide" }, el("h3", {}, "Gradient through time ",
         el("span", { class: "muted small" }, "‖∂L/∂x_t‖ at each input position (0 at the top) × steps, log colour scale: dark early positions are a vanishing gradient")), timeBox),
-      el("section", { class: "panel wide" }, el("h3", {}, "Forward signal ",
+      el("section", { class: "panel wide", dataset: { perLayer: "" } }, el("h3", {}, "Forward signal ",
         el("span", { class: "muted small" }, "RMS of each block's output (input side at the top) × steps, log colour scale: growing or fading activations through depth")), signalBox),
-      el("section", { class: "panel" }, el("h3", {}, "Gradient histogram "), histBox),
+      el("section", { class: "panel", dataset: { perLayer: "" } }, el("h3", {}, "Gradient histogram "), histBox),
       el("section", { class: "panel" }, el("h3", {}, "Events"), eventsBox),
       el("section", { class: "panel" }, el("h3", {}, "Spectral radius ",
         el("span", { class: "muted small" }, "largest singular value of each recurrent (per gate) or square weight; dashed: 1.0")), spectralBox),
@@ -126,6 +129,10 @@ export async function jobView(root, ctx, id) {
   );
 
   const monitor = () => job().spec.monitor ?? {};
+  if (monitor().every === 0) {
+    for (const panel of [scrubBar, ...root.querySelectorAll("[data-per-layer]")]) /** @type {HTMLElement} */ (panel).hidden = true;
+    layersOff.hidden = false;
+  }
   const charts = lossCharts(uPlot, { loss: lossBox, norm: normBox, lr: lrBox }, data, { events: feed.events, syncKey: `job-${id}`, options });
   // Layers by block, shared by the heatmap and the table: a block collapses in both.
   const groups = new LayerGroups(data.layers);

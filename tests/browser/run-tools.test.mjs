@@ -169,3 +169,19 @@ test("run actions: cancel asks first, a cancelled run resumes, a run clones into
   assert.equal(await page.$(`tr[data-id="${job.id}"]`), null, "the list no longer shows it");
   assert.deepEqual(browser.errors, [], "no errors in the browser console");
 });
+
+test("a job with the per-layer statistics off shows no empty per-layer panels, and says why", async () => {
+  const { page } = browser;
+  const job = await submit(tinyMlp({ name: "unmonitored", steps: 5, monitor: { every: 0 } }));
+  await finished(job.id);
+  // The API has no per-layer statistics for it.
+  const { body } = await server.api("GET", `/jobs/${job.id}/layer-stats?stat=grad_norm`);
+  assert.ok(body.layers.every((l) => l.step.length === 0), JSON.stringify(body));
+  await page.goto(`${server.url}/#/jobs/${job.id}`);
+  await page.waitForSelector("#per-layer-off:visible");
+  for (const selector of ["#heatmap", "#histogram", "#layer-table", "#step-scrubber"]) {
+    assert.ok(await page.isHidden(selector), `${selector} is left out`);
+  }
+  assert.ok(await page.isVisible("#loss-chart"), "the step charts stay");
+  assert.deepEqual(browser.errors, [], "no errors in the browser console");
+});
