@@ -185,3 +185,37 @@ test("a job with the per-layer statistics off shows no empty per-layer panels, a
   assert.ok(await page.isVisible("#loss-chart"), "the step charts stay");
   assert.deepEqual(browser.errors, [], "no errors in the browser console");
 });
+
+test("events: repeated warnings of one kind are one finding with its count; a kind is picked to show it alone", async () => {
+  const { page } = browser;
+  // The vanishing-gradient preset (a deep sigmoid MLP): a "vanishing" warning for layer after layer.
+  const { body: presets } = await server.api("GET", "/presets");
+  const preset = presets.presets.find((p) => p.name === "vanishing-mlp");
+  const job = await submit({ ...preset.spec, name: "warned", steps: 60, device: "cpu" });
+  await finished(job.id);
+  const { body } = await server.api("GET", `/jobs/${job.id}/events`);
+  /** @type {Map<string, number>} */
+  const counts = new Map();
+  for (const e of body.events) counts.set(e.kind, (counts.get(e.kind) ?? 0) + 1);
+  const repeated = [...counts].filter(([k, n]) => n > 1 && !k.startsWith("validation"));
+  assert.ok(repeated.length > 0, `some warning repeats: ${JSON.stringify([...counts])}`);
+  await page.goto(`${server.url}/#/jobs/${job.id}`);
+  await page.waitForSelector("#event-list li");
+  await until(async () => (await page.$$("#event-list > li.finding")).length === repeated.length, { what: "one finding per repeated kind" });
+  for (const [kind, n] of repeated) {
+    assert.equal(await page.getAttribute(`#event-list > li.finding[data-kind="${kind}"]`, "data-count"), String(n), `${kind}: its count`);
+  }
+  // Validation passes stay one line each.
+  const validations = counts.get("validation") ?? 0;
+  assert.equal((await page.$$("#event-list > li[data-kind=validation]")).length, validations);
+  // One kind alone.
+  const [kind, n] = repeated[0];
+  await page.selectOption("#event-kind", kind);
+  await until(async () => {
+    const kinds = await page.$$eval("#event-list > li", (lis) => lis.map((li) => /** @type {HTMLElement} */ (li).dataset.kind));
+    return kinds.length === 1 && kinds[0] === kind;
+  }, { what: `only ${kind}` });
+  await page.click(`#event-list > li.finding[data-kind="${kind}"] summary`);
+  assert.equal((await page.$$(`#event-list > li.finding[data-kind="${kind}"] details li`)).length, Math.min(n, 200), "opened, it lists each");
+  assert.deepEqual(browser.errors, [], "no errors in the browser console");
+});
