@@ -1,7 +1,8 @@
 // @ts-check
 // The dashboard shell: hash routes, the theme, the API token prompt and notices.
 //
-//   #/              jobs: experiments, the job list, the submit form
+//   #/              jobs: experiments, the job list, the submit form (`?clone=<id>`: from a job's spec)
+//   #/new           the same, opened at the form
 //   #/jobs/<id>     one job, live
 //   #/experiments/<id>  an experiment: results per cell, loss bands over seeds, its jobs
 //   #/compare?ids=  several jobs side by side
@@ -38,7 +39,7 @@ function offline(/** @type {unknown} */ err) {
 }
 
 /** @type {import("./types.js").ViewContext} */
-const ctx = { toast, offline };
+const ctx = { toast, offline, reload: () => { route(); } };
 
 async function route() {
   const gen = ++generation;
@@ -75,15 +76,22 @@ async function route() {
     } else if (jobMatch) {
       const { jobView } = await import("./views/job.js");
       done = await jobView(view, ctx, jobMatch[1]);
+    } else if (path === "/new") {
+      const { jobsView } = await import("./views/jobs.js");
+      params.set("new", "");
+      done = await jobsView(view, ctx, params);
     } else if (path === "/compare") {
       const { compareView } = await import("./views/compare.js");
       done = await compareView(view, ctx, params);
     } else {
       const { jobsView } = await import("./views/jobs.js");
-      done = await jobsView(view, ctx);
+      done = await jobsView(view, ctx, params);
     }
     if (gen !== generation) done?.();
-    else teardown = done;
+    else {
+      teardown = done;
+      moveFocus(view);
+    }
   } catch (err) {
     if (gen !== generation) return;
     const status = err instanceof ApiError ? err.status : null;
@@ -92,6 +100,25 @@ async function route() {
   } finally {
     if (gen === generation) main.removeAttribute("aria-busy");
   }
+}
+
+let firstRoute = true;
+/**
+ * After navigating, the focus goes to the new page's heading (or the element it marks with
+ * `data-focus`), so that a keyboard or screen reader user starts there; on the first load
+ * it stays where the browser put it.
+ */
+function moveFocus(/** @type {HTMLElement} */ view) {
+  if (firstRoute && !view.querySelector("[data-focus]")) {
+    firstRoute = false;
+    return;
+  }
+  firstRoute = false;
+  /** @type {HTMLElement | null} */
+  const target = view.querySelector("[data-focus]") ?? view.querySelector("h2:not([hidden])");
+  if (!target) return;
+  if (!target.hasAttribute("tabindex")) target.tabIndex = -1;
+  target.focus({ preventScroll: !target.hasAttribute("data-focus") });
 }
 
 function experimentMatchOf(/** @type {string} */ path) {
@@ -136,6 +163,12 @@ tokenForm.addEventListener("submit", (e) => {
   route();
 });
 tokenInput.value = token();
+
+// The skip link: past the header to the page (a hash link would be read as a route).
+part("#skip").addEventListener("click", (e) => {
+  e.preventDefault();
+  main.focus();
+});
 
 window.addEventListener("hashchange", route);
 route();

@@ -146,6 +146,7 @@ export function ramp(/** @type {number} */ t) {
  * @property {string} [empty] What an empty grid says.
  * @property {number} [gutter] Width of the row labels.
  * @property {number} [maxGap]
+ * @property {number | null} [cursor] A step to mark with a vertical line (the step the views show).
  *
  * @typedef {object} GridLayout Where a drawn grid's cells are, for `cellAt`.
  * @property {{x: number, y: number, w: number, h: number}} plot
@@ -257,6 +258,19 @@ export function drawGrid(canvas, grid, opts = {}) {
     ctx.lineWidth = 1.5;
     ctx.strokeRect(plot.x + 0.5, plot.y + opts.selectedRow * rowH + 0.5, plot.w - 1, Math.max(1, rowH - 1));
   }
+
+  // The step the views show: a line through its column (and the canvas says which step).
+  if (opts.cursor !== undefined && opts.cursor !== null && cols > 0 && opts.cursor >= 1) {
+    const col = Math.min(cols - 1, Math.floor((opts.cursor - 1) / grid.bucket));
+    const x = plot.x + ((col + 0.5) * plot.w) / cols;
+    ctx.strokeStyle = cssVar("--accent");
+    ctx.lineWidth = 1.5;
+    ctx.beginPath();
+    ctx.moveTo(x, plot.y);
+    ctx.lineTo(x, plot.y + plot.h);
+    ctx.stroke();
+    canvas.dataset.cursor = String(opts.cursor);
+  } else delete canvas.dataset.cursor;
 
   // Step axis: first and last step, and the middle.
   ctx.textBaseline = "top";

@@ -57,6 +57,8 @@ export class JobData {
     this.skippedSteps = 0;
     /** @type {{step: number, stats: LayerStats} | null} */
     this.latest = null;
+    /** A step the user chose to look at (the scrubber), with its statistics; null: follow the latest. @type {{step: number, stats: LayerStats} | null} */
+    this.pinned = null;
     /** @type {LayerRow[]} */
     this.layers = [];
     this.grid = new StepGrid(1);
@@ -77,6 +79,11 @@ export class JobData {
   setHistogramEdges(/** @type {number[]} */ edges) {
     this.histBins = edges.length + 2;
     this.histGrid = new StepGrid(Math.max(1, this.histBins), { capacity: 300, agg: "mean" });
+  }
+
+  /** The per-layer statistics the views show: the chosen step's, else the latest. */
+  get shown() {
+    return this.pinned ?? this.latest;
   }
 
   get lastStep() {

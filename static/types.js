@@ -128,6 +128,7 @@
  * @typedef {object} ViewContext What the shell gives every view.
  * @property {(message: string) => void} toast
  * @property {(err: unknown) => void} offline
+ * @property {() => void} reload Builds the page again (after an action that changes what it shows).
  *
  * @typedef {() => void} Teardown
  */

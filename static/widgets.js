@@ -136,22 +136,32 @@ export function figures(/** @type {Figure[]} */ list) {
 
 /**
  * A table head whose columns sort on click: the first click sorts by the column (in its
- * `dir`), the next ones reverse it.
+ * `dir`), the next ones reverse it. Each head is a button (reachable with Tab, pressed with
+ * Enter or Space) and its cell says the order (`aria-sort`).
  * @param {HTMLTableRowElement} row
- * @param {{key: string, label: string, numeric?: boolean, dir?: 1 | -1}[]} columns
+ * @param {{key: string, label: string, numeric?: boolean, dir?: 1 | -1, fixed?: boolean}[]} columns
+ *   `fixed`: a column that does not sort
  * @param {{key: string, dir: number}} sort Current order; changed in place.
  * @param {() => void} onSort
  */
 export function sortableHead(row, columns, sort, onSort) {
-  const draw = () => row.replaceChildren(...columns.map((c) => el("th", {
-    class: `${c.numeric ? "num " : ""}sortable${c.key === sort.key ? (sort.dir > 0 ? " asc" : " desc") : ""}`,
-    dataset: { key: c.key }, title: "sort", onclick: () => {
-      sort.dir = sort.key === c.key ? -sort.dir : (c.dir ?? 1);
-      sort.key = c.key;
-      draw();
-      onSort();
-    },
-  }, c.label)));
+  const draw = (/** @type {string | null} */ focus = null) => {
+    row.replaceChildren(...columns.map((c) => {
+      if (c.fixed) return el("th", { class: c.numeric ? "num" : "", dataset: { key: c.key } }, c.label);
+      const on = c.key === sort.key;
+      return el("th", {
+        class: `${c.numeric ? "num " : ""}sortable${on ? (sort.dir > 0 ? " asc" : " desc") : ""}`,
+        dataset: { key: c.key }, "aria-sort": on ? (sort.dir > 0 ? "ascending" : "descending") : "none",
+        onclick: () => {
+          sort.dir = sort.key === c.key ? -sort.dir : (c.dir ?? 1);
+          sort.key = c.key;
+          draw(c.key);
+          onSort();
+        },
+      }, el("button", { type: "button", class: "sort-button", title: `sort by ${c.label || c.key}` }, c.label));
+    }));
+    if (focus) /** @type {HTMLElement | null} */ (row.querySelector(`th[data-key="${CSS.escape(focus)}"] button`))?.focus();
+  };
   draw();
 }
 
@@ -167,4 +177,39 @@ export function describeSpec(/** @type {JobSpec} */ spec) {
   const policies = [...(spec.policy?.grad ?? []), ...(spec.policy?.weight ?? []).map((/** @type {Record<string, unknown>} */ p) => ({ ...p, kind: `weight ${p.kind}` }))];
   const pols = policies.map((p) => `${p.kind}(${Object.entries(p).filter(([k]) => k !== "kind").map(([, v]) => v).join(", ")})`);
   return [model, task, opt, pols.length ? pols.join(" → ") : "no policies"].join(" · ");
+}
+
+/**
+ * Asks before an action that cannot be undone: a modal dialog with `message`, a button
+ * that does it (`action`, focused last, so Enter does not do it by accident: the safe
+ * choice has the focus) and one that keeps things as they are. Resolves true when the
+ * user confirmed; Escape or the other button resolve false.
+ * @param {string} message
+ * @param {string} action
+ * @param {string} [keep]
+ * @returns {Promise<boolean>}
+ */
+export function confirmAction(message, action, keep = "Keep it") {
+  return new Promise((resolve) => {
+    const yes = el("button", { type: "button", class: "danger", value: "yes", id: "confirm-yes" }, action);
+    const no = el("button", { type: "button", value: "no", id: "confirm-no" }, keep);
+    const text = el("p", { id: "confirm-text" }, message);
+    const dialog = /** @type {HTMLDialogElement} */ (el("dialog", { class: "confirm", "aria-labelledby": "confirm-text" },
+      text, el("div", { class: "actions" }, no, yes)));
+    let answer = false;
+    yes.addEventListener("click", () => { answer = true; dialog.close(); });
+    no.addEventListener("click", () => dialog.close());
+    dialog.addEventListener("close", () => {
+      dialog.remove();
+      resolve(answer);
+    });
+    document.body.append(dialog);
+    dialog.showModal();
+    no.focus();
+  });
+}
+
+/** The document's title: what the page shows, then the service. @param {string} what */
+export function setTitle(what) {
+  document.title = `${what} · gradscope`;
 }

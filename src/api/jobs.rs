@@ -13,9 +13,9 @@ use uuid::Uuid;
 
 use super::extract::{ApiQuery, SpecJson, large_json};
 use super::{ApiError, AppState};
-use crate::spec::JobSpec;
+use crate::spec::{FieldError, JobSpec};
 use crate::store::downsample::MIN_POINTS;
-use crate::store::{DEFAULT_MAX_POINTS, Job, JobStatus, MAX_MAX_POINTS, StepColumns};
+use crate::store::{DEFAULT_MAX_POINTS, Job, JobFilter, JobSort, JobSortKey, JobStatus, MAX_MAX_POINTS, StepColumns};
 
 pub(crate) const DEFAULT_LIST_LIMIT: i64 = 50;
 pub(crate) const MAX_LIST_LIMIT: i64 = 500;
@@ -59,35 +59,112 @@ pub struct ListQuery {
     /// How many (default 50, at most 500).
     #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
+    /// How many of the matching jobs, in this order, to skip first (default 0, at most 1,000,000): page
+    /// `p` of `limit` jobs starts at `(p - 1) × limit`.
+    #[param(minimum = 0, maximum = 1_000_000)]
+    offset: Option<i64>,
+    /// Only jobs whose name contains this (ASCII letters in any case; 1 to 200 characters).
+    name: Option<String>,
+    /// Only jobs of this model kind (`spec.model.kind`: `mlp`, `lstm`, …).
+    model: Option<String>,
+    /// Only jobs of this task kind (`spec.task.kind`: `classification`, `char_lm`, …).
+    task: Option<String>,
+    /// The order: `created` (the default), `name`, `status`, `loss` (the last recorded) or `step`.
+    sort: Option<String>,
+    /// `desc` (the default: newest, or largest, first) or `asc`. Jobs without a value (no loss
+    /// yet) come last either way; ties newest first.
+    order: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct JobList {
     pub jobs: Vec<Job>,
+    /// How many jobs match the filters (all pages).
+    pub total: i64,
 }
 
-/// List jobs, newest first.
+/// Longest `name` a listing searches for.
+const MAX_NAME_QUERY: usize = 200;
+/// Largest `offset` of a listing.
+const MAX_LIST_OFFSET: i64 = 1_000_000;
+
+/// A kind (`model`, `task`) as a listing takes it: 1 to 64 lowercase letters, digits and `_`.
+fn kind_param(field: &str, value: Option<String>, errors: &mut Vec<FieldError>) -> Option<String> {
+    let value = value?;
+    if value.is_empty()
+        || value.len() > 64
+        || !value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        errors.push(FieldError {
+            field: field.to_owned(),
+            message: "must be a kind: 1 to 64 lowercase letters, digits or `_`".to_owned(),
+        });
+        return None;
+    }
+    Some(value)
+}
+
+/// List jobs, newest first unless `sort` and `order` say otherwise; a page of them at a time
+/// (`limit`, `offset`), with how many match (`total`).
 #[utoipa::path(get, operation_id = "list_jobs", path = "/api/v1/jobs", tag = "jobs", params(ListQuery),
     responses((status = 200, body = JobList), (status = 400, description = "A malformed query string, or a parameter the route does not take", body = super::ErrorBody), (status = 422, body = super::ErrorBody)))]
 pub(crate) async fn list(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<JobList>, ApiError> {
-    let status = q
-        .status
-        .as_deref()
-        .map(|s| {
-            JobStatus::parse(s).ok_or_else(|| {
-                let known: Vec<&str> = JobStatus::ALL.iter().map(|s| s.as_str()).collect();
-                ApiError::invalid("status", format!("must be one of {}", known.join(", ")))
-            })
-        })
-        .transpose()?;
+    // Every invalid parameter at once.
+    let mut errors = Vec::new();
+    let mut invalid = |field: &str, message: String| errors.push(FieldError { field: field.to_owned(), message });
+    let status = q.status.as_deref().and_then(|s| {
+        let parsed = JobStatus::parse(s);
+        if parsed.is_none() {
+            let known: Vec<&str> = JobStatus::ALL.iter().map(|s| s.as_str()).collect();
+            invalid("status", format!("must be one of {}", known.join(", ")));
+        }
+        parsed
+    });
     let limit = q.limit.unwrap_or(DEFAULT_LIST_LIMIT);
     if !(1..=MAX_LIST_LIMIT).contains(&limit) {
-        return Err(ApiError::invalid("limit", format!("must be 1 to {MAX_LIST_LIMIT}")));
+        invalid("limit", format!("must be 1 to {MAX_LIST_LIMIT}"));
     }
-    Ok(Json(JobList { jobs: state.store.list_jobs(status, limit).await? }))
+    let offset = q.offset.unwrap_or(0);
+    if !(0..=MAX_LIST_OFFSET).contains(&offset) {
+        invalid("offset", format!("must be 0 to {MAX_LIST_OFFSET}"));
+    }
+    if let Some(name) = &q.name
+        && (name.is_empty() || name.chars().count() > MAX_NAME_QUERY)
+    {
+        invalid("name", format!("must be 1 to {MAX_NAME_QUERY} characters"));
+    }
+    let key = match q.sort.as_deref() {
+        None => JobSortKey::Created,
+        Some(s) => JobSortKey::ALL.iter().find(|(n, _)| *n == s).map(|(_, k)| *k).unwrap_or_else(|| {
+            let known: Vec<&str> = JobSortKey::ALL.iter().map(|(n, _)| *n).collect();
+            invalid("sort", format!("must be one of {}", known.join(", ")));
+            JobSortKey::Created
+        }),
+    };
+    let descending = match q.order.as_deref() {
+        None | Some("desc") => true,
+        Some("asc") => false,
+        Some(_) => {
+            invalid("order", "must be asc or desc".to_owned());
+            true
+        }
+    };
+    let model = kind_param("model", q.model, &mut errors);
+    let task = kind_param("task", q.task, &mut errors);
+    match errors.len() {
+        0 => {}
+        1 => {
+            let FieldError { field, message } = errors.remove(0);
+            return Err(ApiError::Invalid { field, message });
+        }
+        _ => return Err(ApiError::InvalidFields(errors)),
+    }
+    let filter = JobFilter { status, name: q.name, model, task };
+    let (jobs, total) = state.store.list_jobs_page(&filter, JobSort { key, descending }, limit, offset).await?;
+    Ok(Json(JobList { jobs, total }))
 }
 
 /// One job.

@@ -47,6 +47,18 @@ impl Backend {
         }
     }
 
+    /// The text at `path` (object keys, fixed by the caller) in the JSON text `column`.
+    pub(super) fn json_text(self, column: &str, path: &[&str]) -> String {
+        match self {
+            Self::Sqlite => format!("json_extract({column}, '$.{}')", path.join(".")),
+            Self::Postgres => {
+                let (last, keys) = path.split_last().map_or((&"", &[][..]), |(last, keys)| (last, keys));
+                let inner: String = keys.iter().map(|k| format!(" -> '{k}'")).collect();
+                format!("(CAST({column} AS JSON){inner} ->> '{last}')")
+            }
+        }
+    }
+
     /// The length in bytes of a text column (SQLite's `length` counts characters).
     pub(super) fn text_bytes(self, column: &str) -> String {
         match self {

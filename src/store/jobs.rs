@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::Store;
-use super::db::WriteLock;
+use super::db::{Backend, WriteLock};
 use crate::spec::{JobSpec, ValidSpec};
 use crate::train::LayerInfo;
 use crate::train::diagnose::Diagnosis;
@@ -214,6 +214,41 @@ impl Store {
             }
         };
         rows.iter().map(job_from_row).collect()
+    }
+
+    /// One page of the jobs that pass `filter`, in `sort` order, and how many pass it.
+    pub async fn list_jobs_page(
+        &self,
+        filter: &JobFilter,
+        sort: JobSort,
+        limit: i64,
+        offset: i64,
+    ) -> anyhow::Result<(Vec<Job>, i64)> {
+        let (clause, values) = filter.clause(self.pool.backend());
+        let count_sql = format!("SELECT COUNT(*) AS n FROM jobs{clause}");
+        let mut count = self.pool.query(&count_sql);
+        for value in &values {
+            count = count.bind(value.as_str());
+        }
+        let total: i64 = count.fetch_one().await?.try_get("n")?;
+        let column = match sort.key {
+            JobSortKey::Created => "id",
+            JobSortKey::Name => "lower(name)",
+            JobSortKey::Status => "status",
+            JobSortKey::Loss => "loss",
+            JobSortKey::Step => "step",
+        };
+        let dir = if sort.descending { "DESC" } else { "ASC" };
+        // Jobs without a value (no loss yet) last either way; ties newest first.
+        let page_sql = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs{clause} ORDER BY ({column}) IS NULL, {column} {dir}, id DESC LIMIT ? OFFSET ?"
+        );
+        let mut page = self.pool.query(&page_sql);
+        for value in &values {
+            page = page.bind(value.as_str());
+        }
+        let rows = page.bind(limit).bind(offset).fetch_all().await?;
+        Ok((rows.iter().map(job_from_row).collect::<anyhow::Result<_>>()?, total))
     }
 
     /// How many jobs have each status (statuses with none are left out).
@@ -484,6 +519,47 @@ mod tests {
         assert_eq!(store.count_jobs().await.expect("count"), vec![(JobStatus::Running, 40)]);
     }
 
+    /// Five jobs, two of them LSTMs: a page of a filtered, sorted listing and its total.
+    async fn a_listing_is_filtered_sorted_and_paged(store: &Store) {
+        for (name, model) in
+            [("Alpha_1", "lstm"), ("beta", "gru"), ("alphabet", "lstm"), ("gamma%", "gru"), ("ALPHA", "gru")]
+        {
+            let spec: ValidSpec = serde_json::from_value(serde_json::json!({
+                "name": name, "task": {"kind": "char_lm"}, "model": {"kind": model}
+            }))
+            .expect("spec");
+            store.insert_job(&spec).await.expect("job");
+        }
+        let names = |jobs: &[Job]| jobs.iter().map(|j| j.name.clone()).collect::<Vec<_>>();
+        let by_name = JobSort { key: JobSortKey::Name, descending: false };
+        let filter = JobFilter { name: Some("alpha".into()), ..JobFilter::default() };
+        let (page, total) = store.list_jobs_page(&filter, by_name, 2, 1).await.expect("page");
+        assert_eq!(total, 3, "any case");
+        assert_eq!(names(&page), ["Alpha_1", "alphabet"], "the second and third of ALPHA, Alpha_1, alphabet");
+        let filter = JobFilter { model: Some("lstm".into()), ..JobFilter::default() };
+        let (page, total) =
+            store.list_jobs_page(&filter, JobSort { descending: true, ..by_name }, 10, 0).await.expect("page");
+        assert_eq!((names(&page), total), (vec!["alphabet".to_owned(), "Alpha_1".to_owned()], 2));
+        // `%` and `_` are matched as themselves.
+        for (part, found) in [("a%", vec!["gamma%"]), ("a_", vec!["Alpha_1"]), ("%", vec!["gamma%"])] {
+            let filter = JobFilter { name: Some(part.into()), ..JobFilter::default() };
+            let (page, _) = store.list_jobs_page(&filter, by_name, 10, 0).await.expect("page");
+            assert_eq!(names(&page), found, "{part}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_listing_is_filtered_sorted_and_paged_on_sqlite() {
+        let (store, _dir) = test_store(Backend::Sqlite).await;
+        a_listing_is_filtered_sorted_and_paged(&store).await;
+    }
+
+    #[tokio::test]
+    async fn a_listing_is_filtered_sorted_and_paged_on_postgres() {
+        let (store, _db) = test_store(Backend::Postgres).await;
+        a_listing_is_filtered_sorted_and_paged(&store).await;
+    }
+
     #[tokio::test]
     async fn concurrent_claimers_take_each_job_once_on_sqlite() {
         let (store, _dir) = test_store(Backend::Sqlite).await;
@@ -495,4 +571,70 @@ mod tests {
         let (store, _db) = test_store(Backend::Postgres).await;
         concurrent_claimers_take_each_job_once(&store).await;
     }
+}
+
+/// Which jobs a listing keeps: every condition given must hold.
+#[derive(Debug, Default, Clone)]
+pub struct JobFilter {
+    pub status: Option<JobStatus>,
+    /// Part of the name, in any case.
+    pub name: Option<String>,
+    /// The model's kind (`spec.model.kind`).
+    pub model: Option<String>,
+    /// The task's kind (`spec.task.kind`).
+    pub task: Option<String>,
+}
+
+impl JobFilter {
+    /// The `WHERE` clause (empty without a filter) and the values of its `?`s, in order.
+    fn clause(&self, backend: Backend) -> (String, Vec<String>) {
+        let mut conditions = Vec::new();
+        let mut values = Vec::new();
+        if let Some(status) = self.status {
+            conditions.push("status = ?".to_owned());
+            values.push(status.as_str().to_owned());
+        }
+        if let Some(name) = &self.name {
+            let escaped = name.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+            conditions.push("lower(name) LIKE lower(?) ESCAPE '\\'".to_owned());
+            values.push(format!("%{escaped}%"));
+        }
+        if let Some(model) = &self.model {
+            conditions.push(format!("{} = ?", backend.json_text("spec", &["model", "kind"])));
+            values.push(model.clone());
+        }
+        if let Some(task) = &self.task {
+            conditions.push(format!("{} = ?", backend.json_text("spec", &["task", "kind"])));
+            values.push(task.clone());
+        }
+        let clause = if conditions.is_empty() { String::new() } else { format!(" WHERE {}", conditions.join(" AND ")) };
+        (clause, values)
+    }
+}
+
+/// What a listing is ordered by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobSortKey {
+    Created,
+    Name,
+    Status,
+    Loss,
+    Step,
+}
+
+impl JobSortKey {
+    pub const ALL: [(&'static str, Self); 5] = [
+        ("created", Self::Created),
+        ("name", Self::Name),
+        ("status", Self::Status),
+        ("loss", Self::Loss),
+        ("step", Self::Step),
+    ];
+}
+
+/// A listing's order.
+#[derive(Debug, Clone, Copy)]
+pub struct JobSort {
+    pub key: JobSortKey,
+    pub descending: bool,
 }

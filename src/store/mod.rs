@@ -33,7 +33,7 @@ pub use corpora::{Corpus, CorpusDeletion, CorpusUsage};
 pub use db::Backend;
 pub use events::StoredEvent;
 pub use experiments::{JobHistory, StatusCount, StoredExperiment};
-pub use jobs::{Job, JobStatus};
+pub use jobs::{Job, JobFilter, JobSort, JobSortKey, JobStatus};
 pub use layer_stats::{LayerSeries, StatSelection};
 pub use probes::{ProbeKind, ProbeRange, ProbeRows};
 pub use steps::{DEFAULT_MAX_POINTS, MAX_MAX_POINTS, Progress, StepColumns};

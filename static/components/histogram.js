@@ -106,6 +106,7 @@ export function histogram(container, data, { edges, onSelect, empty }) {
       drawGrid(canvas, view, {
         rowLabel: (r) => labels[shown[r]] ?? "",
         gutter: 74,
+        cursor: data.pinned?.step ?? null,
         legend: (t) => `${Number((10 ** t * 100).toPrecision(1))}%`,
         empty: empty(),
       });

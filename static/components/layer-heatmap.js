@@ -85,6 +85,7 @@ export function layerHeatmap(container, data, { onSelect, onToggle, groups, empt
         ...(scale ? { scale } : {}),
         rowLabel: (r) => rowLabel(data, groups, rows[r]),
         selectedRow: selectedRow(),
+        cursor: data.pinned?.step ?? null,
         gutter: Math.min(200, Math.max(90, canvas.clientWidth * 0.18)),
         empty: empty(),
       });

@@ -145,7 +145,7 @@ export function layerTable(container, data, { statistics, onSelect, onToggle, gr
       if (issue.layer !== undefined && issue.layer !== null) add(issue.layer, { text: issue.kind, kind: issue.kind, title: issue.message });
     }
     for (const e of events) if (e.kind === "redundant" && e.layer !== undefined && e.layer !== null) add(e.layer, { text: "redundant", kind: e.kind, title: e.message });
-    const latest = data.latest;
+    const latest = data.shown;
     if (latest) for (const l of data.layers) for (const f of ownFlags(latest.stats, latest.step, l.index)) add(l.index, f);
     return out;
   }
@@ -159,7 +159,7 @@ export function layerTable(container, data, { statistics, onSelect, onToggle, gr
       const f = flags.get(l.index) ?? [];
       return f.filter((x) => x.kind !== "redundant").length * 2 + f.length;
     }
-    const v = data.latest?.stats[sort.key]?.[l.index];
+    const v = data.shown?.stats[sort.key]?.[l.index];
     return v === null || v === undefined ? -Infinity : v;
   }
 
@@ -204,7 +204,7 @@ export function layerTable(container, data, { statistics, onSelect, onToggle, gr
     tr.classList.toggle("collapsed", !open);
     const toggle = cells[0].firstElementChild;
     if (toggle && toggle.textContent !== (open ? "▾" : "▸")) toggle.textContent = open ? "▾" : "▸";
-    const latest = data.latest;
+    const latest = data.shown;
     if (latest) {
       columns.forEach((name, k) => {
         const text = format(name, latest.stats, g.members, blockValue(name, latest.stats, g.members, data.layers));
@@ -234,7 +234,7 @@ export function layerTable(container, data, { statistics, onSelect, onToggle, gr
     }
     last = now;
     flags = health(source.diagnosis, source.events);
-    const latest = data.latest;
+    const latest = data.shown;
     if (latest) stepNote.textContent = `statistics of step ${latest.step}`;
     for (const l of data.layers) {
       if (!l.row) continue;

@@ -8,7 +8,7 @@ import { lineChart, loadUPlot, positive, SERIES_COLORS, seriesColor } from "../c
 import { showRaw, smoothedPair } from "../components/loss-charts.js";
 import { drawGrid } from "../heatmap.js";
 import { JobData } from "../store.js";
-import { describeSpec, diagnosisBadges, el, num, pct, statusBadge } from "../widgets.js";
+import { describeSpec, diagnosisBadges, el, num, pct, statusBadge, setTitle } from "../widgets.js";
 
 /** @typedef {import("../types.js").Job} Job */
 /** @typedef {import("../types.js").LayerSeries} LayerSeries */
@@ -87,6 +87,8 @@ export async function compareView(root, ctx, params) {
       location.hash = `#/compare${query({ ids: ids.length ? ids : null })}`;
     } }), " ", j.name, " ", chipBadge(j))) : el("p", { class: "muted" }, "No jobs to compare yet."));
   const body = el("div", { class: "compare-body" });
+  const named = ids.map((id) => all.find((j) => j.id === id)?.name ?? id.slice(0, 8));
+  setTitle(named.length ? `Compare ${named.join(", ")}` : "Compare jobs");
   root.replaceChildren(
     el("section", { class: "panel" }, el("h2", {}, "Compare jobs"),
       el("p", { class: "muted" }, "Pick two or more jobs — a failing run and its remedy, say."), picker),

@@ -5,7 +5,7 @@
 
 import { del, download, get, post, query } from "../api.js";
 import { lineChart, loadUPlot, positive, seriesColor, withAlpha } from "../charts.js";
-import { el, num, pct, progressBar, statusBadge } from "../widgets.js";
+import { el, num, pct, progressBar, statusBadge, setTitle } from "../widgets.js";
 
 /** @typedef {import("../charts.js").LineChart} LineChart */
 /**
@@ -136,6 +136,7 @@ export async function experimentView(root, ctx, id) {
   function draw() {
     const p = experiment.progress;
     title.replaceChildren(experiment.name, " ", statusBadge(experiment.status));
+    setTitle(`${experiment.name} (experiment)`);
     head.replaceChildren(
       el("p", { class: "muted" }, `${experiment.cells.length} cells × ${experiment.spec.seeds} seeds = ${p.jobs} jobs; solved: ${describeThreshold(results.threshold)}`),
       progressBar({ step: p.step, total_steps: p.total_steps, status: experiment.status === "finished" ? "succeeded" : "running" }),

@@ -3,7 +3,7 @@
 // step charts, the per-layer heatmap, the selected layer's histogram, the events and the
 // layer table. The data comes from a `JobFeed`; each panel is a component drawing from it.
 
-import { downloadCheckpoint, isFinished, post, query } from "../api.js";
+import { del, downloadCheckpoint, get, isFinished, post, query } from "../api.js";
 import { optionsBar, readOptions } from "../chart-options.js";
 import { frames, loadUPlot, throttled } from "../charts.js";
 import { layerHeatmap } from "../components/layer-heatmap.js";
@@ -16,9 +16,12 @@ import { spectralChart } from "../components/spectral-chart.js";
 import { timeHeatmap } from "../components/time-heatmap.js";
 import { signalHeatmap } from "../components/signal-heatmap.js";
 import { JobFeed } from "../feed.js";
-import { describeSpec, diagnosisBadges, duration, el, figures, num, pct, progressBar, statusBadge } from "../widgets.js";
+import { confirmAction, describeSpec, diagnosisBadges, duration, el, figures, num, pct, progressBar, setTitle, statusBadge } from "../widgets.js";
 
 /** @typedef {import("../types.js").Job} Job */
+
+/** The statuses a job resumes from (its last checkpoint). */
+const RESUMABLE = new Set(["interrupted", "cancelled", "failed"]);
 
 /** The last non-null value among the last 50 of `arr`. @param {(number | null)[]} arr */
 function last(arr) {
@@ -53,7 +56,13 @@ export async function jobView(root, ctx, id) {
   const issueList = el("ul", { class: "diagnosis", id: "diagnosis" });
   const issueSummary = el("summary");
   const diagnosisBox = el("details", { class: "diagnosis-box", hidden: true }, issueSummary, issueList);
-  const cancelButton = el("button", { type: "button", class: "danger", onclick: cancel }, "Cancel");
+  const cancelButton = el("button", { type: "button", class: "danger", id: "cancel-job", onclick: cancel }, "Cancel");
+  // Run actions: resume an interrupted (or cancelled or failed) run from its checkpoint,
+  // clone it into the form to edit, delete a finished one.
+  const resumeButton = el("button", { type: "button", id: "resume-job", hidden: true, onclick: resume,
+    title: "continue from its last checkpoint: the same step count, optimizer state and loss curve" }, "Resume");
+  const cloneLink = el("a", { class: "button", id: "clone-job", href: `#/${query({ clone: id })}`, title: "a new job from this one's spec, in the form to edit" }, "Clone and edit");
+  const deleteButton = el("button", { type: "button", class: "danger", id: "delete-job", hidden: true, onclick: remove }, "Delete");
   const checkpoint = el("button", { type: "button", class: "button", onclick: saveCheckpoint }, "Checkpoint");
   const errorLine = el("p", { class: "form-error", hidden: true });
   const lossBox = el("div", { class: "chart", id: "loss-chart" });
@@ -70,7 +79,22 @@ export async function jobView(root, ctx, id) {
   const spectralBox = el("div", { id: "spectral" });
   const timeBox = el("div");
   const signalBox = el("div");
-  const tableBox = el("section", { class: "panel wide table-panel" });
+  const tableBox = el("section", { class: "panel wide table-panel", dataset: { perLayer: "" } });
+  // With the per-layer statistics off, their panels are left out and this says why.
+  const layersOff = el("p", { class: "panel wide muted", id: "per-layer-off", hidden: true },
+    "Per-layer statistics are off for this job (monitor.every = 0): no heatmap, histogram, forward signal or layer table.");
+  // The step scrubber: the layer table, the histogram and the heatmap's cursor show the
+  // chosen step's per-layer statistics (read from the REST API); "live" follows the latest.
+  const scrubber = /** @type {HTMLInputElement} */ (el("input", {
+    type: "range", id: "step-scrubber", min: 1, max: 1, step: 1, value: 1,
+    "aria-label": "step the layer table, the histogram and the heatmap show",
+    oninput: () => { scrubNote.textContent = `step ${scrubber.value}`; },
+    onchange: () => pin(Number(scrubber.value)),
+  }));
+  const scrubNote = el("span", { class: "num", id: "scrub-note" }, "live");
+  const liveButton = el("button", { type: "button", id: "scrub-live", onclick: follow, "aria-pressed": "true" }, "live");
+  const scrubBar = el("div", { class: "panel wide scrubber" },
+    el("label", { for: "step-scrubber" }, "Per-layer views at "), scrubber, scrubNote, liveButton);
   // How the loss and norm charts (and the heatmap's colour scale) read; the bar changes it.
   const options = readOptions();
 
@@ -80,7 +104,7 @@ export async function jobView(root, ctx, id) {
         el("h2", {}, job().name), statusSlot, badges,
         el("span", { class: "spacer" }),
         el("a", { class: "button", href: `#/compare${query({ ids: [id] })}` }, "Compare…"),
-        checkpoint, cancelButton),
+        checkpoint, cloneLink, resumeButton, cancelButton, deleteButton),
       el("p", { class: "muted spec-line" }, describeSpec(job().spec)),
       el("div", { class: "counter-row" }, el("span", { class: "muted" }, "step "), counter, progressSlot),
       figureRow, diagnosisBox, errorLine,
@@ -95,13 +119,14 @@ export async function jobView(root, ctx, id) {
       el("section", { class: "panel" }, el("h3", {}, "Global gradient norm ",
         el("span", { class: "muted small" }, "before vs after the policies; ticks: ",
           el("span", { class: "tick clip" }), " clipped, ", el("span", { class: "tick skip" }), " skipped")), normBox),
-      el("section", { class: "panel wide" }, el("h3", {}, "Per-layer gradient norm ",
+      scrubBar, layersOff,
+      el("section", { class: "panel wide", dataset: { perLayer: "" } }, el("h3", {}, "Per-layer gradient norm ",
         el("span", { class: "muted small" }, "layers × steps, log colour scale; click a layer for its histogram")), heatBox),
       el("section", { class: "panel wide" }, el("h3", {}, "Gradient through time ",
         el("span", { class: "muted small" }, "‖∂L/∂x_t‖ at each input position (0 at the top) × steps, log colour scale: dark early positions are a vanishing gradient")), timeBox),
-      el("section", { class: "panel wide" }, el("h3", {}, "Forward signal ",
+      el("section", { class: "panel wide", dataset: { perLayer: "" } }, el("h3", {}, "Forward signal ",
         el("span", { class: "muted small" }, "RMS of each block's output (input side at the top) × steps, log colour scale: growing or fading activations through depth")), signalBox),
-      el("section", { class: "panel" }, el("h3", {}, "Gradient histogram "), histBox),
+      el("section", { class: "panel", dataset: { perLayer: "" } }, el("h3", {}, "Gradient histogram "), histBox),
       el("section", { class: "panel" }, el("h3", {}, "Events"), eventsBox),
       el("section", { class: "panel" }, el("h3", {}, "Spectral radius ",
         el("span", { class: "muted small" }, "largest singular value of each recurrent (per gate) or square weight; dashed: 1.0")), spectralBox),
@@ -109,6 +134,10 @@ export async function jobView(root, ctx, id) {
   );
 
   const monitor = () => job().spec.monitor ?? {};
+  if (monitor().every === 0) {
+    for (const panel of [scrubBar, ...root.querySelectorAll("[data-per-layer]")]) /** @type {HTMLElement} */ (panel).hidden = true;
+    layersOff.hidden = false;
+  }
   const charts = lossCharts(uPlot, { loss: lossBox, norm: normBox, lr: lrBox, scale: scaled ? scaleBox : null }, data, { events: feed.events, syncKey: `job-${id}`, options });
   // Layers by block, shared by the heatmap and the table: a block collapses in both.
   const groups = new LayerGroups(data.layers);
@@ -127,7 +156,10 @@ export async function jobView(root, ctx, id) {
   // The forward signal's RMS beside the gradient statistics: each layer shows its block's.
   const columns = () => (feed.blocks.length ? [...feed.statistics, "signal_rms"] : feed.statistics);
   const table = layerTable(tableBox, data, { statistics: columns, onSelect: selectLayer, onToggle: toggleBlock, groups });
-  const events = eventList(eventsBox, { layers: () => data.layers });
+  const events = eventList(eventsBox, { layers: () => data.layers, onStep: (step) => {
+    scrubber.value = String(step);
+    pin(step);
+  } });
   const signal = signalHeatmap(signalBox, feed, {
     empty: () => (monitor().every === 0 ? "recorded with the per-layer statistics, which are off for this job (monitor.every = 0)"
       : feed.blocks.length ? "waiting for the first recorded step…" : "a user's module has no known blocks"),
@@ -164,11 +196,14 @@ export async function jobView(root, ctx, id) {
     if (key === progressShown) return;
     progressShown = key;
     counter.textContent = `${step} / ${j.total_steps}`;
+    scrubber.max = String(Math.max(1, step));
+    if (pinnedAt === null) scrubber.value = scrubber.max;
     progressSlot.replaceChildren(progressBar({ ...j, step }));
   }
 
   const updateHead = throttled(() => {
     const j = job();
+    setTitle(`${j.name} (${j.status})`);
     statusSlot.replaceChildren(statusBadge(j.status));
     badges.replaceChildren(...diagnosisBadges(j));
     const issues = j.diagnosis?.issues ?? [];
@@ -182,6 +217,8 @@ export async function jobView(root, ctx, id) {
         issue.message, el("span", { class: "muted small" }, ` since step ${issue.since}`));
     }));
     cancelButton.hidden = isFinished(j);
+    deleteButton.hidden = !isFinished(j);
+    resumeButton.hidden = !RESUMABLE.has(j.status);
     checkpoint.hidden = stepNow() === 0;
     errorLine.hidden = !j.error;
     errorLine.textContent = j.error ?? "";
@@ -253,6 +290,59 @@ export async function jobView(root, ctx, id) {
   resize.observe(hist.canvas);
   redraw();
 
+  /** The step the user chose (null: live); its statistics are in `data.pinned` once read. @type {number | null} */
+  let pinnedAt = null;
+
+  /**
+   * Shows the per-layer statistics of `step`: those of the last recorded step at or
+   * before it (statistics are recorded every `monitor.every` steps).
+   */
+  async function pin(/** @type {number} */ step) {
+    pinnedAt = step;
+    liveButton.setAttribute("aria-pressed", "false");
+    scrubNote.textContent = `step ${step}`;
+    const every = monitor().every ?? 1;
+    const stats = feed.statistics;
+    /** @type {import("../types.js").LayerStats} */
+    const shown = {};
+    let at = step;
+    try {
+      if (every > 0 && stats.length) {
+        const range = { from: Math.max(1, step - 4 * every), to: step };
+        /** @type {[{layers: import("../types.js").LayerSeries[]}, import("../types.js").SignalResponse | null]} */
+        const [res, signal] = await Promise.all([
+          get(`/jobs/${id}/layer-stats${query({ ...range, stat: stats, max_points: 10 })}`),
+          feed.blocks.length ? get(`/jobs/${id}/signal${query({ ...range, max_points: 10 })}`) : Promise.resolve(null),
+        ]);
+        if (pinnedAt !== step) return;
+        at = Math.max(0, ...res.layers.map((l) => l.step[l.step.length - 1] ?? 0));
+        for (const name of stats) {
+          shown[name] = res.layers.map((l) => (l.step[l.step.length - 1] === at ? l[name]?.[l[name].length - 1] ?? null : null));
+        }
+        const k = signal ? signal.step.lastIndexOf(at) : -1;
+        if (signal && k >= 0) shown.signal_rms = data.layers.map((l) => signal.rms[feed.blockOf(l.name)]?.[k] ?? null);
+      }
+    } catch (err) {
+      ctx.offline(err);
+      return;
+    }
+    data.pinned = { step: at, stats: shown };
+    scrubNote.textContent = at === step ? `step ${step}` : `step ${step} (statistics of step ${at})`;
+    table.update({ diagnosis: job().diagnosis, events: feed.events }, true);
+    redraw();
+  }
+
+  /** Back to the latest step. */
+  function follow() {
+    pinnedAt = null;
+    data.pinned = null;
+    liveButton.setAttribute("aria-pressed", "true");
+    scrubNote.textContent = "live";
+    scrubber.value = scrubber.max;
+    table.update({ diagnosis: job().diagnosis, events: feed.events }, true);
+    redraw();
+  }
+
   async function saveCheckpoint() {
     checkpoint.disabled = true;
     try {
@@ -265,6 +355,7 @@ export async function jobView(root, ctx, id) {
   }
 
   async function cancel() {
+    if (!(await confirmAction(`Cancel ${job().name}? It stops before its next step; a cancelled run can resume from its checkpoint.`, "Cancel the run", "Keep running"))) return;
     cancelButton.disabled = true;
     try {
       /** @type {Job} */
@@ -275,6 +366,31 @@ export async function jobView(root, ctx, id) {
     } finally {
       cancelButton.disabled = false;
       redraw();
+    }
+  }
+
+  async function resume() {
+    resumeButton.disabled = true;
+    try {
+      await post(`/jobs/${id}/resume`);
+      // A new run of the job: the page follows it from the start.
+      ctx.reload();
+    } catch (err) {
+      ctx.toast(`Could not resume: ${err instanceof Error ? err.message : err}`);
+      resumeButton.disabled = false;
+    }
+  }
+
+  async function remove() {
+    if (!(await confirmAction(`Delete ${job().name} with everything it recorded (its steps, statistics, events and checkpoint)? This cannot be undone.`, "Delete the job"))) return;
+    deleteButton.disabled = true;
+    try {
+      await del(`/jobs/${id}`);
+      ctx.toast(`Deleted ${job().name}.`);
+      location.hash = "#/";
+    } catch (err) {
+      ctx.toast(`Could not delete: ${err instanceof Error ? err.message : err}`);
+      deleteButton.disabled = false;
     }
   }
 

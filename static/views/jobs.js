@@ -4,8 +4,9 @@
 
 import { get, isFinished, post, query } from "../api.js";
 import { cssVar, lineChart, loadUPlot } from "../charts.js";
-import { ago, diagnosisBadges, el, groupBy, num, progressBar, statusBadge } from "../widgets.js";
-import { specForm } from "./spec-form.js";
+import { FINISHED } from "../api.js";
+import { ago, diagnosisBadges, el, groupBy, num, progressBar, setTitle, sortableHead, statusBadge } from "../widgets.js";
+import { specForm, specSchema } from "./spec-form.js";
 
 /** @typedef {import("../types.js").Job} Job */
 /** @typedef {import("../charts.js").LineChart} LineChart */
@@ -20,6 +21,13 @@ const GROUP_TITLES = {
 };
 
 const REFRESH_MS = 2000;
+const NO_JOBS = "No jobs yet. Run one of the experiments below — each is a failing run and its remedy — or fill in the form.";
+/** Jobs on a page of the list. */
+export const PAGE_SIZE = 25;
+/** Every status a job has, in its life's order. */
+const STATUSES = ["queued", "running", ...FINISHED];
+/** How long the search waits for typing to pause. */
+const SEARCH_MS = 250;
 const SPARK_POINTS = 80;
 /** Seeds of the ready-made experiments. */
 export const PRESET_SEEDS = 5;
@@ -74,10 +82,12 @@ export function presetExperiment(name, items, seeds) {
 /**
  * @param {HTMLElement} root
  * @param {import("../types.js").ViewContext} ctx
+ * @param {URLSearchParams} [params] `clone`: a job whose spec the form starts from
  * @returns {Promise<import("../types.js").Teardown>}
  */
-export async function jobsView(root, ctx) {
+export async function jobsView(root, ctx, params = new URLSearchParams()) {
   const uPlot = await loadUPlot();
+  setTitle("Jobs");
   /** @type {Preset[]} */
   const presets = (await get("/presets")).presets;
   /** @type {Set<string>} */
@@ -86,19 +96,69 @@ export async function jobsView(root, ctx) {
   const sparks = new Map();
 
   const tbody = el("tbody");
-  const empty = el("p", { class: "empty", hidden: true },
-    "No jobs yet. Run one of the experiments below — each is a failing run and its remedy — or fill in the form.");
+  const empty = el("p", { class: "empty", hidden: true }, NO_JOBS);
   const compareButton = el("button", { type: "button", disabled: true, onclick: () => {
     location.hash = `#/compare${query({ ids: [...selected] })}`;
   } }, "Compare selected");
-  const table = el("table", { class: "jobs" },
-    el("thead", {}, el("tr", {},
-      el("th", { class: "pick" }), el("th", {}, "name"), el("th", {}, "status"), el("th", {}, "progress"),
-      el("th", {}, "loss"), el("th", { class: "num" }, "last"), el("th", {}, "diagnosis"),
-      el("th", {}, "model / task"), el("th", {}, "device"), el("th", {}, "created"))),
-    tbody);
+  // The list's filters, order and page: the server filters, sorts and pages (older jobs
+  // are a page away, never dropped).
+  const view = { name: "", status: "", model: "", task: "", page: 0 };
+  const sort = { key: "created", dir: -1 };
+  /** A select of `label`, "any" first. @param {string} id @param {string} label @param {string[]} values */
+  const picker = (id, label, values) => el("select", { id, "aria-label": label, onchange: (/** @type {Event} */ e) => {
+    view[/** @type {"status" | "model" | "task"} */ (id.slice("filter-".length))] = /** @type {HTMLSelectElement} */ (e.target).value;
+    view.page = 0;
+    refresh().catch(ctx.offline);
+  } }, el("option", { value: "" }, `any ${label}`), values.map((v) => el("option", { value: v }, v)));
+  let searchTimer = 0;
+  const search = el("input", { type: "search", id: "job-search", placeholder: "Search by name", "aria-label": "search jobs by name", oninput: (/** @type {Event} */ e) => {
+    clearTimeout(searchTimer);
+    const value = /** @type {HTMLInputElement} */ (e.target).value.trim().slice(0, 200);
+    searchTimer = setTimeout(() => {
+      view.name = value;
+      view.page = 0;
+      refresh().catch(ctx.offline);
+    }, SEARCH_MS);
+  } });
+  const schema = await specSchema().catch(() => null);
+  const modelKinds = schema?.fields("ModelSpec").kind?.options ?? [...new Set(presets.map((p) => p.spec.model.kind))];
+  const taskKinds = schema ? Object.keys(schema.tasks) : [...new Set(presets.map((p) => p.spec.task.kind))];
+  // A preset's jobs carry its spec's name: picking one searches for it.
+  const presetNames = [...new Set(presets.map((p) => p.spec.name).filter((n) => typeof n === "string" && n))];
+  const presetPicker = el("select", { id: "filter-preset", "aria-label": "preset", onchange: (/** @type {Event} */ e) => {
+    const value = /** @type {HTMLSelectElement} */ (e.target).value;
+    /** @type {HTMLInputElement} */ (search).value = value;
+    view.name = value;
+    view.page = 0;
+    refresh().catch(ctx.offline);
+  } }, el("option", { value: "" }, "any preset"), presetNames.map((n) => el("option", { value: n }, n)));
+  const filters = el("div", { class: "list-filters", role: "search" },
+    search, picker("filter-status", "status", STATUSES), picker("filter-model", "model", modelKinds),
+    picker("filter-task", "task", taskKinds), presetPicker);
+  const pageNote = el("span", { id: "page-note", class: "muted small", role: "status" });
+  const prev = el("button", { type: "button", id: "page-prev", onclick: () => turn(-1) }, "‹ Newer");
+  const next = el("button", { type: "button", id: "page-next", onclick: () => turn(1) }, "Older ›");
+  const pager = el("div", { class: "pager" }, prev, pageNote, next);
+  function turn(/** @type {number} */ by) {
+    view.page = Math.max(0, view.page + by);
+    refresh().catch(ctx.offline);
+  }
+  const headRow = el("tr");
+  sortableHead(headRow, [
+    { key: "pick", label: "", fixed: true }, { key: "name", label: "name" }, { key: "status", label: "status" },
+    { key: "step", label: "progress", dir: -1 }, { key: "spark", label: "loss", fixed: true },
+    { key: "loss", label: "last", numeric: true }, { key: "diagnosis", label: "diagnosis", fixed: true },
+    { key: "kind", label: "model / task", fixed: true }, { key: "device", label: "device", fixed: true },
+    { key: "created", label: "created", dir: -1 },
+  ], sort, () => {
+    view.page = 0;
+    refresh().catch(ctx.offline);
+  });
+  const table = el("table", { class: "jobs", id: "job-list" }, el("thead", {}, headRow), tbody);
 
   const formRoot = el("div");
+  const formNote = el("p", { class: "muted", id: "form-note", hidden: true });
+  const formHeading = el("h2", { tabindex: -1, id: "new-job-heading" }, "New job");
   const experiments = el("div", { class: "experiments" },
     groupBy(presets, (p) => p.group).map(([group, items]) => el("article", { class: "card experiment" },
       el("h3", {}, GROUP_TITLES[group] ?? group),
@@ -146,14 +206,29 @@ export async function jobsView(root, ctx) {
     experimentsPanel,
     el("section", { class: "panel" },
       el("div", { class: "section-head" }, el("h2", {}, "Jobs"), compareButton),
-      el("div", { class: "table-wrap" }, table), empty),
+      filters,
+      el("div", { class: "table-wrap" }, table), empty, pager),
     el("div", { class: "jobs-lower" },
-      el("section", { class: "panel" }, el("h2", {}, "New job"), formRoot),
+      el("section", { class: "panel", id: "new-job" }, formHeading, formNote, formRoot),
       el("section", { class: "panel" }, el("h2", {}, "Experiments"),
         el("p", { class: "muted" }, "Ready-made pairs from the article on exploding and vanishing gradients: the failing run beside its remedy."),
         experiments)),
   );
   const form = specForm(formRoot, { presets, onSubmitted: (/** @type {Job} */ job) => { location.hash = `#/jobs/${job.id}`; } });
+  const cloneOf = params.get("clone");
+  if (cloneOf) {
+    /** @type {Job} */
+    const original = await get(`/jobs/${encodeURIComponent(cloneOf)}`);
+    form.load({ ...original.spec, name: `${original.name} (copy)` });
+    formNote.hidden = false;
+    formNote.textContent = `A copy of ${original.name}'s spec: edit it and submit.`;
+    setTitle(`New job from ${original.name}`);
+  } else if (params.has("new")) setTitle("New job");
+  // Opened for a new job: the form is where the page starts, and where the focus goes.
+  if (cloneOf || params.has("new")) {
+    formHeading.dataset.focus = "";
+    formHeading.closest("section")?.scrollIntoView({ block: "start", behavior: "instant" });
+  }
 
   function row(/** @type {Job} */ job) {
     const check = el("input", { type: "checkbox", checked: selected.has(job.id), "aria-label": `select ${job.name}`, onchange: () => {
@@ -214,12 +289,30 @@ export async function jobsView(root, ctx) {
 
   async function refresh() {
     await refreshExperiments();
-    /** @type {Job[]} */
-    const list = (await get(`/jobs${query({ limit: 100 })}`)).jobs;
+    /** @type {{jobs: Job[], total: number}} */
+    const answer = await get(`/jobs${query({
+      limit: PAGE_SIZE, offset: view.page * PAGE_SIZE, name: view.name || null, status: view.status || null,
+      model: view.model || null, task: view.task || null, sort: sort.key, order: sort.dir > 0 ? "asc" : "desc",
+    })}`);
+    const pages = Math.max(1, Math.ceil(answer.total / PAGE_SIZE));
+    // Jobs deleted since: back to the last page there is.
+    if (view.page >= pages && answer.total > 0) {
+      view.page = pages - 1;
+      return refresh();
+    }
+    const list = answer.jobs;
+    const filtered = !!(view.name || view.status || view.model || view.task);
+    pageNote.textContent = answer.total
+      ? `${view.page * PAGE_SIZE + 1}–${view.page * PAGE_SIZE + list.length} of ${answer.total} job${answer.total === 1 ? "" : "s"}, page ${view.page + 1} of ${pages}`
+      : "";
+    prev.disabled = view.page === 0;
+    next.disabled = view.page + 1 >= pages;
+    pager.hidden = answer.total <= PAGE_SIZE;
+    empty.textContent = filtered ? "No job matches these filters." : NO_JOBS;
     const rows = list.map(row);
     tbody.replaceChildren(...rows);
     empty.hidden = list.length > 0;
-    for (const id of [...selected]) if (!list.some((j) => j.id === id)) selected.delete(id);
+    // Picked jobs stay picked while they are on other pages or filtered out.
     compareButton.disabled = selected.size < 2;
     await Promise.all(list.map((j) => refreshSpark(j).catch(() => {})));
   }
@@ -230,6 +323,7 @@ export async function jobsView(root, ctx) {
   }, REFRESH_MS);
   return () => {
     clearInterval(timer);
+    clearTimeout(searchTimer);
     for (const s of sparks.values()) s.chart?.destroy();
   };
 }

@@ -145,3 +145,76 @@ async fn jobs_are_listed_newest_first_and_filtered() {
     assert_eq!(app.get("/api/v1/jobs?limit=501").await.status(), 422);
     assert_eq!(app.get("/api/v1/jobs?limit=lots").await.status(), 400);
 }
+
+/// The names of a listing's jobs, in order.
+fn names(list: &Value) -> Vec<&str> {
+    list["jobs"].as_array().expect("jobs").iter().map(|j| j["name"].as_str().expect("name")).collect()
+}
+
+#[tokio::test]
+async fn jobs_are_searched_filtered_sorted_and_paged() {
+    let app = spawn_app().await;
+    let mlp = serde_json::json!({
+        "steps": 3, "batch_size": 8, "device": "cpu",
+        "task": {"kind": "classification", "features": 4, "classes": 2},
+        "model": {"kind": "mlp", "layers": 1, "hidden": 8},
+    });
+    let mut submitted = Vec::new();
+    for name in ["alpha-1", "Alpha-2", "beta_1", "beta%2", "gamma"] {
+        let mut spec = if name == "gamma" { tiny_lstm_spec(3, 1.0) } else { mlp.clone() };
+        spec["name"] = name.into();
+        submitted.push(app.submit(&spec).await["id"].as_str().expect("id").to_owned());
+    }
+    for id in &submitted {
+        app.wait_finished(id).await;
+    }
+    let list = |q: &'static str| {
+        let app = &app;
+        async move {
+            let response = app.get(&format!("/api/v1/jobs?{q}")).await;
+            assert_eq!(response.status(), 200, "{q}");
+            response.json::<Value>().await.expect("json")
+        }
+    };
+    // Newest first, in pages of two, with the total on each page.
+    let mut paged = Vec::new();
+    for q in ["limit=2", "limit=2&offset=2", "limit=2&offset=4", "limit=2&offset=6"] {
+        let page = list(q).await;
+        assert_eq!(page["total"], 5, "{q}: {page}");
+        paged.extend(names(&page).into_iter().map(str::to_owned));
+    }
+    assert_eq!(paged, ["gamma", "beta%2", "beta_1", "Alpha-2", "alpha-1"]);
+    // A part of the name, in any case; `%` and `_` are themselves, not wildcards.
+    let alpha = list("name=ALPHA").await;
+    assert_eq!(names(&alpha), ["Alpha-2", "alpha-1"]);
+    assert_eq!(alpha["total"], 2);
+    assert_eq!(names(&list("name=%25").await), ["beta%2"]);
+    assert_eq!(names(&list("name=t_").await), Vec::<&str>::new());
+    assert_eq!(names(&list("name=a_1").await), ["beta_1"]);
+    // The model's and the task's kind, with the status and the name.
+    assert_eq!(names(&list("model=lstm").await), ["gamma"]);
+    assert_eq!(names(&list("task=classification&name=beta").await), ["beta%2", "beta_1"]);
+    assert_eq!(list("model=mlp&status=succeeded").await["total"], 4);
+    assert_eq!(list("model=transformer").await["total"], 0);
+    // Sorted by name (in any case), both ways; by step, ties newest first.
+    assert_eq!(names(&list("sort=name&order=asc").await), ["alpha-1", "Alpha-2", "beta%2", "beta_1", "gamma"]);
+    assert_eq!(names(&list("sort=name").await), ["gamma", "beta_1", "beta%2", "Alpha-2", "alpha-1"]);
+    assert_eq!(names(&list("sort=step&limit=1").await), ["gamma"]);
+    // Every invalid parameter at once, each named.
+    let bad = app.get("/api/v1/jobs?offset=-1&sort=size&order=up&model=LSTM&name=").await;
+    assert_eq!(bad.status(), 422);
+    let body: Value = bad.json().await.expect("json");
+    let fields: Vec<&str> = body["error"]["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .map(|e| e["field"].as_str().expect("field"))
+        .collect();
+    assert_eq!(fields, ["offset", "name", "sort", "order", "model"], "{body}");
+    let long = format!("/api/v1/jobs?name={}", "x".repeat(201));
+    let bad = app.get(&long).await;
+    assert_eq!(bad.status(), 422);
+    assert_eq!(bad.json::<Value>().await.expect("json")["error"]["field"], "name");
+    assert_eq!(app.get("/api/v1/jobs?offset=1000001").await.status(), 422);
+    app.stop().await;
+}

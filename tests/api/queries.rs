@@ -44,10 +44,13 @@ async fn unknown_query_parameters_are_refused_by_name_on_every_route() {
     }
     let id = &ids[0];
 
-    // Listing: `offset` is not a parameter; `limit` still cuts the list.
+    // Listing: `page` is not a parameter; `limit` still cuts the list.
     assert_eq!(answer(&app, "/api/v1/jobs?limit=1").await["jobs"].as_array().expect("jobs").len(), 1);
-    let message = refused(&app, "/api/v1/jobs?limit=1&offset=1", "offset").await;
-    assert_eq!(message, "unknown query parameter `offset`: this route takes `status`, `limit`");
+    let message = refused(&app, "/api/v1/jobs?limit=1&page=1", "page").await;
+    assert_eq!(
+        message,
+        "unknown query parameter `page`: this route takes `status`, `limit`, `offset`, `name`, `model`, `task`, `sort`, `order`"
+    );
     refused(&app, "/api/v1/jobs?status=succeeded&Limit=1", "Limit").await;
 
     // A job's history: steps 5 to 8 of 20 are four steps.
@@ -105,7 +108,7 @@ async fn thousands_of_unknown_parameters_get_a_short_answer() {
     assert_eq!(body["error"]["field"], "p0");
     assert_eq!(
         body["error"]["message"],
-        "unknown query parameters `p0`, `p1`, `p2`, `p3`, `p4` and 2995 more: this route takes `status`, `limit`"
+        "unknown query parameters `p0`, `p1`, `p2`, `p3`, `p4` and 2995 more: this route takes `status`, `limit`, `offset`, `name`, `model`, `task`, `sort`, `order`"
     );
     // A very long name is cut.
     let long = "x".repeat(5000);

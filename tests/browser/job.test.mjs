@@ -61,7 +61,9 @@ test("cancel on a running job's page cancels it, and the server agrees", async (
   await page.goto(`${server.url}/#/jobs/${job.id}`);
   await until(async () => (await stepOf(page)) > 0, { what: "the first step" });
   assert.ok(await page.isVisible("button.danger:text('Cancel')"), "a running job offers Cancel");
-  await page.click("button.danger:text('Cancel')");
+  await page.click("#cancel-job");
+  // It asks first.
+  await page.click("#confirm-yes");
   await page.waitForSelector(".job-head .status-cancelled");
   const { body } = await server.api("GET", `/jobs/${job.id}`);
   assert.equal(body.status, "cancelled");
