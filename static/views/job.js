@@ -67,7 +67,7 @@ export async function jobView(root, ctx, id) {
   const errorLine = el("p", { class: "form-error", hidden: true });
   const lossBox = el("div", { class: "chart", id: "loss-chart" });
   const normBox = el("div", { class: "chart" });
-  const lrBox = el("div", { class: "chart" });
+  const lrBox = el("div", { class: "chart", id: "lr-chart" });
   // fp16's loss scale: shown for jobs that scale their loss.
   const scaleBox = el("div", { class: "chart", id: "loss-scale-chart" });
   const scaleTitle = el("h3", { class: "sub" }, "Loss scale ", el("span", { class: "muted small" }, "fp16 dynamic loss scaling; overflows in the events"));

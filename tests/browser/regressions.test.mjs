@@ -132,7 +132,7 @@ test("the learning-rate chart has ticks around 0.05 and a value on hover", async
   assert.ok(steps.lr.every((v) => v === 0.05), "a constant learning rate of 0.05");
   await page.goto(`${server.url}/#/jobs/${long.id}`);
   await page.waitForSelector(".job-head .status-cancelled");
-  const box = "section:has(#loss-chart) > div.chart:last-of-type";
+  const box = "#lr-chart";
   await page.waitForSelector(`${box} .u-over`);
   await page.waitForTimeout(300); // a frame draws the data
   await browser.shot("bug-lr-chart");
