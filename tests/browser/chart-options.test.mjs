@@ -4,26 +4,12 @@
 
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
-import { openBrowser, startServer, until } from "./helpers.mjs";
+import { openBrowser, startServer, tinyMlp, until } from "./helpers.mjs";
 
 let server;
 let browser;
 let calm;
 let storm;
-
-const tinyMlp = (extra = {}) => ({
-  batch_size: 16, device: "cpu",
-  task: { kind: "classification", features: 8, classes: 4 },
-  model: { kind: "mlp", layers: 2, hidden: 16 },
-  ...extra,
-});
-
-async function finished(id) {
-  return until(async () => {
-    const { body } = await server.api("GET", `/jobs/${id}`);
-    return ["succeeded", "diverged", "failed", "cancelled"].includes(body.status) ? body : null;
-  }, { timeout: 120_000, what: `job ${id} to finish` });
-}
 
 before(async () => {
   server = await startServer();
@@ -33,8 +19,8 @@ before(async () => {
     name: "storm", steps: 20, model: { kind: "mlp", layers: 6, hidden: 32, activation: "relu", init_scale: 100 },
     optimizer: { kind: "sgd", lr: 10 }, policy: { grad: [], on_nonfinite: "skip" },
   }))).body;
-  await finished(calm.id);
-  await finished(storm.id);
+  await server.finished(calm.id);
+  await server.finished(storm.id);
   browser = await openBrowser();
 });
 

@@ -24,6 +24,17 @@ function freePort() {
   });
 }
 
+/** The statuses a job ends in. */
+const ENDED = ["succeeded", "diverged", "failed", "cancelled", "interrupted"];
+
+/** A tiny classification MLP (a few hundred parameters) on the CPU, with `extra` on top. */
+export const tinyMlp = (extra = {}) => ({
+  batch_size: 16, device: "cpu",
+  task: { kind: "classification", features: 8, classes: 4 },
+  model: { kind: "mlp", layers: 2, hidden: 16 },
+  ...extra,
+});
+
 /**
  * Starts the server; resolves once /readyz answers. `token`: the server requires it
  * (`--api-token`), and `api`/`bytes` send it.
@@ -73,6 +84,19 @@ export async function startServer({ token = null } = {}) {
         body: body ? JSON.stringify(body) : undefined,
       });
       return { status: r.status, body: r.status === 204 ? null : await r.json() };
+    },
+    /** Submits `spec` and returns the created job; anything but a 201 throws. */
+    async submit(spec) {
+      const created = await this.api("POST", "/jobs", spec);
+      if (created.status !== 201) throw new Error(`submitting a job: ${created.status} ${JSON.stringify(created.body)}`);
+      return created.body;
+    },
+    /** Waits up to two minutes for job `id` to end; returns its record. */
+    async finished(id) {
+      return until(async () => {
+        const { body } = await this.api("GET", `/jobs/${id}`);
+        return ENDED.includes(body.status) ? body : null;
+      }, { timeout: 120_000, what: `job ${id} to finish` });
     },
     /** The raw bytes of a GET. */
     async bytes(path) {

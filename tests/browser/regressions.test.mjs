@@ -4,7 +4,7 @@
 
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
-import { openBrowser, startServer, until } from "./helpers.mjs";
+import { openBrowser, startServer, tinyMlp, until } from "./helpers.mjs";
 
 let server;
 let browser;
@@ -18,26 +18,6 @@ after(async () => {
   await browser?.close();
   await server?.stop();
 });
-
-const tinyMlp = (extra = {}) => ({
-  batch_size: 16, device: "cpu",
-  task: { kind: "classification", features: 8, classes: 4 },
-  model: { kind: "mlp", layers: 2, hidden: 16 },
-  ...extra,
-});
-
-async function submit(spec) {
-  const created = await server.api("POST", "/jobs", spec);
-  assert.equal(created.status, 201, JSON.stringify(created.body));
-  return created.body;
-}
-
-async function finished(id) {
-  return until(async () => {
-    const { body } = await server.api("GET", `/jobs/${id}`);
-    return ["succeeded", "diverged", "failed", "cancelled"].includes(body.status) ? body : null;
-  }, { timeout: 120_000, what: `job ${id} to finish` });
-}
 
 const stepOf = async (page) => Number(((await page.textContent("#step-counter")) ?? "").split("/")[0]);
 
@@ -87,13 +67,13 @@ test("edits typed into the spec's JSON are what Submit sends", async () => {
   await page.fill("input[name=steps]", "11");
   assert.equal(JSON.parse(await page.inputValue("textarea.spec-json")).steps, 11);
   assert.equal(await page.textContent(".json-note"), "");
-  await finished(job.id);
+  await server.finished(job.id);
   assert.deepEqual(browser.errors, [], "no errors in the browser console");
 });
 
 /** A job that would run for minutes, at a learning rate of 0.05: seen running, then cancelled. */
 let long;
-const longJob = async () => (long ??= await submit(tinyMlp({
+const longJob = async () => (long ??= await server.submit(tinyMlp({
   name: "long-runner", steps: 100_000, optimizer: { kind: "sgd", lr: 0.05 }, monitor: { every: 50, histogram: false },
 })));
 
@@ -127,7 +107,7 @@ test("the learning-rate chart has ticks around 0.05 and a value on hover", async
   const { page } = browser;
   await longJob();
   await server.api("POST", `/jobs/${long.id}/cancel`); // if it still runs
-  await finished(long.id);
+  await server.finished(long.id);
   const { body: steps } = await server.api("GET", `/jobs/${long.id}/steps?max_points=10`);
   assert.ok(steps.lr.every((v) => v === 0.05), "a constant learning rate of 0.05");
   await page.goto(`${server.url}/#/jobs/${long.id}`);
@@ -155,7 +135,7 @@ test("the learning-rate chart has ticks around 0.05 and a value on hover", async
  * nothing: losses of about 1e20, gradients of about 1e19, whose squares overflow a float32.
  */
 let huge;
-const hugeJob = async () => (huge ??= await submit(tinyMlp({
+const hugeJob = async () => (huge ??= await server.submit(tinyMlp({
   name: "huge", steps: 20, model: { kind: "mlp", layers: 12, hidden: 32, activation: "relu", init_scale: 100 },
   optimizer: { kind: "sgd", lr: 1e-30 }, policy: { grad: [], on_nonfinite: "skip" }, monitor: { every: 1 },
 })));
@@ -163,7 +143,7 @@ const hugeJob = async () => (huge ??= await submit(tinyMlp({
 test("a diverging loss keeps readable, uncut axis labels", async () => {
   const { page } = browser;
   await hugeJob();
-  await finished(huge.id);
+  await server.finished(huge.id);
   const { body: steps } = await server.api("GET", `/jobs/${huge.id}/steps`);
   const losses = steps.loss.filter((v) => v !== null);
   assert.ok(Math.max(...losses) > 1e18, `losses reach ${Math.max(...losses)}`);
@@ -191,7 +171,7 @@ test("a diverging loss keeps readable, uncut axis labels", async () => {
 
 test("while a job runs, the head's counter and its progress bar show the same step", async () => {
   const { page } = browser;
-  const job = await submit(tinyMlp({ name: "watched", steps: 100_000, monitor: { every: 50, histogram: false } }));
+  const job = await server.submit(tinyMlp({ name: "watched", steps: 100_000, monitor: { every: 50, histogram: false } }));
   await page.goto(`${server.url}/#/jobs/${job.id}`);
   await until(async () => (await stepOf(page)) > 0, { what: "the first step" });
   // Every state the head passes through: after each change to it, and at each frame.
@@ -232,12 +212,12 @@ test("a layer whose gradient overflowed or holds NaN/Inf says so, in its values 
   const { page } = browser;
   // The huge job's finite gradients whose norm overflows; and a storm of NaN (a huge step).
   await hugeJob();
-  const storm = await submit(tinyMlp({
+  const storm = await server.submit(tinyMlp({
     name: "nan-storm", steps: 20, model: { kind: "mlp", layers: 6, hidden: 32, activation: "relu", init_scale: 100 },
     optimizer: { kind: "sgd", lr: 10 }, policy: { grad: [], on_nonfinite: "skip" }, monitor: { every: 1 },
   }));
   for (const [job, kind] of [[huge, "overflow"], [storm, "nonfinite"]]) {
-    const done = await finished(job.id);
+    const done = await server.finished(job.id);
     const { body } = await server.api("GET", `/jobs/${job.id}/layer-stats?stat=grad_norm,nonfinite&from=${done.step}`);
     const expect = body.layers.map((l) => {
       const norm = l.grad_norm[l.grad_norm.length - 1];

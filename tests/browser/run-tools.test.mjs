@@ -3,7 +3,7 @@
 
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
-import { openBrowser, startServer, until } from "./helpers.mjs";
+import { openBrowser, startServer, tinyMlp, until } from "./helpers.mjs";
 
 let server;
 let browser;
@@ -17,28 +17,6 @@ after(async () => {
   await browser?.close();
   await server?.stop();
 });
-
-const tinyMlp = (extra = {}) => ({
-  batch_size: 16, device: "cpu",
-  task: { kind: "classification", features: 8, classes: 4 },
-  model: { kind: "mlp", layers: 2, hidden: 16 },
-  ...extra,
-});
-
-async function submit(spec) {
-  const created = await server.api("POST", "/jobs", spec);
-  assert.equal(created.status, 201, JSON.stringify(created.body));
-  return created.body;
-}
-
-const FINISHED = ["succeeded", "diverged", "failed", "cancelled", "interrupted"];
-
-async function finished(id) {
-  return until(async () => {
-    const { body } = await server.api("GET", `/jobs/${id}`);
-    return FINISHED.includes(body.status) ? body : null;
-  }, { timeout: 120_000, what: `job ${id} to finish` });
-}
 
 /** The layer table's gradient norms, by layer index, as numbers. */
 const tableNorms = (page) => page.$$eval("#layer-table tbody tr[data-layer]", (rows) => rows.map((tr) => [
@@ -67,11 +45,11 @@ const tableStep = async (page) => (await page.textContent("#table-step")) ?? "";
 
 test("the step scrubber and an event's step choose what the per-layer views show; live follows the latest", async () => {
   const { page } = browser;
-  const job = await submit(tinyMlp({
+  const job = await server.submit(tinyMlp({
     name: "scrubbed", steps: 30, monitor: { every: 1 },
     task: { kind: "classification", features: 8, classes: 4, eval_every: 10 },
   }));
-  await finished(job.id);
+  await server.finished(job.id);
   await page.goto(`${server.url}/#/jobs/${job.id}`);
   await until(async () => (await tableStep(page)) === "statistics of step 30", { what: "the latest step's statistics" });
   assertClose(await tableNorms(page), await restNorms(job.id, 30), "live");
@@ -114,7 +92,7 @@ const stepOf = async (page) => Number(((await page.textContent("#step-counter"))
 
 test("run actions: cancel asks first, a cancelled run resumes, a run clones into the form, a finished one is deleted", async () => {
   const { page } = browser;
-  const job = await submit(tinyMlp({ name: "acted-on", steps: 100_000, monitor: { every: 50, histogram: false } }));
+  const job = await server.submit(tinyMlp({ name: "acted-on", steps: 100_000, monitor: { every: 50, histogram: false } }));
   await page.goto(`${server.url}/#/jobs/${job.id}`);
   await until(async () => (await stepOf(page)) > 0, { what: "the first step" });
   assert.ok(await page.isHidden("#delete-job"), "a running job offers no delete");
@@ -172,8 +150,8 @@ test("run actions: cancel asks first, a cancelled run resumes, a run clones into
 
 test("a job with the per-layer statistics off shows no empty per-layer panels, and says why", async () => {
   const { page } = browser;
-  const job = await submit(tinyMlp({ name: "unmonitored", steps: 5, monitor: { every: 0 } }));
-  await finished(job.id);
+  const job = await server.submit(tinyMlp({ name: "unmonitored", steps: 5, monitor: { every: 0 } }));
+  await server.finished(job.id);
   // The API has no per-layer statistics for it.
   const { body } = await server.api("GET", `/jobs/${job.id}/layer-stats?stat=grad_norm`);
   assert.ok(body.layers.every((l) => l.step.length === 0), JSON.stringify(body));
@@ -191,8 +169,8 @@ test("events: repeated warnings of one kind are one finding with its count; a ki
   // The vanishing-gradient preset (a deep sigmoid MLP): a "vanishing" warning for layer after layer.
   const { body: presets } = await server.api("GET", "/presets");
   const preset = presets.presets.find((p) => p.name === "vanishing-mlp");
-  const job = await submit({ ...preset.spec, name: "warned", steps: 60, device: "cpu" });
-  await finished(job.id);
+  const job = await server.submit({ ...preset.spec, name: "warned", steps: 60, device: "cpu" });
+  await server.finished(job.id);
   const { body } = await server.api("GET", `/jobs/${job.id}/events`);
   /** @type {Map<string, number>} */
   const counts = new Map();
