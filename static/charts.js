@@ -126,6 +126,9 @@ export const positive = (/** @type {number | null | undefined} */ v) => (v !== n
  *   (the 2nd to the 98th percentile of the series shown, see `robustRange`).
  * @property {import("uplot").Cursor.Sync} [sync]
  * @property {(u: UPlot, v: number) => string} [xValue]
+ * @property {() => string[]} [xNames] An x axis of names, not numbers: the i-th name at x = i
+ *   (ticks on whole numbers only, the labels upright, thinned to fit; the labels drawn are kept
+ *   on the chart's box as `data-x-ticks`).
  * @property {import("uplot").Band[]} [bands] Areas filled between two series (by index, the x series 0).
  *
  * @typedef {object} LineChart
@@ -141,7 +144,7 @@ export const positive = (/** @type {number | null | undefined} */ v) => (v !== n
  * @param {ChartOptions} options
  * @returns {LineChart}
  */
-export function lineChart(uPlot, container, { series, yLog = false, height = 220, yLabel = "", xLabel = "step", hooks = {}, legend = true, sparkline = false, yRange, sync, xValue, bands, outliers }) {
+export function lineChart(uPlot, container, { series, yLog = false, height = 220, yLabel = "", xLabel = "step", hooks = {}, legend = true, sparkline = false, yRange, sync, xValue, xNames, bands, outliers }) {
   const axisColor = cssVar("--muted");
   const gridColor = cssVar("--grid");
   const axis = (/** @type {string} */ label) => ({
@@ -181,7 +184,7 @@ export function lineChart(uPlot, container, { series, yLog = false, height = 220
       x: { time: false },
       y: yLog ? { distr: 3, log: 10, ...(range ? { range } : {}) } : range ? { range } : {},
     },
-    axes: sparkline ? [{ show: false }, { show: false }] : [axis(xLabel), {
+    axes: sparkline ? [{ show: false }, { show: false }] : [xNames ? namedAxis(axis(xLabel), xNames, container) : axis(xLabel), {
       ...axis(yLabel),
       // Steps of 1, 2, 2.5 and 5 at every power of ten a float32 holds, so that a diverged
       // run's 1e30 still gets ticks; labels short enough to read, the axis as wide as the
@@ -239,6 +242,35 @@ export function lineChart(uPlot, container, { series, yLog = false, height = 220
     destroy() {
       observer.disconnect();
       u.destroy();
+    },
+  };
+}
+
+/**
+ * An x axis that names its whole numbers (`names()[i]` at i): labels turned upright so that
+ * a name per layer fits where numbers would, at least 14 px apart (uPlot thins them
+ * to every 2nd, 5th… when they do not fit), and as tall as the longest.
+ * @param {Record<string, any>} base
+ * @param {() => string[]} names
+ * @param {HTMLElement} container
+ */
+function namedAxis(base, names, container) {
+  return {
+    ...base,
+    rotate: -90,
+    space: 14,
+    incrs: [1, 2, 3, 4, 5, 10, 20, 25, 50, 100, 200, 500, 1000],
+    values: (/** @type {UPlot} */ _u, /** @type {number[]} */ splits) => {
+      const list = names();
+      const labels = splits.map((v) => (Number.isInteger(v) && v >= 0 && v < list.length ? list[v] : ""));
+      container.dataset.xTicks = JSON.stringify(labels.filter((l) => l !== ""));
+      return labels;
+    },
+    size: (/** @type {UPlot} */ u, /** @type {string[] | null} */ values) => {
+      const axis = u.axes[0];
+      u.ctx.font = Array.isArray(axis.font) ? String(axis.font[0]) : String(axis.font ?? base.font);
+      const longest = Math.max(0, ...(values ?? []).map((v) => u.ctx.measureText(v).width / (window.devicePixelRatio || 1)));
+      return Math.ceil(longest + 18);
     },
   };
 }

@@ -147,6 +147,9 @@ export function ramp(/** @type {number} */ t) {
  * @property {number} [gutter] Width of the row labels.
  * @property {number} [maxGap]
  * @property {number | null} [cursor] A step to mark with a vertical line (the step the views show).
+ * @property {{row: number, col: number} | null} [focusCell] The keyboard's cell (`gridKeyboard`), outlined.
+ * @property {Set<number>} [headRows] Rows that head a block: a line above each, and their
+ *   labels drawn before any other, so that every block is named however many rows there are.
  *
  * @typedef {object} GridLayout Where a drawn grid's cells are, for `cellAt`.
  * @property {{x: number, y: number, w: number, h: number}} plot
@@ -243,20 +246,50 @@ export function drawGrid(canvas, grid, opts = {}) {
   ctx.fillRect(plot.x, plot.y, plot.w, plot.h);
   if (cols > 0) ctx.drawImage(off, 0, 0, cols, grid.rows, plot.x, plot.y, plot.w, plot.h);
 
-  // Row labels, thinned to fit.
+  // Row labels that do not overlap: blocks' heads first, then every other row that has
+  // room (at least 12 px from any label drawn).
   const rowH = plot.h / grid.rows;
-  const every = Math.max(1, Math.ceil(13 / rowH));
+  const heads = opts.headRows ?? new Set();
+  ctx.strokeStyle = cssVar("--border");
+  ctx.lineWidth = 1;
+  for (const r of heads) {
+    if (r <= 0 || r >= grid.rows) continue;
+    const y = Math.round(plot.y + r * rowH) + 0.5;
+    ctx.beginPath();
+    ctx.moveTo(8, y);
+    ctx.lineTo(plot.x + plot.w, y);
+    ctx.stroke();
+  }
   ctx.fillStyle = text;
   ctx.textBaseline = "middle";
   ctx.textAlign = "right";
-  for (let r = 0; r < grid.rows; r += every) {
+  /** @type {number[]} */
+  const drawn = [];
+  const order = [...[...heads].filter((r) => r >= 0 && r < grid.rows).sort((a, b) => a - b)];
+  for (let r = 0; r < grid.rows; r++) if (!heads.has(r)) order.push(r);
+  for (const r of order) {
+    const y = plot.y + (r + 0.5) * rowH;
+    if (drawn.some((d) => Math.abs(d - y) < 12)) continue;
+    drawn.push(y);
     const label = opts.rowLabel ? opts.rowLabel(r) : String(r);
-    ctx.fillText(fit(ctx, label, gutter - 8), gutter - 6, plot.y + (r + 0.5) * rowH);
+    ctx.font = heads.has(r) ? `600 ${font}` : font;
+    ctx.fillText(fit(ctx, label, gutter - 8), gutter - 6, y);
   }
+  ctx.font = font;
+  canvas.dataset.labels = String(drawn.length);
   if (opts.selectedRow !== undefined && opts.selectedRow !== null) {
     ctx.strokeStyle = cssVar("--accent");
     ctx.lineWidth = 1.5;
     ctx.strokeRect(plot.x + 0.5, plot.y + opts.selectedRow * rowH + 0.5, plot.w - 1, Math.max(1, rowH - 1));
+  }
+  // The keyboard's cell: a box around it, in the foreground colour and the page's.
+  if (opts.focusCell && cols > 0) {
+    const r = cellBox(layout, opts.focusCell.row, opts.focusCell.col);
+    ctx.lineWidth = 2;
+    ctx.strokeStyle = cssVar("--fg");
+    ctx.strokeRect(r.x - 1, r.y - 1, r.w + 2, r.h + 2);
+    ctx.strokeStyle = cssVar("--panel");
+    ctx.strokeRect(r.x - 3, r.y - 3, r.w + 6, r.h + 6);
   }
 
   // The step the views show: a line through its column (and the canvas says which step).
@@ -356,4 +389,123 @@ export function showTip(tip, canvas, event, text) {
   const rect = canvas.getBoundingClientRect();
   tip.style.left = `${Math.min(rect.width - 260, event.clientX - rect.left + 12)}px`;
   tip.style.top = `${event.clientY - rect.top + 12}px`;
+}
+
+/**
+ * Where cell (row, col) of a drawn grid lies on its canvas, in CSS pixels; a column at
+ * least 3 px wide, so that a cursor on it shows.
+ * @param {GridLayout} layout
+ * @param {number} row
+ * @param {number} col
+ */
+function cellBox(layout, row, col) {
+  const { plot } = layout;
+  const w = plot.w / Math.max(1, layout.cols);
+  const h = plot.h / Math.max(1, layout.rows);
+  const x = plot.x + col * w;
+  const wide = Math.max(3, w);
+  return { x: x + w / 2 - wide / 2, y: plot.y + row * h, w: wide, h };
+}
+
+/**
+ * Makes a drawn grid reachable and operable by keyboard: the canvas takes the focus (Tab),
+ * the arrow keys move a cursor over its cells (Home and End: the first and last column,
+ * Page Up and Page Down: ten rows), and each move shows the cell in `tip` and says it in a
+ * live region; Enter or Space acts on the row (`onEnter`), as a click does. `redraw` draws
+ * the grid with `focusCell()` outlined.
+ * @param {HTMLCanvasElement} canvas
+ * @param {HTMLElement} tip
+ * @param {{label: string, describe: (row: number, col: number) => string, onEnter: (row: number) => void, redraw: () => void, startRow?: () => number | null}} opts
+ */
+export function gridKeyboard(canvas, tip, { label, describe, onEnter, redraw, startRow }) {
+  canvas.tabIndex = 0;
+  canvas.setAttribute("role", "application");
+  canvas.setAttribute("aria-roledescription", "heatmap");
+  canvas.setAttribute("aria-label", `${label}: arrow keys move over layers and steps, Enter selects`);
+  const live = document.createElement("div");
+  live.className = "sr-only";
+  live.setAttribute("aria-live", "polite");
+  canvas.after(live);
+  /** @type {{row: number, col: number} | null} */
+  let cell = null;
+
+  /** Shows the cursor's cell in the tip; `announce`: says it in the live region too. */
+  function show(announce = true) {
+    const layout = layouts.get(canvas);
+    if (!layout || !cell || !layout.cols) {
+      tip.hidden = true;
+      return;
+    }
+    const text = describe(cell.row, cell.col);
+    if (announce) live.textContent = text;
+    canvas.dataset.focusRow = String(cell.row);
+    canvas.dataset.focusCol = String(cell.col);
+    const box = cellBox(layout, cell.row, cell.col);
+    tip.hidden = false;
+    tip.textContent = text;
+    const width = tip.offsetWidth || 260;
+    tip.style.left = `${Math.max(0, Math.min(canvas.clientWidth - width, box.x + box.w + 8))}px`;
+    tip.style.top = `${box.y + box.h + 6}px`;
+  }
+
+  /** The cursor kept on the grid as drawn (rows come and go as blocks open and close). */
+  function clamp() {
+    const layout = layouts.get(canvas);
+    if (!layout || !layout.cols) return null;
+    if (!cell) {
+      const start = startRow?.();
+      cell = { row: start ?? 0, col: layout.cols - 1 };
+    }
+    cell.row = Math.max(0, Math.min(layout.rows - 1, cell.row));
+    cell.col = Math.max(0, Math.min(layout.cols - 1, cell.col));
+    return layout;
+  }
+
+  canvas.addEventListener("focus", () => {
+    if (!clamp()) return;
+    redraw();
+    show();
+  });
+  canvas.addEventListener("blur", () => {
+    tip.hidden = true;
+    redraw();
+  });
+  canvas.addEventListener("keydown", (e) => {
+    const layout = clamp();
+    if (!layout || !cell) return;
+    /** @type {Record<string, () => void>} */
+    const moves = {
+      ArrowUp: () => { if (cell) cell.row--; },
+      ArrowDown: () => { if (cell) cell.row++; },
+      ArrowLeft: () => { if (cell) cell.col--; },
+      ArrowRight: () => { if (cell) cell.col++; },
+      PageUp: () => { if (cell) cell.row -= 10; },
+      PageDown: () => { if (cell) cell.row += 10; },
+      Home: () => { if (cell) cell.col = 0; },
+      End: () => { if (cell) cell.col = layout.cols - 1; },
+    };
+    const move = moves[e.key];
+    if (move) {
+      e.preventDefault();
+      move();
+      clamp();
+      redraw();
+      show();
+    } else if (e.key === "Enter" || e.key === " ") {
+      e.preventDefault();
+      onEnter(cell.row);
+      clamp();
+      redraw();
+      show();
+    }
+  });
+
+  return {
+    /** The cell the keyboard's cursor is on while the grid has the focus, else null. */
+    focusCell: () => (document.activeElement === canvas ? cell : null),
+    /** After a redraw (new data, or rows that moved): the tip follows, without a new announcement. */
+    refresh() {
+      if (document.activeElement === canvas && clamp()) show(false);
+    },
+  };
 }

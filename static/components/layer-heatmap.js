@@ -4,7 +4,7 @@
 // Layers of one block (`transformer.h.3`) sit under their block's row, which holds the
 // block's norm; a click on it collapses or opens the block.
 
-import { cellAt, drawGrid, robustScale, showTip } from "../heatmap.js";
+import { cellAt, drawGrid, gridKeyboard, robustScale, showTip } from "../heatmap.js";
 import { groupedGrid } from "../layer-groups.js";
 import { el, num } from "../widgets.js";
 
@@ -38,26 +38,46 @@ export function layerHeatmap(container, data, { onSelect, onToggle, groups, empt
   let rows = groups.rows();
   let grid = groupedGrid(data.grid, rows);
 
+  /** What a cell holds: the row's full name, its steps and norm (a block's: √Σ of its layers'). */
+  function describe(/** @type {number} */ r, /** @type {number | null} */ col) {
+    const row = rows[r];
+    if (!row) return "";
+    const name = row.kind === "group"
+      ? `${row.group.name} (${row.group.members.length} layers; ${groups.isCollapsed(row.group) ? "open" : "collapse"} with a click or Enter)`
+      : data.layers[row.layer]?.name ?? `#${row.layer}`;
+    if (col === null) return name;
+    const what = row.kind === "group" ? "block ‖g‖ (√Σ‖g‖² of max ‖g‖)" : "max ‖g‖";
+    const v = grid.at(r, col);
+    const from = col * grid.bucket + 1;
+    const to = Math.min((col + 1) * grid.bucket, grid.maxStep);
+    return `${name} · ${from === to ? `step ${from}` : `steps ${from}–${to}`} · ${what} ${Number.isFinite(v) ? num(10 ** v, 3) : "–"}`;
+  }
+  /** A click or Enter on a row: a block opens or collapses, a layer is selected. */
+  function act(/** @type {number} */ r) {
+    const row = rows[r];
+    if (row?.kind === "group") onToggle(row.group.name);
+    else if (row && data.layers[row.layer]) onSelect(row.layer);
+  }
+
   canvas.addEventListener("mousemove", (e) => {
     const cell = cellAt(canvas, e);
-    const row = cell ? rows[cell.row] : undefined;
-    if (!cell || !row) {
+    if (!cell || !rows[cell.row]) {
       tip.hidden = true;
       return;
     }
-    const name = row.kind === "group"
-      ? `${row.group.name} (${row.group.members.length} layers; click to ${groups.isCollapsed(row.group) ? "open" : "collapse"})`
-      : data.layers[row.layer]?.name ?? `#${row.layer}`;
-    const what = row.kind === "group" ? "block ‖g‖ (√Σ‖g‖² of max ‖g‖)" : "max ‖g‖";
-    const v = cell.col === null ? NaN : grid.at(cell.row, cell.col);
-    showTip(tip, canvas, e, cell.col === null ? name : `${name} · steps ${cell.from}–${cell.to} · ${what} ${Number.isFinite(v) ? num(10 ** v, 3) : "–"}`);
+    showTip(tip, canvas, e, describe(cell.row, cell.col));
   });
-  canvas.addEventListener("mouseleave", () => { tip.hidden = true; });
+  canvas.addEventListener("mouseleave", () => { if (document.activeElement !== canvas) tip.hidden = true; });
   canvas.addEventListener("click", (e) => {
     const cell = cellAt(canvas, e);
-    const row = cell ? rows[cell.row] : undefined;
-    if (row?.kind === "group") onToggle(row.group.name);
-    else if (row && data.layers[row.layer]) onSelect(row.layer);
+    if (cell) act(cell.row);
+  });
+  const keys = gridKeyboard(canvas, tip, {
+    label: "Per-layer gradient norm, layers × steps",
+    describe,
+    onEnter: act,
+    redraw: () => draw(),
+    startRow: () => selectedRow(),
   });
 
   /** The display row of the selected layer: its own, or its collapsed block's. */
@@ -76,19 +96,24 @@ export function layerHeatmap(container, data, { onSelect, onToggle, groups, empt
       canvas.style.height = `${Math.min(460, Math.max(150, rows.length * 16 + 24))}px`;
       canvas.dataset.rows = String(rows.length);
     },
-    draw() {
-      // The layers' grid is replaced when the layers are.
-      grid = groupedGrid(data.grid, rows);
-      const scale = outliers?.() ? robustScale(grid) : null;
-      canvas.dataset.scale = JSON.stringify(scale ?? grid.range());
-      drawGrid(canvas, grid, {
-        ...(scale ? { scale } : {}),
-        rowLabel: (r) => rowLabel(data, groups, rows[r]),
-        selectedRow: selectedRow(),
-        cursor: data.pinned?.step ?? null,
-        gutter: Math.min(200, Math.max(90, canvas.clientWidth * 0.18)),
-        empty: empty(),
-      });
-    },
+    draw,
   };
+
+  function draw() {
+    // The layers' grid is replaced when the layers are.
+    grid = groupedGrid(data.grid, rows);
+    const scale = outliers?.() ? robustScale(grid) : null;
+    canvas.dataset.scale = JSON.stringify(scale ?? grid.range());
+    drawGrid(canvas, grid, {
+      ...(scale ? { scale } : {}),
+      rowLabel: (r) => rowLabel(data, groups, rows[r]),
+      headRows: new Set(rows.flatMap((row, r) => (row.kind === "group" ? [r] : []))),
+      selectedRow: selectedRow(),
+      cursor: data.pinned?.step ?? null,
+      focusCell: keys.focusCell(),
+      gutter: Math.min(200, Math.max(90, canvas.clientWidth * 0.18)),
+      empty: empty(),
+    });
+    keys.refresh();
+  }
 }

@@ -2,7 +2,10 @@
 // The per-layer table: each layer's latest statistics (the columns the server's `hello`
 // names, in its order) and its health as the server's diagnosis states it — the issues in
 // force for the layer, and the layers it reported redundant. Click a row to select the
-// layer; click a head to sort. In the module's order (`#`), the layers of a block
+// layer; click a head to sort. By keyboard, Tab reaches the rows (one stop for the whole
+// table), the arrow keys move between them and select each layer as they go, Enter or Space
+// selects it (or opens or collapses a block), and on a block's row the right and left arrows
+// open and collapse it. In the module's order (`#`), the layers of a block
 // (`transformer.h.3`) follow a row of the block's own: its aggregate statistics and its
 // layers' health, and a button that collapses or opens it. Sorted by anything else, the
 // table ranks the layers themselves, without blocks.
@@ -128,6 +131,59 @@ export function layerTable(container, data, { statistics, onSelect, onToggle, gr
   let groupRows = new Map();
   let last = 0;
   let timer = 0;
+  /** The row that Tab reaches (the others are out of the tab order). @type {HTMLTableRowElement | null} */
+  let active = null;
+
+  /** Puts `tr` in the tab order in place of the row that was, and focuses it if asked. */
+  function activate(/** @type {HTMLTableRowElement} */ tr, focus = false) {
+    if (active && active !== tr) active.tabIndex = -1;
+    active = tr;
+    tr.tabIndex = 0;
+    if (focus) tr.focus();
+  }
+
+  /** What a click does: a layer's row selects it, a block's opens or collapses it. */
+  function press(/** @type {HTMLTableRowElement} */ tr) {
+    if (tr.dataset.group !== undefined) onToggle(tr.dataset.group);
+    else if (tr.dataset.layer !== undefined) onSelect(Number(tr.dataset.layer));
+  }
+
+  body.addEventListener("keydown", (e) => {
+    const target = /** @type {HTMLElement} */ (e.target);
+    const tr = /** @type {HTMLTableRowElement | null} */ (target.closest("tbody > tr"));
+    if (!tr || tr.parentElement !== body) return;
+    const rows = /** @type {HTMLTableRowElement[]} */ ([...body.children].filter((r) => !(/** @type {HTMLElement} */ (r).hidden)));
+    const i = rows.indexOf(tr);
+    const group = tr.dataset.group;
+    const collapsed = group !== undefined && tr.classList.contains("collapsed");
+    /** @type {HTMLTableRowElement | undefined} */
+    let next;
+    switch (e.key) {
+      case "ArrowDown": next = rows[i + 1]; break;
+      case "ArrowUp": next = rows[i - 1]; break;
+      case "PageDown": next = rows[Math.min(rows.length - 1, i + 10)]; break;
+      case "PageUp": next = rows[Math.max(0, i - 10)]; break;
+      case "Home": next = rows[0]; break;
+      case "End": next = rows[rows.length - 1]; break;
+      case "ArrowRight":
+      case "ArrowLeft":
+        if (group === undefined || collapsed === (e.key === "ArrowLeft")) return;
+        e.preventDefault();
+        onToggle(group);
+        return;
+      case "Enter":
+      case " ":
+        e.preventDefault();
+        press(tr);
+        return;
+      default:
+        return;
+    }
+    e.preventDefault();
+    if (!next || next === tr) return;
+    activate(next, true);
+    if (next.dataset.layer !== undefined) onSelect(Number(next.dataset.layer));
+  });
 
   /**
    * The health flags of every layer from the server's diagnosis and events, and from its
@@ -176,7 +232,7 @@ export function layerTable(container, data, { statistics, onSelect, onToggle, gr
       { key: "health", label: "health", dir: -1 },
     ], sort, () => update(true));
     body.replaceChildren(...data.layers.map((l) => {
-      const tr = el("tr", { dataset: { layer: l.index }, onclick: () => onSelect(l.index) },
+      const tr = el("tr", { dataset: { layer: l.index }, tabindex: -1, onclick: () => { activate(tr); onSelect(l.index); } },
         el("td", { class: "num" }, l.index), el("td", { class: "layer-name", title: l.name }, l.name),
         el("td", { class: "muted" }, (l.shape ?? []).join("×")),
         ...columns.map((s) => el("td", { class: `num stat-${s}` }, "–")), el("td", { class: "health" }));
@@ -185,15 +241,18 @@ export function layerTable(container, data, { statistics, onSelect, onToggle, gr
     }));
     groupRows = new Map(groups.groups.map((g) => {
       const numel = g.members.reduce((sum, m) => sum + (data.layers[m]?.numel ?? 0), 0);
-      const toggle = el("button", { type: "button", class: "group-toggle", title: "collapse or open the block",
-        onclick: (/** @type {Event} */ e) => { e.stopPropagation(); onToggle(g.name); } });
-      const tr = el("tr", { class: "group-row", dataset: { group: g.name }, onclick: () => onToggle(g.name) },
+      // The row is the keyboard's stop (Enter, or the arrows), so the button is out of the tab order.
+      const toggle = el("button", { type: "button", class: "group-toggle", tabindex: -1, "aria-label": `open or collapse ${g.name}`,
+        title: "collapse or open the block",
+        onclick: (/** @type {Event} */ e) => { e.stopPropagation(); activate(tr); onToggle(g.name); } });
+      const tr = el("tr", { class: "group-row", dataset: { group: g.name }, tabindex: -1, onclick: () => { activate(tr); onToggle(g.name); } },
         el("td", { class: "num" }, toggle),
         el("td", { class: "group-name", title: `${g.members.length} layers` }, g.name, el("span", { class: "muted small" }, ` ${g.members.length} layers`)),
         el("td", { class: "muted", title: "parameters in the block" }, numel ? numel.toLocaleString() : ""),
         ...columns.map((s) => el("td", { class: `num group-stat-${s}` }, "–")), el("td", { class: "health" }));
       return [g, tr];
     }));
+    active = null;
     update(true);
   }
 
@@ -204,6 +263,7 @@ export function layerTable(container, data, { statistics, onSelect, onToggle, gr
     tr.classList.toggle("collapsed", !open);
     const toggle = cells[0].firstElementChild;
     if (toggle && toggle.textContent !== (open ? "▾" : "▸")) toggle.textContent = open ? "▾" : "▸";
+    toggle?.setAttribute("aria-expanded", String(open));
     const latest = data.shown;
     if (latest) {
       columns.forEach((name, k) => {
@@ -257,6 +317,8 @@ export function layerTable(container, data, { statistics, onSelect, onToggle, gr
         cell.replaceChildren(...own.map((f) => el("span", { class: `flag issue-${f.kind}`, title: f.title }, f.text)));
       }
       l.row.classList.toggle("selected", l.index === data.histLayer);
+      if (l.index === data.histLayer) l.row.setAttribute("aria-current", "true");
+      else l.row.removeAttribute("aria-current");
     }
     // Blocks in the module's order only (either direction); ranked by anything else, layers alone.
     const blocks = sort.key === "index" && groupRows.size > 0;
@@ -291,7 +353,18 @@ export function layerTable(container, data, { statistics, onSelect, onToggle, gr
     const hidden = [...groupRows.values(), .../** @type {HTMLTableRowElement[]} */ (data.layers.map((l) => l.row))].filter((tr) => tr && !shown.has(tr));
     const all = [...order, ...hidden];
     const current = [...body.children];
-    if (all.some((tr, i) => current[i] !== tr)) body.append(...all);
+    if (all.some((tr, i) => current[i] !== tr)) {
+      const focused = document.activeElement;
+      body.append(...all);
+      if (focused instanceof HTMLElement && body.contains(focused) && document.activeElement !== focused) focused.focus();
+    }
+    // Tab reaches one row: the last one used while it shows, else the selected layer's, else the first.
+    if (!active || active.hidden || active.parentElement !== body) {
+      const selected = data.histLayer === null ? undefined : data.layers[data.histLayer]?.row;
+      const first = /** @type {HTMLTableRowElement | undefined} */ (order.find((tr) => !tr.hidden));
+      const row = selected && !selected.hidden ? selected : first;
+      if (row) activate(row);
+    }
   }
 
   return {

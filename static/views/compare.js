@@ -1,20 +1,33 @@
 // @ts-check
 // Compare jobs: loss and gradient norm overlaid, and each job's per-layer gradient-norm
-// profile and heatmap side by side on shared scales.
+// profile and heatmap side by side on shared scales. The jobs are picked from a search over
+// every job (components/job-picker.js); picking one changes the comparison in place.
 
 import { get, isFinished, query } from "../api.js";
 import { ema, optionsBar, readOptions, robustRange } from "../chart-options.js";
 import { lineChart, loadUPlot, positive, SERIES_COLORS, seriesColor } from "../charts.js";
 import { showRaw, smoothedPair } from "../components/loss-charts.js";
-import { drawGrid } from "../heatmap.js";
+import { jobPicker, shortId } from "../components/job-picker.js";
+import { cellAt, drawGrid, gridKeyboard, showTip } from "../heatmap.js";
+import { blockOf, groupedGrid, LayerGroups } from "../layer-groups.js";
 import { JobData } from "../store.js";
 import { describeSpec, diagnosisBadges, el, num, pct, statusBadge, setTitle } from "../widgets.js";
+import { specSchema } from "./spec-form.js";
 
 /** @typedef {import("../types.js").Job} Job */
 /** @typedef {import("../types.js").LayerSeries} LayerSeries */
 /** @typedef {import("../charts.js").LineChart} LineChart */
 /** @typedef {{job: Job, data: JobData, profile: {median: (number | null)[], last: (number | null)[]}}} Loaded */
-/** @typedef {{chartBox: HTMLElement, canvas: HTMLCanvasElement, chart: LineChart, status: HTMLElement}} ProfilePanel */
+/**
+ * @typedef {object} ProfilePanel
+ * @property {HTMLElement} chartBox
+ * @property {HTMLCanvasElement} canvas
+ * @property {LineChart} chart
+ * @property {HTMLElement} status
+ * @property {LayerGroups} groups The heatmap's rows by block.
+ * @property {string[]} names The full names of the layers on the profile's x axis, in order.
+ * @property {() => void} draw Draws the heatmap.
+ */
 /** @typedef {import("uplot").AlignedData} AlignedData */
 
 /** The CSS colour of the i-th job (a custom property of style.css). */
@@ -23,6 +36,18 @@ const swatch = (/** @type {number} */ i) => `var(--series-${i % SERIES_COLORS})`
 const POINTS = 2000;
 const LAYER_POINTS = 400;
 const REFRESH_MS = 3000;
+
+/**
+ * A layer's name as the profile's x axis shows it: from its block's number on, without a
+ * trailing `.weight` (`blocks.3.linear.weight` → `3.linear`, `head.weight` → `head`), and at
+ * most 24 characters (the middle left out); hovering shows the full name.
+ */
+export function shortLayerName(/** @type {string} */ name) {
+  const block = blockOf(name);
+  let s = name.replace(/\.weight$/, "");
+  if (block) s = s.slice(block.lastIndexOf(".") + 1);
+  return s.length <= 24 ? s : `${s.slice(0, 8)}…${s.slice(-15)}`;
+}
 
 function median(/** @type {(number | null)[]} */ values) {
   const v = /** @type {number[]} */ (values.filter((x) => x !== null && x > 0)).sort((a, b) => a - b);
@@ -65,53 +90,57 @@ async function loadJob(id) {
 export async function compareView(root, ctx, params) {
   const uPlot = await loadUPlot();
   let ids = (params.get("ids") ?? "").split(",").filter(Boolean);
-  /** @type {Job[]} */
-  const all = (await get(`/jobs${query({ limit: 100 })}`)).jobs;
+  const schema = await specSchema().catch(() => null);
+  const kinds = {
+    model: schema?.fields("ModelSpec").kind?.options ?? [],
+    task: schema ? Object.keys(schema.tasks) : [],
+  };
   /** @type {Loaded[]} */
   let loaded = [];
   /** @type {LineChart[]} */
   let charts = [];
   let timer = 0;
   let closed = false;
+  /** Counts the loads begun: a load that a newer one overtook shows nothing. */
+  let loads = 0;
 
-  /** Each chip's status, by job id: kept current as the jobs are read again. @type {Map<string, HTMLElement>} */
-  const chipStatus = new Map();
-  const chipBadge = (/** @type {Job} */ j) => {
-    const slot = el("span", { class: "chip-status" }, statusBadge(j.status));
-    chipStatus.set(j.id, slot);
-    return slot;
-  };
-  const picker = el("div", { class: "picker" }, all.length ? all.map((j) => el("label", { class: "chip", dataset: { id: j.id } },
-    el("input", { type: "checkbox", value: j.id, checked: ids.includes(j.id), onchange: (/** @type {Event} */ e) => {
-      ids = /** @type {HTMLInputElement} */ (e.target).checked ? [...ids, j.id] : ids.filter((x) => x !== j.id);
-      location.hash = `#/compare${query({ ids: ids.length ? ids : null })}`;
-    } }), " ", j.name, " ", chipBadge(j))) : el("p", { class: "muted" }, "No jobs to compare yet."));
+  const pickerBox = el("div", { class: "job-picker" });
+  const picker = jobPicker(pickerBox, {
+    selected: () => ids,
+    onChange: select,
+    kinds,
+    swatch: (id) => {
+      const i = loaded.findIndex(({ job }) => job.id === id);
+      return i < 0 ? null : swatch(i);
+    },
+    offline: ctx.offline,
+  });
   const body = el("div", { class: "compare-body" });
-  const named = ids.map((id) => all.find((j) => j.id === id)?.name ?? id.slice(0, 8));
-  setTitle(named.length ? `Compare ${named.join(", ")}` : "Compare jobs");
+  setTitle("Compare jobs");
   root.replaceChildren(
     el("section", { class: "panel" }, el("h2", {}, "Compare jobs"),
-      el("p", { class: "muted" }, "Pick two or more jobs — a failing run and its remedy, say."), picker),
+      el("p", { class: "muted" }, "Pick two or more jobs — a failing run and its remedy, say. Search by name, or filter by status, model and task; runs of one name show when they were created and the start of their id."),
+      pickerBox),
     body);
-
-  if (ids.length === 0) {
-    body.replaceChildren(el("p", { class: "empty" }, "Select jobs above to compare them."));
-    return () => {};
-  }
 
   const lossBox = el("div", { class: "chart" });
   const normBox = el("div", { class: "chart" });
   const summary = el("tbody");
   const profiles = el("div", { class: "profiles" });
-  const allTensors = el("input", { type: "checkbox", onchange: () => update() });
+  const allTensors = el("input", { type: "checkbox", onchange: () => {
+    if (!loaded.length) return;
+    build();
+    update();
+  } });
   // How the loss and norm charts and the heatmaps read; the bar changes it.
   const options = readOptions();
   let builtLog = { loss: options.logLoss, norm: options.logNorm };
   const bar = optionsBar(options, () => {
+    if (!loaded.length) return;
     if (builtLog.loss !== options.logLoss || builtLog.norm !== options.logNorm) build();
     update();
   });
-  body.replaceChildren(
+  const parts = [
     bar,
     el("section", { class: "panel" }, el("div", { class: "table-wrap" }, el("table", { class: "summary", id: "compare-summary" },
       el("thead", {}, el("tr", {}, ["", "job", "status", "step", "final loss", "validation", "metric", "max ‖g‖", "clipped", "skipped", "diagnosis"].map((h) => el("th", {}, h)))),
@@ -120,12 +149,24 @@ export async function compareView(root, ctx, params) {
       el("section", { class: "panel" }, el("h3", {}, "Loss ", el("span", { class: "muted small" }, "solid: training, dashed: validation")), lossBox),
       el("section", { class: "panel" }, el("h3", {}, "Global gradient norm ", el("span", { class: "muted small" }, "solid: before the policies, dotted: after")), normBox)),
     el("section", { class: "panel" }, el("h3", {}, "Per-layer gradient norm, side by side ",
-      el("span", { class: "muted small" }, "median over the run (solid) and latest (dashed); heatmaps share one colour scale")),
+      el("span", { class: "muted small" }, "median over the run (solid) and latest (dashed), one point per layer; heatmaps share one colour scale, their rows grouped by block (click or Enter on a block to open or collapse it)")),
       el("label", { class: "small muted" }, allTensors, " every tensor (biases and norm parameters too), not only weight matrices"), profiles),
-  );
+  ];
 
   /** Each job's profile chart and heatmap, in the order of `loaded`. @type {ProfilePanel[]} */
   let panels = [];
+
+  /** A job's name, with the start of its id where another job compared has the same name. */
+  function label(/** @type {Job} */ job) {
+    const twins = loaded.filter((l) => l.job.name === job.name).length;
+    return twins > 1 ? `${job.name} (${shortId(job.id)})` : job.name;
+  }
+
+  /** The layers a job's profile shows: its weight matrices, or every tensor when asked (or when it has none). */
+  function profileLayers(/** @type {JobData} */ data) {
+    const matrices = data.layers.filter((l) => (l.shape ?? []).length >= 2);
+    return allTensors.checked || !matrices.length ? data.layers : matrices;
+  }
 
   function build() {
     charts.forEach((c) => c.destroy());
@@ -136,42 +177,124 @@ export async function compareView(root, ctx, params) {
     // Per job: its training loss (raw and smoothed) and validation; its norm before and
     // after the policies (each raw and smoothed).
     const lossSeries = loaded.flatMap(({ job }, i) => [
-      ...smoothedPair(job.name, seriesColor(i), { spanGaps: true }),
-      { label: `${job.name} (val)`, color: seriesColor(i), dash: [6, 4], width: 2, spanGaps: true, points: { show: true, size: 4 } },
+      ...smoothedPair(label(job), seriesColor(i), { spanGaps: true }),
+      { label: `${label(job)} (val)`, color: seriesColor(i), dash: [6, 4], width: 2, spanGaps: true, points: { show: true, size: 4 } },
     ]);
     charts.push(lineChart(uPlot, lossBox, { series: lossSeries, yLog: builtLog.loss, yLabel: "loss", height: 280, sync, outliers }));
     const normSeries = loaded.flatMap(({ job }, i) => [
-      ...smoothedPair(job.name, seriesColor(i), { spanGaps: true }),
-      ...smoothedPair(`${job.name} (after)`, seriesColor(i), { dash: [2, 3], spanGaps: true }),
+      ...smoothedPair(label(job), seriesColor(i), { spanGaps: true }),
+      ...smoothedPair(`${label(job)} (after)`, seriesColor(i), { dash: [2, 3], spanGaps: true }),
     ]);
     charts.push(lineChart(uPlot, normBox, { series: normSeries, yLog: builtLog.norm, yLabel: "‖g‖", height: 280, sync, outliers }));
     lossBox.dataset.log = String(builtLog.loss);
     normBox.dataset.log = String(builtLog.norm);
-    const boxes = loaded.map(({ job, data }, i) => {
-      const chartBox = el("div", { class: "chart" });
-      const canvas = el("canvas", { class: "grid-canvas profile-heat", style: `height:${Math.min(300, Math.max(120, data.layers.length * 10 + 24))}px` });
+    const boxes = loaded.map(({ job }, i) => {
+      const chartBox = el("div", { class: "chart profile-chart" });
+      const canvas = el("canvas", { class: "grid-canvas profile-heat" });
+      const tip = el("div", { class: "tip", hidden: true });
       const status = el("span", { class: "profile-status" });
       const card = el("article", { class: "card profile", dataset: { id: job.id } },
         el("h4", {}, el("span", { class: "swatch", style: `background:${swatch(i)}` }), " ",
-          el("a", { href: `#/jobs/${job.id}` }, job.name), " ", status),
-        el("p", { class: "muted small" }, describeSpec(job.spec)), chartBox, canvas);
-      return { card, chartBox, canvas, status };
+          el("a", { href: `#/jobs/${job.id}` }, label(job)), " ", status),
+        el("p", { class: "muted small" }, describeSpec(job.spec)), chartBox, el("div", { class: "heat-wrap" }, canvas, tip));
+      return { card, chartBox, canvas, tip, status };
     });
     profiles.replaceChildren(...boxes.map((b) => b.card));
-    panels = boxes.map(({ chartBox, canvas, status }, i) => {
-      const layers = loaded[i].data.layers;
+    panels = boxes.map(({ chartBox, canvas, tip, status }, i) => {
+      const { data } = loaded[i];
+      const names = profileLayers(data).map((l) => l.name);
       const chart = lineChart(uPlot, chartBox, {
         series: [
           { label: "median", color: seriesColor(i), width: 2, points: { show: true, size: 4 } },
           { label: "latest", color: seriesColor(i), dash: [5, 4] },
         ],
-        yLog: true, yLabel: "‖g‖", xLabel: "layer", height: 200,
-        xValue: (_u, v) => (v === null || v === undefined ? "–" : `${v}: ${layers[v]?.name ?? ""}`),
+        yLog: true, yLabel: "‖g‖", xLabel: "layer", height: 260,
+        xNames: () => names.map(shortLayerName),
+        xValue: (_u, v) => (v === null || v === undefined ? "–" : names[v] ?? ""),
       });
       charts.push(chart);
-      return { chartBox, canvas, chart, status };
+      const panel = { chartBox, canvas, chart, status, names, groups: new LayerGroups(data.layers), draw: () => {} };
+      panel.draw = heatmap(panel, data, tip);
+      return panel;
     });
   }
+
+  /**
+   * A job's heatmap: rows by block (a block's row holds √Σ‖g‖² of its layers'; a model of
+   * many layers starts with its blocks collapsed), every layer's full name and value on
+   * hover, and the keyboard's cursor (`gridKeyboard`). Returns its drawing.
+   * @param {ProfilePanel} panel
+   * @param {JobData} data
+   * @param {HTMLElement} tip
+   */
+  function heatmap(panel, data, tip) {
+    const { canvas, groups } = panel;
+    let rows = groups.rows();
+    let grid = groupedGrid(data.grid, rows);
+    const fit = () => {
+      rows = groups.rows();
+      canvas.style.height = `${Math.min(420, Math.max(120, rows.length * 14 + 24))}px`;
+      canvas.dataset.rows = String(rows.length);
+    };
+    fit();
+    const describe = (/** @type {number} */ r, /** @type {number | null} */ col) => {
+      const row = rows[r];
+      if (!row) return "";
+      const name = row.kind === "group"
+        ? `${row.group.name} (${row.group.members.length} layers; ${groups.isCollapsed(row.group) ? "open" : "collapse"} with a click or Enter)`
+        : data.layers[row.layer]?.name ?? `#${row.layer}`;
+      if (col === null) return name;
+      const v = grid.at(r, col);
+      const from = col * grid.bucket + 1;
+      const to = Math.min((col + 1) * grid.bucket, grid.maxStep);
+      const what = row.kind === "group" ? "block ‖g‖" : "max ‖g‖";
+      return `${name} · ${from === to ? `step ${from}` : `steps ${from}–${to}`} · ${what} ${Number.isFinite(v) ? num(10 ** v, 3) : "–"}`;
+    };
+    const act = (/** @type {number} */ r) => {
+      const row = rows[r];
+      if (row?.kind !== "group") return;
+      groups.toggle(row.group.name);
+      fit();
+      draw();
+    };
+    canvas.addEventListener("mousemove", (e) => {
+      const cell = cellAt(canvas, e);
+      if (!cell || !rows[cell.row]) {
+        tip.hidden = true;
+        return;
+      }
+      showTip(tip, canvas, e, describe(cell.row, cell.col));
+    });
+    canvas.addEventListener("mouseleave", () => { if (document.activeElement !== canvas) tip.hidden = true; });
+    canvas.addEventListener("click", (e) => {
+      const cell = cellAt(canvas, e);
+      if (cell) act(cell.row);
+    });
+    const keys = gridKeyboard(canvas, tip, { label: "Per-layer gradient norm, layers × steps", describe, onEnter: act, redraw: () => draw() });
+    const rowLabel = (/** @type {number} */ r) => {
+      const row = rows[r];
+      if (!row) return "";
+      if (row.kind === "group") return `${groups.isCollapsed(row.group) ? "▸" : "▾"} ${row.group.name} (${row.group.members.length})`;
+      const name = data.layers[row.layer]?.name ?? `#${row.layer}`;
+      return row.group ? `· ${name.slice(row.group.name.length + 1)}` : name;
+    };
+    function draw() {
+      grid = groupedGrid(data.grid, rows);
+      drawGrid(canvas, grid, {
+        ...(scale ? { scale } : {}),
+        rowLabel,
+        headRows: new Set(rows.flatMap((row, r) => (row.kind === "group" ? [r] : []))),
+        focusCell: keys.focusCell(),
+        gutter: 150,
+        empty: "no per-layer statistics yet",
+      });
+      keys.refresh();
+    }
+    return draw;
+  }
+
+  /** The heatmaps' shared colour scale (log10), set by `update`. @type {[number, number] | undefined} */
+  let scale;
 
   /** Several jobs' columns on one step axis. @param {(number | null)[][][]} tables */
   function join(tables) {
@@ -189,7 +312,7 @@ export async function compareView(root, ctx, params) {
     showRaw(charts[0], loaded.map((_, i) => 1 + 3 * i), w > 0);
     showRaw(charts[1], loaded.flatMap((_, i) => [1 + 4 * i, 3 + 4 * i]), w > 0);
     // The chips and the panels' badges say what the table says: every job as last read.
-    for (const { job } of loaded) showStatus(chipStatus.get(job.id), job.status);
+    picker.setJobs(loaded.map(({ job }) => job));
     panels.forEach((panel, i) => showStatus(panel.status, loaded[i].job.status));
     charts[0].setData(join(loaded.map(({ data: { cols: c } }) => [c.step, train(c.loss), ema(train(c.loss), w), train(c.valid)])));
     charts[1].setData(join(loaded.map(({ data: { cols: c } }) => [c.step, c.gn, ema(c.gn, w), c.gnc, ema(c.gnc, w)])));
@@ -202,8 +325,7 @@ export async function compareView(root, ctx, params) {
       const [a, b] = data.grid.range();
       if (a <= b) { lo = Math.min(lo, 10 ** a); hi = Math.max(hi, 10 ** b); }
     }
-    /** @type {[number, number] | undefined} */
-    let scale = lo <= hi ? [Math.log10(lo), Math.log10(hi)] : undefined;
+    scale = lo <= hi ? [Math.log10(lo), Math.log10(hi)] : undefined;
     if (options.outliers) {
       // Without outliers: one explosion does not set every job's colours.
       /** @type {number[]} */
@@ -224,12 +346,11 @@ export async function compareView(root, ctx, params) {
     profiles.dataset.scale = JSON.stringify(scale ?? null);
     panels.forEach((panel, i) => {
       const { data, profile } = loaded[i];
-      const matrices = data.layers.filter((l) => (l.shape ?? []).length >= 2);
-      const xs = (allTensors.checked || !matrices.length ? data.layers : matrices).map((l) => l.index);
+      const xs = profileLayers(data).map((l) => l.index);
       if (scale) panel.chart.u.setScale("y", { min: lo / 1.5, max: hi * 1.5 });
-      panel.chart.setData([xs, xs.map((x) => profile.median[x] ?? null), xs.map((x) => profile.last[x] ?? null)]);
+      panel.chart.setData([xs.map((_, k) => k), xs.map((x) => profile.median[x] ?? null), xs.map((x) => profile.last[x] ?? null)]);
       if (scale) panel.chart.u.setScale("y", { min: lo / 1.5, max: hi * 1.5 });
-      drawGrid(panel.canvas, data.grid, { scale, rowLabel: (r) => data.layers[r]?.name ?? `#${r}`, gutter: 150, empty: "no per-layer statistics yet" });
+      panel.draw();
     });
 
     summary.replaceChildren(...loaded.map(({ job, data }, i) => {
@@ -240,7 +361,7 @@ export async function compareView(root, ctx, params) {
       const maxNorm = Math.max(0, .../** @type {number[]} */ (c.gn.filter((v) => v !== null)));
       return el("tr", { dataset: { id: job.id } },
         el("td", {}, el("span", { class: "swatch", style: `background:${swatch(i)}` })),
-        el("td", {}, el("a", { href: `#/jobs/${job.id}` }, job.name)),
+        el("td", {}, el("a", { href: `#/jobs/${job.id}` }, label(job))),
         el("td", {}, statusBadge(job.status)),
         el("td", { class: "num" }, `${job.step} / ${job.total_steps}`),
         el("td", { class: "num" }, num(lastLoss)),
@@ -253,14 +374,33 @@ export async function compareView(root, ctx, params) {
     }));
   }
 
+  /** Drops the comparison's charts (none picked, or a new set to build). */
+  function clear() {
+    charts.forEach((c) => c.destroy());
+    charts = [];
+    panels = [];
+    loaded = [];
+  }
+
   async function load() {
+    const mine = ++loads;
+    clearTimeout(timer);
     timer = 0;
+    if (ids.length === 0) {
+      clear();
+      body.replaceChildren(el("p", { class: "empty" }, "Select jobs above to compare them."));
+      setTitle("Compare jobs");
+      picker.setJobs([]);
+      return;
+    }
     const next = await Promise.all(ids.map((id) => loadJob(id).catch(() => null)));
-    if (closed) return;
-    const shape = (/** @type {Loaded[]} */ list) => list.map(({ data }) => data.layers.length).join(",");
+    if (closed || mine !== loads) return;
+    if (body.firstElementChild !== bar) body.replaceChildren(...parts);
+    const shape = (/** @type {Loaded[]} */ list) => list.map(({ job, data }) => `${job.id}:${data.layers.length}`).join(",");
     const found = next.filter((x) => x !== null);
     const rebuild = loaded.length === 0 || shape(loaded) !== shape(found);
     loaded = found;
+    setTitle(loaded.length ? `Compare ${loaded.map(({ job }) => label(job)).join(", ")}` : "Compare jobs");
     if (rebuild) build();
     update();
     if (!closed && loaded.some(({ job }) => !isFinished(job))) {
@@ -268,10 +408,20 @@ export async function compareView(root, ctx, params) {
     }
   }
 
-  await load();
+  /** The user picked or dropped a job: the URL says which (no new history entry), the comparison follows. */
+  function select(/** @type {string[]} */ next) {
+    ids = next;
+    history.replaceState(history.state, "", `#/compare${query({ ids: ids.length ? ids : null })}`);
+    picker.setJobs([]);
+    clear();
+    load().catch((err) => ctx.offline(err));
+  }
+
+  await Promise.all([picker.refresh(), load()]);
   return () => {
     closed = true;
     clearTimeout(timer);
+    picker.destroy();
     charts.forEach((c) => c.destroy());
   };
 }

@@ -27,6 +27,17 @@ function freePort() {
 /** The statuses a job ends in. */
 const ENDED = ["succeeded", "diverged", "failed", "cancelled", "interrupted"];
 
+/**
+ * A tiny transformer language model on the CPU (hidden 8, `blocks` blocks of 12 tensors
+ * each, `encoder.layers.<i>.…`), with `extra` on top.
+ */
+export const tinyTransformer = (blocks, extra = {}) => ({
+  batch_size: 4, device: "cpu",
+  task: { kind: "char_lm", corpus: "builtin:tiny", seq_len: 8 },
+  model: { kind: "transformer", layers: blocks, hidden: 8, heads: 2 },
+  ...extra,
+});
+
 /** A tiny classification MLP (a few hundred parameters) on the CPU, with `extra` on top. */
 export const tinyMlp = (extra = {}) => ({
   batch_size: 16, device: "cpu",
@@ -37,9 +48,10 @@ export const tinyMlp = (extra = {}) => ({
 
 /**
  * Starts the server; resolves once /readyz answers. `token`: the server requires it
- * (`--api-token`), and `api`/`bytes` send it.
+ * (`--api-token`), and `api`/`bytes` send it. `args`: more flags for `serve`
+ * (`--max-queued 300`); `staticDir`: the dashboard to serve (default the checkout's).
  */
-export async function startServer({ token = null } = {}) {
+export async function startServer({ token = null, args = [], staticDir = join(ROOT, "static") } = {}) {
   const bin = resolve(ROOT, process.env.GRADSCOPE_BIN ?? "target/debug/gradscope");
   const dir = mkdtempSync(join(tmpdir(), "gradscope-browser-"));
   const port = await freePort();
@@ -49,10 +61,11 @@ export async function startServer({ token = null } = {}) {
     "--addr", `127.0.0.1:${port}`,
     "--database-url", `sqlite://${join(dir, "db.sqlite")}`,
     "--data-dir", join(dir, "data"),
-    "--static-dir", join(ROOT, "static"),
+    "--static-dir", staticDir,
     "--torch-threads", "1",
     "--log", "warn",
     ...(token ? ["--api-token", token] : []),
+    ...args,
   ], { stdio: ["ignore", "pipe", "pipe"] });
   child.stdout.on("data", (d) => log.push(String(d)));
   child.stderr.on("data", (d) => log.push(String(d)));
