@@ -409,6 +409,7 @@ function cellBox(layout, row, col) {
 
 /**
  * Makes a drawn grid reachable and operable by keyboard: the canvas takes the focus (Tab),
+ * shows a cursor while the keyboard drives it (not after a mouse's click),
  * the arrow keys move a cursor over its cells (Home and End: the first and last column,
  * Page Up and Page Down: ten rows), and each move shows the cell in `tip` and says it in a
  * live region; Enter or Space acts on the row (`onEnter`), as a click does. `redraw` draws
@@ -428,6 +429,9 @@ export function gridKeyboard(canvas, tip, { label, describe, onEnter, redraw, st
   canvas.after(live);
   /** @type {{row: number, col: number} | null} */
   let cell = null;
+  /** Whether the keyboard drives the grid now (a mouse's click focuses it without a cursor). */
+  let keyboard = false;
+  const active = () => keyboard && document.activeElement === canvas;
 
   /** Shows the cursor's cell in the tip; `announce`: says it in the live region too. */
   function show(announce = true) {
@@ -461,16 +465,24 @@ export function gridKeyboard(canvas, tip, { label, describe, onEnter, redraw, st
     return layout;
   }
 
+  canvas.addEventListener("mousedown", (e) => {
+    keyboard = false;
+    const at = cellAt(canvas, e);
+    if (at && at.col !== null) cell = { row: at.row, col: at.col };
+  });
   canvas.addEventListener("focus", () => {
-    if (!clamp()) return;
+    keyboard = canvas.matches(":focus-visible");
+    if (!keyboard || !clamp()) return;
     redraw();
     show();
   });
   canvas.addEventListener("blur", () => {
+    keyboard = false;
     tip.hidden = true;
     redraw();
   });
   canvas.addEventListener("keydown", (e) => {
+    keyboard = true;
     const layout = clamp();
     if (!layout || !cell) return;
     /** @type {Record<string, () => void>} */
@@ -502,10 +514,12 @@ export function gridKeyboard(canvas, tip, { label, describe, onEnter, redraw, st
 
   return {
     /** The cell the keyboard's cursor is on while the grid has the focus, else null. */
-    focusCell: () => (document.activeElement === canvas ? cell : null),
+    focusCell: () => (active() ? cell : null),
+    /** Whether the keyboard drives the grid now (its tip stays while the mouse leaves). */
+    active,
     /** After a redraw (new data, or rows that moved): the tip follows, without a new announcement. */
     refresh() {
-      if (document.activeElement === canvas && clamp()) show(false);
+      if (active() && clamp()) show(false);
     },
   };
 }

@@ -2,7 +2,7 @@
 // The compare page's picker: the jobs picked, as chips (status, date, short id; unticking
 // one drops it), and a search over every job the server holds, by name, status, model and
 // task, a page at a time (`GET /jobs` filters and pages; older jobs are a page away, never
-// dropped). Each job shows its creation time and the start of its id, so that runs of one
+// dropped). Each job shows its creation time and the end of its id, so that runs of one
 // name are told apart.
 
 import { FINISHED, get, query } from "../api.js";
@@ -19,8 +19,11 @@ const SEARCH_MS = 250;
 /** How often the list is read again (statuses change while it shows). */
 const REFRESH_MS = 5000;
 
-/** The start of a job's id: enough to tell runs apart. */
-export const shortId = (/** @type {string} */ id) => id.slice(0, 8);
+/**
+ * The end of a job's id: enough to tell runs apart. (Its start is the time it was created,
+ * the same for every job of a minute: ids are UUIDv7.)
+ */
+export const shortId = (/** @type {string} */ id) => id.slice(-8);
 
 /** A time as `YYYY-MM-DD HH:MM` in the browser's time zone. */
 export function when(/** @type {string | null | undefined} */ iso) {

@@ -2,7 +2,8 @@
 // The per-layer gradient-norm heatmap: layers × steps on a log colour scale, a tooltip
 // with the cell's steps and norm, and a click on a layer (or its label) to select it.
 // Layers of one block (`transformer.h.3`) sit under their block's row, which holds the
-// block's norm; a click on it collapses or opens the block.
+// block's norm; a click on it collapses or opens the block. Tab reaches it; the arrow keys
+// then move a cursor over its cells, each shown and announced, and Enter does what a click does.
 
 import { cellAt, drawGrid, gridKeyboard, robustScale, showTip } from "../heatmap.js";
 import { groupedGrid } from "../layer-groups.js";
@@ -67,7 +68,7 @@ export function layerHeatmap(container, data, { onSelect, onToggle, groups, empt
     }
     showTip(tip, canvas, e, describe(cell.row, cell.col));
   });
-  canvas.addEventListener("mouseleave", () => { if (document.activeElement !== canvas) tip.hidden = true; });
+  canvas.addEventListener("mouseleave", () => { if (!keys.active()) tip.hidden = true; });
   canvas.addEventListener("click", (e) => {
     const cell = cellAt(canvas, e);
     if (cell) act(cell.row);
@@ -88,17 +89,6 @@ export function layerHeatmap(container, data, { onSelect, onToggle, groups, empt
     return i < 0 ? null : i;
   }
 
-  return {
-    canvas,
-    /** Fits the height to the rows shown (after new layers, or a block opened or collapsed). */
-    setLayers() {
-      rows = groups.rows();
-      canvas.style.height = `${Math.min(460, Math.max(150, rows.length * 16 + 24))}px`;
-      canvas.dataset.rows = String(rows.length);
-    },
-    draw,
-  };
-
   function draw() {
     // The layers' grid is replaced when the layers are.
     grid = groupedGrid(data.grid, rows);
@@ -116,4 +106,15 @@ export function layerHeatmap(container, data, { onSelect, onToggle, groups, empt
     });
     keys.refresh();
   }
+
+  return {
+    canvas,
+    /** Fits the height to the rows shown (after new layers, or a block opened or collapsed). */
+    setLayers() {
+      rows = groups.rows();
+      canvas.style.height = `${Math.min(460, Math.max(150, rows.length * 16 + 24))}px`;
+      canvas.dataset.rows = String(rows.length);
+    },
+    draw,
+  };
 }

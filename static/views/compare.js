@@ -44,7 +44,7 @@ const REFRESH_MS = 3000;
  */
 export function shortLayerName(/** @type {string} */ name) {
   const block = blockOf(name);
-  let s = name.replace(/\.weight$/, "");
+  let s = name.replace(/[._]weight$/, "");
   if (block) s = s.slice(block.lastIndexOf(".") + 1);
   return s.length <= 24 ? s : `${s.slice(0, 8)}…${s.slice(-15)}`;
 }
@@ -119,7 +119,7 @@ export async function compareView(root, ctx, params) {
   setTitle("Compare jobs");
   root.replaceChildren(
     el("section", { class: "panel" }, el("h2", {}, "Compare jobs"),
-      el("p", { class: "muted" }, "Pick two or more jobs — a failing run and its remedy, say. Search by name, or filter by status, model and task; runs of one name show when they were created and the start of their id."),
+      el("p", { class: "muted" }, "Pick two or more jobs — a failing run and its remedy, say. Search by name, or filter by status, model and task; runs of one name show when they were created and the end of their id."),
       pickerBox),
     body);
 
@@ -156,7 +156,7 @@ export async function compareView(root, ctx, params) {
   /** Each job's profile chart and heatmap, in the order of `loaded`. @type {ProfilePanel[]} */
   let panels = [];
 
-  /** A job's name, with the start of its id where another job compared has the same name. */
+  /** A job's name, with the end of its id where another job compared has the same name. */
   function label(/** @type {Job} */ job) {
     const twins = loaded.filter((l) => l.job.name === job.name).length;
     return twins > 1 ? `${job.name} (${shortId(job.id)})` : job.name;
@@ -208,7 +208,7 @@ export async function compareView(root, ctx, params) {
           { label: "median", color: seriesColor(i), width: 2, points: { show: true, size: 4 } },
           { label: "latest", color: seriesColor(i), dash: [5, 4] },
         ],
-        yLog: true, yLabel: "‖g‖", xLabel: "layer", height: 260,
+        yLog: true, yLabel: "‖g‖", xLabel: "layer", height: 300,
         xNames: () => names.map(shortLayerName),
         xValue: (_u, v) => (v === null || v === undefined ? "–" : names[v] ?? ""),
       });
@@ -265,7 +265,7 @@ export async function compareView(root, ctx, params) {
       }
       showTip(tip, canvas, e, describe(cell.row, cell.col));
     });
-    canvas.addEventListener("mouseleave", () => { if (document.activeElement !== canvas) tip.hidden = true; });
+    canvas.addEventListener("mouseleave", () => { if (!keys.active()) tip.hidden = true; });
     canvas.addEventListener("click", (e) => {
       const cell = cellAt(canvas, e);
       if (cell) act(cell.row);

@@ -121,7 +121,7 @@ export async function jobView(root, ctx, id) {
           el("span", { class: "tick clip" }), " clipped, ", el("span", { class: "tick skip" }), " skipped")), normBox),
       scrubBar, layersOff,
       el("section", { class: "panel wide", dataset: { perLayer: "" } }, el("h3", {}, "Per-layer gradient norm ",
-        el("span", { class: "muted small" }, "layers × steps, log colour scale; click a layer for its histogram")), heatBox),
+        el("span", { class: "muted small" }, "layers × steps, log colour scale; click a layer for its histogram (or Tab to the heatmap, move with the arrow keys, Enter)")), heatBox),
       el("section", { class: "panel wide" }, el("h3", {}, "Gradient through time ",
         el("span", { class: "muted small" }, "‖∂L/∂x_t‖ at each input position (0 at the top) × steps, log colour scale: dark early positions are a vanishing gradient")), timeBox),
       el("section", { class: "panel wide", dataset: { perLayer: "" } }, el("h3", {}, "Forward signal ",

@@ -69,10 +69,12 @@ test("the picker pages past the newest 100 jobs, searches and filters on the ser
   assert.deepEqual(last.slice(-2), [...twinIds].reverse(), "the twins, newest first, at the end");
   await browser.shot("picker-last-page");
 
-  // Runs of one name: each row says when it was created and how its id starts.
+  // Runs of one name: each row says when it was created and how its id ends (ids are
+  // UUIDv7: their start is the time, the same for jobs of one minute).
+  assert.notEqual(twins[0].id.slice(-8), twins[1].id.slice(-8));
   for (const t of twins) {
     const text = await page.textContent(`#pick-list tr[data-id="${t.id}"] .run-id`);
-    assert.ok(text.includes(t.id.slice(0, 8)), `${text} shows the start of ${t.id}`);
+    assert.ok(text.includes(t.id.slice(-8)), `${text} shows the end of ${t.id}`);
     const created = new Date(t.created_at);
     const two = (n) => String(n).padStart(2, "0");
     const day = `${created.getFullYear()}-${two(created.getMonth() + 1)}-${two(created.getDate())}`;
@@ -95,7 +97,7 @@ test("the picker pages past the newest 100 jobs, searches and filters on the ser
   await until(async () => (await note(page)) === `1–20 of ${FILLERS} jobs, page 1 of 6`, { what: "the cancelled jobs" });
   await page.selectOption("#pick-status", "");
   await page.selectOption("#pick-model", "transformer");
-  await until(async () => (await listed(page)).length === 2 && (await note(page)) === "", { what: "the transformers" });
+  await until(async () => (await note(page)) === "1–2 of 2 jobs, page 1 of 1", { what: "the transformers" });
   assert.deepEqual(await listed(page), [...twinIds].reverse());
 
   // Picking both: the comparison opens in place, and tells them apart by id.
@@ -105,7 +107,7 @@ test("the picker pages past the newest 100 jobs, searches and filters on the ser
   const chips = await page.$$eval("#compare-picked .chip", (cs) => cs.map((c) => c.dataset.id));
   assert.deepEqual(chips, twinIds);
   const rows = await page.$$eval("#compare-summary tbody tr td:nth-child(2)", (tds) => tds.map((td) => td.textContent));
-  assert.deepEqual(rows, twins.map((t) => `twin (${t.id.slice(0, 8)})`));
+  assert.deepEqual(rows, twins.map((t) => `twin (${t.id.slice(-8)})`));
   assert.equal(await page.inputValue("#pick-model"), "transformer", "the filters stay as they were");
   assert.deepEqual(browser.errors, [], "no errors in the browser console");
 });
@@ -133,12 +135,13 @@ test("the per-layer profile names its layers on the x axis, and the heatmap grou
     assert.ok(tail === undefined ? stem.endsWith(head) : stem.includes(head) && stem.endsWith(tail), `${label} is the end of ${matrices[i]}`);
   });
   // Hovering a point shows its layer's full name.
+  await page.locator(`${card} .profile-chart`).scrollIntoViewIfNeeded();
   const over = await page.locator(`${card} .profile-chart .u-over`).boundingBox();
   for (const k of [0, matrices.length - 1]) {
     const x = over.x + (over.width * k) / (matrices.length - 1);
     await page.mouse.move(Math.min(over.x + over.width - 1, Math.max(over.x + 1, x)), over.y + over.height / 2);
     const value = page.locator(`${card} .profile-chart .u-legend .u-series:first-child .u-value`);
-    await until(async () => (await value.textContent()) === matrices[k], { what: `the name ${matrices[k]} under the cursor`, timeout: 5000 });
+    await until(async () => (await value.textContent()) === matrices[k], { what: `the name ${matrices[k]} under the cursor (${await value.textContent()})`, timeout: 5000 });
   }
 
   // The heatmap: a model of more than 32 layers starts with its blocks collapsed; a row per
@@ -154,6 +157,7 @@ test("the per-layer profile names its layers on the x axis, and the heatmap grou
   const canvas = page.locator(`${card} canvas.profile-heat`);
   assert.equal(Number(await canvas.getAttribute("data-rows")), expected.length);
   const tip = page.locator(`${card} .tip`);
+  await canvas.scrollIntoViewIfNeeded();
   const box = await canvas.boundingBox();
   const rowY = (r, n) => box.y + 2 + ((box.height - 22) * (r + 0.5)) / n;
   for (let r = 0; r < expected.length; r++) {
@@ -166,6 +170,7 @@ test("the per-layer profile names its layers on the x axis, and the heatmap grou
   await page.mouse.click(box.x + box.width * 0.6, rowY(first, expected.length));
   const open = [...expected.slice(0, first + 1), ...layers.filter((l) => block(l.name) === blocks[1]).map((l) => l.name), ...expected.slice(first + 1)];
   await until(async () => Number(await canvas.getAttribute("data-rows")) === open.length, { what: "the block open" });
+  await canvas.scrollIntoViewIfNeeded();
   const tall = await canvas.boundingBox();
   for (const r of [first + 1, first + 6, first + 12]) {
     await page.mouse.move(tall.x + tall.width * 0.6, tall.y + 2 + ((tall.height - 22) * (r + 0.5)) / open.length);
