@@ -63,7 +63,14 @@ try {
     await page.goto(`${server.url}/${hash}`);
     await page.reload();
     await page.waitForSelector(ready, { timeout: 30_000 }).catch(() => {});
-    if (scrollTo) await page.evaluate((s) => document.querySelector(s)?.scrollIntoView({ block: "start" }), scrollTo);
+    // The panel that holds it at the top, below the sticky header.
+    if (scrollTo) {
+      await page.evaluate((s) => {
+        const target = document.querySelector(s);
+        const panel = target?.closest("section") ?? target;
+        if (panel) window.scrollTo(0, panel.getBoundingClientRect().top + window.scrollY - 60);
+      }, scrollTo);
+    }
     await page.waitForTimeout(800);
     const path = resolve(out, `${name}.png`);
     await page.screenshot({ path });
