@@ -270,8 +270,9 @@ export function drawGrid(canvas, grid, opts = {}) {
   for (const r of order) {
     const y = plot.y + (r + 0.5) * rowH;
     if (drawn.some((d) => Math.abs(d - y) < 12)) continue;
-    drawn.push(y);
     const label = opts.rowLabel ? opts.rowLabel(r) : String(r);
+    if (!label) continue;
+    drawn.push(y);
     ctx.font = heads.has(r) ? `600 ${font}` : font;
     ctx.fillText(fit(ctx, label, gutter - 8), gutter - 6, y);
   }
@@ -408,21 +409,21 @@ function cellBox(layout, row, col) {
 }
 
 /**
- * Makes a drawn grid reachable and operable by keyboard: the canvas takes the focus (Tab),
- * shows a cursor while the keyboard drives it (not after a mouse's click),
- * the arrow keys move a cursor over its cells (Home and End: the first and last column,
- * Page Up and Page Down: ten rows), and each move shows the cell in `tip` and says it in a
- * live region; Enter or Space acts on the row (`onEnter`), as a click does. `redraw` draws
- * the grid with `focusCell()` outlined.
+ * Makes a drawn grid reachable and operable by keyboard: the canvas takes the focus (Tab);
+ * while the keyboard drives it (not after a mouse's click) the arrow keys move a cursor over
+ * its cells (Home and End: the first and last column, Page Up and Page Down: ten rows), and
+ * each move shows the cell in `tip` and says it in a live region; Enter or Space acts on the
+ * row (`onEnter`, where there is one), as a click does. `redraw` draws the grid with
+ * `focusCell()` outlined. `label` names the grid (and what Enter does) to a screen reader.
  * @param {HTMLCanvasElement} canvas
  * @param {HTMLElement} tip
- * @param {{label: string, describe: (row: number, col: number) => string, onEnter: (row: number) => void, redraw: () => void, startRow?: () => number | null}} opts
+ * @param {{label: string, describe: (row: number, col: number) => string, onEnter?: (row: number) => void, redraw: () => void, startRow?: () => number | null}} opts
  */
 export function gridKeyboard(canvas, tip, { label, describe, onEnter, redraw, startRow }) {
   canvas.tabIndex = 0;
   canvas.setAttribute("role", "application");
   canvas.setAttribute("aria-roledescription", "heatmap");
-  canvas.setAttribute("aria-label", `${label}: arrow keys move over layers and steps, Enter selects`);
+  canvas.setAttribute("aria-label", `${label}; the arrow keys move over its cells`);
   const live = document.createElement("div");
   live.className = "sr-only";
   live.setAttribute("aria-live", "polite");
@@ -503,7 +504,7 @@ export function gridKeyboard(canvas, tip, { label, describe, onEnter, redraw, st
       clamp();
       redraw();
       show();
-    } else if (e.key === "Enter" || e.key === " ") {
+    } else if ((e.key === "Enter" || e.key === " ") && onEnter) {
       e.preventDefault();
       onEnter(cell.row);
       clamp();

@@ -74,7 +74,7 @@ export function layerHeatmap(container, data, { onSelect, onToggle, groups, empt
     if (cell) act(cell.row);
   });
   const keys = gridKeyboard(canvas, tip, {
-    label: "Per-layer gradient norm, layers × steps",
+    label: "Per-layer gradient norm, layers × steps; Enter selects a layer or opens and collapses a block",
     describe,
     onEnter: act,
     redraw: () => draw(),

@@ -3,7 +3,7 @@
 // log colour scale, so activations that grow or fade through the blocks (init scale,
 // normalisation, residuals) show beside the gradients.
 
-import { StepGrid, cellAt, drawGrid, showTip } from "../heatmap.js";
+import { StepGrid, cellAt, drawGrid, gridKeyboard, showTip } from "../heatmap.js";
 import { el, num } from "../widgets.js";
 
 /** @typedef {import("../feed.js").JobFeed} JobFeed */
@@ -37,24 +37,32 @@ export function signalHeatmap(container, feed, { empty }) {
     }
   }
 
+  /** What a cell holds: the block, the steps and the output's RMS. */
+  function describe(/** @type {number} */ r, /** @type {number} */ col) {
+    const v = grid.at(r, col);
+    const from = col * grid.bucket + 1;
+    const to = Math.min((col + 1) * grid.bucket, grid.maxStep);
+    return `${feed.blocks[r] ?? ""} · ${from === to ? `step ${from}` : `steps ${from}–${to}`} · output RMS ${Number.isFinite(v) ? num(10 ** v, 3) : "–"}`;
+  }
+
   canvas.addEventListener("mousemove", (e) => {
     const cell = cellAt(canvas, e);
     if (!cell || cell.col === null || !blocks) {
       tip.hidden = true;
       return;
     }
-    const v = grid.at(cell.row, cell.col);
-    showTip(tip, canvas, e, `${feed.blocks[cell.row] ?? ""} · steps ${cell.from}–${cell.to} · output RMS ${Number.isFinite(v) ? num(10 ** v, 3) : "–"}`);
+    showTip(tip, canvas, e, describe(cell.row, cell.col));
   });
-  canvas.addEventListener("mouseleave", () => { tip.hidden = true; });
+  canvas.addEventListener("mouseleave", () => { if (!keys.active()) tip.hidden = true; });
+  const keys = gridKeyboard(canvas, tip, { label: "Forward signal, blocks × steps", describe, redraw: () => draw() });
 
-  return {
-    canvas,
-    draw() {
-      ingest();
-      canvas.dataset.blocks = String(blocks);
-      canvas.dataset.steps = String(taken);
-      drawGrid(canvas, grid, { rowLabel: (r) => feed.blocks[r] ?? "", gutter: 110, empty: empty() });
-    },
-  };
+  function draw() {
+    ingest();
+    canvas.dataset.blocks = String(blocks);
+    canvas.dataset.steps = String(taken);
+    drawGrid(canvas, grid, { rowLabel: (r) => feed.blocks[r] ?? "", gutter: 110, empty: empty(), focusCell: keys.focusCell() });
+    keys.refresh();
+  }
+
+  return { canvas, draw };
 }

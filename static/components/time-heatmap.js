@@ -4,7 +4,7 @@
 // clipping the early positions go dark as training goes (the gradient no longer reaches
 // them); with clipping or gating they stay lit.
 
-import { StepGrid, cellAt, drawGrid, showTip } from "../heatmap.js";
+import { StepGrid, cellAt, drawGrid, gridKeyboard, showTip } from "../heatmap.js";
 import { el, num } from "../widgets.js";
 
 /** @typedef {import("../feed.js").JobFeed} JobFeed */
@@ -44,29 +44,38 @@ export function timeHeatmap(container, feed, { empty }) {
     }
   }
 
+  /** What a cell holds: the positions of its row, the steps and the gradient's norm. */
+  function describe(/** @type {number} */ r, /** @type {number} */ col) {
+    const v = grid.at(r, col);
+    const [a, b] = [firstOf(r), Math.max(firstOf(r), firstOf(r + 1) - 1)];
+    const from = col * grid.bucket + 1;
+    const to = Math.min((col + 1) * grid.bucket, grid.maxStep);
+    return `position ${a === b ? a : `${a}–${b}`} · ${from === to ? `step ${from}` : `steps ${from}–${to}`} · ‖∂L/∂x_t‖ ${Number.isFinite(v) ? num(10 ** v, 3) : "–"}`;
+  }
+
   canvas.addEventListener("mousemove", (e) => {
     const cell = cellAt(canvas, e);
     if (!cell || cell.col === null || !positions) {
       tip.hidden = true;
       return;
     }
-    const v = grid.at(cell.row, cell.col);
-    const [a, b] = [firstOf(cell.row), Math.max(firstOf(cell.row), firstOf(cell.row + 1) - 1)];
-    showTip(tip, canvas, e, `position ${a === b ? a : `${a}–${b}`} · steps ${cell.from}–${cell.to} · ‖∂L/∂x_t‖ ${Number.isFinite(v) ? num(10 ** v, 3) : "–"}`);
+    showTip(tip, canvas, e, describe(cell.row, cell.col));
   });
-  canvas.addEventListener("mouseleave", () => { tip.hidden = true; });
+  canvas.addEventListener("mouseleave", () => { if (!keys.active()) tip.hidden = true; });
+  const keys = gridKeyboard(canvas, tip, { label: "Gradient through time, input positions × steps", describe, redraw: () => draw() });
 
-  return {
-    canvas,
-    draw() {
-      ingest();
-      canvas.dataset.positions = String(positions);
-      canvas.dataset.profiles = String(taken);
-      drawGrid(canvas, grid, {
-        rowLabel: (r) => (r === 0 || r === rows - 1 || r % Math.max(1, Math.round(rows / 8)) === 0 ? `t = ${firstOf(r)}` : ""),
-        gutter: 70,
-        empty: empty(),
-      });
-    },
-  };
+  function draw() {
+    ingest();
+    canvas.dataset.positions = String(positions);
+    canvas.dataset.profiles = String(taken);
+    drawGrid(canvas, grid, {
+      rowLabel: (r) => (r === 0 || r === rows - 1 || r % Math.max(1, Math.round(rows / 8)) === 0 ? `t = ${firstOf(r)}` : ""),
+      gutter: 70,
+      empty: empty(),
+      focusCell: keys.focusCell(),
+    });
+    keys.refresh();
+  }
+
+  return { canvas, draw };
 }

@@ -214,7 +214,7 @@ export async function compareView(root, ctx, params) {
       });
       charts.push(chart);
       const panel = { chartBox, canvas, chart, status, names, groups: new LayerGroups(data.layers), draw: () => {} };
-      panel.draw = heatmap(panel, data, tip);
+      panel.draw = heatmap(panel, data, tip, loaded[i].job);
       return panel;
     });
   }
@@ -226,8 +226,9 @@ export async function compareView(root, ctx, params) {
    * @param {ProfilePanel} panel
    * @param {JobData} data
    * @param {HTMLElement} tip
+   * @param {Job} job
    */
-  function heatmap(panel, data, tip) {
+  function heatmap(panel, data, tip, job) {
     const { canvas, groups } = panel;
     let rows = groups.rows();
     let grid = groupedGrid(data.grid, rows);
@@ -270,7 +271,7 @@ export async function compareView(root, ctx, params) {
       const cell = cellAt(canvas, e);
       if (cell) act(cell.row);
     });
-    const keys = gridKeyboard(canvas, tip, { label: "Per-layer gradient norm, layers × steps", describe, onEnter: act, redraw: () => draw() });
+    const keys = gridKeyboard(canvas, tip, { label: `Per-layer gradient norm of ${label(job)}, layers × steps; Enter opens and collapses a block`, describe, onEnter: act, redraw: () => draw() });
     const rowLabel = (/** @type {number} */ r) => {
       const row = rows[r];
       if (!row) return "";

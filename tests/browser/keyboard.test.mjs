@@ -1,7 +1,8 @@
 // The job page by keyboard alone, on a transformer of 40 layers (3 blocks of 12 and the
 // embedding, positions and head): Tab reaches the heatmap, whose arrow keys move a cursor
 // over layers × steps and say each cell's layer, step and norm (checked against the REST
-// API), and whose Enter selects a layer or opens a block as a click does; Tab reaches the
+// API), and whose Enter selects a layer or opens a block as a click does (the forward
+// signal's heatmap is reached and read the same way); Tab reaches the
 // layer table, whose arrow keys move from row to row selecting each layer, and whose Enter
 // and arrows open and collapse a block.
 
@@ -114,6 +115,14 @@ test("the heatmap is reached with Tab; arrows move over layers and steps, saying
   await page.keyboard.press("ArrowDown");
   const firstMember = layers.find((l) => block(l.name) === rows[b].name);
   assert.ok((await said()).startsWith(`${firstMember.name} · step ${STEPS} · `), await said());
+
+  // The forward signal's heatmap is reached the same way: its cells are blocks × steps.
+  await tabTo(page, "the forward signal", () => document.activeElement?.id === "signal-heatmap");
+  await page.keyboard.press("PageUp");
+  await page.keyboard.press("ArrowDown");
+  await page.keyboard.press("End");
+  const signal = await page.locator("#signal-heatmap + .sr-only").textContent();
+  assert.match(signal, new RegExp(`^encoder\\.layers\\.1 · step ${STEPS} · output RMS \\S+$`));
   assert.deepEqual(browser.errors, [], "no errors in the browser console");
 });
 
