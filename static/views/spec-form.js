@@ -433,7 +433,7 @@ export function specForm(root, { presets, onSubmitted, initial }) {
         const current = chosen ?? getPath(state, path) ?? "";
         select.replaceChildren(el("option", { value: "" }, items.length ? "— pick one —" : "— none uploaded yet —"),
           ...items.map((u) => el("option", { value: u.id, selected: u.id === current },
-            `${u.id.slice(0, 8)}… ${what === "models" ? `${u.params} parameters` : `${u.samples} samples`}, ${u.created_at.slice(0, 16)}`)));
+            `…${u.id.slice(-8)} ${what === "models" ? `${u.params} parameters` : `${u.samples} samples`}, ${u.created_at.slice(0, 16)}`)));
         if (chosen) {
           setPath(state, path, chosen);
           changed(path, false);
