@@ -1,6 +1,8 @@
 //! `cargo bench --bench stream -- [ARGS]`: one job's step rate alone and with many
 //! WebSocket subscribers, the messages they got, and how long each step took from
-//! publication to a client (step messages carry their publication time).
+//! publication to a client (step messages carry their publication time), besides the
+//! server's own part of it (`gradscope_stream_delay_seconds`: publication to the write to
+//! the socket), which a client on another machine would see plus the network.
 //!
 //! The server (and, with `--in-process`, the training) runs in this process; the clients
 //! run in a second process, this program started again with `--connect`, at a low CPU
@@ -91,6 +93,48 @@ struct Run {
     /// while the job ran.
     server_cpu: f64,
     clients: Option<ClientsReport>,
+    /// The server's side of the delay: p50 and p99 of `gradscope_stream_delay_seconds`
+    /// over this run (publication to the write to a socket, oldest message of each
+    /// write), in milliseconds, read off its buckets as Prometheus's `histogram_quantile`
+    /// would.
+    written_ms: Option<(f64, f64)>,
+}
+
+/// The cumulative buckets `(upper bound, count)` of the stream delay histogram.
+async fn delay_buckets(http: &reqwest::Client, base: &str) -> anyhow::Result<Vec<(f64, f64)>> {
+    let text = http.get(format!("http://{base}/metrics")).send().await?.text().await?;
+    let mut buckets = Vec::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("gradscope_stream_delay_seconds_bucket{le=\"") else { continue };
+        let (le, count) = rest.split_once("\"} ").context("a bucket line")?;
+        let le = if le == "+Inf" { f64::INFINITY } else { le.parse()? };
+        buckets.push((le, count.trim().parse()?));
+    }
+    Ok(buckets)
+}
+
+/// The `q` quantile of the observations between two readings of the same buckets, by
+/// linear interpolation within the bucket it falls in (the last finite bound when it
+/// falls in the overflow bucket); NaN without observations.
+fn quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> f64 {
+    let counts: Vec<(f64, f64)> =
+        after.iter().map(|&(le, n)| (le, n - before.iter().find(|b| b.0 == le).map_or(0.0, |b| b.1))).collect();
+    let total = counts.last().map_or(0.0, |b| b.1);
+    if total <= 0.0 {
+        return f64::NAN;
+    }
+    let rank = q * total;
+    let (mut lower, mut below) = (0.0, 0.0);
+    for &(le, n) in &counts {
+        if n >= rank {
+            if le.is_infinite() {
+                return lower;
+            }
+            return lower + (le - lower) * (rank - below) / (n - below).max(f64::MIN_POSITIVE);
+        }
+        (lower, below) = (le, n);
+    }
+    lower
 }
 
 fn now_seconds() -> f64 {
@@ -165,7 +209,8 @@ async fn run(args: &StreamArgs) -> anyhow::Result<()> {
                 None => format!("alone {:>7.1} steps/s, server {:>5.2} CPU-s", run.steps_per_second, run.server_cpu),
                 Some(c) => format!(
                     "{} subscribers {:>7.1} steps/s, server {:>5.2} CPU-s, clients {:>5.2} CPU-s; \
-                     delivered {}/{}, lagged {}, latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                     delivered {}/{}, lagged {}, latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; \
+                     server's write delay p50 {:.1} ms, p99 {:.1} ms",
                     args.clients,
                     run.steps_per_second,
                     run.server_cpu,
@@ -175,7 +220,9 @@ async fn run(args: &StreamArgs) -> anyhow::Result<()> {
                     c.lagged,
                     c.p50_ms,
                     c.p99_ms,
-                    c.max_ms
+                    c.max_ms,
+                    run.written_ms.map_or(f64::NAN, |w| w.0),
+                    run.written_ms.map_or(f64::NAN, |w| w.1),
                 ),
             };
             println!("round {}: {line}", round + 1);
@@ -204,6 +251,8 @@ async fn run(args: &StreamArgs) -> anyhow::Result<()> {
     row("delivery latency p50 (ms)", reports.iter().map(|c| c.p50_ms).collect());
     row("delivery latency p99 (ms)", reports.iter().map(|c| c.p99_ms).collect());
     row("delivery latency max (ms)", reports.iter().map(|c| c.max_ms).collect());
+    row("server's write delay p50 (ms)", with.iter().filter_map(|r| r.written_ms.map(|w| w.0)).collect());
+    row("server's write delay p99 (ms)", with.iter().filter_map(|r| r.written_ms.map(|w| w.1)).collect());
     println!(
         "{:<44} {delivered} of {expected} ({:.2}%), {lagged} skipped by lag",
         "step messages delivered",
@@ -274,6 +323,7 @@ async fn train(
         anyhow::ensure!(ready.as_deref() == Some("connected"), "the clients did not connect: {ready:?}");
         child = Some((process, lines));
     }
+    let buckets_before = delay_buckets(http, base).await?;
     http.post(format!("http://{base}/api/v1/jobs/{blocker}/cancel")).send().await?;
     // Counted from the blocker's end: the job starts right after it.
     let cpu_before = process_cpu();
@@ -285,6 +335,10 @@ async fn train(
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let server_cpu = process_cpu() - cpu_before;
+    let buckets_after = delay_buckets(http, base).await?;
+    let written_ms = (clients > 0).then(|| {
+        (1e3 * quantile(&buckets_before, &buckets_after, 0.5), 1e3 * quantile(&buckets_before, &buckets_after, 0.99))
+    });
     anyhow::ensure!(job["status"] == "succeeded", "the benchmark job ended {}: {}", job["status"], job["error"]);
     let seconds = |field: &str| -> anyhow::Result<f64> {
         let at = job[field].as_str().context("timestamp")?;
@@ -299,7 +353,7 @@ async fn train(
             Some(serde_json::from_str::<ClientsReport>(&line)?)
         }
     };
-    Ok(Run { steps_per_second, server_cpu, clients })
+    Ok(Run { steps_per_second, server_cpu, clients, written_ms })
 }
 
 /// The clients' process: connects `count` sockets to `url`, says `connected`, reads every

@@ -11,7 +11,8 @@ use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 use uuid::Uuid;
 
@@ -51,6 +52,9 @@ pub struct Metrics {
     http_requests: IntCounterVec,
     http_duration: HistogramVec,
     ws_clients: IntGauge,
+    /// How long a live message waited between its publication and its write to a
+    /// stream client's socket (the oldest message of each write).
+    stream_delay: Histogram,
     notifications: IntCounterVec,
     /// Per job: the layer labels it exports and the event kinds it counted, so its series
     /// can be removed with the job.
@@ -192,6 +196,14 @@ impl Metrics {
                 &["method", "route"],
             )?,
             ws_clients: IntGauge::with_opts(opts("ws_clients", "Open WebSocket stream clients."))?,
+            stream_delay: Histogram::with_opts(
+                HistogramOpts::new(
+                    "stream_delay_seconds",
+                    "Time from a live message's publication to its write to a stream client's socket, for the oldest message of each write.",
+                )
+                .namespace(PREFIX)
+                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0]),
+            )?,
             notifications: IntCounterVec::new(
                 opts(
                     "notifications_total",
@@ -224,6 +236,7 @@ impl Metrics {
         m.registry.register(Box::new(m.http_requests.clone()))?;
         m.registry.register(Box::new(m.http_duration.clone()))?;
         m.registry.register(Box::new(m.ws_clients.clone()))?;
+        m.registry.register(Box::new(m.stream_delay.clone()))?;
         m.registry.register(Box::new(m.notifications.clone()))?;
         // Every outcome from the start, so a rate over it is defined before the first.
         for outcome in NotificationOutcome::ALL {
@@ -392,6 +405,12 @@ impl Metrics {
     }
 
     /// Counts one webhook notification's outcome.
+    /// A write to a stream client whose oldest message was published `published` seconds
+    /// after the Unix epoch.
+    pub fn stream_written(&self, published: f64) {
+        self.stream_delay.observe((unix_now() - published).max(0.0));
+    }
+
     pub fn notification(&self, outcome: NotificationOutcome) {
         self.notifications.with_label_values(&[outcome.as_str()]).inc();
     }

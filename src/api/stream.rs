@@ -38,6 +38,7 @@ use super::jobs::{Layer, find_job};
 use super::protocol::{ClientMessage, ServerMessage};
 use super::{ApiError, AppState};
 use crate::jobs::live::{LiveMessage, Shared, Subscription};
+use crate::metrics::Metrics;
 use crate::store::Job;
 
 /// How often the server pings an idle client.
@@ -326,7 +327,7 @@ async fn run(
         tokio::select! {
             () = &mut pause, if paused => paused = false,
             received = rx.recv(), if !paused => {
-                if forward(socket, &mut rx, received, &filter).await? {
+                if forward(socket, &mut rx, received, &filter, &state.metrics).await? {
                     return Ok((close_code::NORMAL, "job finished"));
                 }
                 pause.as_mut().reset(Instant::now() + FLUSH_EVERY);
@@ -382,13 +383,16 @@ fn is_too_big(err: &axum::Error) -> bool {
 }
 
 /// Writes `first` and whatever else has queued up in the feed (at most [`BATCH_MAX`]
-/// messages) in one flush; true when the feed ended.
+/// messages) in one flush, and records how long its oldest message waited; true when the
+/// feed ended.
 async fn forward(
     socket: &mut WebSocket,
     rx: &mut broadcast::Receiver<Arc<Shared>>,
     first: Result<Arc<Shared>, RecvError>,
     filter: &Filter,
+    metrics: &Metrics,
 ) -> anyhow::Result<bool> {
+    let oldest = first.as_ref().ok().map(|shared| shared.time);
     let mut next = Some(first);
     let mut ended = false;
     let mut queued = 0;
@@ -412,6 +416,9 @@ async fn forward(
         };
     }
     socket.flush().await?;
+    if let Some(published) = oldest {
+        metrics.stream_written(published);
+    }
     Ok(ended)
 }
 

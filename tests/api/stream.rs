@@ -68,6 +68,7 @@ async fn a_running_job_streams_every_step_with_every_layer() {
     let mut spec = tiny_lstm_spec(60, 0.25);
     spec["monitor"] = json!({"histogram": true, "histogram_every": 1});
     let id = app.submit(&spec).await["id"].as_str().expect("id").to_owned();
+    let connected = std::time::Instant::now();
     let mut socket = connect(&app, &id, "").await;
     let hello = next(&mut socket).await.expect("hello");
     assert_eq!(hello["type"], "hello");
@@ -78,11 +79,21 @@ async fn a_running_job_streams_every_step_with_every_layer() {
     assert_eq!(edges, documented_edges(), "the lower edges of the power-of-two buckets");
 
     let (messages, code) = drain(&mut socket).await;
+    let elapsed = connected.elapsed().as_secs_f64();
     assert_eq!(code, Some(CloseCode::Normal));
     let last = messages.last().expect("messages");
     assert_eq!((last["type"].as_str(), last["status"].as_str()), (Some("status"), Some("succeeded")));
     // Connected before the first step was reported: every step, in order.
     assert_eq!(steps_of(&messages), (1..=60).collect::<Vec<_>>());
+    // Each write to this, the only client, is one observation of the delay histogram: at
+    // least one write, at most one per message, none waiting longer than the client did.
+    let exposition = app.get("/metrics").await.text().await.expect("metrics");
+    let samples = crate::helpers::parse_exposition(&exposition);
+    let sample = |name: &str| samples.iter().find(|s| s.metric == name).map(|s| s.value).expect(name);
+    let (writes, waited) =
+        (sample("gradscope_stream_delay_seconds_count"), sample("gradscope_stream_delay_seconds_sum"));
+    assert!((1.0..=messages.len() as f64).contains(&writes), "{writes} writes for {} messages", messages.len());
+    assert!((0.0..=writes * elapsed).contains(&waited), "{waited} s waited in {writes} writes over {elapsed} s");
     let layers = app.get(&format!("/api/v1/jobs/{id}/layers")).await.json::<Value>().await.expect("json");
     let n = layers["layers"].as_array().expect("layers").len();
     for step in messages.iter().filter(|m| m["type"] == "step") {
