@@ -42,19 +42,23 @@ const POLL: Duration = Duration::from_secs(1);
 pub fn start(scheduler: &Scheduler, settings: NodeSettings) {
     let inner = scheduler.inner.clone();
     let sweep = inner.store.backend() == Backend::Postgres;
-    scheduler.inner.tracker.spawn(run(inner, Some(settings).filter(|_| sweep)));
+    scheduler.inner.tracker.spawn(run(inner, Some(settings), sweep));
 }
 
 /// Renews the leases of the jobs of a scheduler that sweeps for no other node's
 /// (`gradscope run`).
 pub(super) fn keep_leases(inner: &Arc<Inner>) {
-    inner.tracker.spawn(run(inner.clone(), None));
+    inner.tracker.spawn(run(inner.clone(), None, false));
 }
 
-async fn run(inner: Arc<Inner>, sweep: Option<NodeSettings>) {
+/// `node`: this is a serving node (its row is kept, and removed at the end); `sweep`: it
+/// also takes over lost nodes' jobs and looks at the shared queue (PostgreSQL).
+async fn run(inner: Arc<Inner>, node: Option<NodeSettings>, sweep: bool) {
     let tick = (inner.store.lease() / 3).max(Duration::from_millis(100));
     let poll = tick.min(POLL);
-    let addr = sweep.as_ref().and_then(|s| s.addr.clone());
+    let addr = node.as_ref().and_then(|s| s.addr.clone());
+    let sweep = node.filter(|_| sweep);
+    let serving = addr.is_some() || sweep.is_some();
     let mut renewed: Option<Instant> = None;
     loop {
         let stopping = inner.shutdown.is_cancelled();
@@ -87,7 +91,7 @@ async fn run(inner: Arc<Inner>, sweep: Option<NodeSettings>) {
             () = inner.shutdown.cancelled(), if !stopping => {}
         }
     }
-    if sweep.is_some()
+    if serving
         && let Err(err) = inner.store.leave().await
     {
         tracing::warn!("failed to remove this node's row: {err:#}");
@@ -97,7 +101,9 @@ async fn run(inner: Arc<Inner>, sweep: Option<NodeSettings>) {
 /// The heartbeat: this node's row and its jobs' leases. A running job this node no longer
 /// holds is stopped.
 async fn beat(inner: &Inner, addr: Option<&str>) -> anyhow::Result<()> {
-    inner.store.heartbeat(addr).await?;
+    if addr.is_some() {
+        inner.store.heartbeat(addr).await?;
+    }
     // Held across the renewal: every job in it was claimed (for this node) before.
     let running = inner.running.lock().await;
     let held: HashSet<Uuid> = inner.store.renew_leases().await?.into_iter().collect();

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::{column, spawn_app_on_database, tiny_lstm_spec};
 
-/// The lease the nodes run with: a node killed is taken over after this.
+/// The lease the nodes run with when one is killed: it is taken over after this.
 const LEASE_SECS: u64 = 2;
 
 struct Node {
@@ -30,13 +30,13 @@ impl Drop for Node {
     }
 }
 
-async fn start_node(id: &str, database: &str, data: &std::path::Path) -> Node {
+async fn start_node(id: &str, database: &str, data: &std::path::Path, lease_secs: u64) -> Node {
     let port = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
     let logs = if std::env::var_os("GRADSCOPE_TEST_NODE_LOGS").is_some() { Stdio::inherit } else { Stdio::null };
     let child = Command::new(env!("CARGO_BIN_EXE_gradscope"))
         .args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--database-url", database])
         .args(["--torch-threads", "1", "--max-jobs", "1", "--node-id", id])
-        .args(["--lease-secs", &LEASE_SECS.to_string()])
+        .args(["--lease-secs", &lease_secs.to_string()])
         .arg("--data-dir")
         .arg(data)
         .env_remove("GRADSCOPE_LOG")
@@ -54,11 +54,11 @@ async fn start_node(id: &str, database: &str, data: &std::path::Path) -> Node {
 }
 
 /// Three nodes `node-a`, `node-b`, `node-c` on `database`, sharing the data folder in `dir`.
-async fn three_nodes(database: &str, dir: &std::path::Path) -> Vec<Node> {
+async fn three_nodes(database: &str, dir: &std::path::Path, lease_secs: u64) -> Vec<Node> {
     let data = dir.join("data");
     let mut nodes = Vec::new();
     for id in ["node-a", "node-b", "node-c"] {
-        nodes.push(start_node(id, database, &data).await);
+        nodes.push(start_node(id, database, &data, lease_secs).await);
     }
     nodes
 }
@@ -101,7 +101,8 @@ fn one_to(n: u64) -> Vec<f64> {
 async fn twelve_jobs_submitted_to_one_node_spread_over_three_and_each_runs_once() {
     let database = ScratchDatabase::create().await.expect("a scratch PostgreSQL database");
     let dir = tempfile::TempDir::new().expect("temp dir");
-    let nodes = three_nodes(database.url(), dir.path()).await;
+    // No node is killed: the default lease.
+    let nodes = three_nodes(database.url(), dir.path(), 15).await;
     let total = 40;
     let mut ids = Vec::new();
     for i in 0..12 {
@@ -171,7 +172,7 @@ fn alive(pid: u32) -> bool {
 async fn a_job_on_a_killed_node_resumes_on_another_and_its_steps_continue() {
     let database = ScratchDatabase::create().await.expect("a scratch PostgreSQL database");
     let dir = tempfile::TempDir::new().expect("temp dir");
-    let mut nodes = three_nodes(database.url(), dir.path()).await;
+    let mut nodes = three_nodes(database.url(), dir.path(), LEASE_SECS).await;
     let total = 400;
     let mut spec = tiny_lstm_spec(total, 1.0);
     spec["checkpoint_every"] = json!(50);
@@ -240,12 +241,14 @@ async fn a_lost_nodes_job_is_resumed_until_the_attempts_run_out() {
         config.lease = Duration::from_secs(LEASE_SECS);
     })
     .await;
-    let done = app.wait_finished(&once.to_string()).await;
+    // Interrupted for a moment, then queued again.
+    let settled = |j: &Value| j["status"] == "succeeded" || j["error"].as_str().is_some_and(|e| e.contains("not resumed"));
+    let done = app.wait_for(&once.to_string(), "succeeded", settled).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["attempts"], 2);
     assert_eq!(done["resumed_from"], Value::Null, "from the start: it had no checkpoint");
     assert_eq!(column(&app.job_steps(&once.to_string()).await, "step"), one_to(30));
-    let left = app.wait_finished(&twice.to_string()).await;
+    let left = app.wait_for(&twice.to_string(), "left interrupted", settled).await;
     assert_eq!(left["status"], "interrupted");
     assert_eq!(
         left["error"],
