@@ -37,8 +37,8 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 pub use self::data_dir::DataDir;
-pub use self::nodes::NodeSettings;
 use self::live::{LiveHub, LiveJob};
+pub use self::nodes::NodeSettings;
 pub use self::service::{CorpusLimits, JobLimits, Jobs, ServiceError};
 use crate::config::DEFAULT_STREAM_BACKLOG;
 use crate::metrics::Metrics;

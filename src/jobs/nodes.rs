@@ -91,9 +91,7 @@ async fn run(inner: Arc<Inner>, node: Option<NodeSettings>, sweep: bool) {
             () = inner.shutdown.cancelled(), if !stopping => {}
         }
     }
-    if serving
-        && let Err(err) = inner.store.leave().await
-    {
+    if serving && let Err(err) = inner.store.leave().await {
         tracing::warn!("failed to remove this node's row: {err:#}");
     }
 }

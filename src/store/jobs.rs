@@ -390,17 +390,19 @@ impl Store {
     /// this node holds it: a job another node took over (this node's lease had expired)
     /// is that node's to end.
     pub async fn finish_job(&self, id: Uuid, status: JobStatus, error: Option<&str>) -> anyhow::Result<bool> {
-        let done = self.pool.query(
-            "UPDATE jobs SET status = ?, error = ?, finished_at = ?, lease_until = NULL
+        let done = self
+            .pool
+            .query(
+                "UPDATE jobs SET status = ?, error = ?, finished_at = ?, lease_until = NULL
              WHERE id = ? AND status IN ('queued', 'running') AND (node_id IS NULL OR node_id = ?)",
-        )
-        .bind(status.as_str())
-        .bind(error)
-        .bind(Utc::now())
-        .bind(id.to_string())
-        .bind(&self.node.id)
-        .execute()
-        .await?;
+            )
+            .bind(status.as_str())
+            .bind(error)
+            .bind(Utc::now())
+            .bind(id.to_string())
+            .bind(&self.node.id)
+            .execute()
+            .await?;
         Ok(done == 1)
     }
 

@@ -304,7 +304,10 @@ mod tests {
         for id in &claimed {
             let job = c.job(*id).await.expect("read").expect("job");
             assert_eq!(job.status, JobStatus::Interrupted);
-            assert_eq!(job.error.as_deref(), Some("node a stopped renewing its lease (lost) while the job was running"));
+            assert_eq!(
+                job.error.as_deref(),
+                Some("node a stopped renewing its lease (lost) while the job was running")
+            );
         }
         assert_eq!(c.job(own.id).await.expect("read").expect("job").status, JobStatus::Running);
         assert_eq!(b.renew_leases().await.expect("renew"), vec![own.id]);

@@ -134,7 +134,9 @@ async fn twelve_jobs_submitted_to_one_node_spread_over_three_and_each_runs_once(
         let find = |metric: &str, status: Option<&str>| {
             samples
                 .iter()
-                .find(|s| s.metric == metric && status.is_none_or(|st| s.labels.get("status").map(String::as_str) == Some(st)))
+                .find(|s| {
+                    s.metric == metric && status.is_none_or(|st| s.labels.get("status").map(String::as_str) == Some(st))
+                })
                 .map(|s| s.value)
         };
         exported.push((node.id.clone(), find("gradscope_jobs", Some("succeeded")), find("gradscope_nodes", None)));
@@ -242,7 +244,8 @@ async fn a_lost_nodes_job_is_resumed_until_the_attempts_run_out() {
     })
     .await;
     // Interrupted for a moment, then queued again.
-    let settled = |j: &Value| j["status"] == "succeeded" || j["error"].as_str().is_some_and(|e| e.contains("not resumed"));
+    let settled =
+        |j: &Value| j["status"] == "succeeded" || j["error"].as_str().is_some_and(|e| e.contains("not resumed"));
     let done = app.wait_for(&once.to_string(), "succeeded", settled).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["attempts"], 2);
