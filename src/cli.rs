@@ -199,6 +199,24 @@ pub struct ServeArgs {
     /// notifications link to the job's page there. Unset, the links are paths.
     #[arg(long, env = "GRADSCOPE_PUBLIC_URL", value_parser = parse_notify_url)]
     pub public_url: Option<String>,
+    /// This node's id among several sharing one PostgreSQL database: letters, digits,
+    /// `-`, `.`, `_` (default: the host's name and a random suffix, new for each start).
+    #[arg(long, env = "GRADSCOPE_NODE_ID", value_parser = parse_node_id)]
+    pub node_id: Option<String>,
+    /// Seconds a node holds a running job without renewing its lease (it renews every
+    /// third of it); when a node dies, another takes its jobs over after this long.
+    #[arg(long, env = "GRADSCOPE_LEASE_SECS", default_value_t = gradscope::store::DEFAULT_LEASE.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub lease_secs: u64,
+    /// How many times a job may start: a job whose node was lost is resumed on another
+    /// node while it has started fewer times (1: never; it stays interrupted).
+    #[arg(long, env = "GRADSCOPE_MAX_ATTEMPTS", default_value_t = config::DEFAULT_MAX_ATTEMPTS,
+        value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub max_attempts: u32,
+}
+
+fn parse_node_id(id: &str) -> Result<String, String> {
+    gradscope::store::check_node_id(id).map(|()| id.to_owned())
 }
 
 /// An `http` or `https` URL without credentials.
@@ -250,6 +268,9 @@ impl From<ServeArgs> for ServeConfig {
             notify_timeout: std::time::Duration::from_secs(args.notify_timeout),
             notify_retry_base: gradscope::notify::DEFAULT_RETRY_BASE,
             public_url: args.public_url,
+            node_id: args.node_id,
+            lease: std::time::Duration::from_secs(args.lease_secs),
+            max_attempts: args.max_attempts,
         }
     }
 }

@@ -192,7 +192,19 @@ pub struct ServeConfig {
     /// The dashboard's address as people reach it (`https://gradscope.example.com`), for
     /// the links in notifications; none: the links are paths.
     pub public_url: Option<String>,
+    /// This node's id among the nodes sharing a PostgreSQL database (`None`: the host's
+    /// name and a random suffix, new for each start).
+    pub node_id: Option<String>,
+    /// How long this node holds a running job without renewing its lease; it renews every
+    /// third of it. Another node takes over a job whose lease expired.
+    pub lease: std::time::Duration,
+    /// How many times a job may start before one lost with its node stays `interrupted`
+    /// (1: never resumed by another node).
+    pub max_attempts: u32,
 }
+
+/// How many times a job may start, by default: two more runs after the first.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 
 impl Default for ServeConfig {
     fn default() -> Self {
@@ -238,6 +250,9 @@ impl Default for ServeConfig {
             notify_timeout: crate::notify::DEFAULT_TIMEOUT,
             notify_retry_base: crate::notify::DEFAULT_RETRY_BASE,
             public_url: None,
+            node_id: None,
+            lease: crate::store::DEFAULT_LEASE,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
         }
     }
 }

@@ -27,7 +27,9 @@ const PREFIX: &str = "gradscope";
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    /// Jobs by status and live nodes: from the database, so exported by one node only.
     jobs: IntGaugeVec,
+    nodes: IntGaugeVec,
     job_info: IntGaugeVec,
     job_status: IntGaugeVec,
     job_progress_time: GaugeVec,
@@ -89,6 +91,10 @@ impl Metrics {
         let job = &["job"];
         let m = Self {
             jobs: IntGaugeVec::new(opts("jobs", "Jobs in the store, by status."), &["status"])?,
+            nodes: IntGaugeVec::new(
+                opts("nodes", "Live nodes sharing the database (their heartbeat younger than a lease)."),
+                &[],
+            )?,
             job_info: IntGaugeVec::new(
                 opts("job_info", "Always 1: the name, model and task of a job, to join on `job`."),
                 &["job", "name", "model", "task"],
@@ -215,6 +221,7 @@ impl Metrics {
             registry,
         };
         m.registry.register(Box::new(m.jobs.clone()))?;
+        m.registry.register(Box::new(m.nodes.clone()))?;
         m.registry.register(Box::new(m.job_info.clone()))?;
         m.registry.register(Box::new(m.job_status.clone()))?;
         m.registry.register(Box::new(m.job_progress_time.clone()))?;
@@ -415,11 +422,27 @@ impl Metrics {
         self.notifications.with_label_values(&[outcome.as_str()]).inc();
     }
 
-    /// The exposition text, with the job counts and client count as of now.
+    /// The exposition text of the only node, with the job counts and client count as of now.
     pub fn render(&self, jobs_by_status: &[(JobStatus, i64)], ws_clients: usize) -> String {
-        for &status in JobStatus::ALL {
-            let count = jobs_by_status.iter().find(|(s, _)| *s == status).map_or(0, |(_, n)| *n);
-            self.jobs.with_label_values(&[status.as_str()]).set(count);
+        self.render_node(Some((jobs_by_status, 1)), ws_clients)
+    }
+
+    /// The exposition text of one node among several: `cluster` (the job counts and the
+    /// live nodes) on the one node that exports what the database holds, `None` on the
+    /// others, so that a sum over the nodes counts each job once.
+    pub fn render_node(&self, cluster: Option<(&[(JobStatus, i64)], i64)>, ws_clients: usize) -> String {
+        match cluster {
+            Some((jobs_by_status, nodes)) => {
+                for &status in JobStatus::ALL {
+                    let count = jobs_by_status.iter().find(|(s, _)| *s == status).map_or(0, |(_, n)| *n);
+                    self.jobs.with_label_values(&[status.as_str()]).set(count);
+                }
+                self.nodes.with_label_values(&[] as &[&str]).set(nodes);
+            }
+            None => {
+                self.jobs.reset();
+                self.nodes.reset();
+            }
         }
         self.ws_clients.set(ws_clients as i64);
         let mut buffer = Vec::new();

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::stream::{StreamRuntime, WsLimits};
 use crate::api::{self, AppState, ReadLimits};
 use crate::config::{self, ServeConfig};
-use crate::jobs::{CorpusLimits, DataDir, Execution, JobLimits, Jobs, Scheduler, WorkerSettings};
+use crate::jobs::{CorpusLimits, DataDir, Execution, JobLimits, Jobs, NodeSettings, Scheduler, WorkerSettings};
 use crate::metrics::Metrics;
 use crate::notify::{Notifier, NotifySettings};
 use crate::spec::notify::check_url;
@@ -41,9 +41,12 @@ impl Application {
             anyhow::ensure!(dir.is_dir(), "--static-dir {}: not a folder", dir.display());
         }
         let execution = execution(&config)?;
-        let store = Store::connect(&config.database_url).await?;
+        let node_id = config.node_id.clone().unwrap_or_else(crate::store::default_node_id);
+        let store = Store::connect(&config.database_url).await?.for_node(&node_id, config.lease);
         store.migrate().await?;
-        let interrupted = store.interrupt_running_jobs().await?;
+        // This node's own jobs only: on PostgreSQL other nodes' are theirs, or taken over
+        // from them when their lease expires.
+        let interrupted = store.take_over_own().await?.len();
         if interrupted > 0 {
             tracing::warn!("{interrupted} job(s) were running when the service last stopped: marked interrupted");
         }
@@ -72,6 +75,14 @@ impl Application {
             (metrics.clone(), notifier),
             shutdown.clone(),
         );
+        let listener =
+            TcpListener::bind(config.addr).await.with_context(|| format!("failed to listen on {}", config.addr))?;
+        let node = NodeSettings {
+            addr: listener.local_addr().ok().map(|a| a.to_string()),
+            max_attempts: i64::from(config.max_attempts),
+        };
+        store.heartbeat(node.addr.as_deref()).await?;
+        crate::jobs::nodes::start(&scheduler, node);
         let streams = StreamRuntime::start(config.stream_nice)?;
         let ws = Arc::new(WsLimits {
             max_total: config.ws_max_total,
@@ -103,8 +114,6 @@ impl Application {
             heavy_reads: Arc::new(tokio::sync::Semaphore::new(api::HEAVY_READS)),
             uploads: Arc::new(tokio::sync::Semaphore::new(api::UPLOADS)),
         };
-        let listener =
-            TcpListener::bind(config.addr).await.with_context(|| format!("failed to listen on {}", config.addr))?;
         config.api_token.retain(|t| !t.trim().is_empty());
         // Beyond loopback, an open API would let anyone who can reach the port train on
         // this machine: a container's 0.0.0.0 would do that by default.
@@ -127,6 +136,7 @@ impl Application {
         tracing::info!(
             addr = %listener.local_addr()?,
             database = %config.database_url,
+            node = %node_id,
             cuda = tch::Cuda::is_available(),
             "gradscope listening"
         );

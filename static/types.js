@@ -34,6 +34,8 @@
  * @property {number | null} [resumed_from]
  * @property {string} [experiment_id] The experiment the job belongs to.
  * @property {number} [cell] Its cell in that experiment.
+ * @property {string | null} [node_id] The node that runs it, or ran it last.
+ * @property {number} [attempts] How many times it has started.
  *
  * @typedef {object} Layer One named parameter tensor.
  * @property {number} index

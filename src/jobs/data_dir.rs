@@ -2,6 +2,9 @@
 //! and resume files live in `checkpoints/`, uploaded corpora in `corpora/`, TorchScript
 //! models in `models/` and data sets in `datasets/`. Files are
 //! named by server-made ids only ([`Uuid`]s), so no request reaches a path of its own.
+//! Nodes sharing one PostgreSQL database share this folder too (a shared file system): a
+//! job lost with its node resumes elsewhere from the checkpoint here. Everything reaches
+//! the files through [`DataDir`], so object storage could take the folder's place.
 
 use std::path::{Path, PathBuf};
 

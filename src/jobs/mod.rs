@@ -14,11 +14,13 @@
 //! - [`worker`] — the worker process: one job, reporting over its stdout.
 //! - [`wire`] — the messages between the scheduler and a worker, and their framing.
 //! - [`live`] — the live feed of each running job.
+//! - [`nodes`] — this node among others: heartbeat, leases, takeover of lost nodes' jobs.
 
 mod check;
 pub mod data_dir;
 pub mod experiments;
 pub mod live;
+pub mod nodes;
 pub mod results;
 mod runner;
 pub mod service;
@@ -36,6 +38,7 @@ use uuid::Uuid;
 
 pub use self::data_dir::DataDir;
 use self::live::{LiveHub, LiveJob};
+pub use self::nodes::NodeSettings;
 pub use self::service::{CorpusLimits, JobLimits, Jobs, ServiceError};
 use crate::config::DEFAULT_STREAM_BACKLOG;
 use crate::metrics::Metrics;
@@ -227,6 +230,7 @@ impl Scheduler {
     ) -> Self {
         let execution = (1, Execution::InProcess);
         let inner = Arc::new(Inner::new(store, data, execution, DEFAULT_STREAM_BACKLOG, (metrics, notifier), shutdown));
+        nodes::keep_leases(&inner);
         let watcher = inner.clone();
         inner.tracker.spawn(async move {
             watcher.shutdown.cancelled().await;

@@ -47,6 +47,16 @@ impl Backend {
         }
     }
 
+    /// The database's clock, in milliseconds since 1970, as an integer expression: lease
+    /// and heartbeat times are all read off the one clock the nodes share, so a node whose
+    /// own clock is off neither loses its jobs early nor keeps them too long.
+    pub(super) fn now_ms(self) -> &'static str {
+        match self {
+            Self::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000.0 AS BIGINT)",
+            Self::Postgres => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+        }
+    }
+
     /// The text at `path` (object keys, fixed by the caller) in the JSON text `column`.
     pub(super) fn json_text(self, column: &str, path: &[&str]) -> String {
         match self {

@@ -85,10 +85,17 @@ pub struct Job {
     /// Its cell in that experiment (the combination of the axes' values it runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cell: Option<i64>,
+    /// The node that runs it, or ran it last (`--node-id`); none before it first starts.
+    #[serde(default)]
+    pub node_id: Option<String>,
+    /// How many times it has started: 1 for a job that ran once, one more for each resume
+    /// (by hand, or on another node after its node was lost).
+    #[serde(default)]
+    pub attempts: i64,
 }
 
 pub(super) const JOB_COLUMNS: &str = "id, name, status, spec, created_at, started_at, finished_at, step, total_steps, \
-    device, loss, error, diagnosis, dropped_reports, resumed_from, stored_bytes, experiment_id, cell";
+    device, loss, error, diagnosis, dropped_reports, resumed_from, stored_bytes, experiment_id, cell, node_id, attempts";
 
 pub(super) fn job_from_row(row: &Row) -> anyhow::Result<Job> {
     let status: String = row.try_get("status")?;
@@ -114,6 +121,8 @@ pub(super) fn job_from_row(row: &Row) -> anyhow::Result<Job> {
         stored_bytes: row.try_get("stored_bytes")?,
         experiment_id: row.try_get::<Option<String>, _>("experiment_id")?.map(|id| Uuid::parse_str(&id)).transpose()?,
         cell: row.try_get("cell")?,
+        node_id: row.try_get("node_id")?,
+        attempts: row.try_get("attempts")?,
     })
 }
 
@@ -138,6 +147,8 @@ pub(super) fn queued_job(spec: &ValidSpec) -> anyhow::Result<Job> {
         stored_bytes: 0,
         experiment_id: None,
         cell: None,
+        node_id: None,
+        attempts: 0,
     })
 }
 
@@ -154,6 +165,13 @@ impl Job {
 }
 
 impl Store {
+    /// What a claim sets besides the status and start time: the claiming node, the lease
+    /// (from the database's clock), one more attempt. Binds the node id, then the lease in
+    /// milliseconds.
+    fn claimed(&self) -> String {
+        format!("node_id = ?, lease_until = {} + ?, attempts = attempts + 1", self.pool.backend().now_ms())
+    }
+
     /// Stores a new queued job.
     pub async fn insert_job(&self, spec: &ValidSpec) -> anyhow::Result<Job> {
         self.insert_job_within(spec, i64::MAX).await?.ok_or_else(|| anyhow::anyhow!("the queue is full"))
@@ -268,13 +286,16 @@ impl Store {
         let row = self
             .pool
             .query(&format!(
-                "UPDATE jobs SET status = 'running', started_at = ?
+                "UPDATE jobs SET status = 'running', started_at = ?, {CLAIMED}
              WHERE id = (SELECT id FROM jobs WHERE status = 'queued' ORDER BY id LIMIT 1{})
                AND status = 'queued'
              RETURNING {JOB_COLUMNS}",
-                self.pool.backend().skip_locked()
+                self.pool.backend().skip_locked(),
+                CLAIMED = self.claimed()
             ))
             .bind(Utc::now())
+            .bind(&self.node.id)
+            .bind(self.node.lease_ms)
             .fetch_optional()
             .await?;
         row.as_ref().map(job_from_row).transpose()
@@ -290,14 +311,17 @@ impl Store {
         let row = self
             .pool
             .query(&format!(
-                "UPDATE jobs SET status = 'running', started_at = ?
+                "UPDATE jobs SET status = 'running', started_at = ?, {CLAIMED}
              WHERE id = (SELECT id FROM jobs WHERE status = 'queued'
                          ORDER BY COALESCE(experiment_id, '') <= ?, COALESCE(experiment_id, ''), id LIMIT 1{})
                AND status = 'queued'
              RETURNING {JOB_COLUMNS}",
-                self.pool.backend().skip_locked()
+                self.pool.backend().skip_locked(),
+                CLAIMED = self.claimed()
             ))
             .bind(Utc::now())
+            .bind(&self.node.id)
+            .bind(self.node.lease_ms)
             .bind(after)
             .fetch_optional()
             .await?;
@@ -307,9 +331,12 @@ impl Store {
     /// Marks queued job `id` running and returns it; `None` if it is not queued.
     pub async fn claim_job(&self, id: Uuid) -> anyhow::Result<Option<Job>> {
         let row = self.pool.query(&format!(
-            "UPDATE jobs SET status = 'running', started_at = ? WHERE id = ? AND status = 'queued' RETURNING {JOB_COLUMNS}"
+            "UPDATE jobs SET status = 'running', started_at = ?, {CLAIMED} WHERE id = ? AND status = 'queued' RETURNING {JOB_COLUMNS}",
+            CLAIMED = self.claimed()
         ))
         .bind(Utc::now())
+        .bind(&self.node.id)
+        .bind(self.node.lease_ms)
         .bind(id.to_string())
         .fetch_optional()
         .await?;
@@ -359,17 +386,23 @@ impl Store {
             .collect()
     }
 
-    /// Ends a job with `status`. Only a job not already finished changes.
+    /// Ends a job with `status`. Only a job not already finished changes, and only while
+    /// this node holds it: a job another node took over (this node's lease had expired)
+    /// is that node's to end.
     pub async fn finish_job(&self, id: Uuid, status: JobStatus, error: Option<&str>) -> anyhow::Result<bool> {
-        let done = self.pool.query(
-            "UPDATE jobs SET status = ?, error = ?, finished_at = ? WHERE id = ? AND status IN ('queued', 'running')",
-        )
-        .bind(status.as_str())
-        .bind(error)
-        .bind(Utc::now())
-        .bind(id.to_string())
-        .execute()
-        .await?;
+        let done = self
+            .pool
+            .query(
+                "UPDATE jobs SET status = ?, error = ?, finished_at = ?, lease_until = NULL
+             WHERE id = ? AND status IN ('queued', 'running') AND (node_id IS NULL OR node_id = ?)",
+            )
+            .bind(status.as_str())
+            .bind(error)
+            .bind(Utc::now())
+            .bind(id.to_string())
+            .bind(&self.node.id)
+            .execute()
+            .await?;
         Ok(done == 1)
     }
 
@@ -377,17 +410,33 @@ impl Store {
     /// recorded after that step is removed (it will be recorded again). False if the job
     /// is not interrupted, cancelled or failed, or when `max_queued` jobs already wait.
     pub async fn requeue_to_resume(&self, id: Uuid, step: i64, max_queued: i64) -> anyhow::Result<bool> {
+        self.requeue(id, Some(step), max_queued).await
+    }
+
+    /// Queues an ended job again to start afresh (it has no checkpoint to continue
+    /// from): everything it recorded is removed. False as for [`Self::requeue_to_resume`].
+    pub async fn requeue_from_start(&self, id: Uuid, max_queued: i64) -> anyhow::Result<bool> {
+        self.requeue(id, None, max_queued).await
+    }
+
+    /// Queues an ended job again, to continue after checkpoint step `resume` or (`None`)
+    /// from the start.
+    async fn requeue(&self, id: Uuid, resume: Option<i64>, max_queued: i64) -> anyhow::Result<bool> {
         let job_id = id.to_string();
+        // Rows after this step go: every row when starting afresh.
+        let step = resume.unwrap_or(-1);
         let mut tx = self.pool.begin().await?;
         tx.lock(WriteLock::Queue).await?;
         let done = tx
             .query(
-                "UPDATE jobs SET status = 'queued', step = ?, resumed_from = ?, finished_at = NULL, error = NULL
+                "UPDATE jobs SET status = 'queued', step = ?, resumed_from = ?, finished_at = NULL, error = NULL,
+                 diagnosis = CASE WHEN ? THEN diagnosis ELSE NULL END
              WHERE id = ? AND status IN ('interrupted', 'cancelled', 'failed')
                AND (SELECT COUNT(*) FROM jobs WHERE status = 'queued') < ?",
             )
-            .bind(step)
-            .bind(step)
+            .bind(step.max(0))
+            .bind(resume)
+            .bind(resume.is_some())
             .bind(&job_id)
             .bind(max_queued)
             .execute()
@@ -457,21 +506,6 @@ impl Store {
             .execute()
             .await?;
         Ok(done == 1)
-    }
-
-    /// At start-up: jobs a crash left `running` become `interrupted`. Returns how many.
-    pub async fn interrupt_running_jobs(&self) -> anyhow::Result<u64> {
-        let done = self
-            .pool
-            .query(
-                "UPDATE jobs SET status = 'interrupted', finished_at = ?,
-                 error = 'the service stopped while the job was running'
-             WHERE status = 'running'",
-            )
-            .bind(Utc::now())
-            .execute()
-            .await?;
-        Ok(done)
     }
 }
 

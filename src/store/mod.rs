@@ -13,6 +13,7 @@ mod events;
 mod experiments;
 mod jobs;
 mod layer_stats;
+mod nodes;
 mod probes;
 mod rollup;
 pub mod scratch;
@@ -35,6 +36,7 @@ pub use events::StoredEvent;
 pub use experiments::{JobHistory, StatusCount, StoredExperiment};
 pub use jobs::{Job, JobFilter, JobSort, JobSortKey, JobStatus};
 pub use layer_stats::{LayerSeries, StatSelection};
+pub use nodes::{DEFAULT_LEASE, LiveNode, MAX_NODE_ID, TakenOver, check_node_id, default_node_id};
 pub use probes::{ProbeKind, ProbeRange, ProbeRows};
 pub use steps::{DEFAULT_MAX_POINTS, MAX_MAX_POINTS, Progress, StepColumns};
 pub use uploads::{Dataset, DatasetDetail, ModelDetail, TensorInfo, UploadKind, UserModel};
@@ -47,6 +49,8 @@ static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: Pool,
+    /// The node its claims are made for (by default a made-up id: see [`Self::for_node`]).
+    node: std::sync::Arc<nodes::NodeIdentity>,
 }
 
 impl Store {
@@ -75,7 +79,7 @@ impl Store {
             .connect_with(options)
             .await
             .with_context(|| format!("failed to open database {server}"))?;
-        Ok(Self { pool: Pool::Postgres(pool) })
+        Ok(Self::with_pool(Pool::Postgres(pool)))
     }
 
     async fn connect_sqlite(url: &str) -> anyhow::Result<Self> {
@@ -96,7 +100,11 @@ impl Store {
             .connect_with(options)
             .await
             .with_context(|| format!("failed to open database {url}"))?;
-        Ok(Self { pool: Pool::Sqlite(pool) })
+        Ok(Self::with_pool(Pool::Sqlite(pool)))
+    }
+
+    fn with_pool(pool: Pool) -> Self {
+        Self { pool, node: nodes::NodeIdentity::new(default_node_id(), DEFAULT_LEASE) }
     }
 
     /// Which database this store keeps its data in.

@@ -54,6 +54,13 @@ pub async fn spawn_app_on_postgres() -> TestApp {
     spawn_app_on(TempDir::new().expect("temp dir"), &url, Some(database), |_| {}).await
 }
 
+/// Starts the application on `database` (a scratch PostgreSQL database, dropped with the
+/// app) with settings changed by `configure`, its data folder in a temporary folder.
+pub async fn spawn_app_on_database(database: ScratchDatabase, configure: impl FnOnce(&mut ServeConfig)) -> TestApp {
+    let url = database.url().to_owned();
+    spawn_app_on(TempDir::new().expect("temp dir"), &url, Some(database), configure).await
+}
+
 /// Starts the application on the database at `url`, its data folder in `dir`.
 async fn spawn_app_on(
     dir: TempDir,
@@ -117,6 +124,13 @@ impl TestApp {
 
     pub async fn job(&self, id: &str) -> Value {
         let response = self.get(&format!("/api/v1/jobs/{id}")).await;
+        assert_eq!(response.status(), 200);
+        response.json().await.expect("json")
+    }
+
+    /// Every step job `id` recorded (`/steps`, unthinned).
+    pub async fn job_steps(&self, id: &str) -> Value {
+        let response = self.get(&format!("/api/v1/jobs/{id}/steps?max_points=100000")).await;
         assert_eq!(response.status(), 200);
         response.json().await.expect("json")
     }
