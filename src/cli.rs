@@ -60,9 +60,10 @@ pub struct ServeArgs {
     /// Folder for checkpoints and uploaded corpora.
     #[arg(long, env = "GRADSCOPE_DATA_DIR", default_value = config::DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
-    /// How many jobs may train at the same time.
-    #[arg(long, env = "GRADSCOPE_MAX_JOBS", default_value_t = config::DEFAULT_MAX_JOBS,
-        value_parser = clap::value_parser!(u16).range(1..))]
+    /// How many jobs may train at the same time. 0: none; the node serves the API, the
+    /// dashboard and the streams and never claims a job (with several nodes on one
+    /// PostgreSQL database, the others train).
+    #[arg(long, env = "GRADSCOPE_MAX_JOBS", default_value_t = config::DEFAULT_MAX_JOBS)]
     pub max_jobs: u16,
     /// Threads LibTorch uses for CPU work in each job (default: the cores ÷ --max-jobs, at
     /// least 1).
@@ -199,6 +200,22 @@ pub struct ServeArgs {
     /// notifications link to the job's page there. Unset, the links are paths.
     #[arg(long, env = "GRADSCOPE_PUBLIC_URL", value_parser = parse_notify_url)]
     pub public_url: Option<String>,
+    /// NATS server with JetStream (`nats://host:4222`) that carries live streams between
+    /// nodes: this node publishes its jobs' steps, events and statuses there, and a client
+    /// asking it for a job that runs on another node follows them from there. Unset: each
+    /// node streams only its own jobs. The service starts while NATS is down and keeps
+    /// trying; meanwhile the messages for other nodes are dropped and counted.
+    #[arg(long, env = "GRADSCOPE_NATS_URL")]
+    pub nats_url: Option<String>,
+    /// First token of the NATS subjects (`<prefix>.live.<job>.<run>`); the stream is
+    /// `<prefix>-live`. Nodes that share a database must share it.
+    #[arg(long, env = "GRADSCOPE_NATS_PREFIX", default_value = config::DEFAULT_NATS_PREFIX,
+        value_parser = parse_nats_prefix)]
+    pub nats_prefix: String,
+}
+
+fn parse_nats_prefix(prefix: &str) -> Result<String, String> {
+    config::check_nats_prefix(prefix).map(|()| prefix.to_owned())
 }
 
 /// An `http` or `https` URL without credentials.
@@ -250,6 +267,8 @@ impl From<ServeArgs> for ServeConfig {
             notify_timeout: std::time::Duration::from_secs(args.notify_timeout),
             notify_retry_base: gradscope::notify::DEFAULT_RETRY_BASE,
             public_url: args.public_url,
+            nats_url: args.nats_url,
+            nats_prefix: args.nats_prefix,
         }
     }
 }

@@ -82,6 +82,21 @@ pub const WORKER_ADDRESS_OVERHEAD: u64 = 4 << 30;
 /// arena (64 MiB reserved, aligned to 128 MiB).
 pub const WORKER_ADDRESS_PER_THREAD: u64 = 256 << 20;
 
+/// Default first token of the NATS subjects of the live feeds (`--nats-prefix`).
+pub const DEFAULT_NATS_PREFIX: &str = "gradscope";
+
+/// Checks a NATS subject prefix: 1 to 64 letters, digits, `_` and `-` (it names the
+/// stream too, where `.`, `*` and `>` may not appear).
+pub fn check_nats_prefix(prefix: &str) -> Result<(), String> {
+    if prefix.is_empty() || prefix.len() > 64 {
+        return Err("must be 1 to 64 characters".to_owned());
+    }
+    if !prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        return Err(format!("{prefix:?}: only letters, digits, '_' and '-'"));
+    }
+    Ok(())
+}
+
 /// LibTorch's CPU threads per job by default: the cores shared by the jobs that may run
 /// at once, at least one each.
 pub fn default_torch_threads(max_jobs: u16) -> i32 {
@@ -110,7 +125,8 @@ pub struct ServeConfig {
     pub database_url: String,
     /// Folder for checkpoints and uploaded corpora.
     pub data_dir: PathBuf,
-    /// How many jobs may train at the same time (at least 1).
+    /// How many jobs may train at the same time; 0: none (a node that serves the API and
+    /// never claims a job).
     pub max_jobs: u16,
     /// Threads LibTorch uses for CPU work in each job (`None`: [`default_torch_threads`]).
     pub torch_threads: Option<i32>,
@@ -192,6 +208,11 @@ pub struct ServeConfig {
     /// The dashboard's address as people reach it (`https://gradscope.example.com`), for
     /// the links in notifications; none: the links are paths.
     pub public_url: Option<String>,
+    /// NATS (with JetStream) through which the live feeds of this node's jobs reach
+    /// clients on other nodes, and theirs reach this node's (`None`: feeds stay local).
+    pub nats_url: Option<String>,
+    /// First token of the NATS subjects; the stream is `<prefix>-live`.
+    pub nats_prefix: String,
 }
 
 impl Default for ServeConfig {
@@ -238,6 +259,8 @@ impl Default for ServeConfig {
             notify_timeout: crate::notify::DEFAULT_TIMEOUT,
             notify_retry_base: crate::notify::DEFAULT_RETRY_BASE,
             public_url: None,
+            nats_url: None,
+            nats_prefix: DEFAULT_NATS_PREFIX.to_owned(),
         }
     }
 }

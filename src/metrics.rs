@@ -52,6 +52,8 @@ pub struct Metrics {
     http_duration: HistogramVec,
     ws_clients: IntGauge,
     notifications: IntCounterVec,
+    /// Live messages handed to NATS (`--nats-url`), by outcome.
+    relay: IntCounterVec,
     /// Per job: the layer labels it exports and the event kinds it counted, so its series
     /// can be removed with the job.
     exported: Mutex<HashMap<Uuid, Exported>>,
@@ -199,6 +201,15 @@ impl Metrics {
                 ),
                 &["outcome"],
             )?,
+            relay: IntCounterVec::new(
+                opts(
+                    "live_relay_messages_total",
+                    "Live feed messages (steps, events, statuses) of the jobs this node runs, handed to NATS \
+                     (--nats-url) by outcome: published (NATS stored it) or dropped (the queue to NATS was full, \
+                     or NATS refused it). Absent without --nats-url.",
+                ),
+                &["outcome"],
+            )?,
             exported: Mutex::new(HashMap::new()),
             registry,
         };
@@ -225,6 +236,7 @@ impl Metrics {
         m.registry.register(Box::new(m.http_duration.clone()))?;
         m.registry.register(Box::new(m.ws_clients.clone()))?;
         m.registry.register(Box::new(m.notifications.clone()))?;
+        m.registry.register(Box::new(m.relay.clone()))?;
         // Every outcome from the start, so a rate over it is defined before the first.
         for outcome in NotificationOutcome::ALL {
             m.notifications.with_label_values(&[outcome.as_str()]);
@@ -396,6 +408,19 @@ impl Metrics {
         self.notifications.with_label_values(&[outcome.as_str()]).inc();
     }
 
+    /// Counts a live message handed to NATS.
+    pub fn relay(&self, outcome: RelayOutcome) {
+        self.relay.with_label_values(&[outcome.as_str()]).inc();
+    }
+
+    /// Exports every relay outcome at 0, so that a rate over them is defined before the
+    /// first (called when the relay starts).
+    pub fn relay_started(&self) {
+        for outcome in [RelayOutcome::Published, RelayOutcome::Dropped] {
+            self.relay.with_label_values(&[outcome.as_str()]);
+        }
+    }
+
     /// The exposition text, with the job counts and client count as of now.
     pub fn render(&self, jobs_by_status: &[(JobStatus, i64)], ws_clients: usize) -> String {
         for &status in JobStatus::ALL {
@@ -429,6 +454,24 @@ impl NotificationOutcome {
         match self {
             Self::Delivered => "delivered",
             Self::Failed => "failed",
+            Self::Dropped => "dropped",
+        }
+    }
+}
+
+/// What became of a live message handed to NATS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayOutcome {
+    /// NATS stored it.
+    Published,
+    /// Not stored: the queue to NATS was full, or NATS refused it.
+    Dropped,
+}
+
+impl RelayOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Published => "published",
             Self::Dropped => "dropped",
         }
     }

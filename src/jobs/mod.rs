@@ -19,6 +19,7 @@ mod check;
 pub mod data_dir;
 pub mod experiments;
 pub mod live;
+pub mod relay;
 pub mod results;
 mod runner;
 pub mod service;
@@ -169,6 +170,7 @@ struct Inner {
     store: Store,
     /// Where checkpoints and uploaded corpora live.
     data: DataDir,
+    /// Most jobs running at once; 0: this node claims none (an API-only node).
     max_jobs: usize,
     /// Workers or threads.
     execution: Execution,
@@ -272,6 +274,16 @@ impl Scheduler {
         self.inner.live.job(id)
     }
 
+    /// Publishes the live feeds of the jobs this node runs to other nodes too.
+    pub fn relay_to(&self, relay: relay::Relay) {
+        self.inner.live.relay_to(relay);
+    }
+
+    /// The relay to other nodes, if any (`--nats-url`).
+    pub fn relay(&self) -> Option<&relay::Relay> {
+        self.inner.live.relay()
+    }
+
     /// Resolves when any job's feed opens after the call.
     pub fn feed_opened(&self) -> tokio::sync::futures::Notified<'_> {
         self.inner.live.opened()
@@ -305,7 +317,7 @@ impl Inner {
         Self {
             store,
             data,
-            max_jobs: max_jobs.max(1),
+            max_jobs,
             execution,
             gpus,
             running: Mutex::new(HashMap::new()),
@@ -392,7 +404,7 @@ fn round_robin<T>(queued: &mut [T], after: &str, lane: impl Fn(&T) -> String) {
 fn launch(inner: &Arc<Inner>, running: &mut HashMap<Uuid, Arc<JobControl>>, job: Job, gpu: Option<String>) {
     let control = Arc::new(JobControl::default());
     running.insert(job.id, control.clone());
-    inner.live.open(job.id);
+    inner.live.open_run(job.id, relay::run_of(&job));
     let task_inner = inner.clone();
     inner.tracker.spawn(async move {
         let id = job.id;

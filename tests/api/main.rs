@@ -18,6 +18,7 @@ mod jobs;
 mod lifecycle;
 mod limits;
 mod metrics;
+mod nodes;
 mod notify;
 mod origin;
 mod policies;
