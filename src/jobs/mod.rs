@@ -334,7 +334,11 @@ impl Inner {
     }
 }
 
-/// Claims queued jobs while slots are free; sleeps until woken; stops at shutdown.
+/// How often the dispatcher looks for queued jobs when nothing woke it.
+const CLAIM_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Claims queued jobs while slots are free; sleeps until woken (or [`CLAIM_POLL`]);
+/// stops at shutdown.
 async fn dispatch(inner: Arc<Inner>) {
     loop {
         if let Err(err) = fill_slots(&inner).await {
@@ -342,6 +346,8 @@ async fn dispatch(inner: Arc<Inner>) {
         }
         tokio::select! {
             () = inner.wake.notified() => {}
+            // Jobs submitted to another node sharing the database wake only that node.
+            () = tokio::time::sleep(CLAIM_POLL), if inner.max_jobs > 0 => {}
             () = inner.shutdown.cancelled() => break,
         }
     }

@@ -43,6 +43,12 @@ fn unique_prefix() -> String {
     format!("test-{}", uuid::Uuid::now_v7().simple())
 }
 
+/// Deletes the stream of `prefix` (what a test left in NATS).
+async fn delete_stream(prefix: &str) {
+    let client = async_nats::connect(NATS).await.expect("NATS at 127.0.0.1:4222");
+    async_nats::jetstream::new(client).delete_stream(format!("{prefix}-live")).await.expect("the test's stream");
+}
+
 /// Starts `gradscope serve` on `database` with its files in `data` and `args` besides,
 /// and waits until it is ready.
 async fn start(database: &str, data: &Path, args: &[&str]) -> Node {
@@ -226,6 +232,7 @@ async fn a_client_on_an_api_only_node_follows_a_job_running_on_another_node() {
         assert_eq!(code, Some(CloseCode::Normal));
         assert_eq!(messages.iter().map(|(_, m)| m["type"].as_str()).collect::<Vec<_>>(), [Some("status")]);
     }
+    delete_stream(&prefix).await;
 }
 
 #[tokio::test]
@@ -266,4 +273,5 @@ async fn with_nats_unreachable_jobs_train_and_remote_clients_are_told_why() {
         reqwest::Client::new().post(format!("{}/api/v1/jobs/{id}/cancel", c.url)).send().await.expect("cancel");
     assert!(cancelled.status().is_success());
     wait_status(&c, &id, |s| s == "cancelled").await;
+    delete_stream(&prefix).await;
 }
