@@ -189,7 +189,7 @@ impl Relay {
                     match event {
                         async_nats::Event::Connected => tracing::info!("live relay: connected to NATS at {url}"),
                         async_nats::Event::Disconnected => {
-                            tracing::warn!("live relay: disconnected from NATS at {url}; retrying")
+                            tracing::warn!("live relay: disconnected from NATS at {url}; retrying");
                         }
                         other => tracing::warn!("live relay: NATS at {url}: {other}"),
                     }
