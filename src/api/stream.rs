@@ -11,6 +11,10 @@
 //! The socket closes normally after the final `status`, with 1001 when the service shuts
 //! down or the client stays silent, and with 1013 when there are too many clients.
 //!
+//! A job that runs on another node is followed through the relay (`--nats-url`,
+//! [`crate::jobs::relay`]): the same messages, rendered by the same code; if NATS cannot
+//! be reached the client gets an `error` naming the cause and the socket closes with 1011.
+//!
 //! Sockets are served on a runtime of their own ([`StreamRuntime`]) whose threads run at a
 //! lower CPU priority (`--stream-nice`) than the API and the training: on a machine whose
 //! cores the training keeps busy, hundreds of dashboards take what the training leaves,
@@ -117,7 +121,9 @@ impl Filter {
         (status = 101, description = "Switching to the WebSocket protocol: hello, step, event, lagged and status messages. \
             Their JSON Schema (the ServerMessage and ClientMessage types) is at /api/v1/stream-schema.json. \
             Messages come in order and none is dropped except as `lagged` says; after each write the server \
-            waits 50 ms before writing what was published meanwhile, so a step arrives up to 50 ms after its `time`"),
+            waits 50 ms before writing what was published meanwhile, so a step arrives up to 50 ms after its `time`. \
+            A job running on another node (with --nats-url) streams the same messages through NATS; if NATS cannot be \
+            reached, the client gets an `error` message naming the cause and the socket closes with 1011"),
         (status = 400, description = "Not a WebSocket upgrade, a malformed query string, or a parameter the route does not take", body = super::ErrorBody),
         (status = 404, body = super::ErrorBody),
         (status = 422, body = super::ErrorBody),
