@@ -60,9 +60,10 @@ pub struct ServeArgs {
     /// Folder for checkpoints and uploaded corpora.
     #[arg(long, env = "GRADSCOPE_DATA_DIR", default_value = config::DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
-    /// How many jobs may train at the same time.
-    #[arg(long, env = "GRADSCOPE_MAX_JOBS", default_value_t = config::DEFAULT_MAX_JOBS,
-        value_parser = clap::value_parser!(u16).range(1..))]
+    /// How many jobs may train at the same time. 0: none; the node serves the API, the
+    /// dashboard and the streams and never claims a job (with several nodes on one
+    /// PostgreSQL database, the others train).
+    #[arg(long, env = "GRADSCOPE_MAX_JOBS", default_value_t = config::DEFAULT_MAX_JOBS)]
     pub max_jobs: u16,
     /// Threads LibTorch uses for CPU work in each job (default: the cores ÷ --max-jobs, at
     /// least 1).
@@ -213,10 +214,26 @@ pub struct ServeArgs {
     #[arg(long, env = "GRADSCOPE_MAX_ATTEMPTS", default_value_t = config::DEFAULT_MAX_ATTEMPTS,
         value_parser = clap::value_parser!(u32).range(1..=100))]
     pub max_attempts: u32,
+    /// NATS server with JetStream (`nats://host:4222`) that carries live streams between
+    /// nodes: this node publishes its jobs' steps, events and statuses there, and a client
+    /// asking it for a job that runs on another node follows them from there. Unset: each
+    /// node streams only its own jobs. The service starts while NATS is down and keeps
+    /// trying; meanwhile the messages for other nodes are dropped and counted.
+    #[arg(long, env = "GRADSCOPE_NATS_URL")]
+    pub nats_url: Option<String>,
+    /// First token of the NATS subjects (`<prefix>.live.<job>.<run>`); the stream is
+    /// `<prefix>-live`. Nodes that share a database must share it.
+    #[arg(long, env = "GRADSCOPE_NATS_PREFIX", default_value = config::DEFAULT_NATS_PREFIX,
+        value_parser = parse_nats_prefix)]
+    pub nats_prefix: String,
 }
 
 fn parse_node_id(id: &str) -> Result<String, String> {
     gradscope::store::check_node_id(id).map(|()| id.to_owned())
+}
+
+fn parse_nats_prefix(prefix: &str) -> Result<String, String> {
+    config::check_nats_prefix(prefix).map(|()| prefix.to_owned())
 }
 
 /// An `http` or `https` URL without credentials.
@@ -271,6 +288,8 @@ impl From<ServeArgs> for ServeConfig {
             node_id: args.node_id,
             lease: std::time::Duration::from_secs(args.lease_secs),
             max_attempts: args.max_attempts,
+            nats_url: args.nats_url,
+            nats_prefix: args.nats_prefix,
         }
     }
 }

@@ -82,6 +82,21 @@ pub const WORKER_ADDRESS_OVERHEAD: u64 = 4 << 30;
 /// arena (64 MiB reserved, aligned to 128 MiB).
 pub const WORKER_ADDRESS_PER_THREAD: u64 = 256 << 20;
 
+/// Default first token of the NATS subjects of the live feeds (`--nats-prefix`).
+pub const DEFAULT_NATS_PREFIX: &str = "gradscope";
+
+/// Checks a NATS subject prefix: 1 to 64 letters, digits, `_` and `-` (it names the
+/// stream too, where `.`, `*` and `>` may not appear).
+pub fn check_nats_prefix(prefix: &str) -> Result<(), String> {
+    if prefix.is_empty() || prefix.len() > 64 {
+        return Err("must be 1 to 64 characters".to_owned());
+    }
+    if !prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        return Err(format!("{prefix:?}: only letters, digits, '_' and '-'"));
+    }
+    Ok(())
+}
+
 /// LibTorch's CPU threads per job by default: the cores shared by the jobs that may run
 /// at once, at least one each.
 pub fn default_torch_threads(max_jobs: u16) -> i32 {
@@ -110,7 +125,8 @@ pub struct ServeConfig {
     pub database_url: String,
     /// Folder for checkpoints and uploaded corpora.
     pub data_dir: PathBuf,
-    /// How many jobs may train at the same time (at least 1).
+    /// How many jobs may train at the same time; 0: none (a node that serves the API and
+    /// never claims a job).
     pub max_jobs: u16,
     /// Threads LibTorch uses for CPU work in each job (`None`: [`default_torch_threads`]).
     pub torch_threads: Option<i32>,
@@ -201,6 +217,11 @@ pub struct ServeConfig {
     /// How many times a job may start before one lost with its node stays `interrupted`
     /// (1: never resumed by another node).
     pub max_attempts: u32,
+    /// NATS (with JetStream) through which the live feeds of this node's jobs reach
+    /// clients on other nodes, and theirs reach this node's (`None`: feeds stay local).
+    pub nats_url: Option<String>,
+    /// First token of the NATS subjects; the stream is `<prefix>-live`.
+    pub nats_prefix: String,
 }
 
 /// How many times a job may start, by default: two more runs after the first.
@@ -253,6 +274,8 @@ impl Default for ServeConfig {
             node_id: None,
             lease: crate::store::DEFAULT_LEASE,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
+            nats_url: None,
+            nats_prefix: DEFAULT_NATS_PREFIX.to_owned(),
         }
     }
 }

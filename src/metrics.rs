@@ -58,6 +58,8 @@ pub struct Metrics {
     /// stream client's socket (the oldest message of each write).
     stream_delay: Histogram,
     notifications: IntCounterVec,
+    /// Live messages handed to NATS (`--nats-url`), by outcome.
+    relay: IntCounterVec,
     /// Per job: the layer labels it exports and the event kinds it counted, so its series
     /// can be removed with the job.
     exported: Mutex<HashMap<Uuid, Exported>>,
@@ -217,6 +219,15 @@ impl Metrics {
                 ),
                 &["outcome"],
             )?,
+            relay: IntCounterVec::new(
+                opts(
+                    "live_relay_messages_total",
+                    "Live feed messages (steps, events, statuses) of the jobs this node runs, handed to NATS \
+                     (--nats-url) by outcome: published (NATS stored it) or dropped (the queue to NATS was full, \
+                     or NATS refused it). Absent without --nats-url.",
+                ),
+                &["outcome"],
+            )?,
             exported: Mutex::new(HashMap::new()),
             registry,
         };
@@ -245,6 +256,7 @@ impl Metrics {
         m.registry.register(Box::new(m.ws_clients.clone()))?;
         m.registry.register(Box::new(m.stream_delay.clone()))?;
         m.registry.register(Box::new(m.notifications.clone()))?;
+        m.registry.register(Box::new(m.relay.clone()))?;
         // Every outcome from the start, so a rate over it is defined before the first.
         for outcome in NotificationOutcome::ALL {
             m.notifications.with_label_values(&[outcome.as_str()]);
@@ -411,15 +423,28 @@ impl Metrics {
         }
     }
 
-    /// Counts one webhook notification's outcome.
     /// A write to a stream client whose oldest message was published `published` seconds
     /// after the Unix epoch.
     pub fn stream_written(&self, published: f64) {
         self.stream_delay.observe((unix_now() - published).max(0.0));
     }
 
+    /// Counts one webhook notification's outcome.
     pub fn notification(&self, outcome: NotificationOutcome) {
         self.notifications.with_label_values(&[outcome.as_str()]).inc();
+    }
+
+    /// Counts a live message handed to NATS.
+    pub fn relay(&self, outcome: RelayOutcome) {
+        self.relay.with_label_values(&[outcome.as_str()]).inc();
+    }
+
+    /// Exports every relay outcome at 0, so that a rate over them is defined before the
+    /// first (called when the relay starts).
+    pub fn relay_started(&self) {
+        for outcome in [RelayOutcome::Published, RelayOutcome::Dropped] {
+            self.relay.with_label_values(&[outcome.as_str()]);
+        }
     }
 
     /// The exposition text of the only node, with the job counts and client count as of now.
@@ -471,6 +496,24 @@ impl NotificationOutcome {
         match self {
             Self::Delivered => "delivered",
             Self::Failed => "failed",
+            Self::Dropped => "dropped",
+        }
+    }
+}
+
+/// What became of a live message handed to NATS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayOutcome {
+    /// NATS stored it.
+    Published,
+    /// Not stored: the queue to NATS was full, or NATS refused it.
+    Dropped,
+}
+
+impl RelayOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Published => "published",
             Self::Dropped => "dropped",
         }
     }

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::stream::{StreamRuntime, WsLimits};
 use crate::api::{self, AppState, ReadLimits};
 use crate::config::{self, ServeConfig};
+use crate::jobs::relay::{Relay, RelaySettings};
 use crate::jobs::{CorpusLimits, DataDir, Execution, JobLimits, Jobs, NodeSettings, Scheduler, WorkerSettings};
 use crate::metrics::Metrics;
 use crate::notify::{Notifier, NotifySettings};
@@ -83,6 +84,11 @@ impl Application {
         };
         store.heartbeat(node.addr.as_deref()).await?;
         crate::jobs::nodes::start(&scheduler, node);
+        if let Some(url) = &config.nats_url {
+            let settings =
+                RelaySettings { url: url.clone(), prefix: config.nats_prefix.clone(), backlog: config.stream_backlog };
+            scheduler.relay_to(Relay::start(settings, metrics.clone(), shutdown.clone()).await?);
+        }
         let streams = StreamRuntime::start(config.stream_nice)?;
         let ws = Arc::new(WsLimits {
             max_total: config.ws_max_total,
@@ -165,6 +171,9 @@ impl Application {
             .await;
         self.shutdown.cancel();
         self.scheduler.wait().await;
+        if let Some(relay) = self.scheduler.relay() {
+            relay.flush(Duration::from_secs(2)).await;
+        }
         self.store.close().await;
         // Last: the sockets closed when the shutdown was signalled.
         drop(self.streams);

@@ -11,6 +11,10 @@
 //! The socket closes normally after the final `status`, with 1001 when the service shuts
 //! down or the client stays silent, and with 1013 when there are too many clients.
 //!
+//! A job that runs on another node is followed through the relay (`--nats-url`,
+//! [`crate::jobs::relay`]): the same messages, rendered by the same code; if NATS cannot
+//! be reached the client gets an `error` naming the cause and the socket closes with 1011.
+//!
 //! Sockets are served on a runtime of their own ([`StreamRuntime`]) whose threads run at a
 //! lower CPU priority (`--stream-nice`) than the API and the training: on a machine whose
 //! cores the training keeps busy, hundreds of dashboards take what the training leaves,
@@ -28,8 +32,8 @@ use axum::extract::{Path, State};
 use axum::response::Response;
 use futures::SinkExt;
 use serde::Deserialize;
-use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::{broadcast, mpsc};
 use tokio::time::{Instant, interval};
 use utoipa::IntoParams;
 
@@ -38,8 +42,9 @@ use super::jobs::{Layer, find_job};
 use super::protocol::{ClientMessage, ServerMessage};
 use super::{ApiError, AppState};
 use crate::jobs::live::{LiveMessage, Shared, Subscription};
+use crate::jobs::relay::{Followed, run_of};
 use crate::metrics::Metrics;
-use crate::store::Job;
+use crate::store::{Job, JobStatus};
 
 /// How often the server pings an idle client.
 const PING_EVERY: Duration = Duration::from_secs(15);
@@ -117,7 +122,9 @@ impl Filter {
         (status = 101, description = "Switching to the WebSocket protocol: hello, step, event, lagged and status messages. \
             Their JSON Schema (the ServerMessage and ClientMessage types) is at /api/v1/stream-schema.json. \
             Messages come in order and none is dropped except as `lagged` says; after each write the server \
-            waits 50 ms before writing what was published meanwhile, so a step arrives up to 50 ms after its `time`"),
+            waits 50 ms before writing what was published meanwhile, so a step arrives up to 50 ms after its `time`. \
+            A job running on another node (with --nats-url) streams the same messages through NATS; if NATS cannot be \
+            reached, the client gets an `error` message naming the cause and the socket closes with 1011"),
         (status = 400, description = "Not a WebSocket upgrade, a malformed query string, or a parameter the route does not take", body = super::ErrorBody),
         (status = 404, body = super::ErrorBody),
         (status = 422, body = super::ErrorBody),
@@ -276,14 +283,28 @@ async fn run(
     let mut last_heard = Instant::now();
     let mut ping = interval(PING_EVERY);
 
-    // A queued job has no feed yet: wait for it to start (or end).
-    let feed = loop {
+    // A queued job has no feed yet: wait for it to start (or end). A job running on
+    // another node is followed through the relay, where there is one.
+    let mut feed = loop {
         // Armed before the check, so a start between the two still wakes us.
         let opened = state.scheduler.feed_opened();
         tokio::pin!(opened);
         opened.as_mut().enable();
         if let Some(feed) = state.scheduler.live(job.id) {
-            break feed;
+            if feed.subscribers() >= state.ws.max_per_job {
+                return Ok((close_code::AGAIN, "too many stream clients for this job"));
+            }
+            let Subscription { backlog, finished, rx } = feed.subscribe();
+            drop(feed);
+            let mut ended = false;
+            for shared in backlog.iter().chain(finished.iter()) {
+                ended |= feed_one(socket, shared, &filter).await?;
+            }
+            socket.flush().await?;
+            if ended {
+                return Ok((close_code::NORMAL, "job finished"));
+            }
+            break Feed::Local(rx);
         }
         let store = state.store.clone();
         let id = job.id;
@@ -295,6 +316,11 @@ async fn run(
                 socket.send(Message::Text(status.into())).await?;
                 return Ok((close_code::NORMAL, "job finished"));
             }
+            Some(now) if now.status == JobStatus::Running => {
+                if let Some(relay) = state.scheduler.relay() {
+                    break Feed::Remote(relay.follow(main, state.store.clone(), job.id, run_of(&now)));
+                }
+            }
             Some(_) => {}
         }
         tokio::select! {
@@ -303,19 +329,6 @@ async fn run(
             () = shutdown.cancelled() => return Ok((close_code::AWAY, "server shutting down")),
         }
     };
-    if feed.subscribers() >= state.ws.max_per_job {
-        return Ok((close_code::AGAIN, "too many stream clients for this job"));
-    }
-    let Subscription { backlog, finished, mut rx } = feed.subscribe();
-    drop(feed);
-    let mut ended = false;
-    for shared in backlog.iter().chain(finished.iter()) {
-        ended |= feed_one(socket, shared, &filter).await?;
-    }
-    socket.flush().await?;
-    if ended {
-        return Ok((close_code::NORMAL, "job finished"));
-    }
     // Set after each write: the feed is not read again before the pause ends.
     let pause = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(pause);
@@ -326,9 +339,11 @@ async fn run(
     loop {
         tokio::select! {
             () = &mut pause, if paused => paused = false,
-            received = rx.recv(), if !paused => {
-                if forward(socket, &mut rx, received, &filter, &state.metrics).await? {
-                    return Ok((close_code::NORMAL, "job finished"));
+            received = feed.recv(), if !paused => {
+                match forward(socket, &mut feed, received, &filter, &state.metrics).await? {
+                    Flow::Continue => {}
+                    Flow::Ended => return Ok((close_code::NORMAL, "job finished")),
+                    Flow::Failed => return Ok((close_code::ERROR, "live relay unavailable")),
                 }
                 pause.as_mut().reset(Instant::now() + FLUSH_EVERY);
                 paused = true;
@@ -382,44 +397,115 @@ fn is_too_big(err: &axum::Error) -> bool {
     text.contains("Space limit exceeded") || text.contains("too long")
 }
 
+/// Where a client's messages come from: the job's feed on this node, or the relay
+/// following a job that runs on another node.
+enum Feed {
+    Local(broadcast::Receiver<Arc<Shared>>),
+    Remote(mpsc::Receiver<Followed>),
+}
+
+/// One thing read from a [`Feed`].
+enum Received {
+    Message(Arc<Shared>),
+    Lagged(u64),
+    /// The feed is over (after its final status).
+    Closed,
+    /// The relay gave up; why.
+    Failed(String),
+}
+
+impl From<Option<Followed>> for Received {
+    fn from(followed: Option<Followed>) -> Self {
+        match followed {
+            Some(Followed::Message(shared)) => Self::Message(shared),
+            Some(Followed::Lagged(missed)) => Self::Lagged(missed),
+            Some(Followed::Failed(why)) => Self::Failed(why),
+            None => Self::Closed,
+        }
+    }
+}
+
+impl Feed {
+    async fn recv(&mut self) -> Received {
+        match self {
+            Self::Local(rx) => match rx.recv().await {
+                Ok(shared) => Received::Message(shared),
+                Err(RecvError::Lagged(missed)) => Received::Lagged(missed),
+                Err(RecvError::Closed) => Received::Closed,
+            },
+            Self::Remote(rx) => rx.recv().await.into(),
+        }
+    }
+
+    /// What has already arrived, if anything.
+    fn try_recv(&mut self) -> Option<Received> {
+        match self {
+            Self::Local(rx) => match rx.try_recv() {
+                Ok(shared) => Some(Received::Message(shared)),
+                Err(TryRecvError::Lagged(missed)) => Some(Received::Lagged(missed)),
+                Err(TryRecvError::Closed) => Some(Received::Closed),
+                Err(TryRecvError::Empty) => None,
+            },
+            Self::Remote(rx) => match rx.try_recv() {
+                Ok(followed) => Some(Some(followed).into()),
+                Err(mpsc::error::TryRecvError::Empty) => None,
+                Err(mpsc::error::TryRecvError::Disconnected) => Some(Received::Closed),
+            },
+        }
+    }
+}
+
+/// How the feed goes on after a write.
+enum Flow {
+    Continue,
+    Ended,
+    /// The relay failed: the client was told why.
+    Failed,
+}
+
 /// Writes `first` and whatever else has queued up in the feed (at most [`BATCH_MAX`]
-/// messages) in one flush, and records how long its oldest message waited; true when the
-/// feed ended.
+/// messages) in one flush, and records how long its oldest message waited.
 async fn forward(
     socket: &mut WebSocket,
-    rx: &mut broadcast::Receiver<Arc<Shared>>,
-    first: Result<Arc<Shared>, RecvError>,
+    feed: &mut Feed,
+    first: Received,
     filter: &Filter,
     metrics: &Metrics,
-) -> anyhow::Result<bool> {
-    let oldest = first.as_ref().ok().map(|shared| shared.time);
+) -> anyhow::Result<Flow> {
+    let oldest = match &first {
+        Received::Message(shared) => Some(shared.time),
+        _ => None,
+    };
     let mut next = Some(first);
-    let mut ended = false;
+    let mut flow = Flow::Continue;
     let mut queued = 0;
     while let Some(received) = next.take() {
         match received {
-            Ok(shared) => ended = feed_one(socket, &shared, filter).await?,
-            Err(RecvError::Lagged(missed)) => {
+            Received::Message(shared) => {
+                if feed_one(socket, &shared, filter).await? {
+                    flow = Flow::Ended;
+                }
+            }
+            Received::Lagged(missed) => {
                 socket.feed(Message::Text(ServerMessage::Lagged { missed }.to_json().into())).await?;
             }
-            Err(RecvError::Closed) => ended = true,
+            Received::Closed => flow = Flow::Ended,
+            Received::Failed(message) => {
+                socket.feed(Message::Text(ServerMessage::Error { message }.to_json().into())).await?;
+                flow = Flow::Failed;
+            }
         }
         queued += 1;
-        if ended || queued == BATCH_MAX {
+        if !matches!(flow, Flow::Continue) || queued == BATCH_MAX {
             break;
         }
-        next = match rx.try_recv() {
-            Ok(shared) => Some(Ok(shared)),
-            Err(TryRecvError::Lagged(missed)) => Some(Err(RecvError::Lagged(missed))),
-            Err(TryRecvError::Closed) => Some(Err(RecvError::Closed)),
-            Err(TryRecvError::Empty) => None,
-        };
+        next = feed.try_recv();
     }
     socket.flush().await?;
     if let Some(published) = oldest {
         metrics.stream_written(published);
     }
-    Ok(ended)
+    Ok(flow)
 }
 
 /// Queues one feed message for the next write if the filter wants it; true when it was

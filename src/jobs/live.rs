@@ -14,6 +14,7 @@ use tokio::sync::futures::Notified;
 use tokio::sync::{Notify, broadcast};
 use uuid::Uuid;
 
+use super::relay::{Publisher, Relay};
 use crate::config::FEED_CAPACITY as CHANNEL_CAPACITY;
 use crate::store::JobStatus;
 use crate::train::{Event, StepReport};
@@ -45,6 +46,11 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// A message published at `time` (seconds since the Unix epoch).
+    pub fn new(message: LiveMessage, time: f64) -> Self {
+        Self { message, time, json: OnceLock::new() }
+    }
+
     /// The message serialized with every layer, computed once for all subscribers.
     pub fn json(&self, render: impl FnOnce(&LiveMessage) -> String) -> Utf8Bytes {
         self.json.get_or_init(|| render(&self.message).into()).clone()
@@ -56,6 +62,8 @@ impl Shared {
 pub struct LiveJob {
     tx: broadcast::Sender<Arc<Shared>>,
     state: Mutex<RingState>,
+    /// Where the feed is also published for other nodes (`--nats-url`).
+    relay: Option<Publisher>,
 }
 
 #[derive(Debug)]
@@ -64,6 +72,8 @@ struct RingState {
     capacity: usize,
     /// Set once the job has ended.
     finished: Option<Arc<Shared>>,
+    /// Messages published so far (the relay numbers them).
+    published: u64,
 }
 
 /// What a new subscriber starts from.
@@ -76,12 +86,10 @@ pub struct Subscription {
 }
 
 impl LiveJob {
-    fn new(ring: usize) -> Self {
+    fn new(ring: usize, relay: Option<Publisher>) -> Self {
         let (tx, _) = broadcast::channel(CHANNEL_CAPACITY);
-        Self {
-            tx,
-            state: Mutex::new(RingState { recent: VecDeque::with_capacity(ring), capacity: ring, finished: None }),
-        }
+        let state = RingState { recent: VecDeque::with_capacity(ring), capacity: ring, finished: None, published: 0 };
+        Self { tx, state: Mutex::new(state), relay }
     }
 
     fn lock(&self) -> MutexGuard<'_, RingState> {
@@ -91,8 +99,13 @@ impl LiveJob {
     /// Sends `message` to every subscriber; never waits.
     pub fn publish(&self, message: LiveMessage) {
         let time = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
-        let shared = Arc::new(Shared { message, time, json: OnceLock::new() });
+        let shared = Arc::new(Shared::new(message, time));
         let mut state = self.lock();
+        state.published += 1;
+        if let Some(relay) = &self.relay {
+            // Under the lock: the relay gets the messages in the order subscribers do.
+            relay.offer(state.published, &shared);
+        }
         match shared.message {
             LiveMessage::Step(_) => {
                 if state.recent.len() == state.capacity {
@@ -131,20 +144,46 @@ pub struct LiveHub {
     ring: usize,
     /// Wakes clients waiting for a queued job to start.
     opened: Notify,
+    /// Publishes every feed to other nodes too, once set (`--nats-url`).
+    relay: OnceLock<Relay>,
 }
 
 impl LiveHub {
     pub fn new(ring: usize) -> Self {
-        Self { jobs: Mutex::new(HashMap::new()), ring, opened: Notify::new() }
+        Self { jobs: Mutex::new(HashMap::new()), ring, opened: Notify::new(), relay: OnceLock::new() }
+    }
+
+    /// Publishes the feeds opened from now on through `relay` too (once; a second call is
+    /// ignored).
+    pub fn relay_to(&self, relay: Relay) {
+        let _ = self.relay.set(relay);
+    }
+
+    /// The relay, when feeds are published to other nodes.
+    pub fn relay(&self) -> Option<&Relay> {
+        self.relay.get()
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<Uuid, Arc<LiveJob>>> {
         self.jobs.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Opens the feed of a job that starts running.
+    /// The feed of a running job (opened as run 0 if it is not open yet).
     pub fn open(&self, id: Uuid) -> Arc<LiveJob> {
-        let job = self.lock().entry(id).or_insert_with(|| Arc::new(LiveJob::new(self.ring))).clone();
+        self.open_run(id, 0)
+    }
+
+    /// Opens the feed of a job that starts running; `run` tells this run of the job from
+    /// earlier ones to other nodes ([`super::relay::run_of`]).
+    pub fn open_run(&self, id: Uuid, run: i64) -> Arc<LiveJob> {
+        let job = self
+            .lock()
+            .entry(id)
+            .or_insert_with(|| {
+                let relay = self.relay.get().map(|relay| relay.publisher(id, run));
+                Arc::new(LiveJob::new(self.ring, relay))
+            })
+            .clone();
         self.opened.notify_waiters();
         job
     }
@@ -213,7 +252,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_slow_subscriber_lags_and_publishing_never_blocks() {
-        let job = LiveJob::new(0);
+        let job = LiveJob::new(0, None);
         let mut sub = job.subscribe();
         for n in 1..=(CHANNEL_CAPACITY as u64 + 10) {
             job.publish(step(n));

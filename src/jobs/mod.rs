@@ -21,6 +21,7 @@ pub mod data_dir;
 pub mod experiments;
 pub mod live;
 pub mod nodes;
+pub mod relay;
 pub mod results;
 mod runner;
 pub mod service;
@@ -172,6 +173,7 @@ struct Inner {
     store: Store,
     /// Where checkpoints and uploaded corpora live.
     data: DataDir,
+    /// Most jobs running at once; 0: this node claims none (an API-only node).
     max_jobs: usize,
     /// Workers or threads.
     execution: Execution,
@@ -276,6 +278,16 @@ impl Scheduler {
         self.inner.live.job(id)
     }
 
+    /// Publishes the live feeds of the jobs this node runs to other nodes too.
+    pub fn relay_to(&self, relay: relay::Relay) {
+        self.inner.live.relay_to(relay);
+    }
+
+    /// The relay to other nodes, if any (`--nats-url`).
+    pub fn relay(&self) -> Option<&relay::Relay> {
+        self.inner.live.relay()
+    }
+
     /// Resolves when any job's feed opens after the call.
     pub fn feed_opened(&self) -> tokio::sync::futures::Notified<'_> {
         self.inner.live.opened()
@@ -309,7 +321,7 @@ impl Inner {
         Self {
             store,
             data,
-            max_jobs: max_jobs.max(1),
+            max_jobs,
             execution,
             gpus,
             running: Mutex::new(HashMap::new()),
@@ -326,7 +338,9 @@ impl Inner {
     }
 }
 
-/// Claims queued jobs while slots are free; sleeps until woken; stops at shutdown.
+/// Claims queued jobs while slots are free; sleeps until woken (a submission, a freed slot,
+/// or on PostgreSQL the node loop's look at the shared queue every second, `nodes::run`);
+/// stops at shutdown.
 async fn dispatch(inner: Arc<Inner>) {
     loop {
         if let Err(err) = fill_slots(&inner).await {
@@ -396,7 +410,7 @@ fn round_robin<T>(queued: &mut [T], after: &str, lane: impl Fn(&T) -> String) {
 fn launch(inner: &Arc<Inner>, running: &mut HashMap<Uuid, Arc<JobControl>>, job: Job, gpu: Option<String>) {
     let control = Arc::new(JobControl::default());
     running.insert(job.id, control.clone());
-    inner.live.open(job.id);
+    inner.live.open_run(job.id, relay::run_of(&job));
     let task_inner = inner.clone();
     inner.tracker.spawn(async move {
         let id = job.id;

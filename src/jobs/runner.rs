@@ -258,7 +258,8 @@ pub(super) fn start_worker(
 /// loads LibTorch and waits on its stdin for a job.
 pub(super) fn refill_spare(inner: &Inner) {
     let Execution::Workers(settings) = &inner.execution else { return };
-    if inner.shutdown.is_cancelled() {
+    // A node that never trains (`--max-jobs 0`) keeps no spare.
+    if inner.shutdown.is_cancelled() || inner.max_jobs == 0 {
         return;
     }
     let mut spare = inner.spare.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

@@ -34,6 +34,54 @@ fn compose_and_prometheus_configs_are_valid() {
     check("amtool", &["check-config", "deploy/alertmanager/alertmanager.yml"]);
 }
 
+/// The standard output of a command that must succeed.
+fn output(program: &str, args: &[&str]) -> String {
+    let output = Command::new(program)
+        .args(args)
+        .current_dir(repo(""))
+        .output()
+        .unwrap_or_else(|err| panic!("{program} is installed (make test installs it): {err}"));
+    assert!(output.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).expect("UTF-8")
+}
+
+/// The lines of service `name` in `docker-compose config`'s resolved file (two-space
+/// indented service keys, their contents deeper).
+fn service<'a>(config: &'a str, name: &str) -> Vec<&'a str> {
+    let header = format!("  {name}:");
+    let mut lines = config.lines().skip_while(|line| *line != header);
+    assert!(lines.next().is_some(), "no service {name} in {config}");
+    lines.take_while(|line| line.starts_with("    ")).map(str::trim).collect()
+}
+
+#[test]
+fn compose_runs_two_nodes_on_postgres_and_nats_behind_one_prometheus() {
+    let services = output("docker-compose", &["-f", "docker-compose.yml", "config", "--services"]);
+    let services: BTreeSet<&str> = services.lines().collect();
+    for name in ["gradscope", "gradscope-2", "postgres", "nats", "prometheus", "alertmanager", "grafana"] {
+        assert!(services.contains(name), "no service {name}: {services:?}");
+    }
+    let config = output("docker-compose", &["-f", "docker-compose.yml", "config"]);
+    let postgres = service(&config, "postgres");
+    for line in ["POSTGRES_USER: gradscope", "POSTGRES_PASSWORD: gradscope", "POSTGRES_DB: gradscope"] {
+        assert!(postgres.contains(&line), "postgres lacks {line}: {postgres:?}");
+    }
+    assert!(service(&config, "nats").contains(&"- --jetstream"), "NATS runs with JetStream");
+    for node in ["gradscope", "gradscope-2"] {
+        let lines = service(&config, node);
+        for line in [
+            "GRADSCOPE_DATABASE_URL: postgres://gradscope:gradscope@postgres:5432/gradscope",
+            "GRADSCOPE_NATS_URL: nats://nats:4222",
+            "- gradscope-data:/data:rw",
+        ] {
+            assert!(lines.contains(&line), "{node} lacks {line}: {lines:?}");
+        }
+    }
+    // One Prometheus scrapes both nodes.
+    let prometheus = std::fs::read_to_string(repo("deploy/prometheus/prometheus.yml")).expect("read");
+    assert!(prometheus.contains(r#"targets: ["gradscope:8080", "gradscope-2:8080"]"#), "{prometheus}");
+}
+
 #[test]
 fn the_alert_rules_pass_their_unit_tests() {
     check("promtool", &["check", "rules", "deploy/prometheus/alerts.yml"]);

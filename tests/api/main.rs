@@ -28,6 +28,7 @@ mod presets;
 mod probes;
 mod prometheus;
 mod queries;
+mod relay;
 mod resume;
 mod service;
 mod spec_schema;
