@@ -265,6 +265,11 @@ impl Scheduler {
             return Ok(CancelOutcome::Accepted);
         }
         drop(running);
+        // Running on another node sharing the database: that node sees the request within
+        // a second (`nodes::run`) and stops the job.
+        if self.inner.store.request_cancel(id).await? {
+            return Ok(CancelOutcome::Accepted);
+        }
         Ok(match self.inner.store.job(id).await? {
             None => CancelOutcome::NotFound,
             // Between its training ending and its final status being written.

@@ -8,8 +8,8 @@
 //! marks them `interrupted` (saying which node was lost) and queues them again: to
 //! continue after their last checkpoint in the shared data folder, or from the start
 //! when they have none, unless they have started `max_attempts` times already. Between
-//! sweeps it looks for queued jobs every second at most, since a job submitted to
-//! another node wakes only that node.
+//! sweeps it looks, every second at most, for queued jobs (a job submitted to another
+//! node wakes only that node) and for cancels of its jobs sent to other nodes.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -85,6 +85,16 @@ async fn run(inner: Arc<Inner>, node: Option<NodeSettings>, sweep: bool) {
         if sweep.is_some() && !stopping {
             // Jobs queued on other nodes (or just taken over) are claimed here too.
             inner.wake.notify_one();
+            // Cancels of this node's jobs sent to other nodes.
+            match inner.store.cancels_requested().await {
+                Ok(ids) => {
+                    let running = inner.running.lock().await;
+                    for control in ids.iter().filter_map(|id| running.get(id)) {
+                        control.request(StopReason::Cancel);
+                    }
+                }
+                Err(err) => tracing::warn!("failed to look for cancels sent to other nodes: {err:#}"),
+            }
         }
         tokio::select! {
             () = tokio::time::sleep(poll) => {}

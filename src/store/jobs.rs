@@ -166,10 +166,36 @@ impl Job {
 
 impl Store {
     /// What a claim sets besides the status and start time: the claiming node, the lease
-    /// (from the database's clock), one more attempt. Binds the node id, then the lease in
-    /// milliseconds.
+    /// (from the database's clock), one more attempt, no cancel asked of this run yet.
+    /// Binds the node id, then the lease in milliseconds.
     fn claimed(&self) -> String {
-        format!("node_id = ?, lease_until = {} + ?, attempts = attempts + 1", self.pool.backend().now_ms())
+        format!(
+            "node_id = ?, lease_until = {} + ?, attempts = attempts + 1, cancel_requested = 0",
+            self.pool.backend().now_ms()
+        )
+    }
+
+    /// Asks the node that runs job `id` to cancel it (a cancel sent to another node); false
+    /// when the job is not running.
+    pub async fn request_cancel(&self, id: Uuid) -> anyhow::Result<bool> {
+        let done = self
+            .pool
+            .query("UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND status = 'running'")
+            .bind(id.to_string())
+            .execute()
+            .await?;
+        Ok(done > 0)
+    }
+
+    /// The running jobs of this node whose cancel another node was asked for.
+    pub async fn cancels_requested(&self) -> anyhow::Result<Vec<Uuid>> {
+        let rows = self
+            .pool
+            .query("SELECT id FROM jobs WHERE node_id = ? AND status = 'running' AND cancel_requested = 1 LIMIT 10000")
+            .bind(self.node_id())
+            .fetch_all()
+            .await?;
+        rows.iter().map(|row| Ok(Uuid::parse_str(&row.try_get::<String, _>("id")?)?)).collect()
     }
 
     /// Stores a new queued job.

@@ -259,3 +259,27 @@ async fn a_lost_nodes_job_is_resumed_until_the_attempts_run_out() {
          not resumed: it has started 2 times, the most --max-attempts allows"
     );
 }
+
+/// A cancel sent to a node that does not run the job reaches the node that does: the job
+/// ends `cancelled` on its own node, well before its last step.
+#[tokio::test]
+async fn a_cancel_sent_to_another_node_stops_the_job() {
+    let database = ScratchDatabase::create().await.expect("a scratch PostgreSQL database");
+    let dir = tempfile::TempDir::new().expect("temp dir");
+    let data = dir.path().join("data");
+    let nodes = [
+        start_node("node-a", database.url(), &data, LEASE_SECS).await,
+        start_node("node-b", database.url(), &data, LEASE_SECS).await,
+    ];
+    let id = submit(&nodes[0], &tiny_lstm_spec(1_000_000, 1.0)).await;
+    let running = wait(&nodes[0], &id, "running", |j| j["status"] == "running" && j["step"].as_i64() > Some(0)).await;
+    let runner = running["node_id"].as_str().expect("the running node").to_owned();
+    let other = nodes.iter().find(|n| n.id != runner).expect("a node that does not run it");
+    let response =
+        reqwest::Client::new().post(format!("{}/api/v1/jobs/{id}/cancel", other.url)).send().await.expect("cancel");
+    assert!(response.status().is_success(), "cancel answered {}", response.status());
+    let ended = wait(other, &id, "cancelled", |j| j["status"].as_str().is_some_and(|s| s != "running")).await;
+    assert_eq!(ended["status"], "cancelled", "{ended}");
+    assert_eq!(ended["node_id"].as_str(), Some(runner.as_str()), "it ended on the node that ran it");
+    assert!(ended["step"].as_i64().is_some_and(|s| s < 1_000_000), "{ended}");
+}
