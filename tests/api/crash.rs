@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::helpers::{column, tiny_lstm_spec};
+use crate::helpers::{alive, children_of, column, tiny_lstm_spec};
 
 struct Server {
     child: Child,
@@ -41,26 +41,6 @@ async fn start(dir: &std::path::Path) -> Server {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     server
-}
-
-/// The processes whose parent is `parent`, from `/proc`.
-fn children_of(parent: u32) -> Vec<u32> {
-    let entries = std::fs::read_dir("/proc").expect("/proc");
-    entries
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| stat_field(pid, 1).and_then(|ppid| ppid.parse::<u32>().ok()) == Some(parent))
-        .collect()
-}
-
-/// Field `n` (0 = state) after the command name of `/proc/PID/stat`.
-fn stat_field(pid: u32, n: usize) -> Option<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?.1.split_whitespace().nth(n).map(str::to_owned)
-}
-
-/// Whether `pid` still runs (a zombie waiting to be reaped does not).
-fn alive(pid: u32) -> bool {
-    stat_field(pid, 0).is_some_and(|state| state != "Z")
 }
 
 fn database_url_at(dir: &std::path::Path) -> String {

@@ -251,3 +251,23 @@ fn parse_value(s: &str) -> f64 {
         v => v.parse().unwrap_or_else(|_| panic!("bad sample value {v:?}")),
     }
 }
+
+/// The processes whose parent is `parent`, from `/proc`.
+pub fn children_of(parent: u32) -> Vec<u32> {
+    let entries = std::fs::read_dir("/proc").expect("/proc");
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| stat_field(pid, 1).and_then(|ppid| ppid.parse::<u32>().ok()) == Some(parent))
+        .collect()
+}
+
+/// Field `n` (0 = state) after the command name of `/proc/PID/stat`.
+pub fn stat_field(pid: u32, n: usize) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(n).map(str::to_owned)
+}
+
+/// Whether `pid` still runs (a zombie waiting to be reaped does not).
+pub fn alive(pid: u32) -> bool {
+    stat_field(pid, 0).is_some_and(|state| state != "Z")
+}

@@ -12,7 +12,7 @@ use gradscope::store::Store;
 use gradscope::store::scratch::ScratchDatabase;
 use serde_json::{Value, json};
 
-use crate::helpers::{column, spawn_app_on_database, tiny_lstm_spec};
+use crate::helpers::{alive, children_of, column, spawn_app_on_database, tiny_lstm_spec};
 
 /// The lease the nodes run with when one is killed: it is taken over after this.
 const LEASE_SECS: u64 = 2;
@@ -149,25 +149,6 @@ async fn twelve_jobs_submitted_to_one_node_spread_over_three_and_each_runs_once(
             ("node-c".to_owned(), None, None),
         ]
     );
-}
-
-/// The processes whose parent is `parent`, from `/proc`.
-fn children_of(parent: u32) -> Vec<u32> {
-    let entries = std::fs::read_dir("/proc").expect("/proc");
-    entries
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| stat_field(pid, 1).and_then(|ppid| ppid.parse::<u32>().ok()) == Some(parent))
-        .collect()
-}
-
-/// Field `n` (0 = state) after the command name of `/proc/PID/stat`.
-fn stat_field(pid: u32, n: usize) -> Option<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?.1.split_whitespace().nth(n).map(str::to_owned)
-}
-
-fn alive(pid: u32) -> bool {
-    stat_field(pid, 0).is_some_and(|state| state != "Z")
 }
 
 #[tokio::test]
