@@ -6,6 +6,8 @@
 // collapsed to one row that shows the block's aggregate. Layers outside any block
 // (`head.weight`, `wte.weight`) and blocks of a single layer stay rows of their own.
 
+import { num } from "./widgets.js";
+
 /** @typedef {import("./types.js").Layer} Layer */
 /** @typedef {import("./types.js").LayerStats} LayerStats */
 
@@ -218,4 +220,28 @@ export function groupedGrid(grid, rows) {
       return [lo, hi];
     },
   };
+}
+
+/**
+ * What cell (r, col) of a grouped heatmap holds, as its tooltip and the keyboard's live
+ * region say it: the row's full name (a block's size and what a click or Enter does), its
+ * step or steps and the value, `what` naming the value of a block row and of a layer row.
+ * With a null column, the row's name only.
+ * @param {{rows: DisplayRow[], grid: import("./heatmap.js").GridView, groups: LayerGroups, layers: Layer[]}} heatmap
+ * @param {{block: string, layer: string}} what
+ * @param {number} r
+ * @param {number | null} col
+ */
+export function describeGroupedCell({ rows, grid, groups, layers }, what, r, col) {
+  const row = rows[r];
+  if (!row) return "";
+  const name = row.kind === "group"
+    ? `${row.group.name} (${row.group.members.length} layers; ${groups.isCollapsed(row.group) ? "open" : "collapse"} with a click or Enter)`
+    : layers[row.layer]?.name ?? `#${row.layer}`;
+  if (col === null) return name;
+  const v = grid.at(r, col);
+  const from = col * grid.bucket + 1;
+  const to = Math.min((col + 1) * grid.bucket, grid.maxStep);
+  const value = Number.isFinite(v) ? num(10 ** v, 3) : "–";
+  return `${name} · ${from === to ? `step ${from}` : `steps ${from}–${to}`} · ${row.kind === "group" ? what.block : what.layer} ${value}`;
 }

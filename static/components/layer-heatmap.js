@@ -6,8 +6,8 @@
 // then move a cursor over its cells, each shown and announced, and Enter does what a click does.
 
 import { cellAt, drawGrid, gridKeyboard, robustScale, showTip } from "../heatmap.js";
-import { groupedGrid } from "../layer-groups.js";
-import { el, num } from "../widgets.js";
+import { describeGroupedCell, groupedGrid } from "../layer-groups.js";
+import { el } from "../widgets.js";
 
 /** @typedef {import("../store.js").JobData} JobData */
 /** @typedef {import("../layer-groups.js").LayerGroups} LayerGroups */
@@ -40,19 +40,8 @@ export function layerHeatmap(container, data, { onSelect, onToggle, groups, empt
   let grid = groupedGrid(data.grid, rows);
 
   /** What a cell holds: the row's full name, its steps and norm (a block's: √Σ of its layers'). */
-  function describe(/** @type {number} */ r, /** @type {number | null} */ col) {
-    const row = rows[r];
-    if (!row) return "";
-    const name = row.kind === "group"
-      ? `${row.group.name} (${row.group.members.length} layers; ${groups.isCollapsed(row.group) ? "open" : "collapse"} with a click or Enter)`
-      : data.layers[row.layer]?.name ?? `#${row.layer}`;
-    if (col === null) return name;
-    const what = row.kind === "group" ? "block ‖g‖ (√Σ‖g‖² of max ‖g‖)" : "max ‖g‖";
-    const v = grid.at(r, col);
-    const from = col * grid.bucket + 1;
-    const to = Math.min((col + 1) * grid.bucket, grid.maxStep);
-    return `${name} · ${from === to ? `step ${from}` : `steps ${from}–${to}`} · ${what} ${Number.isFinite(v) ? num(10 ** v, 3) : "–"}`;
-  }
+  const describe = (/** @type {number} */ r, /** @type {number | null} */ col) =>
+    describeGroupedCell({ rows, grid, groups, layers: data.layers }, { block: "block ‖g‖ (√Σ‖g‖² of max ‖g‖)", layer: "max ‖g‖" }, r, col);
   /** A click or Enter on a row: a block opens or collapses, a layer is selected. */
   function act(/** @type {number} */ r) {
     const row = rows[r];

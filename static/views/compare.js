@@ -9,7 +9,7 @@ import { lineChart, loadUPlot, positive, SERIES_COLORS, seriesColor } from "../c
 import { showRaw, smoothedPair } from "../components/loss-charts.js";
 import { jobPicker, shortId } from "../components/job-picker.js";
 import { cellAt, drawGrid, gridKeyboard, showTip } from "../heatmap.js";
-import { blockOf, groupedGrid, LayerGroups } from "../layer-groups.js";
+import { blockOf, describeGroupedCell, groupedGrid, LayerGroups } from "../layer-groups.js";
 import { JobData } from "../store.js";
 import { describeSpec, diagnosisBadges, el, num, pct, statusBadge, setTitle } from "../widgets.js";
 import { specSchema } from "./spec-form.js";
@@ -238,19 +238,8 @@ export async function compareView(root, ctx, params) {
       canvas.dataset.rows = String(rows.length);
     };
     fit();
-    const describe = (/** @type {number} */ r, /** @type {number | null} */ col) => {
-      const row = rows[r];
-      if (!row) return "";
-      const name = row.kind === "group"
-        ? `${row.group.name} (${row.group.members.length} layers; ${groups.isCollapsed(row.group) ? "open" : "collapse"} with a click or Enter)`
-        : data.layers[row.layer]?.name ?? `#${row.layer}`;
-      if (col === null) return name;
-      const v = grid.at(r, col);
-      const from = col * grid.bucket + 1;
-      const to = Math.min((col + 1) * grid.bucket, grid.maxStep);
-      const what = row.kind === "group" ? "block ‖g‖" : "max ‖g‖";
-      return `${name} · ${from === to ? `step ${from}` : `steps ${from}–${to}`} · ${what} ${Number.isFinite(v) ? num(10 ** v, 3) : "–"}`;
-    };
+    const describe = (/** @type {number} */ r, /** @type {number | null} */ col) =>
+      describeGroupedCell({ rows, grid, groups, layers: data.layers }, { block: "block ‖g‖", layer: "max ‖g‖" }, r, col);
     const act = (/** @type {number} */ r) => {
       const row = rows[r];
       if (row?.kind !== "group") return;
