@@ -141,7 +141,7 @@ impl Application {
         let router = api::router(state, &config);
         tracing::info!(
             addr = %listener.local_addr()?,
-            database = %config.database_url,
+            database = %crate::store::describe_url(&config.database_url),
             node = %node_id,
             cuda = tch::Cuda::is_available(),
             "gradscope listening"

@@ -67,12 +67,7 @@ impl Store {
     async fn connect_postgres(url: &str) -> anyhow::Result<Self> {
         // The message names the server, never the password the URL may hold.
         let options = PgConnectOptions::from_str(url).context("invalid PostgreSQL URL")?;
-        let server = format!(
-            "postgres://{}:{}/{}",
-            options.get_host(),
-            options.get_port(),
-            options.get_database().unwrap_or("")
-        );
+        let server = postgres_server(&options);
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(10))
@@ -142,6 +137,21 @@ impl Store {
     }
 }
 
+/// A PostgreSQL server and database as messages name them: never the user's password.
+fn postgres_server(options: &PgConnectOptions) -> String {
+    format!("postgres://{}:{}/{}", options.get_host(), options.get_port(), options.get_database().unwrap_or(""))
+}
+
+/// The database a URL names, for logs: a PostgreSQL URL as `postgres://HOST:PORT/DATABASE`
+/// (without the password it may hold), any other as given.
+pub fn describe_url(url: &str) -> String {
+    match check_scheme(url) {
+        Ok(Backend::Postgres) => PgConnectOptions::from_str(url)
+            .map_or_else(|_| "postgres://(an invalid URL)".to_owned(), |options| postgres_server(&options)),
+        _ => url.to_owned(),
+    }
+}
+
 /// The database a URL names, refusing any other kind: SQLite takes whatever follows an
 /// optional `sqlite:` for a file path, and would turn `mysql://host/db` into a local file
 /// under a new folder `mysql:`. A plain path (no scheme) is a SQLite file. The error names
@@ -183,7 +193,7 @@ pub(crate) async fn test_store(backend: Backend) -> (Store, Box<dyn std::any::An
 
 #[cfg(test)]
 mod tests {
-    use super::{Backend, check_scheme};
+    use super::{Backend, check_scheme, describe_url};
 
     #[test]
     fn sqlite_and_postgres_urls_and_plain_paths_are_taken() {
@@ -202,5 +212,15 @@ mod tests {
             assert!(message.contains(&format!("{scheme:?}")) && message.contains("sqlite://"), "{message}");
             assert!(!message.contains("secret"), "the password stays out of the message: {message}");
         }
+    }
+
+    #[test]
+    fn logs_name_a_postgres_database_without_its_password() {
+        assert_eq!(
+            describe_url("postgres://user:secret@db.example:5433/gradscope"),
+            "postgres://db.example:5433/gradscope"
+        );
+        assert_eq!(describe_url("postgresql://user:secret@localhost/db"), "postgres://localhost:5432/db");
+        assert_eq!(describe_url("sqlite://./data/gradscope.db"), "sqlite://./data/gradscope.db");
     }
 }
