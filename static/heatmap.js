@@ -393,6 +393,32 @@ export function showTip(tip, canvas, event, text) {
 }
 
 /**
+ * The mouse over a drawn grid: `tip` shows what the cell (or the label gutter's row) under
+ * it holds, `describe`'s text, and hides where that is empty or when the mouse leaves,
+ * unless the keyboard drives the grid (`keyboardActive`); a click calls `onClick` with its row.
+ * @param {HTMLCanvasElement} canvas
+ * @param {HTMLElement} tip
+ * @param {(row: number, col: number | null) => string} describe
+ * @param {{keyboardActive: () => boolean, onClick: (row: number) => void}} opts
+ */
+export function gridPointer(canvas, tip, describe, { keyboardActive, onClick }) {
+  canvas.addEventListener("mousemove", (e) => {
+    const cell = cellAt(canvas, e);
+    const text = cell ? describe(cell.row, cell.col) : "";
+    if (!cell || !text) {
+      tip.hidden = true;
+      return;
+    }
+    showTip(tip, canvas, e, text);
+  });
+  canvas.addEventListener("mouseleave", () => { if (!keyboardActive()) tip.hidden = true; });
+  canvas.addEventListener("click", (e) => {
+    const cell = cellAt(canvas, e);
+    if (cell) onClick(cell.row);
+  });
+}
+
+/**
  * Where cell (row, col) of a drawn grid lies on its canvas, in CSS pixels; a column at
  * least 3 px wide, so that a cursor on it shows.
  * @param {GridLayout} layout

@@ -5,7 +5,7 @@
 // block's norm; a click on it collapses or opens the block. Tab reaches it; the arrow keys
 // then move a cursor over its cells, each shown and announced, and Enter does what a click does.
 
-import { cellAt, drawGrid, gridKeyboard, robustScale, showTip } from "../heatmap.js";
+import { drawGrid, gridKeyboard, gridPointer, robustScale } from "../heatmap.js";
 import { describeGroupedCell, groupedGrid } from "../layer-groups.js";
 import { el } from "../widgets.js";
 
@@ -49,19 +49,7 @@ export function layerHeatmap(container, data, { onSelect, onToggle, groups, empt
     else if (row && data.layers[row.layer]) onSelect(row.layer);
   }
 
-  canvas.addEventListener("mousemove", (e) => {
-    const cell = cellAt(canvas, e);
-    if (!cell || !rows[cell.row]) {
-      tip.hidden = true;
-      return;
-    }
-    showTip(tip, canvas, e, describe(cell.row, cell.col));
-  });
-  canvas.addEventListener("mouseleave", () => { if (!keys.active()) tip.hidden = true; });
-  canvas.addEventListener("click", (e) => {
-    const cell = cellAt(canvas, e);
-    if (cell) act(cell.row);
-  });
+  gridPointer(canvas, tip, describe, { keyboardActive: () => keys.active(), onClick: act });
   const keys = gridKeyboard(canvas, tip, {
     label: "Per-layer gradient norm, layers × steps; Enter selects a layer or opens and collapses a block",
     describe,

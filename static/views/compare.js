@@ -8,7 +8,7 @@ import { ema, optionsBar, readOptions, robustRange } from "../chart-options.js";
 import { lineChart, loadUPlot, positive, SERIES_COLORS, seriesColor } from "../charts.js";
 import { showRaw, smoothedPair } from "../components/loss-charts.js";
 import { jobPicker, shortId } from "../components/job-picker.js";
-import { cellAt, drawGrid, gridKeyboard, showTip } from "../heatmap.js";
+import { drawGrid, gridKeyboard, gridPointer } from "../heatmap.js";
 import { blockOf, describeGroupedCell, groupedGrid, LayerGroups } from "../layer-groups.js";
 import { JobData } from "../store.js";
 import { describeSpec, diagnosisBadges, el, num, pct, statusBadge, setTitle } from "../widgets.js";
@@ -247,19 +247,7 @@ export async function compareView(root, ctx, params) {
       fit();
       draw();
     };
-    canvas.addEventListener("mousemove", (e) => {
-      const cell = cellAt(canvas, e);
-      if (!cell || !rows[cell.row]) {
-        tip.hidden = true;
-        return;
-      }
-      showTip(tip, canvas, e, describe(cell.row, cell.col));
-    });
-    canvas.addEventListener("mouseleave", () => { if (!keys.active()) tip.hidden = true; });
-    canvas.addEventListener("click", (e) => {
-      const cell = cellAt(canvas, e);
-      if (cell) act(cell.row);
-    });
+    gridPointer(canvas, tip, describe, { keyboardActive: () => keys.active(), onClick: act });
     const keys = gridKeyboard(canvas, tip, { label: `Per-layer gradient norm of ${label(job)}, layers × steps; Enter opens and collapses a block`, describe, onEnter: act, redraw: () => draw() });
     const rowLabel = (/** @type {number} */ r) => {
       const row = rows[r];
