@@ -213,3 +213,29 @@ export function confirmAction(message, action, keep = "Keep it") {
 export function setTitle(what) {
   document.title = `${what} · gradscope`;
 }
+
+/**
+ * The pager of a list of jobs: "‹ Newer" and "Older ›" around a line such as "21–40 of 95
+ * jobs, page 2 of 5"; its parts have the ids `PREFIX-prev`, `PREFIX-next` and
+ * `PREFIX-note`. `turn` is called with -1 or 1; `show` sets it for a page of `size` rows
+ * of which `shown` are shown, out of `total`, and hides it when one page holds them all.
+ * @param {string} prefix
+ * @param {(by: number) => void} turn
+ */
+export function jobsPager(prefix, turn) {
+  const note = el("span", { id: `${prefix}-note`, class: "muted small", role: "status" });
+  const prev = el("button", { type: "button", id: `${prefix}-prev`, onclick: () => turn(-1) }, "‹ Newer");
+  const next = el("button", { type: "button", id: `${prefix}-next`, onclick: () => turn(1) }, "Older ›");
+  const element = el("div", { class: "pager" }, prev, note, next);
+  /** @param {number} page @param {number} size @param {number} shown @param {number} total */
+  const show = (page, size, shown, total) => {
+    const pages = Math.max(1, Math.ceil(total / size));
+    note.textContent = total
+      ? `${page * size + 1}–${page * size + shown} of ${total} job${total === 1 ? "" : "s"}, page ${page + 1} of ${pages}`
+      : "";
+    prev.disabled = page === 0;
+    next.disabled = page + 1 >= pages;
+    element.hidden = total <= size;
+  };
+  return { element, show };
+}

@@ -6,7 +6,7 @@
 // name are told apart.
 
 import { FINISHED, get, query } from "../api.js";
-import { el, statusBadge } from "../widgets.js";
+import { el, jobsPager, statusBadge } from "../widgets.js";
 
 /** @typedef {import("../types.js").Job} Job */
 
@@ -85,16 +85,12 @@ export function jobPicker(container, { selected, onChange, kinds, swatch, offlin
   const table = el("table", { class: "jobs pick-list", id: "pick-list" },
     el("thead", {}, el("tr", {}, ["", "name", "status", "model / task", "created · id"].map((h) => el("th", {}, h)))), tbody);
   const empty = el("p", { class: "empty", hidden: true });
-  const note = el("span", { id: "pick-note", class: "muted small", role: "status" });
-  const prev = el("button", { type: "button", id: "pick-prev", onclick: () => turn(-1) }, "‹ Newer");
-  const next = el("button", { type: "button", id: "pick-next", onclick: () => turn(1) }, "Older ›");
-  const pager = el("div", { class: "pager" }, prev, note, next);
-  function turn(/** @type {number} */ by) {
+  const pager = jobsPager("pick", (by) => {
     view.page = Math.max(0, view.page + by);
     refresh().catch(offline);
-  }
+  });
 
-  container.replaceChildren(chips, filters, el("div", { class: "table-wrap pick-wrap" }, table), empty, pager);
+  container.replaceChildren(chips, filters, el("div", { class: "table-wrap pick-wrap" }, table), empty, pager.element);
 
   let chipsDrawn = "";
   /** The chips of the picked jobs, in the order picked (redrawn only when one changed). */
@@ -172,12 +168,7 @@ export function jobPicker(container, { selected, onChange, kinds, swatch, offlin
     const filtered = !!(view.name || view.status || view.model || view.task);
     empty.hidden = list.length > 0;
     empty.textContent = filtered ? "No job matches these filters." : "No jobs to compare yet.";
-    note.textContent = answer.total
-      ? `${view.page * PICK_PAGE + 1}–${view.page * PICK_PAGE + list.length} of ${answer.total} job${answer.total === 1 ? "" : "s"}, page ${view.page + 1} of ${pages}`
-      : "";
-    prev.disabled = view.page === 0;
-    next.disabled = view.page + 1 >= pages;
-    pager.hidden = answer.total <= PICK_PAGE;
+    pager.show(view.page, PICK_PAGE, list.length, answer.total);
     drawChips();
   }
 

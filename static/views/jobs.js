@@ -5,7 +5,7 @@
 import { get, isFinished, post, query } from "../api.js";
 import { cssVar, lineChart, loadUPlot } from "../charts.js";
 import { FINISHED } from "../api.js";
-import { ago, diagnosisBadges, el, groupBy, num, progressBar, setTitle, sortableHead, statusBadge } from "../widgets.js";
+import { ago, diagnosisBadges, el, groupBy, jobsPager, num, progressBar, setTitle, sortableHead, statusBadge } from "../widgets.js";
 import { specForm, specSchema } from "./spec-form.js";
 
 /** @typedef {import("../types.js").Job} Job */
@@ -135,14 +135,10 @@ export async function jobsView(root, ctx, params = new URLSearchParams()) {
   const filters = el("div", { class: "list-filters", role: "search" },
     search, picker("filter-status", "status", STATUSES), picker("filter-model", "model", modelKinds),
     picker("filter-task", "task", taskKinds), presetPicker);
-  const pageNote = el("span", { id: "page-note", class: "muted small", role: "status" });
-  const prev = el("button", { type: "button", id: "page-prev", onclick: () => turn(-1) }, "‹ Newer");
-  const next = el("button", { type: "button", id: "page-next", onclick: () => turn(1) }, "Older ›");
-  const pager = el("div", { class: "pager" }, prev, pageNote, next);
-  function turn(/** @type {number} */ by) {
+  const pager = jobsPager("page", (by) => {
     view.page = Math.max(0, view.page + by);
     refresh().catch(ctx.offline);
-  }
+  });
   const headRow = el("tr");
   sortableHead(headRow, [
     { key: "pick", label: "", fixed: true }, { key: "name", label: "name" }, { key: "status", label: "status" },
@@ -207,7 +203,7 @@ export async function jobsView(root, ctx, params = new URLSearchParams()) {
     el("section", { class: "panel" },
       el("div", { class: "section-head" }, el("h2", {}, "Jobs"), compareButton),
       filters,
-      el("div", { class: "table-wrap" }, table), empty, pager),
+      el("div", { class: "table-wrap" }, table), empty, pager.element),
     el("div", { class: "jobs-lower" },
       el("section", { class: "panel", id: "new-job" }, formHeading, formNote, formRoot),
       el("section", { class: "panel" }, el("h2", {}, "Experiments"),
@@ -302,12 +298,7 @@ export async function jobsView(root, ctx, params = new URLSearchParams()) {
     }
     const list = answer.jobs;
     const filtered = !!(view.name || view.status || view.model || view.task);
-    pageNote.textContent = answer.total
-      ? `${view.page * PAGE_SIZE + 1}–${view.page * PAGE_SIZE + list.length} of ${answer.total} job${answer.total === 1 ? "" : "s"}, page ${view.page + 1} of ${pages}`
-      : "";
-    prev.disabled = view.page === 0;
-    next.disabled = view.page + 1 >= pages;
-    pager.hidden = answer.total <= PAGE_SIZE;
+    pager.show(view.page, PAGE_SIZE, list.length, answer.total);
     empty.textContent = filtered ? "No job matches these filters." : NO_JOBS;
     const rows = list.map(row);
     tbody.replaceChildren(...rows);
