@@ -16,6 +16,7 @@ use prometheus::{
 };
 use uuid::Uuid;
 
+use crate::jobs::live::unix_now;
 use crate::store::JobStatus;
 use crate::train::diagnose::Diagnosis;
 use crate::train::{Event, LayerInfo, StepReport};
@@ -78,10 +79,6 @@ struct Exported {
 /// The diagnosis kinds `gradscope_job_diagnosis_issues` counts, one series each per job.
 pub const DIAGNOSIS_KINDS: [EventKind; 4] =
     [EventKind::Nonfinite, EventKind::Exploding, EventKind::Vanishing, EventKind::Dead];
-
-fn unix_now() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
-}
 
 fn opts(name: &str, help: &str) -> Opts {
     Opts::new(name, help).namespace(PREFIX)

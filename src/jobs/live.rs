@@ -98,7 +98,7 @@ impl LiveJob {
 
     /// Sends `message` to every subscriber; never waits.
     pub fn publish(&self, message: LiveMessage) {
-        let time = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        let time = unix_now();
         let shared = Arc::new(Shared::new(message, time));
         let mut state = self.lock();
         state.published += 1;
@@ -201,6 +201,11 @@ impl LiveHub {
     pub fn job(&self, id: Uuid) -> Option<Arc<LiveJob>> {
         self.lock().get(&id).cloned()
     }
+}
+
+/// Seconds since the Unix epoch, now: the clock of a live message's publication time.
+pub fn unix_now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
 #[cfg(test)]

@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::live::{LiveMessage, Shared};
+use super::live::{LiveMessage, Shared, unix_now};
 use crate::config::check_nats_prefix;
 use crate::metrics::{Metrics, RelayOutcome};
 use crate::store::{Job, JobStatus, Store};
@@ -454,10 +454,6 @@ impl Relay {
             }
         }
     }
-}
-
-fn unix_now() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// What a follower receives.
