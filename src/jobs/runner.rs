@@ -17,8 +17,8 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
-use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
@@ -29,6 +29,7 @@ use super::wire::{self, FromWorker, StartJob, ToWorker};
 use super::{Execution, Inner, JobControl, WorkerSettings};
 use crate::spec::{TaskSpec, ValidSpec};
 use crate::store::{Job, JobStatus, Progress};
+use crate::train::checkpoint::Committed;
 use crate::train::{self, Event, Outcome, RunContext, StepReport, StopFlag, StopReason, TrainEvent};
 use crate::vocab::DiagnosisStatus;
 
@@ -149,11 +150,18 @@ pub(crate) fn spawn_training(
 }
 
 /// Trains on a thread of this process.
-async fn in_thread(inner: &Inner, job: &Job, ctx: RunContext, control: &Arc<JobControl>) -> anyhow::Result<Outcome> {
+async fn in_thread(
+    inner: &Inner,
+    job: &Job,
+    mut ctx: RunContext,
+    control: &Arc<JobControl>,
+) -> anyhow::Result<Outcome> {
     let name = job.id.simple().to_string()[..8].to_owned();
+    let committed = Committed::default();
+    ctx.committed = Some(committed.clone());
     let TrainingThread { thread, mut reports, dropped } =
         spawn_training(&name, job.spec.clone(), ctx, control.flag.clone(), |_| {})?;
-    let recorded = record(inner, job, &mut reports, &dropped).await;
+    let recorded = record(inner, job, &mut reports, &dropped, &|step| committed.advance(step)).await;
     if recorded.is_err() {
         // Nothing more can be kept: stop training, and drain so the thread never blocks.
         control.request(StopReason::Cancel);
@@ -208,9 +216,18 @@ async fn in_worker(
     let (tx, mut reports) = mpsc::channel(QUEUE_CAPACITY);
     let dropped = Arc::new(AtomicU64::new(0));
     let reader = tokio::spawn(read_reports(FramedRead::new(stdout, wire::codec()), tx, dropped.clone()));
-    let supervisor = tokio::spawn(supervise(child, to_worker, control.clone()));
+    // The steps the store committed, passed on to the worker by its supervisor.
+    let (commits, told) = watch::channel(0);
+    let supervisor = tokio::spawn(supervise(child, to_worker, control.clone(), told));
 
-    let recorded = record(inner, job, &mut reports, &dropped).await;
+    let recorded = record(inner, job, &mut reports, &dropped, &|step| {
+        commits.send_if_modified(|last| {
+            let later = step > *last;
+            *last = (*last).max(step);
+            later
+        });
+    })
+    .await;
     if recorded.is_err() {
         control.request(StopReason::Cancel);
         while reports.recv().await.is_some() {}
@@ -361,17 +378,30 @@ async fn read_reports<R: AsyncRead + Unpin>(
     ended
 }
 
-/// Waits for the worker to exit. A stop request goes to it as a message; if it has not
-/// ended after [`STOP_GRACE`] it gets SIGTERM, and [`KILL_GRACE`] later SIGKILL. Returns
-/// its exit status and whether it was signalled.
+/// Waits for the worker to exit, telling it each step the store commits until a stop is
+/// requested. A stop request goes to it as a message; if it has not ended after
+/// [`STOP_GRACE`] it gets SIGTERM, and [`KILL_GRACE`] later SIGKILL. Returns its exit
+/// status and whether it was signalled.
 async fn supervise(
     mut child: Child,
     mut to_worker: FramedWrite<ChildStdin, LengthDelimitedCodec>,
     control: Arc<JobControl>,
+    mut committed: watch::Receiver<u64>,
 ) -> anyhow::Result<(ExitStatus, bool)> {
     let pid = child.id().and_then(|id| i32::try_from(id).ok()).map(Pid::from_raw);
     let escalate = async {
-        let reason = control.requested().await;
+        let reason = loop {
+            tokio::select! {
+                reason = control.requested() => break reason,
+                Ok(()) = committed.changed() => {
+                    let step = *committed.borrow_and_update();
+                    // A worker that has gone is seen by its exit.
+                    if let Ok(frame) = wire::encode(&ToWorker::Committed(step)) {
+                        let _ = to_worker.send(frame).await;
+                    }
+                }
+            }
+        };
         if let Ok(frame) = wire::encode(&ToWorker::Stop(reason)) {
             let _ = to_worker.send(frame).await;
         }
@@ -438,11 +468,15 @@ pub(super) async fn stderr_tail<R: AsyncRead + Unpin>(stderr: R, job: impl std::
 /// Hands each report to the metrics and the live feed as it comes, and writes them to the
 /// store in batches: whatever has come in [`WRITE_INTERVAL`] after the first unwritten
 /// report, or [`WRITE_BATCH`] messages, in one transaction; the rest once the reports end.
+/// The report of a `checkpoint_every` step is written at once, and `committed` told the
+/// last step each write holds, so that the training side knows the checkpoint it just
+/// wrote is committed well before its next one (see [`crate::train::checkpoint`]).
 async fn record(
     inner: &Inner,
     job: &Job,
     rx: &mut mpsc::Receiver<TrainEvent>,
     dropped: &AtomicU64,
+    committed: &(dyn Fn(u64) + Sync),
 ) -> anyhow::Result<()> {
     let mut messages = Vec::with_capacity(WRITE_BATCH);
     let mut pending = Pending::default();
@@ -452,12 +486,14 @@ async fn record(
     let mut step = 0;
     // When the oldest unwritten report must be written; `None` while nothing waits.
     let mut due: Option<Instant> = None;
+    let every = job.spec.checkpoint_every;
     loop {
         let received = match due {
             None => Some(rx.recv_many(&mut messages, WRITE_BATCH).await),
             Some(due) => tokio::time::timeout_at(due, rx.recv_many(&mut messages, WRITE_BATCH)).await.ok(),
         };
         let ended = received == Some(0);
+        let mut checkpointed = false;
         for message in messages.drain(..) {
             match message {
                 TrainEvent::Started { device, layers } => {
@@ -476,6 +512,7 @@ async fn record(
                     inner.metrics.record_step(job.id, &report);
                     live.publish(LiveMessage::Step(report.clone()));
                     step = report.step;
+                    checkpointed |= every > 0 && step.is_multiple_of(every);
                     pending.steps.push(report);
                 }
                 TrainEvent::Event(event) => pending.fresh_events.push(event),
@@ -502,9 +539,12 @@ async fn record(
             pending.dropped += lost;
         }
         let full = pending.steps.len() + pending.events.len() >= WRITE_BATCH;
-        if ended || received.is_none() || full {
+        if ended || received.is_none() || full || checkpointed {
             pending.write(inner, job).await?;
             due = None;
+            if step > 0 {
+                committed(step);
+            }
         } else if due.is_none() && !pending.is_empty() {
             due = Some(Instant::now() + WRITE_INTERVAL);
         }

@@ -37,6 +37,9 @@ pub enum ToWorker {
     /// Instead of a job, the first message may be a check of an uploaded module: the
     /// worker answers [`FromWorker::Checked`] and ends.
     Check(Check),
+    /// The store has committed the job's reports up to this step: checkpoints may drop
+    /// resume files older than it (see [`crate::train::checkpoint`]).
+    Committed(u64),
 }
 
 /// A job as a worker receives it.
@@ -160,6 +163,8 @@ mod tests {
         assert_eq!(decode::<ToWorker>(&encode(&start).expect("encode")).expect("decode"), start);
         let stop = ToWorker::Stop(StopReason::Shutdown);
         assert_eq!(decode::<ToWorker>(&encode(&stop).expect("encode")).expect("decode"), stop);
+        let committed = ToWorker::Committed(u64::MAX);
+        assert_eq!(decode::<ToWorker>(&encode(&committed).expect("encode")).expect("decode"), committed);
         let event =
             Event { step: 2, kind: EventKind::Validation, layer: Some(1), value: None, message: "m".to_owned() };
         let back: FromWorker = decode(&encode(&FromWorker::Event(event.clone())).expect("encode")).expect("decode");

@@ -22,6 +22,7 @@ use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 use super::runner::{TrainingThread, join_training, spawn_training};
 use super::wire::{self, FromWorker, StartJob, ToWorker};
 use crate::spec::{JobSpec, ValidSpec};
+use crate::train::checkpoint::Committed;
 use crate::train::user::Check;
 use crate::train::{Outcome, RunContext, StopFlag, StopReason, TrainEvent};
 
@@ -69,11 +70,12 @@ async fn serve(options: &WorkerOptions) -> anyhow::Result<()> {
     let job = match wire::decode(&frame.context("failed to read the job")?)? {
         ToWorker::Start(job) => job,
         ToWorker::Check(check) => return answer_check(check, &mut output).await,
-        ToWorker::Stop(_) => bail!("the first message must be a job or a check"),
+        ToWorker::Stop(_) | ToWorker::Committed(_) => bail!("the first message must be a job or a check"),
     };
     let flag = Arc::new(StopFlag::default());
-    tokio::spawn(listen(input, flag.clone()));
-    let ended = train(*job, &flag, &mut output).await.map_err(|err| format!("{err:#}"));
+    let committed = Committed::default();
+    tokio::spawn(listen(input, flag.clone(), committed.clone()));
+    let ended = train(*job, &flag, committed, &mut output).await.map_err(|err| format!("{err:#}"));
     output.send(wire::encode(&FromWorker::Ended(ended))?).await.context("failed to report the end")?;
     Ok(())
 }
@@ -96,12 +98,18 @@ async fn answer_check<W: AsyncWrite + Unpin>(
     output.send(wire::encode(&FromWorker::Checked(checked))?).await.context("failed to answer the check")
 }
 
-/// Applies the scheduler's stop requests. When the scheduler goes away (stdin closes),
-/// stops as at shutdown, and ends the process if training has not ended in time.
-async fn listen<R: AsyncRead + Unpin>(mut input: FramedRead<R, LengthDelimitedCodec>, flag: Arc<StopFlag>) {
+/// Applies the scheduler's stop requests and passes on the steps its store committed.
+/// When the scheduler goes away (stdin closes), stops as at shutdown, and ends the process
+/// if training has not ended in time.
+async fn listen<R: AsyncRead + Unpin>(
+    mut input: FramedRead<R, LengthDelimitedCodec>,
+    flag: Arc<StopFlag>,
+    committed: Committed,
+) {
     while let Some(frame) = input.next().await {
         match frame.map_err(anyhow::Error::from).and_then(|f| wire::decode::<ToWorker>(&f)) {
             Ok(ToWorker::Stop(reason)) => flag.request(reason),
+            Ok(ToWorker::Committed(step)) => committed.advance(step),
             Ok(ToWorker::Start(_) | ToWorker::Check(_)) => {
                 tracing::warn!("a worker trains one job: a second was ignored");
             }
@@ -133,6 +141,7 @@ fn worker_spec(job: &StartJob) -> anyhow::Result<ValidSpec> {
 async fn train<W: AsyncWrite + Unpin>(
     job: StartJob,
     flag: &Arc<StopFlag>,
+    committed: Committed,
     output: &mut FramedWrite<W, LengthDelimitedCodec>,
 ) -> anyhow::Result<Outcome> {
     let spec = worker_spec(&job)?;
@@ -144,6 +153,7 @@ async fn train<W: AsyncWrite + Unpin>(
         corpus: job.corpus,
         checkpoint: job.checkpoint,
         resume: job.resume,
+        committed: Some(committed),
         model: job.model,
         dataset: job.dataset,
         ..RunContext::default()

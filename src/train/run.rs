@@ -33,6 +33,9 @@ pub struct RunContext {
     pub checkpoint: Option<PathBuf>,
     /// Continue after this step, from the resume file beside `checkpoint` written at it.
     pub resume: Option<u64>,
+    /// The last step the store has committed, as the service tells it: which older resume
+    /// file a checkpoint keeps depends on it. `None` when no store records the run.
+    pub committed: Option<checkpoint::Committed>,
     /// The TorchScript file of a `torchscript` model.
     pub model: Option<PathBuf>,
     /// The safetensors file of a `dataset` task.
@@ -98,6 +101,14 @@ pub fn train(
         }
         _ => 1,
     };
+    if let Some(path) = &ctx.checkpoint {
+        // What an earlier run wrote past this run's start is no part of its history; the
+        // store holds this run's history up to its start.
+        checkpoint::discard_after(path, first - 1)?;
+        if let Some(committed) = &ctx.committed {
+            committed.advance(first - 1);
+        }
+    }
     // `monitor.layers`: the layers that get statistics, numbered in their own order from
     // here on (the API, the stream, the metrics and the store see just these).
     let all_names: Vec<String> = layers.iter().map(|l| l.name.clone()).collect();
@@ -289,9 +300,8 @@ fn save_checkpoint(
     if let Some(scaler) = trainer.precision().scaler() {
         state.push((LOSS_SCALER_STATE.to_owned(), scaler.state()));
     }
-    if let Some(module) = user {
-        checkpoint::rotate_module(path)?;
-        module.save(&checkpoint::module_path(&checkpoint::resume_path(path)))?;
-    }
-    checkpoint::save(path, named, trainer.optimizer(), &state, step)
+    let write_module = user.map(|module| move |file: &std::path::Path| module.save(file));
+    let module = write_module.as_ref().map(|write| write as &checkpoint::WriteModule<'_>);
+    let extra = checkpoint::Extra { state: &state, module };
+    checkpoint::save(path, named, trainer.optimizer(), &extra, step, ctx.committed.as_ref())
 }

@@ -1,6 +1,7 @@
 //! Crash recovery with the real binary: SIGKILL mid-training loses no finished job and no
 //! committed step, the database opens cleanly, and the interrupted job resumes from its
-//! checkpoint, continuing its step count and loss curve.
+//! checkpoint, continuing its step count and loss curve, even when the store was several
+//! checkpoints behind training.
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -22,13 +23,15 @@ impl Drop for Server {
     }
 }
 
-async fn start(dir: &std::path::Path) -> Server {
+/// The service on the database and data folder in `dir`, with `args` added to `serve`.
+async fn start(dir: &std::path::Path, args: &[&str]) -> Server {
     let port = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
     let db = database_url_at(dir);
     let child = Command::new(env!("CARGO_BIN_EXE_gradscope"))
         .args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--database-url", &db, "--torch-threads", "1"])
         .arg("--data-dir")
         .arg(dir.join("data"))
+        .args(args)
         .env_remove("GRADSCOPE_LOG")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -45,6 +48,25 @@ async fn start(dir: &std::path::Path) -> Server {
 
 fn database_url_at(dir: &std::path::Path) -> String {
     format!("sqlite://{}", dir.join("gradscope.db").display())
+}
+
+async fn post_job(client: &reqwest::Client, base: String, spec: Value) -> Value {
+    let url = format!("{base}/api/v1/jobs");
+    client.post(url).json(&spec).send().await.expect("submit").json::<Value>().await.expect("json")
+}
+
+/// Kills the service with SIGKILL, and waits until its workers have died with it (fails
+/// if one outlives it by 10 s).
+fn kill(mut server: Server) {
+    let workers = children_of(server.child.id());
+    server.child.kill().expect("SIGKILL");
+    server.child.wait().expect("reaped");
+    drop(server);
+    let killed = Instant::now();
+    while workers.iter().any(|&pid| alive(pid)) {
+        assert!(killed.elapsed() < Duration::from_secs(10), "a worker outlived its service: {workers:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 async fn get(server: &Server, path: &str) -> Value {
@@ -66,15 +88,9 @@ async fn wait(server: &Server, id: &str, done: impl Fn(&Value) -> bool) -> Value
 #[tokio::test]
 async fn sigkill_loses_nothing_committed_and_the_job_resumes() {
     let dir = tempfile::TempDir::new().expect("temp dir");
-    let server = start(dir.path()).await;
+    let server = start(dir.path(), &[]).await;
     let client = reqwest::Client::new();
-    let submit = |base: String, spec: Value| {
-        let client = client.clone();
-        async move {
-            let url = format!("{base}/api/v1/jobs");
-            client.post(url).json(&spec).send().await.expect("submit").json::<Value>().await.expect("json")
-        }
-    };
+    let submit = |base: String, spec: Value| post_job(&client, base, spec);
     let finished = submit(server.url.clone(), tiny_lstm_spec(20, 1.0)).await["id"].as_str().expect("id").to_owned();
     wait(&server, &finished, |j| j["status"] == "succeeded").await;
 
@@ -88,18 +104,10 @@ async fn sigkill_loses_nothing_committed_and_the_job_resumes() {
     // The job's worker, and a spare one waiting for the next job.
     let workers = children_of(server.child.id());
     assert_eq!(workers.len(), 2, "the job's worker and a spare: {workers:?}");
-    let mut server = server;
-    server.child.kill().expect("SIGKILL");
-    server.child.wait().expect("reaped");
-    drop(server);
     // No orphan trains on: the workers die with their service.
-    let killed = Instant::now();
-    while workers.iter().any(|&pid| alive(pid)) {
-        assert!(killed.elapsed() < Duration::from_secs(10), "a worker outlived its service: {workers:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    kill(server);
 
-    let server = start(dir.path()).await;
+    let server = start(dir.path(), &[]).await;
     assert_eq!(get(&server, &format!("/api/v1/jobs/{finished}")).await["status"], "succeeded");
     let job = get(&server, &format!("/api/v1/jobs/{id}")).await;
     assert_eq!(job["status"], "interrupted", "{job}");
@@ -142,4 +150,40 @@ async fn sigkill_loses_nothing_committed_and_the_job_resumes() {
 
     let again = client.post(format!("{}/api/v1/jobs/{id}/resume", server.url)).send().await.expect("resume");
     assert_eq!(again.status(), 409, "a succeeded job does not resume");
+}
+
+/// Checkpoints every 5 steps of a job that runs hundreds of steps a second, while the store
+/// commits reports in batches: when the service dies, training is ahead of the store by
+/// more than one checkpoint, and the job resumes all the same from a checkpoint the store's
+/// history reaches, trained in a worker or in the service's own process.
+#[tokio::test]
+async fn a_store_checkpoints_behind_training_still_resumes_after_sigkill() {
+    let client = reqwest::Client::new();
+    for args in [&[][..], &["--in-process"][..]] {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let server = start(dir.path(), args).await;
+        let total = 600;
+        let mut spec = tiny_lstm_spec(total, 1.0);
+        spec["checkpoint_every"] = json!(5);
+        spec["monitor"] = json!({"histogram": false});
+        let id = post_job(&client, server.url.clone(), spec).await["id"].as_str().expect("id").to_owned();
+        wait(&server, &id, |j| j["step"].as_u64() > Some(100)).await;
+        kill(server);
+
+        let server = start(dir.path(), args).await;
+        let job = get(&server, &format!("/api/v1/jobs/{id}")).await;
+        assert_eq!(job["status"], "interrupted", "{args:?}: {job}");
+        let kept = column(&get(&server, &format!("/api/v1/jobs/{id}/steps")).await, "step").len();
+        let resumed = client.post(format!("{}/api/v1/jobs/{id}/resume", server.url)).send().await.expect("resume");
+        let status = resumed.status();
+        let resumed: Value = resumed.json().await.expect("json");
+        assert_eq!(status, 202, "{args:?}: {resumed}");
+        let from = resumed["resumed_from"].as_u64().expect("resumed_from");
+        assert!(from > 0 && from.is_multiple_of(5) && from as usize <= kept, "{args:?}: {from} of {kept}");
+        let done = wait(&server, &id, |j| j["status"] == "succeeded").await;
+        assert_eq!(done["step"], total, "{args:?}");
+        let steps = column(&get(&server, &format!("/api/v1/jobs/{id}/steps")).await, "step");
+        assert_eq!(steps, (1..=total).map(|s| s as f64).collect::<Vec<_>>(), "{args:?}: the count continues");
+        kill(server);
+    }
 }
