@@ -4,7 +4,8 @@
 //! writer, the metrics, the live stream, validation and checkpoints: everything a job
 //! does) and submits the README's MLP through the HTTP API with the default `monitor`,
 //! with histograms on every step, with statistics but no histograms, and with
-//! `monitor.every: 0`, in interleaved rounds
+//! `monitor.every: 0` (or the `--variants` named, e.g. `bare`: no monitoring and no
+//! clipping; `--device cuda` for a GPU), in interleaved rounds
 //! (each round starts with the next variant, so drift on a shared machine hits all
 //! alike). Prints steps/s (steps over the job's `started_at`..`finished_at`) min, median
 //! and max per variant and the overhead against monitoring off, also as each round's own
@@ -18,7 +19,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use gradscope::Application;
 use gradscope::config::ServeConfig;
 use gradscope::train::step::timing::{self, Phase};
@@ -53,13 +54,28 @@ struct JobsArgs {
     /// time of the workers is read when each job's worker exits.
     #[arg(long)]
     pub workers: bool,
+    /// The job's device (`cpu`, `cuda`, `cuda:N`, `auto`). On a GPU one short job runs
+    /// first, untimed, so that no variant pays for LibTorch's CUDA start-up.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// The jobs' `precision` (`fp32`, `bf16`, `fp16`).
+    #[arg(long, default_value = "fp32")]
+    pub precision: String,
+    /// The variants to run, comma-separated; the last one is the baseline the others are
+    /// compared with.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Variant::Default, Variant::EveryHistogram, Variant::NoHistogram, Variant::Off])]
+    pub variants: Vec<Variant>,
+    /// The `gradscope` binary worker processes run (with `--workers`); by default the one
+    /// built beside this benchmark.
+    #[arg(long, default_value = env!("CARGO_BIN_EXE_gradscope"))]
+    pub worker_binary: std::path::PathBuf,
     /// Given by `cargo bench`; without it the benchmark only shows that it runs.
     #[arg(long, hide = true)]
     pub bench: bool,
 }
 
-/// The monitoring a job is submitted with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The monitoring (and clipping) a job is submitted with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Variant {
     /// `monitor` as the spec's defaults leave it.
     Default,
@@ -69,9 +85,9 @@ enum Variant {
     NoHistogram,
     /// `monitor.every: 0`: loss and the global norms only.
     Off,
+    /// `monitor.every: 0` and no `clip_norm`: the bare training step.
+    Bare,
 }
-
-const VARIANTS: [Variant; 4] = [Variant::Default, Variant::EveryHistogram, Variant::NoHistogram, Variant::Off];
 
 impl Variant {
     fn label(self) -> &'static str {
@@ -80,6 +96,7 @@ impl Variant {
             Self::EveryHistogram => "histograms every step",
             Self::NoHistogram => "statistics, no histograms",
             Self::Off => "monitor.every: 0",
+            Self::Bare => "every: 0, no clip_norm",
         }
     }
 
@@ -88,7 +105,14 @@ impl Variant {
             Self::Default => json!({}),
             Self::EveryHistogram => json!({"histogram_every": 1}),
             Self::NoHistogram => json!({"histogram": false}),
-            Self::Off => json!({"every": 0}),
+            Self::Off | Self::Bare => json!({"every": 0}),
+        }
+    }
+
+    fn policy(self) -> Value {
+        match self {
+            Self::Bare => json!({}),
+            _ => json!({"grad": [{"kind": "clip_norm", "max_norm": 1.0}]}),
         }
     }
 }
@@ -129,6 +153,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: &JobsArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(!args.variants.is_empty(), "--variants: name at least one");
     let dir = tempfile::TempDir::new()?;
     let mut config = ServeConfig::new(
         "127.0.0.1:0".parse()?,
@@ -140,7 +165,7 @@ async fn run(args: &JobsArgs) -> anyhow::Result<()> {
     // process, so the jobs train on the server's threads (`--in-process`); `--workers`
     // measures the default path, a worker process a job.
     config.in_process = !args.workers;
-    config.worker_binary = Some(env!("CARGO_BIN_EXE_gradscope").into());
+    config.worker_binary = Some(args.worker_binary.clone());
     let app = Application::build(config).await?;
     let base = format!("http://127.0.0.1:{}", app.port());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -149,26 +174,43 @@ async fn run(args: &JobsArgs) -> anyhow::Result<()> {
     }));
     let http = reqwest::Client::new();
     println!(
-        "bench jobs: MLP {} × {} blocks (LayerNorm, GELU), batch {}, AdamW, clip_norm, {} steps, {} torch thread(s), \
-         {} rounds, {}{}",
+        "bench jobs: MLP {} × {} blocks (LayerNorm, GELU), batch {}, AdamW, {} steps on {} in {}, \
+         {} torch thread(s), {} rounds, {}{}",
         args.hidden,
         args.blocks,
         args.batch_size,
         args.steps,
+        args.device,
+        args.precision,
         args.torch_threads,
         args.rounds,
         if args.workers { "worker processes" } else { "in the server's process" },
         if args.layers.is_empty() { String::new() } else { format!(", monitor.layers {:?}", args.layers) }
     );
 
+    if args.device != "cpu" {
+        let warm_up = JobsArgs { steps: args.steps.min(50), ..args.clone() };
+        job(&http, &base, &warm_up, Variant::Bare).await?;
+    }
     timing::enable(true);
-    let mut runs: Vec<Vec<Run>> = VARIANTS.iter().map(|_| Vec::new()).collect();
+    let variants = &args.variants;
+    let mut runs: Vec<Vec<Run>> = variants.iter().map(|_| Vec::new()).collect();
     for round in 0..args.rounds {
-        for k in 0..VARIANTS.len() {
-            let v = (round + k) % VARIANTS.len();
-            let variant = VARIANTS[v];
+        for k in 0..variants.len() {
+            let v = (round + k) % variants.len();
+            let variant = variants[v];
             let run = job(&http, &base, args, variant).await?;
-            println!("  round {} {:<28} {:>8.1} steps/s", round + 1, variant.label(), run.steps_per_second);
+            let per_step = 1e3 / args.steps as f64;
+            let phases: Vec<String> =
+                run.phases.iter().map(|(p, s)| format!("{} {:.2}", p.as_str(), s * per_step)).collect();
+            println!(
+                "  round {} {:<28} {:>8.1} steps/s; training thread, ms a step: {:.2} ({})",
+                round + 1,
+                variant.label(),
+                run.steps_per_second,
+                run.phases.iter().map(|(_, s)| s).sum::<f64>() * per_step,
+                phases.join(", ")
+            );
             runs[v].push(run);
         }
     }
@@ -184,15 +226,15 @@ async fn run(args: &JobsArgs) -> anyhow::Result<()> {
 async fn job(http: &reqwest::Client, base: &str, args: &JobsArgs, variant: Variant) -> anyhow::Result<Run> {
     let spec = json!({
         "name": format!("bench-{}", variant.label()), "steps": args.steps, "batch_size": args.batch_size,
-        "device": "cpu", "seed": 1,
+        "device": args.device, "precision": args.precision, "seed": 1,
         "task": {"kind": "classification", "features": args.hidden, "classes": 10},
         "model": {"kind": "mlp", "layers": args.blocks, "hidden": args.hidden, "norm": "layer", "activation": "gelu"},
         "optimizer": {"kind": "adamw", "lr": 0.001},
-        "policy": {"grad": [{"kind": "clip_norm", "max_norm": 1.0}]},
+        "policy": variant.policy(),
         "monitor": variant.monitor(),
     });
     let mut spec = spec;
-    if variant != Variant::Off && !args.layers.is_empty() {
+    if !matches!(variant, Variant::Off | Variant::Bare) && !args.layers.is_empty() {
         spec["monitor"]["layers"] = json!(args.layers);
     }
     let _ = timing::take();
@@ -330,12 +372,16 @@ fn median(values: &mut [f64]) -> f64 {
     }
 }
 
+/// Prints the rates and the costs against the last variant, the phases and the threads.
 fn report(args: &JobsArgs, runs: &[Vec<Run>]) {
+    let variants = &args.variants;
+    let last = variants.len() - 1;
+    let baseline = variants[last].label();
     let rates: Vec<Vec<f64>> = runs.iter().map(|r| r.iter().map(|r| r.steps_per_second).collect()).collect();
-    let off = median(&mut rates[VARIANTS.len() - 1].clone());
+    let off = median(&mut rates[last].clone());
     println!("\nsteps/s through the API ({} rounds)", args.rounds);
-    println!("{:<28} {:>8} {:>8} {:>8} {:>22}", "variant", "min", "median", "max", "time vs off (median)");
-    for (variant, rates) in VARIANTS.iter().zip(&rates) {
+    println!("{:<28} {:>8} {:>8} {:>8} {:>22}", "variant", "min", "median", "max", "time vs last (median)");
+    for (variant, rates) in variants.iter().zip(&rates) {
         let mut sorted = rates.clone();
         let mid = median(&mut sorted);
         println!(
@@ -350,10 +396,13 @@ fn report(args: &JobsArgs, runs: &[Vec<Run>]) {
 
     // Each round runs every variant back to back, so a round's ratios share its load: on a
     // shared machine they vary far less than the rates do.
-    println!("\ncost against monitor.every: 0 in the same round (min / median / max over rounds)");
-    println!("{:<28} {:>30} {:>30}", "variant", "wall time per step", "CPU time of the process");
-    let off_runs = &runs[VARIANTS.len() - 1];
-    for (variant, variant_runs) in VARIANTS.iter().zip(runs).take(VARIANTS.len() - 1) {
+    println!("\ncost against {baseline} in the same round (min / median / max over rounds)");
+    println!(
+        "{:<28} {:>30} {:>30} {:>30}",
+        "variant", "wall time per step", "CPU time of the process", "training thread per step"
+    );
+    let off_runs = &runs[last];
+    for (variant, variant_runs) in variants.iter().zip(runs).take(last) {
         let spread = |values: &mut Vec<f64>| {
             let mid = median(values);
             format!("{:+.1} / {:+.1} / {:+.1} %", values[0], mid, values[values.len() - 1])
@@ -368,7 +417,12 @@ fn report(args: &JobsArgs, runs: &[Vec<Run>]) {
             .zip(off_runs)
             .map(|(r, off)| 100.0 * (r.cpu.values().sum::<f64>() / off.cpu.values().sum::<f64>() - 1.0))
             .collect();
-        println!("{:<28} {:>30} {:>30}", variant.label(), spread(&mut wall), spread(&mut cpu));
+        // Without worker processes: the steps' own time, without the job's set-up and end.
+        let thread = |r: &Run| r.phases.iter().map(|(_, s)| s).sum::<f64>();
+        let mut steps: Vec<f64> =
+            variant_runs.iter().zip(off_runs).map(|(r, off)| 100.0 * (thread(r) / thread(off) - 1.0)).collect();
+        let steps = if args.workers { "-".to_owned() } else { spread(&mut steps) };
+        println!("{:<28} {:>30} {:>30} {:>30}", variant.label(), spread(&mut wall), spread(&mut cpu), steps);
     }
 
     // The phases are timed on the training thread, which is in this process only without
@@ -376,7 +430,7 @@ fn report(args: &JobsArgs, runs: &[Vec<Run>]) {
     if !args.workers {
         println!("\ntraining thread, ms per step by phase (median over rounds)");
         print!("{:<28}", "phase");
-        for variant in VARIANTS {
+        for variant in variants {
             print!(" {:>26}", variant.label());
         }
         println!();
@@ -389,6 +443,15 @@ fn report(args: &JobsArgs, runs: &[Vec<Run>]) {
             }
             println!();
         }
+        // Every phase together: the step's time on the training thread, without the
+        // job's set-up and end, which the rates above include.
+        print!("{:<28}", "all phases");
+        for variant_runs in runs {
+            let mut values: Vec<f64> =
+                variant_runs.iter().map(|r| r.phases.iter().map(|(_, s)| s).sum::<f64>() * per_step).collect();
+            print!(" {:>26.3}", median(&mut values));
+        }
+        println!();
     }
 
     println!("\nCPU seconds per job by thread (median over rounds)");
@@ -396,7 +459,7 @@ fn report(args: &JobsArgs, runs: &[Vec<Run>]) {
     kinds.sort();
     kinds.dedup();
     print!("{:<52}", "threads");
-    for variant in VARIANTS {
+    for variant in variants {
         print!(" {:>26}", variant.label());
     }
     println!();

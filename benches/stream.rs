@@ -56,6 +56,10 @@ struct StreamArgs {
     #[arg(long, default_value_t = gradscope::config::DEFAULT_STREAM_NICE)]
     pub stream_nice: i32,
     /// Internal: be the clients' process, reading this stream URL with `--clients` sockets.
+    /// The `gradscope` binary worker processes run; by default the one built beside this
+    /// benchmark.
+    #[arg(long, default_value = env!("CARGO_BIN_EXE_gradscope"))]
+    pub worker_binary: std::path::PathBuf,
     #[arg(long, hide = true)]
     pub connect: Option<String>,
     /// Given by `cargo bench`; without it the benchmark only shows that it runs.
@@ -168,7 +172,7 @@ async fn run(args: &StreamArgs) -> anyhow::Result<()> {
     config.torch_threads = Some(args.torch_threads);
     config.in_process = args.in_process;
     config.stream_nice = args.stream_nice;
-    config.worker_binary = Some(env!("CARGO_BIN_EXE_gradscope").into());
+    config.worker_binary = Some(args.worker_binary.clone());
     config.ws_max_per_job = args.clients + 10;
     config.ws_max_total = args.clients + 10;
     let app = Application::build(config).await?;
