@@ -138,11 +138,7 @@ impl StepRng {
     pub fn seeded<T>(&self, f: impl FnOnce() -> T) -> T {
         let draw = self.draw.get();
         self.draw.set(draw + 1);
-        let key = mix(mix(mix(self.seed) ^ self.step.get()) ^ draw);
-        let _guard = super::RNG_LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        // Only the low 63 bits: LibTorch takes the seed as a signed integer.
-        tch::manual_seed((key >> 1) as i64);
-        f()
+        super::with_seed(mix(mix(mix(self.seed) ^ self.step.get()) ^ draw), f)
     }
 
     /// Dropout that is the identity outside training or at probability 0.

@@ -30,6 +30,14 @@ use crate::spec::{ModelKind, ModelSpec};
 /// initial weights and its masks.
 static RNG_LOCK: Mutex<()> = Mutex::new(());
 
+/// Runs `f` with LibTorch's process-wide generators seeded by `seed` (its low 63 bits:
+/// LibTorch takes a signed seed), holding the lock that keeps jobs' seeded draws apart.
+pub fn with_seed<T>(seed: u64, f: impl FnOnce() -> T) -> T {
+    let _guard = RNG_LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    tch::manual_seed((seed >> 1) as i64);
+    f()
+}
+
 /// Parameters in creation order, with their full names (`lstm.weight_ih_l0`).
 #[derive(Debug, Default)]
 pub struct Params {
