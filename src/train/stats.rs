@@ -35,6 +35,12 @@ pub fn histogram_edges() -> Vec<f64> {
 }
 const HIST_NONFINITE: i64 = HIST_BINS as i64 - 1;
 
+/// Layers whose histograms one `bincount` counts at once, through LibTorch: their
+/// counts (int64) then fit in a CUDA block's 48 KiB of shared memory, where `bincount`
+/// counts per block. Past that it counts in global memory: 38 ms for the 100M gradients
+/// of a 98-layer MLP on an H200, twice the training step.
+const HIST_CHUNK_LAYERS: usize = 100;
+
 /// The shortest chunk [`FlatParams::grad_norm`] reduces at once: below it, a chunk per
 /// element would make the second reduction the long one.
 const MIN_NORM_CHUNK: i64 = 1024;
@@ -62,11 +68,12 @@ pub struct FlatParams {
     counts: Tensor,
     /// Exact zeros per layer (int64) at the last [`Self::grad_stats`], for the histogram.
     zeros: Option<Tensor>,
-    /// For every element, its layer index × 256 (exponent values), so one `bincount`
-    /// counts the exponents of every layer; and each of the 256 exponents' bucket. Built
-    /// on first use.
+    /// For every element, its layer's place in its chunk of [`HIST_CHUNK_LAYERS`] layers
+    /// × [`HIST_BINS`], so one `bincount` a chunk counts the buckets of all its layers;
+    /// and each of the 256 exponents' bucket (int32). Built on first use.
     hist: Option<(Tensor, Tensor)>,
-    /// The weights before the last recorded step, for `update_ratio`.
+    /// The weights before the last recorded step, for `update_ratio` (their change once
+    /// [`Self::weight_stats`] has read them).
     before: Option<Tensor>,
     /// Each layer's elements in the flat buffers.
     ranges: Vec<Range<usize>>,
@@ -77,6 +84,9 @@ pub struct FlatParams {
     /// rather than through LibTorch's reductions: on the CPU, where those would each read
     /// the buffer again.
     in_place: bool,
+    /// Whether LibTorch's gradient reductions take the forms fastest on CUDA (one Welford
+    /// read for the mean and the variance, `aminmax`) rather than the CPU's.
+    cuda_forms: bool,
 }
 
 impl FlatParams {
@@ -115,6 +125,7 @@ impl FlatParams {
             before: None,
             ranges,
             in_place: device == Device::Cpu,
+            cuda_forms: device.is_cuda(),
             chosen: None,
         })
     }
@@ -128,6 +139,16 @@ impl FlatParams {
     #[cfg(test)]
     fn through_libtorch(mut self) -> Self {
         self.in_place = false;
+        self
+    }
+
+    /// Takes the statistics through LibTorch's reductions in the forms chosen for CUDA,
+    /// on whatever device: for tests that hold those forms to the same definitions on a
+    /// machine without a GPU.
+    #[cfg(test)]
+    fn through_cuda_forms(mut self) -> Self {
+        self.in_place = false;
+        self.cuda_forms = true;
         self
     }
 
@@ -281,7 +302,7 @@ impl FlatParams {
         {
             return Ok((self.in_place_grad_stats(&summaries)?, self.grad_norm()?));
         }
-        let cuda = self.grads.device().is_cuda();
+        let cuda = self.cuda_forms;
         let (mut floats, mut nonzero) = (Vec::with_capacity(self.groups.len()), Vec::with_capacity(self.groups.len()));
         let mut below = Vec::with_capacity(self.groups.len());
         for group in &self.groups {
@@ -300,8 +321,13 @@ impl FlatParams {
                 (mean.f_squeeze_dim(1)?, centred.f_sum_dim_intlist([1i64].as_slice(), false, Kind::Float)?)
             };
             // `amin` and `amax` each vectorize along a row; `aminmax` over a dimension
-            // does not, and costs 20× both on the CPU. Both propagate NaN.
-            let (lo, hi) = (rows.f_amin([1i64].as_slice(), false)?, rows.f_amax([1i64].as_slice(), false)?);
+            // does not, and costs 20× both on the CPU. On CUDA it is one read for both.
+            // All propagate NaN.
+            let (lo, hi) = if cuda {
+                rows.f_aminmax(1, false)?
+            } else {
+                (rows.f_amin([1i64].as_slice(), false)?, rows.f_amax([1i64].as_slice(), false)?)
+            };
             floats.push(Tensor::f_stack(&[mean, deviation, lo, hi], 0)?);
             // Non-zero as `bool` (NaN counts, ±0 does not, as in `count_nonzero`), summed:
             // on the CPU a third of `count_nonzero` over a dimension.
@@ -383,16 +409,17 @@ impl FlatParams {
             let base = if self.in_place {
                 Tensor::new()
             } else {
-                let ids = Tensor::f_arange(layers, (Kind::Int, device))?;
-                ids.f_repeat_interleave_self_tensor(&self.lengths, 0, self.grads.numel() as i64)?.f_mul_scalar(256)?
+                let ids = Tensor::f_arange(layers, (Kind::Int, device))?.f_remainder(HIST_CHUNK_LAYERS as i64)?;
+                ids.f_repeat_interleave_self_tensor(&self.lengths, 0, self.grads.numel() as i64)?
+                    .f_mul_scalar(HIST_BINS as i64)?
             };
             // Exponent field e (biased by 127) to bucket: 0 holds zeros (and subnormals,
             // moved out below), 255 holds NaN/Inf, the rest floor(log2 |g|) = e - 127.
-            let buckets: Vec<i64> = (0..256)
+            let buckets: Vec<i32> = (0..256)
                 .map(|e| match e {
                     0 => 0,
-                    255 => HIST_NONFINITE,
-                    e => (e - 127 - HIST_MIN_EXP + 1).clamp(1, HIST_MAX_EXP - HIST_MIN_EXP + 1),
+                    255 => HIST_NONFINITE as i32,
+                    e => (e - 127 - HIST_MIN_EXP as i32 + 1).clamp(1, (HIST_MAX_EXP - HIST_MIN_EXP + 1) as i32),
                 })
                 .collect();
             let fold = Tensor::from_slice(&buckets).f_to_device(device)?;
@@ -400,21 +427,36 @@ impl FlatParams {
         }
         let Some((base, fold)) = &self.hist else { unreachable!("set above") };
         let measured = self.measured_len() as i64;
-        let by_exponent = match self
-            .in_place
-            .then(|| host::exponent_counts(&self.grads, self.measured_ranges()))
-            .flatten()
-        {
-            Some(counts) => Tensor::from_slice(&counts).f_view([measured, 256])?,
+        let hist = match self.in_place.then(|| host::exponent_counts(&self.grads, self.measured_ranges())).flatten() {
+            Some(counts) => {
+                let by_exponent = Tensor::from_slice(&counts).f_view([measured, 256])?;
+                let mut hist = Tensor::f_zeros([measured, HIST_BINS as i64], (Kind::Int64, device))?;
+                let _ = hist.f_index_add_(1, fold, &by_exponent)?;
+                hist
+            }
             None => {
                 let exponent =
                     self.grads.f_view_dtype(Kind::Int)?.f_bitwise_right_shift_tensor_scalar(23)?.f_bitwise_and(255)?;
-                let all = exponent.f_add(base)?.f_bincount::<Tensor>(None, layers * 256)?.f_view([layers, 256])?;
+                // Each entry's bucket, offset by its layer's place in its chunk.
+                let keys = fold.f_index_select(0, &exponent)?.f_add(base)?;
+                let mut chunks = Vec::with_capacity(self.ranges.len().div_ceil(HIST_CHUNK_LAYERS));
+                for chunk in self.ranges.chunks(HIST_CHUNK_LAYERS) {
+                    let (start, end) = (chunk[0].start as i64, chunk[chunk.len() - 1].end as i64);
+                    let bins = (chunk.len() * HIST_BINS) as i64;
+                    chunks.push(
+                        keys.f_narrow(0, start, end - start)?
+                            .f_bincount::<Tensor>(None, bins)?
+                            .f_view([chunk.len() as i64, HIST_BINS as i64])?,
+                    );
+                }
+                let all = if chunks.is_empty() {
+                    Tensor::f_zeros([0, HIST_BINS as i64], (Kind::Int64, device))?
+                } else {
+                    Tensor::f_cat(&chunks, 0)?
+                };
                 self.chosen_columns(all, 0)?
             }
         };
-        let mut hist = Tensor::f_zeros([measured, HIST_BINS as i64], (Kind::Int64, device))?;
-        let _ = hist.f_index_add_(1, fold, &by_exponent)?;
         if let Some(zeros) = &self.zeros {
             // Bucket 0 counted every zero exponent: the exact zeros stay, subnormals (below
             // 2^-126) join the smallest bucket.
@@ -455,9 +497,11 @@ impl FlatParams {
         let ratio = match &self.before {
             Some(before) => {
                 let base = self.norms(before)?;
-                self.norms(&self.weights.f_sub(before)?)?
-                    .f_div(&base)?
-                    .f_where_scalarother(&base.f_gt(0.0)?, f64::NAN)?
+                // The change is written over the snapshot, which is taken again before
+                // the next recorded step: no buffer of its own, one pass less.
+                let mut change = before.shallow_clone();
+                let _ = change.f_sub_(&self.weights)?;
+                self.norms(&change)?.f_div(&base)?.f_where_scalarother(&base.f_gt(0.0)?, f64::NAN)?
             }
             None => norm.f_zeros_like()?,
         };
@@ -474,16 +518,26 @@ impl FlatParams {
     }
 
     /// The L2 norm of each layer's part of `buffer` (laid out as the weights), in layer
-    /// order: Σv² per row of each group (pairwise on the CPU, a tree on CUDA, so accurate
-    /// to float32 rounding where a whole-layer `dot` on the CPU accumulates in a few
-    /// float32 lanes), then the square root.
+    /// order. On CUDA LibTorch's `norm` per row of each group, one read in a tree; on the
+    /// CPU Σv² per row (pairwise, so accurate to float32 rounding where a whole-layer
+    /// `dot` or `norm` accumulates in a few float32 lanes), then the square root.
     fn norms(&self, buffer: &Tensor) -> anyhow::Result<Tensor> {
-        let sums: Vec<Tensor> = self
+        // The device, not `cuda_forms`: the CPU's `norm` accumulates a row in a few float32
+        // lanes, off by 4e-5 over millions of elements, where CUDA's reduces in a tree.
+        let cuda = buffer.device().is_cuda();
+        let rows: Vec<Tensor> = self
             .groups
             .iter()
-            .map(|g| Ok(g.rows(buffer)?.f_square()?.f_sum_dim_intlist([1i64].as_slice(), false, Kind::Float)?))
+            .map(|g| {
+                let rows = g.rows(buffer)?;
+                Ok(if cuda {
+                    rows.f_norm_scalaropt_dim(2.0, [1i64].as_slice(), false)?
+                } else {
+                    rows.f_square()?.f_sum_dim_intlist([1i64].as_slice(), false, Kind::Float)?.f_sqrt()?
+                })
+            })
             .collect::<anyhow::Result<_>>()?;
-        Ok(Tensor::f_cat(&sums, 0)?.f_index_select(0, &self.restore)?.f_sqrt()?)
+        Ok(Tensor::f_cat(&rows, 0)?.f_index_select(0, &self.restore)?)
     }
 }
 
@@ -652,7 +706,7 @@ mod tests {
 
     #[test]
     fn statistics_match_per_tensor_computations() {
-        for way in [Way::InPlace, Way::LibTorchCpu] {
+        for way in Way::CPU {
             statistics_match_per_tensor_computations_read(way);
         }
     }
@@ -696,7 +750,7 @@ mod tests {
         let numels = [3i64, 5, 3, 2, 3, 5];
         let params: Vec<Tensor> =
             numels.iter().map(|&n| Tensor::randn([n], (Kind::Float, Device::Cpu)).set_requires_grad(true)).collect();
-        for way in [Way::InPlace, Way::LibTorchCpu] {
+        for way in Way::CPU {
             grouped_layers_read(way, &numels, &params);
         }
     }
@@ -723,7 +777,7 @@ mod tests {
 
     #[test]
     fn histogram_buckets_are_powers_of_two() {
-        for way in [Way::InPlace, Way::LibTorchCpu] {
+        for way in Way::CPU {
             histogram_buckets_read(way);
         }
     }
@@ -750,8 +804,42 @@ mod tests {
     }
 
     #[test]
+    fn histograms_of_more_layers_than_one_count_holds() {
+        // Layer i's gradient: 1.5 · 2^e(i) (in bucket e(i)), an exact zero, and for every
+        // seventh layer a NaN; more layers than one `bincount` counts, of two lengths.
+        let layers = HIST_CHUNK_LAYERS * 2 + 17;
+        let exponent = |i: usize| (i as i64 % (HIST_MAX_EXP - HIST_MIN_EXP + 1)) + HIST_MIN_EXP;
+        let grads: Vec<Tensor> = (0..layers)
+            .map(|i| {
+                let mut g = vec![1.5 * 2f32.powi(exponent(i) as i32), 0.0];
+                if i % 7 == 0 {
+                    g.push(f32::NAN);
+                }
+                Tensor::from_slice(&g)
+            })
+            .collect();
+        for way in Way::CPU {
+            let params: Vec<Tensor> = grads.iter().map(|g| g.zeros_like().set_requires_grad(true)).collect();
+            let mut flat = way.flat(&params);
+            backward(&mut flat, &grads);
+            let _ = flat.grad_stats(TINY).expect("stats");
+            let hist = Vec::<i64>::try_from(flat.grad_histogram().expect("hist")).expect("counts");
+            assert_eq!(hist.len(), layers * HIST_BINS, "{way:?}");
+            for (i, counts) in hist.chunks(HIST_BINS).enumerate() {
+                let mut expected = vec![0i64; HIST_BINS];
+                expected[0] = 1;
+                expected[(exponent(i) - HIST_MIN_EXP + 1) as usize] += 1;
+                if i % 7 == 0 {
+                    expected[HIST_BINS - 1] = 1;
+                }
+                assert_eq!(counts, expected.as_slice(), "{way:?}: layer {i}");
+            }
+        }
+    }
+
+    #[test]
     fn nonfinite_layers_are_flagged_then_counted() {
-        for way in [Way::InPlace, Way::LibTorchCpu] {
+        for way in Way::CPU {
             let mut flat = way.flat(&params());
             let coefs = [
                 Tensor::from_slice(&[1.0f32, f32::NAN, f32::INFINITY, 0.0]),
@@ -770,17 +858,22 @@ mod tests {
     }
 
     /// Each way statistics are taken: in place on the CPU, LibTorch's reductions on the CPU
-    /// (pairwise sums), and on the first CUDA device where there is one (tree reductions).
+    /// (pairwise sums), the same in the forms chosen for CUDA (Welford, `aminmax`) on the
+    /// CPU, and on the first CUDA device where there is one (tree reductions).
     #[derive(Debug, Clone, Copy, PartialEq)]
     enum Way {
         InPlace,
         LibTorchCpu,
+        /// LibTorch's reductions in the forms chosen for CUDA, on the CPU.
+        CudaFormsCpu,
         Cuda,
     }
 
     impl Way {
+        const CPU: [Self; 3] = [Self::InPlace, Self::LibTorchCpu, Self::CudaFormsCpu];
+
         fn all() -> Vec<Self> {
-            let mut all = vec![Self::InPlace, Self::LibTorchCpu];
+            let mut all = Self::CPU.to_vec();
             if tch::Cuda::is_available() {
                 all.push(Self::Cuda);
             }
@@ -794,7 +887,11 @@ mod tests {
         /// `params` (on [`Self::device`]) in flat buffers read this way.
         fn flat(self, params: &[Tensor]) -> FlatParams {
             let flat = FlatParams::new(params, self.device()).expect("flat");
-            if self == Self::LibTorchCpu { flat.through_libtorch() } else { flat }
+            match self {
+                Self::LibTorchCpu => flat.through_libtorch(),
+                Self::CudaFormsCpu => flat.through_cuda_forms(),
+                Self::InPlace | Self::Cuda => flat,
+            }
         }
     }
 
@@ -937,7 +1034,7 @@ mod tests {
 
     #[test]
     fn weight_stats_measure_the_update() {
-        for way in [Way::InPlace, Way::LibTorchCpu] {
+        for way in Way::CPU {
             weight_stats_read(way);
         }
     }
