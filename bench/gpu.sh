@@ -1,0 +1,34 @@
+#!/bin/bash
+# The GPU figures of the README's "On a GPU", in one pass:
+#   bench/gpu.sh BIN_DIR OUT_DIR
+# BIN_DIR holds release builds of `gradscope` and of the `jobs`, `steps` and `stream`
+# benchmarks (target/release/deps/<name>-<hash>, copied under their plain names), linked
+# against the same LibTorch as the machine's PyTorch, whose library folder is put on
+# LD_LIBRARY_PATH here. Each benchmark's output goes to OUT_DIR; a summary is printed.
+set -u
+bin=$(cd "$1" && pwd)
+out=$(mkdir -p "$2" && cd "$2" && pwd)
+here=$(cd "$(dirname "$0")" && pwd)
+export LD_LIBRARY_PATH=$(python3 -c 'import torch, os; print(os.path.dirname(torch.__file__))')/lib
+export PYTHONUNBUFFERED=1
+mlp=(--hidden 2048 --blocks 24 --batch-size 1024 --steps "${STEPS:-300}" --torch-threads 4)
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; nproc
+  python3 -c 'import torch; print(torch.__version__)'; } > "$out/machine.txt" 2>&1
+cat "$out/machine.txt"
+echo "== real jobs, fp32"
+timeout 300 "$bin/jobs" --bench --device cuda "${mlp[@]}" --rounds 3 \
+  --variants default,no-histogram,off,bare > "$out/jobs-cuda.txt" 2>&1
+grep -v autocast "$out/jobs-cuda.txt" | sed -n '/^steps\/s through/,/^training thread/p'
+echo "== real jobs, fp16"
+timeout 150 "$bin/jobs" --bench --device cuda --precision fp16 "${mlp[@]}" --rounds 2 \
+  --variants default,bare > "$out/jobs-cuda-fp16.txt" 2>&1
+grep -v autocast "$out/jobs-cuda-fp16.txt" | sed -n '/^cost against/,/^$/p'
+echo "== eager PyTorch"
+timeout 120 python3 "$here/pytorch_bench.py" --device cuda --model mlp --rounds 7 --steps 20 > "$out/pytorch-cuda.txt" 2>&1
+tail -7 "$out/pytorch-cuda.txt"
+echo "== the job's step"
+timeout 120 "$bin/steps" --bench --device cuda --large --model mlp --rounds 7 --steps 20 > "$out/steps-cuda.txt" 2>&1
+tail -12 "$out/steps-cuda.txt"
+echo "== 500 subscribers on this machine's cores"
+timeout 180 "$bin/stream" --bench --rounds 3 --worker-binary "$bin/gradscope" > "$out/stream.txt" 2>&1
+tail -14 "$out/stream.txt"
