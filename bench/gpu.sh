@@ -2,7 +2,9 @@
 # The GPU figures of the README's "On a GPU", in one pass:
 #   bench/gpu.sh BIN_DIR OUT_DIR
 # BIN_DIR holds release builds of `gradscope` and of the `jobs`, `steps` and `stream`
-# benchmarks (target/release/deps/<name>-<hash>, copied under their plain names), linked
+# benchmarks (target/release/deps/<name>-<hash>, copied under their plain names), and,
+# when it has it, the library's unit tests as `lib-tests` (`cargo test --release --lib
+# --no-run`: the statistics' tests then run on CUDA too), all linked
 # against the same LibTorch as the machine's PyTorch, whose library folder is put on
 # LD_LIBRARY_PATH here. Each benchmark's output goes to OUT_DIR; a summary is printed.
 set -u
@@ -15,6 +17,11 @@ mlp=(--hidden 2048 --blocks 24 --batch-size 1024 --steps "${STEPS:-300}" --torch
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; nproc
   python3 -c 'import torch; print(torch.__version__)'; } > "$out/machine.txt" 2>&1
 cat "$out/machine.txt"
+if [ -x "$bin/lib-tests" ]; then
+  echo "== the statistics' unit tests, on CUDA as well"
+  timeout 120 "$bin/lib-tests" train:: > "$out/lib-tests.txt" 2>&1
+  grep -E "test result|FAILED|panicked" "$out/lib-tests.txt"
+fi
 echo "== real jobs, fp32"
 timeout 300 "$bin/jobs" --bench --device cuda "${mlp[@]}" --rounds 3 \
   --variants default,no-histogram,off,bare > "$out/jobs-cuda.txt" 2>&1

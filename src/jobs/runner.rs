@@ -436,6 +436,13 @@ pub(super) fn death(status: ExitStatus, tail: &str) -> String {
     if tail.is_empty() { cause } else { format!("{cause}; its last output: {tail}") }
 }
 
+/// LibTorch's deprecation warnings for the `at::autocast` calls of the `tch` binding,
+/// printed five times a step by an fp16 job on CUDA: nothing a user can act on, so
+/// neither logged nor quoted in a job's error, where they would bury what matters.
+fn is_binding_noise(line: &str) -> bool {
+    line.contains("Warning: at::autocast::") && line.contains(" is deprecated")
+}
+
 /// Logs a worker's stderr and keeps its last lines, bounded, for the job's error. Reads
 /// to the end whatever it holds, so the worker never blocks on a full pipe. `job` names
 /// the job (or check) in the log.
@@ -450,7 +457,7 @@ pub(super) async fn stderr_tail<R: AsyncRead + Unpin>(stderr: R, job: impl std::
             Ok(_) => {}
         }
         let line: String = String::from_utf8_lossy(&buf).trim_end().chars().take(STDERR_CHARS).collect();
-        if line.is_empty() {
+        if line.is_empty() || is_binding_noise(&line) {
             continue;
         }
         tracing::warn!(job = %job, "worker: {line}");
@@ -638,5 +645,13 @@ mod tests {
         // Bytes that are not UTF-8 neither stop the reading nor hide what follows.
         let tail = stderr_tail(&b"\xff\xfe\nlast words\n"[..], uuid::Uuid::nil()).await;
         assert!(tail.ends_with("last words"), "{tail}");
+        // The binding's autocast deprecation warnings, as an fp16 job on CUDA prints them,
+        // are left out; LibTorch's other warnings are kept.
+        let noise = "[W1127 15:56:26.964636189 autocast_mode.h:39] Warning: at::autocast::set_enabled(enabled) \
+                     is deprecated. Please use at::autocast::set_autocast_enabled(at::kCUDA, enabled) instead. \
+                     (function set_enabled)";
+        let other = "[W1127 15:56:27.000000000 ReduceOps.cpp:1831] Warning: std(): degrees of freedom is <= 0.";
+        let text = format!("{other}\n{noise}\n{noise}\n");
+        assert_eq!(stderr_tail(text.as_bytes(), uuid::Uuid::nil()).await, other);
     }
 }
