@@ -122,33 +122,24 @@ async fn a_token_in_the_url_is_taken_on_the_stream_only_and_the_scheme_in_any_ca
 #[tokio::test]
 async fn request_logs_never_show_a_token() {
     use std::process::{Command, Stdio};
-    use std::time::{Duration, Instant};
 
     let dir = tempfile::TempDir::new().expect("temp dir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
     let log_path = dir.path().join("server.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gradscope"))
-        .args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--torch-threads", "1"])
-        .args(["--database-url", &crate::helpers::database_url(&dir), "--api-token", "s3cret-in-a-url"])
-        .args(["--log", "tower_http=debug,gradscope=debug"])
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .env_remove("GRADSCOPE_API_TOKEN")
-        .stdout(Stdio::from(std::fs::File::create(&log_path).expect("log file")))
-        .stderr(Stdio::from(std::fs::File::create(dir.path().join("stderr.log")).expect("log file")))
-        .spawn()
-        .expect("gradscope starts");
-    let url = format!("http://127.0.0.1:{port}");
-    let start = Instant::now();
-    while reqwest::get(format!("{url}/readyz")).await.map(|r| r.status().is_success()).ok() != Some(true) {
-        assert!(start.elapsed() < Duration::from_secs(30), "the server never became ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let configure = |c: &mut Command| {
+        c.args(["--database-url", &crate::helpers::database_url(&dir), "--api-token", "s3cret-in-a-url"])
+            .args(["--log", "tower_http=debug,gradscope=debug"])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .env_remove("GRADSCOPE_API_TOKEN")
+            .stdout(Stdio::from(std::fs::File::create(&log_path).expect("log file")))
+            .stderr(Stdio::from(std::fs::File::create(dir.path().join("stderr.log")).expect("log file")));
+    };
+    let server = crate::helpers::serve(configure, std::time::Duration::from_secs(30)).await;
+    let url = server.url.clone();
     let id = "0190a000-0000-7000-8000-000000000000";
     reqwest::get(format!("{url}/api/v1/jobs/{id}/stream?every=5&token=s3cret-in-a-url")).await.expect("request");
     reqwest::get(format!("{url}/api/v1/jobs?token=s3cret-in-a-url&limit=3")).await.expect("request");
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(server);
 
     let log = std::fs::read_to_string(&log_path).expect("log")
         + &std::fs::read_to_string(dir.path().join("stderr.log")).expect("log");

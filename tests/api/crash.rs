@@ -3,47 +3,20 @@
 //! checkpoint, continuing its step count and loss curve, even when the store was several
 //! checkpoints behind training.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::helpers::{alive, children_of, column, tiny_lstm_spec};
-
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use crate::helpers::{Served, alive, children_of, column, serve, tiny_lstm_spec};
 
 /// The service on the database and data folder in `dir`, with `args` added to `serve`.
-async fn start(dir: &std::path::Path, args: &[&str]) -> Server {
-    let port = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+async fn start(dir: &std::path::Path, args: &[&str]) -> Served {
     let db = database_url_at(dir);
-    let child = Command::new(env!("CARGO_BIN_EXE_gradscope"))
-        .args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--database-url", &db, "--torch-threads", "1"])
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .args(args)
-        .env_remove("GRADSCOPE_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("gradscope starts");
-    let server = Server { child, url: format!("http://127.0.0.1:{port}") };
-    let start = Instant::now();
-    while reqwest::get(format!("{}/readyz", server.url)).await.map(|r| r.status().is_success()).ok() != Some(true) {
-        assert!(start.elapsed() < Duration::from_secs(30), "the server never became ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    server
+    let configure = |c: &mut Command| {
+        c.args(["--database-url", &db]).arg("--data-dir").arg(dir.join("data")).args(args);
+    };
+    serve(configure, Duration::from_secs(30)).await
 }
 
 fn database_url_at(dir: &std::path::Path) -> String {
@@ -57,7 +30,7 @@ async fn post_job(client: &reqwest::Client, base: String, spec: Value) -> Value 
 
 /// Kills the service with SIGKILL, and waits until its workers have died with it (fails
 /// if one outlives it by 10 s).
-fn kill(mut server: Server) {
+fn kill(mut server: Served) {
     let workers = children_of(server.child.id());
     server.child.kill().expect("SIGKILL");
     server.child.wait().expect("reaped");
@@ -69,11 +42,11 @@ fn kill(mut server: Server) {
     }
 }
 
-async fn get(server: &Server, path: &str) -> Value {
+async fn get(server: &Served, path: &str) -> Value {
     reqwest::get(format!("{}{path}", server.url)).await.expect("request").json().await.expect("json")
 }
 
-async fn wait(server: &Server, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+async fn wait(server: &Served, id: &str, done: impl Fn(&Value) -> bool) -> Value {
     let start = Instant::now();
     loop {
         let job = get(server, &format!("/api/v1/jobs/{id}")).await;

@@ -4,47 +4,23 @@
 //! folder instead.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use crate::helpers::spawn_app_with;
-
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use crate::helpers::{Served, serve, spawn_app_with};
 
 /// The binary serving from `cwd`, its database and data in `data` (elsewhere, so `cwd`
 /// stays empty).
-async fn start(cwd: &Path, data: &Path) -> Server {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
-    let child = Command::new(env!("CARGO_BIN_EXE_gradscope"))
-        .current_dir(cwd)
-        .args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--torch-threads", "1"])
-        .arg("--database-url")
-        .arg(format!("sqlite://{}", data.join("gradscope.db").display()))
-        .arg("--data-dir")
-        .arg(data.join("data"))
-        .env_remove("GRADSCOPE_STATIC_DIR")
-        .env_remove("GRADSCOPE_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("gradscope starts");
-    let server = Server { child, url: format!("http://127.0.0.1:{port}") };
-    let start = Instant::now();
-    while reqwest::get(format!("{}/readyz", server.url)).await.map(|r| r.status().is_success()).ok() != Some(true) {
-        assert!(start.elapsed() < Duration::from_secs(30), "the server never became ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    server
+async fn start(cwd: &Path, data: &Path) -> Served {
+    let configure = |c: &mut Command| {
+        c.current_dir(cwd)
+            .arg("--database-url")
+            .arg(format!("sqlite://{}", data.join("gradscope.db").display()))
+            .arg("--data-dir")
+            .arg(data.join("data"))
+            .env_remove("GRADSCOPE_STATIC_DIR");
+    };
+    serve(configure, Duration::from_secs(30)).await
 }
 
 fn static_dir() -> PathBuf {

@@ -1,6 +1,7 @@
 //! Starting and stopping the real application, and small request helpers.
 
 use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use gradscope::Application;
@@ -270,4 +271,45 @@ pub fn stat_field(pid: u32, n: usize) -> Option<String> {
 /// Whether `pid` still runs (a zombie waiting to be reaped does not).
 pub fn alive(pid: u32) -> bool {
     stat_field(pid, 0).is_some_and(|state| state != "Z")
+}
+
+/// A loopback port nothing listens on (as of the call).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// A `gradscope serve` process of the real binary on a loopback port, killed (and reaped)
+/// when dropped.
+pub struct Served {
+    pub child: Child,
+    pub url: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `gradscope serve --addr 127.0.0.1:PORT --torch-threads 1` on a free port, with
+/// what `configure` adds (arguments, environment, working folder; its output goes nowhere
+/// unless `configure` says otherwise; `GRADSCOPE_LOG` is unset), and waits until it
+/// answers `/readyz`, failing after `ready_within`.
+pub async fn serve(configure: impl FnOnce(&mut Command), ready_within: Duration) -> Served {
+    let port = free_port();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_gradscope"));
+    command
+        .args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--torch-threads", "1"])
+        .env_remove("GRADSCOPE_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    configure(&mut command);
+    let served = Served { child: command.spawn().expect("gradscope starts"), url: format!("http://127.0.0.1:{port}") };
+    let start = Instant::now();
+    while reqwest::get(format!("{}/readyz", served.url)).await.map(|r| r.status().is_success()).ok() != Some(true) {
+        assert!(start.elapsed() < ready_within, "the server never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    served
 }

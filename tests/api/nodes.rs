@@ -4,53 +4,35 @@
 //! a job whose node was lost is resumed until it has started `--max-attempts` times.
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use gradscope::store::Store;
 use gradscope::store::scratch::ScratchDatabase;
 use serde_json::{Value, json};
 
-use crate::helpers::{alive, children_of, column, spawn_app_on_database, tiny_lstm_spec};
+use crate::helpers::{Served, alive, children_of, column, serve, spawn_app_on_database, tiny_lstm_spec};
 
 /// The lease the nodes run with when one is killed: it is taken over after this.
 const LEASE_SECS: u64 = 2;
 
+/// A node: its id and its `gradscope serve` process.
 struct Node {
     id: String,
-    child: Child,
-    url: String,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    served: Served,
 }
 
 async fn start_node(id: &str, database: &str, data: &std::path::Path, lease_secs: u64) -> Node {
-    let port = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
-    let logs = if std::env::var_os("GRADSCOPE_TEST_NODE_LOGS").is_some() { Stdio::inherit } else { Stdio::null };
-    let child = Command::new(env!("CARGO_BIN_EXE_gradscope"))
-        .args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--database-url", database])
-        .args(["--torch-threads", "1", "--max-jobs", "1", "--node-id", id])
-        .args(["--lease-secs", &lease_secs.to_string()])
-        .arg("--data-dir")
-        .arg(data)
-        .env_remove("GRADSCOPE_LOG")
-        .stdout(Stdio::null())
-        .stderr(logs())
-        .spawn()
-        .expect("gradscope starts");
-    let node = Node { id: id.to_owned(), child, url: format!("http://127.0.0.1:{port}") };
-    let start = Instant::now();
-    while reqwest::get(format!("{}/readyz", node.url)).await.map(|r| r.status().is_success()).ok() != Some(true) {
-        assert!(start.elapsed() < Duration::from_secs(60), "node {id} never became ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    node
+    let configure = |c: &mut Command| {
+        c.args(["--database-url", database, "--max-jobs", "1", "--node-id", id])
+            .args(["--lease-secs", &lease_secs.to_string()])
+            .arg("--data-dir")
+            .arg(data);
+        if std::env::var_os("GRADSCOPE_TEST_NODE_LOGS").is_some() {
+            c.stderr(Stdio::inherit());
+        }
+    };
+    Node { id: id.to_owned(), served: serve(configure, Duration::from_secs(60)).await }
 }
 
 /// Three nodes `node-a`, `node-b`, `node-c` on `database`, sharing the data folder in `dir`.
@@ -70,8 +52,12 @@ async fn get(url: &str) -> Value {
 }
 
 async fn submit(node: &Node, spec: &Value) -> String {
-    let response =
-        reqwest::Client::new().post(format!("{}/api/v1/jobs", node.url)).json(spec).send().await.expect("submit");
+    let response = reqwest::Client::new()
+        .post(format!("{}/api/v1/jobs", node.served.url))
+        .json(spec)
+        .send()
+        .await
+        .expect("submit");
     assert_eq!(response.status(), 201);
     response.json::<Value>().await.expect("json")["id"].as_str().expect("id").to_owned()
 }
@@ -79,7 +65,7 @@ async fn submit(node: &Node, spec: &Value) -> String {
 async fn wait(node: &Node, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
     let start = Instant::now();
     loop {
-        let job = get(&format!("{}/api/v1/jobs/{id}", node.url)).await;
+        let job = get(&format!("{}/api/v1/jobs/{id}", node.served.url)).await;
         if done(&job) {
             return job;
         }
@@ -90,7 +76,7 @@ async fn wait(node: &Node, id: &str, what: &str, done: impl Fn(&Value) -> bool) 
 
 /// The steps job `id` stored, as read through `node`.
 async fn steps(node: &Node, id: &str) -> Vec<f64> {
-    column(&get(&format!("{}/api/v1/jobs/{id}/steps?max_points=100000", node.url)).await, "step")
+    column(&get(&format!("{}/api/v1/jobs/{id}/steps?max_points=100000", node.served.url)).await, "step")
 }
 
 fn one_to(n: u64) -> Vec<f64> {
@@ -129,7 +115,8 @@ async fn twelve_jobs_submitted_to_one_node_spread_over_three_and_each_runs_once(
     // running jobs by each node itself.
     let mut exported = Vec::new();
     for node in &nodes {
-        let text = reqwest::get(format!("{}/metrics", node.url)).await.expect("metrics").text().await.expect("text");
+        let text =
+            reqwest::get(format!("{}/metrics", node.served.url)).await.expect("metrics").text().await.expect("text");
         let samples = crate::helpers::parse_exposition(&text);
         let find = |metric: &str, status: Option<&str>| {
             samples
@@ -165,9 +152,9 @@ async fn a_job_on_a_killed_node_resumes_on_another_and_its_steps_continue() {
     let lost = running["node_id"].as_str().expect("the node running it").to_owned();
     let at = nodes.iter().position(|n| n.id == lost).expect("one of the three");
     let mut killed = nodes.remove(at);
-    let workers = children_of(killed.child.id());
-    killed.child.kill().expect("SIGKILL");
-    killed.child.wait().expect("reaped");
+    let workers = children_of(killed.served.child.id());
+    killed.served.child.kill().expect("SIGKILL");
+    killed.served.child.wait().expect("reaped");
     let when = Instant::now();
     drop(killed);
     // Its workers die with it: no orphan trains on and writes the job's steps.
@@ -256,8 +243,11 @@ async fn a_cancel_sent_to_another_node_stops_the_job() {
     let running = wait(&nodes[0], &id, "running", |j| j["status"] == "running" && j["step"].as_i64() > Some(0)).await;
     let runner = running["node_id"].as_str().expect("the running node").to_owned();
     let other = nodes.iter().find(|n| n.id != runner).expect("a node that does not run it");
-    let response =
-        reqwest::Client::new().post(format!("{}/api/v1/jobs/{id}/cancel", other.url)).send().await.expect("cancel");
+    let response = reqwest::Client::new()
+        .post(format!("{}/api/v1/jobs/{id}/cancel", other.served.url))
+        .send()
+        .await
+        .expect("cancel");
     assert!(response.status().is_success(), "cancel answered {}", response.status());
     let ended = wait(other, &id, "cancelled", |j| j["status"].as_str().is_some_and(|s| s != "running")).await;
     assert_eq!(ended["status"], "cancelled", "{ended}");

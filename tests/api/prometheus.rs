@@ -2,13 +2,12 @@
 //! trains, and its query API returns the job's series with the right values; with the
 //! shipped alert rules loaded, a diverging job's alert fires and a healthy job's never does.
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::helpers::{spawn_app, tiny_lstm_spec};
+use crate::helpers::{free_port, spawn_app, tiny_lstm_spec};
 
 /// Kills Prometheus when the test ends, however it ends. Its scrape config keeps the
 /// service's own `job` label (the job id) with `honor_labels`, as the shipped one does.
@@ -22,10 +21,6 @@ impl Drop for Prometheus {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
 /// Starts Prometheus scraping `target` every second and, with `rules`, evaluating those

@@ -3,9 +3,8 @@
 //! `gradscope serve` processes on loopback ports, a fresh scratch database and a NATS
 //! subject prefix of their own per test.
 
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -18,25 +17,12 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
-use crate::helpers::{JOB_TIMEOUT, parse_exposition, spawn_app_with, tiny_lstm_spec};
+use crate::helpers::{JOB_TIMEOUT, Served, free_port, parse_exposition, serve, spawn_app_with, tiny_lstm_spec};
 
 const NATS: &str = "nats://127.0.0.1:4222";
 
-struct Node {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
+/// A node: one `gradscope serve` process.
+type Node = Served;
 
 /// A subject prefix no other run uses.
 fn unique_prefix() -> String {
@@ -52,25 +38,10 @@ async fn delete_stream(prefix: &str) {
 /// Starts `gradscope serve` on `database` with its files in `data` and `args` besides,
 /// and waits until it is ready.
 async fn start(database: &str, data: &Path, args: &[&str]) -> Node {
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_gradscope"))
-        .args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--database-url", database, "--torch-threads", "1"])
-        .arg("--data-dir")
-        .arg(data)
-        .args(args)
-        .env_remove("GRADSCOPE_LOG")
-        .env_remove("GRADSCOPE_NATS_URL")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("gradscope starts");
-    let node = Node { child, url: format!("http://127.0.0.1:{port}") };
-    let begun = Instant::now();
-    while reqwest::get(format!("{}/readyz", node.url)).await.map(|r| r.status().is_success()).ok() != Some(true) {
-        assert!(begun.elapsed() < Duration::from_secs(30), "the node never became ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    node
+    let configure = |c: &mut Command| {
+        c.args(["--database-url", database]).arg("--data-dir").arg(data).args(args).env_remove("GRADSCOPE_NATS_URL");
+    };
+    serve(configure, Duration::from_secs(30)).await
 }
 
 async fn submit(node: &Node, spec: &Value) -> String {
