@@ -283,8 +283,9 @@ async fn run(
     let mut last_heard = Instant::now();
     let mut ping = interval(PING_EVERY);
 
-    // A queued job has no feed yet: wait for it to start (or end). A job running on
-    // another node is followed through the relay, where there is one.
+    // A queued job has no feed yet, nor one claimed here a moment ago: wait for it to
+    // start (or end). A job running on another node is followed through the relay, where
+    // there is one.
     let mut feed = loop {
         // Armed before the check, so a start between the two still wakes us.
         let opened = state.scheduler.feed_opened();
@@ -316,7 +317,9 @@ async fn run(
                 socket.send(Message::Text(status.into())).await?;
                 return Ok((close_code::NORMAL, "job finished"));
             }
-            Some(now) if now.status == JobStatus::Running => {
+            // Running on another node; a job claimed here opens its feed a moment after the
+            // claim, and is waited for below.
+            Some(now) if now.status == JobStatus::Running && now.node_id.as_deref() != Some(state.store.node_id()) => {
                 if let Some(relay) = state.scheduler.relay() {
                     break Feed::Remote(relay.follow(main, state.store.clone(), job.id, run_of(&now)));
                 }
