@@ -127,6 +127,14 @@ struct Run {
     cpu: HashMap<String, f64>,
 }
 
+impl Run {
+    /// Training-thread wall seconds over every phase: the steps' own time, without the
+    /// job's set-up and end.
+    fn training_thread(&self) -> f64 {
+        self.phases.iter().map(|(_, s)| s).sum()
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // `cargo bench` passes `--bench`; `cargo test` passes nothing, and gets a toy run.
@@ -208,7 +216,7 @@ async fn run(args: &JobsArgs) -> anyhow::Result<()> {
                 round + 1,
                 variant.label(),
                 run.steps_per_second,
-                run.phases.iter().map(|(_, s)| s).sum::<f64>() * per_step,
+                run.training_thread() * per_step,
                 phases.join(", ")
             );
             runs[v].push(run);
@@ -418,9 +426,11 @@ fn report(args: &JobsArgs, runs: &[Vec<Run>]) {
             .map(|(r, off)| 100.0 * (r.cpu.values().sum::<f64>() / off.cpu.values().sum::<f64>() - 1.0))
             .collect();
         // Without worker processes: the steps' own time, without the job's set-up and end.
-        let thread = |r: &Run| r.phases.iter().map(|(_, s)| s).sum::<f64>();
-        let mut steps: Vec<f64> =
-            variant_runs.iter().zip(off_runs).map(|(r, off)| 100.0 * (thread(r) / thread(off) - 1.0)).collect();
+        let mut steps: Vec<f64> = variant_runs
+            .iter()
+            .zip(off_runs)
+            .map(|(r, off)| 100.0 * (r.training_thread() / off.training_thread() - 1.0))
+            .collect();
         let steps = if args.workers { "-".to_owned() } else { spread(&mut steps) };
         println!("{:<28} {:>30} {:>30} {:>30}", variant.label(), spread(&mut wall), spread(&mut cpu), steps);
     }
@@ -447,8 +457,7 @@ fn report(args: &JobsArgs, runs: &[Vec<Run>]) {
         // job's set-up and end, which the rates above include.
         print!("{:<28}", "all phases");
         for variant_runs in runs {
-            let mut values: Vec<f64> =
-                variant_runs.iter().map(|r| r.phases.iter().map(|(_, s)| s).sum::<f64>() * per_step).collect();
+            let mut values: Vec<f64> = variant_runs.iter().map(|r| r.training_thread() * per_step).collect();
             print!(" {:>26.3}", median(&mut values));
         }
         println!();
