@@ -227,6 +227,7 @@ mod tests {
     use tch::Device;
 
     use super::*;
+    use crate::train::model::with_seed;
 
     fn layer(name: &str, shape: &[i64]) -> LayerInfo {
         LayerInfo { index: 0, name: name.to_owned(), shape: shape.to_vec(), numel: shape.iter().product() }
@@ -266,14 +267,14 @@ mod tests {
     /// order in the result differs from their order by size.
     #[test]
     fn the_measure_is_the_largest_singular_value() {
-        tch::manual_seed(7);
         let layers = [
             layer("rnn.weight_hh_l0", &[6, 6]),
             layer("gru.weight_hh_l0", &[12, 4]),
             layer("rnn.weight_hh_l1", &[6, 6]),
         ];
-        let weights: Vec<Tensor> =
-            layers.iter().map(|l| Tensor::randn(l.shape.as_slice(), (Kind::Float, Device::Cpu))).collect();
+        let weights: Vec<Tensor> = with_seed(7, || {
+            layers.iter().map(|l| Tensor::randn(l.shape.as_slice(), (Kind::Float, Device::Cpu))).collect()
+        });
         let mut spectral = Spectral::new(&layers, |i| weights[i].shallow_clone()).expect("new").expect("some");
         let expected: Vec<f64> = spectral
             .matrices()

@@ -680,6 +680,7 @@ impl LayerStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::train::model::with_seed;
 
     /// The `underflow` threshold here: float16's smallest normal.
     const TINY: f64 = 1.0 / 16384.0;
@@ -746,10 +747,10 @@ mod tests {
     fn grouped_layers_keep_their_own_statistics_and_order() {
         // Lengths 3, 5, 3, 2, 3, 5: the 3s lie unevenly (gathered), the 5s evenly
         // (a strided view), the 2 alone; each layer's numbers must be its own.
-        tch::manual_seed(5);
         let numels = [3i64, 5, 3, 2, 3, 5];
-        let params: Vec<Tensor> =
-            numels.iter().map(|&n| Tensor::randn([n], (Kind::Float, Device::Cpu)).set_requires_grad(true)).collect();
+        let params: Vec<Tensor> = with_seed(5, || {
+            numels.iter().map(|&n| Tensor::randn([n], (Kind::Float, Device::Cpu)).set_requires_grad(true)).collect()
+        });
         for way in Way::CPU {
             grouped_layers_read(way, &numels, &params);
         }
@@ -757,11 +758,13 @@ mod tests {
 
     fn grouped_layers_read(way: Way, numels: &[i64], params: &[Tensor]) {
         let mut flat = way.flat(params);
-        let coefs: Vec<Tensor> = numels
-            .iter()
-            .enumerate()
-            .map(|(i, &n)| Tensor::randn([n], (Kind::Float, Device::Cpu)) * (i as f64 + 1.0) + i as f64)
-            .collect();
+        let coefs: Vec<Tensor> = with_seed(6, || {
+            numels
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| Tensor::randn([n], (Kind::Float, Device::Cpu)) * (i as f64 + 1.0) + i as f64)
+                .collect()
+        });
         backward(&mut flat, &coefs);
         let s = grad_rows(&mut flat);
         let weights: Vec<f32> = Vec::try_from(flat.weight_stats().expect("weights").flatten(0, -1)).expect("rows");
@@ -913,8 +916,8 @@ mod tests {
     #[test]
     fn grad_std_holds_at_a_large_mean() {
         // |mean|/std = 1e4 over 2^20 elements: Σg² − (Σg)²/n in float32 is wrong by 4×.
-        tch::manual_seed(11);
-        let g = (Tensor::randn([1 << 20], (Kind::Double, Device::Cpu)) * 1e-4 + 1.0).to_kind(Kind::Float);
+        let g =
+            (with_seed(11, || Tensor::randn([1 << 20], (Kind::Double, Device::Cpu))) * 1e-4 + 1.0).to_kind(Kind::Float);
         let host: Vec<f64> = Vec::<f32>::try_from(&g).expect("values").into_iter().map(f64::from).collect();
         let n = host.len() as f64;
         let mean = host.iter().sum::<f64>() / n;
@@ -932,14 +935,16 @@ mod tests {
     #[test]
     fn global_and_weight_norms_hold_over_millions_of_elements() {
         // Float32 `norm` over the whole buffer loses about 6e-5 here.
-        tch::manual_seed(12);
         let numels = [(1 << 21) + 3, (1 << 20) - 1];
-        let data: Vec<Tensor> = numels
-            .iter()
-            .map(|&n| {
-                Tensor::randn([n], (Kind::Float, Device::Cpu)) * (Tensor::rand([n], (Kind::Float, Device::Cpu)) + 1.0)
-            })
-            .collect();
+        let data: Vec<Tensor> = with_seed(12, || {
+            numels
+                .iter()
+                .map(|&n| {
+                    Tensor::randn([n], (Kind::Float, Device::Cpu))
+                        * (Tensor::rand([n], (Kind::Float, Device::Cpu)) + 1.0)
+                })
+                .collect()
+        });
         let f64_norm = |ts: &[Tensor]| -> f64 {
             ts.iter()
                 .flat_map(|t| Vec::<f32>::try_from(t).expect("values"))

@@ -353,7 +353,7 @@ mod tests {
     #[test]
     fn every_kind_maps_its_input_to_its_output() {
         let features = Io { input: Input::Features(2), output: 1, max_len: 6 };
-        let seq = Tensor::randn([3, 6, 2], (Kind::Float, Device::Cpu));
+        let seq = with_seed(1, || Tensor::randn([3, 6, 2], (Kind::Float, Device::Cpu)));
         for kind in ["rnn", "gru", "lstm", "transformer"] {
             let json = format!(
                 r#"{{"kind":"{kind}","layers":2,"hidden":8,"heads":2,"norm":"{}"}}"#,
@@ -371,7 +371,7 @@ mod tests {
             names(&params)[..4],
             ["blocks.0.linear.weight", "blocks.0.linear.bias", "blocks.0.norm.weight", "blocks.0.norm.bias"]
         );
-        let xs = Tensor::randn([5, 4], (Kind::Float, Device::Cpu));
+        let xs = with_seed(2, || Tensor::randn([5, 4], (Kind::Float, Device::Cpu)));
         assert_eq!(m.forward(&xs, true).expect("forward").size(), vec![5, 3]);
     }
 
@@ -380,7 +380,7 @@ mod tests {
         let io = Io { input: Input::Features(4), output: 3, max_len: 1 };
         let (m, _, vs) = model(r#"{"kind":"mlp","layers":1,"hidden":8,"norm":"batch"}"#, io);
         let running = || vs.variables()["blocks.0.norm.running_mean"].copy();
-        let xs = Tensor::randn([16, 4], (Kind::Float, Device::Cpu)) + 3.0;
+        let xs = with_seed(3, || Tensor::randn([16, 4], (Kind::Float, Device::Cpu))) + 3.0;
         let before = running();
         let eval_a = m.forward(&xs, false).expect("eval");
         assert!(running().equal(&before), "evaluation leaves the running statistics alone");
@@ -542,19 +542,16 @@ mod tests {
                 let spec: ModelSpec = serde_json::from_str(json).expect("spec");
                 let vs = nn::VarStore::new(device);
                 let (m, _) = build(&spec, &vs, features, 5).expect("model");
-                let xs = if json.contains("mlp") {
-                    Tensor::randn([8, 6], (Kind::Float, device))
-                } else {
-                    Tensor::randn([4, 8, 6], (Kind::Float, device))
-                };
+                let shape: &[i64] = if json.contains("mlp") { &[8, 6] } else { &[4, 8, 6] };
+                let xs = with_seed(4, || Tensor::randn(shape, (Kind::Float, device)));
                 let at = |step: u64| {
                     m.rng().start_step(step);
                     m.forward(&xs, true).expect("forward")
                 };
                 let first = at(7);
-                // Anything else drawing from the process's generator in between.
-                tch::manual_seed(123);
-                let _ = Tensor::rand([100], (Kind::Float, device));
+                // Anything else drawing from the process's generator in between (under the
+                // lock, as every draw in this process: tests run in parallel threads).
+                let _ = with_seed(123, || Tensor::rand([100], (Kind::Float, device)));
                 assert!(at(7).equal(&first), "{json} on {device:?}: same step, same masks");
                 assert!(!at(8).equal(&first), "{json} on {device:?}: another step, other masks");
             }
