@@ -8,8 +8,9 @@
 //! run in a second process, this program started again with `--connect`, at a low CPU
 //! priority (`nice -n 19` by default) to stand in for dashboards on other machines: it
 //! gets the cores only when the server and the job leave them idle, so the step rate is
-//! what the job pays for serving them. Rounds interleave the two runs (alone first in odd
-//! rounds, with subscribers first in even ones) and the figures are min / median / max.
+//! what the job pays for serving them. Each round runs the job alone and once per `--modes`
+//! (plain text frames, gzip'd batches), in an order that turns from round to round, and
+//! the figures are min / median / max.
 //! Run without `--bench` (as `cargo test --all-targets` does), it streams a short job to
 //! two clients once, to show that it works.
 
@@ -55,16 +56,42 @@ struct StreamArgs {
     /// The server's `--stream-nice`: how much nicer its stream threads are (0: not at all).
     #[arg(long, default_value_t = gradscope::config::DEFAULT_STREAM_NICE)]
     pub stream_nice: i32,
-    /// Internal: be the clients' process, reading this stream URL with `--clients` sockets.
+    /// How the subscribers read the stream, one run per round each: `plain` (a text frame
+    /// a message) and `gzip` (`compress=gzip`: gzip'd batches, built once for all of them).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "plain,gzip")]
+    pub modes: Vec<Mode>,
     /// The `gradscope` binary worker processes run; by default the one built beside this
     /// benchmark.
     #[arg(long, default_value = env!("CARGO_BIN_EXE_gradscope"))]
     pub worker_binary: std::path::PathBuf,
+    /// Internal: be the clients' process, reading this stream URL with `--clients` sockets.
     #[arg(long, hide = true)]
     pub connect: Option<String>,
     /// Given by `cargo bench`; without it the benchmark only shows that it runs.
     #[arg(long, hide = true)]
     pub bench: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Mode {
+    Plain,
+    Gzip,
+}
+
+impl Mode {
+    fn query(self) -> &'static str {
+        match self {
+            Self::Plain => "",
+            Self::Gzip => "?compress=gzip",
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Plain => "plain",
+            Self::Gzip => "gzip",
+        }
+    }
 }
 
 /// What one client saw.
@@ -73,6 +100,8 @@ struct Seen {
     steps: u64,
     lagged: u64,
     latencies_ms: Vec<f64>,
+    /// Payload bytes of the frames it read.
+    bytes: u64,
 }
 
 /// What the clients' process reports, one JSON line on its standard output.
@@ -87,6 +116,8 @@ struct ClientsReport {
     max_ms: f64,
     /// CPU seconds the clients' process used.
     cpu_seconds: f64,
+    /// Payload bytes a client read, on average.
+    bytes_per_client: f64,
 }
 
 /// One run of the job.
@@ -202,23 +233,26 @@ async fn run(args: &StreamArgs) -> anyhow::Result<()> {
         args.stream_nice,
         args.rounds,
     );
-    let mut alone = Vec::new();
-    let mut with = Vec::new();
+    // Each round: the job alone and once per mode, in an order that turns each round, so
+    // drift on a shared machine hits every kind of run alike.
+    let kinds: Vec<Option<Mode>> = std::iter::once(None).chain(args.modes.iter().copied().map(Some)).collect();
+    let mut runs: Vec<Vec<Run>> = kinds.iter().map(|_| Vec::new()).collect();
     for round in 0..args.rounds {
-        // Alternate the order, so drift on a shared machine hits both alike.
-        for subscribed in if round % 2 == 0 { [false, true] } else { [true, false] } {
-            let clients = if subscribed { args.clients } else { 0 };
-            let run = train(args, &http, &base, &spec, clients).await?;
-            let line = match &run.clients {
-                None => format!("alone {:>7.1} steps/s, server {:>5.2} CPU-s", run.steps_per_second, run.server_cpu),
-                Some(c) => format!(
-                    "{} subscribers {:>7.1} steps/s, server {:>5.2} CPU-s, clients {:>5.2} CPU-s; \
+        for k in 0..kinds.len() {
+            let at = (k + round) % kinds.len();
+            let mode = kinds[at];
+            let run = train(args, &http, &base, &spec, mode).await?;
+            let line = match (&run.clients, mode) {
+                (Some(c), Some(mode)) => format!(
+                    "{} {} subscribers {:>7.1} steps/s, server {:>5.2} CPU-s, clients {:>5.2} CPU-s, {:.0} KB each; \
                      delivered {}/{}, lagged {}, latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; \
                      server's write delay p50 {:.1} ms, p99 {:.1} ms",
                     args.clients,
+                    mode.name(),
                     run.steps_per_second,
                     run.server_cpu,
                     c.cpu_seconds,
+                    c.bytes_per_client / 1e3,
                     c.delivered,
                     args.steps * args.clients as u64,
                     c.lagged,
@@ -228,40 +262,47 @@ async fn run(args: &StreamArgs) -> anyhow::Result<()> {
                     run.written_ms.map_or(f64::NAN, |w| w.0),
                     run.written_ms.map_or(f64::NAN, |w| w.1),
                 ),
+                _ => format!("alone {:>7.1} steps/s, server {:>5.2} CPU-s", run.steps_per_second, run.server_cpu),
             };
             println!("round {}: {line}", round + 1);
-            if subscribed { with.push(run) } else { alone.push(run) }
+            runs[at].push(run);
         }
     }
 
     let rates = |runs: &[Run]| runs.iter().map(|r| r.steps_per_second).collect::<Vec<_>>();
-    let costs: Vec<f64> =
-        alone.iter().zip(&with).map(|(a, w)| 100.0 * (w.steps_per_second / a.steps_per_second - 1.0)).collect();
-    let reports: Vec<&ClientsReport> = with.iter().filter_map(|r| r.clients.as_ref()).collect();
-    let expected = args.steps * args.clients as u64 * reports.len() as u64;
-    let delivered: u64 = reports.iter().map(|c| c.delivered).sum();
-    let lagged: u64 = reports.iter().map(|c| c.lagged).sum();
-    println!("\n{:<44} {:>9} {:>9} {:>9}", "", "min", "median", "max");
+    println!("\n{:<52} {:>9} {:>9} {:>9}", "", "min", "median", "max");
     let row = |label: &str, values: Vec<f64>| {
         let (min, mid, max) = spread(values);
-        println!("{label:<44} {min:>9.1} {mid:>9.1} {max:>9.1}");
+        println!("{label:<52} {min:>9.1} {mid:>9.1} {max:>9.1}");
     };
-    row("steps/s, no subscribers", rates(&alone));
-    row(&format!("steps/s, {} subscribers", args.clients), rates(&with));
-    row("step rate with subscribers vs alone (%)", costs);
+    let alone = &runs[0];
+    row("steps/s, no subscribers", rates(alone));
     row("server CPU-s, no subscribers", alone.iter().map(|r| r.server_cpu).collect());
-    row(&format!("server CPU-s, {} subscribers", args.clients), with.iter().map(|r| r.server_cpu).collect());
-    row("clients' process CPU-s", reports.iter().map(|c| c.cpu_seconds).collect());
-    row("delivery latency p50 (ms)", reports.iter().map(|c| c.p50_ms).collect());
-    row("delivery latency p99 (ms)", reports.iter().map(|c| c.p99_ms).collect());
-    row("delivery latency max (ms)", reports.iter().map(|c| c.max_ms).collect());
-    row("server's write delay p50 (ms)", with.iter().filter_map(|r| r.written_ms.map(|w| w.0)).collect());
-    row("server's write delay p99 (ms)", with.iter().filter_map(|r| r.written_ms.map(|w| w.1)).collect());
-    println!(
-        "{:<44} {delivered} of {expected} ({:.2}%), {lagged} skipped by lag",
-        "step messages delivered",
-        100.0 * delivered as f64 / expected.max(1) as f64
-    );
+    for (mode, with) in kinds.iter().zip(&runs).skip(1) {
+        let Some(mode) = mode else { continue };
+        let label = |what: &str| format!("{what}, {} {} subscribers", args.clients, mode.name());
+        let costs: Vec<f64> =
+            alone.iter().zip(with).map(|(a, w)| 100.0 * (w.steps_per_second / a.steps_per_second - 1.0)).collect();
+        let reports: Vec<&ClientsReport> = with.iter().filter_map(|r| r.clients.as_ref()).collect();
+        let expected = args.steps * args.clients as u64 * reports.len() as u64;
+        let delivered: u64 = reports.iter().map(|c| c.delivered).sum();
+        let lagged: u64 = reports.iter().map(|c| c.lagged).sum();
+        row(&label("steps/s"), rates(with));
+        row(&label("vs alone (%)"), costs);
+        row(&label("server CPU-s"), with.iter().map(|r| r.server_cpu).collect());
+        row(&label("clients' CPU-s"), reports.iter().map(|c| c.cpu_seconds).collect());
+        row(&label("KB read per client"), reports.iter().map(|c| c.bytes_per_client / 1e3).collect());
+        row(&label("latency p50 (ms)"), reports.iter().map(|c| c.p50_ms).collect());
+        row(&label("latency p99 (ms)"), reports.iter().map(|c| c.p99_ms).collect());
+        row(&label("latency max (ms)"), reports.iter().map(|c| c.max_ms).collect());
+        row(&label("server's write delay p50 (ms)"), with.iter().filter_map(|r| r.written_ms.map(|w| w.0)).collect());
+        row(&label("server's write delay p99 (ms)"), with.iter().filter_map(|r| r.written_ms.map(|w| w.1)).collect());
+        println!(
+            "{:<52} {delivered} of {expected} ({:.2}%), {lagged} skipped by lag",
+            label("steps delivered"),
+            100.0 * delivered as f64 / expected.max(1) as f64
+        );
+    }
 
     let _ = stop.send(());
     server.await??;
@@ -298,8 +339,9 @@ async fn train(
     http: &reqwest::Client,
     base: &str,
     spec: &Value,
-    clients: usize,
+    mode: Option<Mode>,
 ) -> anyhow::Result<Run> {
+    let clients = if mode.is_some() { args.clients } else { 0 };
     let blocker = json!({
         "name": "blocker", "steps": 10_000_000, "batch_size": 1, "device": "cpu",
         "task": {"kind": "char_lm", "seq_len": 2}, "model": {"kind": "lstm", "layers": 1, "hidden": 1},
@@ -312,12 +354,17 @@ async fn train(
     let blocker = submit(blocker).await?;
     let id = submit(spec.clone()).await?;
     let mut child = None;
-    if clients > 0 {
+    if let Some(mode) = mode {
         let mut process = tokio::process::Command::new("nice")
             .arg("-n")
             .arg(args.client_nice.to_string())
             .arg(std::env::current_exe()?)
-            .args(["--connect", &format!("ws://{base}/api/v1/jobs/{id}/stream"), "--clients", &clients.to_string()])
+            .args([
+                "--connect",
+                &format!("ws://{base}/api/v1/jobs/{id}/stream{}", mode.query()),
+                "--clients",
+                &clients.to_string(),
+            ])
             .stdout(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
@@ -376,6 +423,7 @@ async fn clients(url: &str, count: usize) -> anyhow::Result<()> {
     let mut latencies = Vec::new();
     for reader in readers {
         let seen = reader.await?;
+        report.bytes_per_client += seen.bytes as f64 / count.max(1) as f64;
         report.delivered += seen.steps;
         report.lagged += seen.lagged;
         latencies.extend(seen.latencies_ms);
@@ -401,23 +449,47 @@ async fn read(
     mut socket: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
 ) -> Seen {
     let mut seen = Seen::default();
+    let mut inflated = String::new();
     while let Some(Ok(message)) = socket.next().await {
-        let Message::Text(text) = message else { continue };
         let received = now_seconds();
-        // Steps are read as a dashboard would skim them, without parsing their layers.
-        if text.starts_with(r#"{"type":"step""#) {
-            seen.steps += 1;
-            if let Some(published) = number_after(&text, r#""time":"#) {
-                seen.latencies_ms.push((received - published) * 1e3);
+        let ended = match message {
+            Message::Text(text) => {
+                seen.bytes += text.len() as u64;
+                take(&mut seen, &text, received)
             }
-            continue;
-        }
-        let Ok(value) = serde_json::from_str::<Value>(&text) else { continue };
-        match value["type"].as_str() {
-            Some("lagged") => seen.lagged += value["missed"].as_u64().unwrap_or(0),
-            Some("status") => break,
-            _ => {}
+            Message::Binary(bytes) => {
+                seen.bytes += bytes.len() as u64;
+                inflated.clear();
+                if std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&bytes[..]), &mut inflated).is_err()
+                {
+                    break;
+                }
+                inflated.lines().any(|line| take(&mut seen, line, received))
+            }
+            _ => false,
+        };
+        if ended {
+            break;
         }
     }
     seen
+}
+
+/// Counts one message received at `received`; true at the final status.
+fn take(seen: &mut Seen, text: &str, received: f64) -> bool {
+    // Steps are read as a dashboard would skim them, without parsing their layers.
+    if text.starts_with(r#"{"type":"step""#) {
+        seen.steps += 1;
+        if let Some(published) = number_after(text, r#""time":"#) {
+            seen.latencies_ms.push((received - published) * 1e3);
+        }
+        return false;
+    }
+    let Ok(value) = serde_json::from_str::<Value>(text) else { return false };
+    match value["type"].as_str() {
+        Some("lagged") => seen.lagged += value["missed"].as_u64().unwrap_or(0),
+        Some("status") => return true,
+        _ => {}
+    }
+    false
 }

@@ -8,6 +8,9 @@
 //! [`Shared::json`]); a client writes whatever has queued up for it in one go, and after a
 //! write it leaves the feed alone for [`FLUSH_EVERY`], so a fast job's steps reach it in a
 //! few writes a second rather than one wake-up and one system call per step and client.
+//! A client that asks for `compress=gzip` gets the feed in batches instead: one task per
+//! job ([`batcher`]) cuts the feed the same way, renders and compresses each batch once,
+//! and every such client that takes all layers writes that one buffer.
 //! The socket closes normally after the final `status`, with 1001 when the service shuts
 //! down or the client stays silent, and with 1013 when there are too many clients.
 //!
@@ -21,15 +24,19 @@
 //! not a share of it.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use anyhow::Context;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{Path, State};
 use axum::response::Response;
+use bytes::Bytes;
+use flate2::Compression;
+use flate2::write::GzEncoder;
 use futures::SinkExt;
 use serde::Deserialize;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
@@ -41,7 +48,7 @@ use super::extract::{ApiQuery, distinct, query_list};
 use super::jobs::{Layer, find_job};
 use super::protocol::{ClientMessage, ServerMessage};
 use super::{ApiError, AppState};
-use crate::jobs::live::{LiveMessage, Shared, Subscription};
+use crate::jobs::live::{Batch, Item, LiveJob, LiveMessage, Shared, Subscription};
 use crate::jobs::relay::{Followed, run_of};
 use crate::metrics::Metrics;
 use crate::store::{Job, JobStatus};
@@ -96,6 +103,12 @@ pub struct StreamQuery {
     /// Comma-separated layer indices whose statistics to send (default all; repeats count
     /// once; at most 4096 items).
     layers: Option<String>,
+    /// `gzip`: after `hello`, the server sends the feed's messages in binary frames, each a
+    /// gzip member holding one or more messages, each a JSON object followed by a newline
+    /// (text frames still carry one message each). The messages are the same, in about a
+    /// third of the bytes, compressed once for every client that takes all layers.
+    #[param(value_type = Option<String>, pattern = "^gzip$")]
+    compress: Option<String>,
     /// The API token, for clients that cannot send an `Authorization` header (a browser's
     /// WebSocket); the header is better where it can be sent, since URLs reach logs.
     #[serde(rename = "token")]
@@ -113,6 +126,11 @@ struct Filter {
 impl Filter {
     fn wants(&self, step: u64) -> bool {
         step.is_multiple_of(self.every.max(1))
+    }
+
+    /// Whether every message goes out whole.
+    fn is_everything(&self) -> bool {
+        self.every <= 1 && self.layers.is_none()
     }
 }
 
@@ -143,6 +161,11 @@ pub async fn subscribe(
     })?;
     let layers = state.store.layers(job.id).await?;
     let filter = Filter { every: q.every.unwrap_or(1), layers: q.layers.as_deref().map(parse_layers).transpose()? };
+    let compress = match q.compress.as_deref() {
+        None => false,
+        Some("gzip") => true,
+        Some(other) => return Err(ApiError::invalid("compress", format!("{other:?} is not a compression; use gzip"))),
+    };
     let ws = ws.max_message_size(MAX_CLIENT_FRAME).max_frame_size(MAX_CLIENT_FRAME);
     if filter.every == 0 {
         return Err(ApiError::invalid("every", "must be at least 1"));
@@ -152,7 +175,7 @@ pub async fn subscribe(
     Ok(ws.on_upgrade(move |socket| async move {
         // Awaited here so that the connection lives as long as its task.
         let streams = state.ws.runtime.clone();
-        let _ = streams.spawn(serve(state, job, hello, filter, socket, main)).await;
+        let _ = streams.spawn(serve(state, job, hello, filter, compress, socket, main)).await;
     }))
 }
 
@@ -226,6 +249,7 @@ async fn serve(
     job: Job,
     hello: String,
     filter: Filter,
+    compress: bool,
     mut socket: WebSocket,
     main: tokio::runtime::Handle,
 ) {
@@ -239,7 +263,8 @@ async fn serve(
     if socket.send(Message::Text(hello.into())).await.is_err() {
         return;
     }
-    let reason = match run(&state, &job, filter, &mut socket, &main).await {
+    let mut out = Out { gzip: compress.then(Vec::new), socket };
+    let reason = match run(&state, &job, filter, &mut out, &main).await {
         Ok(reason) => reason,
         Err(err) => {
             tracing::debug!(job = %job.id, "stream ended: {err}");
@@ -248,7 +273,7 @@ async fn serve(
     };
     // A closing socket no longer counts as a client, while it waits for the answering close.
     drop(slot);
-    close(&mut socket, reason.0, reason.1).await;
+    close(&mut out.socket, reason.0, reason.1).await;
 }
 
 async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) {
@@ -275,7 +300,7 @@ async fn run(
     state: &AppState,
     job: &Job,
     mut filter: Filter,
-    socket: &mut WebSocket,
+    out: &mut Out,
     main: &tokio::runtime::Handle,
 ) -> anyhow::Result<CloseReason> {
     let shutdown = state.scheduler.shutdown_token().clone();
@@ -295,17 +320,26 @@ async fn run(
             if feed.subscribers() >= state.ws.max_per_job {
                 return Ok((close_code::AGAIN, "too many stream clients for this job"));
             }
-            let Subscription { backlog, finished, rx } = feed.subscribe();
+            let (backlog, finished, next) = if out.compressing() {
+                let live = Arc::downgrade(&feed);
+                let sub = feed.batches(|rx, next, tx| {
+                    tokio::spawn(batcher(live, rx, next, tx));
+                });
+                (sub.backlog, sub.finished, Feed::Batched { rx: sub.rx, next: sub.next })
+            } else {
+                let Subscription { backlog, finished, rx } = feed.subscribe();
+                (backlog, finished, Feed::Local(rx))
+            };
             drop(feed);
             let mut ended = false;
             for shared in backlog.iter().chain(finished.iter()) {
-                ended |= feed_one(socket, shared, &filter).await?;
+                ended |= out.message(shared, &filter).await?;
             }
-            socket.flush().await?;
+            out.flush().await?;
             if ended {
                 return Ok((close_code::NORMAL, "job finished"));
             }
-            break Feed::Local(rx);
+            break next;
         }
         let store = state.store.clone();
         let id = job.id;
@@ -314,7 +348,8 @@ async fn run(
             None => return Ok((close_code::NORMAL, "job deleted")),
             Some(now) if now.status.is_finished() => {
                 let status = ServerMessage::Status { status: now.status, error: now.error.as_deref() }.to_json();
-                socket.send(Message::Text(status.into())).await?;
+                out.text(status.into()).await?;
+                out.flush().await?;
                 return Ok((close_code::NORMAL, "job finished"));
             }
             // Running on another node; a job claimed here opens its feed a moment after the
@@ -343,15 +378,18 @@ async fn run(
         tokio::select! {
             () = &mut pause, if paused => paused = false,
             received = feed.recv(), if !paused => {
-                match forward(socket, &mut feed, received, &filter, &state.metrics).await? {
+                match forward(out, &mut feed, received, &filter, &state.metrics).await? {
                     Flow::Continue => {}
                     Flow::Ended => return Ok((close_code::NORMAL, "job finished")),
                     Flow::Failed => return Ok((close_code::ERROR, "live relay unavailable")),
                 }
-                pause.as_mut().reset(Instant::now() + FLUSH_EVERY);
-                paused = true;
+                // Batches come paced already.
+                if !matches!(feed, Feed::Batched { .. }) {
+                    pause.as_mut().reset(Instant::now() + FLUSH_EVERY);
+                    paused = true;
+                }
             }
-            incoming = socket.recv() => match incoming {
+            incoming = out.socket.recv() => match incoming {
                 Some(Ok(message)) if message_len(&message) > MAX_CLIENT_MESSAGE => {
                     return Ok((close_code::SIZE, "message too big"));
                 }
@@ -365,7 +403,7 @@ async fn run(
                         }
                         Err(err) => {
                             let error = ServerMessage::Error { message: format!("unknown message: {err}") };
-                            socket.send(Message::Text(error.to_json().into())).await?;
+                            out.socket.send(Message::Text(error.to_json().into())).await?;
                         }
                     }
                 }
@@ -380,7 +418,7 @@ async fn run(
                 if last_heard.elapsed() > idle_timeout {
                     return Ok((close_code::AWAY, "idle"));
                 }
-                socket.send(Message::Ping(Default::default())).await?;
+                out.socket.send(Message::Ping(Default::default())).await?;
             }
             () = &mut shutting_down => return Ok((close_code::AWAY, "server shutting down")),
         }
@@ -404,12 +442,19 @@ fn is_too_big(err: &axum::Error) -> bool {
 /// following a job that runs on another node.
 enum Feed {
     Local(broadcast::Receiver<Arc<Shared>>),
+    /// The local feed in batches ([`batcher`]); `next` is the sequence number of the
+    /// first message not yet sent.
+    Batched {
+        rx: broadcast::Receiver<Arc<Batch>>,
+        next: u64,
+    },
     Remote(mpsc::Receiver<Followed>),
 }
 
 /// One thing read from a [`Feed`].
 enum Received {
     Message(Arc<Shared>),
+    Batch(Arc<Batch>),
     Lagged(u64),
     /// The feed is over (after its final status).
     Closed,
@@ -436,6 +481,14 @@ impl Feed {
                 Err(RecvError::Lagged(missed)) => Received::Lagged(missed),
                 Err(RecvError::Closed) => Received::Closed,
             },
+            Self::Batched { rx, .. } => loop {
+                match rx.recv().await {
+                    Ok(batch) => break Received::Batch(batch),
+                    // The next batch's sequence numbers tell how many messages were missed.
+                    Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => break Received::Closed,
+                }
+            },
             Self::Remote(rx) => rx.recv().await.into(),
         }
     }
@@ -449,6 +502,8 @@ impl Feed {
                 Err(TryRecvError::Closed) => Some(Received::Closed),
                 Err(TryRecvError::Empty) => None,
             },
+            // Each batch is written on its own.
+            Self::Batched { .. } => None,
             Self::Remote(rx) => match rx.try_recv() {
                 Ok(followed) => Some(Some(followed).into()),
                 Err(mpsc::error::TryRecvError::Empty) => None,
@@ -469,7 +524,7 @@ enum Flow {
 /// Writes `first` and whatever else has queued up in the feed (at most [`BATCH_MAX`]
 /// messages) in one flush, and records how long its oldest message waited.
 async fn forward(
-    socket: &mut WebSocket,
+    out: &mut Out,
     feed: &mut Feed,
     first: Received,
     filter: &Filter,
@@ -477,6 +532,10 @@ async fn forward(
 ) -> anyhow::Result<Flow> {
     let oldest = match &first {
         Received::Message(shared) => Some(shared.time),
+        Received::Batch(batch) => batch.items.iter().find_map(|item| match item {
+            Item::Message(shared) => Some(shared.time),
+            Item::Lagged(_) => None,
+        }),
         _ => None,
     };
     let mut next = Some(first);
@@ -485,16 +544,22 @@ async fn forward(
     while let Some(received) = next.take() {
         match received {
             Received::Message(shared) => {
-                if feed_one(socket, &shared, filter).await? {
+                if out.message(&shared, filter).await? {
                     flow = Flow::Ended;
                 }
             }
-            Received::Lagged(missed) => {
-                socket.feed(Message::Text(ServerMessage::Lagged { missed }.to_json().into())).await?;
+            Received::Batch(batch) => {
+                // Batches come from a batched feed alone.
+                if let Feed::Batched { next, .. } = feed
+                    && out.batch(&batch, next, filter).await?
+                {
+                    flow = Flow::Ended;
+                }
             }
+            Received::Lagged(missed) => out.text(ServerMessage::Lagged { missed }.to_json().into()).await?,
             Received::Closed => flow = Flow::Ended,
             Received::Failed(message) => {
-                socket.feed(Message::Text(ServerMessage::Error { message }.to_json().into())).await?;
+                out.text(ServerMessage::Error { message }.to_json().into()).await?;
                 flow = Flow::Failed;
             }
         }
@@ -504,34 +569,205 @@ async fn forward(
         }
         next = feed.try_recv();
     }
-    socket.flush().await?;
+    out.flush().await?;
     if let Some(published) = oldest {
         metrics.stream_written(published);
     }
     Ok(flow)
 }
 
-/// Queues one feed message for the next write if the filter wants it; true when it was
-/// the final status.
-async fn feed_one(socket: &mut WebSocket, shared: &Shared, filter: &Filter) -> anyhow::Result<bool> {
-    let text = match &shared.message {
+/// A client's socket, and how feed messages are written to it: each in a text frame of its
+/// own, or (`compress=gzip`) gathered until the flush into one gzip'd binary frame.
+struct Out {
+    socket: WebSocket,
+    /// The messages gathered for the next binary frame, when compressing.
+    gzip: Option<Vec<u8>>,
+}
+
+impl Out {
+    fn compressing(&self) -> bool {
+        self.gzip.is_some()
+    }
+
+    /// Queues one feed message for the next write.
+    async fn text(&mut self, text: Utf8Bytes) -> anyhow::Result<()> {
+        match &mut self.gzip {
+            Some(gathered) => {
+                gathered.extend_from_slice(text.as_bytes());
+                gathered.push(b'\n');
+            }
+            None => self.socket.feed(Message::Text(text)).await?,
+        }
+        Ok(())
+    }
+
+    /// Queues one feed message if the filter wants it; true when it was the final status.
+    async fn message(&mut self, shared: &Shared, filter: &Filter) -> anyhow::Result<bool> {
+        if let Some(text) = render(shared, filter) {
+            self.text(text).await?;
+        }
+        Ok(matches!(shared.message, LiveMessage::Status { .. }))
+    }
+
+    /// Queues a batch's messages from sequence number `next` on, and moves `next` past
+    /// it: the batch's own compressed form when the client takes it whole, else the
+    /// messages it wants, after a `lagged` for any it fell behind by. True when the batch
+    /// held the final status.
+    async fn batch(&mut self, batch: &Batch, next: &mut u64, filter: &Filter) -> anyhow::Result<bool> {
+        if batch.to < *next {
+            return Ok(false);
+        }
+        if batch.from == *next && filter.is_everything() {
+            // Written after what was gathered before it.
+            self.flush_gathered().await?;
+            self.socket.feed(Message::Binary(batch.gzip.clone())).await?;
+        } else {
+            if batch.from > *next {
+                self.text(ServerMessage::Lagged { missed: batch.from - *next }.to_json().into()).await?;
+            }
+            for item in &batch.items {
+                match item {
+                    Item::Message(shared) if shared.seq >= *next => {
+                        self.message(shared, filter).await?;
+                    }
+                    Item::Message(_) => {}
+                    Item::Lagged(missed) => {
+                        self.text(ServerMessage::Lagged { missed: *missed }.to_json().into()).await?;
+                    }
+                }
+            }
+        }
+        *next = batch.to + 1;
+        Ok(batch.ends())
+    }
+
+    /// Queues what was gathered as one binary frame.
+    async fn flush_gathered(&mut self) -> anyhow::Result<()> {
+        if let Some(gathered) = &mut self.gzip
+            && !gathered.is_empty()
+        {
+            let frame = gzip(gathered)?;
+            gathered.clear();
+            self.socket.feed(Message::Binary(frame)).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes everything queued.
+    async fn flush(&mut self) -> anyhow::Result<()> {
+        self.flush_gathered().await?;
+        self.socket.flush().await?;
+        Ok(())
+    }
+}
+
+/// A feed message as text, if the filter wants it.
+fn render(shared: &Shared, filter: &Filter) -> Option<Utf8Bytes> {
+    Some(match &shared.message {
         LiveMessage::Step(report) => {
             // A measurement on its own schedule is sparse and not repeated: never thinned.
             if !filter.wants(report.step) && report.probes.spectral.is_none() && report.probes.time.is_none() {
-                return Ok(false);
+                return None;
             }
             match &filter.layers {
-                None => shared.json(|_| ServerMessage::step(report, shared.time, None).to_json()),
+                None => full(shared),
                 Some(layers) => ServerMessage::step(report, shared.time, Some(layers)).to_json().into(),
             }
         }
-        LiveMessage::Event(event) => shared.json(|_| ServerMessage::event(event).to_json()),
+        _ => full(shared),
+    })
+}
+
+/// A feed message with every layer, rendered once for every client.
+fn full(shared: &Shared) -> Utf8Bytes {
+    shared.json(|message| match message {
+        LiveMessage::Step(report) => ServerMessage::step(report, shared.time, None).to_json(),
+        LiveMessage::Event(event) => ServerMessage::event(event).to_json(),
         LiveMessage::Status { status, error } => {
-            shared.json(|_| ServerMessage::Status { status: *status, error: error.as_deref() }.to_json())
+            ServerMessage::Status { status: *status, error: error.as_deref() }.to_json()
         }
-    };
-    socket.feed(Message::Text(text)).await?;
-    Ok(matches!(shared.message, LiveMessage::Status { .. }))
+    })
+}
+
+/// One gzip member of `text`.
+fn gzip(text: &[u8]) -> std::io::Result<Bytes> {
+    let mut encoder = GzEncoder::new(Vec::with_capacity(text.len() / 3 + 64), Compression::default());
+    encoder.write_all(text)?;
+    Ok(encoder.finish()?.into())
+}
+
+/// Cuts a job's feed into batches for its compressed clients, the way each client cuts
+/// its own otherwise: a message that comes after a quiet spell goes out at once, and what
+/// comes in the [`FLUSH_EVERY`] after a batch goes in the next. Each batch is rendered and
+/// compressed once. Stops when the feed ends or when nobody listens.
+async fn batcher(
+    live: Weak<LiveJob>,
+    mut rx: broadcast::Receiver<Arc<Shared>>,
+    mut next: u64,
+    tx: broadcast::Sender<Arc<Batch>>,
+) {
+    loop {
+        let mut received = Some(rx.recv().await);
+        let mut items = Vec::new();
+        let mut ended = false;
+        let mut covered = 0;
+        let mut text = Vec::new();
+        while let Some(r) = received.take() {
+            match r {
+                Ok(shared) => {
+                    ended |= matches!(shared.message, LiveMessage::Status { .. });
+                    text.extend_from_slice(full(&shared).as_bytes());
+                    items.push(Item::Message(shared));
+                    covered += 1;
+                }
+                Err(RecvError::Lagged(missed)) => {
+                    text.extend_from_slice(ServerMessage::Lagged { missed }.to_json().as_bytes());
+                    items.push(Item::Lagged(missed));
+                    covered += missed;
+                }
+                Err(RecvError::Closed) => {
+                    ended = true;
+                    break;
+                }
+            }
+            text.push(b'\n');
+            if ended || items.len() == BATCH_MAX {
+                break;
+            }
+            received = match rx.try_recv() {
+                Ok(shared) => Some(Ok(shared)),
+                Err(TryRecvError::Lagged(missed)) => Some(Err(RecvError::Lagged(missed))),
+                Err(TryRecvError::Closed) => Some(Err(RecvError::Closed)),
+                Err(TryRecvError::Empty) => None,
+            };
+        }
+        // More waiting: no pause before the next batch.
+        let cut = items.len() == BATCH_MAX;
+        if !items.is_empty() {
+            let gzip = match gzip(&text) {
+                Ok(gzip) => gzip,
+                Err(err) => {
+                    // Writing to memory does not fail; were it to, the clients end with the feed.
+                    tracing::warn!("could not compress a stream batch: {err}");
+                    return;
+                }
+            };
+            let batch = Batch { from: next, to: next + covered - 1, items, gzip };
+            next += covered;
+            let _ = tx.send(Arc::new(batch));
+        }
+        let done = match live.upgrade() {
+            Some(live) => live.batcher_done(ended),
+            // The job is over and its feed closed: what it sent last is still to batch.
+            None => ended || tx.receiver_count() == 0,
+        };
+        if done {
+            return;
+        }
+        if !cut {
+            tokio::time::sleep(FLUSH_EVERY).await;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -10,12 +10,17 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
 use tokio::sync::futures::Notified;
 use tokio::sync::{Notify, broadcast};
 use uuid::Uuid;
 
 use super::relay::{Publisher, Relay};
 use crate::config::FEED_CAPACITY as CHANNEL_CAPACITY;
+
+/// Batches a compressed subscriber may fall behind by before it is told what it missed
+/// (a batch holds one message or many).
+const BATCH_CAPACITY: usize = CHANNEL_CAPACITY / 4;
 use crate::store::JobStatus;
 use crate::train::{Event, StepReport};
 
@@ -40,6 +45,8 @@ pub struct Shared {
     pub message: LiveMessage,
     /// When it was published, in seconds since the Unix epoch.
     pub time: f64,
+    /// Its place in the feed, from 1 (0 for a message followed from another node).
+    pub seq: u64,
     /// The WebSocket text every subscriber without a filter sends: built once, and shared
     /// by reference count rather than copied per client.
     json: OnceLock<Utf8Bytes>,
@@ -48,7 +55,7 @@ pub struct Shared {
 impl Shared {
     /// A message published at `time` (seconds since the Unix epoch).
     pub fn new(message: LiveMessage, time: f64) -> Self {
-        Self { message, time, json: OnceLock::new() }
+        Self { message, time, seq: 0, json: OnceLock::new() }
     }
 
     /// The message serialized with every layer, computed once for all subscribers.
@@ -64,6 +71,48 @@ pub struct LiveJob {
     state: Mutex<RingState>,
     /// Where the feed is also published for other nodes (`--nats-url`).
     relay: Option<Publisher>,
+    /// The feed cut into batches for compressed subscribers, while any listen.
+    batches: Mutex<Option<broadcast::Sender<Arc<Batch>>>>,
+}
+
+/// What a batch holds, in feed order.
+#[derive(Debug)]
+pub enum Item {
+    Message(Arc<Shared>),
+    /// The batcher fell this many messages behind the feed, which it skipped.
+    Lagged(u64),
+}
+
+/// Feed messages that came out together, with their compressed form built once for
+/// every subscriber that wants all of them ([`LiveJob::batches`]).
+#[derive(Debug)]
+pub struct Batch {
+    /// The sequence numbers it covers, skipped ones included: `from` is one past the
+    /// previous batch's `to`.
+    pub from: u64,
+    pub to: u64,
+    pub items: Vec<Item>,
+    /// What an unfiltered subscriber sends: every message rendered in full, each followed
+    /// by a newline, in one gzip member.
+    pub gzip: Bytes,
+}
+
+impl Batch {
+    /// Whether it holds the job's final status.
+    pub fn ends(&self) -> bool {
+        self.items
+            .iter()
+            .any(|item| matches!(item, Item::Message(m) if matches!(m.message, LiveMessage::Status { .. })))
+    }
+}
+
+/// What a batch subscriber starts from: the recent steps, and batches holding every
+/// message from sequence number `next` on (a batch may also hold earlier ones).
+pub struct BatchSubscription {
+    pub backlog: Vec<Arc<Shared>>,
+    pub finished: Option<Arc<Shared>>,
+    pub next: u64,
+    pub rx: broadcast::Receiver<Arc<Batch>>,
 }
 
 #[derive(Debug)]
@@ -89,7 +138,7 @@ impl LiveJob {
     fn new(ring: usize, relay: Option<Publisher>) -> Self {
         let (tx, _) = broadcast::channel(CHANNEL_CAPACITY);
         let state = RingState { recent: VecDeque::with_capacity(ring), capacity: ring, finished: None, published: 0 };
-        Self { tx, state: Mutex::new(state), relay }
+        Self { tx, state: Mutex::new(state), relay, batches: Mutex::new(None) }
     }
 
     fn lock(&self) -> MutexGuard<'_, RingState> {
@@ -99,9 +148,9 @@ impl LiveJob {
     /// Sends `message` to every subscriber; never waits.
     pub fn publish(&self, message: LiveMessage) {
         let time = unix_now();
-        let shared = Arc::new(Shared::new(message, time));
         let mut state = self.lock();
         state.published += 1;
+        let shared = Arc::new(Shared { seq: state.published, ..Shared::new(message, time) });
         if let Some(relay) = &self.relay {
             // Under the lock: the relay gets the messages in the order subscribers do.
             relay.offer(state.published, &shared);
@@ -131,9 +180,54 @@ impl LiveJob {
         }
     }
 
+    /// Subscribes to the feed in batches. The first such subscriber starts the batcher:
+    /// `start` gets the feed from the next message on, that message's sequence number,
+    /// and the channel to send batches on; it runs until [`Self::batcher_done`] says that
+    /// nobody listens any more.
+    pub fn batches(
+        &self,
+        start: impl FnOnce(broadcast::Receiver<Arc<Shared>>, u64, broadcast::Sender<Arc<Batch>>),
+    ) -> BatchSubscription {
+        let state = self.lock();
+        let mut batches = self.batches.lock().unwrap_or_else(PoisonError::into_inner);
+        let rx = match &*batches {
+            Some(tx) => tx.subscribe(),
+            None if state.finished.is_some() => broadcast::channel(1).1,
+            None => {
+                let (tx, rx) = broadcast::channel(BATCH_CAPACITY);
+                start(self.tx.subscribe(), state.published + 1, tx.clone());
+                *batches = Some(tx);
+                rx
+            }
+        };
+        BatchSubscription {
+            backlog: state.recent.iter().cloned().collect(),
+            finished: state.finished.clone(),
+            next: state.published + 1,
+            rx,
+        }
+    }
+
+    /// Called by the batcher after each batch and when the feed ends: true when it is
+    /// to stop, because the feed ended or nobody listens; a later subscriber starts
+    /// another.
+    pub fn batcher_done(&self, ended: bool) -> bool {
+        let mut batches = self.batches.lock().unwrap_or_else(PoisonError::into_inner);
+        let done = ended || batches.as_ref().is_none_or(|tx| tx.receiver_count() == 0);
+        if done {
+            *batches = None;
+        }
+        done
+    }
+
     /// How many subscribers are listening.
     pub fn subscribers(&self) -> usize {
-        self.tx.receiver_count()
+        let feed = self.tx.receiver_count();
+        match &*self.batches.lock().unwrap_or_else(PoisonError::into_inner) {
+            // The batcher is one of the feed's receivers.
+            Some(batches) => feed.saturating_sub(1) + batches.receiver_count(),
+            None => feed,
+        }
     }
 }
 

@@ -356,3 +356,173 @@ async fn many_clients_of_a_fast_job_each_get_every_step_in_order() {
         assert_eq!(messages.last().expect("status")["status"], "succeeded");
     }
 }
+
+/// One frame's messages (`compress=gzip`): a text frame's one, or the newline-ended
+/// messages of a binary frame's gzip member (checked against its CRC); with the
+/// frame's size on the wire, and whether it was binary.
+async fn next_frame(socket: &mut Socket) -> Result<(Vec<Value>, usize, bool), Option<CloseCode>> {
+    loop {
+        match socket.next().await {
+            Some(Ok(Message::Text(text))) => {
+                return Ok((vec![serde_json::from_str(&text).expect("JSON message")], text.len(), false));
+            }
+            Some(Ok(Message::Binary(bytes))) => {
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&bytes[..]), &mut text)
+                    .expect("one gzip member of UTF-8");
+                assert!(text.ends_with('\n'), "every message ends with a newline");
+                let messages = text.lines().map(|line| serde_json::from_str(line).expect("JSON message")).collect();
+                return Ok((messages, bytes.len(), true));
+            }
+            Some(Ok(Message::Close(frame))) => return Err(frame.map(|f| f.code)),
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => return Err(None),
+        }
+    }
+}
+
+/// What a client read until the server closed.
+struct Read {
+    messages: Vec<Value>,
+    code: Option<CloseCode>,
+    /// Bytes of the frames' payloads, as sent.
+    bytes: usize,
+    binary_frames: usize,
+}
+
+async fn drain_frames(socket: &mut Socket) -> Read {
+    let mut read = Read { messages: Vec::new(), code: None, bytes: 0, binary_frames: 0 };
+    loop {
+        match next_frame(socket).await {
+            Ok((messages, bytes, binary)) => {
+                read.messages.extend(messages);
+                read.bytes += bytes;
+                read.binary_frames += usize::from(binary);
+            }
+            Err(code) => {
+                read.code = code;
+                return read;
+            }
+        }
+    }
+}
+
+/// `compress=gzip` clients get exactly the messages a plain client gets, whole or thinned,
+/// in fewer frames and fewer bytes; an unknown compression is refused, naming the field.
+#[tokio::test]
+async fn compressed_clients_get_the_same_messages_in_fewer_frames_and_bytes() {
+    let app = spawn_app().await;
+    // Queued behind another job until every client is connected: they all see the same
+    // feed from its start.
+    let blocker = app.submit(&tiny_lstm_spec(1_000_000, 1.0)).await["id"].as_str().expect("id").to_owned();
+    let mut spec = tiny_lstm_spec(400, 1.0);
+    spec["monitor"] = json!({"histogram": true});
+    let id = app.submit(&spec).await["id"].as_str().expect("id").to_owned();
+    let mut plain = connect(&app, &id, "").await;
+    let mut sockets = Vec::new();
+    for _ in 0..8 {
+        sockets.push(connect(&app, &id, "?compress=gzip").await);
+    }
+    let mut thinned = connect(&app, &id, "?compress=gzip&every=3&layers=1").await;
+    let readers: Vec<_> =
+        sockets.into_iter().map(|mut s| tokio::spawn(async move { drain_frames(&mut s).await })).collect();
+    let thinned = tokio::spawn(async move { drain_frames(&mut thinned).await });
+    app.client.post(app.url(&format!("/api/v1/jobs/{blocker}/cancel"))).send().await.expect("cancel");
+    let plain = drain_frames(&mut plain).await;
+    assert_eq!(plain.code, Some(CloseCode::Normal));
+    assert_eq!(plain.binary_frames, 0);
+    assert_eq!(steps_of(&plain.messages), (1..=400).collect::<Vec<_>>());
+    for reader in readers {
+        let read = reader.await.expect("reader");
+        assert_eq!(read.code, Some(CloseCode::Normal));
+        assert_eq!(read.messages.len(), plain.messages.len());
+        // Message for message after the hello (which has the job as each client connected),
+        // the same JSON values.
+        if let Some(i) = (1..read.messages.len()).find(|&i| read.messages[i] != plain.messages[i]) {
+            panic!("message {i}: {} plain, {} compressed", plain.messages[i], read.messages[i]);
+        }
+        assert!(read.binary_frames < read.messages.len() / 4, "{} frames", read.binary_frames);
+        assert!(read.bytes * 2 < plain.bytes, "{} bytes compressed against {} plain", read.bytes, plain.bytes);
+    }
+    let thinned = thinned.await.expect("reader");
+    assert_eq!(thinned.code, Some(CloseCode::Normal));
+    let steps: Vec<&Value> = thinned.messages.iter().filter(|m| m["type"] == "step").collect();
+    assert!(!steps.is_empty());
+    for step in &steps {
+        let n = step["step"].as_u64().expect("step");
+        assert!(n % 3 == 0 || step.get("spectral").is_some() || step.get("time_profile").is_some(), "step {n}");
+        assert_eq!(step["indices"], json!([1]));
+        let whole = plain.messages.iter().find(|m| m["type"] == "step" && m["step"] == n).expect("the same step");
+        assert_eq!(step["layers"]["grad_norm"][0], whole["layers"]["grad_norm"][1], "step {n}");
+        assert_eq!(step["loss"], whole["loss"]);
+    }
+    assert_eq!(thinned.messages.last(), plain.messages.last(), "the final status");
+
+    let ws = app.address.replace("http://", "ws://");
+    match connect_async(format!("{ws}/api/v1/jobs/{id}/stream?compress=br")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 422);
+            let body: Value = serde_json::from_slice(response.body().as_deref().expect("a body")).expect("json");
+            assert_eq!(body["error"]["field"], "compress", "{body}");
+        }
+        other => panic!("an unknown compression must be refused, got {other:?}"),
+    }
+}
+
+/// Compressed clients joining a running job at different times each get its recent steps
+/// and then every later one, without a gap or a duplicate where the two meet.
+#[tokio::test]
+async fn compressed_late_joiners_get_recent_history_then_live_steps_without_gaps() {
+    let app = spawn_app().await;
+    let id = app.submit(&tiny_lstm_spec(1_000_000, 1.0)).await["id"].as_str().expect("id").to_owned();
+    let mut readers = Vec::new();
+    for past in [20u64, 60, 100] {
+        app.wait_for(&id, "far enough", |j| j["step"].as_u64() > Some(past)).await;
+        let mut socket = connect(&app, &id, "?compress=gzip").await;
+        readers.push(tokio::spawn(async move {
+            next_frame(&mut socket).await.expect("hello");
+            // The recent history comes first, in one frame.
+            let history = steps_of(&next_frame(&mut socket).await.expect("history").0);
+            let mut steps = history.clone();
+            while steps.len() < history.len() + 300 {
+                let (messages, _, _) = next_frame(&mut socket).await.expect("messages");
+                steps.extend(messages.iter().filter(|m| m["type"] == "step").map(|m| m["step"].as_u64().expect("n")));
+            }
+            (history.len(), steps)
+        }));
+    }
+    for reader in readers {
+        let (history, steps) = reader.await.expect("reader");
+        // The whole history, or the 512 steps of the ring when the job went further
+        // before the client joined.
+        assert!(steps[0] == 1 || history == 512, "history of {history} steps from step {}", steps[0]);
+        assert!(history > 20);
+        for pair in steps.windows(2) {
+            assert_eq!(pair[1], pair[0] + 1, "no gap and no duplicate");
+        }
+    }
+    app.client.post(app.url(&format!("/api/v1/jobs/{id}/cancel"))).send().await.expect("cancel");
+    app.wait_finished(&id).await;
+}
+
+/// A compressed client that stops reading holds up neither the job nor a compressed
+/// client that reads: that one gets every step or a `lagged` count for what it missed.
+#[tokio::test]
+async fn a_compressed_client_that_stops_reading_stalls_no_one() {
+    let app = spawn_app().await;
+    let mut spec = tiny_lstm_spec(300, 1.0);
+    spec["monitor"] = json!({"histogram": true});
+    let id = app.submit(&spec).await["id"].as_str().expect("id").to_owned();
+    let stalled = connect(&app, &id, "?compress=gzip").await; // never read
+    let mut reader = connect(&app, &id, "?compress=gzip").await;
+    let read = drain_frames(&mut reader).await;
+    assert_eq!(read.code, Some(CloseCode::Normal));
+    assert_eq!(read.messages.last().expect("status")["status"], "succeeded");
+    let steps = steps_of(&read.messages);
+    let lagged: u64 =
+        read.messages.iter().filter(|m| m["type"] == "lagged").map(|m| m["missed"].as_u64().expect("n")).sum();
+    assert_eq!(steps.len() as u64 + lagged, 300, "every step arrives or is counted as missed");
+    assert!(steps.windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(app.job(&id).await["status"], "succeeded");
+    drop(stalled);
+}

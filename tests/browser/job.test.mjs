@@ -117,14 +117,17 @@ test("after the stream lags and then drops, the page reads back every step it mi
   let connections = 0;
   let dropping = false;
   let dropped = 0;
+  let binary = 0;
   let first = null;
-  // Between the page and the real server: the first connection loses a second of messages
-  // (then says `lagged`, as the server does when a client falls behind), then drops.
+  // Between the page and the real server: the first connection loses a hundred frames of
+  // messages (then says `lagged`, as the server does when a client falls behind), then
+  // drops.
   await page.routeWebSocket(/\/api\/v1\/jobs\/[^/]+\/stream/, (ws) => {
     connections++;
     const upstream = ws.connectToServer();
     if (connections === 1) first = { ws, upstream };
     upstream.onMessage((message) => {
+      if (typeof message !== "string") binary++;
       if (connections === 1 && dropping) {
         dropped++;
         return;
@@ -138,7 +141,7 @@ test("after the stream lags and then drops, the page reads back every step it mi
   await until(async () => (await stepOf(page)) >= 200, { what: "step 200" });
 
   dropping = true;
-  await until(() => dropped >= 100, { what: "messages to drop" });
+  await until(() => dropped >= 100, { what: "frames to drop" });
   dropping = false;
   first.ws.send(JSON.stringify({ type: "lagged", missed: dropped }));
   const afterLag = await stepOf(page);
@@ -157,7 +160,9 @@ test("after the stream lags and then drops, the page reads back every step it mi
     return n === steps ? n : null;
   }, { timeout: 20_000, what: "the page to hold every step" }).catch(async () => Number(await page.getAttribute("#loss-chart", "data-points")));
   assert.equal(shown, all.step.length, "the charts hold every step the REST API has: no gap");
-  assert.ok(dropped >= 100, `the stream lost ${dropped} messages`);
+  assert.ok(dropped >= 100, `the stream lost ${dropped} frames`);
+  // The page asks for the compressed stream: gzip'd batches in binary frames.
+  assert.ok(binary > 0, "the page read binary frames");
   assert.equal(connections, 2, "the page reconnected once");
 
   // Watched live to the end: the same figures as a page opened afterwards.
