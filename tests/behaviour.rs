@@ -50,7 +50,10 @@ fn valid(summary: &Summary) -> f64 {
 #[test]
 fn clipping_keeps_the_exploding_rnn_alive_and_it_learns_the_sum() {
     let failing = run("exploding-rnn", 300);
-    let clipped = run("exploding-rnn-clipped", 1000);
+    // Where the RNN starts to learn the sum depends on the CPU's kernels: between steps
+    // 1000 and 1500 on one (validation MSE 0.148 at 1000, 0.055 at 1500, 0.019 at 2000),
+    // before 1000 on another.
+    let clipped = run("exploding-rnn-clipped", 2000);
     assert!(failing.diverged && failing.steps < 300, "the unclipped RNN diverges: {failing:?}");
     assert!(!clipped.diverged);
     assert!(clipped.max_grad_norm > 5.0, "the clipped twin meets the same spikes");
