@@ -13,7 +13,8 @@ out=$(mkdir -p "$2" && cd "$2" && pwd)
 here=$(cd "$(dirname "$0")" && pwd)
 export LD_LIBRARY_PATH=$(python3 -c 'import torch, os; print(os.path.dirname(torch.__file__))')/lib
 export PYTHONUNBUFFERED=1
-mlp=(--hidden 2048 --blocks 24 --batch-size 1024 --steps "${STEPS:-300}" --torch-threads 4)
+shape=(--hidden 2048 --blocks 24 --batch-size 1024 --torch-threads 4)
+mlp=("${shape[@]}" --steps "${STEPS:-300}")
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; nproc
   python3 -c 'import torch; print(torch.__version__)'; } > "$out/machine.txt" 2>&1
 cat "$out/machine.txt"
@@ -26,6 +27,10 @@ echo "== real jobs, fp32"
 timeout 300 "$bin/jobs" --bench --device cuda "${mlp[@]}" --rounds 3 \
   --variants default,no-histogram,off,bare > "$out/jobs-cuda.txt" 2>&1
 grep -v autocast "$out/jobs-cuda.txt" | sed -n '/^steps\/s through/,/^training thread/p'
+echo "== real jobs, fp32, each phase waited for (where the GPU time goes)"
+timeout 120 "$bin/jobs" --bench --device cuda "${shape[@]}" --steps 100 --rounds 1 --sync-phases \
+  --variants default,no-histogram,bare > "$out/jobs-cuda-phases.txt" 2>&1
+grep -E "^  round" "$out/jobs-cuda-phases.txt"
 echo "== real jobs, fp16"
 timeout 150 "$bin/jobs" --bench --device cuda --precision fp16 "${mlp[@]}" --rounds 2 \
   --variants default,bare > "$out/jobs-cuda-fp16.txt" 2>&1

@@ -58,6 +58,11 @@ struct JobsArgs {
     /// first, untimed, so that no variant pays for LibTorch's CUDA start-up.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// On CUDA, wait for the device at the end of every phase, so that each phase is
+    /// charged with its own GPU time (in the server's process only). The steps are slower
+    /// for the waits; the per-phase times, not the rates, are the figures of such a run.
+    #[arg(long)]
+    pub sync_phases: bool,
     /// The jobs' `precision` (`fp32`, `bf16`, `fp16`).
     #[arg(long, default_value = "fp32")]
     pub precision: String,
@@ -201,6 +206,18 @@ async fn run(args: &JobsArgs) -> anyhow::Result<()> {
         job(&http, &base, &warm_up, Variant::Bare).await?;
     }
     timing::enable(true);
+    if args.sync_phases {
+        anyhow::ensure!(!args.workers, "--sync-phases times the phases in the server's process: leave out --workers");
+        let index = match args.device.as_str() {
+            "cuda" | "auto" => 0,
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|i| i.parse().ok())
+                .context("--sync-phases needs a CUDA device (--device cuda or cuda:N)")?,
+        };
+        timing::sync_cuda(Some(index));
+        println!("each phase waits for CUDA device {index}: its time is its own GPU time");
+    }
     let variants = &args.variants;
     let mut runs: Vec<Vec<Run>> = variants.iter().map(|_| Vec::new()).collect();
     for round in 0..args.rounds {
@@ -223,6 +240,7 @@ async fn run(args: &JobsArgs) -> anyhow::Result<()> {
         }
     }
     timing::enable(false);
+    timing::sync_cuda(None);
     report(args, &runs);
 
     let _ = stop.send(());

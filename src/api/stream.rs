@@ -141,6 +141,8 @@ impl Filter {
             Their JSON Schema (the ServerMessage and ClientMessage types) is at /api/v1/stream-schema.json. \
             Messages come in order and none is dropped except as `lagged` says; after each write the server \
             waits 50 ms before writing what was published meanwhile, so a step arrives up to 50 ms after its `time`. \
+            With compress=gzip, what each write carries after the hello comes in one binary frame: a gzip member of \
+            the same messages, each followed by a newline. \
             A job running on another node (with --nats-url) streams the same messages through NATS; if NATS cannot be \
             reached, the client gets an `error` message naming the cause and the socket closes with 1011"),
         (status = 400, description = "Not a WebSocket upgrade, a malformed query string, or a parameter the route does not take", body = super::ErrorBody),

@@ -194,7 +194,7 @@ impl Trainer {
 /// benchmark. Off (the default) it costs one relaxed atomic load per step; on, every
 /// phase of every step adds its wall time to a process-wide total.
 pub mod timing {
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
     use std::time::{Duration, Instant};
 
     /// A part of a step, in the order a step runs them.
@@ -254,11 +254,22 @@ pub mod timing {
     }
 
     static ENABLED: AtomicBool = AtomicBool::new(false);
+    /// The CUDA device each lap waits for, or -1.
+    static SYNC: AtomicI64 = AtomicI64::new(-1);
     static NANOS: [AtomicU64; Phase::ALL.len()] = [const { AtomicU64::new(0) }; Phase::ALL.len()];
 
     /// Starts (or stops) recording, process-wide.
     pub fn enable(on: bool) {
         ENABLED.store(on, Ordering::Relaxed);
+    }
+
+    /// Makes every lap wait for CUDA device `index` to finish what was queued (`None`: not
+    /// to wait). A GPU runs a step's work after the host queued it, so without waiting a
+    /// phase is charged with the host's time to queue its kernels, and a later phase that
+    /// reads a result back with the time of everything before it; waiting charges each
+    /// phase with its own device time, at the cost of the overlap the waits take away.
+    pub fn sync_cuda(index: Option<usize>) {
+        SYNC.store(index.and_then(|i| i64::try_from(i).ok()).unwrap_or(-1), Ordering::Relaxed);
     }
 
     /// The time recorded per phase since the last call, and resets it.
@@ -277,6 +288,10 @@ pub mod timing {
         /// Charges the time since the last lap (or the start) to `phase`.
         pub(crate) fn lap(&mut self, phase: Phase) {
             if let Some(last) = &mut self.0 {
+                let device = SYNC.load(Ordering::Relaxed);
+                if device >= 0 {
+                    tch::Cuda::synchronize(device);
+                }
                 let now = Instant::now();
                 let nanos = u64::try_from((now - *last).as_nanos()).unwrap_or(u64::MAX);
                 NANOS[phase as usize].fetch_add(nanos, Ordering::Relaxed);
