@@ -184,23 +184,28 @@ async fn a_late_joiner_gets_recent_history_then_live_steps_without_gaps() {
     app.wait_finished(&id).await;
 }
 
+/// Plain or compressed, a client that stops reading holds up neither the job nor a client
+/// that reads: that one gets every step or a `lagged` count for what it missed.
 #[tokio::test]
 async fn a_client_that_stops_reading_stalls_neither_the_job_nor_other_clients() {
     let app = spawn_app().await;
-    let mut spec = tiny_lstm_spec(300, 1.0);
-    spec["monitor"] = json!({"histogram": true});
-    let id = app.submit(&spec).await["id"].as_str().expect("id").to_owned();
-    let stalled = connect(&app, &id, "").await; // never read
-    let mut reader = connect(&app, &id, "").await;
-    let (messages, code) = drain(&mut reader).await;
-    assert_eq!(code, Some(CloseCode::Normal));
-    assert_eq!(messages.last().expect("status")["status"], "succeeded");
-    let steps = steps_of(&messages);
-    let lagged: u64 = messages.iter().filter(|m| m["type"] == "lagged").map(|m| m["missed"].as_u64().expect("n")).sum();
-    assert_eq!(steps.len() as u64 + lagged, 300, "every step arrives or is counted as missed");
-    assert!(steps.windows(2).all(|w| w[0] < w[1]));
-    assert_eq!(app.job(&id).await["status"], "succeeded");
-    drop(stalled);
+    for query in ["", "?compress=gzip"] {
+        let mut spec = tiny_lstm_spec(300, 1.0);
+        spec["monitor"] = json!({"histogram": true});
+        let id = app.submit(&spec).await["id"].as_str().expect("id").to_owned();
+        let stalled = connect(&app, &id, query).await; // never read
+        let mut reader = connect(&app, &id, query).await;
+        let read = drain_frames(&mut reader).await;
+        assert_eq!(read.code, Some(CloseCode::Normal), "{query}");
+        assert_eq!(read.messages.last().expect("status")["status"], "succeeded");
+        let steps = steps_of(&read.messages);
+        let lagged: u64 =
+            read.messages.iter().filter(|m| m["type"] == "lagged").map(|m| m["missed"].as_u64().expect("n")).sum();
+        assert_eq!(steps.len() as u64 + lagged, 300, "{query}: every step arrives or is counted as missed");
+        assert!(steps.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(app.job(&id).await["status"], "succeeded");
+        drop(stalled);
+    }
 }
 
 #[tokio::test]
@@ -503,26 +508,4 @@ async fn compressed_late_joiners_get_recent_history_then_live_steps_without_gaps
     }
     app.client.post(app.url(&format!("/api/v1/jobs/{id}/cancel"))).send().await.expect("cancel");
     app.wait_finished(&id).await;
-}
-
-/// A compressed client that stops reading holds up neither the job nor a compressed
-/// client that reads: that one gets every step or a `lagged` count for what it missed.
-#[tokio::test]
-async fn a_compressed_client_that_stops_reading_stalls_no_one() {
-    let app = spawn_app().await;
-    let mut spec = tiny_lstm_spec(300, 1.0);
-    spec["monitor"] = json!({"histogram": true});
-    let id = app.submit(&spec).await["id"].as_str().expect("id").to_owned();
-    let stalled = connect(&app, &id, "?compress=gzip").await; // never read
-    let mut reader = connect(&app, &id, "?compress=gzip").await;
-    let read = drain_frames(&mut reader).await;
-    assert_eq!(read.code, Some(CloseCode::Normal));
-    assert_eq!(read.messages.last().expect("status")["status"], "succeeded");
-    let steps = steps_of(&read.messages);
-    let lagged: u64 =
-        read.messages.iter().filter(|m| m["type"] == "lagged").map(|m| m["missed"].as_u64().expect("n")).sum();
-    assert_eq!(steps.len() as u64 + lagged, 300, "every step arrives or is counted as missed");
-    assert!(steps.windows(2).all(|w| w[0] < w[1]));
-    assert_eq!(app.job(&id).await["status"], "succeeded");
-    drop(stalled);
 }
