@@ -93,6 +93,20 @@ pub fn grad_summaries(grads: &Tensor, ranges: &[Range<usize>], tiny: f64) -> Opt
     Some(ranges.iter().map(|range| summarise_layer(&values[range.clone()], below)).collect())
 }
 
+/// Each of `blocks`' mean and mean square, from the same summary a gradient layer gets
+/// (NaN for both where a block holds a NaN or an infinity, or no element); `None` unless
+/// every block is host memory.
+pub fn signal_moments(blocks: &[Tensor]) -> Option<Vec<(f64, f64)>> {
+    blocks
+        .iter()
+        .map(|block| {
+            let s = summarise_layer(host_values(block)?, 0);
+            let n = s.numel as f64;
+            Some((s.mean, (s.m2 + n * s.mean * s.mean) / n))
+        })
+        .collect()
+}
+
 /// The bits of `tiny` rounded to float32, as LibTorch compares a float32 tensor with it:
 /// for |x| as bits, |x| < tiny exactly when its bits are below these (NaN's lie above
 /// every finite float's).
@@ -583,6 +597,27 @@ mod tests {
         let m2 = values.iter().map(|&x| (f64::from(x) - mean).powi(2)).sum::<f64>();
         let max = values.iter().map(|x| f64::from(x.abs())).fold(0.0, f64::max);
         (mean, m2, max)
+    }
+
+    /// Block outputs' mean and mean square against float64 sums of their values; a block
+    /// that is not contiguous host memory leaves the whole list to LibTorch.
+    #[test]
+    fn signal_moments_are_each_blocks_mean_and_mean_square() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let blocks: Vec<Vec<f32>> =
+            [5000usize, 1, 37].iter().map(|&n| (0..n).map(|_| rng.random_range(-2.0f32..6.0)).collect()).collect();
+        let tensors: Vec<Tensor> = blocks.iter().map(|b| Tensor::from_slice(b)).collect();
+        let moments = signal_moments(&tensors).expect("host memory");
+        for (values, (mean, square)) in blocks.iter().zip(moments) {
+            let n = values.len() as f64;
+            let want_mean = values.iter().map(|&x| f64::from(x)).sum::<f64>() / n;
+            let want_square = values.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>() / n;
+            // Within float32's rounding: the result is reported in float32.
+            assert!((mean - want_mean).abs() <= 1e-7 * want_mean.abs().max(1.0), "{mean} vs {want_mean}");
+            assert!((square - want_square).abs() <= 1e-7 * want_square, "{square} vs {want_square}");
+        }
+        let strided = Tensor::from_slice(&blocks[0]).view([50, 100]).transpose(0, 1);
+        assert!(signal_moments(&[tensors[1].shallow_clone(), strided]).is_none());
     }
 
     #[test]

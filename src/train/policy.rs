@@ -26,7 +26,13 @@ fn global_norm(grads: &[Tensor]) -> anyhow::Result<Tensor> {
     Ok(layer_norms(grads)?.f_norm()?)
 }
 
-fn scale_all(grads: &[Tensor], coef: &Tensor) -> anyhow::Result<()> {
+/// Multiplies every gradient by `coef`: the whole buffer at once where the gradients lie
+/// in one ([`GradPolicies::apply_flat`]), else layer by layer (the same products).
+fn scale_all(grads: &[Tensor], flat: Option<&Tensor>, coef: &Tensor) -> anyhow::Result<()> {
+    if let Some(flat) = flat {
+        let _ = flat.shallow_clone().f_mul_(coef)?;
+        return Ok(());
+    }
     for g in grads {
         let _ = g.shallow_clone().f_mul_(coef)?;
     }
@@ -176,6 +182,31 @@ impl GradPolicies {
     /// the gradients belong to (AGC reads them); `total_norm` is the global L2 norm of
     /// `grads` before any policy.
     pub fn apply(&mut self, grads: &[Tensor], weights: &[Tensor], total_norm: &Tensor) -> anyhow::Result<GradOutcome> {
+        self.apply_in(None, grads, weights, total_norm)
+    }
+
+    /// [`Self::apply`] to gradients that are views laid end to end over `flat`, which
+    /// holds them and nothing else: a policy that scales every gradient (clipping by the
+    /// global norm) then does it in one operation instead of one a layer.
+    pub fn apply_flat(
+        &mut self,
+        flat: &Tensor,
+        grads: &[Tensor],
+        weights: &[Tensor],
+        total_norm: &Tensor,
+    ) -> anyhow::Result<GradOutcome> {
+        let numel: i64 = grads.iter().map(Tensor::numel).map(|n| n as i64).sum();
+        anyhow::ensure!(flat.numel() as i64 == numel, "the flat buffer does not hold exactly the gradients");
+        self.apply_in(Some(flat), grads, weights, total_norm)
+    }
+
+    fn apply_in(
+        &mut self,
+        flat: Option<&Tensor>,
+        grads: &[Tensor],
+        weights: &[Tensor],
+        total_norm: &Tensor,
+    ) -> anyhow::Result<GradOutcome> {
         let mut norm = total_norm.shallow_clone();
         let mut skip: Option<Tensor> = None;
         let mut forced: Option<Tensor> = None;
@@ -184,7 +215,7 @@ impl GradPolicies {
                 Stage::ClipNorm { max_norm, inf } => {
                     let measured = if *inf { max_abs(grads)? } else { norm.shallow_clone() };
                     let coef = clip_coef(&measured.f_full_like(*max_norm)?, &measured)?;
-                    scale_all(grads, &coef)?;
+                    scale_all(grads, flat, &coef)?;
                     norm = norm.f_mul(&coef)?;
                 }
                 Stage::ClipValue { limit } => {
@@ -220,7 +251,7 @@ impl GradPolicies {
                     let threshold =
                         history.f_narrow(0, 0, filled)?.f_nanquantile_scalar(*quantile, None, false, "linear")?;
                     let coef = clip_coef(&threshold, &norm)?;
-                    scale_all(grads, &coef)?;
+                    scale_all(grads, flat, &coef)?;
                     norm = norm.f_mul(&coef)?;
                 }
                 Stage::Zclip { stats, max_grad_norm } => {
@@ -229,7 +260,7 @@ impl GradPolicies {
                         // `clip_grad_norm_` does.
                         if let Some(max) = max_grad_norm {
                             let coef = clip_coef(&norm.f_full_like(*max)?, &norm)?;
-                            scale_all(grads, &coef)?;
+                            scale_all(grads, flat, &coef)?;
                             norm = norm.f_mul(&coef)?;
                         }
                         continue;
@@ -247,7 +278,7 @@ impl GradPolicies {
                     let coef = effective
                         .f_div(&norm.f_add_scalar(CLIP_EPS)?)?
                         .f_where_self(&norm.f_gt_tensor(&effective)?, &norm.f_ones_like()?)?;
-                    scale_all(grads, &coef)?;
+                    scale_all(grads, flat, &coef)?;
                     // The EMA follows the adaptive target, not the cap (as the reference).
                     stats.update(&clip_to, &spike.f_ones_like()?)?;
                     norm = norm.f_mul(&coef)?;
@@ -438,6 +469,24 @@ mod tests {
         let mut loose = cpu(&[GradPolicy::ClipNorm { max_norm: 10.0, norm_type: NormType::Two }]);
         let again = loose.apply(&grads, &grads, &after.norm).expect("clip");
         assert!((again.norm.double_value(&[]) - after.norm.double_value(&[])).abs() < 1e-9);
+    }
+
+    /// Clipping the flat buffer the layers are views of leaves them as clipping each
+    /// layer does, bit for bit; a buffer that does not hold exactly the layers is refused.
+    #[test]
+    fn clipping_the_flat_buffer_equals_clipping_each_layer() {
+        let flat = Tensor::from_slice(&[3.0f32, 0.5, -7.0, 0.0, 4.0, 1e-3, 2.5]);
+        let layers = |t: &Tensor| vec![t.narrow(0, 0, 3), t.narrow(0, 3, 4)];
+        let per_layer = flat.copy();
+        let total = per_layer.norm();
+        let clip = [GradPolicy::ClipNorm { max_norm: 1.0, norm_type: NormType::Two }];
+        let by_layer = cpu(&clip).apply(&layers(&per_layer), &layers(&per_layer), &total).expect("clip");
+        let at_once = cpu(&clip).apply_flat(&flat, &layers(&flat), &layers(&flat), &total).expect("clip");
+        assert!(flat.equal(&per_layer), "{flat} vs {per_layer}");
+        assert!(at_once.norm.equal(&by_layer.norm));
+        assert!(flat.double_value(&[0]) < 3.0, "it clipped");
+        let short = flat.narrow(0, 0, 5);
+        assert!(cpu(&clip).apply_flat(&short, &layers(&flat), &layers(&flat), &total).is_err());
     }
 
     #[test]
