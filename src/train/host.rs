@@ -50,8 +50,6 @@ pub struct GradSummary {
     /// Elements whose |g| is below the threshold [`grad_summaries`] was given (zeros
     /// included, NaN not).
     pub below: u64,
-    /// Σg², in float64 (NaN or +Inf where g holds a NaN or an infinity).
-    pub squares: f64,
 }
 
 /// One layer's weights against a snapshot taken before the update.
@@ -441,10 +439,9 @@ impl Moments {
 
 fn summarise_layer(values: &[f32], below_bits: u32) -> GradSummary {
     let (mut moments, mut max_bits, mut zeros, mut nonfinite) = (Moments::default(), 0u32, 0u64, 0u64);
-    let (mut below, mut squares) = (0u64, 0f64);
+    let mut below = 0u64;
     for block in values.chunks(BLOCK) {
         let b = summarise_block(block, below_bits);
-        squares += b.squares;
         below += u64::from(b.below);
         moments = moments.merge(b.moments);
         max_bits = max_bits.max(b.max_bits);
@@ -460,27 +457,11 @@ fn summarise_layer(values: &[f32], below_bits: u32) -> GradSummary {
         zeros,
         nonfinite,
         below,
-        squares,
     }
-}
-
-/// Σg² of each layer of `grads` (layer `i` is `ranges[i]`): the same values, bit for bit,
-/// as the `squares` of [`grad_summaries`], for a fraction of its work. `None` when `grads`
-/// is not host memory.
-pub fn sum_squares(grads: &Tensor, ranges: &[Range<usize>]) -> Option<Vec<f64>> {
-    let values = host_values(grads)?;
-    Some(
-        ranges
-            .iter()
-            .map(|range| values[range.clone()].chunks(BLOCK).map(block_squares).fold(0.0, |a, b| a + b))
-            .collect(),
-    )
 }
 
 struct BlockSummary {
     moments: Moments,
-    /// Σg², as [`block_sums`] gives it.
-    squares: f64,
     max_bits: u32,
     zeros: u32,
     nonfinite: u32,
@@ -494,7 +475,13 @@ fn summarise_block(block: &[f32], below_bits: u32) -> BlockSummary {
     let tail = chunks.remainder();
     // The mean from float64 sums: a layer's mean is often a small difference of large
     // terms (a bias whose gradient sums to about zero), which float32 sums would lose.
-    let (total, squares) = block_sums(block);
+    let mut sum = [0f64; LANES];
+    for c in chunks.clone() {
+        for i in 0..LANES {
+            sum[i] += f64::from(c[i]);
+        }
+    }
+    let total: f64 = sum.iter().sum::<f64>() + tail.iter().map(|&x| f64::from(x)).sum::<f64>();
     // Where the mean is not finite (an infinity in the block) the layer's moments are NaN
     // anyway, and 0 keeps the sweep below finite where it can be.
     let mean = match total / n as f64 {
@@ -539,38 +526,7 @@ fn summarise_block(block: &[f32], below_bits: u32) -> BlockSummary {
     let count = n as f64;
     // Σ(x − m)² = Σd² − (Σd)²/n for d = x − shift: the rounding of `shift` cancels.
     let moments = Moments { n: count, mean, m2: (s2 - s1 * s1 / count).max(0.0) };
-    BlockSummary { moments, squares, max_bits, zeros: zero_count, nonfinite, below: below_count }
-}
-
-/// Σx and Σx² of a block, in float64 (each square of a float32 is exact there). The one
-/// definition of both: the global norm ([`sum_squares`]) and the layer summaries
-/// ([`grad_summaries`]) add the same blocks' Σx² in the same order, so they agree bit for
-/// bit.
-#[inline(always)]
-fn block_sums(block: &[f32]) -> (f64, f64) {
-    let chunks = block.chunks_exact(LANES);
-    let tail = chunks.remainder();
-    let (mut sum, mut squares) = ([0f64; LANES], [0f64; LANES]);
-    for c in chunks {
-        for i in 0..LANES {
-            let x = f64::from(c[i]);
-            sum[i] += x;
-            squares[i] += x * x;
-        }
-    }
-    let mut total = sum.iter().sum::<f64>();
-    let mut total_squares = squares.iter().sum::<f64>();
-    for &x in tail {
-        let x = f64::from(x);
-        total += x;
-        total_squares += x * x;
-    }
-    (total, total_squares)
-}
-
-#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx2+fma", "x86_64+avx2+fma", "aarch64+neon"))]
-fn block_squares(block: &[f32]) -> f64 {
-    block_sums(block).1
+    BlockSummary { moments, max_bits, zeros: zero_count, nonfinite, below: below_count }
 }
 
 /// Adds each element's exponent field to `counts` (256 of them). Four tables in turn, so
@@ -641,31 +597,6 @@ mod tests {
         let m2 = values.iter().map(|&x| (f64::from(x) - mean).powi(2)).sum::<f64>();
         let max = values.iter().map(|x| f64::from(x.abs())).fold(0.0, f64::max);
         (mean, m2, max)
-    }
-
-    /// The global norm's Σg² and the layer summaries' agree bit for bit (layers of a partial
-    /// block, of several blocks with a tail, and of one element), and hold to float64's.
-    #[test]
-    fn sum_squares_agree_with_the_summaries_bit_for_bit() {
-        let mut rng = StdRng::seed_from_u64(4);
-        let lengths = [7usize, 3 * BLOCK + 5, 1, BLOCK];
-        let values: Vec<f32> =
-            (0..lengths.iter().sum::<usize>()).map(|_| rng.random_range(-3.0f32..3.0) * 1e-3).collect();
-        let ranges: Vec<Range<usize>> = lengths
-            .iter()
-            .scan(0, |start, &n| {
-                *start += n;
-                Some(*start - n..*start)
-            })
-            .collect();
-        let grads = Tensor::from_slice(&values);
-        let squares = sum_squares(&grads, &ranges).expect("host memory");
-        let summaries = grad_summaries(&grads, &ranges, 0.0).expect("host memory");
-        for ((range, &s), summary) in ranges.iter().zip(&squares).zip(&summaries) {
-            assert_eq!(s.to_bits(), summary.squares.to_bits(), "layer of {} elements", range.len());
-            let want: f64 = values[range.clone()].iter().map(|&x| f64::from(x).powi(2)).sum();
-            assert!((s - want).abs() <= 1e-12 * want, "{s} vs {want}");
-        }
     }
 
     /// Block outputs' mean and mean square against float64 sums of their values; a block

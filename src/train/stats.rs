@@ -253,17 +253,12 @@ impl FlatParams {
         Ok(())
     }
 
-    /// Global L2 norm of the gradients. In host memory, from each layer's Σg² in float64
-    /// ([`host::sum_squares`]), the sums [`Self::grad_stats`] also takes in its pass.
-    /// Elsewhere, as the norm of the norms of about √n chunks of
+    /// Global L2 norm of the gradients, as the norm of the norms of about √n chunks of
     /// about √n elements each. LibTorch's CPU `norm` (and `dot`) accumulate a whole
     /// buffer in a few float32 lanes: off by 6e-5 at 3 million elements and 1e-3 at 20
     /// million. Chunked, each sum is short and the result stays within 1e-7 of float64,
     /// for the same single read of the buffer (one 2-D reduction on any device).
     pub fn grad_norm(&self) -> anyhow::Result<Tensor> {
-        if let Some(squares) = self.in_place.then(|| host::sum_squares(&self.grads, &self.ranges)).flatten() {
-            return Ok(global_norm(&squares));
-        }
         let n = self.grads.numel() as i64;
         let chunk = ((n as f64).sqrt().ceil() as i64).max(MIN_NORM_CHUNK);
         let whole = n / chunk * chunk;
@@ -305,13 +300,7 @@ impl FlatParams {
         if let Some(summaries) =
             self.in_place.then(|| host::grad_summaries(&self.grads, self.measured_ranges(), tiny)).flatten()
         {
-            // Every layer summarised: the global norm from the same Σg² a norm alone adds.
-            let total = if summaries.len() == self.ranges.len() {
-                global_norm(&summaries.iter().map(|s| s.squares).collect::<Vec<_>>())
-            } else {
-                self.grad_norm()?
-            };
-            return Ok((self.in_place_grad_stats(&summaries)?, total));
+            return Ok((self.in_place_grad_stats(&summaries)?, self.grad_norm()?));
         }
         let cuda = self.cuda_forms;
         let (mut floats, mut nonzero) = (Vec::with_capacity(self.groups.len()), Vec::with_capacity(self.groups.len()));
@@ -622,12 +611,6 @@ impl Group {
             Rows::Gathered { index, count } => buffer.f_index_select(0, index)?.f_view([*count, self.numel]),
         }
     }
-}
-
-/// The global L2 norm from each layer's Σg² (float64, added in layer order), as a 0-dim
-/// float32 tensor.
-fn global_norm(squares: &[f64]) -> Tensor {
-    Tensor::from(squares.iter().fold(0.0, |a, b| a + b).sqrt() as f32)
 }
 
 /// Each layer's elements in the flat buffers, laid end to end in the order of `numels`:
