@@ -558,7 +558,7 @@ async fn forward(
                     flow = Flow::Ended;
                 }
             }
-            Received::Lagged(missed) => out.text(ServerMessage::Lagged { missed }.to_json().into()).await?,
+            Received::Lagged(missed) => out.text(lagged(missed)).await?,
             Received::Closed => flow = Flow::Ended,
             Received::Failed(message) => {
                 out.text(ServerMessage::Error { message }.to_json().into()).await?;
@@ -625,7 +625,7 @@ impl Out {
             self.socket.feed(Message::Binary(batch.gzip.clone())).await?;
         } else {
             if batch.from > *next {
-                self.text(ServerMessage::Lagged { missed: batch.from - *next }.to_json().into()).await?;
+                self.text(lagged(batch.from - *next)).await?;
             }
             for item in &batch.items {
                 match item {
@@ -634,7 +634,7 @@ impl Out {
                     }
                     Item::Message(_) => {}
                     Item::Lagged(missed) => {
-                        self.text(ServerMessage::Lagged { missed: *missed }.to_json().into()).await?;
+                        self.text(lagged(*missed)).await?;
                     }
                 }
             }
@@ -691,6 +691,11 @@ fn full(shared: &Shared) -> Utf8Bytes {
     })
 }
 
+/// The `lagged` message for `missed` messages.
+fn lagged(missed: u64) -> Utf8Bytes {
+    ServerMessage::Lagged { missed }.to_json().into()
+}
+
 /// One gzip member of `text`.
 fn gzip(text: &[u8]) -> std::io::Result<Bytes> {
     let mut encoder = GzEncoder::new(Vec::with_capacity(text.len() / 3 + 64), Compression::default());
@@ -723,7 +728,7 @@ async fn batcher(
                     covered += 1;
                 }
                 Err(RecvError::Lagged(missed)) => {
-                    text.extend_from_slice(ServerMessage::Lagged { missed }.to_json().as_bytes());
+                    text.extend_from_slice(lagged(missed).as_bytes());
                     items.push(Item::Lagged(missed));
                     covered += missed;
                 }
@@ -746,17 +751,19 @@ async fn batcher(
         // More waiting: no pause before the next batch.
         let cut = items.len() == BATCH_MAX;
         if !items.is_empty() {
-            let gzip = match gzip(&text) {
-                Ok(gzip) => gzip,
-                Err(err) => {
-                    // Writing to memory does not fail; were it to, the clients end with the feed.
-                    tracing::warn!("could not compress a stream batch: {err}");
-                    return;
+            match gzip(&text) {
+                Ok(gzip) => {
+                    let batch = Batch { from: next, to: next + covered - 1, items, gzip };
+                    next += covered;
+                    let _ = tx.send(Arc::new(batch));
                 }
-            };
-            let batch = Batch { from: next, to: next + covered - 1, items, gzip };
-            next += covered;
-            let _ = tx.send(Arc::new(batch));
+                Err(err) => {
+                    // Writing to memory does not fail; were it to, the batches end here, and
+                    // with them the compressed clients' streams.
+                    tracing::warn!("could not compress a stream batch: {err}");
+                    ended = true;
+                }
+            }
         }
         let done = match live.upgrade() {
             Some(live) => live.batcher_done(ended),

@@ -17,12 +17,12 @@ use uuid::Uuid;
 
 use super::relay::{Publisher, Relay};
 use crate::config::FEED_CAPACITY as CHANNEL_CAPACITY;
+use crate::store::JobStatus;
+use crate::train::{Event, StepReport};
 
 /// Batches a compressed subscriber may fall behind by before it is told what it missed
 /// (a batch holds one message or many).
 const BATCH_CAPACITY: usize = CHANNEL_CAPACITY / 4;
-use crate::store::JobStatus;
-use crate::train::{Event, StepReport};
 
 /// One message of a job's live feed.
 // Steps are nearly every message: boxing them would cost an allocation per step to save
