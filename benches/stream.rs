@@ -8,7 +8,11 @@
 //! run in a second process, this program started again with `--connect`, at a low CPU
 //! priority (`nice -n 19` by default) to stand in for dashboards on other machines: it
 //! gets the cores only when the server and the job leave them idle, so the step rate is
-//! what the job pays for serving them. Each round runs the job alone and once per `--modes`
+//! what the job pays for serving them (with `SCHED_IDLE` by default, which says "only when
+//! idle" more strictly than a niceness does). Their latency is mostly their own wait for a core,
+//! which a dashboard on its own machine does not have; so a few of the subscribers
+//! (`--probes`) run in a third process at the server's priority, and their latency is what
+//! such a dashboard sees, on the same load. Each round runs the job alone and once per `--modes`
 //! (plain text frames, gzip'd batches), in an order that turns from round to round, and
 //! the figures are min / median / max.
 //! Run without `--bench` (as `cargo test --all-targets` does), it streams a short job to
@@ -53,6 +57,16 @@ struct StreamArgs {
     /// The niceness of the clients' process (19: the lowest priority; 0: the server's).
     #[arg(long, default_value_t = 19)]
     pub client_nice: i32,
+    /// Run the clients' process under Linux's `SCHED_IDLE` policy (`chrt --idle`): it runs
+    /// only on a core nothing else wants and never preempts, which a niceness alone does
+    /// not promise (a nice 19 thread still takes about 1.5 % of a busy core and may preempt
+    /// on waking). `--client-idle false` leaves it at its niceness.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub client_idle: bool,
+    /// Of the subscribers, how many run in a process of their own at the server's priority
+    /// to measure the latency a dashboard with a core of its own would see (0: none).
+    #[arg(long, default_value_t = 5)]
+    pub probes: usize,
     /// The server's `--stream-nice`: how much nicer its stream threads are (0: not at all).
     #[arg(long, default_value_t = gradscope::config::DEFAULT_STREAM_NICE)]
     pub stream_nice: i32,
@@ -128,11 +142,25 @@ struct Run {
     /// while the job ran.
     server_cpu: f64,
     clients: Option<ClientsReport>,
+    /// What the probes saw (`--probes`).
+    probes: Option<ClientsReport>,
     /// The server's side of the delay: p50 and p99 of `gradscope_stream_delay_seconds`
     /// over this run (publication to the write to a socket, oldest message of each
     /// write), in milliseconds, read off its buckets as Prometheus's `histogram_quantile`
     /// would.
     written_ms: Option<(f64, f64)>,
+}
+
+impl Run {
+    /// Step messages received by every subscriber, probes included.
+    fn delivered(&self) -> u64 {
+        self.clients.iter().chain(&self.probes).map(|c| c.delivered).sum()
+    }
+
+    /// Step messages the server said were skipped, probes included.
+    fn lagged(&self) -> u64 {
+        self.clients.iter().chain(&self.probes).map(|c| c.lagged).sum()
+    }
 }
 
 /// The cumulative buckets `(upper bound, count)` of the stream delay histogram.
@@ -182,7 +210,19 @@ fn main() -> anyhow::Result<()> {
     let args = if raw.iter().any(|a| a == "--bench" || a == "--connect") {
         StreamArgs::parse()
     } else {
-        StreamArgs::parse_from(["stream", "--clients", "2", "--steps", "20", "--hidden", "8", "--rounds", "1"])
+        StreamArgs::parse_from([
+            "stream",
+            "--clients",
+            "2",
+            "--probes",
+            "1",
+            "--steps",
+            "20",
+            "--hidden",
+            "8",
+            "--rounds",
+            "1",
+        ])
     };
     if let Some(url) = &args.connect {
         // The clients: one thread, as light as a reader of this many sockets can be.
@@ -223,13 +263,15 @@ async fn run(args: &StreamArgs) -> anyhow::Result<()> {
 
     println!(
         "bench stream: {} steps of a 1×{} LSTM, {} torch thread(s), {}; {} subscribers in a separate \
-         process at nice {}; stream threads at nice +{}; {} interleaved rounds",
+         process at nice {}{} ({} of them probes at nice 0); stream threads at nice +{}; {} interleaved rounds",
         args.steps,
         args.hidden,
         args.torch_threads,
         if args.in_process { "in the server's process" } else { "in a worker process" },
         args.clients,
         args.client_nice,
+        if args.client_idle { " under SCHED_IDLE" } else { "" },
+        args.probes.min(args.clients),
         args.stream_nice,
         args.rounds,
     );
@@ -246,6 +288,7 @@ async fn run(args: &StreamArgs) -> anyhow::Result<()> {
                 (Some(c), Some(mode)) => format!(
                     "{} {} subscribers {:>7.1} steps/s, server {:>5.2} CPU-s, clients {:>5.2} CPU-s, {:.0} KB each; \
                      delivered {}/{}, lagged {}, latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; \
+                     probes' latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; \
                      server's write delay p50 {:.1} ms, p99 {:.1} ms",
                     args.clients,
                     mode.name(),
@@ -253,12 +296,15 @@ async fn run(args: &StreamArgs) -> anyhow::Result<()> {
                     run.server_cpu,
                     c.cpu_seconds,
                     c.bytes_per_client / 1e3,
-                    c.delivered,
+                    run.delivered(),
                     args.steps * args.clients as u64,
-                    c.lagged,
+                    run.lagged(),
                     c.p50_ms,
                     c.p99_ms,
                     c.max_ms,
+                    run.probes.as_ref().map_or(f64::NAN, |p| p.p50_ms),
+                    run.probes.as_ref().map_or(f64::NAN, |p| p.p99_ms),
+                    run.probes.as_ref().map_or(f64::NAN, |p| p.max_ms),
                     run.written_ms.map_or(f64::NAN, |w| w.0),
                     run.written_ms.map_or(f64::NAN, |w| w.1),
                 ),
@@ -284,9 +330,10 @@ async fn run(args: &StreamArgs) -> anyhow::Result<()> {
         let costs: Vec<f64> =
             alone.iter().zip(with).map(|(a, w)| 100.0 * (w.steps_per_second / a.steps_per_second - 1.0)).collect();
         let reports: Vec<&ClientsReport> = with.iter().filter_map(|r| r.clients.as_ref()).collect();
+        let probes: Vec<&ClientsReport> = with.iter().filter_map(|r| r.probes.as_ref()).collect();
         let expected = args.steps * args.clients as u64 * reports.len() as u64;
-        let delivered: u64 = reports.iter().map(|c| c.delivered).sum();
-        let lagged: u64 = reports.iter().map(|c| c.lagged).sum();
+        let delivered: u64 = with.iter().map(Run::delivered).sum();
+        let lagged: u64 = with.iter().map(Run::lagged).sum();
         row(&label("steps/s"), rates(with));
         row(&label("vs alone (%)"), costs);
         row(&label("server CPU-s"), with.iter().map(|r| r.server_cpu).collect());
@@ -295,6 +342,9 @@ async fn run(args: &StreamArgs) -> anyhow::Result<()> {
         row(&label("latency p50 (ms)"), reports.iter().map(|c| c.p50_ms).collect());
         row(&label("latency p99 (ms)"), reports.iter().map(|c| c.p99_ms).collect());
         row(&label("latency max (ms)"), reports.iter().map(|c| c.max_ms).collect());
+        row(&label("probes' latency p50 (ms)"), probes.iter().map(|c| c.p50_ms).collect());
+        row(&label("probes' latency p99 (ms)"), probes.iter().map(|c| c.p99_ms).collect());
+        row(&label("probes' latency max (ms)"), probes.iter().map(|c| c.max_ms).collect());
         row(&label("server's write delay p50 (ms)"), with.iter().filter_map(|r| r.written_ms.map(|w| w.0)).collect());
         row(&label("server's write delay p99 (ms)"), with.iter().filter_map(|r| r.written_ms.map(|w| w.1)).collect());
         println!(
@@ -353,26 +403,14 @@ async fn train(
     };
     let blocker = submit(blocker).await?;
     let id = submit(spec.clone()).await?;
-    let mut child = None;
+    let (mut bulk, mut probes) = (None, None);
     if let Some(mode) = mode {
-        let mut process = tokio::process::Command::new("nice")
-            .arg("-n")
-            .arg(args.client_nice.to_string())
-            .arg(std::env::current_exe()?)
-            .args([
-                "--connect",
-                &format!("ws://{base}/api/v1/jobs/{id}/stream{}", mode.query()),
-                "--clients",
-                &clients.to_string(),
-            ])
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .context("failed to start the clients' process")?;
-        let mut lines = BufReader::new(process.stdout.take().context("stdout")?).lines();
-        let ready = lines.next_line().await?;
-        anyhow::ensure!(ready.as_deref() == Some("connected"), "the clients did not connect: {ready:?}");
-        child = Some((process, lines));
+        let url = format!("ws://{base}/api/v1/jobs/{id}/stream{}", mode.query());
+        let probe_count = args.probes.min(clients);
+        bulk = Some(ClientsProcess::start(&url, clients - probe_count, args.client_nice, args.client_idle).await?);
+        if probe_count > 0 {
+            probes = Some(ClientsProcess::start(&url, probe_count, 0, false).await?);
+        }
     }
     let buckets_before = delay_buckets(http, base).await?;
     http.post(format!("http://{base}/api/v1/jobs/{blocker}/cancel")).send().await?;
@@ -396,15 +434,52 @@ async fn train(
         Ok(chrono::DateTime::parse_from_rfc3339(at)?.timestamp_micros() as f64 / 1e6)
     };
     let steps_per_second = job["step"].as_f64().unwrap_or(0.0) / (seconds("finished_at")? - seconds("started_at")?);
-    let clients = match child {
+    let clients = match bulk {
+        Some(process) => Some(process.report().await?),
         None => None,
-        Some((mut process, mut lines)) => {
-            let line = lines.next_line().await?.context("the clients' process reported nothing")?;
-            process.wait().await?;
-            Some(serde_json::from_str::<ClientsReport>(&line)?)
-        }
     };
-    Ok(Run { steps_per_second, server_cpu, clients, written_ms })
+    let probes = match probes {
+        Some(process) => Some(process.report().await?),
+        None => None,
+    };
+    Ok(Run { steps_per_second, server_cpu, clients, probes, written_ms })
+}
+
+/// A clients' process: this program again with `--connect`, at a given niceness and
+/// perhaps under `SCHED_IDLE`.
+struct ClientsProcess {
+    process: tokio::process::Child,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+impl ClientsProcess {
+    /// Starts it and waits until its `count` sockets are connected.
+    async fn start(url: &str, count: usize, nice: i32, idle: bool) -> anyhow::Result<Self> {
+        let mut command = tokio::process::Command::new(if idle { "chrt" } else { "nice" });
+        if idle {
+            command.args(["--idle", "0", "nice"]);
+        }
+        let mut process = command
+            .arg("-n")
+            .arg(nice.to_string())
+            .arg(std::env::current_exe()?)
+            .args(["--connect", url, "--clients", &count.to_string()])
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("failed to start a clients' process")?;
+        let mut lines = BufReader::new(process.stdout.take().context("stdout")?).lines();
+        let ready = lines.next_line().await?;
+        anyhow::ensure!(ready.as_deref() == Some("connected"), "the clients did not connect: {ready:?}");
+        Ok(Self { process, lines })
+    }
+
+    /// Its report, once every socket has seen the job end.
+    async fn report(mut self) -> anyhow::Result<ClientsReport> {
+        let line = self.lines.next_line().await?.context("the clients' process reported nothing")?;
+        self.process.wait().await?;
+        Ok(serde_json::from_str(&line)?)
+    }
 }
 
 /// The clients' process: connects `count` sockets to `url`, says `connected`, reads every

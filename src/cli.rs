@@ -155,8 +155,9 @@ pub struct ServeArgs {
     #[arg(long, env = "GRADSCOPE_WS_IDLE_TIMEOUT", default_value_t = config::DEFAULT_WS_IDLE_TIMEOUT_SECS)]
     pub ws_idle_timeout_secs: u64,
     /// How much lower the CPU priority of the threads that serve WebSocket streams is than
-    /// the rest of the service's and the training's (a niceness, 0–19; 0 serves them at the
-    /// service's own priority). Dashboards then take the cores the training leaves.
+    /// the rest of the service's and the training's (a niceness, 0–19; 0, the default,
+    /// serves them at the service's own priority). Above 0, dashboards take the cores the
+    /// training leaves, and wait for them: later steps, for a little more training speed.
     #[arg(long, env = "GRADSCOPE_STREAM_NICE", default_value_t = config::DEFAULT_STREAM_NICE,
         value_parser = clap::value_parser!(i32).range(0..=19))]
     pub stream_nice: i32,

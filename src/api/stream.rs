@@ -18,10 +18,10 @@
 //! [`crate::jobs::relay`]): the same messages, rendered by the same code; if NATS cannot
 //! be reached the client gets an `error` naming the cause and the socket closes with 1011.
 //!
-//! Sockets are served on a runtime of their own ([`StreamRuntime`]) whose threads run at a
-//! lower CPU priority (`--stream-nice`) than the API and the training: on a machine whose
-//! cores the training keeps busy, hundreds of dashboards take what the training leaves,
-//! not a share of it.
+//! Sockets are served on a runtime of their own ([`StreamRuntime`]), whose threads an
+//! operator may run at a lower CPU priority (`--stream-nice`) than the API and the
+//! training, so that on a machine whose cores the training keeps busy hundreds of
+//! dashboards take what the training leaves, not a share of it (and wait for it).
 
 use std::future::Future;
 use std::io::Write;
