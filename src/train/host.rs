@@ -156,6 +156,24 @@ fn host_values_mut(t: &mut Tensor) -> Option<&mut [f32]> {
     Some(unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, n) })
 }
 
+/// Multiplies `values` by `factor` in place, each element rounded to float32 as LibTorch's
+/// `mul_` by a float32 scalar rounds it (a factor of exactly 1 changes nothing and is
+/// skipped). False, with nothing done, when `values` is not host memory.
+pub fn scale(values: &mut Tensor, factor: f32) -> bool {
+    let Some(values) = host_values_mut(values) else { return false };
+    if factor != 1.0 {
+        scale_values(values, factor);
+    }
+    true
+}
+
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx2+fma", "x86_64+avx2+fma", "aarch64+neon"))]
+fn scale_values(values: &mut [f32], factor: f32) {
+    for v in values {
+        *v *= factor;
+    }
+}
+
 /// One optimizer update, with its constants in the precision LibTorch's scalar operations
 /// on a float32 tensor use (float32), so that it computes what the same rule written as
 /// LibTorch operations computes, in one pass instead of one per operation.
@@ -672,6 +690,29 @@ mod tests {
         let s = weight_summaries(&w, &b, &[0..2, 2..3]).expect("host memory");
         assert_eq!(s[0], WeightSummary { after: 25.0, change: 4.0, before: 13.0 });
         assert_eq!(s[1], WeightSummary { after: 1.0, change: 1.0, before: 0.0 });
+    }
+
+    /// Scaling in place gives LibTorch's `mul_` by the same float32 scalar tensor, bit for
+    /// bit, over lengths around the vector widths, with NaN, infinities and subnormals.
+    #[test]
+    fn scaling_in_place_is_libtorchs_multiplication() {
+        let mut rng = StdRng::seed_from_u64(5);
+        for len in [0usize, 1, 15, 16, 17, 4095, 4097, 100_003] {
+            let mut values: Vec<f32> =
+                (0..len).map(|_| rng.random_range(-1e3f32..1e3) * 10f32.powi(rng.random_range(-40..4))).collect();
+            if len > 4 {
+                values[1..4].copy_from_slice(&[f32::NAN, f32::NEG_INFINITY, f32::from_bits(3)]);
+            }
+            for factor in [0.37f32, 1.0, 1e-30, 0.0] {
+                let ours = Tensor::from_slice(&values);
+                assert!(scale(&mut ours.shallow_clone(), factor), "host memory");
+                let theirs = Tensor::from_slice(&values);
+                let _ = theirs.shallow_clone().f_mul_(&Tensor::from(factor)).expect("mul_");
+                let (a, b) = (Vec::<f32>::try_from(&ours).expect("vec"), Vec::<f32>::try_from(&theirs).expect("vec"));
+                assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "len {len}, factor {factor}");
+            }
+        }
+        assert!(!scale(&mut Tensor::from_slice(&[1.0f64]), 0.5), "float64 is left to LibTorch");
     }
 
     #[test]

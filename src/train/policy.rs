@@ -28,8 +28,17 @@ fn global_norm(grads: &[Tensor]) -> anyhow::Result<Tensor> {
 
 /// Multiplies every gradient by `coef`: the whole buffer at once where the gradients lie
 /// in one ([`GradPolicies::apply_flat`]), else layer by layer (the same products).
+/// In host memory the buffer is multiplied in place on the training thread: LibTorch's
+/// `mul_` would first wake its thread pool, asleep after the in-place statistics, which
+/// cost 0.3 ms a step on 2 cores, four times the multiplication.
 fn scale_all(grads: &[Tensor], flat: Option<&Tensor>, coef: &Tensor) -> anyhow::Result<()> {
     if let Some(flat) = flat {
+        if flat.device() == Device::Cpu && coef.device() == Device::Cpu && coef.kind() == Kind::Float {
+            let factor = coef.f_double_value(&[])? as f32;
+            if super::host::scale(&mut flat.shallow_clone(), factor) {
+                return Ok(());
+            }
+        }
         let _ = flat.shallow_clone().f_mul_(coef)?;
         return Ok(());
     }

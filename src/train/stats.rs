@@ -297,10 +297,13 @@ impl FlatParams {
     /// included): counted in the same pass on the host, by one comparison per group on
     /// the device.
     pub fn grad_stats(&mut self, tiny: f64) -> anyhow::Result<(Tensor, Tensor)> {
+        // The norm first, while LibTorch's threads still spin from the backward pass: after
+        // the in-place pass they would have to be woken for it.
+        let total = self.grad_norm()?;
         if let Some(summaries) =
             self.in_place.then(|| host::grad_summaries(&self.grads, self.measured_ranges(), tiny)).flatten()
         {
-            return Ok((self.in_place_grad_stats(&summaries)?, self.grad_norm()?));
+            return Ok((self.in_place_grad_stats(&summaries)?, total));
         }
         let cuda = self.cuda_forms;
         let (mut floats, mut nonzero) = (Vec::with_capacity(self.groups.len()), Vec::with_capacity(self.groups.len()));
@@ -353,7 +356,7 @@ impl FlatParams {
         // In the order of `Statistic::GRAD`.
         let stats = Tensor::f_stack(&[norm, max, mean, var.f_sqrt()?, zero_frac, nonfinite, underflow], 0)?;
         self.zeros = Some(self.chosen_columns(zeros, 0)?);
-        Ok((self.chosen_columns(stats, 1)?, self.grad_norm()?))
+        Ok((self.chosen_columns(stats, 1)?, total))
     }
 
     /// [`Self::grad_stats`] from the in-place summaries: the same definitions, float64, and
