@@ -55,7 +55,7 @@ pub const DEFAULT_WS_MAX_TOTAL: usize = 4000;
 /// Default seconds a WebSocket may stay silent before it is closed.
 pub const DEFAULT_WS_IDLE_TIMEOUT_SECS: u64 = 60;
 /// Niceness added to the threads that serve WebSocket streams (0: the service's own). At
-/// 10, 500 dashboards of a job on 2 cores got their steps with a p99 latency of 100–190 ms
+/// 10, 500 dashboards of a job on 2 cores got their steps with a p99 latency of 89–235 ms
 /// instead of 51 ms, for about 3 % of the step rate back (the README's stream benchmark).
 pub const DEFAULT_STREAM_NICE: i32 = 0;
 /// Default seconds before a request (other than a stream) is answered 408.
