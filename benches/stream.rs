@@ -141,8 +141,6 @@ struct Run {
     /// CPU seconds of this process (the server; with `--in-process`, the training too)
     /// while the job ran.
     server_cpu: f64,
-    /// Write system calls of this process while the job ran.
-    server_writes: f64,
     /// Minor page faults of this process while the job ran.
     server_faults: f64,
     /// This process's busiest threads while the job ran, by name, with their CPU seconds.
@@ -292,7 +290,7 @@ async fn run(args: &StreamArgs) -> anyhow::Result<()> {
             let run = train(args, &http, &base, &spec, mode).await?;
             let line = match (&run.clients, mode) {
                 (Some(c), Some(mode)) => format!(
-                    "{} {} subscribers {:>7.1} steps/s, server {:>5.2} CPU-s, {:.0} writes, {:.0} page faults, clients {:>5.2} CPU-s, {:.0} KB each; \
+                    "{} {} subscribers {:>7.1} steps/s, server {:>5.2} CPU-s, {:.0} page faults, clients {:>5.2} CPU-s, {:.0} KB each; \
                      delivered {}/{}, lagged {}, latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; \
                      probes' latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; \
                      server's write delay p50 {:.1} ms, p99 {:.1} ms; busiest threads {}",
@@ -300,7 +298,6 @@ async fn run(args: &StreamArgs) -> anyhow::Result<()> {
                     mode.name(),
                     run.steps_per_second,
                     run.server_cpu,
-                    run.server_writes,
                     run.server_faults,
                     c.cpu_seconds,
                     c.bytes_per_client / 1e3,
@@ -346,7 +343,6 @@ async fn run(args: &StreamArgs) -> anyhow::Result<()> {
         row(&label("steps/s"), rates(with));
         row(&label("vs alone (%)"), costs);
         row(&label("server CPU-s"), with.iter().map(|r| r.server_cpu).collect());
-        row(&label("server's write system calls"), with.iter().map(|r| r.server_writes).collect());
         row(&label("server's page faults"), with.iter().map(|r| r.server_faults).collect());
         row(&label("clients' CPU-s"), reports.iter().map(|c| c.cpu_seconds).collect());
         row(&label("KB read per client"), reports.iter().map(|c| c.bytes_per_client / 1e3).collect());
@@ -382,21 +378,6 @@ fn spread(mut values: Vec<f64>) -> (f64, f64, f64) {
     (values[0], mid, values[n - 1])
 }
 
-/// Minor page faults this process has taken (`minflt` of `/proc/self/stat`).
-fn page_faults() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return f64::NAN };
-    let Some(close) = stat.rfind(')') else { return f64::NAN };
-    // After the name: state is field 3 of stat(5), minflt field 10.
-    stat[close + 1..].split_whitespace().nth(10 - 3).and_then(|f| f.parse().ok()).unwrap_or(f64::NAN)
-}
-
-/// Write system calls this process has made (`syscw` of `/proc/self/io`: `write`,
-/// `sendto` and the like), to tell one write a batch from many partial ones.
-fn write_calls() -> f64 {
-    let Ok(io) = std::fs::read_to_string("/proc/self/io") else { return f64::NAN };
-    io.lines().find_map(|line| line.strip_prefix("syscw: ")).and_then(|n| n.trim().parse().ok()).unwrap_or(f64::NAN)
-}
-
 /// CPU seconds (user + system) of this process's threads, summed by thread name, from
 /// `/proc/self/task` (a thread that ended is no longer counted).
 fn threads_cpu() -> std::collections::HashMap<String, f64> {
@@ -406,22 +387,33 @@ fn threads_cpu() -> std::collections::HashMap<String, f64> {
         // A thread may end between the listing and the read.
         let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
         let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
-        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        // After the name: state is field 3 of stat(5), utime 14 and stime 15, in USER_HZ.
-        let ticks = |i: usize| fields.get(i - 3).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
-        *names.entry(stat[open + 1..close].to_owned()).or_insert(0.0) += (ticks(14) + ticks(15)) / 100.0;
+        *names.entry(stat[open + 1..close].to_owned()).or_insert(0.0) += stat_cpu(&stat);
     }
     names
 }
 
-/// CPU seconds (user + system) this process has used, from `/proc/self/stat`.
+/// This process's `stat(5)` line (empty where it cannot be read, so every field is NaN).
+fn own_stat() -> String {
+    std::fs::read_to_string("/proc/self/stat").unwrap_or_default()
+}
+
+/// Field `field` of a `stat(5)` line, numbered as stat(5) numbers them (after the name in
+/// parentheses the state is field 3); NaN where it is missing.
+fn stat_field(stat: &str, field: usize) -> f64 {
+    stat.rfind(')')
+        .and_then(|close| stat[close + 1..].split_whitespace().nth(field - 3))
+        .and_then(|f| f.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// CPU seconds of a `stat(5)` line: utime (field 14) and stime (15), in USER_HZ (100).
+fn stat_cpu(stat: &str) -> f64 {
+    (stat_field(stat, 14) + stat_field(stat, 15)) / 100.0
+}
+
+/// CPU seconds (user + system) this process has used.
 fn process_cpu() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return f64::NAN };
-    let Some(close) = stat.rfind(')') else { return f64::NAN };
-    let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-    // After the name: state is field 3 of stat(5), utime 14 and stime 15, in USER_HZ (100).
-    let ticks = |i: usize| fields.get(i - 3).and_then(|f| f.parse::<f64>().ok()).unwrap_or(f64::NAN);
-    (ticks(14) + ticks(15)) / 100.0
+    stat_cpu(&own_stat())
 }
 
 /// Trains the job once with `clients` subscribers in a separate process; returns its step
@@ -458,8 +450,7 @@ async fn train(
     let buckets_before = delay_buckets(http, base).await?;
     http.post(format!("http://{base}/api/v1/jobs/{blocker}/cancel")).send().await?;
     // Counted from the blocker's end: the job starts right after it.
-    let (cpu_before, writes_before, threads_before) = (process_cpu(), write_calls(), threads_cpu());
-    let faults_before = page_faults();
+    let (stat_before, threads_before) = (own_stat(), threads_cpu());
     let job = loop {
         let job: Value = http.get(format!("http://{base}/api/v1/jobs/{id}")).send().await?.json().await?;
         if !matches!(job["status"].as_str(), Some("queued" | "running")) {
@@ -467,9 +458,10 @@ async fn train(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let server_cpu = process_cpu() - cpu_before;
-    let server_writes = write_calls() - writes_before;
-    let server_faults = page_faults() - faults_before;
+    let stat_after = own_stat();
+    let server_cpu = stat_cpu(&stat_after) - stat_cpu(&stat_before);
+    // Minor page faults: field 10 of stat(5).
+    let server_faults = stat_field(&stat_after, 10) - stat_field(&stat_before, 10);
     let mut busiest: Vec<(String, f64)> = threads_cpu()
         .into_iter()
         .map(|(name, cpu)| {
@@ -497,7 +489,7 @@ async fn train(
         Some(process) => Some(process.report().await?),
         None => None,
     };
-    Ok(Run { steps_per_second, server_cpu, server_writes, server_faults, busiest, clients, probes, written_ms })
+    Ok(Run { steps_per_second, server_cpu, server_faults, busiest, clients, probes, written_ms })
 }
 
 /// A clients' process: this program again with `--connect`, at a given niceness and
