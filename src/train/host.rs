@@ -15,9 +15,10 @@
 //! element in float32. The loops are written for the compiler to vectorise, and compiled
 //! for the widest vector unit the CPU has (`multiversion`).
 //!
-//! This module holds the crate's only `unsafe` code: views of a CPU tensor's memory as
-//! slices, taken and dropped within each function while no LibTorch operation runs
-//! (everything here runs on the training thread, between operations).
+//! With `fused.rs` (CUDA's kernels), this module holds the crate's `unsafe` code: views of
+//! a CPU tensor's memory as slices, taken and dropped within each function while no
+//! LibTorch operation runs (everything here runs on the training thread, between
+//! operations).
 #![allow(unsafe_code)]
 
 use std::ops::Range;
@@ -110,7 +111,7 @@ pub fn signal_moments(blocks: &[Tensor]) -> Option<Vec<(f64, f64)>> {
 /// The bits of `tiny` rounded to float32, as LibTorch compares a float32 tensor with it:
 /// for |x| as bits, |x| < tiny exactly when its bits are below these (NaN's lie above
 /// every finite float's).
-fn below_bits(tiny: f64) -> u32 {
+pub fn below_bits(tiny: f64) -> u32 {
     if tiny.is_nan() || tiny <= 0.0 {
         return 0;
     }

@@ -24,6 +24,7 @@ pub mod budget;
 pub mod checkpoint;
 pub mod data;
 pub mod diagnose;
+pub mod fused;
 pub mod host;
 pub mod model;
 pub mod optim;

@@ -17,6 +17,7 @@ use std::ops::Range;
 
 use tch::{Device, Kind, Tensor};
 
+use super::fused::Fused;
 use super::host;
 use crate::vocab::{Statistic, statistic_field};
 
@@ -87,6 +88,9 @@ pub struct FlatParams {
     /// Whether LibTorch's gradient reductions take the forms fastest on CUDA (one Welford
     /// read for the mean and the variance, `aminmax`) rather than the CPU's.
     cuda_forms: bool,
+    /// On CUDA, the kernels that take every statistic in one read ([`Fused`]); `None`
+    /// elsewhere, or where they could not be loaded (LibTorch's reductions then).
+    fused: Option<Fused>,
 }
 
 impl FlatParams {
@@ -110,7 +114,9 @@ impl FlatParams {
         let lengths = Tensor::from_slice(&numels).f_to(device)?;
         let counts = lengths.f_to_kind(Kind::Float)?;
         let (groups, restore) = Group::build(&numels, device)?;
+        let fused = if device.is_cuda() { load_fused(device, &ranges) } else { None };
         Ok(Self {
+            fused,
             groups,
             restore,
             params: moved,
@@ -139,7 +145,14 @@ impl FlatParams {
     #[cfg(test)]
     fn through_libtorch(mut self) -> Self {
         self.in_place = false;
+        self.fused = None;
         self
+    }
+
+    /// Whether the statistics are taken by the CUDA kernels.
+    #[cfg(test)]
+    fn fused(&self) -> bool {
+        self.fused.is_some()
     }
 
     /// Takes the statistics through LibTorch's reductions in the forms chosen for CUDA,
@@ -149,6 +162,7 @@ impl FlatParams {
     fn through_cuda_forms(mut self) -> Self {
         self.in_place = false;
         self.cuda_forms = true;
+        self.fused = None;
         self
     }
 
@@ -178,6 +192,11 @@ impl FlatParams {
             Some((layers, Tensor::from_slice(&index).f_to_device(self.grads.device())?, ranges))
         };
         self.zeros = None;
+        if self.fused.is_some() {
+            // The kernels' chunks cover the measured layers; a snapshot of others is stale.
+            self.fused = Some(Fused::new(self.grads.device(), self.measured_ranges())?);
+            self.before = None;
+        }
         Ok(())
     }
 
@@ -305,6 +324,10 @@ impl FlatParams {
         {
             return Ok((self.in_place_grad_stats(&summaries)?, total));
         }
+        if let Some(fused) = &self.fused {
+            self.zeros = None;
+            return Ok((fused.grad_rows(&self.grads, tiny)?, total));
+        }
         let cuda = self.cuda_forms;
         let (mut floats, mut nonzero) = (Vec::with_capacity(self.groups.len()), Vec::with_capacity(self.groups.len()));
         let mut below = Vec::with_capacity(self.groups.len());
@@ -405,6 +428,9 @@ impl FlatParams {
     /// so a bucket of more than 2^24 elements (where float32 stops counting by one) is
     /// exact.
     pub fn grad_histogram(&mut self) -> anyhow::Result<Tensor> {
+        if let Some(fused) = &self.fused {
+            return fused.histogram(&self.grads);
+        }
         let layers = self.params.len() as i64;
         let device = self.grads.device();
         if self.hist.is_none() {
@@ -472,6 +498,13 @@ impl FlatParams {
 
     /// Remembers the weights before a step whose `update_ratio` will be reported.
     pub fn snapshot_weights(&mut self) -> anyhow::Result<()> {
+        if let Some(fused) = &self.fused {
+            if self.before.is_none() {
+                self.before = Some(self.weights.f_empty_like()?);
+            }
+            let Some(before) = &self.before else { unreachable!("set above") };
+            return fused.snapshot(&self.weights, before);
+        }
         match &mut self.before {
             Some(before) => {
                 before.f_copy_(&self.weights)?;
@@ -495,6 +528,9 @@ impl FlatParams {
             && let Some(summaries) = host::weight_summaries(&self.weights, before, self.measured_ranges())
         {
             return weight_rows(&summaries);
+        }
+        if let (Some(fused), Some(before)) = (&self.fused, &self.before) {
+            return fused.weight_rows(&self.weights, before);
         }
         let norm = self.norms(&self.weights)?;
         let ratio = match &self.before {
@@ -541,6 +577,24 @@ impl FlatParams {
             })
             .collect::<anyhow::Result<_>>()?;
         Ok(Tensor::f_cat(&rows, 0)?.f_index_select(0, &self.restore)?)
+    }
+}
+
+/// The CUDA kernels for `ranges`, or `None` (with a warning, once a process) where they
+/// cannot be loaded: the statistics are then LibTorch's reductions.
+fn load_fused(device: Device, ranges: &[Range<usize>]) -> Option<Fused> {
+    match Fused::new(device, ranges) {
+        Ok(fused) => Some(fused),
+        Err(e) => {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "statistics kernels unavailable; LibTorch's reductions take the statistics on CUDA"
+                );
+            });
+            None
+        }
     }
 }
 
@@ -702,15 +756,15 @@ mod tests {
             .params()
             .iter()
             .zip(coefs)
-            .map(|(p, c)| (p * c).sum(Kind::Float))
-            .fold(Tensor::from(0.0f32), |acc, t| acc + t);
+            .map(|(p, c)| (p * c.to_device(p.device())).sum(Kind::Float))
+            .fold(Tensor::from(0.0f32).to_device(flat.grads().device()), |acc, t| acc + t);
         loss.backward();
         flat.adopt_grads().expect("adopt");
     }
 
     #[test]
     fn statistics_match_per_tensor_computations() {
-        for way in Way::CPU {
+        for way in Way::all() {
             statistics_match_per_tensor_computations_read(way);
         }
     }
@@ -723,8 +777,7 @@ mod tests {
         backward(&mut flat, &coefs);
         backward(&mut flat, &coefs);
         let (stats, total) = flat.grad_stats(TINY).expect("stats");
-        let rows: Vec<f64> =
-            Vec::<f32>::try_from(stats.flatten(0, -1)).expect("rows").into_iter().map(f64::from).collect();
+        let rows: Vec<f64> = Vec::<f64>::try_from(stats.flatten(0, -1).to_device(Device::Cpu)).expect("rows");
         let s = LayerStats::from_grad_rows(&rows, 2);
         for (layer, g) in coefs.iter().enumerate() {
             let g = g.flatten(0, -1);
@@ -754,7 +807,7 @@ mod tests {
         let params: Vec<Tensor> = with_seed(5, || {
             numels.iter().map(|&n| Tensor::randn([n], (Kind::Float, Device::Cpu)).set_requires_grad(true)).collect()
         });
-        for way in Way::CPU {
+        for way in Way::all() {
             grouped_layers_read(way, &numels, &params);
         }
     }
@@ -770,7 +823,8 @@ mod tests {
         });
         backward(&mut flat, &coefs);
         let s = grad_rows(&mut flat);
-        let weights: Vec<f32> = Vec::try_from(flat.weight_stats().expect("weights").flatten(0, -1)).expect("rows");
+        let weights: Vec<f32> =
+            Vec::try_from(flat.weight_stats().expect("weights").flatten(0, -1).to_device(Device::Cpu)).expect("rows");
         let close = |a: f64, b: f64| (a - b).abs() <= 1e-5 * b.abs().max(1e-6);
         for (layer, g) in coefs.iter().enumerate() {
             assert!(close(s.grad_norm[layer], g.norm().double_value(&[])), "layer {layer} norm");
@@ -783,7 +837,7 @@ mod tests {
 
     #[test]
     fn histogram_buckets_are_powers_of_two() {
-        for way in Way::CPU {
+        for way in Way::all() {
             histogram_buckets_read(way);
         }
     }
@@ -796,7 +850,7 @@ mod tests {
         ];
         backward(&mut flat, &coefs);
         let _ = flat.grad_stats(TINY).expect("stats");
-        let hist = Vec::<i64>::try_from(flat.grad_histogram().expect("hist")).expect("counts");
+        let hist = Vec::<i64>::try_from(flat.grad_histogram().expect("hist").to_device(Device::Cpu)).expect("counts");
         assert_eq!(hist.len(), 2 * HIST_BINS);
         let bin = |e: i64| (e - HIST_MIN_EXP + 1) as usize;
         let (first, second) = hist.split_at(HIST_BINS);
@@ -824,12 +878,13 @@ mod tests {
                 Tensor::from_slice(&g)
             })
             .collect();
-        for way in Way::CPU {
+        for way in Way::all() {
             let params: Vec<Tensor> = grads.iter().map(|g| g.zeros_like().set_requires_grad(true)).collect();
             let mut flat = way.flat(&params);
             backward(&mut flat, &grads);
             let _ = flat.grad_stats(TINY).expect("stats");
-            let hist = Vec::<i64>::try_from(flat.grad_histogram().expect("hist")).expect("counts");
+            let hist =
+                Vec::<i64>::try_from(flat.grad_histogram().expect("hist").to_device(Device::Cpu)).expect("counts");
             assert_eq!(hist.len(), layers * HIST_BINS, "{way:?}");
             for (i, counts) in hist.chunks(HIST_BINS).enumerate() {
                 let mut expected = vec![0i64; HIST_BINS];
@@ -845,7 +900,7 @@ mod tests {
 
     #[test]
     fn nonfinite_layers_are_flagged_then_counted() {
-        for way in Way::CPU {
+        for way in Way::all() {
             let mut flat = way.flat(&params());
             let coefs = [
                 Tensor::from_slice(&[1.0f32, f32::NAN, f32::INFINITY, 0.0]),
@@ -853,9 +908,9 @@ mod tests {
             ];
             backward(&mut flat, &coefs);
             let (stats, _) = flat.grad_stats(TINY).expect("stats");
-            let nonfinite: Vec<f64> = Vec::try_from(stats.get(5).to_kind(Kind::Double)).expect("row");
+            let nonfinite: Vec<f64> = Vec::try_from(stats.get(5).to_device(Device::Cpu)).expect("row");
             match way {
-                Way::InPlace => assert_eq!(nonfinite[0], 2.0, "counted in the same pass"),
+                Way::InPlace | Way::Cuda => assert_eq!(nonfinite[0], 2.0, "{way:?}: counted in the same pass"),
                 _ => assert!(nonfinite[0].is_nan(), "the broken layer is flagged"),
             }
             assert_eq!(nonfinite[1], 0.0);
@@ -865,7 +920,9 @@ mod tests {
 
     /// Each way statistics are taken: in place on the CPU, LibTorch's reductions on the CPU
     /// (pairwise sums), the same in the forms chosen for CUDA (Welford, `aminmax`) on the
-    /// CPU, and on the first CUDA device where there is one (tree reductions).
+    /// CPU, and on the first CUDA device where there is one: by the kernels of `fused.rs`
+    /// and by LibTorch's reductions (tree reductions), the way taken where the kernels
+    /// cannot be loaded.
     #[derive(Debug, Clone, Copy, PartialEq)]
     enum Way {
         InPlace,
@@ -873,6 +930,7 @@ mod tests {
         /// LibTorch's reductions in the forms chosen for CUDA, on the CPU.
         CudaFormsCpu,
         Cuda,
+        CudaLibTorch,
     }
 
     impl Way {
@@ -881,13 +939,13 @@ mod tests {
         fn all() -> Vec<Self> {
             let mut all = Self::CPU.to_vec();
             if tch::Cuda::is_available() {
-                all.push(Self::Cuda);
+                all.extend([Self::Cuda, Self::CudaLibTorch]);
             }
             all
         }
 
         fn device(self) -> Device {
-            if self == Self::Cuda { Device::Cuda(0) } else { Device::Cpu }
+            if matches!(self, Self::Cuda | Self::CudaLibTorch) { Device::Cuda(0) } else { Device::Cpu }
         }
 
         /// `params` (on [`Self::device`]) in flat buffers read this way.
@@ -896,7 +954,12 @@ mod tests {
             match self {
                 Self::LibTorchCpu => flat.through_libtorch(),
                 Self::CudaFormsCpu => flat.through_cuda_forms(),
-                Self::InPlace | Self::Cuda => flat,
+                Self::CudaLibTorch => flat.through_libtorch(),
+                Self::Cuda => {
+                    assert!(flat.fused(), "the statistics kernels load on a CUDA machine");
+                    flat
+                }
+                Self::InPlace => flat,
             }
         }
     }
@@ -1042,7 +1105,7 @@ mod tests {
 
     #[test]
     fn weight_stats_measure_the_update() {
-        for way in Way::CPU {
+        for way in Way::all() {
             weight_stats_read(way);
         }
     }
@@ -1054,7 +1117,8 @@ mod tests {
             let mut first = flat.params()[0].shallow_clone();
             let _ = first.f_mul_scalar_(2.0).expect("scale");
         });
-        let rows: Vec<f32> = Vec::try_from(flat.weight_stats().expect("stats").flatten(0, -1)).expect("rows");
+        let rows: Vec<f32> =
+            Vec::try_from(flat.weight_stats().expect("stats").flatten(0, -1).to_device(Device::Cpu)).expect("rows");
         let first_norm = (1.0f32 + 4.0 + 16.0).sqrt();
         assert!((rows[0] - 2.0 * first_norm).abs() < 1e-5);
         assert!((rows[2] - 1.0).abs() < 1e-6, "doubling changes the weights by their own norm");

@@ -1,0 +1,322 @@
+// Every per-layer statistic of the flat buffers in one read, compiled at run time by NVRTC
+// (src/train/fused.rs, which prepends THREADS, PER_THREAD, HIST_BINS, HIST_MIN_EXP and
+// HIST_MAX_EXP as macros).
+//
+// The buffers are cut into chunks of at most THREADS * PER_THREAD elements, each inside
+// one layer; one block reduces one chunk into a part, and a second kernel, one block per
+// layer, combines the layer's parts in a fixed order, so the figures are the same from run
+// to run. The moments are Chan, Golub and LeVeque's pairwise update in float64 over
+// per-thread two-pass moments (a thread holds its PER_THREAD values in registers): as
+// exact as two passes over the layer. Counts come from the floats' bits, as in
+// src/train/host.rs: |x| as bits orders every float by magnitude, NaN above +Inf.
+
+#define WARPS (THREADS / 32)
+#define FULL_MASK 0xffffffffu
+#define INF_BITS 0x7f800000u
+
+// One part of a layer's gradient: element count, mean, Σ(x − mean)², largest |x| as bits,
+// exact zeros, |x| below the threshold, NaN or ±Inf.
+struct Part {
+    double n, mean, m2;
+    unsigned int max_bits, zeros, below, nonfinite;
+};
+
+__device__ __forceinline__ Part empty_part() {
+    Part p;
+    p.n = 0.0;
+    p.mean = 0.0;
+    p.m2 = 0.0;
+    p.max_bits = 0u;
+    p.zeros = 0u;
+    p.below = 0u;
+    p.nonfinite = 0u;
+    return p;
+}
+
+__device__ __forceinline__ void merge(Part &a, const Part &b) {
+    if (b.n > 0.0) {
+        if (a.n == 0.0) {
+            a.n = b.n;
+            a.mean = b.mean;
+            a.m2 = b.m2;
+        } else {
+            double n = a.n + b.n;
+            double delta = b.mean - a.mean;
+            a.mean += delta * (b.n / n);
+            a.m2 += b.m2 + delta * delta * (a.n * b.n / n);
+            a.n = n;
+        }
+    }
+    a.max_bits = max(a.max_bits, b.max_bits);
+    a.zeros += b.zeros;
+    a.below += b.below;
+    a.nonfinite += b.nonfinite;
+}
+
+__device__ __forceinline__ Part shuffle_down(const Part &p, int offset) {
+    Part q;
+    q.n = __shfl_down_sync(FULL_MASK, p.n, offset);
+    q.mean = __shfl_down_sync(FULL_MASK, p.mean, offset);
+    q.m2 = __shfl_down_sync(FULL_MASK, p.m2, offset);
+    q.max_bits = __shfl_down_sync(FULL_MASK, p.max_bits, offset);
+    q.zeros = __shfl_down_sync(FULL_MASK, p.zeros, offset);
+    q.below = __shfl_down_sync(FULL_MASK, p.below, offset);
+    q.nonfinite = __shfl_down_sync(FULL_MASK, p.nonfinite, offset);
+    return q;
+}
+
+// The block's parts merged, in thread 0 (a fixed tree: the same order on every run).
+__device__ Part reduce_parts(Part p) {
+    __shared__ Part warps[WARPS];
+    for (int offset = 16; offset > 0; offset >>= 1) {
+        merge(p, shuffle_down(p, offset));
+    }
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (lane == 0) {
+        warps[warp] = p;
+    }
+    __syncthreads();
+    if (warp == 0) {
+        p = lane < WARPS ? warps[lane] : empty_part();
+        for (int offset = 16; offset > 0; offset >>= 1) {
+            merge(p, shuffle_down(p, offset));
+        }
+    }
+    return p;
+}
+
+// The block's sums of a and b, in thread 0.
+__device__ double2 reduce_sums(double a, double b) {
+    __shared__ double2 warps[WARPS];
+    for (int offset = 16; offset > 0; offset >>= 1) {
+        a += __shfl_down_sync(FULL_MASK, a, offset);
+        b += __shfl_down_sync(FULL_MASK, b, offset);
+    }
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (lane == 0) {
+        warps[warp] = make_double2(a, b);
+    }
+    __syncthreads();
+    if (warp == 0) {
+        double2 s = lane < WARPS ? warps[lane] : make_double2(0.0, 0.0);
+        a = s.x;
+        b = s.y;
+        for (int offset = 16; offset > 0; offset >>= 1) {
+            a += __shfl_down_sync(FULL_MASK, a, offset);
+            b += __shfl_down_sync(FULL_MASK, b, offset);
+        }
+    }
+    return make_double2(a, b);
+}
+
+// One chunk of the gradients a block: its part, as (n, mean, m2) in `moments` and
+// (max bits, zeros, below, nonfinite) in `counts`.
+extern "C" __global__ void __launch_bounds__(THREADS) grad_chunks(
+    const float *__restrict__ grads, const long long *__restrict__ starts,
+    const int *__restrict__ lens, unsigned int below_bits,
+    double *__restrict__ moments, unsigned int *__restrict__ counts) {
+    const int chunk = blockIdx.x;
+    const float *x = grads + starts[chunk];
+    const int len = lens[chunk];
+    float v[PER_THREAD];
+#pragma unroll
+    for (int k = 0; k < PER_THREAD; k++) {
+        const int i = k * THREADS + threadIdx.x;
+        v[k] = i < len ? x[i] : 0.0f;
+    }
+    Part p = empty_part();
+    double sum = 0.0;
+#pragma unroll
+    for (int k = 0; k < PER_THREAD; k++) {
+        if (k * THREADS + (int)threadIdx.x < len) {
+            const unsigned int bits = __float_as_uint(v[k]) & 0x7fffffffu;
+            sum += (double)v[k];
+            p.n += 1.0;
+            p.max_bits = max(p.max_bits, bits);
+            p.zeros += bits == 0u;
+            p.below += bits < below_bits;
+            p.nonfinite += bits >= INF_BITS;
+        }
+    }
+    if (p.n > 0.0) {
+        p.mean = sum / p.n;
+#pragma unroll
+        for (int k = 0; k < PER_THREAD; k++) {
+            if (k * THREADS + (int)threadIdx.x < len) {
+                const double d = (double)v[k] - p.mean;
+                p.m2 += d * d;
+            }
+        }
+    }
+    p = reduce_parts(p);
+    if (threadIdx.x == 0) {
+        moments[3 * chunk] = p.n;
+        moments[3 * chunk + 1] = p.mean;
+        moments[3 * chunk + 2] = p.m2;
+        counts[4 * chunk] = p.max_bits;
+        counts[4 * chunk + 1] = p.zeros;
+        counts[4 * chunk + 2] = p.below;
+        counts[4 * chunk + 3] = p.nonfinite;
+    }
+}
+
+// One layer a block: its chunks' parts (chunks first[layer] .. first[layer + 1]) merged
+// into the rows of `out`, [7, layers] in the order of `Statistic::GRAD`: norm, max |g|,
+// mean, sample std, zero fraction, NaN/Inf count, fraction below the threshold. A layer
+// holding a NaN or an infinity has NaN norm, mean and std; max |g| is NaN where it holds
+// a NaN.
+extern "C" __global__ void __launch_bounds__(THREADS) grad_layers(
+    const double *__restrict__ moments, const unsigned int *__restrict__ counts,
+    const int *__restrict__ first, int layers, double *__restrict__ out) {
+    const int layer = blockIdx.x;
+    Part p = empty_part();
+    for (int c = first[layer] + threadIdx.x; c < first[layer + 1]; c += THREADS) {
+        Part q;
+        q.n = moments[3 * c];
+        q.mean = moments[3 * c + 1];
+        q.m2 = moments[3 * c + 2];
+        q.max_bits = counts[4 * c];
+        q.zeros = counts[4 * c + 1];
+        q.below = counts[4 * c + 2];
+        q.nonfinite = counts[4 * c + 3];
+        merge(p, q);
+    }
+    p = reduce_parts(p);
+    if (threadIdx.x == 0) {
+        const double n = p.n;
+        double mean = p.mean, m2 = p.m2;
+        if (p.nonfinite > 0u || n == 0.0) {
+            mean = nan("");
+            m2 = nan("");
+        }
+        out[0 * layers + layer] = sqrt(m2 + n * mean * mean);
+        out[1 * layers + layer] = (double)__uint_as_float(p.max_bits);
+        out[2 * layers + layer] = mean;
+        // n − 1 = 0 for a one-element layer: 0/0, NaN, as torch.std gives.
+        out[3 * layers + layer] = sqrt(m2 / (n - 1.0));
+        out[4 * layers + layer] = (double)p.zeros / n;
+        out[5 * layers + layer] = (double)p.nonfinite;
+        out[6 * layers + layer] = (double)p.below / n;
+    }
+}
+
+// The power-of-two bucket of |x| (as bits): 0 for ±0, the smallest for subnormals and
+// everything below 2^HIST_MIN_EXP, the largest finite one for everything at or above
+// 2^HIST_MAX_EXP, the last for NaN and ±Inf.
+__device__ __forceinline__ int bucket(unsigned int bits) {
+    const int e = (int)(bits >> 23);
+    if (e == 0) {
+        return bits != 0u ? 1 : 0;
+    }
+    if (e == 255) {
+        return HIST_BINS - 1;
+    }
+    return min(max(e - 127 - HIST_MIN_EXP + 1, 1), HIST_MAX_EXP - HIST_MIN_EXP + 1);
+}
+
+// One chunk of the gradients a block: its bucket counts added to its layer's HIST_BINS
+// int64 counters in `out` (zeroed before; integer sums, so the order does not matter).
+extern "C" __global__ void __launch_bounds__(THREADS) hist_chunks(
+    const float *__restrict__ grads, const long long *__restrict__ starts,
+    const int *__restrict__ lens, const int *__restrict__ layer_of,
+    unsigned long long *__restrict__ out) {
+    __shared__ unsigned int counts[HIST_BINS];
+    for (int b = threadIdx.x; b < HIST_BINS; b += THREADS) {
+        counts[b] = 0u;
+    }
+    __syncthreads();
+    const int chunk = blockIdx.x;
+    const float *x = grads + starts[chunk];
+    const int len = lens[chunk];
+#pragma unroll
+    for (int k = 0; k < PER_THREAD; k++) {
+        const int i = k * THREADS + threadIdx.x;
+        if (i < len) {
+            atomicAdd(&counts[bucket(__float_as_uint(x[i]) & 0x7fffffffu)], 1u);
+        }
+    }
+    __syncthreads();
+    unsigned long long *layer = out + (long long)layer_of[chunk] * HIST_BINS;
+    for (int b = threadIdx.x; b < HIST_BINS; b += THREADS) {
+        if (counts[b] > 0u) {
+            atomicAdd(&layer[b], (unsigned long long)counts[b]);
+        }
+    }
+}
+
+// One chunk of the weights a block: copied into `before`, and Σw² into sums[chunk].
+extern "C" __global__ void __launch_bounds__(THREADS) snapshot_chunks(
+    const float *__restrict__ weights, float *__restrict__ before,
+    const long long *__restrict__ starts, const int *__restrict__ lens,
+    double *__restrict__ sums) {
+    const int chunk = blockIdx.x;
+    const long long start = starts[chunk];
+    const int len = lens[chunk];
+    float v[PER_THREAD];
+#pragma unroll
+    for (int k = 0; k < PER_THREAD; k++) {
+        const int i = k * THREADS + threadIdx.x;
+        v[k] = i < len ? weights[start + i] : 0.0f;
+    }
+    double squares = 0.0;
+#pragma unroll
+    for (int k = 0; k < PER_THREAD; k++) {
+        const int i = k * THREADS + threadIdx.x;
+        if (i < len) {
+            before[start + i] = v[k];
+            squares += (double)v[k] * (double)v[k];
+        }
+    }
+    const double2 s = reduce_sums(squares, 0.0);
+    if (threadIdx.x == 0) {
+        sums[chunk] = s.x;
+    }
+}
+
+// One chunk of the weights a block, after the update: Σw² and Σ(w − before)² into
+// sums[2 * chunk] and sums[2 * chunk + 1].
+extern "C" __global__ void __launch_bounds__(THREADS) change_chunks(
+    const float *__restrict__ weights, const float *__restrict__ before,
+    const long long *__restrict__ starts, const int *__restrict__ lens,
+    double *__restrict__ sums) {
+    const int chunk = blockIdx.x;
+    const long long start = starts[chunk];
+    const int len = lens[chunk];
+    double after = 0.0, change = 0.0;
+#pragma unroll
+    for (int k = 0; k < PER_THREAD; k++) {
+        const int i = k * THREADS + threadIdx.x;
+        if (i < len) {
+            const double w = (double)weights[start + i];
+            const double d = w - (double)before[start + i];
+            after += w * w;
+            change += d * d;
+        }
+    }
+    const double2 s = reduce_sums(after, change);
+    if (threadIdx.x == 0) {
+        sums[2 * chunk] = s.x;
+        sums[2 * chunk + 1] = s.y;
+    }
+}
+
+// One layer a block: the rows of `out`, [2, layers] in the order of `Statistic::WEIGHT`:
+// ‖w‖ after the update, and ‖w − before‖ / ‖before‖ (NaN where ‖before‖ = 0).
+extern "C" __global__ void __launch_bounds__(THREADS) weight_layers(
+    const double *__restrict__ snapshot, const double *__restrict__ sums,
+    const int *__restrict__ first, int layers, double *__restrict__ out) {
+    const int layer = blockIdx.x;
+    double before = 0.0, after = 0.0, change = 0.0;
+    for (int c = first[layer] + threadIdx.x; c < first[layer + 1]; c += THREADS) {
+        before += snapshot[c];
+        after += sums[2 * c];
+        change += sums[2 * c + 1];
+    }
+    const double2 s = reduce_sums(after, change);
+    __syncthreads();
+    const double2 b = reduce_sums(before, 0.0);
+    if (threadIdx.x == 0) {
+        out[layer] = sqrt(s.x);
+        out[layers + layer] = b.x > 0.0 ? sqrt(s.y / b.x) : nan("");
+    }
+}

@@ -1,0 +1,372 @@
+//! The flat buffers on CUDA, read once for every per-layer statistic.
+//!
+//! LibTorch's reductions each read the whole gradient buffer again: a mean and variance,
+//! a min/max, a non-zero count, a threshold count, and for the weights a snapshot, a
+//! subtraction and three norms — about 64 bytes of memory traffic a parameter where the
+//! gradient is 4, which on a 100M-parameter model is a quarter of the training step (the
+//! README's "On a GPU"). The kernels in `fused.cu`, compiled at run time by NVRTC (the
+//! library PyTorch's CUDA builds ship beside LibTorch), read the gradients once for every
+//! gradient statistic, copy the weights into the snapshot while summing their squares,
+//! and read weights and snapshot once after the update: 20 bytes a parameter in all, and
+//! the histogram, on the steps that take one, 4 more.
+//!
+//! The buffers are cut into chunks inside one layer each; a block reduces a chunk, and a
+//! second kernel combines each layer's chunks in a fixed order, so a statistic is the same
+//! on every run. The kernels run on the CUDA device's legacy default stream, the one
+//! LibTorch's operations use, so they are ordered with them; their inputs and outputs
+//! are LibTorch tensors, kept alive by the caller until their results are read.
+//!
+//! Where NVRTC or the driver cannot be loaded, [`Fused::new`] fails and the statistics are
+//! taken by LibTorch's reductions, with the same definitions (`stats.rs`).
+//!
+//! With `host.rs`, this module holds the crate's `unsafe` code: launching a kernel on raw
+//! device pointers, and loading NVRTC by path.
+#![allow(unsafe_code)]
+
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use anyhow::Context;
+use cudarc::driver::{CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::nvrtc::{CompileError, Ptx};
+use tch::{Device, Kind, Tensor};
+
+use super::host;
+use super::stats::{HIST_BINS, HIST_MAX_EXP, HIST_MIN_EXP};
+use crate::vocab::Statistic;
+
+/// Threads a block.
+const THREADS: u32 = 256;
+/// Elements a thread holds in registers: its two-pass moments need no second read.
+const PER_THREAD: usize = 16;
+/// Elements a chunk (one block's work): 16 KiB of float32.
+const CHUNK: usize = THREADS as usize * PER_THREAD;
+
+const SOURCE: &str = include_str!("fused.cu");
+
+/// The kernels `fused.cu` defines.
+const ENTRIES: [&str; 6] =
+    ["grad_chunks", "grad_layers", "hist_chunks", "snapshot_chunks", "change_chunks", "weight_layers"];
+
+/// `fused.cu` with the sizes it is compiled for.
+fn source() -> String {
+    format!(
+        "#define THREADS {THREADS}\n#define PER_THREAD {PER_THREAD}\n#define HIST_BINS {HIST_BINS}\n\
+         #define HIST_MIN_EXP ({HIST_MIN_EXP})\n#define HIST_MAX_EXP ({HIST_MAX_EXP})\n{SOURCE}"
+    )
+}
+
+/// The kernels as PTX, compiled once a process (for the oldest architecture NVRTC
+/// targets; the driver compiles the PTX for the device when a module is loaded).
+pub fn ptx() -> Result<&'static str, String> {
+    static PTX: OnceLock<Result<String, String>> = OnceLock::new();
+    PTX.get_or_init(|| {
+        load_nvrtc()?;
+        cudarc::nvrtc::compile_ptx(source()).map(|ptx| ptx.to_src()).map_err(|e| match e {
+            CompileError::CompileError { log, .. } => {
+                format!("NVRTC could not compile the statistics kernels:\n{}", log.to_string_lossy())
+            }
+            other => format!("NVRTC could not compile the statistics kernels: {other}"),
+        })
+    })
+    .as_deref()
+    .map_err(Clone::clone)
+}
+
+/// Makes NVRTC loadable by the names the driver bindings look for: from the library path
+/// if it is there, else from beside the LibTorch this process runs (PyTorch's wheels keep
+/// it in `site-packages/nvidia/<part>/lib`, with the builtins library it opens by name).
+/// A library loaded by path answers later loads by its soname, so both are loaded and kept
+/// for the process's life.
+fn load_nvrtc() -> Result<(), String> {
+    // SAFETY: loading NVRTC runs no code of ours; it is a library whose initialisers are
+    // safe to run, as PyTorch itself loads it.
+    if unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Ok(());
+    }
+    let candidates = nvrtc_beside_libtorch();
+    for path in &candidates {
+        // SAFETY: as above.
+        if let Ok(library) = unsafe { libloading::Library::new(path) } {
+            std::mem::forget(library);
+            if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libnvrtc-builtins")) {
+                continue;
+            }
+            // SAFETY: as above.
+            if unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+                return Ok(());
+            }
+        }
+    }
+    Err(format!("NVRTC (libnvrtc.so) is neither on the library path nor beside LibTorch (looked at {candidates:?})"))
+}
+
+/// `libnvrtc-builtins.so.<version>` and `libnvrtc.so.<major>` files (in that order, the
+/// first opened by the second) in the `nvidia/*/lib` folders beside the `torch` package
+/// whose libraries this process has mapped.
+fn nvrtc_beside_libtorch() -> Vec<PathBuf> {
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else { return Vec::new() };
+    let Some(torch_lib) = maps
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(5))
+        .map(PathBuf::from)
+        .find(|path| path.file_name().is_some_and(|name| name == "libtorch_cpu.so" || name == "libc10.so"))
+        .and_then(|path| path.parent().map(PathBuf::from))
+    else {
+        return Vec::new();
+    };
+    let Some(site) = torch_lib.parent().and_then(|torch| torch.parent()) else { return Vec::new() };
+    let Ok(parts) = std::fs::read_dir(site.join("nvidia")) else { return Vec::new() };
+    let mut found: Vec<PathBuf> = parts
+        .flatten()
+        .filter_map(|part| std::fs::read_dir(part.path().join("lib")).ok())
+        .flatten()
+        .flatten()
+        .map(|file| file.path())
+        .filter(|path| {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let version = |prefix: &str| {
+                name.strip_prefix(prefix)
+                    .is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit() || b == b'.'))
+            };
+            version("libnvrtc-builtins.so.") || version("libnvrtc.so.")
+        })
+        .collect();
+    // The builtins first; "libnvrtc-" sorts before "libnvrtc.".
+    found.sort();
+    found
+}
+
+/// The kernels loaded on one device, with the stream LibTorch's operations run on.
+struct Kernels {
+    stream: Arc<CudaStream>,
+    grad_chunks: CudaFunction,
+    grad_layers: CudaFunction,
+    hist_chunks: CudaFunction,
+    snapshot_chunks: CudaFunction,
+    change_chunks: CudaFunction,
+    weight_layers: CudaFunction,
+}
+
+impl Kernels {
+    /// The kernels on CUDA device `ordinal`, loaded once a process.
+    fn on(ordinal: usize) -> anyhow::Result<Arc<Self>> {
+        static LOADED: Mutex<Vec<(usize, Arc<Kernels>)>> = Mutex::new(Vec::new());
+        let mut loaded = LOADED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, kernels)) = loaded.iter().find(|(o, _)| *o == ordinal) {
+            return Ok(Arc::clone(kernels));
+        }
+        let ptx = ptx().map_err(anyhow::Error::msg)?;
+        // SAFETY: loading the driver library runs no code of ours.
+        anyhow::ensure!(unsafe { cudarc::driver::sys::is_culib_present() }, "the CUDA driver library is not loadable");
+        // The device's primary context: the one LibTorch's runtime calls use.
+        let context = CudaContext::new(ordinal).context("the CUDA context")?;
+        let module = context.load_module(Ptx::from_src(ptx)).context("loading the statistics kernels")?;
+        let function = |name: &str| module.load_function(name).with_context(|| format!("kernel {name}"));
+        let kernels = Arc::new(Self {
+            // The null stream: the legacy default stream LibTorch runs its operations on.
+            stream: context.default_stream(),
+            grad_chunks: function(ENTRIES[0])?,
+            grad_layers: function(ENTRIES[1])?,
+            hist_chunks: function(ENTRIES[2])?,
+            snapshot_chunks: function(ENTRIES[3])?,
+            change_chunks: function(ENTRIES[4])?,
+            weight_layers: function(ENTRIES[5])?,
+        });
+        loaded.push((ordinal, Arc::clone(&kernels)));
+        Ok(kernels)
+    }
+}
+
+/// A contiguous float32, int32, int64 or float64 tensor on CUDA, as a device pointer.
+fn device_ptr(t: &Tensor) -> anyhow::Result<u64> {
+    anyhow::ensure!(t.device().is_cuda() && t.is_contiguous(), "a kernel's buffer must be contiguous on CUDA");
+    Ok(t.data_ptr() as u64)
+}
+
+fn blocks(n: usize) -> anyhow::Result<LaunchConfig> {
+    Ok(LaunchConfig {
+        grid_dim: (u32::try_from(n).context("too many blocks for one launch")?, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    })
+}
+
+/// One job's statistics kernels, and the chunks of its measured layers.
+pub struct Fused {
+    kernels: Arc<Kernels>,
+    device: Device,
+    layers: usize,
+    chunks: usize,
+    /// Each chunk's first element in the flat buffers (int64).
+    starts: Tensor,
+    /// Each chunk's length (int32, at most [`CHUNK`]).
+    lens: Tensor,
+    /// Each chunk's layer, by position among the measured layers (int32).
+    layer_of: Tensor,
+    /// Layer `l`'s chunks are `first[l] .. first[l + 1]` (int32, `layers + 1`).
+    first: Tensor,
+    /// The chunks' parts of the gradient statistics: (n, mean, m2) float64 and (max
+    /// bits, zeros, below, nonfinite) int32, rewritten each step.
+    moments: Tensor,
+    counts: Tensor,
+    /// Σw² of each chunk at the last snapshot, and (Σw², Σ(w − before)²) after the
+    /// update (float64).
+    snapshot: Tensor,
+    sums: Tensor,
+}
+
+impl std::fmt::Debug for Fused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fused").field("layers", &self.layers).field("chunks", &self.chunks).finish_non_exhaustive()
+    }
+}
+
+impl Fused {
+    /// The kernels on `device` (CUDA), for the layers whose elements are `ranges`.
+    pub fn new(device: Device, ranges: &[Range<usize>]) -> anyhow::Result<Self> {
+        let Device::Cuda(ordinal) = device else { anyhow::bail!("the statistics kernels run on CUDA") };
+        let kernels = Kernels::on(ordinal)?;
+        let (mut starts, mut lens, mut layer_of, mut first) = (Vec::new(), Vec::new(), Vec::new(), vec![0i32]);
+        for (layer, range) in ranges.iter().enumerate() {
+            let mut start = range.start;
+            while start < range.end {
+                let len = CHUNK.min(range.end - start);
+                starts.push(start as i64);
+                lens.push(len as i32);
+                layer_of.push(layer as i32);
+                start += len;
+            }
+            first.push(i32::try_from(starts.len()).context("too many chunks")?);
+        }
+        let chunks = starts.len();
+        let on = |t: Tensor| t.f_to_device(device);
+        let zeros = |n: usize, kind: Kind| Tensor::f_zeros([n.max(1) as i64], (kind, device));
+        Ok(Self {
+            kernels,
+            device,
+            layers: ranges.len(),
+            chunks,
+            starts: on(Tensor::from_slice(&starts))?,
+            lens: on(Tensor::from_slice(&lens))?,
+            layer_of: on(Tensor::from_slice(&layer_of))?,
+            first: on(Tensor::from_slice(&first))?,
+            moments: zeros(3 * chunks, Kind::Double)?,
+            counts: zeros(4 * chunks, Kind::Int)?,
+            snapshot: zeros(chunks, Kind::Double)?,
+            sums: zeros(2 * chunks, Kind::Double)?,
+        })
+    }
+
+    /// The gradient statistics of the measured layers, `[Statistic::GRAD.len(), layers]`
+    /// float64, NaN/Inf counted; `|g| < tiny` counts as underflow.
+    pub fn grad_rows(&self, grads: &Tensor, tiny: f64) -> anyhow::Result<Tensor> {
+        let rows = Statistic::GRAD.len();
+        let out = Tensor::f_empty([rows as i64, self.layers as i64], (Kind::Double, self.device))?;
+        let (g, starts, lens) = (device_ptr(grads)?, device_ptr(&self.starts)?, device_ptr(&self.lens)?);
+        let (moments, counts, first, out_ptr) =
+            (device_ptr(&self.moments)?, device_ptr(&self.counts)?, device_ptr(&self.first)?, device_ptr(&out)?);
+        let below = host::below_bits(tiny);
+        let layers = self.layers as i32;
+        let k = &self.kernels;
+        if self.chunks > 0 {
+            let mut launch = k.stream.launch_builder(&k.grad_chunks);
+            launch.arg(&g).arg(&starts).arg(&lens).arg(&below).arg(&moments).arg(&counts);
+            // SAFETY: the pointers are of live contiguous CUDA tensors of the kinds and sizes
+            // `fused.cu` reads and writes (`grads` covers every chunk's elements), and the
+            // launch is ordered with LibTorch's operations on the same stream.
+            unsafe { launch.launch(blocks(self.chunks)?) }.context("grad_chunks")?;
+        }
+        if self.layers > 0 {
+            let mut launch = k.stream.launch_builder(&k.grad_layers);
+            launch.arg(&moments).arg(&counts).arg(&first).arg(&layers).arg(&out_ptr);
+            // SAFETY: as above; `out` holds `rows × layers` float64.
+            unsafe { launch.launch(blocks(self.layers)?) }.context("grad_layers")?;
+        }
+        Ok(out)
+    }
+
+    /// Each measured layer's gradient histogram, `[layers * HIST_BINS]` int64.
+    pub fn histogram(&self, grads: &Tensor) -> anyhow::Result<Tensor> {
+        let out = Tensor::f_zeros([(self.layers * HIST_BINS) as i64], (Kind::Int64, self.device))?;
+        if self.chunks > 0 {
+            let (g, starts, lens) = (device_ptr(grads)?, device_ptr(&self.starts)?, device_ptr(&self.lens)?);
+            let (layer_of, out_ptr) = (device_ptr(&self.layer_of)?, device_ptr(&out)?);
+            let k = &self.kernels;
+            let mut launch = k.stream.launch_builder(&k.hist_chunks);
+            launch.arg(&g).arg(&starts).arg(&lens).arg(&layer_of).arg(&out_ptr);
+            // SAFETY: as in `grad_rows`; `out` holds `layers × HIST_BINS` int64, zeroed.
+            unsafe { launch.launch(blocks(self.chunks)?) }.context("hist_chunks")?;
+        }
+        Ok(out)
+    }
+
+    /// Copies the measured layers of `weights` into `before` (laid out as the weights),
+    /// keeping each chunk's Σw² for [`Self::weight_rows`].
+    pub fn snapshot(&self, weights: &Tensor, before: &Tensor) -> anyhow::Result<()> {
+        anyhow::ensure!(before.size() == weights.size(), "the snapshot is laid out as the weights");
+        if self.chunks == 0 {
+            return Ok(());
+        }
+        let (w, b, starts, lens) =
+            (device_ptr(weights)?, device_ptr(before)?, device_ptr(&self.starts)?, device_ptr(&self.lens)?);
+        let sums = device_ptr(&self.snapshot)?;
+        let k = &self.kernels;
+        let mut launch = k.stream.launch_builder(&k.snapshot_chunks);
+        launch.arg(&w).arg(&b).arg(&starts).arg(&lens).arg(&sums);
+        // SAFETY: as in `grad_rows`; `before` has the weights' length.
+        unsafe { launch.launch(blocks(self.chunks)?) }.context("snapshot_chunks")?;
+        Ok(())
+    }
+
+    /// The weight statistics of the measured layers against the last [`Self::snapshot`]
+    /// into `before`, `[Statistic::WEIGHT.len(), layers]` float64.
+    pub fn weight_rows(&self, weights: &Tensor, before: &Tensor) -> anyhow::Result<Tensor> {
+        let out = Tensor::f_empty([Statistic::WEIGHT.len() as i64, self.layers as i64], (Kind::Double, self.device))?;
+        let (w, b, starts, lens) =
+            (device_ptr(weights)?, device_ptr(before)?, device_ptr(&self.starts)?, device_ptr(&self.lens)?);
+        let (snapshot, sums, first, out_ptr) =
+            (device_ptr(&self.snapshot)?, device_ptr(&self.sums)?, device_ptr(&self.first)?, device_ptr(&out)?);
+        let layers = self.layers as i32;
+        let k = &self.kernels;
+        if self.chunks > 0 {
+            let mut launch = k.stream.launch_builder(&k.change_chunks);
+            launch.arg(&w).arg(&b).arg(&starts).arg(&lens).arg(&sums);
+            // SAFETY: as in `grad_rows`.
+            unsafe { launch.launch(blocks(self.chunks)?) }.context("change_chunks")?;
+        }
+        if self.layers > 0 {
+            let mut launch = k.stream.launch_builder(&k.weight_layers);
+            launch.arg(&snapshot).arg(&sums).arg(&first).arg(&layers).arg(&out_ptr);
+            // SAFETY: as in `grad_rows`; `out` holds `2 × layers` float64.
+            unsafe { launch.launch(blocks(self.layers)?) }.context("weight_layers")?;
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kernels compile with the NVRTC beside the project's LibTorch, on any machine:
+    /// a GPU runs them (the statistics' tests in `stats.rs` take them on CUDA).
+    #[test]
+    fn the_statistics_kernels_compile() {
+        let ptx = ptx().unwrap_or_else(|e| panic!("{e}"));
+        for entry in ENTRIES {
+            assert!(ptx.contains(&format!(".entry {entry}(")), "{entry} is in the PTX");
+        }
+        assert_eq!(CHUNK % 32, 0, "a chunk is whole warps");
+    }
+
+    #[test]
+    fn nvrtc_is_found_beside_libtorch() {
+        let found = nvrtc_beside_libtorch();
+        assert!(
+            found.iter().any(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libnvrtc.so."))),
+            "{found:?}"
+        );
+    }
+}
