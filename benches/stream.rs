@@ -153,6 +153,9 @@ struct Run {
     /// write), in milliseconds, read off its buckets as Prometheus's `histogram_quantile`
     /// would.
     written_ms: Option<(f64, f64)>,
+    /// Writes to clients' sockets over this run, per client: the delay histogram's
+    /// observations (one a write). More writes of fewer messages each would show here.
+    writes_per_client: f64,
 }
 
 impl Run {
@@ -178,6 +181,12 @@ async fn delay_buckets(http: &reqwest::Client, base: &str) -> anyhow::Result<Vec
         buckets.push((le, count.trim().parse()?));
     }
     Ok(buckets)
+}
+
+/// The observations between two readings of the same buckets (the `+Inf` bucket's).
+fn observations(before: &[(f64, f64)], after: &[(f64, f64)]) -> f64 {
+    let total = |buckets: &[(f64, f64)]| buckets.iter().find(|b| b.0.is_infinite()).map_or(0.0, |b| b.1);
+    total(after) - total(before)
 }
 
 /// The `q` quantile of the observations between two readings of the same buckets, by
@@ -290,7 +299,7 @@ async fn run(args: &StreamArgs) -> anyhow::Result<()> {
             let run = train(args, &http, &base, &spec, mode).await?;
             let line = match (&run.clients, mode) {
                 (Some(c), Some(mode)) => format!(
-                    "{} {} subscribers {:>7.1} steps/s, server {:>5.2} CPU-s, {:.0} page faults, clients {:>5.2} CPU-s, {:.0} KB each; \
+                    "{} {} subscribers {:>7.1} steps/s, server {:>5.2} CPU-s, {:.0} page faults, {:.0} writes a client, clients {:>5.2} CPU-s, {:.0} KB each; \
                      delivered {}/{}, lagged {}, latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; \
                      probes' latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; \
                      server's write delay p50 {:.1} ms, p99 {:.1} ms; busiest threads {}",
@@ -299,6 +308,7 @@ async fn run(args: &StreamArgs) -> anyhow::Result<()> {
                     run.steps_per_second,
                     run.server_cpu,
                     run.server_faults,
+                    run.writes_per_client,
                     c.cpu_seconds,
                     c.bytes_per_client / 1e3,
                     run.delivered(),
@@ -344,6 +354,7 @@ async fn run(args: &StreamArgs) -> anyhow::Result<()> {
         row(&label("vs alone (%)"), costs);
         row(&label("server CPU-s"), with.iter().map(|r| r.server_cpu).collect());
         row(&label("server's page faults"), with.iter().map(|r| r.server_faults).collect());
+        row(&label("writes a client"), with.iter().map(|r| r.writes_per_client).collect());
         row(&label("clients' CPU-s"), reports.iter().map(|c| c.cpu_seconds).collect());
         row(&label("KB read per client"), reports.iter().map(|c| c.bytes_per_client / 1e3).collect());
         row(&label("latency p50 (ms)"), reports.iter().map(|c| c.p50_ms).collect());
@@ -475,6 +486,7 @@ async fn train(
     let written_ms = (clients > 0).then(|| {
         (1e3 * quantile(&buckets_before, &buckets_after, 0.5), 1e3 * quantile(&buckets_before, &buckets_after, 0.99))
     });
+    let writes_per_client = observations(&buckets_before, &buckets_after) / clients.max(1) as f64;
     anyhow::ensure!(job["status"] == "succeeded", "the benchmark job ended {}: {}", job["status"], job["error"]);
     let seconds = |field: &str| -> anyhow::Result<f64> {
         let at = job[field].as_str().context("timestamp")?;
@@ -489,7 +501,7 @@ async fn train(
         Some(process) => Some(process.report().await?),
         None => None,
     };
-    Ok(Run { steps_per_second, server_cpu, server_faults, busiest, clients, probes, written_ms })
+    Ok(Run { steps_per_second, server_cpu, server_faults, busiest, clients, probes, written_ms, writes_per_client })
 }
 
 /// A clients' process: this program again with `--connect`, at a given niceness and
