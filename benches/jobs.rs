@@ -92,6 +92,11 @@ enum Variant {
     Off,
     /// `monitor.every: 0` and no `clip_norm`: the bare training step.
     Bare,
+    /// As `default`, its statistics taken by LibTorch's reductions instead of the CUDA
+    /// kernels (the same as `default` off CUDA).
+    DefaultLibtorch,
+    /// As `no-histogram`, by LibTorch's reductions.
+    NoHistogramLibtorch,
 }
 
 impl Variant {
@@ -102,14 +107,21 @@ impl Variant {
             Self::NoHistogram => "statistics, no histograms",
             Self::Off => "monitor.every: 0",
             Self::Bare => "every: 0, no clip_norm",
+            Self::DefaultLibtorch => "default, LibTorch reductions",
+            Self::NoHistogramLibtorch => "no histograms, LibTorch's",
         }
+    }
+
+    /// Whether a CUDA job takes its statistics by the kernels.
+    fn kernels(self) -> bool {
+        !matches!(self, Self::DefaultLibtorch | Self::NoHistogramLibtorch)
     }
 
     fn monitor(self) -> Value {
         match self {
-            Self::Default => json!({}),
+            Self::Default | Self::DefaultLibtorch => json!({}),
             Self::EveryHistogram => json!({"histogram_every": 1}),
-            Self::NoHistogram => json!({"histogram": false}),
+            Self::NoHistogram | Self::NoHistogramLibtorch => json!({"histogram": false}),
             Self::Off | Self::Bare => json!({"every": 0}),
         }
     }
@@ -219,6 +231,10 @@ async fn run(args: &JobsArgs) -> anyhow::Result<()> {
         println!("each phase waits for CUDA device {index}: its time is its own GPU time");
     }
     let variants = &args.variants;
+    anyhow::ensure!(
+        !args.workers || variants.iter().all(|v| v.kernels()),
+        "the LibTorch variants switch the server's process: leave out --workers"
+    );
     let mut runs: Vec<Vec<Run>> = variants.iter().map(|_| Vec::new()).collect();
     for round in 0..args.rounds {
         for k in 0..variants.len() {
@@ -264,6 +280,8 @@ async fn job(http: &reqwest::Client, base: &str, args: &JobsArgs, variant: Varia
         spec["monitor"]["layers"] = json!(args.layers);
     }
     let _ = timing::take();
+    // Read when the job builds its flat buffers: in this process, jobs run one at a time.
+    gradscope::train::fused::enable(variant.kernels());
     let mut threads = Threads::sample()?;
     let response = http.post(format!("{base}/api/v1/jobs")).json(&spec).send().await?;
     let created: Value = response.json().await?;

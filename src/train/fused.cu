@@ -5,20 +5,143 @@
 // The buffers are cut into chunks of at most THREADS * PER_THREAD elements, each inside
 // one layer; one block reduces one chunk into a part, and a second kernel, one block per
 // layer, combines the layer's parts in a fixed order, so the figures are the same from run
-// to run. The moments are Chan, Golub and LeVeque's pairwise update in float64 over
-// per-thread two-pass moments (a thread holds its PER_THREAD values in registers): as
-// exact as two passes over the layer. Counts come from the floats' bits, as in
+// to run. A chunk's moments take two passes in float64 over the values its threads hold
+// in registers (PER_THREAD each); a layer's chunks are combined by Chan, Golub and
+// LeVeque's pairwise update: as exact as two passes over the layer. Counts come from the
+// floats' bits, as in
 // src/train/host.rs: |x| as bits orders every float by magnitude, NaN above +Inf.
 
 #define WARPS (THREADS / 32)
 #define FULL_MASK 0xffffffffu
 #define INF_BITS 0x7f800000u
 
-// One part of a layer's gradient: element count, mean, Σ(x − mean)², largest |x| as bits,
-// exact zeros, |x| below the threshold, NaN or ±Inf.
+// A chunk's counts over |x| as bits: the largest, exact zeros, below the threshold, NaN or
+// ±Inf; and Σx.
+struct Tally {
+    double sum;
+    unsigned int max_bits, zeros, below, nonfinite;
+};
+
+// The block's tallies summed, in thread 0.
+__device__ Tally reduce_tallies(Tally t) {
+    __shared__ Tally warps[WARPS];
+    for (int offset = 16; offset > 0; offset >>= 1) {
+        t.sum += __shfl_down_sync(FULL_MASK, t.sum, offset);
+        t.max_bits = max(t.max_bits, __shfl_down_sync(FULL_MASK, t.max_bits, offset));
+        t.zeros += __shfl_down_sync(FULL_MASK, t.zeros, offset);
+        t.below += __shfl_down_sync(FULL_MASK, t.below, offset);
+        t.nonfinite += __shfl_down_sync(FULL_MASK, t.nonfinite, offset);
+    }
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (lane == 0) {
+        warps[warp] = t;
+    }
+    __syncthreads();
+    if (warp == 0) {
+        if (lane < WARPS) {
+            t = warps[lane];
+        } else {
+            t.sum = 0.0;
+            t.max_bits = t.zeros = t.below = t.nonfinite = 0u;
+        }
+        for (int offset = 16; offset > 0; offset >>= 1) {
+            t.sum += __shfl_down_sync(FULL_MASK, t.sum, offset);
+            t.max_bits = max(t.max_bits, __shfl_down_sync(FULL_MASK, t.max_bits, offset));
+            t.zeros += __shfl_down_sync(FULL_MASK, t.zeros, offset);
+            t.below += __shfl_down_sync(FULL_MASK, t.below, offset);
+            t.nonfinite += __shfl_down_sync(FULL_MASK, t.nonfinite, offset);
+        }
+    }
+    return t;
+}
+
+// The block's sums of a and b, in thread 0.
+__device__ double2 reduce_sums(double a, double b) {
+    __shared__ double2 warps[WARPS];
+    for (int offset = 16; offset > 0; offset >>= 1) {
+        a += __shfl_down_sync(FULL_MASK, a, offset);
+        b += __shfl_down_sync(FULL_MASK, b, offset);
+    }
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (lane == 0) {
+        warps[warp] = make_double2(a, b);
+    }
+    __syncthreads();
+    if (warp == 0) {
+        double2 s = lane < WARPS ? warps[lane] : make_double2(0.0, 0.0);
+        a = s.x;
+        b = s.y;
+        for (int offset = 16; offset > 0; offset >>= 1) {
+            a += __shfl_down_sync(FULL_MASK, a, offset);
+            b += __shfl_down_sync(FULL_MASK, b, offset);
+        }
+    }
+    return make_double2(a, b);
+}
+
+// One chunk of the gradients a block, in two passes over the values its threads hold in
+// registers: Σx and the counts, then Σ(x − mean)² about the chunk's mean. The chunk's
+// (n, mean, m2) go to `moments`, its (max bits, zeros, below, nonfinite) to `counts`.
+extern "C" __global__ void __launch_bounds__(THREADS) grad_chunks(
+    const float *__restrict__ grads, const long long *__restrict__ starts,
+    const int *__restrict__ lens, unsigned int below_bits,
+    double *__restrict__ moments, unsigned int *__restrict__ counts) {
+    __shared__ double chunk_mean;
+    const int chunk = blockIdx.x;
+    const float *x = grads + starts[chunk];
+    const int len = lens[chunk];
+    float v[PER_THREAD];
+#pragma unroll
+    for (int k = 0; k < PER_THREAD; k++) {
+        const int i = k * THREADS + threadIdx.x;
+        v[k] = i < len ? x[i] : 0.0f;
+    }
+    Tally t;
+    t.sum = 0.0;
+    t.max_bits = t.zeros = t.below = t.nonfinite = 0u;
+#pragma unroll
+    for (int k = 0; k < PER_THREAD; k++) {
+        if (k * THREADS + (int)threadIdx.x < len) {
+            const unsigned int bits = __float_as_uint(v[k]) & 0x7fffffffu;
+            t.sum += (double)v[k];
+            t.max_bits = max(t.max_bits, bits);
+            t.zeros += bits == 0u;
+            t.below += bits < below_bits;
+            t.nonfinite += bits >= INF_BITS;
+        }
+    }
+    t = reduce_tallies(t);
+    if (threadIdx.x == 0) {
+        chunk_mean = t.sum / (double)len;
+    }
+    __syncthreads();
+    const double mean = chunk_mean;
+    double m2 = 0.0;
+#pragma unroll
+    for (int k = 0; k < PER_THREAD; k++) {
+        if (k * THREADS + (int)threadIdx.x < len) {
+            const double d = (double)v[k] - mean;
+            m2 += d * d;
+        }
+    }
+    m2 = reduce_sums(m2, 0.0).x;
+    if (threadIdx.x == 0) {
+        moments[3 * chunk] = (double)len;
+        moments[3 * chunk + 1] = mean;
+        moments[3 * chunk + 2] = m2;
+        counts[4 * chunk] = t.max_bits;
+        counts[4 * chunk + 1] = t.zeros;
+        counts[4 * chunk + 2] = t.below;
+        counts[4 * chunk + 3] = t.nonfinite;
+    }
+}
+
+// Part of a layer: element count, mean, Σ(x − mean)², largest |x| as bits, exact zeros,
+// |x| below the threshold, NaN or ±Inf (64-bit: a layer may pass 2^32 elements).
 struct Part {
     double n, mean, m2;
-    unsigned int max_bits, zeros, below, nonfinite;
+    unsigned int max_bits;
+    unsigned long long zeros, below, nonfinite;
 };
 
 __device__ __forceinline__ Part empty_part() {
@@ -27,12 +150,11 @@ __device__ __forceinline__ Part empty_part() {
     p.mean = 0.0;
     p.m2 = 0.0;
     p.max_bits = 0u;
-    p.zeros = 0u;
-    p.below = 0u;
-    p.nonfinite = 0u;
+    p.zeros = p.below = p.nonfinite = 0ull;
     return p;
 }
 
+// Chan, Golub and LeVeque's pairwise update.
 __device__ __forceinline__ void merge(Part &a, const Part &b) {
     if (b.n > 0.0) {
         if (a.n == 0.0) {
@@ -40,10 +162,11 @@ __device__ __forceinline__ void merge(Part &a, const Part &b) {
             a.mean = b.mean;
             a.m2 = b.m2;
         } else {
-            double n = a.n + b.n;
-            double delta = b.mean - a.mean;
-            a.mean += delta * (b.n / n);
-            a.m2 += b.m2 + delta * delta * (a.n * b.n / n);
+            const double n = a.n + b.n;
+            const double share = b.n / n;
+            const double delta = b.mean - a.mean;
+            a.mean += delta * share;
+            a.m2 += b.m2 + delta * delta * a.n * share;
             a.n = n;
         }
     }
@@ -85,81 +208,6 @@ __device__ Part reduce_parts(Part p) {
     return p;
 }
 
-// The block's sums of a and b, in thread 0.
-__device__ double2 reduce_sums(double a, double b) {
-    __shared__ double2 warps[WARPS];
-    for (int offset = 16; offset > 0; offset >>= 1) {
-        a += __shfl_down_sync(FULL_MASK, a, offset);
-        b += __shfl_down_sync(FULL_MASK, b, offset);
-    }
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (lane == 0) {
-        warps[warp] = make_double2(a, b);
-    }
-    __syncthreads();
-    if (warp == 0) {
-        double2 s = lane < WARPS ? warps[lane] : make_double2(0.0, 0.0);
-        a = s.x;
-        b = s.y;
-        for (int offset = 16; offset > 0; offset >>= 1) {
-            a += __shfl_down_sync(FULL_MASK, a, offset);
-            b += __shfl_down_sync(FULL_MASK, b, offset);
-        }
-    }
-    return make_double2(a, b);
-}
-
-// One chunk of the gradients a block: its part, as (n, mean, m2) in `moments` and
-// (max bits, zeros, below, nonfinite) in `counts`.
-extern "C" __global__ void __launch_bounds__(THREADS) grad_chunks(
-    const float *__restrict__ grads, const long long *__restrict__ starts,
-    const int *__restrict__ lens, unsigned int below_bits,
-    double *__restrict__ moments, unsigned int *__restrict__ counts) {
-    const int chunk = blockIdx.x;
-    const float *x = grads + starts[chunk];
-    const int len = lens[chunk];
-    float v[PER_THREAD];
-#pragma unroll
-    for (int k = 0; k < PER_THREAD; k++) {
-        const int i = k * THREADS + threadIdx.x;
-        v[k] = i < len ? x[i] : 0.0f;
-    }
-    Part p = empty_part();
-    double sum = 0.0;
-#pragma unroll
-    for (int k = 0; k < PER_THREAD; k++) {
-        if (k * THREADS + (int)threadIdx.x < len) {
-            const unsigned int bits = __float_as_uint(v[k]) & 0x7fffffffu;
-            sum += (double)v[k];
-            p.n += 1.0;
-            p.max_bits = max(p.max_bits, bits);
-            p.zeros += bits == 0u;
-            p.below += bits < below_bits;
-            p.nonfinite += bits >= INF_BITS;
-        }
-    }
-    if (p.n > 0.0) {
-        p.mean = sum / p.n;
-#pragma unroll
-        for (int k = 0; k < PER_THREAD; k++) {
-            if (k * THREADS + (int)threadIdx.x < len) {
-                const double d = (double)v[k] - p.mean;
-                p.m2 += d * d;
-            }
-        }
-    }
-    p = reduce_parts(p);
-    if (threadIdx.x == 0) {
-        moments[3 * chunk] = p.n;
-        moments[3 * chunk + 1] = p.mean;
-        moments[3 * chunk + 2] = p.m2;
-        counts[4 * chunk] = p.max_bits;
-        counts[4 * chunk + 1] = p.zeros;
-        counts[4 * chunk + 2] = p.below;
-        counts[4 * chunk + 3] = p.nonfinite;
-    }
-}
-
 // One layer a block: its chunks' parts (chunks first[layer] .. first[layer + 1]) merged
 // into the rows of `out`, [7, layers] in the order of `Statistic::GRAD`: norm, max |g|,
 // mean, sample std, zero fraction, NaN/Inf count, fraction below the threshold. A layer
@@ -172,20 +220,20 @@ extern "C" __global__ void __launch_bounds__(THREADS) grad_layers(
     Part p = empty_part();
     for (int c = first[layer] + threadIdx.x; c < first[layer + 1]; c += THREADS) {
         Part q;
-        q.n = moments[3 * c];
-        q.mean = moments[3 * c + 1];
-        q.m2 = moments[3 * c + 2];
-        q.max_bits = counts[4 * c];
-        q.zeros = counts[4 * c + 1];
-        q.below = counts[4 * c + 2];
-        q.nonfinite = counts[4 * c + 3];
+        q.n = moments[3 * (long long)c];
+        q.mean = moments[3 * (long long)c + 1];
+        q.m2 = moments[3 * (long long)c + 2];
+        q.max_bits = counts[4 * (long long)c];
+        q.zeros = counts[4 * (long long)c + 1];
+        q.below = counts[4 * (long long)c + 2];
+        q.nonfinite = counts[4 * (long long)c + 3];
         merge(p, q);
     }
     p = reduce_parts(p);
     if (threadIdx.x == 0) {
         const double n = p.n;
         double mean = p.mean, m2 = p.m2;
-        if (p.nonfinite > 0u || n == 0.0) {
+        if (p.nonfinite > 0ull || n == 0.0) {
             mean = nan("");
             m2 = nan("");
         }
@@ -221,18 +269,24 @@ extern "C" __global__ void __launch_bounds__(THREADS) hist_chunks(
     const int *__restrict__ lens, const int *__restrict__ layer_of,
     unsigned long long *__restrict__ out) {
     __shared__ unsigned int counts[HIST_BINS];
+    const int chunk = blockIdx.x;
+    const float *x = grads + starts[chunk];
+    const int len = lens[chunk];
+    // Every load issued before the first count.
+    unsigned int bits[PER_THREAD];
+#pragma unroll
+    for (int k = 0; k < PER_THREAD; k++) {
+        const int i = k * THREADS + threadIdx.x;
+        bits[k] = i < len ? __float_as_uint(x[i]) & 0x7fffffffu : 0u;
+    }
     for (int b = threadIdx.x; b < HIST_BINS; b += THREADS) {
         counts[b] = 0u;
     }
     __syncthreads();
-    const int chunk = blockIdx.x;
-    const float *x = grads + starts[chunk];
-    const int len = lens[chunk];
 #pragma unroll
     for (int k = 0; k < PER_THREAD; k++) {
-        const int i = k * THREADS + threadIdx.x;
-        if (i < len) {
-            atomicAdd(&counts[bucket(__float_as_uint(x[i]) & 0x7fffffffu)], 1u);
+        if (k * THREADS + (int)threadIdx.x < len) {
+            atomicAdd(&counts[bucket(bits[k])], 1u);
         }
     }
     __syncthreads();

@@ -25,6 +25,7 @@
 
 use std::ops::Range;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::Context;
@@ -44,6 +45,21 @@ const PER_THREAD: usize = 16;
 const CHUNK: usize = THREADS as usize * PER_THREAD;
 
 const SOURCE: &str = include_str!("fused.cu");
+
+/// Whether this process's next CUDA jobs take their statistics by the kernels.
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Takes the statistics of the CUDA jobs this process starts from now on by the kernels
+/// (`true`, the default) or by LibTorch's reductions: for benchmarks that compare the two
+/// ways through real jobs (`cargo bench --bench jobs -- --variants default,default-libtorch`).
+pub fn enable(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
+/// Whether [`enable`] left the kernels on.
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
 
 /// The kernels `fused.cu` defines.
 const ENTRIES: [&str; 6] =
@@ -179,9 +195,15 @@ impl Kernels {
     }
 }
 
-/// A contiguous float32, int32, int64 or float64 tensor on CUDA, as a device pointer.
-fn device_ptr(t: &Tensor) -> anyhow::Result<u64> {
-    anyhow::ensure!(t.device().is_cuda() && t.is_contiguous(), "a kernel's buffer must be contiguous on CUDA");
+/// A contiguous tensor of `kind` on CUDA, as a device pointer for a kernel's argument of
+/// that type.
+fn device_ptr(t: &Tensor, kind: Kind) -> anyhow::Result<u64> {
+    anyhow::ensure!(
+        t.device().is_cuda() && t.is_contiguous() && t.kind() == kind,
+        "a kernel's buffer must be contiguous {kind:?} on CUDA, not {:?} on {:?}",
+        t.kind(),
+        t.device()
+    );
     Ok(t.data_ptr() as u64)
 }
 
@@ -191,6 +213,35 @@ fn blocks(n: usize) -> anyhow::Result<LaunchConfig> {
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: 0,
     })
+}
+
+/// The chunks of the measured layers, as the kernels read them.
+#[derive(Debug, PartialEq)]
+struct ChunkTable {
+    /// Each chunk's first element in the flat buffers.
+    starts: Vec<i64>,
+    /// Each chunk's length, 1 to [`CHUNK`].
+    lens: Vec<i32>,
+    /// Each chunk's layer, by position in `ranges`.
+    layer_of: Vec<i32>,
+    /// Layer `l`'s chunks are `first[l] .. first[l + 1]`.
+    first: Vec<i32>,
+}
+
+impl ChunkTable {
+    /// Each layer of `ranges` cut into chunks of [`CHUNK`] elements, the last shorter.
+    fn new(ranges: &[Range<usize>]) -> anyhow::Result<Self> {
+        let mut table = Self { starts: Vec::new(), lens: Vec::new(), layer_of: Vec::new(), first: vec![0] };
+        for (layer, range) in ranges.iter().enumerate() {
+            for start in range.clone().step_by(CHUNK) {
+                table.starts.push(i64::try_from(start)?);
+                table.lens.push(CHUNK.min(range.end - start) as i32);
+                table.layer_of.push(i32::try_from(layer)?);
+            }
+            table.first.push(i32::try_from(table.starts.len()).context("too many chunks")?);
+        }
+        Ok(table)
+    }
 }
 
 /// One job's statistics kernels, and the chunks of its measured layers.
@@ -228,18 +279,7 @@ impl Fused {
     pub fn new(device: Device, ranges: &[Range<usize>]) -> anyhow::Result<Self> {
         let Device::Cuda(ordinal) = device else { anyhow::bail!("the statistics kernels run on CUDA") };
         let kernels = Kernels::on(ordinal)?;
-        let (mut starts, mut lens, mut layer_of, mut first) = (Vec::new(), Vec::new(), Vec::new(), vec![0i32]);
-        for (layer, range) in ranges.iter().enumerate() {
-            let mut start = range.start;
-            while start < range.end {
-                let len = CHUNK.min(range.end - start);
-                starts.push(start as i64);
-                lens.push(len as i32);
-                layer_of.push(layer as i32);
-                start += len;
-            }
-            first.push(i32::try_from(starts.len()).context("too many chunks")?);
-        }
+        let ChunkTable { starts, lens, layer_of, first } = ChunkTable::new(ranges)?;
         let chunks = starts.len();
         let on = |t: Tensor| t.f_to_device(device);
         let zeros = |n: usize, kind: Kind| Tensor::f_zeros([n.max(1) as i64], (kind, device));
@@ -264,9 +304,17 @@ impl Fused {
     pub fn grad_rows(&self, grads: &Tensor, tiny: f64) -> anyhow::Result<Tensor> {
         let rows = Statistic::GRAD.len();
         let out = Tensor::f_empty([rows as i64, self.layers as i64], (Kind::Double, self.device))?;
-        let (g, starts, lens) = (device_ptr(grads)?, device_ptr(&self.starts)?, device_ptr(&self.lens)?);
-        let (moments, counts, first, out_ptr) =
-            (device_ptr(&self.moments)?, device_ptr(&self.counts)?, device_ptr(&self.first)?, device_ptr(&out)?);
+        let (g, starts, lens) = (
+            device_ptr(grads, Kind::Float)?,
+            device_ptr(&self.starts, Kind::Int64)?,
+            device_ptr(&self.lens, Kind::Int)?,
+        );
+        let (moments, counts, first, out_ptr) = (
+            device_ptr(&self.moments, Kind::Double)?,
+            device_ptr(&self.counts, Kind::Int)?,
+            device_ptr(&self.first, Kind::Int)?,
+            device_ptr(&out, Kind::Double)?,
+        );
         let below = host::below_bits(tiny);
         let layers = self.layers as i32;
         let k = &self.kernels;
@@ -291,8 +339,12 @@ impl Fused {
     pub fn histogram(&self, grads: &Tensor) -> anyhow::Result<Tensor> {
         let out = Tensor::f_zeros([(self.layers * HIST_BINS) as i64], (Kind::Int64, self.device))?;
         if self.chunks > 0 {
-            let (g, starts, lens) = (device_ptr(grads)?, device_ptr(&self.starts)?, device_ptr(&self.lens)?);
-            let (layer_of, out_ptr) = (device_ptr(&self.layer_of)?, device_ptr(&out)?);
+            let (g, starts, lens) = (
+                device_ptr(grads, Kind::Float)?,
+                device_ptr(&self.starts, Kind::Int64)?,
+                device_ptr(&self.lens, Kind::Int)?,
+            );
+            let (layer_of, out_ptr) = (device_ptr(&self.layer_of, Kind::Int)?, device_ptr(&out, Kind::Int64)?);
             let k = &self.kernels;
             let mut launch = k.stream.launch_builder(&k.hist_chunks);
             launch.arg(&g).arg(&starts).arg(&lens).arg(&layer_of).arg(&out_ptr);
@@ -309,9 +361,13 @@ impl Fused {
         if self.chunks == 0 {
             return Ok(());
         }
-        let (w, b, starts, lens) =
-            (device_ptr(weights)?, device_ptr(before)?, device_ptr(&self.starts)?, device_ptr(&self.lens)?);
-        let sums = device_ptr(&self.snapshot)?;
+        let (w, b, starts, lens) = (
+            device_ptr(weights, Kind::Float)?,
+            device_ptr(before, Kind::Float)?,
+            device_ptr(&self.starts, Kind::Int64)?,
+            device_ptr(&self.lens, Kind::Int)?,
+        );
+        let sums = device_ptr(&self.snapshot, Kind::Double)?;
         let k = &self.kernels;
         let mut launch = k.stream.launch_builder(&k.snapshot_chunks);
         launch.arg(&w).arg(&b).arg(&starts).arg(&lens).arg(&sums);
@@ -324,10 +380,18 @@ impl Fused {
     /// into `before`, `[Statistic::WEIGHT.len(), layers]` float64.
     pub fn weight_rows(&self, weights: &Tensor, before: &Tensor) -> anyhow::Result<Tensor> {
         let out = Tensor::f_empty([Statistic::WEIGHT.len() as i64, self.layers as i64], (Kind::Double, self.device))?;
-        let (w, b, starts, lens) =
-            (device_ptr(weights)?, device_ptr(before)?, device_ptr(&self.starts)?, device_ptr(&self.lens)?);
-        let (snapshot, sums, first, out_ptr) =
-            (device_ptr(&self.snapshot)?, device_ptr(&self.sums)?, device_ptr(&self.first)?, device_ptr(&out)?);
+        let (w, b, starts, lens) = (
+            device_ptr(weights, Kind::Float)?,
+            device_ptr(before, Kind::Float)?,
+            device_ptr(&self.starts, Kind::Int64)?,
+            device_ptr(&self.lens, Kind::Int)?,
+        );
+        let (snapshot, sums, first, out_ptr) = (
+            device_ptr(&self.snapshot, Kind::Double)?,
+            device_ptr(&self.sums, Kind::Double)?,
+            device_ptr(&self.first, Kind::Int)?,
+            device_ptr(&out, Kind::Double)?,
+        );
         let layers = self.layers as i32;
         let k = &self.kernels;
         if self.chunks > 0 {
@@ -359,6 +423,25 @@ mod tests {
             assert!(ptx.contains(&format!(".entry {entry}(")), "{entry} is in the PTX");
         }
         assert_eq!(CHUNK % 32, 0, "a chunk is whole warps");
+    }
+
+    #[test]
+    fn chunks_cover_each_layer_once_inside_it() {
+        // Lengths around the chunk size, an empty layer, and a gap (a layer not measured).
+        let ranges = [0..1, 1..CHUNK + 1, CHUNK + 1..CHUNK + 1, CHUNK + 1..4 * CHUNK + 3, 5 * CHUNK..6 * CHUNK];
+        let table = ChunkTable::new(&ranges).expect("table");
+        assert_eq!(table.first, vec![0, 1, 2, 2, 6, 7]);
+        for (layer, range) in ranges.iter().enumerate() {
+            let chunks = table.first[layer] as usize..table.first[layer + 1] as usize;
+            let mut next = range.start as i64;
+            for c in chunks {
+                assert_eq!(table.layer_of[c], layer as i32);
+                assert_eq!(table.starts[c], next, "layer {layer}: chunk {c} follows the last");
+                assert!((1..=CHUNK as i32).contains(&table.lens[c]));
+                next += i64::from(table.lens[c]);
+            }
+            assert_eq!(next, range.end as i64, "layer {layer} is covered to its end");
+        }
     }
 
     #[test]
