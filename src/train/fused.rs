@@ -413,6 +413,155 @@ impl Fused {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::train::model::with_seed;
+    use crate::train::stats::FlatParams;
+
+    /// `fused.cu` run on the CPU by `fused_emulated.cpp` (threads for CUDA's threads,
+    /// barriers for its synchronisation), on `grads` and on the weights `before` and
+    /// `after` an update, laid out as `ranges`: the gradient rows, histogram and weight
+    /// rows the kernels write.
+    fn emulate(
+        ranges: &[Range<usize>],
+        grads: &[f32],
+        before: &[f32],
+        after: &[f32],
+        tiny: f64,
+    ) -> (Vec<f64>, Vec<u64>, Vec<f64>) {
+        use std::io::Write;
+        let dir = std::env::temp_dir().join(format!("gradscope-kernels-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join("kernels.cu"), source()).expect("source");
+        std::fs::write(dir.join("fused_emulated.cpp"), include_str!("fused_emulated.cpp")).expect("emulator");
+        let exe = dir.join("fused_emulated");
+        let built = std::process::Command::new("c++")
+            .args(["-std=c++20", "-O1", "-pthread", "-o"])
+            .arg(&exe)
+            .arg(dir.join("fused_emulated.cpp"))
+            .output()
+            .expect("a C++ compiler (c++) on the PATH");
+        assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+        let table = ChunkTable::new(ranges).expect("table");
+        let mut input = Vec::new();
+        for size in [grads.len(), ranges.len(), table.starts.len()] {
+            input.write_all(&(size as u64).to_le_bytes()).expect("write");
+        }
+        input.write_all(&host::below_bits(tiny).to_le_bytes()).expect("write");
+        for values in [grads, before, after] {
+            values.iter().for_each(|v| input.extend(v.to_le_bytes()));
+        }
+        table.starts.iter().for_each(|v| input.extend(v.to_le_bytes()));
+        for ints in [&table.lens, &table.layer_of, &table.first] {
+            ints.iter().for_each(|v| input.extend(v.to_le_bytes()));
+        }
+        std::fs::write(dir.join("input"), input).expect("input");
+        let ran =
+            std::process::Command::new(&exe).arg(dir.join("input")).arg(dir.join("output")).output().expect("run");
+        assert!(ran.status.success(), "{}", String::from_utf8_lossy(&ran.stderr));
+        let output = std::fs::read(dir.join("output")).expect("output");
+        let _ = std::fs::remove_dir_all(&dir);
+        let layers = ranges.len();
+        let words: Vec<[u8; 8]> = output.chunks_exact(8).map(|w| w.try_into().expect("8 bytes")).collect();
+        assert_eq!(words.len(), (7 + HIST_BINS + 2) * layers);
+        let (grad_rows, rest) = words.split_at(7 * layers);
+        let (hist, weight_rows) = rest.split_at(HIST_BINS * layers);
+        (
+            grad_rows.iter().map(|w| f64::from_le_bytes(*w)).collect(),
+            hist.iter().map(|w| u64::from_le_bytes(*w)).collect(),
+            weight_rows.iter().map(|w| f64::from_le_bytes(*w)).collect(),
+        )
+    }
+
+    /// The kernels' arithmetic, run on the CPU, against the in-place statistics of the same
+    /// buffers (themselves held to per-tensor LibTorch computations in `stats.rs`): layers
+    /// of one element, shorter than a warp, across chunk boundaries, a large mean, values
+    /// below the underflow threshold, subnormals, zeros, NaN and infinities, a weight
+    /// tensor at zero before its update.
+    #[test]
+    fn kernels_on_the_cpu_take_the_in_place_statistics() {
+        let tiny = 1.0 / 16384.0;
+        let lengths = [1, 3, 7, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK + 37, 5000];
+        let randn = |n: usize, seed: u64| -> Vec<f32> {
+            let t = with_seed(seed, || Tensor::randn([n as i64], (Kind::Float, Device::Cpu)));
+            Vec::try_from(&t).expect("values")
+        };
+        let grads: Vec<Vec<f32>> = lengths
+            .iter()
+            .enumerate()
+            .map(|(layer, &n)| {
+                let mut g = randn(n, 100 + layer as u64);
+                match layer {
+                    0 => g[0] = -3.0,
+                    1 => g.copy_from_slice(&[0.0, -0.0, 1e-40]),
+                    2 => (g[1], g[4]) = (f32::NAN, f32::INFINITY),
+                    3 => g.iter_mut().for_each(|x| *x = 1.0 + 1e-4 * *x),
+                    5 => g.iter_mut().for_each(|x| *x *= 1e-6),
+                    6 => {
+                        g.iter_mut().step_by(5).for_each(|x| *x = 0.0);
+                        g[CHUNK + 3] = f32::NEG_INFINITY;
+                    }
+                    7 => g.iter_mut().for_each(|x| *x *= 1e3),
+                    _ => {}
+                }
+                g
+            })
+            .collect();
+        let params: Vec<Tensor> = lengths
+            .iter()
+            .enumerate()
+            .map(|(layer, &n)| {
+                let w = if layer == 1 { vec![0.0; n] } else { randn(n, 200 + layer as u64) };
+                Tensor::from_slice(&w).set_requires_grad(true)
+            })
+            .collect();
+        let mut flat = FlatParams::new(&params, Device::Cpu).expect("flat");
+        assert!(flat.in_place(), "the reference is the in-place way");
+        flat.zero_grads().expect("zero");
+        let loss = flat
+            .params()
+            .iter()
+            .zip(&grads)
+            .map(|(p, g)| (p * Tensor::from_slice(g)).sum(Kind::Float))
+            .fold(Tensor::from(0.0f32), |acc, t| acc + t);
+        loss.backward();
+        flat.adopt_grads().expect("adopt");
+        let flat_grads: Vec<f32> = Vec::try_from(flat.grads()).expect("grads");
+        let before: Vec<f32> = Vec::try_from(flat.weights()).expect("weights");
+        let (stats, _) = flat.grad_stats(tiny).expect("stats");
+        let expected_rows: Vec<f64> = Vec::try_from(stats.flatten(0, -1)).expect("rows");
+        let expected_hist: Vec<i64> = Vec::try_from(flat.grad_histogram().expect("hist")).expect("hist");
+        flat.snapshot_weights().expect("snapshot");
+        let after: Vec<f32> = before.iter().zip(randn(before.len(), 300)).map(|(w, d)| w + 1e-3 * d).collect();
+        tch::no_grad(|| flat.weights().shallow_clone().f_copy_(&Tensor::from_slice(&after))).expect("update");
+        let expected_weights: Vec<f64> =
+            Vec::try_from(flat.weight_stats().expect("weights").flatten(0, -1)).expect("rows");
+
+        let (rows, hist, weights) = emulate(flat.ranges(), &flat_grads, &before, &after, tiny);
+        let close = |a: f64, b: f64| a == b || (a.is_nan() && b.is_nan()) || (a - b).abs() <= 1e-6 * b.abs() + 1e-12;
+        let layers = lengths.len();
+        for (i, (&got, &want)) in rows.iter().zip(&expected_rows).enumerate() {
+            let (stat, layer) = (Statistic::GRAD[i / layers], i % layers);
+            assert!(
+                close(got, want),
+                "{stat:?} of layer {layer} (of {}): kernels {got}, in place {want}",
+                lengths[layer]
+            );
+        }
+        let expected_hist: Vec<u64> = expected_hist.into_iter().map(|c| c as u64).collect();
+        for layer in 0..layers {
+            let range = layer * HIST_BINS..(layer + 1) * HIST_BINS;
+            assert_eq!(hist[range.clone()], expected_hist[range], "histogram of layer {layer}");
+        }
+        for (i, (&got, &want)) in weights.iter().zip(&expected_weights).enumerate() {
+            let (stat, layer) = (Statistic::WEIGHT[i / layers], i % layers);
+            assert!(close(got, want), "{stat:?} of layer {layer}: kernels {got}, in place {want}");
+        }
+        // What the cases are there for.
+        assert!(rows[3 * layers].is_nan(), "one element: no sample standard deviation");
+        assert_eq!(rows[5 * layers + 2], 2.0, "a NaN and an infinity, counted");
+        assert!(rows[2 * layers + 6].is_nan() && rows[layers + 6].is_infinite(), "an infinity: NaN mean, max +Inf");
+        assert!(weights[layers + 1].is_nan(), "a zero tensor's update ratio is undefined");
+        assert_eq!(hist[HIST_BINS + 1], 1, "a subnormal in the smallest bucket");
+    }
 
     /// The kernels compile with the NVRTC beside the project's LibTorch, on any machine:
     /// a GPU runs them (the statistics' tests in `stats.rs` take them on CUDA).
