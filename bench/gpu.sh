@@ -6,7 +6,8 @@
 # when it has it, the library's unit tests as `lib-tests` (`cargo test --release --lib
 # --no-run`: the statistics' tests then run on CUDA too), all linked
 # against the same LibTorch as the machine's PyTorch, whose library folder is put on
-# LD_LIBRARY_PATH here. Each benchmark's output goes to OUT_DIR; a summary is printed.
+# LD_LIBRARY_PATH here (bench/gpu-bundle.sh builds and packs them). Each benchmark's
+# output goes to OUT_DIR; a summary is printed.
 # Ordered by what matters most, within one device call of 600 s: the kernels' tests,
 # then the kernels against LibTorch's reductions through real jobs, then the peers.
 set -u
