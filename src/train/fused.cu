@@ -22,9 +22,8 @@ struct Tally {
     unsigned int max_bits, zeros, below, nonfinite;
 };
 
-// The block's tallies summed, in thread 0.
-__device__ Tally reduce_tallies(Tally t) {
-    __shared__ Tally warps[WARPS];
+// The warp's tallies summed, in lane 0.
+__device__ __forceinline__ Tally warp_tallies(Tally t) {
     for (int offset = 16; offset > 0; offset >>= 1) {
         t.sum += __shfl_down_sync(FULL_MASK, t.sum, offset);
         t.max_bits = max(t.max_bits, __shfl_down_sync(FULL_MASK, t.max_bits, offset));
@@ -32,6 +31,13 @@ __device__ Tally reduce_tallies(Tally t) {
         t.below += __shfl_down_sync(FULL_MASK, t.below, offset);
         t.nonfinite += __shfl_down_sync(FULL_MASK, t.nonfinite, offset);
     }
+    return t;
+}
+
+// The block's tallies summed, in thread 0.
+__device__ Tally reduce_tallies(Tally t) {
+    __shared__ Tally warps[WARPS];
+    t = warp_tallies(t);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     if (lane == 0) {
         warps[warp] = t;
@@ -44,13 +50,7 @@ __device__ Tally reduce_tallies(Tally t) {
             t.sum = 0.0;
             t.max_bits = t.zeros = t.below = t.nonfinite = 0u;
         }
-        for (int offset = 16; offset > 0; offset >>= 1) {
-            t.sum += __shfl_down_sync(FULL_MASK, t.sum, offset);
-            t.max_bits = max(t.max_bits, __shfl_down_sync(FULL_MASK, t.max_bits, offset));
-            t.zeros += __shfl_down_sync(FULL_MASK, t.zeros, offset);
-            t.below += __shfl_down_sync(FULL_MASK, t.below, offset);
-            t.nonfinite += __shfl_down_sync(FULL_MASK, t.nonfinite, offset);
-        }
+        t = warp_tallies(t);
     }
     return t;
 }

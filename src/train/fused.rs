@@ -299,16 +299,18 @@ impl Fused {
         })
     }
 
+    /// The chunk table's starts and lengths, as the kernels' first arguments after the
+    /// buffers.
+    fn table(&self) -> anyhow::Result<(u64, u64)> {
+        Ok((device_ptr(&self.starts, Kind::Int64)?, device_ptr(&self.lens, Kind::Int)?))
+    }
+
     /// The gradient statistics of the measured layers, `[Statistic::GRAD.len(), layers]`
     /// float64, NaN/Inf counted; `|g| < tiny` counts as underflow.
     pub fn grad_rows(&self, grads: &Tensor, tiny: f64) -> anyhow::Result<Tensor> {
         let rows = Statistic::GRAD.len();
         let out = Tensor::f_empty([rows as i64, self.layers as i64], (Kind::Double, self.device))?;
-        let (g, starts, lens) = (
-            device_ptr(grads, Kind::Float)?,
-            device_ptr(&self.starts, Kind::Int64)?,
-            device_ptr(&self.lens, Kind::Int)?,
-        );
+        let (g, (starts, lens)) = (device_ptr(grads, Kind::Float)?, self.table()?);
         let (moments, counts, first, out_ptr) = (
             device_ptr(&self.moments, Kind::Double)?,
             device_ptr(&self.counts, Kind::Int)?,
@@ -339,11 +341,7 @@ impl Fused {
     pub fn histogram(&self, grads: &Tensor) -> anyhow::Result<Tensor> {
         let out = Tensor::f_zeros([(self.layers * HIST_BINS) as i64], (Kind::Int64, self.device))?;
         if self.chunks > 0 {
-            let (g, starts, lens) = (
-                device_ptr(grads, Kind::Float)?,
-                device_ptr(&self.starts, Kind::Int64)?,
-                device_ptr(&self.lens, Kind::Int)?,
-            );
+            let (g, (starts, lens)) = (device_ptr(grads, Kind::Float)?, self.table()?);
             let (layer_of, out_ptr) = (device_ptr(&self.layer_of, Kind::Int)?, device_ptr(&out, Kind::Int64)?);
             let k = &self.kernels;
             let mut launch = k.stream.launch_builder(&k.hist_chunks);
@@ -361,12 +359,8 @@ impl Fused {
         if self.chunks == 0 {
             return Ok(());
         }
-        let (w, b, starts, lens) = (
-            device_ptr(weights, Kind::Float)?,
-            device_ptr(before, Kind::Float)?,
-            device_ptr(&self.starts, Kind::Int64)?,
-            device_ptr(&self.lens, Kind::Int)?,
-        );
+        let (w, b, (starts, lens)) =
+            (device_ptr(weights, Kind::Float)?, device_ptr(before, Kind::Float)?, self.table()?);
         let sums = device_ptr(&self.snapshot, Kind::Double)?;
         let k = &self.kernels;
         let mut launch = k.stream.launch_builder(&k.snapshot_chunks);
@@ -380,12 +374,8 @@ impl Fused {
     /// into `before`, `[Statistic::WEIGHT.len(), layers]` float64.
     pub fn weight_rows(&self, weights: &Tensor, before: &Tensor) -> anyhow::Result<Tensor> {
         let out = Tensor::f_empty([Statistic::WEIGHT.len() as i64, self.layers as i64], (Kind::Double, self.device))?;
-        let (w, b, starts, lens) = (
-            device_ptr(weights, Kind::Float)?,
-            device_ptr(before, Kind::Float)?,
-            device_ptr(&self.starts, Kind::Int64)?,
-            device_ptr(&self.lens, Kind::Int)?,
-        );
+        let (w, b, (starts, lens)) =
+            (device_ptr(weights, Kind::Float)?, device_ptr(before, Kind::Float)?, self.table()?);
         let (snapshot, sums, first, out_ptr) = (
             device_ptr(&self.snapshot, Kind::Double)?,
             device_ptr(&self.sums, Kind::Double)?,
