@@ -350,7 +350,8 @@ pub fn step<F: Into<Forward>>(
         blocks: if monitoring.stats { &blocks } else { &[] },
     };
     let measured = Measured { loss: &loss, found_inf: found_inf.as_ref() };
-    let report = tch::no_grad(|| reporter.measure(flat, probes, measured, mixed, step, lr, monitoring, emit))?;
+    let (report, held_weight_rows) =
+        tch::no_grad(|| reporter.measure(flat, probes, measured, mixed, step, lr, monitoring))?;
     drop((input, blocks));
     // An overflow the loss scaler caught is no divergence: the scaler skips the update and
     // backs off.
@@ -371,6 +372,9 @@ pub fn step<F: Into<Forward>>(
         Ok(change)
     })?;
     reporter.clock.lap(Phase::Update);
+    // The held step's report goes out now, while a GPU runs the update just queued: its
+    // diagnosis and hand-over are host work that would otherwise leave the device idle.
+    reporter.release(held_weight_rows.as_deref(), emit);
     let weight_stats = match (record, change) {
         (false, _) => None,
         (true, Some(change)) if measured => Some(flat.measured_weight_stats(&change)?),
@@ -448,8 +452,8 @@ impl Reporter {
     }
 
     /// Measures the gradients, applies the grad policies, and copies this step's numbers
-    /// (and the held step's weight statistics) to the host in one transfer. Emits the held
-    /// report.
+    /// (and the held step's weight statistics) to the host in one transfer. Returns this
+    /// step's report and the held step's weight rows, for [`Self::release`].
     #[allow(clippy::too_many_arguments)]
     fn measure(
         &mut self,
@@ -460,8 +464,7 @@ impl Reporter {
         step: u64,
         lr: f64,
         monitoring: Monitoring,
-        emit: &mut dyn FnMut(TrainEvent),
-    ) -> anyhow::Result<StepReport> {
+    ) -> anyhow::Result<(StepReport, Option<Vec<f64>>)> {
         let record = monitoring.stats;
         let Measured { loss, found_inf } = measured;
         // The policies' input is `grad_norm()` on every step: `grad_stats` returns that same
@@ -522,7 +525,7 @@ impl Reporter {
             stats.hist = copy.hist();
         }
         self.clock.lap(Phase::Report);
-        self.release(copy.weight_rows(), emit);
+        let held_weight_rows = copy.weight_rows().map(<[f64]>::to_vec);
         let Scalars { loss, grad_norm, grad_norm_clipped, skip, forced, overflow } = scalars;
         let loss_scale = mixed.scaler().map(|s| s.scale());
         if let Some(scaler) = mixed.scaler_mut() {
@@ -555,7 +558,7 @@ impl Reporter {
                 ),
             });
         }
-        Ok(StepReport {
+        let report = StepReport {
             step,
             loss,
             grad_norm,
@@ -569,7 +572,8 @@ impl Reporter {
             layers,
             probes: Probes { spectral: copy.spectral(), time: copy.time(), signal: copy.signal() },
             seconds: 0.0,
-        })
+        };
+        Ok((report, held_weight_rows))
     }
 
     /// Holds a finished step until its weight statistics reach the host.
