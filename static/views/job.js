@@ -201,7 +201,11 @@ export async function jobView(root, ctx, id) {
     progressSlot.replaceChildren(progressBar({ ...j, step }));
   }
 
+  // Set when the page is left: a throttled or frame-scheduled update still pending then
+  // must not retitle the next page.
+  let left = false;
   const updateHead = throttled(() => {
+    if (left) return;
     const j = job();
     setTitle(`${j.name} (${j.status})`);
     statusSlot.replaceChildren(statusBadge(j.status));
@@ -395,6 +399,7 @@ export async function jobView(root, ctx, id) {
   }
 
   return () => {
+    left = true;
     feed.close();
     table.destroy();
     resize.disconnect();
