@@ -3,7 +3,10 @@
 //! Every trainable parameter's data, and its gradient, is a view into one contiguous
 //! buffer ([`FlatParams`]): clipping multiplies that one buffer by an on-device
 //! coefficient, the optimizer updates it whole, and the results of a step reach the host
-//! in one copy. The statistics are row reductions (a mean, then the sum of squared
+//! in one copy. On the CPU the statistics read each layer once, in place ([`host`]); on
+//! CUDA, kernels of the service's own read each buffer once for every statistic
+//! ([`super::fused`]). Where neither applies (and in the tests that hold every way to the
+//! same definitions) they are LibTorch's row reductions (a mean, then the sum of squared
 //! deviations from it, a min/max, a non-zero count) over the layers grouped by length,
 //! each group read as one `[layers, numel]` tensor (a strided view where its layers are
 //! evenly spaced, as a model's repeated blocks are): a handful of kernels per group rather
