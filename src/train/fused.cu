@@ -22,118 +22,11 @@ struct Tally {
     unsigned int max_bits, zeros, below, nonfinite;
 };
 
-// The warp's tallies summed, in lane 0.
-__device__ __forceinline__ Tally warp_tallies(Tally t) {
-    for (int offset = 16; offset > 0; offset >>= 1) {
-        t.sum += __shfl_down_sync(FULL_MASK, t.sum, offset);
-        t.max_bits = max(t.max_bits, __shfl_down_sync(FULL_MASK, t.max_bits, offset));
-        t.zeros += __shfl_down_sync(FULL_MASK, t.zeros, offset);
-        t.below += __shfl_down_sync(FULL_MASK, t.below, offset);
-        t.nonfinite += __shfl_down_sync(FULL_MASK, t.nonfinite, offset);
-    }
-    return t;
-}
-
-// The block's tallies summed, in thread 0.
-__device__ Tally reduce_tallies(Tally t) {
-    __shared__ Tally warps[WARPS];
-    t = warp_tallies(t);
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (lane == 0) {
-        warps[warp] = t;
-    }
-    __syncthreads();
-    if (warp == 0) {
-        if (lane < WARPS) {
-            t = warps[lane];
-        } else {
-            t.sum = 0.0;
-            t.max_bits = t.zeros = t.below = t.nonfinite = 0u;
-        }
-        t = warp_tallies(t);
-    }
-    return t;
-}
-
-// The block's sums of a and b, in thread 0.
-__device__ double2 reduce_sums(double a, double b) {
-    __shared__ double2 warps[WARPS];
-    for (int offset = 16; offset > 0; offset >>= 1) {
-        a += __shfl_down_sync(FULL_MASK, a, offset);
-        b += __shfl_down_sync(FULL_MASK, b, offset);
-    }
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (lane == 0) {
-        warps[warp] = make_double2(a, b);
-    }
-    __syncthreads();
-    if (warp == 0) {
-        double2 s = lane < WARPS ? warps[lane] : make_double2(0.0, 0.0);
-        a = s.x;
-        b = s.y;
-        for (int offset = 16; offset > 0; offset >>= 1) {
-            a += __shfl_down_sync(FULL_MASK, a, offset);
-            b += __shfl_down_sync(FULL_MASK, b, offset);
-        }
-    }
-    return make_double2(a, b);
-}
-
-// One chunk of the gradients a block, in two passes over the values its threads hold in
-// registers: Σx and the counts, then Σ(x − mean)² about the chunk's mean. The chunk's
-// (n, mean, m2) go to `moments`, its (max bits, zeros, below, nonfinite) to `counts`.
-extern "C" __global__ void __launch_bounds__(THREADS) grad_chunks(
-    const float *__restrict__ grads, const long long *__restrict__ starts,
-    const int *__restrict__ lens, unsigned int below_bits,
-    double *__restrict__ moments, unsigned int *__restrict__ counts) {
-    __shared__ double chunk_mean;
-    const int chunk = blockIdx.x;
-    const float *x = grads + starts[chunk];
-    const int len = lens[chunk];
-    float v[PER_THREAD];
-#pragma unroll
-    for (int k = 0; k < PER_THREAD; k++) {
-        const int i = k * THREADS + threadIdx.x;
-        v[k] = i < len ? x[i] : 0.0f;
-    }
+__device__ __forceinline__ Tally empty_tally() {
     Tally t;
     t.sum = 0.0;
     t.max_bits = t.zeros = t.below = t.nonfinite = 0u;
-#pragma unroll
-    for (int k = 0; k < PER_THREAD; k++) {
-        if (k * THREADS + (int)threadIdx.x < len) {
-            const unsigned int bits = __float_as_uint(v[k]) & 0x7fffffffu;
-            t.sum += (double)v[k];
-            t.max_bits = max(t.max_bits, bits);
-            t.zeros += bits == 0u;
-            t.below += bits < below_bits;
-            t.nonfinite += bits >= INF_BITS;
-        }
-    }
-    t = reduce_tallies(t);
-    if (threadIdx.x == 0) {
-        chunk_mean = t.sum / (double)len;
-    }
-    __syncthreads();
-    const double mean = chunk_mean;
-    double m2 = 0.0;
-#pragma unroll
-    for (int k = 0; k < PER_THREAD; k++) {
-        if (k * THREADS + (int)threadIdx.x < len) {
-            const double d = (double)v[k] - mean;
-            m2 += d * d;
-        }
-    }
-    m2 = reduce_sums(m2, 0.0).x;
-    if (threadIdx.x == 0) {
-        moments[3 * chunk] = (double)len;
-        moments[3 * chunk + 1] = mean;
-        moments[3 * chunk + 2] = m2;
-        counts[4 * chunk] = t.max_bits;
-        counts[4 * chunk + 1] = t.zeros;
-        counts[4 * chunk + 2] = t.below;
-        counts[4 * chunk + 3] = t.nonfinite;
-    }
+    return t;
 }
 
 // Part of a layer: element count, mean, Σ(x − mean)², largest |x| as bits, exact zeros,
@@ -152,6 +45,44 @@ __device__ __forceinline__ Part empty_part() {
     p.max_bits = 0u;
     p.zeros = p.below = p.nonfinite = 0ull;
     return p;
+}
+
+// How two values of each kind a block reduces combine, and how one is read from the lane
+// `offset` above in the warp.
+__device__ __forceinline__ void merge(double &a, double b) { a += b; }
+
+__device__ __forceinline__ double shuffle_down(double v, int offset) {
+    return __shfl_down_sync(FULL_MASK, v, offset);
+}
+
+__device__ __forceinline__ void merge(double2 &a, const double2 &b) {
+    a.x += b.x;
+    a.y += b.y;
+}
+
+__device__ __forceinline__ double2 shuffle_down(const double2 &v, int offset) {
+    double2 u;
+    u.x = __shfl_down_sync(FULL_MASK, v.x, offset);
+    u.y = __shfl_down_sync(FULL_MASK, v.y, offset);
+    return u;
+}
+
+__device__ __forceinline__ void merge(Tally &a, const Tally &b) {
+    a.sum += b.sum;
+    a.max_bits = max(a.max_bits, b.max_bits);
+    a.zeros += b.zeros;
+    a.below += b.below;
+    a.nonfinite += b.nonfinite;
+}
+
+__device__ __forceinline__ Tally shuffle_down(const Tally &t, int offset) {
+    Tally u;
+    u.sum = __shfl_down_sync(FULL_MASK, t.sum, offset);
+    u.max_bits = __shfl_down_sync(FULL_MASK, t.max_bits, offset);
+    u.zeros = __shfl_down_sync(FULL_MASK, t.zeros, offset);
+    u.below = __shfl_down_sync(FULL_MASK, t.below, offset);
+    u.nonfinite = __shfl_down_sync(FULL_MASK, t.nonfinite, offset);
+    return u;
 }
 
 // Chan, Golub and LeVeque's pairwise update.
@@ -188,24 +119,82 @@ __device__ __forceinline__ Part shuffle_down(const Part &p, int offset) {
     return q;
 }
 
-// The block's parts merged, in thread 0 (a fixed tree: the same order on every run).
-__device__ Part reduce_parts(Part p) {
-    __shared__ Part warps[WARPS];
+// The block's values merged, in thread 0: each warp's by a shuffle tree, then the warps'
+// by warp 0 (a fixed order: the same result on every run). `empty` merges as nothing.
+// Each kind has shared slots of its own, so reductions of different kinds may follow one
+// another with no barrier between them.
+template <class T> __device__ T reduce_block(T v, const T &empty) {
+    __shared__ T warps[WARPS];
     for (int offset = 16; offset > 0; offset >>= 1) {
-        merge(p, shuffle_down(p, offset));
+        merge(v, shuffle_down(v, offset));
     }
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     if (lane == 0) {
-        warps[warp] = p;
+        warps[warp] = v;
     }
     __syncthreads();
     if (warp == 0) {
-        p = lane < WARPS ? warps[lane] : empty_part();
+        v = lane < WARPS ? warps[lane] : empty;
         for (int offset = 16; offset > 0; offset >>= 1) {
-            merge(p, shuffle_down(p, offset));
+            merge(v, shuffle_down(v, offset));
         }
     }
-    return p;
+    return v;
+}
+
+// One chunk of the gradients a block, in two passes over the values its threads hold in
+// registers: Σx and the counts, then Σ(x − mean)² about the chunk's mean. The chunk's
+// (n, mean, m2) go to `moments`, its (max bits, zeros, below, nonfinite) to `counts`.
+extern "C" __global__ void __launch_bounds__(THREADS) grad_chunks(
+    const float *__restrict__ grads, const long long *__restrict__ starts,
+    const int *__restrict__ lens, unsigned int below_bits,
+    double *__restrict__ moments, unsigned int *__restrict__ counts) {
+    __shared__ double chunk_mean;
+    const int chunk = blockIdx.x;
+    const float *x = grads + starts[chunk];
+    const int len = lens[chunk];
+    float v[PER_THREAD];
+#pragma unroll
+    for (int k = 0; k < PER_THREAD; k++) {
+        const int i = k * THREADS + threadIdx.x;
+        v[k] = i < len ? x[i] : 0.0f;
+    }
+    Tally t = empty_tally();
+#pragma unroll
+    for (int k = 0; k < PER_THREAD; k++) {
+        if (k * THREADS + (int)threadIdx.x < len) {
+            const unsigned int bits = __float_as_uint(v[k]) & 0x7fffffffu;
+            t.sum += (double)v[k];
+            t.max_bits = max(t.max_bits, bits);
+            t.zeros += bits == 0u;
+            t.below += bits < below_bits;
+            t.nonfinite += bits >= INF_BITS;
+        }
+    }
+    t = reduce_block(t, empty_tally());
+    if (threadIdx.x == 0) {
+        chunk_mean = t.sum / (double)len;
+    }
+    __syncthreads();
+    const double mean = chunk_mean;
+    double m2 = 0.0;
+#pragma unroll
+    for (int k = 0; k < PER_THREAD; k++) {
+        if (k * THREADS + (int)threadIdx.x < len) {
+            const double d = (double)v[k] - mean;
+            m2 += d * d;
+        }
+    }
+    m2 = reduce_block(m2, 0.0);
+    if (threadIdx.x == 0) {
+        moments[3 * chunk] = (double)len;
+        moments[3 * chunk + 1] = mean;
+        moments[3 * chunk + 2] = m2;
+        counts[4 * chunk] = t.max_bits;
+        counts[4 * chunk + 1] = t.zeros;
+        counts[4 * chunk + 2] = t.below;
+        counts[4 * chunk + 3] = t.nonfinite;
+    }
 }
 
 // One layer a block: its chunks' parts (chunks first[layer] .. first[layer + 1]) merged
@@ -229,7 +218,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) grad_layers(
         q.nonfinite = counts[4 * (long long)c + 3];
         merge(p, q);
     }
-    p = reduce_parts(p);
+    p = reduce_block(p, empty_part());
     if (threadIdx.x == 0) {
         const double n = p.n;
         double mean = p.mean, m2 = p.m2;
@@ -321,9 +310,9 @@ extern "C" __global__ void __launch_bounds__(THREADS) snapshot_chunks(
             squares += (double)v[k] * (double)v[k];
         }
     }
-    const double2 s = reduce_sums(squares, 0.0);
+    squares = reduce_block(squares, 0.0);
     if (threadIdx.x == 0) {
-        sums[chunk] = s.x;
+        sums[chunk] = squares;
     }
 }
 
@@ -347,7 +336,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) change_chunks(
             change += d * d;
         }
     }
-    const double2 s = reduce_sums(after, change);
+    const double2 s = reduce_block(make_double2(after, change), make_double2(0.0, 0.0));
     if (threadIdx.x == 0) {
         sums[2 * chunk] = s.x;
         sums[2 * chunk + 1] = s.y;
@@ -366,11 +355,10 @@ extern "C" __global__ void __launch_bounds__(THREADS) weight_layers(
         after += sums[2 * c];
         change += sums[2 * c + 1];
     }
-    const double2 s = reduce_sums(after, change);
-    __syncthreads();
-    const double2 b = reduce_sums(before, 0.0);
+    const double2 s = reduce_block(make_double2(after, change), make_double2(0.0, 0.0));
+    before = reduce_block(before, 0.0);
     if (threadIdx.x == 0) {
         out[layer] = sqrt(s.x);
-        out[layers + layer] = b.x > 0.0 ? sqrt(s.y / b.x) : nan("");
+        out[layers + layer] = before > 0.0 ? sqrt(s.y / before) : nan("");
     }
 }
