@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::Context;
-use cudarc::driver::{CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaContext, CudaFunction, CudaStream, LaunchArgs, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::{CompileError, Ptx};
 use tch::{Device, Kind, Tensor};
 
@@ -207,14 +207,6 @@ fn device_ptr(t: &Tensor, kind: Kind) -> anyhow::Result<u64> {
     Ok(t.data_ptr() as u64)
 }
 
-fn blocks(n: usize) -> anyhow::Result<LaunchConfig> {
-    Ok(LaunchConfig {
-        grid_dim: (u32::try_from(n).context("too many blocks for one launch")?, 1, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    })
-}
-
 /// The chunks of the measured layers, as the kernels read them.
 #[derive(Debug, PartialEq)]
 struct ChunkTable {
@@ -299,6 +291,37 @@ impl Fused {
         })
     }
 
+    /// Launches `function` (named `name`) on `grid` blocks of [`THREADS`] threads, on the
+    /// stream LibTorch's operations run on, with the arguments `push` gives it; nothing
+    /// when `grid` is 0.
+    ///
+    /// # Safety
+    /// The arguments must be what `fused.cu` declares for `function`, in its order: device
+    /// pointers of live contiguous CUDA tensors of the kinds ([`device_ptr`] checks them)
+    /// and sizes the kernel reads and writes for `grid` blocks.
+    unsafe fn launch<'a>(
+        &'a self,
+        function: &'a CudaFunction,
+        name: &str,
+        grid: usize,
+        push: impl FnOnce(&mut LaunchArgs<'a>),
+    ) -> anyhow::Result<()> {
+        if grid == 0 {
+            return Ok(());
+        }
+        let blocks = LaunchConfig {
+            grid_dim: (u32::try_from(grid).context("too many blocks for one launch")?, 1, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut launch = self.kernels.stream.launch_builder(function);
+        push(&mut launch);
+        // SAFETY: the caller's; the launch is ordered with LibTorch's operations on the
+        // same stream.
+        unsafe { launch.launch(blocks) }.with_context(|| format!("launching {name}"))?;
+        Ok(())
+    }
+
     /// The chunk table's starts and lengths, as the kernels' first arguments after the
     /// buffers.
     fn table(&self) -> anyhow::Result<(u64, u64)> {
@@ -320,19 +343,19 @@ impl Fused {
         let below = host::below_bits(tiny);
         let layers = self.layers as i32;
         let k = &self.kernels;
-        if self.chunks > 0 {
-            let mut launch = k.stream.launch_builder(&k.grad_chunks);
-            launch.arg(&g).arg(&starts).arg(&lens).arg(&below).arg(&moments).arg(&counts);
-            // SAFETY: the pointers are of live contiguous CUDA tensors of the kinds and sizes
-            // `fused.cu` reads and writes (`grads` covers every chunk's elements), and the
-            // launch is ordered with LibTorch's operations on the same stream.
-            unsafe { launch.launch(blocks(self.chunks)?) }.context("grad_chunks")?;
+        // SAFETY: `grad_chunks(grads, starts, lens, below_bits, moments, counts)`; `grads`
+        // covers every chunk's elements, `moments` and `counts` hold 3 and 4 a chunk.
+        unsafe {
+            self.launch(&k.grad_chunks, "grad_chunks", self.chunks, |l| {
+                l.arg(&g).arg(&starts).arg(&lens).arg(&below).arg(&moments).arg(&counts);
+            })?;
         }
-        if self.layers > 0 {
-            let mut launch = k.stream.launch_builder(&k.grad_layers);
-            launch.arg(&moments).arg(&counts).arg(&first).arg(&layers).arg(&out_ptr);
-            // SAFETY: as above; `out` holds `rows × layers` float64.
-            unsafe { launch.launch(blocks(self.layers)?) }.context("grad_layers")?;
+        // SAFETY: `grad_layers(moments, counts, first, layers, out)`; `out` holds
+        // `rows × layers` float64.
+        unsafe {
+            self.launch(&k.grad_layers, "grad_layers", self.layers, |l| {
+                l.arg(&moments).arg(&counts).arg(&first).arg(&layers).arg(&out_ptr);
+            })?;
         }
         Ok(out)
     }
@@ -340,14 +363,14 @@ impl Fused {
     /// Each measured layer's gradient histogram, `[layers * HIST_BINS]` int64.
     pub fn histogram(&self, grads: &Tensor) -> anyhow::Result<Tensor> {
         let out = Tensor::f_zeros([(self.layers * HIST_BINS) as i64], (Kind::Int64, self.device))?;
-        if self.chunks > 0 {
-            let (g, (starts, lens)) = (device_ptr(grads, Kind::Float)?, self.table()?);
-            let (layer_of, out_ptr) = (device_ptr(&self.layer_of, Kind::Int)?, device_ptr(&out, Kind::Int64)?);
-            let k = &self.kernels;
-            let mut launch = k.stream.launch_builder(&k.hist_chunks);
-            launch.arg(&g).arg(&starts).arg(&lens).arg(&layer_of).arg(&out_ptr);
-            // SAFETY: as in `grad_rows`; `out` holds `layers × HIST_BINS` int64, zeroed.
-            unsafe { launch.launch(blocks(self.chunks)?) }.context("hist_chunks")?;
+        let (g, (starts, lens)) = (device_ptr(grads, Kind::Float)?, self.table()?);
+        let (layer_of, out_ptr) = (device_ptr(&self.layer_of, Kind::Int)?, device_ptr(&out, Kind::Int64)?);
+        // SAFETY: `hist_chunks(grads, starts, lens, layer_of, out)`; `out` holds
+        // `layers × HIST_BINS` int64, zeroed.
+        unsafe {
+            self.launch(&self.kernels.hist_chunks, "hist_chunks", self.chunks, |l| {
+                l.arg(&g).arg(&starts).arg(&lens).arg(&layer_of).arg(&out_ptr);
+            })?;
         }
         Ok(out)
     }
@@ -356,18 +379,16 @@ impl Fused {
     /// keeping each chunk's Σw² for [`Self::weight_rows`].
     pub fn snapshot(&self, weights: &Tensor, before: &Tensor) -> anyhow::Result<()> {
         anyhow::ensure!(before.size() == weights.size(), "the snapshot is laid out as the weights");
-        if self.chunks == 0 {
-            return Ok(());
-        }
         let (w, b, (starts, lens)) =
             (device_ptr(weights, Kind::Float)?, device_ptr(before, Kind::Float)?, self.table()?);
         let sums = device_ptr(&self.snapshot, Kind::Double)?;
-        let k = &self.kernels;
-        let mut launch = k.stream.launch_builder(&k.snapshot_chunks);
-        launch.arg(&w).arg(&b).arg(&starts).arg(&lens).arg(&sums);
-        // SAFETY: as in `grad_rows`; `before` has the weights' length.
-        unsafe { launch.launch(blocks(self.chunks)?) }.context("snapshot_chunks")?;
-        Ok(())
+        // SAFETY: `snapshot_chunks(weights, before, starts, lens, sums)`; `before` has the
+        // weights' length, `sums` one a chunk.
+        unsafe {
+            self.launch(&self.kernels.snapshot_chunks, "snapshot_chunks", self.chunks, |l| {
+                l.arg(&w).arg(&b).arg(&starts).arg(&lens).arg(&sums);
+            })
+        }
     }
 
     /// The weight statistics of the measured layers against the last [`Self::snapshot`]
@@ -384,17 +405,18 @@ impl Fused {
         );
         let layers = self.layers as i32;
         let k = &self.kernels;
-        if self.chunks > 0 {
-            let mut launch = k.stream.launch_builder(&k.change_chunks);
-            launch.arg(&w).arg(&b).arg(&starts).arg(&lens).arg(&sums);
-            // SAFETY: as in `grad_rows`.
-            unsafe { launch.launch(blocks(self.chunks)?) }.context("change_chunks")?;
+        // SAFETY: `change_chunks(weights, before, starts, lens, sums)`; `sums` holds 2 a chunk.
+        unsafe {
+            self.launch(&k.change_chunks, "change_chunks", self.chunks, |l| {
+                l.arg(&w).arg(&b).arg(&starts).arg(&lens).arg(&sums);
+            })?;
         }
-        if self.layers > 0 {
-            let mut launch = k.stream.launch_builder(&k.weight_layers);
-            launch.arg(&snapshot).arg(&sums).arg(&first).arg(&layers).arg(&out_ptr);
-            // SAFETY: as in `grad_rows`; `out` holds `2 × layers` float64.
-            unsafe { launch.launch(blocks(self.layers)?) }.context("weight_layers")?;
+        // SAFETY: `weight_layers(snapshot, sums, first, layers, out)`; `out` holds
+        // `2 × layers` float64.
+        unsafe {
+            self.launch(&k.weight_layers, "weight_layers", self.layers, |l| {
+                l.arg(&snapshot).arg(&sums).arg(&first).arg(&layers).arg(&out_ptr);
+            })?;
         }
         Ok(out)
     }
