@@ -25,6 +25,9 @@ use gradscope::config::ServeConfig;
 use gradscope::train::step::timing::{self, Phase};
 use serde_json::{Value, json};
 
+#[path = "common/proc_stat.rs"]
+mod proc_stat;
+
 #[derive(Debug, Clone, Parser)]
 #[command(name = "jobs", about = "Step rate of real jobs with default, histogram-free and no monitoring")]
 struct JobsArgs {
@@ -328,9 +331,6 @@ struct Threads {
     last: HashMap<u32, (String, f64)>,
 }
 
-/// The kernel's clock ticks per second for `/proc` times (USER_HZ, 100 on Linux).
-const TICKS: f64 = 100.0;
-
 impl Threads {
     fn sample() -> anyhow::Result<Self> {
         let pid = std::process::id();
@@ -375,16 +375,7 @@ fn children_cpu() -> anyhow::Result<f64> {
 fn read_threads(pid: u32) -> anyhow::Result<HashMap<u32, (String, f64)>> {
     let process = std::fs::read_to_string("/proc/self/comm")?.trim().to_owned();
     let mut threads = HashMap::new();
-    for entry in std::fs::read_dir("/proc/self/task")? {
-        let entry = entry?;
-        let Ok(tid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        // A thread may end between the listing and the read.
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
-        let name = &stat[open + 1..close];
-        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        // After the name: state is field 3 of stat(5), utime 14 and stime 15.
-        let ticks = |i: usize| fields.get(i - 3).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    for (tid, name, cpu) in proc_stat::threads()? {
         let kind = if tid == pid {
             "main thread (HTTP client, polling)".to_owned()
         } else if name.starts_with("train-") {
@@ -397,9 +388,9 @@ fn read_threads(pid: u32) -> anyhow::Result<HashMap<u32, (String, f64)>> {
         } else if name == process {
             "other threads of this program".to_owned()
         } else {
-            name.to_owned()
+            name
         };
-        threads.insert(tid, (kind, (ticks(14) + ticks(15)) / TICKS));
+        threads.insert(tid, (kind, cpu));
     }
     Ok(threads)
 }

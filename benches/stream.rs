@@ -32,6 +32,10 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_tungstenite::tungstenite::Message;
 
+#[path = "common/proc_stat.rs"]
+mod proc_stat;
+use proc_stat::{own_stat, stat_cpu, stat_field};
+
 #[derive(Debug, Clone, Parser)]
 #[command(name = "stream", about = "Step rate and delivery latency of one job with many WebSocket subscribers")]
 struct StreamArgs {
@@ -389,37 +393,14 @@ fn spread(mut values: Vec<f64>) -> (f64, f64, f64) {
     (values[0], mid, values[n - 1])
 }
 
-/// CPU seconds (user + system) of this process's threads, summed by thread name, from
-/// `/proc/self/task` (a thread that ended is no longer counted).
+/// CPU seconds (user + system) of this process's threads, summed by thread name (a
+/// thread that ended is no longer counted).
 fn threads_cpu() -> std::collections::HashMap<String, f64> {
     let mut names = std::collections::HashMap::new();
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return names };
-    for task in tasks.flatten() {
-        // A thread may end between the listing and the read.
-        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
-        *names.entry(stat[open + 1..close].to_owned()).or_insert(0.0) += stat_cpu(&stat);
+    for (_, name, cpu) in proc_stat::threads().unwrap_or_default() {
+        *names.entry(name).or_insert(0.0) += cpu;
     }
     names
-}
-
-/// This process's `stat(5)` line (empty where it cannot be read, so every field is NaN).
-fn own_stat() -> String {
-    std::fs::read_to_string("/proc/self/stat").unwrap_or_default()
-}
-
-/// Field `field` of a `stat(5)` line, numbered as stat(5) numbers them (after the name in
-/// parentheses the state is field 3); NaN where it is missing.
-fn stat_field(stat: &str, field: usize) -> f64 {
-    stat.rfind(')')
-        .and_then(|close| stat[close + 1..].split_whitespace().nth(field - 3))
-        .and_then(|f| f.parse().ok())
-        .unwrap_or(f64::NAN)
-}
-
-/// CPU seconds of a `stat(5)` line: utime (field 14) and stime (15), in USER_HZ (100).
-fn stat_cpu(stat: &str) -> f64 {
-    (stat_field(stat, 14) + stat_field(stat, 15)) / 100.0
 }
 
 /// CPU seconds (user + system) this process has used.
