@@ -5,11 +5,13 @@
 //! LibTorch's CPU operations each read the buffer once and each dispatch, allocate and
 //! wake their thread pool; a dozen of them per step cost several times the arithmetic
 //! they do (the README's performance section). Here a layer is read in blocks that fit the
-//! L1 cache: a first sweep of a block takes its mean, a second sweep its deviations from
-//! that mean (corrected two-pass: Σd and Σd² both, so the rounding of the block's mean
-//! cancels; the mean itself from float64 sums), the largest |g| and the zero count from
-//! the float's bits (NaN/±Inf counted only in a block whose largest bits say it holds
-//! some); a separate sweep counts exponents for the histogram.
+//! L1 cache: a first sweep of a block takes its mean, a second its Σg² (the layer's part
+//! of the global norm, summed as [`sum_squares`] sums it on the steps that record no
+//! statistics), a third its deviations from that mean (corrected two-pass: Σd and Σd²
+//! both, so the rounding of the block's mean cancels; the mean itself from float64 sums),
+//! the largest |g| and the zero count from the float's bits (NaN/±Inf counted only in a
+//! block whose largest bits say it holds some); a separate sweep counts exponents for the
+//! histogram.
 //! Blocks are combined in float64 by Chan, Golub and LeVeque's pairwise update. The update
 //! rules compute what the same rules written as LibTorch operations compute, element by
 //! element in float32. The loops are written for the compiler to vectorise, and compiled
@@ -51,6 +53,8 @@ pub struct GradSummary {
     /// Elements whose |g| is below the threshold [`grad_summaries`] was given (zeros
     /// included, NaN not).
     pub below: u64,
+    /// Σg², a block at a time ([`Squares`]): the layer's part of the global norm.
+    pub squares: f64,
 }
 
 /// One layer's weights against a snapshot taken before the update.
@@ -86,12 +90,45 @@ fn host_values(t: &Tensor) -> Option<&[f32]> {
     Some(unsafe { std::slice::from_raw_parts(ptr, n) })
 }
 
-/// The summary of each layer of `grads` (layer `i` is `ranges[i]`), counting the entries
-/// whose |g| is below `tiny`; `None` when `grads` is not host memory.
-pub fn grad_summaries(grads: &Tensor, ranges: &[Range<usize>], tiny: f64) -> Option<Vec<GradSummary>> {
+/// The summary of each layer of `grads` (layer `i` is `ranges[i]`) that `measured` names
+/// (indices, ascending; `None` for every layer), counting the entries whose |g| is below
+/// `tiny`; with Σg² over every layer, the sum [`sum_squares`] gives, bit for bit. `None`
+/// when `grads` is not host memory.
+pub fn grad_summaries(
+    grads: &Tensor,
+    ranges: &[Range<usize>],
+    measured: Option<&[usize]>,
+    tiny: f64,
+) -> Option<(Vec<GradSummary>, f64)> {
     let values = host_values(grads)?;
     let below = below_bits(tiny);
-    Some(ranges.iter().map(|range| summarise_layer(&values[range.clone()], below)).collect())
+    let mut chosen = measured.map(|m| m.iter().copied().peekable());
+    let mut summaries = Vec::with_capacity(measured.map_or(ranges.len(), <[usize]>::len));
+    let mut squares = 0.0;
+    for (i, range) in ranges.iter().enumerate() {
+        let layer = &values[range.clone()];
+        let wanted = match &mut chosen {
+            Some(chosen) => chosen.next_if_eq(&i).is_some(),
+            None => true,
+        };
+        if wanted {
+            let s = summarise_layer(layer, below);
+            squares += s.squares;
+            summaries.push(s);
+        } else {
+            squares += layer_squares(layer);
+        }
+    }
+    Some((summaries, squares))
+}
+
+/// Σg² over every layer of `grads` (layer `i` is `ranges[i]`), a block at a time in the
+/// same order and arithmetic as [`grad_summaries`], so both give the same bits: a step's
+/// global norm does not depend on whether it records statistics. `None` when `grads` is
+/// not host memory.
+pub fn sum_squares(grads: &Tensor, ranges: &[Range<usize>]) -> Option<f64> {
+    let values = host_values(grads)?;
+    Some(ranges.iter().map(|range| layer_squares(&values[range.clone()])).fold(0.0, |total, s| total + s))
 }
 
 /// Each of `blocks`' mean and mean square, from the same summary a gradient layer gets
@@ -456,11 +493,56 @@ impl Moments {
     }
 }
 
+/// A block's Σx², in float64 lanes, then the lanes and the tail in a fixed order. Every
+/// pass that sums a block's squares does it through this, so the sum has the same bits
+/// whichever pass takes it (Rust neither reorders nor contracts float operations). In
+/// [`summarise_block`] it is a sweep of its own: added to the sweep that sums the mean,
+/// it kept the compiler from vectorising that loop, and the pass took 3× as long.
+struct Squares([f64; LANES]);
+
+impl Squares {
+    fn new() -> Self {
+        Self([0.0; LANES])
+    }
+
+    /// Adds one chunk of [`LANES`] values.
+    #[inline(always)]
+    fn add(&mut self, chunk: &[f32]) {
+        for (lane, &x) in self.0.iter_mut().zip(chunk) {
+            let x = f64::from(x);
+            *lane += x * x;
+        }
+    }
+
+    #[inline(always)]
+    fn total(self, tail: &[f32]) -> f64 {
+        let square = |x: f32| f64::from(x) * f64::from(x);
+        self.0.iter().fold(0.0, |s, &lane| s + lane) + tail.iter().fold(0.0, |s, &x| s + square(x))
+    }
+}
+
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx2+fma", "x86_64+avx2+fma", "aarch64+neon"))]
+fn block_squares(block: &[f32]) -> f64 {
+    let chunks = block.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    let mut squares = Squares::new();
+    for c in chunks {
+        squares.add(c);
+    }
+    squares.total(tail)
+}
+
+/// A layer's Σx², block by block in order, as [`summarise_layer`] sums it.
+fn layer_squares(values: &[f32]) -> f64 {
+    values.chunks(BLOCK).fold(0.0, |total, block| total + block_squares(block))
+}
+
 fn summarise_layer(values: &[f32], below_bits: u32) -> GradSummary {
     let (mut moments, mut max_bits, mut zeros, mut nonfinite) = (Moments::default(), 0u32, 0u64, 0u64);
-    let mut below = 0u64;
+    let (mut below, mut squares) = (0u64, 0.0);
     for block in values.chunks(BLOCK) {
         let b = summarise_block(block, below_bits);
+        squares += b.squares;
         below += u64::from(b.below);
         moments = moments.merge(b.moments);
         max_bits = max_bits.max(b.max_bits);
@@ -476,11 +558,13 @@ fn summarise_layer(values: &[f32], below_bits: u32) -> GradSummary {
         zeros,
         nonfinite,
         below,
+        squares,
     }
 }
 
 struct BlockSummary {
     moments: Moments,
+    squares: f64,
     max_bits: u32,
     zeros: u32,
     nonfinite: u32,
@@ -501,6 +585,11 @@ fn summarise_block(block: &[f32], below_bits: u32) -> BlockSummary {
         }
     }
     let total: f64 = sum.iter().sum::<f64>() + tail.iter().map(|&x| f64::from(x)).sum::<f64>();
+    let mut squares = Squares::new();
+    for c in chunks.clone() {
+        squares.add(c);
+    }
+    let squares = squares.total(tail);
     // Where the mean is not finite (an infinity in the block) the layer's moments are NaN
     // anyway, and 0 keeps the sweep below finite where it can be.
     let mean = match total / n as f64 {
@@ -545,7 +634,7 @@ fn summarise_block(block: &[f32], below_bits: u32) -> BlockSummary {
     let count = n as f64;
     // Σ(x − m)² = Σd² − (Σd)²/n for d = x − shift: the rounding of `shift` cancels.
     let moments = Moments { n: count, mean, m2: (s2 - s1 * s1 / count).max(0.0) };
-    BlockSummary { moments, max_bits, zeros: zero_count, nonfinite, below: below_count }
+    BlockSummary { moments, squares, max_bits, zeros: zero_count, nonfinite, below: below_count }
 }
 
 /// Adds each element's exponent field to `counts` (256 of them). Four tables in turn, so
@@ -654,7 +743,7 @@ mod tests {
             ranges.push(start..start + n);
             start += n;
         }
-        let summaries = grad_summaries(&t, &ranges, 0.0).expect("host memory");
+        let summaries = grad_summaries(&t, &ranges, None, 0.0).expect("host memory").0;
         let hist = exponent_counts(&t, &ranges).expect("histogram");
         for (layer, (range, s)) in ranges.iter().zip(&summaries).enumerate() {
             let (mean, m2, max) = reference(&values[range.clone()]);
@@ -673,14 +762,14 @@ mod tests {
     fn bits_give_exact_zero_and_nonfinite_counts() {
         let values = [0.0f32, -0.0, 1.0, f32::NAN, f32::INFINITY, -2.0, f32::from_bits(1)];
         let t = Tensor::from_slice(&values);
-        let s = grad_summaries(&t, &[0..7, 5..7], 0.0).expect("host memory");
+        let s = grad_summaries(&t, &[0..7, 5..7], None, 0.0).expect("host memory").0;
         assert_eq!((s[0].zeros, s[0].nonfinite), (2, 2));
         assert!(s[0].max_abs.is_nan() && s[0].mean.is_nan() && s[0].m2.is_nan(), "a NaN spoils the moments");
         assert_eq!((s[1].zeros, s[1].nonfinite, s[1].max_abs), (0, 0, 2.0), "a subnormal is not zero");
         let hist = exponent_counts(&t, std::slice::from_ref(&(0..7))).expect("histogram");
         assert_eq!((hist[0], hist[255], hist[127], hist[128]), (3, 2, 1, 1));
         let inf = Tensor::from_slice(&[1.0f32, f32::NEG_INFINITY]);
-        let s = grad_summaries(&inf, std::slice::from_ref(&(0..2)), 0.0).expect("host memory");
+        let s = grad_summaries(&inf, std::slice::from_ref(&(0..2)), None, 0.0).expect("host memory").0;
         assert_eq!(s[0].max_abs, f64::INFINITY, "only infinities: +Inf");
     }
 

@@ -187,6 +187,7 @@ impl FlatParams {
     /// still covers every layer.
     pub fn choose(&mut self, layers: Vec<usize>) -> anyhow::Result<()> {
         anyhow::ensure!(layers.iter().all(|&i| i < self.len()), "a chosen layer is out of range");
+        anyhow::ensure!(layers.windows(2).all(|w| w[0] < w[1]), "chosen layers must be ascending");
         self.chosen = if layers.len() == self.len() {
             None
         } else {
@@ -275,12 +276,22 @@ impl FlatParams {
         Ok(())
     }
 
-    /// Global L2 norm of the gradients, as the norm of the norms of about √n chunks of
+    /// Global L2 norm of the gradients. In host memory Σg² is summed in float64 by one
+    /// read in place ([`host::sum_squares`]), the same sum, bit for bit, that the
+    /// statistics' pass takes on the steps that record them; elsewhere by LibTorch.
+    pub fn grad_norm(&self) -> anyhow::Result<Tensor> {
+        match self.in_place.then(|| host::sum_squares(&self.grads, &self.ranges)).flatten() {
+            Some(squares) => Ok(norm_of_squares(squares)),
+            None => self.libtorch_grad_norm(),
+        }
+    }
+
+    /// The global norm through LibTorch, as the norm of the norms of about √n chunks of
     /// about √n elements each. LibTorch's CPU `norm` (and `dot`) accumulate a whole
     /// buffer in a few float32 lanes: off by 6e-5 at 3 million elements and 1e-3 at 20
     /// million. Chunked, each sum is short and the result stays within 1e-7 of float64,
     /// for the same single read of the buffer (one 2-D reduction on any device).
-    pub fn grad_norm(&self) -> anyhow::Result<Tensor> {
+    fn libtorch_grad_norm(&self) -> anyhow::Result<Tensor> {
         let n = self.grads.numel() as i64;
         let chunk = ((n as f64).sqrt().ceil() as i64).max(MIN_NORM_CHUNK);
         let whole = n / chunk * chunk;
@@ -321,14 +332,15 @@ impl FlatParams {
     /// included): counted in the same pass on the host, by one comparison per group on
     /// the device.
     pub fn grad_stats(&mut self, tiny: f64) -> anyhow::Result<(Tensor, Tensor)> {
-        // The norm first, while LibTorch's threads still spin from the backward pass: after
-        // the in-place pass they would have to be woken for it.
-        let total = self.grad_norm()?;
-        if let Some(summaries) =
-            self.in_place.then(|| host::grad_summaries(&self.grads, self.measured_ranges(), tiny)).flatten()
-        {
-            return Ok((self.in_place_grad_stats(&summaries)?, total));
+        if self.in_place {
+            let chosen = self.chosen.as_ref().map(|(layers, ..)| layers.as_slice());
+            if let Some((summaries, squares)) = host::grad_summaries(&self.grads, &self.ranges, chosen, tiny) {
+                return Ok((self.in_place_grad_stats(&summaries)?, norm_of_squares(squares)));
+            }
         }
+        // The norm first, while LibTorch's threads still spin from the backward pass: after
+        // the statistics' reductions they would have to be woken for it.
+        let total = self.grad_norm()?;
         if let Some(fused) = &self.fused {
             self.zeros = None;
             return Ok((fused.grad_rows(&self.grads, tiny)?, total));
@@ -601,6 +613,11 @@ fn load_fused(device: Device, ranges: &[Range<usize>]) -> Option<Fused> {
             None
         }
     }
+}
+
+/// The global norm from Σg² (float64), as the float32 scalar the grad policies take.
+fn norm_of_squares(squares: f64) -> Tensor {
+    Tensor::from(squares.sqrt() as f32)
 }
 
 /// The weight rows, `[Statistic::WEIGHT.len(), layers]`, from each layer's sums of
@@ -1045,6 +1062,60 @@ mod tests {
             )
             .expect("rows");
             assert!(((weights[0] - first) / first).abs() < 1e-6, "{way:?}: weight norm {} vs {first}", weights[0]);
+        }
+    }
+
+    /// The grad policies take `grad_norm()` on steps that record no statistics and the
+    /// statistics' own total on steps that do: the two must be the same bits, whichever
+    /// layers are chosen, or recording would change what clipping does. In place, both
+    /// are within float64's rounding of a float64 sum.
+    #[test]
+    fn the_global_norm_is_the_same_with_or_without_statistics() {
+        // Lengths around the block (4096) and lane (16) sizes, and values over many orders
+        // of magnitude, so that summing in another order would change the last bits.
+        let numels = [1i64, 17, 4095, 4096, 4097, 100_003, 3];
+        let data: Vec<Tensor> = with_seed(11, || {
+            numels
+                .iter()
+                .map(|&n| {
+                    let scale = (Tensor::randn([n], (Kind::Float, Device::Cpu)) * 4.0).exp();
+                    Tensor::randn([n], (Kind::Float, Device::Cpu)) * scale
+                })
+                .collect()
+        });
+        let float64 = data
+            .iter()
+            .flat_map(|t| Vec::<f32>::try_from(t).expect("values"))
+            .map(|x| f64::from(x) * f64::from(x))
+            .sum::<f64>()
+            .sqrt();
+        for way in Way::all() {
+            for chosen in [None, Some(vec![1, 4]), Some(vec![6])] {
+                let on: Vec<Tensor> = data.iter().map(|t| t.to_device(way.device())).collect();
+                let params: Vec<Tensor> = on.iter().map(|t| t.zeros_like().set_requires_grad(true)).collect();
+                let mut flat = way.flat(&params);
+                if let Some(layers) = chosen.clone() {
+                    flat.choose(layers).expect("choose");
+                }
+                backward(&mut flat, &on);
+                let alone = flat.grad_norm().expect("norm").double_value(&[]);
+                let (_, total) = flat.grad_stats(TINY).expect("stats");
+                let with_stats = total.double_value(&[]);
+                assert_eq!(alone.to_bits(), with_stats.to_bits(), "{way:?}, {chosen:?}: {alone} vs {with_stats}");
+                let bound = if way == Way::InPlace { 1e-7 } else { 1e-6 };
+                assert!(((alone - float64) / float64).abs() < bound, "{way:?}: {alone} vs float64 {float64}");
+            }
+        }
+        // A NaN anywhere makes the norm NaN, an infinity (and no NaN) +Inf, either way.
+        for (bad, nan) in [(f32::NAN, true), (f32::NEG_INFINITY, false)] {
+            let mut values = vec![1.0f32; 5000];
+            values[4321] = bad;
+            let mut flat = single(&Tensor::from_slice(&values), Way::InPlace);
+            let alone = flat.grad_norm().expect("norm").double_value(&[]);
+            let with_stats = flat.grad_stats(TINY).expect("stats").1.double_value(&[]);
+            for norm in [alone, with_stats] {
+                assert!(if nan { norm.is_nan() } else { norm == f64::INFINITY }, "{bad}: {norm}");
+            }
         }
     }
 
