@@ -131,16 +131,20 @@ pub fn sum_squares(grads: &Tensor, ranges: &[Range<usize>]) -> Option<f64> {
     Some(ranges.iter().map(|range| layer_squares(&values[range.clone()])).fold(0.0, |total, s| total + s))
 }
 
-/// Each of `blocks`' mean and mean square, from the same summary a gradient layer gets
-/// (NaN for both where a block holds a NaN or an infinity, or no element); `None` unless
-/// every block is host memory.
+/// Each of `blocks`' mean and mean square, from float64 sums of its values and of their
+/// squares, a block of [`BLOCK`] at a time (NaN for both where a block holds a NaN or an
+/// infinity, or no element); `None` unless every block is host memory.
 pub fn signal_moments(blocks: &[Tensor]) -> Option<Vec<(f64, f64)>> {
     blocks
         .iter()
         .map(|block| {
-            let s = summarise_layer(host_values(block)?, 0);
-            let n = s.numel as f64;
-            Some((s.mean, (s.m2 + n * s.mean * s.mean) / n))
+            let values = host_values(block)?;
+            let (sum, squares) = values
+                .chunks(BLOCK)
+                .fold((0.0, 0.0), |(sum, squares), b| (sum + block_sum(b), squares + block_squares(b)));
+            let n = values.len() as f64;
+            let (mean, square) = (sum / n, squares / n);
+            Some(if mean.is_finite() && square.is_finite() { (mean, square) } else { (f64::NAN, f64::NAN) })
         })
         .collect()
 }
@@ -532,6 +536,25 @@ fn block_squares(block: &[f32]) -> f64 {
     squares.total(tail)
 }
 
+/// A block's Σx in float64 lanes. Inlined into each vectorised caller.
+#[inline(always)]
+fn sum_lanes(block: &[f32]) -> f64 {
+    let chunks = block.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    let mut sum = [0f64; LANES];
+    for c in chunks {
+        for (lane, &x) in sum.iter_mut().zip(c) {
+            *lane += f64::from(x);
+        }
+    }
+    sum.iter().sum::<f64>() + tail.iter().map(|&x| f64::from(x)).sum::<f64>()
+}
+
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx2+fma", "x86_64+avx2+fma", "aarch64+neon"))]
+fn block_sum(block: &[f32]) -> f64 {
+    sum_lanes(block)
+}
+
 /// A layer's Σx², block by block in order, as [`summarise_layer`] sums it.
 fn layer_squares(values: &[f32]) -> f64 {
     values.chunks(BLOCK).fold(0.0, |total, block| total + block_squares(block))
@@ -578,13 +601,7 @@ fn summarise_block(block: &[f32], below_bits: u32) -> BlockSummary {
     let tail = chunks.remainder();
     // The mean from float64 sums: a layer's mean is often a small difference of large
     // terms (a bias whose gradient sums to about zero), which float32 sums would lose.
-    let mut sum = [0f64; LANES];
-    for c in chunks.clone() {
-        for i in 0..LANES {
-            sum[i] += f64::from(c[i]);
-        }
-    }
-    let total: f64 = sum.iter().sum::<f64>() + tail.iter().map(|&x| f64::from(x)).sum::<f64>();
+    let total = sum_lanes(block);
     let mut squares = Squares::new();
     for c in chunks.clone() {
         squares.add(c);
@@ -723,6 +740,11 @@ mod tests {
             // Within float32's rounding: the result is reported in float32.
             assert!((mean - want_mean).abs() <= 1e-7 * want_mean.abs().max(1.0), "{mean} vs {want_mean}");
             assert!((square - want_square).abs() <= 1e-7 * want_square, "{square} vs {want_square}");
+        }
+        let broken = [vec![1.0f32, f32::INFINITY], vec![f32::NAN; 3], Vec::new()];
+        let broken: Vec<Tensor> = broken.iter().map(|b| Tensor::from_slice(b)).collect();
+        for (mean, square) in signal_moments(&broken).expect("host memory") {
+            assert!(mean.is_nan() && square.is_nan(), "an infinity, a NaN or no element: NaN, not {mean}, {square}");
         }
         let strided = Tensor::from_slice(&blocks[0]).view([50, 100]).transpose(0, 1);
         assert!(signal_moments(&[tensors[1].shallow_clone(), strided]).is_none());
