@@ -53,7 +53,7 @@ pub struct GradSummary {
     /// Elements whose |g| is below the threshold [`grad_summaries`] was given (zeros
     /// included, NaN not).
     pub below: u64,
-    /// Σg², a block at a time ([`Squares`]): the layer's part of the global norm.
+    /// Σg², a block at a time ([`square_lanes`]): the layer's part of the global norm.
     pub squares: f64,
 }
 
@@ -497,43 +497,30 @@ impl Moments {
     }
 }
 
-/// A block's Σx², in float64 lanes, then the lanes and the tail in a fixed order. Every
-/// pass that sums a block's squares does it through this, so the sum has the same bits
-/// whichever pass takes it (Rust neither reorders nor contracts float operations). In
-/// [`summarise_block`] it is a sweep of its own: added to the sweep that sums the mean,
-/// it kept the compiler from vectorising that loop, and the pass took 3× as long.
-struct Squares([f64; LANES]);
-
-impl Squares {
-    fn new() -> Self {
-        Self([0.0; LANES])
-    }
-
-    /// Adds one chunk of [`LANES`] values.
-    #[inline(always)]
-    fn add(&mut self, chunk: &[f32]) {
-        for (lane, &x) in self.0.iter_mut().zip(chunk) {
+/// A block's Σx², in float64 lanes, then the lanes and the tail in a fixed order. The
+/// norm's own pass and the statistics' pass both sum a block's squares through this, so
+/// the sum has the same bits whichever pass takes it (Rust neither reorders nor contracts
+/// float operations). In [`summarise_block`] it is a sweep of its own: added to the sweep
+/// that sums the mean, it kept the compiler from vectorising that loop, and the pass took
+/// 3× as long. Inlined into each vectorised caller.
+#[inline(always)]
+fn square_lanes(block: &[f32]) -> f64 {
+    let chunks = block.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    let mut lanes = [0f64; LANES];
+    for c in chunks {
+        for (lane, &x) in lanes.iter_mut().zip(c) {
             let x = f64::from(x);
             *lane += x * x;
         }
     }
-
-    #[inline(always)]
-    fn total(self, tail: &[f32]) -> f64 {
-        let square = |x: f32| f64::from(x) * f64::from(x);
-        self.0.iter().fold(0.0, |s, &lane| s + lane) + tail.iter().fold(0.0, |s, &x| s + square(x))
-    }
+    let square = |x: f32| f64::from(x) * f64::from(x);
+    lanes.iter().fold(0.0, |s, &lane| s + lane) + tail.iter().fold(0.0, |s, &x| s + square(x))
 }
 
 #[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx2+fma", "x86_64+avx2+fma", "aarch64+neon"))]
 fn block_squares(block: &[f32]) -> f64 {
-    let chunks = block.chunks_exact(LANES);
-    let tail = chunks.remainder();
-    let mut squares = Squares::new();
-    for c in chunks {
-        squares.add(c);
-    }
-    squares.total(tail)
+    square_lanes(block)
 }
 
 /// A block's Σx in float64 lanes. Inlined into each vectorised caller.
@@ -602,11 +589,7 @@ fn summarise_block(block: &[f32], below_bits: u32) -> BlockSummary {
     // The mean from float64 sums: a layer's mean is often a small difference of large
     // terms (a bias whose gradient sums to about zero), which float32 sums would lose.
     let total = sum_lanes(block);
-    let mut squares = Squares::new();
-    for c in chunks.clone() {
-        squares.add(c);
-    }
-    let squares = squares.total(tail);
+    let squares = square_lanes(block);
     // Where the mean is not finite (an infinity in the block) the layer's moments are NaN
     // anyway, and 0 keeps the sweep below finite where it can be.
     let mean = match total / n as f64 {
