@@ -1068,11 +1068,12 @@ mod tests {
     /// The grad policies take `grad_norm()` on steps that record no statistics and the
     /// statistics' own total on steps that do: the two must be the same bits, whichever
     /// layers are chosen, or recording would change what clipping does. In place, both
-    /// are within float64's rounding of a float64 sum.
+    /// are within float32's rounding of a float64 sum.
     #[test]
     fn the_global_norm_is_the_same_with_or_without_statistics() {
         // Lengths around the block (4096) and lane (16) sizes, and values over many orders
-        // of magnitude, so that summing in another order would change the last bits.
+        // of magnitude. (Reordering the float64 sums would not show in the float32 norm;
+        // a Σg² taken another way, e.g. from the mean and the deviations, does.)
         let numels = [1i64, 17, 4095, 4096, 4097, 100_003, 3];
         let data: Vec<Tensor> = with_seed(11, || {
             numels
