@@ -5,28 +5,37 @@
 //! LibTorch's CPU operations each read the buffer once and each dispatch, allocate and
 //! wake their thread pool; a dozen of them per step cost several times the arithmetic
 //! they do (the README's performance section). Here a layer is read in blocks that fit the
-//! L1 cache: a first sweep of a block takes its mean, a second its Σg² (the layer's part
-//! of the global norm, summed as [`sum_squares`] sums it on the steps that record no
-//! statistics), a third its deviations from that mean (corrected two-pass: Σd and Σd²
-//! both, so the rounding of the block's mean cancels; the mean itself from float64 sums),
-//! the largest |g| and the zero count from the float's bits (NaN/±Inf counted only in a
-//! block whose largest bits say it holds some); a separate sweep counts exponents for the
-//! histogram.
+//! L1 cache: a first sweep of a block takes its Σx (for the mean, in float64) and its Σx²
+//! (the layer's part of the global norm, summed as [`sum_squares`] sums it on the steps
+//! that record no statistics), a second its deviations from that mean (corrected two-pass:
+//! Σd and Σd² both, so the rounding of the block's mean cancels), the largest |g| and the
+//! zero count from the float's bits (NaN/±Inf counted only in a block whose largest bits
+//! say it holds some); a separate sweep counts exponents for the histogram.
 //! Blocks are combined in float64 by Chan, Golub and LeVeque's pairwise update. The update
 //! rules compute what the same rules written as LibTorch operations compute, element by
-//! element in float32. The loops are written for the compiler to vectorise, and compiled
-//! for the widest vector unit the CPU has (`multiversion`).
+//! element in float32.
+//!
+//! Where the CPU has AVX-512 the sweeps are written with its instructions ([`avx512`]:
+//! float32 sums of four values at a time carried into float64, the counts from the
+//! smallest |x|); elsewhere, and for a block whose values lie outside the range those
+//! sums hold exactly, the loops are written for the compiler to vectorise and compiled
+//! for the widest vector unit the CPU has (`multiversion`). Which way a block is swept
+//! depends on the CPU and on the block's Σx² alone, so both passes sum a block's squares
+//! the same way.
 //!
 //! With `fused.rs` (CUDA's kernels), this module holds the crate's `unsafe` code: views of
 //! a CPU tensor's memory as slices, taken and dropped within each function while no
 //! LibTorch operation runs (everything here runs on the training thread, between
-//! operations).
+//! operations), and the AVX-512 intrinsics.
 #![allow(unsafe_code)]
 
 use std::ops::Range;
 
 use multiversion::multiversion;
 use tch::{Device, Kind, Tensor};
+
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 
 /// Elements per block: 16 KiB, well inside the L1 data cache.
 const BLOCK: usize = 4096;
@@ -139,9 +148,10 @@ pub fn signal_moments(blocks: &[Tensor]) -> Option<Vec<(f64, f64)>> {
         .iter()
         .map(|block| {
             let values = host_values(block)?;
-            let (sum, squares) = values
-                .chunks(BLOCK)
-                .fold((0.0, 0.0), |(sum, squares), b| (sum + block_sum(b), squares + block_squares(b)));
+            let (sum, squares) = values.chunks(BLOCK).fold((0.0, 0.0), |(sum, squares), b| {
+                let (s, q) = block_sum_and_squares(b);
+                (sum + s, squares + q)
+            });
             let n = values.len() as f64;
             let (mean, square) = (sum / n, squares / n);
             Some(if mean.is_finite() && square.is_finite() { (mean, square) } else { (f64::NAN, f64::NAN) })
@@ -497,12 +507,13 @@ impl Moments {
     }
 }
 
-/// A block's Σx², in float64 lanes, then the lanes and the tail in a fixed order. The
-/// norm's own pass and the statistics' pass both sum a block's squares through this, so
-/// the sum has the same bits whichever pass takes it (Rust neither reorders nor contracts
-/// float operations). In [`summarise_block`] it is a sweep of its own: added to the sweep
-/// that sums the mean, it kept the compiler from vectorising that loop, and the pass took
-/// 3× as long. Inlined into each vectorised caller.
+/// A block's Σx², in float64 lanes, then the lanes and the tail in a fixed order. Where
+/// a block is swept by the portable loops, the norm's own pass and the statistics' pass
+/// both sum its squares through this, so the sum has the same bits whichever pass takes it
+/// (Rust neither reorders nor contracts float operations). In [`portable_summarise_block`]
+/// it is a sweep of its own: added to the sweep that sums the mean, it kept the compiler
+/// from vectorising that loop, and the pass took 3× as long. Inlined into each vectorised
+/// caller.
 #[inline(always)]
 fn square_lanes(block: &[f32]) -> f64 {
     let chunks = block.chunks_exact(LANES);
@@ -519,7 +530,7 @@ fn square_lanes(block: &[f32]) -> f64 {
 }
 
 #[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx2+fma", "x86_64+avx2+fma", "aarch64+neon"))]
-fn block_squares(block: &[f32]) -> f64 {
+fn portable_squares(block: &[f32]) -> f64 {
     square_lanes(block)
 }
 
@@ -538,8 +549,69 @@ fn sum_lanes(block: &[f32]) -> f64 {
 }
 
 #[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx2+fma", "x86_64+avx2+fma", "aarch64+neon"))]
-fn block_sum(block: &[f32]) -> f64 {
+fn portable_sum(block: &[f32]) -> f64 {
     sum_lanes(block)
+}
+
+/// Whether blocks are swept by [`avx512`]'s functions: where the CPU runs them (and, in
+/// tests, unless [`PortableSweeps`] holds them back).
+fn wide_sweeps() -> bool {
+    #[cfg(test)]
+    if PORTABLE.get() {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    return avx512::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+#[cfg(test)]
+thread_local! {
+    static PORTABLE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Holds this thread's sweeps to the portable loops while it lives, so that tests cover
+/// both ways on a CPU that has AVX-512.
+#[cfg(test)]
+pub(crate) struct PortableSweeps(());
+
+#[cfg(test)]
+impl PortableSweeps {
+    pub(crate) fn hold() -> Self {
+        PORTABLE.set(true);
+        Self(())
+    }
+}
+
+#[cfg(test)]
+impl Drop for PortableSweeps {
+    fn drop(&mut self) {
+        PORTABLE.set(false);
+    }
+}
+
+/// A block's Σx², as both passes sum it: by [`avx512`] where it is used and the block is
+/// in its range, else by the portable loop ([`square_lanes`]).
+fn block_squares(block: &[f32]) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if wide_sweeps()
+        && let Some(squares) = avx512::squares(block)
+    {
+        return squares;
+    }
+    portable_squares(block)
+}
+
+/// A block's Σx and Σx² in float64, the same ways as [`block_squares`].
+fn block_sum_and_squares(block: &[f32]) -> (f64, f64) {
+    #[cfg(target_arch = "x86_64")]
+    if wide_sweeps()
+        && let Some(sums) = avx512::sum_and_squares(block)
+    {
+        return sums;
+    }
+    (portable_sum(block), portable_squares(block))
 }
 
 /// A layer's Σx², block by block in order, as [`summarise_layer`] sums it.
@@ -581,8 +653,41 @@ struct BlockSummary {
     below: u32,
 }
 
-#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx2+fma", "x86_64+avx2+fma", "aarch64+neon"))]
+/// A block's summary: by [`avx512`] where it is used and the block is in its range, else
+/// by the portable loops.
 fn summarise_block(block: &[f32], below_bits: u32) -> BlockSummary {
+    #[cfg(target_arch = "x86_64")]
+    if wide_sweeps()
+        && let Some(sums) = avx512::sums(block)
+    {
+        let n = block.len();
+        // In range, every value is finite, and so is the mean.
+        let mean = sums.sum / n as f64;
+        let scale = Scale::of(sums.squares, n);
+        let (s1, s2) = avx512::deviations(block, scale.0, scale.shift(mean));
+        // The counts only where the smallest |x| says the block holds some.
+        let (zeros, below) = if sums.min_bits < below_bits.max(1) { count_small(block, below_bits) } else { (0, 0) };
+        return BlockSummary {
+            moments: Moments { n: n as f64, mean, m2: scale.m2(s1, s2, n) },
+            squares: sums.squares,
+            max_bits: sums.max_bits,
+            zeros,
+            nonfinite: 0,
+            below,
+        };
+    }
+    portable_summarise_block(block, below_bits)
+}
+
+/// A block's count of exact zeros and of |x| below `below_bits`.
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx2+fma", "x86_64+avx2+fma", "aarch64+neon"))]
+fn count_small(block: &[f32], below_bits: u32) -> (u32, u32) {
+    let bits = || block.iter().map(|x| x.to_bits() & ABS_BITS);
+    (bits().map(|b| u32::from(b == 0)).sum(), bits().map(|b| u32::from(b < below_bits)).sum())
+}
+
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx2+fma", "x86_64+avx2+fma", "aarch64+neon"))]
+fn portable_summarise_block(block: &[f32], below_bits: u32) -> BlockSummary {
     let n = block.len();
     let chunks = block.chunks_exact(LANES);
     let tail = chunks.remainder();
@@ -590,20 +695,17 @@ fn summarise_block(block: &[f32], below_bits: u32) -> BlockSummary {
     // terms (a bias whose gradient sums to about zero), which float32 sums would lose.
     let total = sum_lanes(block);
     let squares = square_lanes(block);
-    // Where the mean is not finite (an infinity in the block) the layer's moments are NaN
-    // anyway, and 0 keeps the sweep below finite where it can be.
-    let mean = match total / n as f64 {
-        m if m.is_finite() => m,
-        _ => 0.0,
-    };
+    let mean = total / n as f64;
     // The deviations in float32: each is small against the values, and their squares
-    // are summed over at most a block per lane.
-    let shift = mean as f32;
+    // are summed over at most a block per lane; scaled by a power of two, so that they
+    // square within float32's range.
+    let scale = Scale::of(squares, n);
+    let shift = scale.shift(mean);
     let (mut d1, mut d2, mut max, mut zeros) = ([0f32; LANES], [0f32; LANES], [0u32; LANES], [0u32; LANES]);
     let mut below = [0u32; LANES];
     for c in chunks {
         for i in 0..LANES {
-            let d = c[i] - shift;
+            let d = c[i] * scale.0 - shift;
             d1[i] += d;
             d2[i] += d * d;
             let bits = c[i].to_bits() & ABS_BITS;
@@ -617,7 +719,7 @@ fn summarise_block(block: &[f32], below_bits: u32) -> BlockSummary {
     let (mut max_bits, mut zero_count) = (max.into_iter().max().unwrap_or(0), zeros.iter().sum::<u32>());
     let mut below_count = below.iter().sum::<u32>();
     for &x in tail {
-        let d = f64::from(x - shift);
+        let d = f64::from(x * scale.0 - shift);
         s1 += d;
         s2 += d * d;
         let bits = x.to_bits() & ABS_BITS;
@@ -631,10 +733,43 @@ fn summarise_block(block: &[f32], below_bits: u32) -> BlockSummary {
     } else {
         0
     };
-    let count = n as f64;
-    // Σ(x − m)² = Σd² − (Σd)²/n for d = x − shift: the rounding of `shift` cancels.
-    let moments = Moments { n: count, mean, m2: (s2 - s1 * s1 / count).max(0.0) };
+    let moments = Moments { n: n as f64, mean, m2: scale.m2(s1, s2, n) };
     BlockSummary { moments, squares, max_bits, zeros: zero_count, nonfinite, below: below_count }
+}
+
+/// A power of two near 1 / (a block's root mean square). Scaled by it, the block's RMS
+/// lies in [1, 2), so no value exceeds 128 (|x| ≤ √n · RMS, n ≤ 4096) nor any deviation
+/// 256, and their squares stay within float32's range: the standard deviation holds for
+/// gradients that vanish (1e-25) or explode (1e25) alike, where unscaled squares would
+/// underflow to 0 or overflow to infinity. Being a power of two it loses no bits, but for
+/// values 2¹²⁶ times below the block's RMS, which weigh nothing in its Σd².
+#[derive(Debug, Clone, Copy)]
+struct Scale(f32);
+
+impl Scale {
+    /// From a block's Σx² and length: 1 where the block is all zeros or not finite.
+    fn of(squares: f64, n: usize) -> Self {
+        let rms = (squares / n as f64).sqrt();
+        if !(rms.is_finite() && rms > 0.0) {
+            return Self(1.0);
+        }
+        // 2^-e for rms in [2^e, 2^(e+1)), within float32's normal powers of two.
+        let e = ((rms.to_bits() >> 52) as i32 - 1023).clamp(-127, 126);
+        Self(f32::from_bits(((127 - e) as u32) << 23))
+    }
+
+    /// The scaled shift the deviations are taken from (0 where the mean is not finite:
+    /// the layer's moments are NaN anyway, and 0 keeps the sweep finite where it can be).
+    fn shift(self, mean: f64) -> f32 {
+        if mean.is_finite() { mean as f32 * self.0 } else { 0.0 }
+    }
+
+    /// Σ(x − m)² from the scaled deviations' Σd and Σd²: Σd² − (Σd)²/n (the rounding of
+    /// the shift cancels), scaled back.
+    fn m2(self, s1: f64, s2: f64, n: usize) -> f64 {
+        let inverse = 1.0 / f64::from(self.0);
+        (s2 - s1 * s1 / n as f64).max(0.0) * inverse * inverse
+    }
 }
 
 /// Adds each element's exponent field to `counts` (256 of them). Four tables in turn, so
@@ -707,10 +842,21 @@ mod tests {
         (mean, m2, max)
     }
 
+    /// Runs `check` with the sweeps this CPU takes, then with the portable loops alone.
+    fn both_ways(check: impl Fn(&str)) {
+        check("the CPU's sweeps");
+        let _portable = PortableSweeps::hold();
+        check("the portable sweeps");
+    }
+
     /// Block outputs' mean and mean square against float64 sums of their values; a block
     /// that is not contiguous host memory leaves the whole list to LibTorch.
     #[test]
     fn signal_moments_are_each_blocks_mean_and_mean_square() {
+        both_ways(signal_moments_check);
+    }
+
+    fn signal_moments_check(way: &str) {
         let mut rng = StdRng::seed_from_u64(3);
         let blocks: Vec<Vec<f32>> =
             [5000usize, 1, 37].iter().map(|&n| (0..n).map(|_| rng.random_range(-2.0f32..6.0)).collect()).collect();
@@ -721,8 +867,8 @@ mod tests {
             let want_mean = values.iter().map(|&x| f64::from(x)).sum::<f64>() / n;
             let want_square = values.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>() / n;
             // Within float32's rounding: the result is reported in float32.
-            assert!((mean - want_mean).abs() <= 1e-7 * want_mean.abs().max(1.0), "{mean} vs {want_mean}");
-            assert!((square - want_square).abs() <= 1e-7 * want_square, "{square} vs {want_square}");
+            assert!((mean - want_mean).abs() <= 1e-7 * want_mean.abs().max(1.0), "{way}: {mean} vs {want_mean}");
+            assert!((square - want_square).abs() <= 1e-7 * want_square, "{way}: {square} vs {want_square}");
         }
         let broken = [vec![1.0f32, f32::INFINITY], vec![f32::NAN; 3], Vec::new()];
         let broken: Vec<Tensor> = broken.iter().map(|b| Tensor::from_slice(b)).collect();
@@ -735,6 +881,10 @@ mod tests {
 
     #[test]
     fn summaries_match_float64_across_blocks_and_tails() {
+        both_ways(summaries_check);
+    }
+
+    fn summaries_check(way: &str) {
         // Lengths around the block and lane sizes, and a large mean over a small spread
         // (drawn here, not from LibTorch's process-wide generator that other tests seed).
         let lengths = [1usize, 15, 16, 17, BLOCK - 1, BLOCK, BLOCK + 5, 3 * BLOCK + 7];
@@ -753,9 +903,9 @@ mod tests {
         for (layer, (range, s)) in ranges.iter().zip(&summaries).enumerate() {
             let (mean, m2, max) = reference(&values[range.clone()]);
             assert_eq!(s.numel, range.len() as u64);
-            assert!(((s.mean - mean) / mean).abs() < 1e-7, "layer {layer}: mean {} vs {mean}", s.mean);
-            assert!((s.m2 - m2).abs() <= 1e-4 * m2 + 1e-12, "layer {layer}: m2 {} vs {m2}", s.m2);
-            assert_eq!(s.max_abs, max, "layer {layer}");
+            assert!(((s.mean - mean) / mean).abs() < 1e-7, "{way}, layer {layer}: mean {} vs {mean}", s.mean);
+            assert!((s.m2 - m2).abs() <= 1e-4 * m2 + 1e-12, "{way}, layer {layer}: m2 {} vs {m2}", s.m2);
+            assert_eq!(s.max_abs, max, "{way}, layer {layer}");
             assert_eq!((s.zeros, s.nonfinite), (0, 0));
             // 7 ± a little is in [4, 8): exponent field 129.
             let counts = &hist[layer * 256..(layer + 1) * 256];
@@ -765,17 +915,100 @@ mod tests {
 
     #[test]
     fn bits_give_exact_zero_and_nonfinite_counts() {
+        both_ways(bits_check);
+    }
+
+    fn bits_check(way: &str) {
         let values = [0.0f32, -0.0, 1.0, f32::NAN, f32::INFINITY, -2.0, f32::from_bits(1)];
         let t = Tensor::from_slice(&values);
         let s = grad_summaries(&t, &[0..7, 5..7], None, 0.0).expect("host memory").0;
-        assert_eq!((s[0].zeros, s[0].nonfinite), (2, 2));
-        assert!(s[0].max_abs.is_nan() && s[0].mean.is_nan() && s[0].m2.is_nan(), "a NaN spoils the moments");
-        assert_eq!((s[1].zeros, s[1].nonfinite, s[1].max_abs), (0, 0, 2.0), "a subnormal is not zero");
+        assert_eq!((s[0].zeros, s[0].nonfinite), (2, 2), "{way}");
+        assert!(s[0].max_abs.is_nan() && s[0].mean.is_nan() && s[0].m2.is_nan(), "{way}: a NaN spoils the moments");
+        assert_eq!((s[1].zeros, s[1].nonfinite, s[1].max_abs), (0, 0, 2.0), "{way}: a subnormal is not zero");
         let hist = exponent_counts(&t, std::slice::from_ref(&(0..7))).expect("histogram");
         assert_eq!((hist[0], hist[255], hist[127], hist[128]), (3, 2, 1, 1));
         let inf = Tensor::from_slice(&[1.0f32, f32::NEG_INFINITY]);
         let s = grad_summaries(&inf, std::slice::from_ref(&(0..2)), None, 0.0).expect("host memory").0;
-        assert_eq!(s[0].max_abs, f64::INFINITY, "only infinities: +Inf");
+        assert_eq!(s[0].max_abs, f64::INFINITY, "{way}: only infinities: +Inf");
+    }
+
+    /// Layers from 1e-30 to 1e30, blocks mixing one huge value into ordinary ones, and
+    /// zeros and values below the threshold among ordinary ones, against float64 sums of
+    /// the values: Σg² within float32's rounding (the norm is reported in float32), the
+    /// mean within it of the mean |g|, the deviations' Σ(g − mean)² within 1e-4, max |g|
+    /// and the counts exact; the global Σg² the same bits from either pass. Both ways, so
+    /// blocks inside and outside the AVX-512 sweeps' range are covered on such a CPU.
+    #[test]
+    fn values_of_every_magnitude_are_summarised_alike() {
+        let mut rng = StdRng::seed_from_u64(8);
+        let (mut values, mut ranges) = (Vec::<f32>::new(), Vec::new());
+        let mut layer = |values: &mut Vec<f32>, draw: &mut dyn FnMut(usize) -> f32, n: usize| {
+            let start = values.len();
+            values.extend((0..n).map(&mut *draw));
+            ranges.push(start..values.len());
+        };
+        for scale in [1e-30f64, 1e-20, 1e-9, 1.0, 1e9, 1e20, 1e30] {
+            for n in [100, BLOCK + 77] {
+                // A mean of about a tenth of the spread.
+                layer(&mut values, &mut |_| (scale * (rng.random::<f64>() - 0.45)) as f32, n);
+            }
+        }
+        layer(&mut values, &mut |i| if i == 1234 { 3e25 } else { rng.random::<f32>() - 0.5 }, 3000);
+        let tiny = 1e-10;
+        layer(
+            &mut values,
+            &mut |i| match i % 7 {
+                0 => 0.0,
+                1 => 1e-12 * (rng.random::<f32>() - 0.5),
+                _ => rng.random::<f32>() - 0.5,
+            },
+            BLOCK + 3000,
+        );
+        let t = Tensor::from_slice(&values);
+        both_ways(|way| {
+            let (summaries, total) = grad_summaries(&t, &ranges, None, tiny).expect("host memory");
+            let alone = sum_squares(&t, &ranges).expect("host memory");
+            assert_eq!(total.to_bits(), alone.to_bits(), "{way}: Σg² {total} with statistics, {alone} without");
+            for (layer, (range, s)) in ranges.iter().zip(&summaries).enumerate() {
+                let v = &values[range.clone()];
+                let (mean, m2, max) = reference(v);
+                let squares = v.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>();
+                let mean_abs = v.iter().map(|&x| f64::from(x).abs()).sum::<f64>() / v.len() as f64;
+                assert!(
+                    (s.squares - squares).abs() <= 2e-7 * squares,
+                    "{way}, layer {layer}: Σg² {} vs {squares}",
+                    s.squares
+                );
+                assert!((s.mean - mean).abs() <= 1e-7 * mean_abs, "{way}, layer {layer}: mean {} vs {mean}", s.mean);
+                assert!((s.m2 - m2).abs() <= 1e-4 * m2, "{way}, layer {layer}: Σ(g − mean)² {} vs {m2}", s.m2);
+                assert_eq!(s.max_abs, max, "{way}, layer {layer}");
+                let zeros = v.iter().filter(|&&x| x == 0.0).count() as u64;
+                let below = v.iter().filter(|&&x| f64::from(x.abs()) < tiny).count() as u64;
+                assert_eq!((s.zeros, s.below, s.nonfinite), (zeros, below, 0), "{way}, layer {layer}");
+            }
+        });
+    }
+
+    /// The AVX-512 sweeps take a block only inside their range (where the CPU has them).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_wide_sweeps_take_only_blocks_in_their_range() {
+        if !avx512::available() {
+            eprintln!("no AVX-512 on this CPU: the portable sweeps are the only ones");
+            return;
+        }
+        let block = |scale: f32| -> Vec<f32> { (0..BLOCK).map(|i| scale * ((i % 17) as f32 - 8.0)).collect() };
+        for scale in [1e-17f32, 1e-3, 1.0, 1e3, 1e15] {
+            assert!(avx512::squares(&block(scale)).is_some(), "{scale} is in range");
+        }
+        for scale in [1e-19f32, 1e-25, 1e17, 1e30, 0.0] {
+            assert!(avx512::squares(&block(scale)).is_none(), "{scale} is out of range");
+        }
+        let mut broken = block(1.0);
+        broken[100] = f32::NAN;
+        assert!(avx512::sums(&broken).is_none(), "a NaN");
+        broken[100] = f32::INFINITY;
+        assert!(avx512::sum_and_squares(&broken).is_none(), "an infinity");
     }
 
     #[test]
