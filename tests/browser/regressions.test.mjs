@@ -135,6 +135,8 @@ test("the learning-rate chart has ticks around 0.05 and a value on hover", async
  * nothing: losses of about 1e20, gradients of about 1e19, whose squares overflow a float32.
  */
 let huge;
+/** The largest float32. */
+const F32_MAX = 3.4028234663852886e38;
 const hugeJob = async () => (huge ??= await server.submit(tinyMlp({
   name: "huge", steps: 20, model: { kind: "mlp", layers: 12, hidden: 32, activation: "relu", init_scale: 100 },
   optimizer: { kind: "sgd", lr: 1e-30 }, policy: { grad: [], on_nonfinite: "skip" }, monitor: { every: 1 },
@@ -210,7 +212,8 @@ test("while a job runs, the head's counter and its progress bar show the same st
 
 test("a layer whose gradient overflowed or holds NaN/Inf says so, in its values and its health", async () => {
   const { page } = browser;
-  // The huge job's finite gradients whose norm overflows; and a storm of NaN (a huge step).
+  // The huge job's finite gradients, whose squares overflow a float32 (their norms, summed
+  // in float64, exist); and a storm of NaN (a huge step).
   await hugeJob();
   const storm = await server.submit(tinyMlp({
     name: "nan-storm", steps: 20, model: { kind: "mlp", layers: 6, hidden: 32, activation: "relu", init_scale: 100 },
@@ -218,11 +221,14 @@ test("a layer whose gradient overflowed or holds NaN/Inf says so, in its values 
   }));
   for (const [job, kind] of [[huge, "overflow"], [storm, "nonfinite"]]) {
     const done = await server.finished(job.id);
-    const { body } = await server.api("GET", `/jobs/${job.id}/layer-stats?stat=grad_norm,nonfinite&from=${done.step}`);
+    const { body } = await server.api("GET", `/jobs/${job.id}/layer-stats?stat=grad_norm,grad_max,nonfinite&from=${done.step}`);
     const expect = body.layers.map((l) => {
-      const norm = l.grad_norm[l.grad_norm.length - 1];
-      const bad = l.nonfinite[l.nonfinite.length - 1];
-      return { index: l.index, text: norm !== null ? null : bad > 0 ? "NaN/Inf" : "overflow", flag: norm !== null ? null : bad > 0 ? "nonfinite" : "overflow" };
+      const [norm, max, bad] = [l.grad_norm, l.grad_max, l.nonfinite].map((series) => series[series.length - 1]);
+      // A norm that does not exist reads why; a layer's health flags NaN/Inf, or a norm
+      // that overflowed a float32 or a max |g| whose square does.
+      const text = norm !== null ? null : bad > 0 ? "NaN/Inf" : "overflow";
+      const flag = bad > 0 ? "nonfinite" : norm === null || max > Math.sqrt(F32_MAX) ? "overflow" : null;
+      return { index: l.index, text, flag };
     });
     assert.ok(expect.some((e) => e.flag === kind), `${job.name}: some layer is ${kind} at step ${done.step}`);
     await page.goto(`${server.url}/#/jobs/${job.id}`);
@@ -230,9 +236,9 @@ test("a layer whose gradient overflowed or holds NaN/Inf says so, in its values 
     await until(async () => (await page.textContent("#table-step")) === `statistics of step ${done.step}`, { what: "the last step's statistics" });
     await page.waitForTimeout(400); // the table redraws at most every 300 ms
     await browser.shot(`bug-${kind}-table`);
-    for (const e of expect.filter((x) => x.text)) {
+    for (const e of expect.filter((x) => x.flag)) {
       const row = `#layer-table tbody tr[data-layer="${e.index}"]`;
-      assert.equal(await page.textContent(`${row} td.stat-grad_norm`), e.text, `${job.name} layer ${e.index}: ‖g‖`);
+      if (e.text) assert.equal(await page.textContent(`${row} td.stat-grad_norm`), e.text, `${job.name} layer ${e.index}: ‖g‖`);
       const health = (await page.textContent(`${row} td.health`)) ?? "";
       assert.ok(health.split(" ").includes(e.flag), `${job.name} layer ${e.index}: health "${health}" names ${e.flag}`);
     }
