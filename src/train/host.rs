@@ -553,20 +553,18 @@ fn portable_sum(block: &[f32]) -> f64 {
     sum_lanes(block)
 }
 
-/// Whether blocks are swept by [`avx512`]'s functions: where the CPU runs them (and, in
-/// tests, unless [`PortableSweeps`] holds them back).
-fn wide_sweeps() -> bool {
+/// The AVX-512 sweeps, where the CPU runs them (and, in tests, unless [`PortableSweeps`]
+/// holds them back).
+#[cfg(target_arch = "x86_64")]
+fn wide_sweeps() -> Option<avx512::Avx512> {
     #[cfg(test)]
     if PORTABLE.get() {
-        return false;
+        return None;
     }
-    #[cfg(target_arch = "x86_64")]
-    return avx512::available();
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+    avx512::Avx512::detect()
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_arch = "x86_64"))]
 thread_local! {
     static PORTABLE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
@@ -579,6 +577,7 @@ pub(crate) struct PortableSweeps(());
 #[cfg(test)]
 impl PortableSweeps {
     pub(crate) fn hold() -> Self {
+        #[cfg(target_arch = "x86_64")]
         PORTABLE.set(true);
         Self(())
     }
@@ -587,6 +586,7 @@ impl PortableSweeps {
 #[cfg(test)]
 impl Drop for PortableSweeps {
     fn drop(&mut self) {
+        #[cfg(target_arch = "x86_64")]
         PORTABLE.set(false);
     }
 }
@@ -595,8 +595,8 @@ impl Drop for PortableSweeps {
 /// in its range, else by the portable loop ([`square_lanes`]).
 fn block_squares(block: &[f32]) -> f64 {
     #[cfg(target_arch = "x86_64")]
-    if wide_sweeps()
-        && let Some(squares) = avx512::squares(block)
+    if let Some(wide) = wide_sweeps()
+        && let Some(squares) = wide.squares(block)
     {
         return squares;
     }
@@ -606,8 +606,8 @@ fn block_squares(block: &[f32]) -> f64 {
 /// A block's Σx and Σx² in float64, the same ways as [`block_squares`].
 fn block_sum_and_squares(block: &[f32]) -> (f64, f64) {
     #[cfg(target_arch = "x86_64")]
-    if wide_sweeps()
-        && let Some(sums) = avx512::sum_and_squares(block)
+    if let Some(wide) = wide_sweeps()
+        && let Some(sums) = wide.sum_and_squares(block)
     {
         return sums;
     }
@@ -657,14 +657,14 @@ struct BlockSummary {
 /// by the portable loops.
 fn summarise_block(block: &[f32], below_bits: u32) -> BlockSummary {
     #[cfg(target_arch = "x86_64")]
-    if wide_sweeps()
-        && let Some(sums) = avx512::sums(block)
+    if let Some(wide) = wide_sweeps()
+        && let Some(sums) = wide.sums(block)
     {
         let n = block.len();
         // In range, every value is finite, and so is the mean.
         let mean = sums.sum / n as f64;
         let scale = Scale::of(sums.squares, n);
-        let (s1, s2) = avx512::deviations(block, scale.0, scale.shift(mean));
+        let (s1, s2) = wide.deviations(block, scale.0, scale.shift(mean));
         // The counts only where the smallest |x| says the block holds some.
         let (zeros, below) = if sums.min_bits < below_bits.max(1) { count_small(block, below_bits) } else { (0, 0) };
         return BlockSummary {
@@ -993,22 +993,22 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn the_wide_sweeps_take_only_blocks_in_their_range() {
-        if !avx512::available() {
+        let Some(wide) = avx512::Avx512::detect() else {
             eprintln!("no AVX-512 on this CPU: the portable sweeps are the only ones");
             return;
-        }
+        };
         let block = |scale: f32| -> Vec<f32> { (0..BLOCK).map(|i| scale * ((i % 17) as f32 - 8.0)).collect() };
         for scale in [1e-17f32, 1e-3, 1.0, 1e3, 1e15] {
-            assert!(avx512::squares(&block(scale)).is_some(), "{scale} is in range");
+            assert!(wide.squares(&block(scale)).is_some(), "{scale} is in range");
         }
         for scale in [1e-19f32, 1e-25, 1e17, 1e30, 0.0] {
-            assert!(avx512::squares(&block(scale)).is_none(), "{scale} is out of range");
+            assert!(wide.squares(&block(scale)).is_none(), "{scale} is out of range");
         }
         let mut broken = block(1.0);
         broken[100] = f32::NAN;
-        assert!(avx512::sums(&broken).is_none(), "a NaN");
+        assert!(wide.sums(&broken).is_none(), "a NaN");
         broken[100] = f32::INFINITY;
-        assert!(avx512::sum_and_squares(&broken).is_none(), "an infinity");
+        assert!(wide.sum_and_squares(&broken).is_none(), "an infinity");
     }
 
     #[test]

@@ -19,7 +19,8 @@
 //! every sweep here takes the same way, so the global norm has the same bits whether a
 //! step records statistics or not.
 //!
-//! Each function is compiled for AVX-512F and called only where [`available`] says so.
+//! Each sweep is compiled for AVX-512F and called through an [`Avx512`] token, which
+//! exists only where the CPU runs it.
 
 use std::arch::x86_64::{
     __m512, __m512d, __m512i, _mm256_castpd_ps, _mm512_add_pd, _mm512_add_ps, _mm512_and_si512, _mm512_castps_pd,
@@ -37,10 +38,10 @@ const GROUP: usize = 64;
 const SQUARES_FROM: f64 = 1.0 / (1u128 << 100) as f64;
 const SQUARES_TO: f64 = (1u128 << 124) as f64;
 
-/// Whether the CPU runs AVX-512F (the answer is cached by the standard library).
-pub fn available() -> bool {
-    std::arch::is_x86_feature_detected!("avx512f")
-}
+/// Proof that the CPU runs AVX-512F: the sweeps are methods of this token, which only
+/// [`Avx512::detect`] makes.
+#[derive(Debug, Clone, Copy)]
+pub struct Avx512(());
 
 /// What one sweep of a block gives: Σx and Σx² (both when in range, see the module), and
 /// the largest and smallest |x| as bits.
@@ -51,32 +52,40 @@ pub struct Sums {
     pub min_bits: u32,
 }
 
-/// A block's Σx², or `None` outside the range this module takes.
-pub fn squares(block: &[f32]) -> Option<f64> {
-    // SAFETY: called only where `available()` (the callers check it).
-    let sums = unsafe { sweep::<false, false>(block) };
-    in_range(sums.squares).then_some(sums.squares)
-}
+impl Avx512 {
+    /// The token where the CPU runs AVX-512F (the answer is cached by the standard
+    /// library).
+    pub fn detect() -> Option<Self> {
+        std::arch::is_x86_feature_detected!("avx512f").then_some(Self(()))
+    }
 
-/// A block's Σx and Σx², or `None` outside the range this module takes.
-pub fn sum_and_squares(block: &[f32]) -> Option<(f64, f64)> {
-    // SAFETY: as in `squares`.
-    let sums = unsafe { sweep::<true, false>(block) };
-    in_range(sums.squares).then_some((sums.sum, sums.squares))
-}
+    /// A block's Σx², or `None` outside the range this module takes.
+    pub fn squares(self, block: &[f32]) -> Option<f64> {
+        // SAFETY: the token exists, so the CPU runs AVX-512F.
+        let sums = unsafe { sweep::<false, false>(block) };
+        in_range(sums.squares).then_some(sums.squares)
+    }
 
-/// Σx, Σx² and the bits of the largest and smallest |x|, or `None` outside the range.
-pub fn sums(block: &[f32]) -> Option<Sums> {
-    // SAFETY: as in `squares`.
-    let sums = unsafe { sweep::<true, true>(block) };
-    in_range(sums.squares).then_some(sums)
-}
+    /// A block's Σx and Σx², or `None` outside the range this module takes.
+    pub fn sum_and_squares(self, block: &[f32]) -> Option<(f64, f64)> {
+        // SAFETY: as in `squares`.
+        let sums = unsafe { sweep::<true, false>(block) };
+        in_range(sums.squares).then_some((sums.sum, sums.squares))
+    }
 
-/// Σd and Σd² for d = x·scale − shift, in float32 over 64 lanes (a 4096-element block puts
-/// 64 values in each), the lanes then summed in float64.
-pub fn deviations(block: &[f32], scale: f32, shift: f32) -> (f64, f64) {
-    // SAFETY: as in `squares`.
-    unsafe { deviation_sweep(block, scale, shift) }
+    /// Σx, Σx² and the bits of the largest and smallest |x|, or `None` outside the range.
+    pub fn sums(self, block: &[f32]) -> Option<Sums> {
+        // SAFETY: as in `squares`.
+        let sums = unsafe { sweep::<true, true>(block) };
+        in_range(sums.squares).then_some(sums)
+    }
+
+    /// Σd and Σd² for d = x·scale − shift, in float32 over 64 lanes (a 4096-element block
+    /// puts 64 values in each), the lanes then summed in float64.
+    pub fn deviations(self, block: &[f32], scale: f32, shift: f32) -> (f64, f64) {
+        // SAFETY: as in `squares`.
+        unsafe { deviation_sweep(block, scale, shift) }
+    }
 }
 
 fn in_range(squares: f64) -> bool {
