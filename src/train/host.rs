@@ -507,45 +507,42 @@ impl Moments {
     }
 }
 
-/// A block's Σx², in float64 lanes, then the lanes and the tail in a fixed order. Where
-/// a block is swept by the portable loops, the norm's own pass and the statistics' pass
-/// both sum its squares through this, so the sum has the same bits whichever pass takes it
-/// (Rust neither reorders nor contracts float operations). In [`portable_summarise_block`]
-/// it is a sweep of its own: added to the sweep that sums the mean, it kept the compiler
-/// from vectorising that loop, and the pass took 3× as long. Inlined into each vectorised
+/// A block's Σ term(x), in float64 lanes, then the lanes and the tail in a fixed order:
+/// Σx with `|x| x` ([`sum_lanes`]), Σx² with `|x| x * x` ([`square_lanes`]). Where a block
+/// is swept by the portable loops, the norm's own pass and the statistics' pass both sum
+/// its squares through this, so the sum has the same bits whichever pass takes it (Rust
+/// neither reorders nor contracts float operations). In [`portable_summarise_block`] Σx²
+/// is a sweep of its own: added to the sweep that sums the mean, it kept the compiler from
+/// vectorising that loop, and the pass took 3× as long. Inlined into each vectorised
 /// caller.
 #[inline(always)]
-fn square_lanes(block: &[f32]) -> f64 {
+fn lane_sum(block: &[f32], term: impl Fn(f64) -> f64) -> f64 {
     let chunks = block.chunks_exact(LANES);
     let tail = chunks.remainder();
     let mut lanes = [0f64; LANES];
     for c in chunks {
         for (lane, &x) in lanes.iter_mut().zip(c) {
-            let x = f64::from(x);
-            *lane += x * x;
+            *lane += term(f64::from(x));
         }
     }
-    let square = |x: f32| f64::from(x) * f64::from(x);
-    lanes.iter().fold(0.0, |s, &lane| s + lane) + tail.iter().fold(0.0, |s, &x| s + square(x))
+    lanes.iter().fold(0.0, |s, &lane| s + lane) + tail.iter().fold(0.0, |s, &x| s + term(f64::from(x)))
+}
+
+/// A block's Σx², as [`lane_sum`] takes it.
+#[inline(always)]
+fn square_lanes(block: &[f32]) -> f64 {
+    lane_sum(block, |x| x * x)
+}
+
+/// A block's Σx, as [`lane_sum`] takes it.
+#[inline(always)]
+fn sum_lanes(block: &[f32]) -> f64 {
+    lane_sum(block, |x| x)
 }
 
 #[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx2+fma", "x86_64+avx2+fma", "aarch64+neon"))]
 fn portable_squares(block: &[f32]) -> f64 {
     square_lanes(block)
-}
-
-/// A block's Σx in float64 lanes. Inlined into each vectorised caller.
-#[inline(always)]
-fn sum_lanes(block: &[f32]) -> f64 {
-    let chunks = block.chunks_exact(LANES);
-    let tail = chunks.remainder();
-    let mut sum = [0f64; LANES];
-    for c in chunks {
-        for (lane, &x) in sum.iter_mut().zip(c) {
-            *lane += f64::from(x);
-        }
-    }
-    sum.iter().sum::<f64>() + tail.iter().map(|&x| f64::from(x)).sum::<f64>()
 }
 
 #[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx2+fma", "x86_64+avx2+fma", "aarch64+neon"))]
